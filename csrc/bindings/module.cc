@@ -1,0 +1,225 @@
+// fastlstm._core: a thin pybind11 layer over the CPU kernels of csrc/cpu.
+//
+// It checks every array it is handed (type, dtype, C order, exact shape) so that a direct
+// call with bad arguments raises instead of reading out of bounds; the friendly checks
+// and conversions live in python/fastlstm/ops.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu/cpu.h"
+#include "cpu/threadpool.h"
+
+namespace py = pybind11;
+
+namespace fastlstm {
+namespace {
+
+bool g_poison = false;  // fill new outputs with NaN before the kernel runs (for tests)
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A required or optional input: a C-contiguous numpy array of dtype Real and exact shape.
+template <typename Real>
+const Real* input(const py::object& obj, const char* name, const std::vector<int64_t>& shape,
+                  bool optional = false) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + ": expected an array of shape " + shape_str(shape) + ", got None");
+  }
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy array");
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<Real>()))
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         std::string(py::str(py::dtype::of<Real>())) + ", got " +
+                         std::string(py::str(arr.dtype())));
+  std::vector<int64_t> got(arr.shape(), arr.shape() + arr.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " + shape_str(got));
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  return static_cast<const Real*>(arr.data());
+}
+
+const int64_t* lengths_input(const py::object& obj, int64_t B) {
+  if (obj.is_none()) return nullptr;
+  return input<int64_t>(obj, "lengths", {B});
+}
+
+template <typename Real>
+py::array_t<Real> output(const std::vector<int64_t>& shape) {
+  py::array_t<Real> arr(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  if (g_poison) {
+    Real* p = arr.mutable_data();
+    for (py::ssize_t i = 0; i < arr.size(); ++i) p[i] = std::numeric_limits<Real>::quiet_NaN();
+  }
+  return arr;
+}
+
+Dims dims_of(const py::object& x, const py::object& recurrent_kernel) {
+  if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
+    throw py::value_error("x: expected a 3-D array (T, B, I)");
+  if (!py::isinstance<py::array>(recurrent_kernel) ||
+      py::reinterpret_borrow<py::array>(recurrent_kernel).ndim() != 2)
+    throw py::value_error("recurrent_kernel: expected a 2-D array (H, 4H)");
+  py::array xa = py::reinterpret_borrow<py::array>(x);
+  py::array ra = py::reinterpret_borrow<py::array>(recurrent_kernel);
+  Dims d;
+  d.T = xa.shape(0);
+  d.B = xa.shape(1);
+  d.I = xa.shape(2);
+  d.H = ra.shape(0);
+  if (d.I < 1) throw py::value_error("x: the feature size I must be at least 1");
+  if (d.H < 1) throw py::value_error("recurrent_kernel: the hidden size H must be at least 1");
+  return d;
+}
+
+template <typename Real>
+py::tuple forward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
+                       py::object bias, py::object h0, py::object c0, py::object lengths, bool reverse,
+                       bool training) {
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  ForwardArgs<Real> a;
+  a.dims = d;
+  a.x = input<Real>(x, "x", {T, B, I});
+  a.kernel = input<Real>(kernel, "kernel", {I, 4 * H});
+  a.recurrent_kernel = input<Real>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
+  a.bias = input<Real>(bias, "bias", {4 * H}, true);
+  a.h0 = input<Real>(h0, "h0", {B, H}, true);
+  a.c0 = input<Real>(c0, "c0", {B, H}, true);
+  a.lengths = lengths_input(lengths, B);
+  a.reverse = reverse;
+  auto y = output<Real>({T, B, H});
+  auto h_n = output<Real>({B, H});
+  auto c_n = output<Real>({B, H});
+  py::object gates = py::none(), cells = py::none();
+  if (training) {
+    auto g = output<Real>({T, B, 4 * H});
+    auto c = output<Real>({T, B, H});
+    a.gates = g.mutable_data();
+    a.cells = c.mutable_data();
+    gates = g;
+    cells = c;
+  }
+  a.y = y.mutable_data();
+  a.h_n = h_n.mutable_data();
+  a.c_n = c_n.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cpu::forward(a);
+  }
+  return py::make_tuple(y, h_n, c_n, gates, cells);
+}
+
+template <typename Real>
+py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
+                        bool has_bias, py::object h0, py::object c0, py::object lengths, bool reverse,
+                        py::object gates, py::object cells, py::object dy, py::object dh_n,
+                        py::object dc_n) {
+  const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  BackwardArgs<Real> a;
+  a.dims = d;
+  a.x = input<Real>(x, "x", {T, B, I});
+  a.kernel = input<Real>(kernel, "kernel", {I, 4 * H});
+  a.recurrent_kernel = input<Real>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
+  a.h0 = input<Real>(h0, "h0", {B, H}, true);
+  a.c0 = input<Real>(c0, "c0", {B, H}, true);
+  a.lengths = lengths_input(lengths, B);
+  a.reverse = reverse;
+  a.gates = input<Real>(gates, "gates", {T, B, 4 * H});
+  a.cells = input<Real>(cells, "cells", {T, B, H});
+  a.dy = input<Real>(dy, "dy", {T, B, H}, true);
+  a.dh_n = input<Real>(dh_n, "dh_n", {B, H}, true);
+  a.dc_n = input<Real>(dc_n, "dc_n", {B, H}, true);
+  auto dx = output<Real>({T, B, I});
+  auto dh0 = output<Real>({B, H});
+  auto dc0 = output<Real>({B, H});
+  auto dkernel = output<Real>({I, 4 * H});
+  auto drecurrent_kernel = output<Real>({H, 4 * H});
+  py::object dbias = py::none();
+  if (has_bias) {
+    auto db = output<Real>({4 * H});
+    a.dbias = db.mutable_data();
+    dbias = db;
+  }
+  a.dx = dx.mutable_data();
+  a.dh0 = dh0.mutable_data();
+  a.dc0 = dc0.mutable_data();
+  a.dkernel = dkernel.mutable_data();
+  a.drecurrent_kernel = drecurrent_kernel.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cpu::backward(a);
+  }
+  return py::make_tuple(dx, dh0, dc0, dkernel, drecurrent_kernel, dbias);
+}
+
+// float32 or float64, taken from x.
+bool is_double(const py::object& x) {
+  py::array xa = py::reinterpret_borrow<py::array>(x);
+  if (xa.dtype().is(py::dtype::of<float>())) return false;
+  if (xa.dtype().is(py::dtype::of<double>())) return true;
+  throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
+}
+
+}  // namespace
+}  // namespace fastlstm
+
+PYBIND11_MODULE(_core, m) {
+  using namespace fastlstm;
+  m.doc() = "fastlstm's compiled CPU kernels (private; use fastlstm.ops)";
+
+  m.def(
+      "forward",
+      [](py::object x, py::object kernel, py::object recurrent_kernel, py::object bias, py::object h0,
+         py::object c0, py::object lengths, bool reverse, bool training) {
+        const Dims d = dims_of(x, recurrent_kernel);
+        return is_double(x) ? forward_impl<double>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training)
+                            : forward_impl<float>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training);
+      },
+      py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("bias"), py::arg("h0"),
+      py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+      "LSTM forward. Returns (y, h_n, c_n, gates, cells); gates and cells are None unless training.");
+
+  m.def(
+      "backward",
+      [](py::object x, py::object kernel, py::object recurrent_kernel, bool has_bias, py::object h0,
+         py::object c0, py::object lengths, bool reverse, py::object gates, py::object cells,
+         py::object dy, py::object dh_n, py::object dc_n) {
+        const Dims d = dims_of(x, recurrent_kernel);
+        return is_double(x) ? backward_impl<double>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
+                                                    reverse, gates, cells, dy, dh_n, dc_n)
+                            : backward_impl<float>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
+                                                   reverse, gates, cells, dy, dh_n, dc_n);
+      },
+      py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("has_bias"), py::arg("h0"),
+      py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("gates"), py::arg("cells"),
+      py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      "LSTM backward. Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None unless has_bias.");
+
+  m.def("compiled_isas", &cpu::compiled_isas, "Instruction sets compiled into this build.");
+  m.def("supported_isas", &cpu::supported_isas, "Compiled instruction sets this processor can run.");
+  m.def("get_isa", [] { return std::string(cpu::active().name); }, "The instruction set in use.");
+  m.def("set_isa", &cpu::set_isa, py::arg("name"), "Switch the instruction set in use (for tests).");
+  m.def("get_num_threads", &cpu::num_threads);
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
+        cpu::set_num_threads(n);
+      },
+      py::arg("n"));
+  m.def("set_poison", [](bool on) { g_poison = on; }, py::arg("on"),
+        "Fill every output with NaN before the kernel runs (tests use it to catch unwritten elements).");
+  m.def("get_poison", [] { return g_poison; });
+}

@@ -1,0 +1,599 @@
+// The CPU LSTM kernels, written once and compiled once per instruction set (see
+// CMakeLists.txt): FASTLSTM_TARGET names the namespace of this copy, and simd.h picks
+// the vector width from the compiler flags.
+//
+// Forward:  G = x . kernel + bias for all T*B rows (one packed matrix product), then per
+//           step each thread computes h_{t-1} . recurrent_kernel for its own hidden units
+//           (all four gates of them), and applies the gates and the cell update while the
+//           tile is still in registers. One barrier per step.
+// Backward: per step each thread forms the gate gradients dz of its own units, then, after
+//           a barrier, dh_{t-1} = dz . recurrent_kernel^T for its own units. The weight
+//           gradients are large products over all T*B rows after the time loop.
+//
+// Every output element is computed by one thread, in an order that does not depend on the
+// number of threads, so results are bitwise identical for any thread count.
+#include <cstdlib>
+#include <new>
+
+#include "cpu/cpu.h"
+#include "cpu/simd.h"
+#include "cpu/threadpool.h"
+
+namespace fastlstm {
+namespace cpu {
+namespace FASTLSTM_TARGET {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// An uninitialised, 64-byte aligned array owned by the calling thread.
+template <typename Real>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n) {
+    size_t bytes = static_cast<size_t>(n > 0 ? n : 1) * sizeof(Real);
+    bytes = (bytes + 63) / 64 * 64;
+    ptr_ = static_cast<Real*>(std::aligned_alloc(64, bytes));
+    if (!ptr_) throw std::bad_alloc();
+  }
+  ~Buffer() { std::free(ptr_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Real* get() const { return ptr_; }
+
+ private:
+  Real* ptr_;
+};
+
+// Loads/stores of the first n (<= N) lanes; the missing lanes read as zero.
+template <typename Real>
+inline typename Vec<Real>::R load_part(const Real* p, int64_t n) {
+  using V = Vec<Real>;
+  if (n == V::N) return V::load(p);
+  alignas(64) Real tmp[V::N] = {};
+  for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
+  return V::load(tmp);
+}
+template <typename Real>
+inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
+  using V = Vec<Real>;
+  if (n == V::N) {
+    V::store(p, v);
+    return;
+  }
+  alignas(64) Real tmp[V::N];
+  V::store(tmp, v);
+  for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
+}
+
+// Register tiles: rows of the batch per tile in the recurrent products. Each tile keeps
+// kTileRows x 4 accumulators (4 gates, or 4 unit blocks in the backward product).
+#if defined(__AVX512F__)
+constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
+#elif defined(__AVX2__)
+constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
+#else
+constexpr int kTileRows = 4;
+#endif
+
+// ---------------------------------------------------------------------------------------
+// General matrix product C (M x N) = A (M x K) . B (K x N) with arbitrary strides, packed
+// into panels for an MR x NR register tile. Threads split C into tiles; each C element is
+// reduced over K by one thread, in blocks of KC in increasing order.
+// ---------------------------------------------------------------------------------------
+template <typename Real>
+struct Gemm {
+  static constexpr int MR = 6;
+  static constexpr int NR = 2 * Vec<Real>::N;
+  static constexpr int64_t KC = 256;
+  static constexpr int64_t MC = 96;   // multiple of MR
+  static constexpr int64_t NC = 512;  // multiple of NR
+  static constexpr int64_t workspace_per_thread = MC * KC + KC * NC;
+};
+
+template <typename Real>
+struct GemmArgs {
+  int64_t M, N, K;
+  const Real* A;
+  int64_t a_rs, a_cs;  // A(m, k) = A[m * a_rs + k * a_cs]
+  const Real* B;
+  int64_t b_rs, b_cs;  // B(k, n) = B[k * b_rs + n * b_cs]
+  Real* C;
+  int64_t ldc;
+  const Real* row_add;  // (N,) added to every row of C, or nullptr
+};
+
+template <typename Real>
+void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, Real* Ap) {
+  constexpr int MR = Gemm<Real>::MR;
+  for (int64_t ip = 0; ip < mc; ip += MR) {
+    const int64_t rows = imin(MR, mc - ip);
+    for (int64_t k = 0; k < kc; ++k) {
+      const Real* src = g.A + (i0 + ip) * g.a_rs + (k0 + k) * g.a_cs;
+      int64_t r = 0;
+      for (; r < rows; ++r) Ap[r] = src[r * g.a_rs];
+      for (; r < MR; ++r) Ap[r] = Real(0);
+      Ap += MR;
+    }
+  }
+}
+
+template <typename Real>
+void pack_b(const GemmArgs<Real>& g, int64_t j0, int64_t nc, int64_t k0, int64_t kc, Real* Bp) {
+  constexpr int NR = Gemm<Real>::NR;
+  for (int64_t jp = 0; jp < nc; jp += NR) {
+    const int64_t cols = imin(NR, nc - jp);
+    for (int64_t k = 0; k < kc; ++k) {
+      const Real* src = g.B + (k0 + k) * g.b_rs + (j0 + jp) * g.b_cs;
+      int64_t c = 0;
+      if (g.b_cs == 1) {
+        for (; c < cols; ++c) Bp[c] = src[c];
+      } else {
+        for (; c < cols; ++c) Bp[c] = src[c * g.b_cs];
+      }
+      for (; c < NR; ++c) Bp[c] = Real(0);
+      Bp += NR;
+    }
+  }
+}
+
+// acc = Ap . Bp over kc; then C = acc (+ row_add) when first, else C += acc.
+template <typename Real>
+void gemm_micro(int64_t kc, const Real* Ap, const Real* Bp, Real* C, int64_t ldc, int64_t rows,
+                int64_t cols, bool first, const Real* row_add) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int MR = Gemm<Real>::MR;
+  constexpr int NV = Gemm<Real>::NR / V::N;
+  R acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    R b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * Gemm<Real>::NR + v * V::N);
+    for (int r = 0; r < MR; ++r) {
+      R a = V::set1(Ap[k * MR + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(a, b[v], acc[r][v]);
+    }
+  }
+  if (rows == MR && cols == Gemm<Real>::NR) {
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) {
+        Real* c = C + r * ldc + v * V::N;
+        R base = first ? (row_add ? V::load(row_add + v * V::N) : V::zero()) : V::load(c);
+        V::store(c, V::add(base, acc[r][v]));
+      }
+    return;
+  }
+  alignas(64) Real tmp[MR][Gemm<Real>::NR];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) V::store(&tmp[r][v * V::N], acc[r][v]);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      Real base = first ? (row_add ? row_add[c] : Real(0)) : C[r * ldc + c];
+      C[r * ldc + c] = base + tmp[r][c];
+    }
+}
+
+// This thread's share of C = A . B (+ row_add). workspace: Gemm::workspace_per_thread.
+template <typename Real>
+void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) {
+  using P = Gemm<Real>;
+  if (g.M <= 0 || g.N <= 0) return;
+  const int64_t m_tiles = ceil_div(g.M, P::MC);
+  // Narrow the column tiles when there are too few tiles to go round the threads.
+  int64_t nc = P::NC;
+  const int64_t want_n_tiles = ceil_div(2 * nthreads, m_tiles);
+  if (want_n_tiles > 1) nc = imin(nc, ceil_div(ceil_div(g.N, want_n_tiles), P::NR) * P::NR);
+  const int64_t n_tiles = ceil_div(g.N, nc);
+  Real* Ap = workspace;
+  Real* Bp = workspace + P::MC * P::KC;
+  for (int64_t tile = tid; tile < m_tiles * n_tiles; tile += nthreads) {
+    const int64_t i0 = (tile % m_tiles) * P::MC, j0 = (tile / m_tiles) * nc;
+    const int64_t mc = imin(P::MC, g.M - i0), ncur = imin(nc, g.N - j0);
+    if (g.K <= 0) {  // empty product: C = row_add or 0
+      for (int64_t i = 0; i < mc; ++i)
+        for (int64_t j = 0; j < ncur; ++j)
+          g.C[(i0 + i) * g.ldc + j0 + j] = g.row_add ? g.row_add[j0 + j] : Real(0);
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < g.K; k0 += P::KC) {
+      const int64_t kc = imin(P::KC, g.K - k0);
+      pack_b(g, j0, ncur, k0, kc, Bp);
+      pack_a(g, i0, mc, k0, kc, Ap);
+      for (int64_t jp = 0; jp < ncur; jp += P::NR)
+        for (int64_t ip = 0; ip < mc; ip += P::MR)
+          gemm_micro(kc, Ap + ip * kc, Bp + jp * kc, g.C + (i0 + ip) * g.ldc + j0 + jp, g.ldc,
+                     imin(P::MR, mc - ip), imin(P::NR, ncur - jp), k0 == 0,
+                     g.row_add ? g.row_add + j0 + jp : nullptr);
+    }
+  }
+}
+
+// The hidden units are handled in blocks of one vector (N units); thread tid owns the
+// contiguous range of blocks [first, last).
+struct BlockRange {
+  int64_t first, last;
+};
+inline BlockRange my_blocks(int64_t nblocks, int tid, int nthreads) {
+  return {nblocks * tid / nthreads, nblocks * (tid + 1) / nthreads};
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+template <typename Real>
+struct ForwardCtx {
+  const ForwardArgs<Real>* a;
+  int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
+  Real* G;                // (T, B, 4H) pre-activations; a->gates when training (in place)
+  Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
+  Real* h;                // 2 x (B, Hp): h_{t-1} and h_t, swapped every step
+  Real* c;                // (B, Hp)
+  Real* gemm_ws;          // nthreads x Gemm::workspace_per_thread
+  Barrier barrier;
+};
+
+inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
+  return lengths ? lengths[b] : T;
+}
+
+// One register tile of the forward step: ROWS batch rows x the 4 gates of one unit block.
+template <typename Real, int ROWS>
+void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block,
+                  const Real* h_prev, Real* h_next) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const ForwardArgs<Real>& a = *ctx.a;
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
+  const Real* w = ctx.packed_rk + block * H * 4 * N;
+
+  R acc[ROWS][4];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
+  for (int64_t k = 0; k < H; ++k) {
+    const R w0 = V::load(w + k * 4 * N), w1 = V::load(w + k * 4 * N + N),
+            w2 = V::load(w + k * 4 * N + 2 * N), w3 = V::load(w + k * 4 * N + 3 * N);
+    for (int r = 0; r < ROWS; ++r) {
+      const R hk = V::set1(h_prev[(b0 + r) * Hp + k]);
+      acc[r][0] = V::fmadd(hk, w0, acc[r][0]);
+      acc[r][1] = V::fmadd(hk, w1, acc[r][1]);
+      acc[r][2] = V::fmadd(hk, w2, acc[r][2]);
+      acc[r][3] = V::fmadd(hk, w3, acc[r][3]);
+    }
+  }
+
+  const int64_t u0 = block * N, nu = imin(N, H - u0);
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
+    Real* c_state = ctx.c + b * Hp + u0;
+    if (s >= len) {  // finished: carry the state; positions t >= len of y are zero
+      V::store(h_next + b * Hp + u0, V::load(h_prev + b * Hp + u0));
+      store_part(a.y + (s * B + b) * H + u0, V::zero(), nu);
+      continue;
+    }
+    const int64_t t = a.reverse ? len - 1 - s : s;
+    const Real* z = ctx.G + (t * B + b) * 4 * H + u0;
+    const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
+    const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
+    const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));
+    const R go = vsigmoid<Real>(V::add(acc[r][3], load_part(z + 3 * H, nu)));
+    const R cn = V::fmadd(gf, V::load(c_state), V::mul(gi, gg));
+    const R hn = V::mul(go, vtanh<Real>(cn));
+    V::store(c_state, cn);
+    V::store(h_next + b * Hp + u0, hn);
+    store_part(a.y + (t * B + b) * H + u0, hn, nu);
+    if (a.gates) {
+      Real* saved = a.gates + (t * B + b) * 4 * H + u0;
+      store_part(saved, gi, nu);
+      store_part(saved + H, gf, nu);
+      store_part(saved + 2 * H, gg, nu);
+      store_part(saved + 3 * H, go, nu);
+      store_part(a.cells + (t * B + b) * H + u0, cn, nu);
+    }
+  }
+}
+
+template <typename Real, int ROWS>
+void forward_rows(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t block,
+                  const Real* h_prev, Real* h_next) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return forward_rows<Real, ROWS - 1>(ctx, s, b0, rows, block, h_prev, h_next);
+  }
+  forward_tile<Real, ROWS>(ctx, s, b0, block, h_prev, h_next);
+}
+
+template <typename Real>
+void forward_task(void* p, int tid, int nthreads) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  ForwardCtx<Real>& ctx = *static_cast<ForwardCtx<Real>*>(p);
+  const ForwardArgs<Real>& a = *ctx.a;
+  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
+  const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
+
+  // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them):
+  // packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H.
+  for (int64_t block = mine.first; block < mine.last; ++block) {
+    Real* dst = ctx.packed_rk + block * H * 4 * N;
+    const int64_t u0 = block * N, nu = imin(N, H - u0);
+    for (int64_t k = 0; k < H; ++k)
+      for (int q = 0; q < 4; ++q)
+        for (int64_t v = 0; v < N; ++v)
+          *dst++ = v < nu ? a.recurrent_kernel[k * 4 * H + q * H + u0 + v] : Real(0);
+  }
+  // Initial state of this thread's units (padding lanes zero).
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t u0 = block * N, nu = imin(N, H - u0);
+      V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero());
+      V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
+    }
+  // Input projection for all T*B rows: G = x . kernel + bias.
+  GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
+  gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
+  barrier_wait(&ctx.barrier);
+
+  for (int64_t s = 0; s < T; ++s) {
+    const Real* h_prev = ctx.h + (s & 1) * B * Hp;
+    Real* h_next = ctx.h + ((s + 1) & 1) * B * Hp;
+    for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
+      const int rows = static_cast<int>(imin(kTileRows, B - b0));
+      for (int64_t block = mine.first; block < mine.last; ++block)
+        forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
+    }
+    barrier_wait(&ctx.barrier);
+  }
+
+  const Real* h_last = ctx.h + (T & 1) * B * Hp;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t u0 = block * N, nu = imin(N, H - u0);
+      store_part(a.h_n + b * H + u0, V::load(h_last + b * Hp + u0), nu);
+      store_part(a.c_n + b * H + u0, V::load(ctx.c + b * Hp + u0), nu);
+    }
+}
+
+template <typename Real>
+void forward(const ForwardArgs<Real>& a) {
+  constexpr int N = Vec<Real>::N;
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
+  const int nthreads = num_threads();
+  ForwardCtx<Real> ctx;
+  ctx.a = &a;
+  ctx.nblocks = ceil_div(H, N);
+  ctx.Hp = ctx.nblocks * N;
+  Buffer<Real> projection(a.gates ? 0 : T * B * 4 * H);
+  Buffer<Real> packed_rk(ctx.nblocks * H * 4 * N);
+  Buffer<Real> state(3 * B * ctx.Hp);
+  Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
+  ctx.G = a.gates ? a.gates : projection.get();
+  ctx.packed_rk = packed_rk.get();
+  ctx.h = state.get();
+  ctx.c = state.get() + 2 * B * ctx.Hp;
+  ctx.gemm_ws = gemm_ws.get();
+  barrier_init(&ctx.barrier, nthreads);
+  run(&forward_task<Real>, &ctx, nthreads);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+template <typename Real>
+struct BackwardCtx {
+  const BackwardArgs<Real>* a;
+  int64_t nblocks, Hp;
+  Real* dz;          // (T, B, 4H) gate pre-activation gradients; zero at invalid positions
+  Real* h_prev;      // (T, B, H)  h_{t-1} of each valid position; zero at invalid positions
+  Real* packed_rkt;  // nblocks x 4Hp x N: packed[block][q*Hp + u][v] = rk[block*N + v, q*H + u]
+  Real* dz_step;     // 2 x (B, 4Hp): this step's dz in padded gate blocks (double-buffered)
+  Real* dh;          // (B, Hp) gradient flowing into h from later steps
+  Real* dc;          // (B, Hp) gradient flowing into c from later steps
+  Real* gemm_ws;
+  Barrier barrier;
+};
+
+// Gate gradients of one unit block of one row at step s (or, past its length, zeros).
+template <typename Real>
+void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t block, Real* dz_step) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const BackwardArgs<Real>& a = *ctx.a;
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
+  const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
+  Real* dzs = dz_step + b * 4 * Hp + u0;
+  if (s >= len) {  // position t = s is past the length: no gradient there
+    Real* dz = ctx.dz + (s * B + b) * 4 * H + u0;
+    for (int q = 0; q < 4; ++q) {
+      store_part(dz + q * H, V::zero(), nu);
+      V::store(dzs + q * Hp, V::zero());
+    }
+    store_part(ctx.h_prev + (s * B + b) * H + u0, V::zero(), nu);
+    return;
+  }
+  const int64_t t = a.reverse ? len - 1 - s : s;
+  const int64_t t_prev = a.reverse ? t + 1 : t - 1;
+  const Real* gates = a.gates + (t * B + b) * 4 * H + u0;
+  const R gi = load_part(gates, nu), gf = load_part(gates + H, nu),
+          gg = load_part(gates + 2 * H, nu), go = load_part(gates + 3 * H, nu);
+  const R c = load_part(a.cells + (t * B + b) * H + u0, nu);
+  R c_prev, h_prev;
+  if (s == 0) {
+    c_prev = a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero();
+    h_prev = a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero();
+  } else {  // h_{t-1} = o_{t-1} * tanh(c_{t-1}), exactly as the forward computed it
+    c_prev = load_part(a.cells + (t_prev * B + b) * H + u0, nu);
+    h_prev = V::mul(load_part(a.gates + (t_prev * B + b) * 4 * H + 3 * H + u0, nu), vtanh<Real>(c_prev));
+  }
+  const R one = V::set1(Real(1));
+  R dh = V::load(ctx.dh + b * Hp + u0);
+  if (a.dy) dh = V::add(dh, load_part(a.dy + (t * B + b) * H + u0, nu));
+  const R tc = vtanh<Real>(c);
+  const R dc = V::fmadd(V::mul(dh, go), V::fnmadd(tc, tc, one), V::load(ctx.dc + b * Hp + u0));
+  V::store(ctx.dc + b * Hp + u0, V::mul(dc, gf));  // flows into c_{t-1}
+  const R dzi = V::mul(V::mul(dc, gg), V::mul(gi, V::sub(one, gi)));
+  const R dzf = V::mul(V::mul(dc, c_prev), V::mul(gf, V::sub(one, gf)));
+  const R dzg = V::mul(V::mul(dc, gi), V::fnmadd(gg, gg, one));
+  const R dzo = V::mul(V::mul(dh, tc), V::mul(go, V::sub(one, go)));
+  Real* dz = ctx.dz + (t * B + b) * 4 * H + u0;
+  store_part(dz, dzi, nu);
+  store_part(dz + H, dzf, nu);
+  store_part(dz + 2 * H, dzg, nu);
+  store_part(dz + 3 * H, dzo, nu);
+  V::store(dzs, dzi);
+  V::store(dzs + Hp, dzf);
+  V::store(dzs + 2 * Hp, dzg);
+  V::store(dzs + 3 * Hp, dzo);
+  store_part(ctx.h_prev + (t * B + b) * H + u0, h_prev, nu);
+}
+
+// dh_{t-1} = dz . recurrent_kernel^T for ROWS rows and NB consecutive unit blocks.
+template <typename Real, int ROWS, int NB>
+void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block0,
+                   const Real* dz_step) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const BackwardArgs<Real>& a = *ctx.a;
+  const int64_t Hp = ctx.Hp, K = 4 * Hp;
+  const Real* w = ctx.packed_rkt + block0 * K * N;
+  R acc[ROWS][NB];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NB; ++q) acc[r][q] = V::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    R wq[NB];
+    for (int q = 0; q < NB; ++q) wq[q] = V::load(w + (q * K + k) * N);
+    for (int r = 0; r < ROWS; ++r) {
+      const R d = V::set1(dz_step[(b0 + r) * K + k]);
+      for (int q = 0; q < NB; ++q) acc[r][q] = V::fmadd(d, wq[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t b = b0 + r;
+    if (s >= seq_len(a.lengths, b, a.dims.T)) continue;  // not started yet: dh carries over
+    for (int q = 0; q < NB; ++q) V::store(ctx.dh + b * Hp + (block0 + q) * N, acc[r][q]);
+  }
+}
+
+template <typename Real, int ROWS, int NB>
+void backward_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t block0,
+                   int nb, const Real* dz_step) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return backward_rows<Real, ROWS - 1, NB>(ctx, s, b0, rows, block0, nb, dz_step);
+  }
+  if constexpr (NB > 1) {
+    if (nb < NB) return backward_rows<Real, ROWS, NB - 1>(ctx, s, b0, rows, block0, nb, dz_step);
+  }
+  backward_tile<Real, ROWS, NB>(ctx, s, b0, block0, dz_step);
+}
+
+template <typename Real>
+void backward_task(void* p, int tid, int nthreads) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  BackwardCtx<Real>& ctx = *static_cast<BackwardCtx<Real>*>(p);
+  const BackwardArgs<Real>& a = *ctx.a;
+  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
+  const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
+
+  // Pack this thread's blocks of recurrent_kernel^T over the padded gate index.
+  for (int64_t block = mine.first; block < mine.last; ++block) {
+    Real* dst = ctx.packed_rkt + block * 4 * Hp * N;
+    const int64_t u0 = block * N, nu = imin(N, H - u0);
+    for (int q = 0; q < 4; ++q)
+      for (int64_t u = 0; u < Hp; ++u)
+        for (int64_t v = 0; v < N; ++v)
+          *dst++ = (v < nu && u < H) ? a.recurrent_kernel[(u0 + v) * 4 * H + q * H + u] : Real(0);
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t u0 = block * N, nu = imin(N, H - u0);
+      V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + b * H + u0, nu) : V::zero());
+      V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
+    }
+
+  for (int64_t s = T - 1; s >= 0; --s) {
+    Real* dz_step = ctx.dz_step + (s & 1) * B * 4 * Hp;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t block = mine.first; block < mine.last; ++block)
+        backward_cell(ctx, s, b, block, dz_step);
+    barrier_wait(&ctx.barrier);  // dz of step s complete for all units
+    for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
+      const int rows = static_cast<int>(imin(kTileRows, B - b0));
+      for (int64_t block = mine.first; block < mine.last; block += 4) {
+        const int nb = static_cast<int>(imin(4, mine.last - block));
+        backward_rows<Real, kTileRows, 4>(ctx, s, b0, rows, block, nb, dz_step);
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t u0 = block * N, nu = imin(N, H - u0);
+      store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
+      store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
+    }
+  barrier_wait(&ctx.barrier);  // dz and h_prev complete for all positions
+
+  Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
+  const int64_t rows = T * B;
+  // dkernel (I, 4H) = x^T . dz;  drecurrent_kernel (H, 4H) = h_prev^T . dz;  dx (TB, I) = dz . kernel^T
+  gemm_part(GemmArgs<Real>{I, 4 * H, rows, a.x, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
+            tid, nthreads, ws);
+  gemm_part(GemmArgs<Real>{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel,
+                           4 * H, nullptr},
+            tid, nthreads, ws);
+  gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, a.dx, I, nullptr},
+            tid, nthreads, ws);
+  if (a.dbias) {  // column sums of dz, each column summed in row order by one thread
+    const int64_t j0 = 4 * H * tid / nthreads, j1 = 4 * H * (tid + 1) / nthreads;
+    for (int64_t j = j0; j < j1; ++j) a.dbias[j] = Real(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const Real* row = ctx.dz + r * 4 * H;
+      for (int64_t j = j0; j < j1; ++j) a.dbias[j] += row[j];
+    }
+  }
+}
+
+template <typename Real>
+void backward(const BackwardArgs<Real>& a) {
+  constexpr int N = Vec<Real>::N;
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
+  const int nthreads = num_threads();
+  BackwardCtx<Real> ctx;
+  ctx.a = &a;
+  ctx.nblocks = ceil_div(H, N);
+  ctx.Hp = ctx.nblocks * N;
+  Buffer<Real> dz(T * B * 4 * H), h_prev(T * B * H);
+  Buffer<Real> packed_rkt(ctx.nblocks * 4 * ctx.Hp * N);
+  Buffer<Real> state(2 * B * 4 * ctx.Hp + 2 * B * ctx.Hp);
+  Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
+  ctx.dz = dz.get();
+  ctx.h_prev = h_prev.get();
+  ctx.packed_rkt = packed_rkt.get();
+  ctx.dz_step = state.get();
+  ctx.dh = state.get() + 2 * B * 4 * ctx.Hp;
+  ctx.dc = ctx.dh + B * ctx.Hp;
+  ctx.gemm_ws = gemm_ws.get();
+  // Rows that have not started hold zeros here: the step product reads every row.
+  for (int64_t i = 0; i < 2 * B * 4 * ctx.Hp; ++i) ctx.dz_step[i] = Real(0);
+  barrier_init(&ctx.barrier, nthreads);
+  run(&backward_task<Real>, &ctx, nthreads);
+}
+
+}  // namespace
+
+#define FASTLSTM_STR2(x) #x
+#define FASTLSTM_STR(x) FASTLSTM_STR2(x)
+
+const KernelTable& kernel_table() {
+  static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
+                                 &backward<float>, &backward<double>};
+  return table;
+}
+
+}  // namespace FASTLSTM_TARGET
+}  // namespace cpu
+}  // namespace fastlstm

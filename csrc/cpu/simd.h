@@ -1,0 +1,207 @@
+// SIMD vectors for the per-ISA kernel objects. Included only by lstm_kernels.cc, which is
+// compiled once per target with that target's flags; everything here lives in the target's
+// namespace, so no inline function compiled for AVX-512 can be picked by the linker for
+// another target.
+//
+// Vec<Real>::R is the register type and N its width in elements:
+//   AVX-512: 16 floats / 8 doubles; AVX2+FMA: 8 / 4; scalar: 1 / 1.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef FASTLSTM_TARGET
+#error "FASTLSTM_TARGET must name the instruction set this object is compiled for"
+#endif
+
+namespace fastlstm {
+namespace cpu {
+namespace FASTLSTM_TARGET {
+
+template <typename Real>
+struct Vec;
+
+#if defined(__AVX512F__)
+template <>
+struct Vec<float> {
+  using R = __m512;
+  static constexpr int N = 16;
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static R set1(float a) { return _mm512_set1_ps(a); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }   // a*b + c
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); } // c - a*b
+  // max/min return the second operand when either is NaN (x86 semantics); callers pass the
+  // data as the second operand so NaN propagates.
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // 2^n for integer-valued n in [-126, 127].
+  static R pow2n(R n) {
+    R biased = _mm512_add_ps(n, _mm512_set1_ps(8388608.0f + 127.0f));  // 2^23 + 127 + n
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(biased), 23));
+  }
+};
+template <>
+struct Vec<double> {
+  using R = __m512d;
+  static constexpr int N = 8;
+  static R load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, R v) { _mm512_storeu_pd(p, v); }
+  static R set1(double a) { return _mm512_set1_pd(a); }
+  static R zero() { return _mm512_setzero_pd(); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // 2^n for integer-valued n in [-1022, 1023].
+  static R pow2n(R n) {
+    R biased = _mm512_add_pd(n, _mm512_set1_pd(4503599627370496.0 + 1023.0));  // 2^52 + 1023 + n
+    return _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_castpd_si512(biased), 52));
+  }
+};
+#elif defined(__AVX2__)
+template <>
+struct Vec<float> {
+  using R = __m256;
+  static constexpr int N = 8;
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static R set1(float a) { return _mm256_set1_ps(a); }
+  static R zero() { return _mm256_setzero_ps(); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R pow2n(R n) {
+    R biased = _mm256_add_ps(n, _mm256_set1_ps(8388608.0f + 127.0f));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23));
+  }
+};
+template <>
+struct Vec<double> {
+  using R = __m256d;
+  static constexpr int N = 4;
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, R v) { _mm256_storeu_pd(p, v); }
+  static R set1(double a) { return _mm256_set1_pd(a); }
+  static R zero() { return _mm256_setzero_pd(); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_pd(a, b); }
+  static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R round(R a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R pow2n(R n) {
+    R biased = _mm256_add_pd(n, _mm256_set1_pd(4503599627370496.0 + 1023.0));
+    return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(biased), 52));
+  }
+};
+#else
+// Portable path: one element per "vector", written so the compiler may still vectorise.
+template <typename Real, typename Bits, int kMantissa, int kBias>
+struct ScalarVec {
+  using R = Real;
+  static constexpr int N = 1;
+  static R load(const Real* p) { return *p; }
+  static void store(Real* p, R v) { *p = v; }
+  static R set1(Real a) { return a; }
+  static R zero() { return Real(0); }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R div(R a, R b) { return a / b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R fnmadd(R a, R b, R c) { return c - a * b; }
+  static R max(R a, R b) { return a > b ? a : b; }  // NaN in b (the data) propagates
+  static R min(R a, R b) { return a < b ? a : b; }
+  static R round(R a) { return std::nearbyint(a); }
+  static R pow2n(R n) {
+    if (n != n) return n;  // NaN
+    Bits bits = static_cast<Bits>(static_cast<int64_t>(n) + kBias) << kMantissa;
+    Real r;
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+  }
+};
+template <>
+struct Vec<float> : ScalarVec<float, uint32_t, 23, 127> {};
+template <>
+struct Vec<double> : ScalarVec<double, uint64_t, 52, 1023> {};
+#endif
+
+// exp(x) to about 1 ulp: x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series
+// (7 terms past 1 for float, 13 for double: truncation below 1e-8 / 1e-16 relative).
+// Inputs are clamped to the range where 2^n is a normal number; NaN propagates.
+template <typename Real>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  static constexpr float lo = -87.0f, hi = 88.0f;
+  static constexpr int terms = 7;
+  static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+};
+template <>
+struct ExpConst<double> {
+  static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr int terms = 13;
+  static constexpr double ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
+};
+
+template <typename Real>
+inline typename Vec<Real>::R vexp(typename Vec<Real>::R x) {
+  using V = Vec<Real>;
+  using C = ExpConst<Real>;
+  x = V::max(V::set1(C::lo), x);
+  x = V::min(V::set1(C::hi), x);
+  typename V::R n = V::round(V::mul(x, V::set1(Real(1.4426950408889634))));
+  typename V::R r = V::fnmadd(n, V::set1(C::ln2_hi), x);
+  r = V::fnmadd(n, V::set1(C::ln2_lo), r);
+  // Horner from the highest term: p = 1 + r(1 + r/2(1 + r/3(...)))
+  typename V::R p = V::set1(Real(1));
+  for (int k = C::terms; k >= 1; --k) p = V::fmadd(V::mul(r, V::set1(Real(1) / Real(k))), p, V::set1(Real(1)));
+  return V::mul(p, V::pow2n(n));
+}
+
+template <typename Real>
+inline typename Vec<Real>::R vsigmoid(typename Vec<Real>::R x) {
+  using V = Vec<Real>;
+  typename V::R one = V::set1(Real(1));
+  return V::div(one, V::add(one, vexp<Real>(V::sub(V::zero(), x))));
+}
+
+// tanh(x) = (1 - e) / (1 + e) with e = exp(-2x); absolute error about 1 ulp of 1.
+template <typename Real>
+inline typename Vec<Real>::R vtanh(typename Vec<Real>::R x) {
+  using V = Vec<Real>;
+  typename V::R one = V::set1(Real(1));
+  typename V::R e = vexp<Real>(V::mul(x, V::set1(Real(-2))));
+  return V::div(V::sub(one, e), V::add(one, e));
+}
+
+}  // namespace FASTLSTM_TARGET
+}  // namespace cpu
+}  // namespace fastlstm

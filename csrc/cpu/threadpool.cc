@@ -1,0 +1,177 @@
+#include "cpu/threadpool.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastlstm {
+namespace cpu {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// How long an idle worker spins before sleeping, and how long a waiter spins before
+// yielding. Short enough that nothing keeps burning a core after a call returns.
+constexpr int kIdleSpins = 20000;   // roughly 50-100 us of pause instructions
+constexpr int kWaitSpins = 4000;
+
+class Pool {
+ public:
+  explicit Pool(int nthreads) : size_(std::max(1, nthreads)) {
+    for (int id = 1; id < size_; ++id) workers_.emplace_back([this, id] { worker(id); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  int size() const { return size_; }
+
+  void run(TaskFn fn, void* ctx, int nthreads) {
+    nthreads = std::max(1, std::min(nthreads, size_));
+    if (nthreads == 1) {
+      fn(ctx, 0, 1);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      fn_ = fn;
+      ctx_ = ctx;
+      active_ = nthreads;
+      pending_.store(nthreads - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    fn(ctx, 0, nthreads);
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins < kWaitSpins) cpu_relax(); else std::this_thread::yield();
+    }
+  }
+
+ private:
+  void worker(int id) {
+    unsigned long seen = 0;
+    for (;;) {
+      // Spin a little for the next job (kernels are often called back to back), then sleep.
+      int spins = 0;
+      while (generation_.load(std::memory_order_acquire) == seen && spins < kIdleSpins) {
+        cpu_relax();
+        ++spins;
+      }
+      TaskFn fn;
+      void* ctx;
+      int active;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        seen = generation_.load(std::memory_order_acquire);
+        if (stopping_) return;
+        fn = fn_;
+        ctx = ctx_;
+        active = active_;
+      }
+      if (id < active) {
+        fn(ctx, id, active);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  const int size_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::atomic<unsigned long> generation_{0};
+  std::atomic<int> pending_{0};
+  TaskFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int active_ = 1;
+  bool stopping_ = false;
+};
+
+int default_threads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+std::mutex& run_mutex() {
+  static std::mutex m;
+  return m;
+}
+int g_num_threads = default_threads();
+Pool* g_pool = nullptr;  // created on first use; recreated when the size changes
+
+// After fork() only the forking thread exists in the child: forget the parent's pool
+// (its threads are gone) and build a fresh one on first use.
+void after_fork_in_child() {
+  g_pool = nullptr;
+  new (&run_mutex()) std::mutex();
+}
+struct ForkHandler {
+  ForkHandler() { pthread_atfork(nullptr, nullptr, after_fork_in_child); }
+} g_fork_handler;
+
+}  // namespace
+
+int num_threads() {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  return g_num_threads;
+}
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  g_num_threads = std::max(1, n);
+  if (g_pool && g_pool->size() != g_num_threads) {
+    delete g_pool;
+    g_pool = nullptr;
+  }
+}
+
+void run(TaskFn fn, void* ctx, int nthreads) {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  if (nthreads <= 1) {
+    fn(ctx, 0, 1);
+    return;
+  }
+  // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
+  if (!g_pool || g_pool->size() < nthreads) {
+    delete g_pool;
+    g_pool = new Pool(std::max(nthreads, g_num_threads));
+  }
+  g_pool->run(fn, ctx, nthreads);
+}
+
+void barrier_init(Barrier* b, int count) {
+  b->arrived = 0;
+  b->generation = 0;
+  b->count = count;
+}
+
+void barrier_wait(Barrier* b) {
+  if (b->count <= 1) return;
+  int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+  if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->count) {
+    __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+    return;
+  }
+  for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; ++spins) {
+    if (spins < kWaitSpins) cpu_relax(); else std::this_thread::yield();
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastlstm

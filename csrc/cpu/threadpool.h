@@ -1,0 +1,37 @@
+// A small thread pool for the CPU kernels.
+//
+// run() executes fn(ctx, tid, nthreads) on nthreads threads (the caller is thread 0)
+// and returns when all have finished. Inside, barrier() synchronises the threads of
+// that run (spinning briefly, then yielding). Between runs the workers sleep on a
+// condition variable after a short spin, so they do not steal cores from other
+// thread pools in the same process (PyTorch, OpenBLAS).
+//
+// Everything here is compiled without instruction-set flags and called through plain
+// function pointers, so no inline code is shared with the per-ISA kernel objects.
+#pragma once
+
+namespace fastlstm {
+namespace cpu {
+
+using TaskFn = void (*)(void* ctx, int tid, int nthreads);
+
+// Number of threads the kernels use (default: hardware concurrency).
+int num_threads();
+void set_num_threads(int n);
+
+// Runs fn on exactly nthreads threads (the caller is thread 0) and returns when all have
+// returned. Concurrent callers are serialised. fn must not throw.
+void run(TaskFn fn, void* ctx, int nthreads);
+
+// A barrier for the `count` threads of one run(). Plain storage, operated on only
+// through the functions below (atomic builtins in threadpool.cc).
+struct Barrier {
+  alignas(64) int arrived;
+  alignas(64) int generation;
+  int count;
+};
+void barrier_init(Barrier* b, int count);
+void barrier_wait(Barrier* b);
+
+}  // namespace cpu
+}  // namespace fastlstm

@@ -1,0 +1,47 @@
+"""fastlstm: fused LSTM forward and backward kernels with a NumPy reference.
+
+    import fastlstm
+    y, h_n, c_n, saved = fastlstm.ops.lstm_forward(x, kernel, recurrent_kernel, bias)
+    grads = fastlstm.ops.lstm_backward(saved, dy)
+
+Layouts (gate order i, f, g, o): x (T, B, I), kernel (I, 4H), recurrent_kernel (H, 4H),
+bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for the oracle.
+"""
+
+from . import _core
+from . import ops, reference
+
+__version__ = "0.1.0"
+__all__ = ["ops", "reference", "cpu_info", "set_num_threads", "get_num_threads"]
+
+# Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
+_core.get_isa()
+
+
+def cpu_info():
+    """What the CPU backend can run and what it uses.
+
+    Returns a dict: "compiled" (instruction sets built in), "supported" (those this
+    processor runs), "isa" (the one in use; FASTLSTM_ISA forces it), "num_threads".
+    """
+    return {
+        "compiled": list(_core.compiled_isas()),
+        "supported": list(_core.supported_isas()),
+        "isa": _core.get_isa(),
+        "num_threads": _core.get_num_threads(),
+    }
+
+
+def get_num_threads():
+    """Number of threads the CPU kernels use (default: all cores)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n):
+    """Set the number of threads the CPU kernels use (an integer >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"n: expected an integer number of threads, got {type(n).__name__}")
+    n = int(n.__index__()) if not isinstance(n, int) else n
+    if n < 1:
+        raise ValueError(f"n: expected a number of threads >= 1, got {n}")
+    _core.set_num_threads(n)

@@ -1,0 +1,177 @@
+"""Checked functional LSTM API: validates and normalises arguments, then runs a backend.
+
+    y, h_n, c_n, saved = lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None,
+                                      lengths=None, reverse=False, training=True, backend="auto")
+    dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None)
+
+Shapes (time-major): x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,);
+h0, c0, h_n, c_n (B, H); y (T, B, H); lengths (B,) integers in [0, T]. Gate blocks along the
+4H axis are ordered i, f, g, o. All arrays share one dtype, float32 or float64.
+
+lengths follow PyTorch's packed sequences: sequence b uses steps 0..lengths[b]-1, y is 0
+past its length, h_n/c_n are its state after its last valid step. reverse=True runs each
+sequence from its last valid step down to 0, with y[t] kept at position t.
+
+Backends: "cpu" (the fused C++ kernels), "numpy" (fastlstm.reference), "auto" (= "cpu").
+"""
+
+import numpy as np
+
+from . import _core, reference
+
+__all__ = ["lstm_forward", "lstm_backward", "LSTMSaved", "BACKENDS"]
+
+BACKENDS = ("auto", "cpu", "numpy")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class LSTMSaved:
+    """What lstm_backward needs from lstm_forward(..., training=True). Treat as opaque.
+
+    It keeps references to the (contiguous) inputs of the forward; modifying them in place
+    before calling lstm_backward changes the gradients.
+    """
+
+    __slots__ = ("backend", "dtype", "dims", "x", "kernel", "recurrent_kernel", "has_bias",
+                 "h0", "c0", "lengths", "reverse", "payload")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    def __repr__(self):
+        T, B, I, H = self.dims
+        return (f"LSTMSaved(backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
+                f"dtype={self.dtype}, reverse={self.reverse})")
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _as_float_array(value, name, dtype=None):
+    """value as an ndarray of a supported float dtype (and of `dtype` when given)."""
+    arr = np.asarray(value)
+    if arr.dtype not in _FLOATS:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match x's dtype {dtype}; "
+                        f"all arrays must share one dtype")
+    return arr
+
+
+def _checked(value, name, shape, dtype, what):
+    """A C-contiguous array of `dtype` and exactly `shape`; `what` names the axes."""
+    arr = _as_float_array(value, name, dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {what} = {_shape_str(shape)}, "
+                         f"got {_shape_str(arr.shape)}")
+    return np.ascontiguousarray(arr)
+
+
+def _optional(value, name, shape, dtype, what):
+    return None if value is None else _checked(value, name, shape, dtype, what)
+
+
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _check_lengths(lengths, T, B):
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), "
+                        f"got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape (B,) = ({B},), got {_shape_str(arr.shape)}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"lengths: every entry must be in [0, T] = [0, {T}], "
+                         f"got min {arr.min()} and max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _resolve_backend(backend):
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        if backend == "cuda":
+            raise ValueError("backend: 'cuda' is not available in this build of fastlstm "
+                             f"(choose one of {BACKENDS})")
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return "cpu" if backend == "auto" else backend
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengths=None,
+                 reverse=False, training=True, backend="auto"):
+    """Run an LSTM over x. Returns (y, h_n, c_n, saved); saved is None when training=False.
+
+    x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,) or None;
+    h0, c0 (B, H) or None (zeros); lengths (B,) ints in [0, T] or None (all T).
+    Returns y (T, B, H), h_n (B, H), c_n (B, H) in x's dtype.
+    """
+    backend = _resolve_backend(backend)
+    x = _as_float_array(x, "x")
+    if x.ndim != 3:
+        raise ValueError(f"x: expected a 3-D array (T, B, I), got shape {_shape_str(x.shape)}")
+    dtype = x.dtype
+    T, B, I = x.shape
+    if I < 1:
+        raise ValueError("x: the feature axis I must have size >= 1, got shape "
+                         f"{_shape_str(x.shape)}")
+    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel", dtype)
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
+            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
+        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
+                         f"{_shape_str(recurrent_kernel.shape)}")
+    H = recurrent_kernel.shape[0]
+    x = np.ascontiguousarray(x)
+    recurrent_kernel = np.ascontiguousarray(recurrent_kernel)
+    kernel = _checked(kernel, "kernel", (I, 4 * H), dtype, "(I, 4H)")
+    bias = _optional(bias, "bias", (4 * H,), dtype, "(4H,)")
+    h0 = _optional(h0, "h0", (B, H), dtype, "(B, H)")
+    c0 = _optional(c0, "c0", (B, H), dtype, "(B, H)")
+    lengths = _check_lengths(lengths, T, B)
+    reverse = _check_flag(reverse, "reverse")
+    training = _check_flag(training, "training")
+
+    if backend == "cpu":
+        y, h_n, c_n, gates, cells = _core.forward(x, kernel, recurrent_kernel, bias, h0, c0,
+                                                  lengths, reverse, training)
+        payload = (gates, cells)
+    else:
+        y, h_n, c_n, payload = reference.lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0,
+                                                      lengths, reverse, training)
+    if not training:
+        return y, h_n, c_n, None
+    saved = LSTMSaved(backend=backend, dtype=dtype, dims=(T, B, I, H), x=x, kernel=kernel,
+                      recurrent_kernel=recurrent_kernel, has_bias=bias is not None, h0=h0, c0=c0,
+                      lengths=lengths, reverse=reverse, payload=payload)
+    return y, h_n, c_n, saved
+
+
+def lstm_backward(saved, dy, dh_n=None, dc_n=None):
+    """Gradients of every input of the forward that produced `saved`.
+
+    dy (T, B, H) or None; dh_n, dc_n (B, H) or None (zero). Returns
+    (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None when the forward had
+    no bias. dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
+    """
+    if saved is None:
+        raise ValueError("saved: got None; the forward ran with training=False, which stores "
+                         "nothing for backward. Call lstm_forward(..., training=True).")
+    if not isinstance(saved, LSTMSaved):
+        raise TypeError("saved: expected the saved object returned by "
+                        f"fastlstm.ops.lstm_forward(..., training=True), got {type(saved).__name__}")
+    T, B, I, H = saved.dims
+    dtype = saved.dtype
+    dy = _optional(dy, "dy", (T, B, H), dtype, "(T, B, H)")
+    dh_n = _optional(dh_n, "dh_n", (B, H), dtype, "(B, H)")
+    dc_n = _optional(dc_n, "dc_n", (B, H), dtype, "(B, H)")
+    if saved.backend == "cpu":
+        gates, cells = saved.payload
+        return _core.backward(saved.x, saved.kernel, saved.recurrent_kernel, saved.has_bias,
+                              saved.h0, saved.c0, saved.lengths, saved.reverse, gates, cells,
+                              dy, dh_n, dc_n)
+    return reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
