@@ -65,14 +65,17 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
 }
 
-// Register tiles: rows of the batch per tile in the recurrent products. Each tile keeps
-// kTileRows x 4 accumulators (4 gates, or 4 unit blocks in the backward product).
+// Register tiles: rows of the batch per tile in the recurrent products. The forward tile
+// keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
+constexpr int kBackwardRows = 4;
 #elif defined(__AVX2__)
 constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
+constexpr int kBackwardRows = 2;
 #else
 constexpr int kTileRows = 4;
+constexpr int kBackwardRows = 4;
 #endif
 
 // The hidden units are handled in blocks of one vector (N units); thread tid owns the
@@ -184,9 +187,8 @@ void forward_task(void* p, int tid, int nthreads) {
     Real* dst = ctx.packed_rk + block * H * 4 * N;
     const int64_t u0 = block * N, nu = imin(N, H - u0);
     for (int64_t k = 0; k < H; ++k)
-      for (int q = 0; q < 4; ++q)
-        for (int64_t v = 0; v < N; ++v)
-          *dst++ = v < nu ? a.recurrent_kernel[k * 4 * H + q * H + u0 + v] : Real(0);
+      for (int q = 0; q < 4; ++q, dst += N)
+        V::store(dst, load_part(a.recurrent_kernel + k * 4 * H + q * H + u0, nu));
   }
   // Initial state of this thread's units (padding lanes zero).
   for (int64_t b = 0; b < B; ++b)
@@ -251,8 +253,7 @@ struct BackwardCtx {
   int64_t nblocks, Hp;
   Real* dz;          // (T, B, 4H) gate pre-activation gradients; zero at invalid positions
   Real* h_prev;      // (T, B, H)  h_{t-1} of each valid position; zero at invalid positions
-  Real* packed_rkt;  // nblocks x 4Hp x N: packed[block][q*Hp + u][v] = rk[block*N + v, q*H + u]
-  Real* dz_step;     // 2 x (B, 4Hp): this step's dz in padded gate blocks (double-buffered)
+  Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   Real* gemm_ws;
@@ -268,12 +269,12 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const BackwardArgs<Real>& a = *ctx.a;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
-  Real* dzs = dz_step + b * 4 * Hp + u0;
+  Real* dzs = dz_step + b * 4 * H + u0;
   if (s >= len) {  // position t = s is past the length: no gradient there
     Real* dz = ctx.dz + (s * B + b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) {
       store_part(dz + q * H, V::zero(), nu);
-      V::store(dzs + q * Hp, V::zero());
+      store_part(dzs + q * H, V::zero(), nu);
     }
     store_part(ctx.h_prev + (s * B + b) * H + u0, V::zero(), nu);
     return;
@@ -307,51 +308,72 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   store_part(dz + H, dzf, nu);
   store_part(dz + 2 * H, dzg, nu);
   store_part(dz + 3 * H, dzo, nu);
-  V::store(dzs, dzi);
-  V::store(dzs + Hp, dzf);
-  V::store(dzs + 2 * Hp, dzg);
-  V::store(dzs + 3 * Hp, dzo);
+  store_part(dzs, dzi, nu);
+  store_part(dzs + H, dzf, nu);
+  store_part(dzs + 2 * H, dzg, nu);
+  store_part(dzs + 3 * H, dzo, nu);
   store_part(ctx.h_prev + (t * B + b) * H + u0, h_prev, nu);
 }
 
-// dh_{t-1} = dz . recurrent_kernel^T for ROWS rows and NB consecutive unit blocks.
-template <typename Real, int ROWS, int NB>
-void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block0,
-                   const Real* dz_step) {
+// dh_{t-1}[b, j] = sum_c dz[b, c] * recurrent_kernel[j, c] for ROWS rows and UNITS
+// consecutive units j: dot products along the contiguous rows of recurrent_kernel (no
+// transposed copy), reduced across the vector lanes at the end.
+template <int ROWS>
+constexpr int units_per_tile() {
+#if defined(__AVX512F__)
+  return ROWS <= 2 ? 8 : 4;  // ROWS x UNITS accumulators + UNITS weights + 1 <= 32 registers
+#elif defined(__AVX2__)
+  return ROWS == 1 ? 6 : 4;  // <= 16 registers
+#else
+  return 4;
+#endif
+}
+
+template <typename Real, int ROWS, int UNITS>
+void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t j0, const Real* dz_step) {
   using V = Vec<Real>;
   using R = typename V::R;
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
-  const int64_t Hp = ctx.Hp, K = 4 * Hp;
-  const Real* w = ctx.packed_rkt + block0 * K * N;
-  R acc[ROWS][NB];
+  const int64_t H = a.dims.H, K = 4 * H, K_full = K / N * N;
+  const Real* w = a.recurrent_kernel + j0 * K;
+  const Real* d = dz_step + b0 * K;
+  R acc[ROWS][UNITS];
   for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < NB; ++q) acc[r][q] = V::zero();
-  for (int64_t k = 0; k < K; ++k) {
-    R wq[NB];
-    for (int q = 0; q < NB; ++q) wq[q] = V::load(w + (q * K + k) * N);
+    for (int u = 0; u < UNITS; ++u) acc[r][u] = V::zero();
+  for (int64_t c = 0; c < K_full; c += N) {
+    R wu[UNITS];
+    for (int u = 0; u < UNITS; ++u) wu[u] = V::load(w + u * K + c);
     for (int r = 0; r < ROWS; ++r) {
-      const R d = V::set1(dz_step[(b0 + r) * K + k]);
-      for (int q = 0; q < NB; ++q) acc[r][q] = V::fmadd(d, wq[q], acc[r][q]);
+      const R dr = V::load(d + r * K + c);
+      for (int u = 0; u < UNITS; ++u) acc[r][u] = V::fmadd(dr, wu[u], acc[r][u]);
+    }
+  }
+  if (K_full < K) {
+    for (int u = 0; u < UNITS; ++u) {
+      const R wu = load_part(w + u * K + K_full, K - K_full);
+      for (int r = 0; r < ROWS; ++r)
+        acc[r][u] = V::fmadd(load_part(d + r * K + K_full, K - K_full), wu, acc[r][u]);
     }
   }
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r;
     if (s >= seq_len(a.lengths, b, a.dims.T)) continue;  // not started yet: dh carries over
-    for (int q = 0; q < NB; ++q) V::store(ctx.dh + b * Hp + (block0 + q) * N, acc[r][q]);
+    for (int u = 0; u < UNITS; ++u) ctx.dh[b * ctx.Hp + j0 + u] = V::hsum(acc[r][u]);
   }
 }
 
-template <typename Real, int ROWS, int NB>
-void backward_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t block0,
-                   int nb, const Real* dz_step) {
+// Units [j0, j1) of rows [b0, b0 + rows), in tiles.
+template <typename Real, int ROWS>
+void backward_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t j0,
+                   int64_t j1, const Real* dz_step) {
   if constexpr (ROWS > 1) {
-    if (rows < ROWS) return backward_rows<Real, ROWS - 1, NB>(ctx, s, b0, rows, block0, nb, dz_step);
+    if (rows < ROWS) return backward_rows<Real, ROWS - 1>(ctx, s, b0, rows, j0, j1, dz_step);
   }
-  if constexpr (NB > 1) {
-    if (nb < NB) return backward_rows<Real, ROWS, NB - 1>(ctx, s, b0, rows, block0, nb, dz_step);
-  }
-  backward_tile<Real, ROWS, NB>(ctx, s, b0, block0, dz_step);
+  constexpr int U = units_per_tile<ROWS>();
+  int64_t j = j0;
+  for (; j + U <= j1; j += U) backward_tile<Real, ROWS, U>(ctx, s, b0, j, dz_step);
+  for (; j < j1; ++j) backward_tile<Real, ROWS, 1>(ctx, s, b0, j, dz_step);
 }
 
 template <typename Real>
@@ -363,15 +385,6 @@ void backward_task(void* p, int tid, int nthreads) {
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
   const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
 
-  // Pack this thread's blocks of recurrent_kernel^T over the padded gate index.
-  for (int64_t block = mine.first; block < mine.last; ++block) {
-    Real* dst = ctx.packed_rkt + block * 4 * Hp * N;
-    const int64_t u0 = block * N, nu = imin(N, H - u0);
-    for (int q = 0; q < 4; ++q)
-      for (int64_t u = 0; u < Hp; ++u)
-        for (int64_t v = 0; v < N; ++v)
-          *dst++ = (v < nu && u < H) ? a.recurrent_kernel[(u0 + v) * 4 * H + q * H + u] : Real(0);
-  }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
@@ -379,18 +392,16 @@ void backward_task(void* p, int tid, int nthreads) {
       V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
     }
 
+  const int64_t j0 = imin(H, mine.first * N), j1 = imin(H, mine.last * N);  // my units
   for (int64_t s = T - 1; s >= 0; --s) {
-    Real* dz_step = ctx.dz_step + (s & 1) * B * 4 * Hp;
+    Real* dz_step = ctx.dz_step + (s & 1) * B * 4 * H;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t block = mine.first; block < mine.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
     barrier_wait(&ctx.barrier);  // dz of step s complete for all units
-    for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
-      const int rows = static_cast<int>(imin(kTileRows, B - b0));
-      for (int64_t block = mine.first; block < mine.last; block += 4) {
-        const int nb = static_cast<int>(imin(4, mine.last - block));
-        backward_rows<Real, kTileRows, 4>(ctx, s, b0, rows, block, nb, dz_step);
-      }
+    for (int64_t b0 = 0; b0 < B; b0 += kBackwardRows) {
+      const int rows = static_cast<int>(imin(kBackwardRows, B - b0));
+      backward_rows<Real, kBackwardRows>(ctx, s, b0, rows, j0, j1, dz_step);
     }
   }
   for (int64_t b = 0; b < B; ++b)
@@ -431,18 +442,16 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
   Buffer<Real> dz(T * B * 4 * H), h_prev(T * B * H);
-  Buffer<Real> packed_rkt(ctx.nblocks * 4 * ctx.Hp * N);
-  Buffer<Real> state(2 * B * 4 * ctx.Hp + 2 * B * ctx.Hp);
+  Buffer<Real> state(2 * B * 4 * H + 2 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   ctx.dz = dz.get();
   ctx.h_prev = h_prev.get();
-  ctx.packed_rkt = packed_rkt.get();
   ctx.dz_step = state.get();
-  ctx.dh = state.get() + 2 * B * 4 * ctx.Hp;
+  ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
   // Rows that have not started hold zeros here: the step product reads every row.
-  for (int64_t i = 0; i < 2 * B * 4 * ctx.Hp; ++i) ctx.dz_step[i] = Real(0);
+  for (int64_t i = 0; i < 2 * B * 4 * H; ++i) ctx.dz_step[i] = Real(0);
   barrier_init(&ctx.barrier, nthreads);
   run(&backward_task<Real>, &ctx, nthreads);
 }

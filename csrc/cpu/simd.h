@@ -46,6 +46,7 @@ struct Vec<float> {
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
   static R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static float hsum(R a) { return _mm512_reduce_add_ps(a); }
   // 2^n for integer-valued n in [-126, 127].
   static R pow2n(R n) {
     R biased = _mm512_add_ps(n, _mm512_set1_ps(8388608.0f + 127.0f));  // 2^23 + 127 + n
@@ -69,6 +70,7 @@ struct Vec<double> {
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
   static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static double hsum(R a) { return _mm512_reduce_add_pd(a); }
   // 2^n for integer-valued n in [-1022, 1023].
   static R pow2n(R n) {
     R biased = _mm512_add_pd(n, _mm512_set1_pd(4503599627370496.0 + 1023.0));  // 2^52 + 1023 + n
@@ -93,6 +95,12 @@ struct Vec<float> {
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
   static R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static float hsum(R a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
   static R pow2n(R n) {
     R biased = _mm256_add_ps(n, _mm256_set1_ps(8388608.0f + 127.0f));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23));
@@ -115,6 +123,10 @@ struct Vec<double> {
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
   static R min(R a, R b) { return _mm256_min_pd(a, b); }
   static R round(R a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static double hsum(R a) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
   static R pow2n(R n) {
     R biased = _mm256_add_pd(n, _mm256_set1_pd(4503599627370496.0 + 1023.0));
     return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(biased), 52));
@@ -139,6 +151,7 @@ struct ScalarVec {
   static R max(R a, R b) { return a > b ? a : b; }  // NaN in b (the data) propagates
   static R min(R a, R b) { return a < b ? a : b; }
   static R round(R a) { return std::nearbyint(a); }
+  static Real hsum(R a) { return a; }
   static R pow2n(R n) {
     if (n != n) return n;  // NaN
     Bits bits = static_cast<Bits>(static_cast<int64_t>(n) + kBias) << kMantissa;
