@@ -114,9 +114,13 @@ const KernelTable& select(const std::string& name, const char* source) {
   static const char* known[] = {"scalar", "avx2", "avx512"};
   bool is_known = false;
   for (const char* k : known) is_known = is_known || name == k;
-  if (!is_known)
-    throw std::invalid_argument(std::string(source) + ": unknown instruction set '" + name +
-                                "'; expected one of scalar, avx2, avx512");
+  if (!is_known) {
+    const std::string message = std::string(source) + ": unknown instruction set '" + name +
+                                "'; expected one of scalar, avx2, avx512";
+    // A bad argument is a ValueError; a bad environment is a RuntimeError at import.
+    if (std::string(source) == "FASTLSTM_ISA") throw std::runtime_error(message);
+    throw std::invalid_argument(message);
+  }
   const Target* t = find(name);
   if (!t)
     throw std::runtime_error(std::string(source) + ": instruction set '" + name +

@@ -254,6 +254,7 @@ struct BackwardCtx {
   Real* dz;          // (T, B, 4H) gate pre-activation gradients; zero at invalid positions
   Real* h_prev;      // (T, B, H)  h_{t-1} of each valid position; zero at invalid positions
   Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
+  Real* x_masked;    // (T, B, I) x with positions past each length zeroed, or nullptr
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   Real* gemm_ws;
@@ -414,8 +415,18 @@ void backward_task(void* p, int tid, int nthreads) {
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   const int64_t rows = T * B;
+  // x at positions past a sequence's length must not reach dkernel, not even as NaN * 0.
+  const Real* x_valid = a.x;
+  if (ctx.x_masked) {
+    for (int64_t r = tid; r < rows; r += nthreads) {
+      const bool valid = r / B < seq_len(a.lengths, r % B, T);
+      for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
+    }
+    barrier_wait(&ctx.barrier);
+    x_valid = ctx.x_masked;
+  }
   // dkernel (I, 4H) = x^T . dz;  drecurrent_kernel (H, 4H) = h_prev^T . dz;  dx (TB, I) = dz . kernel^T
-  gemm_part(GemmArgs<Real>{I, 4 * H, rows, a.x, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
+  gemm_part(GemmArgs<Real>{I, 4 * H, rows, x_valid, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
             tid, nthreads, ws);
   gemm_part(GemmArgs<Real>{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel,
                            4 * H, nullptr},
@@ -446,6 +457,10 @@ void backward(const BackwardArgs<Real>& a) {
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   ctx.dz = dz.get();
   ctx.h_prev = h_prev.get();
+  bool padded = false;
+  for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
+  Buffer<Real> x_masked(padded ? T * B * a.dims.I : 0);
+  ctx.x_masked = padded ? x_masked.get() : nullptr;
   ctx.dz_step = state.get();
   ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -19,10 +20,25 @@ inline void cpu_relax() {
 #endif
 }
 
-// How long an idle worker spins before sleeping, and how long a waiter spins before
-// yielding. Short enough that nothing keeps burning a core after a call returns.
-constexpr int kIdleSpins = 20000;   // roughly 50-100 us of pause instructions
-constexpr int kWaitSpins = 4000;
+// How long an idle worker spins before sleeping on the condition variable, and how long a
+// thread waiting at a barrier spins before it starts yielding its core. Measured in time, not
+// iterations: a pause instruction takes from 10 to 140 cycles depending on the processor.
+constexpr std::chrono::microseconds kIdleSpin{50};
+constexpr std::chrono::microseconds kWaitSpin{200};
+
+// Spins while cond() holds: pause for up to `spin`, then yield the core between checks.
+template <typename Cond>
+void spin_while(Cond cond, std::chrono::microseconds spin, bool yield_after) {
+  const auto start = std::chrono::steady_clock::now();
+  for (unsigned i = 1; cond(); ++i) {
+    cpu_relax();
+    if ((i & 31) == 0 && std::chrono::steady_clock::now() - start > spin) {
+      if (!yield_after) return;
+      while (cond()) std::this_thread::yield();
+      return;
+    }
+  }
+}
 
 class Pool {
  public:
@@ -56,9 +72,7 @@ class Pool {
     }
     wake_.notify_all();
     fn(ctx, 0, nthreads);
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-      if (spins < kWaitSpins) cpu_relax(); else std::this_thread::yield();
-    }
+    spin_while([&] { return pending_.load(std::memory_order_acquire) != 0; }, kWaitSpin, true);
   }
 
  private:
@@ -66,11 +80,7 @@ class Pool {
     unsigned long seen = 0;
     for (;;) {
       // Spin a little for the next job (kernels are often called back to back), then sleep.
-      int spins = 0;
-      while (generation_.load(std::memory_order_acquire) == seen && spins < kIdleSpins) {
-        cpu_relax();
-        ++spins;
-      }
+      spin_while([&] { return generation_.load(std::memory_order_acquire) == seen; }, kIdleSpin, false);
       TaskFn fn;
       void* ctx;
       int active;
@@ -168,9 +178,7 @@ void barrier_wait(Barrier* b) {
     __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
     return;
   }
-  for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; ++spins) {
-    if (spins < kWaitSpins) cpu_relax(); else std::this_thread::yield();
-  }
+  spin_while([&] { return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; }, kWaitSpin, true);
 }
 
 }  // namespace cpu

@@ -1,0 +1,228 @@
+"""CPU path selection (cpu_info, _core.set_isa, FASTLSTM_ISA) and thread-count independence."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _core, ops
+
+KNOWN_ISAS = ["scalar", "avx2", "avx512"]
+
+
+def _cpu_flags():
+    """The processor's feature flags from /proc/cpuinfo, or None where unavailable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- cpu_info
+
+def test_cpu_info_contents():
+    info = fastlstm.cpu_info()
+    assert set(info) >= {"compiled", "supported", "isa", "num_threads"}
+    assert isinstance(info["compiled"], list) and isinstance(info["supported"], list)
+    assert "scalar" in info["compiled"]
+    assert set(info["compiled"]) <= set(KNOWN_ISAS)
+    assert set(info["supported"]) <= set(KNOWN_ISAS)
+    assert "scalar" in info["supported"]
+    assert info["isa"] in info["compiled"] and info["isa"] in info["supported"]
+    assert info["isa"] == _core.get_isa()
+    assert isinstance(info["num_threads"], int) and info["num_threads"] >= 1
+    assert info["num_threads"] == fastlstm.get_num_threads()
+
+
+def test_default_isa_is_best_available():
+    # The import-time choice (no FASTLSTM_ISA) is the best compiled-and-supported path.
+    info = fastlstm.cpu_info()
+    available = [n for n in KNOWN_ISAS if n in info["compiled"] and n in info["supported"]]
+    out = _run_python("import fastlstm; print(fastlstm.cpu_info()['isa'])", isa=None)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == available[-1]
+
+
+def test_supported_matches_cpu_flags():
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    info = fastlstm.cpu_info()
+    if "avx2" in info["supported"]:
+        assert {"avx2", "fma"} <= flags
+    if "avx512" in info["supported"]:
+        assert "avx512f" in flags
+    if "avx2" in info["compiled"] and {"avx2", "fma", "avx"} <= flags:
+        assert "avx2" in info["supported"]
+
+
+def test_set_isa_round_trip(isa):
+    # the isa fixture switched to this path; cpu_info and get_isa agree
+    assert _core.get_isa() == isa
+    assert fastlstm.cpu_info()["isa"] == isa
+
+
+def test_set_isa_unknown_name():
+    before = _core.get_isa()
+    with pytest.raises(ValueError, match="sse9"):
+        _core.set_isa("sse9")
+    assert _core.get_isa() == before
+
+
+def test_set_isa_unsupported():
+    info = fastlstm.cpu_info()
+    missing = [n for n in KNOWN_ISAS if not (n in info["compiled"] and n in info["supported"])]
+    if not missing:
+        pytest.skip("every ISA is compiled in and supported on this machine")
+    before = _core.get_isa()
+    with pytest.raises(RuntimeError, match=missing[0]):
+        _core.set_isa(missing[0])
+    assert _core.get_isa() == before
+
+
+# --------------------------------------------------------------------------- FASTLSTM_ISA
+
+def _run_python(code, isa, timeout=120):
+    """Run code in a fresh interpreter that imports this same fastlstm, with FASTLSTM_ISA=isa."""
+    env = dict(os.environ)
+    env.pop("FASTLSTM_ISA", None)
+    if isa is not None:
+        env["FASTLSTM_ISA"] = isa
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          cwd=tempfile.gettempdir())
+
+
+# Imports fastlstm, prints the ISA in use and runs one small forward/backward on it.
+_USE = """
+    import numpy as np
+    import fastlstm
+    from fastlstm import ops
+    x = np.ones((2, 1, 3)); k = np.full((3, 8), 0.1); r = np.full((2, 8), 0.1)
+    y, h, c, s = ops.lstm_forward(x, k, r, backend="cpu")
+    g = ops.lstm_backward(s, y)
+    assert np.isfinite(y).all() and y[1, 0, 0] != 0
+    print(fastlstm.cpu_info()["isa"])
+"""
+
+
+def test_env_scalar():
+    out = _run_python(_USE, "scalar")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "scalar"
+
+
+@pytest.mark.parametrize("name", KNOWN_ISAS)
+def test_env_each_isa(name):
+    info = fastlstm.cpu_info()
+    out = _run_python(_USE, name)
+    if name in info["compiled"] and name in info["supported"]:
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == name
+    else:
+        # forcing a path this build/processor cannot run fails clearly, never runs anyway
+        assert out.returncode != 0, f"FASTLSTM_ISA={name} ran on a machine without it: {out.stdout}"
+        assert "FASTLSTM_ISA" in out.stderr, out.stderr
+        assert "ImportError" in out.stderr or "RuntimeError" in out.stderr, out.stderr
+
+
+def test_env_avx512_without_avx512():
+    info = fastlstm.cpu_info()
+    if "avx512" in info["supported"] and "avx512" in info["compiled"]:
+        pytest.skip("this machine runs avx512")
+    out = _run_python(_USE, "avx512")
+    assert out.returncode != 0
+    assert "FASTLSTM_ISA" in out.stderr and "avx512" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("value", ["sse9", "avx3"])
+def test_env_unknown_value(value):
+    out = _run_python(_CATCH.format(use=textwrap.indent(textwrap.dedent(_USE), "    ")), value)
+    assert out.returncode == 3, f"FASTLSTM_ISA={value!r}: rc {out.returncode}\n{out.stdout}{out.stderr}"
+    kind, _, message = out.stdout.strip().splitlines()[-1].partition(": ")
+    assert "FASTLSTM_ISA" in message and value in message, message
+    # the contract: ImportError or RuntimeError
+    assert kind in ("ImportError", "RuntimeError"), f"{kind}: {message}"
+
+
+# Runs _USE and reports the exception it raised as "TypeName: message" with exit code 3.
+_CATCH = """
+import sys
+try:
+{use}
+except Exception as e:
+    print(f"{{type(e).__name__}}: {{e}}")
+    sys.exit(3)
+"""
+
+
+# --------------------------------------------------------------------------- threads
+
+def test_num_threads_api(num_threads):
+    for n in (1, 2, 3):
+        num_threads(n)
+        assert fastlstm.cpu_info()["num_threads"] == n
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_num_threads_rejects_bad(bad, num_threads):
+    before = fastlstm.get_num_threads()
+    with pytest.raises(ValueError):
+        fastlstm.set_num_threads(bad)
+    assert fastlstm.get_num_threads() == before
+
+
+THREAD_CASES = {
+    # big enough in B and H that 2 threads have work to split
+    "B16_I33_H64_len_rev": dict(T=5, B=16, I=33, H=64, lengths=[5, 0, 1, 3] * 4, reverse=True),
+    "B7_I5_H17": dict(T=4, B=7, I=5, H=17),
+    "B1_H100_nobias": dict(T=3, B=1, I=8, H=100, bias=False, h0=False),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(THREAD_CASES))
+def test_thread_count_bitwise_identical(isa, name, dtype, make_case, num_threads, rel_err):
+    case = make_case(dtype=dtype, seed=21, **THREAD_CASES[name])
+    results = {}
+    for n in (1, 2, 3):
+        num_threads(n)
+        y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+        grads = ops.lstm_backward(saved, **case.bwd)
+        results[n] = (y, h_n, c_n) + tuple(grads)
+    for n in (2, 3):
+        for k, (a, b) in enumerate(zip(results[n], results[1])):
+            if b is None:
+                assert a is None
+                continue
+            assert np.isfinite(b).all()
+            assert np.array_equal(a, b), (
+                f"output {k} differs between 1 and {n} threads (rel err {rel_err(a, b):.3g})")
+    # and it is the right answer
+    from fastlstm import reference
+    c64 = case.as_float64()
+    ry, rh, rc, rs = reference.lstm_forward(**c64.fwd)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert rel_err(results[1][0], ry) <= tol
+
+
+def test_thread_count_change_between_forward_and_backward(isa, make_case, num_threads):
+    case = make_case(5, 8, 6, 17, np.float64, seed=22, lengths=[5, 0, 1, 3, 5, 2, 4, 5])
+    num_threads(1)
+    *_, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    g1 = ops.lstm_backward(saved, **case.bwd)
+    num_threads(2)
+    g2 = ops.lstm_backward(saved, **case.bwd)
+    for a, b in zip(g1, g2):
+        assert np.array_equal(a, b)

@@ -1,0 +1,375 @@
+"""fastlstm.ops (backend "cpu": the fused C++ kernels; also "numpy" and "auto") against
+fastlstm.reference run in float64 on the same inputs, on every CPU path of this machine.
+
+Output poisoning is on (conftest), so an element the kernel never writes is NaN and
+fails both the isfinite check and the comparison.
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from fastlstm import _core, ops, reference  # noqa: F401  (_core: fail loudly if the extension is missing)
+
+# float64: the kernels and the reference do the same float64 arithmetic in a different
+# order (blocked/FMA GEMMs, vectorised exp/tanh); over these few steps that leaves a few
+# ulps times the condition number, far below 1e-12.
+TOL64 = 1e-12
+# float32: the kernel rounds every op to float32 (eps = 6e-8); after a few dozen ops per
+# step over <= 7 steps a correct kernel stays around 1e-7, 2e-6 leaves headroom but
+# catches any wrong term (those give errors >= 1e-3).
+TOL32 = 2e-6
+TOL = {np.dtype(np.float32): TOL32, np.dtype(np.float64): TOL64}
+DTYPES = [np.float32, np.float64]
+
+FWD_NAMES = ("y", "h_n", "c_n")
+BWD_NAMES = ("dx", "dh0", "dc0", "dkernel", "drecurrent_kernel", "dbias")
+
+# A representative (not full) cross product of the shapes that break naive code:
+# H in {1, 3, 17, 64, 100}, I != H, B = 1 and odd, T = 1, lengths mixing 0, 1 and T,
+# reverse with lengths, optional h0 / c0 / bias, optional dy / dh_n / dc_n.
+CASES = {
+    "T1_B1_I1_H1": dict(T=1, B=1, I=1, H=1),
+    "I5_H3_len_0_1_T": dict(T=4, B=3, I=5, H=3, lengths=[0, 1, 4]),
+    "I5_H3_len_0_1_T_reverse": dict(T=4, B=3, I=5, H=3, lengths=[4, 0, 1], reverse=True),
+    "I33_H17_B7_reverse_nobias": dict(T=5, B=7, I=33, H=17, lengths=[5, 0, 1, 3, 5, 2, 4],
+                                      reverse=True, bias=False),
+    "I64_H64_no_h0_c0": dict(T=3, B=2, I=64, H=64, h0=False, c0=False),
+    "I8_H100_B3_no_c0": dict(T=6, B=3, I=8, H=100, c0=False),
+    "T1_B7_H17_len_reverse": dict(T=1, B=7, I=4, H=17, lengths=[1, 0, 1, 1, 0, 0, 1], reverse=True),
+    "dy_None": dict(T=4, B=3, I=6, H=3, lengths=[2, 4, 0], dy=False),
+    "dh_n_dc_n_None": dict(T=5, B=1, I=2, H=64, lengths=[3], dh_n=False, dc_n=False),
+    "H1_B4_reverse_no_h0_nobias": dict(T=3, B=4, I=3, H=1, h0=False, bias=False, reverse=True),
+    "H3_B1_reverse_nolengths_only_dc_n": dict(T=7, B=1, I=5, H=3, reverse=True, dy=False,
+                                              dh_n=False),
+    # Past every blocking size of the kernels: T*B and I above the matrix product's K and
+    # M blocks, 4H above its column block, B above the recurrent tile's rows, several unit
+    # blocks per thread.
+    "blocking_T30_B11_I300_H130": dict(T=30, B=11, I=300, H=130,
+                                       lengths=[30, 0, 1, 29, 30, 7, 30, 15, 2, 30, 30]),
+}
+
+
+def run_ops(case, backend="cpu", training=True):
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, training=training, backend=backend)
+    return (y, h_n, c_n), saved
+
+
+def run_reference64(case):
+    """The float64 reference on the float64 values of case's (possibly float32) inputs."""
+    c64 = case.as_float64()
+    y, h_n, c_n, saved = reference.lstm_forward(**c64.fwd)
+    grads = reference.lstm_backward(saved, **c64.bwd)
+    return (y, h_n, c_n), grads
+
+
+def check_against_reference(case, outs, grads, ref_outs, ref_grads, rel_err):
+    tol = TOL[case.dtype]
+    T, B, I, H = case.T, case.B, case.I, case.H
+    shapes = dict(y=(T, B, H), h_n=(B, H), c_n=(B, H), dx=(T, B, I), dh0=(B, H), dc0=(B, H),
+                  dkernel=(I, 4 * H), drecurrent_kernel=(H, 4 * H), dbias=(4 * H,))
+    for name, a, b in zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads),
+                          tuple(ref_outs) + tuple(ref_grads)):
+        if b is None:
+            assert a is None, f"{name}: expected None, got {type(a)}"
+            continue
+        assert isinstance(a, np.ndarray), f"{name}: {type(a)}"
+        assert a.shape == shapes[name], f"{name}: shape {a.shape}"
+        assert a.dtype == case.dtype, f"{name}: dtype {a.dtype}"
+        assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
+        err = rel_err(a, b)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
+
+
+# --------------------------------------------------------------------------- accuracy
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_cpu_matches_reference(isa, name, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **CASES[name])
+    outs, saved = run_ops(case, "cpu")
+    grads = ops.lstm_backward(saved, **case.bwd)
+    assert len(grads) == 6
+    ref_outs, ref_grads = run_reference64(case)
+    if case.fwd["bias"] is None:
+        assert grads[5] is None
+    check_against_reference(case, outs, grads, ref_outs, ref_grads, rel_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["I33_H17_B7_reverse_nobias", "I8_H100_B3_no_c0", "dy_None"])
+def test_numpy_backend_matches_reference(name, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=7, **CASES[name])
+    outs, saved = run_ops(case, "numpy")
+    grads = ops.lstm_backward(saved, **case.bwd)
+    ref_outs, ref_grads = run_reference64(case)
+    check_against_reference(case, outs, grads, ref_outs, ref_grads, rel_err)
+
+
+def test_numpy_backend_float64_is_the_reference(make_case):
+    # Same dtype, same inputs: the numpy backend is the reference, so no tolerance.
+    case = make_case(dtype=np.float64, seed=3, **CASES["I5_H3_len_0_1_T_reverse"])
+    outs, saved = run_ops(case, "numpy")
+    grads = ops.lstm_backward(saved, **case.bwd)
+    ry, rh, rc, rsaved = reference.lstm_forward(**case.fwd)
+    rgrads = reference.lstm_backward(rsaved, **case.bwd)
+    for a, b in zip(tuple(outs) + tuple(grads), (ry, rh, rc) + tuple(rgrads)):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- semantics
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_padding_semantics(isa, dtype, reverse, make_case):
+    T, B = 5, 6
+    lengths = [0, 1, 5, 3, 0, 2]
+    case = make_case(T, B, 7, 3, dtype, seed=11, lengths=lengths, reverse=reverse)
+    (y, h_n, c_n), saved = run_ops(case, "cpu")
+    dx, dh0, dc0, *_ = ops.lstm_backward(saved, **case.bwd)
+    for b, L in enumerate(lengths):
+        # y and dx are exactly zero past each length ...
+        assert np.all(y[L:, b] == 0), f"y[{L}:, {b}] not zero"
+        assert np.all(dx[L:, b] == 0), f"dx[{L}:, {b}] not zero"
+        # ... and nowhere else identically zero (random inputs)
+        assert np.all(y[:L, b] != 0)
+        if L == 0:
+            # length 0: the state passes through unchanged, and so do its gradients
+            np.testing.assert_array_equal(h_n[b], case.fwd["h0"][b])
+            np.testing.assert_array_equal(c_n[b], case.fwd["c0"][b])
+            np.testing.assert_array_equal(dh0[b], case.bwd["dh_n"][b])
+            np.testing.assert_array_equal(dc0[b], case.bwd["dc_n"][b])
+        else:
+            last = 0 if reverse else L - 1  # the step processed last holds h_n
+            np.testing.assert_array_equal(h_n[b], y[last, b])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (3, 0, None), (0, 0, None), (4, 3, [0, 0, 0])],
+                         ids=["T0", "B0", "T0_B0", "all_lengths_0"])
+def test_empty_work(isa, T, B, lengths, dtype, make_case):
+    # No step runs: the state passes through, y is all zeros, weight gradients are exactly 0
+    # (with poisoning on, any of them the kernel skips writing would be NaN).
+    case = make_case(T, B, 4, 17, dtype, seed=18, lengths=lengths, reverse=True)
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    assert y.shape == (T, B, 17) and np.all(y == 0)
+    np.testing.assert_array_equal(h_n, case.fwd["h0"])
+    np.testing.assert_array_equal(c_n, case.fwd["c0"])
+    dx, dh0, dc0, dk, dr, db = ops.lstm_backward(saved, **case.bwd)
+    assert dx.shape == (T, B, 4) and np.all(dx == 0)
+    np.testing.assert_array_equal(dh0, case.bwd["dh_n"])
+    np.testing.assert_array_equal(dc0, case.bwd["dc_n"])
+    for g, shape in ((dk, (4, 68)), (dr, (17, 68)), (db, (68,))):
+        assert g.shape == shape and g.dtype == case.dtype
+        assert np.all(g == 0)
+
+
+def test_reverse_full_length_is_flipped_forward(isa, make_case):
+    # With all lengths = T, reverse must equal the forward run on x[::-1], with y flipped.
+    case = make_case(4, 3, 5, 17, np.float64, seed=5)
+    y_r, h_r, c_r, _ = ops.lstm_forward(**{**case.fwd, "reverse": True}, backend="cpu")
+    y_f, h_f, c_f, _ = ops.lstm_forward(**{**case.fwd, "x": np.ascontiguousarray(case.fwd["x"][::-1])},
+                                        backend="cpu")
+    np.testing.assert_array_equal(y_r, y_f[::-1])
+    np.testing.assert_array_equal(h_r, h_f)
+    np.testing.assert_array_equal(c_r, c_f)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_training_false(isa, dtype, make_case):
+    case = make_case(5, 3, 4, 17, dtype, seed=2, lengths=[5, 0, 2], reverse=True)
+    y1, h1, c1, saved1 = ops.lstm_forward(**case.fwd, training=True, backend="cpu")
+    y0, h0, c0, saved0 = ops.lstm_forward(**case.fwd, training=False, backend="cpu")
+    assert saved1 is not None
+    assert saved0 is None
+    for a, b in ((y0, y1), (h0, h1), (c0, c1)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+        assert np.isfinite(a).all()
+
+
+def test_training_false_numpy_backend(make_case):
+    case = make_case(3, 2, 4, 3, np.float64, seed=2)
+    *_, saved = ops.lstm_forward(**case.fwd, training=False, backend="numpy")
+    assert saved is None
+
+
+def test_backend_auto_picks_cpu(make_case, monkeypatch):
+    # this module imported fastlstm._core, so the extension is present
+    case = make_case(5, 3, 33, 17, np.float32, seed=4, lengths=[5, 1, 0])
+    cpu = ops.lstm_forward(**case.fwd, backend="cpu")
+    auto = ops.lstm_forward(**case.fwd, backend="auto")
+    assert type(auto[3]) is type(cpu[3])
+    for a, b in zip(auto[:3], cpu[:3]):
+        np.testing.assert_array_equal(a, b)
+    # With the reference made unusable, "auto" still runs (it never goes to NumPy) ...
+    def boom(*args, **kwargs):
+        raise AssertionError("backend='auto' used the NumPy reference")
+    monkeypatch.setattr(reference, "lstm_forward", boom)
+    monkeypatch.setattr(reference, "lstm_backward", boom)
+    auto = ops.lstm_forward(**case.fwd, backend="auto")
+    ops.lstm_backward(auto[3], **case.bwd)
+    for a, b in zip(auto[:3], cpu[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_default_backend_is_auto(make_case):
+    case = make_case(3, 2, 4, 3, np.float64, seed=9)
+    default = ops.lstm_forward(**case.fwd)
+    cpu = ops.lstm_forward(**case.fwd, backend="cpu")
+    for a, b in zip(default[:3], cpu[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inputs_not_modified(isa, make_case):
+    case = make_case(4, 3, 5, 3, np.float64, seed=8, lengths=[4, 0, 2])
+    copies = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in case.fwd.items()}
+    bcopies = {k: v.copy() for k, v in case.bwd.items()}
+    *_, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    ops.lstm_backward(saved, **case.bwd)
+    ops.lstm_backward(saved, **case.bwd)  # saved can be used twice
+    for k, v in copies.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(case.fwd[k], v)
+    for k, v in bcopies.items():
+        np.testing.assert_array_equal(case.bwd[k], v)
+
+
+def test_backward_twice_same_result(isa, make_case):
+    case = make_case(4, 3, 5, 3, np.float32, seed=8, lengths=[4, 0, 2], reverse=True)
+    *_, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    g1 = ops.lstm_backward(saved, **case.bwd)
+    g2 = ops.lstm_backward(saved, **case.bwd)
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- memory layout
+
+def _strided(a, rng, kind):
+    """A non-contiguous (or Fortran-ordered) array equal to a."""
+    if a is None:
+        return None
+    if kind == "step":
+        # embed in a bigger array and take every other element along every axis
+        big = rng.standard_normal(tuple(2 * n + 1 for n in a.shape)).astype(a.dtype)
+        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    if kind == "transpose":
+        # a view with the first two axes swapped (for 2-D arrays: a.T of a C array)
+        if a.ndim < 2:
+            return a[::-1][::-1]
+        return np.ascontiguousarray(np.swapaxes(a, 0, 1)).swapaxes(0, 1)
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    if kind == "negative":
+        # negative strides along the first axis
+        return np.ascontiguousarray(a[::-1])[::-1]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["step", "transpose", "fortran", "negative"])
+def test_noncontiguous_inputs(isa, kind, dtype, make_case):
+    case = make_case(5, 3, 6, 17, dtype, seed=12, lengths=[5, 2, 0], reverse=True)
+    rng = np.random.default_rng(0)
+    ref_outs, saved = run_ops(case, "cpu")
+    ref_grads = ops.lstm_backward(saved, **case.bwd)
+
+    fwd = {k: (_strided(v, rng, kind) if isinstance(v, np.ndarray) else v)
+           for k, v in case.fwd.items()}
+    bwd = {k: _strided(v, rng, kind) for k, v in case.bwd.items()}
+    if kind != "fortran":
+        assert not fwd["x"].flags.c_contiguous and not fwd["kernel"].flags.c_contiguous
+    else:
+        assert fwd["x"].flags.f_contiguous and not fwd["x"].flags.c_contiguous
+    for k, v in case.fwd.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(fwd[k], v)
+
+    y, h_n, c_n, saved2 = ops.lstm_forward(**fwd, backend="cpu")
+    grads = ops.lstm_backward(saved2, **bwd)
+    for a, b in zip((y, h_n, c_n) + tuple(grads), tuple(ref_outs) + tuple(ref_grads)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("ltype", [np.int32, np.int64, np.uint8, np.intp])
+def test_lengths_integer_dtypes_and_lists(isa, ltype, make_case):
+    case = make_case(4, 3, 5, 3, np.float64, seed=13, lengths=[4, 0, 2], reverse=True)
+    ref = ops.lstm_forward(**case.fwd, backend="cpu")
+    for lengths in (case.fwd["lengths"].astype(ltype), [4, 0, 2],
+                    np.array([9, 4, 9, 0, 9, 2], dtype=ltype)[1::2]):
+        np.testing.assert_array_equal(np.asarray(lengths), [4, 0, 2])
+        out = ops.lstm_forward(**{**case.fwd, "lengths": lengths}, backend="cpu")
+        for a, b in zip(out[:3], ref[:3]):
+            np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- non-finite values
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_nan_in_x_propagates(isa, dtype, make_case):
+    T, B = 4, 3
+    case = make_case(T, B, 5, 17, dtype, seed=14)
+    case.fwd["x"][1, 0, 2] = np.nan
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    # sequence 0 is NaN from step 1 on (every gate column sees x[1, 0, 2])
+    assert np.isfinite(y[0, 0]).all()
+    assert np.isnan(y[1:, 0]).all()
+    assert np.isnan(h_n[0]).all() and np.isnan(c_n[0]).all()
+    # the other sequences are untouched
+    assert np.isfinite(y[:, 1:]).all()
+    assert np.isfinite(h_n[1:]).all() and np.isfinite(c_n[1:]).all()
+    dx, dh0, dc0, dk, dr, db = ops.lstm_backward(saved, **case.bwd)
+    assert np.isfinite(dx[:, 1:]).all()
+    assert np.isfinite(dh0[1:]).all() and np.isfinite(dc0[1:]).all()
+    assert np.isnan(dx[:2, 0]).any()
+    assert np.isnan(dk).any() and np.isnan(db).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_nan_reverse_with_lengths(isa, dtype, make_case):
+    # NaN in a padding position (t >= lengths[b]) must not leak into anything.
+    case = make_case(4, 2, 3, 3, dtype, seed=15, lengths=[2, 4], reverse=True)
+    case.fwd["x"][3, 0, :] = np.nan
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    assert np.isfinite(y).all() and np.isfinite(h_n).all() and np.isfinite(c_n).all()
+    grads = ops.lstm_backward(saved, **case.bwd)
+    for name, g in zip(BWD_NAMES, grads):
+        assert np.isfinite(g).all(), f"{name}: NaN from x at a padding position (t >= lengths[b])"
+    assert np.all(y[2:, 0] == 0) and np.all(grads[0][2:, 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_inf_inputs(isa, dtype, make_case, rel_err):
+    # One +inf and one -inf input: each z column gets a single +-inf term, the gates
+    # saturate to exactly 0 / 1 and tanh to +-1; the LSTM output stays finite.
+    case = make_case(3, 3, 4, 3, dtype, seed=16)
+    case.fwd["x"][1, 0, 1] = np.inf
+    case.fwd["x"][0, 2, 3] = -np.inf
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
+    ry, rh, rc, _ = reference.lstm_forward(**case.as_float64().fwd)
+    assert np.isfinite(ry).all()  # the math says finite
+    for a, b in ((y, ry), (h_n, rh), (c_n, rc)):
+        assert np.isfinite(a).all()
+        assert rel_err(a, b) <= TOL[np.dtype(dtype)] * 10  # saturated values are exact
+    # the backward must not crash; rows without inf stay finite
+    dx, dh0, dc0, *_ = ops.lstm_backward(saved, **case.bwd)
+    assert dx.shape == case.fwd["x"].shape
+    assert np.isfinite(dx[:, 1]).all() and np.isfinite(dh0[1]).all()
+
+
+def test_large_inputs_saturate(isa, make_case):
+    # |z| ~ 1e3: exp overflows in a naive sigmoid; results must still be finite and right.
+    # Absolute tolerance: z itself carries a rounding error of eps * |z| (~1e-4 in float32),
+    # but the saturated gates are insensitive to it.
+    for dtype, atol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+        case = make_case(3, 2, 4, 3, dtype, seed=17)
+        case.fwd["x"] *= 1e3
+        y, h_n, c_n, _ = ops.lstm_forward(**case.fwd, backend="cpu")
+        ry, rh, rc, _ = reference.lstm_forward(**case.as_float64().fwd)
+        for a, b in ((y, ry), (h_n, rh), (c_n, rc)):
+            assert np.isfinite(a).all()
+            assert np.max(np.abs(a - b)) <= atol
