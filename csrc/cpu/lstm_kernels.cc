@@ -205,11 +205,13 @@ void forward_task(void* p, int tid, int nthreads) {
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
     Real* h_next = ctx.h + ((s + 1) & 1) * B * Hp;
-    for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
-      const int rows = static_cast<int>(imin(kTileRows, B - b0));
-      for (int64_t block = mine.first; block < mine.last; ++block)
+    // Block-major: one block of recurrent_kernel (H x 4N) stays in L2 while every row
+    // of the batch passes over it.
+    for (int64_t block = mine.first; block < mine.last; ++block)
+      for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
+        const int rows = static_cast<int>(imin(kTileRows, B - b0));
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
-    }
+      }
     barrier_wait(&ctx.barrier);
   }
 
@@ -324,7 +326,7 @@ constexpr int units_per_tile() {
 #if defined(__AVX512F__)
   return ROWS <= 2 ? 8 : 4;  // ROWS x UNITS accumulators + UNITS weights + 1 <= 32 registers
 #elif defined(__AVX2__)
-  return ROWS == 1 ? 6 : 4;  // <= 16 registers
+  return 4;  // ROWS x 4 accumulators + 4 weights + 1 <= 16 registers
 #else
   return 4;
 #endif
@@ -364,17 +366,17 @@ void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t 
   }
 }
 
-// Units [j0, j1) of rows [b0, b0 + rows), in tiles.
+// Units [j, j + units) of rows [b0, b0 + rows): full tiles, then single units.
 template <typename Real, int ROWS>
-void backward_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t j0,
-                   int64_t j1, const Real* dz_step) {
+void backward_units(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t j,
+                    int units, const Real* dz_step) {
   if constexpr (ROWS > 1) {
-    if (rows < ROWS) return backward_rows<Real, ROWS - 1>(ctx, s, b0, rows, j0, j1, dz_step);
+    if (rows < ROWS) return backward_units<Real, ROWS - 1>(ctx, s, b0, rows, j, units, dz_step);
   }
   constexpr int U = units_per_tile<ROWS>();
-  int64_t j = j0;
-  for (; j + U <= j1; j += U) backward_tile<Real, ROWS, U>(ctx, s, b0, j, dz_step);
-  for (; j < j1; ++j) backward_tile<Real, ROWS, 1>(ctx, s, b0, j, dz_step);
+  int u = 0;
+  for (; u + U <= units; u += U) backward_tile<Real, ROWS, U>(ctx, s, b0, j + u, dz_step);
+  for (; u < units; ++u) backward_tile<Real, ROWS, 1>(ctx, s, b0, j + u, dz_step);
 }
 
 template <typename Real>
@@ -400,10 +402,15 @@ void backward_task(void* p, int tid, int nthreads) {
       for (int64_t block = mine.first; block < mine.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
     barrier_wait(&ctx.barrier);  // dz of step s complete for all units
-    for (int64_t b0 = 0; b0 < B; b0 += kBackwardRows) {
-      const int rows = static_cast<int>(imin(kBackwardRows, B - b0));
-      backward_rows<Real, kBackwardRows>(ctx, s, b0, rows, j0, j1, dz_step);
-    }
+    // Unit-major: the few rows of recurrent_kernel of a tile stay in L1 while every row of
+    // the batch passes over them.
+    constexpr int U = units_per_tile<1>();  // tile width when a single row is left over
+    for (int64_t j = j0; j < j1; j += U)
+      for (int64_t b0 = 0; b0 < B; b0 += kBackwardRows) {
+        const int rows = static_cast<int>(imin(kBackwardRows, B - b0));
+        const int units = static_cast<int>(imin(U, j1 - j));
+        backward_units<Real, kBackwardRows>(ctx, s, b0, rows, j, units, dz_step);
+      }
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
