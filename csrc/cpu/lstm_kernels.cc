@@ -117,20 +117,37 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
   const Real* w = ctx.packed_rk + block * H * 4 * N;
 
-  R acc[ROWS][4];
-  for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
-  for (int64_t k = 0; k < H; ++k) {
-    const R w0 = V::load(w + k * 4 * N), w1 = V::load(w + k * 4 * N + N),
-            w2 = V::load(w + k * 4 * N + 2 * N), w3 = V::load(w + k * 4 * N + 3 * N);
-    for (int r = 0; r < ROWS; ++r) {
-      const R hk = V::set1(h_prev[(b0 + r) * Hp + k]);
-      acc[r][0] = V::fmadd(hk, w0, acc[r][0]);
-      acc[r][1] = V::fmadd(hk, w1, acc[r][1]);
-      acc[r][2] = V::fmadd(hk, w2, acc[r][2]);
-      acc[r][3] = V::fmadd(hk, w3, acc[r][3]);
+  // With few rows the FMA latency, not throughput, would bound the loop: then even and odd
+  // k go to separate accumulators (SPLIT = 2), added at the end.
+  constexpr int SPLIT = ROWS <= 2 ? 2 : 1;
+  R acc[SPLIT][ROWS][4];
+  for (int p = 0; p < SPLIT; ++p)
+    for (int r = 0; r < ROWS; ++r)
+      for (int q = 0; q < 4; ++q) acc[p][r][q] = V::zero();
+  int64_t k = 0;
+  for (; k + SPLIT <= H; k += SPLIT) {
+    for (int p = 0; p < SPLIT; ++p) {
+      const Real* wk = w + (k + p) * 4 * N;
+      const R w0 = V::load(wk), w1 = V::load(wk + N), w2 = V::load(wk + 2 * N), w3 = V::load(wk + 3 * N);
+      for (int r = 0; r < ROWS; ++r) {
+        const R hk = V::set1(h_prev[(b0 + r) * Hp + k + p]);
+        acc[p][r][0] = V::fmadd(hk, w0, acc[p][r][0]);
+        acc[p][r][1] = V::fmadd(hk, w1, acc[p][r][1]);
+        acc[p][r][2] = V::fmadd(hk, w2, acc[p][r][2]);
+        acc[p][r][3] = V::fmadd(hk, w3, acc[p][r][3]);
+      }
     }
   }
+  for (; k < H; ++k) {  // odd H with SPLIT = 2
+    const Real* wk = w + k * 4 * N;
+    for (int r = 0; r < ROWS; ++r) {
+      const R hk = V::set1(h_prev[(b0 + r) * Hp + k]);
+      for (int q = 0; q < 4; ++q) acc[0][r][q] = V::fmadd(hk, V::load(wk + q * N), acc[0][r][q]);
+    }
+  }
+  if constexpr (SPLIT == 2)
+    for (int r = 0; r < ROWS; ++r)
+      for (int q = 0; q < 4; ++q) acc[0][r][q] = V::add(acc[0][r][q], acc[1][r][q]);
 
   const int64_t u0 = block * N, nu = imin(N, H - u0);
   for (int r = 0; r < ROWS; ++r) {
@@ -143,10 +160,10 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     }
     const int64_t t = a.reverse ? len - 1 - s : s;
     const Real* z = ctx.G + (t * B + b) * 4 * H + u0;
-    const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
-    const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
-    const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));
-    const R go = vsigmoid<Real>(V::add(acc[r][3], load_part(z + 3 * H, nu)));
+    const R gi = vsigmoid<Real>(V::add(acc[0][r][0], load_part(z, nu)));
+    const R gf = vsigmoid<Real>(V::add(acc[0][r][1], load_part(z + H, nu)));
+    const R gg = vtanh<Real>(V::add(acc[0][r][2], load_part(z + 2 * H, nu)));
+    const R go = vsigmoid<Real>(V::add(acc[0][r][3], load_part(z + 3 * H, nu)));
     const R cn = V::fmadd(gf, V::load(c_state), V::mul(gi, gg));
     const R hn = V::mul(go, vtanh<Real>(cn));
     V::store(c_state, cn);
