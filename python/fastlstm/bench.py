@@ -1,0 +1,721 @@
+"""Benchmark fastlstm's CPU kernels against the NumPy reference and PyTorch.
+
+Run ``python -m fastlstm.bench --quick`` for a few-second smoke run, or
+``python -m fastlstm.bench`` for the default table; ``--help`` lists the options.
+
+For every configuration (T, B, I, H) and mode the benchmark
+
+1. checks correctness first: fastlstm (and torch) run once on fresh random inputs
+   and are compared with the float64 NumPy reference on the same inputs
+   (relative error ||a - b|| / ||b|| of y and, in fwd+bwd mode, of every gradient).
+   A row whose fastlstm error exceeds the tolerance is marked FAILED and not timed;
+2. times the contenders round-robin in blocks (a block of fastlstm calls, of torch
+   calls, of reference calls, then again, ROUNDS times) after a warm-up, pausing
+   briefly between blocks, and reports median (min-max) milliseconds per call.
+
+Modes: ``fwd`` is inference (fastlstm ``training=False``, torch under
+``torch.no_grad()``); ``fwdbwd`` is a training forward followed by the backward
+pass with an upstream gradient dy of y's shape.
+
+FLOPs counted: 8*T*B*H*(I+H) for the forward (the two matrix products),
+three times that for forward+backward.
+"""
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import fastlstm
+from fastlstm import ops, reference
+
+DEFAULT_CONFIGS = [(100, 1, 256, 256), (100, 16, 256, 256), (100, 64, 512, 512), (50, 128, 1024, 1024)]
+QUICK_CONFIGS = [(50, 1, 128, 128), (50, 16, 128, 128)]
+MODES = ("fwd", "fwdbwd")
+MODE_LABELS = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
+CONTENDERS = ("fastlstm", "torch", "reference")  # round-robin order
+
+TOLERANCE = 1e-4            # max relative error against the float64 reference
+REFERENCE_MAX_GFLOP = 30.0  # the NumPy reference is not timed above this many GFLOP per call
+CHECK_MAX_GFLOP = 30.0      # above this many GFLOP per call the check runs at T = min(T, CHECK_SHORT_T)
+CHECK_SHORT_T = 10
+TARGET_SECONDS = 1.0        # timed seconds per contender per row (adaptive repeats)
+QUICK_TARGET_SECONDS = 0.1
+ROUNDS = 3                  # round-robin rounds: each contender is timed in this many blocks
+QUICK_ROUNDS = 2
+SETTLE_SECONDS = 0.15       # pause before switching contenders, for other libraries' spinning threads
+MIN_REPEATS = 5
+MIN_REFERENCE_REPEATS = 3
+MAX_REPEATS = 2000
+WARMUP_SECONDS = 0.05
+UNSTABLE_FACTOR = 2.0       # a median this many times the minimum is flagged '!'
+BUSY_SAMPLE_SECONDS = 0.25  # how long the CPU use of other processes is sampled at start
+BUSY_WARNING_CORES = 0.3    # warn when other processes keep more than this many cores busy
+CEILING_SIZE = 2048
+CEILING_REPEATS = 5
+
+
+# ----------------------------------------------------------------------------- problem
+
+def config_flops(config, mode):
+    """FLOPs of one call: 8*T*B*H*(I+H) forward, three times that for forward+backward."""
+    T, B, I, H = config
+    forward = 8.0 * T * B * H * (I + H)
+    return forward if mode == "fwd" else 3.0 * forward
+
+
+def make_inputs(config, dtype, rng):
+    """Fresh random problem: normal x and dy, weights scaled by 1/sqrt(I+H)."""
+    T, B, I, H = config
+    scale = 1.0 / math.sqrt(I + H)
+
+    def normal(shape, s=1.0):
+        return (rng.standard_normal(shape) * s).astype(dtype)
+
+    return {
+        "x": normal((T, B, I)),
+        "kernel": normal((I, 4 * H), scale),
+        "recurrent_kernel": normal((H, 4 * H), scale),
+        "bias": normal((4 * H,), scale),
+        "dy": normal((T, B, H)),
+    }
+
+
+# ----------------------------------------------------------------------------- contenders
+# A runner is a zero-argument callable doing one call of the benchmarked work and
+# returning its outputs as a dict of NumPy arrays (y, and the gradients in fwd+bwd).
+
+def numpy_api_runner(forward, backward, inputs, mode, **options):
+    """Runner for an lstm_forward / lstm_backward pair with fastlstm's signature."""
+    args = (inputs["x"], inputs["kernel"], inputs["recurrent_kernel"], inputs["bias"])
+    dy = inputs["dy"]
+
+    def run_fwd():
+        y, _, _, _ = forward(*args, training=False, **options)
+        return {"y": y}
+
+    def run_fwdbwd():
+        y, _, _, saved = forward(*args, training=True, **options)
+        dx, _, _, dkernel, drecurrent, dbias = backward(saved, dy)
+        return {"y": y, "dx": dx, "dkernel": dkernel, "drecurrent_kernel": drecurrent, "dbias": dbias}
+
+    return run_fwd if mode == "fwd" else run_fwdbwd
+
+
+def fastlstm_runner(inputs, mode):
+    """fastlstm's C++ CPU kernels through the checked functional API."""
+    return numpy_api_runner(ops.lstm_forward, ops.lstm_backward, inputs, mode, backend="cpu")
+
+
+def reference_runner(inputs, mode):
+    """The pure NumPy reference (computes in the dtype of its inputs)."""
+    return numpy_api_runner(reference.lstm_forward, reference.lstm_backward, inputs, mode)
+
+
+def torch_runner(torch, inputs, mode):
+    """torch.nn.LSTM with fastlstm's weights (same i,f,g,o gate order, time-major input)."""
+    x = inputs["x"]
+    _, _, I = x.shape
+    H = inputs["recurrent_kernel"].shape[0]
+    dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+    lstm = torch.nn.LSTM(I, H, dtype=dtype)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(inputs["kernel"].T)))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(inputs["recurrent_kernel"].T)))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(inputs["bias"]))
+        lstm.bias_hh_l0.zero_()
+
+    if mode == "fwd":
+        x_t = torch.from_numpy(x)
+
+        def run_fwd():
+            with torch.no_grad():
+                y, _ = lstm(x_t)
+            return {"y": y.numpy()}
+
+        return run_fwd
+
+    x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+    dy_t = torch.from_numpy(inputs["dy"])
+
+    def run_fwdbwd():
+        x_t.grad = None
+        lstm.zero_grad(set_to_none=True)
+        y, _ = lstm(x_t)
+        y.backward(dy_t)
+        return {
+            "y": y.detach().numpy(),
+            "dx": x_t.grad.numpy(),
+            "dkernel": lstm.weight_ih_l0.grad.numpy().T,
+            "drecurrent_kernel": lstm.weight_hh_l0.grad.numpy().T,
+            "dbias": lstm.bias_ih_l0.grad.numpy(),
+        }
+
+    return run_fwdbwd
+
+
+def make_runners(names, inputs, mode, torch):
+    """Runners for the requested contenders, in round-robin order."""
+    factories = {
+        "fastlstm": lambda: fastlstm_runner(inputs, mode),
+        "torch": lambda: torch_runner(torch, inputs, mode),
+        "reference": lambda: reference_runner(inputs, mode),
+    }
+    return {name: factories[name]() for name in CONTENDERS if name in names}
+
+
+def load_torch(num_threads):
+    """Import PyTorch if it is installed (it is optional) and give it num_threads threads."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(num_threads)
+    return torch
+
+
+# ----------------------------------------------------------------------------- correctness
+
+def relative_error(actual, expected):
+    """||actual - expected|| / ||expected||, computed in float64."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    norm = np.linalg.norm(expected)
+    diff = np.linalg.norm(actual - expected)
+    return float(diff / norm) if norm > 0 else float(diff)
+
+
+def check_length(config, mode):
+    """Time steps used for the correctness check: full T unless the reference would be slow."""
+    T = config[0]
+    return T if config_flops(config, mode) <= CHECK_MAX_GFLOP * 1e9 else min(T, CHECK_SHORT_T)
+
+
+def check_row(config, mode, dtype, names, torch, rng):
+    """Compare each non-reference contender with the float64 reference on fresh inputs.
+
+    Returns {"T": steps used, contender: {output name: error, ..., "max": error}}.
+    """
+    T_check = check_length(config, mode)
+    inputs = make_inputs((T_check,) + tuple(config[1:]), dtype, rng)
+    inputs64 = {key: value.astype(np.float64) for key, value in inputs.items()}
+    expected = reference_runner(inputs64, mode)()
+    result = {"T": T_check}
+    for name, run in make_runners(set(names) - {"reference"}, inputs, mode, torch).items():
+        outputs = run()
+        errors = {key: relative_error(outputs[key], expected[key]) for key in expected}
+        errors["max"] = max(errors.values())
+        result[name] = errors
+    return result
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_call(run):
+    """Seconds taken by one call."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def warm_up(run):
+    """Call run for WARMUP_SECONDS and at least twice (once if that call took over a second)."""
+    spent, calls = 0.0, 0
+    while calls < 2 or spent < WARMUP_SECONDS:
+        last = time_call(run)
+        spent += last
+        calls += 1
+        if last > 1.0:
+            break
+
+
+def time_round_robin(runners, minimum, maximum, target_seconds, rounds):
+    """Time the runners in turn, a block of calls each, for `rounds` rounds; samples in seconds.
+
+    Each runner aims at `target_seconds` of timed calls in all, spread evenly over the
+    rounds, with between minimum[name] and maximum[name] calls; so a slow patch of the
+    machine lengthens a block only up to its share of the minimum. Before a block of a
+    different runner than the last, the process sleeps SETTLE_SECONDS: the thread pools
+    of OpenBLAS and of PyTorch's OpenMP keep spinning for a while after each call and
+    would otherwise slow down whichever contender runs next.
+    """
+    samples = {name: [] for name in runners}
+    previous = None
+    for left in range(rounds, 0, -1):
+        for name, run in runners.items():
+            done, spent = len(samples[name]), sum(samples[name])
+            most = -(-(maximum[name] - done) // left)   # ceiling division
+            least = -(-(minimum[name] - done) // left)
+            budget = (target_seconds - spent) / left
+            if most <= 0 or (least <= 0 and budget <= 0):
+                continue
+            if name != previous:
+                time.sleep(SETTLE_SECONDS)
+                previous = name
+            samples[name] += time_block(run, least, most, budget)
+    return samples
+
+
+def time_block(run, least, most, budget):
+    """Time at least `least` and at most `most` calls, stopping once `budget` seconds are spent."""
+    samples, spent = [], 0.0
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while len(samples) < most and (len(samples) < least or spent < budget):
+            seconds = time_call(run)
+            samples.append(seconds)
+            spent += seconds
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def summarize(seconds):
+    """Median, min, max and all samples, in milliseconds."""
+    ms = [s * 1e3 for s in seconds]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+            "repeats": len(ms), "samples_ms": ms}
+
+
+def time_row(config, mode, dtype, names, torch, rng, timing):
+    """Warm up and time the contenders on fresh inputs; {name: summary}.
+
+    timing: target_seconds, rounds and repeats (None: adaptive, about target_seconds
+    per contender, at least MIN_REPEATS calls (MIN_REFERENCE_REPEATS for the slow
+    reference), at most MAX_REPEATS).
+    """
+    runners = make_runners(names, make_inputs(config, dtype, rng), mode, torch)
+    for run in runners.values():
+        warm_up(run)
+    if timing["repeats"]:
+        minimum = maximum = {name: timing["repeats"] for name in runners}
+    else:
+        minimum = {name: MIN_REFERENCE_REPEATS if name == "reference" else MIN_REPEATS for name in runners}
+        maximum = {name: MAX_REPEATS for name in runners}
+    samples = time_round_robin(runners, minimum, maximum, timing["target_seconds"], timing["rounds"])
+    return {name: summarize(seconds) for name, seconds in samples.items()}
+
+
+# ----------------------------------------------------------------------------- one row
+
+def benchmark_row(config, mode, options, torch, rng, ceiling_gflops):
+    """Check, then time, one (configuration, mode); returns the row's JSON-ready dict."""
+    flops = config_flops(config, mode)
+    names = ["fastlstm"]
+    if torch is not None:
+        names.append("torch")
+    reference_skipped = None
+    if options.no_reference:
+        reference_skipped = "--no-reference"
+    elif flops > REFERENCE_MAX_GFLOP * 1e9:
+        reference_skipped = "above %g GFLOP per call" % REFERENCE_MAX_GFLOP
+    else:
+        names.append("reference")
+
+    row = {"config": dict(zip("TBIH", config)), "mode": mode, "flops": flops,
+           "reference_skipped": reference_skipped}
+    try:
+        row["check"] = check_row(config, mode, options.dtype, names, torch, rng)
+    except Exception as exc:  # report and carry on with the other rows
+        row.update(status="ERROR", error="%s: %s" % (type(exc).__name__, exc))
+        return row
+    failed = [name for name in names if name != "reference" and row["check"][name]["max"] > TOLERANCE]
+    row["failed"] = failed
+    if "fastlstm" in failed:
+        row["status"] = "FAILED"
+        return row
+    names = [name for name in names if name not in failed]
+
+    timings = time_row(config, mode, options.dtype, names, torch, rng, options.timing)
+    row["status"] = "ok"
+    row["timings"] = timings
+    fast_ms = timings["fastlstm"]["median_ms"]
+    row["gflops"] = flops / (fast_ms * 1e-3) / 1e9
+    row["ceiling_share_pct"] = 100.0 * row["gflops"] / ceiling_gflops
+    if "torch" in timings:
+        row["torch_over_fastlstm"] = timings["torch"]["median_ms"] / fast_ms
+    return row
+
+
+# ----------------------------------------------------------------------------- environment
+
+def available_cores():
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_model():
+    """CPU model name from /proc/cpuinfo when available, else platform's answer."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def busy_cores(seconds=BUSY_SAMPLE_SECONDS):
+    """Cores kept busy by other processes, from /proc/stat over `seconds`; None where unavailable."""
+    def read():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
+        return sum(ticks), ticks[3] + ticks[4]                   # total, idle + iowait
+
+    try:
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except (OSError, ValueError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Limit NumPy's BLAS to n threads when threadpoolctl is installed; yields whether it did."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield False
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield True
+
+
+def measure_ceiling(dtype, n=CEILING_SIZE, repeats=CEILING_REPEATS):
+    """Best GFLOP/s of an n x n @ n x n NumPy matrix product in dtype."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    a @ b  # warm-up
+    best = min(time_call(lambda: a @ b) for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def environment(torch, threads, busy):
+    """Machine, versions and settings for the header and the JSON."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "fastlstm": getattr(fastlstm, "__version__", "unknown"),
+        "torch": torch.__version__ if torch is not None else None,
+        "threads": threads,
+        "cpu_info": fastlstm.cpu_info(),
+        "openblas_env": {key: os.environ.get(key) for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "busy_cores_at_start": busy,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+def format_number(value):
+    """About three significant digits, without an exponent for values >= 0.001."""
+    if value >= 100:
+        return "%.0f" % value
+    if value >= 10:
+        return "%.1f" % value
+    if value >= 1:
+        return "%.2f" % value
+    return "%.3f" % value
+
+
+def unstable(timing):
+    """True when the median is far above the minimum (the machine was busy or descheduled threads)."""
+    return timing["median_ms"] > UNSTABLE_FACTOR * timing["min_ms"]
+
+
+def format_median(timing):
+    """The median in ms, flagged with '!' when unstable."""
+    return format_number(timing["median_ms"]) + ("!" if unstable(timing) else "")
+
+
+def format_timing(timing):
+    """'median (min-max)' in ms."""
+    return "%s (%s-%s)" % (format_median(timing), format_number(timing["min_ms"]), format_number(timing["max_ms"]))
+
+
+def contender_cell(row, name):
+    """Table cell for a contender that is not fastlstm: its median, FAILED or '-'."""
+    if name in row.get("failed", []):
+        return "FAILED"
+    timing = row.get("timings", {}).get(name)
+    return format_median(timing) if timing else "-"
+
+
+def table_rows(rows):
+    """The result rows as lists of strings, one per (configuration, mode)."""
+    lines = []
+    for row in rows:
+        config = "(%d,%d,%d,%d)" % tuple(row["config"][k] for k in "TBIH")
+        cells = [config, MODE_LABELS[row["mode"]]]
+        if row["status"] == "ERROR":
+            lines.append(cells + ["ERROR", "-", "-", "-", "-", "-", "-"])
+            continue
+        check = row["check"]
+        error = "%.1e%s" % (check["fastlstm"]["max"], "" if check["T"] == row["config"]["T"] else "*")
+        if row["status"] == "FAILED":
+            lines.append(cells + ["FAILED", "-", "-", "-", "-", "-", error])
+            continue
+        ratio = row.get("torch_over_fastlstm")
+        lines.append(cells + [
+            format_timing(row["timings"]["fastlstm"]),
+            contender_cell(row, "reference"),
+            contender_cell(row, "torch"),
+            "%.2f" % ratio if ratio else "-",
+            format_number(row["gflops"]),
+            format_number(row["ceiling_share_pct"]),
+            error,
+        ])
+    return lines
+
+
+TABLE_HEADERS = ["config (T,B,I,H)", "mode", "fastlstm ms (min-max)", "reference ms", "torch ms",
+                 "torch/fastlstm", "GFLOP/s", "% ceiling", "max err"]
+
+
+def render_table(headers, lines, markdown=False):
+    """A plain-text (aligned) or markdown table."""
+    if markdown:
+        out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *lines)]
+    fmt = "  ".join("%%-%ds" % w for w in widths)
+    out = [fmt % tuple(headers), fmt % tuple("-" * w for w in widths)]
+    out += [fmt % tuple(line) for line in lines]
+    return "\n".join(line.rstrip() for line in out)
+
+
+def header_lines(env):
+    """Lines describing the machine and the software."""
+    info = env["cpu_info"]
+    return [
+        "machine: %s, %d cores available, %s" % (env["cpu"], env["cores"], env["platform"]),
+        "fastlstm %s: isa=%s (compiled %s, supported %s), threads=%s"
+        % (env["fastlstm"], info.get("isa"), ",".join(info.get("compiled", [])),
+           ",".join(info.get("supported", [])), info.get("num_threads")),
+        "numpy %s, torch %s, python %s, date %s"
+        % (env["numpy"], env["torch"] or "not used", env["python"], env["date"]),
+    ]
+
+
+def footnotes(report):
+    """Explanatory notes printed under the table."""
+    settings, ceiling, rows = report["settings"], report["ceiling"], report["results"]
+    notes = [
+        "times are ms per call, median (min-max) over blocks of calls timed round-robin; %s; "
+        "torch/fastlstm > 1 means fastlstm is faster." % settings["dtype"],
+        "GFLOP/s counts 8*T*B*H*(I+H) per forward, 3x that for fwd+bwd; "
+        "max err = max relative error of fastlstm vs the float64 reference (y, and all gradients in fwd+bwd); "
+        "rows above %g are FAILED and not timed." % TOLERANCE,
+    ]
+    if ceiling["source"] == "option":
+        notes.append("%% ceiling: share of %.1f GFLOP/s given with --ceiling." % ceiling["gflops"])
+    elif ceiling["source"] == "file":
+        notes.append("%% ceiling: share of %.1f GFLOP/s, the best float32 NumPy matmul measured by "
+                     "bench/ceiling.py (%s)." % (ceiling["gflops"], os.path.basename(ceiling["file"])))
+    else:
+        notes.append(
+            "%% ceiling: share of %.1f GFLOP/s, a %s %dx%d NumPy matmul measured in-process (best of %d); "
+            "OPENBLAS_CORETYPE is %s%s." % (
+                ceiling["gflops"], ceiling["dtype"], ceiling["size"], ceiling["size"], ceiling["repeats"],
+                "set (%s), which slows NumPy" % ceiling["openblas_coretype"]
+                if ceiling["openblas_coretype"] else "not set",
+                "" if ceiling["threads_limited"] or settings["threads"] >= report["environment"]["cores"]
+                else "; NumPy used all cores (install threadpoolctl to limit it to --threads)"))
+    if any(row.get("reference_skipped") for row in rows):
+        reasons = sorted({row["reference_skipped"] for row in rows if row.get("reference_skipped")})
+        notes.append("reference '-': not timed (%s)." % "; ".join(reasons))
+    if any("check" in row and row["check"]["T"] != row["config"]["T"] for row in rows):
+        notes.append("*: checked at T=%d (the float64 reference is slow at full T)." % CHECK_SHORT_T)
+    if report["environment"]["torch"] is None:
+        notes.append("torch '-': PyTorch is not installed (pip install torch)." if not settings["no_torch"]
+                     else "torch '-': --no-torch.")
+    busy = report["environment"]["busy_cores_at_start"]
+    if busy is not None and busy > BUSY_WARNING_CORES:
+        notes.append("WARNING: other processes kept about %.1f of %d cores busy when the benchmark started; "
+                     "timings are unreliable then (multi-threaded ones most)." % (busy, os.cpu_count() or 1))
+    timings = [t for row in rows for t in row.get("timings", {}).values()]
+    if any(unstable(t) for t in timings):
+        notes.append("!: median more than %gx the minimum; the machine was busy or descheduled threads "
+                     "(common on shared VMs with several threads); rerun, or compare with --threads 1."
+                     % UNSTABLE_FACTOR)
+    for row in rows:
+        if row["status"] == "ERROR":
+            notes.append("ERROR (%s) %s: %s" % (",".join(str(row["config"][k]) for k in "TBIH"),
+                                                MODE_LABELS[row["mode"]], row["error"]))
+    if any("torch" in row.get("failed", []) for row in rows):
+        notes.append("torch FAILED: torch's error vs the reference exceeded the tolerance (see --json).")
+    return notes
+
+
+def format_report(report, markdown=False):
+    """Header, table and footnotes as text (or markdown)."""
+    header = header_lines(report["environment"])
+    table = render_table(TABLE_HEADERS, table_rows(report["results"]), markdown)
+    notes = footnotes(report)
+    if markdown:
+        return "\n".join(["- " + line for line in header] + ["", table, ""] + ["- " + n for n in notes]) + "\n"
+    return "\n".join(header + ["", table, ""] + ["  " + n for n in notes]) + "\n"
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_config(text):
+    """'T,B,I,H' -> (T, B, I, H) of positive integers."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected T,B,I,H (four positive integers), got %r" % text)
+    return values
+
+
+def parse_modes(text):
+    """'fwd,fwdbwd' -> ('fwd', 'fwdbwd')."""
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError("modes are a comma-separated subset of %s" % ",".join(MODES))
+    return modes
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
+    return value
+
+
+def parse_ceiling(parser, text):
+    """--ceiling: a positive number, or a bench/ceiling.py JSON file (returned as a dict)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            with open(text) as f:
+                data = json.load(f)
+            if float(data["ceiling_gflops"]) > 0:
+                return data
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error("--ceiling: cannot read a ceiling from %r (%s)" % (text, exc))
+        value = 0.0
+    if not value > 0:
+        parser.error("--ceiling must be a positive number of GFLOP/s or a bench/ceiling.py JSON file")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlstm.bench",
+        description="Benchmark fastlstm's CPU kernels against the NumPy reference and torch.nn.LSTM.")
+    parser.add_argument("--quick", action="store_true",
+                        help="two small configurations with short timing (a few seconds)")
+    parser.add_argument("--config", action="append", type=parse_config, metavar="T,B,I,H",
+                        help="configuration to run (repeatable; replaces the default table)")
+    parser.add_argument("--modes", type=parse_modes, default=MODES, help="fwd,fwdbwd (default: both)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for fastlstm and torch (default: all available cores)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help="timed calls per contender (default: adaptive, ~%gs each, at least %d)"
+                        % (TARGET_SECONDS, MIN_REPEATS))
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--ceiling", default=None, metavar="GFLOPS|JSON",
+                        help="matmul ceiling in GFLOP/s, or the JSON written by bench/ceiling.py --json "
+                        "(default: measured in-process)")
+    parser.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    parser.add_argument("--json", metavar="PATH", help="write everything (all samples) as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+    options = parser.parse_args(argv)
+    options.ceiling_path = options.ceiling
+    if options.ceiling is not None:
+        options.ceiling = parse_ceiling(parser, options.ceiling)
+    options.configs = options.config or (QUICK_CONFIGS if options.quick else DEFAULT_CONFIGS)
+    options.timing = {"target_seconds": QUICK_TARGET_SECONDS if options.quick else TARGET_SECONDS,
+                      "rounds": QUICK_ROUNDS if options.quick else ROUNDS,
+                      "repeats": options.repeats, "settle_seconds": SETTLE_SECONDS}
+    options.threads = options.threads or available_cores()
+    return options
+
+
+def ceiling_info(options):
+    """The matmul ceiling and how it was obtained."""
+    if isinstance(options.ceiling, dict):
+        return {"gflops": float(options.ceiling["ceiling_gflops"]), "source": "file",
+                "file": options.ceiling_path, "details": options.ceiling}
+    if options.ceiling is not None:
+        return {"gflops": options.ceiling, "source": "option"}
+    with blas_threads(options.threads) as limited:
+        gflops = measure_ceiling(options.dtype)
+    return {"gflops": gflops, "source": "measured in-process", "size": CEILING_SIZE,
+            "repeats": CEILING_REPEATS, "dtype": options.dtype, "threads_limited": limited,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def run(options):
+    """Run every (configuration, mode) and return the full report."""
+    busy = busy_cores()  # first, before any thread pool of ours spins
+    fastlstm.set_num_threads(options.threads)
+    torch = None if options.no_torch else load_torch(options.threads)
+    report = {
+        "environment": environment(torch, options.threads, busy),
+        "settings": {"dtype": options.dtype, "modes": list(options.modes), "threads": options.threads,
+                     "timing": options.timing,
+                     "seed": options.seed, "tolerance": TOLERANCE, "no_reference": options.no_reference,
+                     "no_torch": options.no_torch, "reference_max_gflop": REFERENCE_MAX_GFLOP},
+        "ceiling": ceiling_info(options),
+        "results": [],
+    }
+    rng = np.random.default_rng(options.seed)
+    with blas_threads(options.threads):
+        for config in options.configs:
+            for mode in options.modes:
+                row = benchmark_row(config, mode, options, torch, rng, report["ceiling"]["gflops"])
+                report["results"].append(row)
+                print("  done %s %s: %s" % (",".join(map(str, config)), mode, row["status"]),
+                      file=sys.stderr, flush=True)
+    return report
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    report = run(options)
+    print(format_report(report), end="")
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if options.markdown:
+        with open(options.markdown, "w") as f:
+            f.write(format_report(report, markdown=True))
+    failed = any(row["status"] != "ok" for row in report["results"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
