@@ -67,6 +67,12 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 
 // Register tiles: rows of the batch per tile in the recurrent products. The forward tile
 // keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
+// From this batch size on, x_t . kernel is computed inside the step (see ForwardCtx).
+#ifndef FASTLSTM_FUSE_MIN_BATCH
+#define FASTLSTM_FUSE_MIN_BATCH 32
+#endif
+constexpr int64_t kFuseMinBatch = FASTLSTM_FUSE_MIN_BATCH;
+
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
 constexpr int kBackwardRows = 4;
@@ -94,7 +100,12 @@ template <typename Real>
 struct ForwardCtx {
   const ForwardArgs<Real>* a;
   int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
-  Real* G;                // (T, B, 4H) pre-activations; a->gates when training (in place)
+  // Two ways to get x_t . kernel: precomputed for all T*B rows by one matrix product (G),
+  // or, when the batch is large enough to reuse each weight several times per step, fused
+  // into the step's tile (packed_k), which needs no (T, B, 4H) buffer and no extra pass.
+  bool fused;
+  Real* G;                // (T, B, 4H) pre-activations; a->gates when training (in place); unfused
+  Real* packed_k;         // nblocks x I x 4 x N: kernel, one block of units at a time; fused
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
   Real* h;                // 2 x (B, Hp): h_{t-1} and h_t, swapped every step
   Real* c;                // (B, Hp)
@@ -106,6 +117,49 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths ? lengths[b] : T;
 }
 
+// acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and the 4 gates q of one unit block;
+// w is packed K x 4 x N. With few rows the FMA latency, not throughput, would bound the loop:
+// then even and odd k go to separate accumulators (SPLIT = 2), added at the end.
+template <typename Real, int ROWS>
+inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
+                             const Real* const (&src)[ROWS]) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  constexpr int SPLIT = ROWS <= 2 ? 2 : 1;
+  R part[SPLIT][ROWS][4];
+  for (int p = 0; p < SPLIT; ++p)
+    for (int r = 0; r < ROWS; ++r)
+      for (int q = 0; q < 4; ++q) part[p][r][q] = p == 0 ? acc[r][q] : V::zero();
+  int64_t k = 0;
+  for (; k + SPLIT <= K; k += SPLIT) {
+    for (int p = 0; p < SPLIT; ++p) {
+      const Real* wk = w + (k + p) * 4 * N;
+      const R w0 = V::load(wk), w1 = V::load(wk + N), w2 = V::load(wk + 2 * N), w3 = V::load(wk + 3 * N);
+      for (int r = 0; r < ROWS; ++r) {
+        const R sk = V::set1(src[r][k + p]);
+        part[p][r][0] = V::fmadd(sk, w0, part[p][r][0]);
+        part[p][r][1] = V::fmadd(sk, w1, part[p][r][1]);
+        part[p][r][2] = V::fmadd(sk, w2, part[p][r][2]);
+        part[p][r][3] = V::fmadd(sk, w3, part[p][r][3]);
+      }
+    }
+  }
+  for (; k < K; ++k) {  // odd K with SPLIT = 2
+    const Real* wk = w + k * 4 * N;
+    for (int r = 0; r < ROWS; ++r) {
+      const R sk = V::set1(src[r][k]);
+      for (int q = 0; q < 4; ++q) part[0][r][q] = V::fmadd(sk, V::load(wk + q * N), part[0][r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < 4; ++q)
+      acc[r][q] = SPLIT == 2 ? V::add(part[0][r][q], part[SPLIT - 1][r][q]) : part[0][r][q];
+}
+
+// The time position that row b processes at step s (s < its length).
+inline int64_t time_of(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }
+
 // One register tile of the forward step: ROWS batch rows x the 4 gates of one unit block.
 template <typename Real, int ROWS>
 void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block,
@@ -114,40 +168,22 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   using R = typename V::R;
   constexpr int N = V::N;
   const ForwardArgs<Real>& a = *ctx.a;
-  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
-  const Real* w = ctx.packed_rk + block * H * 4 * N;
+  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
 
-  // With few rows the FMA latency, not throughput, would bound the loop: then even and odd
-  // k go to separate accumulators (SPLIT = 2), added at the end.
-  constexpr int SPLIT = ROWS <= 2 ? 2 : 1;
-  R acc[SPLIT][ROWS][4];
-  for (int p = 0; p < SPLIT; ++p)
-    for (int r = 0; r < ROWS; ++r)
-      for (int q = 0; q < 4; ++q) acc[p][r][q] = V::zero();
-  int64_t k = 0;
-  for (; k + SPLIT <= H; k += SPLIT) {
-    for (int p = 0; p < SPLIT; ++p) {
-      const Real* wk = w + (k + p) * 4 * N;
-      const R w0 = V::load(wk), w1 = V::load(wk + N), w2 = V::load(wk + 2 * N), w3 = V::load(wk + 3 * N);
-      for (int r = 0; r < ROWS; ++r) {
-        const R hk = V::set1(h_prev[(b0 + r) * Hp + k + p]);
-        acc[p][r][0] = V::fmadd(hk, w0, acc[p][r][0]);
-        acc[p][r][1] = V::fmadd(hk, w1, acc[p][r][1]);
-        acc[p][r][2] = V::fmadd(hk, w2, acc[p][r][2]);
-        acc[p][r][3] = V::fmadd(hk, w3, acc[p][r][3]);
-      }
+  R acc[ROWS][4];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
+  if (ctx.fused) {
+    const Real* x_rows[ROWS];
+    for (int r = 0; r < ROWS; ++r) {  // finished rows read some valid row; their result is unused
+      const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
+      x_rows[r] = a.x + ((s < len ? time_of(s, len, a.reverse) : s) * B + b) * I;
     }
+    accumulate_gates<Real, ROWS>(acc, ctx.packed_k + block * I * 4 * N, I, x_rows);
   }
-  for (; k < H; ++k) {  // odd H with SPLIT = 2
-    const Real* wk = w + k * 4 * N;
-    for (int r = 0; r < ROWS; ++r) {
-      const R hk = V::set1(h_prev[(b0 + r) * Hp + k]);
-      for (int q = 0; q < 4; ++q) acc[0][r][q] = V::fmadd(hk, V::load(wk + q * N), acc[0][r][q]);
-    }
-  }
-  if constexpr (SPLIT == 2)
-    for (int r = 0; r < ROWS; ++r)
-      for (int q = 0; q < 4; ++q) acc[0][r][q] = V::add(acc[0][r][q], acc[1][r][q]);
+  const Real* h_rows[ROWS];
+  for (int r = 0; r < ROWS; ++r) h_rows[r] = h_prev + (b0 + r) * Hp;
+  accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
 
   const int64_t u0 = block * N, nu = imin(N, H - u0);
   for (int r = 0; r < ROWS; ++r) {
@@ -158,12 +194,14 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
       store_part(a.y + (s * B + b) * H + u0, V::zero(), nu);
       continue;
     }
-    const int64_t t = a.reverse ? len - 1 - s : s;
-    const Real* z = ctx.G + (t * B + b) * 4 * H + u0;
-    const R gi = vsigmoid<Real>(V::add(acc[0][r][0], load_part(z, nu)));
-    const R gf = vsigmoid<Real>(V::add(acc[0][r][1], load_part(z + H, nu)));
-    const R gg = vtanh<Real>(V::add(acc[0][r][2], load_part(z + 2 * H, nu)));
-    const R go = vsigmoid<Real>(V::add(acc[0][r][3], load_part(z + 3 * H, nu)));
+    const int64_t t = time_of(s, len, a.reverse);
+    // The rest of z: bias when fused, else the precomputed x_t . kernel + bias.
+    const Real* z = ctx.fused ? a.bias : ctx.G + (t * B + b) * 4 * H;
+    R zq[4];
+    for (int q = 0; q < 4; ++q)
+      zq[q] = z ? V::add(acc[r][q], load_part(z + q * H + u0, nu)) : acc[r][q];
+    const R gi = vsigmoid<Real>(zq[0]), gf = vsigmoid<Real>(zq[1]);
+    const R gg = vtanh<Real>(zq[2]), go = vsigmoid<Real>(zq[3]);
     const R cn = V::fmadd(gf, V::load(c_state), V::mul(gi, gg));
     const R hn = V::mul(go, vtanh<Real>(cn));
     V::store(c_state, cn);
@@ -207,6 +245,14 @@ void forward_task(void* p, int tid, int nthreads) {
       for (int q = 0; q < 4; ++q, dst += N)
         V::store(dst, load_part(a.recurrent_kernel + k * 4 * H + q * H + u0, nu));
   }
+  if (ctx.fused)
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      Real* dst = ctx.packed_k + block * I * 4 * N;
+      const int64_t u0 = block * N, nu = imin(N, H - u0);
+      for (int64_t k = 0; k < I; ++k)
+        for (int q = 0; q < 4; ++q, dst += N)
+          V::store(dst, load_part(a.kernel + k * 4 * H + q * H + u0, nu));
+    }
   // Initial state of this thread's units (padding lanes zero).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -214,10 +260,11 @@ void forward_task(void* p, int tid, int nthreads) {
       V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero());
       V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
     }
-  // Input projection for all T*B rows: G = x . kernel + bias.
-  GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
-  gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
-  barrier_wait(&ctx.barrier);
+  if (!ctx.fused) {  // input projection for all T*B rows: G = x . kernel + bias
+    GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
+    gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
+  }
+  barrier_wait(&ctx.barrier, tid);
 
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
@@ -229,7 +276,7 @@ void forward_task(void* p, int tid, int nthreads) {
         const int rows = static_cast<int>(imin(kTileRows, B - b0));
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
       }
-    barrier_wait(&ctx.barrier);
+    barrier_wait(&ctx.barrier, tid);
   }
 
   const Real* h_last = ctx.h + (T & 1) * B * Hp;
@@ -245,22 +292,25 @@ template <typename Real>
 void forward(const ForwardArgs<Real>& a) {
   constexpr int N = Vec<Real>::N;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
-  const int nthreads = num_threads();
+  const int nthreads = threads_for_run();
   ForwardCtx<Real> ctx;
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
-  Buffer<Real> projection(a.gates ? 0 : T * B * 4 * H);
+  ctx.fused = B >= kFuseMinBatch;
+  Buffer<Real> projection(a.gates || ctx.fused ? 0 : T * B * 4 * H);
+  Buffer<Real> packed_k(ctx.fused ? ctx.nblocks * a.dims.I * 4 * N : 0);
   Buffer<Real> packed_rk(ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   ctx.G = a.gates ? a.gates : projection.get();
+  ctx.packed_k = packed_k.get();
   ctx.packed_rk = packed_rk.get();
   ctx.h = state.get();
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
   barrier_init(&ctx.barrier, nthreads);
-  run(&forward_task<Real>, &ctx, nthreads);
+  run(&forward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -418,7 +468,7 @@ void backward_task(void* p, int tid, int nthreads) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t block = mine.first; block < mine.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
-    barrier_wait(&ctx.barrier);  // dz of step s complete for all units
+    barrier_wait(&ctx.barrier, tid);  // dz of step s complete for all units
     // Unit-major: the few rows of recurrent_kernel of a tile stay in L1 while every row of
     // the batch passes over them.
     constexpr int U = units_per_tile<1>();  // tile width when a single row is left over
@@ -435,7 +485,7 @@ void backward_task(void* p, int tid, int nthreads) {
       store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
       store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
     }
-  barrier_wait(&ctx.barrier);  // dz and h_prev complete for all positions
+  barrier_wait(&ctx.barrier, tid);  // dz and h_prev complete for all positions
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   const int64_t rows = T * B;
@@ -446,7 +496,7 @@ void backward_task(void* p, int tid, int nthreads) {
       const bool valid = r / B < seq_len(a.lengths, r % B, T);
       for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
     }
-    barrier_wait(&ctx.barrier);
+    barrier_wait(&ctx.barrier, tid);
     x_valid = ctx.x_masked;
   }
   // dkernel (I, 4H) = x^T . dz;  drecurrent_kernel (H, 4H) = h_prev^T . dz;  dx (TB, I) = dz . kernel^T
@@ -471,7 +521,7 @@ template <typename Real>
 void backward(const BackwardArgs<Real>& a) {
   constexpr int N = Vec<Real>::N;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
-  const int nthreads = num_threads();
+  const int nthreads = threads_for_run();
   BackwardCtx<Real> ctx;
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
@@ -492,7 +542,7 @@ void backward(const BackwardArgs<Real>& a) {
   // Rows that have not started hold zeros here: the step product reads every row.
   for (int64_t i = 0; i < 2 * B * 4 * H; ++i) ctx.dz_step[i] = Real(0);
   barrier_init(&ctx.barrier, nthreads);
-  run(&backward_task<Real>, &ctx, nthreads);
+  run(&backward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
 
 }  // namespace

@@ -27,17 +27,19 @@ constexpr std::chrono::microseconds kIdleSpin{50};
 constexpr std::chrono::microseconds kWaitSpin{200};
 
 // Spins while cond() holds: pause for up to `spin`, then yield the core between checks.
+// Returns true when cond() turned false within the spin.
 template <typename Cond>
-void spin_while(Cond cond, std::chrono::microseconds spin, bool yield_after) {
+bool spin_while(Cond cond, std::chrono::microseconds spin, bool yield_after) {
   const auto start = std::chrono::steady_clock::now();
   for (unsigned i = 1; cond(); ++i) {
     cpu_relax();
     if ((i & 31) == 0 && std::chrono::steady_clock::now() - start > spin) {
-      if (!yield_after) return;
+      if (!yield_after) return false;
       while (cond()) std::this_thread::yield();
-      return;
+      return false;
     }
   }
+  return true;
 }
 
 class Pool {
@@ -122,6 +124,9 @@ std::mutex& run_mutex() {
   return m;
 }
 int g_num_threads = default_threads();
+// Runs left to do on one thread after contention was seen; then the full count is tried again.
+constexpr int kBackoffRuns = 16;
+int g_backoff_runs = 0;
 Pool* g_pool = nullptr;  // created on first use; recreated when the size changes
 
 // After fork() only the forking thread exists in the child: forget the parent's pool
@@ -150,10 +155,16 @@ void set_num_threads(int n) {
   }
 }
 
-void run(TaskFn fn, void* ctx, int nthreads) {
+int threads_for_run() {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  return g_backoff_runs > 0 ? 1 : g_num_threads;
+}
+
+void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
   std::lock_guard<std::mutex> lock(run_mutex());
   if (nthreads <= 1) {
     fn(ctx, 0, 1);
+    if (g_backoff_runs > 0) --g_backoff_runs;
     return;
   }
   // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
@@ -162,23 +173,31 @@ void run(TaskFn fn, void* ctx, int nthreads) {
     g_pool = new Pool(std::max(nthreads, g_num_threads));
   }
   g_pool->run(fn, ctx, nthreads);
+  // More than 1 in 16 waits that had to yield: the threads are not all getting a core.
+  if (barrier && barrier->slow_waits >= 2 && barrier->slow_waits * 16 > barrier->waits)
+    g_backoff_runs = kBackoffRuns;
 }
 
 void barrier_init(Barrier* b, int count) {
   b->arrived = 0;
   b->generation = 0;
   b->count = count;
+  b->waits = 0;
+  b->slow_waits = 0;
 }
 
-void barrier_wait(Barrier* b) {
+void barrier_wait(Barrier* b, int tid) {
   if (b->count <= 1) return;
+  if (tid == 0) ++b->waits;
   int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
   if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->count) {
     __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
     return;
   }
-  spin_while([&] { return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; }, kWaitSpin, true);
+  const bool fast = spin_while([&] { return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; },
+                               kWaitSpin, true);
+  if (!fast && tid == 0) ++b->slow_waits;
 }
 
 }  // namespace cpu

@@ -19,9 +19,10 @@ using TaskFn = void (*)(void* ctx, int tid, int nthreads);
 int num_threads();
 void set_num_threads(int n);
 
-// Runs fn on exactly nthreads threads (the caller is thread 0) and returns when all have
-// returned. Concurrent callers are serialised. fn must not throw.
-void run(TaskFn fn, void* ctx, int nthreads);
+// The number of threads a kernel should plan its next run() for: num_threads(), or 1 while
+// backing off after runs whose barriers found the other threads descheduled (another process
+// holding a core); see run().
+int threads_for_run();
 
 // A barrier for the `count` threads of one run(). Plain storage, operated on only
 // through the functions below (atomic builtins in threadpool.cc).
@@ -29,9 +30,17 @@ struct Barrier {
   alignas(64) int arrived;
   alignas(64) int generation;
   int count;
+  int waits;       // waits of thread 0 (counted by thread 0 only)
+  int slow_waits;  // of those, the ones that outlasted the spin and had to yield the core
 };
+
+// Runs fn on exactly nthreads threads (the caller is thread 0) and returns when all have
+// returned. Concurrent callers are serialised. fn must not throw. If `barrier` (used by fn)
+// is given, its counts decide whether the next runs back off to one thread: with per-step
+// barriers, one descheduled thread stalls all the others for a whole time slice per step.
+void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier = nullptr);
 void barrier_init(Barrier* b, int count);
-void barrier_wait(Barrier* b);
+void barrier_wait(Barrier* b, int tid);
 
 }  // namespace cpu
 }  // namespace fastlstm

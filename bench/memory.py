@@ -1,0 +1,98 @@
+"""Peak extra memory of fastlstm's forward (training and inference) and backward.
+
+    python bench/memory.py [--config T,B,I,H ...] [--dtype float32|float64]
+
+Each measurement runs in a fresh process: inputs are made, one warm-up call runs, the
+process's peak resident set size is reset (/proc/self/clear_refs, Linux), then the call
+under test runs and the rise of the peak over the resident size before the call is
+reported. What the call returns is counted (y, the saved gates and cells, the gradients),
+since that is memory the caller holds. Beside it, the size of what the forward saves for
+backward per step: the four gate activations and the cell state, 5*B*H elements.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+DEFAULT_CONFIGS = [(100, 1, 256, 256), (100, 16, 256, 256), (100, 64, 512, 512), (50, 128, 1024, 1024)]
+
+CHILD = r"""
+import json, sys
+import numpy as np
+import fastlstm
+from fastlstm import ops
+
+T, B, I, H, dtype, what = json.loads(sys.argv[1])
+rng = np.random.default_rng(0)
+dtype = np.dtype(dtype)
+x = rng.standard_normal((T, B, I)).astype(dtype)
+kernel = (rng.standard_normal((I, 4 * H)) / np.sqrt(I + H)).astype(dtype)
+recurrent_kernel = (rng.standard_normal((H, 4 * H)) / np.sqrt(I + H)).astype(dtype)
+bias = np.zeros(4 * H, dtype)
+dy = rng.standard_normal((T, B, H)).astype(dtype)
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+def forward(training):
+    return ops.lstm_forward(x, kernel, recurrent_kernel, bias, training=training)
+
+# Warm up (thread pool, first-touch of code pages), and for backward keep a saved state.
+out = forward(what != "inference")
+saved = out[3]
+if what != "backward":
+    del out, saved
+    saved = None
+else:
+    ops.lstm_backward(saved, dy)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = rss_kib("VmRSS")
+if what == "backward":
+    result = ops.lstm_backward(saved, dy)
+else:
+    result = forward(what == "training")
+peak = rss_kib("VmHWM")
+print(json.dumps({"extra_mib": (peak - before) / 1024}))
+"""
+
+
+def measure(config, dtype, what):
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*config, dtype, what])],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["extra_mib"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", help="T,B,I,H (repeatable)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    configs = [tuple(int(v) for v in c.split(",")) for c in args.config] if args.config else DEFAULT_CONFIGS
+    item = 4 if args.dtype == "float32" else 8
+    rows = []
+    print(f"{'config (T,B,I,H)':<22} {'saved/step KiB':>14} {'saved MiB':>9} {'y MiB':>7} "
+          f"{'fwd infer MiB':>13} {'fwd train MiB':>13} {'bwd MiB':>8}")
+    for config in configs:
+        T, B, I, H = config
+        saved_step = 5 * B * H * item / 1024
+        row = {"config": config, "dtype": args.dtype, "saved_per_step_kib": saved_step,
+               "saved_mib": saved_step * T / 1024, "y_mib": T * B * H * item / 2**20}
+        for what in ("inference", "training", "backward"):
+            row[what + "_extra_mib"] = measure(config, args.dtype, what)
+        rows.append(row)
+        print(f"{str(config):<22} {saved_step:>14.1f} {row['saved_mib']:>9.1f} {row['y_mib']:>7.1f} "
+              f"{row['inference_extra_mib']:>13.1f} {row['training_extra_mib']:>13.1f} "
+              f"{row['backward_extra_mib']:>8.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
