@@ -1,8 +1,23 @@
 // General matrix product for the per-ISA kernel objects (included only by lstm_kernels.cc,
 // inside its target namespace; see simd.h for why).
+//
+// C (M x N) = A (M x K) . B (K x N) [+ row_add], arbitrary strides, BLIS-style:
+//   thread grid   C is split once into tm x tn rectangles (whole MR / NR panels), one per
+//                 thread; every C element is reduced over K by exactly one thread.
+//   jc (NC)       columns of this thread's rectangle
+//     pc (KC)     K blocks, always in increasing order from 0 (so the arithmetic of every
+//                 element is the same for any thread count / tile position)
+//       pack B    KC x NC block into NR-wide panels (lives in L2)
+//       ic (MC)   pack an MC x KC block of A into MR-high panels (L2; one panel in L1)
+//        ir (MR)
+//         jr (NR) micro-kernel: MR x NR register tile over kc, then C = base + acc
+//                 (base = row_add or 0 on the first K block, else C).
+// Edge tiles use the same micro-kernel on zero-padded panels and copy out the valid part,
+// so an element's value never depends on where tile boundaries fall.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/simd.h"
 
@@ -14,19 +29,57 @@ namespace {
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// ---------------------------------------------------------------------------------------
-// General matrix product C (M x N) = A (M x K) . B (K x N) with arbitrary strides, packed
-// into panels for an MR x NR register tile. Threads split C into tiles; each C element is
-// reduced over K by one thread, in blocks of KC in increasing order.
-// ---------------------------------------------------------------------------------------
+inline void gemm_prefetch(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 1, 3);
+#else
+  (void)p;
+#endif
+}
+
+// Prefetch for reading the n elements from p (packing: the rows a few ahead of the one being
+// copied, which the hardware prefetcher does not follow across pages).
+template <typename Real>
+inline void gemm_prefetch_range(const Real* p, int64_t n) {
+#if defined(__GNUC__)
+  constexpr int64_t line = 64 / sizeof(Real);
+  for (int64_t i = 0; i < n; i += line) __builtin_prefetch(p + i, 0, 3);
+  __builtin_prefetch(p + n - 1, 0, 3);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
+// Register tile MR x NR (NR = NV vectors). AVX-512: 14 x 2 vectors = 28 accumulators of 32
+// registers, the A value broadcast straight from memory; AVX2: 6 x 2 = 12 of 16.
 template <typename Real>
 struct Gemm {
+#if defined(__AVX512F__)
+  static constexpr int MR = 14;
+  static constexpr int NV = 2;
+#elif defined(__AVX2__)
   static constexpr int MR = 6;
-  static constexpr int NR = 2 * Vec<Real>::N;
-  static constexpr int64_t KC = 256;
-  static constexpr int64_t MC = 96;   // multiple of MR
-  static constexpr int64_t NC = 512;  // multiple of NR
-  static constexpr int64_t workspace_per_thread = MC * KC + KC * NC;
+  static constexpr int NV = 2;
+#else
+  static constexpr int MR = 4;
+  static constexpr int NV = 4;
+#endif
+  static constexpr int NR = NV * Vec<Real>::N;
+  // KC x MR panel of A in L1 (~21 KiB of 48); KC x NC block of B (~1.2 MiB) and MC x KC
+  // block of A (~170 KiB) in L2 (2 MiB).
+  // (FASTLSTM_GEMM_KC / _NC override them for tuning with bench/gemm; KC in float units.)
+#ifndef FASTLSTM_GEMM_KC
+#define FASTLSTM_GEMM_KC 384
+#endif
+#ifndef FASTLSTM_GEMM_NC
+#define FASTLSTM_GEMM_NC 768
+#endif
+  static constexpr int64_t KC = FASTLSTM_GEMM_KC * 4 / static_cast<int64_t>(sizeof(Real));
+  static constexpr int64_t NC = FASTLSTM_GEMM_NC / NR * NR;
+  static constexpr int64_t MC = 8 * MR;
+  static constexpr int64_t a_block = (KC * MC + 15) / 16 * 16;  // keeps the B block 64-byte aligned
+  static constexpr int64_t workspace_per_thread = a_block + (KC * NC + 15) / 16 * 16;
 };
 
 template <typename Real>
@@ -41,109 +94,288 @@ struct GemmArgs {
   const Real* row_add;  // (N,) added to every row of C, or nullptr
 };
 
+#if defined(__AVX512F__)
+// 16 x 16 (float) / 8 x 8 (double) register transposes for packing row-major A.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m512 u[16];
+  for (int i = 0; i < 4; ++i) {
+    const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
+    u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+  }
+  // u[4i + j], 128-bit lane L = rows 4i..4i+3 of column 4L + j.
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[4 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[8 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+inline void transpose8(__m512d r[8]) {
+  __m512d t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
+  }
+  // t[2i + j], 128-bit lane L = rows 2i, 2i+1 of column 2L + j.
+  for (int j = 0; j < 2; ++j) {
+    const __m512d v0 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0x44), v1 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0xEE);
+    const __m512d w0 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0x44);
+    const __m512d w1 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0xEE);
+    r[j] = _mm512_shuffle_f64x2(v0, w0, 0x88);
+    r[2 + j] = _mm512_shuffle_f64x2(v0, w0, 0xDD);
+    r[4 + j] = _mm512_shuffle_f64x2(v1, w1, 0x88);
+    r[6 + j] = _mm512_shuffle_f64x2(v1, w1, 0xDD);
+  }
+}
+// d[k * 14 + r] = src[r * rs + k] for r < 14, k < kc16 (a multiple of 16 / 8).
+inline void pack_rows14(const float* src, int64_t rs, int64_t kc16, float* d) {
+  for (int64_t k = 0; k < kc16; k += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 14; ++i) r[i] = _mm512_loadu_ps(src + i * rs + k);
+    r[14] = r[15] = _mm512_setzero_ps();
+    transpose16(r);
+    for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(d + (k + q) * 14, 0x3FFF, r[q]);
+  }
+}
+inline void pack_rows14(const double* src, int64_t rs, int64_t kc8, double* d) {
+  for (int64_t k = 0; k < kc8; k += 8) {
+    __m512d lo[8], hi[8];
+    for (int i = 0; i < 8; ++i) lo[i] = _mm512_loadu_pd(src + i * rs + k);
+    for (int i = 0; i < 6; ++i) hi[i] = _mm512_loadu_pd(src + (8 + i) * rs + k);
+    hi[6] = hi[7] = _mm512_setzero_pd();
+    transpose8(lo);
+    transpose8(hi);
+    for (int q = 0; q < 8; ++q) {
+      _mm512_storeu_pd(d + (k + q) * 14, lo[q]);
+      _mm512_mask_storeu_pd(d + (k + q) * 14 + 8, 0x3F, hi[q]);
+    }
+  }
+}
+#endif
+
+// Rows i0 .. i0+mc-1 of the mc x kc block of A at column k0 as ceil(mc / MR) panels of
+// kc x MR (Ap[panel * kc * MR + k * MR + r]), zero-padded.
 template <typename Real>
 void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, Real* Ap) {
   constexpr int MR = Gemm<Real>::MR;
-  for (int64_t ip = 0; ip < mc; ip += MR) {
-    const int64_t rows = imin(MR, mc - ip);
+  const int64_t full = mc / MR * MR;
+  if (g.a_rs == 1) {
+    // Transposed A (column k contiguous): read each column once, in runs of mc values, and
+    // scatter MR at a time into the panels.
     for (int64_t k = 0; k < kc; ++k) {
-      const Real* src = g.A + (i0 + ip) * g.a_rs + (k0 + k) * g.a_cs;
+      const Real* s = g.A + i0 + (k0 + k) * g.a_cs;
+      if (k + 4 < kc) gemm_prefetch_range(s + 4 * g.a_cs, mc);
+      Real* d = Ap + k * MR;
+      for (int64_t ip = 0; ip < full; ip += MR, d += kc * MR) std::memcpy(d, s + ip, MR * sizeof(Real));
+    }
+  } else if (g.a_cs == 1) {
+    // Row-major A: MR rows read along k, 8 values of k at a time.
+    const int64_t a_rs = g.a_rs;
+    for (int64_t ip = 0; ip < full; ip += MR) {
+      const Real* src = g.A + (i0 + ip) * a_rs + k0;
+      Real* d = Ap + ip * kc;
+      int64_t k = 0;
+#if defined(__AVX512F__)
+      static_assert(MR == 14, "pack_rows14 packs 14 rows");
+      k = kc / Vec<Real>::N * Vec<Real>::N;
+      pack_rows14(src, a_rs, k, d);
+#endif
+      for (; k + 8 <= kc; k += 8) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          const Real* s = src + r * a_rs + k;
+#pragma GCC unroll 8
+          for (int q = 0; q < 8; ++q) d[(k + q) * MR + r] = s[q];
+        }
+      }
+      for (; k < kc; ++k)
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) d[k * MR + r] = src[r * a_rs + k];
+    }
+  } else {
+    for (int64_t ip = 0; ip < full; ip += MR)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) Ap[ip * kc + k * MR + r] = g.A[(i0 + ip + r) * g.a_rs + (k0 + k) * g.a_cs];
+  }
+  if (full < mc) {  // last, partial panel
+    const int64_t rows = mc - full;
+    Real* d = Ap + full * kc;
+    for (int64_t k = 0; k < kc; ++k) {
+      const Real* s = g.A + (i0 + full) * g.a_rs + (k0 + k) * g.a_cs;
       int64_t r = 0;
-      for (; r < rows; ++r) Ap[r] = src[r * g.a_rs];
-      for (; r < MR; ++r) Ap[r] = Real(0);
-      Ap += MR;
+      for (; r < rows; ++r) d[k * MR + r] = s[r * g.a_rs];
+      for (; r < MR; ++r) d[k * MR + r] = Real(0);
     }
   }
 }
 
+// Columns j0 .. j0+nc-1 of the kc x nc block at row k0 as ceil(nc / NR) panels of kc x NR
+// (Bp[panel * kc * NR + k * NR + c]), zero-padded.
 template <typename Real>
 void pack_b(const GemmArgs<Real>& g, int64_t j0, int64_t nc, int64_t k0, int64_t kc, Real* Bp) {
-  constexpr int NR = Gemm<Real>::NR;
-  for (int64_t jp = 0; jp < nc; jp += NR) {
-    const int64_t cols = imin(NR, nc - jp);
+  using V = Vec<Real>;
+  constexpr int NR = Gemm<Real>::NR, NV = Gemm<Real>::NV;
+  if (g.b_cs == 1) {
+    // Row-major B: read each row of the block once, contiguously, and scatter NR values at a
+    // time into the panels (reading a panel at a time would touch a new page for every k).
+    const int64_t full = nc / NR * NR;
     for (int64_t k = 0; k < kc; ++k) {
-      const Real* src = g.B + (k0 + k) * g.b_rs + (j0 + jp) * g.b_cs;
-      int64_t c = 0;
-      if (g.b_cs == 1) {
-        for (; c < cols; ++c) Bp[c] = src[c];
-      } else {
-        for (; c < cols; ++c) Bp[c] = src[c * g.b_cs];
+      const Real* src = g.B + (k0 + k) * g.b_rs + j0;
+      if (k + 4 < kc) gemm_prefetch_range(src + 4 * g.b_rs, nc);
+      Real* d = Bp + k * NR;
+      for (int64_t jp = 0; jp < full; jp += NR, d += kc * NR)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) V::store(d + v * V::N, V::load(src + jp + v * V::N));
+      if (full < nc) {
+        int64_t c = 0;
+        for (; c < nc - full; ++c) d[c] = src[full + c];
+        for (; c < NR; ++c) d[c] = Real(0);
       }
-      for (; c < NR; ++c) Bp[c] = Real(0);
-      Bp += NR;
+    }
+    return;
+  }
+  for (int64_t jp = 0; jp < nc; jp += NR, Bp += kc * NR) {
+    const int64_t cols = imin(NR, nc - jp);
+    const Real* src = g.B + k0 * g.b_rs + (j0 + jp) * g.b_cs;
+    if (cols == NR && g.b_rs == 1) {  // transposed B: each column contiguous along k
+      for (int64_t k = 0; k < kc; k += 8) {
+        const int64_t kk = imin(8, kc - k);
+        for (int c = 0; c < NR; ++c) {
+          const Real* s = src + c * g.b_cs + k;
+          for (int64_t q = 0; q < kk; ++q) Bp[(k + q) * NR + c] = s[q];
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        int64_t c = 0;
+        for (; c < cols; ++c) Bp[k * NR + c] = src[k * g.b_rs + c * g.b_cs];
+        for (; c < NR; ++c) Bp[k * NR + c] = Real(0);
+      }
     }
   }
 }
 
-// acc = Ap . Bp over kc; then C = acc (+ row_add) when first, else C += acc.
+// acc = Ap . Bp over kc; then C = base + acc with base = (row_add or 0) when first, else C.
+// Only the leading rows x cols of the tile are written.
 template <typename Real>
-void gemm_micro(int64_t kc, const Real* Ap, const Real* Bp, Real* C, int64_t ldc, int64_t rows,
-                int64_t cols, bool first, const Real* row_add) {
+inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __restrict Bp, Real* C, int64_t ldc,
+                       int64_t rows, int64_t cols, bool first, const Real* row_add) {
   using V = Vec<Real>;
   using R = typename V::R;
-  constexpr int MR = Gemm<Real>::MR;
-  constexpr int NV = Gemm<Real>::NR / V::N;
+  constexpr int MR = Gemm<Real>::MR, NR = Gemm<Real>::NR, NV = Gemm<Real>::NV;
   R acc[MR][NV];
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  // The C tile is needed at the end: start fetching it now.
+  if (!first)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+      if (r < rows) {
+        gemm_prefetch(C + r * ldc);
+        gemm_prefetch(C + r * ldc + NR - 1);
+      }
   for (int64_t k = 0; k < kc; ++k) {
     R b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + k * Gemm<Real>::NR + v * V::N);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = V::load(Bp + v * V::N);
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      R a = V::set1(Ap[k * MR + r]);
+      const R a = V::set1(Ap[r]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(a, b[v], acc[r][v]);
     }
+    Ap += MR;
+    Bp += NR;
   }
-  if (rows == MR && cols == Gemm<Real>::NR) {
+  if (rows == MR && cols == NR) {
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         Real* c = C + r * ldc + v * V::N;
-        R base = first ? (row_add ? V::load(row_add + v * V::N) : V::zero()) : V::load(c);
+        const R base = first ? (row_add ? V::load(row_add + v * V::N) : V::zero()) : V::load(c);
         V::store(c, V::add(base, acc[r][v]));
       }
     return;
   }
-  alignas(64) Real tmp[MR][Gemm<Real>::NR];
+  alignas(64) Real tmp[MR][NR];
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) V::store(&tmp[r][v * V::N], acc[r][v]);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
-      Real base = first ? (row_add ? row_add[c] : Real(0)) : C[r * ldc + c];
+      const Real base = first ? (row_add ? row_add[c] : Real(0)) : C[r * ldc + c];
       C[r * ldc + c] = base + tmp[r][c];
     }
 }
 
-// This thread's share of C = A . B (+ row_add). workspace: Gemm::workspace_per_thread.
+// This thread's share of C = A . B (+ row_add). workspace: Gemm::workspace_per_thread
+// elements (64-byte aligned for speed; any alignment is correct).
 template <typename Real>
 void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) {
   using P = Gemm<Real>;
-  if (g.M <= 0 || g.N <= 0) return;
-  const int64_t m_tiles = ceil_div(g.M, P::MC);
-  // Narrow the column tiles when there are too few tiles to go round the threads.
-  int64_t nc = P::NC;
-  const int64_t want_n_tiles = ceil_div(2 * nthreads, m_tiles);
-  if (want_n_tiles > 1) nc = imin(nc, ceil_div(ceil_div(g.N, want_n_tiles), P::NR) * P::NR);
-  const int64_t n_tiles = ceil_div(g.N, nc);
-  Real* Ap = workspace;
-  Real* Bp = workspace + P::MC * P::KC;
-  for (int64_t tile = tid; tile < m_tiles * n_tiles; tile += nthreads) {
-    const int64_t i0 = (tile % m_tiles) * P::MC, j0 = (tile / m_tiles) * nc;
-    const int64_t mc = imin(P::MC, g.M - i0), ncur = imin(nc, g.N - j0);
-    if (g.K <= 0) {  // empty product: C = row_add or 0
-      for (int64_t i = 0; i < mc; ++i)
-        for (int64_t j = 0; j < ncur; ++j)
-          g.C[(i0 + i) * g.ldc + j0 + j] = g.row_add ? g.row_add[j0 + j] : Real(0);
-      continue;
+  constexpr int MR = P::MR, NR = P::NR;
+  if (g.M <= 0 || g.N <= 0 || tid < 0 || tid >= nthreads) return;
+  // Thread grid tm x tn over whole panels: least work for the busiest thread, then the
+  // least packing (rows + columns per thread).
+  const int64_t mp = ceil_div(g.M, MR), np = ceil_div(g.N, NR);
+  int tm = 1;
+  int64_t best_work = -1, best_edge = 0;
+  for (int t = 1; t <= nthreads; ++t) {
+    if (nthreads % t) continue;
+    const int64_t rows = ceil_div(mp, t) * MR, cols = ceil_div(np, nthreads / t) * NR;
+    const int64_t work = rows * cols, edge = rows + cols;
+    if (best_work < 0 || work * 32 < best_work * 31 || (work * 31 <= best_work * 32 && edge < best_edge)) {
+      tm = t;
+      best_work = work;
+      best_edge = edge;
     }
-    for (int64_t k0 = 0; k0 < g.K; k0 += P::KC) {
-      const int64_t kc = imin(P::KC, g.K - k0);
-      pack_b(g, j0, ncur, k0, kc, Bp);
-      pack_a(g, i0, mc, k0, kc, Ap);
-      for (int64_t jp = 0; jp < ncur; jp += P::NR)
-        for (int64_t ip = 0; ip < mc; ip += P::MR)
-          gemm_micro(kc, Ap + ip * kc, Bp + jp * kc, g.C + (i0 + ip) * g.ldc + j0 + jp, g.ldc,
-                     imin(P::MR, mc - ip), imin(P::NR, ncur - jp), k0 == 0,
-                     g.row_add ? g.row_add + j0 + jp : nullptr);
+  }
+  const int tn = nthreads / tm, ti = tid % tm, tj = tid / tm;
+  const int64_t m0 = imin(g.M, mp * ti / tm * MR), m1 = imin(g.M, mp * (ti + 1) / tm * MR);
+  const int64_t n0 = imin(g.N, np * tj / tn * NR), n1 = imin(g.N, np * (tj + 1) / tn * NR);
+  if (m0 >= m1 || n0 >= n1) return;
+  if (g.K <= 0) {  // empty product: C = row_add or 0
+    for (int64_t i = m0; i < m1; ++i)
+      for (int64_t j = n0; j < n1; ++j) g.C[i * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
+    return;
+  }
+  Real* Ap = workspace;
+  Real* Bp = workspace + P::a_block;
+  // K blocks of (nearly) equal length <= KC, a function of K alone.
+  const int64_t kstep = imin(P::KC, ceil_div(ceil_div(g.K, ceil_div(g.K, P::KC)), 16) * 16);
+  for (int64_t jc = n0; jc < n1; jc += P::NC) {
+    const int64_t nc = imin(P::NC, n1 - jc);
+    for (int64_t pc = 0; pc < g.K; pc += kstep) {
+      const int64_t kc = imin(kstep, g.K - pc);
+      const bool first = pc == 0;
+      pack_b(g, jc, nc, pc, kc, Bp);
+      for (int64_t ic = m0; ic < m1; ic += P::MC) {
+        const int64_t mc = imin(P::MC, m1 - ic);
+        pack_a(g, ic, mc, pc, kc, Ap);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int64_t rows = imin(MR, mc - ir);
+          Real* Crow = g.C + (ic + ir) * g.ldc + jc;
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            gemm_micro(kc, Ap + ir * kc, Bp + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
+                       g.row_add ? g.row_add + jc + jr : nullptr);
+        }
+      }
     }
   }
 }
