@@ -48,10 +48,10 @@ CASES = {
     # blocks per thread.
     "blocking_T30_B11_I300_H130": dict(T=30, B=11, I=300, H=130,
                                        lengths=[30, 0, 1, 29, 30, 7, 30, 15, 2, 30, 30]),
-    # A batch large enough (B >= 32) for the forward to fuse x_t . kernel into the step.
-    "fused_B37_reverse_lengths": dict(T=4, B=37, I=19, H=17, reverse=True,
-                                      lengths=[(3 * b) % 5 for b in range(37)]),
-    "fused_B40_no_bias": dict(T=3, B=40, I=7, H=33, bias=False),
+    # Larger batches: many row tiles per unit block, mixed lengths in every tile.
+    "B37_reverse_lengths": dict(T=4, B=37, I=19, H=17, reverse=True,
+                                lengths=[(3 * b) % 5 for b in range(37)]),
+    "B40_no_bias": dict(T=3, B=40, I=7, H=33, bias=False),
 }
 
 

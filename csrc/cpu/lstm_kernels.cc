@@ -67,12 +67,6 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 
 // Register tiles: rows of the batch per tile in the recurrent products. The forward tile
 // keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
-// From this batch size on, x_t . kernel is computed inside the step (see ForwardCtx).
-#ifndef FASTLSTM_FUSE_MIN_BATCH
-#define FASTLSTM_FUSE_MIN_BATCH 32
-#endif
-constexpr int64_t kFuseMinBatch = FASTLSTM_FUSE_MIN_BATCH;
-
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
 constexpr int kBackwardRows = 4;
@@ -100,12 +94,7 @@ template <typename Real>
 struct ForwardCtx {
   const ForwardArgs<Real>* a;
   int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
-  // Two ways to get x_t . kernel: precomputed for all T*B rows by one matrix product (G),
-  // or, when the batch is large enough to reuse each weight several times per step, fused
-  // into the step's tile (packed_k), which needs no (T, B, 4H) buffer and no extra pass.
-  bool fused;
-  Real* G;                // (T, B, 4H) pre-activations; a->gates when training (in place); unfused
-  Real* packed_k;         // nblocks x I x 4 x N: kernel, one block of units at a time; fused
+  Real* G;                // (T, B, 4H) pre-activations; a->gates when training (in place)
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
   Real* h;                // 2 x (B, Hp): h_{t-1} and h_t, swapped every step
   Real* c;                // (B, Hp)
@@ -168,19 +157,11 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   using R = typename V::R;
   constexpr int N = V::N;
   const ForwardArgs<Real>& a = *ctx.a;
-  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
 
   R acc[ROWS][4];
   for (int r = 0; r < ROWS; ++r)
     for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
-  if (ctx.fused) {
-    const Real* x_rows[ROWS];
-    for (int r = 0; r < ROWS; ++r) {  // finished rows read some valid row; their result is unused
-      const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
-      x_rows[r] = a.x + ((s < len ? time_of(s, len, a.reverse) : s) * B + b) * I;
-    }
-    accumulate_gates<Real, ROWS>(acc, ctx.packed_k + block * I * 4 * N, I, x_rows);
-  }
   const Real* h_rows[ROWS];
   for (int r = 0; r < ROWS; ++r) h_rows[r] = h_prev + (b0 + r) * Hp;
   accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
@@ -195,13 +176,11 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
       continue;
     }
     const int64_t t = time_of(s, len, a.reverse);
-    // The rest of z: bias when fused, else the precomputed x_t . kernel + bias.
-    const Real* z = ctx.fused ? a.bias : ctx.G + (t * B + b) * 4 * H;
-    R zq[4];
-    for (int q = 0; q < 4; ++q)
-      zq[q] = z ? V::add(acc[r][q], load_part(z + q * H + u0, nu)) : acc[r][q];
-    const R gi = vsigmoid<Real>(zq[0]), gf = vsigmoid<Real>(zq[1]);
-    const R gg = vtanh<Real>(zq[2]), go = vsigmoid<Real>(zq[3]);
+    const Real* z = ctx.G + (t * B + b) * 4 * H + u0;  // x_t . kernel + bias
+    const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
+    const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
+    const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));
+    const R go = vsigmoid<Real>(V::add(acc[r][3], load_part(z + 3 * H, nu)));
     const R cn = V::fmadd(gf, V::load(c_state), V::mul(gi, gg));
     const R hn = V::mul(go, vtanh<Real>(cn));
     V::store(c_state, cn);
@@ -245,14 +224,6 @@ void forward_task(void* p, int tid, int nthreads) {
       for (int q = 0; q < 4; ++q, dst += N)
         V::store(dst, load_part(a.recurrent_kernel + k * 4 * H + q * H + u0, nu));
   }
-  if (ctx.fused)
-    for (int64_t block = mine.first; block < mine.last; ++block) {
-      Real* dst = ctx.packed_k + block * I * 4 * N;
-      const int64_t u0 = block * N, nu = imin(N, H - u0);
-      for (int64_t k = 0; k < I; ++k)
-        for (int q = 0; q < 4; ++q, dst += N)
-          V::store(dst, load_part(a.kernel + k * 4 * H + q * H + u0, nu));
-    }
   // Initial state of this thread's units (padding lanes zero).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -260,10 +231,9 @@ void forward_task(void* p, int tid, int nthreads) {
       V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero());
       V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
     }
-  if (!ctx.fused) {  // input projection for all T*B rows: G = x . kernel + bias
-    GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
-    gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
-  }
+  // Input projection for all T*B rows: G = x . kernel + bias.
+  GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
+  gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
   barrier_wait(&ctx.barrier, tid);
 
   for (int64_t s = 0; s < T; ++s) {
@@ -297,14 +267,11 @@ void forward(const ForwardArgs<Real>& a) {
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
-  ctx.fused = B >= kFuseMinBatch;
-  Buffer<Real> projection(a.gates || ctx.fused ? 0 : T * B * 4 * H);
-  Buffer<Real> packed_k(ctx.fused ? ctx.nblocks * a.dims.I * 4 * N : 0);
+  Buffer<Real> projection(a.gates ? 0 : T * B * 4 * H);
   Buffer<Real> packed_rk(ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   ctx.G = a.gates ? a.gates : projection.get();
-  ctx.packed_k = packed_k.get();
   ctx.packed_rk = packed_rk.get();
   ctx.h = state.get();
   ctx.c = state.get() + 2 * B * ctx.Hp;
