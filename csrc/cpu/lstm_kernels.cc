@@ -234,7 +234,7 @@ void forward_task(void* p, int tid, int nthreads) {
   // Input projection for all T*B rows: G = x . kernel + bias.
   GemmArgs<Real> proj{T * B, 4 * H, I, a.x, I, 1, a.kernel, 4 * H, 1, ctx.G, 4 * H, a.bias};
   gemm_part(proj, tid, nthreads, ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread);
-  barrier_wait(&ctx.barrier, tid);
+  barrier_wait(&ctx.barrier);
 
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
@@ -246,7 +246,7 @@ void forward_task(void* p, int tid, int nthreads) {
         const int rows = static_cast<int>(imin(kTileRows, B - b0));
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
       }
-    barrier_wait(&ctx.barrier, tid);
+    barrier_wait(&ctx.barrier);
   }
 
   const Real* h_last = ctx.h + (T & 1) * B * Hp;
@@ -435,7 +435,7 @@ void backward_task(void* p, int tid, int nthreads) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t block = mine.first; block < mine.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
-    barrier_wait(&ctx.barrier, tid);  // dz of step s complete for all units
+    barrier_wait(&ctx.barrier);  // dz of step s complete for all units
     // Unit-major: the few rows of recurrent_kernel of a tile stay in L1 while every row of
     // the batch passes over them.
     constexpr int U = units_per_tile<1>();  // tile width when a single row is left over
@@ -452,7 +452,7 @@ void backward_task(void* p, int tid, int nthreads) {
       store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
       store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
     }
-  barrier_wait(&ctx.barrier, tid);  // dz and h_prev complete for all positions
+  barrier_wait(&ctx.barrier);  // dz and h_prev complete for all positions
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   const int64_t rows = T * B;
@@ -463,7 +463,7 @@ void backward_task(void* p, int tid, int nthreads) {
       const bool valid = r / B < seq_len(a.lengths, r % B, T);
       for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
     }
-    barrier_wait(&ctx.barrier, tid);
+    barrier_wait(&ctx.barrier);
     x_valid = ctx.x_masked;
   }
   // dkernel (I, 4H) = x^T . dz;  drecurrent_kernel (H, 4H) = h_prev^T . dz;  dx (TB, I) = dz . kernel^T

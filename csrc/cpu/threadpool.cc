@@ -27,19 +27,17 @@ constexpr std::chrono::microseconds kIdleSpin{50};
 constexpr std::chrono::microseconds kWaitSpin{200};
 
 // Spins while cond() holds: pause for up to `spin`, then yield the core between checks.
-// Returns true when cond() turned false within the spin.
 template <typename Cond>
-bool spin_while(Cond cond, std::chrono::microseconds spin, bool yield_after) {
+void spin_while(Cond cond, std::chrono::microseconds spin, bool yield_after) {
   const auto start = std::chrono::steady_clock::now();
   for (unsigned i = 1; cond(); ++i) {
     cpu_relax();
     if ((i & 31) == 0 && std::chrono::steady_clock::now() - start > spin) {
-      if (!yield_after) return false;
+      if (!yield_after) return;
       while (cond()) std::this_thread::yield();
-      return false;
+      return;
     }
   }
-  return true;
 }
 
 class Pool {
@@ -172,9 +170,13 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
     delete g_pool;
     g_pool = new Pool(std::max(nthreads, g_num_threads));
   }
+  const auto start = std::chrono::steady_clock::now();
   g_pool->run(fn, ctx, nthreads);
-  // More than 1 in 16 waits that had to yield: the threads are not all getting a core.
-  if (barrier && barrier->slow_waits >= 2 && barrier->slow_waits * 16 > barrier->waits)
+  const int64_t elapsed_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  // Waiting (summed over the threads) for more than half the run: the threads are not all
+  // getting a core. Uneven work alone costs far less.
+  if (barrier && __atomic_load_n(&barrier->wait_ns, __ATOMIC_RELAXED) > elapsed_ns / 2)
     g_backoff_runs = kBackoffRuns;
 }
 
@@ -182,22 +184,22 @@ void barrier_init(Barrier* b, int count) {
   b->arrived = 0;
   b->generation = 0;
   b->count = count;
-  b->waits = 0;
-  b->slow_waits = 0;
+  b->wait_ns = 0;
 }
 
-void barrier_wait(Barrier* b, int tid) {
+void barrier_wait(Barrier* b) {
   if (b->count <= 1) return;
-  if (tid == 0) ++b->waits;
   int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
   if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->count) {
     __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
     return;
   }
-  const bool fast = spin_while([&] { return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; },
-                               kWaitSpin, true);
-  if (!fast && tid == 0) ++b->slow_waits;
+  const auto start = std::chrono::steady_clock::now();
+  spin_while([&] { return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; }, kWaitSpin, true);
+  const int64_t waited =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  __atomic_add_fetch(&b->wait_ns, waited, __ATOMIC_RELAXED);
 }
 
 }  // namespace cpu

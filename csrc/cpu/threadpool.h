@@ -10,6 +10,8 @@
 // function pointers, so no inline code is shared with the per-ISA kernel objects.
 #pragma once
 
+#include <cstdint>
+
 namespace fastlstm {
 namespace cpu {
 
@@ -30,17 +32,17 @@ struct Barrier {
   alignas(64) int arrived;
   alignas(64) int generation;
   int count;
-  int waits;       // waits of thread 0 (counted by thread 0 only)
-  int slow_waits;  // of those, the ones that outlasted the spin and had to yield the core
+  int64_t wait_ns;  // time all threads spent waiting here, summed (atomic adds)
 };
 
 // Runs fn on exactly nthreads threads (the caller is thread 0) and returns when all have
 // returned. Concurrent callers are serialised. fn must not throw. If `barrier` (used by fn)
-// is given, its counts decide whether the next runs back off to one thread: with per-step
-// barriers, one descheduled thread stalls all the others for a whole time slice per step.
+// is given, its wait time decides whether the next runs back off to one thread: with
+// per-step barriers, one descheduled thread stalls all the others for a whole time slice
+// per step, and then the threads spend more time waiting than working.
 void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier = nullptr);
 void barrier_init(Barrier* b, int count);
-void barrier_wait(Barrier* b, int tid);
+void barrier_wait(Barrier* b);
 
 }  // namespace cpu
 }  // namespace fastlstm

@@ -1,0 +1,49 @@
+"""fastlstm._core: the compiled CPU kernels (private; use fastlstm.ops).
+
+Every array argument must be a C-contiguous numpy array of exactly the dtype of x
+(float32 or float64) and exactly the shape stated; lengths is int64. Anything else raises
+TypeError or ValueError naming the argument.
+"""
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+def forward(
+    x: np.ndarray,                      # (T, B, I)
+    kernel: np.ndarray,                 # (I, 4H)
+    recurrent_kernel: np.ndarray,       # (H, 4H)
+    bias: Optional[np.ndarray],         # (4H,)
+    h0: Optional[np.ndarray],           # (B, H)
+    c0: Optional[np.ndarray],           # (B, H)
+    lengths: Optional[np.ndarray],      # (B,) int64 in [0, T]
+    reverse: bool,
+    training: bool,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    """Returns (y (T,B,H), h_n (B,H), c_n (B,H), gates (T,B,4H) | None, cells (T,B,H) | None)."""
+
+def backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    recurrent_kernel: np.ndarray,
+    has_bias: bool,
+    h0: Optional[np.ndarray],
+    c0: Optional[np.ndarray],
+    lengths: Optional[np.ndarray],
+    reverse: bool,
+    gates: np.ndarray,                  # (T, B, 4H) from forward(training=True)
+    cells: np.ndarray,                  # (T, B, H)  from forward(training=True)
+    dy: Optional[np.ndarray],           # (T, B, H)
+    dh_n: Optional[np.ndarray],         # (B, H)
+    dc_n: Optional[np.ndarray],         # (B, H)
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias | None)."""
+
+def compiled_isas() -> List[str]: ...
+def supported_isas() -> List[str]: ...
+def get_isa() -> str: ...
+def set_isa(name: str) -> None: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def set_poison(on: bool) -> None: ...
+def get_poison() -> bool: ...
