@@ -10,7 +10,7 @@ benchmark's "% ceiling" column. Prints GFLOP/s (best of a few runs) at sizes
     python bench/ceiling.py --json out.json   # also write the numbers
 
 The JSON's "ceiling_gflops" is the best float32 figure over the sizes; pass it to
-``python -m fastlstm.bench --ceiling``. Only NumPy is required (threadpoolctl,
+``python -m fastlstm.bench --ceiling``. Needs NumPy and an installed fastlstm (threadpoolctl,
 when installed, gives a more precise BLAS description).
 """
 
@@ -20,11 +20,12 @@ import datetime
 import io
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
+
+from fastlstm.bench import cpu_model
 
 SIZES = (1024, 2048, 4096)
 
@@ -66,18 +67,6 @@ def numpy_build_blas():
         with contextlib.redirect_stdout(text):
             np.show_config()
         return {"show_config": text.getvalue()}
-
-
-def cpu_model():
-    """CPU model name from /proc/cpuinfo when available."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
