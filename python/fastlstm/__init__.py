@@ -8,6 +8,8 @@ Layouts (gate order i, f, g, o): x (T, B, I), kernel (I, 4H), recurrent_kernel (
 bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for the oracle.
 """
 
+import operator
+
 from . import _core
 from . import ops, reference
 
@@ -39,9 +41,12 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Set the number of threads the CPU kernels use (an integer >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
-        raise TypeError(f"n: expected an integer number of threads, got {type(n).__name__}")
-    n = int(n.__index__()) if not isinstance(n, int) else n
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected an integer number of threads, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"n: expected a number of threads >= 1, got {n}")
     _core.set_num_threads(n)
