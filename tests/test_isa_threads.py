@@ -178,9 +178,22 @@ def test_num_threads_api(num_threads):
 @pytest.mark.parametrize("bad", [0, -1])
 def test_num_threads_rejects_bad(bad, num_threads):
     before = fastlstm.get_num_threads()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\bn\b"):
         fastlstm.set_num_threads(bad)
     assert fastlstm.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [2.5, "2", True, None])
+def test_num_threads_rejects_non_integers(bad, num_threads):
+    before = fastlstm.get_num_threads()
+    with pytest.raises(TypeError, match=r"\bn\b"):
+        fastlstm.set_num_threads(bad)
+    assert fastlstm.get_num_threads() == before
+
+
+def test_num_threads_accepts_numpy_integers(num_threads):
+    fastlstm.set_num_threads(np.int64(1))
+    assert fastlstm.get_num_threads() == 1
 
 
 THREAD_CASES = {
