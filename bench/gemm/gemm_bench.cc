@@ -223,6 +223,9 @@ int check_all(const char* name) {
     shapes.push_back({3, 2500, 5, mode, true});
     shapes.push_back({2500, 3, 17, mode, true});
     shapes.push_back({1, 1, 2000, mode, true});
+    // Several column blocks with A kept packed across them (rows <= Gemm::MA), and just over.
+    shapes.push_back({50, 2100, 900, mode, true});
+    shapes.push_back({1040, 1100, 20, mode, false});
   }
   int fails = 0;
   for (const Shape& s : shapes) fails += !check_one<Real>(s, rng);
