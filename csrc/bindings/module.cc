@@ -212,6 +212,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_isa", [] { return std::string(cpu::active().name); }, "The instruction set in use.");
   m.def("set_isa", &cpu::set_isa, py::arg("name"), "Switch the instruction set in use (for tests).");
   m.def("get_num_threads", &cpu::num_threads);
+  m.def("threads_for_next_run", &cpu::threads_for_run,
+        "Threads the next kernel call will use: get_num_threads(), or 1 while backing off after "
+        "calls whose threads were not all given a core.");
   m.def(
       "set_num_threads",
       [](int n) {

@@ -122,9 +122,14 @@ std::mutex& run_mutex() {
   return m;
 }
 int g_num_threads = default_threads();
-// Runs left to do on one thread after contention was seen; then the full count is tried again.
-constexpr int kBackoffRuns = 16;
-int g_backoff_runs = 0;
+// After contention is seen, runs use one thread until this time, then the full count is tried
+// again: at least 50 ms, and at least four times the contended run (so that long runs, which
+// retry after a few calls, and short ones, which retry after many, spend a similar share of
+// time probing).
+using Clock = std::chrono::steady_clock;
+constexpr std::chrono::milliseconds kBackoffMin{50};
+constexpr int kBackoffFactor = 4;
+Clock::time_point g_backoff_until{};
 Pool* g_pool = nullptr;  // created on first use; recreated when the size changes
 
 // After fork() only the forking thread exists in the child: forget the parent's pool
@@ -155,14 +160,13 @@ void set_num_threads(int n) {
 
 int threads_for_run() {
   std::lock_guard<std::mutex> lock(run_mutex());
-  return g_backoff_runs > 0 ? 1 : g_num_threads;
+  return Clock::now() < g_backoff_until ? 1 : g_num_threads;
 }
 
 void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
   std::lock_guard<std::mutex> lock(run_mutex());
   if (nthreads <= 1) {
     fn(ctx, 0, 1);
-    if (g_backoff_runs > 0) --g_backoff_runs;
     return;
   }
   // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
@@ -170,14 +174,14 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
     delete g_pool;
     g_pool = new Pool(std::max(nthreads, g_num_threads));
   }
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   g_pool->run(fn, ctx, nthreads);
-  const int64_t elapsed_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  const auto end = Clock::now();
+  const auto elapsed = end - start;
   // Waiting (summed over the threads) for more than half the run: the threads are not all
   // getting a core. Uneven work alone costs far less.
-  if (barrier && __atomic_load_n(&barrier->wait_ns, __ATOMIC_RELAXED) > elapsed_ns / 2)
-    g_backoff_runs = kBackoffRuns;
+  if (barrier && std::chrono::nanoseconds(__atomic_load_n(&barrier->wait_ns, __ATOMIC_RELAXED)) > elapsed / 2)
+    g_backoff_until = end + std::max<Clock::duration>(kBackoffMin, kBackoffFactor * elapsed);
 }
 
 void barrier_init(Barrier* b, int count) {

@@ -21,8 +21,8 @@ using TaskFn = void (*)(void* ctx, int tid, int nthreads);
 int num_threads();
 void set_num_threads(int n);
 
-// The number of threads a kernel should plan its next run() for: num_threads(), or 1 while
-// backing off after runs whose barriers found the other threads descheduled (another process
+// The number of threads a kernel should plan its next run() for: num_threads(), or 1 for a
+// while after a run whose barriers found the other threads descheduled (another process
 // holding a core); see run().
 int threads_for_run();
 
