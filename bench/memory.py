@@ -2,16 +2,17 @@
 
     python bench/memory.py [--config T,B,I,H ...] [--dtype float32|float64]
 
-Each measurement runs in a fresh process: inputs are made, one warm-up call runs, the
-process's peak resident set size is reset (/proc/self/clear_refs, Linux), then the call
-under test runs and the rise of the peak over the resident size before the call is
-reported. What the call returns is counted (y, the saved gates and cells, the gradients),
+Each measurement runs in a fresh process: inputs are made, a tiny warm-up call runs (for
+backward, also the forward whose saved state it uses), the process's peak resident set
+size is reset (/proc/self/clear_refs, Linux), then the call under test runs and the rise of
+the peak over the resident size before the call is reported. What the call returns is counted (y, the saved gates and cells, the gradients),
 since that is memory the caller holds. Beside it, the size of what the forward saves for
 backward per step: the four gate activations and the cell state, 5*B*H elements.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -41,14 +42,11 @@ def rss_kib(field):
 def forward(training):
     return ops.lstm_forward(x, kernel, recurrent_kernel, bias, training=training)
 
-# Warm up (thread pool, first-touch of code pages), and for backward keep a saved state.
-out = forward(what != "inference")
-saved = out[3]
-if what != "backward":
-    del out, saved
-    saved = None
-else:
-    ops.lstm_backward(saved, dy)
+# Warm up on a tiny problem (thread pool, code pages): a warm-up of the same size would leave
+# freed pages in the allocator's heap, and the call under test would reuse them unseen.
+tiny = [a[:1, :1] for a in (x, dy)]
+ops.lstm_backward(ops.lstm_forward(tiny[0], kernel, recurrent_kernel, bias)[3], tiny[1])
+saved = forward(True)[3] if what == "backward" else None
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = rss_kib("VmRSS")
@@ -62,8 +60,12 @@ print(json.dumps({"extra_mib": (peak - before) / 1024}))
 
 
 def measure(config, dtype, what):
+    # A fixed mmap threshold makes glibc return every freed large block to the system at once,
+    # so the resident size follows live memory (by default freed blocks may stay resident
+    # in the heap and be reused unseen).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*config, dtype, what])],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)["extra_mib"]
 
 
