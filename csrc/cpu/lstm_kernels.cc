@@ -69,13 +69,16 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 // keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
+constexpr int64_t kPackedBackwardBatch = 8;
 constexpr int kBackwardRows = 4;
 #elif defined(__AVX2__)
 constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
+constexpr int64_t kPackedBackwardBatch = 8;
 constexpr int kBackwardRows = 2;
 #else
 constexpr int kTileRows = 4;
 constexpr int kBackwardRows = 4;
+constexpr int64_t kPackedBackwardBatch = 8;
 #endif
 
 // The hidden units are handled in blocks of one vector (N units); thread tid owns the
@@ -293,9 +296,22 @@ struct BackwardCtx {
   Real* x_masked;    // (T, B, I) x with positions past each length zeroed, or nullptr
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
+  // From kPackedBackwardBatch rows on, dh = dz . recurrent_kernel^T runs on a transposed copy
+  // in groups of 4 unit blocks, with the forward's register tile (each dz value broadcast to
+  // 4 vectors of units); below, as dot products along rows of recurrent_kernel (no copy).
+  Real* packed_rkt;  // ngroups x 4H x 4 x N: [group][c][q][v] = rk[(4 group + q) N + v, c]
   Real* gemm_ws;
   Barrier barrier;
 };
+
+// Unit blocks are grouped by 4 for the transposed tile; groups are taken per thread, and
+// packed_offset(nblocks, tid, nthreads) is the number of groups of the threads before tid.
+inline int64_t groups_of(const BlockRange& r) { return ceil_div(r.last - r.first, 4); }
+inline int64_t packed_offset(int64_t nblocks, int tid, int nthreads) {
+  int64_t groups = 0;
+  for (int t = 0; t < tid; ++t) groups += groups_of(my_blocks(nblocks, t, nthreads));
+  return groups;
+}
 
 // Gate gradients of one unit block of one row at step s (or, past its length, zeros).
 template <typename Real>
@@ -413,6 +429,38 @@ void backward_units(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int row
   for (; u < units; ++u) backward_tile<Real, ROWS, 1>(ctx, s, b0, j + u, dz_step);
 }
 
+// dh_{t-1} for ROWS rows and the (up to) 4 unit blocks of one group, on the transposed copy.
+template <typename Real, int ROWS>
+void backward_packed_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block0,
+                          int nblocks, const Real* packed, const Real* dz_step) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const BackwardArgs<Real>& a = *ctx.a;
+  const int64_t K = 4 * a.dims.H;
+  R acc[ROWS][4];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
+  const Real* rows[ROWS];
+  for (int r = 0; r < ROWS; ++r) rows[r] = dz_step + (b0 + r) * K;
+  accumulate_gates<Real, ROWS>(acc, packed, K, rows);
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t b = b0 + r;
+    if (s >= seq_len(a.lengths, b, a.dims.T)) continue;  // not started yet: dh carries over
+    for (int q = 0; q < nblocks; ++q) V::store(ctx.dh + b * ctx.Hp + (block0 + q) * N, acc[r][q]);
+  }
+}
+
+template <typename Real, int ROWS>
+void backward_packed_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t block0,
+                          int nblocks, const Real* packed, const Real* dz_step) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS)
+      return backward_packed_rows<Real, ROWS - 1>(ctx, s, b0, rows, block0, nblocks, packed, dz_step);
+  }
+  backward_packed_tile<Real, ROWS>(ctx, s, b0, block0, nblocks, packed, dz_step);
+}
+
 template <typename Real>
 void backward_task(void* p, int tid, int nthreads) {
   using V = Vec<Real>;
@@ -428,6 +476,21 @@ void backward_task(void* p, int tid, int nthreads) {
       V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + b * H + u0, nu) : V::zero());
       V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
     }
+  // This thread's groups of the transposed copy (zero for units past H or past its blocks).
+  Real* my_packed = nullptr;
+  if (ctx.packed_rkt) {
+    my_packed = ctx.packed_rkt + packed_offset(ctx.nblocks, tid, nthreads) * 4 * H * 4 * N;
+    for (int64_t g = 0; g < groups_of(mine); ++g) {
+      Real* dst = my_packed + g * 4 * H * 4 * N;
+      for (int q = 0; q < 4; ++q)
+        for (int64_t v = 0; v < N; ++v) {
+          const int64_t block = mine.first + 4 * g + q, u = block * N + v;
+          const bool real = block < mine.last && u < H;
+          const Real* row = a.recurrent_kernel + u * 4 * H;
+          for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
+        }
+    }
+  }
 
   const int64_t j0 = imin(H, mine.first * N), j1 = imin(H, mine.last * N);  // my units
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -436,6 +499,18 @@ void backward_task(void* p, int tid, int nthreads) {
       for (int64_t block = mine.first; block < mine.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
     barrier_wait(&ctx.barrier);  // dz of step s complete for all units
+    if (my_packed) {  // group-major: a group's copy (4H x 4N) stays in L2 for all rows
+      for (int64_t g = 0; g < groups_of(mine); ++g) {
+        const int64_t block0 = mine.first + 4 * g;
+        const int nb = static_cast<int>(imin(4, mine.last - block0));
+        for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
+          const int rows = static_cast<int>(imin(kTileRows, B - b0));
+          backward_packed_rows<Real, kTileRows>(ctx, s, b0, rows, block0, nb,
+                                                my_packed + g * 4 * H * 4 * N, dz_step);
+        }
+      }
+      continue;
+    }
     // Unit-major: the few rows of recurrent_kernel of a tile stay in L1 while every row of
     // the batch passes over them.
     constexpr int U = units_per_tile<1>();  // tile width when a single row is left over
@@ -496,6 +571,9 @@ void backward(const BackwardArgs<Real>& a) {
   Buffer<Real> dz(T * B * 4 * H), h_prev(T * B * H);
   Buffer<Real> state(2 * B * 4 * H + 2 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
+  const bool packed = B >= kPackedBackwardBatch;
+  Buffer<Real> packed_rkt(packed ? packed_offset(ctx.nblocks, nthreads, nthreads) * 4 * H * 4 * N : 0);
+  ctx.packed_rkt = packed ? packed_rkt.get() : nullptr;
   ctx.dz = dz.get();
   ctx.h_prev = h_prev.get();
   bool padded = false;
