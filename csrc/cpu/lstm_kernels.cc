@@ -109,8 +109,8 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths ? lengths[b] : T;
 }
 
-// acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and the 4 gates q of one unit block;
-// w is packed K x 4 x N. With few rows the FMA latency, not throughput, would bound the loop:
+// acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and 4 vectors q; w is packed K x 4 x N.
+// The forward uses it for the 4 gates of one unit block, the backward for 4 unit blocks. With few rows the FMA latency, not throughput, would bound the loop:
 // then even and odd k go to separate accumulators (SPLIT = 2), added at the end.
 template <typename Real, int ROWS>
 inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
