@@ -81,6 +81,29 @@ constexpr int kBackwardRows = 4;
 constexpr int64_t kPackedBackwardBatch = 8;
 #endif
 
+// A thread's unit blocks of one step, [begin, end) packed in one 64-bit word: the owner takes
+// blocks from the front, a thread that has run out of its own takes them from the back, so a
+// thread slowed down (another process on its core, a slower core) is helped instead of
+// waited for. Every block is computed the same way whoever takes it.
+struct alignas(64) BlockQueue {
+  uint64_t range;
+  static uint64_t pack(int64_t begin, int64_t end) {
+    return static_cast<uint64_t>(begin) | (static_cast<uint64_t>(end) << 32);
+  }
+  void reset(int64_t begin, int64_t end) { __atomic_store_n(&range, pack(begin, end), __ATOMIC_RELEASE); }
+  // The next block from the front (owner) or the back (helper), or -1 when none is left.
+  int64_t take(bool front) {
+    uint64_t old = __atomic_load_n(&range, __ATOMIC_ACQUIRE);
+    for (;;) {
+      const int64_t begin = static_cast<int64_t>(old & 0xffffffffu), end = static_cast<int64_t>(old >> 32);
+      if (begin >= end) return -1;
+      const uint64_t next = front ? pack(begin + 1, end) : pack(begin, end - 1);
+      if (__atomic_compare_exchange_n(&range, &old, next, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return front ? begin : end - 1;
+    }
+  }
+};
+
 // The hidden units are handled in blocks of one vector (N units); thread tid owns the
 // contiguous range of blocks [first, last).
 struct BlockRange {
@@ -103,6 +126,7 @@ struct ForwardCtx {
   Real* c;                // (B, Hp)
   Real* gemm_ws;          // nthreads x Gemm::workspace_per_thread
   Barrier barrier;
+  BlockQueue* queues;     // one per thread: its unit blocks of the current step
 };
 
 inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
@@ -243,12 +267,24 @@ void forward_task(void* p, int tid, int nthreads) {
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
     Real* h_next = ctx.h + ((s + 1) & 1) * B * Hp;
     // Block-major: one block of recurrent_kernel (H x 4N) stays in L2 while every row
-    // of the batch passes over it.
-    for (int64_t block = mine.first; block < mine.last; ++block)
+    // of the batch passes over it. Own blocks first, then the other threads' leftovers.
+    auto one_block = [&](int64_t block) {
       for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
         const int rows = static_cast<int>(imin(kTileRows, B - b0));
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
       }
+    };
+    if (nthreads == 1 || B < kTileRows) {  // small steps: not worth the atomics
+      for (int64_t block = mine.first; block < mine.last; ++block) one_block(block);
+    } else {
+      BlockQueue& own = ctx.queues[tid];
+      own.reset(mine.first, mine.last);
+      for (int64_t block; (block = own.take(true)) >= 0;) one_block(block);
+      for (int other = 1; other < nthreads; ++other) {
+        BlockQueue& theirs = ctx.queues[(tid + other) % nthreads];
+        for (int64_t block; (block = theirs.take(false)) >= 0;) one_block(block);
+      }
+    }
     barrier_wait(&ctx.barrier);
   }
 
@@ -274,6 +310,9 @@ void forward(const ForwardArgs<Real>& a) {
   Buffer<Real> packed_rk(ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
+  Buffer<BlockQueue> queues(nthreads);
+  for (int t = 0; t < nthreads; ++t) queues.get()[t].reset(0, 0);
+  ctx.queues = queues.get();
   ctx.G = a.gates ? a.gates : projection.get();
   ctx.packed_rk = packed_rk.get();
   ctx.h = state.get();
