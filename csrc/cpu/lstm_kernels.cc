@@ -7,11 +7,14 @@
 //           (all four gates of them), and applies the gates and the cell update while the
 //           tile is still in registers. One barrier per step.
 // Backward: per step each thread forms the gate gradients dz of its own units, then, after
-//           a barrier, dh_{t-1} = dz . recurrent_kernel^T for its own units. The weight
-//           gradients are large products over all T*B rows after the time loop.
+//           a barrier, dh_{t-1} = dz . recurrent_kernel^T for its own units (on a transposed
+//           copy with the forward's tile from B = 8 on, else as dot products along rows of
+//           recurrent_kernel). The weight gradients are large products over all T*B rows
+//           after the time loop.
 //
 // Every output element is computed by one thread, in an order that does not depend on the
-// number of threads, so results are bitwise identical for any thread count.
+// number of threads (nor on which thread takes it), so results are bitwise identical for any
+// thread count.
 #include <cstdlib>
 #include <new>
 
@@ -69,17 +72,16 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 // keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
-constexpr int64_t kPackedBackwardBatch = 8;
 constexpr int kBackwardRows = 4;
 #elif defined(__AVX2__)
 constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
-constexpr int64_t kPackedBackwardBatch = 8;
 constexpr int kBackwardRows = 2;
 #else
 constexpr int kTileRows = 4;
 constexpr int kBackwardRows = 4;
-constexpr int64_t kPackedBackwardBatch = 8;
 #endif
+// From this batch size on the backward step uses a transposed copy (see BackwardCtx).
+constexpr int64_t kPackedBackwardBatch = 8;
 
 // A thread's unit blocks of one step, [begin, end) packed in one 64-bit word: the owner takes
 // blocks from the front, a thread that has run out of its own takes them from the back, so a
