@@ -1,0 +1,442 @@
+"""Loss functions with gradients, on NumPy arrays (Keras 3 semantics).
+
+Every loss is a class whose instances give the reduced loss value and its gradient
+with respect to the predictions::
+
+    loss = fastlstm.losses.get("binary_crossentropy")
+    value = loss(y_true, y_pred)               # Python float
+    dy = loss.gradient(y_true, y_pred)         # d value / d y_pred, like y_pred
+
+Reduction (Keras's default ``"sum_over_batch_size"``): a per-sample loss is formed
+first -- the mean over the last axis for the mean squared / absolute error, Huber
+and binary crossentropy, the crossentropy over the class axis for the categorical
+losses -- so it has the shape ``y_pred.shape[:-1]``.  It is multiplied by
+``sample_weight`` (broadcast to that shape; a weight of shape ``(batch,)`` weighs
+every step of a sample), summed, and divided by the number of per-sample losses.
+Without weights this is the plain mean.
+
+Probabilities (``from_logits=False``) are clipped to ``[1e-7, 1 - 1e-7]`` as Keras
+does, and the categorical losses first rescale each probability vector to sum to 1
+(also as Keras does); the gradient is that of the clipped function, so it is 0
+where the clip is active.  With ``from_logits=True`` the losses use the stable
+log-sum-exp / ``log1p(exp(-|x|))`` forms and are finite for any finite logits.
+
+Arithmetic runs in y_pred's dtype (float64 stays float64; float32, and float16 via
+float32, give float32 arithmetic; non-float predictions are treated as float32)
+and the gradient has y_pred's dtype when that is a float dtype.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "Loss", "BinaryCrossentropy", "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy", "MeanSquaredError", "MeanAbsoluteError", "Huber",
+    "get", "serialize", "deserialize",
+]
+
+EPSILON = 1e-7  # Keras's backend.epsilon(), the probability clip
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _work_dtype(y_pred):
+    """(arithmetic dtype, gradient dtype) for predictions y_pred."""
+    dt = y_pred.dtype
+    if dt == np.float64:
+        return np.dtype(np.float64), dt
+    if np.issubdtype(dt, np.floating):
+        return np.dtype(np.float32), dt
+    return np.dtype(np.float32), np.dtype(np.float32)
+
+
+def _as_pred(y_pred):
+    y_pred = np.asarray(y_pred)
+    if y_pred.dtype == object or not (np.issubdtype(y_pred.dtype, np.number)
+                                      or y_pred.dtype == np.bool_):
+        raise TypeError(f"y_pred must be a numeric array, got dtype {y_pred.dtype}")
+    if y_pred.ndim == 0:
+        raise ValueError("y_pred must have at least one axis, got a scalar (shape ())")
+    return y_pred
+
+
+def _match_true(y_true, y_pred, dtype):
+    """y_true as an array of y_pred's shape (Keras also squeezes/expands a trailing
+    axis of size 1 when the ranks differ by one); any other mismatch is an error."""
+    y_true = np.asarray(y_true)
+    if y_true.dtype == object or not (np.issubdtype(y_true.dtype, np.number)
+                                      or y_true.dtype == np.bool_):
+        raise TypeError(f"y_true must be a numeric array, got dtype {y_true.dtype}")
+    ts, ps = y_true.shape, y_pred.shape
+    if ts != ps:
+        trailing_one = ((len(ts) == len(ps) + 1 and ts[-1] == 1 and ts[:-1] == ps)
+                        or (len(ps) == len(ts) + 1 and ps[-1] == 1 and ps[:-1] == ts))
+        if not trailing_one:
+            raise ValueError(
+                f"y_true and y_pred shapes do not match: y_true has shape {ts}, "
+                f"y_pred has shape {ps}")
+        y_true = y_true.reshape(ps)
+    return y_true.astype(dtype, copy=False)
+
+
+def _weights(sample_weight, loss_shape, dtype):
+    """sample_weight broadcast to the per-sample loss shape (None -> None)."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_):
+        raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
+    w = w.astype(dtype, copy=False)
+    if w.ndim == len(loss_shape) + 1 and w.shape[-1] == 1:
+        w = w.reshape(w.shape[:-1])                  # (batch, 1) for (batch,)
+    while w.ndim < len(loss_shape):
+        w = w[..., None]                             # (batch,) for (batch, time)
+    try:
+        if np.broadcast_shapes(w.shape, loss_shape) != tuple(loss_shape):
+            raise ValueError
+        w = np.broadcast_to(w, loss_shape)
+    except ValueError:
+        raise ValueError(
+            f"sample_weight of shape {np.shape(sample_weight)} does not broadcast to the "
+            f"per-sample loss shape {tuple(loss_shape)}") from None
+    return w
+
+
+def _reduce(per_sample, w):
+    """Keras "sum_over_batch_size": sum(per_sample * w) / per_sample.size."""
+    n = per_sample.size
+    if n == 0:
+        return 0.0
+    values = per_sample if w is None else per_sample * w
+    return float(np.sum(values, dtype=np.float64) / n)
+
+
+def _dper_sample(loss_shape, w, dtype):
+    """d value / d per_sample, shaped loss_shape + (1,) to broadcast over the last axis."""
+    n = max(int(np.prod(loss_shape, dtype=np.int64)), 1)
+    if w is None:
+        d = np.full(loss_shape, 1.0 / n, dtype=dtype)
+    else:
+        d = (w / dtype.type(n)).astype(dtype, copy=False)
+    return d[..., None]
+
+
+def _stable_sigmoid(x):
+    e = np.exp(-np.abs(x))                           # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def _log_softmax(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------- base
+
+class Loss:
+    """Base class: subclasses implement ``_forward(y_true, y_pred) -> (per_sample,
+    ctx)`` and ``_backward(y_true, y_pred, ctx, dper) -> grad`` where dper is
+    d value / d per_sample with a trailing broadcast axis."""
+
+    default_name = "loss"
+
+    def __init__(self, name=None):
+        self.name = self.default_name if name is None else str(name)
+
+    # subclasses may override: how y_true is turned into an array for y_pred
+    def _prepare_true(self, y_true, y_pred, dtype):
+        return _match_true(y_true, y_pred, dtype)
+
+    def _inputs(self, y_true, y_pred):
+        y_pred = _as_pred(y_pred)
+        work, grad_dtype = _work_dtype(y_pred)
+        yp = y_pred.astype(work, copy=False)
+        yt = self._prepare_true(y_true, y_pred, work)
+        return yt, yp, work, grad_dtype
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        yt, yp, work, _ = self._inputs(y_true, y_pred)
+        per_sample, _ = self._forward(yt, yp)
+        w = _weights(sample_weight, per_sample.shape, work)
+        return _reduce(per_sample, w)
+
+    def gradient(self, y_true, y_pred, sample_weight=None):
+        """d loss / d y_pred, same shape as y_pred."""
+        return self.value_and_gradient(y_true, y_pred, sample_weight)[1]
+
+    def value_and_gradient(self, y_true, y_pred, sample_weight=None):
+        """Both at once (one forward pass)."""
+        yt, yp, work, grad_dtype = self._inputs(y_true, y_pred)
+        per_sample, ctx = self._forward(yt, yp)
+        w = _weights(sample_weight, per_sample.shape, work)
+        value = _reduce(per_sample, w)
+        g = self._backward(yt, yp, ctx, _dper_sample(per_sample.shape, w, work))
+        return value, np.ascontiguousarray(g, dtype=grad_dtype).reshape(yp.shape)
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    __hash__ = object.__hash__
+
+
+# --------------------------------------------------------------------------- regression
+
+class MeanSquaredError(Loss):
+    """mean((y_true - y_pred)**2, axis=-1), reduced over the batch."""
+
+    default_name = "mean_squared_error"
+
+    def _forward(self, yt, yp):
+        d = yp - yt
+        return np.mean(d * d, axis=-1), d
+
+    def _backward(self, yt, yp, d, dper):
+        return dper * (2.0 / yp.shape[-1]) * d
+
+
+class MeanAbsoluteError(Loss):
+    """mean(|y_true - y_pred|, axis=-1), reduced over the batch (gradient 0 at a tie)."""
+
+    default_name = "mean_absolute_error"
+
+    def _forward(self, yt, yp):
+        d = yp - yt
+        return np.mean(np.abs(d), axis=-1), d
+
+    def _backward(self, yt, yp, d, dper):
+        return dper * (1.0 / yp.shape[-1]) * np.sign(d)
+
+
+class Huber(Loss):
+    """Keras Huber: e = y_pred - y_true; 0.5*e**2 where |e| <= delta, else
+    delta*|e| - 0.5*delta**2; mean over the last axis, reduced over the batch."""
+
+    default_name = "huber_loss"
+
+    def __init__(self, delta=1.0, name=None):
+        super().__init__(name)
+        delta = float(delta)
+        if not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"Huber delta must be finite and >= 0, got {delta}")
+        self.delta = delta
+
+    def _forward(self, yt, yp):
+        e = yp - yt
+        a = np.abs(e)
+        delta = yp.dtype.type(self.delta)
+        quad = a <= delta
+        per = np.where(quad, 0.5 * e * e, delta * a - 0.5 * delta * delta)
+        return np.mean(per, axis=-1), (e, quad)
+
+    def _backward(self, yt, yp, ctx, dper):
+        e, quad = ctx
+        delta = yp.dtype.type(self.delta)
+        de = np.where(quad, e, delta * np.sign(e))
+        return dper * (1.0 / yp.shape[-1]) * de
+
+    def get_config(self):
+        return {"name": self.name, "delta": self.delta}
+
+
+# --------------------------------------------------------------------------- crossentropy
+
+class BinaryCrossentropy(Loss):
+    """-(t*log(p) + (1-t)*log(1-p)) averaged over the last axis, reduced over the batch.
+
+    from_logits=False: p = clip(y_pred, 1e-7, 1 - 1e-7).  from_logits=True: the
+    stable form max(x, 0) - x*t + log1p(exp(-|x|)), gradient sigmoid(x) - t.
+    """
+
+    default_name = "binary_crossentropy"
+
+    def __init__(self, from_logits=False, name=None):
+        super().__init__(name)
+        self.from_logits = bool(from_logits)
+
+    def _forward(self, t, x):
+        if self.from_logits:
+            per = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+            return np.mean(per, axis=-1), None
+        eps = x.dtype.type(EPSILON)
+        p = np.clip(x, eps, 1 - eps)
+        per = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+        return np.mean(per, axis=-1), p
+
+    def _backward(self, t, x, p, dper):
+        scale = dper * (1.0 / x.shape[-1])
+        if self.from_logits:
+            return scale * (_stable_sigmoid(x) - t)
+        eps = x.dtype.type(EPSILON)
+        inside = (x >= eps) & (x <= 1 - eps)
+        g = (1 - t) / (1 - p) - t / p
+        return scale * np.where(inside, g, 0)
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+def _categorical_forward(t, x, from_logits):
+    """Per-sample -sum(t * log q) over the last axis, q = softmax(x) or the clipped,
+    renormalised probabilities; also returns what the backward pass needs."""
+    if from_logits:
+        logq = _log_softmax(x)
+        return -np.sum(t * logq, axis=-1), logq
+    s = np.sum(x, axis=-1, keepdims=True)
+    q = x / s
+    eps = x.dtype.type(EPSILON)
+    p = np.clip(q, eps, 1 - eps)
+    return -np.sum(t * np.log(p), axis=-1), (s, q, p)
+
+
+def _categorical_backward(t, x, ctx, dper, from_logits):
+    if from_logits:
+        softmax = np.exp(ctx)
+        return dper * (softmax * np.sum(t, axis=-1, keepdims=True) - t)
+    s, q, p = ctx
+    eps = x.dtype.type(EPSILON)
+    inside = (q >= eps) & (q <= 1 - eps)
+    gq = np.where(inside, -t / p, 0)                 # d per / d q
+    # q = x / s: d per / d x_k = (gq_k - sum_j gq_j q_j) / s
+    return dper * (gq - np.sum(gq * q, axis=-1, keepdims=True)) / s
+
+
+class CategoricalCrossentropy(Loss):
+    """-sum(t * log(p)) over the class (last) axis, reduced over the batch.
+
+    from_logits=False: p = clip(y_pred / sum(y_pred, -1), 1e-7, 1 - 1e-7) (Keras
+    rescales each row to sum to 1 first).  from_logits=True: log_softmax, gradient
+    softmax(x) * sum(t) - t.  y_true holds one-hot (or soft) targets like y_pred.
+    """
+
+    default_name = "categorical_crossentropy"
+
+    def __init__(self, from_logits=False, name=None):
+        super().__init__(name)
+        self.from_logits = bool(from_logits)
+
+    def _forward(self, t, x):
+        return _categorical_forward(t, x, self.from_logits)
+
+    def _backward(self, t, x, ctx, dper):
+        return _categorical_backward(t, x, ctx, dper, self.from_logits)
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    """CategoricalCrossentropy with integer class ids as y_true: shape
+    y_pred.shape[:-1] (or with a trailing axis of 1), each id in [0, classes)."""
+
+    default_name = "sparse_categorical_crossentropy"
+
+    def _prepare_true(self, y_true, y_pred, dtype):
+        ids = np.asarray(y_true)
+        lead, classes = y_pred.shape[:-1], y_pred.shape[-1]
+        if ids.shape != lead:
+            if ids.shape == lead + (1,):
+                ids = ids.reshape(lead)
+            else:
+                raise ValueError(
+                    f"sparse y_true must hold class ids of shape y_pred.shape[:-1] = {lead} "
+                    f"(or {lead + (1,)}): y_true has shape {ids.shape}, y_pred has shape "
+                    f"{y_pred.shape}")
+        if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.number) \
+                or np.issubdtype(ids.dtype, np.complexfloating):
+            raise ValueError(f"sparse y_true must hold integer class ids, got dtype {ids.dtype}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
+                raise ValueError("sparse y_true must hold integer class ids, got "
+                                 "non-integral values")
+        if ids.size and (ids.min() < 0 or ids.max() >= classes):
+            bad = ids[(ids < 0) | (ids >= classes)].ravel()[0]
+            raise ValueError(
+                f"sparse y_true holds class id {bad!r} outside [0, {classes}) "
+                f"(y_pred has {classes} classes, shape {y_pred.shape})")
+        ids = ids.astype(np.intp, copy=False)
+        t = np.zeros(y_pred.shape, dtype=dtype)
+        np.put_along_axis(t, ids[..., None], 1, axis=-1)
+        return t
+
+
+# --------------------------------------------------------------------------- registry
+
+_CLASSES = {
+    cls.__name__: cls for cls in (
+        BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
+        MeanSquaredError, MeanAbsoluteError, Huber)
+}
+
+_NAMES = {
+    "binary_crossentropy": BinaryCrossentropy,
+    "bce": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "mae": MeanAbsoluteError,
+    "huber": Huber,
+    "huber_loss": Huber,
+}
+
+
+def _lookup(name):
+    cls = _NAMES.get(name) or _CLASSES.get(name) or _NAMES.get(name.lower())
+    if cls is None:
+        cls = {k.lower(): v for k, v in _CLASSES.items()}.get(name.lower())
+    if cls is None:
+        raise ValueError(
+            f"Unknown loss {name!r}. Valid names: {', '.join(sorted(_NAMES))} "
+            f"(or a class name: {', '.join(sorted(_CLASSES))})")
+    return cls
+
+
+def serialize(loss):
+    """Keras-style {"class_name": ..., "config": ...} for a Loss instance."""
+    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def deserialize(config):
+    """A Loss from serialize()'s dict, or from a bare get_config() dict (resolved by
+    its "name", which must then be a known loss name)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"Could not interpret loss config {config!r}: expected a dict")
+    if "class_name" in config:
+        cls = _lookup(str(config["class_name"]))
+        return cls.from_config(dict(config.get("config") or {}))
+    if "name" in config:
+        cls = _lookup(str(config["name"]))
+        return cls.from_config(dict(config))
+    raise ValueError(f"Could not interpret loss config {config!r}: it needs a "
+                     f"'class_name' (with 'config') or a 'name' key")
+
+
+def get(identifier):
+    """Resolve a loss: a name (Keras names and aliases, or a class name), a Loss
+    instance (returned as is), a config dict, or None (-> None)."""
+    if identifier is None:
+        return None
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        return _lookup(identifier)()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    raise ValueError(f"Could not interpret loss identifier {identifier!r}: expected a "
+                     f"name, a fastlstm.losses.Loss instance or a config dict")

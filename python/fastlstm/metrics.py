@@ -1,0 +1,276 @@
+"""Stateful metrics on NumPy arrays (Keras 3 semantics).
+
+    m = fastlstm.metrics.get("accuracy", loss="binary_crossentropy")
+    m.update_state(y_true, y_pred)        # per batch
+    m.result()                            # Python float over all batches so far
+    m.reset_state()                       # per epoch
+
+Every metric except :class:`Mean` turns (y_true, y_pred) into a per-element value
+and keeps a running, optionally weighted, mean of it exactly as Keras's
+``MeanMetricWrapper`` does: values are averaged per sample (over every axis the
+sample weight lacks), multiplied by the sample weight, summed into ``total``, and
+``count`` grows by the batch size (or the summed weights).  ``result()`` is
+``total / count`` (0.0 before any update).
+"""
+
+import numpy as np
+
+from . import losses as _losses
+
+__all__ = [
+    "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
+    "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get",
+]
+
+
+def _numeric(a, what):
+    a = np.asarray(a)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"{what} must be numeric, got dtype {a.dtype}")
+    return a
+
+
+def _same_rank(x1, x2):
+    """Keras squeeze_or_expand_to_same_rank: reconcile a trailing axis of size 1."""
+    r1, r2 = x1.ndim, x2.ndim
+    if r1 == r2 + 1 and x1.shape[-1] == 1:
+        if r2 == 1:
+            x2 = x2[..., None]
+        else:
+            x1 = x1.reshape(x1.shape[:-1])
+    elif r2 == r1 + 1 and x2.shape[-1] == 1:
+        if r1 == 1:
+            x1 = x1[..., None]
+        else:
+            x2 = x2.reshape(x2.shape[:-1])
+    return x1, x2
+
+
+def _check_same_shape(y_true, y_pred):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
+                         f"{y_true.shape}, y_pred has shape {y_pred.shape}")
+    return y_true, y_pred
+
+
+class Metric:
+    """Base class: ``update_state``, ``result``, ``reset_state``, ``name``."""
+
+    default_name = "metric"
+
+    def __init__(self, name=None):
+        self.name = self.default_name if name is None else str(name)
+        self.reset_state()
+
+    def reset_state(self):
+        raise NotImplementedError
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def result(self):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Mean(Metric):
+    """Running (weighted) mean of values: ``update_state(values, sample_weight=None)``.
+
+    Without weights every sample (first axis) counts once and its value is the mean
+    over its other axes; with weights the result is sum(v * w) / sum(w) with w
+    broadcast to the values.
+    """
+
+    default_name = "mean"
+
+    def reset_state(self):
+        self.total = 0.0
+        self.count = 0.0
+
+    def update_state(self, values, sample_weight=None):
+        v = _numeric(values, "values").astype(np.float64)
+        if sample_weight is not None:
+            w = _numeric(sample_weight, "sample_weight").astype(np.float64)
+            v, w = _same_rank(v, w)
+            if w.ndim > v.ndim:
+                raise ValueError(f"sample_weight of shape {np.shape(sample_weight)} has more "
+                                 f"axes than the values of shape {v.shape}")
+            if v.ndim > w.ndim:
+                v = v.mean(axis=tuple(range(w.ndim, v.ndim)))
+            try:
+                w = np.broadcast_to(w, v.shape)
+            except ValueError:
+                raise ValueError(f"sample_weight of shape {np.shape(sample_weight)} does "
+                                 f"not broadcast to the values' shape {v.shape}") from None
+            v = v * w
+            if w.ndim > 1:
+                w = w.mean(axis=tuple(range(1, w.ndim)))
+            count = float(np.sum(w))
+        else:
+            count = float(v.shape[0]) if v.ndim >= 1 else 1.0
+        if v.ndim > 1:
+            v = v.mean(axis=tuple(range(1, v.ndim)))
+        self.total += float(np.sum(v))
+        self.count += count
+
+    def result(self):
+        return 0.0 if self.count == 0 else self.total / self.count
+
+
+class MeanMetricWrapper(Mean):
+    """Running mean of ``fn(y_true, y_pred)`` (per-element or per-sample values)."""
+
+    def _values(self, y_true, y_pred):
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = _numeric(y_true, "y_true")
+        y_pred = _numeric(y_pred, "y_pred")
+        values = self._values(y_true, y_pred)
+        super().update_state(values, sample_weight)
+
+
+class BinaryAccuracy(MeanMetricWrapper):
+    """Fraction of elements where (y_pred > threshold) equals y_true."""
+
+    default_name = "binary_accuracy"
+
+    def __init__(self, threshold=0.5, name=None):
+        self.threshold = float(threshold)
+        super().__init__(name)
+
+    def _values(self, y_true, y_pred):
+        y_true, y_pred = _check_same_shape(y_true, y_pred)
+        return (y_true == (y_pred > self.threshold)).astype(np.float64)
+
+    def get_config(self):
+        return {"name": self.name, "threshold": self.threshold}
+
+
+class CategoricalAccuracy(MeanMetricWrapper):
+    """Fraction of samples where argmax(y_pred) equals argmax(y_true) (one-hot)."""
+
+    default_name = "categorical_accuracy"
+
+    def _values(self, y_true, y_pred):
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
+                             f"{y_true.shape}, y_pred has shape {y_pred.shape}")
+        if y_pred.ndim == 0:
+            raise ValueError("y_pred must have a class axis, got a scalar")
+        return (np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)).astype(np.float64)
+
+
+class SparseCategoricalAccuracy(MeanMetricWrapper):
+    """Fraction of samples where argmax(y_pred) equals the integer id in y_true."""
+
+    default_name = "sparse_categorical_accuracy"
+
+    def _values(self, y_true, y_pred):
+        if y_pred.ndim == 0:
+            raise ValueError("y_pred must have a class axis, got a scalar")
+        lead = y_pred.shape[:-1]
+        if y_true.shape == lead + (1,):
+            y_true = y_true.reshape(lead)
+        if y_true.shape != lead:
+            raise ValueError(f"sparse y_true must have shape y_pred.shape[:-1] = {lead}: "
+                             f"y_true has shape {y_true.shape}, y_pred has shape "
+                             f"{y_pred.shape}")
+        return (y_true == np.argmax(y_pred, axis=-1)).astype(np.float64)
+
+
+class MeanAbsoluteError(MeanMetricWrapper):
+    """Running mean of mean(|y_true - y_pred|, axis=-1)."""
+
+    default_name = "mean_absolute_error"
+
+    def _values(self, y_true, y_pred):
+        y_true, y_pred = _check_same_shape(y_true, y_pred)
+        d = y_pred.astype(np.float64) - y_true.astype(np.float64)
+        return np.mean(np.abs(d), axis=-1)
+
+
+class MeanSquaredError(MeanMetricWrapper):
+    """Running mean of mean((y_true - y_pred)**2, axis=-1)."""
+
+    default_name = "mean_squared_error"
+
+    def _values(self, y_true, y_pred):
+        y_true, y_pred = _check_same_shape(y_true, y_pred)
+        d = y_pred.astype(np.float64) - y_true.astype(np.float64)
+        return np.mean(d * d, axis=-1)
+
+
+# --------------------------------------------------------------------------- registry
+
+_CLASSES = {cls.__name__: cls for cls in (
+    Mean, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,
+    MeanAbsoluteError, MeanSquaredError)}
+
+_NAMES = {
+    "binary_accuracy": BinaryAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "mean_absolute_error": MeanAbsoluteError,
+    "mae": MeanAbsoluteError,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+    "mean": Mean,
+}
+
+_ACCURACY = ("accuracy", "acc")
+
+
+def _accuracy_for(loss):
+    """The accuracy class Keras would pick for this loss."""
+    if loss is not None and not isinstance(loss, _losses.Loss):
+        loss = _losses.get(loss)
+    if isinstance(loss, _losses.SparseCategoricalCrossentropy):
+        return SparseCategoricalAccuracy
+    if isinstance(loss, _losses.CategoricalCrossentropy):
+        return CategoricalAccuracy
+    return BinaryAccuracy  # binary crossentropy, and the default for other losses
+
+
+def get(identifier, loss=None):
+    """Resolve a metric.
+
+    A string makes a fresh metric named by that string (as Keras's compile does, so
+    'mae' reports as 'mae'): 'accuracy'/'acc' picks the accuracy matching ``loss``
+    (sparse categorical crossentropy -> SparseCategoricalAccuracy, categorical ->
+    CategoricalAccuracy, anything else -> BinaryAccuracy); other names are the Keras
+    names and aliases or class names.  A Metric instance is returned as is; a dict
+    is {"class_name": ..., "config": ...}.  Unknown names raise ValueError.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier
+        if key.lower() in _ACCURACY:
+            return _accuracy_for(loss)(name=identifier)
+        cls = _NAMES.get(key) or _CLASSES.get(key) or _NAMES.get(key.lower())
+        if cls is None:
+            raise ValueError(
+                f"Unknown metric {identifier!r}. Valid names: "
+                f"{', '.join(sorted(_NAMES) + list(_ACCURACY))} "
+                f"(or a class name: {', '.join(sorted(_CLASSES))})")
+        return cls(name=identifier)
+    if isinstance(identifier, dict) and "class_name" in identifier:
+        cls = _CLASSES.get(identifier["class_name"])
+        if cls is None:
+            raise ValueError(f"Unknown metric class {identifier['class_name']!r}. Valid: "
+                             f"{', '.join(sorted(_CLASSES))}")
+        return cls.from_config(dict(identifier.get("config") or {}))
+    raise ValueError(f"Could not interpret metric identifier {identifier!r}")

@@ -1,0 +1,481 @@
+"""fastlstm.losses: values against straightforward float64 formulas written here,
+gradients against central finite differences, numerical stability for huge logits,
+errors, the name registry and config round trips; torch cross-checks when torch is
+importable.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from fastlstm import losses
+
+EPS = 1e-7
+
+
+# --------------------------------------------------------------------------- references
+# Straightforward float64 formulas, element by element, independent of the module.
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _reduce_ref(per_sample, w):
+    """sum_b per_sample[b] * w[b] / number of per-sample losses."""
+    per_sample = np.asarray(per_sample, dtype=np.float64)
+    if w is None:
+        w = np.ones_like(per_sample)
+    w = np.broadcast_to(np.asarray(w, dtype=np.float64), per_sample.shape)
+    total = 0.0
+    for idx in np.ndindex(per_sample.shape):
+        total += per_sample[idx] * w[idx]
+    return total / per_sample.size
+
+
+def _per_last_axis(y_true, y_pred, elem):
+    """Mean over the last axis of elem(t, p), as an array of shape y_pred.shape[:-1]."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    out = np.zeros(y_pred.shape[:-1])
+    n = y_pred.shape[-1]
+    for idx in np.ndindex(out.shape):
+        out[idx] = sum(elem(float(y_true[idx + (k,)]), float(y_pred[idx + (k,)]))
+                       for k in range(n)) / n
+    return out
+
+
+def ref_mse(t, p, w=None):
+    return _reduce_ref(_per_last_axis(t, p, lambda a, b: (a - b) ** 2), w)
+
+
+def ref_mae(t, p, w=None):
+    return _reduce_ref(_per_last_axis(t, p, lambda a, b: abs(a - b)), w)
+
+
+def ref_huber(t, p, w=None, delta=1.0):
+    def elem(a, b):
+        e = abs(b - a)
+        return 0.5 * e * e if e <= delta else delta * e - 0.5 * delta * delta
+    return _reduce_ref(_per_last_axis(t, p, elem), w)
+
+
+def ref_bce(t, p, w=None, from_logits=False):
+    def elem(a, b):
+        q = _sigmoid(b) if from_logits else min(max(b, EPS), 1 - EPS)
+        return -(a * math.log(q) + (1 - a) * math.log(1 - q))
+    return _reduce_ref(_per_last_axis(t, p, elem), w)
+
+
+def ref_cce(t, p, w=None, from_logits=False):
+    t = np.asarray(t, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    per = np.zeros(p.shape[:-1])
+    for idx in np.ndindex(per.shape):
+        row = [float(v) for v in p[idx]]
+        if from_logits:
+            ex = [math.exp(v) for v in row]
+            q = [v / sum(ex) for v in ex]
+        else:
+            s = sum(row)
+            q = [min(max(v / s, EPS), 1 - EPS) for v in row]
+        per[idx] = -sum(float(t[idx + (k,)]) * math.log(q[k]) for k in range(len(row)))
+    return _reduce_ref(per, w)
+
+
+def ref_sparse(ids, p, w=None, from_logits=False):
+    p = np.asarray(p, dtype=np.float64)
+    ids = np.asarray(ids).reshape(p.shape[:-1])
+    t = np.zeros_like(p)
+    for idx in np.ndindex(ids.shape):
+        t[idx + (int(ids[idx]),)] = 1.0
+    return ref_cce(t, p, w, from_logits)
+
+
+def fd_grad(f, x, h=1e-6):
+    """Central finite differences of scalar f at float64 x."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        g[idx] = (f(xp) - f(xm)) / (2 * h)
+    return g
+
+
+def rel(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --------------------------------------------------------------------------- inputs
+
+RNG = np.random.default_rng(1234)
+B, C = 5, 4
+
+
+def _probs(shape, rng=RNG):
+    return rng.uniform(0.05, 0.95, shape)
+
+
+def _onehot(ids, c):
+    return np.eye(c)[ids]
+
+
+def _case(kind, shape=(B, C), rng=None):
+    """(loss, y_true, y_pred, reference(t, p, w)) with y_pred away from clips/kinks."""
+    rng = rng or np.random.default_rng(7)
+    lead = shape[:-1]
+    if kind == "mse":
+        return losses.MeanSquaredError(), rng.normal(size=shape), rng.normal(size=shape), ref_mse
+    if kind == "mae":
+        t = rng.normal(size=shape)
+        off = rng.uniform(0.1, 1.0, shape) * rng.choice([-1, 1], shape)
+        return losses.MeanAbsoluteError(), t, t + off, ref_mae
+    if kind == "huber":
+        t = rng.normal(size=shape)
+        # |error| in [0.1, 0.8] or [1.2, 3]: both branches, away from the delta kink
+        mag = np.where(rng.random(shape) < 0.5, rng.uniform(0.1, 0.8, shape),
+                       rng.uniform(1.2, 3.0, shape))
+        return losses.Huber(), t, t + mag * rng.choice([-1, 1], shape), ref_huber
+    if kind == "bce":
+        return (losses.BinaryCrossentropy(), rng.integers(0, 2, shape).astype(float),
+                _probs(shape, rng), ref_bce)
+    if kind == "bce_soft":  # soft targets
+        return losses.BinaryCrossentropy(), rng.random(shape), _probs(shape, rng), ref_bce
+    if kind == "bce_logits":
+        return (losses.BinaryCrossentropy(from_logits=True),
+                rng.integers(0, 2, shape).astype(float), rng.normal(size=shape) * 3,
+                lambda t, p, w=None: ref_bce(t, p, w, from_logits=True))
+    if kind == "cce":
+        p = rng.uniform(0.1, 1.0, shape)
+        p /= p.sum(-1, keepdims=True)
+        return (losses.CategoricalCrossentropy(), _onehot(rng.integers(0, shape[-1], lead),
+                                                          shape[-1]), p, ref_cce)
+    if kind == "cce_unnormalized":  # Keras rescales each row to sum to 1
+        return (losses.CategoricalCrossentropy(), _onehot(rng.integers(0, shape[-1], lead),
+                                                          shape[-1]),
+                rng.uniform(0.1, 2.0, shape), ref_cce)
+    if kind == "cce_logits":
+        return (losses.CategoricalCrossentropy(from_logits=True),
+                _onehot(rng.integers(0, shape[-1], lead), shape[-1]),
+                rng.normal(size=shape) * 3,
+                lambda t, p, w=None: ref_cce(t, p, w, from_logits=True))
+    if kind == "cce_soft_logits":  # soft targets that do not sum to 1
+        return (losses.CategoricalCrossentropy(from_logits=True), rng.random(shape),
+                rng.normal(size=shape) * 3,
+                lambda t, p, w=None: ref_cce(t, p, w, from_logits=True))
+    if kind == "sparse":
+        p = rng.uniform(0.1, 1.0, shape)
+        p /= p.sum(-1, keepdims=True)
+        return (losses.SparseCategoricalCrossentropy(), rng.integers(0, shape[-1], lead),
+                p, ref_sparse)
+    if kind == "sparse_logits":
+        return (losses.SparseCategoricalCrossentropy(from_logits=True),
+                rng.integers(0, shape[-1], lead), rng.normal(size=shape) * 3,
+                lambda t, p, w=None: ref_sparse(t, p, w, from_logits=True))
+    raise AssertionError(kind)
+
+
+KINDS = ["mse", "mae", "huber", "bce", "bce_soft", "bce_logits", "cce", "cce_unnormalized",
+         "cce_logits", "cce_soft_logits", "sparse", "sparse_logits"]
+
+
+# --------------------------------------------------------------------------- values
+
+@pytest.mark.parametrize("shape", [(B, C), (3, 4, C)], ids=["2d", "3d"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_value_matches_reference(kind, shape):
+    loss, t, p, ref = _case(kind, shape)
+    got = loss(t, p)
+    assert isinstance(got, float)
+    assert got == pytest.approx(ref(t, p), rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_value_with_sample_weight(kind):
+    loss, t, p, ref = _case(kind)
+    w = np.array([0.5, 2.0, 0.0, 1.0, 3.0])
+    expected = ref(t, p, w)
+    assert loss(t, p, sample_weight=w) == pytest.approx(expected, rel=1e-12)
+    # (batch, 1) weights are the same thing; all-ones weights give the plain mean
+    assert loss(t, p, sample_weight=w[:, None]) == pytest.approx(expected, rel=1e-12)
+    assert loss(t, p, sample_weight=np.ones(B)) == pytest.approx(ref(t, p), rel=1e-12)
+    # divided by the number of samples, not by the sum of the weights
+    assert expected != pytest.approx(ref(t, p, w / w.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mse", "bce_logits", "sparse_logits"])
+def test_sample_weight_per_timestep(kind):
+    loss, t, p, ref = _case(kind, (3, 4, C))
+    w_b = np.array([1.0, 0.0, 2.5])                  # per sequence: every step weighed
+    w_bt = np.random.default_rng(3).random((3, 4))   # per step
+    assert loss(t, p, sample_weight=w_b) == pytest.approx(ref(t, p, w_b[:, None]), rel=1e-12)
+    assert loss(t, p, sample_weight=w_bt) == pytest.approx(ref(t, p, w_bt), rel=1e-12)
+
+
+def test_huber_delta():
+    t = np.array([[0.0, 0.0, 0.0]])
+    p = np.array([[0.5, -2.0, 4.0]])
+    # delta=1: 0.125, 2 - 0.5, 4 - 0.5 ; delta=3: 0.125, 2, 12 - 4.5
+    assert losses.Huber()(t, p) == pytest.approx((0.125 + 1.5 + 3.5) / 3, rel=1e-14)
+    assert losses.Huber(delta=3.0)(t, p) == pytest.approx((0.125 + 2.0 + 7.5) / 3, rel=1e-14)
+    assert losses.Huber(delta=3.0)(t, p) == pytest.approx(ref_huber(t, p, delta=3.0))
+    with pytest.raises(ValueError, match="delta"):
+        losses.Huber(delta=-1.0)
+
+
+def test_bce_clipping_at_0_and_1():
+    loss = losses.BinaryCrossentropy()
+    t = np.array([[1.0, 0.0, 1.0, 0.0]])
+    p = np.array([[0.0, 1.0, 1.0, 0.0]])
+    # two maximally wrong (-log(1e-7)) and two right (-log(1 - 1e-7)) predictions
+    expected = (2 * -math.log(EPS) + 2 * -math.log(1 - EPS)) / 4
+    assert loss(t, p) == pytest.approx(expected, rel=1e-9)
+    assert loss(t, p) == pytest.approx(ref_bce(t, p), rel=1e-12)
+    g = loss.gradient(t, p)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(g, 0.0)           # the clip is active everywhere
+    # outside [0, 1] too: clipped, value finite, zero gradient
+    p2 = np.array([[-0.5, 1.5, 0.3, 0.7]])
+    assert loss(t, p2) == pytest.approx(ref_bce(t, p2), rel=1e-12)
+    g2 = loss.gradient(t, p2)
+    assert g2[0, 0] == 0.0 and g2[0, 1] == 0.0
+    assert g2[0, 2] != 0.0 and g2[0, 3] != 0.0
+
+
+def test_cce_clipping_at_0():
+    loss = losses.CategoricalCrossentropy()
+    t = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    p = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    expected = (-math.log(EPS) + -math.log(1 - EPS)) / 2
+    assert loss(t, p) == pytest.approx(expected, rel=1e-9)
+    assert np.all(np.isfinite(loss.gradient(t, p)))
+    sparse = losses.SparseCategoricalCrossentropy()
+    assert sparse(np.array([1, 0]), p) == pytest.approx(expected, rel=1e-9)
+
+
+def test_y_true_trailing_axis_of_one_is_accepted():
+    p = _probs((B, 1))
+    t = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    loss = losses.BinaryCrossentropy()
+    assert loss(t, p) == pytest.approx(ref_bce(t[:, None], p), rel=1e-12)
+    assert loss.gradient(t, p).shape == (B, 1)
+
+
+# --------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("shape", [(B, C), (2, 3, C)], ids=["2d", "3d"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_finite_differences(kind, shape, weighted):
+    loss, t, p, _ = _case(kind, shape, rng=np.random.default_rng(11))
+    w = np.random.default_rng(5).uniform(0.2, 2.0, shape[:1]) if weighted else None
+    g = loss.gradient(t, p, sample_weight=w)
+    assert g.shape == p.shape and g.dtype == np.float64
+    num = fd_grad(lambda x: loss(t, x, sample_weight=w), p)
+    assert rel(g, num) < 1e-6
+    value, g2 = loss.value_and_gradient(t, p, sample_weight=w)
+    assert value == loss(t, p, sample_weight=w)
+    np.testing.assert_array_equal(g2, g)
+
+
+def test_mae_gradient_is_sign_over_n():
+    t = np.array([[0.0, 0.0], [1.0, 1.0]])
+    p = np.array([[2.0, -1.0], [0.0, 3.0]])
+    g = losses.MeanAbsoluteError().gradient(t, p)
+    np.testing.assert_allclose(g, np.array([[1, -1], [-1, 1]]) / 4.0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_dtypes(kind, dtype):
+    loss, t, p, ref = _case(kind)
+    p_d = p.astype(dtype)
+    g = loss.gradient(t, p_d)
+    assert g.dtype == dtype and g.shape == p.shape
+    g64 = loss.gradient(t, p_d.astype(np.float64))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert rel(g, g64) < tol
+    assert loss(t, p_d) == pytest.approx(ref(t, p_d.astype(np.float64)), rel=tol)
+
+
+# --------------------------------------------------------------------------- stability
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_logits_stable(dtype):
+    loss = losses.BinaryCrossentropy(from_logits=True)
+    x = np.array([[1000.0, -1000.0, 1000.0, -1000.0]], dtype=dtype)
+    t = np.array([[0.0, 1.0, 1.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="raise", divide="raise", invalid="raise"):
+            v = loss(t, x)
+            g = loss.gradient(t, x)
+    assert v == pytest.approx(2000.0 / 4, rel=1e-6)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, np.array([[1.0, -1.0, 0.0, 0.0]]) / 4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cce_logits_stable(dtype, sparse):
+    x = np.array([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 999.0]], dtype=dtype)
+    ids = np.array([1, 1])
+    loss = (losses.SparseCategoricalCrossentropy(from_logits=True) if sparse
+            else losses.CategoricalCrossentropy(from_logits=True))
+    t = ids if sparse else _onehot(ids, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="raise", divide="raise", invalid="raise"):
+            v = loss(t, x)
+            g = loss.gradient(t, x)
+    # row 0: 2000; row 1: log(1 + exp(-1)) (+ exp(-2000) ~ 0)
+    assert v == pytest.approx((2000.0 + math.log1p(math.exp(-1.0))) / 2, rel=1e-6)
+    assert np.all(np.isfinite(g))
+    s1 = 1 / (1 + math.exp(-1.0))  # softmax of 1000 vs 999
+    expected = np.array([[1.0, -1.0, 0.0], [0.0, s1 - 1.0, 1 - s1]]) / 2
+    np.testing.assert_allclose(g, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("kind", ["mse", "mae", "huber", "bce", "cce"])
+def test_shape_mismatch(kind):
+    loss, _, _, _ = _case(kind)
+    t = np.zeros((4, 3))
+    p = np.full((4, 2), 0.5)
+    for fn in (loss, loss.gradient):
+        with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)"):
+            fn(t, p)
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(4, 3\)"):
+        loss(np.zeros((3, 4)), np.full((4, 3), 0.5))
+
+
+def test_bad_sample_weight():
+    loss = losses.MeanSquaredError()
+    with pytest.raises(ValueError, match="sample_weight"):
+        loss(np.zeros((4, 3)), np.ones((4, 3)), sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="sample_weight"):
+        loss.gradient(np.zeros((4, 3)), np.ones((4, 3)), sample_weight=np.ones((4, 2)))
+
+
+def test_sparse_ids_shapes_and_range():
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    ids = np.array([0, 2, 1, 2])
+    assert loss(ids[:, None], x) == pytest.approx(loss(ids, x), rel=0)
+    assert loss(ids.astype(np.float64), x) == pytest.approx(loss(ids, x), rel=0)
+    for bad in ([0, 3, 1, 2], [0, -1, 1, 2]):
+        for fn in (loss, loss.gradient):
+            with pytest.raises(ValueError, match="class id"):
+                fn(np.array(bad), x)
+    with pytest.raises(ValueError, match="integer"):
+        loss(np.array([0.0, 1.5, 1.0, 2.0]), x)
+    with pytest.raises(ValueError, match=r"\(4, 3\)"):
+        loss(np.zeros((4, 3), dtype=int), x)          # one-hot given to the sparse loss
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        loss(np.zeros(5, dtype=int), x)
+
+
+# --------------------------------------------------------------------------- registry
+
+NAMES = {
+    "binary_crossentropy": losses.BinaryCrossentropy,
+    "categorical_crossentropy": losses.CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": losses.SparseCategoricalCrossentropy,
+    "mean_squared_error": losses.MeanSquaredError,
+    "mse": losses.MeanSquaredError,
+    "MSE": losses.MeanSquaredError,
+    "mean_absolute_error": losses.MeanAbsoluteError,
+    "mae": losses.MeanAbsoluteError,
+    "huber": losses.Huber,
+    "huber_loss": losses.Huber,
+    "BinaryCrossentropy": losses.BinaryCrossentropy,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_get_by_name(name):
+    obj = losses.get(name)
+    assert type(obj) is NAMES[name]
+    if hasattr(obj, "from_logits"):
+        assert obj.from_logits is False
+
+
+def test_get_instance_none_and_unknown():
+    inst = losses.Huber(delta=2.0)
+    assert losses.get(inst) is inst
+    assert losses.get(None) is None
+    with pytest.raises(ValueError, match="binary_crossentropy.*huber"):
+        losses.get("hinge")
+    with pytest.raises(ValueError):
+        losses.get(42)
+    with pytest.raises(ValueError):
+        losses.get({"class_name": "Nope", "config": {}})
+
+
+@pytest.mark.parametrize("loss", [
+    losses.BinaryCrossentropy(from_logits=True), losses.BinaryCrossentropy(),
+    losses.CategoricalCrossentropy(from_logits=True),
+    losses.SparseCategoricalCrossentropy(from_logits=True, name="my_sparse"),
+    losses.MeanSquaredError(), losses.MeanAbsoluteError(), losses.Huber(delta=0.25),
+], ids=repr)
+def test_config_round_trip(loss):
+    cfg = loss.get_config()
+    for restored in (losses.get({"class_name": type(loss).__name__, "config": cfg}),
+                     losses.get(losses.serialize(loss)), type(loss).from_config(cfg)):
+        assert type(restored) is type(loss)
+        assert restored is not loss
+        assert restored.get_config() == cfg
+    if loss.name != "my_sparse":          # a bare config resolves through its name
+        assert losses.get(dict(cfg)).get_config() == cfg
+    assert losses.get(losses.serialize(loss)) == loss
+
+
+def test_config_keeps_parameters():
+    assert losses.get(losses.serialize(losses.Huber(delta=0.25))).delta == 0.25
+    r = losses.get(losses.serialize(losses.BinaryCrossentropy(from_logits=True)))
+    assert r.from_logits is True
+    x = np.array([[3.0]])
+    assert r(np.array([[1.0]]), x) == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- torch
+
+def test_torch_bce_with_logits():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    loss, t, x, _ = _case("bce_logits", (6, 3), rng=np.random.default_rng(21))
+    x = x * 10                                          # include large logits
+    w = np.random.default_rng(2).uniform(0, 2, 6)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = F.binary_cross_entropy_with_logits(xt, torch.tensor(t),
+                                             weight=torch.tensor(w)[:, None])
+    ref.backward()
+    assert loss(t, x, sample_weight=w) == pytest.approx(ref.item(), rel=1e-12)
+    assert rel(loss.gradient(t, x, sample_weight=w), xt.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_torch_cross_entropy(sparse):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(7, 5)) * 20
+    ids = rng.integers(0, 5, 7)
+    w = rng.uniform(0, 2, 7)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = (F.cross_entropy(xt, torch.tensor(ids), reduction="none")
+           * torch.tensor(w)).mean()
+    ref.backward()
+    if sparse:
+        loss, t = losses.SparseCategoricalCrossentropy(from_logits=True), ids
+    else:
+        loss, t = losses.CategoricalCrossentropy(from_logits=True), _onehot(ids, 5)
+    assert loss(t, x, sample_weight=w) == pytest.approx(ref.item(), rel=1e-12)
+    assert rel(loss.gradient(t, x, sample_weight=w), xt.grad.numpy()) < 1e-12
