@@ -6,32 +6,13 @@ scalar loop written with math.exp for the forward pass, and (3) the documented
 semantics of lengths / reverse / training / dtypes / non-finite inputs.
 """
 
-import importlib.util
 import math
-import pathlib
 import warnings
 
 import numpy as np
 import pytest
 
-
-def _load_reference():
-    # Prefer the package; fall back to importing the source file by path so the
-    # oracle can be tested even when the compiled extension (imported by
-    # fastlstm/__init__.py) is not built.
-    try:
-        from fastlstm import reference
-        return reference
-    except ImportError:
-        pass
-    path = pathlib.Path(__file__).resolve().parents[1] / "python" / "fastlstm" / "reference.py"
-    spec = importlib.util.spec_from_file_location("fastlstm_reference_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+from fastlstm import reference as ref  # the installed package (pip install .)
 
 INPUT_NAMES = ("x", "h0", "c0", "kernel", "recurrent_kernel", "bias")
 GRAD_INDEX = {"x": 0, "h0": 1, "c0": 2, "kernel": 3, "recurrent_kernel": 4, "bias": 5}
