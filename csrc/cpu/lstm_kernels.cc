@@ -8,7 +8,7 @@
 //           tile is still in registers. One barrier per step.
 // Backward: per step each thread forms the gate gradients dz of its own units, then, after
 //           a barrier, dh_{t-1} = dz . recurrent_kernel^T for its own units (on a transposed
-//           copy with the forward's tile from B = 8 on, else as dot products along rows of
+//           copy with the forward's tile from B = 2 on, else as dot products along rows of
 //           recurrent_kernel). The weight gradients are large products over all T*B rows
 //           after the time loop.
 //
@@ -72,16 +72,13 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 // keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
-constexpr int kBackwardRows = 4;
 #elif defined(__AVX2__)
 constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
-constexpr int kBackwardRows = 2;
 #else
 constexpr int kTileRows = 4;
-constexpr int kBackwardRows = 4;
 #endif
 // From this batch size on the backward step uses a transposed copy (see BackwardCtx).
-constexpr int64_t kPackedBackwardBatch = 8;
+constexpr int64_t kPackedBackwardBatch = 2;
 
 // A thread's unit blocks of one step, [begin, end) packed in one 64-bit word: the owner takes
 // blocks from the front, a thread that has run out of its own takes them from the back, so a
@@ -409,20 +406,16 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   store_part(ctx.h_prev + (t * B + b) * H + u0, h_prev, nu);
 }
 
+// Units per dot-product tile (one row): UNITS accumulators + UNITS weights + 1 registers.
+#if defined(__AVX512F__)
+constexpr int kDotUnits = 8;
+#else
+constexpr int kDotUnits = 4;
+#endif
+
 // dh_{t-1}[b, j] = sum_c dz[b, c] * recurrent_kernel[j, c] for ROWS rows and UNITS
 // consecutive units j: dot products along the contiguous rows of recurrent_kernel (no
 // transposed copy), reduced across the vector lanes at the end.
-template <int ROWS>
-constexpr int units_per_tile() {
-#if defined(__AVX512F__)
-  return ROWS <= 2 ? 8 : 4;  // ROWS x UNITS accumulators + UNITS weights + 1 <= 32 registers
-#elif defined(__AVX2__)
-  return 4;  // ROWS x 4 accumulators + 4 weights + 1 <= 16 registers
-#else
-  return 4;
-#endif
-}
-
 template <typename Real, int ROWS, int UNITS>
 void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t j0, const Real* dz_step) {
   using V = Vec<Real>;
@@ -457,18 +450,6 @@ void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t 
   }
 }
 
-// Units [j, j + units) of rows [b0, b0 + rows): full tiles, then single units.
-template <typename Real, int ROWS>
-void backward_units(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t j,
-                    int units, const Real* dz_step) {
-  if constexpr (ROWS > 1) {
-    if (rows < ROWS) return backward_units<Real, ROWS - 1>(ctx, s, b0, rows, j, units, dz_step);
-  }
-  constexpr int U = units_per_tile<ROWS>();
-  int u = 0;
-  for (; u + U <= units; u += U) backward_tile<Real, ROWS, U>(ctx, s, b0, j + u, dz_step);
-  for (; u < units; ++u) backward_tile<Real, ROWS, 1>(ctx, s, b0, j + u, dz_step);
-}
 
 // dh_{t-1} for ROWS rows and the (up to) 4 unit blocks of one group, on the transposed copy.
 template <typename Real, int ROWS>
@@ -552,15 +533,12 @@ void backward_task(void* p, int tid, int nthreads) {
       }
       continue;
     }
-    // Unit-major: the few rows of recurrent_kernel of a tile stay in L1 while every row of
-    // the batch passes over them.
-    constexpr int U = units_per_tile<1>();  // tile width when a single row is left over
-    for (int64_t j = j0; j < j1; j += U)
-      for (int64_t b0 = 0; b0 < B; b0 += kBackwardRows) {
-        const int rows = static_cast<int>(imin(kBackwardRows, B - b0));
-        const int units = static_cast<int>(imin(U, j1 - j));
-        backward_units<Real, kBackwardRows>(ctx, s, b0, rows, j, units, dz_step);
-      }
+    // B < kPackedBackwardBatch (one row): dot products, kDotUnits units at a time.
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t j = j0;
+      for (; j + kDotUnits <= j1; j += kDotUnits) backward_tile<Real, 1, kDotUnits>(ctx, s, b, j, dz_step);
+      for (; j < j1; ++j) backward_tile<Real, 1, 1>(ctx, s, b, j, dz_step);
+    }
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
