@@ -406,48 +406,37 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   store_part(ctx.h_prev + (t * B + b) * H + u0, h_prev, nu);
 }
 
-// Units per dot-product tile (one row): UNITS accumulators + UNITS weights + 1 registers.
+// Units per dot-product tile: UNITS accumulators + 1 + a weight vector per unit in registers.
 #if defined(__AVX512F__)
 constexpr int kDotUnits = 8;
 #else
 constexpr int kDotUnits = 4;
 #endif
 
-// dh_{t-1}[b, j] = sum_c dz[b, c] * recurrent_kernel[j, c] for ROWS rows and UNITS
-// consecutive units j: dot products along the contiguous rows of recurrent_kernel (no
-// transposed copy), reduced across the vector lanes at the end.
-template <typename Real, int ROWS, int UNITS>
-void backward_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t j0, const Real* dz_step) {
+// dh_{t-1}[b, j] = sum_c dz[b, c] * recurrent_kernel[j, c] for one row b and UNITS consecutive
+// units j: dot products along the contiguous rows of recurrent_kernel (no transposed copy),
+// reduced across the vector lanes at the end.
+template <typename Real, int UNITS>
+void backward_dot_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t j0, const Real* dz_step) {
   using V = Vec<Real>;
   using R = typename V::R;
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
+  if (s >= seq_len(a.lengths, b, a.dims.T)) return;  // not started yet: dh carries over
   const int64_t H = a.dims.H, K = 4 * H, K_full = K / N * N;
   const Real* w = a.recurrent_kernel + j0 * K;
-  const Real* d = dz_step + b0 * K;
-  R acc[ROWS][UNITS];
-  for (int r = 0; r < ROWS; ++r)
-    for (int u = 0; u < UNITS; ++u) acc[r][u] = V::zero();
+  const Real* d = dz_step + b * K;
+  R acc[UNITS];
+  for (int u = 0; u < UNITS; ++u) acc[u] = V::zero();
   for (int64_t c = 0; c < K_full; c += N) {
-    R wu[UNITS];
-    for (int u = 0; u < UNITS; ++u) wu[u] = V::load(w + u * K + c);
-    for (int r = 0; r < ROWS; ++r) {
-      const R dr = V::load(d + r * K + c);
-      for (int u = 0; u < UNITS; ++u) acc[r][u] = V::fmadd(dr, wu[u], acc[r][u]);
-    }
+    const R dc = V::load(d + c);
+    for (int u = 0; u < UNITS; ++u) acc[u] = V::fmadd(dc, V::load(w + u * K + c), acc[u]);
   }
   if (K_full < K) {
-    for (int u = 0; u < UNITS; ++u) {
-      const R wu = load_part(w + u * K + K_full, K - K_full);
-      for (int r = 0; r < ROWS; ++r)
-        acc[r][u] = V::fmadd(load_part(d + r * K + K_full, K - K_full), wu, acc[r][u]);
-    }
+    const R dc = load_part(d + K_full, K - K_full);
+    for (int u = 0; u < UNITS; ++u) acc[u] = V::fmadd(dc, load_part(w + u * K + K_full, K - K_full), acc[u]);
   }
-  for (int r = 0; r < ROWS; ++r) {
-    const int64_t b = b0 + r;
-    if (s >= seq_len(a.lengths, b, a.dims.T)) continue;  // not started yet: dh carries over
-    for (int u = 0; u < UNITS; ++u) ctx.dh[b * ctx.Hp + j0 + u] = V::hsum(acc[r][u]);
-  }
+  for (int u = 0; u < UNITS; ++u) ctx.dh[b * ctx.Hp + j0 + u] = V::hsum(acc[u]);
 }
 
 
@@ -536,8 +525,8 @@ void backward_task(void* p, int tid, int nthreads) {
     // B < kPackedBackwardBatch (one row): dot products, kDotUnits units at a time.
     for (int64_t b = 0; b < B; ++b) {
       int64_t j = j0;
-      for (; j + kDotUnits <= j1; j += kDotUnits) backward_tile<Real, 1, kDotUnits>(ctx, s, b, j, dz_step);
-      for (; j < j1; ++j) backward_tile<Real, 1, 1>(ctx, s, b, j, dz_step);
+      for (; j + kDotUnits <= j1; j += kDotUnits) backward_dot_tile<Real, kDotUnits>(ctx, s, b, j, dz_step);
+      for (; j < j1; ++j) backward_dot_tile<Real, 1>(ctx, s, b, j, dz_step);
     }
   }
   for (int64_t b = 0; b < B; ++b)
