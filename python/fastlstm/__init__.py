@@ -4,6 +4,10 @@
     y, h_n, c_n, saved = fastlstm.ops.lstm_forward(x, kernel, recurrent_kernel, bias)
     grads = fastlstm.ops.lstm_backward(saved, dy)
 
+A Keras-like model API sits on top: fastlstm.models.Sequential with the layers of
+fastlstm.layers, fastlstm.optimizers, fastlstm.losses, fastlstm.metrics and
+fastlstm.callbacks.
+
 Layouts (gate order i, f, g, o): x (T, B, I), kernel (I, 4H), recurrent_kernel (H, 4H),
 bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for the oracle.
 """
@@ -12,9 +16,13 @@ import operator
 
 from . import _core
 from . import ops, reference
+from . import activations, initializers, regularizers, losses, metrics, optimizers
+from . import layers, callbacks, models, saving, utils
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "cpu_info", "set_num_threads", "get_num_threads"]
+__all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
+           "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
+           "cpu_info", "set_num_threads", "get_num_threads"]
 
 # Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
 _core.get_isa()

@@ -1,0 +1,1263 @@
+"""Keras-like layers on NumPy arrays, each with its own forward and backward.
+
+    from fastlstm.layers import LSTM, Dense
+    layer = LSTM(32, return_sequences=True)
+    y = layer(x)                       # x (batch, time, features) -> y (batch, time, 32)
+
+Names, arguments, defaults, shapes and weight layouts follow Keras 3, so that
+``get_weights()`` returns the same arrays a Keras layer holds (LSTM: kernel (in, 4u),
+recurrent_kernel (u, 4u), bias (4u,), gate blocks i, f, c, o).
+
+Every layer implements
+
+* ``build(input_shape)``: create the weights; ``input_shape`` includes the batch axis
+  (``None`` for any size), as in Keras;
+* ``forward(x, training=False, mask=None)``: the output, remembering what ``backward``
+  needs;
+* ``backward(dy)``: the gradient with respect to the input of the last ``forward``
+  (``None`` for integer inputs), storing the weight gradients in ``layer.grads``
+  (aligned with ``layer.trainable_weights``);
+* ``compute_output_shape(input_shape)`` and ``compute_mask(x, mask)``.
+
+Masks are (batch, time) booleans made by ``Embedding(mask_zero=True)`` or ``Masking``.
+An LSTM turns a mask into per-sequence lengths for the fused kernels: each row's True
+steps must form one contiguous run (right-padded ``padding='post'`` or left-padded
+``padding='pre'`` sequences, as ``pad_sequences`` makes); anything else is rejected with
+a ValueError. Outputs at masked steps follow Keras: the state is carried over, and a
+``return_sequences`` output repeats the last valid output (0 before the first valid step,
+and 0 everywhere masked inside ``Bidirectional``, which Keras forces).
+
+The LSTM runs on the fused C++ kernels (``fastlstm.ops``) for the default activations
+(tanh, sigmoid) without recurrent dropout. Other activations, and ``recurrent_dropout``
+while training, take a NumPy step-by-step path that is several times slower.
+"""
+
+import functools
+import operator
+import re
+
+import numpy as np
+
+from . import _random, activations, initializers, ops, regularizers
+
+__all__ = [
+    "Layer", "InputLayer", "Input", "LSTM", "Dense", "Embedding", "Dropout", "Masking",
+    "Bidirectional", "TimeDistributed", "Flatten", "Activation", "get", "serialize",
+    "deserialize",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_name_counters = {}
+
+
+def _snake(name):
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _unique_name(prefix):
+    n = _name_counters.get(prefix, 0)
+    _name_counters[prefix] = n + 1
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def _positive_int(value, name):
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {v}")
+    return v
+
+
+def _rate(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a float in [0, 1), got {value!r}")
+    v = float(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name}: expected a float in [0, 1), got {v}")
+    return v
+
+
+def _bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _shape_tuple(shape, name):
+    """A shape given by the user (without the batch axis) as a tuple of ints/None."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name}: expected a tuple of dimensions, got {shape!r}") from None
+    out = []
+    for d in dims:
+        if d is None:
+            out.append(None)
+            continue
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            d = operator.index(d)
+        except TypeError:
+            raise TypeError(f"{name}: dimensions must be integers or None, got {shape!r}") from None
+        if d < 1:
+            raise ValueError(f"{name}: dimensions must be >= 1, got {shape!r}")
+        out.append(d)
+    return tuple(out)
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + \
+        (",)" if len(shape) == 1 else ")")
+
+
+def _check_dtype(dtype, name="dtype"):
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in _FLOATS:
+        raise ValueError(f"{name}: expected 'float32' or 'float64', got {dt}")
+    return dt
+
+
+# --------------------------------------------------------------------------- base class
+
+class Layer:
+    """Base class: weights, names, building, shape checks and (de)serialisation."""
+
+    #: Rank of the input including the batch axis (None: any rank >= 2).
+    input_rank = None
+
+    def __init_subclass__(cls, **kwargs):
+        # A subclass's build() only creates weights; wrapping it marks the layer built
+        # whichever way it is called (directly, by __call__ or by a model).
+        super().__init_subclass__(**kwargs)
+        if "build" in cls.__dict__:
+            inner = cls.__dict__["build"]
+
+            @functools.wraps(inner)
+            def build(self, input_shape, _inner=inner):
+                if self.dtype is None:
+                    self._set_dtype(None)
+                _inner(self, tuple(input_shape))
+                self.input_shape = tuple(input_shape)
+                self.built = True
+            cls.build = build
+    #: Whether the layer passes an incoming mask on unchanged.
+    supports_masking = False
+
+    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None,
+                 batch_input_shape=None, batch_size=None, input_dim=None, **kwargs):
+        if kwargs:
+            bad = ", ".join(sorted(kwargs))
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s): {bad}")
+        if name is None:
+            name = _unique_name(_snake(type(self).__name__))
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name: expected a non-empty string, got {name!r}")
+        self.name = name
+        self._dtype_arg = _check_dtype(dtype)
+        self.dtype = self._dtype_arg
+        self.trainable = _bool(trainable, "trainable")
+        if input_dim is not None and input_shape is None:
+            input_shape = (_positive_int(input_dim, "input_dim"),)
+        self._batch_input_shape = None
+        if batch_input_shape is not None:
+            shape = _shape_tuple(batch_input_shape, "batch_input_shape")
+            self._batch_input_shape = shape
+        elif input_shape is not None:
+            shape = _shape_tuple(input_shape, "input_shape")
+            bs = None if batch_size is None else _positive_int(batch_size, "batch_size")
+            self._batch_input_shape = (bs,) + shape
+        self.built = False
+        self.input_shape = None       # full input shape with the batch axis, once built
+        self._weight_names = []
+        self._weights = []
+        self._regularizers = []
+        self.grads = []
+        self._cache = None
+
+    # -- weights ---------------------------------------------------------------------
+
+    def add_weight(self, name, shape, initializer, regularizer=None):
+        init = initializers.get(initializer)
+        value = np.ascontiguousarray(init(tuple(shape), dtype=self.dtype), dtype=self.dtype)
+        self._weight_names.append(name)
+        self._weights.append(value)
+        self._regularizers.append(regularizers.get(regularizer))
+        return value
+
+    @property
+    def weights(self):
+        """The layer's weight arrays (the live arrays, updated in place by training)."""
+        return list(self._weights)
+
+    @property
+    def trainable_weights(self):
+        return self.weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        return [] if self.trainable else self.weights
+
+    @property
+    def weight_names(self):
+        return list(self._weight_names)
+
+    def get_weights(self):
+        """Copies of the weights, in Keras's order."""
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        """Copy ``weights`` (a list of arrays shaped like get_weights()) into the layer."""
+        mine = self.weights
+        weights = list(weights)
+        if len(weights) != len(mine):
+            raise ValueError(f"Layer {self.name!r} expects {len(mine)} weight arrays "
+                             f"({', '.join(self._all_weight_names()) or 'none'}), "
+                             f"got {len(weights)}")
+        arrays = []
+        for wname, target, value in zip(self._all_weight_names(), mine, weights):
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(f"Layer {self.name!r} weight {wname!r}: expected shape "
+                                 f"{target.shape}, got {value.shape}")
+            if not np.issubdtype(value.dtype, np.number):
+                raise TypeError(f"Layer {self.name!r} weight {wname!r}: expected a numeric "
+                                f"array, got dtype {value.dtype}")
+            arrays.append(value)
+        for target, value in zip(mine, arrays):
+            np.copyto(target, value, casting="unsafe")   # in place: optimizer slots stay valid
+
+    def _all_weight_names(self):
+        return list(self._weight_names)
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def regularization_loss(self):
+        """Sum of the regularizers' penalties on this layer's weights (a float)."""
+        return float(sum(r(w) for r, w in zip(self._all_regularizers(), self.weights)
+                         if r is not None))
+
+    def _all_regularizers(self):
+        return list(self._regularizers)
+
+    def regularization_grads(self):
+        """Gradients of the penalties, aligned with ``weights`` (None where none)."""
+        return [None if r is None else r.gradient(w)
+                for r, w in zip(self._all_regularizers(), self.weights)]
+
+    # -- building and calling --------------------------------------------------------
+
+    def _set_dtype(self, dtype):
+        if self._dtype_arg is not None and dtype is not None and self._dtype_arg != dtype:
+            raise ValueError(f"Layer {self.name!r} was created with dtype {self._dtype_arg} "
+                             f"but the model uses {dtype}")
+        self.dtype = self._dtype_arg or dtype or np.dtype(np.float32)
+
+    def build(self, input_shape):
+        self.input_shape = tuple(input_shape)
+        self.built = True
+
+    def _ensure_built(self, input_shape):
+        if self.dtype is None:
+            self._set_dtype(None)
+        if not self.built:
+            self._check_rank(input_shape)
+            self.build(tuple(input_shape))
+            self.input_shape = tuple(input_shape)
+            self.built = True
+
+    def _check_rank(self, shape):
+        if self.input_rank is not None and len(shape) != self.input_rank:
+            raise ValueError(
+                f"Input of layer {self.name!r} ({type(self).__name__}) must have rank "
+                f"{self.input_rank} {self._rank_hint()}, got shape {_fmt_shape(shape)}")
+
+    def _rank_hint(self):
+        return ""
+
+    def _check_input_shape(self, shape):
+        """Raise when an input shape does not fit the shape the layer was built for.
+
+        The rank and the last (feature) axis must match; the batch axis too for a
+        stateful layer; other axes (time steps) may vary from call to call, as in Keras.
+        """
+        self._check_rank(shape)
+        expected = self.input_shape
+        if expected is None:
+            return
+        bad = len(shape) != len(expected)
+        if not bad and self._feature_axis_fixed and len(shape) >= 2:
+            bad = expected[-1] is not None and shape[-1] != expected[-1]
+        if not bad and getattr(self, "stateful", False) and expected[0] is not None:
+            bad = shape[0] != expected[0]
+        if bad:
+            raise ValueError(
+                f"Input of layer {self.name!r} ({type(self).__name__}) is incompatible with "
+                f"the layer: expected shape {_fmt_shape(expected)}, got {_fmt_shape(shape)}")
+
+    #: Whether the last input axis is fixed by the weights (False for Embedding).
+    _feature_axis_fixed = True
+
+    def _cast_input(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"Input of layer {self.name!r}: expected a numeric array, "
+                            f"got dtype {x.dtype}")
+        return x.astype(self.dtype, copy=False)
+
+    def __call__(self, inputs, training=False, mask=None, **kwargs):
+        if self.dtype is None:
+            self._set_dtype(None)
+        x = self._cast_input(inputs)
+        self._ensure_built(x.shape)
+        self._check_input_shape(x.shape)
+        return self.forward(x, training=training, mask=mask, **kwargs)
+
+    def forward(self, x, training=False, mask=None):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.supports_masking else None
+
+    def _no_cache(self):
+        raise RuntimeError(f"Layer {self.name!r}: backward() called without a forward() "
+                           "with training data to go back through")
+
+    # -- config ----------------------------------------------------------------------
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable,
+                  "dtype": None if self.dtype is None else str(self.dtype)}
+        if self._batch_input_shape is not None:
+            config["batch_input_shape"] = list(self._batch_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}, built={self.built}>"
+
+
+# --------------------------------------------------------------------------- Input
+
+class InputLayer(Layer):
+    """Declares the input shape of a Sequential model (``Input(shape=(T, F))``)."""
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, name=None,
+                 batch_shape=None, **kwargs):
+        if shape is None and batch_shape is None:
+            raise ValueError("Input: give `shape` (without the batch axis), e.g. "
+                             "Input(shape=(timesteps, features))")
+        if batch_shape is not None:
+            kwargs["batch_input_shape"] = batch_shape
+        else:
+            kwargs["input_shape"] = shape
+            kwargs["batch_size"] = batch_size
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.supports_masking = True
+
+    def forward(self, x, training=False, mask=None):
+        self._cache = True
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        config = super().get_config()
+        config["batch_shape"] = config.pop("batch_input_shape")
+        config.pop("trainable")
+        return config
+
+
+def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
+    """An InputLayer to start a Sequential model with, as ``keras.Input`` is used there."""
+    return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name,
+                      batch_shape=batch_shape)
+
+
+# --------------------------------------------------------------------------- Dense
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` on the last axis; kernel (in, units), bias (units,)."""
+
+    supports_masking = True
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _positive_int(units, "units")
+        self.activation = activations.get(activation)
+        self.use_bias = _bool(use_bias, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def _check_rank(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"Input of layer {self.name!r} (Dense) must have at least 2 axes "
+                             f"(batch, ..., features), got shape {_fmt_shape(shape)}")
+        if shape[-1] is None:
+            raise ValueError(f"Layer {self.name!r} (Dense) needs a known last axis, got "
+                             f"input shape {_fmt_shape(shape)}")
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1]
+        self.kernel = self.add_weight("kernel", (fan_in, self.units), self.kernel_initializer,
+                                      self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer,
+                                        self.bias_regularizer)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def forward(self, x, training=False, mask=None):
+        z = x @ self.kernel
+        if self.use_bias:
+            z += self.bias
+        y = self.activation(z)
+        self._cache = (x, z, y)
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        x, z, y = self._cache
+        dz = self.activation.backward(z, y, dy.astype(self.dtype, copy=False))
+        x2 = x.reshape(-1, x.shape[-1])
+        dz2 = dz.reshape(-1, self.units)
+        grads = [x2.T @ dz2]
+        if self.use_bias:
+            grads.append(dz2.sum(axis=0))
+        self.grads = grads
+        return dz @ self.kernel.T
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=activations.serialize(self.activation),
+                      use_bias=self.use_bias,
+                      kernel_initializer=initializers.serialize(self.kernel_initializer),
+                      bias_initializer=initializers.serialize(self.bias_initializer),
+                      kernel_regularizer=_ser_reg(self.kernel_regularizer),
+                      bias_regularizer=_ser_reg(self.bias_regularizer))
+        return config
+
+
+def _ser_reg(reg):
+    return None if reg is None else regularizers.serialize(reg)
+
+
+class Activation(Layer):
+    """Applies an activation function ('relu', 'softmax', ...) elementwise."""
+
+    supports_masking = True
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def forward(self, x, training=False, mask=None):
+        y = self.activation(x)
+        self._cache = (x, y)
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        x, y = self._cache
+        return self.activation.backward(x, y, dy.astype(self.dtype, copy=False))
+
+    def get_config(self):
+        config = super().get_config()
+        config["activation"] = activations.serialize(self.activation)
+        return config
+
+
+class Flatten(Layer):
+    """Flattens every axis but the batch axis."""
+
+    def _check_rank(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"Input of layer {self.name!r} (Flatten) needs a batch axis and "
+                             f"at least one more, got shape {_fmt_shape(shape)}")
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        n = None if any(d is None for d in rest) else int(np.prod(rest, dtype=np.int64))
+        return (input_shape[0], n)
+
+    def forward(self, x, training=False, mask=None):
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        return dy.reshape(self._cache)
+
+
+# --------------------------------------------------------------------------- Dropout / Masking
+
+class Dropout(Layer):
+    """While training, zeroes each element with probability ``rate`` and scales the rest
+    by 1/(1 - rate); the identity at inference."""
+
+    supports_masking = True
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = _rate(rate, "rate")
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.seed = None if seed is None else _random.check_seed(seed)
+        self._rng = None if seed is None else _random.generator(self.seed)
+
+    def forward(self, x, training=False, mask=None):
+        if not training or self.rate == 0.0:
+            self._cache = None
+            return x
+        rng = self._rng or _random.generator()
+        shape = x.shape
+        if self.noise_shape is not None:
+            shape = tuple(s if n is None else n for s, n in zip(x.shape, self.noise_shape))
+        keep = (rng.random(shape) >= self.rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
+        self._cache = keep
+        return x * keep
+
+    def backward(self, dy):
+        return dy if self._cache is None else dy * self._cache
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, noise_shape=None if self.noise_shape is None
+                      else list(self.noise_shape), seed=self.seed)
+        return config
+
+
+class Masking(Layer):
+    """Masks the time steps whose features all equal ``mask_value`` (and zeroes them)."""
+
+    input_rank = 3
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(mask_value, bool) or not isinstance(mask_value, (int, float, np.number)):
+            raise TypeError(f"mask_value: expected a number, got {mask_value!r}")
+        self.mask_value = float(mask_value)
+
+    def _rank_hint(self):
+        return "(batch, time, features)"
+
+    def compute_mask(self, inputs, mask=None):
+        x = np.asarray(inputs)
+        return np.any(x != self.mask_value, axis=-1)
+
+    def forward(self, x, training=False, mask=None):
+        keep = np.any(x != self.mask_value, axis=-1, keepdims=True)
+        self._cache = keep
+        return x * keep
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        return dy * self._cache
+
+    def get_config(self):
+        config = super().get_config()
+        config["mask_value"] = self.mask_value
+        return config
+
+
+# --------------------------------------------------------------------------- Embedding
+
+class Embedding(Layer):
+    """Integer indices (batch, time) -> vectors (batch, time, output_dim)."""
+
+    _feature_axis_fixed = False
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
+                 embeddings_regularizer=None, mask_zero=False, input_length=None, **kwargs):
+        if input_length is not None and "input_shape" not in kwargs:
+            kwargs["input_shape"] = (input_length,)
+        super().__init__(**kwargs)
+        self.input_dim = _positive_int(input_dim, "input_dim")
+        self.output_dim = _positive_int(output_dim, "output_dim")
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.mask_zero = _bool(mask_zero, "mask_zero")
+
+    def _check_rank(self, shape):
+        if len(shape) < 1:
+            raise ValueError(f"Input of layer {self.name!r} (Embedding) must have a batch "
+                             f"axis, got shape {_fmt_shape(shape)}")
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight("embeddings", (self.input_dim, self.output_dim),
+                                          self.embeddings_initializer,
+                                          self.embeddings_regularizer)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def _cast_input(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind in "iu":
+            idx = x.astype(np.int64, copy=False)
+        elif x.dtype.kind == "f":
+            idx = x.astype(np.int64)
+            if not np.array_equal(idx, x):
+                raise ValueError(f"Input of layer {self.name!r} (Embedding): expected integer "
+                                 "indices, got non-integral floats")
+        else:
+            raise TypeError(f"Input of layer {self.name!r} (Embedding): expected integer "
+                            f"indices, got dtype {x.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
+            raise ValueError(f"Input of layer {self.name!r} (Embedding): indices must be in "
+                             f"[0, input_dim) = [0, {self.input_dim}), got min {idx.min()} "
+                             f"and max {idx.max()}")
+        return idx
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero:
+            return None
+        return np.asarray(inputs) != 0
+
+    def forward(self, x, training=False, mask=None):
+        self._cache = x
+        return self.embeddings[x]
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        grad = np.zeros_like(self.embeddings)
+        np.add.at(grad, self._cache.reshape(-1),
+                  dy.reshape(-1, self.output_dim).astype(self.dtype, copy=False))
+        self.grads = [grad]
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      embeddings_initializer=initializers.serialize(self.embeddings_initializer),
+                      embeddings_regularizer=_ser_reg(self.embeddings_regularizer),
+                      mask_zero=self.mask_zero)
+        return config
+
+
+# --------------------------------------------------------------------------- LSTM
+
+def _mask_runs(mask, T, layer_name):
+    """(start, length) of each row's one contiguous run of True steps.
+
+    Rows without any True step get (0, 0). Any other pattern raises ValueError.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or mask.shape[1] != T:
+        raise ValueError(f"Layer {layer_name!r}: the mask must have shape (batch, {T}), got "
+                         f"{mask.shape}")
+    counts = mask.sum(axis=1)
+    start = np.where(counts > 0, np.argmax(mask, axis=1), 0)
+    end = np.where(counts > 0, T - np.argmax(mask[:, ::-1], axis=1), 0)
+    if np.any(end - start != counts):
+        bad = int(np.flatnonzero(end - start != counts)[0])
+        raise ValueError(
+            f"Layer {layer_name!r}: the mask of sample {bad} has gaps; fastlstm's LSTM needs "
+            "each sequence's unmasked steps to be one contiguous run (padding only at the "
+            "start or only at the end, as pad_sequences makes)")
+    return start.astype(np.int64), counts.astype(np.int64)
+
+
+class _Generic:
+    """The NumPy step-by-step LSTM for non-default activations and recurrent dropout.
+
+    Time-major like fastlstm.ops: x (T, B, I), y (T, B, H); same lengths/reverse rules.
+    ``rec_mask`` (B, H) multiplies h_{t-1} before the recurrent product (recurrent dropout).
+    """
+
+    @staticmethod
+    def forward(x, kernel, rk, bias, h0, c0, lengths, reverse, act, rec_act, rec_mask):
+        T, B, _ = x.shape
+        H = rk.shape[0]
+        proj = x @ kernel
+        if bias is not None:
+            proj += bias
+        h, c = h0.copy(), c0.copy()
+        y = np.zeros((T, B, H), dtype=x.dtype)
+        steps = []
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            valid = (lengths > t)[:, None]
+            h_in = h * rec_mask if rec_mask is not None else h
+            z = proj[t] + h_in @ rk
+            zi, zf, zg, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+            i, f, g, o = rec_act(zi), rec_act(zf), act(zg), rec_act(zo)
+            c_new = f * c + i * g
+            a = act(c_new)
+            h_new = o * a
+            steps.append((t, valid, h_in, z, i, f, g, o, c.copy(), c_new, a))
+            c = np.where(valid, c_new, c)
+            h = np.where(valid, h_new, h)
+            y[t] = np.where(valid, h_new, 0)
+        return y, h, c, (x, kernel, rk, bias is not None, steps, act, rec_act, rec_mask)
+
+    @staticmethod
+    def backward(saved, dy, dh_n, dc_n):
+        x, kernel, rk, has_bias, steps, act, rec_act, rec_mask = saved
+        T, B, I = x.shape
+        H = rk.shape[0]
+        dh, dc = dh_n.copy(), dc_n.copy()
+        dz_all = np.zeros((T, B, 4 * H), dtype=x.dtype)
+        drk = np.zeros_like(rk)
+        for (t, valid, h_in, z, i, f, g, o, c_prev, c_new, a) in reversed(steps):
+            dh_new = dh + dy[t]
+            do = dh_new * a
+            dc_new = dc + act.backward(c_new, a, dh_new * o)
+            dz = np.empty((B, 4 * H), dtype=x.dtype)
+            dz[:, :H] = rec_act.backward(z[:, :H], i, dc_new * g)
+            dz[:, H:2 * H] = rec_act.backward(z[:, H:2 * H], f, dc_new * c_prev)
+            dz[:, 2 * H:3 * H] = act.backward(z[:, 2 * H:3 * H], g, dc_new * i)
+            dz[:, 3 * H:] = rec_act.backward(z[:, 3 * H:], o, do)
+            dz *= valid
+            dh_prev = dz @ rk.T
+            if rec_mask is not None:
+                dh_prev *= rec_mask
+            drk += h_in.T @ dz
+            dz_all[t] = dz
+            dh = np.where(valid, dh_prev, dh)
+            dc = np.where(valid, dc_new * f, dc)
+        dkernel = x.reshape(-1, I).T @ dz_all.reshape(-1, 4 * H)
+        dx = dz_all @ kernel.T
+        dbias = dz_all.reshape(-1, 4 * H).sum(axis=0) if has_bias else None
+        return dx, dh, dc, dkernel, drk, dbias
+
+
+class LSTM(Layer):
+    """Long short-term memory layer (Keras 3 arguments), batch-major (batch, time, features).
+
+    Weights: kernel (input_dim, 4 * units), recurrent_kernel (units, 4 * units),
+    bias (4 * units,), gate blocks i, f, c, o.
+    """
+
+    input_rank = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 unit_forget_bias=True, kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, dropout=0.0, recurrent_dropout=0.0,
+                 return_sequences=False, return_state=False, go_backwards=False,
+                 stateful=False, seed=None, unroll=False, zero_output_for_mask=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units = _positive_int(units, "units")
+        self.activation = activations.get(activation)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        if self.activation.name == "softmax" or self.recurrent_activation.name == "softmax":
+            raise ValueError("activation/recurrent_activation: 'softmax' is not an elementwise "
+                             "function and cannot be used inside an LSTM cell")
+        self.use_bias = _bool(use_bias, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.unit_forget_bias = _bool(unit_forget_bias, "unit_forget_bias")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.dropout = _rate(dropout, "dropout")
+        self.recurrent_dropout = _rate(recurrent_dropout, "recurrent_dropout")
+        self.return_sequences = _bool(return_sequences, "return_sequences")
+        self.return_state = _bool(return_state, "return_state")
+        self.go_backwards = _bool(go_backwards, "go_backwards")
+        self.stateful = _bool(stateful, "stateful")
+        self.unroll = _bool(unroll, "unroll")          # accepted for Keras code; no effect
+        self.zero_output_for_mask = _bool(zero_output_for_mask, "zero_output_for_mask")
+        self.seed = None if seed is None else _random.check_seed(seed)
+        self._rng = None if seed is None else _random.generator(self.seed)
+        self.states = None           # [h, c] carried between calls when stateful
+        self.last_path = None        # "fused" or "numpy": which implementation ran last
+
+    def _rank_hint(self):
+        return "(batch, timesteps, features)"
+
+    @property
+    def uses_fused_kernels(self):
+        """True when the default activations let the layer run on the fused kernels."""
+        return self.activation.name == "tanh" and self.recurrent_activation.name == "sigmoid"
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"Layer {self.name!r} (LSTM) needs a known feature axis, got "
+                             f"input shape {_fmt_shape(input_shape)}")
+        u = self.units
+        self.kernel = self.add_weight("kernel", (input_shape[-1], 4 * u),
+                                      self.kernel_initializer, self.kernel_regularizer)
+        self.recurrent_kernel = self.add_weight("recurrent_kernel", (u, 4 * u),
+                                                self.recurrent_initializer,
+                                                self.recurrent_regularizer)
+        if self.use_bias:
+            if self.unit_forget_bias:
+                init = self.bias_initializer
+                value = np.concatenate([init((u,), dtype=self.dtype),
+                                        np.ones((u,), dtype=self.dtype),
+                                        init((2 * u,), dtype=self.dtype)])
+                self.bias = self.add_weight("bias", (4 * u,), initializers.Zeros(),
+                                            self.bias_regularizer)
+                self.bias[...] = value
+            else:
+                self.bias = self.add_weight("bias", (4 * u,), self.bias_initializer,
+                                            self.bias_regularizer)
+        else:
+            self.bias = None
+
+    def compute_output_shape(self, input_shape):
+        B, T = input_shape[0], input_shape[1]
+        out = (B, T, self.units) if self.return_sequences else (B, self.units)
+        if self.return_state:
+            return [out, (B, self.units), (B, self.units)]
+        return out
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None or not self.return_sequences:
+            return None
+        mask = np.asarray(mask, dtype=bool)
+        return mask[:, ::-1] if self.go_backwards else mask
+
+    def reset_states(self, states=None):
+        """Forget (or set, with ``[h, c]``) the carried state of a stateful layer."""
+        if not self.stateful:
+            raise AttributeError(f"Layer {self.name!r} is not stateful")
+        if states is None:
+            self.states = None
+            return
+        h, c = states
+        self.states = [np.array(h, dtype=self.dtype), np.array(c, dtype=self.dtype)]
+
+    reset_state = reset_states
+
+    def _initial(self, B, initial_state):
+        H = self.units
+        if initial_state is not None:
+            if len(initial_state) != 2:
+                raise ValueError(f"Layer {self.name!r}: initial_state must be [h, c], got "
+                                 f"{len(initial_state)} arrays")
+            out = []
+            for nm, s in zip(("h", "c"), initial_state):
+                s = np.ascontiguousarray(s, dtype=self.dtype)
+                if s.shape != (B, H):
+                    raise ValueError(f"Layer {self.name!r}: initial state {nm} must have shape "
+                                     f"(batch, units) = ({B}, {H}), got {s.shape}")
+                out.append(s)
+            return out, True
+        if self.stateful and self.states is not None:
+            if self.states[0].shape != (B, H):
+                raise ValueError(f"Layer {self.name!r} is stateful and holds states for batch "
+                                 f"size {self.states[0].shape[0]}, got a batch of {B}; use a "
+                                 "fixed batch size or call reset_states()")
+            return [self.states[0], self.states[1]], False
+        return [np.zeros((B, H), self.dtype), np.zeros((B, H), self.dtype)], False
+
+    def forward(self, x, training=False, mask=None, initial_state=None):
+        B, T, I = x.shape
+        H = self.units
+        rng = self._rng or _random.generator()
+        (h0, c0), grad_to_state = self._initial(B, initial_state)
+
+        in_mask = None
+        if training and self.dropout > 0:
+            in_mask = (rng.random((B, 1, I)) >= self.dropout).astype(self.dtype) * \
+                self.dtype.type(1.0 / (1.0 - self.dropout))
+            x = x * in_mask
+        rec_mask = None
+        if training and self.recurrent_dropout > 0:
+            rec_mask = (rng.random((B, H)) >= self.recurrent_dropout).astype(self.dtype) * \
+                self.dtype.type(1.0 / (1.0 - self.recurrent_dropout))
+
+        # Masks: shift each sequence so its valid run starts at step 0, then use lengths.
+        if mask is not None:
+            start, lengths = _mask_runs(mask, T, self.name)
+            shifted = bool(np.any(start))
+            if shifted:
+                gather = (np.arange(T)[None, :] + start[:, None]) % T        # (B, T)
+                x = np.take_along_axis(x, gather[:, :, None], axis=1)
+            else:
+                gather = None
+            if np.all(lengths == T):
+                lengths = None
+        else:
+            start, lengths, gather = None, None, None
+
+        x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))                    # (T, B, I)
+        fused = self.uses_fused_kernels and rec_mask is None
+        lengths_arg = lengths
+        if fused:
+            y_tm, h_n, c_n, saved = ops.lstm_forward(
+                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths_arg,
+                reverse=self.go_backwards, training=bool(training))
+        else:
+            lens = np.full(B, T, np.int64) if lengths is None else lengths
+            y_tm, h_n, c_n, saved = _Generic.forward(
+                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lens,
+                self.go_backwards, self.activation, self.recurrent_activation, rec_mask)
+            if not training:
+                saved = None
+        self.last_path = "fused" if fused else "numpy"
+
+        # Back to batch-major, in the time order and with the fill values Keras gives.
+        y = y_tm.transpose(1, 0, 2)                                           # (B, T, H)
+        fill_last = None
+        if self.return_sequences:
+            y = np.ascontiguousarray(y)
+            if gather is not None:
+                out = np.zeros_like(y)
+                np.put_along_axis(out, gather[:, :, None], y, axis=1)
+                y = out            # y[b, start + t] = shifted y[b, t]; wrapped steps hold 0
+            if self.go_backwards:
+                y = np.ascontiguousarray(y[:, ::-1])
+            if mask is not None:
+                m = np.asarray(mask, dtype=bool)
+                m = m[:, ::-1] if self.go_backwards else m
+                # steps after the last valid one repeat the final output (Keras)
+                after = ~m & (np.cumsum(m, axis=1) == m.sum(axis=1, keepdims=True)) & \
+                    (m.sum(axis=1, keepdims=True) > 0)
+                if not self.zero_output_for_mask and after.any():
+                    fill_last = after
+                    y = np.where(after[:, :, None], h_n[:, None, :], y)
+            output = y
+        else:
+            output = h_n.copy()
+
+        if self.stateful:
+            self.states = [h_n.copy(), c_n.copy()]
+        self._cache = None
+        if training:
+            self._cache = dict(fused=fused, saved=saved, in_mask=in_mask, gather=gather,
+                               fill_last=fill_last, T=T, grad_to_state=grad_to_state)
+        if self.return_state:
+            return [output, h_n, c_n]
+        return output
+
+    def backward(self, dy):
+        cache = self._cache
+        if cache is None:
+            self._no_cache()
+        if self.return_state:
+            dy, dh_extra, dc_extra = (list(dy) + [None, None])[:3]
+        else:
+            dh_extra = dc_extra = None
+        T = cache["T"]
+        H = self.units
+        dt = self.dtype
+        dh_n = None if dh_extra is None else np.array(dh_extra, dtype=dt)
+        dc_n = None if dc_extra is None else np.ascontiguousarray(dc_extra, dtype=dt)
+        dy_tm = None
+        if dy is not None:
+            dy = np.asarray(dy, dtype=dt)
+            if self.return_sequences:
+                if cache["fill_last"] is not None:
+                    extra = np.sum(dy * cache["fill_last"][:, :, None], axis=1)
+                    dh_n = extra if dh_n is None else dh_n + extra
+                    dy = np.where(cache["fill_last"][:, :, None], 0, dy)
+                if self.go_backwards:
+                    dy = dy[:, ::-1]
+                if cache["gather"] is not None:
+                    dy = np.take_along_axis(dy, cache["gather"][:, :, None], axis=1)
+                dy_tm = np.ascontiguousarray(dy.transpose(1, 0, 2))
+            else:
+                dh_n = dy.copy() if dh_n is None else dh_n + dy
+        B = cache["saved"].dims[1] if cache["fused"] else cache["saved"][0].shape[1]
+        if cache["fused"]:
+            dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
+                cache["saved"], dy_tm,
+                None if dh_n is None else np.ascontiguousarray(dh_n, dtype=dt),
+                dc_n)
+        else:
+            zeros = np.zeros((B, H), dt)
+            dx_tm, dh0, dc0, dk, drk, db = _Generic.backward(
+                cache["saved"], np.zeros((T, B, H), dt) if dy_tm is None else dy_tm,
+                zeros if dh_n is None else dh_n, zeros if dc_n is None else dc_n)
+        dx = dx_tm.transpose(1, 0, 2)
+        if cache["gather"] is not None:
+            out = np.zeros_like(dx)
+            np.put_along_axis(out, cache["gather"][:, :, None], dx, axis=1)
+            dx = out
+        if cache["in_mask"] is not None:
+            dx = dx * cache["in_mask"]
+        self.grads = [dk, drk] + ([db] if self.use_bias else [])
+        self.initial_state_grads = [dh0, dc0] if cache["grad_to_state"] else None
+        return np.ascontiguousarray(dx)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units, activation=activations.serialize(self.activation),
+            recurrent_activation=activations.serialize(self.recurrent_activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            recurrent_initializer=initializers.serialize(self.recurrent_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            unit_forget_bias=self.unit_forget_bias,
+            kernel_regularizer=_ser_reg(self.kernel_regularizer),
+            recurrent_regularizer=_ser_reg(self.recurrent_regularizer),
+            bias_regularizer=_ser_reg(self.bias_regularizer),
+            dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
+            return_sequences=self.return_sequences, return_state=self.return_state,
+            go_backwards=self.go_backwards, stateful=self.stateful, seed=self.seed,
+            zero_output_for_mask=self.zero_output_for_mask)
+        return config
+
+
+# --------------------------------------------------------------------------- wrappers
+
+class _Wrapper(Layer):
+    """Shared weight handling for layers that own other layers."""
+
+    def _sublayers(self):
+        raise NotImplementedError
+
+    @property
+    def weights(self):
+        return [w for layer in self._sublayers() for w in layer.weights]
+
+    def _all_weight_names(self):
+        return [f"{layer.name}/{n}" for layer in self._sublayers() for n in layer._weight_names]
+
+    def _all_regularizers(self):
+        return [r for layer in self._sublayers() for r in layer._all_regularizers()]
+
+    def _set_dtype(self, dtype):
+        if dtype is None and self._dtype_arg is None:
+            dtype = next((l._dtype_arg for l in self._sublayers() if l._dtype_arg), None)
+        super()._set_dtype(dtype)
+        for layer in self._sublayers():
+            layer._set_dtype(self.dtype)
+
+
+class TimeDistributed(_Wrapper):
+    """Applies ``layer`` to every time step: (batch, time, ...) -> (batch, time, ...)."""
+
+    supports_masking = True
+
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer: expected a fastlstm layer, got {type(layer).__name__}")
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def _sublayers(self):
+        return [self.layer]
+
+    def _check_rank(self, shape):
+        if len(shape) < 3:
+            raise ValueError(f"Input of layer {self.name!r} (TimeDistributed) must have at "
+                             f"least 3 axes (batch, time, ...), got shape {_fmt_shape(shape)}")
+
+    def _cast_input(self, x):
+        return self.layer._cast_input(x)
+
+    def build(self, input_shape):
+        self.layer._set_dtype(self.dtype)
+        self.layer._ensure_built((None,) + tuple(input_shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        inner = self.layer.compute_output_shape((None,) + tuple(input_shape[2:]))
+        return (input_shape[0], input_shape[1]) + tuple(inner[1:])
+
+    def forward(self, x, training=False, mask=None):
+        B, T = x.shape[:2]
+        y = self.layer.forward(x.reshape((B * T,) + x.shape[2:]), training=training)
+        self._cache = (B, T, x.shape)
+        return y.reshape((B, T) + y.shape[1:])
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        B, T, xshape = self._cache
+        dx = self.layer.backward(dy.reshape((B * T,) + dy.shape[2:]))
+        self.grads = list(self.layer.grads)
+        return None if dx is None else dx.reshape(xshape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["layer"] = serialize(self.layer)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = deserialize(config["layer"])
+        return cls(**config)
+
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+class Bidirectional(_Wrapper):
+    """Runs an LSTM forwards and a copy of it backwards, and merges the two outputs.
+
+    Weights: the forward layer's, then the backward layer's (Keras's order).
+    """
+
+    input_rank = 3
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
+        if not isinstance(layer, LSTM):
+            raise TypeError(f"layer: Bidirectional wraps an LSTM layer, got "
+                            f"{type(layer).__name__}")
+        if merge_mode not in _MERGE_MODES:
+            raise ValueError(f"merge_mode: expected one of 'concat', 'sum', 'mul', 'ave' or "
+                             f"None, got {merge_mode!r}")
+        if merge_mode is None:
+            raise NotImplementedError("merge_mode=None (two separate outputs) is not "
+                                      "supported: fastlstm models take one output per layer")
+        if layer.return_state:
+            raise NotImplementedError("Bidirectional with return_state=True is not supported")
+        super().__init__(**kwargs)
+        self.merge_mode = merge_mode
+        if backward_layer is None:
+            config = layer.get_config()
+            config.update(name="backward_" + layer.name, go_backwards=not layer.go_backwards)
+            config.pop("batch_input_shape", None)
+            backward_layer = LSTM.from_config(config)
+        elif not isinstance(backward_layer, LSTM):
+            raise TypeError(f"backward_layer: expected an LSTM, got "
+                            f"{type(backward_layer).__name__}")
+        if backward_layer.return_sequences != layer.return_sequences:
+            raise ValueError("backward_layer: return_sequences must match the forward layer's")
+        if layer.name == backward_layer.name:
+            raise ValueError("backward_layer: must have a different name from the forward layer")
+        self.forward_layer = layer
+        self.backward_layer = backward_layer
+        self.return_sequences = layer.return_sequences
+        if self.return_sequences:        # Keras forces zeros at masked steps here
+            layer.zero_output_for_mask = True
+            backward_layer.zero_output_for_mask = True
+        if self._batch_input_shape is None:
+            self._batch_input_shape = layer._batch_input_shape
+
+    def _sublayers(self):
+        return [self.forward_layer, self.backward_layer]
+
+    def _rank_hint(self):
+        return "(batch, timesteps, features)"
+
+    def build(self, input_shape):
+        for layer in self._sublayers():
+            layer._set_dtype(self.dtype)
+            layer._ensure_built(tuple(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        if self.merge_mode == "concat":
+            shape = tuple(shape[:-1]) + (shape[-1] + self.backward_layer.units,)
+        return shape
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.return_sequences else None
+
+    def forward(self, x, training=False, mask=None):
+        yf = self.forward_layer.forward(x, training=training, mask=mask)
+        yb = self.backward_layer.forward(x, training=training, mask=mask)
+        if self.return_sequences:
+            yb = yb[:, ::-1]
+        self._cache = (yf, yb) if training else None
+        m = self.merge_mode
+        if m == "concat":
+            return np.concatenate([yf, yb], axis=-1)
+        if m == "sum":
+            return yf + yb
+        if m == "ave":
+            return (yf + yb) * self.dtype.type(0.5)
+        return yf * yb
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        yf, yb = self._cache
+        m = self.merge_mode
+        if m == "concat":
+            Hf = yf.shape[-1]
+            dyf, dyb = dy[..., :Hf], dy[..., Hf:]
+        elif m == "sum":
+            dyf = dyb = dy
+        elif m == "ave":
+            dyf = dyb = dy * self.dtype.type(0.5)
+        else:
+            dyf, dyb = dy * yb, dy * yf
+        if self.return_sequences:
+            dyb = dyb[:, ::-1]
+        dxf = self.forward_layer.backward(np.ascontiguousarray(dyf))
+        dxb = self.backward_layer.backward(np.ascontiguousarray(dyb))
+        self.grads = list(self.forward_layer.grads) + list(self.backward_layer.grads)
+        return dxf + dxb
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=serialize(self.forward_layer), merge_mode=self.merge_mode,
+                      backward_layer=serialize(self.backward_layer))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = deserialize(config["layer"])
+        config["backward_layer"] = deserialize(config["backward_layer"])
+        return cls(**config)
+
+
+# --------------------------------------------------------------------------- registry
+
+_CLASSES = {cls.__name__: cls for cls in (
+    InputLayer, Dense, Activation, Flatten, Dropout, Masking, Embedding, LSTM,
+    TimeDistributed, Bidirectional)}
+
+
+def serialize(layer):
+    """``{"class_name": ..., "config": ...}`` for a layer."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(config):
+    """A new layer from serialize()'s dict. Only fastlstm's own layer classes are known;
+    nothing in the dict is imported or executed."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"Could not interpret layer config: expected a dict with "
+                         f"'class_name' and 'config', got {config!r:.200}")
+    cls = _CLASSES.get(config["class_name"])
+    if cls is None:
+        raise ValueError(f"Unknown layer class {config['class_name']!r}. Known: "
+                         f"{', '.join(sorted(_CLASSES))}")
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ValueError(f"Layer config of {config['class_name']} must be a dict")
+    try:
+        return cls.from_config(dict(inner))
+    except TypeError as e:
+        raise ValueError(f"Could not rebuild layer {config['class_name']}: {e}") from None
+
+
+def get(identifier):
+    if isinstance(identifier, Layer):
+        return identifier
+    return deserialize(identifier)

@@ -1,0 +1,767 @@
+"""Keras-like ``Sequential`` model: compile, fit, evaluate, predict, summary, save, load.
+
+    from fastlstm.models import Sequential
+    from fastlstm.layers import LSTM, Dense
+    model = Sequential()
+    model.add(LSTM(128, input_shape=(timesteps, features)))
+    model.add(Dense(1, activation='sigmoid'))
+    model.compile(loss='binary_crossentropy', optimizer='adam', metrics=['accuracy'])
+    model.fit(X_train, y_train, epochs=10, batch_size=32)
+    loss, accuracy = model.evaluate(X_test, y_test)
+
+The model only orchestrates: each layer runs its own forward and backward
+(``fastlstm.layers``), the loss gives the gradient of the predictions
+(``fastlstm.losses``), the optimizer updates the weights in place
+(``fastlstm.optimizers``). Masks made by Embedding(mask_zero=True) or Masking flow from
+layer to layer as in Keras; when the model's output still carries a mask (a
+``return_sequences`` model), masked steps are left out of the loss and the metrics.
+
+``Sequential(dtype="float64")`` runs every layer in float64 (the default is float32), which
+makes finite-difference checks of the backward pass possible.
+"""
+
+import math
+import numbers
+import operator
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import _random, callbacks as callbacks_module, layers as layers_module
+from . import losses as losses_module, metrics as metrics_module
+from . import optimizers as optimizers_module
+
+__all__ = ["Sequential", "load_model"]
+
+
+def _int_arg(value, name, low):
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
+    if v < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {v}")
+    return v
+
+
+def _fmt(shape):
+    return layers_module._fmt_shape(tuple(shape))
+
+
+class Sequential:
+    """A linear stack of layers (Keras's ``keras.Sequential``)."""
+
+    def __init__(self, layers=None, name=None, dtype=None, trainable=True):
+        self.name = name if name is not None else layers_module._unique_name("sequential")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name: expected a non-empty string, got {name!r}")
+        self.dtype = layers_module._check_dtype(dtype) or np.dtype(np.float32)
+        self.trainable = layers_module._bool(trainable, "trainable")
+        self.layers = []
+        self._input_layer = None
+        self.built = False
+        self._build_input_shape = None
+        self.output_shape = None
+        self.optimizer = None
+        self.loss = None
+        self.compiled = False
+        self.compiled_metrics = []
+        self._compile_config = None
+        self.stop_training = False
+        self.history = None
+        self._output_mask = None
+        if layers is not None:
+            for layer in layers:
+                self.add(layer)
+
+    # ------------------------------------------------------------------ structure
+
+    def add(self, layer):
+        """Append a layer; the model builds as soon as its input shape is known."""
+        if isinstance(layer, Sequential):
+            raise TypeError("add: nesting Sequential models is not supported; add their "
+                            "layers instead")
+        if not isinstance(layer, layers_module.Layer):
+            raise TypeError(f"add: expected a fastlstm layer (fastlstm.layers), got "
+                            f"{type(layer).__name__}")
+        if any(existing is layer for existing in self.layers) or layer is self._input_layer:
+            raise ValueError(f"add: layer {layer.name!r} is already in the model")
+        names = {l.name for l in self.layers}
+        if layer.name in names:
+            raise ValueError(f"add: the model already has a layer named {layer.name!r}; "
+                             "layer names must be unique")
+        if isinstance(layer, layers_module.InputLayer):
+            if self.layers or self._input_layer is not None:
+                raise ValueError("add: an Input can only be the first layer of the model")
+            self._input_layer = layer
+            layer._set_dtype(self.dtype)
+            self._build_input_shape = layer._batch_input_shape
+            return
+        if getattr(layer, "return_state", False):
+            raise ValueError(f"add: layer {layer.name!r} has return_state=True; a Sequential "
+                             "model passes one output from layer to layer")
+        if not self.layers and self._input_layer is None and layer._batch_input_shape is not None:
+            self._build_input_shape = layer._batch_input_shape
+        self.layers.append(layer)
+        self.built = False
+        if self._build_input_shape is not None:
+            self.build(self._build_input_shape)
+
+    def pop(self):
+        """Remove and return the last layer."""
+        if not self.layers:
+            raise IndexError("pop: the model has no layers")
+        layer = self.layers.pop()
+        if self._build_input_shape is not None and self.layers:
+            self.build(self._build_input_shape)
+        return layer
+
+    def build(self, input_shape=None):
+        """Build every layer for inputs of ``input_shape`` (batch axis first, may be None)."""
+        if input_shape is None:
+            input_shape = self._build_input_shape
+        if input_shape is None:
+            raise ValueError("build: the input shape is unknown; give input_shape=(None, "
+                             "timesteps, features), or set input_shape= on the first layer")
+        if not self.layers:
+            raise ValueError("build: the model has no layers; add() some first")
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            layer._set_dtype(self.dtype)
+            if layer.built:
+                layer._check_input_shape(shape)
+            else:
+                layer._ensure_built(shape)
+            out = layer.compute_output_shape(shape)
+            shape = tuple(out)
+        self._build_input_shape = tuple(input_shape)
+        self.output_shape = shape
+        self.built = True
+
+    @property
+    def input_shape(self):
+        return self._build_input_shape
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: no layer named {name!r}; layers: "
+                         f"{', '.join(l.name for l in self.layers)}")
+
+    @property
+    def weights(self):
+        return [w for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self):
+        if not self.trainable:
+            return self.weights
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
+
+    def get_weights(self):
+        """Copies of every layer's weights, in order (Keras's get_weights())."""
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        """Copy a get_weights()-style list into the layers."""
+        weights = list(weights)
+        self._require_built("set_weights")
+        total = len(self.weights)
+        if len(weights) != total:
+            raise ValueError(f"set_weights: the model has {total} weight arrays, got "
+                             f"{len(weights)}")
+        pos = 0
+        for layer in self.layers:
+            n = len(layer.weights)
+            layer.set_weights(weights[pos:pos + n])
+            pos += n
+
+    def count_params(self):
+        return int(sum(w.size for w in self.weights))
+
+    def reset_states(self):
+        """Forget the carried state of every stateful layer."""
+        for layer in self._all_layers():
+            if getattr(layer, "stateful", False):
+                layer.reset_states()
+
+    reset_state = reset_states
+
+    def _all_layers(self):
+        out = []
+        for layer in self.layers:
+            out.append(layer)
+            if isinstance(layer, layers_module._Wrapper):
+                out.extend(layer._sublayers())
+        return out
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(f"{what}: the model is not built yet; give the first layer an "
+                             "input_shape, call build(), or call fit()/predict() first")
+
+    # ------------------------------------------------------------------ forward / backward
+
+    def _prepare_x(self, x, what="x"):
+        if x is None:
+            raise ValueError(f"{what}: expected an array of inputs, got None")
+        if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray):
+            x = x[0]
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:
+            raise ValueError(f"{what}: could not make an array of it ({e}); sequences of "
+                             "different lengths must be padded first (pad_sequences)") from None
+        if arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise TypeError(f"{what}: expected a numeric array, got dtype {arr.dtype}")
+        if arr.ndim == 0:
+            raise ValueError(f"{what}: expected an array with a batch axis, got a scalar")
+        if not self.built:
+            self.build((None,) + arr.shape[1:])
+        expected = self._build_input_shape
+        # rank and feature axis must match; the time axis may differ (the layers check
+        # whatever else their weights fix, naming themselves)
+        if len(arr.shape) != len(expected) or (
+                len(expected) >= 2 and expected[-1] is not None
+                and arr.shape[-1] != expected[-1]
+                and not isinstance(self.layers[0], layers_module.Embedding)):
+            raise ValueError(f"{what}: the model expects inputs of shape {_fmt(expected)}, "
+                             f"got {_fmt(arr.shape)}")
+        return arr
+
+    def _forward(self, x, training):
+        mask = None
+        first = True
+        for layer in self.layers:
+            if first:
+                x = layer._cast_input(x)
+                first = False
+            out = layer.forward(x, training=training, mask=mask)
+            mask = layer.compute_mask(x, mask)
+            x = out
+        self._output_mask = mask
+        return x
+
+    def _backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:
+                break
+
+    def __call__(self, x, training=False):
+        x = self._prepare_x(x)
+        return self._forward(x, training=bool(training))
+
+    # ------------------------------------------------------------------ compile
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+                jit_compile="auto", auto_scale_loss=True):
+        """Configure training. ``run_eagerly``, ``steps_per_execution``, ``jit_compile``
+        and ``auto_scale_loss`` are accepted for Keras code and have no effect."""
+        if loss_weights is not None or weighted_metrics is not None:
+            raise NotImplementedError("compile: loss_weights and weighted_metrics are for "
+                                      "multi-output models, which fastlstm does not have")
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        if isinstance(metrics, dict):
+            raise TypeError("compile: metrics must be a list (one output), got a dict")
+        self.compiled_metrics = []
+        for m in metrics:
+            metric = metrics_module.get(m, loss=self.loss)
+            # With from_logits the decision boundary of a logit is 0, not 0.5; a metric
+            # named by string follows the loss (an explicit BinaryAccuracy is left alone).
+            if isinstance(m, str) and isinstance(metric, metrics_module.BinaryAccuracy) and \
+                    isinstance(self.loss, losses_module.BinaryCrossentropy) and \
+                    self.loss.from_logits:
+                metric.threshold = 0.0
+            self.compiled_metrics.append(metric)
+        names = [m.name for m in self.compiled_metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compile: metric names must be unique, got {names}")
+        self._compile_config = {
+            "optimizer": optimizers_module.serialize(self.optimizer),
+            "loss": None if self.loss is None else losses_module.serialize(self.loss),
+            "metrics": [{"class_name": type(m).__name__, "config": m.get_config()}
+                        for m in self.compiled_metrics],
+        }
+        self.compiled = True
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [m.name for m in self.compiled_metrics]
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise RuntimeError(f"You must call compile() before {what}(), e.g. "
+                               "model.compile(optimizer='adam', loss='mse')")
+        if self.loss is None:
+            raise ValueError(f"{what}: the model was compiled without a loss; "
+                             "compile(loss=...) first")
+
+    # ------------------------------------------------------------------ data checks
+
+    def _prepare_y(self, y, n, what="y"):
+        if y is None:
+            raise ValueError(f"{what}: targets are required (got None)")
+        try:
+            y = np.asarray(y)
+        except ValueError as e:
+            raise ValueError(f"{what}: could not make an array of it ({e})") from None
+        if y.dtype == object or y.dtype.kind not in "biuf":
+            raise TypeError(f"{what}: expected numeric targets, got dtype {y.dtype}")
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(f"{what}: expected {n} targets (one per input sample), got shape "
+                             f"{_fmt(y.shape)}")
+        out = self.output_shape[1:]
+        loss = self.loss
+        lname = type(loss).__name__
+        if isinstance(loss, losses_module.SparseCategoricalCrossentropy):
+            ok = y.shape[1:] == out[:-1] or y.shape[1:] == tuple(out[:-1]) + (1,)
+            if not ok:
+                raise ValueError(f"{what}: {lname} expects integer class labels of shape "
+                                 f"{_fmt((None,) + tuple(out[:-1]))} for the model's output "
+                                 f"{_fmt(self.output_shape)}, got {_fmt(y.shape)}")
+            if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+                raise ValueError(f"{what}: {lname} expects integer class labels, got "
+                                 "non-integral values")
+            if y.size and (y.min() < 0 or y.max() >= out[-1]):
+                raise ValueError(f"{what}: class labels must be in [0, {out[-1]}) for the "
+                                 f"model's {out[-1]} outputs, got min {y.min()} and max "
+                                 f"{y.max()}")
+            return y
+        ok = (y.shape[1:] == out or (len(y.shape) == len(out) + 2 and y.shape[-1] == 1
+                                     and y.shape[1:-1] == out)
+              or (len(y.shape) == len(out) and out[-1] == 1 and y.shape[1:] == out[:-1]))
+        if not ok:
+            hint = ""
+            if isinstance(loss, losses_module.CategoricalCrossentropy) and \
+                    y.shape[1:] == out[:-1]:
+                hint = (" (integer labels need loss='sparse_categorical_crossentropy', or "
+                        "one-hot targets from fastlstm.utils.to_categorical)")
+            raise ValueError(f"{what}: shape {_fmt(y.shape)} does not match the model's "
+                             f"output {_fmt(self.output_shape)} for loss {lname}{hint}")
+        return y
+
+    @staticmethod
+    def _prepare_sample_weight(sw, n, what="sample_weight"):
+        if sw is None:
+            return None
+        sw = np.asarray(sw)
+        if sw.dtype.kind not in "biuf":
+            raise TypeError(f"{what}: expected numeric weights, got dtype {sw.dtype}")
+        if sw.ndim == 0 or sw.shape[0] != n:
+            raise ValueError(f"{what}: expected one weight per sample ({n}), got shape "
+                             f"{_fmt(sw.shape)}")
+        return sw.astype(np.float64)
+
+    def _class_weights(self, class_weight, y):
+        if class_weight is None:
+            return None
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight: expected a dict {{class: weight}}, got "
+                            f"{type(class_weight).__name__}")
+        y = np.asarray(y)
+        if isinstance(self.loss, losses_module.CategoricalCrossentropy) and \
+                not isinstance(self.loss, losses_module.SparseCategoricalCrossentropy):
+            labels = np.argmax(y, axis=-1)
+        elif y.ndim >= 2 and y.shape[-1] == 1:
+            labels = np.round(y[..., 0]).astype(np.int64)
+        elif y.ndim >= 2 and y.shape[-1] > 1:
+            labels = np.argmax(y, axis=-1)
+        else:
+            labels = np.round(y).astype(np.int64)
+        w = np.ones(labels.shape, dtype=np.float64)
+        for cls, weight in class_weight.items():
+            w[labels == int(cls)] = float(weight)
+        return w
+
+    # ------------------------------------------------------------------ batches
+
+    def _loss_weights(self, sw, y_pred):
+        """Sample weights combined with the output mask (Keras's masked-loss rule)."""
+        mask = self._output_mask
+        if mask is None or y_pred.ndim < 3:
+            return sw
+        m = np.asarray(mask, dtype=np.float64)
+        valid = m.sum()
+        m = m * (m.size / valid) if valid > 0 else m
+        if sw is None:
+            return m
+        sw = np.asarray(sw, dtype=np.float64)
+        while sw.ndim < m.ndim:
+            sw = sw[..., None]
+        return m * sw
+
+    def _regularization(self):
+        return sum(layer.regularization_loss() for layer in self.layers)
+
+    def _train_batch(self, xb, yb, swb):
+        y_pred = self._forward(xb, training=True)
+        w = self._loss_weights(swb, y_pred)
+        value, dy = self.loss.value_and_gradient(yb, y_pred, w)
+        value += self._regularization()
+        if not math.isfinite(value):
+            # Keras would apply this step and leave NaN weights; fastlstm skips it, so the
+            # model keeps its last finite weights (fit then stops with a warning).
+            return value, y_pred
+        self._backward(dy)
+        grads, variables = [], []
+        if self.trainable:
+            for layer in self.layers:
+                if not layer.trainable or not layer.weights:
+                    continue
+                for var, g, rg in zip(layer.weights, layer.grads, layer.regularization_grads()):
+                    grads.append(g if rg is None else g + rg)
+                    variables.append(var)
+        if not all(np.isfinite(g).all() for g in grads):
+            return float("nan"), y_pred      # e.g. inf inputs: finite loss, NaN gradient
+        if variables:
+            self.optimizer.apply(grads, variables)
+        for m in self.compiled_metrics:
+            m.update_state(yb, y_pred, w)
+        return value, y_pred
+
+    def _batches(self, n, batch_size, order=None):
+        idx = np.arange(n) if order is None else order
+        for start in range(0, n, batch_size):
+            yield idx[start:start + batch_size]
+
+    def _logs(self, loss_tracker, prefix=""):
+        logs = {prefix + "loss": loss_tracker.result()}
+        for m in self.compiled_metrics:
+            logs[prefix + m.name] = m.result()
+        return logs
+
+    def _reset_metrics(self):
+        for m in self.compiled_metrics:
+            m.reset_state()
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None,
+            validation_steps=None, validation_batch_size=None, validation_freq=1):
+        """Train for ``epochs`` epochs; returns the History (``history.history``)."""
+        self._require_compiled("fit")
+        x = self._prepare_x(x)
+        n = x.shape[0]
+        y = self._prepare_y(y, n)
+        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        epochs = _int_arg(epochs, "epochs", 0)
+        initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0)
+        verbose = self._verbose(verbose)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                or not 0.0 <= float(validation_split) < 1.0:
+            raise ValueError(f"validation_split: expected a float in [0, 1), got "
+                             f"{validation_split!r}")
+        sw = self._prepare_sample_weight(sample_weight, n)
+        cw = self._class_weights(class_weight, y)
+        if cw is not None:
+            sw = cw if sw is None else sw.reshape(sw.shape + (1,) * (cw.ndim - sw.ndim)) * cw
+        validation_freq = _int_arg(validation_freq, "validation_freq", 1)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data: expected a tuple (x_val, y_val) or "
+                                 "(x_val, y_val, sample_weight_val)")
+            xv = self._prepare_x(validation_data[0], "validation_data x")
+            yv = self._prepare_y(validation_data[1], xv.shape[0], "validation_data y")
+            swv = self._prepare_sample_weight(validation_data[2], xv.shape[0],
+                                              "validation_data sample_weight") \
+                if len(validation_data) == 3 else None
+            val = (xv, yv, swv)
+        elif validation_split > 0:
+            split = int(n * (1.0 - float(validation_split)))   # Keras: the last samples
+            if split == 0 or split == n:
+                raise ValueError(f"validation_split={validation_split} leaves "
+                                 f"{'no training' if split == 0 else 'no validation'} samples "
+                                 f"out of {n}")
+            val = (x[split:], y[split:], None if sw is None else sw[split:])
+            x, y = x[:split], y[:split]
+            sw = None if sw is None else sw[:split]
+            n = split
+        steps = math.ceil(n / batch_size)
+        if steps_per_epoch is not None:
+            steps = min(steps, _int_arg(steps_per_epoch, "steps_per_epoch", 1))
+        val_bs = batch_size if validation_batch_size is None else \
+            _int_arg(validation_batch_size, "validation_batch_size", 1)
+
+        cbs = callbacks_module.CallbackList(callbacks, add_history=True,
+                                            add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=epochs, steps=steps)
+        self.stop_training = False
+        loss_tracker = metrics_module.Mean(name="loss")
+        rng = _random.generator()
+        cbs.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            self._reset_metrics()
+            loss_tracker.reset_state()
+            cbs.on_epoch_begin(epoch)
+            order = rng.permutation(n) if shuffle else None
+            for step, idx in enumerate(self._batches(n, batch_size, order)):
+                if step >= steps:
+                    break
+                cbs.on_train_batch_begin(step)
+                swb = None if sw is None else sw[idx]
+                value, _ = self._train_batch(x[idx], y[idx], swb)
+                loss_tracker.update_state(np.full(1, value), sample_weight=[len(idx)])
+                logs = self._logs(loss_tracker)
+                cbs.on_train_batch_end(step, logs)
+                if not math.isfinite(value):
+                    warnings.warn(f"fit: the loss (or its gradient) became {value} at epoch {epoch + 1}, batch "
+                                  f"{step + 1}; training stopped and that batch's update was "
+                                  "not applied. Check the data for NaN/inf, or try a lower "
+                                  "learning rate or gradient clipping (e.g. "
+                                  "Adam(clipnorm=1.0)).",
+                                  RuntimeWarning, stacklevel=2)
+                    self.stop_training = True
+                if self.stop_training:
+                    break
+            epoch_logs = dict(logs)
+            if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0 \
+                    and math.isfinite(epoch_logs.get("loss", 0.0)):
+                val_logs = self._evaluate_arrays(*val, batch_size=val_bs, callbacks=cbs,
+                                                 steps=validation_steps)
+                epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
+            cbs.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        return self.history
+
+    @staticmethod
+    def _verbose(verbose):
+        if verbose == "auto":
+            return 1
+        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose: expected 0, 1, 2 or 'auto', got {verbose!r}")
+        return int(verbose)
+
+    # ------------------------------------------------------------------ evaluate / predict
+
+    def _evaluate_arrays(self, x, y, sw, batch_size, callbacks=None, steps=None):
+        self._reset_metrics()
+        tracker = metrics_module.Mean(name="loss")
+        n = x.shape[0]
+        if callbacks is not None:
+            callbacks.on_test_begin()
+        for step, idx in enumerate(self._batches(n, batch_size)):
+            if steps is not None and step >= steps:
+                break
+            if callbacks is not None:
+                callbacks.on_test_batch_begin(step)
+            yb = y[idx]
+            y_pred = self._forward(x[idx], training=False)
+            w = self._loss_weights(None if sw is None else sw[idx], y_pred)
+            value = self.loss(yb, y_pred, w) + self._regularization()
+            tracker.update_state(np.full(1, value), sample_weight=[len(idx)])
+            for m in self.compiled_metrics:
+                m.update_state(yb, y_pred, w)
+            if callbacks is not None:
+                callbacks.on_test_batch_end(step, self._logs(tracker))
+        logs = self._logs(tracker)
+        if callbacks is not None:
+            callbacks.on_test_end(logs)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """The loss (and metrics) on (x, y): a float, or [loss, metric, ...] with metrics."""
+        self._require_compiled("evaluate")
+        x = self._prepare_x(x)
+        y = self._prepare_y(y, x.shape[0])
+        sw = self._prepare_sample_weight(sample_weight, x.shape[0])
+        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        verbose = self._verbose(verbose)
+        n_steps = math.ceil(x.shape[0] / batch_size)
+        if steps is not None:
+            steps = _int_arg(steps, "steps", 1)
+            n_steps = min(n_steps, steps)
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1, steps=n_steps)
+        logs = self._evaluate_arrays(x, y, sw, batch_size, cbs, steps)
+        if return_dict:
+            return logs
+        values = [logs["loss"]] + [logs[m.name] for m in self.compiled_metrics]
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """The model's outputs for x, computed in batches (inference mode)."""
+        x = self._prepare_x(x)
+        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        verbose = self._verbose(verbose)
+        n = x.shape[0]
+        n_steps = math.ceil(n / batch_size)
+        if steps is not None:
+            n_steps = min(n_steps, _int_arg(steps, "steps", 1))
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1, steps=n_steps)
+        cbs.on_predict_begin()
+        outs = []
+        for step, idx in enumerate(self._batches(n, batch_size)):
+            if step >= n_steps:
+                break
+            cbs.on_predict_batch_begin(step)
+            outs.append(self._forward(x[idx], training=False))
+            cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+        cbs.on_predict_end()
+        if not outs:
+            return np.zeros((0,) + tuple(d or 0 for d in self.output_shape[1:]), self.dtype)
+        return np.concatenate(outs, axis=0)
+
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
+        """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
+        self._require_compiled("train_on_batch")
+        x = self._prepare_x(x)
+        y = self._prepare_y(y, x.shape[0])
+        sw = self._prepare_sample_weight(sample_weight, x.shape[0])
+        cw = self._class_weights(class_weight, y)
+        if cw is not None:
+            sw = cw if sw is None else sw.reshape(sw.shape + (1,) * (cw.ndim - sw.ndim)) * cw
+        self._reset_metrics()
+        value, _ = self._train_batch(x, y, sw)
+        logs = {"loss": value, **{m.name: m.result() for m in self.compiled_metrics}}
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        self._require_compiled("test_on_batch")
+        x = self._prepare_x(x)
+        y = self._prepare_y(y, x.shape[0])
+        sw = self._prepare_sample_weight(sample_weight, x.shape[0])
+        logs = self._evaluate_arrays(x, y, sw, max(x.shape[0], 1))
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict_on_batch(self, x):
+        return self._forward(self._prepare_x(x), training=False)
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self, line_length=None, print_fn=None):
+        """Print the layers, their output shapes and parameter counts, as Keras does."""
+        print_fn = print_fn or (lambda s: print(s, file=sys.stdout))
+        rows = []
+        shape = self._build_input_shape
+        for layer in self.layers:
+            if self.built:
+                shape = layer.compute_output_shape(shape)
+                out = _fmt(shape) if not isinstance(shape, list) else str(shape)
+                params = f"{layer.count_params():,}"
+            else:
+                out, params = "?", "0 (unbuilt)"
+            rows.append((f"{layer.name} ({type(layer).__name__})", out, params))
+        w = [max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2,
+             max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2,
+             max([len("Param #")] + [len(r[2]) for r in rows]) + 2]
+        if line_length is not None and line_length > sum(w) + 4:
+            w[0] += line_length - (sum(w) + 4)
+
+        def line(l, m, r, fill):
+            return l + m.join(fill * n for n in w) + r
+
+        def row(cells):
+            return "│" + "│".join(
+                (" " + c).ljust(n) if i < 2 else (c + " ").rjust(n)
+                for i, (c, n) in enumerate(zip(cells, w))) + "│"
+
+        lines = [f'Model: "{self.name}"', line("┏", "┳", "┓", "━"),
+                 "┃" + "┃".join((" " + h).ljust(n) if i < 2 else (h + " ").rjust(n)
+                                for i, (h, n) in enumerate(zip(
+                                    ("Layer (type)", "Output Shape", "Param #"), w))) + "┃",
+                 line("┡", "╇", "┩", "━")]
+        for i, r in enumerate(rows):
+            lines.append(row(r))
+            if i < len(rows) - 1:
+                lines.append(line("├", "┼", "┤", "─"))
+        lines.append(line("└", "┴", "┘", "─"))
+        total = self.count_params()
+        trainable = int(sum(w_.size for w_ in self.trainable_weights))
+        itemsize = self.dtype.itemsize
+        lines += [f" Total params: {total:,} ({_bytes(total * itemsize)})",
+                  f" Trainable params: {trainable:,} ({_bytes(trainable * itemsize)})",
+                  f" Non-trainable params: {total - trainable:,} "
+                  f"({_bytes((total - trainable) * itemsize)})"]
+        if self.optimizer is not None and self.optimizer.built:
+            slots = sum(a.size for arrays in self.optimizer._slots.values() for a in arrays)
+            lines.append(f" Optimizer params: {slots:,} ({_bytes(slots * itemsize)})")
+        print_fn("\n".join(lines))
+
+    # ------------------------------------------------------------------ config and saving
+
+    def get_config(self):
+        return {"name": self.name, "dtype": str(self.dtype), "trainable": self.trainable,
+                "layers": ([layers_module.serialize(self._input_layer)]
+                           if self._input_layer is not None else [])
+                + [layers_module.serialize(l) for l in self.layers],
+                "build_input_shape": None if self._build_input_shape is None
+                else list(self._build_input_shape)}
+
+    @classmethod
+    def from_config(cls, config):
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ValueError("Sequential config: expected a dict with a 'layers' list")
+        model = cls(name=config.get("name"), dtype=config.get("dtype"),
+                    trainable=config.get("trainable", True))
+        for lc in config["layers"]:
+            model.add(layers_module.deserialize(lc))
+        shape = config.get("build_input_shape")
+        if shape is not None and not model.built:
+            model.build(tuple(shape))
+        return model
+
+    def save(self, filepath, overwrite=True, include_optimizer=True):
+        """Save architecture, weights and optimizer state to one file (see fastlstm.saving)."""
+        from . import saving
+        saving.save_model(self, filepath, overwrite=overwrite,
+                          include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath, overwrite=True):
+        from . import saving
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        from . import saving
+        saving.load_weights(self, filepath)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r}, layers={len(self.layers)}, built={self.built}>"
+
+
+def _bytes(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}"
+        n /= 1024.0
+
+
+def load_model(filepath, compile=True):
+    """Load a model written by ``model.save`` (no code from the file is executed)."""
+    from . import saving
+    return saving.load_model(filepath, compile=compile)

@@ -1,0 +1,231 @@
+"""Weight regularizers with gradients, on NumPy arrays (Keras 3 semantics).
+
+A regularizer maps a weight array to a penalty that is added to the loss, and gives
+the gradient of that penalty for the optimizer step::
+
+    reg = fastlstm.regularizers.get("l2")        # L2(l2=0.01)
+    penalty = reg(kernel)                        # Python float: 0.01 * sum(kernel ** 2)
+    grad = reg.gradient(kernel)                  # 0.02 * kernel, kernel's dtype
+
+Penalties, exactly as Keras defines them (no factor 1/2 on the L2 term):
+
+* ``L1(l1=0.01)``: ``l1 * sum(|w|)``, gradient ``l1 * sign(w)`` (0 at w == 0, the
+  subgradient TensorFlow's and PyTorch's ``abs`` use);
+* ``L2(l2=0.01)``: ``l2 * sum(w ** 2)``, gradient ``2 * l2 * w``;
+* ``L1L2(l1=0.0, l2=0.0)``: the sum of both.
+
+The factors must be finite, non-negative real numbers (``None`` means the default,
+as in Keras); anything else raises ValueError naming the argument.  The penalty is
+accumulated in float64 and returned as a Python float; the gradient has w's dtype
+when that is a floating dtype (integer or boolean weights give float32).
+
+``get`` accepts ``"l1"``, ``"l2"``, ``"l1_l2"`` (also spelled ``"l1l2"``), the class
+names, an instance (returned as is), a class (instantiated), a
+``{"class_name", "config"}`` dict, or None (-> None).  The names give Keras's
+string defaults: ``L1(0.01)``, ``L2(0.01)`` and, for ``"l1_l2"``,
+``L1L2(l1=0.01, l2=0.01)`` -- what Keras documents for that string (the Keras 3
+code instantiates ``L1L2()``, whose factors are both 0, i.e. no penalty at all).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
+
+
+def _check_factor(value, name, default):
+    """A regularization factor as a float; None -> default; ValueError otherwise."""
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise ValueError(f"Invalid value for argument `{name}`: expected a non-negative "
+                         f"float. Received: {name}={value!r}")
+    f = float(value)
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(f"Invalid value for argument `{name}`: expected a non-negative "
+                         f"float. Received: {name}={value!r}")
+    return f
+
+
+def _as_weights(w):
+    w = np.asarray(w)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"weights must be a real numeric array, got dtype {w.dtype}")
+    return w
+
+
+def _grad_dtype(w):
+    return w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
+
+
+class Regularizer:
+    """Base class: ``__call__(w) -> float`` and ``gradient(w) -> ndarray``."""
+
+    def __call__(self, w):
+        return 0.0
+
+    def gradient(self, w):
+        w = _as_weights(w)
+        return np.zeros(w.shape, dtype=_grad_dtype(w))
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        try:
+            return cls(**config)
+        except TypeError as e:
+            raise ValueError(f"Invalid config for {cls.__name__}: {config!r} ({e})") from None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+def _l1_value(w):
+    return float(np.sum(np.abs(w), dtype=np.float64))
+
+
+def _l2_value(w):
+    w64 = w.astype(np.float64, copy=False).reshape(-1)
+    return float(np.dot(w64, w64))
+
+
+class L1L2(Regularizer):
+    """``l1 * sum(|w|) + l2 * sum(w ** 2)``."""
+
+    def __init__(self, l1=0.0, l2=0.0):
+        self.l1 = _check_factor(l1, "l1", 0.0)
+        self.l2 = _check_factor(l2, "l2", 0.0)
+
+    def __call__(self, w):
+        w = _as_weights(w)
+        total = 0.0
+        if self.l1:
+            total += self.l1 * _l1_value(w)
+        if self.l2:
+            total += self.l2 * _l2_value(w)
+        return total
+
+    def gradient(self, w):
+        w = _as_weights(w)
+        dt = _grad_dtype(w)
+        wf = w.astype(dt, copy=False)
+        g = np.zeros(w.shape, dtype=dt)
+        if self.l1:
+            g += dt.type(self.l1) * np.sign(wf)
+        if self.l2:
+            g += dt.type(2.0 * self.l2) * wf
+        return g
+
+    def get_config(self):
+        return {"l1": self.l1, "l2": self.l2}
+
+
+class L1(Regularizer):
+    """``l1 * sum(|w|)``."""
+
+    def __init__(self, l1=0.01):
+        self.l1 = _check_factor(l1, "l1", 0.01)
+
+    def __call__(self, w):
+        return self.l1 * _l1_value(_as_weights(w))
+
+    def gradient(self, w):
+        w = _as_weights(w)
+        dt = _grad_dtype(w)
+        return dt.type(self.l1) * np.sign(w.astype(dt, copy=False))
+
+    def get_config(self):
+        return {"l1": self.l1}
+
+
+class L2(Regularizer):
+    """``l2 * sum(w ** 2)`` (no factor 1/2, as in Keras)."""
+
+    def __init__(self, l2=0.01):
+        self.l2 = _check_factor(l2, "l2", 0.01)
+
+    def __call__(self, w):
+        return self.l2 * _l2_value(_as_weights(w))
+
+    def gradient(self, w):
+        w = _as_weights(w)
+        dt = _grad_dtype(w)
+        return dt.type(2.0 * self.l2) * w.astype(dt, copy=False)
+
+    def get_config(self):
+        return {"l2": self.l2}
+
+
+# --------------------------------------------------------------------------- registry
+
+_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+_NAMES = {
+    "l1": lambda: L1(),
+    "l2": lambda: L2(),
+    "l1_l2": lambda: L1L2(l1=0.01, l2=0.01),
+    "l1l2": lambda: L1L2(l1=0.01, l2=0.01),
+}
+
+
+def _valid_names():
+    return f"{', '.join(sorted(_NAMES))} (or a class name: {', '.join(sorted(_CLASSES))})"
+
+
+def serialize(regularizer):
+    """``{"class_name": ..., "config": ...}`` for a Regularizer (None -> None)."""
+    if regularizer is None:
+        return None
+    if not isinstance(regularizer, Regularizer):
+        raise ValueError(f"Could not serialize {regularizer!r}: expected a "
+                         f"fastlstm.regularizers.Regularizer")
+    return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+
+
+def deserialize(config):
+    """A Regularizer from ``serialize``'s dict (a bare name is accepted too)."""
+    if isinstance(config, str):
+        if config in _NAMES:
+            return _NAMES[config]()
+        if config in _CLASSES:
+            return _CLASSES[config]()
+        raise ValueError(f"Unknown regularizer {config!r}. Valid names: {_valid_names()}")
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(f"Could not interpret regularizer config {config!r}: expected a "
+                         f"dict with 'class_name' and 'config'")
+    name = config["class_name"]
+    cls = _CLASSES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"Unknown regularizer class {name!r}. Valid class names: "
+                         f"{', '.join(sorted(_CLASSES))}")
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ValueError(f"Could not interpret regularizer config {config!r}: 'config' "
+                         f"must be a dict")
+    return cls.from_config(dict(inner))
+
+
+def get(identifier):
+    """Resolve a regularizer: a name, a Regularizer (as is), a Regularizer class
+    (instantiated), a config dict, or None (-> None)."""
+    if identifier is None:
+        return None
+    if isinstance(identifier, Regularizer):
+        return identifier
+    if isinstance(identifier, (str, dict)):
+        return deserialize(identifier)
+    if isinstance(identifier, type) and issubclass(identifier, Regularizer):
+        return identifier()
+    raise ValueError(f"Could not interpret regularizer identifier {identifier!r}: expected "
+                     f"a name, a fastlstm.regularizers.Regularizer or a config dict. Valid "
+                     f"names: {_valid_names()}")

@@ -1,0 +1,451 @@
+"""Layers: Keras layouts and initialisation, LSTM semantics (masks, go_backwards, state),
+and every backward pass against central finite differences in float64.
+
+Tolerances: the finite-difference checks run in float64 with step 1e-6 on O(1) values,
+whose truncation error is O(step^2) ~ 1e-12 and rounding error ~ 1e-16/1e-6 = 1e-10 per
+entry; 1e-6 relative on the whole gradient leaves a wide margin above both while still
+failing for any wrong term (those give errors of order 1e-1). Forward comparisons between
+two float64 paths use 1e-12 (the same arithmetic, possibly summed in another order).
+"""
+
+import numpy as np
+import pytest
+
+from fastlstm import layers, models, reference
+
+TOL_FD = 1e-6
+
+
+def rel_err(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb else float(np.linalg.norm(a))
+
+
+def keras_reference(x, kernel, rk, bias, mask=None, go_backwards=False,
+                    return_sequences=True, zero_output=False, h0=None, c0=None):
+    """Keras's masked LSTM written out step by step in float64 (batch-major)."""
+    x = np.asarray(x, np.float64)
+    B, T, _ = x.shape
+    H = rk.shape[0]
+    m = np.ones((B, T), bool) if mask is None else np.asarray(mask, bool)
+    if go_backwards:
+        x, m = x[:, ::-1], m[:, ::-1]
+    h = np.zeros((B, H)) if h0 is None else h0.astype(np.float64)
+    c = np.zeros((B, H)) if c0 is None else c0.astype(np.float64)
+    prev_out = np.zeros((B, H))
+    outs = []
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for t in range(T):
+        z = x[:, t] @ kernel + h @ rk + (0 if bias is None else bias)
+        i, f, g, o = sig(z[:, :H]), sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sig(z[:, 3 * H:])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        mt = m[:, t:t + 1]
+        h = np.where(mt, h_new, h)
+        c = np.where(mt, c_new, c)
+        out = np.where(mt, h_new, 0.0 if zero_output else prev_out)
+        prev_out = out
+        outs.append(out)
+    seq = np.stack(outs, axis=1)
+    return (seq if return_sequences else h), h, c
+
+
+def random_weights(layer, rng, scale=0.5):
+    layer.set_weights([rng.standard_normal(w.shape) * scale for w in layer.get_weights()])
+
+
+# --------------------------------------------------------------------------- init / layout
+
+def test_lstm_weights_layout_and_keras_initialisation():
+    layer = layers.LSTM(8)
+    layer(np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32))
+    k, r, b = layer.get_weights()
+    assert (k.shape, r.shape, b.shape) == ((5, 32), (8, 32), (32,))
+    assert k.dtype == np.float32
+    assert layer.weight_names == ["kernel", "recurrent_kernel", "bias"]
+    # unit_forget_bias: the forget block (second of i, f, c, o) starts at 1, the rest at 0
+    np.testing.assert_array_equal(b, np.r_[np.zeros(8), np.ones(8), np.zeros(16)])
+    # orthogonal over the whole (u, 4u) matrix: orthonormal rows
+    np.testing.assert_allclose(r @ r.T, np.eye(8), atol=1e-5)
+    limit = np.sqrt(6.0 / (5 + 32))            # glorot_uniform
+    assert np.abs(k).max() <= limit and np.abs(k).max() > 0.5 * limit
+
+
+def test_lstm_no_forget_bias_and_no_bias():
+    layer = layers.LSTM(4, unit_forget_bias=False, bias_initializer="ones")
+    layer.build((None, 3, 2))
+    np.testing.assert_array_equal(layer.bias, np.ones(16))
+    nob = layers.LSTM(4, use_bias=False)
+    nob(np.ones((1, 2, 3), np.float32))
+    assert len(nob.get_weights()) == 2
+
+
+def test_dense_and_embedding_layouts():
+    d = layers.Dense(3)
+    d(np.ones((2, 4), np.float32))
+    assert [w.shape for w in d.get_weights()] == [(4, 3), (3,)]
+    e = layers.Embedding(10, 6)
+    out = e(np.array([[1, 2, 0]]))
+    assert out.shape == (1, 3, 6) and e.get_weights()[0].shape == (10, 6)
+    np.testing.assert_array_equal(out[0, 0], e.embeddings[1])
+
+
+# --------------------------------------------------------------------------- LSTM semantics
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("padding", [None, "post", "pre"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_matches_keras_semantics(go_backwards, padding, return_sequences):
+    rng = np.random.default_rng(1)
+    B, T, I, H = 4, 7, 3, 5
+    x = rng.standard_normal((B, T, I))
+    mask = None
+    if padding is not None:
+        lengths = np.array([7, 4, 1, 0])
+        mask = np.zeros((B, T), bool)
+        for b, L in enumerate(lengths):
+            if padding == "post":
+                mask[b, :L] = True
+            else:
+                mask[b, T - L:] = True
+    layer = layers.LSTM(H, return_sequences=return_sequences, go_backwards=go_backwards,
+                        dtype="float64")
+    layer.build((None, T, I))
+    random_weights(layer, rng)
+    got = layer(x, mask=mask)
+    want, _, _ = keras_reference(x, layer.kernel, layer.recurrent_kernel, layer.bias, mask,
+                                 go_backwards, return_sequences)
+    assert rel_err(got, want) <= 1e-12
+
+
+def test_lstm_return_state_and_initial_state():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 4))
+    layer = layers.LSTM(6, return_state=True, dtype="float64")
+    layer.build((None, 5, 4))
+    random_weights(layer, rng)
+    h0, c0 = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    out, h, c = layer(x, initial_state=[h0, c0])
+    _, wh, wc = keras_reference(x, layer.kernel, layer.recurrent_kernel, layer.bias,
+                                h0=h0, c0=c0)
+    assert rel_err(h, wh) <= 1e-12 and rel_err(c, wc) <= 1e-12
+    np.testing.assert_array_equal(out, h)
+
+
+def test_stateful_lstm_carries_state_between_calls():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 3))
+    full = layers.LSTM(4, dtype="float64")
+    full.build((None, 8, 3))
+    random_weights(full, rng)
+    st = layers.LSTM(4, stateful=True, batch_input_shape=(2, 4, 3), dtype="float64")
+    st.build((2, 4, 3))
+    st.set_weights(full.get_weights())
+    st(x[:, :4])
+    second = st(x[:, 4:])
+    assert rel_err(second, full(x)) <= 1e-12
+    st.reset_states()
+    assert rel_err(st(x[:, :4]), full(x[:, :4])) <= 1e-12
+    with pytest.raises(ValueError, match=r"incompatible.*\(2, 4, 3\)"):
+        st(x[:1, :4])
+
+
+def test_mask_with_gaps_is_rejected():
+    layer = layers.LSTM(2)
+    mask = np.array([[True, False, True]])
+    with pytest.raises(ValueError, match="contiguous"):
+        layer(np.ones((1, 3, 2), np.float32), mask=mask)
+
+
+def test_masking_layer_feeds_lengths_to_lstm():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 2))
+    x[1, 4:] = 0.0
+    x[2, 1:] = 0.0
+    m = models.Sequential([layers.Masking(0.0, input_shape=(6, 2)), layers.LSTM(3)],
+                          dtype="float64")
+    lstm = m.layers[1]
+    got = m.predict(x, verbose=0)
+    mask = np.any(x != 0, axis=-1)
+    want, _, _ = keras_reference(x, lstm.kernel, lstm.recurrent_kernel, lstm.bias, mask,
+                                 return_sequences=False)
+    assert rel_err(got, want) <= 1e-12
+
+
+def test_bidirectional_matches_two_directions():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 3))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    bi = layers.Bidirectional(layers.LSTM(4, return_sequences=True, dtype="float64"))
+    bi.build((None, 5, 3))
+    assert bi.count_params() == 2 * (3 * 16 + 4 * 16 + 16)
+    f, b = bi.forward_layer, bi.backward_layer
+    assert b.go_backwards and not f.go_backwards
+    got = bi(x, mask=mask)
+    yf, _, _ = keras_reference(x, f.kernel, f.recurrent_kernel, f.bias, mask,
+                               zero_output=True)
+    yb, _, _ = keras_reference(x, b.kernel, b.recurrent_kernel, b.bias, mask,
+                               go_backwards=True, zero_output=True)
+    want = np.concatenate([yf, yb[:, ::-1]], axis=-1)
+    assert rel_err(got, want) <= 1e-12
+
+
+def test_generic_path_equals_fused_kernels():
+    """The NumPy step loop (other activations, recurrent dropout) agrees with the fused
+    kernels on the default activations, forward and backward."""
+    from fastlstm import ops
+    rng = np.random.default_rng(6)
+    T, B, I, H = 6, 3, 4, 5
+    x = rng.standard_normal((T, B, I))
+    k, r = rng.standard_normal((I, 4 * H)) * 0.4, rng.standard_normal((H, 4 * H)) * 0.4
+    bias = rng.standard_normal(4 * H) * 0.3
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    lengths = np.array([6, 3, 0])
+    dy, dh, dc = (rng.standard_normal(s) for s in ((T, B, H), (B, H), (B, H)))
+    from fastlstm import activations
+    for reverse in (False, True):
+        y1, h1, c1, s1 = ops.lstm_forward(x, k, r, bias, h0, c0, lengths, reverse)
+        y2, h2, c2, s2 = layers._Generic.forward(x, k, r, bias, h0, c0, lengths, reverse,
+                                                 activations.get("tanh"),
+                                                 activations.get("sigmoid"), None)
+        for a, b in ((y1, y2), (h1, h2), (c1, c2)):
+            assert rel_err(b, a) <= 1e-12
+        g1 = ops.lstm_backward(s1, dy, dh, dc)
+        g2 = layers._Generic.backward(s2, dy, dh, dc)
+        for a, b in zip(g1, g2):
+            assert rel_err(b, a) <= 1e-12
+
+
+def test_nondefault_activation_takes_numpy_path():
+    layer = layers.LSTM(3, activation="relu")
+    layer(np.ones((1, 2, 2), np.float32))
+    assert layer.last_path == "numpy"
+    d = layers.LSTM(3)
+    d(np.ones((1, 2, 2), np.float32))
+    assert d.last_path == "fused"
+    rd = layers.LSTM(3, recurrent_dropout=0.5)
+    rd(np.ones((1, 2, 2), np.float32), training=True)
+    assert rd.last_path == "numpy"
+    rd(np.ones((1, 2, 2), np.float32), training=False)
+    assert rd.last_path == "fused"
+
+
+# --------------------------------------------------------------------------- gradients
+
+def _fd_check(model, x, y, seed_layers=(), x_perturb=None):
+    """Backprop gradients of every weight and of a float input vs central differences."""
+    loss = model.loss
+
+    def reseed():
+        for layer in seed_layers:
+            layer._rng = np.random.default_rng(layer.seed)
+
+    def value(xx):
+        reseed()
+        yp = model._forward(xx, training=True)
+        return loss(y, yp, model._loss_weights(None, yp)) + model._regularization()
+
+    reseed()
+    yp = model._forward(x, training=True)
+    _, dy = loss.value_and_gradient(y, yp, model._loss_weights(None, yp))
+    # input gradient through the first layer
+    dx = None
+    grads = []
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy)
+        dx = dy
+        if dy is None:
+            break
+    for layer in model.layers:
+        for g, rg in zip(layer.grads, layer.regularization_grads()):
+            grads.append(g if rg is None else g + rg)
+    eps = 1e-6
+    for w, g in zip(model.weights, grads):
+        num = np.zeros_like(w)
+        it = np.nditer(w, flags=["multi_index"])
+        for _ in it:
+            i = it.multi_index
+            old = w[i]
+            w[i] = old + eps
+            up = value(x)
+            w[i] = old - eps
+            down = value(x)
+            w[i] = old
+            num[i] = (up - down) / (2 * eps)
+        assert rel_err(g, num) <= TOL_FD, (w.shape, rel_err(g, num))
+    if dx is not None and x.dtype.kind == "f":
+        # x_perturb: the entries that may be moved (moving a masked entry changes the mask)
+        sel = np.ones(x.shape, bool) if x_perturb is None else x_perturb
+        num = np.zeros_like(x)
+        it = np.nditer(x, flags=["multi_index"])
+        for _ in it:
+            i = it.multi_index
+            if not sel[i]:
+                continue
+            old = x[i]
+            x[i] = old + eps
+            up = value(x)
+            x[i] = old - eps
+            down = value(x)
+            x[i] = old
+            num[i] = (up - down) / (2 * eps)
+        assert rel_err(np.where(sel, dx, 0), num) <= TOL_FD
+
+
+def _small_weights(model, rng):
+    model.set_weights([rng.standard_normal(w.shape) * 0.5 for w in model.get_weights()])
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_fd_stacked_lstm_dense_float64(go_backwards):
+    rng = np.random.default_rng(10)
+    m = models.Sequential([
+        layers.LSTM(4, return_sequences=True, input_shape=(5, 3), go_backwards=go_backwards),
+        layers.LSTM(3, kernel_regularizer="l2", recurrent_regularizer="l1"),
+        layers.Dense(2, activation="tanh"),
+    ], dtype="float64")
+    m.compile(loss="mse", optimizer="sgd")
+    _small_weights(m, rng)
+    _fd_check(m, rng.standard_normal((3, 5, 3)), rng.standard_normal((3, 2)))
+
+
+def test_fd_embedding_mask_bidirectional_timedistributed_softmax():
+    rng = np.random.default_rng(11)
+    m = models.Sequential([
+        layers.Embedding(7, 3, mask_zero=True, input_shape=(6,)),
+        layers.Bidirectional(layers.LSTM(3, return_sequences=True)),
+        layers.TimeDistributed(layers.Dense(4, activation="softmax")),
+    ], dtype="float64")
+    m.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    _small_weights(m, rng)
+    x = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 1, 2, 3], [0, 0, 2, 2, 5, 1]])
+    y = rng.integers(0, 4, size=(3, 6))
+    _fd_check(m, x, y)
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_fd_masked_sequences_output(padding):
+    rng = np.random.default_rng(12)
+    m = models.Sequential([
+        layers.Masking(0.0, input_shape=(6, 2)),
+        layers.LSTM(3, return_sequences=True),
+        layers.LSTM(2, go_backwards=True),
+        layers.Dense(1, activation="sigmoid"),
+    ], dtype="float64")
+    m.compile(loss="binary_crossentropy", optimizer="sgd")
+    m.set_weights([rng.standard_normal(w.shape) for w in m.get_weights()])
+    x = rng.standard_normal((3, 6, 2))
+    if padding == "post":
+        x[0, 4:] = 0
+        x[1, 1:] = 0
+    else:
+        x[0, :2] = 0
+        x[2, :5] = 0
+    unmasked = np.any(x != 0, axis=-1, keepdims=True) & np.ones(x.shape, bool)
+    _fd_check(m, x, rng.integers(0, 2, (3, 1)).astype(float), x_perturb=unmasked)
+
+
+def test_fd_generic_path_relu_recurrent_dropout_and_dropout():
+    rng = np.random.default_rng(13)
+    lstm = layers.LSTM(4, activation="relu", recurrent_activation="sigmoid",
+                       recurrent_dropout=0.3, dropout=0.25, seed=5, return_sequences=True)
+    drop = layers.Dropout(0.2, seed=9)
+    m = models.Sequential([layers.Input((5, 3)), lstm, drop, layers.Flatten(),
+                           layers.Dense(2, activation="softmax")], dtype="float64")
+    m.compile(loss="categorical_crossentropy", optimizer="sgd")
+    _small_weights(m, rng)
+    y = np.eye(2)[rng.integers(0, 2, 4)]
+    _fd_check(m, rng.standard_normal((4, 5, 3)), y, seed_layers=(lstm, drop))
+    assert lstm.last_path == "numpy"
+
+
+def test_fd_dense_activations():
+    rng = np.random.default_rng(14)
+    for act in ("sigmoid", "tanh", "relu", "linear", "softmax"):
+        m = models.Sequential([layers.Dense(3, activation=act, input_shape=(4,)),
+                               layers.Dense(2)], dtype="float64")
+        m.compile(loss="huber", optimizer="sgd")
+        _small_weights(m, rng)
+        _fd_check(m, rng.standard_normal((5, 4)), rng.standard_normal((5, 2)))
+
+
+def test_fd_stateful_lstm_single_batch():
+    rng = np.random.default_rng(15)
+    m = models.Sequential([layers.LSTM(3, stateful=True, batch_input_shape=(2, 4, 2)),
+                           layers.Dense(1)], dtype="float64")
+    m.compile(loss="mae", optimizer="sgd")
+    _small_weights(m, rng)
+    lstm = m.layers[0]
+    lstm.reset_states([rng.standard_normal((2, 3)), rng.standard_normal((2, 3))])
+    saved = [s.copy() for s in lstm.states]
+
+    # each evaluation must start from the same carried state
+    x, y = rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 1))
+    orig = m._forward
+
+    def forward(xx, training):
+        lstm.states = [s.copy() for s in saved]
+        return orig(xx, training)
+    m._forward = forward
+    _fd_check(m, x, y)
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError, match="units"):
+        layers.LSTM(0)
+    with pytest.raises(TypeError, match="units"):
+        layers.Dense("3")
+    with pytest.raises(ValueError, match="dropout"):
+        layers.LSTM(3, dropout=1.5)
+    with pytest.raises(ValueError, match="sigmod"):
+        layers.Dense(3, activation="sigmod")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        layers.LSTM(3, nonsense=True)
+    with pytest.raises(ValueError, match="merge_mode"):
+        layers.Bidirectional(layers.LSTM(2), merge_mode="max")
+    with pytest.raises(TypeError, match="Bidirectional wraps an LSTM"):
+        layers.Bidirectional(layers.Dense(2))
+
+
+def test_layer_input_errors():
+    lstm = layers.LSTM(3, input_shape=(4, 2))
+    with pytest.raises(ValueError, match="rank 3"):
+        lstm(np.ones((4, 2), np.float32))
+    lstm(np.ones((1, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="incompatible"):
+        lstm(np.ones((1, 4, 5), np.float32))
+    emb = layers.Embedding(5, 2)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        emb(np.array([[1, 5]]))
+    with pytest.raises(ValueError, match="integer"):
+        emb(np.array([[1.5]]))
+    with pytest.raises(RuntimeError, match="backward"):
+        layers.Dense(2).backward(np.ones((1, 2)))
+
+
+def test_weights_set_checks_shapes():
+    d = layers.Dense(2)
+    d(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"'kernel'.*\(3, 2\)"):
+        d.set_weights([np.ones((2, 2)), np.ones(2)])
+    with pytest.raises(ValueError, match="expects 2 weight arrays"):
+        d.set_weights([np.ones((3, 2))])
+    before = d.kernel
+    d.set_weights([np.full((3, 2), 7.0), np.zeros(2)])
+    assert d.kernel is before and np.all(d.kernel == 7.0)
+
+
+def test_config_round_trip():
+    for layer in (layers.LSTM(3, dropout=0.1, go_backwards=True, kernel_regularizer="l2"),
+                  layers.Dense(2, activation="softmax"), layers.Embedding(4, 2, mask_zero=True),
+                  layers.Bidirectional(layers.LSTM(2, return_sequences=True), merge_mode="sum"),
+                  layers.TimeDistributed(layers.Dense(3)), layers.Dropout(0.3),
+                  layers.Masking(-1.0)):
+        again = layers.deserialize(layers.serialize(layer))
+        assert type(again) is type(layer)
+        assert again.get_config() == layer.get_config()

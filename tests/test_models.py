@@ -1,0 +1,444 @@
+"""Sequential: compile/fit/evaluate/predict, training arithmetic, callbacks, saving, errors."""
+
+import io
+import json
+import os
+import zipfile
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import callbacks, layers, losses, models, optimizers, utils
+from fastlstm.layers import LSTM, Dense
+from fastlstm.models import Sequential, load_model
+
+
+def toy_data(n=96, T=6, F=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, T, F)).astype(np.float32)
+    y = (x[:, :, 0].sum(axis=1) > 0).astype(np.float32)
+    return x, y
+
+
+def small_model(dtype=None, **lstm_kwargs):
+    m = Sequential([LSTM(8, input_shape=(6, 3), **lstm_kwargs), Dense(1, activation="sigmoid")],
+                   dtype=dtype)
+    m.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+    return m
+
+
+def test_issue_snippet_runs_and_learns():
+    """The document's snippet, imports changed to fastlstm, on a learnable problem."""
+    utils.set_random_seed(0)
+    timesteps, features = 10, 2
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((600, timesteps, features)).astype(np.float32)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(np.float32)
+    X_train, y_train, X_test, y_test = X[:500], y[:500], X[500:], y[500:]
+    model = Sequential()
+    model.add(LSTM(128, input_shape=(timesteps, features)))
+    model.add(Dense(1, activation='sigmoid'))
+    model.compile(loss='binary_crossentropy', optimizer='adam', metrics=['accuracy'])
+    model.fit(X_train, y_train, epochs=10, batch_size=32, verbose=0)
+    loss, accuracy = model.evaluate(X_test, y_test, verbose=0)
+    assert accuracy > 0.9 and loss < 0.3     # chance is 0.5 / log(2) = 0.69
+
+
+def test_fit_step_equals_manual_sgd_step():
+    """One fit epoch of one batch = forward, loss gradient, layer backward, SGD update."""
+    x, y = toy_data(16)
+    m = small_model(dtype="float64")
+    m.compile(loss="mse", optimizer=optimizers.SGD(0.1))
+    w0 = m.get_weights()
+    # manual: same arithmetic through the layers' own API
+    y_pred = m._forward(x.astype(np.float64), training=True)
+    _, dy = losses.MeanSquaredError().value_and_gradient(y, y_pred)
+    m._backward(dy)
+    grads = [g for l in m.layers for g in l.grads]
+    m.set_weights(w0)
+    m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for w, g, new in zip(w0, grads, m.get_weights()):
+        np.testing.assert_allclose(new, w - 0.1 * g, rtol=1e-12, atol=1e-14)
+
+
+def test_history_evaluate_predict_shapes():
+    x, y = toy_data()
+    m = small_model()
+    h = m.fit(x, y, epochs=3, batch_size=20, validation_split=0.25, verbose=0)
+    assert isinstance(h, callbacks.History) and m.history is h
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in h.history.values())
+    assert h.epoch == [0, 1, 2]
+    out = m.predict(x, batch_size=7, verbose=0)
+    assert out.shape == (96, 1) and out.dtype == np.float32
+    assert np.all((out > 0) & (out < 1))
+    loss, acc = m.evaluate(x, y, verbose=0)
+    d = m.evaluate(x, y, verbose=0, return_dict=True)
+    assert d == {"loss": loss, "accuracy": acc}
+    # evaluate = the mean loss over samples (batches weighted by their size)
+    want = losses.BinaryCrossentropy()(y, out)
+    assert abs(loss - want) < 1e-5
+    m2 = Sequential([Dense(1, input_shape=(3,))])
+    m2.compile(loss="mse")
+    assert isinstance(m2.evaluate(np.ones((4, 3)), np.ones(4), verbose=0), float)
+
+
+def test_validation_data_and_split_are_the_last_samples():
+    x, y = toy_data(40)
+    m = small_model()
+    seen = []
+
+    class Spy(callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(batch)
+    h = m.fit(x, y, epochs=1, batch_size=10, validation_split=0.5, verbose=0, callbacks=[Spy()])
+    assert seen == [0, 1]                               # 20 training samples -> 2 batches
+    val_loss = m.evaluate(x[20:], y[20:], verbose=0)[0]
+    assert abs(h.history["val_loss"][0] - val_loss) < 1e-6
+    h2 = m.fit(x, y, epochs=1, verbose=0, validation_data=(x[:5], y[:5]))
+    assert "val_loss" in h2.history
+
+
+def test_sample_weight_and_class_weight():
+    x, y = toy_data(32)
+    m = small_model(dtype="float64")
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.5))
+    w0 = m.get_weights()
+    cw = {0: 0.0, 1: 3.0}
+    m.fit(x, y, batch_size=32, epochs=1, shuffle=False, class_weight=cw, verbose=0)
+    a = m.get_weights()
+    m.set_weights(w0)
+    sw = np.where(y == 1, 3.0, 0.0)
+    m.fit(x, y, batch_size=32, epochs=1, shuffle=False, sample_weight=sw, verbose=0)
+    for p, q in zip(a, m.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+    # zero weight on every sample: nothing to learn, the weights stay
+    m.set_weights(w0)
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.5))
+    m.fit(x, y, batch_size=32, epochs=1, sample_weight=np.zeros(32), verbose=0)
+    for p, q in zip(w0, m.get_weights()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_seeded_runs_are_reproducible():
+    x, y = toy_data()
+
+    def run():
+        utils.set_random_seed(123)
+        m = small_model(dropout=0.2)
+        m.add(layers.Dropout(0.1))
+        h = m.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        return m.get_weights(), h.history["loss"]
+
+    (w1, l1), (w2, l2) = run(), run()
+    assert l1 == l2
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_training_with_message():
+    x, y = toy_data(64)
+    x[5, 2, 1] = np.nan
+    m = small_model()
+    with pytest.warns(RuntimeWarning, match="became nan"):
+        h = m.fit(x, y, epochs=5, batch_size=8, shuffle=False, verbose=0)
+    assert len(h.history["loss"]) == 1
+
+
+def test_terminate_on_nan_callback_prints():
+    x, y = toy_data(32)
+    x[9, 0, 0] = np.inf          # batch 1 (of size 8) gets an infinite input -> NaN loss
+    m = small_model()
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.warns(RuntimeWarning, match="became nan"):
+        h = m.fit(x, y, epochs=3, batch_size=8, verbose=0, shuffle=False,
+                  callbacks=[callbacks.TerminateOnNaN()])
+    assert "Batch 1: Invalid loss, terminating training" in out.getvalue()
+    assert len(h.history["loss"]) == 1
+
+
+def test_early_stopping_and_reduce_lr_with_a_model():
+    x, y = toy_data()
+    m = small_model()
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.0))   # never improves
+    es = callbacks.EarlyStopping(monitor="loss", patience=2)
+    rl = callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=1.0)
+    h = m.fit(x, y, epochs=20, verbose=0, callbacks=[es, rl])
+    assert len(h.history["loss"]) == 3
+    assert "learning_rate" in h.history
+
+
+def test_verbose_output_formats(capsys):
+    x, y = toy_data(40)
+    m = small_model()
+    m.fit(x, y, epochs=2, batch_size=10, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out and "4/4" in out
+    assert "loss:" in out and "accuracy:" in out and "/step" in out
+    m.fit(x, y, epochs=2, batch_size=10, verbose=2)
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "4/4 - " in out and "━" not in out and "loss:" in out
+    m.fit(x, y, epochs=1, verbose=0)
+    m.predict(x, verbose=0)
+    m.evaluate(x, y, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_summary_matches_keras_counts(capsys):
+    m = Sequential([layers.Embedding(100, 16, input_shape=(20,)),
+                    layers.Bidirectional(LSTM(32, return_sequences=True)),
+                    LSTM(8), Dense(3, activation="softmax")])
+    m.summary()
+    out = capsys.readouterr().out
+    # Keras: Embedding 1600; Bidirectional 2 * 4 * 32 * (16 + 32 + 1) = 12544;
+    # LSTM 4 * 8 * (64 + 8 + 1) = 2336; Dense 8 * 3 + 3 = 27
+    for text in ("(Embedding)", "(None, 20, 16)", "1,600", "(None, 20, 64)",
+                 "12,544", "(None, 8)", "2,336", "(None, 3)", "27",
+                 "Total params: 16,507"):
+        assert text in out, text
+    assert m.count_params() == 16507
+
+
+def test_float64_model_runs_in_float64():
+    x, y = toy_data(16)
+    m = small_model(dtype="float64")
+    assert all(w.dtype == np.float64 for w in m.get_weights())
+    m.fit(x, y, epochs=1, verbose=0)
+    assert m.predict(x, verbose=0).dtype == np.float64
+
+
+def test_train_test_predict_on_batch():
+    x, y = toy_data(16)
+    m = small_model()
+    loss, acc = m.train_on_batch(x, y)
+    assert np.isfinite(loss) and 0 <= acc <= 1
+    assert m.optimizer.iterations == 1
+    t = m.test_on_batch(x, y, return_dict=True)
+    assert set(t) == {"loss", "accuracy"}
+    np.testing.assert_array_equal(m.predict_on_batch(x), m.predict(x, verbose=0))
+
+
+def test_regularization_is_in_the_loss():
+    x, y = toy_data(16)
+    m = Sequential([LSTM(4, input_shape=(6, 3), kernel_regularizer=fastlstm.regularizers.L2(0.1)),
+                    Dense(1)])
+    m.compile(loss="mse", optimizer="sgd")
+    base = losses.MeanSquaredError()(y, m.predict(x, verbose=0))
+    reg = 0.1 * float(np.sum(m.layers[0].kernel.astype(np.float64) ** 2))
+    assert abs(m.evaluate(x, y, verbose=0) - (base + reg)) < 1e-5 * (base + reg)
+
+
+def test_masked_sequence_loss_ignores_padding():
+    """A return_sequences model's masked steps do not count in the loss (Keras's rule:
+    the mean over unmasked steps)."""
+    rng = np.random.default_rng(3)
+    m = Sequential([layers.Embedding(5, 3, mask_zero=True, input_shape=(4,)),
+                    LSTM(2, return_sequences=True), layers.TimeDistributed(Dense(1))])
+    m.compile(loss="mse")
+    x = np.array([[1, 2, 0, 0], [3, 4, 1, 0]])
+    y = rng.standard_normal((2, 4, 1)).astype(np.float32)
+    pred = m.predict(x, verbose=0)
+    mask = x != 0
+    want = float(np.mean(((pred - y)[..., 0] ** 2)[mask]))
+    got = m.evaluate(x, y, verbose=0)
+    assert abs(got - want) < 1e-6
+    y2 = y.copy()
+    y2[~mask] = 1e6      # targets at padded steps must not matter
+    assert abs(m.evaluate(x, y2, verbose=0) - got) < 1e-6
+
+
+# --------------------------------------------------------------------------- saving
+
+def test_save_load_round_trip_with_optimizer_state(tmp_path):
+    x, y = toy_data()
+    m = Sequential([layers.Masking(input_shape=(6, 3)), LSTM(5, return_sequences=True,
+                                                               dropout=0.1),
+                    layers.Bidirectional(LSTM(3), merge_mode="ave"), Dense(2),
+                    layers.Activation("softmax")])
+    m.compile(loss="sparse_categorical_crossentropy", optimizer=optimizers.Adam(0.01,
+                                                                               clipnorm=1.0),
+              metrics=["accuracy"])
+    yi = y.astype(np.int64)
+    m.fit(x, yi, epochs=2, verbose=0)
+    path = tmp_path / "model.keras"
+    m.save(path)
+    m2 = load_model(path)
+    np.testing.assert_array_equal(m.predict(x, verbose=0), m2.predict(x, verbose=0))
+    assert m2.optimizer.get_config() == m.optimizer.get_config()
+    assert m2.optimizer.iterations == m.optimizer.iterations
+    assert m2.metrics_names == m.metrics_names
+    # training continues identically from the restored state
+    utils.set_random_seed(7)
+    m.fit(x, yi, epochs=1, verbose=0)
+    utils.set_random_seed(7)
+    m2.fit(x, yi, epochs=1, verbose=0)
+    for a, b in zip(m.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_is_plain_data(tmp_path):
+    m = small_model()
+    path = tmp_path / "m.any_name"
+    m.save(path)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        index = json.loads(zf.read("fastlstm.json"))
+        for n in names:
+            if n.endswith(".npy"):
+                arr = np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
+                assert arr.dtype.kind == "f"
+    assert index["format"] == "fastlstm.model"
+    assert index["model_config"]["config"]["layers"][0]["class_name"] == "LSTM"
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    m = small_model()
+    path = tmp_path / "m.keras"
+    m.save(path)
+    before = path.read_bytes()
+    from fastlstm import saving
+
+    def boom(array):
+        raise OSError("disk full (simulated)")
+    monkeypatch.setattr(saving, "_npy_bytes", boom)
+    with pytest.raises(OSError, match="simulated"):
+        m.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.keras"]     # no temporary file left behind
+
+
+def test_load_rejects_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "x.keras"
+    bad.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="not a fastlstm model file"):
+        load_model(bad)
+    foreign = tmp_path / "k.keras"
+    with zipfile.ZipFile(foreign, "w") as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", b"\x89HDF")
+    with pytest.raises(ValueError, match="Keras"):
+        load_model(foreign)
+    m = small_model()
+    good = tmp_path / "good.keras"
+    m.save(good)
+    # truncate the archive: corrupt
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.keras"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        load_model(trunc)
+    # a pickled array inside is refused, not executed
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for n in src.namelist():
+            data = src.read(n)
+            if n == "weights/00000.npy":
+                buf = io.BytesIO()
+                np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+                data = buf.getvalue()
+            dst.writestr(n, data)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(evil)
+    # an unknown layer class in the JSON is refused
+    odd = tmp_path / "odd.keras"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(odd, "w") as dst:
+        for n in src.namelist():
+            data = src.read(n)
+            if n == "fastlstm.json":
+                idx = json.loads(data)
+                idx["model_config"]["config"]["layers"][0]["class_name"] = "os.system"
+                data = json.dumps(idx)
+            dst.writestr(n, data)
+    with pytest.raises(ValueError, match="Unknown layer class"):
+        load_model(odd)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.keras")
+
+
+def test_save_and_load_weights(tmp_path):
+    m = small_model()
+    p = tmp_path / "w.weights"
+    m.save_weights(p)
+    m2 = small_model()
+    m2.load_weights(p)
+    for a, b in zip(m.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    other = Sequential([LSTM(3, input_shape=(6, 3)), Dense(1)])
+    with pytest.raises(ValueError, match="do not fit"):
+        other.load_weights(p)
+    with pytest.raises(ValueError, match="only weights"):
+        load_model(p)
+
+
+def test_model_checkpoint_saves_loadable_models(tmp_path):
+    x, y = toy_data(32)
+    m = small_model()
+    pattern = str(tmp_path / "ckpt-{epoch:02d}.keras")
+    m.fit(x, y, epochs=2, verbose=0, callbacks=[callbacks.ModelCheckpoint(pattern,
+                                                                          monitor="loss")])
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-01.keras", "ckpt-02.keras"]
+    again = load_model(tmp_path / "ckpt-02.keras")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), m.predict(x, verbose=0))
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_fit_before_compile():
+    x, y = toy_data(8)
+    m = Sequential([LSTM(2, input_shape=(6, 3)), Dense(1)])
+    with pytest.raises(RuntimeError, match="compile"):
+        m.fit(x, y)
+    with pytest.raises(RuntimeError, match="compile"):
+        m.evaluate(x, y)
+
+
+def test_shape_errors_say_what_was_expected():
+    x, y = toy_data(8)
+    m = small_model()
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(None, 6, 3\)"):
+        m.fit(x[:, :, :2], y, verbose=0)
+    with pytest.raises(ValueError, match="expected 8 targets"):
+        m.fit(x, y[:5], verbose=0)
+    with pytest.raises(ValueError, match=r"does not match the model's output \(None, 1\)"):
+        m.fit(x, np.ones((8, 3)), verbose=0)
+    mc = Sequential([LSTM(2, input_shape=(6, 3)), Dense(4, activation="softmax")])
+    mc.compile(loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="sparse_categorical_crossentropy"):
+        mc.fit(x, np.zeros(8, int), verbose=0)
+    mc.compile(loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        mc.fit(x, np.full(8, 4), verbose=0)
+    with pytest.raises(TypeError, match="numeric"):
+        m.predict(np.array([["a"] * 3] * 6).reshape(1, 6, 3))
+
+
+def test_unknown_strings_and_bad_arguments():
+    m = Sequential([Dense(1, input_shape=(2,))])
+    with pytest.raises(ValueError, match="optimizer"):
+        m.compile(optimizer="adamm", loss="mse")
+    with pytest.raises(ValueError, match="Unknown loss"):
+        m.compile(optimizer="adam", loss="mean_sq")
+    with pytest.raises(ValueError, match="Unknown metric"):
+        m.compile(optimizer="adam", loss="mse", metrics=["acuracy"])
+    m.compile(loss="mse")
+    x = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="batch_size"):
+        m.fit(x, np.ones(4), batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="validation_split"):
+        m.fit(x, np.ones(4), validation_split=1.5, verbose=0)
+    with pytest.raises(ValueError, match="verbose"):
+        m.fit(x, np.ones(4), verbose=3)
+    with pytest.raises(ValueError, match="return_state"):
+        Sequential([LSTM(2, return_state=True)])
+    with pytest.raises(TypeError, match="fastlstm layer"):
+        Sequential([lambda x: x])
+    with pytest.raises(ValueError, match="already has a layer named"):
+        Sequential([Dense(1, name="a"), Dense(1, name="a")])
+
+
+def test_binary_accuracy_follows_from_logits():
+    m = Sequential([Dense(1, input_shape=(2,))])
+    m.compile(loss=losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
+    assert m.compiled_metrics[0].threshold == 0.0
