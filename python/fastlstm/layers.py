@@ -841,8 +841,9 @@ class LSTM(Layer):
     def compute_mask(self, inputs, mask=None):
         if mask is None or not self.return_sequences:
             return None
-        mask = np.asarray(mask, dtype=bool)
-        return mask[:, ::-1] if self.go_backwards else mask
+        # Keras passes the input mask on unchanged, also with go_backwards (whose outputs
+        # are in reversed time order); fastlstm does the same so models behave alike.
+        return np.asarray(mask, dtype=bool)
 
     def reset_states(self, states=None):
         """Forget (or set, with ``[h, c]``) the carried state of a stateful layer."""

@@ -1,0 +1,103 @@
+"""Against Keras itself (optional: runs only where keras and torch are installed; the
+`test` extra installs neither, so CI skips this file).
+
+The same weights go into a Keras 3 model (torch backend) and a fastlstm model; outputs,
+the loss and the weights after one SGD step must agree to float32 rounding (1e-5
+relative: both compute in float32, with sums in a different order).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("torch")
+if keras.backend.backend() != "torch":
+    pytest.skip("these comparisons are written for Keras's torch backend "
+                "(KERAS_BACKEND=torch)", allow_module_level=True)
+
+from fastlstm import layers as fl, models as fm, optimizers as fo  # noqa: E402
+
+TOL = 1e-5
+# Keras 3.15's Variable.__array__ triggers NumPy 2's copy-keyword DeprecationWarning.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def build_pair(padding, go_backwards, return_sequences, bidirectional, T=7, I=3, H=5):
+    kl = keras.layers.LSTM(H, return_sequences=return_sequences, go_backwards=go_backwards)
+    ours = fl.LSTM(H, return_sequences=return_sequences, go_backwards=go_backwards)
+    if bidirectional:
+        kl, ours = keras.layers.Bidirectional(kl), fl.Bidirectional(ours)
+    inp = keras.Input((T, I))
+    h = keras.layers.Masking(0.0)(inp) if padding else inp
+    h = kl(h)
+    if return_sequences:
+        h = keras.layers.TimeDistributed(keras.layers.Dense(1))(h)
+    else:
+        h = keras.layers.Dense(1)(h)
+    km = keras.Model(inp, h)
+    first = fl.Masking(0.0, input_shape=(T, I)) if padding else fl.Input((T, I))
+    head = fl.TimeDistributed(fl.Dense(1)) if return_sequences else fl.Dense(1)
+    ours_m = fm.Sequential([first, ours, head])
+    return km, ours_m
+
+
+CASES = [(p, gb, rs, bi) for p in (None, "post", "pre") for gb in (False, True)
+         for rs in (False, True) for bi in (False, True) if not (gb and bi)]
+
+
+@pytest.mark.parametrize("padding,go_backwards,return_sequences,bidirectional", CASES)
+def test_outputs_loss_and_one_sgd_step_match_keras(padding, go_backwards, return_sequences,
+                                                   bidirectional):
+    rng = np.random.default_rng(0)
+    B, T, I = 4, 7, 3
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    for b, L in enumerate([7, 4, 1, 2]):
+        if padding == "post":
+            x[b, L:] = 0
+        elif padding == "pre":
+            x[b, :T - L] = 0
+    y = rng.standard_normal((B, T, 1) if return_sequences else (B, 1)).astype(np.float32)
+    km, om = build_pair(padding, go_backwards, return_sequences, bidirectional)
+    w = [rng.standard_normal(a.shape).astype(np.float32) * 0.5 for a in km.get_weights()]
+    km.set_weights(w)
+    om.set_weights(w)
+    assert rel(om.predict(x, verbose=0), km.predict(x, verbose=0)) <= TOL
+
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    om.compile(optimizer=fo.SGD(0.1), loss="mse")
+    k_loss = float(km.train_on_batch(x, y))
+    o_loss = float(om.train_on_batch(x, y))
+    assert abs(o_loss - k_loss) <= TOL * abs(k_loss)
+    for a, b in zip(om.get_weights(), km.get_weights()):
+        assert rel(a, b) <= TOL
+
+
+def test_embedding_mask_zero_sparse_softmax_adam():
+    rng = np.random.default_rng(1)
+    x = np.array([[3, 1, 4, 0, 0], [5, 2, 6, 5, 3], [2, 0, 0, 0, 0]])
+    y = np.array([1, 0, 2])
+    km = keras.Sequential([keras.Input((5,)), keras.layers.Embedding(7, 4, mask_zero=True),
+                           keras.layers.LSTM(6), keras.layers.Dense(3, activation="softmax")])
+    om = fm.Sequential([fl.Embedding(7, 4, mask_zero=True, input_shape=(5,)), fl.LSTM(6),
+                        fl.Dense(3, activation="softmax")])
+    w = [rng.standard_normal(a.shape).astype(np.float32) * 0.5 for a in km.get_weights()]
+    km.set_weights(w)
+    om.set_weights(w)
+    km.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+               metrics=["accuracy"])
+    om.compile(optimizer=fo.Adam(0.01), loss="sparse_categorical_crossentropy",
+               metrics=["accuracy"])
+    for _ in range(3):
+        kl = km.train_on_batch(x, y)
+        ol = om.train_on_batch(x, y)
+        assert abs(ol[0] - kl[0]) <= TOL * abs(kl[0])
+    for a, b in zip(om.get_weights(), km.get_weights()):
+        assert rel(a, b) <= 1e-4     # three Adam steps: rounding differences grow a little
+    assert os.environ.get("KERAS_BACKEND", "torch") == "torch"
