@@ -1,0 +1,447 @@
+"""PyTorch front end: ``fastlstm.torch.LSTM``, a drop-in replacement for ``torch.nn.LSTM``.
+
+    import fastlstm.torch
+    lstm = fastlstm.torch.LSTM(input_size, hidden_size, num_layers=2, bidirectional=True)
+    lstm.load_state_dict(torch_lstm.state_dict())        # and back: same names and shapes
+    output, (h_n, c_n) = lstm(x, (h_0, c_0))              # x (T, B, I), a PackedSequence, ...
+
+The module has torch.nn.LSTM's constructor, parameters (names, shapes, registration order,
+initialisation U(-1/sqrt(H), 1/sqrt(H))), forward signature and results: time-major or
+batch_first input, unbatched 2-D input, PackedSequence in and out, optional (h_0, c_0),
+bidirectional and multi-layer with dropout between layers in training mode. Each layer and
+direction runs fastlstm's fused CPU kernels (fastlstm.ops.lstm_forward / lstm_backward)
+inside a torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight.
+
+Not supported: proj_size > 0 (NotImplementedError at construction), tensors on a device
+other than the CPU (RuntimeError at forward; fastlstm has no CUDA backend yet), dtypes
+other than float32 and float64, double backward (create_graph=True through the LSTM),
+torch.func transforms (vmap, jacrev) and TorchScript.
+
+Needs PyTorch: pip install "fastlstm[torch]". Nothing else in fastlstm imports torch.
+"""
+
+import math
+import numbers
+import operator
+import warnings
+
+try:
+    # An absolute import (Python 3): this is PyTorch itself, not this module.
+    import torch
+except ModuleNotFoundError as exc:
+    if exc.name != "torch":
+        raise
+    raise ImportError('fastlstm.torch needs PyTorch, which is not installed: '
+                      'pip install "fastlstm[torch]"') from exc
+
+import numpy as np
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops
+
+__all__ = ["LSTM"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _numpy(t):
+    """A NumPy view of a CPU tensor (a copy only when t is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def _weights_to_numpy(weight_ih, weight_hh, bias_ih, bias_hh):
+    """torch layout -> fastlstm layout: kernel = W_ih^T, recurrent = W_hh^T, bias = b_ih + b_hh."""
+    kernel = weight_ih.detach().t().contiguous().numpy()
+    recurrent_kernel = weight_hh.detach().t().contiguous().numpy()
+    bias = None
+    if bias_ih is not None:
+        bias = (bias_ih.detach() + bias_hh.detach()).numpy()
+    return kernel, recurrent_kernel, bias
+
+
+class _LSTMDirection(torch.autograd.Function):
+    """One layer, one direction: (x, h0, c0, weights) -> (y, h_n, c_n) on fastlstm's kernels.
+
+    x (T, B, I) time-major; h0, c0 (B, H) or None (zeros); weights in torch's layout;
+    bias_ih, bias_hh both None or both (4H,); lengths an int64 ndarray (B,) or None;
+    reverse runs each sequence from its last valid step down.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse):
+        kernel, recurrent_kernel, bias = _weights_to_numpy(weight_ih, weight_hh, bias_ih, bias_hh)
+        y, h_n, c_n, saved = ops.lstm_forward(
+            _numpy(x), kernel, recurrent_kernel, bias,
+            None if h0 is None else _numpy(h0), None if c0 is None else _numpy(c0),
+            lengths=lengths, reverse=reverse, training=True)
+        # The kernels' saved state holds NumPy views of x, h0 and c0. Saving the tensors too
+        # lets autograd's version counters catch an in-place change before backward.
+        ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+        ctx.lstm_saved = saved
+        ctx.has_h0 = h0 is not None
+        ctx.has_c0 = c0 is not None
+        ctx.set_materialize_grads(False)
+        return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        inputs = ctx.saved_tensors  # raises if an input was modified in place since forward
+        grads = ops.lstm_backward(
+            ctx.lstm_saved,
+            None if dy is None else _numpy(dy),
+            None if dh_n is None else _numpy(dh_n),
+            None if dc_n is None else _numpy(dc_n))
+        dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = grads
+        need = ctx.needs_input_grad
+        # With create_graph=True, tie each gradient to a node that refuses to be
+        # differentiated, so double backward fails loudly instead of yielding zeros.
+        anchor = None
+        if torch.is_grad_enabled():
+            anchor = next((t for t in inputs if t is not None and t.requires_grad), None)
+
+        def wrap(arr, needed, transpose=False):
+            if not needed or arr is None:
+                return None
+            t = torch.from_numpy(arr)
+            t = t.t().contiguous() if transpose else t
+            return t if anchor is None else _NoDoubleBackward.apply(anchor, t)
+
+        return (wrap(dx, need[0]),
+                wrap(dh0, need[1] and ctx.has_h0),
+                wrap(dc0, need[2] and ctx.has_c0),
+                wrap(dkernel, need[3], transpose=True),
+                wrap(drecurrent_kernel, need[4], transpose=True),
+                wrap(dbias, need[5]),
+                # bias_ih and bias_hh both get dbias; separate tensors, since autograd may
+                # adopt a returned gradient as a parameter's .grad and then add into it.
+                wrap(None if dbias is None else dbias.copy(), need[6]),
+                None, None)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on `grad` whose backward raises: marks a first-order-only gradient."""
+
+    @staticmethod
+    def forward(ctx, anchor, grad):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError("fastlstm.torch.LSTM does not support double backward: its gradient "
+                           "(computed with create_graph=True) cannot be differentiated again. "
+                           "Use torch.nn.LSTM for higher-order gradients.")
+
+
+def _run_direction(x, h0, c0, weights, lengths, reverse):
+    """Run one layer/direction, through autograd only when a gradient is needed."""
+    tensors = (x, h0, c0) + tuple(weights)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse)
+    kernel, recurrent_kernel, bias = _weights_to_numpy(*weights)
+    y, h_n, c_n, _ = ops.lstm_forward(
+        _numpy(x), kernel, recurrent_kernel, bias,
+        None if h0 is None else _numpy(h0), None if c0 is None else _numpy(c0),
+        lengths=lengths, reverse=reverse, training=False)
+    return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+
+# --------------------------------------------------------------------------- packed sequences
+
+def _packed_layout(batch_sizes, sorted_indices, n_rows):
+    """Index tensors mapping packed rows <-> (time, original batch) and the lengths.
+
+    Row r of packed data is step t_idx[r] of the sequence at original batch position
+    b_idx[r]. lengths (B,) int64 ndarray, in the original batch order.
+    """
+    if batch_sizes.dim() != 1 or batch_sizes.numel() == 0:
+        raise ValueError("PackedSequence: batch_sizes must be a non-empty 1-D tensor, got shape "
+                         f"{tuple(batch_sizes.shape)}")
+    bs = batch_sizes.detach().cpu().numpy().astype(np.int64)
+    T, B = bs.shape[0], int(bs[0])
+    if (bs < 1).any() or (np.diff(bs) > 0).any():
+        raise ValueError("PackedSequence: batch_sizes must be positive and non-increasing, "
+                         f"got {bs.tolist()}")
+    if int(bs.sum()) != n_rows:
+        raise ValueError(f"PackedSequence: data has {n_rows} rows but batch_sizes sum to "
+                         f"{int(bs.sum())}")
+    t_idx = np.repeat(np.arange(T, dtype=np.int64), bs)
+    starts = np.cumsum(bs) - bs
+    j_idx = np.arange(n_rows, dtype=np.int64) - starts[t_idx]   # position in sorted batch
+    # the sequence at sorted position j lasts while batch_sizes[t] > j (non-increasing)
+    lengths_sorted = np.searchsorted(-bs, -np.arange(B), side="left").astype(np.int64)
+    if sorted_indices is None:
+        order = np.arange(B, dtype=np.int64)
+    else:
+        order = sorted_indices.detach().cpu().numpy().astype(np.int64)
+        if order.shape != (B,) or not np.array_equal(np.sort(order), np.arange(B)):
+            raise ValueError("PackedSequence: sorted_indices must be a permutation of "
+                             f"range({B}), got {order.tolist()}")
+    lengths = np.empty(B, dtype=np.int64)
+    lengths[order] = lengths_sorted
+    b_idx = order[j_idx]
+    return T, B, torch.from_numpy(t_idx), torch.from_numpy(b_idx), lengths
+
+
+# --------------------------------------------------------------------------- the module
+
+def _check_int(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} should be of type int, got: bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return value
+
+
+def _check_bool(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} should be a bool, got {value!r}")
+
+
+class LSTM(torch.nn.Module):
+    r"""Multi-layer LSTM on fastlstm's fused CPU kernels, with torch.nn.LSTM's interface.
+
+    Args (as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0 (only 0 is
+    supported), device=None, dtype=None.
+
+    Parameters ``weight_ih_l{k}{suffix}`` (4H, I or D*H), ``weight_hh_l{k}{suffix}`` (4H, H),
+    ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}`` (4H,), suffix '' or '_reverse', gates
+    i, f, g, o; state dicts load both ways with torch.nn.LSTM.
+
+    forward(input, hx=None) -> output, (h_n, c_n), exactly as torch.nn.LSTM: input (T, B, I),
+    (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence (then output is one,
+    and h_n, c_n are in the original batch order); hx = (h_0, c_0), each (D*num_layers, B, H)
+    or (D*num_layers, H) for unbatched input. CPU float32/float64 only.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        input_size = _check_int(input_size, "input_size", 1)
+        hidden_size = _check_int(hidden_size, "hidden_size", 1)
+        num_layers = _check_int(num_layers, "num_layers", 1)
+        proj_size = _check_int(proj_size, "proj_size", None)
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable "
+                             f"projections, got {proj_size}")
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, (bool, np.bool_))
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             f"probability of an element being zeroed, got {dropout!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got "
+                             f"proj_size={proj_size} and hidden_size={hidden_size}")
+        if proj_size > 0:
+            raise NotImplementedError(
+                f"fastlstm.torch.LSTM does not support proj_size > 0 (got proj_size={proj_size}): "
+                "fastlstm's fused kernels have no output projection (weight_hr_l{k}). "
+                "Use torch.nn.LSTM for LSTMs with projections.")
+        if dtype is not None and dtype not in _DTYPES:
+            raise TypeError(f"fastlstm.torch.LSTM supports dtype torch.float32 or torch.float64, "
+                            f"got {dtype}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", UserWarning,
+                          stacklevel=2)
+
+        self.mode = "LSTM"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = _check_bool(bias, "bias")
+        self.batch_first = _check_bool(batch_first, "batch_first")
+        self.dropout = float(dropout)
+        self.bidirectional = _check_bool(bidirectional, "bidirectional")
+        self.proj_size = 0
+
+        factory = {"device": device, "dtype": dtype}
+        H = hidden_size
+        D = 2 if self.bidirectional else 1
+        self._names = []        # per (layer, direction): the parameter names, in torch's order
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else D * H
+            for direction in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = [("weight_ih", (4 * H, layer_input)), ("weight_hh", (4 * H, H))]
+                if self.bias:
+                    shapes += [("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))]
+                names = []
+                for stem, shape in shapes:
+                    self.register_parameter(stem + suffix,
+                                            torch.nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(stem + suffix)
+                self._names.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as torch.nn.LSTM."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def flatten_parameters(self):
+        """No-op, for code written for torch.nn.LSTM (cuDNN weight flattening)."""
+
+    @property
+    def all_weights(self):
+        """[[weight_ih, weight_hh, bias_ih, bias_hh] per layer and direction], as torch.nn.LSTM."""
+        return [[getattr(self, name) for name in names] for names in self._names]
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    # ----------------------------------------------------------------------- checks
+
+    def _check_tensor(self, t, name, dtype):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise RuntimeError(
+                f"fastlstm.torch.LSTM runs on the CPU only (fastlstm has no CUDA backend yet), "
+                f"but {name} is on {t.device}; move the module and its inputs to the CPU")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+        if t.dtype != dtype:
+            raise ValueError(f"{name} dtype ({t.dtype}) does not match the weight dtype ({dtype}). "
+                             f"Convert the tensor: .to({dtype}), or the model: model.to({t.dtype})")
+
+    def _weight_dtype(self):
+        params = list(self.parameters())
+        for name, p in self.named_parameters():
+            if p.device.type != "cpu":
+                raise RuntimeError(
+                    f"fastlstm.torch.LSTM runs on the CPU only (fastlstm has no CUDA backend "
+                    f"yet), but parameter {name} is on {p.device}; move the module to the CPU "
+                    f"with .cpu()")
+        dtype = params[0].dtype
+        if dtype not in _DTYPES:
+            raise TypeError(f"fastlstm.torch.LSTM supports float32 and float64 weights, got "
+                            f"{dtype}; convert the model with .float() or .double()")
+        for name, p in self.named_parameters():
+            if p.dtype != dtype:
+                raise TypeError(f"parameter {name} has dtype {p.dtype}, but the other weights "
+                                f"have {dtype}; all parameters must share one dtype")
+        return dtype
+
+    def _check_hx(self, hx, batched, B, dtype):
+        D = 2 if self.bidirectional else 1
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got "
+                            + (f"a sequence of length {len(hx)}" if isinstance(hx, (tuple, list))
+                               else type(hx).__name__))
+        h0, c0 = hx
+        self._check_tensor(h0, "hx[0] (h_0)", dtype)
+        self._check_tensor(c0, "hx[1] (c_0)", dtype)
+        want_dim = 3 if batched else 2
+        if h0.dim() != want_dim or c0.dim() != want_dim:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want_dim}-D but got "
+                               f"({h0.dim()}-D, {c0.dim()}-D) tensors")
+        expected = (D * self.num_layers, B, self.hidden_size) if batched else \
+            (D * self.num_layers, self.hidden_size)
+        for i, t in enumerate((h0, c0)):
+            if tuple(t.shape) != expected:
+                raise RuntimeError(f"Expected hidden[{i}] size {expected}, got {list(t.shape)}")
+        return h0, c0
+
+    # ----------------------------------------------------------------------- forward
+
+    def forward(self, input, hx=None):
+        """output, (h_n, c_n) = lstm(input, hx=None); see the class docstring."""
+        dtype = self._weight_dtype()
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data = input.data
+            self._check_tensor(data, "input (PackedSequence.data)", dtype)
+            if data.dim() != 2:
+                raise ValueError(f"PackedSequence.data: expected 2-D (rows, input_size), got "
+                                 f"{data.dim()}-D")
+            if data.shape[-1] != self.input_size:
+                raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                                   f"{self.input_size}, got {data.shape[-1]}")
+            T, B, t_idx, b_idx, lengths = _packed_layout(input.batch_sizes, input.sorted_indices,
+                                                         data.shape[0])
+            x = data.new_zeros((T, B, self.input_size)).index_put((t_idx, b_idx), data)
+            batched = True
+        else:
+            self._check_tensor(input, "input", dtype)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            if input.shape[-1] != self.input_size:
+                raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                                   f"{self.input_size}, got {input.shape[-1]}")
+            batched = input.dim() == 3
+            if not batched:
+                x = input.unsqueeze(1)
+            elif self.batch_first:
+                x = input.transpose(0, 1)
+            else:
+                x = input
+            if x.shape[0] == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            T, B = x.shape[0], x.shape[1]
+            lengths = None
+
+        if hx is None:
+            h0_all = c0_all = None
+        else:
+            h0_all, c0_all = self._check_hx(hx, batched, B, dtype)
+            if not batched:
+                h0_all, c0_all = h0_all.unsqueeze(1), c0_all.unsqueeze(1)
+
+        D = 2 if self.bidirectional else 1
+        h_list, c_list = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                weights = [getattr(self, name) for name in self._names[k]]
+                if not self.bias:
+                    weights += [None, None]
+                y, h_n, c_n = _run_direction(
+                    layer_input,
+                    None if h0_all is None else h0_all[k],
+                    None if c0_all is None else c0_all[k],
+                    weights, lengths, direction == 1)
+                outputs.append(y)
+                h_list.append(h_n)
+                c_list.append(c_n)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = torch.nn.functional.dropout(layer_input, p=self.dropout,
+                                                          training=True)
+        output = layer_input
+        h_n = torch.stack(h_list)
+        c_n = torch.stack(c_list)
+
+        if packed:
+            output = PackedSequence(output[t_idx, b_idx], input.batch_sizes,
+                                    input.sorted_indices, input.unsorted_indices)
+        elif not batched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
