@@ -442,3 +442,22 @@ def test_binary_accuracy_follows_from_logits():
     m = Sequential([Dense(1, input_shape=(2,))])
     m.compile(loss=losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
     assert m.compiled_metrics[0].threshold == 0.0
+
+
+def test_variable_length_time_axis_and_integer_input():
+    """Input((None,), dtype='int32') + return_sequences: targets are checked against the
+    output shape of the actual inputs (the time axis is None in the model)."""
+    rng = np.random.default_rng(0)
+    m = Sequential([layers.Input((None,), dtype="int32"), layers.Embedding(10, 4),
+                    LSTM(8, return_sequences=True), Dense(10)])
+    m.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy(from_logits=True))
+    h = m.fit(rng.integers(0, 10, (4, 5)), rng.integers(0, 10, (4, 5)), verbose=0)
+    assert np.isfinite(h.history["loss"][0])
+    assert m.predict(rng.integers(0, 10, (2, 9)), verbose=0).shape == (2, 9, 10)
+    with pytest.raises(ValueError, match="integer class labels"):
+        m.fit(rng.integers(0, 10, (4, 5)), rng.integers(0, 10, (4, 6)), verbose=0)
+    m2 = Sequential([layers.Input((None, 3)), LSTM(8, return_sequences=True), Dense(2)])
+    m2.compile(loss="mse")
+    m2.fit(np.ones((4, 5, 3)), np.ones((4, 5, 2)), verbose=0)
+    with pytest.raises(ValueError, match="does not match"):
+        m2.fit(np.ones((4, 5, 3)), np.ones((4, 4, 2)), verbose=0)

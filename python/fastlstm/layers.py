@@ -373,6 +373,16 @@ class InputLayer(Layer):
         else:
             kwargs["input_shape"] = shape
             kwargs["batch_size"] = batch_size
+        # An integer dtype (token ids for an Embedding) describes the input only; the
+        # model's compute dtype is set by the model.
+        self.input_dtype = None
+        if dtype is not None:
+            try:
+                dt = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"dtype: expected a NumPy dtype, got {dtype!r}") from None
+            if dt.kind in "iu":
+                self.input_dtype, dtype = dt, None
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.supports_masking = True
 
@@ -387,6 +397,8 @@ class InputLayer(Layer):
         config = super().get_config()
         config["batch_shape"] = config.pop("batch_input_shape")
         config.pop("trainable")
+        if self.input_dtype is not None:
+            config["dtype"] = str(self.input_dtype)
         return config
 
 

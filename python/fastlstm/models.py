@@ -318,7 +318,14 @@ class Sequential:
 
     # ------------------------------------------------------------------ data checks
 
-    def _prepare_y(self, y, n, what="y"):
+    def _output_shape_for(self, x_shape):
+        """The model's output shape for inputs of x_shape (batch axis None)."""
+        shape = (None,) + tuple(x_shape[1:])
+        for layer in self.layers:
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+    def _prepare_y(self, y, n, what="y", x_shape=None):
         if y is None:
             raise ValueError(f"{what}: targets are required (got None)")
         try:
@@ -330,11 +337,16 @@ class Sequential:
         if y.ndim == 0 or y.shape[0] != n:
             raise ValueError(f"{what}: expected {n} targets (one per input sample), got shape "
                              f"{_fmt(y.shape)}")
-        out = self.output_shape[1:]
+        full = self._output_shape_for(x_shape) if x_shape is not None else self.output_shape
+        out = tuple(full[1:])
         loss = self.loss
         lname = type(loss).__name__
+
+        def fits(got, want):     # None in the model's shape matches any size
+            return len(got) == len(want) and all(w is None or g == w
+                                                 for g, w in zip(got, want))
         if isinstance(loss, losses_module.SparseCategoricalCrossentropy):
-            ok = y.shape[1:] == out[:-1] or y.shape[1:] == tuple(out[:-1]) + (1,)
+            ok = fits(y.shape[1:], out[:-1]) or fits(y.shape[1:], tuple(out[:-1]) + (1,))
             if not ok:
                 raise ValueError(f"{what}: {lname} expects integer class labels of shape "
                                  f"{_fmt((None,) + tuple(out[:-1]))} for the model's output "
@@ -347,13 +359,13 @@ class Sequential:
                                  f"model's {out[-1]} outputs, got min {y.min()} and max "
                                  f"{y.max()}")
             return y
-        ok = (y.shape[1:] == out or (len(y.shape) == len(out) + 2 and y.shape[-1] == 1
-                                     and y.shape[1:-1] == out)
-              or (len(y.shape) == len(out) and out[-1] == 1 and y.shape[1:] == out[:-1]))
+        ok = (fits(y.shape[1:], out) or (len(y.shape) == len(out) + 2 and y.shape[-1] == 1
+                                         and fits(y.shape[1:-1], out))
+              or (len(y.shape) == len(out) and out[-1] == 1 and fits(y.shape[1:], out[:-1])))
         if not ok:
             hint = ""
             if isinstance(loss, losses_module.CategoricalCrossentropy) and \
-                    y.shape[1:] == out[:-1]:
+                    fits(y.shape[1:], out[:-1]):
                 hint = (" (integer labels need loss='sparse_categorical_crossentropy', or "
                         "one-hot targets from fastlstm.utils.to_categorical)")
             raise ValueError(f"{what}: shape {_fmt(y.shape)} does not match the model's "
@@ -464,7 +476,7 @@ class Sequential:
         self._require_compiled("fit")
         x = self._prepare_x(x)
         n = x.shape[0]
-        y = self._prepare_y(y, n)
+        y = self._prepare_y(y, n, x_shape=x.shape)
         batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
         epochs = _int_arg(epochs, "epochs", 0)
         initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0)
@@ -486,7 +498,8 @@ class Sequential:
                 raise ValueError("validation_data: expected a tuple (x_val, y_val) or "
                                  "(x_val, y_val, sample_weight_val)")
             xv = self._prepare_x(validation_data[0], "validation_data x")
-            yv = self._prepare_y(validation_data[1], xv.shape[0], "validation_data y")
+            yv = self._prepare_y(validation_data[1], xv.shape[0], "validation_data y",
+                                 x_shape=xv.shape)
             swv = self._prepare_sample_weight(validation_data[2], xv.shape[0],
                                               "validation_data sample_weight") \
                 if len(validation_data) == 3 else None
@@ -591,7 +604,7 @@ class Sequential:
         """The loss (and metrics) on (x, y): a float, or [loss, metric, ...] with metrics."""
         self._require_compiled("evaluate")
         x = self._prepare_x(x)
-        y = self._prepare_y(y, x.shape[0])
+        y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
         sw = self._prepare_sample_weight(sample_weight, x.shape[0])
         batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
         verbose = self._verbose(verbose)
@@ -635,7 +648,7 @@ class Sequential:
         """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
         self._require_compiled("train_on_batch")
         x = self._prepare_x(x)
-        y = self._prepare_y(y, x.shape[0])
+        y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
         sw = self._prepare_sample_weight(sample_weight, x.shape[0])
         cw = self._class_weights(class_weight, y)
         if cw is not None:
@@ -651,7 +664,7 @@ class Sequential:
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._require_compiled("test_on_batch")
         x = self._prepare_x(x)
-        y = self._prepare_y(y, x.shape[0])
+        y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
         sw = self._prepare_sample_weight(sample_weight, x.shape[0])
         logs = self._evaluate_arrays(x, y, sw, max(x.shape[0], 1))
         if return_dict:
