@@ -190,9 +190,17 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
   const Real* h_rows[ROWS];
   for (int r = 0; r < ROWS; ++r) h_rows[r] = h_prev + (b0 + r) * Hp;
+  const int64_t u0 = block * N, nu = imin(N, H - u0);
+  // The epilogue reads each row's 4 pre-activation vectors from G, rows 4H apart: a pattern
+  // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
+  for (int r = 0; r < ROWS; ++r) {
+    const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
+    if (s >= len) continue;
+    const Real* z = ctx.G + (time_of(s, len, a.reverse) * B + b) * 4 * H + u0;
+    for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
+  }
   accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
 
-  const int64_t u0 = block * N, nu = imin(N, H - u0);
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
     Real* c_state = ctx.c + b * Hp + u0;
