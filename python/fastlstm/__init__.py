@@ -15,14 +15,15 @@ bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for th
 import operator
 
 from . import _core
-from . import ops, reference
+from . import cuda, ops, reference
 from . import activations, initializers, regularizers, losses, metrics, optimizers
 from . import layers, callbacks, models, saving, utils
 
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
            "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
-           "cpu_info", "set_num_threads", "get_num_threads"]
+           "cpu_info", "set_num_threads", "get_num_threads", "cuda", "cuda_available",
+           "cuda_info"]
 
 # Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
 _core.get_isa()
@@ -40,6 +41,26 @@ def cpu_info():
         "isa": _core.get_isa(),
         "num_threads": _core.get_num_threads(),
     }
+
+
+def cuda_available():
+    """True when backend="cuda" can run: fastlstm._cuda is built and a GPU and driver work.
+
+    Never raises; fastlstm.cuda_info()["reason"] says why not.
+    """
+    return cuda.available()
+
+
+def cuda_info():
+    """What the CUDA backend has and uses (a dict; never raises).
+
+    "available" (bool) and "reason" (why not: the CUDA error string, or "fastlstm was built
+    without CUDA"); "built"; "cupy" (whether CuPy is installed, not imported); with the
+    extension "runtime_version", "driver_version", "device_count", "kernel_variant"; when
+    available the current device's "device", "name", "capability", "sm_count",
+    "total_memory", "l2_cache_bytes". See fastlstm.cuda.
+    """
+    return cuda.info()
 
 
 def get_num_threads():

@@ -12,16 +12,21 @@ lengths follow PyTorch's packed sequences: sequence b uses steps 0..lengths[b]-1
 past its length, h_n/c_n are its state after its last valid step. reverse=True runs each
 sequence from its last valid step down to 0, with y[t] kept at position t.
 
-Backends: "cpu" (the fused C++ kernels), "numpy" (fastlstm.reference), "auto" (= "cpu").
+Backends: "cpu" (the fused C++ kernels), "numpy" (fastlstm.reference), "auto" (= "cpu"),
+"cuda" (fastlstm's CUDA kernels; RuntimeError with the reason when fastlstm.cuda_available()
+is False). On "cuda", NumPy inputs are copied to the device and the results come back as
+NumPy arrays; device arrays (CuPy, __cuda_array_interface__, CUDA DLPack) need CuPy and give
+CuPy arrays on their device, computed on CuPy's current stream. See fastlstm.cuda.
 """
 
 import numpy as np
 
 from . import _core, reference
+from . import cuda as _cuda
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMSaved", "BACKENDS"]
 
-BACKENDS = ("auto", "cpu", "numpy")
+BACKENDS = ("auto", "cpu", "numpy", "cuda")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -29,7 +34,8 @@ class LSTMSaved:
     """What lstm_backward needs from lstm_forward(..., training=True). Treat as opaque.
 
     It keeps references to the (contiguous) inputs of the forward; modifying them in place
-    before calling lstm_backward changes the gradients.
+    before calling lstm_backward changes the gradients. On backend "cuda" it holds device
+    arrays (copies of NumPy inputs, or the CuPy arrays themselves) and the saved gates/cells.
     """
 
     __slots__ = ("backend", "dtype", "dims", "x", "kernel", "recurrent_kernel", "has_bias",
@@ -49,9 +55,10 @@ def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def _as_float_array(value, name, dtype=None):
-    """value as an ndarray of a supported float dtype (and of `dtype` when given)."""
-    arr = np.asarray(value)
+def _as_float_array(value, name, dtype=None, xp=np):
+    """value as an array (of module xp: numpy, or cupy on "cuda") of a supported float dtype
+    (and of `dtype` when given)."""
+    arr = xp.asarray(value)
     if arr.dtype not in _FLOATS:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
@@ -60,17 +67,17 @@ def _as_float_array(value, name, dtype=None):
     return arr
 
 
-def _checked(value, name, shape, dtype, what):
+def _checked(value, name, shape, dtype, what, xp=np):
     """A C-contiguous array of `dtype` and exactly `shape`; `what` names the axes."""
-    arr = _as_float_array(value, name, dtype)
+    arr = _as_float_array(value, name, dtype, xp)
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {what} = {_shape_str(shape)}, "
                          f"got {_shape_str(arr.shape)}")
-    return np.ascontiguousarray(arr)
+    return xp.ascontiguousarray(arr)
 
 
-def _optional(value, name, shape, dtype, what):
-    return None if value is None else _checked(value, name, shape, dtype, what)
+def _optional(value, name, shape, dtype, what, xp=np):
+    return None if value is None else _checked(value, name, shape, dtype, what, xp)
 
 
 def _check_flag(value, name):
@@ -96,11 +103,39 @@ def _check_lengths(lengths, T, B):
 
 def _resolve_backend(backend):
     if not isinstance(backend, str) or backend not in BACKENDS:
-        if backend == "cuda":
-            raise ValueError("backend: 'cuda' is not available in this build of fastlstm "
-                             f"(choose one of {BACKENDS})")
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "cuda":
+        _cuda.require()  # RuntimeError naming the reason when CUDA cannot run here
     return "cpu" if backend == "auto" else backend
+
+
+def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training):
+    """The checked forward arguments (arrays of module xp, lengths as int64 NumPy)."""
+    x = _as_float_array(x, "x", xp=xp)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected a 3-D array (T, B, I), got shape {_shape_str(x.shape)}")
+    dtype = x.dtype
+    T, B, I = x.shape
+    if I < 1:
+        raise ValueError("x: the feature axis I must have size >= 1, got shape "
+                         f"{_shape_str(x.shape)}")
+    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel", dtype, xp)
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
+            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
+        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
+                         f"{_shape_str(recurrent_kernel.shape)}")
+    H = recurrent_kernel.shape[0]
+    x = xp.ascontiguousarray(x)
+    recurrent_kernel = xp.ascontiguousarray(recurrent_kernel)
+    kernel = _checked(kernel, "kernel", (I, 4 * H), dtype, "(I, 4H)", xp)
+    bias = _optional(bias, "bias", (4 * H,), dtype, "(4H,)", xp)
+    h0 = _optional(h0, "h0", (B, H), dtype, "(B, H)", xp)
+    c0 = _optional(c0, "c0", (B, H), dtype, "(B, H)", xp)
+    lengths = _check_lengths(lengths, T, B)
+    reverse = _check_flag(reverse, "reverse")
+    training = _check_flag(training, "training")
+    return dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=h0, c0=c0,
+                lengths=lengths, reverse=reverse, training=training)
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengths=None,
@@ -112,29 +147,23 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     Returns y (T, B, H), h_n (B, H), c_n (B, H) in x's dtype.
     """
     backend = _resolve_backend(backend)
-    x = _as_float_array(x, "x")
-    if x.ndim != 3:
-        raise ValueError(f"x: expected a 3-D array (T, B, I), got shape {_shape_str(x.shape)}")
+    if backend == "cuda":
+        raw = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=h0,
+                   c0=c0, lengths=lengths)
+        (y, h_n, c_n), fields = _cuda.forward(
+            lambda xp, r: _normalize_forward(xp, **r, reverse=reverse, training=training),
+            raw, names=("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"))
+        if fields is None:
+            return y, h_n, c_n, None
+        return y, h_n, c_n, LSTMSaved(backend="cuda", **fields)
+    args = _normalize_forward(np, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse,
+                              training)
+    x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training = (
+        args[k] for k in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0", "lengths",
+                          "reverse", "training"))
     dtype = x.dtype
     T, B, I = x.shape
-    if I < 1:
-        raise ValueError("x: the feature axis I must have size >= 1, got shape "
-                         f"{_shape_str(x.shape)}")
-    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel", dtype)
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
-            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
-        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
-                         f"{_shape_str(recurrent_kernel.shape)}")
     H = recurrent_kernel.shape[0]
-    x = np.ascontiguousarray(x)
-    recurrent_kernel = np.ascontiguousarray(recurrent_kernel)
-    kernel = _checked(kernel, "kernel", (I, 4 * H), dtype, "(I, 4H)")
-    bias = _optional(bias, "bias", (4 * H,), dtype, "(4H,)")
-    h0 = _optional(h0, "h0", (B, H), dtype, "(B, H)")
-    c0 = _optional(c0, "c0", (B, H), dtype, "(B, H)")
-    lengths = _check_lengths(lengths, T, B)
-    reverse = _check_flag(reverse, "reverse")
-    training = _check_flag(training, "training")
 
     if backend == "cpu":
         y, h_n, c_n, gates, cells = _core.forward(x, kernel, recurrent_kernel, bias, h0, c0,
@@ -166,6 +195,12 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None):
                         f"fastlstm.ops.lstm_forward(..., training=True), got {type(saved).__name__}")
     T, B, I, H = saved.dims
     dtype = saved.dtype
+    if saved.backend == "cuda":
+        return _cuda.backward(saved, lambda xp, r: dict(
+            dy=_optional(r["dy"], "dy", (T, B, H), dtype, "(T, B, H)", xp),
+            dh_n=_optional(r["dh_n"], "dh_n", (B, H), dtype, "(B, H)", xp),
+            dc_n=_optional(r["dc_n"], "dc_n", (B, H), dtype, "(B, H)", xp)),
+            dict(dy=dy, dh_n=dh_n, dc_n=dc_n))
     dy = _optional(dy, "dy", (T, B, H), dtype, "(T, B, H)")
     dh_n = _optional(dh_n, "dh_n", (B, H), dtype, "(B, H)")
     dc_n = _optional(dc_n, "dc_n", (B, H), dtype, "(B, H)")

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# One command on a machine with an NVIDIA GPU, from the repository root:
+#
+#     bash bench/gpu_check.sh
+#
+# 1. environment: nvidia-smi, nvcc, python, torch, cupy
+# 2. build:       pip install --no-build-isolation --no-deps . with FASTLSTM_CUDA=ON and
+#                 CMAKE_CUDA_ARCHITECTURES=90 (one architecture: a fast build)
+# 3. import:      fastlstm.cuda_info() must say available
+# 4. tests:       pytest -m cuda tests/test_cuda.py (the GPU tests; poisoning on)
+# 5. sanitizers:  compute-sanitizer memcheck, racecheck (and initcheck if time is left) on a
+#                 small forward + backward case (fp32 and fp64, lengths, reverse, both
+#                 batch tilings), when compute-sanitizer exists
+# 6. benchmark:   python bench/gpu_bench.py (fastlstm vs torch.nn.LSTM / cuDNN, fp32)
+#
+# Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
+# script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
+# most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
+# folder): gpu_check.log (everything), build.log, pytest_cuda.log, sanitizer.log,
+# gpu_bench.md, gpu_bench.json. The stage summary and the benchmark table are printed last.
+# Needs: python3 with torch (CUDA), cupy, pybind11, scikit-build-core, numpy, pytest; cmake,
+# ninja, nvcc. No network.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+TOTAL_BUDGET=${TOTAL_BUDGET:-340}
+T0=$(date +%s)
+OUTDIR=${OUT:-$(mktemp -d /tmp/fastlstm_gpu_check.XXXXXX)}
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/gpu_check.log"
+: >"$LOG"
+PY=${PYTHON:-python3}
+export PY PYTHONUNBUFFERED=1
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+if ! command -v compute-sanitizer >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer /opt/nvidia/compute-sanitizer; do
+    if [ -x "$d/compute-sanitizer" ]; then export PATH="$d:$PATH"; break; fi
+  done
+fi
+
+SUMMARY=()
+log() { echo "$*" | tee -a "$LOG"; }
+left() { echo $((TOTAL_BUDGET - ($(date +%s) - T0))); }
+
+# stage NAME LIMIT LOGFILE CMD...: runs CMD under timeout min(LIMIT, time left), output to
+# LOGFILE (and gpu_check.log); records "NAME: ok|FAILED rc=N|TIMED OUT (Ns)".
+stage() {
+  local name=$1 limit=$2 logfile=$3
+  shift 3
+  local rest
+  rest=$(left)
+  if [ "$rest" -lt 10 ]; then
+    SUMMARY+=("$name: SKIPPED (out of time)")
+    log "=== $name: skipped, out of time"
+    return 1
+  fi
+  [ "$limit" -gt "$rest" ] && limit=$rest
+  log "=== $name (limit ${limit}s, $(left)s left) ==="
+  local s rc
+  s=$(date +%s)
+  if [ "$(type -t "$1")" = function ]; then  # a shell function: run it in a child bash
+    timeout --kill-after=5 "$limit" bash -o pipefail -c "$(declare -f "$1"); $*" >"$logfile" 2>&1
+  else
+    timeout --kill-after=5 "$limit" "$@" >"$logfile" 2>&1
+  fi
+  rc=$?
+  local dt=$(($(date +%s) - s))
+  cat "$logfile" >>"$LOG"
+  tail -n 25 "$logfile"
+  if [ $rc -eq 0 ]; then
+    SUMMARY+=("$name: ok (${dt}s)")
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    SUMMARY+=("$name: TIMED OUT after ${dt}s")
+  else
+    SUMMARY+=("$name: FAILED rc=$rc (${dt}s)")
+  fi
+  log "=== $name: rc=$rc in ${dt}s"
+  return $rc
+}
+
+# ---- 1. environment
+env_info() {
+  nvidia-smi || true
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  command -v nvcc && nvcc --version | tail -n 2
+  command -v compute-sanitizer || echo "compute-sanitizer: not found"
+  cmake --version | head -n 1
+  "$PY" - <<'EOF'
+import sys, platform
+print("python", sys.version.split()[0], platform.machine())
+for name in ("numpy", "torch", "cupy", "pybind11", "scikit_build_core", "pytest"):
+    try:
+        m = __import__(name)
+        print(name, getattr(m, "__version__", "?"))
+    except Exception as e:
+        print(name, "MISSING", e)
+import torch
+print("torch cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      "cudnn", torch.backends.cudnn.version())
+EOF
+}
+stage environment 30 "$OUTDIR/environment.log" env_info
+
+# ---- 2. build
+build() {
+  FASTLSTM_CUDA=ON CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "$PY" -m pip install --no-build-isolation --no-deps -v . 2>&1 |
+    grep -v -E '^\s*(Copying|copying|adding|Added|creating)' | tail -n 80
+}
+stage build 150 "$OUTDIR/build.log" build
+
+# ---- 3. import
+stage import 40 "$OUTDIR/import.log" "$PY" -c "
+import fastlstm, json
+info = fastlstm.cuda_info()
+print(json.dumps(info, indent=1, default=str))
+assert info['available'], info['reason']
+"
+
+# ---- 4. tests
+stage pytest_cuda 100 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
+  -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
+  tests/test_cuda.py
+
+# ---- 5. compute-sanitizer on a small case
+CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
+export CASE
+cat >"$CASE" <<'EOF'
+# Small forward + backward runs through the NumPy path (no CuPy, no torch): every kernel, both
+# batch tilings (B <= 4 and B > 4 with two row tiles), lengths with zeros, reverse, fp32/fp64.
+import gc, os, sys
+import numpy as np
+import fastlstm
+from fastlstm import ops
+assert fastlstm.cuda_available(), fastlstm.cuda_info()
+fastlstm.cuda.set_poison(os.environ.get("FASTLSTM_POISON", "1") == "1")
+rng = np.random.default_rng(0)
+cases = [(4, 3, 7, 33, [4, 0, 2], True), (3, 6, 5, 17, [3, 1, 0, 2, 3, 3], False),
+         (2, 17, 70, 9, None, False)]
+for dtype in (np.float32, np.float64):
+    for T, B, I, H, lengths, reverse in cases:
+        r = lambda *s: (rng.standard_normal(s) * 0.3).astype(dtype)
+        y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
+                                          lengths=lengths, reverse=reverse, backend="cuda")
+        grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
+        assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
+        ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), None, None, None, lengths=lengths,
+                         reverse=reverse, training=False, backend="cuda")
+        del saved, grads
+gc.collect()
+print("sanitizer case ok")
+EOF
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  sanitize() {
+    local rc=0
+    for tool in memcheck racecheck; do
+      echo "--- compute-sanitizer --tool $tool"
+      compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" "$CASE" || rc=$?
+    done
+    return $rc
+  }
+  stage sanitizer 120 "$OUTDIR/sanitizer.log" sanitize
+else
+  SUMMARY+=("sanitizer: SKIPPED (compute-sanitizer not found)")
+  log "compute-sanitizer not found: sanitizer stage skipped"
+fi
+
+# ---- 6. benchmark (whatever time is left, minus a margin)
+BENCH_DEADLINE=$(($(left) - 45))
+[ "$BENCH_DEADLINE" -lt 20 ] && BENCH_DEADLINE=20
+stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
+  --deadline "$BENCH_DEADLINE" --budget 2.5
+
+# ---- 7. initcheck (reads of never-written device memory; poisoning off) if time is left
+if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
+  stage initcheck 50 "$OUTDIR/initcheck.log" env FASTLSTM_POISON=0 \
+    compute-sanitizer --tool initcheck --error-exitcode 3 "$PY" "$CASE"
+  cat "$OUTDIR/initcheck.log" >>"$OUTDIR/sanitizer.log" 2>/dev/null
+  rm -f "$OUTDIR/initcheck.log"
+fi
+rm -f "$CASE"
+# at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
+rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log"
+
+log ""
+log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="
+FAILED=0
+for line in "${SUMMARY[@]}"; do
+  log "  $line"
+  case "$line" in *FAILED* | *"TIMED OUT"*) FAILED=1 ;; esac
+done
+if [ -f "$OUTDIR/gpu_bench.md" ]; then
+  log ""
+  cat "$OUTDIR/gpu_bench.md" | tee -a "$LOG"
+fi
+exit $FAILED

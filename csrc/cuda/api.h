@@ -1,0 +1,81 @@
+// fastlstm's CUDA backend: the host-side interface, free of CUDA headers so that the
+// pybind11 binding (csrc/bindings/cuda_module.cc) compiles with the ordinary C++ compiler.
+//
+// Every pointer in ForwardArgs / BackwardArgs passed to forward()/backward() is a DEVICE
+// pointer on `device` (lengths too: int64 on the device). The kernels follow
+// csrc/fastlstm/lstm.h exactly; training saves gates (T,B,4H) and cells (T,B,H) indexed by
+// time position t, like the CPU backend. `stream` is a cudaStream_t passed as an integer
+// (0 = the legacy default stream).
+//
+// Every CUDA call is checked: a failure throws fastlstm::cuda::Error (a std::runtime_error,
+// so pybind11 turns it into RuntimeError) whose message holds cudaGetErrorString, the error's
+// name, the failing call and its source location.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "fastlstm/lstm.h"
+
+namespace fastlstm {
+namespace cuda {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Whether the CUDA runtime works here and sees a device. Never throws: on a machine without
+// a driver or GPU, ok is false and reason holds the CUDA error string.
+struct Status {
+  bool ok = false;
+  int device_count = 0;
+  std::string reason;
+  int runtime_version = 0;  // cudaRuntimeGetVersion (the runtime linked in, e.g. 13000)
+  int driver_version = 0;   // cudaDriverGetVersion (0 when no driver)
+};
+Status status();
+
+struct DeviceProps {
+  std::string name;
+  int major = 0, minor = 0;
+  int sm_count = 0;
+  size_t total_memory = 0;
+  size_t l2_cache_bytes = 0;
+  size_t shared_memory_per_block = 0;
+  int max_threads_per_block = 0;
+};
+DeviceProps device_properties(int device);
+int current_device();
+
+// A description of the kernels this build runs (for cuda_info()).
+std::string kernel_variant();
+
+// Fill every output and workspace buffer with NaN bytes (0xFF) before the kernels run, so a
+// kernel that forgets to write an element (or reads one it never wrote) shows up as NaN.
+void set_poison(bool on);
+bool get_poison();
+
+// Plain device memory (cudaMalloc/cudaFree), for NumPy inputs that are copied to the device.
+void* device_alloc(size_t bytes, int device);     // nullptr for bytes == 0
+void device_free(void* ptr, int device) noexcept;  // errors are swallowed (destructor use)
+// Synchronous copies between host memory and device memory (legacy default stream).
+void copy_to_device(void* dst, const void* src, size_t bytes, int device);
+void copy_to_host(void* dst, const void* src, size_t bytes, int device);
+void synchronize(int device, std::uintptr_t stream);
+// Returns the memory cached by fastlstm's workspace pool on `device` to the driver.
+void empty_cache(int device);
+
+template <typename Real>
+void forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream);
+template <typename Real>
+void backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream);
+
+extern template void forward<float>(const ForwardArgs<float>&, int, std::uintptr_t);
+extern template void forward<double>(const ForwardArgs<double>&, int, std::uintptr_t);
+extern template void backward<float>(const BackwardArgs<float>&, int, std::uintptr_t);
+extern template void backward<double>(const BackwardArgs<double>&, int, std::uintptr_t);
+
+}  // namespace cuda
+}  // namespace fastlstm

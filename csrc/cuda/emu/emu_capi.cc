@@ -1,0 +1,149 @@
+// The CUDA backend's host code and kernels (csrc/cuda/lstm_impl.cuh) built for the CPU
+// emulator of emu.h, behind a small C interface that tests/test_cuda.py loads with ctypes.
+// Pointers are host addresses of memory from fl_emu_alloc (guard-paged, see emu.h).
+//
+//   c++ -std=c++17 -O1 -fPIC -shared -Icsrc -Wno-unknown-pragmas -fsanitize=bounds
+//       -fsanitize-undefined-trap-on-error csrc/cuda/emu/emu_capi.cc -o libfastlstm_cuda_emu.so
+#define FASTLSTM_CUDA_EMU 1
+
+#include <cstdio>
+#include <exception>
+
+#include "cuda/lstm_impl.cuh"
+
+namespace fastlstm {
+namespace cuda {
+namespace impl {
+namespace {
+bool g_poison = false;
+}
+bool poison_enabled() { return g_poison; }
+cudaMemPool_t workspace_pool(int) { return nullptr; }  // plain (guarded) allocations
+void check_device_pointer(const void* p, const char* name, int) {
+  if (emu::allocations().count(const_cast<void*>(p)) == 0)
+    throw Error(std::string(name) + ": not the start of an emulator allocation");
+}
+}  // namespace impl
+template void forward<float>(const ForwardArgs<float>&, int, std::uintptr_t);
+template void forward<double>(const ForwardArgs<double>&, int, std::uintptr_t);
+template void backward<float>(const BackwardArgs<float>&, int, std::uintptr_t);
+template void backward<double>(const BackwardArgs<double>&, int, std::uintptr_t);
+}  // namespace cuda
+}  // namespace fastlstm
+
+namespace {
+using namespace fastlstm;
+
+int report(const char* what, char* err, int errlen) {
+  if (err && errlen > 0) std::snprintf(err, static_cast<size_t>(errlen), "%s", what);
+  return 1;
+}
+
+// Runs f; 0 on success, else 1 with the message in err (a C++ exception or an emulation error).
+template <class F>
+int guarded(F&& f, char* err, int errlen) {
+  cuda::emu::g_error.clear();
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return report(e.what(), err, errlen);
+  }
+  if (!cuda::emu::g_error.empty()) return report(("emulator: " + cuda::emu::g_error).c_str(), err, errlen);
+  return 0;
+}
+
+template <typename Real>
+void fwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
+         const void* bias, const void* h0, const void* c0, const int64_t* lengths, int reverse, void* y, void* h_n,
+         void* c_n, void* gates, void* cells) {
+  ForwardArgs<Real> a;
+  a.dims = Dims{T, B, I, H};
+  a.x = static_cast<const Real*>(x);
+  a.kernel = static_cast<const Real*>(kernel);
+  a.recurrent_kernel = static_cast<const Real*>(rk);
+  a.bias = static_cast<const Real*>(bias);
+  a.h0 = static_cast<const Real*>(h0);
+  a.c0 = static_cast<const Real*>(c0);
+  a.lengths = lengths;
+  a.reverse = reverse != 0;
+  a.y = static_cast<Real*>(y);
+  a.h_n = static_cast<Real*>(h_n);
+  a.c_n = static_cast<Real*>(c_n);
+  a.gates = static_cast<Real*>(gates);
+  a.cells = static_cast<Real*>(cells);
+  cuda::forward<Real>(a, 0, 0);
+}
+
+template <typename Real>
+void bwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
+         const void* h0, const void* c0, const int64_t* lengths, int reverse, const void* gates, const void* cells,
+         const void* dy, const void* dh_n, const void* dc_n, void* dx, void* dh0, void* dc0, void* dk, void* dr,
+         void* db) {
+  BackwardArgs<Real> a;
+  a.dims = Dims{T, B, I, H};
+  a.x = static_cast<const Real*>(x);
+  a.kernel = static_cast<const Real*>(kernel);
+  a.recurrent_kernel = static_cast<const Real*>(rk);
+  a.h0 = static_cast<const Real*>(h0);
+  a.c0 = static_cast<const Real*>(c0);
+  a.lengths = lengths;
+  a.reverse = reverse != 0;
+  a.gates = static_cast<const Real*>(gates);
+  a.cells = static_cast<const Real*>(cells);
+  a.dy = static_cast<const Real*>(dy);
+  a.dh_n = static_cast<const Real*>(dh_n);
+  a.dc_n = static_cast<const Real*>(dc_n);
+  a.dx = static_cast<Real*>(dx);
+  a.dh0 = static_cast<Real*>(dh0);
+  a.dc0 = static_cast<Real*>(dc0);
+  a.dkernel = static_cast<Real*>(dk);
+  a.drecurrent_kernel = static_cast<Real*>(dr);
+  a.dbias = static_cast<Real*>(db);
+  cuda::backward<Real>(a, 0, 0);
+}
+}  // namespace
+
+extern "C" {
+
+void* fl_emu_alloc(int64_t nbytes) { return nbytes > 0 ? cuda::emu::guarded_alloc(static_cast<size_t>(nbytes)) : nullptr; }
+void fl_emu_free(void* p) { cuda::emu::guarded_free(p); }
+int64_t fl_emu_live_allocations() { return static_cast<int64_t>(cuda::emu::allocations().size()); }
+void fl_emu_set_poison(int on) { cuda::impl::g_poison = on != 0; }
+void fl_emu_set_reverse_order(int on) { cuda::emu::g_reverse_order = on != 0; }
+void fl_emu_set_guard_front(int on) { cuda::emu::g_guard_front = on != 0; }
+void fl_emu_stats(int64_t* out3) {
+  out3[0] = cuda::emu::g_stats.launches;
+  out3[1] = cuda::emu::g_stats.blocks;
+  out3[2] = cuda::emu::g_stats.barriers;
+}
+
+int fl_emu_forward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
+                   const void* rk, const void* bias, const void* h0, const void* c0, const int64_t* lengths,
+                   int reverse, void* y, void* h_n, void* c_n, void* gates, void* cells, char* err, int errlen) {
+  return guarded(
+      [&] {
+        if (is_double)
+          fwd<double>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells);
+        else
+          fwd<float>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells);
+      },
+      err, errlen);
+}
+
+int fl_emu_backward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
+                    const void* rk, const void* h0, const void* c0, const int64_t* lengths, int reverse,
+                    const void* gates, const void* cells, const void* dy, const void* dh_n, const void* dc_n,
+                    void* dx, void* dh0, void* dc0, void* dk, void* dr, void* db, char* err, int errlen) {
+  return guarded(
+      [&] {
+        if (is_double)
+          bwd<double>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
+                      dc0, dk, dr, db);
+        else
+          bwd<float>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
+                     dc0, dk, dr, db);
+      },
+      err, errlen);
+}
+
+}  // extern "C"

@@ -1,0 +1,676 @@
+// fastlstm's CUDA kernels and the host code that runs them (one header, instantiated for
+// float in lstm_f32.cu and for double in lstm_f64.cu; with FASTLSTM_CUDA_EMU the same code
+// runs on the CPU emulator of emu/emu.h).
+//
+// Correct first, simple, deterministic: every output element is computed by one thread in a
+// fixed order, or reduced by a fixed tree inside one block; no atomics. Same inputs, same
+// binary, same device: bitwise the same outputs and gradients.
+//
+// Forward (training saves gates/cells by time position t, like the CPU backend):
+//   1. P (T*B, 4H) = x . kernel + bias         gemm_kernel (into `gates` when training)
+//   2. per step s = 0..T-1:                     forward_step_kernel
+//        z = P[t_b(s), b] + h_{s-1} . R, the gates, c and h; y[t], gates[t], cells[t].
+//      Block (blockIdx.x, blockIdx.y) owns kUnits hidden units (all 4 gates: 32 columns of R)
+//      for BB batch rows; h ping-pongs between two (B, H) buffers.
+//   3. h_n <- the last h buffer; c_n is the cell state, updated in place.
+// Backward:
+//   per step s = T-1..0:  backward_gates_kernel (dz, dc, h_{t-1} saved for dR), then
+//                         backward_dh_kernel (dh_{t-1} = dz . R^T on a transposed copy R^T)
+//   then dkernel = x_masked^T . dZ, drecurrent = H_prev^T . dZ, dx = dZ . kernel^T (gemm_kernel),
+//   dbias = column sums of dZ (colsum kernels, two fixed-order passes).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda/api.h"
+#include "cuda/compat.cuh"
+
+namespace fastlstm {
+namespace cuda {
+namespace impl {
+
+// ------------------------------------------------------------------------------------------
+// Tiling constants
+// ------------------------------------------------------------------------------------------
+constexpr int kThreads = 256;            // every kernel runs 256 threads per block
+constexpr int kCols = 32;                // output columns per block of the recurrent products
+constexpr int kSplit = kThreads / kCols; // 8 slices of the dot products' k range per column
+constexpr int kChunk = 64;               // k values staged in shared memory per pass
+constexpr int kUnits = kCols / 4;        // forward: hidden units per block (x 4 gates = 32 cols)
+constexpr int kSmallRows = 4;            // batch rows per block when B <= kSmallRows
+constexpr int kRows = 16;                // batch rows per block otherwise
+// GEMM tile: 64 x 64 outputs per block, 4 x 4 per thread, 16 k per shared-memory pass.
+constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
+constexpr int kColsumRows = 256;         // rows per partial column sum (dbias, pass 1), at least
+
+static_assert(kThreads % kCols == 0 && (kSplit & (kSplit - 1)) == 0, "kSplit: a power of two");
+static_assert((kTileM / 4) * (kTileN / 4) == kThreads, "GEMM: 4 x 4 outputs per thread");
+
+__host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// lengths[b] clamped to [0, T] (ops.py checks the range; the clamp keeps a bad direct call
+// from indexing out of bounds).
+__device__ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
+  if (!lengths) return T;
+  const int64_t L = lengths[b];
+  return L < 0 ? 0 : (L > T ? T : L);
+}
+
+__device__ inline float fl_exp(float v) { return expf(v); }
+__device__ inline double fl_exp(double v) { return exp(v); }
+__device__ inline float fl_tanh(float v) { return tanhf(v); }
+__device__ inline double fl_tanh(double v) { return tanh(v); }
+// 1 / (1 + e^-z): exact 0 at -inf (e^inf = inf), exact 1 at +inf, NaN stays NaN.
+template <typename Real>
+__device__ inline Real fl_sigmoid(Real z) {
+  return Real(1) / (Real(1) + fl_exp(-z));
+}
+
+// ------------------------------------------------------------------------------------------
+// The recurrent products: for the block's BB rows (sm.rows[bb], nullptr = a row of zeros) and
+// its kCols columns, sum_k rows[bb][k] * W[k * ldw + wcol] over k in [0, K). Thread tid takes
+// column c = tid % kCols (W column wcol, < 0 = none) and k slice ks = tid / kCols: it sums
+// k = k0 + ks, k0 + ks + kSplit, ... of each staged chunk in increasing order; the kSplit
+// partial sums are then added by a fixed tree (red[ks] += red[ks + stride] for ks < stride,
+// stride = 4, 2, 1). The result is sm.red[0][bb][c]. Every thread of the block must call
+// it (it has barriers).
+// ------------------------------------------------------------------------------------------
+template <typename Real, int BB>
+struct RecShared {
+  const Real* rows[BB];
+  Real a[kChunk][BB];             // staged rows, transposed: a[kk][bb] = rows[bb][k0 + kk]
+  Real red[kSplit][BB][kCols];    // partial sums, then (slice 0) the totals
+};
+
+template <typename Real, int BB>
+__device__ void rec_product(RecShared<Real, BB>& sm, int64_t K, const Real* W, int64_t ldw, int64_t wcol) {
+  // K >= 1 always (H >= 1), so the barrier at the top of the first pass orders the callers'
+  // writes of sm.rows before every read.
+  const int tid = static_cast<int>(threadIdx.x);
+  const int c = tid % kCols, ks = tid / kCols;
+  Real acc[BB];
+#pragma unroll
+  for (int bb = 0; bb < BB; ++bb) acc[bb] = Real(0);
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int kn = static_cast<int>(imin(kChunk, K - k0));
+    __syncthreads();  // sm.rows written (first pass) / the previous chunk fully read
+    for (int e = tid; e < kChunk * BB; e += kThreads) {
+      const int bb = e / kChunk, kk = e % kChunk;
+      const Real* row = sm.rows[bb];
+      sm.a[kk][bb] = (row != nullptr && kk < kn) ? row[k0 + kk] : Real(0);
+    }
+    __syncthreads();  // chunk staged
+    if (wcol >= 0) {
+      const Real* w = W + k0 * ldw + wcol;
+      for (int kk = ks; kk < kn; kk += kSplit) {
+        const Real wv = w[static_cast<int64_t>(kk) * ldw];
+#pragma unroll
+        for (int bb = 0; bb < BB; ++bb) acc[bb] += sm.a[kk][bb] * wv;
+      }
+    }
+  }
+#pragma unroll
+  for (int bb = 0; bb < BB; ++bb) sm.red[ks][bb][c] = acc[bb];
+  __syncthreads();  // all partial sums written
+  for (int stride = kSplit / 2; stride > 0; stride /= 2) {
+    if (ks < stride) {
+#pragma unroll
+      for (int bb = 0; bb < BB; ++bb) sm.red[ks][bb][c] += sm.red[ks + stride][bb][c];
+    }
+    __syncthreads();  // this level complete before the next reads it
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward step s: grid (ceil(H / kUnits), ceil(B / BB)), kThreads threads.
+// Thread tid's column c = tid % 32 is gate c / kUnits of unit j0 + c % kUnits (R column
+// gate * H + j). After the product, threads tid < BB * kUnits each finish one (row, unit).
+// P and gates may alias (training): each element is read, then written, by the same thread.
+// ------------------------------------------------------------------------------------------
+template <typename Real, int BB>
+__global__ void __launch_bounds__(kThreads)
+    forward_step_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
+                        const Real* P, const Real* R, const Real* h_prev, Real* h_next, Real* c,
+                        Real* y, Real* gates, Real* cells) {
+  __shared__ RecShared<Real, BB> sm;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kUnits;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * BB;
+  const int64_t G = 4 * H;
+  if (tid < BB) {
+    const int64_t b = b0 + tid;
+    sm.rows[tid] = b < B ? h_prev + b * H : nullptr;
+  }
+  {
+    const int col = tid % kCols, gate = col / kUnits;
+    const int64_t j = j0 + col % kUnits;
+    rec_product<Real, BB>(sm, H, R, G, j < H ? gate * H + j : -1);
+  }
+  if (tid < BB * kUnits) {
+    const int bb = tid / kUnits, u = tid % kUnits;
+    const int64_t b = b0 + bb, j = j0 + u;
+    if (b < B && j < H) {
+      const int64_t L = seq_len(lengths, b, T);
+      if (s < L) {
+        const int64_t t = reverse ? L - 1 - s : s;
+        const int64_t row = t * B + b;
+        const Real* p = P + row * G + j;
+        const Real zi = sm.red[0][bb][0 * kUnits + u] + p[0];
+        const Real zf = sm.red[0][bb][1 * kUnits + u] + p[H];
+        const Real zg = sm.red[0][bb][2 * kUnits + u] + p[2 * H];
+        const Real zo = sm.red[0][bb][3 * kUnits + u] + p[3 * H];
+        const Real gi = fl_sigmoid(zi), gf = fl_sigmoid(zf), gg = fl_tanh(zg), go = fl_sigmoid(zo);
+        const Real cn = gf * c[b * H + j] + gi * gg;
+        const Real hn = go * fl_tanh(cn);
+        c[b * H + j] = cn;
+        h_next[b * H + j] = hn;
+        y[row * H + j] = hn;
+        if (gates) {
+          Real* g = gates + row * G + j;
+          g[0] = gi;
+          g[H] = gf;
+          g[2 * H] = gg;
+          g[3 * H] = go;
+        }
+        if (cells) cells[row * H + j] = cn;
+      } else {  // past its length: the state carries over, y is 0 at position s
+        h_next[b * H + j] = h_prev[b * H + j];
+        y[(s * B + b) * H + j] = Real(0);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward step s, part 1: one thread per (b, j), 1-D grid over B * H.
+// Reads dh (gradient into h_s from later steps), updates dc in place (-> gradient into
+// c_{s-1}), writes dz (T, B, 4H) and h_prev (T, B, H) at row t_b(s) * B + b; for rows past
+// their length it writes zeros at row s * B + b and leaves dh / dc (they carry over).
+// ------------------------------------------------------------------------------------------
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    backward_gates_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
+                          const Real* gates, const Real* cells, const Real* h0, const Real* c0,
+                          const Real* dy, const Real* dh, Real* dc, Real* dz, Real* h_prev) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, j = idx % H, G = 4 * H;
+  const int64_t L = seq_len(lengths, b, T);
+  if (s >= L) {
+    Real* d = dz + (s * B + b) * G + j;
+    d[0] = Real(0);
+    d[H] = Real(0);
+    d[2 * H] = Real(0);
+    d[3 * H] = Real(0);
+    h_prev[(s * B + b) * H + j] = Real(0);
+    return;
+  }
+  const int64_t t = reverse ? L - 1 - s : s;
+  const int64_t row = t * B + b;
+  const Real* g = gates + row * G + j;
+  const Real gi = g[0], gf = g[H], gg = g[2 * H], go = g[3 * H];
+  const Real cc = cells[row * H + j];
+  Real cp, hp;
+  if (s == 0) {
+    cp = c0 ? c0[b * H + j] : Real(0);
+    hp = h0 ? h0[b * H + j] : Real(0);
+  } else {  // h_{t-1} = o_{t-1} * tanh(c_{t-1}), exactly as the forward computed it
+    const int64_t prow = (reverse ? t + 1 : t - 1) * B + b;
+    cp = cells[prow * H + j];
+    hp = gates[prow * G + 3 * H + j] * fl_tanh(cp);
+  }
+  Real dht = dh[b * H + j];
+  if (dy) dht += dy[row * H + j];
+  const Real tc = fl_tanh(cc);
+  const Real dct = dc[b * H + j] + dht * go * (Real(1) - tc * tc);
+  dc[b * H + j] = dct * gf;
+  Real* d = dz + row * G + j;
+  d[0] = dct * gg * (gi * (Real(1) - gi));
+  d[H] = dct * cp * (gf * (Real(1) - gf));
+  d[2 * H] = dct * gi * (Real(1) - gg * gg);
+  d[3 * H] = dht * tc * (go * (Real(1) - go));
+  h_prev[row * H + j] = hp;
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward step s, part 2: dh[b, j] = sum_c dz[t_b(s), b, c] * RT[c, j] over c in [0, 4H),
+// for rows still inside their length (the others keep dh). Grid (ceil(H / kCols),
+// ceil(B / BB)), kThreads threads; thread column c = tid % 32 is unit j0 + c.
+// ------------------------------------------------------------------------------------------
+template <typename Real, int BB>
+__global__ void __launch_bounds__(kThreads)
+    backward_dh_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
+                       const Real* dz, const Real* RT, Real* dh) {
+  __shared__ RecShared<Real, BB> sm;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kCols;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * BB;
+  const int64_t G = 4 * H;
+  if (tid < BB) {
+    const int64_t b = b0 + tid;
+    const Real* row = nullptr;
+    if (b < B) {
+      const int64_t L = seq_len(lengths, b, T);
+      if (s < L) row = dz + ((reverse ? L - 1 - s : s) * B + b) * G;
+    }
+    sm.rows[tid] = row;
+  }
+  {
+    const int64_t j = j0 + tid % kCols;
+    rec_product<Real, BB>(sm, G, RT, H, j < H ? j : -1);
+  }
+  for (int e = tid; e < BB * kCols; e += kThreads) {
+    const int bb = e / kCols, col = e % kCols;
+    const int64_t b = b0 + bb, j = j0 + col;
+    if (b < B && j < H && sm.rows[bb] != nullptr) dh[b * H + j] = sm.red[0][bb][col];
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// C (M x N, row-major, leading dimension ldc) = A . B (+ bias[n]), with A(m, k) =
+// A[m * sam + k * sak] and B(k, n) = B[k * sbk + n * sbn] (transposes are strides).
+// Grid (ceil(M / 64), ceil(N / 64)), kThreads threads. Thread (ty, tx) = (tid / 16, tid % 16)
+// computes rows m0 + ty + 16 i and columns n0 + tx + 16 j (i, j < 4), each summed over
+// k = 0 .. K-1 in order. K = 0 writes the bias (or zeros).
+// ------------------------------------------------------------------------------------------
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    gemm_kernel(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc) {
+  __shared__ Real As[kTileK][kTileM + 1];
+  __shared__ Real Bs[kTileK][kTileN + 1];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTileN;
+  Real acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = Real(0);
+  // Consecutive threads load consecutive addresses when a tile's unit stride allows it.
+  const bool a_k_fast = sak == 1, b_n_fast = sbn == 1;
+  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+    for (int e = tid; e < kTileM * kTileK; e += kThreads) {
+      const int mm = a_k_fast ? e / kTileK : e % kTileM;
+      const int kk = a_k_fast ? e % kTileK : e / kTileM;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      As[kk][mm] = (m < M && k < K) ? A[m * sam + k * sak] : Real(0);
+    }
+    for (int e = tid; e < kTileK * kTileN; e += kThreads) {
+      const int nn = b_n_fast ? e % kTileN : e / kTileK;
+      const int kk = b_n_fast ? e / kTileN : e % kTileK;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      Bs[kk][nn] = (n < N && k < K) ? Bm[k * sbk + n * sbn] : Real(0);
+    }
+    __syncthreads();  // tiles staged
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+      Real a[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * bv[j];
+    }
+    __syncthreads();  // tiles read before the next pass overwrites them
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty + 16 * i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx + 16 * j;
+      if (m < M && n < N) C[m * ldc + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
+    }
+  }
+}
+
+// partial[p, n] = sum of X[r, n] for r in [p * rows, min(M, (p + 1) * rows)), in row order.
+// Grid (ceil(N / kThreads), ceil(M / rows)).
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    colsum_partial_kernel(int64_t M, int64_t N, int64_t rows, const Real* X, Real* partial) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t p = blockIdx.y;
+  if (n >= N) return;
+  const int64_t r1 = imin(M, (p + 1) * rows);
+  Real sum = Real(0);
+  for (int64_t r = p * rows; r < r1; ++r) sum += X[r * N + n];
+  partial[p * N + n] = sum;
+}
+
+// out[n] = sum of partial[p, n] over p in order (0 when P == 0). Grid ceil(N / kThreads).
+template <typename Real>
+__global__ void __launch_bounds__(kThreads) colsum_final_kernel(int64_t P, int64_t N, const Real* partial, Real* out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (n >= N) return;
+  Real sum = Real(0);
+  for (int64_t p = 0; p < P; ++p) sum += partial[p * N + n];
+  out[n] = sum;
+}
+
+// RT (G x H) = R^T, R (H x G). One thread per element of RT. Grid ceil(H * G / kThreads).
+template <typename Real>
+__global__ void __launch_bounds__(kThreads) transpose_kernel(int64_t H, int64_t G, const Real* R, Real* RT) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= H * G) return;
+  const int64_t c = idx / H, j = idx % H;
+  RT[idx] = R[j * G + c];
+}
+
+// xm = x with the rows of positions past their sequence's length zeroed (so that NaN there
+// cannot reach dkernel as NaN * 0). One thread per element; grid ceil(T * B * I / kThreads).
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    mask_rows_kernel(int64_t T, int64_t B, int64_t I, const int64_t* lengths, const Real* x, Real* xm) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= T * B * I) return;
+  const int64_t r = idx / I, t = r / B, b = r % B;
+  xm[idx] = t < seq_len(lengths, b, T) ? x[idx] : Real(0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side
+// ------------------------------------------------------------------------------------------
+inline dim3 grid_of(int64_t x, int64_t y = 1) {
+  // gridDim.x < 2^31, gridDim.y <= 65535
+  if (x > std::numeric_limits<int32_t>::max() || y > 65535)
+    throw Error("fastlstm CUDA: problem too large for one launch (grid " + std::to_string(x) + " x " +
+                std::to_string(y) + ")");
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), 1);
+}
+inline bool empty_grid(const dim3& g) { return g.x == 0 || g.y == 0; }
+
+// Makes `device` current for the lifetime of the guard, then restores the previous one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    FL_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) FL_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() {
+    int now = previous_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) (void)cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// fastlstm's own stream-ordered memory pool per device (kept, not released at every
+// synchronisation, so that repeated calls do not map memory again); plain cudaMalloc where
+// the device has no memory pools.
+cudaMemPool_t workspace_pool(int device);  // defined in runtime.cu / the emulator
+
+// Temporary device memory for one call, allocated and freed in stream order.
+template <typename T>
+class Workspace {
+ public:
+  Workspace(int64_t n, int device, cudaStream_t stream) : stream_(stream) {
+    if (n <= 0) return;
+    const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+    cudaMemPool_t pool = workspace_pool(device);
+    void* p = nullptr;
+    if (pool) {
+      FL_CHECK(cudaMallocFromPoolAsync(&p, bytes, pool, stream));
+      pooled_ = true;
+    } else {
+      FL_CHECK(cudaMalloc(&p, bytes));
+    }
+    ptr_ = static_cast<T*>(p);
+  }
+  ~Workspace() {
+    if (!ptr_) return;
+    if (pooled_)
+      (void)cudaFreeAsync(ptr_, stream_);
+    else
+      (void)cudaFree(ptr_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
+  bool pooled_ = false;
+};
+
+bool poison_enabled();
+
+template <typename T>
+void poison(T* p, int64_t n, cudaStream_t stream) {
+  if (p && n > 0 && poison_enabled()) FL_CHECK(cudaMemsetAsync(p, 0xFF, static_cast<size_t>(n) * sizeof(T), stream));
+}
+
+// Checks that a non-null pointer is device (or managed) memory on `device`.
+void check_device_pointer(const void* p, const char* name, int device);  // runtime.cu / emulator
+
+template <typename T>
+void need(const T* p, int64_t n, const char* name, int device) {
+  if (n <= 0) return;
+  if (!p) throw Error(std::string(name) + ": a device pointer is required (got null)");
+  check_device_pointer(p, name, device);
+}
+template <typename T>
+void maybe(const T* p, int64_t n, const char* name, int device) {
+  if (p && n > 0) check_device_pointer(p, name, device);
+}
+
+inline void check_dims(const Dims& d) {
+  if (d.T < 0 || d.B < 0) throw Error("dims: T and B must be >= 0");
+  if (d.I < 1) throw Error("dims: the feature size I must be at least 1");
+  if (d.H < 1) throw Error("dims: the hidden size H must be at least 1");
+  const int64_t big = int64_t(1) << 40;  // keeps every index product far from overflow
+  if (d.T > big || d.B > big || d.I > big || d.H > big || d.T * d.B > big || 4 * d.H * d.H > big ||
+      d.T * d.B * 4 * d.H > big || d.T * d.B * d.I > big || d.I * 4 * d.H > big)
+    throw Error("dims: problem too large");
+}
+
+// C = A . B (+ bias); see gemm_kernel.
+template <typename Real>
+void gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm, int64_t sbk,
+          int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+  const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
+  if (empty_grid(grid)) return;
+  auto kernel = gemm_kernel<Real>;
+  FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+}
+
+template <typename Real>
+void colsum(int64_t M, int64_t N, const Real* X, Real* out, int device, cudaStream_t stream) {
+  if (N <= 0) return;
+  // kColsumRows rows per partial sum, more when that would need more than 65535 partials
+  const int64_t rows = M > kColsumRows * int64_t(65535) ? ceil_div(M, 65535) : kColsumRows;
+  const int64_t P = ceil_div(M, rows);
+  Workspace<Real> partial(P * N, device, stream);
+  poison(partial.get(), P * N, stream);
+  const dim3 g1 = grid_of(ceil_div(N, kThreads), P);
+  if (!empty_grid(g1)) {
+    auto k1 = colsum_partial_kernel<Real>;
+    FL_LAUNCH(k1, g1, dim3(kThreads), stream, M, N, rows, X, partial.get());
+  }
+  auto k2 = colsum_final_kernel<Real>;
+  FL_LAUNCH(k2, grid_of(ceil_div(N, kThreads)), dim3(kThreads), stream, P, N, partial.get(), out);
+}
+
+template <typename Real>
+void copy_or_zero(Real* dst, const Real* src, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  const size_t bytes = static_cast<size_t>(n) * sizeof(Real);
+  if (src)
+    FL_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  else
+    FL_CHECK(cudaMemsetAsync(dst, 0, bytes, stream));  // all-zero bytes: +0.0
+}
+
+template <typename Real, int BB>
+void forward_steps(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real* hbuf1, cudaStream_t stream) {
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
+  const dim3 grid = grid_of(ceil_div(H, kUnits), ceil_div(B, BB));
+  auto kernel = forward_step_kernel<Real, BB>;
+  for (int64_t s = 0; s < T; ++s) {
+    Real* h_prev = (s % 2 == 0) ? hbuf0 : hbuf1;
+    Real* h_next = (s % 2 == 0) ? hbuf1 : hbuf0;
+    FL_LAUNCH(kernel, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, P, a.recurrent_kernel,
+              static_cast<const Real*>(h_prev), h_next, a.c_n, a.y, a.gates, a.cells);
+  }
+}
+
+template <typename Real>
+void forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t stream) {
+  check_dims(a.dims);
+  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
+  const int64_t TB = T * B;
+  need(a.x, TB * I, "x", device);
+  need(a.kernel, I * G, "kernel", device);
+  need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
+  maybe(a.bias, G, "bias", device);
+  maybe(a.h0, B * H, "h0", device);
+  maybe(a.c0, B * H, "c0", device);
+  maybe(a.lengths, B, "lengths", device);
+  need(a.y, TB * H, "y", device);
+  need(a.h_n, B * H, "h_n", device);
+  need(a.c_n, B * H, "c_n", device);
+  if ((a.gates == nullptr) != (a.cells == nullptr)) throw Error("gates, cells: give both or neither");
+  maybe(a.gates, TB * G, "gates", device);
+  maybe(a.cells, TB * H, "cells", device);
+  const bool training = a.gates != nullptr;
+
+  poison(a.y, TB * H, stream);
+  poison(a.h_n, B * H, stream);
+  poison(a.c_n, B * H, stream);
+  poison(a.gates, TB * G, stream);
+  poison(a.cells, TB * H, stream);
+
+  Workspace<Real> proj(training ? 0 : TB * G, device, stream);
+  Workspace<Real> hbuf(2 * B * H, device, stream);
+  Real* P = training ? a.gates : proj.get();
+  poison(proj.get(), training ? 0 : TB * G, stream);
+  poison(hbuf.get(), 2 * B * H, stream);
+  Real* h0buf = hbuf.get();
+  Real* h1buf = hbuf.get() ? hbuf.get() + B * H : nullptr;
+
+  copy_or_zero(h0buf, a.h0, B * H, stream);
+  copy_or_zero(a.c_n, a.c0, B * H, stream);  // c_n is the running cell state
+  // P = x . kernel + bias for all T * B rows
+  gemm<Real>(TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
+  if (B * H > 0) {
+    if (B <= kSmallRows)
+      forward_steps<Real, kSmallRows>(a, P, h0buf, h1buf, stream);
+    else
+      forward_steps<Real, kRows>(a, P, h0buf, h1buf, stream);
+  }
+  // after T steps the state is in h0buf when T is even, else in h1buf
+  if (B * H > 0)
+    FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
+                             cudaMemcpyDeviceToDevice, stream));
+}
+
+template <typename Real, int BB>
+void backward_steps(const BackwardArgs<Real>& a, Real* dz, Real* hprev, const Real* RT, cudaStream_t stream) {
+  const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
+  const dim3 g1 = grid_of(ceil_div(B * H, kThreads));
+  const dim3 g2 = grid_of(ceil_div(H, kCols), ceil_div(B, BB));
+  auto k1 = backward_gates_kernel<Real>;
+  auto k2 = backward_dh_kernel<Real, BB>;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    FL_LAUNCH(k1, g1, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
+              a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev);
+    FL_LAUNCH(k2, g2, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, static_cast<const Real*>(dz), RT,
+              a.dh0);
+  }
+}
+
+template <typename Real>
+void backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream) {
+  check_dims(a.dims);
+  const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
+  const int64_t TB = T * B;
+  need(a.x, TB * I, "x", device);
+  need(a.kernel, I * G, "kernel", device);
+  need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
+  maybe(a.h0, B * H, "h0", device);
+  maybe(a.c0, B * H, "c0", device);
+  maybe(a.lengths, B, "lengths", device);
+  need(a.gates, TB * G, "gates", device);
+  need(a.cells, TB * H, "cells", device);
+  maybe(a.dy, TB * H, "dy", device);
+  maybe(a.dh_n, B * H, "dh_n", device);
+  maybe(a.dc_n, B * H, "dc_n", device);
+  need(a.dx, TB * I, "dx", device);
+  need(a.dh0, B * H, "dh0", device);
+  need(a.dc0, B * H, "dc0", device);
+  need(a.dkernel, I * G, "dkernel", device);
+  need(a.drecurrent_kernel, H * G, "drecurrent_kernel", device);
+  maybe(a.dbias, G, "dbias", device);
+
+  poison(a.dx, TB * I, stream);
+  poison(a.dh0, B * H, stream);
+  poison(a.dc0, B * H, stream);
+  poison(a.dkernel, I * G, stream);
+  poison(a.drecurrent_kernel, H * G, stream);
+  poison(a.dbias, G, stream);
+
+  Workspace<Real> dz(TB * G, device, stream);     // (T, B, 4H) gate gradients by time position
+  Workspace<Real> hprev(TB * H, device, stream);  // (T, B, H)  h_{t-1} by time position
+  Workspace<Real> rt(T > 0 && B > 0 ? G * H : 0, device, stream);  // R^T (4H, H)
+  Workspace<Real> xm(a.lengths ? TB * I : 0, device, stream);       // x, padding zeroed
+  poison(dz.get(), TB * G, stream);
+  poison(hprev.get(), TB * H, stream);
+  poison(rt.get(), T > 0 && B > 0 ? G * H : 0, stream);
+  poison(xm.get(), a.lengths ? TB * I : 0, stream);
+
+  // dh0 / dc0 hold the running dh / dc: they start as dh_n / dc_n.
+  copy_or_zero(a.dh0, a.dh_n, B * H, stream);
+  copy_or_zero(a.dc0, a.dc_n, B * H, stream);
+  if (T > 0 && B > 0) {
+    auto kt = transpose_kernel<Real>;
+    FL_LAUNCH(kt, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H, G, a.recurrent_kernel, rt.get());
+    if (B <= kSmallRows)
+      backward_steps<Real, kSmallRows>(a, dz.get(), hprev.get(), rt.get(), stream);
+    else
+      backward_steps<Real, kRows>(a, dz.get(), hprev.get(), rt.get(), stream);
+  }
+  const Real* x_valid = a.x;
+  if (a.lengths && TB * I > 0) {
+    auto km = mask_rows_kernel<Real>;
+    FL_LAUNCH(km, grid_of(ceil_div(TB * I, kThreads)), dim3(kThreads), stream, T, B, I, a.lengths, a.x, xm.get());
+    x_valid = xm.get();
+  }
+  // dkernel (I, 4H) = x^T . dz       A(i, r) = x[r * I + i]
+  gemm<Real>(I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
+  // drecurrent (H, 4H) = h_prev^T . dz
+  gemm<Real>(H, G, TB, hprev.get(), 1, H, dz.get(), G, 1, nullptr, a.drecurrent_kernel, G, stream);
+  // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
+  gemm<Real>(TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
+  if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
+}
+
+}  // namespace impl
+
+template <typename Real>
+void forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream) {
+  impl::DeviceGuard guard(device);
+  impl::forward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream));
+}
+
+template <typename Real>
+void backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream) {
+  impl::DeviceGuard guard(device);
+  impl::backward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream));
+}
+
+}  // namespace cuda
+}  // namespace fastlstm

@@ -1,0 +1,745 @@
+"""fastlstm's CUDA backend (ops with backend="cuda") against fastlstm.reference in float64.
+
+Three groups:
+
+* Always: availability and error reporting (cuda_info / cuda_available, a clear RuntimeError
+  for backend="cuda" when no GPU is usable, importing fastlstm without CuPy or without the
+  extension, the extension being built wherever nvcc is).
+* Emulator (no GPU needed): the CUDA kernels and their host code (csrc/cuda/lstm_impl.cuh)
+  compiled with the host C++ compiler against the CPU emulator of csrc/cuda/emu/emu.h, put
+  behind fastlstm.cuda in place of fastlstm._cuda, so the whole backend="cuda" path (ops.py,
+  cuda.py, the kernels' indexing, lengths, reverse, barriers, the numerics) runs here. The
+  emulator runs the threads of a block as fibers, checks barriers, bounds-checks fixed-size
+  arrays and puts every allocation against a guard page; each case also runs with the
+  thread and block order reversed and must give bitwise the same result.
+* GPU (marker `cuda`): the same comparisons on a real device, plus CuPy / torch inputs and
+  determinism; skipped with the reason from fastlstm.cuda_info() when no GPU is usable.
+
+Output poisoning is on for the CUDA backend in every test here: outputs and workspaces start
+as NaN, so an element a kernel forgets to write (or reads before writing) fails the checks.
+"""
+
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import cuda as fcuda
+from fastlstm import ops, reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
+DTYPES = [np.float32, np.float64]
+FWD_NAMES = ("y", "h_n", "c_n")
+BWD_NAMES = ("dx", "dh0", "dc0", "dkernel", "drecurrent_kernel", "dbias")
+
+# The CPU tests' shapes (tests/test_ops_cpu.py) plus ones that cross the CUDA kernels' tiles:
+# H around the 8-unit forward block and the 32-column backward block, B around the 4 / 16
+# batch rows per block, I and T*B around the 64 x 64 x 16 GEMM tile, H past the 64-deep
+# staging chunk of the recurrent products.
+CASES = {
+    "T1_B1_I1_H1": dict(T=1, B=1, I=1, H=1),
+    "I5_H3_len_0_1_T": dict(T=4, B=3, I=5, H=3, lengths=[0, 1, 4]),
+    "I5_H3_len_0_1_T_reverse": dict(T=4, B=3, I=5, H=3, lengths=[4, 0, 1], reverse=True),
+    "I33_H17_B7_reverse_nobias": dict(T=5, B=7, I=33, H=17, lengths=[5, 0, 1, 3, 5, 2, 4],
+                                      reverse=True, bias=False),
+    "I64_H64_no_h0_c0": dict(T=3, B=2, I=64, H=64, h0=False, c0=False),
+    "I8_H100_B3_no_c0": dict(T=6, B=3, I=8, H=100, c0=False),
+    "T1_B7_H17_len_reverse": dict(T=1, B=7, I=4, H=17, lengths=[1, 0, 1, 1, 0, 0, 1], reverse=True),
+    "dy_None": dict(T=4, B=3, I=6, H=3, lengths=[2, 4, 0], dy=False),
+    "dh_n_dc_n_None": dict(T=5, B=1, I=2, H=64, lengths=[3], dh_n=False, dc_n=False),
+    "H1_B4_reverse_no_h0_nobias": dict(T=3, B=4, I=3, H=1, h0=False, bias=False, reverse=True),
+    "H3_B1_reverse_nolengths_only_dc_n": dict(T=7, B=1, I=5, H=3, reverse=True, dy=False,
+                                              dh_n=False),
+    "B37_reverse_lengths": dict(T=4, B=37, I=19, H=17, reverse=True,
+                                lengths=[(3 * b) % 5 for b in range(37)]),
+    "B40_no_bias": dict(T=3, B=40, I=7, H=33, bias=False),
+    # CUDA tiles
+    "B4_H8_I16": dict(T=3, B=4, I=16, H=8),
+    "B5_H9_I17_unsorted_lengths": dict(T=6, B=5, I=17, H=9, lengths=[3, 6, 0, 1, 5]),
+    "B16_H32_I64_T4": dict(T=4, B=16, I=64, H=32, lengths=[4] * 8 + [2] * 4 + [0, 1, 3, 4]),
+    "B17_H33_I65_reverse": dict(T=4, B=17, I=65, H=33, reverse=True,
+                                lengths=[(5 * b) % 5 for b in range(17)]),
+    "H65_I1_B2": dict(T=3, B=2, I=1, H=65),
+    "H130_B3_TB_over_64": dict(T=23, B=3, I=70, H=130, lengths=[23, 11, 0]),
+}
+# Large H (many blocks per step, several 64-deep chunks, 4H = 4096 columns): on the GPU only
+# (it is slow in the emulator).
+BIG_CASES = {
+    "H1024_B2_I64_T3": dict(T=3, B=2, I=64, H=1024, lengths=[3, 2]),
+    "H1024_B33_I16_T2_reverse": dict(T=2, B=33, I=16, H=1024, reverse=True),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"shape mismatch {a.shape} vs {b.shape}"
+    nb = np.linalg.norm(b.ravel())
+    if nb == 0.0:
+        if np.isnan(a).any():
+            return float("nan")
+        return 0.0 if not np.any(a) else float("inf")
+    return float(np.linalg.norm((a - b).ravel()) / nb)
+
+
+def make_case(T, B, I, H, dtype=np.float64, *, seed=0, bias=True, h0=True, c0=True, lengths=None,
+              reverse=False, dy=True, dh_n=True, dc_n=True):
+    """Random inputs, as tests/conftest.py's make_case (weights scaled 1 / sqrt(I + H))."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(I + H)
+    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    fwd = dict(
+        x=cast(rng.standard_normal((T, B, I))),
+        kernel=cast(rng.standard_normal((I, 4 * H)) * scale),
+        recurrent_kernel=cast(rng.standard_normal((H, 4 * H)) * scale),
+        bias=cast(rng.standard_normal(4 * H) * 0.5) if bias else None,
+        h0=cast(rng.standard_normal((B, H)) * 0.5) if h0 else None,
+        c0=cast(rng.standard_normal((B, H))) if c0 else None,
+        lengths=None if lengths is None else np.asarray(lengths, dtype=np.int64),
+        reverse=reverse,
+    )
+    bwd = dict(
+        dy=cast(rng.standard_normal((T, B, H))) if dy else None,
+        dh_n=cast(rng.standard_normal((B, H))) if dh_n else None,
+        dc_n=cast(rng.standard_normal((B, H))) if dc_n else None,
+    )
+    return fwd, bwd
+
+
+def reference64(fwd, bwd):
+    up = lambda a: a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a  # noqa: E731
+    f64 = {k: up(v) for k, v in fwd.items()}
+    b64 = {k: up(v) for k, v in bwd.items()}
+    y, h_n, c_n, saved = reference.lstm_forward(**f64)
+    return (y, h_n, c_n), reference.lstm_backward(saved, **b64)
+
+
+def to_host(a):
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    return a.get()  # CuPy
+
+
+def check_against_reference(fwd, bwd, outs, grads, tol):
+    ref_outs, ref_grads = reference64(fwd, bwd)
+    for name, a, b in zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads),
+                          tuple(ref_outs) + tuple(ref_grads)):
+        if b is None:
+            assert a is None, f"{name}: expected None"
+            continue
+        a = to_host(a)
+        assert a.shape == b.shape, f"{name}: shape {a.shape} != {b.shape}"
+        assert a.dtype == fwd["x"].dtype, f"{name}: dtype {a.dtype}"
+        assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
+        err = rel_err(a, b)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
+
+
+def run_cuda(fwd, bwd, training=True):
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, training=training, backend="cuda")
+    grads = ops.lstm_backward(saved, **bwd) if training else None
+    return (y, h_n, c_n), grads, saved
+
+
+def run_and_check(name, spec, dtype):
+    fwd, bwd = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **spec)
+    outs, grads, _ = run_cuda(fwd, bwd)
+    assert len(grads) == 6
+    for a in tuple(outs) + tuple(grads):
+        assert a is None or isinstance(a, np.ndarray), type(a)
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
+    return outs, grads
+
+
+def assert_bitwise_equal(first, second):
+    for a, b in zip(first, second):
+        if a is None:
+            assert b is None
+            continue
+        a, b = to_host(a), to_host(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def cuda_poison():
+    """Poison the CUDA backend's outputs and workspaces (NaN) in every test of this module."""
+    fcuda.set_poison(True)
+    try:
+        yield
+    finally:
+        fcuda.set_poison(False)
+
+
+# --------------------------------------------------------------------------- always
+
+def test_cuda_info_is_a_dict_that_never_raises():
+    info = fastlstm.cuda_info()
+    assert isinstance(info, dict)
+    for key in ("available", "reason", "built", "cupy"):
+        assert key in info
+    assert isinstance(info["available"], bool)
+    assert fastlstm.cuda_available() is info["available"]
+    if info["available"]:
+        assert info["reason"] == ""
+        for key in ("name", "capability", "sm_count", "total_memory", "kernel_variant"):
+            assert key in info
+    else:
+        assert isinstance(info["reason"], str) and info["reason"]
+    if info["built"]:
+        assert "kernel_variant" in info and info["kernel_variant"]
+        assert info["runtime_version"] > 0
+
+
+def test_backend_cuda_without_gpu_raises_runtime_error_with_reason():
+    if fastlstm.cuda_available():
+        pytest.skip("a GPU is usable here")
+    reason = fastlstm.cuda_info()["reason"]
+    fwd, _ = make_case(3, 2, 4, 5, np.float32)
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available") as excinfo:
+        ops.lstm_forward(**fwd, backend="cuda")
+    assert reason in str(excinfo.value)
+
+
+@pytest.mark.parametrize("backend", ["gpu", "CUDA", "cuda ", "cuda:0"])
+def test_unknown_backend_names_stay_value_errors(backend):
+    fwd, _ = make_case(3, 2, 4, 5, np.float32)
+    with pytest.raises(ValueError, match="backend"):
+        ops.lstm_forward(**fwd, backend=backend)
+
+
+def _nvcc_present():
+    return bool(os.environ.get("CUDACXX")) or shutil.which("nvcc") is not None
+
+
+def test_extension_is_built_where_nvcc_is():
+    # CMake's FASTLSTM_CUDA=AUTO builds fastlstm._cuda whenever it finds a CUDA compiler.
+    if not _nvcc_present():
+        pytest.skip("no nvcc here, so the build has no CUDA extension")
+    if os.environ.get("FASTLSTM_CUDA", "").upper() == "OFF":
+        pytest.skip("FASTLSTM_CUDA=OFF")
+    info = fastlstm.cuda_info()
+    assert info["built"], f"nvcc is on PATH but fastlstm._cuda is missing: {info['reason']}"
+    from fastlstm import _cuda
+    status = _cuda.status()  # never raises, GPU or not
+    assert set(status) >= {"ok", "device_count", "reason", "runtime_version", "driver_version"}
+    assert status["runtime_version"] >= 12000
+    if not status["ok"]:
+        assert status["reason"]
+        # any CUDA call then raises RuntimeError with the CUDA error string
+        with pytest.raises(RuntimeError, match="CUDA error"):
+            _cuda.Buffer(16, 0)
+        with pytest.raises(RuntimeError, match="CUDA error"):
+            _cuda.device_properties(0)
+    assert _cuda.get_poison() is True  # this module's fixture
+    assert "deterministic" in _cuda.kernel_variant()
+
+
+def test_extension_rejects_bad_arguments_before_touching_the_gpu():
+    if not fastlstm.cuda_info()["built"]:
+        pytest.skip(fastlstm.cuda_info()["reason"])
+    from fastlstm import _cuda
+    with pytest.raises(TypeError, match="dtype"):
+        _cuda.forward("float16", (1, 1, 1, 1), *([0] * 7), False, *([0] * 5), 0, 0)
+    with pytest.raises(ValueError, match="dims"):
+        _cuda.forward("float32", (1, 1, 1), *([0] * 7), False, *([0] * 5), 0, 0)
+    with pytest.raises(ValueError, match="nbytes"):
+        _cuda.Buffer(-1, 0)
+
+
+def _run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_import_fastlstm_does_not_import_cupy():
+    r = _run_python("import sys, fastlstm, fastlstm.ops\n"
+                    "info = fastlstm.cuda_info(); fastlstm.cuda_available()\n"
+                    "assert 'cupy' not in sys.modules, 'cupy imported'\n"
+                    "print('ok', info['available'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
+def test_import_without_the_extension():
+    # As on a build without CUDA: fastlstm._cuda cannot be found.
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'fastlstm._cuda':\n"
+        "            raise ModuleNotFoundError(\"No module named 'fastlstm._cuda'\", name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, fastlstm\n"
+        "from fastlstm import ops\n"
+        "info = fastlstm.cuda_info()\n"
+        "assert info['available'] is False and info['built'] is False, info\n"
+        "assert info['reason'] == 'fastlstm was built without CUDA', info\n"
+        "assert fastlstm.cuda_available() is False\n"
+        "x = np.zeros((2, 1, 3), np.float32); k = np.zeros((3, 8), np.float32)\n"
+        "r = np.zeros((2, 8), np.float32)\n"
+        "try:\n"
+        "    ops.lstm_forward(x, k, r, backend='cuda')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'fastlstm was built without CUDA' in str(e), e\n"
+        "    print('ok')\n"
+        "y = ops.lstm_forward(x, k, r, backend='cpu')[0]\n"
+        "assert y.shape == (2, 1, 2)\n"
+    )
+    r = _run_python(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- emulator
+
+EMU_SOURCE = ROOT / "csrc" / "cuda" / "emu" / "emu_capi.cc"
+
+
+class _EmuBuffer:
+    def __init__(self, lib, nbytes, device):
+        if nbytes < 0:
+            raise ValueError(f"nbytes: expected >= 0, got {nbytes}")
+        self._lib = lib
+        self.nbytes = int(nbytes)
+        self.device = device
+        self.ptr = int(lib.fl_emu_alloc(self.nbytes) or 0)
+        if self.nbytes and not self.ptr:
+            raise RuntimeError("emulator: out of memory")
+
+    def __del__(self):
+        if getattr(self, "ptr", 0):
+            self._lib.fl_emu_free(ctypes.c_void_p(self.ptr))
+            self.ptr = 0
+
+    def _check(self, a):
+        if not a.flags.c_contiguous or a.nbytes != self.nbytes:
+            raise ValueError("emulator buffer: size or layout mismatch")
+
+    def upload(self, src):
+        self._check(src)
+        if self.nbytes:
+            ctypes.memmove(self.ptr, src.ctypes.data, self.nbytes)
+
+    def download(self, dst):
+        self._check(dst)
+        if self.nbytes:
+            ctypes.memmove(dst.ctypes.data, self.ptr, self.nbytes)
+
+
+class EmuExtension:
+    """Stands in for fastlstm._cuda: the same functions, run by the CPU emulator."""
+
+    def __init__(self, lib):
+        self.lib = lib
+        self._poison = False
+        lib.fl_emu_alloc.restype = ctypes.c_void_p
+        lib.fl_emu_alloc.argtypes = [ctypes.c_int64]
+        lib.fl_emu_free.argtypes = [ctypes.c_void_p]
+        lib.fl_emu_live_allocations.restype = ctypes.c_int64
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.fl_emu_forward.argtypes = [ctypes.c_int, i64, i64, i64, i64] + [p] * 7 + [ctypes.c_int] + \
+            [p] * 5 + [ctypes.c_char_p, ctypes.c_int]
+        lib.fl_emu_backward.argtypes = [ctypes.c_int, i64, i64, i64, i64] + [p] * 6 + [ctypes.c_int] + \
+            [p] * 11 + [ctypes.c_char_p, ctypes.c_int]
+
+        class Buffer(_EmuBuffer):
+            def __init__(buf, nbytes, device):  # noqa: N805
+                super().__init__(lib, nbytes, device)
+
+        self.Buffer = Buffer
+
+    def status(self):
+        return {"ok": True, "device_count": 1, "reason": "", "runtime_version": 0,
+                "driver_version": 0}
+
+    def current_device(self):
+        return 0
+
+    def device_properties(self, device):
+        return {"name": "fastlstm CPU emulator", "capability": (0, 0), "sm_count": 1,
+                "total_memory": 0, "l2_cache_bytes": 0}
+
+    def kernel_variant(self):
+        return "emulator"
+
+    def set_poison(self, on):
+        self._poison = bool(on)
+        self.lib.fl_emu_set_poison(int(bool(on)))
+
+    def get_poison(self):
+        return self._poison
+
+    def empty_cache(self, device):
+        pass
+
+    def synchronize(self, device, stream):
+        pass
+
+    def set_reverse_order(self, on):
+        self.lib.fl_emu_set_reverse_order(int(bool(on)))
+
+    def set_guard_front(self, on):
+        self.lib.fl_emu_set_guard_front(int(bool(on)))
+
+    @staticmethod
+    def _is_double(dtype):
+        if dtype not in ("float32", "float64"):
+            raise TypeError(f"dtype: expected 'float32' or 'float64', got '{dtype}'")
+        return int(dtype == "float64")
+
+    def _call(self, fn, *args):
+        err = ctypes.create_string_buffer(1024)
+        rc = fn(*args, err, len(err))
+        if rc != 0:
+            raise RuntimeError(err.value.decode())
+
+    def forward(self, dtype, dims, *ptrs_and_flags):
+        x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, device, stream = \
+            ptrs_and_flags
+        self._call(self.lib.fl_emu_forward, self._is_double(dtype), *dims, x, kernel, rk, bias, h0,
+                   c0, lengths, int(reverse), y, h_n, c_n, gates, cells)
+
+    def backward(self, dtype, dims, *ptrs_and_flags):
+        (x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0, dc0, dk,
+         dr, db, device, stream) = ptrs_and_flags
+        self._call(self.lib.fl_emu_backward, self._is_double(dtype), *dims, x, kernel, rk, h0, c0,
+                   lengths, int(reverse), gates, cells, dy, dh_n, dc_n, dx, dh0, dc0, dk, dr, db)
+
+
+@pytest.fixture(scope="module")
+def emu_lib():
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        pytest.skip("no C++ compiler to build the CUDA emulator")
+    if not hasattr(os, "fork") or sys.platform != "linux":
+        pytest.skip("the CUDA emulator needs Linux (ucontext, mmap)")
+    out = pathlib.Path(tempfile.mkdtemp(prefix="fastlstm_emu_")) / "libfastlstm_cuda_emu.so"
+    cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", f"-I{ROOT / 'csrc'}", "-Wall", "-Wextra",
+           "-Wno-unknown-pragmas", "-fsanitize=bounds",
+           "-fsanitize-undefined-trap-on-error", str(EMU_SOURCE), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"building the CUDA emulator failed:\n{' '.join(cmd)}\n{r.stderr}"
+    lib = ctypes.CDLL(str(out))
+    yield lib
+    shutil.rmtree(out.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def emu(emu_lib):
+    """fastlstm.cuda runs on the emulator for the duration of the test (poisoning on)."""
+    ext = EmuExtension(emu_lib)
+    previous = fcuda._set_extension(ext)
+    ext.set_poison(True)
+    ext.set_reverse_order(False)
+    ext.set_guard_front(False)
+    try:
+        yield ext
+    finally:
+        ext.set_poison(False)
+        ext.set_reverse_order(False)
+        ext.set_guard_front(False)
+        fcuda._set_extension(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_emulated_kernels_match_reference(emu, name, dtype):
+    assert fastlstm.cuda_available() and fastlstm.cuda_info()["kernel_variant"] == "emulator"
+    outs, grads = run_and_check(name, CASES[name], dtype)
+    # Reversed thread order in every barrier round, reversed block order, guard pages before
+    # the buffers instead of after: the same bits (no missing barrier, no order dependence).
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    outs2, grads2 = run_and_check(name, CASES[name], dtype)
+    assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(outs2) + tuple(grads2))
+
+
+def test_emulated_training_false_and_no_leaks(emu, emu_lib):
+    emu_lib.fl_emu_live_allocations.restype = ctypes.c_int64
+    before = emu_lib.fl_emu_live_allocations()
+    fwd, bwd = make_case(5, 3, 4, 17, np.float32, seed=2, lengths=[5, 0, 2], reverse=True)
+    y1, h1, c1, saved = ops.lstm_forward(**fwd, training=True, backend="cuda")
+    y0, h0, c0, saved0 = ops.lstm_forward(**fwd, training=False, backend="cuda")
+    assert saved0 is None and saved.backend == "cuda"
+    for a, b in ((y0, y1), (h0, h1), (c0, c1)):
+        np.testing.assert_array_equal(a, b)
+    ops.lstm_backward(saved, **bwd)
+    del saved
+    import gc
+    gc.collect()
+    assert emu_lib.fl_emu_live_allocations() == before
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_emulated_padding_semantics_and_nan_in_padding(emu, reverse):
+    T, B = 5, 6
+    lengths = [0, 1, 5, 3, 0, 2]
+    fwd, bwd = make_case(T, B, 7, 3, np.float32, seed=11, lengths=lengths, reverse=reverse)
+    for b, L in enumerate(lengths):
+        fwd["x"][L:, b] = np.nan  # padding: must not leak anywhere
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cuda")
+    grads = ops.lstm_backward(saved, **bwd)
+    dx, dh0, dc0 = grads[:3]
+    for name, a in zip(FWD_NAMES + BWD_NAMES, (y, h_n, c_n) + tuple(grads)):
+        assert np.isfinite(a).all(), f"{name}: NaN from x at a padding position"
+    for b, L in enumerate(lengths):
+        assert np.all(y[L:, b] == 0) and np.all(dx[L:, b] == 0)
+        if L == 0:
+            np.testing.assert_array_equal(h_n[b], fwd["h0"][b])
+            np.testing.assert_array_equal(c_n[b], fwd["c0"][b])
+            np.testing.assert_array_equal(dh0[b], bwd["dh_n"][b])
+            np.testing.assert_array_equal(dc0[b], bwd["dc_n"][b])
+        else:
+            np.testing.assert_array_equal(h_n[b], y[0 if reverse else L - 1, b])
+
+
+@pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (3, 0, None), (0, 0, None), (4, 3, [0, 0, 0])],
+                         ids=["T0", "B0", "T0_B0", "all_lengths_0"])
+def test_emulated_empty_work(emu, T, B, lengths):
+    fwd, bwd = make_case(T, B, 4, 17, np.float64, seed=18, lengths=lengths, reverse=True)
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cuda")
+    assert y.shape == (T, B, 17) and np.all(y == 0)
+    np.testing.assert_array_equal(h_n, fwd["h0"])
+    np.testing.assert_array_equal(c_n, fwd["c0"])
+    dx, dh0, dc0, dk, dr, db = ops.lstm_backward(saved, **bwd)
+    assert dx.shape == (T, B, 4) and np.all(dx == 0)
+    np.testing.assert_array_equal(dh0, bwd["dh_n"])
+    np.testing.assert_array_equal(dc0, bwd["dc_n"])
+    for g, shape in ((dk, (4, 68)), (dr, (17, 68)), (db, (68,))):
+        assert g.shape == shape and np.all(g == 0)
+
+
+def test_emulated_large_inputs_saturate(emu):
+    fwd, _ = make_case(3, 2, 4, 3, np.float32, seed=17)
+    fwd["x"] *= 1e3
+    y, h_n, c_n, _ = ops.lstm_forward(**fwd, backend="cuda")
+    ry, rh, rc, _ = reference.lstm_forward(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray)
+                                                  and v.dtype.kind == "f" else v)
+                                              for k, v in fwd.items()})
+    for a, b in ((y, ry), (h_n, rh), (c_n, rc)):
+        assert np.isfinite(a).all() and np.max(np.abs(a - b)) <= 1e-4
+
+
+def test_emulated_argument_errors_match_cpu(emu):
+    fwd, bwd = make_case(4, 3, 5, 2, np.float64, seed=1)
+    bad = {**fwd, "kernel": fwd["kernel"].astype(np.float32)}
+    with pytest.raises(TypeError, match=r"(?<!recurrent_)\bkernel\b"):
+        ops.lstm_forward(**bad, backend="cuda")
+    with pytest.raises(ValueError, match=r"\bh0\b"):
+        ops.lstm_forward(**{**fwd, "h0": np.zeros((4, 2))}, backend="cuda")
+    with pytest.raises(ValueError, match=r"\blengths\b"):
+        ops.lstm_forward(**{**fwd, "lengths": [4, 5, 0]}, backend="cuda")
+    *_, saved = ops.lstm_forward(**fwd, backend="cuda")
+    with pytest.raises(ValueError, match=r"\bdy\b"):
+        ops.lstm_backward(saved, dy=np.zeros((4, 3, 3)))
+    with pytest.raises(TypeError, match=r"\bdh_n\b"):
+        ops.lstm_backward(saved, dy=None, dh_n=np.zeros((3, 2), np.float32))
+    _, _, _, saved0 = ops.lstm_forward(**fwd, training=False, backend="cuda")
+    with pytest.raises(ValueError, match="training"):
+        ops.lstm_backward(saved0, **bwd)
+
+
+def test_emulated_noncontiguous_inputs(emu):
+    fwd, bwd = make_case(5, 3, 6, 17, np.float32, seed=12, lengths=[5, 2, 0], reverse=True)
+    ref = run_cuda(fwd, bwd)
+    strided = {k: (np.asfortranarray(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+               for k, v in fwd.items()}
+    got = run_cuda(strided, {k: np.asfortranarray(v) for k, v in bwd.items()})
+    assert_bitwise_equal(tuple(ref[0]) + tuple(ref[1]), tuple(got[0]) + tuple(got[1]))
+
+
+def test_emulated_kernel_errors_become_runtime_errors(emu):
+    # A direct call with a null required pointer: the C++ checks raise, nothing runs.
+    with pytest.raises(RuntimeError, match=r"\bx\b.*required"):
+        emu.forward("float32", (2, 1, 3, 4), 0, 0, 0, 0, 0, 0, 0, False, 0, 0, 0, 0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- GPU
+
+def _skip_reason():
+    info = fastlstm.cuda_info()
+    return info["reason"] or "CUDA not available"
+
+
+gpu = pytest.mark.skipif(not fastlstm.cuda_available(), reason=f"no usable CUDA GPU: {_skip_reason()}")
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(CASES) + list(BIG_CASES))
+def test_gpu_matches_reference(name, dtype):
+    spec = {**CASES, **BIG_CASES}[name]
+    first = run_and_check(name, spec, dtype)
+    second = run_and_check(name, spec, dtype)
+    # deterministic: the same inputs give bitwise the same outputs and gradients
+    assert_bitwise_equal(tuple(first[0]) + tuple(first[1]), tuple(second[0]) + tuple(second[1]))
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_info():
+    info = fastlstm.cuda_info()
+    assert info["available"] and info["device_count"] >= 1
+    assert isinstance(info["name"], str) and info["name"]
+    assert len(info["capability"]) == 2 and info["capability"][0] >= 5
+    assert info["sm_count"] > 0 and info["total_memory"] > 0
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gpu_padding_semantics_and_nan_in_padding(reverse):
+    T, B = 5, 6
+    lengths = [0, 1, 5, 3, 0, 2]
+    fwd, bwd = make_case(T, B, 7, 3, np.float32, seed=11, lengths=lengths, reverse=reverse)
+    for b, L in enumerate(lengths):
+        fwd["x"][L:, b] = np.nan
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cuda")
+    grads = ops.lstm_backward(saved, **bwd)
+    for name, a in zip(FWD_NAMES + BWD_NAMES, (y, h_n, c_n) + tuple(grads)):
+        assert np.isfinite(a).all(), f"{name}: NaN from x at a padding position"
+    for b, L in enumerate(lengths):
+        assert np.all(y[L:, b] == 0) and np.all(grads[0][L:, b] == 0)
+        if L == 0:
+            np.testing.assert_array_equal(h_n[b], fwd["h0"][b])
+            np.testing.assert_array_equal(grads[1][b], bwd["dh_n"][b])
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (3, 0, None), (4, 3, [0, 0, 0])],
+                         ids=["T0", "B0", "all_lengths_0"])
+def test_gpu_empty_work(T, B, lengths):
+    fwd, bwd = make_case(T, B, 4, 17, np.float32, seed=18, lengths=lengths)
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cuda")
+    assert y.shape == (T, B, 17) and np.all(y == 0)
+    np.testing.assert_array_equal(h_n, fwd["h0"])
+    dx, dh0, dc0, dk, dr, db = ops.lstm_backward(saved, **bwd)
+    assert np.all(dx == 0) and np.all(dk == 0) and np.all(dr == 0) and np.all(db == 0)
+    np.testing.assert_array_equal(dc0, bwd["dc_n"])
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_training_false_matches_training_true():
+    fwd, _ = make_case(5, 3, 4, 17, np.float32, seed=2, lengths=[5, 0, 2], reverse=True)
+    a = ops.lstm_forward(**fwd, training=True, backend="cuda")
+    b = ops.lstm_forward(**fwd, training=False, backend="cuda")
+    assert b[3] is None
+    assert_bitwise_equal(a[:3], b[:3])
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_matches_cpu_backend_closely():
+    fwd, bwd = make_case(7, 5, 9, 40, np.float64, seed=21, lengths=[7, 3, 0, 6, 1], reverse=True)
+    outs, grads, _ = run_cuda(fwd, bwd)
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cpu")
+    cgrads = ops.lstm_backward(saved, **bwd)
+    for a, b in zip(tuple(outs) + tuple(grads), (y, h_n, c_n) + tuple(cgrads)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def _cupy_or_skip():
+    return pytest.importorskip("cupy", reason="CuPy is not installed")
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_gpu_cupy_inputs_give_cupy_outputs(dtype):
+    cp = _cupy_or_skip()
+    fwd, bwd = make_case(6, 5, 11, 33, dtype, seed=5, lengths=[6, 0, 3, 1, 6], reverse=True)
+    dfwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) and k != "lengths" else v)
+            for k, v in fwd.items()}
+    dfwd["lengths"] = cp.asarray(fwd["lengths"])
+    dbwd = {k: cp.asarray(v) for k, v in bwd.items()}
+    y, h_n, c_n, saved = ops.lstm_forward(**dfwd, backend="cuda")
+    grads = ops.lstm_backward(saved, **dbwd)
+    for a in (y, h_n, c_n) + tuple(grads):
+        assert isinstance(a, cp.ndarray)
+    check_against_reference(fwd, bwd, (y, h_n, c_n), grads, TOL[np.dtype(dtype)])
+    # the same bits as the NumPy path
+    outs, hgrads, _ = run_cuda(fwd, bwd)
+    assert_bitwise_equal(tuple(outs) + tuple(hgrads), (y, h_n, c_n) + tuple(grads))
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_cupy_noncontiguous_and_mixed_inputs_and_stream():
+    cp = _cupy_or_skip()
+    fwd, bwd = make_case(4, 3, 6, 17, np.float32, seed=12, lengths=[4, 2, 0])
+    ref_outs, ref_grads, _ = run_cuda(fwd, bwd)
+    x = cp.asfortranarray(cp.asarray(fwd["x"]))  # device, not C-contiguous
+    with cp.cuda.Stream(non_blocking=True):
+        y, h_n, c_n, saved = ops.lstm_forward(**{**fwd, "x": x}, backend="cuda")  # rest NumPy
+        grads = ops.lstm_backward(saved, **bwd)
+        cp.cuda.get_current_stream().synchronize()
+    assert_bitwise_equal(tuple(ref_outs) + tuple(ref_grads), (y, h_n, c_n) + tuple(grads))
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_torch_tensors_via_cuda_array_interface_and_dlpack():
+    cp = _cupy_or_skip()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    fwd, bwd = make_case(5, 4, 8, 24, np.float32, seed=9)
+    tfwd = {k: (torch.from_numpy(v).cuda() if isinstance(v, np.ndarray) else v) for k, v in fwd.items()}
+    torch.cuda.synchronize()
+    y, h_n, c_n, saved = ops.lstm_forward(**tfwd, backend="cuda")
+    assert isinstance(y, cp.ndarray)
+    grads = ops.lstm_backward(saved, **{k: torch.from_numpy(v).cuda() for k, v in bwd.items()})
+    check_against_reference(fwd, bwd, (y, h_n, c_n), grads, TOL[np.dtype(np.float32)])
+
+    class DLPackOnly:  # a device array that speaks DLPack only
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, **kwargs):
+            return self.t.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    y2 = ops.lstm_forward(**{**tfwd, "x": DLPackOnly(tfwd["x"])}, backend="cuda")[0]
+    assert_bitwise_equal((y,), (y2,))
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_errors():
+    fwd, bwd = make_case(4, 3, 5, 2, np.float64, seed=1)
+    with pytest.raises(TypeError, match=r"\bx\b"):
+        ops.lstm_forward(**{**fwd, "x": fwd["x"].astype(np.float16)}, backend="cuda")
+    with pytest.raises(ValueError, match=r"\bc0\b"):
+        ops.lstm_forward(**{**fwd, "c0": np.zeros((3, 3))}, backend="cuda")
+    *_, saved = ops.lstm_forward(**fwd, backend="cuda")
+    with pytest.raises(ValueError, match=r"\bdc_n\b"):
+        ops.lstm_backward(saved, dy=None, dc_n=np.zeros((3, 1)))
+    from fastlstm import _cuda
+    # a host pointer where device memory is expected: a clear RuntimeError, no crash
+    host = np.zeros(64, np.float32)
+    y = _cuda.Buffer(4 * 3 * 2 * 4, 0)
+    with pytest.raises(RuntimeError, match=r"\bx\b"):
+        _cuda.forward("float32", (4, 3, 1, 2), host.ctypes.data, y.ptr, y.ptr, 0, 0, 0, 0, False,
+                      y.ptr, y.ptr, y.ptr, 0, 0, 0, 0)
+    # the device is still usable
+    run_and_check("I5_H3_len_0_1_T", CASES["I5_H3_len_0_1_T"], np.float32)
