@@ -20,6 +20,7 @@ as NaN, so an element a kernel forgets to write (or reads before writing) fails 
 """
 
 import ctypes
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -82,40 +83,23 @@ BIG_CASES = {
 
 # --------------------------------------------------------------------------- helpers
 
-def rel_err(a, b):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"shape mismatch {a.shape} vs {b.shape}"
-    nb = np.linalg.norm(b.ravel())
-    if nb == 0.0:
-        if np.isnan(a).any():
-            return float("nan")
-        return 0.0 if not np.any(a) else float("inf")
-    return float(np.linalg.norm((a - b).ravel()) / nb)
+def _load_conftest():
+    """The helpers of tests/conftest.py (rel_err, make_case), loaded as a plain module."""
+    spec = importlib.util.spec_from_file_location("_fastlstm_tests_conftest",
+                                                  pathlib.Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def make_case(T, B, I, H, dtype=np.float64, *, seed=0, bias=True, h0=True, c0=True, lengths=None,
-              reverse=False, dy=True, dh_n=True, dc_n=True):
-    """Random inputs, as tests/conftest.py's make_case (weights scaled 1 / sqrt(I + H))."""
-    rng = np.random.default_rng(seed)
-    scale = 1.0 / np.sqrt(I + H)
-    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-    fwd = dict(
-        x=cast(rng.standard_normal((T, B, I))),
-        kernel=cast(rng.standard_normal((I, 4 * H)) * scale),
-        recurrent_kernel=cast(rng.standard_normal((H, 4 * H)) * scale),
-        bias=cast(rng.standard_normal(4 * H) * 0.5) if bias else None,
-        h0=cast(rng.standard_normal((B, H)) * 0.5) if h0 else None,
-        c0=cast(rng.standard_normal((B, H))) if c0 else None,
-        lengths=None if lengths is None else np.asarray(lengths, dtype=np.int64),
-        reverse=reverse,
-    )
-    bwd = dict(
-        dy=cast(rng.standard_normal((T, B, H))) if dy else None,
-        dh_n=cast(rng.standard_normal((B, H))) if dh_n else None,
-        dc_n=cast(rng.standard_normal((B, H))) if dc_n else None,
-    )
-    return fwd, bwd
+_conftest = _load_conftest()
+rel_err = _conftest.rel_err
+
+
+def make_case(*args, **kwargs):
+    """Random inputs from conftest's make_case, as (forward kwargs, backward kwargs)."""
+    case = _conftest.make_case(*args, **kwargs)
+    return case.fwd, case.bwd
 
 
 def reference64(fwd, bwd):
