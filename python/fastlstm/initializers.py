@@ -44,6 +44,8 @@ import operator
 
 import numpy as np
 
+from ._configurable import Configurable
+
 from . import _random
 
 __all__ = [
@@ -145,25 +147,11 @@ def _truncated_standard_normal(rng, shape):
 
 # --------------------------------------------------------------------------- base
 
-class Initializer:
+class Initializer(Configurable):
     """Base class: ``__call__(shape, dtype=None)`` returns a new array."""
 
     def __call__(self, shape, dtype=None):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        try:
-            return cls(**config)
-        except TypeError as e:
-            raise ValueError(f"Invalid config for {cls.__name__}: {config!r} ({e})") from None
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class Zeros(Initializer):

@@ -32,6 +32,8 @@ import numbers
 
 import numpy as np
 
+from ._configurable import Configurable
+
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
 
@@ -60,7 +62,7 @@ def _grad_dtype(w):
     return w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
 
 
-class Regularizer:
+class Regularizer(Configurable):
     """Base class: ``__call__(w) -> float`` and ``gradient(w) -> ndarray``."""
 
     def __call__(self, w):
@@ -69,20 +71,6 @@ class Regularizer:
     def gradient(self, w):
         w = _as_weights(w)
         return np.zeros(w.shape, dtype=_grad_dtype(w))
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        try:
-            return cls(**config)
-        except TypeError as e:
-            raise ValueError(f"Invalid config for {cls.__name__}: {config!r} ({e})") from None
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
