@@ -193,6 +193,24 @@ def test_training_false(isa, dtype, make_case):
         assert np.isfinite(a).all()
 
 
+# Inference without lengths computes the input projection in chunks of at least 4096 rows
+# once T*B reaches two chunks (csrc/cpu/lstm_kernels.cc, forward): (300, 32) gives chunks of
+# 128, 128 and 44 steps; (8200, 1) two chunks of 4096 and one of 8. The outputs must equal the
+# training forward (one projection) bitwise and the float64 reference within the tolerance.
+@pytest.mark.parametrize("T,B", [(300, 32), (8200, 1)], ids=["T300_B32", "T8200_B1"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_training_false_chunked_projection(isa, T, B, reverse, make_case, rel_err):
+    case = make_case(T, B, 5, 7, np.float32, seed=9, reverse=reverse, h0=False, c0=False)
+    y1, h1, c1, _ = ops.lstm_forward(**case.fwd, training=True, backend="cpu")
+    y0, h0, c0, _ = ops.lstm_forward(**case.fwd, training=False, backend="cpu")
+    for a, b in ((y0, y1), (h0, h1), (c0, c1)):
+        np.testing.assert_array_equal(a, b)
+    ref = case.as_float64()
+    yr, hr, cr, _ = reference.lstm_forward(**ref.fwd, training=False)
+    for a, b in ((y0, yr), (h0, hr), (c0, cr)):
+        assert rel_err(a, b) <= TOL[np.dtype(np.float32)]
+
+
 def test_training_false_numpy_backend(make_case):
     case = make_case(3, 2, 4, 3, np.float64, seed=2)
     *_, saved = ops.lstm_forward(**case.fwd, training=False, backend="numpy")
