@@ -201,6 +201,8 @@ THREAD_CASES = {
     "B16_I33_H64_len_rev": dict(T=5, B=16, I=33, H=64, lengths=[5, 0, 1, 3] * 4, reverse=True),
     "B7_I5_H17": dict(T=4, B=7, I=5, H=17),
     "B1_H100_nobias": dict(T=3, B=1, I=8, H=100, bias=False, h0=False),
+    # chunked backward and inference (>= 2 chunks of 4096 rows): the same chunks for any count
+    "T260_B32_chunked": dict(T=260, B=32, I=6, H=20, lengths=[260 - 7 * b for b in range(32)]),
 }
 
 
@@ -213,7 +215,9 @@ def test_thread_count_bitwise_identical(isa, name, dtype, make_case, num_threads
         num_threads(n)
         y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="cpu")
         grads = ops.lstm_backward(saved, **case.bwd)
-        results[n] = (y, h_n, c_n) + tuple(grads)
+        fwd = dict(case.fwd, lengths=None)
+        inference = ops.lstm_forward(**fwd, training=False, backend="cpu")[:3]
+        results[n] = (y, h_n, c_n) + tuple(grads) + tuple(inference)
     for n in (2, 3):
         for k, (a, b) in enumerate(zip(results[n], results[1])):
             if b is None:

@@ -193,6 +193,29 @@ def test_training_false(isa, dtype, make_case):
         assert np.isfinite(a).all()
 
 
+# The backward keeps dz and h_{t-1} for chunks of at least 4096 rows once T*B reaches two
+# chunks, except with lengths and reverse together (csrc/cpu/lstm_kernels.cc, backward), and
+# sums the weight gradients chunk by chunk. Cases on both sides of that rule, against the
+# float64 reference (float32 and float64 tolerances as above).
+CHUNKED_CASES = {
+    "T300_B32_lengths": dict(T=300, B=32, I=5, H=7, lengths=[300 - 9 * b for b in range(32)]),
+    "T300_B32_reverse": dict(T=300, B=32, I=6, H=5, reverse=True),
+    "T300_B32_reverse_lengths_unchunked": dict(T=300, B=32, I=4, H=6, reverse=True,
+                                               lengths=[(37 * b) % 301 for b in range(32)]),
+    "T8200_B1": dict(T=8200, B=1, I=3, H=4, bias=False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", sorted(CHUNKED_CASES))
+def test_chunked_backward_matches_reference(isa, name, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **CHUNKED_CASES[name])
+    outs, saved = run_ops(case, "cpu")
+    grads = ops.lstm_backward(saved, **case.bwd)
+    ref_outs, ref_grads = run_reference64(case)
+    check_against_reference(case, outs, grads, ref_outs, ref_grads, rel_err)
+
+
 # Inference without lengths computes the input projection in chunks of at least 4096 rows
 # once T*B reaches two chunks (csrc/cpu/lstm_kernels.cc, forward): (300, 32) gives chunks of
 # 128, 128 and 44 steps; (8200, 1) two chunks of 4096 and one of 8. The outputs must equal the

@@ -92,6 +92,7 @@ struct GemmArgs {
   Real* C;
   int64_t ldc;
   const Real* row_add;  // (N,) added to every row of C, or nullptr
+  bool accumulate = false;  // C += A . B instead of C = A . B (+ row_add)
 };
 
 #if defined(__AVX512F__)
@@ -350,7 +351,8 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
   const int64_t m0 = imin(g.M, mp * ti / tm * MR), m1 = imin(g.M, mp * (ti + 1) / tm * MR);
   const int64_t n0 = imin(g.N, np * tj / tn * NR), n1 = imin(g.N, np * (tj + 1) / tn * NR);
   if (m0 >= m1 || n0 >= n1) return;
-  if (g.K <= 0) {  // empty product: C = row_add or 0
+  if (g.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
+    if (g.accumulate) return;
     for (int64_t i = m0; i < m1; ++i)
       for (int64_t j = n0; j < n1; ++j) g.C[i * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
     return;
@@ -363,7 +365,7 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
     const int64_t nc = imin(P::NC, n1 - jc);
     for (int64_t pc = 0; pc < g.K; pc += kstep) {
       const int64_t kc = imin(kstep, g.K - pc);
-      const bool first = pc == 0;
+      const bool first = pc == 0 && !g.accumulate;
       pack_b(g, jc, nc, pc, kc, Bp);
       for (int64_t ic = m0; ic < m1; ic += P::MC) {
         const int64_t mc = imin(P::MC, m1 - ic);

@@ -179,6 +179,10 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
 // The time position that row b processes at step s (s < its length).
 inline int64_t time_of(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }
 
+// Rows (time steps x batch) per chunk of the inference projection and of the backward's
+// gate gradients: enough for the matrix products to run at full rate.
+constexpr int64_t kChunkRows = 4096;
+
 // First time position held in G while step s runs: 0 with one chunk; with chunks (only
 // without lengths, so every row's time is time_of(s, T, reverse)) the chunk's lowest time.
 inline int64_t chunk_t0(int64_t s, int64_t chunk_steps, int64_t T, bool reverse) {
@@ -341,7 +345,6 @@ void forward(const ForwardArgs<Real>& a) {
   // buffer is reused instead of faulting in and streaming a fresh (T, B, 4H) array.
   // Training writes the projection into the saved gates in one piece (chunking it measured
   // no faster there).
-  constexpr int64_t kChunkRows = 4096;
   ctx.chunk_steps = T;
   if (!a.gates && !a.lengths && B > 0) {
     const int64_t steps = ceil_div(kChunkRows, B);
@@ -372,8 +375,10 @@ template <typename Real>
 struct BackwardCtx {
   const BackwardArgs<Real>* a;
   int64_t nblocks, Hp;
-  Real* dz;          // (T, B, 4H) gate pre-activation gradients; zero at invalid positions
-  Real* h_prev;      // (T, B, H)  h_{t-1} of each valid position; zero at invalid positions
+  Real* dz;          // gate pre-activation gradients, rows (t - t0) * B + b of the current
+                     // chunk of chunk_steps steps (all T unless chunked); zero at invalid positions
+  int64_t chunk_steps;  // steps per chunk of dz / h_prev (T: one chunk)
+  Real* h_prev;      // h_{t-1} of each valid position, rows as dz; zero at invalid positions
   Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
   Real* x_masked;    // (T, B, I) x with positions past each length zeroed, or nullptr
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
@@ -405,13 +410,14 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
   Real* dzs = dz_step + b * 4 * H + u0;
+  const int64_t t0 = chunk_t0(s, ctx.chunk_steps, T, a.reverse);  // first time of the chunk
   if (s >= len) {  // position t = s is past the length: no gradient there
-    Real* dz = ctx.dz + (s * B + b) * 4 * H + u0;
+    Real* dz = ctx.dz + ((s - t0) * B + b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) {
       store_part(dz + q * H, V::zero(), nu);
       store_part(dzs + q * H, V::zero(), nu);
     }
-    store_part(ctx.h_prev + (s * B + b) * H + u0, V::zero(), nu);
+    store_part(ctx.h_prev + ((s - t0) * B + b) * H + u0, V::zero(), nu);
     return;
   }
   const int64_t t = a.reverse ? len - 1 - s : s;
@@ -438,7 +444,7 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const R dzf = V::mul(V::mul(dc, c_prev), V::mul(gf, V::sub(one, gf)));
   const R dzg = V::mul(V::mul(dc, gi), V::fnmadd(gg, gg, one));
   const R dzo = V::mul(V::mul(dh, tc), V::mul(go, V::sub(one, go)));
-  Real* dz = ctx.dz + (t * B + b) * 4 * H + u0;
+  Real* dz = ctx.dz + ((t - t0) * B + b) * 4 * H + u0;
   store_part(dz, dzi, nu);
   store_part(dz + H, dzf, nu);
   store_part(dz + 2 * H, dzg, nu);
@@ -447,7 +453,7 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   store_part(dzs + H, dzf, nu);
   store_part(dzs + 2 * H, dzg, nu);
   store_part(dzs + 3 * H, dzo, nu);
-  store_part(ctx.h_prev + (t * B + b) * H + u0, h_prev, nu);
+  store_part(ctx.h_prev + ((t - t0) * B + b) * H + u0, h_prev, nu);
 }
 
 // Units per dot-product tile: UNITS accumulators + 1 + a weight vector per unit in registers.
@@ -547,6 +553,51 @@ void backward_task(void* p, int tid, int nthreads) {
     }
   }
 
+  Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
+  // x at positions past a sequence's length must not reach dkernel, not even as NaN * 0.
+  const Real* x_valid = a.x;
+  if (ctx.x_masked) {
+    for (int64_t r = tid; r < T * B; r += nthreads) {
+      const bool valid = r / B < seq_len(a.lengths, r % B, T);
+      for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
+    }
+    x_valid = ctx.x_masked;  // complete for all rows at the first barrier of the loop below
+  }
+
+  // The weight gradients and dx of the time positions of one chunk of steps, once all its dz
+  // rows are there. Chunks are processed from the last steps down; the first one done writes
+  // dkernel, drecurrent_kernel and dbias, the later ones add to them.
+  auto chunk_products = [&](int64_t s0) {
+    const int64_t steps = imin(ctx.chunk_steps, T - s0), rows = steps * B;
+    const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
+    const bool add = s0 + steps < T;
+    // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
+    GemmArgs<Real> dkernel{I, 4 * H, rows, x_valid + t0 * B * I, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
+                           4 * H, nullptr};
+    GemmArgs<Real> drk{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
+                       nullptr};
+    dkernel.accumulate = drk.accumulate = add;
+    gemm_part(dkernel, tid, nthreads, ws);
+    gemm_part(drk, tid, nthreads, ws);
+    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, a.dx + t0 * B * I, I,
+                             nullptr},
+              tid, nthreads, ws);
+    if (a.dbias) {  // column sums of dz, each column summed in row order by one thread, in
+                    // double (thousands of float32 terms would lose digits), 64 columns at a time
+      const int64_t c0 = 4 * H * tid / nthreads, c1 = 4 * H * (tid + 1) / nthreads;
+      for (int64_t j0 = c0; j0 < c1; j0 += 64) {
+        const int64_t nj = imin(64, c1 - j0);
+        double sum[64];
+        for (int64_t j = 0; j < nj; ++j) sum[j] = add ? double(a.dbias[j0 + j]) : 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const Real* row = ctx.dz + r * 4 * H + j0;
+          for (int64_t j = 0; j < nj; ++j) sum[j] += double(row[j]);
+        }
+        for (int64_t j = 0; j < nj; ++j) a.dbias[j0 + j] = Real(sum[j]);
+      }
+    }
+  };
+
   const int64_t j0 = imin(H, mine.first * N), j1 = imin(H, mine.last * N);  // my units
   for (int64_t s = T - 1; s >= 0; --s) {
     Real* dz_step = ctx.dz_step + (s & 1) * B * 4 * H;
@@ -564,14 +615,28 @@ void backward_task(void* p, int tid, int nthreads) {
                                                 my_packed + g * 4 * H * 4 * N, dz_step);
         }
       }
-      continue;
+    } else {
+      // B < kPackedBackwardBatch (one row): dot products, kDotUnits units at a time.
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t j = j0;
+        for (; j + kDotUnits <= j1; j += kDotUnits) backward_dot_tile<Real, kDotUnits>(ctx, s, b, j, dz_step);
+        for (; j < j1; ++j) backward_dot_tile<Real, 1>(ctx, s, b, j, dz_step);
+      }
     }
-    // B < kPackedBackwardBatch (one row): dot products, kDotUnits units at a time.
-    for (int64_t b = 0; b < B; ++b) {
-      int64_t j = j0;
-      for (; j + kDotUnits <= j1; j += kDotUnits) backward_dot_tile<Real, kDotUnits>(ctx, s, b, j, dz_step);
-      for (; j < j1; ++j) backward_dot_tile<Real, 1>(ctx, s, b, j, dz_step);
+    if (s % ctx.chunk_steps == 0) {  // the chunk's first step: its dz and h_prev are complete
+      chunk_products(s);
+      if (s > 0) barrier_wait(&ctx.barrier);  // read by all before the next chunk overwrites
     }
+  }
+  if (T == 0 && a.dbias) {  // no steps: every gradient of the weights is zero
+    for (int64_t j = 4 * H * tid / nthreads; j < 4 * H * (tid + 1) / nthreads; ++j) a.dbias[j] = Real(0);
+  }
+  if (T == 0) {
+    gemm_part(GemmArgs<Real>{I, 4 * H, 0, a.x, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
+              tid, nthreads, ws);
+    gemm_part(GemmArgs<Real>{H, 4 * H, 0, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
+                             nullptr},
+              tid, nthreads, ws);
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -579,36 +644,6 @@ void backward_task(void* p, int tid, int nthreads) {
       store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
       store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
     }
-  barrier_wait(&ctx.barrier);  // dz and h_prev complete for all positions
-
-  Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
-  const int64_t rows = T * B;
-  // x at positions past a sequence's length must not reach dkernel, not even as NaN * 0.
-  const Real* x_valid = a.x;
-  if (ctx.x_masked) {
-    for (int64_t r = tid; r < rows; r += nthreads) {
-      const bool valid = r / B < seq_len(a.lengths, r % B, T);
-      for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
-    }
-    barrier_wait(&ctx.barrier);
-    x_valid = ctx.x_masked;
-  }
-  // dkernel (I, 4H) = x^T . dz;  drecurrent_kernel (H, 4H) = h_prev^T . dz;  dx (TB, I) = dz . kernel^T
-  gemm_part(GemmArgs<Real>{I, 4 * H, rows, x_valid, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
-            tid, nthreads, ws);
-  gemm_part(GemmArgs<Real>{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel,
-                           4 * H, nullptr},
-            tid, nthreads, ws);
-  gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, a.dx, I, nullptr},
-            tid, nthreads, ws);
-  if (a.dbias) {  // column sums of dz, each column summed in row order by one thread
-    const int64_t j0 = 4 * H * tid / nthreads, j1 = 4 * H * (tid + 1) / nthreads;
-    for (int64_t j = j0; j < j1; ++j) a.dbias[j] = Real(0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const Real* row = ctx.dz + r * 4 * H;
-      for (int64_t j = j0; j < j1; ++j) a.dbias[j] += row[j];
-    }
-  }
 }
 
 template <typename Real>
@@ -620,7 +655,17 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
-  Buffer<Real> dz(T * B * 4 * H), h_prev(T * B * H);
+  // dz and h_prev for a chunk of steps at a time when the rows' time positions are one block
+  // per chunk (not with lengths and reverse together) and T*B holds two chunks: the weight
+  // gradients are then summed chunk by chunk (NOTES 18).
+  ctx.chunk_steps = T;
+  if (!(a.reverse && a.lengths) && B > 0) {
+    const int64_t steps = ceil_div(kChunkRows, B);
+    if (2 * steps <= T) ctx.chunk_steps = steps;
+  }
+  if (ctx.chunk_steps < 1) ctx.chunk_steps = 1;
+  const int64_t chunk = imin(T, ctx.chunk_steps);
+  Buffer<Real> dz(chunk * B * 4 * H), h_prev(chunk * B * H);
   Buffer<Real> state(2 * B * 4 * H + 2 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   const bool packed = B >= kPackedBackwardBatch;
