@@ -13,7 +13,7 @@ direction runs fastlstm's fused CPU kernels (fastlstm.ops.lstm_forward / lstm_ba
 inside a torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight.
 
 Not supported: proj_size > 0 (NotImplementedError at construction), tensors on a device
-other than the CPU (RuntimeError at forward; fastlstm has no CUDA backend yet), dtypes
+other than the CPU (RuntimeError at forward; this module does not use fastlstm's CUDA backend yet), dtypes
 other than float32 and float64, double backward (create_graph=True through the LSTM),
 torch.func transforms (vmap, jacrev) and TorchScript.
 
