@@ -13,8 +13,8 @@ direction runs fastlstm's fused CPU kernels (fastlstm.ops.lstm_forward / lstm_ba
 inside a torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight.
 
 Not supported: proj_size > 0 (NotImplementedError at construction), tensors on a device
-other than the CPU (RuntimeError at forward; this module does not use fastlstm's CUDA backend yet), dtypes
-other than float32 and float64, double backward (create_graph=True through the LSTM),
+other than the CPU (RuntimeError at forward: this module does not use fastlstm's CUDA
+backend yet), dtypes other than float32 and float64, double backward (create_graph=True through the LSTM),
 torch.func transforms (vmap, jacrev) and TorchScript.
 
 Needs PyTorch: pip install "fastlstm[torch]". Nothing else in fastlstm imports torch.
@@ -319,7 +319,7 @@ class LSTM(torch.nn.Module):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.device.type != "cpu":
             raise RuntimeError(
-                f"fastlstm.torch.LSTM runs on the CPU only (fastlstm has no CUDA backend yet), "
+                f"fastlstm.torch.LSTM runs on the CPU only (it does not use the CUDA backend yet), "
                 f"but {name} is on {t.device}; move the module and its inputs to the CPU")
         if t.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
