@@ -820,3 +820,24 @@ def test_progbar_argument_errors():
         _progbar.Progbar(target=3, interval=-1)
     with pytest.raises(ValueError, match="current"):
         _progbar.Progbar(target=3, verbose=0).update(-1)
+
+
+def test_progbar_redraws_in_a_jupyter_kernel(monkeypatch):
+    """A Jupyter kernel's stdout is not a terminal but renders carriage returns, so the bar
+    redraws there as in a terminal (Keras does the same); elsewhere a non-terminal stream
+    gets only final lines."""
+    import types
+
+    class OutStream:  # stands in for ipykernel.iostream.OutStream
+        def isatty(self):
+            return False
+    OutStream.__module__ = "ipykernel.iostream"
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert _progbar._is_tty(OutStream())
+
+    class Plain:
+        def isatty(self):
+            return False
+    assert not _progbar._is_tty(Plain())
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    assert not _progbar._is_tty(OutStream())

@@ -52,6 +52,10 @@ def _clock():
 
 
 def _is_tty(stream):
+    """Whether the bar may redraw itself with carriage returns: a terminal, or a Jupyter
+    kernel's output (not a terminal, but it renders carriage returns as Keras relies on)."""
+    if "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel"):
+        return True
     isatty = getattr(stream, "isatty", None)
     if isatty is None:
         return False
