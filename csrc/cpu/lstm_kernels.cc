@@ -628,16 +628,7 @@ void backward_task(void* p, int tid, int nthreads) {
       if (s > 0) barrier_wait(&ctx.barrier);  // read by all before the next chunk overwrites
     }
   }
-  if (T == 0 && a.dbias) {  // no steps: every gradient of the weights is zero
-    for (int64_t j = 4 * H * tid / nthreads; j < 4 * H * (tid + 1) / nthreads; ++j) a.dbias[j] = Real(0);
-  }
-  if (T == 0) {
-    gemm_part(GemmArgs<Real>{I, 4 * H, 0, a.x, 1, I, ctx.dz, 4 * H, 1, a.dkernel, 4 * H, nullptr},
-              tid, nthreads, ws);
-    gemm_part(GemmArgs<Real>{H, 4 * H, 0, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
-                             nullptr},
-              tid, nthreads, ws);
-  }
+  if (T == 0) chunk_products(0);  // no steps: an empty chunk writes zero weight gradients
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);

@@ -44,7 +44,7 @@ import operator
 
 import numpy as np
 
-from ._configurable import Configurable
+from ._configurable import Configurable, resolve
 
 from . import _random
 
@@ -488,14 +488,4 @@ def deserialize(config):
 def get(identifier):
     """Resolve an initializer: a name, an Initializer instance (as is), an Initializer
     class (instantiated with its defaults), a config dict, or None (-> None)."""
-    if identifier is None:
-        return None
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, (str, dict)):
-        return deserialize(identifier)
-    if isinstance(identifier, type) and issubclass(identifier, Initializer):
-        return identifier()
-    raise ValueError(f"Could not interpret initializer identifier {identifier!r}: expected "
-                     f"a name, a fastlstm.initializers.Initializer or a config dict. Valid "
-                     f"names: {', '.join(sorted(_NAMES))}")
+    return resolve(identifier, Initializer, deserialize, "initializer", ", ".join(sorted(_NAMES)))

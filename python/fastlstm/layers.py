@@ -923,10 +923,9 @@ class LSTM(Layer):
 
         x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))                    # (T, B, I)
         fused = self.uses_fused_kernels and rec_mask is None
-        lengths_arg = lengths
         if fused:
             y_tm, h_n, c_n, saved = ops.lstm_forward(
-                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths_arg,
+                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
                 reverse=self.go_backwards, training=bool(training))
         else:
             lens = np.full(B, T, np.int64) if lengths is None else lengths
@@ -966,7 +965,7 @@ class LSTM(Layer):
         self._cache = None
         if training:
             self._cache = dict(fused=fused, saved=saved, in_mask=in_mask, gather=gather,
-                               fill_last=fill_last, T=T, grad_to_state=grad_to_state)
+                               fill_last=fill_last, T=T, B=B, grad_to_state=grad_to_state)
         if self.return_state:
             return [output, h_n, c_n]
         return output
@@ -979,7 +978,7 @@ class LSTM(Layer):
             dy, dh_extra, dc_extra = (list(dy) + [None, None])[:3]
         else:
             dh_extra = dc_extra = None
-        T = cache["T"]
+        T, B = cache["T"], cache["B"]
         H = self.units
         dt = self.dtype
         dh_n = None if dh_extra is None else np.array(dh_extra, dtype=dt)
@@ -999,7 +998,6 @@ class LSTM(Layer):
                 dy_tm = np.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
-        B = cache["saved"].dims[1] if cache["fused"] else cache["saved"][0].shape[1]
         if cache["fused"]:
             dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
                 cache["saved"], dy_tm,

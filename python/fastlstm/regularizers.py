@@ -32,7 +32,7 @@ import numbers
 
 import numpy as np
 
-from ._configurable import Configurable
+from ._configurable import Configurable, resolve
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
@@ -206,14 +206,4 @@ def deserialize(config):
 def get(identifier):
     """Resolve a regularizer: a name, a Regularizer (as is), a Regularizer class
     (instantiated), a config dict, or None (-> None)."""
-    if identifier is None:
-        return None
-    if isinstance(identifier, Regularizer):
-        return identifier
-    if isinstance(identifier, (str, dict)):
-        return deserialize(identifier)
-    if isinstance(identifier, type) and issubclass(identifier, Regularizer):
-        return identifier()
-    raise ValueError(f"Could not interpret regularizer identifier {identifier!r}: expected "
-                     f"a name, a fastlstm.regularizers.Regularizer or a config dict. Valid "
-                     f"names: {_valid_names()}")
+    return resolve(identifier, Regularizer, deserialize, "regularizer", _valid_names())
