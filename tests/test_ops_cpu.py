@@ -52,6 +52,14 @@ CASES = {
     "B37_reverse_lengths": dict(T=4, B=37, I=19, H=17, reverse=True,
                                 lengths=[(3 * b) % 5 for b in range(37)]),
     "B40_no_bias": dict(T=3, B=40, I=7, H=33, bias=False),
+    # Few steps / rows with H a multiple of every vector width: the forward reads
+    # recurrent_kernel in place (T <= 2) and kernel in place (T*B <= 32 rows) instead of
+    # packing them (csrc/cpu/lstm_kernels.cc, forward).
+    "in_place_T1_B1_I40_H32": dict(T=1, B=1, I=40, H=32),
+    "in_place_T2_B5_H48_len_reverse": dict(T=2, B=5, I=7, H=48, lengths=[2, 0, 1, 2, 1],
+                                           reverse=True),
+    "small_projection_T2_B16_H16_no_bias": dict(T=2, B=16, I=9, H=16, bias=False),
+    "small_projection_T32_B1_H64_len": dict(T=32, B=1, I=3, H=64, lengths=[29]),
 }
 
 
@@ -178,6 +186,25 @@ def test_reverse_full_length_is_flipped_forward(isa, make_case):
     np.testing.assert_array_equal(y_r, y_f[::-1])
     np.testing.assert_array_equal(h_r, h_f)
     np.testing.assert_array_equal(c_r, c_f)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_step_by_step_equals_whole_sequence(isa, dtype, B, make_case):
+    # A caller streaming one step per call (states carried) gets bitwise the outputs of one
+    # call over the whole sequence: the single-step calls read the weights in place, the whole
+    # call packs them, and both do the same arithmetic per element (I <= the matrix product's
+    # K block, so its sum over I is one run from zero as in the in-place projection).
+    case = make_case(40, B, 24, 32, dtype, seed=4)
+    f = case.fwd
+    y, h_n, c_n, _ = ops.lstm_forward(**f, training=False, backend="cpu")
+    h, c = f["h0"], f["c0"]
+    for t in range(40):
+        y_t, h, c, _ = ops.lstm_forward(f["x"][t:t + 1], f["kernel"], f["recurrent_kernel"],
+                                        f["bias"], h, c, training=False, backend="cpu")
+        np.testing.assert_array_equal(y_t[0], y[t])
+    np.testing.assert_array_equal(h, h_n)
+    np.testing.assert_array_equal(c, c_n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -125,6 +125,8 @@ struct ForwardCtx {
   int64_t chunk_steps;    // steps per projection chunk (T: one chunk)
   bool g_chunk_only;      // G holds only the current chunk (inference), not all T steps
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
+                          // (nullptr: the step reads recurrent_kernel in place, see forward())
+  bool small_projection;  // the input projection by small_projection(), not the packed GEMM
   Real* h;                // 2 x (B, Hp): h_{t-1} and h_t, swapped every step
   Real* c;                // (B, Hp)
   Real* gemm_ws;          // nthreads x Gemm::workspace_per_thread
@@ -136,16 +138,19 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths ? lengths[b] : T;
 }
 
-// acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and 4 vectors q; w is packed K x 4 x N.
-// The forward uses it for the 4 gates of one unit block, the backward for 4 unit blocks. With few rows the FMA latency, not throughput, would bound the loop:
-// then even and odd k go to separate accumulators (SPLIT = 2), added at the end.
-template <typename Real, int ROWS>
+// acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and 4 vectors q, vector q of row k at
+// w + k * ldw + q * gap: packed K x 4 x N (ldw = 4N, gap = N), or straight from a row-major
+// matrix (ldw its row stride). The forward uses it for the 4 gates of one unit block, the
+// backward for 4 unit blocks, the small projection for 4 vectors of columns. With few rows
+// the FMA latency, not throughput, would bound the loop: then even and odd k go to separate
+// accumulators (SPLIT = 2), added at the end. The arithmetic of a row depends on ROWS, SPLIT
+// and K only, not on the layout of w.
+template <typename Real, int ROWS, int SPLIT = (ROWS <= 2 ? 2 : 1)>
 inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
-                             const Real* const (&src)[ROWS]) {
+                             const Real* const (&src)[ROWS], int64_t ldw = 4 * Vec<Real>::N,
+                             int64_t gap = Vec<Real>::N) {
   using V = Vec<Real>;
   using R = typename V::R;
-  constexpr int N = V::N;
-  constexpr int SPLIT = ROWS <= 2 ? 2 : 1;
   R part[SPLIT][ROWS][4];
   for (int p = 0; p < SPLIT; ++p)
     for (int r = 0; r < ROWS; ++r)
@@ -153,8 +158,8 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
   int64_t k = 0;
   for (; k + SPLIT <= K; k += SPLIT) {
     for (int p = 0; p < SPLIT; ++p) {
-      const Real* wk = w + (k + p) * 4 * N;
-      const R w0 = V::load(wk), w1 = V::load(wk + N), w2 = V::load(wk + 2 * N), w3 = V::load(wk + 3 * N);
+      const Real* wk = w + (k + p) * ldw;
+      const R w0 = V::load(wk), w1 = V::load(wk + gap), w2 = V::load(wk + 2 * gap), w3 = V::load(wk + 3 * gap);
       for (int r = 0; r < ROWS; ++r) {
         const R sk = V::set1(src[r][k + p]);
         part[p][r][0] = V::fmadd(sk, w0, part[p][r][0]);
@@ -165,10 +170,10 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
     }
   }
   for (; k < K; ++k) {  // odd K with SPLIT = 2
-    const Real* wk = w + k * 4 * N;
+    const Real* wk = w + k * ldw;
     for (int r = 0; r < ROWS; ++r) {
       const R sk = V::set1(src[r][k]);
-      for (int q = 0; q < 4; ++q) part[0][r][q] = V::fmadd(sk, V::load(wk + q * N), part[0][r][q]);
+      for (int q = 0; q < 4; ++q) part[0][r][q] = V::fmadd(sk, V::load(wk + q * gap), part[0][r][q]);
     }
   }
   for (int r = 0; r < ROWS; ++r)
@@ -178,6 +183,13 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
 
 // The time position that row b processes at step s (s < its length).
 inline int64_t time_of(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }
+
+// Below these sizes the forward does not pack its weights (see forward()): at most
+// kInPlaceSteps steps read recurrent_kernel in place (its strided rows are slower to stream
+// than the packed copy, so only for a step or two), at most kSmallProjectionRows rows of input
+// projection read kernel in place. Set from paired measurements (NOTES 19).
+constexpr int64_t kInPlaceSteps = 2;
+constexpr int64_t kSmallProjectionRows = 32;
 
 // Rows (time steps x batch) per chunk of the inference projection and of the backward's
 // gate gradients: enough for the matrix products to run at full rate.
@@ -216,7 +228,10 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     const Real* z = ctx.G + ((time_of(s, len, a.reverse) - g_t0) * B + b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
-  accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
+  if (ctx.packed_rk)
+    accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
+  else  // in place: the 4 gates' N units of row k at recurrent_kernel[k, q * H + u0]
+    accumulate_gates<Real, ROWS>(acc, a.recurrent_kernel + u0, H, h_rows, 4 * H, H);
 
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
@@ -257,6 +272,37 @@ void forward_rows(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, 
   forward_tile<Real, ROWS>(ctx, s, b0, block, h_prev, h_next);
 }
 
+// The input projection G (M, 4H) = x (M, I) . kernel (I, 4H) + bias for few rows M, with
+// kernel read in place: the packed GEMM would spend more time packing kernel (and on its
+// 14-row tiles, mostly padding at M = 1) than multiplying. A thread computes the 4 gates of
+// its own unit blocks (H % N == 0), kTileRows rows at a time; a last, partial tile repeats
+// the last row, so every row's arithmetic is the same whatever its position (any T, B split,
+// thread count).
+template <typename Real>
+void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
+  using V = Vec<Real>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const int64_t M = a.dims.T * a.dims.B, I = a.dims.I, H = a.dims.H;
+  for (int64_t block = mine.first; block < mine.last; ++block) {
+    const int64_t u0 = block * N;
+    R bias[4];
+    for (int q = 0; q < 4; ++q) bias[q] = a.bias ? V::load(a.bias + q * H + u0) : V::zero();
+    for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+      R acc[kTileRows][4];
+      const Real* src[kTileRows];
+      for (int r = 0; r < kTileRows; ++r) {
+        src[r] = a.x + imin(m0 + r, M - 1) * I;
+        for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
+      }
+      accumulate_gates<Real, kTileRows, 1>(acc, a.kernel + u0, I, src, 4 * H, H);
+      const int rows = static_cast<int>(imin(kTileRows, M - m0));
+      for (int r = 0; r < rows; ++r)
+        for (int q = 0; q < 4; ++q) V::store(G + (m0 + r) * 4 * H + q * H + u0, V::add(bias[q], acc[r][q]));
+    }
+  }
+}
+
 template <typename Real>
 void forward_task(void* p, int tid, int nthreads) {
   using V = Vec<Real>;
@@ -268,7 +314,7 @@ void forward_task(void* p, int tid, int nthreads) {
 
   // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them):
   // packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H.
-  for (int64_t block = mine.first; block < mine.last; ++block) {
+  for (int64_t block = mine.first; ctx.packed_rk && block < mine.last; ++block) {
     Real* dst = ctx.packed_rk + block * H * 4 * N;
     const int64_t u0 = block * N, nu = imin(N, H - u0);
     for (int64_t k = 0; k < H; ++k)
@@ -291,9 +337,13 @@ void forward_task(void* p, int tid, int nthreads) {
       const int64_t steps = imin(ctx.chunk_steps, T - s);
       const int64_t t0 = chunk_t0(s, ctx.chunk_steps, T, a.reverse);
       Real* dst = ctx.g_chunk_only ? ctx.G : ctx.G + t0 * B * 4 * H;
-      GemmArgs<Real> proj{steps * B, 4 * H, I, a.x + t0 * B * I, I, 1, a.kernel, 4 * H, 1,
-                          dst, 4 * H, a.bias};
-      gemm_part(proj, tid, nthreads, ws);
+      if (ctx.small_projection) {  // one chunk (T * B is far below kChunkRows)
+        small_projection(a, dst, mine);
+      } else {
+        GemmArgs<Real> proj{steps * B, 4 * H, I, a.x + t0 * B * I, I, 1, a.kernel, 4 * H, 1,
+                            dst, 4 * H, a.bias};
+        gemm_part(proj, tid, nthreads, ws);
+      }
       barrier_wait(&ctx.barrier);
     }
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
@@ -353,14 +403,20 @@ void forward(const ForwardArgs<Real>& a) {
   if (ctx.chunk_steps < 1) ctx.chunk_steps = 1;
   ctx.g_chunk_only = !a.gates && ctx.chunk_steps < T;
   Buffer<Real> projection(a.gates ? 0 : imin(T, ctx.chunk_steps) * B * 4 * H);
-  Buffer<Real> packed_rk(ctx.nblocks * H * 4 * N);
+  // Few steps or rows: packing would cost more than it saves (NOTES 19). With at most
+  // kInPlaceSteps steps the step reads recurrent_kernel in place, and with at most
+  // kSmallProjectionRows rows the projection reads kernel in place (whole vectors only).
+  const bool whole_vectors = H % N == 0;
+  ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows;
+  const bool in_place = whole_vectors && T <= kInPlaceSteps;
+  Buffer<Real> packed_rk(in_place ? 0 : ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   Buffer<BlockQueue> queues(nthreads);
   for (int t = 0; t < nthreads; ++t) queues.get()[t].reset(0, 0);
   ctx.queues = queues.get();
   ctx.G = a.gates ? a.gates : projection.get();
-  ctx.packed_rk = packed_rk.get();
+  ctx.packed_rk = in_place ? nullptr : packed_rk.get();
   ctx.h = state.get();
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
