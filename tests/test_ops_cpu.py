@@ -207,6 +207,90 @@ def test_step_by_step_equals_whole_sequence(isa, dtype, B, make_case):
     np.testing.assert_array_equal(c, c_n)
 
 
+# Pre-packed weights (ops.pack_weights) must give bitwise the results of packing in the call:
+# the same panels, read from another buffer. Shapes on both projection paths (the matrix
+# product: T*B > 32 rows; in place below) and both step paths (packed: T > 2; in place).
+PACKED_CASES = {
+    "gemm_T30_B11_I300_H130_len": dict(T=30, B=11, I=300, H=130,
+                                       lengths=[30, 0, 1, 29, 30, 7, 30, 15, 2, 30, 30]),
+    "gemm_T40_B3_I500_H64_reverse": dict(T=40, B=3, I=500, H=64, reverse=True),
+    "small_T5_B1_I7_H17": dict(T=5, B=1, I=7, H=17),
+    "in_place_T2_B4_I9_H32": dict(T=2, B=4, I=9, H=32),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+@pytest.mark.parametrize("name", sorted(PACKED_CASES))
+def test_packed_weights_same_results(isa, name, training, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=11, **PACKED_CASES[name])
+    f = case.fwd
+    packed = ops.pack_weights(f["kernel"], f["recurrent_kernel"])
+    assert (packed.I, packed.H, packed.dtype, packed.isa) == (case.I, case.H, case.dtype, isa)
+    plain = ops.lstm_forward(**f, training=training, backend="cpu")
+    for _ in range(2):  # the packed weights are read, not consumed
+        again = ops.lstm_forward(**f, training=training, backend="cpu", packed=packed)
+        for a, b in zip(plain[:3], again[:3]):
+            np.testing.assert_array_equal(a, b)
+        if training:
+            for a, b in zip(ops.lstm_backward(plain[3], **case.bwd), ops.lstm_backward(again[3], **case.bwd)):
+                np.testing.assert_array_equal(a, b)
+    ry, *_ = reference.lstm_forward(**case.as_float64().fwd, training=False)
+    assert rel_err(again[0], ry) <= TOL[case.dtype]
+
+
+def test_packed_weights_after_a_change(make_case):
+    # After the weights change, packing them again gives the new weights' results. (Stale
+    # packed weights are documented as unspecified: short calls read the arrays in place.)
+    case = make_case(40, 2, 5, 16, np.float32, seed=12)
+    f = dict(case.fwd)
+    y0 = ops.lstm_forward(**f, training=False, packed=ops.pack_weights(f["kernel"], f["recurrent_kernel"]))[0]
+    f["kernel"] = f["kernel"] * 2
+    f["recurrent_kernel"] = f["recurrent_kernel"] * 2
+    y1 = ops.lstm_forward(**f, training=False, packed=ops.pack_weights(f["kernel"], f["recurrent_kernel"]))[0]
+    assert not np.array_equal(y1, y0)
+    np.testing.assert_array_equal(y1, ops.lstm_forward(**f, training=False)[0])
+
+
+def test_packed_weights_other_isa_is_ignored(make_case):
+    # Packed by one instruction set, used under another: ignored (packed again in the call).
+    from fastlstm import _core
+    isas = _core.supported_isas()
+    if len(isas) < 2:
+        pytest.skip("needs two instruction sets")
+    case = make_case(12, 3, 6, 32, np.float32, seed=13)
+    previous = _core.get_isa()
+    try:
+        _core.set_isa(isas[-1])
+        packed = ops.pack_weights(case.fwd["kernel"], case.fwd["recurrent_kernel"])
+        _core.set_isa(isas[0])
+        y = ops.lstm_forward(**case.fwd, training=False, packed=packed)[0]
+        np.testing.assert_array_equal(y, ops.lstm_forward(**case.fwd, training=False)[0])
+    finally:
+        _core.set_isa(previous)
+
+
+def test_packed_weights_errors(make_case):
+    case = make_case(4, 2, 5, 8, np.float32, seed=14)
+    f = case.fwd
+    with pytest.raises(TypeError, match="packed: expected the result of fastlstm.ops.pack_weights"):
+        ops.lstm_forward(**f, packed=(f["kernel"], f["recurrent_kernel"]))
+    other_h = ops.pack_weights(np.ones((5, 36), np.float32), np.ones((9, 36), np.float32))
+    with pytest.raises(ValueError, match=r"packed: packed for I=5, H=9, float32, but this call has I=5, H=8"):
+        ops.lstm_forward(**f, packed=other_h)
+    f64 = ops.pack_weights(f["kernel"].astype(np.float64), f["recurrent_kernel"].astype(np.float64))
+    with pytest.raises(ValueError, match="packed: packed for I=5, H=8, float64"):
+        ops.lstm_forward(**f, packed=f64)
+    with pytest.raises(ValueError, match=r"recurrent_kernel: expected shape \(H, 4H\)"):
+        ops.pack_weights(f["kernel"], f["recurrent_kernel"][:, :-1])
+    with pytest.raises(ValueError, match=r"kernel: expected shape \(I, 4H\) = \(I, 32\)"):
+        ops.pack_weights(f["kernel"][:, :-1], f["recurrent_kernel"])
+    with pytest.raises(TypeError, match="kernel: dtype float64 does not match"):
+        ops.pack_weights(f["kernel"].astype(np.float64), f["recurrent_kernel"])
+    with pytest.raises(TypeError, match="recurrent_kernel: expected a float32 or float64 array"):
+        ops.pack_weights(f["kernel"], f["recurrent_kernel"].astype(np.int32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_training_false(isa, dtype, make_case):
     case = make_case(5, 3, 4, 17, dtype, seed=2, lengths=[5, 0, 2], reverse=True)

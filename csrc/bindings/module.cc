@@ -84,10 +84,18 @@ Dims dims_of(const py::object& x, const py::object& recurrent_kernel) {
   return d;
 }
 
+// The PackedWeights passed as `packed`, or nullptr for None.
+const cpu::PackedWeights* packed_input(const py::object& obj) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<cpu::PackedWeights>(obj))
+    throw py::type_error("packed: expected weights from pack_weights() or None");
+  return obj.cast<const cpu::PackedWeights*>();
+}
+
 template <typename Real>
 py::tuple forward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
                        py::object bias, py::object h0, py::object c0, py::object lengths, bool reverse,
-                       bool training) {
+                       bool training, py::object packed) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
   ForwardArgs<Real> a;
   a.dims = d;
@@ -114,9 +122,10 @@ py::tuple forward_impl(const Dims& d, py::object x, py::object kernel, py::objec
   a.y = y.mutable_data();
   a.h_n = h_n.mutable_data();
   a.c_n = c_n.mutable_data();
+  const cpu::PackedWeights* pw = packed_input(packed);
   {
     py::gil_scoped_release release;
-    cpu::forward(a);
+    cpu::forward(a, pw);
   }
   return py::make_tuple(y, h_n, c_n, gates, cells);
 }
@@ -164,12 +173,12 @@ py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::obje
   return py::make_tuple(dx, dh0, dc0, dkernel, drecurrent_kernel, dbias);
 }
 
-// float32 or float64, taken from x.
-bool is_double(const py::object& x) {
+// float32 or float64, taken from x (or the array named `name`).
+bool is_double(const py::object& x, const char* name = "x") {
   py::array xa = py::reinterpret_borrow<py::array>(x);
   if (xa.dtype().is(py::dtype::of<float>())) return false;
   if (xa.dtype().is(py::dtype::of<double>())) return true;
-  throw py::type_error("x: expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
+  throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
 }
 
 }  // namespace
@@ -182,14 +191,49 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "forward",
       [](py::object x, py::object kernel, py::object recurrent_kernel, py::object bias, py::object h0,
-         py::object c0, py::object lengths, bool reverse, bool training) {
+         py::object c0, py::object lengths, bool reverse, bool training, py::object packed) {
         const Dims d = dims_of(x, recurrent_kernel);
-        return is_double(x) ? forward_impl<double>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training)
-                            : forward_impl<float>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training);
+        return is_double(x) ? forward_impl<double>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training, packed)
+                            : forward_impl<float>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training, packed);
       },
       py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("bias"), py::arg("h0"),
-      py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
-      "LSTM forward. Returns (y, h_n, c_n, gates, cells); gates and cells are None unless training.");
+      py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("packed") = py::none(),
+      "LSTM forward. Returns (y, h_n, c_n, gates, cells); gates and cells are None unless training.\n"
+      "packed: None, or pack_weights(kernel, recurrent_kernel) of these same, unchanged weights.");
+
+  py::class_<cpu::PackedWeights>(m, "PackedWeights",
+                                 "kernel and recurrent_kernel packed for the forward (see pack_weights)")
+      .def_property_readonly("isa", [](const cpu::PackedWeights& w) { return w.isa; })
+      .def_property_readonly("I", [](const cpu::PackedWeights& w) { return w.I; })
+      .def_property_readonly("H", [](const cpu::PackedWeights& w) { return w.H; })
+      .def_property_readonly("dtype", [](const cpu::PackedWeights& w) {
+        return w.is_double ? py::dtype::of<double>() : py::dtype::of<float>();
+      });
+  m.def(
+      "pack_weights",
+      [](py::object kernel, py::object recurrent_kernel) {
+        if (!py::isinstance<py::array>(recurrent_kernel) ||
+            py::reinterpret_borrow<py::array>(recurrent_kernel).ndim() != 2)
+          throw py::value_error("recurrent_kernel: expected a 2-D array (H, 4H)");
+        if (!py::isinstance<py::array>(kernel) || py::reinterpret_borrow<py::array>(kernel).ndim() != 2)
+          throw py::value_error("kernel: expected a 2-D array (I, 4H)");
+        const int64_t H = py::reinterpret_borrow<py::array>(recurrent_kernel).shape(0);
+        const int64_t I = py::reinterpret_borrow<py::array>(kernel).shape(0);
+        if (H < 1 || I < 1) throw py::value_error("kernel, recurrent_kernel: need I >= 1 and H >= 1");
+        if (is_double(kernel, "kernel")) {
+          const double* k = input<double>(kernel, "kernel", {I, 4 * H});
+          const double* r = input<double>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
+          py::gil_scoped_release release;
+          return cpu::pack(k, r, I, H);
+        }
+        const float* k = input<float>(kernel, "kernel", {I, 4 * H});
+        const float* r = input<float>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
+        py::gil_scoped_release release;
+        return cpu::pack(k, r, I, H);
+      },
+      py::arg("kernel"), py::arg("recurrent_kernel"),
+      "Pack kernel (I, 4H) and recurrent_kernel (H, 4H) for forward(..., packed=) with the "
+      "instruction set in use (another one ignores them).");
 
   m.def(
       "backward",

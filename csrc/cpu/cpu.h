@@ -5,6 +5,7 @@
 // KernelTable. dispatch.cc picks one table at load time (or from FASTLSTM_ISA).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,12 +14,27 @@
 namespace fastlstm {
 namespace cpu {
 
+// The forward's weights in the layouts its kernels stream (kernel as the input projection's
+// matrix-product panels, recurrent_kernel one block of units at a time), packed once so that
+// calls with unchanged weights skip the packing. Made by one table's pack functions for that
+// table only: forward() with another table in use ignores it (and packs as usual). The
+// caller promises that kernel and recurrent_kernel have not changed since they were packed.
+struct PackedWeights {
+  std::string isa;           // the table that packed them
+  int64_t I = 0, H = 0;
+  bool is_double = false;
+  std::shared_ptr<void> kernel_panels;  // see pack() in lstm_kernels.cc
+  std::shared_ptr<void> recurrent;
+};
+
 struct KernelTable {
   const char* name;
-  void (*forward_f32)(const ForwardArgs<float>&);
-  void (*forward_f64)(const ForwardArgs<double>&);
+  void (*forward_f32)(const ForwardArgs<float>&, const PackedWeights*);
+  void (*forward_f64)(const ForwardArgs<double>&, const PackedWeights*);
   void (*backward_f32)(const BackwardArgs<float>&);
   void (*backward_f64)(const BackwardArgs<double>&);
+  PackedWeights (*pack_f32)(const float* kernel, const float* recurrent_kernel, int64_t I, int64_t H);
+  PackedWeights (*pack_f64)(const double* kernel, const double* recurrent_kernel, int64_t I, int64_t H);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -37,9 +53,14 @@ const KernelTable& active();
 void set_isa(const std::string& name);
 
 // Typed entry points that check the arguments and run the active table.
-// They throw std::invalid_argument with the message of validate().
-void forward(const ForwardArgs<float>& a);
-void forward(const ForwardArgs<double>& a);
+// They throw std::invalid_argument with the message of validate(). `packed` (optional):
+// weights packed by pack() from a.kernel and a.recurrent_kernel; its I, H and dtype must
+// match a's (std::invalid_argument otherwise).
+void forward(const ForwardArgs<float>& a, const PackedWeights* packed = nullptr);
+void forward(const ForwardArgs<double>& a, const PackedWeights* packed = nullptr);
+// Packs kernel (I, 4H) and recurrent_kernel (H, 4H) with the active table.
+PackedWeights pack(const float* kernel, const float* recurrent_kernel, int64_t I, int64_t H);
+PackedWeights pack(const double* kernel, const double* recurrent_kernel, int64_t I, int64_t H);
 void backward(const BackwardArgs<float>& a);
 void backward(const BackwardArgs<double>& a);
 

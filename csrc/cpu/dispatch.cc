@@ -3,6 +3,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu.h"
@@ -172,8 +173,26 @@ void check(const Args& a) {
 }
 }  // namespace
 
-void forward(const ForwardArgs<float>& a) { check(a); active().forward_f32(a); }
-void forward(const ForwardArgs<double>& a) { check(a); active().forward_f64(a); }
+namespace {
+template <typename Real>
+void check_packed(const ForwardArgs<Real>& a, const PackedWeights* p) {
+  if (!p) return;
+  if (p->is_double != std::is_same<Real, double>::value || p->I != a.dims.I || p->H != a.dims.H)
+    throw std::invalid_argument("packed: weights packed for I=" + std::to_string(p->I) + ", H=" +
+                                std::to_string(p->H) + ", " + (p->is_double ? "float64" : "float32") +
+                                " do not match this call's I=" + std::to_string(a.dims.I) + ", H=" +
+                                std::to_string(a.dims.H) + ", " +
+                                (std::is_same<Real, double>::value ? "float64" : "float32"));
+}
+void check_pack_dims(int64_t I, int64_t H) {
+  if (I < 1 || H < 1) throw std::invalid_argument("pack: need I >= 1 and H >= 1");
+}
+}  // namespace
+
+void forward(const ForwardArgs<float>& a, const PackedWeights* p) { check(a); check_packed(a, p); active().forward_f32(a, p); }
+void forward(const ForwardArgs<double>& a, const PackedWeights* p) { check(a); check_packed(a, p); active().forward_f64(a, p); }
+PackedWeights pack(const float* k, const float* r, int64_t I, int64_t H) { check_pack_dims(I, H); return active().pack_f32(k, r, I, H); }
+PackedWeights pack(const double* k, const double* r, int64_t I, int64_t H) { check_pack_dims(I, H); return active().pack_f64(k, r, I, H); }
 void backward(const BackwardArgs<float>& a) { check(a); active().backward_f32(a); }
 void backward(const BackwardArgs<double>& a) { check(a); active().backward_f64(a); }
 

@@ -93,7 +93,14 @@ struct GemmArgs {
   int64_t ldc;
   const Real* row_add;  // (N,) added to every row of C, or nullptr
   bool accumulate = false;  // C += A . B instead of C = A . B (+ row_add)
+  const Real* b_packed = nullptr;  // B already packed by pack_b_all(), or nullptr (pack here)
 };
+
+// K blocks of (nearly) equal length <= KC, a function of K alone.
+template <typename Real>
+inline int64_t gemm_kstep(int64_t K) {
+  return imin(Gemm<Real>::KC, ceil_div(ceil_div(K, ceil_div(K, Gemm<Real>::KC)), 16) * 16);
+}
 
 #if defined(__AVX512F__)
 // 16 x 16 (float) / 8 x 8 (double) register transposes for packing row-major A.
@@ -268,6 +275,22 @@ void pack_b(const GemmArgs<Real>& g, int64_t j0, int64_t nc, int64_t k0, int64_t
   }
 }
 
+// All of B packed as gemm_part packs it, for reuse across calls (GemmArgs::b_packed): for
+// each K block (gemm_kstep) of kc rows, all ceil(N / NR) column panels of kc x NR. Needs
+// b_packed_size(K, N) elements.
+template <typename Real>
+inline int64_t b_packed_size(int64_t K, int64_t N) {
+  return K * ceil_div(N, Gemm<Real>::NR) * Gemm<Real>::NR;
+}
+template <typename Real>
+void pack_b_all(const GemmArgs<Real>& g, Real* dst) {
+  const int64_t kstep = gemm_kstep<Real>(g.K), np = ceil_div(g.N, Gemm<Real>::NR);
+  for (int64_t pc = 0; pc < g.K; pc += kstep) {
+    const int64_t kc = imin(kstep, g.K - pc);
+    pack_b(g, 0, g.N, pc, kc, dst + pc * np * Gemm<Real>::NR);
+  }
+}
+
 // acc = Ap . Bp over kc; then C = base + acc with base = (row_add or 0) when first, else C.
 // Only the leading rows x cols of the tile are written.
 template <typename Real>
@@ -359,14 +382,16 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
   }
   Real* Ap = workspace;
   Real* Bp = workspace + P::a_block;
-  // K blocks of (nearly) equal length <= KC, a function of K alone.
-  const int64_t kstep = imin(P::KC, ceil_div(ceil_div(g.K, ceil_div(g.K, P::KC)), 16) * 16);
+  const int64_t kstep = gemm_kstep<Real>(g.K);
   for (int64_t jc = n0; jc < n1; jc += P::NC) {
     const int64_t nc = imin(P::NC, n1 - jc);
     for (int64_t pc = 0; pc < g.K; pc += kstep) {
       const int64_t kc = imin(kstep, g.K - pc);
       const bool first = pc == 0 && !g.accumulate;
-      pack_b(g, jc, nc, pc, kc, Bp);
+      // The K block at pc from the column panel of jc on (jc starts a panel), packed earlier
+      // or now.
+      const Real* Bq = g.b_packed ? g.b_packed + pc * np * NR + jc / NR * kc * NR : Bp;
+      if (!g.b_packed) pack_b(g, jc, nc, pc, kc, Bp);
       for (int64_t ic = m0; ic < m1; ic += P::MC) {
         const int64_t mc = imin(P::MC, m1 - ic);
         pack_a(g, ic, mc, pc, kc, Ap);
@@ -374,7 +399,7 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
           const int64_t rows = imin(MR, mc - ir);
           Real* Crow = g.C + (ic + ir) * g.ldc + jc;
           for (int64_t jr = 0; jr < nc; jr += NR)
-            gemm_micro(kc, Ap + ir * kc, Bp + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
+            gemm_micro(kc, Ap + ir * kc, Bq + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
                        g.row_add ? g.row_add + jc + jr : nullptr);
         }
       }

@@ -16,16 +16,23 @@
 // number of threads (nor on which thread takes it), so results are bitwise identical for any
 // thread count.
 #include <cstdlib>
+#include <memory>
 #include <new>
+#include <string>
+#include <type_traits>
 
 #include "cpu/cpu.h"
 #include "cpu/gemm.h"
 #include "cpu/simd.h"
 #include "cpu/threadpool.h"
 
+#define FASTLSTM_STR2(x) #x
+#define FASTLSTM_STR(x) FASTLSTM_STR2(x)
+
 namespace fastlstm {
 namespace cpu {
 namespace FASTLSTM_TARGET {
+const KernelTable& kernel_table();
 namespace {
 
 // An uninitialised, 64-byte aligned array owned by the calling thread.
@@ -126,6 +133,8 @@ struct ForwardCtx {
   bool g_chunk_only;      // G holds only the current chunk (inference), not all T steps
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
                           // (nullptr: the step reads recurrent_kernel in place, see forward())
+  bool prepacked;         // packed_rk was packed before the call (PackedWeights)
+  const Real* kernel_panels;  // kernel packed for the projection (PackedWeights), or nullptr
   bool small_projection;  // the input projection by small_projection(), not the packed GEMM
   Real* h;                // 2 x (B, Hp): h_{t-1} and h_t, swapped every step
   Real* c;                // (B, Hp)
@@ -303,6 +312,18 @@ void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
   }
 }
 
+// Unit block `block` of recurrent_kernel (H, 4H) into packed (nblocks x H x 4 x N):
+// packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H.
+template <typename Real>
+void pack_recurrent_block(const Real* recurrent_kernel, int64_t H, int64_t block, Real* packed) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  Real* dst = packed + block * H * 4 * N;
+  const int64_t u0 = block * N, nu = imin(N, H - u0);
+  for (int64_t k = 0; k < H; ++k)
+    for (int q = 0; q < 4; ++q, dst += N) V::store(dst, load_part(recurrent_kernel + k * 4 * H + q * H + u0, nu));
+}
+
 template <typename Real>
 void forward_task(void* p, int tid, int nthreads) {
   using V = Vec<Real>;
@@ -312,15 +333,11 @@ void forward_task(void* p, int tid, int nthreads) {
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
   const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
 
-  // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them):
-  // packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H.
-  for (int64_t block = mine.first; ctx.packed_rk && block < mine.last; ++block) {
-    Real* dst = ctx.packed_rk + block * H * 4 * N;
-    const int64_t u0 = block * N, nu = imin(N, H - u0);
-    for (int64_t k = 0; k < H; ++k)
-      for (int q = 0; q < 4; ++q, dst += N)
-        V::store(dst, load_part(a.recurrent_kernel + k * 4 * H + q * H + u0, nu));
-  }
+  // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them), unless
+  // packed before the call.
+  if (ctx.packed_rk && !ctx.prepacked)
+    for (int64_t block = mine.first; block < mine.last; ++block)
+      pack_recurrent_block(a.recurrent_kernel, H, block, ctx.packed_rk);
   // Initial state of this thread's units (padding lanes zero).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -342,6 +359,7 @@ void forward_task(void* p, int tid, int nthreads) {
       } else {
         GemmArgs<Real> proj{steps * B, 4 * H, I, a.x + t0 * B * I, I, 1, a.kernel, 4 * H, 1,
                             dst, 4 * H, a.bias};
+        proj.b_packed = ctx.kernel_panels;
         gemm_part(proj, tid, nthreads, ws);
       }
       barrier_wait(&ctx.barrier);
@@ -380,7 +398,7 @@ void forward_task(void* p, int tid, int nthreads) {
 }
 
 template <typename Real>
-void forward(const ForwardArgs<Real>& a) {
+void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   constexpr int N = Vec<Real>::N;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
   const int nthreads = threads_for_run();
@@ -409,14 +427,19 @@ void forward(const ForwardArgs<Real>& a) {
   const bool whole_vectors = H % N == 0;
   ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows;
   const bool in_place = whole_vectors && T <= kInPlaceSteps;
-  Buffer<Real> packed_rk(in_place ? 0 : ctx.nblocks * H * 4 * N);
+  // Weights packed before the call, when packed by this table (dims checked by dispatch).
+  if (packed && std::string(packed->isa) != kernel_table().name) packed = nullptr;
+  ctx.prepacked = packed && !in_place;
+  ctx.kernel_panels = packed && !ctx.small_projection ? static_cast<const Real*>(packed->kernel_panels.get()) : nullptr;
+  Buffer<Real> packed_rk(in_place || ctx.prepacked ? 0 : ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);
   Buffer<Real> gemm_ws(nthreads * Gemm<Real>::workspace_per_thread);
   Buffer<BlockQueue> queues(nthreads);
   for (int t = 0; t < nthreads; ++t) queues.get()[t].reset(0, 0);
   ctx.queues = queues.get();
   ctx.G = a.gates ? a.gates : projection.get();
-  ctx.packed_rk = in_place ? nullptr : packed_rk.get();
+  ctx.packed_rk = in_place ? nullptr
+                 : ctx.prepacked ? static_cast<Real*>(packed->recurrent.get()) : packed_rk.get();
   ctx.h = state.get();
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
@@ -734,14 +757,37 @@ void backward(const BackwardArgs<Real>& a) {
   run(&backward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
 
-}  // namespace
+// PackedWeights for this table: kernel as the projection's matrix-product panels
+// (pack_b_all), recurrent_kernel as forward_task packs it.
+template <typename Real>
+PackedWeights pack(const Real* kernel, const Real* recurrent_kernel, int64_t I, int64_t H) {
+  constexpr int N = Vec<Real>::N;
+  const int64_t nblocks = ceil_div(H, N);
+  auto aligned = [](int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n > 0 ? n : 1) * sizeof(Real) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) throw std::bad_alloc();
+    return std::shared_ptr<void>(p, std::free);
+  };
+  PackedWeights w;
+  w.isa = FASTLSTM_STR(FASTLSTM_TARGET);
+  w.I = I;
+  w.H = H;
+  w.is_double = std::is_same<Real, double>::value;
+  w.kernel_panels = aligned(b_packed_size<Real>(I, 4 * H));
+  w.recurrent = aligned(nblocks * H * 4 * N);
+  GemmArgs<Real> g{0, 4 * H, I, nullptr, 0, 0, kernel, 4 * H, 1, nullptr, 0, nullptr};
+  pack_b_all(g, static_cast<Real*>(w.kernel_panels.get()));
+  for (int64_t block = 0; block < nblocks; ++block)
+    pack_recurrent_block(recurrent_kernel, H, block, static_cast<Real*>(w.recurrent.get()));
+  return w;
+}
 
-#define FASTLSTM_STR2(x) #x
-#define FASTLSTM_STR(x) FASTLSTM_STR2(x)
+}  // namespace
 
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
-                                 &backward<float>, &backward<double>};
+                                 &backward<float>, &backward<double>, &pack<float>, &pack<double>};
   return table;
 }
 

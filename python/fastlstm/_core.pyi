@@ -19,8 +19,19 @@ def forward(
     lengths: Optional[np.ndarray],      # (B,) int64 in [0, T]
     reverse: bool,
     training: bool,
+    packed: Optional["PackedWeights"] = None,  # pack_weights(kernel, recurrent_kernel), unchanged since
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """Returns (y (T,B,H), h_n (B,H), c_n (B,H), gates (T,B,4H) | None, cells (T,B,H) | None)."""
+
+class PackedWeights:
+    """kernel and recurrent_kernel packed for forward(); made by pack_weights()."""
+    isa: str          # the instruction set that packed them (another one ignores them)
+    I: int
+    H: int
+    dtype: np.dtype
+
+def pack_weights(kernel: np.ndarray, recurrent_kernel: np.ndarray) -> PackedWeights:
+    """kernel (I, 4H), recurrent_kernel (H, 4H), both float32 or both float64."""
 
 def backward(
     x: np.ndarray,

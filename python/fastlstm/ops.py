@@ -1,8 +1,10 @@
 """Checked functional LSTM API: validates and normalises arguments, then runs a backend.
 
     y, h_n, c_n, saved = lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None,
-                                      lengths=None, reverse=False, training=True, backend="auto")
+                                      lengths=None, reverse=False, training=True, backend="auto",
+                                      packed=None)
     dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None)
+    packed = pack_weights(kernel, recurrent_kernel)   # reuse across forwards (CPU backend)
 
 Shapes (time-major): x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,);
 h0, c0, h_n, c_n (B, H); y (T, B, H); lengths (B,) integers in [0, T]. Gate blocks along the
@@ -24,7 +26,11 @@ import numpy as np
 from . import _core, reference
 from . import cuda as _cuda
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMSaved", "BACKENDS"]
+__all__ = ["lstm_forward", "lstm_backward", "pack_weights", "PackedWeights", "LSTMSaved",
+           "BACKENDS"]
+
+# kernel and recurrent_kernel packed by pack_weights(); opaque (attributes isa, I, H, dtype).
+PackedWeights = _core.PackedWeights
 
 BACKENDS = ("auto", "cpu", "numpy", "cuda")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -138,13 +144,48 @@ def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, r
                 lengths=lengths, reverse=reverse, training=training)
 
 
+def pack_weights(kernel, recurrent_kernel):
+    """kernel (I, 4H) and recurrent_kernel (H, 4H) packed into the layouts the CPU forward
+    streams, for lstm_forward(..., packed=...): calls with unchanged weights then skip packing
+    them (worth it for short sequences and small batches; bench/NOTES.md, entry 21). The
+    result is a copy: after changing the weights, pack them again. It is tied to the
+    instruction set in use (fastlstm.get_isa()); under another one the forward ignores it.
+    """
+    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel")
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
+            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
+        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
+                         f"{_shape_str(recurrent_kernel.shape)}")
+    H = recurrent_kernel.shape[0]
+    kernel = _as_float_array(kernel, "kernel", recurrent_kernel.dtype)
+    if kernel.ndim != 2 or kernel.shape[0] < 1 or kernel.shape[1] != 4 * H:
+        raise ValueError(f"kernel: expected shape (I, 4H) = (I, {4 * H}) with I >= 1, got "
+                         f"{_shape_str(kernel.shape)}")
+    return _core.pack_weights(np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel))
+
+
+def _check_packed(packed, I, H, dtype):
+    if packed is None:
+        return None
+    if not isinstance(packed, PackedWeights):
+        raise TypeError("packed: expected the result of fastlstm.ops.pack_weights(kernel, "
+                        f"recurrent_kernel) or None, got {type(packed).__name__}")
+    if (packed.I, packed.H, packed.dtype) != (I, H, dtype):
+        raise ValueError(f"packed: packed for I={packed.I}, H={packed.H}, {packed.dtype}, but this "
+                         f"call has I={I}, H={H}, {dtype}")
+    return packed
+
+
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengths=None,
-                 reverse=False, training=True, backend="auto"):
+                 reverse=False, training=True, backend="auto", packed=None):
     """Run an LSTM over x. Returns (y, h_n, c_n, saved); saved is None when training=False.
 
     x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,) or None;
     h0, c0 (B, H) or None (zeros); lengths (B,) ints in [0, T] or None (all T).
     Returns y (T, B, H), h_n (B, H), c_n (B, H) in x's dtype.
+    packed: None, or pack_weights(kernel, recurrent_kernel) made from these same values
+    (not checked; with stale packed weights the result is unspecified, as short calls read
+    the arrays directly); used by the "cpu" backend, ignored by the others.
     """
     backend = _resolve_backend(backend)
     if backend == "cuda":
@@ -165,9 +206,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     T, B, I = x.shape
     H = recurrent_kernel.shape[0]
 
+    packed = _check_packed(packed, I, H, dtype)
     if backend == "cpu":
         y, h_n, c_n, gates, cells = _core.forward(x, kernel, recurrent_kernel, bias, h0, c0,
-                                                  lengths, reverse, training)
+                                                  lengths, reverse, training, packed)
         payload = (gates, cells)
     else:
         y, h_n, c_n, payload = reference.lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0,
