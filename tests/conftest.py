@@ -9,12 +9,19 @@
   (the previous one is restored afterwards).
 * ``rel_err`` / ``make_case``: the comparison metric and a random-input factory,
   handed out as fixtures so the test modules do not import this file.
+
+FASTLSTM_DEVICE defaults to "cpu" here (set before fastlstm is imported): see below.
 """
 
+import os
 import types
 
 import numpy as np
 import pytest
+
+# The model API runs on the GPU by default where one is usable ("auto"). The tests written
+# for NumPy arrays pin it to the CPU; tests/test_device.py chooses its devices itself.
+os.environ.setdefault("FASTLSTM_DEVICE", "cpu")
 
 
 # --------------------------------------------------------------------------- helpers

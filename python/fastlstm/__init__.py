@@ -6,7 +6,9 @@
 
 A Keras-like model API sits on top: fastlstm.models.Sequential with the layers of
 fastlstm.layers, fastlstm.optimizers, fastlstm.losses, fastlstm.metrics and
-fastlstm.callbacks.
+fastlstm.callbacks. Models run on the device of fastlstm.set_device("cpu" | "cuda" | "auto")
+(environment variable FASTLSTM_DEVICE; "auto", the default, is "cuda" when CUDA is available
+and CuPy is installed); fastlstm.get_device() says which.
 
 Layouts (gate order i, f, g, o): x (T, B, I), kernel (I, 4H), recurrent_kernel (H, 4H),
 bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for the oracle.
@@ -18,12 +20,13 @@ from . import _core
 from . import cuda, ops, reference
 from . import activations, initializers, regularizers, losses, metrics, optimizers
 from . import layers, callbacks, models, saving, utils
+from ._device import set_device, get_device
 
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
            "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
            "cpu_info", "set_num_threads", "get_num_threads", "cuda", "cuda_available",
-           "cuda_info"]
+           "cuda_info", "set_device", "get_device"]
 
 # Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
 _core.get_isa()

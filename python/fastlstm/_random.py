@@ -4,6 +4,10 @@ Every random draw in fastlstm's model API goes through ``generator(seed)``: with
 it is a fresh ``numpy.random.Generator`` of its own (reproducible on its own), without one
 it is the package-wide generator, which ``set_seed(n)`` (``fastlstm.utils.set_random_seed``)
 re-creates so that a whole run is reproducible.
+
+The draws happen on the host for either device (see fastlstm.set_device): a model on "cuda"
+uploads its initial weights and dropout masks, so it sees the same random numbers as the same
+model on "cpu".
 """
 
 import operator

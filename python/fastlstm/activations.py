@@ -1,4 +1,4 @@
-"""Activation functions and their derivatives, on NumPy arrays (Keras 3 names).
+"""Activation functions and their derivatives, on NumPy or CuPy arrays (Keras 3 names).
 
 Two interfaces:
 
@@ -25,6 +25,9 @@ Two interfaces:
   None; softplus, softsign and silu need x.  At the kink of relu (x == 0) the
   derivative is taken as 0, as TensorFlow and PyTorch do.
 
+Arrays: the computation runs in the array module of the input (NumPy, or CuPy for a model
+on the "cuda" device; see fastlstm.set_device), and the result is an array of that module.
+
 Dtypes: float32 and float64 inputs give outputs of the same dtype, computed in that
 dtype; float16 is computed in float32 and rounded back to float16; integer and
 boolean inputs are treated as float32 (Keras's default float type).  Every formula
@@ -41,6 +44,8 @@ its name alone.
 
 import numpy as np
 
+from ._device import array_module
+
 __all__ = [
     "Activation", "sigmoid", "tanh", "relu", "softmax", "linear", "elu", "selu",
     "softplus", "softsign", "exponential", "silu", "swish",
@@ -56,7 +61,7 @@ SELU_SCALE = 1.0507009873554804934193349852946
 
 def _prepare(x, what="x"):
     """(array in its working dtype, dtype of the result) for an input array."""
-    x = np.asarray(x)
+    x = array_module(x).asarray(x)
     dt = x.dtype
     if dt.kind == "f":
         if dt.itemsize >= 4:
@@ -73,9 +78,10 @@ def _finish(result, out_dtype):
 
 def _stable_sigmoid(x):
     """1 / (1 + exp(-x)) without ever overflowing exp: exp(-|x|) is in (0, 1]."""
-    z = np.exp(-np.abs(x))
-    one = np.asarray(1, dtype=x.dtype)
-    return np.where(x >= 0, one / (one + z), z / (one + z))
+    xp = array_module(x)
+    z = xp.exp(-xp.abs(x))
+    one = x.dtype.type(1)
+    return xp.where(x >= 0, one / (one + z), z / (one + z))
 
 
 # --------------------------------------------------------------------------- objects
@@ -107,8 +113,9 @@ class Activation:
                 + ("" if y is None else " (its derivative is not a function of y alone)"))
         dy, out = _prepare(dy, "dy")
         work = dy.dtype
+        xp = array_module(dy)
         if x is not None:
-            x = np.asarray(x)
+            x = xp.asarray(x)
             if x.shape != dy.shape:
                 raise ValueError(f"Activation {self.name!r}: x has shape {x.shape} but dy "
                                  f"has shape {dy.shape}")
@@ -116,7 +123,7 @@ class Activation:
         if y is None:
             y = self._forward(x)
         else:
-            y = np.asarray(y)
+            y = xp.asarray(y)
             if y.shape != dy.shape:
                 raise ValueError(f"Activation {self.name!r}: y has shape {y.shape} but dy "
                                  f"has shape {dy.shape}")
@@ -163,7 +170,7 @@ class _Tanh(Activation):
     name = "tanh"
 
     def _forward(self, x):
-        return np.tanh(x)
+        return array_module(x).tanh(x)
 
     def _backward(self, x, y, dy):
         return dy * (1 - y * y)
@@ -173,17 +180,18 @@ class _ReLU(Activation):
     name = "relu"
 
     def _forward(self, x):
-        return np.maximum(x, 0)
+        return array_module(x).maximum(x, x.dtype.type(0))
 
     def _backward(self, x, y, dy):
         mask = (x > 0) if x is not None else (y > 0)
-        return np.where(mask, dy, np.zeros((), dtype=dy.dtype))
+        return array_module(dy).where(mask, dy, dy.dtype.type(0))
 
 
 def _softmax(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)            # every exponent <= 0: no overflow
-    return e / np.sum(e, axis=axis, keepdims=True)
+    xp = array_module(x)
+    m = xp.max(x, axis=axis, keepdims=True)
+    e = xp.exp(x - m)            # every exponent <= 0: no overflow
+    return e / xp.sum(e, axis=axis, keepdims=True)
 
 
 class _Softmax(Activation):
@@ -195,33 +203,36 @@ class _Softmax(Activation):
         return _softmax(x, -1)
 
     def _backward(self, x, y, dy):
-        return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+        return y * (dy - array_module(dy).sum(dy * y, axis=-1, keepdims=True))
 
 
 class _ELU(Activation):
     name = "elu"   # alpha = 1, Keras's default
 
     def _forward(self, x):
-        return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+        xp = array_module(x)
+        return xp.where(x > 0, x, xp.expm1(xp.minimum(x, x.dtype.type(0))))
 
     def _backward(self, x, y, dy):
         mask = (x > 0) if x is not None else (y > 0)
-        return np.where(mask, dy, dy * (y + 1))         # exp(x) = y + 1 for x <= 0
+        return array_module(dy).where(mask, dy, dy * (y + 1))   # exp(x) = y + 1 for x <= 0
 
 
 class _SELU(Activation):
     name = "selu"
 
     def _forward(self, x):
-        scale = np.asarray(SELU_SCALE, dtype=x.dtype)
-        sa = np.asarray(SELU_SCALE * SELU_ALPHA, dtype=x.dtype)
-        return np.where(x > 0, scale * x, sa * np.expm1(np.minimum(x, 0)))
+        xp = array_module(x)
+        scale = x.dtype.type(SELU_SCALE)
+        sa = x.dtype.type(SELU_SCALE * SELU_ALPHA)
+        return xp.where(x > 0, scale * x, sa * xp.expm1(xp.minimum(x, x.dtype.type(0))))
 
     def _backward(self, x, y, dy):
-        scale = np.asarray(SELU_SCALE, dtype=dy.dtype)
-        sa = np.asarray(SELU_SCALE * SELU_ALPHA, dtype=dy.dtype)
+        scale = dy.dtype.type(SELU_SCALE)
+        sa = dy.dtype.type(SELU_SCALE * SELU_ALPHA)
         mask = (x > 0) if x is not None else (y > 0)
-        return np.where(mask, scale * dy, dy * (y + sa))  # scale*alpha*exp(x) = y + scale*alpha
+        # scale*alpha*exp(x) = y + scale*alpha
+        return array_module(dy).where(mask, scale * dy, dy * (y + sa))
 
 
 class _Softplus(Activation):
@@ -230,7 +241,8 @@ class _Softplus(Activation):
 
     def _forward(self, x):
         # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))
-        return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+        xp = array_module(x)
+        return xp.maximum(x, x.dtype.type(0)) + xp.log1p(xp.exp(-xp.abs(x)))
 
     def _backward(self, x, y, dy):
         return dy * _stable_sigmoid(x)
@@ -241,10 +253,10 @@ class _Softsign(Activation):
     needs_input = True
 
     def _forward(self, x):
-        return x / (1 + np.abs(x))
+        return x / (1 + array_module(x).abs(x))
 
     def _backward(self, x, y, dy):
-        d = 1 + np.abs(x)
+        d = 1 + array_module(x).abs(x)
         return dy / (d * d)
 
 
@@ -253,7 +265,7 @@ class _Exponential(Activation):
 
     def _forward(self, x):
         with np.errstate(over="ignore"):   # exp(x) really is beyond the dtype's range
-            return np.exp(x)
+            return array_module(x).exp(x)
 
     def _backward(self, x, y, dy):
         return dy * y

@@ -64,6 +64,8 @@ import re
 
 import numpy as np
 
+from . import _device
+
 __all__ = [
     "torch_to_fastlstm", "fastlstm_to_torch", "fastlstm_to_onnx", "onnx_to_fastlstm",
     "load_torch_state_dict", "torch_state_dict_from_sequential", "load_keras_weights",
@@ -476,7 +478,7 @@ def load_torch_state_dict(model, state_dict, lstm_prefix="lstm.", linear_prefix=
         raise ValueError(f"load_torch_state_dict: could not load the state dict into model "
                          f"{model.name!r}:\n  " + "\n  ".join(problems))
     for layer, index, value in values:
-        np.copyto(layer.weights[index], value, casting="unsafe")
+        _device.copy_into(layer.weights[index], value)  # also into a GPU model's arrays
     return LoadResult(missing, unexpected)
 
 
@@ -542,8 +544,9 @@ def torch_state_dict_from_sequential(model, lstm_prefix="lstm.", linear_prefix="
                     f"{D} * {subs[0].units}; in one nn.LSTM each layer takes the previous "
                     "layer's output (Bidirectional with merge_mode='concat')")
         for sub, suffix in zip(subs, ("", "_reverse")):
-            w_ih, w_hh, b_ih, b_hh = fastlstm_to_torch(sub.kernel, sub.recurrent_kernel,
-                                                       sub.bias)
+            w_ih, w_hh, b_ih, b_hh = fastlstm_to_torch(
+                _device.to_host(sub.kernel), _device.to_host(sub.recurrent_kernel),
+                None if sub.bias is None else _device.to_host(sub.bias))
             tag = f"l{k}{suffix}"
             out[f"{prefix}weight_ih_{tag}"] = w_ih
             out[f"{prefix}weight_hh_{tag}"] = w_hh
@@ -553,12 +556,12 @@ def torch_state_dict_from_sequential(model, lstm_prefix="lstm.", linear_prefix="
     for (layer, subs), prefix in _assign_simple(
             dense, linear_prefix, "linear_prefix", "Dense"):
         d = subs[0]
-        out[f"{prefix}weight"] = np.ascontiguousarray(d.kernel.T)
+        out[f"{prefix}weight"] = np.ascontiguousarray(_device.to_host(d.kernel).T)
         if d.use_bias:
-            out[f"{prefix}bias"] = d.bias.copy()
+            out[f"{prefix}bias"] = _device.to_numpy_copy(d.bias)
     for (layer, subs), prefix in _assign_simple(
             emb, embedding_prefix, "embedding_prefix", "Embedding"):
-        out[f"{prefix}weight"] = subs[0].embeddings.copy()
+        out[f"{prefix}weight"] = _device.to_numpy_copy(subs[0].embeddings)
     if tensors:
         import torch
         out = collections.OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v)))

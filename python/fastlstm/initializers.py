@@ -1,7 +1,8 @@
 """Weight initializers (Keras 3 class names, arguments, defaults and fan rules).
 
 An initializer is called with a shape and an optional dtype and returns a new
-NumPy array::
+NumPy array (also for a model on the "cuda" device: the layers draw on the host and upload
+the values, so both devices start from the same weights)::
 
     init = fastlstm.initializers.get("glorot_uniform")
     kernel = init((input_dim, 4 * units))              # float32 by default

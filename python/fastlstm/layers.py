@@ -1,4 +1,4 @@
-"""Keras-like layers on NumPy arrays, each with its own forward and backward.
+"""Keras-like layers on NumPy (or CuPy) arrays, each with its own forward and backward.
 
     from fastlstm.layers import LSTM, Dense
     layer = LSTM(32, return_sequences=True)
@@ -30,6 +30,15 @@ and 0 everywhere masked inside ``Bidirectional``, which Keras forces).
 The LSTM runs on the fused C++ kernels (``fastlstm.ops``) for the default activations
 (tanh, sigmoid) without recurrent dropout. Other activations, and ``recurrent_dropout``
 while training, take a NumPy step-by-step path that is several times slower.
+
+Devices: a layer is bound to a device ("cpu" or "cuda", see ``fastlstm.set_device``) when it
+is built -- by its model, or standalone to ``fastlstm.get_device()`` -- and ``layer.device``
+says which. Its weights are then arrays of that device's module (NumPy or CuPy), and so are
+its outputs and gradients; on "cuda" the LSTM runs ``fastlstm.ops`` with ``backend="cuda"``.
+Initial weights, dropout masks and the other random draws are made on the host with
+fastlstm's generator and uploaded, so a model gives the same numbers on either device.
+Masks are small host (NumPy) arrays on both devices: the LSTM needs each row's run of
+valid steps on the host to turn it into lengths.
 """
 
 import functools
@@ -38,6 +47,7 @@ import re
 
 import numpy as np
 
+from . import _device as _devices
 from . import _random, activations, initializers, ops, regularizers
 
 __all__ = [
@@ -148,6 +158,8 @@ class Layer:
             def build(self, input_shape, _inner=inner):
                 if self.dtype is None:
                     self._set_dtype(None)
+                if self._device is None:
+                    self._bind_device(_devices.current())
                 _inner(self, tuple(input_shape))
                 self.input_shape = tuple(input_shape)
                 self.built = True
@@ -185,12 +197,48 @@ class Layer:
         self._regularizers = []
         self.grads = []
         self._cache = None
+        self._device = None           # a fastlstm._device.Device once bound (at build)
+
+    # -- device ----------------------------------------------------------------------
+
+    @property
+    def device(self):
+        """"cpu" or "cuda": where the layer's weights live and it computes (None until the
+        layer is built or added to a built model)."""
+        return None if self._device is None else self._device.name
+
+    def _bind_device(self, device):
+        """Run on ``device`` (a fastlstm._device.Device). A built layer cannot move: its
+        weights live on the device it was built on."""
+        if self._device is not None and self._device != device and self.built:
+            raise ValueError(f"Layer {self.name!r} was built on device {self._device.name!r} "
+                             f"and cannot run on {device.name!r}; create a new layer and copy "
+                             "the weights with get_weights()/set_weights()")
+        self._device = device
+
+    @property
+    def _xp(self):
+        """The array module of the layer's device (numpy or cupy)."""
+        if self._device is None:
+            self._bind_device(_devices.current())
+        return self._device.xp
+
+    def _on_device(self, a, dtype=None):
+        """``a`` as an array of the layer's device (uploaded or downloaded when needed)."""
+        if self._device is None:
+            self._bind_device(_devices.current())
+        return self._device.asarray(a, dtype)
 
     # -- weights ---------------------------------------------------------------------
 
     def add_weight(self, name, shape, initializer, regularizer=None):
         init = initializers.get(initializer)
-        value = np.ascontiguousarray(init(tuple(shape), dtype=self.dtype), dtype=self.dtype)
+        # drawn on the host, so that both devices start from the same values
+        return self._add_weight_value(name, init(tuple(shape), dtype=self.dtype), regularizer)
+
+    def _add_weight_value(self, name, value, regularizer=None):
+        """Add a weight holding ``value`` (a host array), on the layer's device."""
+        value = self._on_device(np.ascontiguousarray(value, dtype=self.dtype))
         self._weight_names.append(name)
         self._weights.append(value)
         self._regularizers.append(regularizers.get(regularizer))
@@ -198,7 +246,8 @@ class Layer:
 
     @property
     def weights(self):
-        """The layer's weight arrays (the live arrays, updated in place by training)."""
+        """The layer's weight arrays (the live arrays of its device, updated in place by
+        training; NumPy or CuPy). ``get_weights()`` gives NumPy copies."""
         return list(self._weights)
 
     @property
@@ -214,8 +263,9 @@ class Layer:
         return list(self._weight_names)
 
     def get_weights(self):
-        """Copies of the weights, in Keras's order."""
-        return [w.copy() for w in self.weights]
+        """NumPy copies of the weights (from the device when the layer is on one), in Keras's
+        order."""
+        return [_devices.to_numpy_copy(w) for w in self.weights]
 
     def set_weights(self, weights):
         """Copy ``weights`` (a list of arrays shaped like get_weights()) into the layer."""
@@ -227,7 +277,7 @@ class Layer:
                              f"got {len(weights)}")
         arrays = []
         for wname, target, value in zip(self._all_weight_names(), mine, weights):
-            value = np.asarray(value)
+            value = _devices.to_host(value)
             if value.shape != target.shape:
                 raise ValueError(f"Layer {self.name!r} weight {wname!r}: expected shape "
                                  f"{target.shape}, got {value.shape}")
@@ -236,7 +286,7 @@ class Layer:
                                 f"array, got dtype {value.dtype}")
             arrays.append(value)
         for target, value in zip(mine, arrays):
-            np.copyto(target, value, casting="unsafe")   # in place: optimizer slots stay valid
+            _devices.copy_into(target, value)   # in place: optimizer slots stay valid
 
     def _all_weight_names(self):
         return list(self._weight_names)
@@ -246,8 +296,18 @@ class Layer:
 
     def regularization_loss(self):
         """Sum of the regularizers' penalties on this layer's weights (a float)."""
-        return float(sum(r(w) for r, w in zip(self._all_regularizers(), self.weights)
-                         if r is not None))
+        penalty = self._regularization_penalty()
+        return 0.0 if penalty is None else _devices.read_scalars([penalty])[0]
+
+    def _regularization_penalty(self):
+        """The penalties' sum as a float64 scalar on the layer's device (None without
+        regularizers), summed in the same order as regularization_loss."""
+        total = None
+        for r, w in zip(self._all_regularizers(), self.weights):
+            if r is not None:
+                p = r._penalty(w)
+                total = p if total is None else total + p
+        return total
 
     def _all_regularizers(self):
         return list(self._regularizers)
@@ -272,6 +332,8 @@ class Layer:
     def _ensure_built(self, input_shape):
         if self.dtype is None:
             self._set_dtype(None)
+        if self._device is None:
+            self._bind_device(_devices.current())
         if not self.built:
             self._check_rank(input_shape)
             self.build(tuple(input_shape))
@@ -311,7 +373,9 @@ class Layer:
     _feature_axis_fixed = True
 
     def _cast_input(self, x):
-        x = np.asarray(x)
+        """x as an array of the layer's dtype; a host array stays on the host, a device array
+        on the device (the caller moves it)."""
+        x = _devices.array_module(x).asarray(x)
         if x.dtype.kind not in "fiub":
             raise TypeError(f"Input of layer {self.name!r}: expected a numeric array, "
                             f"got dtype {x.dtype}")
@@ -323,7 +387,9 @@ class Layer:
         x = self._cast_input(inputs)
         self._ensure_built(x.shape)
         self._check_input_shape(x.shape)
-        return self.forward(x, training=training, mask=mask, **kwargs)
+        if mask is not None:
+            mask = _devices.to_host(mask).astype(bool, copy=False)
+        return self.forward(self._on_device(x), training=training, mask=mask, **kwargs)
 
     def forward(self, x, training=False, mask=None):
         raise NotImplementedError
@@ -335,6 +401,7 @@ class Layer:
         return tuple(input_shape)
 
     def compute_mask(self, inputs, mask=None):
+        """The output mask: a (batch, time) NumPy bool array or None."""
         return mask if self.supports_masking else None
 
     def _no_cache(self):
@@ -458,7 +525,7 @@ class Dense(Layer):
         if self._cache is None:
             self._no_cache()
         x, z, y = self._cache
-        dz = self.activation.backward(z, y, dy.astype(self.dtype, copy=False))
+        dz = self.activation.backward(z, y, self._on_device(dy, self.dtype))
         x2 = x.reshape(-1, x.shape[-1])
         dz2 = dz.reshape(-1, self.units)
         grads = [x2.T @ dz2]
@@ -500,7 +567,7 @@ class Activation(Layer):
         if self._cache is None:
             self._no_cache()
         x, y = self._cache
-        return self.activation.backward(x, y, dy.astype(self.dtype, copy=False))
+        return self.activation.backward(x, y, self._on_device(dy, self.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -554,11 +621,15 @@ class Dropout(Layer):
         shape = x.shape
         if self.noise_shape is not None:
             shape = tuple(s if n is None else n for s, n in zip(x.shape, self.noise_shape))
-        keep = (rng.random(shape) >= self.rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
+        # drawn on the host (the same mask on every device), then uploaded
+        keep = (rng.random(shape) >= self.rate).astype(x.dtype) * \
+            x.dtype.type(1.0 / (1.0 - self.rate))
+        keep = self._on_device(keep)
         self._cache = keep
         return x * keep
 
     def backward(self, dy):
+        dy = self._on_device(dy)
         return dy if self._cache is None else dy * self._cache
 
     def get_config(self):
@@ -583,18 +654,18 @@ class Masking(Layer):
         return "(batch, time, features)"
 
     def compute_mask(self, inputs, mask=None):
-        x = np.asarray(inputs)
-        return np.any(x != self.mask_value, axis=-1)
+        xp = _devices.array_module(inputs)
+        return _devices.to_host(xp.any(inputs != self.mask_value, axis=-1))
 
     def forward(self, x, training=False, mask=None):
-        keep = np.any(x != self.mask_value, axis=-1, keepdims=True)
+        keep = self._xp.any(x != self.mask_value, axis=-1, keepdims=True)
         self._cache = keep
         return x * keep
 
     def backward(self, dy):
         if self._cache is None:
             self._no_cache()
-        return dy * self._cache
+        return self._on_device(dy) * self._cache
 
     def get_config(self):
         config = super().get_config()
@@ -634,27 +705,34 @@ class Embedding(Layer):
         return tuple(input_shape) + (self.output_dim,)
 
     def _cast_input(self, x):
-        x = np.asarray(x)
+        xp = _devices.array_module(x)
+        x = xp.asarray(x)
         if x.dtype.kind in "iu":
             idx = x.astype(np.int64, copy=False)
+            integral = True
         elif x.dtype.kind == "f":
             idx = x.astype(np.int64)
-            if not np.array_equal(idx, x):
-                raise ValueError(f"Input of layer {self.name!r} (Embedding): expected integer "
-                                 "indices, got non-integral floats")
+            integral = xp.all(idx == x)
         else:
             raise TypeError(f"Input of layer {self.name!r} (Embedding): expected integer "
                             f"indices, got dtype {x.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
+        if not idx.size:
+            return idx
+        # one read of the checks (x may be a device array)
+        integral, low, high = _devices.read_scalars([integral, idx.min(), idx.max()])
+        if not integral:
+            raise ValueError(f"Input of layer {self.name!r} (Embedding): expected integer "
+                             "indices, got non-integral floats")
+        if low < 0 or high >= self.input_dim:
             raise ValueError(f"Input of layer {self.name!r} (Embedding): indices must be in "
-                             f"[0, input_dim) = [0, {self.input_dim}), got min {idx.min()} "
-                             f"and max {idx.max()}")
+                             f"[0, input_dim) = [0, {self.input_dim}), got min {int(low)} "
+                             f"and max {int(high)}")
         return idx
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
-        return np.asarray(inputs) != 0
+        return _devices.to_host(inputs) != 0
 
     def forward(self, x, training=False, mask=None):
         self._cache = x
@@ -663,9 +741,9 @@ class Embedding(Layer):
     def backward(self, dy):
         if self._cache is None:
             self._no_cache()
-        grad = np.zeros_like(self.embeddings)
-        np.add.at(grad, self._cache.reshape(-1),
-                  dy.reshape(-1, self.output_dim).astype(self.dtype, copy=False))
+        grad = self._xp.zeros_like(self.embeddings)
+        _devices.index_add_rows(grad, self._cache.reshape(-1),
+                                self._on_device(dy, self.dtype).reshape(-1, self.output_dim))
         self.grads = [grad]
         return None
 
@@ -683,9 +761,10 @@ class Embedding(Layer):
 def _mask_runs(mask, T, layer_name):
     """(start, length) of each row's one contiguous run of True steps.
 
-    Rows without any True step get (0, 0). Any other pattern raises ValueError.
+    Rows without any True step get (0, 0). Any other pattern raises ValueError. The mask
+    and the results are host (NumPy) arrays.
     """
-    mask = np.asarray(mask, dtype=bool)
+    mask = _devices.to_host(mask).astype(bool, copy=False)
     if mask.ndim != 2 or mask.shape[1] != T:
         raise ValueError(f"Layer {layer_name!r}: the mask must have shape (batch, {T}), got "
                          f"{mask.shape}")
@@ -706,17 +785,20 @@ class _Generic:
 
     Time-major like fastlstm.ops: x (T, B, I), y (T, B, H); same lengths/reverse rules.
     ``rec_mask`` (B, H) multiplies h_{t-1} before the recurrent product (recurrent dropout).
+    All arrays, lengths (B,) included, are of one module (NumPy or CuPy).
     """
 
     @staticmethod
     def forward(x, kernel, rk, bias, h0, c0, lengths, reverse, act, rec_act, rec_mask):
+        xp = _devices.array_module(x)
         T, B, _ = x.shape
         H = rk.shape[0]
         proj = x @ kernel
         if bias is not None:
             proj += bias
         h, c = h0.copy(), c0.copy()
-        y = np.zeros((T, B, H), dtype=x.dtype)
+        y = xp.zeros((T, B, H), dtype=x.dtype)
+        zero = x.dtype.type(0)
         steps = []
         for s in range(T):
             t = T - 1 - s if reverse else s
@@ -729,24 +811,25 @@ class _Generic:
             a = act(c_new)
             h_new = o * a
             steps.append((t, valid, h_in, z, i, f, g, o, c.copy(), c_new, a))
-            c = np.where(valid, c_new, c)
-            h = np.where(valid, h_new, h)
-            y[t] = np.where(valid, h_new, 0)
+            c = xp.where(valid, c_new, c)
+            h = xp.where(valid, h_new, h)
+            y[t] = xp.where(valid, h_new, zero)
         return y, h, c, (x, kernel, rk, bias is not None, steps, act, rec_act, rec_mask)
 
     @staticmethod
     def backward(saved, dy, dh_n, dc_n):
         x, kernel, rk, has_bias, steps, act, rec_act, rec_mask = saved
+        xp = _devices.array_module(x)
         T, B, I = x.shape
         H = rk.shape[0]
         dh, dc = dh_n.copy(), dc_n.copy()
-        dz_all = np.zeros((T, B, 4 * H), dtype=x.dtype)
-        drk = np.zeros_like(rk)
+        dz_all = xp.zeros((T, B, 4 * H), dtype=x.dtype)
+        drk = xp.zeros_like(rk)
         for (t, valid, h_in, z, i, f, g, o, c_prev, c_new, a) in reversed(steps):
             dh_new = dh + dy[t]
             do = dh_new * a
             dc_new = dc + act.backward(c_new, a, dh_new * o)
-            dz = np.empty((B, 4 * H), dtype=x.dtype)
+            dz = xp.empty((B, 4 * H), dtype=x.dtype)
             dz[:, :H] = rec_act.backward(z[:, :H], i, dc_new * g)
             dz[:, H:2 * H] = rec_act.backward(z[:, H:2 * H], f, dc_new * c_prev)
             dz[:, 2 * H:3 * H] = act.backward(z[:, 2 * H:3 * H], g, dc_new * i)
@@ -757,8 +840,8 @@ class _Generic:
                 dh_prev *= rec_mask
             drk += h_in.T @ dz
             dz_all[t] = dz
-            dh = np.where(valid, dh_prev, dh)
-            dc = np.where(valid, dc_new * f, dc)
+            dh = xp.where(valid, dh_prev, dh)
+            dc = xp.where(valid, dc_new * f, dc)
         dkernel = x.reshape(-1, I).T @ dz_all.reshape(-1, 4 * H)
         dx = dz_all @ kernel.T
         dbias = dz_all.reshape(-1, 4 * H).sum(axis=0) if has_bias else None
@@ -834,9 +917,7 @@ class LSTM(Layer):
                 value = np.concatenate([init((u,), dtype=self.dtype),
                                         np.ones((u,), dtype=self.dtype),
                                         init((2 * u,), dtype=self.dtype)])
-                self.bias = self.add_weight("bias", (4 * u,), initializers.Zeros(),
-                                            self.bias_regularizer)
-                self.bias[...] = value
+                self.bias = self._add_weight_value("bias", value, self.bias_regularizer)
             else:
                 self.bias = self.add_weight("bias", (4 * u,), self.bias_initializer,
                                             self.bias_regularizer)
@@ -855,7 +936,7 @@ class LSTM(Layer):
             return None
         # Keras passes the input mask on unchanged, also with go_backwards (whose outputs
         # are in reversed time order); fastlstm does the same so models behave alike.
-        return np.asarray(mask, dtype=bool)
+        return _devices.to_host(mask).astype(bool, copy=False)
 
     def reset_states(self, states=None):
         """Forget (or set, with ``[h, c]``) the carried state of a stateful layer."""
@@ -865,19 +946,21 @@ class LSTM(Layer):
             self.states = None
             return
         h, c = states
-        self.states = [np.array(h, dtype=self.dtype), np.array(c, dtype=self.dtype)]
+        self.states = [self._xp.array(self._on_device(h, self.dtype)),
+                       self._xp.array(self._on_device(c, self.dtype))]
 
     reset_state = reset_states
 
     def _initial(self, B, initial_state):
         H = self.units
+        xp = self._xp
         if initial_state is not None:
             if len(initial_state) != 2:
                 raise ValueError(f"Layer {self.name!r}: initial_state must be [h, c], got "
                                  f"{len(initial_state)} arrays")
             out = []
             for nm, s in zip(("h", "c"), initial_state):
-                s = np.ascontiguousarray(s, dtype=self.dtype)
+                s = xp.ascontiguousarray(self._on_device(s, self.dtype))
                 if s.shape != (B, H):
                     raise ValueError(f"Layer {self.name!r}: initial state {nm} must have shape "
                                      f"(batch, units) = ({B}, {H}), got {s.shape}")
@@ -889,46 +972,55 @@ class LSTM(Layer):
                                  f"size {self.states[0].shape[0]}, got a batch of {B}; use a "
                                  "fixed batch size or call reset_states()")
             return [self.states[0], self.states[1]], False
-        return [np.zeros((B, H), self.dtype), np.zeros((B, H), self.dtype)], False
+        return [xp.zeros((B, H), self.dtype), xp.zeros((B, H), self.dtype)], False
 
     def forward(self, x, training=False, mask=None, initial_state=None):
         B, T, I = x.shape
         H = self.units
+        xp = self._xp
         rng = self._rng or _random.generator()
         (h0, c0), grad_to_state = self._initial(B, initial_state)
 
+        # dropout masks are drawn on the host (the same on every device) and uploaded
         in_mask = None
         if training and self.dropout > 0:
-            in_mask = (rng.random((B, 1, I)) >= self.dropout).astype(self.dtype) * \
-                self.dtype.type(1.0 / (1.0 - self.dropout))
+            in_mask = self._on_device(
+                (rng.random((B, 1, I)) >= self.dropout).astype(self.dtype) *
+                self.dtype.type(1.0 / (1.0 - self.dropout)))
             x = x * in_mask
         rec_mask = None
         if training and self.recurrent_dropout > 0:
-            rec_mask = (rng.random((B, H)) >= self.recurrent_dropout).astype(self.dtype) * \
-                self.dtype.type(1.0 / (1.0 - self.recurrent_dropout))
+            rec_mask = self._on_device(
+                (rng.random((B, H)) >= self.recurrent_dropout).astype(self.dtype) *
+                self.dtype.type(1.0 / (1.0 - self.recurrent_dropout)))
 
-        # Masks: shift each sequence so its valid run starts at step 0, then use lengths.
+        # Masks (host arrays): shift each sequence so its valid run starts at step 0, then
+        # use lengths (host int64, as fastlstm.ops takes them on every backend).
+        gather = scatter = None         # (B, T) time indices on the device
         if mask is not None:
+            mask = _devices.to_host(mask).astype(bool, copy=False)
             start, lengths = _mask_runs(mask, T, self.name)
-            shifted = bool(np.any(start))
-            if shifted:
-                gather = (np.arange(T)[None, :] + start[:, None]) % T        # (B, T)
-                x = np.take_along_axis(x, gather[:, :, None], axis=1)
-            else:
-                gather = None
+            if np.any(start):
+                steps = np.arange(T)[None, :]
+                # x[b, (t + start) % T] moves to t; scatter undoes it: y[b, t] moves to
+                # (t + start) % T, the steps that wrap around holding y's zeros past the run
+                gather = self._on_device((steps + start[:, None]) % T)
+                scatter = self._on_device((steps - start[:, None]) % T)
+                x = _devices.take_along_time(x, gather)
             if np.all(lengths == T):
                 lengths = None
         else:
-            start, lengths, gather = None, None, None
+            lengths = None
 
-        x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))                    # (T, B, I)
+        x_tm = xp.ascontiguousarray(x.transpose(1, 0, 2))                    # (T, B, I)
         fused = self.uses_fused_kernels and rec_mask is None
         if fused:
             y_tm, h_n, c_n, saved = ops.lstm_forward(
                 x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
-                reverse=self.go_backwards, training=bool(training))
+                reverse=self.go_backwards, training=bool(training),
+                backend=self._device.lstm_backend)
         else:
-            lens = np.full(B, T, np.int64) if lengths is None else lengths
+            lens = self._on_device(np.full(B, T, np.int64) if lengths is None else lengths)
             y_tm, h_n, c_n, saved = _Generic.forward(
                 x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lens,
                 self.go_backwards, self.activation, self.recurrent_activation, rec_mask)
@@ -940,22 +1032,19 @@ class LSTM(Layer):
         y = y_tm.transpose(1, 0, 2)                                           # (B, T, H)
         fill_last = None
         if self.return_sequences:
-            y = np.ascontiguousarray(y)
-            if gather is not None:
-                out = np.zeros_like(y)
-                np.put_along_axis(out, gather[:, :, None], y, axis=1)
-                y = out            # y[b, start + t] = shifted y[b, t]; wrapped steps hold 0
+            y = xp.ascontiguousarray(y)
+            if scatter is not None:
+                y = _devices.take_along_time(y, scatter)
             if self.go_backwards:
-                y = np.ascontiguousarray(y[:, ::-1])
+                y = xp.ascontiguousarray(y[:, ::-1])
             if mask is not None:
-                m = np.asarray(mask, dtype=bool)
-                m = m[:, ::-1] if self.go_backwards else m
+                m = mask[:, ::-1] if self.go_backwards else mask
                 # steps after the last valid one repeat the final output (Keras)
                 after = ~m & (np.cumsum(m, axis=1) == m.sum(axis=1, keepdims=True)) & \
                     (m.sum(axis=1, keepdims=True) > 0)
                 if not self.zero_output_for_mask and after.any():
-                    fill_last = after
-                    y = np.where(after[:, :, None], h_n[:, None, :], y)
+                    fill_last = self._on_device(after)[:, :, None]           # (B, T, 1)
+                    y = xp.where(fill_last, h_n[:, None, :], y)
             output = y
         else:
             output = h_n.copy()
@@ -965,7 +1054,8 @@ class LSTM(Layer):
         self._cache = None
         if training:
             self._cache = dict(fused=fused, saved=saved, in_mask=in_mask, gather=gather,
-                               fill_last=fill_last, T=T, B=B, grad_to_state=grad_to_state)
+                               scatter=scatter, fill_last=fill_last, T=T, B=B,
+                               grad_to_state=grad_to_state)
         if self.return_state:
             return [output, h_n, c_n]
         return output
@@ -981,43 +1071,42 @@ class LSTM(Layer):
         T, B = cache["T"], cache["B"]
         H = self.units
         dt = self.dtype
-        dh_n = None if dh_extra is None else np.array(dh_extra, dtype=dt)
-        dc_n = None if dc_extra is None else np.ascontiguousarray(dc_extra, dtype=dt)
+        xp = self._xp
+        dh_n = None if dh_extra is None else xp.array(self._on_device(dh_extra, dt))
+        dc_n = None if dc_extra is None else xp.ascontiguousarray(self._on_device(dc_extra, dt))
         dy_tm = None
         if dy is not None:
-            dy = np.asarray(dy, dtype=dt)
+            dy = self._on_device(dy, dt)
             if self.return_sequences:
                 if cache["fill_last"] is not None:
-                    extra = np.sum(dy * cache["fill_last"][:, :, None], axis=1)
+                    extra = xp.sum(dy * cache["fill_last"], axis=1)
                     dh_n = extra if dh_n is None else dh_n + extra
-                    dy = np.where(cache["fill_last"][:, :, None], 0, dy)
+                    dy = xp.where(cache["fill_last"], dt.type(0), dy)
                 if self.go_backwards:
                     dy = dy[:, ::-1]
                 if cache["gather"] is not None:
-                    dy = np.take_along_axis(dy, cache["gather"][:, :, None], axis=1)
-                dy_tm = np.ascontiguousarray(dy.transpose(1, 0, 2))
+                    dy = _devices.take_along_time(dy, cache["gather"])
+                dy_tm = xp.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
         if cache["fused"]:
             dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
                 cache["saved"], dy_tm,
-                None if dh_n is None else np.ascontiguousarray(dh_n, dtype=dt),
+                None if dh_n is None else xp.ascontiguousarray(dh_n, dtype=dt),
                 dc_n)
         else:
-            zeros = np.zeros((B, H), dt)
+            zeros = xp.zeros((B, H), dt)
             dx_tm, dh0, dc0, dk, drk, db = _Generic.backward(
-                cache["saved"], np.zeros((T, B, H), dt) if dy_tm is None else dy_tm,
+                cache["saved"], xp.zeros((T, B, H), dt) if dy_tm is None else dy_tm,
                 zeros if dh_n is None else dh_n, zeros if dc_n is None else dc_n)
         dx = dx_tm.transpose(1, 0, 2)
-        if cache["gather"] is not None:
-            out = np.zeros_like(dx)
-            np.put_along_axis(out, cache["gather"][:, :, None], dx, axis=1)
-            dx = out
+        if cache["scatter"] is not None:
+            dx = _devices.take_along_time(dx, cache["scatter"])
         if cache["in_mask"] is not None:
             dx = dx * cache["in_mask"]
         self.grads = [dk, drk] + ([db] if self.use_bias else [])
         self.initial_state_grads = [dh0, dc0] if cache["grad_to_state"] else None
-        return np.ascontiguousarray(dx)
+        return xp.ascontiguousarray(dx)
 
     def get_config(self):
         config = super().get_config()
@@ -1063,6 +1152,11 @@ class _Wrapper(Layer):
         super()._set_dtype(dtype)
         for layer in self._sublayers():
             layer._set_dtype(self.dtype)
+
+    def _bind_device(self, device):
+        super()._bind_device(device)
+        for layer in self._sublayers():
+            layer._bind_device(device)
 
 
 class TimeDistributed(_Wrapper):
@@ -1188,6 +1282,8 @@ class Bidirectional(_Wrapper):
         return mask if self.return_sequences else None
 
     def forward(self, x, training=False, mask=None):
+        if mask is not None:             # one host copy for both directions
+            mask = _devices.to_host(mask).astype(bool, copy=False)
         yf = self.forward_layer.forward(x, training=training, mask=mask)
         yb = self.backward_layer.forward(x, training=training, mask=mask)
         if self.return_sequences:
@@ -1195,7 +1291,7 @@ class Bidirectional(_Wrapper):
         self._cache = (yf, yb) if training else None
         m = self.merge_mode
         if m == "concat":
-            return np.concatenate([yf, yb], axis=-1)
+            return self._xp.concatenate([yf, yb], axis=-1)
         if m == "sum":
             return yf + yb
         if m == "ave":
@@ -1218,8 +1314,9 @@ class Bidirectional(_Wrapper):
             dyf, dyb = dy * yb, dy * yf
         if self.return_sequences:
             dyb = dyb[:, ::-1]
-        dxf = self.forward_layer.backward(np.ascontiguousarray(dyf))
-        dxb = self.backward_layer.backward(np.ascontiguousarray(dyb))
+        xp = self._xp
+        dxf = self.forward_layer.backward(xp.ascontiguousarray(dyf))
+        dxb = self.backward_layer.backward(xp.ascontiguousarray(dyb))
         self.grads = list(self.forward_layer.grads) + list(self.backward_layer.grads)
         return dxf + dxb
 

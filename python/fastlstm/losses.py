@@ -1,4 +1,4 @@
-"""Loss functions with gradients, on NumPy arrays (Keras 3 semantics).
+"""Loss functions with gradients, on NumPy or CuPy arrays (Keras 3 semantics).
 
 Every loss is a class whose instances give the reduced loss value and its gradient
 with respect to the predictions::
@@ -24,11 +24,18 @@ log-sum-exp / ``log1p(exp(-|x|))`` forms and are finite for any finite logits.
 Arithmetic runs in y_pred's dtype (float64 stays float64; float32, and float16 via
 float32, give float32 arithmetic; non-float predictions are treated as float32)
 and the gradient has y_pred's dtype when that is a float dtype.
+
+Arrays: everything runs in y_pred's array module (NumPy, or CuPy for a model on the "cuda"
+device; a NumPy y_true or sample_weight is uploaded to it), and the gradient is an array of
+that module. The value is returned as a Python float; the models use ``_value_and_gradient``,
+which keeps it on the device as a float64 scalar so that a batch reads back one number.
 """
 
 import math
 
 import numpy as np
+
+from ._device import array_module, one_hot, read_scalars, to_host
 
 __all__ = [
     "Loss", "BinaryCrossentropy", "CategoricalCrossentropy",
@@ -52,7 +59,7 @@ def _work_dtype(y_pred):
 
 
 def _as_pred(y_pred):
-    y_pred = np.asarray(y_pred)
+    y_pred = array_module(y_pred).asarray(y_pred)
     if y_pred.dtype == object or not (np.issubdtype(y_pred.dtype, np.number)
                                       or y_pred.dtype == np.bool_):
         raise TypeError(f"y_pred must be a numeric array, got dtype {y_pred.dtype}")
@@ -64,7 +71,7 @@ def _as_pred(y_pred):
 def _match_true(y_true, y_pred, dtype):
     """y_true as an array of y_pred's shape (Keras also squeezes/expands a trailing
     axis of size 1 when the ranks differ by one); any other mismatch is an error."""
-    y_true = np.asarray(y_true)
+    y_true = array_module(y_pred).asarray(y_true)
     if y_true.dtype == object or not (np.issubdtype(y_true.dtype, np.number)
                                       or y_true.dtype == np.bool_):
         raise TypeError(f"y_true must be a numeric array, got dtype {y_true.dtype}")
@@ -80,11 +87,14 @@ def _match_true(y_true, y_pred, dtype):
     return y_true.astype(dtype, copy=False)
 
 
-def _weights(sample_weight, loss_shape, dtype):
-    """sample_weight broadcast to the per-sample loss shape (None -> None)."""
+def _weights(sample_weight, loss_shape, dtype, xp):
+    """sample_weight broadcast to the per-sample loss shape, an array of module xp
+    (None -> None)."""
     if sample_weight is None:
         return None
-    w = np.asarray(sample_weight)
+    given_shape = tuple(sample_weight.shape) if hasattr(sample_weight, "shape") \
+        else np.shape(sample_weight)
+    w = xp.asarray(sample_weight)
     if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_):
         raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
     w = w.astype(dtype, copy=False)
@@ -95,42 +105,46 @@ def _weights(sample_weight, loss_shape, dtype):
     try:
         if np.broadcast_shapes(w.shape, loss_shape) != tuple(loss_shape):
             raise ValueError
-        w = np.broadcast_to(w, loss_shape)
+        w = xp.broadcast_to(w, loss_shape)
     except ValueError:
         raise ValueError(
-            f"sample_weight of shape {np.shape(sample_weight)} does not broadcast to the "
+            f"sample_weight of shape {given_shape} does not broadcast to the "
             f"per-sample loss shape {tuple(loss_shape)}") from None
     return w
 
 
 def _reduce(per_sample, w):
-    """Keras "sum_over_batch_size": sum(per_sample * w) / per_sample.size."""
+    """Keras "sum_over_batch_size": sum(per_sample * w) / per_sample.size, as a float64
+    scalar of per_sample's module (a 0-d array; it stays on the device)."""
+    xp = array_module(per_sample)
     n = per_sample.size
     if n == 0:
-        return 0.0
+        return xp.zeros((), dtype=np.float64)
     values = per_sample if w is None else per_sample * w
-    return float(np.sum(values, dtype=np.float64) / n)
+    return xp.sum(values, dtype=np.float64) / n
 
 
-def _dper_sample(loss_shape, w, dtype):
+def _dper_sample(loss_shape, w, dtype, xp):
     """d value / d per_sample, shaped loss_shape + (1,) to broadcast over the last axis."""
     n = max(int(np.prod(loss_shape, dtype=np.int64)), 1)
     if w is None:
-        d = np.full(loss_shape, 1.0 / n, dtype=dtype)
+        d = xp.full(loss_shape, 1.0 / n, dtype=dtype)
     else:
         d = (w / dtype.type(n)).astype(dtype, copy=False)
     return d[..., None]
 
 
 def _stable_sigmoid(x):
-    e = np.exp(-np.abs(x))                           # in (0, 1]: never overflows
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    xp = array_module(x)
+    e = xp.exp(-xp.abs(x))                           # in (0, 1]: never overflows
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
 def _log_softmax(x):
-    m = np.max(x, axis=-1, keepdims=True)
+    xp = array_module(x)
+    m = xp.max(x, axis=-1, keepdims=True)
     z = x - m
-    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+    return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
 
 
 # --------------------------------------------------------------------------- base
@@ -145,35 +159,46 @@ class Loss:
     def __init__(self, name=None):
         self.name = self.default_name if name is None else str(name)
 
-    # subclasses may override: how y_true is turned into an array for y_pred
-    def _prepare_true(self, y_true, y_pred, dtype):
+    # subclasses may override: how y_true is turned into an array for y_pred; check=False
+    # skips checks of the values (not of the shapes) that the caller has made already
+    def _prepare_true(self, y_true, y_pred, dtype, check=True):
         return _match_true(y_true, y_pred, dtype)
 
-    def _inputs(self, y_true, y_pred):
+    def _inputs(self, y_true, y_pred, check=True):
         y_pred = _as_pred(y_pred)
         work, grad_dtype = _work_dtype(y_pred)
         yp = y_pred.astype(work, copy=False)
-        yt = self._prepare_true(y_true, y_pred, work)
+        yt = self._prepare_true(y_true, y_pred, work, check)
         return yt, yp, work, grad_dtype
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        yt, yp, work, _ = self._inputs(y_true, y_pred)
+        return read_scalars([self._value(y_true, y_pred, sample_weight)])[0]
+
+    def _value(self, y_true, y_pred, sample_weight=None, check=True):
+        """The loss as a float64 scalar of y_pred's module (stays on the device)."""
+        yt, yp, work, _ = self._inputs(y_true, y_pred, check)
         per_sample, _ = self._forward(yt, yp)
-        w = _weights(sample_weight, per_sample.shape, work)
+        w = _weights(sample_weight, per_sample.shape, work, array_module(yp))
         return _reduce(per_sample, w)
 
     def gradient(self, y_true, y_pred, sample_weight=None):
         """d loss / d y_pred, same shape as y_pred."""
-        return self.value_and_gradient(y_true, y_pred, sample_weight)[1]
+        return self._value_and_gradient(y_true, y_pred, sample_weight)[1]
 
     def value_and_gradient(self, y_true, y_pred, sample_weight=None):
-        """Both at once (one forward pass)."""
-        yt, yp, work, grad_dtype = self._inputs(y_true, y_pred)
+        """Both at once (one forward pass): (float, gradient like y_pred)."""
+        value, g = self._value_and_gradient(y_true, y_pred, sample_weight)
+        return read_scalars([value])[0], g
+
+    def _value_and_gradient(self, y_true, y_pred, sample_weight=None, check=True):
+        """value_and_gradient with the value left on the device (a float64 scalar)."""
+        yt, yp, work, grad_dtype = self._inputs(y_true, y_pred, check)
+        xp = array_module(yp)
         per_sample, ctx = self._forward(yt, yp)
-        w = _weights(sample_weight, per_sample.shape, work)
+        w = _weights(sample_weight, per_sample.shape, work, xp)
         value = _reduce(per_sample, w)
-        g = self._backward(yt, yp, ctx, _dper_sample(per_sample.shape, w, work))
-        return value, np.ascontiguousarray(g, dtype=grad_dtype).reshape(yp.shape)
+        g = self._backward(yt, yp, ctx, _dper_sample(per_sample.shape, w, work, xp))
+        return value, xp.ascontiguousarray(g, dtype=grad_dtype).reshape(yp.shape)
 
     def get_config(self):
         return {"name": self.name}
@@ -201,7 +226,7 @@ class MeanSquaredError(Loss):
 
     def _forward(self, yt, yp):
         d = yp - yt
-        return np.mean(d * d, axis=-1), d
+        return array_module(d).mean(d * d, axis=-1), d
 
     def _backward(self, yt, yp, d, dper):
         return dper * (2.0 / yp.shape[-1]) * d
@@ -214,10 +239,11 @@ class MeanAbsoluteError(Loss):
 
     def _forward(self, yt, yp):
         d = yp - yt
-        return np.mean(np.abs(d), axis=-1), d
+        xp = array_module(d)
+        return xp.mean(xp.abs(d), axis=-1), d
 
     def _backward(self, yt, yp, d, dper):
-        return dper * (1.0 / yp.shape[-1]) * np.sign(d)
+        return dper * (1.0 / yp.shape[-1]) * array_module(d).sign(d)
 
 
 class Huber(Loss):
@@ -234,17 +260,19 @@ class Huber(Loss):
         self.delta = delta
 
     def _forward(self, yt, yp):
+        xp = array_module(yp)
         e = yp - yt
-        a = np.abs(e)
+        a = xp.abs(e)
         delta = yp.dtype.type(self.delta)
         quad = a <= delta
-        per = np.where(quad, 0.5 * e * e, delta * a - 0.5 * delta * delta)
-        return np.mean(per, axis=-1), (e, quad)
+        per = xp.where(quad, 0.5 * e * e, delta * a - 0.5 * delta * delta)
+        return xp.mean(per, axis=-1), (e, quad)
 
     def _backward(self, yt, yp, ctx, dper):
+        xp = array_module(yp)
         e, quad = ctx
         delta = yp.dtype.type(self.delta)
-        de = np.where(quad, e, delta * np.sign(e))
+        de = xp.where(quad, e, delta * xp.sign(e))
         return dper * (1.0 / yp.shape[-1]) * de
 
     def get_config(self):
@@ -267,13 +295,14 @@ class BinaryCrossentropy(Loss):
         self.from_logits = bool(from_logits)
 
     def _forward(self, t, x):
+        xp = array_module(x)
         if self.from_logits:
-            per = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
-            return np.mean(per, axis=-1), None
+            per = xp.maximum(x, x.dtype.type(0)) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
+            return xp.mean(per, axis=-1), None
         eps = x.dtype.type(EPSILON)
-        p = np.clip(x, eps, 1 - eps)
-        per = -(t * np.log(p) + (1 - t) * np.log(1 - p))
-        return np.mean(per, axis=-1), p
+        p = xp.clip(x, eps, 1 - eps)
+        per = -(t * xp.log(p) + (1 - t) * xp.log(1 - p))
+        return xp.mean(per, axis=-1), p
 
     def _backward(self, t, x, p, dper):
         scale = dper * (1.0 / x.shape[-1])
@@ -282,7 +311,7 @@ class BinaryCrossentropy(Loss):
         eps = x.dtype.type(EPSILON)
         inside = (x >= eps) & (x <= 1 - eps)
         g = (1 - t) / (1 - p) - t / p
-        return scale * np.where(inside, g, 0)
+        return scale * array_module(x).where(inside, g, g.dtype.type(0))
 
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
@@ -291,26 +320,28 @@ class BinaryCrossentropy(Loss):
 def _categorical_forward(t, x, from_logits):
     """Per-sample -sum(t * log q) over the last axis, q = softmax(x) or the clipped,
     renormalised probabilities; also returns what the backward pass needs."""
+    xp = array_module(x)
     if from_logits:
         logq = _log_softmax(x)
-        return -np.sum(t * logq, axis=-1), logq
-    s = np.sum(x, axis=-1, keepdims=True)
+        return -xp.sum(t * logq, axis=-1), logq
+    s = xp.sum(x, axis=-1, keepdims=True)
     q = x / s
     eps = x.dtype.type(EPSILON)
-    p = np.clip(q, eps, 1 - eps)
-    return -np.sum(t * np.log(p), axis=-1), (s, q, p)
+    p = xp.clip(q, eps, 1 - eps)
+    return -xp.sum(t * xp.log(p), axis=-1), (s, q, p)
 
 
 def _categorical_backward(t, x, ctx, dper, from_logits):
+    xp = array_module(x)
     if from_logits:
-        softmax = np.exp(ctx)
-        return dper * (softmax * np.sum(t, axis=-1, keepdims=True) - t)
+        softmax = xp.exp(ctx)
+        return dper * (softmax * xp.sum(t, axis=-1, keepdims=True) - t)
     s, q, p = ctx
     eps = x.dtype.type(EPSILON)
     inside = (q >= eps) & (q <= 1 - eps)
-    gq = np.where(inside, -t / p, 0)                 # d per / d q
+    gq = xp.where(inside, -t / p, t.dtype.type(0))   # d per / d q
     # q = x / s: d per / d x_k = (gq_k - sum_j gq_j q_j) / s
-    return dper * (gq - np.sum(gq * q, axis=-1, keepdims=True)) / s
+    return dper * (gq - xp.sum(gq * q, axis=-1, keepdims=True)) / s
 
 
 class CategoricalCrossentropy(Loss):
@@ -343,8 +374,9 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
 
     default_name = "sparse_categorical_crossentropy"
 
-    def _prepare_true(self, y_true, y_pred, dtype):
-        ids = np.asarray(y_true)
+    def _prepare_true(self, y_true, y_pred, dtype, check=True):
+        xp = array_module(y_pred)
+        ids = xp.asarray(y_true)
         lead, classes = y_pred.shape[:-1], y_pred.shape[-1]
         if ids.shape != lead:
             if ids.shape == lead + (1,):
@@ -357,19 +389,22 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.number) \
                 or np.issubdtype(ids.dtype, np.complexfloating):
             raise ValueError(f"sparse y_true must hold integer class ids, got dtype {ids.dtype}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)):
+        if check and ids.size:
+            # one read of the checks' outcome (ids may be on the device)
+            integral = xp.all(xp.isfinite(ids) & (ids == xp.rint(ids))) \
+                if not np.issubdtype(ids.dtype, np.integer) else True
+            in_range = xp.all((ids >= 0) & (ids < classes))
+            integral, in_range = read_scalars([integral, in_range])
+            if not integral:
                 raise ValueError("sparse y_true must hold integer class ids, got "
                                  "non-integral values")
-        if ids.size and (ids.min() < 0 or ids.max() >= classes):
-            bad = ids[(ids < 0) | (ids >= classes)].ravel()[0]
-            raise ValueError(
-                f"sparse y_true holds class id {bad!r} outside [0, {classes}) "
-                f"(y_pred has {classes} classes, shape {y_pred.shape})")
-        ids = ids.astype(np.intp, copy=False)
-        t = np.zeros(y_pred.shape, dtype=dtype)
-        np.put_along_axis(t, ids[..., None], 1, axis=-1)
-        return t
+            if not in_range:
+                host = to_host(ids)
+                bad = host[(host < 0) | (host >= classes)].ravel()[0]
+                raise ValueError(
+                    f"sparse y_true holds class id {bad!r} outside [0, {classes}) "
+                    f"(y_pred has {classes} classes, shape {y_pred.shape})")
+        return one_hot(ids.astype(np.intp, copy=False), classes, dtype)
 
 
 # --------------------------------------------------------------------------- registry

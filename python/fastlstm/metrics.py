@@ -1,4 +1,4 @@
-"""Stateful metrics on NumPy arrays (Keras 3 semantics).
+"""Stateful metrics on NumPy or CuPy arrays (Keras 3 semantics).
 
     m = fastlstm.metrics.get("accuracy", loss="binary_crossentropy")
     m.update_state(y_true, y_pred)        # per batch
@@ -11,11 +11,17 @@ and keeps a running, optionally weighted, mean of it exactly as Keras's
 sample weight lacks), multiplied by the sample weight, summed into ``total``, and
 ``count`` grows by the batch size (or the summed weights).  ``result()`` is
 ``total / count`` (0.0 before any update).
+
+Arrays: the per-batch values are computed in y_pred's array module (NumPy, or CuPy for a
+model on the "cuda" device); ``total`` and ``count`` are Python floats on the host. A batch's
+contribution comes back in one transfer; the models collect it with ``_batch_stats`` and
+read it together with the loss, then ``_accumulate``.
 """
 
 import numpy as np
 
 from . import losses as _losses
+from ._device import array_module, read_scalars
 
 __all__ = [
     "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
@@ -23,8 +29,8 @@ __all__ = [
 ]
 
 
-def _numeric(a, what):
-    a = np.asarray(a)
+def _numeric(a, what, xp=None):
+    a = (xp or array_module(a)).asarray(a)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise TypeError(f"{what} must be numeric, got dtype {a.dtype}")
     return a
@@ -98,30 +104,41 @@ class Mean(Metric):
         self.count = 0.0
 
     def update_state(self, values, sample_weight=None):
-        v = _numeric(values, "values").astype(np.float64)
+        self._accumulate(*read_scalars(self._mean_stats(values, sample_weight)))
+
+    def _accumulate(self, total, count):
+        """Add a batch's (total, count), read back as floats, to the running sums."""
+        self.total += total
+        self.count += count
+
+    def _mean_stats(self, values, sample_weight=None):
+        """(total, count) of one batch: sums of values' module (on the device) or floats."""
+        xp = array_module(values)
+        v = _numeric(values, "values", xp).astype(np.float64)
         if sample_weight is not None:
-            w = _numeric(sample_weight, "sample_weight").astype(np.float64)
+            w_shape = tuple(sample_weight.shape) if hasattr(sample_weight, "shape") \
+                else np.shape(sample_weight)
+            w = _numeric(sample_weight, "sample_weight", xp).astype(np.float64)
             v, w = _same_rank(v, w)
             if w.ndim > v.ndim:
-                raise ValueError(f"sample_weight of shape {np.shape(sample_weight)} has more "
+                raise ValueError(f"sample_weight of shape {w_shape} has more "
                                  f"axes than the values of shape {v.shape}")
             if v.ndim > w.ndim:
                 v = v.mean(axis=tuple(range(w.ndim, v.ndim)))
             try:
-                w = np.broadcast_to(w, v.shape)
+                w = xp.broadcast_to(w, v.shape)
             except ValueError:
-                raise ValueError(f"sample_weight of shape {np.shape(sample_weight)} does "
+                raise ValueError(f"sample_weight of shape {w_shape} does "
                                  f"not broadcast to the values' shape {v.shape}") from None
             v = v * w
             if w.ndim > 1:
                 w = w.mean(axis=tuple(range(1, w.ndim)))
-            count = float(np.sum(w))
+            count = xp.sum(w)
         else:
             count = float(v.shape[0]) if v.ndim >= 1 else 1.0
         if v.ndim > 1:
             v = v.mean(axis=tuple(range(1, v.ndim)))
-        self.total += float(np.sum(v))
-        self.count += count
+        return xp.sum(v), count
 
     def result(self):
         return 0.0 if self.count == 0 else self.total / self.count
@@ -134,10 +151,15 @@ class MeanMetricWrapper(Mean):
         raise NotImplementedError
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = _numeric(y_true, "y_true")
-        y_pred = _numeric(y_pred, "y_pred")
+        self._accumulate(*read_scalars(self._batch_stats(y_true, y_pred, sample_weight)))
+
+    def _batch_stats(self, y_true, y_pred, sample_weight=None):
+        """(total, count) of one batch, left on y_pred's device (see Mean._mean_stats)."""
+        xp = array_module(y_pred)
+        y_true = _numeric(y_true, "y_true", xp)
+        y_pred = _numeric(y_pred, "y_pred", xp)
         values = self._values(y_true, y_pred)
-        super().update_state(values, sample_weight)
+        return self._mean_stats(values, sample_weight)
 
 
 class BinaryAccuracy(MeanMetricWrapper):
@@ -168,7 +190,8 @@ class CategoricalAccuracy(MeanMetricWrapper):
                              f"{y_true.shape}, y_pred has shape {y_pred.shape}")
         if y_pred.ndim == 0:
             raise ValueError("y_pred must have a class axis, got a scalar")
-        return (np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)).astype(np.float64)
+        xp = array_module(y_pred)
+        return (xp.argmax(y_true, axis=-1) == xp.argmax(y_pred, axis=-1)).astype(np.float64)
 
 
 class SparseCategoricalAccuracy(MeanMetricWrapper):
@@ -186,7 +209,7 @@ class SparseCategoricalAccuracy(MeanMetricWrapper):
             raise ValueError(f"sparse y_true must have shape y_pred.shape[:-1] = {lead}: "
                              f"y_true has shape {y_true.shape}, y_pred has shape "
                              f"{y_pred.shape}")
-        return (y_true == np.argmax(y_pred, axis=-1)).astype(np.float64)
+        return (y_true == array_module(y_pred).argmax(y_pred, axis=-1)).astype(np.float64)
 
 
 class MeanAbsoluteError(MeanMetricWrapper):
@@ -196,8 +219,9 @@ class MeanAbsoluteError(MeanMetricWrapper):
 
     def _values(self, y_true, y_pred):
         y_true, y_pred = _check_same_shape(y_true, y_pred)
+        xp = array_module(y_pred)
         d = y_pred.astype(np.float64) - y_true.astype(np.float64)
-        return np.mean(np.abs(d), axis=-1)
+        return xp.mean(xp.abs(d), axis=-1)
 
 
 class MeanSquaredError(MeanMetricWrapper):
@@ -208,7 +232,7 @@ class MeanSquaredError(MeanMetricWrapper):
     def _values(self, y_true, y_pred):
         y_true, y_pred = _check_same_shape(y_true, y_pred)
         d = y_pred.astype(np.float64) - y_true.astype(np.float64)
-        return np.mean(d * d, axis=-1)
+        return array_module(d).mean(d * d, axis=-1)
 
 
 # --------------------------------------------------------------------------- registry

@@ -18,6 +18,15 @@ layer to layer as in Keras; when the model's output still carries a mask (a
 
 ``Sequential(dtype="float64")`` runs every layer in float64 (the default is float32), which
 makes finite-difference checks of the backward pass possible.
+
+Devices: a model is bound to ``fastlstm.get_device()`` ("cpu" or "cuda"; see
+``fastlstm.set_device``) when it is built, and ``model.device`` says which. On "cuda" its
+weights, the optimizer's slots and every array between the layers live on the GPU (CuPy
+arrays; the LSTM layers run fastlstm's CUDA kernels). ``fit``, ``evaluate`` and ``predict``
+take NumPy (or CuPy) arrays and upload one batch at a time; per training or test batch one
+small transfer brings back the loss, the metrics' sums and whether the gradients are
+finite, so History and logs hold Python floats. ``predict`` and ``predict_on_batch`` return
+NumPy arrays, ``get_weights`` NumPy copies; ``model(x)`` returns an array of the device.
 """
 
 import math
@@ -29,6 +38,7 @@ import warnings
 
 import numpy as np
 
+from . import _device as _devices
 from . import _random, callbacks as callbacks_module, layers as layers_module
 from . import losses as losses_module, metrics as metrics_module
 from . import optimizers as optimizers_module
@@ -74,6 +84,7 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self._output_mask = None
+        self._device = None          # a fastlstm._device.Device, bound by the first build
         if layers is not None:
             for layer in layers:
                 self.add(layer)
@@ -104,6 +115,8 @@ class Sequential:
         if getattr(layer, "return_state", False):
             raise ValueError(f"add: layer {layer.name!r} has return_state=True; a Sequential "
                              "model passes one output from layer to layer")
+        if self._device is not None:
+            layer._bind_device(self._device)   # ValueError for a layer built elsewhere
         if not self.layers and self._input_layer is None and layer._batch_input_shape is not None:
             self._build_input_shape = layer._batch_input_shape
         self.layers.append(layer)
@@ -130,8 +143,11 @@ class Sequential:
         if not self.layers:
             raise ValueError("build: the model has no layers; add() some first")
         shape = tuple(input_shape)
+        if self._device is None:
+            self._device = _devices.current()
         for layer in self.layers:
             layer._set_dtype(self.dtype)
+            layer._bind_device(self._device)
             if layer.built:
                 layer._check_input_shape(shape)
             else:
@@ -145,6 +161,11 @@ class Sequential:
     @property
     def input_shape(self):
         return self._build_input_shape
+
+    @property
+    def device(self):
+        """"cpu" or "cuda": where the model runs, fixed when it is first built (None before)."""
+        return None if self._device is None else self._device.name
 
     def get_layer(self, name=None, index=None):
         if index is not None:
@@ -172,8 +193,8 @@ class Sequential:
         return [w for layer in self.layers for w in layer.non_trainable_weights]
 
     def get_weights(self):
-        """Copies of every layer's weights, in order (Keras's get_weights())."""
-        return [w.copy() for w in self.weights]
+        """NumPy copies of every layer's weights, in order (Keras's get_weights())."""
+        return [_devices.to_numpy_copy(w) for w in self.weights]
 
     def set_weights(self, weights):
         """Copy a get_weights()-style list into the layers."""
@@ -216,12 +237,14 @@ class Sequential:
     # ------------------------------------------------------------------ forward / backward
 
     def _prepare_x(self, x, what="x"):
+        """The inputs checked and cast by the first layer (once for the whole array): a NumPy
+        array, or a device array when x is already on the model's device."""
         if x is None:
             raise ValueError(f"{what}: expected an array of inputs, got None")
-        if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray):
+        if isinstance(x, (list, tuple)) and len(x) == 1 and _devices.is_array(x[0]):
             x = x[0]
         try:
-            arr = np.asarray(x)
+            arr = x if _devices.is_device_array(x) else np.asarray(x)
         except ValueError as e:
             raise ValueError(f"{what}: could not make an array of it ({e}); sequences of "
                              "different lengths must be padded first (pad_sequences)") from None
@@ -240,17 +263,25 @@ class Sequential:
                 and not isinstance(self.layers[0], layers_module.Embedding)):
             raise ValueError(f"{what}: the model expects inputs of shape {_fmt(expected)}, "
                              f"got {_fmt(arr.shape)}")
-        return arr
+        if _devices.is_device_array(arr) and not self._device.owns(arr):
+            arr = _devices.to_host(arr)        # a GPU array for a model on the CPU
+        return self.layers[0]._cast_input(arr)
 
     def _forward(self, x, training):
+        """The outputs for x (cast by the first layer here), an array of the device."""
+        return self._run(self.layers[0]._cast_input(x), training)
+
+    def _run(self, x, training):
+        """The outputs for x already cast by the first layer (host or device array).
+
+        The batch is uploaded here; the first layer's mask comes from the host copy, so that
+        the masks (host arrays) cost no transfer back."""
+        inputs = x
+        x = self._device.asarray(x)
         mask = None
-        first = True
-        for layer in self.layers:
-            if first:
-                x = layer._cast_input(x)
-                first = False
+        for i, layer in enumerate(self.layers):
             out = layer.forward(x, training=training, mask=mask)
-            mask = layer.compute_mask(x, mask)
+            mask = layer.compute_mask(inputs if i == 0 else x, mask)
             x = out
         self._output_mask = mask
         return x
@@ -262,8 +293,9 @@ class Sequential:
                 break
 
     def __call__(self, x, training=False):
+        """The outputs for x, an array of the model's device (``predict`` gives NumPy)."""
         x = self._prepare_x(x)
-        return self._forward(x, training=bool(training))
+        return self._run(x, training=bool(training))
 
     # ------------------------------------------------------------------ compile
 
@@ -329,7 +361,7 @@ class Sequential:
         if y is None:
             raise ValueError(f"{what}: targets are required (got None)")
         try:
-            y = np.asarray(y)
+            y = _devices.to_host(y)      # targets stay on the host; batches are uploaded
         except ValueError as e:
             raise ValueError(f"{what}: could not make an array of it ({e})") from None
         if y.dtype == object or y.dtype.kind not in "biuf":
@@ -376,7 +408,7 @@ class Sequential:
     def _prepare_sample_weight(sw, n, what="sample_weight"):
         if sw is None:
             return None
-        sw = np.asarray(sw)
+        sw = _devices.to_host(sw)
         if sw.dtype.kind not in "biuf":
             raise TypeError(f"{what}: expected numeric weights, got dtype {sw.dtype}")
         if sw.ndim == 0 or sw.shape[0] != n:
@@ -408,32 +440,68 @@ class Sequential:
     # ------------------------------------------------------------------ batches
 
     def _loss_weights(self, sw, y_pred):
-        """Sample weights combined with the output mask (Keras's masked-loss rule)."""
+        """Sample weights (host) combined with the output mask (Keras's masked-loss rule),
+        computed on the host and uploaded to y_pred's device (None when there are none)."""
         mask = self._output_mask
+        xp = _devices.array_module(y_pred)
         if mask is None or y_pred.ndim < 3:
-            return sw
-        m = np.asarray(mask, dtype=np.float64)
+            return None if sw is None else xp.asarray(sw)
+        m = _devices.to_host(mask).astype(np.float64)
         valid = m.sum()
         m = m * (m.size / valid) if valid > 0 else m
-        if sw is None:
-            return m
-        sw = np.asarray(sw, dtype=np.float64)
-        while sw.ndim < m.ndim:
-            sw = sw[..., None]
-        return m * sw
+        if sw is not None:
+            sw = np.asarray(sw, dtype=np.float64)
+            while sw.ndim < m.ndim:
+                sw = sw[..., None]
+            m = m * sw
+        return xp.asarray(m)
 
     def _regularization(self):
+        """The regularizers' penalties on every layer (a float)."""
         return sum(layer.regularization_loss() for layer in self.layers)
 
+    def _regularization_penalty(self):
+        """The same on the device (a float64 scalar), or None without regularizers."""
+        total = None
+        for layer in self.layers:
+            p = layer._regularization_penalty()
+            if p is not None:
+                total = p if total is None else total + p
+        return total
+
+    def _metric_stats(self, yb, y_pred, w):
+        """Each compiled metric's (total, count) for the batch, left on the device (None for
+        a metric that can only update itself)."""
+        return [m._batch_stats(yb, y_pred, w) if hasattr(m, "_batch_stats") else None
+                for m in self.compiled_metrics]
+
+    def _update_metrics(self, stats, host, yb, y_pred, w):
+        """Add the batch's metric sums read back in ``host`` (pairs, in order)."""
+        it = iter(host)
+        for m, st in zip(self.compiled_metrics, stats):
+            if st is None:
+                m.update_state(yb, y_pred, w)
+            else:
+                m._accumulate(next(it), next(it))
+
     def _train_batch(self, xb, yb, swb):
-        y_pred = self._forward(xb, training=True)
+        """One optimizer step. xb: cast by the first layer (host or device), yb and swb on the
+        host. Returns (loss as a float, y_pred); the step is skipped when the loss or a
+        gradient is not finite."""
+        dev = self._device
+        y_pred = self._run(xb, training=True)
+        yb = dev.asarray(yb)
         w = self._loss_weights(swb, y_pred)
-        value, dy = self.loss.value_and_gradient(yb, y_pred, w)
-        value += self._regularization()
-        if not math.isfinite(value):
-            # Keras would apply this step and leave NaN weights; fastlstm skips it, so the
-            # model keeps its last finite weights (fit then stops with a warning).
-            return value, y_pred
+        value, dy = self.loss._value_and_gradient(yb, y_pred, w, check=False)
+        penalty = self._regularization_penalty()
+        if penalty is not None:
+            value = value + penalty
+        # Keras would apply a non-finite step and leave NaN weights; fastlstm skips it, so the
+        # model keeps its last finite weights (fit then stops with a warning). On the host the
+        # loss is checked before the backward pass (reading it is free, and NumPy would warn
+        # in a backward pass through NaN); on a device one read after it checks everything.
+        if dev.is_host and not math.isfinite(float(value)):
+            return float(value), y_pred
         self._backward(dy)
         grads, variables = [], []
         if self.trainable:
@@ -443,18 +511,31 @@ class Sequential:
                 for var, g, rg in zip(layer.weights, layer.grads, layer.regularization_grads()):
                     grads.append(g if rg is None else g + rg)
                     variables.append(var)
-        if not all(np.isfinite(g).all() for g in grads):
+        xp = dev.xp
+        finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads])) if grads else True
+        stats = self._metric_stats(yb, y_pred, w)
+        host = _devices.read_scalars(
+            [value, finite] + [v for st in stats if st is not None for v in st])
+        value, finite = host[0], host[1]
+        if not math.isfinite(value):
+            return value, y_pred
+        if not finite:
             return float("nan"), y_pred      # e.g. inf inputs: finite loss, NaN gradient
         if variables:
             self.optimizer.apply(grads, variables)
-        for m in self.compiled_metrics:
-            m.update_state(yb, y_pred, w)
+        self._update_metrics(stats, host[2:], yb, y_pred, w)
         return value, y_pred
 
     def _batches(self, n, batch_size, order=None):
         idx = np.arange(n) if order is None else order
         for start in range(0, n, batch_size):
             yield idx[start:start + batch_size]
+
+    def _take(self, x, idx):
+        """The rows idx (host integers) of x, a host or device array."""
+        if _devices.is_device_array(x):
+            return x[self._device.asarray(idx)]
+        return x[idx]
 
     def _logs(self, loss_tracker, prefix=""):
         logs = {prefix + "loss": loss_tracker.result()}
@@ -538,7 +619,7 @@ class Sequential:
                     break
                 cbs.on_train_batch_begin(step)
                 swb = None if sw is None else sw[idx]
-                value, _ = self._train_batch(x[idx], y[idx], swb)
+                value, _ = self._train_batch(self._take(x, idx), y[idx], swb)
                 loss_tracker.update_state(np.full(1, value), sample_weight=[len(idx)])
                 logs = self._logs(loss_tracker)
                 cbs.on_train_batch_end(step, logs)
@@ -585,13 +666,18 @@ class Sequential:
                 break
             if callbacks is not None:
                 callbacks.on_test_batch_begin(step)
-            yb = y[idx]
-            y_pred = self._forward(x[idx], training=False)
+            y_pred = self._run(self._take(x, idx), training=False)
+            yb = self._device.asarray(y[idx])
             w = self._loss_weights(None if sw is None else sw[idx], y_pred)
-            value = self.loss(yb, y_pred, w) + self._regularization()
-            tracker.update_state(np.full(1, value), sample_weight=[len(idx)])
-            for m in self.compiled_metrics:
-                m.update_state(yb, y_pred, w)
+            value = self.loss._value(yb, y_pred, w, check=False)
+            penalty = self._regularization_penalty()
+            if penalty is not None:
+                value = value + penalty
+            stats = self._metric_stats(yb, y_pred, w)
+            host = _devices.read_scalars(     # one transfer per batch
+                [value] + [v for st in stats if st is not None for v in st])
+            tracker.update_state(np.full(1, host[0]), sample_weight=[len(idx)])
+            self._update_metrics(stats, host[1:], yb, y_pred, w)
             if callbacks is not None:
                 callbacks.on_test_batch_end(step, self._logs(tracker))
         logs = self._logs(tracker)
@@ -637,7 +723,7 @@ class Sequential:
             if step >= n_steps:
                 break
             cbs.on_predict_batch_begin(step)
-            outs.append(self._forward(x[idx], training=False))
+            outs.append(_devices.to_host(self._run(self._take(x, idx), training=False)))
             cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
         cbs.on_predict_end()
         if not outs:
@@ -673,7 +759,8 @@ class Sequential:
         return values[0] if len(values) == 1 else values
 
     def predict_on_batch(self, x):
-        return self._forward(self._prepare_x(x), training=False)
+        """The outputs for one batch, as a NumPy array."""
+        return _devices.to_host(self._run(self._prepare_x(x), training=False))
 
     # ------------------------------------------------------------------ summary
 

@@ -56,7 +56,12 @@ import os
 
 import numpy as np
 
-from . import activations, convert, layers as L
+from . import _device, activations, convert, layers as L
+
+
+def _host(weights):
+    """A layer's weight array as NumPy (copied from the GPU for a model built there)."""
+    return None if weights is None else _device.to_host(weights)
 
 __all__ = ["export"]
 
@@ -242,7 +247,7 @@ class _Exporter:
         """One ONNX LSTM over time-major x_tm; returns (Y or None, Y_h)."""
         g = self.g
         W, R, B = convert.fastlstm_to_onnx(
-            [(s.kernel, s.recurrent_kernel, s.bias) for s in sublayers])
+            [(_host(s.kernel), _host(s.recurrent_kernel), _host(s.bias)) for s in sublayers])
         base = sublayers[0].name
         inputs = [x_tm, g.init(W.astype(np.float32), f"{base}/W"),
                   g.init(R.astype(np.float32), f"{base}/R")]
@@ -332,10 +337,10 @@ class _Exporter:
         if isinstance(layer, L.Activation):
             return self.activation(x, layer.activation, outer)
         if isinstance(layer, L.Dense):
-            y = g.op("MatMul", [x, g.init(layer.kernel.astype(np.float32),
+            y = g.op("MatMul", [x, g.init(_host(layer.kernel).astype(np.float32),
                                           f"{layer.name}/kernel")])
             if layer.use_bias:
-                y = g.op("Add", [y, g.init(layer.bias.astype(np.float32),
+                y = g.op("Add", [y, g.init(_host(layer.bias).astype(np.float32),
                                            f"{layer.name}/bias")])
             return self.activation(y, layer.activation, outer)
         if isinstance(layer, L.Flatten):
@@ -391,7 +396,7 @@ class _Exporter:
                 if x != "input":
                     self._unsupported(layer, "an Embedding is exported only as the model's "
                                       "first layer (its input is the int64 token ids)")
-                y = g.op("Gather", [g.init(layer.embeddings.astype(np.float32),
+                y = g.op("Gather", [g.init(_host(layer.embeddings).astype(np.float32),
                                            f"{layer.name}/embeddings"), x], axis=0)
                 new_mask = g.op("Not", [g.op("Equal", [x, g.i64(0)])], base="mask") \
                     if layer.mask_zero else None

@@ -1,4 +1,4 @@
-"""Keras-style optimizers that update NumPy arrays in place.
+"""Keras-style optimizers that update NumPy (or CuPy) arrays in place.
 
     opt = fastlstm.optimizers.Adam(learning_rate=1e-3, global_clipnorm=1.0)
     opt.apply_gradients(zip(grads, weights))     # (gradient, variable) pairs, Keras order
@@ -14,9 +14,11 @@ per-variable state slots; a subclass only implements
 * ``update_step(gradient, variable, learning_rate)``: update ``variable`` in place, finding
   its slots with ``self.get_slot(name, variable)``.
 
-Variables are float32 or float64 ``numpy.ndarray`` objects, updated in place and kept in
-their own dtype: gradients are cast to the variable's dtype and every hyperparameter is
-turned into a scalar of that dtype, so a float32 variable is updated in float32 arithmetic.
+Variables are float32 or float64 arrays -- ``numpy.ndarray``, or CuPy arrays for a model on
+the "cuda" device (see fastlstm.set_device), whose slots then live on the device too and whose
+updates never read anything back to the host -- updated in place and kept in their own dtype:
+gradients are cast to the variable's dtype and every hyperparameter is turned into a scalar of
+that dtype, so a float32 variable is updated in float32 arithmetic.
 A gradient of ``None`` skips its variable for that step (it is neither decayed nor updated;
 its slots are left as they are). The optimizer builds itself on its first call; later calls
 must pass the same number of variables with the same shapes and dtypes (in the same order,
@@ -35,15 +37,18 @@ whose L2 norm exceeds it to that norm; ``global_clipnorm`` rescales all gradient
 Saving: ``get_config()`` returns a JSON-able dict (``"class_name"`` plus the constructor
 arguments; a callable schedule is stored as its current value, the callable itself is not
 serialised) and ``get(config)`` / ``Cls.from_config(config)`` rebuild the optimizer.
-``get_state()`` returns ``{"iterations": int, slot_name: [array per variable], ...}`` (copies)
-and ``set_state(state)`` restores it exactly, building the slots from the state if the
-optimizer has not been built yet.
+``get_state()`` returns ``{"iterations": int, slot_name: [array per variable], ...}`` (NumPy
+copies, also for slots on the device) and ``set_state(state)`` restores it exactly, building
+the slots from the state if the optimizer has not been built yet (they move to the variables'
+device on the first update).
 """
 
 import math
 import numbers
 
 import numpy as np
+
+from ._device import array_module, copy_into, is_array, to_host, to_numpy_copy
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
 
@@ -161,8 +166,9 @@ class Optimizer:
         self.built = True
 
     def add_slot(self, name, variables):
-        """Create (and return) one zero array per variable, shaped and typed like it."""
-        arrays = [np.zeros(v.shape, dtype=v.dtype) for v in variables]
+        """Create (and return) one zero array per variable, shaped and typed like it (and
+        of its array module)."""
+        arrays = [array_module(v).zeros(v.shape, dtype=v.dtype) for v in variables]
         self._slots[name] = arrays
         return arrays
 
@@ -182,12 +188,12 @@ class Optimizer:
         variables = list(variables)
         seen = set()
         for i, v in enumerate(variables):
-            if not isinstance(v, np.ndarray):
-                raise TypeError(f"Variable {i} must be a numpy.ndarray (it is updated in "
-                                f"place); got {type(v).__name__}")
+            if not is_array(v):
+                raise TypeError(f"Variable {i} must be a numpy.ndarray or a CuPy array (it is "
+                                f"updated in place); got {type(v).__name__}")
             if v.dtype not in _FLOATS:
                 raise TypeError(f"Variable {i} must be float32 or float64; got {v.dtype}")
-            if not v.flags.writeable:
+            if not getattr(v.flags, "writeable", True):   # CuPy arrays are always writeable
                 raise ValueError(f"Variable {i} is read-only; it must be writeable to be "
                                  "updated in place")
             if id(v) in seen:
@@ -242,7 +248,8 @@ class Optimizer:
         gs = []
         for i in positions:
             g, v = grads[i], variables[i]
-            g = np.asarray(g)
+            xp = array_module(v)
+            g = to_host(g) if xp is np else xp.asarray(g)   # to the variable's device
             if g.dtype.kind not in "fiu":
                 raise TypeError(f"Gradient {i} must be a real numeric array; got {g.dtype}")
             if g.shape != v.shape:
@@ -250,6 +257,7 @@ class Optimizer:
                                  f"shape {v.shape}")
             gs.append(g.astype(v.dtype, copy=False))
         lr = self._current_learning_rate()
+        self._move_slots(variables)
 
         gs = self._clip_gradients(gs)
         self._apply_weight_decay(vs, lr)
@@ -262,29 +270,43 @@ class Optimizer:
         self._iterations += 1
         return self._iterations
 
+    def _move_slots(self, variables):
+        """Put each slot array on its variable's device (slots restored by set_state before
+        the first update are NumPy arrays; the variables may live on the GPU)."""
+        for arrays in self._slots.values():
+            for j, (a, v) in enumerate(zip(arrays, variables)):
+                xp = array_module(v)
+                if array_module(a) is not xp:
+                    arrays[j] = xp.asarray(to_numpy_copy(a)) if xp is not np \
+                        else to_numpy_copy(a)
+
     def _clip_gradients(self, grads):
-        # Never modifies the caller's arrays: every branch builds new ones.
+        # Never modifies the caller's arrays: every branch builds new ones. The norms stay
+        # arrays of the gradients' module: on the GPU nothing is read back to decide.
         if self.clipvalue is not None:
-            return [np.clip(g, g.dtype.type(-self.clipvalue), g.dtype.type(self.clipvalue))
+            return [array_module(g).clip(g, g.dtype.type(-self.clipvalue),
+                                         g.dtype.type(self.clipvalue))
                     for g in grads]
         if self.clipnorm is not None:
             out = []
             for g in grads:
-                norm = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
-                if norm > self.clipnorm:
-                    g = g * g.dtype.type(self.clipnorm / norm)
-                out.append(g)
+                xp = array_module(g)
+                g64 = g.astype(np.float64)
+                norm = xp.sqrt(xp.sum(g64 * g64))
+                # norm <= clipnorm (or NaN): a factor of exactly 1; max() keeps 0 out of the
+                # division that where() evaluates on both sides
+                scale = xp.where(norm > self.clipnorm,
+                                 self.clipnorm / xp.maximum(norm, self.clipnorm), 1.0)
+                out.append(g * scale.astype(g.dtype))
             return out
         if self.global_clipnorm is not None:
-            sq = sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)
-            global_norm = math.sqrt(sq)
-            if math.isnan(global_norm):
-                scale = float("nan")
-            else:
-                scale = self.global_clipnorm / max(global_norm, self.global_clipnorm)
-            if scale == 1.0:
-                return grads
-            return [g * g.dtype.type(scale) for g in grads]
+            sq = 0.0
+            for g in grads:
+                g64 = g.astype(np.float64)
+                sq = sq + array_module(g).sum(g64 * g64)
+            xp = array_module(grads[0])
+            scale = self.global_clipnorm / xp.maximum(xp.sqrt(sq), self.global_clipnorm)
+            return [g * scale.astype(g.dtype) for g in grads]
         return grads
 
     def _apply_weight_decay(self, variables, learning_rate):
@@ -304,7 +326,7 @@ class Optimizer:
         """``{"iterations": int, slot_name: [array copy per variable], ...}``."""
         state = {"iterations": int(self._iterations)}
         for name, arrays in self._slots.items():
-            state[name] = [a.copy() for a in arrays]
+            state[name] = [to_numpy_copy(a) for a in arrays]
         return state
 
     def set_state(self, state):
@@ -322,7 +344,7 @@ class Optimizer:
                 raise ValueError(f"state[{k!r}] must be a list of arrays")
         if not self.built and slots:
             # Every slot is shaped like the variables: build from the first one.
-            first = [np.asarray(a) for a in next(iter(slots.values()))]
+            first = [to_numpy_copy(a) for a in next(iter(slots.values()))]
             for a in first:
                 if a.dtype not in _FLOATS:
                     raise ValueError(f"state arrays must be float32 or float64; got {a.dtype}")
@@ -337,13 +359,13 @@ class Optimizer:
                     raise ValueError(f"state[{k!r}] has {len(arrays)} arrays; expected "
                                      f"{len(mine)}")
                 for j, (a, m) in enumerate(zip(arrays, mine)):
-                    a = np.asarray(a)
+                    a = to_numpy_copy(a)
                     if a.shape != m.shape or a.dtype != m.dtype:
                         raise ValueError(f"state[{k!r}][{j}] has shape {a.shape} and dtype "
                                          f"{a.dtype}; expected {m.shape} and {m.dtype}")
             for k, arrays in slots.items():
                 for a, m in zip(arrays, self._slots[k]):
-                    m[...] = a
+                    copy_into(m, to_numpy_copy(a))
         elif slots:
             raise ValueError("set_state: state has slots but the optimizer could not be "
                              "built from it")
@@ -457,14 +479,15 @@ class Adam(Optimizer):
         beta_2_power = t(self.beta_2) ** local_step
         m = self.get_slot("momentums", variable)
         v = self.get_slot("velocities", variable)
-        alpha = lr * np.sqrt(t(1) - beta_2_power) / (t(1) - beta_1_power)
+        xp = array_module(variable)
+        alpha = lr * np.sqrt(t(1) - beta_2_power) / (t(1) - beta_1_power)   # host scalars
         m += (gradient - m) * t(1 - self.beta_1)
-        v += (np.square(gradient) - v) * t(1 - self.beta_2)
+        v += (xp.square(gradient) - v) * t(1 - self.beta_2)
         if self.amsgrad:
             v_hat = self.get_slot("velocity_hats", variable)
-            np.maximum(v_hat, v, out=v_hat)
+            xp.maximum(v_hat, v, out=v_hat)
             v = v_hat
-        variable -= (m * alpha) / (np.sqrt(v) + t(self.epsilon))
+        variable -= (m * alpha) / (xp.sqrt(v) + t(self.epsilon))
 
     def get_config(self):
         config = super().get_config()
@@ -520,20 +543,21 @@ class RMSprop(Optimizer):
             self.add_slot("average_gradients", variables)
 
     def update_step(self, gradient, variable, learning_rate):
+        xp = array_module(variable)
         t = variable.dtype.type
         lr = t(learning_rate)
         rho = t(self.rho)
         velocity = self.get_slot("velocities", variable)
         velocity *= rho
-        velocity += t(1 - self.rho) * np.square(gradient)
+        velocity += t(1 - self.rho) * xp.square(gradient)
         if self.centered:
             average_grad = self.get_slot("average_gradients", variable)
             average_grad *= rho
             average_grad += t(1 - self.rho) * gradient
-            denominator = velocity - np.square(average_grad) + t(self.epsilon)
+            denominator = velocity - xp.square(average_grad) + t(self.epsilon)
         else:
             denominator = velocity + t(self.epsilon)
-        increment = (lr * gradient) / np.sqrt(denominator)
+        increment = (lr * gradient) / xp.sqrt(denominator)
         if self.momentum > 0:
             mom = self.get_slot("momentums", variable)
             mom *= t(self.momentum)

@@ -1,4 +1,4 @@
-"""Weight regularizers with gradients, on NumPy arrays (Keras 3 semantics).
+"""Weight regularizers with gradients, on NumPy or CuPy arrays (Keras 3 semantics).
 
 A regularizer maps a weight array to a penalty that is added to the loss, and gives
 the gradient of that penalty for the optimizer step::
@@ -17,7 +17,9 @@ Penalties, exactly as Keras defines them (no factor 1/2 on the L2 term):
 The factors must be finite, non-negative real numbers (``None`` means the default,
 as in Keras); anything else raises ValueError naming the argument.  The penalty is
 accumulated in float64 and returned as a Python float; the gradient has w's dtype
-when that is a floating dtype (integer or boolean weights give float32).
+when that is a floating dtype (integer or boolean weights give float32), and is an array of
+w's module (NumPy, or CuPy for a model on the "cuda" device). The models add the penalties
+up on the device (``_penalty``) and read the total back once per batch.
 
 ``get`` accepts ``"l1"``, ``"l2"``, ``"l1_l2"`` (also spelled ``"l1l2"``), the class
 names, an instance (returned as is), a class (instantiated), a
@@ -33,6 +35,7 @@ import numbers
 import numpy as np
 
 from ._configurable import Configurable, resolve
+from ._device import array_module, read_scalars
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
@@ -52,7 +55,7 @@ def _check_factor(value, name, default):
 
 
 def _as_weights(w):
-    w = np.asarray(w)
+    w = array_module(w).asarray(w)
     if w.dtype.kind not in "biuf":
         raise TypeError(f"weights must be a real numeric array, got dtype {w.dtype}")
     return w
@@ -63,14 +66,21 @@ def _grad_dtype(w):
 
 
 class Regularizer(Configurable):
-    """Base class: ``__call__(w) -> float`` and ``gradient(w) -> ndarray``."""
+    """Base class: ``__call__(w) -> float`` and ``gradient(w) -> ndarray``.
+
+    Subclasses implement ``_penalty(w)``: the penalty as a float64 scalar of w's module
+    (a 0-d array; it stays on the device), which ``__call__`` reads back as a float.
+    """
 
     def __call__(self, w):
-        return 0.0
+        return read_scalars([self._penalty(_as_weights(w))])[0]
+
+    def _penalty(self, w):
+        return array_module(w).zeros((), dtype=np.float64)
 
     def gradient(self, w):
         w = _as_weights(w)
-        return np.zeros(w.shape, dtype=_grad_dtype(w))
+        return array_module(w).zeros(w.shape, dtype=_grad_dtype(w))
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -80,12 +90,13 @@ class Regularizer(Configurable):
 
 
 def _l1_value(w):
-    return float(np.sum(np.abs(w), dtype=np.float64))
+    xp = array_module(w)
+    return xp.sum(xp.abs(w), dtype=np.float64)
 
 
 def _l2_value(w):
     w64 = w.astype(np.float64, copy=False).reshape(-1)
-    return float(np.dot(w64, w64))
+    return array_module(w).dot(w64, w64)
 
 
 class L1L2(Regularizer):
@@ -95,22 +106,22 @@ class L1L2(Regularizer):
         self.l1 = _check_factor(l1, "l1", 0.0)
         self.l2 = _check_factor(l2, "l2", 0.0)
 
-    def __call__(self, w):
-        w = _as_weights(w)
-        total = 0.0
+    def _penalty(self, w):
+        total = array_module(w).zeros((), dtype=np.float64)
         if self.l1:
-            total += self.l1 * _l1_value(w)
+            total = total + self.l1 * _l1_value(w)
         if self.l2:
-            total += self.l2 * _l2_value(w)
+            total = total + self.l2 * _l2_value(w)
         return total
 
     def gradient(self, w):
         w = _as_weights(w)
+        xp = array_module(w)
         dt = _grad_dtype(w)
         wf = w.astype(dt, copy=False)
-        g = np.zeros(w.shape, dtype=dt)
+        g = xp.zeros(w.shape, dtype=dt)
         if self.l1:
-            g += dt.type(self.l1) * np.sign(wf)
+            g += dt.type(self.l1) * xp.sign(wf)
         if self.l2:
             g += dt.type(2.0 * self.l2) * wf
         return g
@@ -125,13 +136,13 @@ class L1(Regularizer):
     def __init__(self, l1=0.01):
         self.l1 = _check_factor(l1, "l1", 0.01)
 
-    def __call__(self, w):
-        return self.l1 * _l1_value(_as_weights(w))
+    def _penalty(self, w):
+        return self.l1 * _l1_value(w)
 
     def gradient(self, w):
         w = _as_weights(w)
         dt = _grad_dtype(w)
-        return dt.type(self.l1) * np.sign(w.astype(dt, copy=False))
+        return dt.type(self.l1) * array_module(w).sign(w.astype(dt, copy=False))
 
     def get_config(self):
         return {"l1": self.l1}
@@ -143,8 +154,8 @@ class L2(Regularizer):
     def __init__(self, l2=0.01):
         self.l2 = _check_factor(l2, "l2", 0.01)
 
-    def __call__(self, w):
-        return self.l2 * _l2_value(_as_weights(w))
+    def _penalty(self, w):
+        return self.l2 * _l2_value(w)
 
     def gradient(self, w):
         w = _as_weights(w)

@@ -15,6 +15,10 @@ rebuilt only from fastlstm's own layer, loss, metric and optimizer classes named
 JSON, so loading a file never runs code from it. A save first writes a temporary file
 in the same folder, flushes it to disk and then renames it over the target, so a crash
 mid-save leaves the previous file intact.
+
+Devices: the file holds host (NumPy) copies of the weights and optimizer slots, whatever
+device the model ran on. ``load_model`` builds the model on ``fastlstm.get_device()`` (a
+model saved on a GPU loads on the CPU where there is none) and uploads the arrays there.
 """
 
 import datetime
