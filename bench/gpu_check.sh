@@ -6,12 +6,16 @@
 # 1. environment: nvidia-smi, nvcc, python, torch, cupy
 # 2. build:       pip install --no-build-isolation --no-deps . with FASTLSTM_CUDA=ON and
 #                 CMAKE_CUDA_ARCHITECTURES=90 (one architecture: a fast build)
-# 3. import:      fastlstm.cuda_info() must say available
-# 4. tests:       pytest -m cuda tests/test_cuda.py (the GPU tests; poisoning on)
-# 5. sanitizers:  compute-sanitizer memcheck, racecheck (and initcheck if time is left) on a
-#                 small forward + backward case (fp32 and fp64, lengths, reverse, both
-#                 batch tilings), when compute-sanitizer exists
-# 6. benchmark:   python bench/gpu_bench.py (fastlstm vs torch.nn.LSTM / cuDNN, fp32)
+# 3. import:      fastlstm.cuda_info() must say available; which kernels auto picks for the
+#                 benchmark's shapes; cuobjdump -res-usage of the built kernels (registers,
+#                 shared memory, spills as built for this card)
+# 4. tests:       pytest -m cuda tests/test_cuda.py (the GPU tests, each kernel path forced:
+#                 simt and persistent; poisoning on)
+# 5. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
+#                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
+#                 several batch chunks) on both kernel paths, when compute-sanitizer exists
+# 6. benchmark:   python bench/gpu_bench.py (fastlstm persistent / simt vs torch.nn.LSTM /
+#                 cuDNN in fp32, tf32 and bf16, with speedups)
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
@@ -120,8 +124,34 @@ print(json.dumps(info, indent=1, default=str))
 assert info['available'], info['reason']
 "
 
+# ---- 3b. which kernels auto picks, and the kernels' resources as built (folded into gpu_check.log)
+kernels_info() {
+  "$PY" - <<'EOF'
+import numpy as np, fastlstm
+from fastlstm import ops, cuda
+rng = np.random.default_rng(0)
+for T, B, I, H in [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512), (100, 64, 512, 512),
+                   (100, 64, 1024, 1024), (100, 256, 1024, 1024), (1000, 32, 256, 256), (3, 2, 4, 1100)]:
+    for dtype in (np.float32, np.float64):
+        r = lambda *s: (rng.standard_normal(s) * 0.1).astype(dtype)
+        T1 = min(T, 3)
+        saved = ops.lstm_forward(r(T1, B, I), r(I, 4 * H), r(H, 4 * H), backend="cuda")[3]
+        ops.lstm_backward(saved, r(T1, B, H))
+        info = cuda.info()
+        print((T, B, I, H), np.dtype(dtype).name, "|", info["last_forward"], "|", info["last_backward"])
+EOF
+  so=$("$PY" -c "import fastlstm._cuda as m; print(m.__file__)")
+  if command -v cuobjdump >/dev/null 2>&1; then
+    cuobjdump -res-usage "$so" 2>&1 | grep -E "Function|REG" | sed -e 's/^ *//' | paste - - |
+      cut -c1-400 | c++filt | head -n 60
+  else
+    echo "cuobjdump: not found"
+  fi
+}
+stage kernels 40 "$OUTDIR/kernels.log" kernels_info
+
 # ---- 4. tests
-stage pytest_cuda 100 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
+stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
   tests/test_cuda.py
 
@@ -130,17 +160,21 @@ CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
 export CASE
 cat >"$CASE" <<'EOF'
 # Small forward + backward runs through the NumPy path (no CuPy, no torch): every kernel, both
-# batch tilings (B <= 4 and B > 4 with two row tiles), lengths with zeros, reverse, fp32/fp64.
+# kernel paths (simt: both batch tilings, B <= 4 and B > 4 with two row tiles; persistent:
+# one and several batch chunks, several units per block), lengths with zeros, reverse,
+# fp32/fp64.
 import gc, os, sys
 import numpy as np
 import fastlstm
-from fastlstm import ops
+from fastlstm import ops, cuda
 assert fastlstm.cuda_available(), fastlstm.cuda_info()
 fastlstm.cuda.set_poison(os.environ.get("FASTLSTM_POISON", "1") == "1")
 rng = np.random.default_rng(0)
 cases = [(4, 3, 7, 33, [4, 0, 2], True), (3, 6, 5, 17, [3, 1, 0, 2, 3, 3], False),
-         (2, 17, 70, 9, None, False)]
-for dtype in (np.float32, np.float64):
+         (2, 17, 70, 9, None, False), (3, 5, 8, 300, [3, 2, 0, 1, 3], True)]
+for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "persistent"),
+                    (np.float64, "persistent")):
+    cuda.set_kernel_path(path)
     for T, B, I, H, lengths, reverse in cases:
         r = lambda *s: (rng.standard_normal(s) * 0.3).astype(dtype)
         y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
@@ -149,6 +183,8 @@ for dtype in (np.float32, np.float64):
         assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
         ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), None, None, None, lengths=lengths,
                          reverse=reverse, training=False, backend="cuda")
+        assert cuda.info()["last_forward"].startswith(path), cuda.info()["last_forward"]
+        assert cuda.info()["last_backward"].startswith(path), cuda.info()["last_backward"]
         del saved, grads
 gc.collect()
 print("sanitizer case ok")
@@ -156,23 +192,23 @@ EOF
 if command -v compute-sanitizer >/dev/null 2>&1; then
   sanitize() {
     local rc=0
-    for tool in memcheck racecheck; do
+    for tool in memcheck racecheck synccheck; do
       echo "--- compute-sanitizer --tool $tool"
       compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" "$CASE" || rc=$?
     done
     return $rc
   }
-  stage sanitizer 120 "$OUTDIR/sanitizer.log" sanitize
+  stage sanitizer 130 "$OUTDIR/sanitizer.log" sanitize
 else
   SUMMARY+=("sanitizer: SKIPPED (compute-sanitizer not found)")
   log "compute-sanitizer not found: sanitizer stage skipped"
 fi
 
 # ---- 6. benchmark (whatever time is left, minus a margin)
-BENCH_DEADLINE=$(($(left) - 45))
+BENCH_DEADLINE=$(($(left) - 40))
 [ "$BENCH_DEADLINE" -lt 20 ] && BENCH_DEADLINE=20
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
-  --deadline "$BENCH_DEADLINE" --budget 2.5
+  --deadline "$BENCH_DEADLINE" --budget 1.0
 
 # ---- 7. initcheck (reads of never-written device memory; poisoning off) if time is left
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
@@ -183,7 +219,7 @@ if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
 fi
 rm -f "$CASE"
 # at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
-rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log"
+rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log"
 
 log ""
 log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="

@@ -323,10 +323,13 @@ class EmuExtension:
         lib.fl_emu_free.argtypes = [ctypes.c_void_p]
         lib.fl_emu_live_allocations.restype = ctypes.c_int64
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.fl_emu_forward.argtypes = [ctypes.c_int, i64, i64, i64, i64] + [p] * 7 + [ctypes.c_int] + \
-            [p] * 5 + [ctypes.c_char_p, ctypes.c_int]
-        lib.fl_emu_backward.argtypes = [ctypes.c_int, i64, i64, i64, i64] + [p] * 6 + [ctypes.c_int] + \
-            [p] * 11 + [ctypes.c_char_p, ctypes.c_int]
+        ci, cs = ctypes.c_int, ctypes.c_char_p
+        lib.fl_emu_forward.argtypes = [ci, i64, i64, i64, i64] + [p] * 7 + [ci] + [p] * 5 + \
+            [ci, cs, ci, cs, ci]
+        lib.fl_emu_backward.argtypes = [ci, i64, i64, i64, i64] + [p] * 6 + [ci] + [p] * 11 + \
+            [ci, cs, ci, cs, ci]
+        lib.fl_emu_set_device.argtypes = [ci, ci, ci, ci]
+        lib.fl_emu_set_schedule.argtypes = [ci, i64]
 
         class Buffer(_EmuBuffer):
             def __init__(buf, nbytes, device):  # noqa: N805
@@ -367,29 +370,46 @@ class EmuExtension:
     def set_guard_front(self, on):
         self.lib.fl_emu_set_guard_front(int(bool(on)))
 
+    def set_device(self, sm_count=4, smem_per_block_optin=232448, smem_per_sm=233472, cooperative=True):
+        """The emulated device the persistent kernels are planned for (default: 4 SMs with an
+        H100's shared memory)."""
+        self.lib.fl_emu_set_device(int(sm_count), int(smem_per_block_optin), int(smem_per_sm),
+                                   int(bool(cooperative)))
+
+    def set_schedule(self, mode, seed=1):
+        """Cooperative launches: 0 thread order, 1 reversed, 2 random permutation per round."""
+        self.lib.fl_emu_set_schedule(int(mode), int(seed))
+
     @staticmethod
     def _is_double(dtype):
         if dtype not in ("float32", "float64"):
             raise TypeError(f"dtype: expected 'float32' or 'float64', got '{dtype}'")
         return int(dtype == "float64")
 
-    def _call(self, fn, *args):
+    _PATHS = {"auto": 0, "simt": 1, "persistent": 2}
+
+    def _call(self, fn, kernel_path, *args):
+        if kernel_path not in self._PATHS:
+            raise ValueError(f"kernel_path: expected 'auto', 'simt' or 'persistent', got '{kernel_path}'")
+        ran = ctypes.create_string_buffer(512)
         err = ctypes.create_string_buffer(1024)
-        rc = fn(*args, err, len(err))
+        rc = fn(*args, self._PATHS[kernel_path], ran, len(ran), err, len(err))
         if rc != 0:
             raise RuntimeError(err.value.decode())
+        return ran.value.decode()
 
-    def forward(self, dtype, dims, *ptrs_and_flags):
+    def forward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto"):
         x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, device, stream = \
             ptrs_and_flags
-        self._call(self.lib.fl_emu_forward, self._is_double(dtype), *dims, x, kernel, rk, bias, h0,
-                   c0, lengths, int(reverse), y, h_n, c_n, gates, cells)
+        return self._call(self.lib.fl_emu_forward, kernel_path, self._is_double(dtype), *dims, x,
+                          kernel, rk, bias, h0, c0, lengths, int(reverse), y, h_n, c_n, gates, cells)
 
-    def backward(self, dtype, dims, *ptrs_and_flags):
+    def backward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto"):
         (x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0, dc0, dk,
          dr, db, device, stream) = ptrs_and_flags
-        self._call(self.lib.fl_emu_backward, self._is_double(dtype), *dims, x, kernel, rk, h0, c0,
-                   lengths, int(reverse), gates, cells, dy, dh_n, dc_n, dx, dh0, dc0, dk, dr, db)
+        return self._call(self.lib.fl_emu_backward, kernel_path, self._is_double(dtype), *dims, x,
+                          kernel, rk, h0, c0, lengths, int(reverse), gates, cells, dy, dh_n, dc_n, dx,
+                          dh0, dc0, dk, dr, db)
 
 
 @pytest.fixture(scope="module")
@@ -418,29 +438,134 @@ def emu(emu_lib):
     ext.set_poison(True)
     ext.set_reverse_order(False)
     ext.set_guard_front(False)
+    ext.set_device()
+    ext.set_schedule(0)
     try:
         yield ext
     finally:
         ext.set_poison(False)
         ext.set_reverse_order(False)
         ext.set_guard_front(False)
+        ext.set_device()
+        ext.set_schedule(0)
+        fcuda.set_kernel_path(None)
         fcuda._set_extension(previous)
 
 
+# Emulated SM counts for the persistent kernels, cycled over the cases so that the planner
+# picks different units per block (1 .. 64), batch chunks and several blocks per SM.
+PERSISTENT_SMS = (3, 5, 12, 4, 7)
+# (with 4 SMs, H = 130 in float64 needs 17 blocks of 8 units, several per SM: slow to emulate)
+PERSISTENT_SMS_OF = {"H130_B3_TB_over_64": 5}
+
+
+def _persistent_sms(name):
+    return PERSISTENT_SMS_OF.get(name, PERSISTENT_SMS[zlib.crc32(name.encode()) % len(PERSISTENT_SMS)])
+
+
+def _ran(kind):
+    return fastlstm.cuda_info()[f"last_{kind}"]
+
+
+@pytest.mark.parametrize("path", ["simt", "persistent"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_emulated_kernels_match_reference(emu, name, dtype):
+def test_emulated_kernels_match_reference(emu, name, dtype, path):
     assert fastlstm.cuda_available() and fastlstm.cuda_info()["kernel_variant"] == "emulator"
+    fcuda.set_kernel_path(path)
+    if path == "persistent":
+        emu.set_device(sm_count=_persistent_sms(name))
     outs, grads = run_and_check(name, CASES[name], dtype)
+    if CASES[name]["T"] > 0 and CASES[name]["B"] > 0:
+        assert _ran("forward").startswith(f"{path} forward"), _ran("forward")
+        assert _ran("backward").startswith(f"{path} backward"), _ran("backward")
     # Reversed thread order in every barrier round, reversed block order, guard pages before
     # the buffers instead of after: the same bits (no missing barrier, no order dependence).
     emu.set_reverse_order(True)
     emu.set_guard_front(True)
     outs2, grads2 = run_and_check(name, CASES[name], dtype)
     assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(outs2) + tuple(grads2))
+    if path == "persistent":
+        # The cooperative launches' other schedules: random order with slow blocks whose
+        # threads drift apart (a missing block or grid barrier, or a grid barrier that does not
+        # wait for its block's writes, reads unwritten NaN), then greedy, each block as far as
+        # it can go before the next (a block not held at the grid barrier runs ahead).
+        for mode in (2, 3):
+            emu.set_schedule(mode, seed=zlib.crc32(name.encode()) + 1)
+            outs3, grads3 = run_and_check(name, CASES[name], dtype)
+            assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(outs3) + tuple(grads3))
 
 
-def test_emulated_training_false_and_no_leaks(emu, emu_lib):
+@pytest.mark.parametrize("name", ["B5_H9_I17_unsorted_lengths", "B17_H33_I65_reverse",
+                                  "H130_B3_TB_over_64", "B16_H32_I64_T4"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_emulated_persistent_and_simt_agree(emu, name, dtype):
+    # Different summation orders, same function: within the float tolerance of each other.
+    fwd, bwd = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **CASES[name])
+    emu.set_device(sm_count=_persistent_sms(name))
+    results = {}
+    for path in ("simt", "persistent", "auto"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        results[path] = tuple(outs) + tuple(grads)
+    assert _ran("forward").startswith("persistent forward")  # auto picks it where it fits
+    assert_bitwise_equal(results["auto"], results["persistent"])
+    tol = TOL[np.dtype(dtype)]
+    for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["simt"], results["persistent"]):
+        if a is not None:
+            assert rel_err(b, a) <= tol, f"{name_}: persistent vs simt {rel_err(b, a):.3g}"
+
+
+def test_emulated_auto_falls_back_to_simt_and_says_why(emu):
+    fwd, bwd = make_case(4, 3, 5, 40, np.float32, seed=3, lengths=[4, 1, 0], reverse=True)
+    ref = run_cuda(fwd, bwd)
+    assert _ran("forward").startswith("persistent forward")
+    # shared memory too small for the weight slices
+    emu.set_device(sm_count=4, smem_per_block_optin=4096, smem_per_sm=8192)
+    got = run_cuda(fwd, bwd)
+    assert _ran("forward").startswith("simt forward") and "do not fit" in _ran("forward")
+    assert _ran("backward").startswith("simt backward") and "do not fit" in _ran("backward")
+    for a, b in zip(tuple(ref[0]) + tuple(ref[1]), tuple(got[0]) + tuple(got[1])):
+        if a is not None:
+            assert rel_err(b, a) <= TOL[np.dtype(np.float32)]
+    # forced, it says why it cannot run
+    fcuda.set_kernel_path("persistent")
+    with pytest.raises(RuntimeError, match="persistent forward kernel .* cannot run here: .*do not fit"):
+        run_cuda(fwd, bwd)
+    # no cooperative launches
+    emu.set_device(sm_count=4, cooperative=False)
+    with pytest.raises(RuntimeError, match="cooperative"):
+        run_cuda(fwd, bwd)
+    fcuda.set_kernel_path("auto")
+    run_cuda(fwd, bwd)
+    assert "cooperative" in _ran("forward") and _ran("forward").startswith("simt")
+
+
+def test_kernel_path_setting_and_environment(emu, monkeypatch):
+    fwd, bwd = make_case(3, 2, 4, 6, np.float64, seed=4)
+    monkeypatch.setenv("FASTLSTM_CUDA_KERNEL", "simt")
+    assert fcuda.kernel_path() == "simt" and fastlstm.cuda_info()["kernel_path"] == "simt"
+    run_cuda(fwd, bwd)
+    assert _ran("forward").startswith("simt forward (3 step launches, forced")
+    with fcuda.use_kernel_path("persistent"):
+        assert fcuda.kernel_path() == "persistent"
+        run_cuda(fwd, bwd)
+        assert _ran("forward").startswith("persistent forward (fp64")
+        assert _ran("backward").startswith("persistent backward (fp64")
+    assert fcuda.kernel_path() == "simt"
+    monkeypatch.setenv("FASTLSTM_CUDA_KERNEL", "fast")
+    with pytest.raises(ValueError, match="FASTLSTM_CUDA_KERNEL"):
+        run_cuda(fwd, bwd)
+    assert fastlstm.cuda_info()["kernel_path"].startswith("invalid")
+    with pytest.raises(ValueError, match="kernel path"):
+        fcuda.set_kernel_path("gpu")
+    monkeypatch.delenv("FASTLSTM_CUDA_KERNEL")
+    assert fcuda.kernel_path() == "auto"
+
+
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+def test_emulated_training_false_and_no_leaks(emu, emu_lib, path):
+    fcuda.set_kernel_path(path)
     emu_lib.fl_emu_live_allocations.restype = ctypes.c_int64
     before = emu_lib.fl_emu_live_allocations()
     fwd, bwd = make_case(5, 3, 4, 17, np.float32, seed=2, lengths=[5, 0, 2], reverse=True)
@@ -456,8 +581,10 @@ def test_emulated_training_false_and_no_leaks(emu, emu_lib):
     assert emu_lib.fl_emu_live_allocations() == before
 
 
+@pytest.mark.parametrize("path", ["simt", "persistent"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_emulated_padding_semantics_and_nan_in_padding(emu, reverse):
+def test_emulated_padding_semantics_and_nan_in_padding(emu, reverse, path):
+    fcuda.set_kernel_path(path)
     T, B = 5, 6
     lengths = [0, 1, 5, 3, 0, 2]
     fwd, bwd = make_case(T, B, 7, 3, np.float32, seed=11, lengths=lengths, reverse=reverse)
@@ -481,7 +608,9 @@ def test_emulated_padding_semantics_and_nan_in_padding(emu, reverse):
 
 @pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (3, 0, None), (0, 0, None), (4, 3, [0, 0, 0])],
                          ids=["T0", "B0", "T0_B0", "all_lengths_0"])
-def test_emulated_empty_work(emu, T, B, lengths):
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+def test_emulated_empty_work(emu, T, B, lengths, path):
+    fcuda.set_kernel_path(path)
     fwd, bwd = make_case(T, B, 4, 17, np.float64, seed=18, lengths=lengths, reverse=True)
     y, h_n, c_n, saved = ops.lstm_forward(**fwd, backend="cuda")
     assert y.shape == (T, B, 17) and np.all(y == 0)
@@ -550,16 +679,57 @@ def _skip_reason():
 gpu = pytest.mark.skipif(not fastlstm.cuda_available(), reason=f"no usable CUDA GPU: {_skip_reason()}")
 
 
+@pytest.fixture
+def kernel_path_reset():
+    yield
+    fcuda.set_kernel_path(None)
+
+
 @pytest.mark.cuda
 @gpu
+@pytest.mark.parametrize("path", ["simt", "persistent"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(CASES) + list(BIG_CASES))
-def test_gpu_matches_reference(name, dtype):
+def test_gpu_matches_reference(name, dtype, path, kernel_path_reset):
     spec = {**CASES, **BIG_CASES}[name]
-    first = run_and_check(name, spec, dtype)
+    fcuda.set_kernel_path(path)
+    try:
+        first = run_and_check(name, spec, dtype)
+    except RuntimeError as e:
+        if path == "persistent" and "cannot run here" in str(e):
+            pytest.skip(str(e))  # e.g. H = 1024 in float64: the weights do not fit on chip
+        raise
+    if spec["T"] > 0 and spec["B"] > 0:
+        assert _ran("forward").startswith(f"{path} forward"), _ran("forward")
+        assert _ran("backward").startswith(f"{path} backward"), _ran("backward")
     second = run_and_check(name, spec, dtype)
     # deterministic: the same inputs give bitwise the same outputs and gradients
     assert_bitwise_equal(tuple(first[0]) + tuple(first[1]), tuple(second[0]) + tuple(second[1]))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("T,B,I,H", [(7, 1, 64, 256), (5, 16, 32, 512), (4, 3, 16, 1024), (3, 33, 8, 1024),
+                                     (6, 70, 24, 96)])
+def test_gpu_persistent_and_simt_agree_and_auto_picks_persistent(T, B, I, H, kernel_path_reset):
+    fwd, bwd = make_case(T, B, I, H, np.float32, seed=T * B + H, lengths=None, reverse=B % 2 == 1)
+    results = {}
+    for path in ("simt", "persistent", "auto"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        results[path] = tuple(outs) + tuple(grads)
+        results[path + "_ran"] = (_ran("forward"), _ran("backward"))
+    info = fastlstm.cuda_info()
+    if info["sm_count"] >= 100 and H <= 1024:  # an H100-class card: the weights fit on chip
+        assert results["auto_ran"][0].startswith("persistent forward"), results["auto_ran"]
+        assert results["auto_ran"][1].startswith("persistent backward"), results["auto_ran"]
+    if results["auto_ran"][0].startswith("persistent"):
+        assert_bitwise_equal(results["auto"][:3], results["persistent"][:3])
+    tol = TOL[np.dtype(np.float32)]
+    for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["simt"], results["persistent"]):
+        if a is not None:
+            assert rel_err(b, a) <= 2 * tol, f"{name_}: persistent vs simt {rel_err(b, a):.3g}"
+    check_against_reference(fwd, bwd, results["persistent"][:3], results["persistent"][3:], tol)
 
 
 @pytest.mark.cuda

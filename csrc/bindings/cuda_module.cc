@@ -70,6 +70,13 @@ Dims dims_of(const std::vector<int64_t>& d) {
   return out;
 }
 
+KernelPath path_of(const std::string& kernel) {
+  if (kernel == "auto") return KernelPath::kAuto;
+  if (kernel == "simt") return KernelPath::kSimt;
+  if (kernel == "persistent") return KernelPath::kPersistent;
+  throw py::value_error("kernel_path: expected 'auto', 'simt' or 'persistent', got '" + kernel + "'");
+}
+
 bool is_double(const std::string& dtype) {
   if (dtype == "float32") return false;
   if (dtype == "float64") return true;
@@ -86,7 +93,7 @@ Real* mptr(std::uintptr_t p) {
 }
 
 template <typename Real>
-void run_forward(const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::uintptr_t rk, std::uintptr_t bias,
+std::string run_forward(const RunOptions& opt, const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::uintptr_t rk, std::uintptr_t bias,
                  std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t lengths, bool reverse, std::uintptr_t y,
                  std::uintptr_t h_n, std::uintptr_t c_n, std::uintptr_t gates, std::uintptr_t cells, int device,
                  std::uintptr_t stream) {
@@ -106,11 +113,11 @@ void run_forward(const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::ui
   a.gates = mptr<Real>(gates);
   a.cells = mptr<Real>(cells);
   py::gil_scoped_release release;
-  forward<Real>(a, device, stream);
+  return forward<Real>(a, device, stream, opt);
 }
 
 template <typename Real>
-void run_backward(const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::uintptr_t rk, std::uintptr_t h0,
+std::string run_backward(const RunOptions& opt, const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::uintptr_t rk, std::uintptr_t h0,
                   std::uintptr_t c0, std::uintptr_t lengths, bool reverse, std::uintptr_t gates, std::uintptr_t cells,
                   std::uintptr_t dy, std::uintptr_t dh_n, std::uintptr_t dc_n, std::uintptr_t dx, std::uintptr_t dh0,
                   std::uintptr_t dc0, std::uintptr_t dkernel, std::uintptr_t drk, std::uintptr_t dbias, int device,
@@ -136,7 +143,7 @@ void run_backward(const Dims& d, std::uintptr_t x, std::uintptr_t kernel, std::u
   a.drecurrent_kernel = mptr<Real>(drk);
   a.dbias = mptr<Real>(dbias);
   py::gil_scoped_release release;
-  backward<Real>(a, device, stream);
+  return backward<Real>(a, device, stream, opt);
 }
 
 }  // namespace
@@ -199,19 +206,23 @@ PYBIND11_MODULE(_cuda, m) {
       [](const std::string& dtype, const std::vector<int64_t>& dims, std::uintptr_t x, std::uintptr_t kernel,
          std::uintptr_t rk, std::uintptr_t bias, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t lengths,
          bool reverse, std::uintptr_t y, std::uintptr_t h_n, std::uintptr_t c_n, std::uintptr_t gates,
-         std::uintptr_t cells, int device, std::uintptr_t stream) {
+         std::uintptr_t cells, int device, std::uintptr_t stream, const std::string& kernel_path) {
         const fastlstm::Dims d = dims_of(dims);
+        RunOptions opt;
+        opt.path = path_of(kernel_path);
         if (is_double(dtype))
-          run_forward<double>(d, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, device,
-                              stream);
-        else
-          run_forward<float>(d, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, device,
-                             stream);
+          return run_forward<double>(opt, d, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells,
+                                     device, stream);
+        return run_forward<float>(opt, d, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells,
+                                  device, stream);
       },
       py::arg("dtype"), py::arg("dims"), py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"),
       py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
       py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("device"), py::arg("stream"),
-      "LSTM forward on device pointers (0 = none); asynchronous on `stream`.");
+      py::arg("kernel_path") = "auto",
+      "LSTM forward on device pointers (0 = none); asynchronous on `stream`. kernel_path: 'auto' (persistent when "
+      "it fits, else simt), 'simt' or 'persistent' (RuntimeError when it cannot run). Returns a description of "
+      "the recurrent kernel that ran.");
 
   m.def(
       "backward",
@@ -219,18 +230,21 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t rk, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t lengths, bool reverse,
          std::uintptr_t gates, std::uintptr_t cells, std::uintptr_t dy, std::uintptr_t dh_n, std::uintptr_t dc_n,
          std::uintptr_t dx, std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dkernel, std::uintptr_t drk,
-         std::uintptr_t dbias, int device, std::uintptr_t stream) {
+         std::uintptr_t dbias, int device, std::uintptr_t stream, const std::string& kernel_path) {
         const fastlstm::Dims d = dims_of(dims);
+        RunOptions opt;
+        opt.path = path_of(kernel_path);
         if (is_double(dtype))
-          run_backward<double>(d, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                               dc0, dkernel, drk, dbias, device, stream);
-        else
-          run_backward<float>(d, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                              dc0, dkernel, drk, dbias, device, stream);
+          return run_backward<double>(opt, d, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n,
+                                      dx, dh0, dc0, dkernel, drk, dbias, device, stream);
+        return run_backward<float>(opt, d, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n,
+                                   dx, dh0, dc0, dkernel, drk, dbias, device, stream);
       },
       py::arg("dtype"), py::arg("dims"), py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"),
       py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("gates"), py::arg("cells"),
       py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"),
       py::arg("dkernel"), py::arg("drecurrent_kernel"), py::arg("dbias"), py::arg("device"), py::arg("stream"),
-      "LSTM backward on device pointers (0 = none); asynchronous on `stream`.");
+      py::arg("kernel_path") = "auto",
+      "LSTM backward on device pointers (0 = none); asynchronous on `stream`. kernel_path: as for forward. Returns a "
+      "description of the recurrent kernel that ran.");
 }

@@ -67,15 +67,26 @@ void synchronize(int device, std::uintptr_t stream);
 // Returns the memory cached by fastlstm's workspace pool on `device` to the driver.
 void empty_cache(int device);
 
-template <typename Real>
-void forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream);
-template <typename Real>
-void backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream);
+// Which recurrent kernels run. kAuto: the persistent kernels (one cooperative launch for all
+// T steps, weights resident in shared memory) when they fit the device, else the per-step
+// simt kernels; kSimt: always the per-step kernels; kPersistent: the persistent kernels or an
+// Error saying why they cannot run.
+enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2 };
 
-extern template void forward<float>(const ForwardArgs<float>&, int, std::uintptr_t);
-extern template void forward<double>(const ForwardArgs<double>&, int, std::uintptr_t);
-extern template void backward<float>(const BackwardArgs<float>&, int, std::uintptr_t);
-extern template void backward<double>(const BackwardArgs<double>&, int, std::uintptr_t);
+struct RunOptions {
+  KernelPath path = KernelPath::kAuto;
+};
+
+// Both return a one-line description of the recurrent kernel that ran (for cuda_info()).
+template <typename Real>
+std::string forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream, const RunOptions& opt = {});
+template <typename Real>
+std::string backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream, const RunOptions& opt = {});
+
+extern template std::string forward<float>(const ForwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
+extern template std::string forward<double>(const ForwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
+extern template std::string backward<float>(const BackwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
+extern template std::string backward<double>(const BackwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
 
 }  // namespace cuda
 }  // namespace fastlstm

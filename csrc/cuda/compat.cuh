@@ -50,3 +50,46 @@ inline void check(cudaError_t err, const char* call, const char* file, int line)
     FL_CHECK(cudaGetLastError());                              \
   } while (0)
 #endif
+
+// ---- what the cooperative (persistent) kernels need ---------------------------------------
+// FL_DYNAMIC_SHARED(name): the block's dynamic shared memory as `unsigned char* name`
+// (16-byte aligned). fl_arrive_release / fl_load_acquire: the grid barrier's counter, at GPU
+// scope (red.release.gpu / ld.acquire.gpu, as cooperative_groups' grid sync does on sm_70+).
+// launch_cooperative: cudaLaunchCooperativeKernel of a kernel taking one parameter struct.
+#if defined(FASTLSTM_CUDA_EMU)
+#define FL_DYNAMIC_SHARED(name) unsigned char* name = ::fastlstm::cuda::emu::dynamic_shared()
+namespace fastlstm {
+namespace cuda {
+inline void fl_arrive_release(unsigned long long* p) { emu::arrive_release(p); }
+inline unsigned long long fl_load_acquire(const unsigned long long* p) { return emu::load_acquire(p); }
+template <typename Param>
+void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                        const Param& p) {
+  check(emu::launch_cooperative(reinterpret_cast<const void*>(kernel), grid, block, smem, stream, [&] { kernel(p); }),
+        "cudaLaunchCooperativeKernel", __FILE__, __LINE__);
+}
+}  // namespace cuda
+}  // namespace fastlstm
+#else
+#define FL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+namespace fastlstm {
+namespace cuda {
+__device__ __forceinline__ void fl_arrive_release(unsigned long long* p) {
+  asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(1ull) : "memory");
+}
+__device__ __forceinline__ unsigned long long fl_load_acquire(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+template <typename Param>
+void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                        const Param& p) {
+  Param copy = p;
+  void* args[] = {static_cast<void*>(&copy)};
+  check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args, smem, stream),
+        "cudaLaunchCooperativeKernel", __FILE__, __LINE__);
+}
+}  // namespace cuda
+}  // namespace fastlstm
+#endif

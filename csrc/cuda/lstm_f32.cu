@@ -4,7 +4,7 @@
 
 namespace fastlstm {
 namespace cuda {
-template void forward<float>(const ForwardArgs<float>&, int, std::uintptr_t);
-template void backward<float>(const BackwardArgs<float>&, int, std::uintptr_t);
+template std::string forward<float>(const ForwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
+template std::string backward<float>(const BackwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
 }  // namespace cuda
 }  // namespace fastlstm

@@ -3,7 +3,7 @@
 
 namespace fastlstm {
 namespace cuda {
-template void forward<double>(const ForwardArgs<double>&, int, std::uintptr_t);
-template void backward<double>(const BackwardArgs<double>&, int, std::uintptr_t);
+template std::string forward<double>(const ForwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
+template std::string backward<double>(const BackwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
 }  // namespace cuda
 }  // namespace fastlstm

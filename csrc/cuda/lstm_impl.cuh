@@ -24,6 +24,7 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/api.h"
@@ -515,6 +516,16 @@ void copy_or_zero(Real* dst, const Real* src, int64_t n, cudaStream_t stream) {
     FL_CHECK(cudaMemsetAsync(dst, 0, bytes, stream));  // all-zero bytes: +0.0
 }
 
+}  // namespace impl
+}  // namespace cuda
+}  // namespace fastlstm
+
+#include "cuda/persistent.cuh"
+
+namespace fastlstm {
+namespace cuda {
+namespace impl {
+
 template <typename Real, int BB>
 void forward_steps(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real* hbuf1, cudaStream_t stream) {
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H;
@@ -529,7 +540,7 @@ void forward_steps(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real*
 }
 
 template <typename Real>
-void forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t stream) {
+std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t stream, const RunOptions& opt) {
   check_dims(a.dims);
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
@@ -566,16 +577,35 @@ void forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t stream) {
   copy_or_zero(a.c_n, a.c0, B * H, stream);  // c_n is the running cell state
   // P = x . kernel + bias for all T * B rows
   gemm<Real>(TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
-  if (B * H > 0) {
-    if (B <= kSmallRows)
-      forward_steps<Real, kSmallRows>(a, P, h0buf, h1buf, stream);
-    else
-      forward_steps<Real, kRows>(a, P, h0buf, h1buf, stream);
+  std::string ran = "none (no time steps or no batch rows)";
+  if (B * H > 0 && T > 0) {
+    persistent::Plan pl;
+    if (opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(false, B, H, device);
+    if (pl.ok) {
+      Workspace<unsigned long long> counter(1, device, stream);
+      FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+      persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
+                                          P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
+                                          a.y,    a.gates, a.cells, counter.get()};
+      persistent::launch_forward<Real>(pl, prm, stream);
+      ran = persistent::describe("persistent forward", pl, sizeof(Real));
+    } else {
+      if (opt.path == KernelPath::kPersistent)
+        throw Error("the persistent forward kernel was asked for (kernel path 'persistent') but cannot run here: " +
+                    pl.why);
+      if (B <= kSmallRows)
+        forward_steps<Real, kSmallRows>(a, P, h0buf, h1buf, stream);
+      else
+        forward_steps<Real, kRows>(a, P, h0buf, h1buf, stream);
+      ran = std::string("simt forward (") + std::to_string(T) + " step launches" +
+            (opt.path == KernelPath::kSimt ? ", forced" : ", persistent not used: " + pl.why) + ")";
+    }
   }
   // after T steps the state is in h0buf when T is even, else in h1buf
   if (B * H > 0)
     FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
                              cudaMemcpyDeviceToDevice, stream));
+  return ran;
 }
 
 template <typename Real, int BB>
@@ -594,7 +624,7 @@ void backward_steps(const BackwardArgs<Real>& a, Real* dz, Real* hprev, const Re
 }
 
 template <typename Real>
-void backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream) {
+std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream, const RunOptions& opt) {
   check_dims(a.dims);
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
@@ -625,23 +655,41 @@ void backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream)
 
   Workspace<Real> dz(TB * G, device, stream);     // (T, B, 4H) gate gradients by time position
   Workspace<Real> hprev(TB * H, device, stream);  // (T, B, H)  h_{t-1} by time position
-  Workspace<Real> rt(T > 0 && B > 0 ? G * H : 0, device, stream);  // R^T (4H, H)
+  persistent::Plan pl;
+  if (T > 0 && B > 0 && opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(true, B, H, device);
+  if (T > 0 && B > 0 && !pl.ok && opt.path == KernelPath::kPersistent)
+    throw Error("the persistent backward kernel was asked for (kernel path 'persistent') but cannot run here: " +
+                pl.why);
+  const bool use_rt = T > 0 && B > 0 && !pl.ok;
+  Workspace<Real> rt(use_rt ? G * H : 0, device, stream);  // R^T (4H, H), per-step kernels only
   Workspace<Real> xm(a.lengths ? TB * I : 0, device, stream);       // x, padding zeroed
   poison(dz.get(), TB * G, stream);
   poison(hprev.get(), TB * H, stream);
-  poison(rt.get(), T > 0 && B > 0 ? G * H : 0, stream);
+  poison(rt.get(), use_rt ? G * H : 0, stream);
   poison(xm.get(), a.lengths ? TB * I : 0, stream);
 
   // dh0 / dc0 hold the running dh / dc: they start as dh_n / dc_n.
   copy_or_zero(a.dh0, a.dh_n, B * H, stream);
   copy_or_zero(a.dc0, a.dc_n, B * H, stream);
-  if (T > 0 && B > 0) {
+  std::string ran = "none (no time steps or no batch rows)";
+  if (pl.ok) {
+    Workspace<unsigned long long> counter(1, device, stream);
+    FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+    persistent::BackwardParams<Real> prm{T,       B,      H,     pl.units,   pl.ng,   a.lengths,
+                                         a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
+                                         a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
+                                         counter.get()};
+    persistent::launch_backward<Real>(pl, prm, stream);
+    ran = persistent::describe("persistent backward", pl, sizeof(Real));
+  } else if (T > 0 && B > 0) {
     auto kt = transpose_kernel<Real>;
     FL_LAUNCH(kt, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H, G, a.recurrent_kernel, rt.get());
     if (B <= kSmallRows)
       backward_steps<Real, kSmallRows>(a, dz.get(), hprev.get(), rt.get(), stream);
     else
       backward_steps<Real, kRows>(a, dz.get(), hprev.get(), rt.get(), stream);
+    ran = std::string("simt backward (") + std::to_string(2 * T) + " step launches" +
+          (opt.path == KernelPath::kSimt ? ", forced" : ", persistent not used: " + pl.why) + ")";
   }
   const Real* x_valid = a.x;
   if (a.lengths && TB * I > 0) {
@@ -656,20 +704,21 @@ void backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream)
   // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
   gemm<Real>(TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
   if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
+  return ran;
 }
 
 }  // namespace impl
 
 template <typename Real>
-void forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream) {
+std::string forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream, const RunOptions& opt) {
   impl::DeviceGuard guard(device);
-  impl::forward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream));
+  return impl::forward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream), opt);
 }
 
 template <typename Real>
-void backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream) {
+std::string backward(const BackwardArgs<Real>& a, int device, std::uintptr_t stream, const RunOptions& opt) {
   impl::DeviceGuard guard(device);
-  impl::backward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream));
+  return impl::backward_impl<Real>(a, device, reinterpret_cast<cudaStream_t>(stream), opt);
 }
 
 }  // namespace cuda

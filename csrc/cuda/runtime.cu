@@ -119,10 +119,12 @@ int current_device() {
 }
 
 std::string kernel_variant() {
-  return "simt-v1: fp32/fp64 CUDA cores (no tensor cores, no cuBLAS/cuDNN); input projection and weight "
-         "gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread); per step one fused "
-         "recurrent kernel (8 units x 4 gates x 4|16 batch rows per block, 256 threads, k split 8 ways, "
-         "fixed-tree reduction) forward, two kernels (gate gradients; dz.R^T) backward; deterministic";
+  return "simt-v1 + persistent-v1: fp32/fp64 CUDA cores (no tensor cores, no cuBLAS/cuDNN); input projection and "
+         "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread); recurrence by "
+         "persistent kernels when they fit (one cooperative launch for all T steps, each block's slice of the "
+         "recurrent weights resident in shared memory, one grid barrier per step, forward and backward), else "
+         "per step one fused kernel (8 units x 4 gates x 4|16 batch rows per block, k split 8 ways, fixed-tree "
+         "reduction) forward and two (gate gradients; dz.R^T) backward; deterministic";
 }
 
 void set_poison(bool on) { g_poison.store(on); }

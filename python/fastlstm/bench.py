@@ -652,6 +652,9 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
     parser.add_argument("--json", metavar="PATH", help="write everything (all samples) as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (this benchmark) or cuda: fastlstm's CUDA kernels against cuDNN "
+                        "(python -m fastlstm.bench --device cuda --help)")
     options = parser.parse_args(argv)
     options.ceiling_path = options.ceiling
     if options.ceiling is not None:
@@ -703,7 +706,277 @@ def run(options):
     return report
 
 
+# ----------------------------------------------------------------------------- GPU (--device cuda)
+# fastlstm's CUDA kernels against torch.nn.LSTM (cuDNN) on the same card: the GPU speed issue's
+# configurations, every fastlstm kernel path (the persistent kernels as "auto" picks them, and
+# the per-step simt kernels) and cuDNN in fp32 (strict IEEE), tf32 and bf16. Also run by
+# bench/gpu_bench.py and bench/gpu_check.sh. Nothing here is imported for the CPU benchmark.
+
+GPU_CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512), (100, 64, 512, 512),
+               (100, 64, 1024, 1024), (100, 256, 1024, 1024), (1000, 32, 256, 256)]
+GPU_FWD_TOL = 1e-4   # fastlstm fp32 vs cuDNN strict fp32 (two summation orders); max over y, h_n, c_n
+GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
+GPU_PATHS = ("auto", "simt")          # fastlstm kernel paths timed ("auto": persistent where it fits)
+CUDNN_MODES = ("fp32", "tf32", "bf16")
+
+
+def _cudnn_fp32(torch, strict):
+    """strict=True: cuDNN RNNs in IEEE fp32; False: TF32 allowed (PyTorch's default for cuDNN)."""
+    rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    if rnn is not None:
+        torch.backends.cudnn.rnn.fp32_precision = "ieee" if strict else "tf32"
+    else:
+        torch.backends.cudnn.allow_tf32 = not strict
+
+
+def _gpu_rel(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    nb = np.linalg.norm(b.ravel())
+    d = np.linalg.norm((a - b).ravel())
+    return float(d / nb) if nb > 0 else float(d)
+
+
+def _gpu_time_ms(torch, fn, warmup, reps, budget_s):
+    """Median milliseconds of fn over up to reps runs (CUDA events) and the number of runs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if len(times) >= 5 and time.perf_counter() - t0 > budget_s:
+            break
+    return statistics.median(times), len(times)
+
+
+def _gpu_config(cfg, args, torch, cp, fcuda):
+    import copy
+    T, B, I, H = cfg
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(I, H).to(dev)  # float32, time-major (T, B, I)
+    x = torch.randn(T, B, I, device=dev)
+    h0 = torch.randn(1, B, H, device=dev) * 0.5
+    c0 = torch.randn(1, B, H, device=dev)
+    dy = torch.randn(T, B, H, device=dev)
+    dh_n = torch.randn(1, B, H, device=dev)
+    dc_n = torch.randn(1, B, H, device=dev)
+    params = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    with torch.no_grad():
+        weights = dict(kernel=lstm.weight_ih_l0.t().contiguous(),        # (I, 4H), gates i, f, g, o
+                       recurrent_kernel=lstm.weight_hh_l0.t().contiguous(),  # (H, 4H)
+                       bias=(lstm.bias_ih_l0 + lstm.bias_hh_l0).contiguous())
+    c = {name: cp.asarray(t) for name, t in dict(
+        x=x, h0=h0[0].contiguous(), c0=c0[0].contiguous(), dy=dy, dh_n=dh_n[0].contiguous(),
+        dc_n=dc_n[0].contiguous(), **weights).items()}
+    torch.cuda.synchronize()
+    cpu = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    out = dict(config=list(cfg))
+
+    # ---- cuDNN in each mode: outputs and gradients (fp32 strict is the reference here)
+    models = {"fp32": lstm, "tf32": lstm, "bf16": copy.deepcopy(lstm).to(torch.bfloat16)}
+    cast = {"fp32": lambda t: t, "tf32": lambda t: t, "bf16": lambda t: t.to(torch.bfloat16)}
+    ref = {}
+    for mode in CUDNN_MODES:
+        _cudnn_fp32(torch, strict=mode != "tf32")
+        model = models[mode]
+        xg, h0g, c0g = (cast[mode](t).detach().clone().requires_grad_(True) for t in (x, h0, c0))
+        y_t, (hn_t, cn_t) = model(xg, (h0g, c0g))
+        mparams = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
+        g = torch.autograd.grad([y_t, hn_t, cn_t], [xg, h0g, c0g] + mparams,
+                                [cast[mode](dy), cast[mode](dh_n), cast[mode](dc_n)])
+        ref[mode] = dict(y=cpu(y_t), h_n=cpu(hn_t[0]), c_n=cpu(cn_t[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]),
+                         dc0=cpu(g[2][0]), dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
+        del y_t, hn_t, cn_t, g
+    r32 = ref["fp32"]
+
+    def errors(got):
+        fwd = max(_gpu_rel(got[k], r32[k]) for k in ("y", "h_n", "c_n"))
+        grad = max(_gpu_rel(got[k], r32[k]) for k in ("dx", "dh0", "dc0", "dk", "dr", "db"))
+        return fwd, grad
+
+    for mode in ("tf32", "bf16"):
+        out[f"cudnn_{mode}_err_fwd"], out[f"cudnn_{mode}_err_grad"] = errors(ref[mode])
+
+    # ---- fastlstm, each kernel path: check against cuDNN fp32, then time
+    def f_fwd():
+        ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
+                         training=False, backend="cuda")
+
+    def f_fwdbwd():
+        saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
+                                 training=True, backend="cuda")[3]
+        ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
+
+    ok = True
+    for path in GPU_PATHS:
+        with fcuda.use_kernel_path(path):
+            y, hn, cn, saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"],
+                                                c["c0"], backend="cuda")
+            grads = ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
+            torch.cuda.synchronize()
+            info = fcuda.info()
+            got = dict(zip(("y", "h_n", "c_n", "dx", "dh0", "dc0", "dk", "dr", "db"),
+                           [a.get() for a in (y, hn, cn) + tuple(grads)]))
+            del y, hn, cn, saved, grads
+            e_fwd, e_grad = errors(got)
+            out[f"{path}_err_fwd"], out[f"{path}_err_grad"] = e_fwd, e_grad
+            ok = ok and e_fwd <= GPU_FWD_TOL and e_grad <= GPU_GRAD_TOL
+            out[f"{path}_kernels"] = [info["last_forward"], info["last_backward"]]
+            out[f"{path}_fwd"], out[f"n_{path}_fwd"] = _gpu_time_ms(torch, f_fwd, args.warmup, args.reps, args.budget)
+            out[f"{path}_fwdbwd"], out[f"n_{path}_fwdbwd"] = _gpu_time_ms(torch, f_fwdbwd, args.warmup, args.reps,
+                                                                          args.budget)
+    out["ok"] = bool(ok)
+
+    # ---- cuDNN timings, each mode
+    for mode in CUDNN_MODES:
+        _cudnn_fp32(torch, strict=mode != "tf32")
+        model = models[mode]
+        xm, h0m, c0m, dym = (cast[mode](t) for t in (x, h0, c0, dy))
+        xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (xm, h0m, c0m))
+        mparams = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
+
+        def t_fwd():
+            with torch.no_grad():
+                model(xm, (h0m, c0m))
+
+        def t_fwdbwd():
+            y_, _ = model(xg, (h0g, c0g))
+            torch.autograd.grad([y_], [xg, h0g, c0g] + mparams, [dym])
+
+        out[f"cudnn_{mode}_fwd"], _ = _gpu_time_ms(torch, t_fwd, args.warmup, args.reps, args.budget)
+        out[f"cudnn_{mode}_fwdbwd"], _ = _gpu_time_ms(torch, t_fwdbwd, args.warmup, args.reps, args.budget)
+    _cudnn_fp32(torch, strict=True)
+    del params
+    return out
+
+
+def _short_kernel(description):
+    return (description or "?").split(" (")[0].replace(" forward", "").replace(" backward", "")
+
+
+def format_gpu_table(results, header):
+    lines = [header, ""]
+    for mode, label in (("fwd", "forward (inference)"), ("fwdbwd", "forward + backward")):
+        lines += [f"### {label}", "",
+                  "| T, B, I, H | fastlstm auto ms (kernel) | fastlstm simt ms | cuDNN fp32 ms | cuDNN tf32 ms "
+                  "| cuDNN bf16 ms | speedup auto vs fp32 / tf32 / bf16 | speedup simt vs fp32 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            cfg = ", ".join(str(v) for v in r["config"])
+            if "error" in r:
+                lines.append(f"| {cfg} | {r['error'][:100]} | | | | | | |")
+                continue
+            k = _short_kernel(r["auto_kernels"][0 if mode == "fwd" else 1])
+            a, sm = r[f"auto_{mode}"], r[f"simt_{mode}"]
+            c32, ctf, cbf = (r[f"cudnn_{m}_{mode}"] for m in CUDNN_MODES)
+            lines.append(f"| {cfg} | {a:.3f} ({k}, n={r[f'n_auto_{mode}']}) | {sm:.3f} | {c32:.3f} | {ctf:.3f} | "
+                         f"{cbf:.3f} | {c32 / a:.2f}x / {ctf / a:.2f}x / {cbf / a:.2f}x | {c32 / sm:.2f}x |")
+        lines.append("")
+    lines += ["### errors (relative Frobenius norm against cuDNN strict fp32; max over y, h_n, c_n | "
+              "over the six gradients)", "",
+              "| T, B, I, H | fastlstm auto | fastlstm simt | cuDNN tf32 | cuDNN bf16 | check |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            continue
+        cfg = ", ".join(str(v) for v in r["config"])
+        cell = lambda p: f"{r[p + '_err_fwd']:.1e} / {r[p + '_err_grad']:.1e}"  # noqa: E731
+        lines.append(f"| {cfg} | {cell('auto')} | {cell('simt')} | {cell('cudnn_tf32')} | {cell('cudnn_bf16')} | "
+                     f"{'ok' if r['ok'] else 'MISMATCH'} |")
+    lines += ["", "speedup = cuDNN time / fastlstm time (above 1: fastlstm faster). Medians of CUDA-event "
+              "timings; n = runs measured. fastlstm computes in fp32 (no precision option yet); 'auto' "
+              "runs the persistent kernels where they fit (the kernel column says which ran), 'simt' "
+              "the per-step kernels. check: fastlstm within %g (outputs) / %g (gradients) of cuDNN fp32."
+              % (GPU_FWD_TOL, GPU_GRAD_TOL)]
+    return "\n".join(lines)
+
+
+def cuda_main(argv=None):
+    """python -m fastlstm.bench --device cuda: fastlstm's CUDA kernels against cuDNN."""
+    ap = argparse.ArgumentParser(prog="python -m fastlstm.bench --device cuda",
+                                 description="fastlstm (backend='cuda', each kernel path) against "
+                                 "torch.nn.LSTM / cuDNN in fp32, tf32 and bf16 on the same GPU.")
+    ap.add_argument("--device", choices=("cuda",), default="cuda")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=1.0,
+                    help="seconds of timed runs per (configuration, contender, mode) before stopping early")
+    ap.add_argument("--deadline", type=float, default=0.0,
+                    help="skip the remaining configurations after this many seconds (0: none)")
+    ap.add_argument("--config", action="append", type=parse_config, metavar="T,B,I,H",
+                    help="configuration (repeatable; default: the GPU speed issue's seven)")
+    ap.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for gpu_bench.md / gpu_bench.json")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        import torch
+        import cupy as cp
+    except ImportError as e:
+        print(f"the GPU benchmark needs torch (CUDA) and CuPy: {e}", file=sys.stderr)
+        return 2
+    from fastlstm import cuda as fcuda
+    info = fastlstm.cuda_info()
+    if not info["available"]:
+        print(f"fastlstm CUDA backend not available: {info['reason']}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("torch sees no CUDA device", file=sys.stderr)
+        return 2
+    header = (f"fastlstm CUDA vs torch.nn.LSTM (cuDNN {torch.backends.cudnn.version()}) on {info['name']} "
+              f"(sm_{info['capability'][0]}{info['capability'][1]}, {info['sm_count']} SMs); torch "
+              f"{torch.__version__}, CuPy {cp.__version__}; fastlstm kernels: {info['kernel_variant'].split(':')[0]}")
+    print(header, flush=True)
+    results = []
+    for cfg in args.config or GPU_CONFIGS:
+        if args.deadline and time.perf_counter() - t_start > args.deadline:
+            results.append(dict(config=list(cfg), error="skipped: out of time (--deadline)"))
+            print(f"{cfg}: skipped (deadline)", flush=True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            r = _gpu_config(cfg, args, torch, cp, fcuda)
+        except Exception as e:  # noqa: BLE001 - report it and go on with the next configuration
+            import traceback
+            traceback.print_exc()
+            r = dict(config=list(cfg), error=f"{type(e).__name__}: {e}")
+        finally:
+            cp.get_default_memory_pool().free_all_blocks()
+            torch.cuda.empty_cache()
+        results.append(r)
+        print(f"{cfg}: {json.dumps(r)} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    table = format_gpu_table(results, header)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
+            f.write(table + "\n")
+        with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+            json.dump(dict(header=header, info={k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
+                           results=results), f, indent=1)
+    print()
+    print(table, flush=True)
+    return 1 if any("error" not in r and not r["ok"] for r in results) else 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    known, _ = pre.parse_known_args(argv)
+    if known.device == "cuda":
+        return cuda_main(argv)
+    argv = [a for a in argv if a not in ("--device=cpu",)]
+    if "--device" in argv:
+        i = argv.index("--device")
+        del argv[i:i + 2]
     options = parse_args(argv)
     report = run(options)
     print(format_report(report), end="")

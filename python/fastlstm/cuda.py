@@ -10,20 +10,65 @@ capsule (a CUDA torch tensor) -- are used in place (with CuPy installed: ``pip i
 "fastlstm[cuda]"``) and the results are CuPy arrays on the same device; the kernels run on
 CuPy's current stream.
 
+Recurrent kernels: "auto" (the default) runs the persistent kernels -- one cooperative launch
+for all T steps, each block's slice of the recurrent weights kept in shared memory -- when they
+fit the device, else the per-step "simt" kernels. ``set_kernel_path("simt"|"persistent"|"auto")``
+or the environment variable ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks;
+"persistent" raises RuntimeError where it cannot run); ``cuda_info()["last_forward"]`` and
+``["last_backward"]`` say which kernels the last call ran.
+
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.
 """
 
+import contextlib
 import importlib
 import importlib.util
+import os
 
 import numpy as np
 
-__all__ = ["available", "info", "DeviceArray", "is_device_array"]
+__all__ = ["available", "info", "DeviceArray", "is_device_array", "set_kernel_path", "kernel_path",
+           "use_kernel_path", "KERNEL_PATHS"]
 
 NOT_BUILT = "fastlstm was built without CUDA"
+KERNEL_PATHS = ("auto", "simt", "persistent")
+KERNEL_ENV = "FASTLSTM_CUDA_KERNEL"
 
-_state = {"ext": None, "loaded": False, "import_error": None, "status": None}
+_state = {"ext": None, "loaded": False, "import_error": None, "status": None,
+          "kernel_path": None, "last_forward": None, "last_backward": None}
+
+
+def _check_path(path, what):
+    if not isinstance(path, str) or path not in KERNEL_PATHS:
+        raise ValueError(f"{what}: expected one of {KERNEL_PATHS}, got {path!r}")
+    return path
+
+
+def set_kernel_path(path):
+    """Choose the recurrent kernels of backend="cuda": "auto" (persistent when it fits, else
+    simt), "simt" (the per-step kernels) or "persistent" (RuntimeError where it cannot run).
+    None goes back to the environment variable FASTLSTM_CUDA_KERNEL, else "auto"."""
+    _state["kernel_path"] = None if path is None else _check_path(path, "kernel path")
+
+
+def kernel_path():
+    """The kernel path in effect: set_kernel_path's, else $FASTLSTM_CUDA_KERNEL, else "auto"."""
+    if _state["kernel_path"] is not None:
+        return _state["kernel_path"]
+    env = os.environ.get(KERNEL_ENV, "").strip()
+    return _check_path(env, KERNEL_ENV) if env else "auto"
+
+
+@contextlib.contextmanager
+def use_kernel_path(path):
+    """Context manager: set_kernel_path(path) inside the block, the previous setting after it."""
+    previous = _state["kernel_path"]
+    set_kernel_path(path)
+    try:
+        yield
+    finally:
+        _state["kernel_path"] = previous
 
 
 def _extension():
@@ -52,7 +97,8 @@ def _set_extension(ext):
     Returns the previous one; pass it back to restore. None means "load fastlstm._cuda".
     """
     previous = _state["ext"] if _state["loaded"] else None
-    _state.update(ext=ext, loaded=ext is not None, import_error=None, status=None)
+    _state.update(ext=ext, loaded=ext is not None, import_error=None, status=None,
+                  last_forward=None, last_backward=None)
     return previous
 
 
@@ -78,9 +124,11 @@ def info():
     Always: "available" (bool), "reason" (why not, "" when available), "built" (whether
     fastlstm._cuda is present), "cupy" (whether CuPy is installed; it is not imported).
     With the extension: "runtime_version", "driver_version" (CUDA's integers, e.g. 13000),
-    "device_count", "kernel_variant". When available, the current device: "device",
-    "name", "capability" (major, minor), "sm_count", "total_memory" (bytes),
-    "l2_cache_bytes".
+    "device_count", "kernel_variant", "kernel_path" (the recurrent kernels asked for: auto,
+    simt or persistent), "last_forward" / "last_backward" (which recurrent kernels the last
+    call of this process ran and why, None before the first). When available, the current
+    device: "device", "name", "capability" (major, minor), "sm_count", "total_memory"
+    (bytes), "l2_cache_bytes".
     """
     ext, why = _status()
     out = {"available": False, "reason": why or "", "built": ext is not None,
@@ -88,8 +136,14 @@ def info():
     if ext is None:
         return out
     st = _state["status"]
+    try:
+        path = kernel_path()
+    except ValueError as e:
+        path = f"invalid: {e}"
     out.update(runtime_version=st["runtime_version"], driver_version=st["driver_version"],
-               device_count=st["device_count"], kernel_variant=ext.kernel_variant())
+               device_count=st["device_count"], kernel_variant=ext.kernel_variant(),
+               kernel_path=path, last_forward=_state["last_forward"],
+               last_backward=_state["last_backward"])
     if why is not None:
         return out
     try:
@@ -282,9 +336,11 @@ def _forward_host(ext, a):
     if a["training"]:
         gates = DeviceArray.empty(ext, (T, B, 4 * H), dtype, device)
         cells = DeviceArray.empty(ext, (T, B, H), dtype, device)
-    ext.forward(dtype.name, dims, _ptr(up["x"]), _ptr(up["kernel"]), _ptr(up["recurrent_kernel"]),
-                _ptr(up["bias"]), _ptr(up["h0"]), _ptr(up["c0"]), _ptr(up["lengths"]), a["reverse"],
-                _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, 0)
+    _state["last_forward"] = ext.forward(
+        dtype.name, dims, _ptr(up["x"]), _ptr(up["kernel"]), _ptr(up["recurrent_kernel"]),
+        _ptr(up["bias"]), _ptr(up["h0"]), _ptr(up["c0"]), _ptr(up["lengths"]), a["reverse"],
+        _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, 0,
+        kernel_path=kernel_path())
     outs = (y.get(), h_n.get(), c_n.get())  # get() synchronises and raises on a CUDA error
     return outs, up, (CudaPayload(gates, cells, device, "host") if a["training"] else None)
 
@@ -301,9 +357,11 @@ def _forward_device(ext, cp, a, device):
         gates = cp.empty((T, B, 4 * H), dtype)
         cells = cp.empty((T, B, H), dtype)
     stream = cp.cuda.get_current_stream().ptr
-    ext.forward(dtype.name, dims, _ptr(a["x"]), _ptr(a["kernel"]), _ptr(a["recurrent_kernel"]),
-                _ptr(a["bias"]), _ptr(a["h0"]), _ptr(a["c0"]), _ptr(lengths), a["reverse"],
-                _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, stream)
+    _state["last_forward"] = ext.forward(
+        dtype.name, dims, _ptr(a["x"]), _ptr(a["kernel"]), _ptr(a["recurrent_kernel"]),
+        _ptr(a["bias"]), _ptr(a["h0"]), _ptr(a["c0"]), _ptr(lengths), a["reverse"],
+        _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, stream,
+        kernel_path=kernel_path())
     inputs = {k: a[k] for k in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")}
     inputs["lengths"] = lengths
     return (y, h_n, c_n), inputs, (CudaPayload(gates, cells, device, "device") if a["training"] else None)
@@ -345,11 +403,12 @@ def _backward_run(ext, saved, g, empty, device, stream):
     dkernel = empty((I, 4 * H))
     drk = empty((H, 4 * H))
     dbias = empty((4 * H,)) if saved.has_bias else None
-    ext.backward(np.dtype(saved.dtype).name, (T, B, I, H), _ptr(saved.x), _ptr(saved.kernel),
-                 _ptr(saved.recurrent_kernel), _ptr(saved.h0), _ptr(saved.c0), _ptr(saved.lengths),
-                 saved.reverse, _ptr(payload.gates), _ptr(payload.cells), _ptr(g["dy"]),
-                 _ptr(g["dh_n"]), _ptr(g["dc_n"]), _ptr(dx), _ptr(dh0), _ptr(dc0), _ptr(dkernel),
-                 _ptr(drk), _ptr(dbias), device, stream)
+    _state["last_backward"] = ext.backward(
+        np.dtype(saved.dtype).name, (T, B, I, H), _ptr(saved.x), _ptr(saved.kernel),
+        _ptr(saved.recurrent_kernel), _ptr(saved.h0), _ptr(saved.c0), _ptr(saved.lengths),
+        saved.reverse, _ptr(payload.gates), _ptr(payload.cells), _ptr(g["dy"]),
+        _ptr(g["dh_n"]), _ptr(g["dc_n"]), _ptr(dx), _ptr(dh0), _ptr(dc0), _ptr(dkernel),
+        _ptr(drk), _ptr(dbias), device, stream, kernel_path=kernel_path())
     return dx, dh0, dc0, dkernel, drk, dbias
 
 

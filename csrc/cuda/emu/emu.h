@@ -17,6 +17,34 @@
 //     either end of any buffer faults at once.
 // Fixed-size arrays (shared memory tiles, register arrays) are bounds-checked by compiling
 // with -fsanitize=bounds -fsanitize-undefined-trap-on-error.
+//
+// Cooperative launches (launch_cooperative, the persistent kernels): every thread of the grid
+// is a fiber and all are live at once, as on a GPU where cudaLaunchCooperativeKernel makes
+// every block co-resident. A scheduler resumes the runnable fibers round by round (in thread
+// order, reversed, or in a seeded random permutation per round: set_schedule); each fiber runs
+// until it reaches __syncthreads() (then it waits until every thread of ITS block has reached
+// it), spins on fl_load_acquire (then it yields and is resumed next round), or returns.
+// Schedules (set_schedule): 0 lockstep rounds in thread order (reversed with
+// set_reverse_order), 1 lockstep reversed, 2 a seeded random permutation per round in which
+// the threads of slow blocks (half of them, drawn per launch) each run with probability 1/8
+// (except in every 32nd round), so that a slow block's threads drift apart and fast blocks
+// run ahead of them, 3 greedy: each block in turn runs as far as it can before the next
+// (block and thread order reversed with set_reverse_order): a block that does not wait at a
+// grid barrier runs through later steps before the others wrote what it reads.
+// Checks: a block barrier that some threads of the block never reach (they returned) is an
+// error; a round in which no fiber reached a barrier, returned or did an atomic operation
+// while some still spin is a deadlock (an error, the launch is abandoned); the launch fails
+// like CUDA's when the grid is larger than the emulated device can keep resident
+// (cudaErrorCooperativeLaunchTooLarge, from the emulated SM count and shared memory), when a
+// kernel asks for more than 48 KB of dynamic shared memory without cudaFuncSetAttribute, or
+// when the device does not support cooperative launches. Each block gets its own dynamic
+// shared memory (extern __shared__, here FL_DYNAMIC_SHARED), a guarded allocation filled with
+// NaN bytes (0xFF) at the launch, switched with the block of the fiber that runs. Static
+// __shared__ variables are NOT per block in a cooperative launch here (they are statics):
+// the cooperative kernels must use dynamic shared memory only.
+// Not modelled: the weak memory ordering of real hardware (the fibers see every store at
+// once), so missing fences or acquire/release are not found; warps (no warp primitives are
+// emulated, and the kernels use none).
 #pragma once
 
 #include <sys/mman.h>
@@ -41,6 +69,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) alignas(n)
 
 struct dim3 {
   unsigned x, y, z;
@@ -50,7 +79,28 @@ struct uint3 {
   unsigned x, y, z;
 };
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorCooperativeLaunchTooLarge = 720,
+  cudaErrorNotSupported = 801
+};
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrCooperativeLaunch = 95,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
+  cudaDevAttrMaxThreadsPerMultiProcessor = 39
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -77,6 +127,29 @@ inline Stats g_stats;
 inline bool g_reverse_order = false;
 inline bool g_guard_front = false;
 inline std::string g_error;  // first emulation error (barrier divergence), "" if none
+
+// The emulated device (set_device): what the persistent kernels' planner reads through
+// cudaDeviceGetAttribute / cudaOccupancyMaxActiveBlocksPerMultiprocessor.
+struct Device {
+  int sm_count = 4;
+  int smem_per_block_optin = 232448;  // 227 KB, as on an H100
+  int smem_per_sm = 233472;           // 228 KB
+  int max_threads_per_sm = 2048;
+  int cooperative = 1;
+};
+inline Device g_device;
+// Scheduling of cooperative launches: 0 lockstep in thread order, 1 reversed, 2 seeded random
+// with skipped fibers, 3 greedy per block (see above). g_reverse_order (set_reverse_order)
+// selects 1 when the mode is 0, and reverses the orders of mode 3.
+inline int g_schedule = 0;
+inline uint64_t g_schedule_seed = 1;
+inline bool g_coop = false;        // inside a cooperative launch
+inline uint64_t g_atomic_ops = 0;  // atomic operations so far (progress, for deadlock detection)
+inline unsigned char* g_dyn_smem = nullptr;  // the running fiber's block's dynamic shared memory
+inline std::map<const void*, int>& func_max_dynamic_smem() {
+  static std::map<const void*, int> m;
+  return m;
+}
 
 // ---- guarded allocations -------------------------------------------------------------------
 struct Mapping {
@@ -139,8 +212,14 @@ inline void fiber_entry() {
   // returning resumes uc_link (the scheduler)
 }
 
+inline void coop_barrier();
+
 inline void syncthreads() {
   ++g_stats.barriers;
+  if (g_coop) {
+    coop_barrier();
+    return;
+  }
   swapcontext(&g_fibers[static_cast<size_t>(g_current)].ctx, &g_scheduler);
 }
 
@@ -205,6 +284,235 @@ void launch(dim3 grid, dim3 block, cudaStream_t /*stream*/, F&& body) {
   run_grid(grid, block, fn);
 }
 
+// ---- cooperative launches: every thread of the grid a fiber, all live at once ----------------
+enum class FiberState { kReady, kBarrier, kDone };
+
+struct CoopFiber {
+  ucontext_t ctx;
+  FiberState state = FiberState::kReady;
+  unsigned block = 0, thread = 0;
+};
+
+constexpr size_t kCoopStackBytes = 128 * 1024;
+
+// Fiber stacks for cooperative launches: mapped lazily (only touched pages cost memory) and
+// kept for the next launch.
+inline std::vector<void*>& coop_stacks() {
+  static std::vector<void*> v;
+  return v;
+}
+inline std::vector<CoopFiber>& coop_fibers() {
+  static std::vector<CoopFiber> v;
+  return v;
+}
+
+inline void coop_entry() {
+  (*g_body)();
+  coop_fibers()[static_cast<size_t>(g_current)].state = FiberState::kDone;
+}
+
+// The running fiber (cooperative launch) waits at its block's barrier.
+inline void coop_barrier() {
+  CoopFiber& f = coop_fibers()[static_cast<size_t>(g_current)];
+  f.state = FiberState::kBarrier;
+  swapcontext(&f.ctx, &g_scheduler);
+}
+
+// The running fiber gives way (it spins on a flag another block sets); it is resumed next round.
+inline void spin_yield() {
+  if (!g_coop) {
+    if (g_error.empty()) g_error = "a spin-wait outside a cooperative launch (it could never end on a GPU)";
+    return;
+  }
+  swapcontext(&coop_fibers()[static_cast<size_t>(g_current)].ctx, &g_scheduler);
+}
+
+inline uint64_t next_random() {  // xorshift64*
+  uint64_t x = g_schedule_seed;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  g_schedule_seed = x ? x : 0x9E3779B97F4A7C15ull;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+inline unsigned char* dynamic_shared() {
+  if (!g_coop) {
+    if (g_error.empty()) g_error = "dynamic shared memory used outside a cooperative launch";
+    return nullptr;
+  }
+  return g_dyn_smem;
+}
+
+inline int occupancy_blocks_per_sm(int threads, size_t dyn_smem) {
+  if (threads <= 0 || threads > 1024) return 0;
+  int by_threads = g_device.max_threads_per_sm / threads;
+  // CUDA reserves 1 KB of shared memory per block on sm_80 and later
+  const size_t per_block = dyn_smem + 1024;
+  int by_smem = static_cast<int>(static_cast<size_t>(g_device.smem_per_sm) / per_block);
+  return by_threads < by_smem ? by_threads : by_smem;
+}
+
+// Runs body as a cooperative launch; returns cudaSuccess or the error CUDA would give.
+inline cudaError_t run_cooperative(const void* func, dim3 grid, dim3 block, size_t dyn_smem,
+                                   const std::function<void()>& body) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y != 1 || block.z != 1 ||
+      grid.y != 1 || grid.z != 1)
+    return cudaErrorInvalidValue;  // the emulator runs 1-D cooperative grids of 1-D blocks
+  if (!g_device.cooperative) return cudaErrorNotSupported;
+  if (dyn_smem > 48 * 1024) {
+    auto it = func_max_dynamic_smem().find(func);
+    if (it == func_max_dynamic_smem().end() || static_cast<size_t>(it->second) < dyn_smem) return cudaErrorInvalidValue;
+  }
+  if (dyn_smem > static_cast<size_t>(g_device.smem_per_block_optin)) return cudaErrorInvalidValue;
+  const int per_sm = occupancy_blocks_per_sm(static_cast<int>(block.x), dyn_smem);
+  if (static_cast<int64_t>(grid.x) > static_cast<int64_t>(per_sm) * g_device.sm_count)
+    return cudaErrorCooperativeLaunchTooLarge;
+
+  ++g_stats.launches;
+  g_stats.blocks += grid.x;
+  g_gridDim = grid;
+  g_blockDim = block;
+  g_body = &body;
+  const unsigned nblocks = grid.x, nt = block.x;
+  const size_t n = static_cast<size_t>(nblocks) * nt;
+  std::vector<CoopFiber>& fibers = coop_fibers();
+  fibers.assign(n, CoopFiber{});
+  std::vector<void*>& stacks = coop_stacks();
+  while (stacks.size() < n) {
+    void* st = mmap(nullptr, kCoopStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (st == MAP_FAILED) return cudaErrorMemoryAllocation;
+    stacks.push_back(st);
+  }
+  // per block dynamic shared memory, poisoned, against a guard page
+  const size_t smem_bytes = (dyn_smem + 15) / 16 * 16;
+  std::vector<unsigned char*> smem(nblocks, nullptr);
+  for (unsigned b = 0; b < nblocks && smem_bytes > 0; ++b) {
+    smem[b] = static_cast<unsigned char*>(guarded_alloc(smem_bytes));
+    if (!smem[b]) return cudaErrorMemoryAllocation;
+    std::memset(smem[b], 0xFF, smem_bytes);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    CoopFiber& f = fibers[i];
+    f.block = static_cast<unsigned>(i / nt);
+    f.thread = static_cast<unsigned>(i % nt);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stacks[i];
+    f.ctx.uc_stack.ss_size = kCoopStackBytes;
+    f.ctx.uc_link = &g_scheduler;
+    makecontext(&f.ctx, coop_entry, 0);
+  }
+  g_coop = true;
+  std::vector<size_t> order(n);
+  const int mode = g_schedule != 0 ? g_schedule : (g_reverse_order ? 1 : 0);
+  const bool reversed = mode == 1 || (mode == 3 && g_reverse_order);
+  // Resumes fiber i if it is runnable; true when it changed state (reached a barrier, returned).
+  auto resume = [&](size_t i) {
+    CoopFiber& f = fibers[i];
+    if (f.state != FiberState::kReady) return false;
+    g_current = static_cast<int>(i);
+    g_threadIdx = uint3{f.thread, 0, 0};
+    g_blockIdx = uint3{f.block, 0, 0};
+    g_dyn_smem = smem[f.block];
+    swapcontext(&g_scheduler, &f.ctx);
+    return f.state != FiberState::kReady;
+  };
+  // Releases block b's barrier when every live thread of it waits there; true when released.
+  auto release = [&](unsigned b) {
+    unsigned waiting = 0, finished = 0;
+    for (unsigned t = 0; t < nt; ++t) {
+      const FiberState st = fibers[static_cast<size_t>(b) * nt + t].state;
+      waiting += st == FiberState::kBarrier ? 1u : 0u;
+      finished += st == FiberState::kDone ? 1u : 0u;
+    }
+    if (waiting == 0 || waiting + finished != nt) return false;
+    if (finished > 0 && g_error.empty())
+      g_error = "barrier divergence in a cooperative launch: block " + std::to_string(b) + ": " +
+                std::to_string(finished) + " of " + std::to_string(nt) +
+                " threads returned while the others wait at __syncthreads()";
+    for (unsigned t = 0; t < nt; ++t) {
+      CoopFiber& f = fibers[static_cast<size_t>(b) * nt + t];
+      if (f.state == FiberState::kBarrier) f.state = FiberState::kReady;
+    }
+    return true;
+  };
+  auto all_done = [&] {
+    for (const CoopFiber& f : fibers)
+      if (f.state != FiberState::kDone) return false;
+    return true;
+  };
+  std::vector<char> slow(nblocks, 0);  // schedule 2: one block in two, at least one of each kind
+  if (mode == 2) {
+    for (unsigned b = 0; b < nblocks; ++b) slow[b] = static_cast<char>(next_random() & 1);
+    slow[static_cast<unsigned>(next_random() % nblocks)] = 1;
+    if (nblocks > 1) slow[static_cast<unsigned>(next_random() % nblocks)] = 0;
+  }
+  for (uint64_t round = 0;; ++round) {
+    bool progress = false;
+    bool full = true;  // every runnable fiber had its chance this round (deadlock check)
+    const uint64_t atomics_before = g_atomic_ops;
+    if (mode == 3) {
+      // Greedy: each block in turn runs as far as it can (its own barriers released at once)
+      // before the next one runs: a block that does not wait for the others at a grid barrier
+      // runs ahead through later steps.
+      for (unsigned k = 0; k < nblocks; ++k) {
+        const unsigned b = reversed ? nblocks - 1 - k : k;
+        for (;;) {
+          bool moved = false;
+          const uint64_t a0 = g_atomic_ops;
+          for (unsigned q = 0; q < nt; ++q) moved |= resume(static_cast<size_t>(b) * nt + (reversed ? nt - 1 - q : q));
+          moved |= release(b);
+          moved |= g_atomic_ops != a0;
+          progress |= moved;
+          if (!moved) break;
+        }
+      }
+    } else {
+      for (size_t k = 0; k < n; ++k) order[k] = mode == 1 ? n - 1 - k : k;
+      if (mode == 2) {
+        // A random permutation; except in every 32nd round, the threads of the slow blocks
+        // (drawn at the launch) each run with probability 1/8, so that the threads of a slow
+        // block drift apart and the fast blocks run ahead of them between barriers.
+        for (size_t k = n; k > 1; --k) std::swap(order[k - 1], order[static_cast<size_t>(next_random() % k)]);
+        full = round % 32 == 31;
+      }
+      for (size_t k = 0; k < n; ++k) {
+        if (!full && slow[fibers[order[k]].block] && (next_random() % 8) != 0) continue;
+        progress |= resume(order[k]);
+      }
+      for (unsigned b = 0; b < nblocks; ++b) progress |= release(b);
+    }
+    if (g_atomic_ops != atomics_before) progress = true;
+    if (all_done()) break;
+    if (!progress && full) {
+      if (g_error.empty()) g_error = "deadlock in a cooperative launch: every running thread spins and none can go on";
+      break;  // the fibers are abandoned (their stacks are reused by the next launch)
+    }
+  }
+  g_coop = false;
+  g_dyn_smem = nullptr;
+  g_body = nullptr;
+  for (unsigned char* p : smem) guarded_free(p);
+  return cudaSuccess;
+}
+
+template <class F>
+cudaError_t launch_cooperative(const void* func, dim3 grid, dim3 block, size_t dyn_smem, cudaStream_t /*stream*/,
+                               F&& body) {
+  const std::function<void()> fn(std::forward<F>(body));
+  return run_cooperative(func, grid, block, dyn_smem, fn);
+}
+
+// Device-side primitives of the cooperative kernels (see compat.cuh).
+inline void arrive_release(unsigned long long* p) {
+  ++g_atomic_ops;
+  *p += 1;
+}
+inline unsigned long long load_acquire(const unsigned long long* p) {
+  spin_yield();  // every poll gives the other blocks a chance to run
+  return *p;
+}
+
 }  // namespace emu
 }  // namespace cuda
 }  // namespace fastlstm
@@ -217,10 +525,22 @@ void launch(dim3 grid, dim3 block, cudaStream_t /*stream*/, F&& body) {
 
 // ---- the runtime calls lstm_impl.cuh makes ------------------------------------------------------
 inline const char* cudaGetErrorString(cudaError_t e) {
-  return e == cudaSuccess ? "no error" : (e == cudaErrorMemoryAllocation ? "out of memory" : "invalid argument");
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorCooperativeLaunchTooLarge: return "too many blocks in cooperative launch";
+    case cudaErrorNotSupported: return "operation not supported";
+    default: return "invalid argument";
+  }
 }
 inline const char* cudaGetErrorName(cudaError_t e) {
-  return e == cudaSuccess ? "cudaSuccess" : (e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorInvalidValue");
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    default: return "cudaErrorInvalidValue";
+  }
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) {
@@ -245,4 +565,33 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memmove(dst, src, n);
   return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidValue;
+  const auto& d = fastlstm::cuda::emu::g_device;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = d.sm_count; return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *value = d.cooperative; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.smem_per_block_optin; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = d.smem_per_sm; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = d.max_threads_per_sm; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+template <class F>
+cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      value > fastlstm::cuda::emu::g_device.smem_per_block_optin)
+    return cudaErrorInvalidValue;
+  fastlstm::cuda::emu::func_max_dynamic_smem()[reinterpret_cast<const void*>(func)] = value;
+  return cudaSuccess;
+}
+template <class F>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F* /*func*/, int threads, size_t dyn_smem) {
+  *n = fastlstm::cuda::emu::occupancy_blocks_per_sm(threads, dyn_smem);
+  return cudaSuccess;
+}
+template <class T>
+inline T __ldcg(const T* p) {
+  return *p;
 }

@@ -24,10 +24,10 @@ void check_device_pointer(const void* p, const char* name, int) {
     throw Error(std::string(name) + ": not the start of an emulator allocation");
 }
 }  // namespace impl
-template void forward<float>(const ForwardArgs<float>&, int, std::uintptr_t);
-template void forward<double>(const ForwardArgs<double>&, int, std::uintptr_t);
-template void backward<float>(const BackwardArgs<float>&, int, std::uintptr_t);
-template void backward<double>(const BackwardArgs<double>&, int, std::uintptr_t);
+template std::string forward<float>(const ForwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
+template std::string forward<double>(const ForwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
+template std::string backward<float>(const BackwardArgs<float>&, int, std::uintptr_t, const RunOptions&);
+template std::string backward<double>(const BackwardArgs<double>&, int, std::uintptr_t, const RunOptions&);
 }  // namespace cuda
 }  // namespace fastlstm
 
@@ -55,7 +55,7 @@ int guarded(F&& f, char* err, int errlen) {
 template <typename Real>
 void fwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
          const void* bias, const void* h0, const void* c0, const int64_t* lengths, int reverse, void* y, void* h_n,
-         void* c_n, void* gates, void* cells) {
+         void* c_n, void* gates, void* cells, int path, std::string* ran) {
   ForwardArgs<Real> a;
   a.dims = Dims{T, B, I, H};
   a.x = static_cast<const Real*>(x);
@@ -71,14 +71,16 @@ void fwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* 
   a.c_n = static_cast<Real*>(c_n);
   a.gates = static_cast<Real*>(gates);
   a.cells = static_cast<Real*>(cells);
-  cuda::forward<Real>(a, 0, 0);
+  cuda::RunOptions opt;
+  opt.path = static_cast<cuda::KernelPath>(path);
+  *ran = cuda::forward<Real>(a, 0, 0, opt);
 }
 
 template <typename Real>
 void bwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
          const void* h0, const void* c0, const int64_t* lengths, int reverse, const void* gates, const void* cells,
          const void* dy, const void* dh_n, const void* dc_n, void* dx, void* dh0, void* dc0, void* dk, void* dr,
-         void* db) {
+         void* db, int path, std::string* ran) {
   BackwardArgs<Real> a;
   a.dims = Dims{T, B, I, H};
   a.x = static_cast<const Real*>(x);
@@ -99,7 +101,9 @@ void bwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* 
   a.dkernel = static_cast<Real*>(dk);
   a.drecurrent_kernel = static_cast<Real*>(dr);
   a.dbias = static_cast<Real*>(db);
-  cuda::backward<Real>(a, 0, 0);
+  cuda::RunOptions opt;
+  opt.path = static_cast<cuda::KernelPath>(path);
+  *ran = cuda::backward<Real>(a, 0, 0, opt);
 }
 }  // namespace
 
@@ -111,6 +115,19 @@ int64_t fl_emu_live_allocations() { return static_cast<int64_t>(cuda::emu::alloc
 void fl_emu_set_poison(int on) { cuda::impl::g_poison = on != 0; }
 void fl_emu_set_reverse_order(int on) { cuda::emu::g_reverse_order = on != 0; }
 void fl_emu_set_guard_front(int on) { cuda::emu::g_guard_front = on != 0; }
+// The emulated device of the persistent kernels' planner and cooperative launches.
+void fl_emu_set_device(int sm_count, int smem_per_block_optin, int smem_per_sm, int cooperative) {
+  cuda::emu::g_device.sm_count = sm_count;
+  cuda::emu::g_device.smem_per_block_optin = smem_per_block_optin;
+  cuda::emu::g_device.smem_per_sm = smem_per_sm;
+  cuda::emu::g_device.cooperative = cooperative;
+}
+// Cooperative launches: 0 thread order (or reversed with set_reverse_order), 1 reversed,
+// 2 a random permutation per round from `seed`.
+void fl_emu_set_schedule(int mode, int64_t seed) {
+  cuda::emu::g_schedule = mode;
+  cuda::emu::g_schedule_seed = seed ? static_cast<uint64_t>(seed) : 1;
+}
 void fl_emu_stats(int64_t* out3) {
   out3[0] = cuda::emu::g_stats.launches;
   out3[1] = cuda::emu::g_stats.blocks;
@@ -119,31 +136,41 @@ void fl_emu_stats(int64_t* out3) {
 
 int fl_emu_forward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
                    const void* rk, const void* bias, const void* h0, const void* c0, const int64_t* lengths,
-                   int reverse, void* y, void* h_n, void* c_n, void* gates, void* cells, char* err, int errlen) {
-  return guarded(
+                   int reverse, void* y, void* h_n, void* c_n, void* gates, void* cells, int path, char* ran,
+                   int ranlen, char* err, int errlen) {
+  std::string what;
+  const int rc = guarded(
       [&] {
         if (is_double)
-          fwd<double>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells);
+          fwd<double>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, path,
+                      &what);
         else
-          fwd<float>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells);
+          fwd<float>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, path,
+                     &what);
       },
       err, errlen);
+  if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
+  return rc;
 }
 
 int fl_emu_backward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
                     const void* rk, const void* h0, const void* c0, const int64_t* lengths, int reverse,
                     const void* gates, const void* cells, const void* dy, const void* dh_n, const void* dc_n,
-                    void* dx, void* dh0, void* dc0, void* dk, void* dr, void* db, char* err, int errlen) {
-  return guarded(
+                    void* dx, void* dh0, void* dc0, void* dk, void* dr, void* db, int path, char* ran, int ranlen,
+                    char* err, int errlen) {
+  std::string what;
+  const int rc = guarded(
       [&] {
         if (is_double)
           bwd<double>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                      dc0, dk, dr, db);
+                      dc0, dk, dr, db, path, &what);
         else
           bwd<float>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                     dc0, dk, dr, db);
+                     dc0, dk, dr, db, path, &what);
       },
       err, errlen);
+  if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
+  return rc;
 }
 
 }  // extern "C"

@@ -1,0 +1,469 @@
+// fastlstm's persistent recurrent kernels (included by lstm_impl.cuh after its helpers, which
+// they use: seq_len, fl_sigmoid, fl_tanh, imin, ceil_div, grid_of).
+//
+// One cooperative launch runs all T steps of the recurrence. Block k owns U hidden units
+// j in [k U, (k + 1) U) and keeps its slice of the recurrent weights in shared memory for the
+// whole launch (loaded once); between steps every block waits at one grid-wide barrier (a
+// monotonic 64-bit arrival counter: red.release.gpu by one thread per block, ld.acquire.gpu
+// polling; no other atomics, so nothing depends on arrival order). Same summation order every
+// run: deterministic.
+//
+// Forward (persistent_forward_kernel), per step s, per chunk of BC batch rows:
+//   stage h_{s-1} rows into shared memory (read with __ldcg: written by other blocks in the
+//   previous step), z = h . R_slice (4U columns: gates i, f, g, o of the block's units), the
+//   gate nonlinearities and the cell update (one thread per (row, unit)), writes y, h_s, c,
+//   gates, cells exactly like forward_step_kernel; then the grid barrier.
+// Backward (persistent_backward_kernel), per step s = T-1 .. 0:
+//   phase A: gate gradients of the block's units for every row (dz, dc, h_{t-1}; what
+//   backward_gates_kernel does), grid barrier, phase B: dh = dz_t . R^T for the block's units
+//   (K = 4H, the block's U rows of R resident in shared memory), per chunk of BC rows.
+//
+// The product (block_product): thread tid takes column c = tid % C and k-slice
+// ks = tid / C (KS = 256 / C slices); it sums vector groups g = ks, ks + KS, ... (KV = 16 bytes
+// of k each, in increasing k) for BC rows into registers; the KS partial sums of each
+// (row, column) are then added by a fixed tree in shared memory. Shared memory (dynamic):
+//   W  [NG][C]   vectors   the weight slice: W[g][c] = k-values g*KV .. g*KV+KV-1 of column c
+//   X  [BC][NG]  vectors   the staged rows (h, or dz)
+//   red[BC][KS][C] scalars partial sums; red[bb][0][c] = red[bb * 256 + c] the result
+// with NG = ceil(K / KV); entries past K and columns past H are zeros.
+#pragma once
+
+#include <string>
+#include <type_traits>
+
+#include "cuda/compat.cuh"
+
+namespace fastlstm {
+namespace cuda {
+namespace impl {
+namespace persistent {
+
+constexpr int kThreads = 256;
+
+template <typename Real>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = float4;
+  static constexpr int n = 4;
+};
+template <>
+struct Vec<double> {
+  using type = double2;
+  static constexpr int n = 2;
+};
+
+__device__ __forceinline__ float dot_add(float acc, const float4& x, const float4& w) {
+  acc += x.x * w.x;
+  acc += x.y * w.y;
+  acc += x.z * w.z;
+  acc += x.w * w.w;
+  return acc;
+}
+__device__ __forceinline__ double dot_add(double acc, const double2& x, const double2& w) {
+  acc += x.x * w.x;
+  acc += x.y * w.y;
+  return acc;
+}
+
+// red[bb * 256 + c] = sum over k of X[bb][k] * W[k][c], for every bb < BC and c < C. Every
+// thread of the block must call it; the caller has staged W and X and synchronised. Ends with
+// a barrier (the result is visible to the whole block).
+template <typename Real, int BC>
+__device__ __forceinline__ void block_product(const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
+                                              Real* red, int C, int64_t NG) {
+  using V = typename Vec<Real>::type;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int c = tid % C, ks = tid / C, KS = kThreads / C;
+  Real acc[BC];
+#pragma unroll
+  for (int bb = 0; bb < BC; ++bb) acc[bb] = Real(0);
+  for (int64_t g = ks; g < NG; g += KS) {
+    const V w = W[g * C + c];
+#pragma unroll
+    for (int bb = 0; bb < BC; ++bb) acc[bb] = dot_add(acc[bb], X[bb * NG + g], w);
+  }
+  // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
+#pragma unroll
+  for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
+  __syncthreads();  // all partial sums written
+  for (int stride = KS / 2; stride > 0; stride /= 2) {
+    if (ks < stride) {
+#pragma unroll
+      for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] += red[bb * kThreads + tid + stride * C];
+    }
+    __syncthreads();  // this level complete before the next reads it
+  }
+}
+
+// Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
+template <typename Real>
+inline size_t smem_bytes(int64_t NG, int C, int BC) {
+  using V = typename Vec<Real>::type;
+  return static_cast<size_t>(NG * C + BC * NG) * sizeof(V) + static_cast<size_t>(kThreads) * BC * sizeof(Real);
+}
+
+// The grid-wide barrier: returns when every block of the launch has arrived `target / gridDim.x`
+// times (the counter starts at 0 and only grows). The block's writes before the call are
+// visible to every block after it (bar.sync, then one release by thread 0; acquire polling,
+// then bar.sync), as in cooperative_groups' grid.sync().
+__device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsigned long long target) {
+  __syncthreads();  // the whole block's writes happen before thread 0's release
+  if (threadIdx.x == 0) {
+    fl_arrive_release(counter);
+    while (fl_load_acquire(counter) < target) {
+    }
+  }
+  __syncthreads();  // the rest of the block waits for thread 0's acquire
+}
+
+template <typename Real>
+struct ForwardParams {
+  int64_t T, B, H;
+  int64_t units;  // U: hidden units per block; 4U columns of R
+  int64_t ng;     // vector groups along k: ceil(H / KV)
+  const int64_t* lengths;
+  bool reverse;
+  const Real* P;  // (T, B, 4H) x . kernel + bias (aliases gates when training)
+  const Real* R;  // (H, 4H)
+  Real* hbuf0;    // (B, H) h_{-1} on entry; h ping-pongs between hbuf0 and hbuf1
+  Real* hbuf1;
+  Real* c;  // (B, H) the running cell state (c_n), c0 on entry
+  Real* y;
+  Real* gates;  // or nullptr
+  Real* cells;  // or nullptr
+  unsigned long long* barrier;  // zero on entry
+};
+
+template <typename Real, int BC>
+__global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<Real> p) {
+  using V = typename Vec<Real>::type;
+  constexpr int KV = Vec<Real>::n;
+  FL_DYNAMIC_SHARED(smem);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int U = static_cast<int>(p.units), C = 4 * U;
+  const int64_t T = p.T, B = p.B, H = p.H, G = 4 * H, NG = p.ng, K = NG * KV;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  V* W = reinterpret_cast<V*>(smem);
+  V* X = W + NG * C;
+  Real* red = reinterpret_cast<Real*>(X + BC * NG);
+  Real* Wr = reinterpret_cast<Real*>(W);
+  Real* Xr = reinterpret_cast<Real*>(X);
+
+  // The block's slice of R, once: column c = gate * U + u is R column gate * H + j0 + u.
+  for (int64_t e = tid; e < K * C; e += kThreads) {
+    const int64_t k = e / C;
+    const int c = static_cast<int>(e % C);
+    const int64_t j = j0 + c % U;
+    Wr[((k / KV) * C + c) * KV + k % KV] = (k < H && j < H) ? p.R[k * G + (c / U) * H + j] : Real(0);
+  }
+
+  // This thread finishes (row b0 + fb, unit j0 + fu) of each chunk when tid < nb * U.
+  const int fb = tid / U, fu = tid % U;
+  const int64_t j = j0 + fu;
+  for (int64_t s = 0; s < T; ++s) {
+    const Real* h_prev = (s % 2 == 0) ? p.hbuf0 : p.hbuf1;
+    Real* h_next = (s % 2 == 0) ? p.hbuf1 : p.hbuf0;
+    for (int64_t b0 = 0; b0 < B; b0 += BC) {
+      const int nb = static_cast<int>(imin(BC, B - b0));
+      const int64_t b = b0 + fb;
+      const bool finisher = fb < nb && j < H;
+      // Load this thread's input projections and cell state now (they do not depend on the
+      // other blocks), so that their latency overlaps the product.
+      int64_t L = 0, row = 0;
+      Real pz[4] = {Real(0), Real(0), Real(0), Real(0)};
+      Real c_prev = Real(0);
+      if (finisher) {
+        L = seq_len(p.lengths, b, T);
+        if (s < L) {
+          row = (p.reverse ? L - 1 - s : s) * B + b;
+          const Real* pr = p.P + row * G + j;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) pz[q] = pr[q * H];
+          c_prev = p.c[b * H + j];
+        }
+      }
+      __syncthreads();  // W loaded (first chunk) / the previous chunk's X and red fully read
+      for (int64_t e = tid; e < BC * K; e += kThreads) {
+        const int bb = static_cast<int>(e / K);
+        const int64_t k = e % K;
+        Xr[e] = (bb < nb && k < H) ? __ldcg(h_prev + (b0 + bb) * H + k) : Real(0);
+      }
+      __syncthreads();  // rows staged
+      block_product<Real, BC>(W, X, red, C, NG);
+      if (finisher) {
+        if (s < L) {
+          const Real* z = red + fb * kThreads + fu;
+          const Real gi = fl_sigmoid(z[0 * U] + pz[0]);
+          const Real gf = fl_sigmoid(z[1 * U] + pz[1]);
+          const Real gg = fl_tanh(z[2 * U] + pz[2]);
+          const Real go = fl_sigmoid(z[3 * U] + pz[3]);
+          const Real cn = gf * c_prev + gi * gg;
+          const Real hn = go * fl_tanh(cn);
+          p.c[b * H + j] = cn;
+          h_next[b * H + j] = hn;
+          p.y[row * H + j] = hn;
+          if (p.gates) {
+            Real* g = p.gates + row * G + j;
+            g[0] = gi;
+            g[H] = gf;
+            g[2 * H] = gg;
+            g[3 * H] = go;
+          }
+          if (p.cells) p.cells[row * H + j] = cn;
+        } else {  // past its length: the state carries over, y is 0 at position s
+          h_next[b * H + j] = Xr[fb * K + j];
+          p.y[(s * B + b) * H + j] = Real(0);
+        }
+      }
+    }
+    if (s + 1 < T) grid_barrier(p.barrier, static_cast<unsigned long long>(s + 1) * gridDim.x);
+  }
+}
+
+template <typename Real>
+struct BackwardParams {
+  int64_t T, B, H;
+  int64_t units;  // U: hidden units per block (U rows of R, U columns of dh)
+  int64_t ng;     // vector groups along k = 4H: 4H / KV
+  const int64_t* lengths;
+  bool reverse;
+  const Real* R;      // (H, 4H)
+  const Real* gates;  // (T, B, 4H)
+  const Real* cells;  // (T, B, H)
+  const Real* h0;     // (B, H) or nullptr
+  const Real* c0;     // (B, H) or nullptr
+  const Real* dy;     // (T, B, H) or nullptr
+  Real* dh;           // (B, H) running dh (dh_n on entry, dh0 on exit)
+  Real* dc;           // (B, H) running dc
+  Real* dz;           // (T, B, 4H) gate gradients by time position
+  Real* hprev;        // (T, B, H)  h_{t-1} by time position
+  unsigned long long* barrier;  // zero on entry
+};
+
+template <typename Real, int BC>
+__global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<Real> p) {
+  using V = typename Vec<Real>::type;
+  constexpr int KV = Vec<Real>::n;
+  FL_DYNAMIC_SHARED(smem);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int U = static_cast<int>(p.units);
+  const int64_t T = p.T, B = p.B, H = p.H, G = 4 * H, NG = p.ng, K = NG * KV;  // K == G
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  V* W = reinterpret_cast<V*>(smem);
+  V* X = W + NG * U;
+  Real* red = reinterpret_cast<Real*>(X + BC * NG);
+  Real* Wr = reinterpret_cast<Real*>(W);
+  Real* Xr = reinterpret_cast<Real*>(X);
+
+  // The block's U rows of R, once: W[k][u] = R[j0 + u, k] (R^T restricted to the block's units).
+  for (int64_t e = tid; e < K * U; e += kThreads) {
+    const int u = static_cast<int>(e / K);
+    const int64_t k = e % K;
+    const int64_t j = j0 + u;
+    Wr[((k / KV) * U + u) * KV + k % KV] = (j < H && k < G) ? p.R[j * G + k] : Real(0);
+  }
+
+  unsigned long long arrivals = 0;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    // Phase A: the gate gradients of this block's units, every row (backward_gates_kernel).
+    for (int64_t e = tid; e < B * U; e += kThreads) {
+      const int64_t b = e / U, j = j0 + e % U;
+      if (j >= H) continue;
+      const int64_t L = seq_len(p.lengths, b, T);
+      if (s >= L) {
+        Real* d = p.dz + (s * B + b) * G + j;
+        d[0] = Real(0);
+        d[H] = Real(0);
+        d[2 * H] = Real(0);
+        d[3 * H] = Real(0);
+        p.hprev[(s * B + b) * H + j] = Real(0);
+        continue;
+      }
+      const int64_t t = p.reverse ? L - 1 - s : s;
+      const int64_t row = t * B + b;
+      const Real* g = p.gates + row * G + j;
+      const Real gi = g[0], gf = g[H], gg = g[2 * H], go = g[3 * H];
+      const Real cc = p.cells[row * H + j];
+      Real cp, hp;
+      if (s == 0) {
+        cp = p.c0 ? p.c0[b * H + j] : Real(0);
+        hp = p.h0 ? p.h0[b * H + j] : Real(0);
+      } else {  // h_{t-1} = o_{t-1} * tanh(c_{t-1}), exactly as the forward computed it
+        const int64_t prow = (p.reverse ? t + 1 : t - 1) * B + b;
+        cp = p.cells[prow * H + j];
+        hp = p.gates[prow * G + 3 * H + j] * fl_tanh(cp);
+      }
+      Real dht = p.dh[b * H + j];
+      if (p.dy) dht += p.dy[row * H + j];
+      const Real tc = fl_tanh(cc);
+      const Real dct = p.dc[b * H + j] + dht * go * (Real(1) - tc * tc);
+      p.dc[b * H + j] = dct * gf;
+      Real* d = p.dz + row * G + j;
+      d[0] = dct * gg * (gi * (Real(1) - gi));
+      d[H] = dct * cp * (gf * (Real(1) - gf));
+      d[2 * H] = dct * gi * (Real(1) - gg * gg);
+      d[3 * H] = dht * tc * (go * (Real(1) - go));
+      p.hprev[row * H + j] = hp;
+    }
+    arrivals += gridDim.x;
+    grid_barrier(p.barrier, arrivals);  // every block's dz of step s written
+    // Phase B: dh[b, j] = dz_t[b, :] . R[j, :] for rows inside their length.
+    const int fb = tid / U, fu = tid % U;
+    for (int64_t b0 = 0; b0 < B; b0 += BC) {
+      const int nb = static_cast<int>(imin(BC, B - b0));
+      __syncthreads();  // the previous chunk's X and red fully read
+      for (int64_t e = tid; e < BC * K; e += kThreads) {
+        const int bb = static_cast<int>(e / K);
+        const int64_t k = e % K;
+        Real v = Real(0);
+        if (bb < nb) {
+          const int64_t b = b0 + bb;
+          const int64_t L = seq_len(p.lengths, b, T);
+          if (s < L) v = __ldcg(p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G + k);
+        }
+        Xr[e] = v;
+      }
+      __syncthreads();  // rows staged
+      block_product<Real, BC>(W, X, red, U, NG);
+      if (fb < nb) {
+        const int64_t b = b0 + fb, j = j0 + fu;
+        if (j < H && s < seq_len(p.lengths, b, T)) p.dh[b * H + j] = red[fb * kThreads + fu];
+      }
+    }
+    __syncthreads();  // dh written before phase A of the next step reads it
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side: whether the kernels fit, and launching them.
+// ------------------------------------------------------------------------------------------
+struct Plan {
+  bool ok = false;
+  std::string why;  // when !ok
+  int units = 0, bc = 0;
+  int64_t blocks = 0, ng = 0;
+  size_t smem = 0;
+};
+
+template <class F>
+auto with_bc(int bc, F&& f) {
+  switch (bc) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    default:
+      return f(std::integral_constant<int, 16>{});
+  }
+}
+
+// How many blocks of the kernel fit on one SM with `smem` bytes of dynamic shared memory
+// (raises the kernel's dynamic shared memory limit to smem first).
+template <typename Real, int BC>
+int blocks_per_sm(bool backward, size_t smem) {
+  int n = 0;
+  if (backward) {
+    auto k = backward_kernel<Real, BC>;
+    FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
+  } else {
+    auto k = forward_kernel<Real, BC>;
+    FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
+  }
+  return n;
+}
+
+// Chooses U (hidden units per block, a power of two) and BC (batch rows per chunk) for the
+// persistent forward (backward = false) or backward: the fewest units per block such that one
+// block per SM covers H (at most sm_count blocks), with the largest BC that the shared memory
+// allows; failing that, several blocks per SM as the occupancy calculator allows.
+template <typename Real>
+Plan plan(bool backward, int64_t B, int64_t H, int device) {
+  Plan pl;
+  int coop = 0, sms = 0, optin = 0;
+  FL_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FL_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (!coop) {
+    pl.why = "the device does not support cooperative launches";
+    return pl;
+  }
+  if (sms < 1) {
+    pl.why = "no multiprocessors reported";
+    return pl;
+  }
+  constexpr int KV = Vec<Real>::n;
+  const int bc_max = B <= 1 ? 1 : (B <= 4 ? 4 : (B <= 8 ? 8 : 16));
+  const int bcs[4] = {16, 8, 4, 1};
+  const int64_t K = backward ? 4 * H : H;
+  const int64_t NG = ceil_div(K, KV);
+  for (int pass = 0; pass < 2 && !pl.ok; ++pass) {
+    for (int U = 1; U <= 64 && !pl.ok; U *= 2) {
+      const int64_t blocks = ceil_div(H, U);
+      if (pass == 0 && blocks > sms) continue;
+      if (blocks > int64_t(sms) * 32) continue;
+      const int C = backward ? U : 4 * U;
+      if (C > kThreads) break;
+      for (int bc : bcs) {
+        if (bc > bc_max || bc * U > kThreads) continue;
+        const size_t smem = smem_bytes<Real>(NG, C, bc);
+        if (smem > static_cast<size_t>(optin)) continue;
+        const int per_sm = with_bc(bc, [&](auto BCc) { return blocks_per_sm<Real, decltype(BCc)::value>(backward, smem); });
+        if (per_sm < 1 || blocks > int64_t(per_sm) * sms) continue;
+        pl.ok = true;
+        pl.units = U;
+        pl.bc = bc;
+        pl.blocks = blocks;
+        pl.ng = NG;
+        pl.smem = smem;
+        break;
+      }
+    }
+  }
+  if (!pl.ok)
+    pl.why = std::string("the recurrent weights (H = ") + std::to_string(H) + ", fp" + std::to_string(sizeof(Real) * 8) +
+             ") do not fit on chip: no split over co-resident blocks on " + std::to_string(sms) + " SMs with at most " +
+             std::to_string(optin) + " bytes of shared memory per block";
+  return pl;
+}
+
+inline std::string describe(const char* what, const Plan& pl, size_t real_bytes) {
+  return std::string(what) + " (fp" + std::to_string(real_bytes * 8) + ", " + std::to_string(pl.blocks) + " blocks x " +
+         std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
+         std::to_string(pl.bc) + " rows/chunk, " + std::to_string(pl.smem) + " B shared)";
+}
+
+template <typename Real>
+void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
+  const dim3 grid = grid_of(pl.blocks);
+  with_bc(pl.bc, [&](auto BCc) {
+    constexpr int BC = decltype(BCc)::value;
+    auto k = forward_kernel<Real, BC>;
+    // (again here: another thread's planning may have lowered the limit since)
+    FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
+    launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
+    return 0;
+  });
+}
+
+template <typename Real>
+void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
+  const dim3 grid = grid_of(pl.blocks);
+  with_bc(pl.bc, [&](auto BCc) {
+    constexpr int BC = decltype(BCc)::value;
+    auto k = backward_kernel<Real, BC>;
+    // (again here: another thread's planning may have lowered the limit since)
+    FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
+    launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
+    return 0;
+  });
+}
+
+}  // namespace persistent
+}  // namespace impl
+}  // namespace cuda
+}  // namespace fastlstm
