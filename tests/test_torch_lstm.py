@@ -474,6 +474,103 @@ def test_no_grad_and_inference_mode(rel_err):
     assert rel_err(_np(out3), _np(out)) == 0.0
 
 
+# --------------------------------------------------------------------------- cache_weights
+
+def _packed_calls(monkeypatch):
+    """Record the `packed` argument of every ops.lstm_forward call."""
+    seen = []
+    real = fastlstm.ops.lstm_forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("packed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastlstm.ops, "lstm_forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cache_weights_matches_and_follows_tracked_changes(dtype, native_torch_lstm, monkeypatch, rel_err):
+    # With cache_weights() on, inference calls reuse converted + packed weights, refreshed
+    # whenever a weight changes in place through a tracked operation or is replaced.
+    dt = DTYPES[dtype]
+    ref, ours = _pair(dt, seed=3, input_size=I_, hidden_size=H_, num_layers=2, bidirectional=True)
+    assert ours.cache_weights() is ours
+    seen = _packed_calls(monkeypatch)
+    x = torch.randn(T_, B_, I_, dtype=dt)
+
+    def check():
+        with torch.no_grad():
+            a, (h, c) = ours(x)
+            b, (hr, cr) = ref(x)
+        for u, v in ((a, b), (h, hr), (c, cr)):
+            assert rel_err(_np(u), _np(v)) <= TOL[dt]
+        return a
+
+    first = check()
+    assert len(seen) == 4 and all(p is not None for p in seen)     # 2 layers x 2 directions
+    assert torch.equal(check(), first)
+    assert seen[4] is seen[0]                                       # the same packed weights
+    for model in (ours, ref):                                       # an optimizer step
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+        model(x)[0].square().sum().backward()
+        opt.step()
+    check()
+    assert seen[-4] is not seen[0]
+    ours.load_state_dict(ref.state_dict())                          # load_state_dict (copy_)
+    with torch.no_grad():
+        for model in (ours, ref):
+            model.bias_hh_l1_reverse.mul_(-1)                       # in place under no_grad
+    check()
+    for model in (ours, ref):                                       # a replaced parameter
+        model.weight_hh_l0 = nn.Parameter(model.weight_hh_l0.detach() * 0.5)
+    check()
+    for model in (ours, ref):                                       # through .data: not seen
+        model.weight_ih_l0.data.mul_(1.5)
+    ours.cache_weights()                                            # ... until asked again
+    check()
+
+
+def test_cache_weights_off_and_training_unaffected(monkeypatch, rel_err):
+    ref, ours = _pair(torch.float64, seed=4, input_size=I_, hidden_size=H_)
+    seen = _packed_calls(monkeypatch)
+    x = torch.randn(T_, B_, I_, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        ours(x)
+    assert seen == [None]                                           # off by default
+    ours.cache_weights()
+    out = ours(x)[0]                                                # needs grad: autograd path
+    out.sum().backward()
+    assert seen[-1] is None and out.requires_grad
+    ref_out = ref(x.detach().requires_grad_())[0]
+    assert rel_err(_np(out), _np(ref_out)) <= TOL[torch.float64]
+    ours.cache_weights(False)
+    with torch.no_grad():
+        ours(x)
+    assert seen[-1] is None
+    with pytest.raises(TypeError, match="enabled"):
+        ours.cache_weights("yes")
+
+
+def test_cache_weights_survives_copy_and_pickle(monkeypatch):
+    import copy
+    import io
+    _, ours = _pair(torch.float32, seed=5, input_size=I_, hidden_size=H_)
+    ours.cache_weights()
+    x = torch.randn(T_, B_, I_)
+    with torch.no_grad():
+        y = ours(x)[0]
+    twin = copy.deepcopy(ours)
+    buf = io.BytesIO()
+    torch.save(ours, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for m in (twin, loaded):
+        assert m._weight_cache == {}                                # caching on, nothing cached
+        with torch.no_grad():
+            assert torch.equal(m(x)[0], y)
+
+
 def test_time_major_contiguous_input_is_not_copied(monkeypatch):
     seen = []
     real = fastlstm.ops.lstm_forward

@@ -134,16 +134,46 @@ class _NoDoubleBackward(torch.autograd.Function):
                            "Use torch.nn.LSTM for higher-order gradients.")
 
 
-def _run_direction(x, h0, c0, weights, lengths, reverse):
-    """Run one layer/direction, through autograd only when a gradient is needed."""
+def _weights_signature(weights):
+    """What identifies the current values of weight tensors without reading them: each
+    tensor's storage address, dtype and version counter (bumped by every in-place change
+    autograd can see; not by changes made through ``.data``)."""
+    return tuple(None if t is None else (t.data_ptr(), t.dtype, t._version) for t in weights)
+
+
+def _inference_weights(weights, cache, slot):
+    """(kernel, recurrent_kernel, bias, packed) for an inference call: from cache[slot] when the
+    same tensors have an unchanged signature, else converted and packed now (and stored when
+    cache is a dict; packed is None without a cache)."""
+    if cache is None:
+        return _weights_to_numpy(*weights) + (None,)
+    weights = tuple(weights)
+    signature = _weights_signature(weights)
+    entry = cache.get(slot)
+    # The entry holds the tensors themselves: compared by identity, they cannot be freed and
+    # their id or memory reused by new tensors while the entry exists.
+    if (entry is None or len(entry[0]) != len(weights)
+            or any(a is not b for a, b in zip(entry[0], weights)) or entry[1] != signature):
+        kernel, recurrent_kernel, bias = _weights_to_numpy(*weights)
+        # Copies, not views: the cache must not follow later in-place changes halfway.
+        kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()
+        entry = (weights, signature, kernel, recurrent_kernel,
+                 None if bias is None else bias.copy(), ops.pack_weights(kernel, recurrent_kernel))
+        cache[slot] = entry
+    return entry[2:]
+
+
+def _run_direction(x, h0, c0, weights, lengths, reverse, cache=None, slot=None):
+    """Run one layer/direction, through autograd only when a gradient is needed. Inference
+    calls take their weights from `cache` (a dict, see LSTM.cache_weights) when given."""
     tensors = (x, h0, c0) + tuple(weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse)
-    kernel, recurrent_kernel, bias = _weights_to_numpy(*weights)
+    kernel, recurrent_kernel, bias, packed = _inference_weights(weights, cache, slot)
     y, h_n, c_n, _ = ops.lstm_forward(
         _numpy(x), kernel, recurrent_kernel, bias,
         None if h0 is None else _numpy(h0), None if c0 is None else _numpy(c0),
-        lengths=lengths, reverse=reverse, training=False)
+        lengths=lengths, reverse=reverse, training=False, packed=packed)
     return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
 
 
@@ -263,6 +293,7 @@ class LSTM(torch.nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = _check_bool(bidirectional, "bidirectional")
         self.proj_size = 0
+        self._weight_cache = None   # a dict while cache_weights() is on
 
         factory = {"device": device, "dtype": dtype}
         H = hidden_size
@@ -292,6 +323,30 @@ class LSTM(torch.nn.Module):
 
     def flatten_parameters(self):
         """No-op, for code written for torch.nn.LSTM (cuDNN weight flattening)."""
+
+    def cache_weights(self, enabled=True):
+        """Keep the weights converted to fastlstm's layout and packed between calls that need
+        no gradient (torch.no_grad(), inference_mode(), or no tensor requiring grad), for
+        inference loops: each such call then skips transposing and packing them. Opt-in.
+
+        A cached copy is refreshed when a weight tensor is replaced or changed in place by an
+        operation autograd tracks (its version counter: optimizer steps, load_state_dict,
+        ``with torch.no_grad(): w.copy_(...)``). Changes made through ``w.data`` are not
+        tracked by version counters and are NOT seen: call cache_weights() again after them.
+        Calling it clears the cache; ``cache_weights(False)`` turns caching off. Returns self.
+        """
+        enabled = _check_bool(enabled, "enabled")
+        self._weight_cache = {} if enabled else None
+        return self
+
+    def __getstate__(self):
+        # Pickling and deepcopy leave the cached copies behind (packed weights do not pickle);
+        # the copy keeps caching on when this module has it on.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        if state.get("_weight_cache") is not None:
+            state["_weight_cache"] = {}
+        return state
 
     @property
     def all_weights(self):
@@ -425,7 +480,8 @@ class LSTM(torch.nn.Module):
                     layer_input,
                     None if h0_all is None else h0_all[k],
                     None if c0_all is None else c0_all[k],
-                    weights, lengths, direction == 1)
+                    weights, lengths, direction == 1,
+                    cache=getattr(self, "_weight_cache", None), slot=k)
                 outputs.append(y)
                 h_list.append(h_n)
                 c_list.append(c_n)
