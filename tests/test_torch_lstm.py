@@ -571,6 +571,27 @@ def test_cache_weights_survives_copy_and_pickle(monkeypatch):
             assert torch.equal(m(x)[0], y)
 
 
+@pytest.mark.parametrize("shape", [(1024, 256), (33, 7), (1, 40), (40, 1), (0, 5), (31, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_core_transpose(shape, dtype):
+    # The tiled transpose that moves weights between torch's and fastlstm's layouts.
+    from fastlstm import _core
+    a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    t = _core.transpose(a)
+    assert t.dtype == dtype and t.flags.c_contiguous
+    np.testing.assert_array_equal(t, a.T)
+
+
+def test_core_transpose_errors():
+    from fastlstm import _core
+    with pytest.raises(ValueError, match="a: expected a 2-D array"):
+        _core.transpose(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="a: expected dtype float32 or float64"):
+        _core.transpose(np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match="a: expected a C-contiguous array"):
+        _core.transpose(np.zeros((2, 3), np.float32).T)
+
+
 def test_time_major_contiguous_input_is_not_copied(monkeypatch):
     seen = []
     real = fastlstm.ops.lstm_forward

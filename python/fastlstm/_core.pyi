@@ -50,6 +50,9 @@ def backward(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias | None)."""
 
+def transpose(a: np.ndarray) -> np.ndarray:
+    """A new C-contiguous copy of a.T; a 2-D, C-contiguous, float32 or float64."""
+
 def compiled_isas() -> List[str]: ...
 def supported_isas() -> List[str]: ...
 def get_isa() -> str: ...
