@@ -327,14 +327,20 @@ def test_chunked_backward_matches_reference(isa, name, dtype, make_case, rel_err
     check_against_reference(case, outs, grads, ref_outs, ref_grads, rel_err)
 
 
-# Inference without lengths computes the input projection in chunks of at least 4096 rows
-# once T*B reaches two chunks (csrc/cpu/lstm_kernels.cc, forward): (300, 32) gives chunks of
-# 128, 128 and 44 steps; (8200, 1) two chunks of 4096 and one of 8. The outputs must equal the
-# training forward (one projection) bitwise and the float64 reference within the tolerance.
-@pytest.mark.parametrize("T,B", [(300, 32), (8200, 1)], ids=["T300_B32", "T8200_B1"])
+# Inference computes the input projection in chunks of at least 4096 rows once T*B reaches
+# two chunks, unless lengths and reverse come together (csrc/cpu/lstm_kernels.cc, forward):
+# (300, 32) gives chunks of 128, 128 and 44 steps; (8200, 1) two chunks of 4096 and one of 8.
+# The outputs must equal the training forward (one projection) bitwise and the float64
+# reference within the tolerance. With lengths (forward direction) rows end inside and
+# between chunks; with lengths and reverse the projection stays whole (checked the same way).
+@pytest.mark.parametrize("T,B,lengths", [
+    (300, 32, None), (8200, 1, None),
+    (300, 32, [300, 0, 1, 127, 128, 129, 255, 256, 257, 299] + [300 - 7 * b for b in range(22)]),
+    (8200, 1, [4100])], ids=["T300_B32", "T8200_B1", "T300_B32_len", "T8200_B1_len"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_training_false_chunked_projection(isa, T, B, reverse, make_case, rel_err):
-    case = make_case(T, B, 5, 7, np.float32, seed=9, reverse=reverse, h0=False, c0=False)
+def test_training_false_chunked_projection(isa, T, B, lengths, reverse, make_case, rel_err):
+    case = make_case(T, B, 5, 7, np.float32, seed=9, reverse=reverse, h0=False, c0=False,
+                     lengths=lengths)
     y1, h1, c1, _ = ops.lstm_forward(**case.fwd, training=True, backend="cpu")
     y0, h0, c0, _ = ops.lstm_forward(**case.fwd, training=False, backend="cpu")
     for a, b in ((y0, y1), (h0, h1), (c0, c1)):
