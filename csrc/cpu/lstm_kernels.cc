@@ -16,6 +16,7 @@
 // number of threads (nor on which thread takes it), so results are bitwise identical for any
 // thread count.
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -126,11 +127,14 @@ template <typename Real>
 struct ForwardCtx {
   const ForwardArgs<Real>* a;
   int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
-  Real* G;                // pre-activations x_t . kernel + bias, rows (t - g_t0) * B + b:
+  Real* G;                // pre-activations x_t . kernel + bias, rows as g_row() says:
                           // (T, B, 4H) = a->gates when training (in place, g_t0 = 0); in
                           // inference without lengths, chunk_steps steps at a time
   int64_t chunk_steps;    // steps per projection chunk (T: one chunk)
   bool g_chunk_only;      // G holds only the current chunk (inference), not all T steps
+  Real* x_gathered;       // with lengths and reverse in chunks: the chunk's x rows in step
+                          // order, row (s - s0) * B + b = x[time_of(s, len_b), b]; G rows
+                          // then follow step order too (see g_row). nullptr otherwise.
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
                           // (nullptr: the step reads recurrent_kernel in place, see forward())
   bool prepacked;         // packed_rk was packed before the call (PackedWeights)
@@ -213,6 +217,15 @@ inline int64_t chunk_t0(int64_t s, int64_t chunk_steps, int64_t T, bool reverse)
   return reverse ? T - s1 : s0;
 }
 
+// The row of G holding row b's pre-activations at step s (time t = time_of(s, len_b)).
+template <typename Real>
+inline int64_t g_row(const ForwardCtx<Real>& ctx, int64_t s, int64_t t, int64_t b) {
+  const int64_t B = ctx.a->dims.B;
+  if (ctx.x_gathered) return (s % ctx.chunk_steps) * B + b;  // step order within the chunk
+  const int64_t g_t0 = ctx.g_chunk_only ? chunk_t0(s, ctx.chunk_steps, ctx.a->dims.T, ctx.a->reverse) : 0;
+  return (t - g_t0) * B + b;
+}
+
 // One register tile of the forward step: ROWS batch rows x the 4 gates of one unit block.
 template <typename Real, int ROWS>
 void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block,
@@ -229,13 +242,12 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   const Real* h_rows[ROWS];
   for (int r = 0; r < ROWS; ++r) h_rows[r] = h_prev + (b0 + r) * Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0);
-  const int64_t g_t0 = ctx.g_chunk_only ? chunk_t0(s, ctx.chunk_steps, T, a.reverse) : 0;
   // The epilogue reads each row's 4 pre-activation vectors from G, rows 4H apart: a pattern
   // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
     if (s >= len) continue;
-    const Real* z = ctx.G + ((time_of(s, len, a.reverse) - g_t0) * B + b) * 4 * H + u0;
+    const Real* z = ctx.G + g_row(ctx, s, time_of(s, len, a.reverse), b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
   if (ctx.packed_rk)
@@ -252,7 +264,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
       continue;
     }
     const int64_t t = time_of(s, len, a.reverse);
-    const Real* z = ctx.G + ((t - g_t0) * B + b) * 4 * H + u0;  // x_t . kernel + bias
+    const Real* z = ctx.G + g_row(ctx, s, t, b) * 4 * H + u0;  // x_t . kernel + bias
     const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
     const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
     const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));
@@ -355,10 +367,20 @@ void forward_task(void* p, int tid, int nthreads) {
       const int64_t steps = imin(ctx.chunk_steps, T - s);
       const int64_t t0 = chunk_t0(s, ctx.chunk_steps, T, a.reverse);
       Real* dst = ctx.g_chunk_only ? ctx.G : ctx.G + t0 * B * 4 * H;
+      const Real* x_rows = a.x + t0 * B * I;
+      if (ctx.x_gathered) {  // this chunk's rows in step order (rows past a length: unused)
+        for (int64_t r = tid; r < steps * B; r += nthreads) {
+          const int64_t b = r % B, step = s + r / B, len = seq_len(a.lengths, b, T);
+          const Real* src = a.x + ((step < len ? time_of(step, len, true) : 0) * B + b) * I;
+          std::memcpy(ctx.x_gathered + r * I, src, I * sizeof(Real));
+        }
+        barrier_wait(&ctx.barrier);
+        x_rows = ctx.x_gathered;
+      }
       if (ctx.small_projection) {  // one chunk (T * B is far below kChunkRows)
         small_projection(a, dst, mine);
       } else {
-        GemmArgs<Real> proj{steps * B, 4 * H, I, a.x + t0 * B * I, I, 1, a.kernel, 4 * H, 1,
+        GemmArgs<Real> proj{steps * B, 4 * H, I, x_rows, I, 1, a.kernel, 4 * H, 1,
                             dst, 4 * H, a.bias};
         proj.b_packed = ctx.kernel_panels;
         gemm_part(proj, tid, nthreads, ws);
@@ -407,22 +429,27 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
-  // Inference keeps the projection of a chunk of steps only (not the whole (T, B, 4H)), when
+  // Inference keeps the projection of a chunk of steps only (not the whole (T, B, 4H)). When
   // all rows share one time schedule (no lengths, or lengths without reverse: a row past
-  // its length just does not read its G rows). A chunk has at least kChunkRows rows, so
+  // its length just does not read its G rows) a chunk of steps is a block of time positions;
+  // with lengths and reverse the chunk's x rows are first gathered in step order (NOTES 23).
+  // A chunk has at least kChunkRows rows, so
   // the product stays efficient and repacking kernel per chunk costs little. Besides the
   // memory, this saved 20-25% of the time on long sequences (NOTES 17): the one chunk
   // buffer is reused instead of faulting in and streaming a fresh (T, B, 4H) array.
   // Training writes the projection into the saved gates in one piece (chunking it measured
   // no faster there).
   ctx.chunk_steps = T;
-  if (!a.gates && !(a.lengths && a.reverse) && B > 0) {
+  if (!a.gates && B > 0) {
     const int64_t steps = ceil_div(kChunkRows, B);
     if (2 * steps <= T) ctx.chunk_steps = steps;
   }
   if (ctx.chunk_steps < 1) ctx.chunk_steps = 1;
   ctx.g_chunk_only = !a.gates && ctx.chunk_steps < T;
   Buffer<Real> projection(a.gates ? 0 : imin(T, ctx.chunk_steps) * B * 4 * H);
+  const bool gather = ctx.g_chunk_only && a.lengths && a.reverse;
+  Buffer<Real> x_gathered(gather ? ctx.chunk_steps * B * a.dims.I : 0);
+  ctx.x_gathered = gather ? x_gathered.get() : nullptr;
   // Few steps or rows: packing would cost more than it saves (NOTES 19). With at most
   // kInPlaceSteps steps the step reads recurrent_kernel in place, and with at most
   // kSmallProjectionRows rows the projection reads kernel in place (whole vectors only).
