@@ -305,14 +305,19 @@ def test_training_false(isa, dtype, make_case):
 
 
 # The backward keeps dz and h_{t-1} for chunks of at least 4096 rows once T*B reaches two
-# chunks, except with lengths and reverse together (csrc/cpu/lstm_kernels.cc, backward), and
-# sums the weight gradients chunk by chunk. Cases on both sides of that rule, against the
-# float64 reference (float32 and float64 tolerances as above).
+# chunks (csrc/cpu/lstm_kernels.cc, backward) and sums the weight gradients chunk by chunk;
+# with lengths and reverse (some length < T) a chunk's rows are in step order, its x rows
+# gathered and its dx rows scattered. Against the float64 reference (tolerances as above);
+# outputs are poisoned, so a dx row nothing writes fails.
 CHUNKED_CASES = {
     "T300_B32_lengths": dict(T=300, B=32, I=5, H=7, lengths=[300 - 9 * b for b in range(32)]),
     "T300_B32_reverse": dict(T=300, B=32, I=6, H=5, reverse=True),
-    "T300_B32_reverse_lengths_unchunked": dict(T=300, B=32, I=4, H=6, reverse=True,
-                                               lengths=[(37 * b) % 301 for b in range(32)]),
+    # lengths with reverse: chunk rows in step order, x gathered and dx scattered per chunk
+    "T300_B32_reverse_lengths": dict(T=300, B=32, I=4, H=6, reverse=True,
+                                     lengths=[(37 * b) % 301 for b in range(32)]),
+    "T300_B32_reverse_lengths_all_T": dict(T=300, B=32, I=4, H=6, reverse=True,
+                                           lengths=[300] * 32),
+    "T8200_B1_reverse_length": dict(T=8200, B=1, I=3, H=4, reverse=True, lengths=[4100]),
     "T8200_B1": dict(T=8200, B=1, I=3, H=4, bias=False),
 }
 

@@ -483,12 +483,18 @@ template <typename Real>
 struct BackwardCtx {
   const BackwardArgs<Real>* a;
   int64_t nblocks, Hp;
-  Real* dz;          // gate pre-activation gradients, rows (t - t0) * B + b of the current
-                     // chunk of chunk_steps steps (all T unless chunked); zero at invalid positions
+  Real* dz;          // gate pre-activation gradients of the current chunk of chunk_steps
+                     // steps (all T unless chunked), rows as dz_row() says; zero at invalid
+                     // positions
   int64_t chunk_steps;  // steps per chunk of dz / h_prev (T: one chunk)
+  bool by_step;      // chunked, reverse, some length < T: dz rows in step order within a chunk
   Real* h_prev;      // h_{t-1} of each valid position, rows as dz; zero at invalid positions
   Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
-  Real* x_masked;    // (T, B, I) x with positions past each length zeroed, or nullptr
+  Real* x_masked;    // (T, B, I) x with positions past each length zeroed (one chunk with
+                     // lengths), or nullptr
+  Real* x_chunk;     // chunked with lengths: one chunk's x rows in dz's row order, zero past
+                     // each length, or nullptr
+  Real* dx_chunk;    // by_step: one chunk's dx rows in step order, before they are scattered
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   // From kPackedBackwardBatch rows on, dh = dz . recurrent_kernel^T runs on a transposed copy
@@ -508,6 +514,16 @@ inline int64_t packed_offset(int64_t nblocks, int tid, int nthreads) {
   return groups;
 }
 
+// The row of the chunk's dz and h_prev for row b at step s, time t (for a step past b's length,
+// t = s: that invalid position's row). In time order within the chunk, or in step order when
+// the rows' times differ within a step (lengths with reverse, chunked).
+template <typename Real>
+inline int64_t dz_row(const BackwardCtx<Real>& ctx, int64_t s, int64_t t, int64_t b) {
+  const int64_t B = ctx.a->dims.B;
+  if (ctx.by_step) return (s % ctx.chunk_steps) * B + b;
+  return (t - chunk_t0(s, ctx.chunk_steps, ctx.a->dims.T, ctx.a->reverse)) * B + b;
+}
+
 // Gate gradients of one unit block of one row at step s (or, past its length, zeros).
 template <typename Real>
 void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t block, Real* dz_step) {
@@ -518,14 +534,14 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
   Real* dzs = dz_step + b * 4 * H + u0;
-  const int64_t t0 = chunk_t0(s, ctx.chunk_steps, T, a.reverse);  // first time of the chunk
   if (s >= len) {  // position t = s is past the length: no gradient there
-    Real* dz = ctx.dz + ((s - t0) * B + b) * 4 * H + u0;
+    const int64_t row = dz_row(ctx, s, s, b);
+    Real* dz = ctx.dz + row * 4 * H + u0;
     for (int q = 0; q < 4; ++q) {
       store_part(dz + q * H, V::zero(), nu);
       store_part(dzs + q * H, V::zero(), nu);
     }
-    store_part(ctx.h_prev + ((s - t0) * B + b) * H + u0, V::zero(), nu);
+    store_part(ctx.h_prev + row * H + u0, V::zero(), nu);
     return;
   }
   const int64_t t = a.reverse ? len - 1 - s : s;
@@ -552,7 +568,8 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const R dzf = V::mul(V::mul(dc, c_prev), V::mul(gf, V::sub(one, gf)));
   const R dzg = V::mul(V::mul(dc, gi), V::fnmadd(gg, gg, one));
   const R dzo = V::mul(V::mul(dh, tc), V::mul(go, V::sub(one, go)));
-  Real* dz = ctx.dz + ((t - t0) * B + b) * 4 * H + u0;
+  const int64_t row = dz_row(ctx, s, t, b);
+  Real* dz = ctx.dz + row * 4 * H + u0;
   store_part(dz, dzi, nu);
   store_part(dz + H, dzf, nu);
   store_part(dz + 2 * H, dzg, nu);
@@ -561,7 +578,7 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   store_part(dzs + H, dzf, nu);
   store_part(dzs + 2 * H, dzg, nu);
   store_part(dzs + 3 * H, dzo, nu);
-  store_part(ctx.h_prev + ((t - t0) * B + b) * H + u0, h_prev, nu);
+  store_part(ctx.h_prev + row * H + u0, h_prev, nu);
 }
 
 // Units per dot-product tile: UNITS accumulators + 1 + a weight vector per unit in registers.
@@ -671,6 +688,9 @@ void backward_task(void* p, int tid, int nthreads) {
     }
     x_valid = ctx.x_masked;  // complete for all rows at the first barrier of the loop below
   }
+  if (ctx.by_step)  // dx at positions past each length: no step scatters there
+    for (int64_t r = tid; r < T * B; r += nthreads)
+      if (r / B >= seq_len(a.lengths, r % B, T)) std::memset(a.dx + r * I, 0, I * sizeof(Real));
 
   // The weight gradients and dx of the time positions of one chunk of steps, once all its dz
   // rows are there. Chunks are processed from the last steps down; the first one done writes
@@ -679,17 +699,37 @@ void backward_task(void* p, int tid, int nthreads) {
     const int64_t steps = imin(ctx.chunk_steps, T - s0), rows = steps * B;
     const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
     const bool add = s0 + steps < T;
+    const Real* x_rows = x_valid + t0 * B * I;
+    if (ctx.x_chunk) {  // this chunk's x rows in dz's row order, zero past each length
+      for (int64_t r = tid; r < rows; r += nthreads) {
+        const int64_t b = r % B, step = s0 + r / B, len = seq_len(a.lengths, b, T);
+        if (step < len)
+          std::memcpy(ctx.x_chunk + r * I, a.x + (time_of(step, len, a.reverse) * B + b) * I, I * sizeof(Real));
+        else
+          std::memset(ctx.x_chunk + r * I, 0, I * sizeof(Real));
+      }
+      barrier_wait(&ctx.barrier);
+      x_rows = ctx.x_chunk;
+    }
     // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
-    GemmArgs<Real> dkernel{I, 4 * H, rows, x_valid + t0 * B * I, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
+    GemmArgs<Real> dkernel{I, 4 * H, rows, x_rows, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
                            4 * H, nullptr};
     GemmArgs<Real> drk{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
                        nullptr};
     dkernel.accumulate = drk.accumulate = add;
     gemm_part(dkernel, tid, nthreads, ws);
     gemm_part(drk, tid, nthreads, ws);
-    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, a.dx + t0 * B * I, I,
-                             nullptr},
+    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H,
+                             ctx.by_step ? ctx.dx_chunk : a.dx + t0 * B * I, I, nullptr},
               tid, nthreads, ws);
+    if (ctx.by_step) {  // scatter the chunk's dx rows to their time positions
+      barrier_wait(&ctx.barrier);
+      for (int64_t r = tid; r < rows; r += nthreads) {
+        const int64_t b = r % B, step = s0 + r / B, len = seq_len(a.lengths, b, T);
+        if (step < len)
+          std::memcpy(a.dx + (time_of(step, len, true) * B + b) * I, ctx.dx_chunk + r * I, I * sizeof(Real));
+      }
+    }
     if (a.dbias) {  // column sums of dz, each column summed in row order by one thread, in
                     // double (thousands of float32 terms would lose digits), 64 columns at a time
       const int64_t c0 = 4 * H * tid / nthreads, c1 = 4 * H * (tid + 1) / nthreads;
@@ -754,11 +794,12 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.a = &a;
   ctx.nblocks = ceil_div(H, N);
   ctx.Hp = ctx.nblocks * N;
-  // dz and h_prev for a chunk of steps at a time when the rows' time positions are one block
-  // per chunk (not with lengths and reverse together) and T*B holds two chunks: the weight
-  // gradients are then summed chunk by chunk (NOTES 18).
+  // dz and h_prev for a chunk of steps at a time when T*B holds two chunks: the weight
+  // gradients are then summed chunk by chunk (NOTES 18). With lengths and reverse the rows of
+  // one step are at different times: then the chunk's rows are kept in step order, x gathered
+  // and dx scattered per chunk (NOTES 23).
   ctx.chunk_steps = T;
-  if (!(a.reverse && a.lengths) && B > 0) {
+  if (B > 0) {
     const int64_t steps = ceil_div(kChunkRows, B);
     if (2 * steps <= T) ctx.chunk_steps = steps;
   }
@@ -774,8 +815,14 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.h_prev = h_prev.get();
   bool padded = false;
   for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
-  Buffer<Real> x_masked(padded ? T * B * a.dims.I : 0);
-  ctx.x_masked = padded ? x_masked.get() : nullptr;
+  const bool chunked = ctx.chunk_steps < T;
+  ctx.by_step = chunked && a.reverse && padded;  // (unpadded lengths: all rows share times)
+  Buffer<Real> x_masked(padded && !chunked ? T * B * a.dims.I : 0);
+  Buffer<Real> x_chunk(padded && chunked ? chunk * B * a.dims.I : 0);
+  Buffer<Real> dx_chunk(ctx.by_step ? chunk * B * a.dims.I : 0);
+  ctx.x_masked = padded && !chunked ? x_masked.get() : nullptr;
+  ctx.x_chunk = padded && chunked ? x_chunk.get() : nullptr;
+  ctx.dx_chunk = ctx.by_step ? dx_chunk.get() : nullptr;
   ctx.dz_step = state.get();
   ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;
