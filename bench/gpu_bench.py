@@ -8,14 +8,17 @@ The same as ``python -m fastlstm.bench --device cuda`` (the code lives in fastls
 that the installed package has it too). For every configuration (default: the GPU speed
 issue's seven) it
 
-  * runs cuDNN (torch.nn.LSTM, forward and autograd backward of y, h_n, c_n) in strict fp32,
-    tf32 and bf16, and reports the tf32 / bf16 errors against strict fp32;
-  * runs fastlstm on each kernel path -- "auto" (the persistent kernels where they fit; the
-    table names the kernel that ran) and "simt" (the per-step kernels) -- checks outputs and
-    all six gradients against cuDNN strict fp32 (MISMATCH above 1e-4 / 1e-3), and times them;
+  * computes a float64 reference (torch.nn.LSTM in double on the same inputs) and runs cuDNN
+    (torch.nn.LSTM, forward and autograd backward of y, h_n, c_n) in strict fp32, tf32 (TF32
+    allowed for cuDNN and matmuls) and bf16 (module and inputs in bfloat16), with their errors;
+  * runs fastlstm in fp32 on each kernel path -- "auto" (the persistent kernels where they fit;
+    the table names the kernel that ran) and "simt" (the per-step kernels) -- and with
+    precision="tf32" and "bf16" (tensor-core GEMMs, kernel path auto), checks outputs and all
+    six gradients against the float64 reference (MISMATCH above 1e-4 / 1e-3 for fp32, 5e-3 /
+    1e-2 for tf32, 2e-2 / 5e-2 for bf16), and times them;
   * times, with CUDA events after a warm-up, the median of up to --reps runs of the forward
-    (fastlstm training=False, torch under no_grad) and of forward + backward, for fastlstm on
-    each path and cuDNN in each mode.
+    (fastlstm training=False, torch under no_grad) and of forward + backward, for each fastlstm
+    variant and cuDNN in each mode; speedups compare the same precision.
 
 Both libraries get device arrays (CuPy views of the torch tensors): no host copies are timed.
 The table (speedup = cuDNN time / fastlstm time) is printed last and written to

@@ -9,13 +9,16 @@
 # 3. import:      fastlstm.cuda_info() must say available; which kernels auto picks for the
 #                 benchmark's shapes; cuobjdump -res-usage of the built kernels (registers,
 #                 shared memory, spills as built for this card)
-# 4. tests:       pytest -m cuda tests/test_cuda.py (the GPU tests, each kernel path forced:
-#                 simt and persistent; poisoning on)
+# 4. tests:       pytest -m cuda tests/test_cuda.py tests/test_device.py (the GPU tests: each
+#                 kernel path forced, simt and persistent; precision fp32 / tf32 / bf16 and the
+#                 tensor-core GEMM alone; the model API on the GPU; poisoning on)
 # 5. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
-#                 several batch chunks) on both kernel paths, when compute-sanitizer exists
-# 6. benchmark:   python bench/gpu_bench.py (fastlstm persistent / simt vs torch.nn.LSTM /
-#                 cuDNN in fp32, tf32 and bf16, with speedups)
+#                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
+#                 GEMM), when compute-sanitizer exists
+# 6. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16 vs
+#                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
+#                 against a float64 reference)
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
@@ -139,6 +142,11 @@ for T, B, I, H in [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512)
         ops.lstm_backward(saved, r(T1, B, H))
         info = cuda.info()
         print((T, B, I, H), np.dtype(dtype).name, "|", info["last_forward"], "|", info["last_backward"])
+r = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)
+for precision in ("tf32", "bf16"):
+    saved = ops.lstm_forward(r(3, 2, 8), r(8, 64), r(16, 64), backend="cuda", precision=precision)[3]
+    ops.lstm_backward(saved, r(3, 2, 16))
+    print(precision, "|", cuda.info()["last_forward"], "|", cuda.info()["last_backward"])
 EOF
   so=$("$PY" -c "import fastlstm._cuda as m; print(m.__file__)")
   if command -v cuobjdump >/dev/null 2>&1; then
@@ -153,7 +161,7 @@ stage kernels 40 "$OUTDIR/kernels.log" kernels_info
 # ---- 4. tests
 stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
-  tests/test_cuda.py
+  tests/test_cuda.py tests/test_device.py
 
 # ---- 5. compute-sanitizer on a small case
 CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
@@ -186,6 +194,18 @@ for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "pe
         assert cuda.info()["last_forward"].startswith(path), cuda.info()["last_forward"]
         assert cuda.info()["last_backward"].startswith(path), cuda.info()["last_backward"]
         del saved, grads
+# tf32 / bf16: the tensor-core GEMMs (the forward projection, the three backward products: every
+# operand layout), one partial tile and one with several k passes
+cuda.set_kernel_path("simt")
+for precision in ("tf32", "bf16"):
+    for T, B, I, H, lengths, reverse in [(4, 3, 7, 33, [4, 0, 2], True), (3, 50, 70, 40, None, False)]:
+        r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
+        y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
+                                          lengths=lengths, reverse=reverse, backend="cuda", precision=precision)
+        grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
+        assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
+        assert "tensor cores" in cuda.info()["last_backward"], cuda.info()["last_backward"]
+        del saved, grads
 gc.collect()
 print("sanitizer case ok")
 EOF
@@ -198,7 +218,7 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     done
     return $rc
   }
-  stage sanitizer 130 "$OUTDIR/sanitizer.log" sanitize
+  stage sanitizer 110 "$OUTDIR/sanitizer.log" sanitize
 else
   SUMMARY+=("sanitizer: SKIPPED (compute-sanitizer not found)")
   log "compute-sanitizer not found: sanitizer stage skipped"
@@ -208,7 +228,7 @@ fi
 BENCH_DEADLINE=$(($(left) - 40))
 [ "$BENCH_DEADLINE" -lt 20 ] && BENCH_DEADLINE=20
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
-  --deadline "$BENCH_DEADLINE" --budget 1.0
+  --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
 
 # ---- 7. initcheck (reads of never-written device memory; poisoning off) if time is left
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then

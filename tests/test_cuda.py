@@ -15,6 +15,9 @@ Three groups:
 * GPU (marker `cuda`): the same comparisons on a real device, plus CuPy / torch inputs and
   determinism; skipped with the reason from fastlstm.cuda_info() when no GPU is usable.
 
+The precision option (precision="tf32" / "bf16": tensor-core GEMMs) is tested in all three
+groups; its tolerances and their justification are at the "precision" section below.
+
 Output poisoning is on for the CUDA backend in every test here: outputs and workspaces start
 as NaN, so an element a kernel forgets to write (or reads before writing) fails the checks.
 """
@@ -325,10 +328,13 @@ class EmuExtension:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         ci, cs = ctypes.c_int, ctypes.c_char_p
         lib.fl_emu_forward.argtypes = [ci, i64, i64, i64, i64] + [p] * 7 + [ci] + [p] * 5 + \
-            [ci, cs, ci, cs, ci]
+            [ci, ci, cs, ci, cs, ci]
         lib.fl_emu_backward.argtypes = [ci, i64, i64, i64, i64] + [p] * 6 + [ci] + [p] * 11 + \
-            [ci, cs, ci, cs, ci]
+            [ci, ci, cs, ci, cs, ci]
+        lib.fl_emu_gemm.argtypes = [ci, i64, i64, i64, p, i64, i64, p, i64, i64, p, p, i64,
+                                    cs, ci, cs, ci]
         lib.fl_emu_set_device.argtypes = [ci, ci, ci, ci]
+        lib.fl_emu_set_capability.argtypes = [ci, ci]
         lib.fl_emu_set_schedule.argtypes = [ci, i64]
 
         class Buffer(_EmuBuffer):
@@ -376,6 +382,10 @@ class EmuExtension:
         self.lib.fl_emu_set_device(int(sm_count), int(smem_per_block_optin), int(smem_per_sm),
                                    int(bool(cooperative)))
 
+    def set_capability(self, major=9, minor=0):
+        """The emulated device's compute capability (tf32 / bf16 need 8.0)."""
+        self.lib.fl_emu_set_capability(int(major), int(minor))
+
     def set_schedule(self, mode, seed=1):
         """Cooperative launches: 0 thread order, 1 reversed, 2 random permutation per round."""
         self.lib.fl_emu_set_schedule(int(mode), int(seed))
@@ -387,29 +397,46 @@ class EmuExtension:
         return int(dtype == "float64")
 
     _PATHS = {"auto": 0, "simt": 1, "persistent": 2}
+    _PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}
 
-    def _call(self, fn, kernel_path, *args):
+    def _precision(self, precision):
+        if precision not in self._PRECISIONS:
+            raise ValueError(f"precision: expected 'fp32', 'tf32' or 'bf16', got '{precision}'")
+        return self._PRECISIONS[precision]
+
+    def _call(self, fn, kernel_path, precision, *args):
         if kernel_path not in self._PATHS:
             raise ValueError(f"kernel_path: expected 'auto', 'simt' or 'persistent', got '{kernel_path}'")
         ran = ctypes.create_string_buffer(512)
         err = ctypes.create_string_buffer(1024)
-        rc = fn(*args, self._PATHS[kernel_path], ran, len(ran), err, len(err))
+        rc = fn(*args, self._PATHS[kernel_path], self._precision(precision), ran, len(ran), err,
+                len(err))
         if rc != 0:
             raise RuntimeError(err.value.decode())
         return ran.value.decode()
 
-    def forward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto"):
+    def forward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto", precision="fp32"):
         x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, device, stream = \
             ptrs_and_flags
-        return self._call(self.lib.fl_emu_forward, kernel_path, self._is_double(dtype), *dims, x,
-                          kernel, rk, bias, h0, c0, lengths, int(reverse), y, h_n, c_n, gates, cells)
+        return self._call(self.lib.fl_emu_forward, kernel_path, precision, self._is_double(dtype),
+                          *dims, x, kernel, rk, bias, h0, c0, lengths, int(reverse), y, h_n, c_n,
+                          gates, cells)
 
-    def backward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto"):
+    def backward(self, dtype, dims, *ptrs_and_flags, kernel_path="auto", precision="fp32"):
         (x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0, dc0, dk,
          dr, db, device, stream) = ptrs_and_flags
-        return self._call(self.lib.fl_emu_backward, kernel_path, self._is_double(dtype), *dims, x,
-                          kernel, rk, h0, c0, lengths, int(reverse), gates, cells, dy, dh_n, dc_n, dx,
-                          dh0, dc0, dk, dr, db)
+        return self._call(self.lib.fl_emu_backward, kernel_path, precision, self._is_double(dtype),
+                          *dims, x, kernel, rk, h0, c0, lengths, int(reverse), gates, cells, dy, dh_n,
+                          dc_n, dx, dh0, dc0, dk, dr, db)
+
+    def matmul(self, precision, M, N, K, a, sam, sak, b, sbk, sbn, bias, c, ldc, device, stream):
+        ran = ctypes.create_string_buffer(256)
+        err = ctypes.create_string_buffer(1024)
+        rc = self.lib.fl_emu_gemm(self._precision(precision), M, N, K, a, sam, sak, b, sbk, sbn,
+                                  bias, c, ldc, ran, len(ran), err, len(err))
+        if rc != 0:
+            raise RuntimeError(err.value.decode())
+        return ran.value.decode()
 
 
 @pytest.fixture(scope="module")
@@ -439,6 +466,7 @@ def emu(emu_lib):
     ext.set_reverse_order(False)
     ext.set_guard_front(False)
     ext.set_device()
+    ext.set_capability()
     ext.set_schedule(0)
     try:
         yield ext
@@ -447,6 +475,7 @@ def emu(emu_lib):
         ext.set_reverse_order(False)
         ext.set_guard_front(False)
         ext.set_device()
+        ext.set_capability()
         ext.set_schedule(0)
         fcuda.set_kernel_path(None)
         fcuda._set_extension(previous)
@@ -884,3 +913,344 @@ def test_gpu_errors():
                       y.ptr, y.ptr, y.ptr, 0, 0, 0, 0)
     # the device is still usable
     run_and_check("I5_H3_len_0_1_T", CASES["I5_H3_len_0_1_T"], np.float32)
+
+
+# --------------------------------------------------------------------------- precision (tf32 / bf16)
+# precision="tf32" | "bf16" (float32 only): the input projection x . kernel and the backward's
+# x^T . dz, h_prev^T . dz and dz . kernel^T run on tensor cores (wmma) with the operands rounded
+# to tf32 (cvt.rna: 10 mantissa bits, ties away from zero) or bf16 (round to nearest even, 7
+# bits) while staged, float32 accumulation; the recurrent products, the gates and the cell state
+# stay float32. The emulator reproduces the operand rounding and float32 accumulation (not the
+# tensor cores' internal accumulation order, see csrc/cuda/emu/emu_wmma.h).
+#
+# Tolerances against the float64 reference (relative Frobenius norm), from the rounding: an
+# operand rounded to p stored bits has relative error <= u = 2^-(p+1) (tf32 u = 2^-11 = 4.9e-4,
+# bf16 u = 2^-9 = 2.0e-3); a product of two rounded operands <= 2u, and a sum of many such terms
+# with random signs ~0.8u in norm. Measured on the emulator (12 cases x simt/persistent):
+#   tf32: outputs <= 2.9e-4, gradients <= 5.0e-4;  bf16: outputs <= 2.2e-3, gradients <= 4.7e-3
+# (the largest from single-term gradients of the T=1, H=1 case, bounded by 2u + the forward's
+# error carried into dz). Bounds: outputs 2u, gradients 4u (tf32) / 5u (bf16), ~2-4x headroom;
+# a wrong or missing term gives errors of order 1e-1. Floors (the rounding really happened):
+# fp32 arithmetic alone gives ~1e-7, so a mode that silently ran in fp32 is caught by
+# "error >= u / 25" on the largest output/gradient error.
+# The forward is also checked tightly: against the float64 reference run on x and kernel rounded
+# in NumPy (the only rounded operands of the forward), it must match to the fp32 tolerance
+# (2e-6; measured <= 1.6e-7): this catches a wrong rounding mode (truncation instead of
+# round-to-nearest), a rounded bias or recurrent kernel, or a term of the projection dropped.
+# The GEMM alone (ops' four products, every operand layout, edges) is checked the same way
+# against NumPy products of the rounded operands (see test_emulated_tensor_gemm_*).
+PRECISIONS = ("tf32", "bf16")
+UNIT = {"tf32": 2.0 ** -11, "bf16": 2.0 ** -9}
+PREC_TOL = {"tf32": (2 * UNIT["tf32"], 4 * UNIT["tf32"]),    # (outputs, gradients): 9.8e-4, 2.0e-3
+            "bf16": (2 * UNIT["bf16"], 5 * UNIT["bf16"])}    # 3.9e-3, 9.8e-3
+PREC_FLOOR = {p: UNIT[p] / 25 for p in PRECISIONS}          # 2.0e-5, 7.8e-5
+GEMM_TOL = 2e-6  # the GEMM against the float64 product of the rounded operands (fp32 accumulation)
+PRECISION_CASES = ["B5_H9_I17_unsorted_lengths", "H130_B3_TB_over_64", "B16_H32_I64_T4",
+                   "I33_H17_B7_reverse_nobias", "I64_H64_no_h0_c0", "I8_H100_B3_no_c0", "dy_None",
+                   "B40_no_bias", "T1_B1_I1_H1", "H65_I1_B2", "I5_H3_len_0_1_T_reverse"]
+
+
+def round_tf32(a):
+    """cvt.rna.tf32.f32 in NumPy: round to nearest, ties away from zero, to 10 mantissa bits."""
+    a = np.ascontiguousarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), np.float32(np.nan), r)
+
+
+def round_bf16(a):
+    """float32 -> bf16 (round to nearest even) -> float32, in NumPy."""
+    a = np.ascontiguousarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    r = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), np.float32(np.nan), r)
+
+
+ROUND = {"tf32": round_tf32, "bf16": round_bf16}
+
+
+def test_numpy_rounding_helpers():
+    # the tests' own model of the conversions, on hand-made values
+    one = np.float32(1.0)
+    ulp_tf32, ulp_bf16 = 2.0 ** -10, 2.0 ** -7
+    x = np.array([1 + ulp_tf32 / 2, -(1 + ulp_tf32 / 2), 1 + ulp_tf32 / 2 - 2 ** -23, 3.0, np.inf],
+                 np.float32)
+    np.testing.assert_array_equal(round_tf32(x), np.array([1 + ulp_tf32, -(1 + ulp_tf32), one, 3.0, np.inf],
+                                                          np.float32))  # ties away from zero
+    y = np.array([1 + ulp_bf16 / 2, 1 + 1.5 * ulp_bf16, -(1 + ulp_bf16 / 2), 1 + ulp_bf16 / 2 + 2 ** -23],
+                 np.float32)
+    np.testing.assert_array_equal(round_bf16(y), np.array([1.0, 1 + 2 * ulp_bf16, -1.0, 1 + ulp_bf16],
+                                                          np.float32))  # ties to even
+    assert np.isnan(round_tf32(np.array([np.nan], np.float32))).all()
+    assert np.isinf(round_tf32(np.array([np.finfo(np.float32).max], np.float32))).all()
+
+
+def _prec_case(name, dtype=np.float32):
+    return make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **CASES[name])
+
+
+def check_precision_against_reference(fwd, bwd, outs, grads, precision, floor=True):
+    """Outputs and gradients within the precision's tolerance of the float64 reference, and the
+    forward within the fp32 tolerance of the reference run on the rounded x and kernel."""
+    ref_outs, ref_grads = reference64(fwd, bwd)
+    tol_out, tol_grad = PREC_TOL[precision]
+    errs = []
+    for i, (name, a, b) in enumerate(zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads),
+                                         tuple(ref_outs) + tuple(ref_grads))):
+        if b is None:
+            assert a is None, f"{name}: expected None"
+            continue
+        a = to_host(a)
+        assert a.shape == b.shape and a.dtype == np.float32, (name, a.shape, a.dtype)
+        assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
+        err = rel_err(a, b)
+        errs.append(err)
+        tol = tol_out if i < 3 else tol_grad
+        assert err <= tol, f"{name} ({precision}): relative error {err:.3g} > {tol:.3g}"
+    if floor and max(errs) > 0:
+        assert max(errs) >= PREC_FLOOR[precision], \
+            f"{precision}: largest error {max(errs):.3g} is fp32-sized: were the operands rounded?"
+    rounded = {**fwd, "x": ROUND[precision](fwd["x"]), "kernel": ROUND[precision](fwd["kernel"])}
+    tight_outs, _ = reference64(rounded, bwd)
+    for name, a, b in zip(FWD_NAMES, outs, tight_outs):
+        err = rel_err(to_host(a), b)
+        assert err <= TOL[np.dtype(np.float32)], \
+            f"{name} ({precision}): {err:.3g} from the reference on rounded x and kernel"
+    return errs
+
+
+def run_cuda_precision(fwd, bwd, precision, training=True):
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd, training=training, backend="cuda", precision=precision)
+    grads = ops.lstm_backward(saved, **bwd) if training else None
+    return (y, h_n, c_n), grads, saved
+
+
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", PRECISION_CASES)
+def test_emulated_precision_matches_reference(emu, name, precision, path):
+    fcuda.set_kernel_path(path)
+    if path == "persistent":
+        emu.set_device(sm_count=_persistent_sms(name))
+    fwd, bwd = _prec_case(name)
+    outs, grads, saved = run_cuda_precision(fwd, bwd, precision)
+    assert saved.precision == precision and f"precision={precision!r}" in repr(saved)
+    check_precision_against_reference(fwd, bwd, outs, grads, precision)
+    for kind in ("forward", "backward"):
+        assert _ran(kind).startswith(f"{path} {kind}"), _ran(kind)
+        assert f"GEMMs: {precision} tensor cores" in _ran(kind), _ran(kind)
+    if path == "persistent":
+        return  # the GEMMs are the same code on both paths: order independence checked on simt
+    # deterministic, and independent of the thread / block order and of the guard side
+    again = run_cuda_precision(fwd, bwd, precision)
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    reversed_ = run_cuda_precision(fwd, bwd, precision)
+    first = tuple(outs) + tuple(grads)
+    assert_bitwise_equal(first, tuple(again[0]) + tuple(again[1]))
+    assert_bitwise_equal(first, tuple(reversed_[0]) + tuple(reversed_[1]))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_emulated_precision_paths_agree_and_training_false(emu, precision):
+    fwd, bwd = _prec_case("B16_H32_I64_T4")
+    emu.set_device(sm_count=_persistent_sms("B16_H32_I64_T4"))
+    results = {}
+    for path in ("simt", "persistent"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda_precision(fwd, bwd, precision)
+        results[path] = tuple(outs) + tuple(grads)
+        inference = run_cuda_precision(fwd, bwd, precision, training=False)[0]
+        assert_bitwise_equal(outs, inference)  # training=False: the same forward bits
+    # the GEMMs are the same code on both paths; the recurrences differ in summation order only
+    for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["simt"], results["persistent"]):
+        if a is not None:
+            assert rel_err(b, a) <= 1e-5, f"{name_}: simt vs persistent {rel_err(b, a):.3g}"
+
+
+def test_emulated_fp32_precision_is_the_default_and_unchanged(emu):
+    fwd, bwd = _prec_case("B16_H32_I64_T4")
+    default = run_cuda(fwd, bwd)
+    explicit = run_cuda_precision(fwd, bwd, "fp32")
+    assert explicit[2].precision == "fp32" and default[2].precision == "fp32"
+    assert_bitwise_equal(tuple(default[0]) + tuple(default[1]), tuple(explicit[0]) + tuple(explicit[1]))
+    assert "tensor cores" not in _ran("forward") and "tensor cores" not in _ran("backward")
+    check_against_reference(fwd, bwd, explicit[0], explicit[1], TOL[np.dtype(np.float32)])
+    tf32 = run_cuda_precision(fwd, bwd, "tf32")
+    assert not np.array_equal(tf32[0][0], explicit[0][0])  # the modes really differ
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_emulated_precision_nan_in_padding(emu, precision):
+    T, B = 5, 6
+    lengths = [0, 1, 5, 3, 0, 2]
+    fwd, bwd = make_case(T, B, 7, 3, np.float32, seed=11, lengths=lengths, reverse=True)
+    for b, L in enumerate(lengths):
+        fwd["x"][L:, b] = np.nan
+    outs, grads, _ = run_cuda_precision(fwd, bwd, precision)
+    for name, a in zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads)):
+        assert np.isfinite(a).all(), f"{name}: NaN from x at a padding position"
+    for b, L in enumerate(lengths):
+        assert np.all(outs[0][L:, b] == 0) and np.all(grads[0][L:, b] == 0)
+
+
+def test_emulated_precision_argument_errors(emu):
+    fwd64, bwd64 = make_case(4, 3, 5, 2, np.float64, seed=1)
+    for precision in PRECISIONS:
+        with pytest.raises(ValueError, match=rf"precision='{precision}' takes float32 inputs.*float64"):
+            ops.lstm_forward(**fwd64, backend="cuda", precision=precision)
+    for bad in ("fp16", "TF32", "", None, 32):
+        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\)"):
+            ops.lstm_forward(**fwd64, backend="cuda", precision=bad)
+    # the extension refuses too (a direct call with float64 data)
+    with pytest.raises(RuntimeError, match="takes float32 data"):
+        emu.forward("float64", (2, 1, 3, 4), *([0] * 7), False, *([0] * 5), 0, 0, precision="tf32")
+    with pytest.raises(ValueError, match="precision"):
+        emu.forward("float32", (2, 1, 3, 4), *([0] * 7), False, *([0] * 5), 0, 0, precision="fp16")
+    # a device without tf32 / bf16 tensor cores
+    fwd, bwd = make_case(3, 2, 4, 5, np.float32, seed=2)
+    emu.set_capability(7, 5)
+    for precision in PRECISIONS:
+        with pytest.raises(RuntimeError, match=rf"precision '{precision}' needs tensor cores of compute "
+                                               r"capability 8\.0 or newer; this device is 7\.5"):
+            ops.lstm_forward(**fwd, backend="cuda", precision=precision)
+    ops.lstm_forward(**fwd, backend="cuda")  # fp32 still runs there
+
+
+# ---- the GEMM alone: C = A . B (+ bias) against NumPy on the rounded operands
+
+def _gemm_operands(M, N, K, layout, rng):
+    """(a, sam, sak, b, sbk, sbn, A, B): A (M, K) and B (K, N) as float32 arrays, stored as given
+    by layout ("nn": both row-major; "tn": A stored transposed (K, M); "nt": B stored (N, K))."""
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    if layout[0] == "t":
+        a, sam, sak = np.ascontiguousarray(A.T), 1, M
+    else:
+        a, sam, sak = np.ascontiguousarray(A), K, 1
+    if layout[1] == "t":
+        b, sbk, sbn = np.ascontiguousarray(B.T), 1, K
+    else:
+        b, sbk, sbn = np.ascontiguousarray(B), N, 1
+    return a, sam, sak, b, sbk, sbn, A, B
+
+
+def _run_gemm(ext, precision, M, N, K, layout, seed, bias=True, pad=3):
+    """Runs ext.matmul on uploaded operands; returns (C, A, B, bias, description). C has pad
+    guard columns (ldc = N + pad) that must keep their value."""
+    rng = np.random.default_rng(seed)
+    a, sam, sak, b, sbk, sbn, A, B = _gemm_operands(M, N, K, layout, rng)
+    bv = rng.standard_normal(N).astype(np.float32) if bias else None
+    ldc = N + pad
+    c0 = np.full((M, ldc), np.nan, np.float32)
+    c0[:, N:] = 7.0
+    bufs = {}
+    for key, arr in (("a", a), ("b", b), ("bias", bv), ("c", c0)):
+        if arr is None or arr.size == 0:
+            bufs[key] = None
+            continue
+        buf = ext.Buffer(arr.nbytes, 0)
+        buf.upload(np.ascontiguousarray(arr))
+        bufs[key] = buf
+    ptr = lambda k: 0 if bufs[k] is None else bufs[k].ptr  # noqa: E731
+    ran = ext.matmul(precision, M, N, K, ptr("a"), sam, sak, ptr("b"), sbk, sbn, ptr("bias"), ptr("c"), ldc,
+                     0, 0)
+    c = np.empty_like(c0)
+    if bufs["c"] is not None:
+        bufs["c"].download(c)
+    if hasattr(ext, "synchronize"):
+        ext.synchronize(0, 0)
+    assert np.all(c[:, N:] == 7.0), "the GEMM wrote past column N"
+    return c[:, :N], A, B, bv, ran
+
+
+def check_gemm(C, A, B, bias, precision):
+    rnd = ROUND[precision] if precision != "fp32" else (lambda v: v)
+    want = rnd(A).astype(np.float64) @ rnd(B).astype(np.float64)
+    exact = A.astype(np.float64) @ B.astype(np.float64)
+    if bias is not None:
+        want += bias
+        exact += bias
+    assert np.isfinite(C).all(), "unwritten outputs"
+    err = rel_err(C, want)
+    assert err <= GEMM_TOL, f"{precision}: {err:.3g} from the product of the rounded operands"
+    if precision != "fp32" and A.shape[1] >= 16:
+        assert rel_err(C, exact) >= PREC_FLOOR[precision], "the operands were not rounded"
+    return err
+
+
+GEMM_SHAPES = [(1, 1, 1), (130, 67, 45), (128, 128, 64), (33, 260, 100), (5, 7, 0), (200, 17, 300)]
+
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_emulated_tensor_gemm_matches_rounded_operands(emu, precision, layout):
+    for i, (M, N, K) in enumerate(GEMM_SHAPES):
+        C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=100 + i, bias=i % 2 == 0)
+        assert ran == f"tensor-core gemm ({precision}, wmma)"
+        check_gemm(C, A, B, bias, precision)
+    # run-to-run and thread-order independent, bit for bit
+    first = _run_gemm(emu, precision, 130, 67, 45, layout, seed=7)[0]
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    second = _run_gemm(emu, precision, 130, 67, 45, layout, seed=7)[0]
+    np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+def test_emulated_gemm_fp32_is_the_simt_gemm(emu):
+    C, A, B, bias, ran = _run_gemm(emu, "fp32", 70, 33, 20, "nn", seed=3)
+    assert ran == "simt gemm (fp32)"
+    check_gemm(C, A, B, bias, "fp32")
+
+
+# ---- on a GPU
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", PRECISION_CASES[:6] + ["H1024_B2_I64_T3", "H1024_B33_I16_T2_reverse"])
+def test_gpu_precision_matches_reference(name, precision, path, kernel_path_reset):
+    spec = {**CASES, **BIG_CASES}[name]
+    fcuda.set_kernel_path(path)
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    outs, grads, saved = run_cuda_precision(fwd, bwd, precision)
+    assert saved.precision == precision
+    check_precision_against_reference(fwd, bwd, outs, grads, precision)
+    assert f"GEMMs: {precision} tensor cores" in _ran("forward"), _ran("forward")
+    assert _ran("backward").startswith(f"{path} backward"), _ran("backward")
+    again = run_cuda_precision(fwd, bwd, precision)
+    assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(again[0]) + tuple(again[1]))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gpu_tensor_gemm_matches_rounded_operands(precision):
+    from fastlstm import _cuda
+    shapes = GEMM_SHAPES + [(1000, 520, 700), (64, 4096, 3000)]
+    for layout in ("nn", "tn", "nt", "tt"):
+        for i, (M, N, K) in enumerate(shapes):
+            C, A, B, bias, ran = _run_gemm(_cuda, precision, M, N, K, layout, seed=200 + i, bias=i % 2 == 1)
+            assert ran == f"tensor-core gemm ({precision}, wmma)"
+            check_gemm(C, A, B, bias, precision)
+        first = _run_gemm(_cuda, precision, 1000, 520, 700, layout, seed=9)[0]
+        second = _run_gemm(_cuda, precision, 1000, 520, 700, layout, seed=9)[0]
+        np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gpu_precision_cupy_inputs_and_errors(precision):
+    cp = _cupy_or_skip()
+    fwd, bwd = make_case(6, 5, 11, 33, np.float32, seed=5, lengths=[6, 0, 3, 1, 6], reverse=True)
+    host = run_cuda_precision(fwd, bwd, precision)
+    dfwd = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in fwd.items()}
+    y, h_n, c_n, saved = ops.lstm_forward(**dfwd, backend="cuda", precision=precision)
+    grads = ops.lstm_backward(saved, **{k: cp.asarray(v) for k, v in bwd.items()})
+    assert isinstance(y, cp.ndarray)
+    assert_bitwise_equal(tuple(host[0]) + tuple(host[1]), (y, h_n, c_n) + tuple(grads))
+    fwd64, _ = make_case(3, 2, 4, 5, np.float64, seed=1)
+    with pytest.raises(ValueError, match="float32"):
+        ops.lstm_forward(**fwd64, backend="cuda", precision=precision)

@@ -418,9 +418,11 @@ def _host(a):
     return a._a if isinstance(a, FakeArray) else np.asarray(a)
 
 
-def _fake_forward(normalize, raw, names):
+def _fake_forward(normalize, raw, names, precision="fp32"):
     """fastlstm.cuda.forward for the fake device: ops' checks with the fake module, then the
-    CPU kernels on the arrays' data; the outputs are fake arrays."""
+    CPU kernels on the arrays' data; the outputs are fake arrays. (The model API always runs
+    precision "fp32".)"""
+    assert precision == "fp32", precision
     for k, v in raw.items():
         if k == "lengths":
             assert v is None or isinstance(v, np.ndarray), "lengths must be on the host"
@@ -436,7 +438,7 @@ def _fake_forward(normalize, raw, names):
     if saved is None:
         return outs, None
     fields = dict(dtype=saved.dtype, dims=saved.dims, has_bias=saved.has_bias,
-                  reverse=saved.reverse, payload=saved,
+                  reverse=saved.reverse, payload=saved, precision=precision,
                   **{k: args[k] for k in names}, lengths=args["lengths"])
     return outs, fields
 

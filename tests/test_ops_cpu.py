@@ -540,3 +540,36 @@ def test_large_inputs_saturate(isa, make_case):
         for a, b in ((y, ry), (h_n, rh), (c_n, rc)):
             assert np.isfinite(a).all()
             assert np.max(np.abs(a - b)) <= atol
+
+
+# --------------------------------------------------------------------------- precision argument
+# precision="tf32" / "bf16" exist for backend="cuda" only (tensor cores); every other backend
+# computes in the inputs' dtype and accepts only "fp32" (the default).
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy", "auto"])
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_precision_other_than_fp32_needs_backend_cuda(backend, precision, dtype, make_case):
+    case = make_case(3, 2, 4, 5, dtype, seed=1)
+    with pytest.raises(ValueError, match=rf"precision='{precision}' needs backend=\"cuda\".*float32"):
+        ops.lstm_forward(**case.fwd, backend=backend, precision=precision)
+
+
+@pytest.mark.parametrize("bad", ["fp16", "FP32", "tf32 ", "", None, 32, np.float32])
+def test_precision_bad_values_list_the_allowed_ones(bad, make_case):
+    case = make_case(3, 2, 4, 5, np.float32, seed=1)
+    for backend in ("cpu", "numpy", "auto"):
+        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\)"):
+            ops.lstm_forward(**case.fwd, backend=backend, precision=bad)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_precision_fp32_is_the_default(backend, make_case):
+    case = make_case(4, 3, 5, 6, np.float32, seed=2, lengths=[4, 0, 2], reverse=True)
+    y, h, c, saved = ops.lstm_forward(**case.fwd, backend=backend)
+    y2, h2, c2, saved2 = ops.lstm_forward(**case.fwd, backend=backend, precision="fp32")
+    assert saved.precision == saved2.precision == "fp32"
+    for a, b in zip((y, h, c) + tuple(ops.lstm_backward(saved, **case.bwd)),
+                    (y2, h2, c2) + tuple(ops.lstm_backward(saved2, **case.bwd))):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -77,6 +77,13 @@ KernelPath path_of(const std::string& kernel) {
   throw py::value_error("kernel_path: expected 'auto', 'simt' or 'persistent', got '" + kernel + "'");
 }
 
+Precision precision_of(const std::string& p) {
+  if (p == "fp32") return Precision::kFp32;
+  if (p == "tf32") return Precision::kTf32;
+  if (p == "bf16") return Precision::kBf16;
+  throw py::value_error("precision: expected 'fp32', 'tf32' or 'bf16', got '" + p + "'");
+}
+
 bool is_double(const std::string& dtype) {
   if (dtype == "float32") return false;
   if (dtype == "float64") return true;
@@ -206,10 +213,12 @@ PYBIND11_MODULE(_cuda, m) {
       [](const std::string& dtype, const std::vector<int64_t>& dims, std::uintptr_t x, std::uintptr_t kernel,
          std::uintptr_t rk, std::uintptr_t bias, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t lengths,
          bool reverse, std::uintptr_t y, std::uintptr_t h_n, std::uintptr_t c_n, std::uintptr_t gates,
-         std::uintptr_t cells, int device, std::uintptr_t stream, const std::string& kernel_path) {
+         std::uintptr_t cells, int device, std::uintptr_t stream, const std::string& kernel_path,
+         const std::string& precision) {
         const fastlstm::Dims d = dims_of(dims);
         RunOptions opt;
         opt.path = path_of(kernel_path);
+        opt.precision = precision_of(precision);
         if (is_double(dtype))
           return run_forward<double>(opt, d, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells,
                                      device, stream);
@@ -219,9 +228,10 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("dtype"), py::arg("dims"), py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"),
       py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
       py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("device"), py::arg("stream"),
-      py::arg("kernel_path") = "auto",
+      py::arg("kernel_path") = "auto", py::arg("precision") = "fp32",
       "LSTM forward on device pointers (0 = none); asynchronous on `stream`. kernel_path: 'auto' (persistent when "
-      "it fits, else simt), 'simt' or 'persistent' (RuntimeError when it cannot run). Returns a description of "
+      "it fits, else simt), 'simt' or 'persistent' (RuntimeError when it cannot run). precision: 'fp32', or "
+      "'tf32' / 'bf16' (float32 only, sm_80+: the input projection on tensor cores). Returns a description of "
       "the recurrent kernel that ran.");
 
   m.def(
@@ -230,10 +240,12 @@ PYBIND11_MODULE(_cuda, m) {
          std::uintptr_t rk, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t lengths, bool reverse,
          std::uintptr_t gates, std::uintptr_t cells, std::uintptr_t dy, std::uintptr_t dh_n, std::uintptr_t dc_n,
          std::uintptr_t dx, std::uintptr_t dh0, std::uintptr_t dc0, std::uintptr_t dkernel, std::uintptr_t drk,
-         std::uintptr_t dbias, int device, std::uintptr_t stream, const std::string& kernel_path) {
+         std::uintptr_t dbias, int device, std::uintptr_t stream, const std::string& kernel_path,
+         const std::string& precision) {
         const fastlstm::Dims d = dims_of(dims);
         RunOptions opt;
         opt.path = path_of(kernel_path);
+        opt.precision = precision_of(precision);
         if (is_double(dtype))
           return run_backward<double>(opt, d, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n,
                                       dx, dh0, dc0, dkernel, drk, dbias, device, stream);
@@ -244,7 +256,25 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("gates"), py::arg("cells"),
       py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"),
       py::arg("dkernel"), py::arg("drecurrent_kernel"), py::arg("dbias"), py::arg("device"), py::arg("stream"),
-      py::arg("kernel_path") = "auto",
-      "LSTM backward on device pointers (0 = none); asynchronous on `stream`. kernel_path: as for forward. Returns a "
-      "description of the recurrent kernel that ran.");
+      py::arg("kernel_path") = "auto", py::arg("precision") = "fp32",
+      "LSTM backward on device pointers (0 = none); asynchronous on `stream`. kernel_path, precision: as for "
+      "forward (tf32 / bf16: the weight-gradient and dx products on tensor cores). Returns a description of the "
+      "recurrent kernel that ran.");
+
+  m.def(
+      "matmul",
+      [](const std::string& precision, int64_t M, int64_t N, int64_t K, std::uintptr_t a, int64_t sam, int64_t sak,
+         std::uintptr_t b, int64_t sbk, int64_t sbn, std::uintptr_t bias, std::uintptr_t c, int64_t ldc, int device,
+         std::uintptr_t stream) {
+        const Precision p = precision_of(precision);
+        py::gil_scoped_release release;
+        return matmul(p, M, N, K, cptr<float>(a), sam, sak, cptr<float>(b), sbk, sbn, cptr<float>(bias),
+                      mptr<float>(c), ldc, device, stream);
+      },
+      py::arg("precision"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("sam"), py::arg("sak"),
+      py::arg("b"), py::arg("sbk"), py::arg("sbn"), py::arg("bias"), py::arg("c"), py::arg("ldc"), py::arg("device"),
+      py::arg("stream"),
+      "For tests: C (M x N, leading dimension ldc) = A . B (+ bias) in float32 on device pointers, A(m, k) = "
+      "a[m*sam + k*sak], B(k, n) = b[k*sbk + n*sbn], by the LSTM's GEMM in `precision` ('fp32': the SIMT GEMM; "
+      "'tf32' / 'bf16': the tensor-core GEMM). Returns a description of the kernel.");
 }

@@ -73,9 +73,26 @@ void empty_cache(int device);
 // Error saying why they cannot run.
 enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2 };
 
+// Precision of the large matrix products (the input projection x . kernel and, in backward,
+// x^T . dz, h_prev^T . dz and dz . kernel^T). kFp32: the fp32 SIMT GEMM (the exact default).
+// kTf32 / kBf16 (float32 only, sm_80+): tensor cores (wmma) with the operands rounded to tf32
+// (cvt.rna.tf32.f32) or converted to bf16 (round to nearest even) while they are staged in shared
+// memory, float32 accumulation. The recurrent products, the gate math, the cell state and dbias
+// stay float32 in every mode.
+enum class Precision { kFp32 = 0, kTf32 = 1, kBf16 = 2 };
+
 struct RunOptions {
   KernelPath path = KernelPath::kAuto;
+  Precision precision = Precision::kFp32;
 };
+
+// For tests: C (M x N, leading dimension ldc) = A . B (+ bias[n]) on device pointers, with
+// A(m, k) = A[m * sam + k * sak], B(k, n) = B[k * sbk + n * sbn], by the GEMM the LSTM uses in
+// `precision` (kFp32: the SIMT GEMM; kTf32 / kBf16: the tensor-core GEMM). Returns a
+// description of the kernel that ran.
+std::string matmul(Precision precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
+                   const float* B, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc, int device,
+                   std::uintptr_t stream);
 
 // Both return a one-line description of the recurrent kernel that ran (for cuda_info()).
 template <typename Real>

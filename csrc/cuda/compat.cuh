@@ -11,9 +11,11 @@
 #include "cuda/api.h"
 
 #if defined(FASTLSTM_CUDA_EMU)
-#include "cuda/emu/emu.h"
+#include "cuda/emu/emu.h"  // with its wmma / bf16 subset (emu/emu_wmma.h)
 #else
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #endif
 
 namespace fastlstm {
@@ -49,6 +51,16 @@ inline void check(cudaError_t err, const char* call, const char* file, int line)
     kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__);     \
     FL_CHECK(cudaGetLastError());                              \
   } while (0)
+#endif
+
+// fl_syncwarp(): orders the shared-memory accesses of a warp's threads (the tensor-core GEMM's
+// epilogue scratch). __syncwarp() on the GPU; in the emulator a block barrier, which is only
+// correct where every warp of the block calls it equally often (as the GEMM's epilogue does)
+// and is stronger than the GPU's (a warp-level race could not show there).
+#if defined(FASTLSTM_CUDA_EMU)
+#define fl_syncwarp() __syncthreads()
+#else
+#define fl_syncwarp() __syncwarp()
 #endif
 
 // ---- what the cooperative (persistent) kernels need ---------------------------------------

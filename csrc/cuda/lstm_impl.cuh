@@ -521,10 +521,43 @@ void copy_or_zero(Real* dst, const Real* src, int64_t n, cudaStream_t stream) {
 }  // namespace fastlstm
 
 #include "cuda/persistent.cuh"
+#include "cuda/tensor_gemm.cuh"
 
 namespace fastlstm {
 namespace cuda {
 namespace impl {
+
+// The large products in the call's precision: the fp32 SIMT GEMM (fp32, and always for
+// double), or the tensor-core GEMM (tf32 / bf16, float only; check_precision ran first).
+template <typename Real>
+void gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+             int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+  if constexpr (std::is_same<Real, float>::value) {
+    if (p != Precision::kFp32) {
+      tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+      return;
+    }
+  }
+  gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+}
+
+// Throws when the precision cannot run: tf32 / bf16 take float32 data and compute capability 8.0+.
+template <typename Real>
+void check_precision(Precision p, int device) {
+  if (p == Precision::kFp32) return;
+  if (p != Precision::kTf32 && p != Precision::kBf16) throw Error("precision: unknown value");
+  if (!std::is_same<Real, float>::value)
+    throw Error(std::string("precision '") + tc::precision_name(p) +
+                "' takes float32 data (tensor cores with float32 accumulation); float64 runs in 'fp32' only");
+  tc::require_tensor_cores(p, device);
+}
+
+// What the description of a call adds for its precision ("" for fp32).
+inline std::string precision_note(Precision p) {
+  if (p == Precision::kFp32) return "";
+  return std::string("; GEMMs: ") + tc::precision_name(p) +
+         " tensor cores (wmma, float32 accumulation), recurrent product fp32";
+}
 
 template <typename Real, int BB>
 void forward_steps(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real* hbuf1, cudaStream_t stream) {
@@ -544,6 +577,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   check_dims(a.dims);
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
+  check_precision<Real>(opt.precision, device);
   need(a.x, TB * I, "x", device);
   need(a.kernel, I * G, "kernel", device);
   need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
@@ -576,7 +610,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   copy_or_zero(h0buf, a.h0, B * H, stream);
   copy_or_zero(a.c_n, a.c0, B * H, stream);  // c_n is the running cell state
   // P = x . kernel + bias for all T * B rows
-  gemm<Real>(TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
+  gemm_in<Real>(opt.precision, TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
   std::string ran = "none (no time steps or no batch rows)";
   if (B * H > 0 && T > 0) {
     persistent::Plan pl;
@@ -605,7 +639,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0)
     FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
                              cudaMemcpyDeviceToDevice, stream));
-  return ran;
+  return ran + precision_note(opt.precision);
 }
 
 template <typename Real, int BB>
@@ -628,6 +662,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   check_dims(a.dims);
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
+  check_precision<Real>(opt.precision, device);
   need(a.x, TB * I, "x", device);
   need(a.kernel, I * G, "kernel", device);
   need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
@@ -698,13 +733,32 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
     x_valid = xm.get();
   }
   // dkernel (I, 4H) = x^T . dz       A(i, r) = x[r * I + i]
-  gemm<Real>(I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
+  // (tf32 / bf16: on the tensor cores, the operands rounded while staged; dbias stays fp32)
+  const Precision pr = opt.precision;
+  gemm_in<Real>(pr, I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
   // drecurrent (H, 4H) = h_prev^T . dz
-  gemm<Real>(H, G, TB, hprev.get(), 1, H, dz.get(), G, 1, nullptr, a.drecurrent_kernel, G, stream);
+  gemm_in<Real>(pr, H, G, TB, hprev.get(), 1, H, dz.get(), G, 1, nullptr, a.drecurrent_kernel, G, stream);
   // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
-  gemm<Real>(TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
+  gemm_in<Real>(pr, TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
   if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
-  return ran;
+  return ran + precision_note(pr);
+}
+
+// matmul() of api.h (tests): the LSTM's GEMM in precision p on device pointers (Real = float;
+// a template so that it compiles only where it is used).
+template <typename Real>
+std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
+                        const Real* Bm, int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, int device,
+                        cudaStream_t stream) {
+  check_precision<Real>(p, device);
+  if (M < 0 || N < 0 || K < 0 || ldc < N) throw Error("matmul: bad dimensions");
+  need(A, M * K, "A", device);
+  need(Bm, K * N, "B", device);
+  maybe(bias, N, "bias", device);
+  need(C, M * N, "C", device);
+  gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  return p == Precision::kFp32 ? "simt gemm (fp32)"
+                               : std::string("tensor-core gemm (") + tc::precision_name(p) + ", wmma)";
 }
 
 }  // namespace impl

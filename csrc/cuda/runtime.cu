@@ -119,8 +119,10 @@ int current_device() {
 }
 
 std::string kernel_variant() {
-  return "simt-v1 + persistent-v1: fp32/fp64 CUDA cores (no tensor cores, no cuBLAS/cuDNN); input projection and "
-         "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread); recurrence by "
+  return "simt-v1 + persistent-v1 + tc-gemm-v1: fp32/fp64 CUDA cores (no cuBLAS/cuDNN); input projection and "
+         "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread), or with precision "
+         "tf32/bf16 (float32 only) by a tensor-core GEMM (wmma, 128x128 tile, operands rounded while staged, float32 "
+         "accumulation); recurrence (always fp32/fp64) by "
          "persistent kernels when they fit (one cooperative launch for all T steps, each block's slice of the "
          "recurrent weights resident in shared memory, one grid barrier per step, forward and backward), else "
          "per step one fused kernel (8 units x 4 gates x 4|16 batch rows per block, k split 8 ways, fixed-tree "

@@ -714,19 +714,28 @@ def run(options):
 
 GPU_CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512), (100, 64, 512, 512),
                (100, 64, 1024, 1024), (100, 256, 1024, 1024), (1000, 32, 256, 256)]
-GPU_FWD_TOL = 1e-4   # fastlstm fp32 vs cuDNN strict fp32 (two summation orders); max over y, h_n, c_n
+GPU_FWD_TOL = 1e-4   # fastlstm fp32 vs the float64 reference; max over y, h_n, c_n
 GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
-GPU_PATHS = ("auto", "simt")          # fastlstm kernel paths timed ("auto": persistent where it fits)
+# fastlstm tf32 / bf16 vs the float64 reference (sanity bounds; the tests' bounds are tighter,
+# tests/test_cuda.py: outputs 2u, gradients 4-5u with u = 2^-11 / 2^-9)
+GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2)}
+# fastlstm variants timed: (name, kernel path, precision). "auto": persistent where it fits.
+GPU_VARIANTS = (("auto", "auto", "fp32"), ("simt", "simt", "fp32"), ("tf32", "auto", "tf32"),
+                ("bf16", "auto", "bf16"))
+GPU_PATHS = ("auto", "simt")          # (kept for callers) the fp32 kernel paths
 CUDNN_MODES = ("fp32", "tf32", "bf16")
+# which cuDNN mode each fastlstm variant is compared with
+VARIANT_CUDNN = {"auto": "fp32", "simt": "fp32", "tf32": "tf32", "bf16": "bf16"}
 
 
 def _cudnn_fp32(torch, strict):
-    """strict=True: cuDNN RNNs in IEEE fp32; False: TF32 allowed (PyTorch's default for cuDNN)."""
+    """strict=True: cuDNN RNNs and matmuls in IEEE fp32; False: TF32 allowed
+    (torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32, PyTorch's default for cuDNN)."""
     rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
     if rnn is not None:
         torch.backends.cudnn.rnn.fp32_precision = "ieee" if strict else "tf32"
-    else:
-        torch.backends.cudnn.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+    torch.backends.cuda.matmul.allow_tf32 = not strict
 
 
 def _gpu_rel(a, b):
@@ -769,7 +778,6 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
     dy = torch.randn(T, B, H, device=dev)
     dh_n = torch.randn(1, B, H, device=dev)
     dc_n = torch.randn(1, B, H, device=dev)
-    params = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
     with torch.no_grad():
         weights = dict(kernel=lstm.weight_ih_l0.t().contiguous(),        # (I, 4H), gates i, f, g, o
                        recurrent_kernel=lstm.weight_hh_l0.t().contiguous(),  # (H, 4H)
@@ -778,14 +786,17 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
         x=x, h0=h0[0].contiguous(), c0=c0[0].contiguous(), dy=dy, dh_n=dh_n[0].contiguous(),
         dc_n=dc_n[0].contiguous(), **weights).items()}
     torch.cuda.synchronize()
-    cpu = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     out = dict(config=list(cfg))
 
-    # ---- cuDNN in each mode: outputs and gradients (fp32 strict is the reference here)
-    models = {"fp32": lstm, "tf32": lstm, "bf16": copy.deepcopy(lstm).to(torch.bfloat16)}
-    cast = {"fp32": lambda t: t, "tf32": lambda t: t, "bf16": lambda t: t.to(torch.bfloat16)}
+    # ---- the float64 reference (torch.nn.LSTM in double on the same inputs) and cuDNN in each
+    # mode: outputs and gradients
+    models = {"fp32": lstm, "tf32": lstm, "bf16": copy.deepcopy(lstm).to(torch.bfloat16),
+              "fp64": copy.deepcopy(lstm).double()}
+    cast = {"fp32": lambda t: t, "tf32": lambda t: t, "bf16": lambda t: t.to(torch.bfloat16),
+            "fp64": lambda t: t.double()}
     ref = {}
-    for mode in CUDNN_MODES:
+    for mode in ("fp64",) + CUDNN_MODES:
         _cudnn_fp32(torch, strict=mode != "tf32")
         model = models[mode]
         xg, h0g, c0g = (cast[mode](t).detach().clone().requires_grad_(True) for t in (x, h0, c0))
@@ -793,34 +804,38 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
         mparams = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
         g = torch.autograd.grad([y_t, hn_t, cn_t], [xg, h0g, c0g] + mparams,
                                 [cast[mode](dy), cast[mode](dh_n), cast[mode](dc_n)])
+        # dbias: the two bias gradients are equal (b_ih + b_hh enter the same sum)
         ref[mode] = dict(y=cpu(y_t), h_n=cpu(hn_t[0]), c_n=cpu(cn_t[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]),
                          dc0=cpu(g[2][0]), dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
         del y_t, hn_t, cn_t, g
-    r32 = ref["fp32"]
+    _cudnn_fp32(torch, strict=True)
+    del models["fp64"]
+    r64 = ref.pop("fp64")
 
     def errors(got):
-        fwd = max(_gpu_rel(got[k], r32[k]) for k in ("y", "h_n", "c_n"))
-        grad = max(_gpu_rel(got[k], r32[k]) for k in ("dx", "dh0", "dc0", "dk", "dr", "db"))
+        fwd = max(_gpu_rel(got[k], r64[k]) for k in ("y", "h_n", "c_n"))
+        grad = max(_gpu_rel(got[k], r64[k]) for k in ("dx", "dh0", "dc0", "dk", "dr", "db"))
         return fwd, grad
 
-    for mode in ("tf32", "bf16"):
+    for mode in CUDNN_MODES:
         out[f"cudnn_{mode}_err_fwd"], out[f"cudnn_{mode}_err_grad"] = errors(ref[mode])
+    del ref
 
-    # ---- fastlstm, each kernel path: check against cuDNN fp32, then time
-    def f_fwd():
-        ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
-                         training=False, backend="cuda")
-
-    def f_fwdbwd():
-        saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
-                                 training=True, backend="cuda")[3]
-        ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
-
+    # ---- fastlstm, each variant: check against the float64 reference, then time
     ok = True
-    for path in GPU_PATHS:
+    for name, path, precision in GPU_VARIANTS:
+        def f_fwd():
+            ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
+                             training=False, backend="cuda", precision=precision)
+
+        def f_fwdbwd():
+            saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
+                                     training=True, backend="cuda", precision=precision)[3]
+            ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
+
         with fcuda.use_kernel_path(path):
             y, hn, cn, saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"],
-                                                c["c0"], backend="cuda")
+                                                c["c0"], backend="cuda", precision=precision)
             grads = ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
             torch.cuda.synchronize()
             info = fcuda.info()
@@ -828,15 +843,18 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
                            [a.get() for a in (y, hn, cn) + tuple(grads)]))
             del y, hn, cn, saved, grads
             e_fwd, e_grad = errors(got)
-            out[f"{path}_err_fwd"], out[f"{path}_err_grad"] = e_fwd, e_grad
-            ok = ok and e_fwd <= GPU_FWD_TOL and e_grad <= GPU_GRAD_TOL
-            out[f"{path}_kernels"] = [info["last_forward"], info["last_backward"]]
-            out[f"{path}_fwd"], out[f"n_{path}_fwd"] = _gpu_time_ms(torch, f_fwd, args.warmup, args.reps, args.budget)
-            out[f"{path}_fwdbwd"], out[f"n_{path}_fwdbwd"] = _gpu_time_ms(torch, f_fwdbwd, args.warmup, args.reps,
-                                                                          args.budget)
+            out[f"{name}_err_fwd"], out[f"{name}_err_grad"] = e_fwd, e_grad
+            tol_fwd, tol_grad = (GPU_FWD_TOL, GPU_GRAD_TOL) if precision == "fp32" else GPU_PREC_TOL[precision]
+            ok = ok and e_fwd <= tol_fwd and e_grad <= tol_grad
+            out[f"{name}_kernels"] = [info["last_forward"], info["last_backward"]]
+            out[f"{name}_fwd"], out[f"n_{name}_fwd"] = _gpu_time_ms(torch, f_fwd, args.warmup, args.reps,
+                                                                    args.budget)
+            out[f"{name}_fwdbwd"], out[f"n_{name}_fwdbwd"] = _gpu_time_ms(torch, f_fwdbwd, args.warmup,
+                                                                          args.reps, args.budget)
     out["ok"] = bool(ok)
 
-    # ---- cuDNN timings, each mode
+    # ---- cuDNN timings, each mode (tf32: TF32 allowed for cuDNN and matmuls; bf16: module and
+    # inputs in bfloat16)
     for mode in CUDNN_MODES:
         _cudnn_fp32(torch, strict=mode != "tf32")
         model = models[mode]
@@ -855,7 +873,6 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
         out[f"cudnn_{mode}_fwd"], _ = _gpu_time_ms(torch, t_fwd, args.warmup, args.reps, args.budget)
         out[f"cudnn_{mode}_fwdbwd"], _ = _gpu_time_ms(torch, t_fwdbwd, args.warmup, args.reps, args.budget)
     _cudnn_fp32(torch, strict=True)
-    del params
     return out
 
 
@@ -866,45 +883,52 @@ def _short_kernel(description):
 def format_gpu_table(results, header):
     lines = [header, ""]
     for mode, label in (("fwd", "forward (inference)"), ("fwdbwd", "forward + backward")):
-        lines += [f"### {label}", "",
-                  "| T, B, I, H | fastlstm auto ms (kernel) | fastlstm simt ms | cuDNN fp32 ms | cuDNN tf32 ms "
-                  "| cuDNN bf16 ms | speedup auto vs fp32 / tf32 / bf16 | speedup simt vs fp32 |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"### {label}: milliseconds (speedup = cuDNN / fastlstm in the same precision)", "",
+                  "| T, B, I, H | fastlstm fp32 auto (kernel) | fastlstm fp32 simt | cuDNN fp32 | speedup auto / simt "
+                  "| fastlstm tf32 | cuDNN tf32 | speedup tf32 | fastlstm bf16 | cuDNN bf16 | speedup bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             cfg = ", ".join(str(v) for v in r["config"])
             if "error" in r:
-                lines.append(f"| {cfg} | {r['error'][:100]} | | | | | | |")
+                lines.append(f"| {cfg} | {r['error'][:100]} | | | | | | | | | |")
                 continue
             k = _short_kernel(r["auto_kernels"][0 if mode == "fwd" else 1])
-            a, sm = r[f"auto_{mode}"], r[f"simt_{mode}"]
+            a, sm, t32, b16 = (r[f"{v}_{mode}"] for v in ("auto", "simt", "tf32", "bf16"))
             c32, ctf, cbf = (r[f"cudnn_{m}_{mode}"] for m in CUDNN_MODES)
-            lines.append(f"| {cfg} | {a:.3f} ({k}, n={r[f'n_auto_{mode}']}) | {sm:.3f} | {c32:.3f} | {ctf:.3f} | "
-                         f"{cbf:.3f} | {c32 / a:.2f}x / {ctf / a:.2f}x / {cbf / a:.2f}x | {c32 / sm:.2f}x |")
+            lines.append(f"| {cfg} | {a:.3f} ({k}, n={r[f'n_auto_{mode}']}) | {sm:.3f} | {c32:.3f} | "
+                         f"{c32 / a:.2f}x / {c32 / sm:.2f}x | {t32:.3f} | {ctf:.3f} | {ctf / t32:.2f}x | "
+                         f"{b16:.3f} | {cbf:.3f} | {cbf / b16:.2f}x |")
         lines.append("")
-    lines += ["### errors (relative Frobenius norm against cuDNN strict fp32; max over y, h_n, c_n | "
-              "over the six gradients)", "",
-              "| T, B, I, H | fastlstm auto | fastlstm simt | cuDNN tf32 | cuDNN bf16 | check |",
-              "|---|---|---|---|---|---|"]
+    lines += ["### errors against the float64 reference (torch.nn.LSTM in double; relative Frobenius norm, "
+              "max over y, h_n, c_n / over the six gradients)", "",
+              "| T, B, I, H | fastlstm fp32 auto | fastlstm fp32 simt | fastlstm tf32 | fastlstm bf16 | cuDNN fp32 "
+              "| cuDNN tf32 | cuDNN bf16 | check |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             continue
         cfg = ", ".join(str(v) for v in r["config"])
         cell = lambda p: f"{r[p + '_err_fwd']:.1e} / {r[p + '_err_grad']:.1e}"  # noqa: E731
-        lines.append(f"| {cfg} | {cell('auto')} | {cell('simt')} | {cell('cudnn_tf32')} | {cell('cudnn_bf16')} | "
+        lines.append(f"| {cfg} | {cell('auto')} | {cell('simt')} | {cell('tf32')} | {cell('bf16')} | "
+                     f"{cell('cudnn_fp32')} | {cell('cudnn_tf32')} | {cell('cudnn_bf16')} | "
                      f"{'ok' if r['ok'] else 'MISMATCH'} |")
-    lines += ["", "speedup = cuDNN time / fastlstm time (above 1: fastlstm faster). Medians of CUDA-event "
-              "timings; n = runs measured. fastlstm computes in fp32 (no precision option yet); 'auto' "
-              "runs the persistent kernels where they fit (the kernel column says which ran), 'simt' "
-              "the per-step kernels. check: fastlstm within %g (outputs) / %g (gradients) of cuDNN fp32."
-              % (GPU_FWD_TOL, GPU_GRAD_TOL)]
+    lines += ["", "speedup = cuDNN time / fastlstm time in the same precision (above 1: fastlstm faster). Medians "
+              "of CUDA-event timings; n = runs measured. fastlstm fp32: 'auto' runs the persistent kernels where "
+              "they fit (the kernel column says which ran), 'simt' the per-step kernels; fastlstm tf32 / bf16 "
+              "(precision=, kernel path auto): the input projection and the weight-gradient and dx products on "
+              "tensor cores, the recurrence in fp32. cuDNN tf32: TF32 allowed (cudnn and matmul); cuDNN bf16: "
+              "module and inputs in bfloat16. check: fastlstm fp32 within %g (outputs) / %g (gradients) of "
+              "float64, tf32 within %g / %g, bf16 within %g / %g."
+              % (GPU_FWD_TOL, GPU_GRAD_TOL, *GPU_PREC_TOL["tf32"], *GPU_PREC_TOL["bf16"])]
     return "\n".join(lines)
 
 
 def cuda_main(argv=None):
     """python -m fastlstm.bench --device cuda: fastlstm's CUDA kernels against cuDNN."""
     ap = argparse.ArgumentParser(prog="python -m fastlstm.bench --device cuda",
-                                 description="fastlstm (backend='cuda', each kernel path) against "
-                                 "torch.nn.LSTM / cuDNN in fp32, tf32 and bf16 on the same GPU.")
+                                 description="fastlstm (backend='cuda': fp32 on each kernel path, tf32, bf16) "
+                                 "against torch.nn.LSTM / cuDNN in fp32, tf32 and bf16 on the same GPU, with "
+                                 "errors against a float64 reference.")
     ap.add_argument("--device", choices=("cuda",), default="cuda")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)

@@ -17,6 +17,11 @@ or the environment variable ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and b
 "persistent" raises RuntimeError where it cannot run); ``cuda_info()["last_forward"]`` and
 ``["last_backward"]`` say which kernels the last call ran.
 
+Precision (``ops.lstm_forward(..., precision=)``): "fp32" (default), or with float32 inputs
+"tf32" / "bf16": the input projection and the backward's weight-gradient and dx products on
+tensor cores (operands rounded to tf32 / bf16, float32 accumulation; compute capability 8.0+);
+the recurrence stays float32. ``cuda_info()["last_forward"]`` then names the precision.
+
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.
 """
@@ -285,9 +290,10 @@ def device_mode(values):
     return any(is_device_array(v) for v in values)
 
 
-def forward(normalize, raw, names):
+def forward(normalize, raw, names, precision="fp32"):
     """Run the forward. raw: the arguments x ... lengths as given (dict by name); names: the
-    array arguments' names. Returns ((y, h_n, c_n), fields of LSTMSaved or None)."""
+    array arguments' names; precision: "fp32", "tf32" or "bf16" (checked by ops). Returns
+    ((y, h_n, c_n), fields of LSTMSaved or None)."""
     ext = require()
     if device_mode(raw.values()):
         cp = _cupy()
@@ -298,14 +304,14 @@ def forward(normalize, raw, names):
         with cp.cuda.Device(device):
             args = normalize(cp, converted)
             _same_device(args, device, names)
-            outs, inputs, payload = _forward_device(ext, cp, args, device)
+            outs, inputs, payload = _forward_device(ext, cp, args, device, precision)
     else:
         args = normalize(np, raw)
-        outs, inputs, payload = _forward_host(ext, args)
+        outs, inputs, payload = _forward_host(ext, args, precision)
     if payload is None:
         return outs, None
     fields = dict(dtype=args["x"].dtype, dims=_dims(args), has_bias=args["bias"] is not None,
-                  reverse=args["reverse"], payload=payload, **inputs)
+                  reverse=args["reverse"], payload=payload, precision=precision, **inputs)
     return outs, fields
 
 
@@ -323,7 +329,7 @@ def _dims(args):
     return T, B, I, H
 
 
-def _forward_host(ext, a):
+def _forward_host(ext, a, precision):
     device = ext.current_device()
     T, B, I, H = dims = _dims(a)
     dtype = a["x"].dtype
@@ -340,12 +346,12 @@ def _forward_host(ext, a):
         dtype.name, dims, _ptr(up["x"]), _ptr(up["kernel"]), _ptr(up["recurrent_kernel"]),
         _ptr(up["bias"]), _ptr(up["h0"]), _ptr(up["c0"]), _ptr(up["lengths"]), a["reverse"],
         _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, 0,
-        kernel_path=kernel_path())
+        kernel_path=kernel_path(), precision=precision)
     outs = (y.get(), h_n.get(), c_n.get())  # get() synchronises and raises on a CUDA error
     return outs, up, (CudaPayload(gates, cells, device, "host") if a["training"] else None)
 
 
-def _forward_device(ext, cp, a, device):
+def _forward_device(ext, cp, a, device, precision):
     T, B, I, H = dims = _dims(a)
     dtype = a["x"].dtype
     lengths = None if a["lengths"] is None else cp.asarray(a["lengths"], dtype=cp.int64)
@@ -361,7 +367,7 @@ def _forward_device(ext, cp, a, device):
         dtype.name, dims, _ptr(a["x"]), _ptr(a["kernel"]), _ptr(a["recurrent_kernel"]),
         _ptr(a["bias"]), _ptr(a["h0"]), _ptr(a["c0"]), _ptr(lengths), a["reverse"],
         _ptr(y), _ptr(h_n), _ptr(c_n), _ptr(gates), _ptr(cells), device, stream,
-        kernel_path=kernel_path())
+        kernel_path=kernel_path(), precision=precision)
     inputs = {k: a[k] for k in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")}
     inputs["lengths"] = lengths
     return (y, h_n, c_n), inputs, (CudaPayload(gates, cells, device, "device") if a["training"] else None)
@@ -408,7 +414,8 @@ def _backward_run(ext, saved, g, empty, device, stream):
         _ptr(saved.recurrent_kernel), _ptr(saved.h0), _ptr(saved.c0), _ptr(saved.lengths),
         saved.reverse, _ptr(payload.gates), _ptr(payload.cells), _ptr(g["dy"]),
         _ptr(g["dh_n"]), _ptr(g["dc_n"]), _ptr(dx), _ptr(dh0), _ptr(dc0), _ptr(dkernel),
-        _ptr(drk), _ptr(dbias), device, stream, kernel_path=kernel_path())
+        _ptr(drk), _ptr(dbias), device, stream, kernel_path=kernel_path(),
+        precision=saved.precision)
     return dx, dh0, dc0, dkernel, drk, dbias
 
 

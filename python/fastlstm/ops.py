@@ -2,7 +2,7 @@
 
     y, h_n, c_n, saved = lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None,
                                       lengths=None, reverse=False, training=True, backend="auto",
-                                      packed=None)
+                                      packed=None, precision="fp32")
     dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None)
     packed = pack_weights(kernel, recurrent_kernel)   # reuse across forwards (CPU backend)
 
@@ -19,6 +19,14 @@ Backends: "cpu" (the fused C++ kernels), "numpy" (fastlstm.reference), "auto" (=
 is False). On "cuda", NumPy inputs are copied to the device and the results come back as
 NumPy arrays; device arrays (CuPy, __cuda_array_interface__, CUDA DLPack) need CuPy and give
 CuPy arrays on their device, computed on CuPy's current stream. See fastlstm.cuda.
+
+precision: "fp32" (default: every product in the inputs' dtype, exactly as before), or, on
+backend "cuda" with float32 inputs only, "tf32" / "bf16": the input projection x . kernel and
+the weight-gradient and dx products of lstm_backward run on tensor cores with their operands
+rounded to tf32 (10 mantissa bits) or bf16 (7 bits) and float32 accumulation; the recurrent
+product, the gate math and the cell state stay float32. Expect relative errors against a
+float64 reference near 1e-3 (tf32) and 1e-2 (bf16) instead of ~1e-6. The saved object keeps
+the precision, so lstm_backward uses the forward's.
 """
 
 import numpy as np
@@ -27,12 +35,13 @@ from . import _core, reference
 from . import cuda as _cuda
 
 __all__ = ["lstm_forward", "lstm_backward", "pack_weights", "PackedWeights", "LSTMSaved",
-           "BACKENDS"]
+           "BACKENDS", "PRECISIONS"]
 
 # kernel and recurrent_kernel packed by pack_weights(); opaque (attributes isa, I, H, dtype).
 PackedWeights = _core.PackedWeights
 
 BACKENDS = ("auto", "cpu", "numpy", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -45,7 +54,7 @@ class LSTMSaved:
     """
 
     __slots__ = ("backend", "dtype", "dims", "x", "kernel", "recurrent_kernel", "has_bias",
-                 "h0", "c0", "lengths", "reverse", "payload")
+                 "h0", "c0", "lengths", "reverse", "payload", "precision")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -53,8 +62,9 @@ class LSTMSaved:
 
     def __repr__(self):
         T, B, I, H = self.dims
+        extra = "" if self.precision == "fp32" else f", precision={self.precision!r}"
         return (f"LSTMSaved(backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
-                f"dtype={self.dtype}, reverse={self.reverse})")
+                f"dtype={self.dtype}, reverse={self.reverse}{extra})")
 
 
 def _shape_str(shape):
@@ -113,6 +123,24 @@ def _resolve_backend(backend):
     if backend == "cuda":
         _cuda.require()  # RuntimeError naming the reason when CUDA cannot run here
     return "cpu" if backend == "auto" else backend
+
+
+def _check_precision(precision, backend):
+    """precision (one of PRECISIONS); anything but "fp32" needs backend "cuda"."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision != "fp32" and backend != "cuda":
+        raise ValueError(f"precision={precision!r} needs backend=\"cuda\" (tensor cores) and float32 "
+                         f"inputs; backend {backend!r} computes in the inputs' dtype only: use "
+                         f"precision=\"fp32\"")
+    return precision
+
+
+def _check_precision_dtype(precision, dtype):
+    if precision != "fp32" and dtype != np.float32:
+        raise ValueError(f"precision={precision!r} takes float32 inputs (tensor cores with float32 "
+                         f"accumulation), got {np.dtype(dtype).name}; use precision=\"fp32\" for "
+                         f"{np.dtype(dtype).name}")
 
 
 def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training):
@@ -177,7 +205,7 @@ def _check_packed(packed, I, H, dtype):
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengths=None,
-                 reverse=False, training=True, backend="auto", packed=None):
+                 reverse=False, training=True, backend="auto", packed=None, precision="fp32"):
     """Run an LSTM over x. Returns (y, h_n, c_n, saved); saved is None when training=False.
 
     x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,) or None;
@@ -186,14 +214,26 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     packed: None, or pack_weights(kernel, recurrent_kernel) made from these same values
     (not checked; with stale packed weights the result is unspecified, as short calls read
     the arrays directly); used by the "cpu" backend, ignored by the others.
+    precision: "fp32" (default), or "tf32" / "bf16" on backend "cuda" with float32 inputs
+    (tensor-core input projection and weight/input gradients; see the module docstring);
+    anything else is a ValueError.
     """
+    _check_precision(precision, "cuda")  # the value first: ValueError listing the allowed ones
+    backend_given = backend
     backend = _resolve_backend(backend)
+    _check_precision(precision, backend_given)
     if backend == "cuda":
         raw = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=h0,
                    c0=c0, lengths=lengths)
+
+        def normalize(xp, r):
+            args = _normalize_forward(xp, **r, reverse=reverse, training=training)
+            _check_precision_dtype(precision, args["x"].dtype)
+            return args
+
         (y, h_n, c_n), fields = _cuda.forward(
-            lambda xp, r: _normalize_forward(xp, **r, reverse=reverse, training=training),
-            raw, names=("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"))
+            normalize, raw, names=("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"),
+            precision=precision)
         if fields is None:
             return y, h_n, c_n, None
         return y, h_n, c_n, LSTMSaved(backend="cuda", **fields)
@@ -218,7 +258,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
         return y, h_n, c_n, None
     saved = LSTMSaved(backend=backend, dtype=dtype, dims=(T, B, I, H), x=x, kernel=kernel,
                       recurrent_kernel=recurrent_kernel, has_bias=bias is not None, h0=h0, c0=c0,
-                      lengths=lengths, reverse=reverse, payload=payload)
+                      lengths=lengths, reverse=reverse, payload=payload, precision="fp32")
     return y, h_n, c_n, saved
 
 
@@ -228,6 +268,7 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None):
     dy (T, B, H) or None; dh_n, dc_n (B, H) or None (zero). Returns
     (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None when the forward had
     no bias. dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
+    The products run in the forward's precision (saved.precision).
     """
     if saved is None:
         raise ValueError("saved: got None; the forward ran with training=False, which stores "

@@ -42,6 +42,9 @@
 // NaN bytes (0xFF) at the launch, switched with the block of the fiber that runs. Static
 // __shared__ variables are NOT per block in a cooperative launch here (they are statics):
 // the cooperative kernels must use dynamic shared memory only.
+// Tensor cores (precision tf32 / bf16): emu_wmma.h emulates the wmma subset the GEMM of
+// tensor_gemm.cuh uses, with the operands' rounding reproduced and float32 accumulation; what it
+// cannot reproduce (the hardware MMA's internal accumulation, fragment layouts) is listed there.
 // Not modelled: the weak memory ordering of real hardware (the fibers see every store at
 // once), so missing fences or acquire/release are not found; warps (no warp primitives are
 // emulated, and the kernels use none).
@@ -98,7 +101,9 @@ enum cudaDeviceAttr {
   cudaDevAttrCooperativeLaunch = 95,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
   cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
-  cudaDevAttrMaxThreadsPerMultiProcessor = 39
+  cudaDevAttrMaxThreadsPerMultiProcessor = 39,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaMemcpyKind {
@@ -136,6 +141,7 @@ struct Device {
   int smem_per_sm = 233472;           // 228 KB
   int max_threads_per_sm = 2048;
   int cooperative = 1;
+  int cc_major = 9, cc_minor = 0;  // compute capability (the tensor-core GEMM needs 8.0)
 };
 inline Device g_device;
 // Scheduling of cooperative launches: 0 lockstep in thread order, 1 reversed, 2 seeded random
@@ -575,6 +581,8 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d.smem_per_block_optin; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = d.smem_per_sm; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = d.max_threads_per_sm; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = d.cc_major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = d.cc_minor; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -595,3 +603,5 @@ template <class T>
 inline T __ldcg(const T* p) {
   return *p;
 }
+
+#include "cuda/emu/emu_wmma.h"  // the tensor-core GEMM's wmma and bf16 subset

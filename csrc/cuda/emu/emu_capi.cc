@@ -55,7 +55,7 @@ int guarded(F&& f, char* err, int errlen) {
 template <typename Real>
 void fwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
          const void* bias, const void* h0, const void* c0, const int64_t* lengths, int reverse, void* y, void* h_n,
-         void* c_n, void* gates, void* cells, int path, std::string* ran) {
+         void* c_n, void* gates, void* cells, int path, int precision, std::string* ran) {
   ForwardArgs<Real> a;
   a.dims = Dims{T, B, I, H};
   a.x = static_cast<const Real*>(x);
@@ -73,6 +73,7 @@ void fwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* 
   a.cells = static_cast<Real*>(cells);
   cuda::RunOptions opt;
   opt.path = static_cast<cuda::KernelPath>(path);
+  opt.precision = static_cast<cuda::Precision>(precision);
   *ran = cuda::forward<Real>(a, 0, 0, opt);
 }
 
@@ -80,7 +81,7 @@ template <typename Real>
 void bwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel, const void* rk,
          const void* h0, const void* c0, const int64_t* lengths, int reverse, const void* gates, const void* cells,
          const void* dy, const void* dh_n, const void* dc_n, void* dx, void* dh0, void* dc0, void* dk, void* dr,
-         void* db, int path, std::string* ran) {
+         void* db, int path, int precision, std::string* ran) {
   BackwardArgs<Real> a;
   a.dims = Dims{T, B, I, H};
   a.x = static_cast<const Real*>(x);
@@ -103,6 +104,7 @@ void bwd(int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* 
   a.dbias = static_cast<Real*>(db);
   cuda::RunOptions opt;
   opt.path = static_cast<cuda::KernelPath>(path);
+  opt.precision = static_cast<cuda::Precision>(precision);
   *ran = cuda::backward<Real>(a, 0, 0, opt);
 }
 }  // namespace
@@ -128,6 +130,11 @@ void fl_emu_set_schedule(int mode, int64_t seed) {
   cuda::emu::g_schedule = mode;
   cuda::emu::g_schedule_seed = seed ? static_cast<uint64_t>(seed) : 1;
 }
+// The emulated device's compute capability (the tensor-core GEMM refuses devices below 8.0).
+void fl_emu_set_capability(int major, int minor) {
+  cuda::emu::g_device.cc_major = major;
+  cuda::emu::g_device.cc_minor = minor;
+}
 void fl_emu_stats(int64_t* out3) {
   out3[0] = cuda::emu::g_stats.launches;
   out3[1] = cuda::emu::g_stats.blocks;
@@ -136,17 +143,17 @@ void fl_emu_stats(int64_t* out3) {
 
 int fl_emu_forward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
                    const void* rk, const void* bias, const void* h0, const void* c0, const int64_t* lengths,
-                   int reverse, void* y, void* h_n, void* c_n, void* gates, void* cells, int path, char* ran,
-                   int ranlen, char* err, int errlen) {
+                   int reverse, void* y, void* h_n, void* c_n, void* gates, void* cells, int path, int precision,
+                   char* ran, int ranlen, char* err, int errlen) {
   std::string what;
   const int rc = guarded(
       [&] {
         if (is_double)
           fwd<double>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, path,
-                      &what);
+                      precision, &what);
         else
           fwd<float>(T, B, I, H, x, kernel, rk, bias, h0, c0, lengths, reverse, y, h_n, c_n, gates, cells, path,
-                     &what);
+                     precision, &what);
       },
       err, errlen);
   if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
@@ -156,17 +163,32 @@ int fl_emu_forward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, co
 int fl_emu_backward(int is_double, int64_t T, int64_t B, int64_t I, int64_t H, const void* x, const void* kernel,
                     const void* rk, const void* h0, const void* c0, const int64_t* lengths, int reverse,
                     const void* gates, const void* cells, const void* dy, const void* dh_n, const void* dc_n,
-                    void* dx, void* dh0, void* dc0, void* dk, void* dr, void* db, int path, char* ran, int ranlen,
-                    char* err, int errlen) {
+                    void* dx, void* dh0, void* dc0, void* dk, void* dr, void* db, int path, int precision, char* ran,
+                    int ranlen, char* err, int errlen) {
   std::string what;
   const int rc = guarded(
       [&] {
         if (is_double)
           bwd<double>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                      dc0, dk, dr, db, path, &what);
+                      dc0, dk, dr, db, path, precision, &what);
         else
           bwd<float>(T, B, I, H, x, kernel, rk, h0, c0, lengths, reverse, gates, cells, dy, dh_n, dc_n, dx, dh0,
-                     dc0, dk, dr, db, path, &what);
+                     dc0, dk, dr, db, path, precision, &what);
+      },
+      err, errlen);
+  if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
+  return rc;
+}
+
+// C = A . B (+ bias) by the LSTM's GEMM in `precision` (0 fp32 SIMT, 1 tf32, 2 bf16 tensor cores).
+int fl_emu_gemm(int precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
+                const float* B, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc, char* ran,
+                int ranlen, char* err, int errlen) {
+  std::string what;
+  const int rc = guarded(
+      [&] {
+        what = cuda::impl::matmul_impl<float>(static_cast<cuda::Precision>(precision), M, N, K, A, sam, sak, B, sbk,
+                                              sbn, bias, C, ldc, 0, nullptr);
       },
       err, errlen);
   if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
