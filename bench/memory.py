@@ -1,6 +1,7 @@
 """Peak extra memory of fastlstm's forward (training and inference) and backward.
 
     python bench/memory.py [--config T,B,I,H ...] [--dtype float32|float64]
+                           [--lengths] [--reverse]
 
 Each measurement runs in a fresh process: inputs are made, a tiny warm-up call runs (for
 backward, also the forward whose saved state it uses), the process's peak resident set
@@ -8,6 +9,8 @@ size is reset (/proc/self/clear_refs, Linux), then the call under test runs and 
 the peak over the resident size before the call is reported. What the call returns is counted (y, the saved gates and cells, the gradients),
 since that is memory the caller holds. Beside it, the size of what the forward saves for
 backward per step: the four gate activations and the cell state, 5*B*H elements.
+--lengths gives every sequence a length drawn from [T/2, T] (as masks or padded batches
+do); --reverse runs the sequences backwards.
 """
 
 import argparse
@@ -24,7 +27,7 @@ import numpy as np
 import fastlstm
 from fastlstm import ops
 
-T, B, I, H, dtype, what = json.loads(sys.argv[1])
+T, B, I, H, dtype, what, with_lengths, reverse = json.loads(sys.argv[1])
 rng = np.random.default_rng(0)
 dtype = np.dtype(dtype)
 x = rng.standard_normal((T, B, I)).astype(dtype)
@@ -32,6 +35,7 @@ kernel = (rng.standard_normal((I, 4 * H)) / np.sqrt(I + H)).astype(dtype)
 recurrent_kernel = (rng.standard_normal((H, 4 * H)) / np.sqrt(I + H)).astype(dtype)
 bias = np.zeros(4 * H, dtype)
 dy = rng.standard_normal((T, B, H)).astype(dtype)
+lengths = rng.integers(T // 2, T + 1, B) if with_lengths else None
 
 def rss_kib(field):
     with open("/proc/self/status") as f:
@@ -40,7 +44,8 @@ def rss_kib(field):
                 return int(line.split()[1])
 
 def forward(training):
-    return ops.lstm_forward(x, kernel, recurrent_kernel, bias, training=training)
+    return ops.lstm_forward(x, kernel, recurrent_kernel, bias, lengths=lengths, reverse=reverse,
+                            training=training)
 
 # Warm up on a tiny problem (thread pool, code pages): a warm-up of the same size would leave
 # freed pages in the allocator's heap, and the call under test would reuse them unseen.
@@ -59,12 +64,12 @@ print(json.dumps({"extra_mib": (peak - before) / 1024}))
 """
 
 
-def measure(config, dtype, what):
+def measure(config, dtype, what, lengths=False, reverse=False):
     # A fixed mmap threshold makes glibc return every freed large block to the system at once,
     # so the resident size follows live memory (by default freed blocks may stay resident
     # in the heap and be reused unseen).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*config, dtype, what])],
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*config, dtype, what, lengths, reverse])],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)["extra_mib"]
 
@@ -74,6 +79,9 @@ def main(argv=None):
     parser.add_argument("--config", action="append", help="T,B,I,H (repeatable)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--lengths", action="store_true",
+                        help="per-sequence lengths drawn from [T/2, T]")
+    parser.add_argument("--reverse", action="store_true", help="run the sequences backwards")
     args = parser.parse_args(argv)
     configs = [tuple(int(v) for v in c.split(",")) for c in args.config] if args.config else DEFAULT_CONFIGS
     item = 4 if args.dtype == "float32" else 8
@@ -83,10 +91,11 @@ def main(argv=None):
     for config in configs:
         T, B, I, H = config
         saved_step = 5 * B * H * item / 1024
-        row = {"config": config, "dtype": args.dtype, "saved_per_step_kib": saved_step,
+        row = {"config": config, "dtype": args.dtype, "lengths": args.lengths,
+               "reverse": args.reverse, "saved_per_step_kib": saved_step,
                "saved_mib": saved_step * T / 1024, "y_mib": T * B * H * item / 2**20}
         for what in ("inference", "training", "backward"):
-            row[what + "_extra_mib"] = measure(config, args.dtype, what)
+            row[what + "_extra_mib"] = measure(config, args.dtype, what, args.lengths, args.reverse)
         rows.append(row)
         print(f"{str(config):<22} {saved_step:>14.1f} {row['saved_mib']:>9.1f} {row['y_mib']:>7.1f} "
               f"{row['inference_extra_mib']:>13.1f} {row['training_extra_mib']:>13.1f} "
