@@ -437,12 +437,12 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
          std::to_string(pl.bc) + " rows/chunk, " + std::to_string(pl.smem) + " B shared)";
 }
 
-template <typename Real>
-void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
+// One cooperative launch of the kernel pick(BC) for the plan's rows per chunk.
+template <typename Params, typename Pick>
+void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pick) {
   const dim3 grid = grid_of(pl.blocks);
   with_bc(pl.bc, [&](auto BCc) {
-    constexpr int BC = decltype(BCc)::value;
-    auto k = forward_kernel<Real, BC>;
+    auto k = pick(BCc);
     // (again here: another thread's planning may have lowered the limit since)
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
     launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
@@ -451,16 +451,13 @@ void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t
 }
 
 template <typename Real>
+void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
+  launch_plan(pl, prm, stream, [](auto BCc) { return forward_kernel<Real, decltype(BCc)::value>; });
+}
+
+template <typename Real>
 void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
-  const dim3 grid = grid_of(pl.blocks);
-  with_bc(pl.bc, [&](auto BCc) {
-    constexpr int BC = decltype(BCc)::value;
-    auto k = backward_kernel<Real, BC>;
-    // (again here: another thread's planning may have lowered the limit since)
-    FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
-    launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
-    return 0;
-  });
+  launch_plan(pl, prm, stream, [](auto BCc) { return backward_kernel<Real, decltype(BCc)::value>; });
 }
 
 }  // namespace persistent
