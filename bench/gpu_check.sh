@@ -12,13 +12,13 @@
 # 4. tests:       pytest -m cuda tests/test_cuda.py tests/test_device.py (the GPU tests: each
 #                 kernel path forced, simt and persistent; precision fp32 / tf32 / bf16 and the
 #                 tensor-core GEMM alone; the model API on the GPU; poisoning on)
-# 5. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
+# 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16 vs
+#                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
+#                 against a float64 reference); before the sanitizers, leaving them ~150 s
+# 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
 #                 GEMM), when compute-sanitizer exists
-# 6. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16 vs
-#                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
-#                 against a float64 reference)
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
@@ -163,7 +163,14 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
   tests/test_cuda.py tests/test_device.py
 
-# ---- 5. compute-sanitizer on a small case
+# ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
+# needs; it leaves ~150 s for the sanitizer stages)
+BENCH_DEADLINE=$(($(left) - 150))
+[ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
+stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
+  --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
+
+# ---- 6. compute-sanitizer on a small case
 CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
 export CASE
 cat >"$CASE" <<'EOF'
@@ -223,12 +230,6 @@ else
   SUMMARY+=("sanitizer: SKIPPED (compute-sanitizer not found)")
   log "compute-sanitizer not found: sanitizer stage skipped"
 fi
-
-# ---- 6. benchmark (whatever time is left, minus a margin)
-BENCH_DEADLINE=$(($(left) - 40))
-[ "$BENCH_DEADLINE" -lt 20 ] && BENCH_DEADLINE=20
-stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
-  --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
 
 # ---- 7. initcheck (reads of never-written device memory; poisoning off) if time is left
 if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
