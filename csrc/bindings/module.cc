@@ -196,6 +196,15 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   return out;
 }
 
+// pack_weights for one dtype (every array checked like forward's).
+template <typename Real>
+cpu::PackedWeights pack_impl(const py::object& kernel, const py::object& recurrent_kernel, int64_t I, int64_t H) {
+  const Real* k = input<Real>(kernel, "kernel", {I, 4 * H});
+  const Real* r = input<Real>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
+  py::gil_scoped_release release;
+  return cpu::pack(k, r, I, H);
+}
+
 // float32 or float64, taken from x (or the array named `name`).
 bool is_double(const py::object& x, const char* name = "x") {
   py::array xa = py::reinterpret_borrow<py::array>(x);
@@ -243,16 +252,8 @@ PYBIND11_MODULE(_core, m) {
         const int64_t H = py::reinterpret_borrow<py::array>(recurrent_kernel).shape(0);
         const int64_t I = py::reinterpret_borrow<py::array>(kernel).shape(0);
         if (H < 1 || I < 1) throw py::value_error("kernel, recurrent_kernel: need I >= 1 and H >= 1");
-        if (is_double(kernel, "kernel")) {
-          const double* k = input<double>(kernel, "kernel", {I, 4 * H});
-          const double* r = input<double>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
-          py::gil_scoped_release release;
-          return cpu::pack(k, r, I, H);
-        }
-        const float* k = input<float>(kernel, "kernel", {I, 4 * H});
-        const float* r = input<float>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
-        py::gil_scoped_release release;
-        return cpu::pack(k, r, I, H);
+        return is_double(kernel, "kernel") ? pack_impl<double>(kernel, recurrent_kernel, I, H)
+                                           : pack_impl<float>(kernel, recurrent_kernel, I, H);
       },
       py::arg("kernel"), py::arg("recurrent_kernel"),
       "Pack kernel (I, 4H) and recurrent_kernel (H, 4H) for forward(..., packed=) with the "

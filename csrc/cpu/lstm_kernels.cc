@@ -143,14 +143,14 @@ template <typename Real>
 struct ForwardCtx {
   const ForwardArgs<Real>* a;
   int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
-  Real* G;                // pre-activations x_t . kernel + bias, rows as g_row() says:
+  Real* G;                // pre-activations x_t . kernel + bias, rows as g_rows() says:
                           // (T, B, 4H) = a->gates when training (in place, g_t0 = 0); in
                           // inference without lengths, chunk_steps steps at a time
   int64_t chunk_steps;    // steps per projection chunk (T: one chunk)
   bool g_chunk_only;      // G holds only the current chunk (inference), not all T steps
   Real* x_gathered;       // with lengths and reverse in chunks: the chunk's x rows in step
                           // order, row (s - s0) * B + b = x[time_of(s, len_b), b]; G rows
-                          // then follow step order too (see g_row). nullptr otherwise.
+                          // then follow step order too (see g_rows). nullptr otherwise.
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
                           // (nullptr: the step reads recurrent_kernel in place, see forward())
   bool prepacked;         // packed_rk was packed before the call (PackedWeights)
@@ -233,13 +233,19 @@ inline int64_t chunk_t0(int64_t s, int64_t chunk_steps, int64_t T, bool reverse)
   return reverse ? T - s1 : s0;
 }
 
-// The row of G holding row b's pre-activations at step s (time t = time_of(s, len_b)).
+// Where row b's pre-activations are in G at step s: row (key - key0) * B + b, the key being
+// the step s when the chunk's rows are in step order (gathered), else the time t. One per
+// step (and tile): key0 needs a division.
+struct GRows {
+  bool by_step;
+  int64_t key0, B;
+  int64_t row(int64_t s, int64_t t, int64_t b) const { return ((by_step ? s : t) - key0) * B + b; }
+};
 template <typename Real>
-inline int64_t g_row(const ForwardCtx<Real>& ctx, int64_t s, int64_t t, int64_t b) {
-  const int64_t B = ctx.a->dims.B;
-  if (ctx.x_gathered) return (s % ctx.chunk_steps) * B + b;  // step order within the chunk
-  const int64_t g_t0 = ctx.g_chunk_only ? chunk_t0(s, ctx.chunk_steps, ctx.a->dims.T, ctx.a->reverse) : 0;
-  return (t - g_t0) * B + b;
+inline GRows g_rows(const ForwardCtx<Real>& ctx, int64_t s) {
+  const ForwardArgs<Real>& a = *ctx.a;
+  if (ctx.x_gathered) return {true, s / ctx.chunk_steps * ctx.chunk_steps, a.dims.B};
+  return {false, ctx.g_chunk_only ? chunk_t0(s, ctx.chunk_steps, a.dims.T, a.reverse) : 0, a.dims.B};
 }
 
 // One register tile of the forward step: ROWS batch rows x the 4 gates of one unit block.
@@ -258,12 +264,13 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   const Real* h_rows[ROWS];
   for (int r = 0; r < ROWS; ++r) h_rows[r] = h_prev + (b0 + r) * Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0);
+  const GRows g_rows_now = g_rows(ctx, s);
   // The epilogue reads each row's 4 pre-activation vectors from G, rows 4H apart: a pattern
   // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
     if (s >= len) continue;
-    const Real* z = ctx.G + g_row(ctx, s, time_of(s, len, a.reverse), b) * 4 * H + u0;
+    const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
   if (ctx.packed_rk)
@@ -280,7 +287,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
       continue;
     }
     const int64_t t = time_of(s, len, a.reverse);
-    const Real* z = ctx.G + g_row(ctx, s, t, b) * 4 * H + u0;  // x_t . kernel + bias
+    const Real* z = ctx.G + g_rows_now.row(s, t, b) * 4 * H + u0;  // x_t . kernel + bias
     const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
     const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
     const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));

@@ -143,6 +143,15 @@ def _check_precision_dtype(precision, dtype):
                          f"{np.dtype(dtype).name}")
 
 
+def _recurrent_kernel(value, dtype=None, xp=np):
+    """recurrent_kernel checked: a float array of shape (H, 4H), H >= 1 (and of `dtype`)."""
+    arr = _as_float_array(value, "recurrent_kernel", dtype, xp)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != 4 * arr.shape[0]:
+        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
+                         f"{_shape_str(arr.shape)}")
+    return arr
+
+
 def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training):
     """The checked forward arguments (arrays of module xp, lengths as int64 NumPy)."""
     x = _as_float_array(x, "x", xp=xp)
@@ -153,11 +162,7 @@ def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, r
     if I < 1:
         raise ValueError("x: the feature axis I must have size >= 1, got shape "
                          f"{_shape_str(x.shape)}")
-    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel", dtype, xp)
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
-            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
-        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
-                         f"{_shape_str(recurrent_kernel.shape)}")
+    recurrent_kernel = _recurrent_kernel(recurrent_kernel, dtype, xp)
     H = recurrent_kernel.shape[0]
     x = xp.ascontiguousarray(x)
     recurrent_kernel = xp.ascontiguousarray(recurrent_kernel)
@@ -179,11 +184,7 @@ def pack_weights(kernel, recurrent_kernel):
     result is a copy: after changing the weights, pack them again. It is tied to the
     instruction set in use (fastlstm.get_isa()); under another one the forward ignores it.
     """
-    recurrent_kernel = _as_float_array(recurrent_kernel, "recurrent_kernel")
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[0] < 1 or \
-            recurrent_kernel.shape[1] != 4 * recurrent_kernel.shape[0]:
-        raise ValueError("recurrent_kernel: expected shape (H, 4H) with H >= 1, got "
-                         f"{_shape_str(recurrent_kernel.shape)}")
+    recurrent_kernel = _recurrent_kernel(recurrent_kernel)
     H = recurrent_kernel.shape[0]
     kernel = _as_float_array(kernel, "kernel", recurrent_kernel.dtype)
     if kernel.ndim != 2 or kernel.shape[0] < 1 or kernel.shape[1] != 4 * H:

@@ -162,8 +162,8 @@ def _inference_weights(weights, cache, slot):
     if (entry is None or len(entry[0]) != len(weights)
             or any(a is not b for a, b in zip(entry[0], weights)) or entry[1] != signature):
         kernel, recurrent_kernel, bias = _weights_to_numpy(*weights)  # new arrays, not views
-        entry = (weights, signature, kernel, recurrent_kernel,
-                 None if bias is None else bias.copy(), ops.pack_weights(kernel, recurrent_kernel))
+        entry = (weights, signature, kernel, recurrent_kernel, bias,
+                 ops.pack_weights(kernel, recurrent_kernel))
         cache[slot] = entry
     return entry[2:]
 
