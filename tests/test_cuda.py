@@ -71,7 +71,7 @@ CASES = {
     "B5_H9_I17_unsorted_lengths": dict(T=6, B=5, I=17, H=9, lengths=[3, 6, 0, 1, 5]),
     "B16_H32_I64_T4": dict(T=4, B=16, I=64, H=32, lengths=[4] * 8 + [2] * 4 + [0, 1, 3, 4]),
     "B17_H33_I65_reverse": dict(T=4, B=17, I=65, H=33, reverse=True,
-                                lengths=[(5 * b) % 5 for b in range(17)]),
+                                lengths=[(3 * b) % 5 for b in range(17)]),
     "H65_I1_B2": dict(T=3, B=2, I=1, H=65),
     "H130_B3_TB_over_64": dict(T=23, B=3, I=70, H=130, lengths=[23, 11, 0]),
 }
@@ -333,6 +333,9 @@ class EmuExtension:
             [ci, ci, cs, ci, cs, ci]
         lib.fl_emu_gemm.argtypes = [ci, i64, i64, i64, p, i64, i64, p, i64, i64, p, p, i64,
                                     cs, ci, cs, ci]
+        lib.fl_emu_step_gemm.argtypes = [ci, ci, i64, i64, i64, i64, p, i64, i64, p, i64, i64, p,
+                                         cs, ci, cs, ci]
+        lib.fl_emu_tensor_auto.argtypes = [i64, i64]
         lib.fl_emu_set_device.argtypes = [ci, ci, ci, ci]
         lib.fl_emu_set_capability.argtypes = [ci, ci]
         lib.fl_emu_set_schedule.argtypes = [ci, i64]
@@ -396,7 +399,7 @@ class EmuExtension:
             raise TypeError(f"dtype: expected 'float32' or 'float64', got '{dtype}'")
         return int(dtype == "float64")
 
-    _PATHS = {"auto": 0, "simt": 1, "persistent": 2}
+    _PATHS = {"auto": 0, "simt": 1, "persistent": 2, "tensor": 3}
     _PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}
 
     def _precision(self, precision):
@@ -406,7 +409,7 @@ class EmuExtension:
 
     def _call(self, fn, kernel_path, precision, *args):
         if kernel_path not in self._PATHS:
-            raise ValueError(f"kernel_path: expected 'auto', 'simt' or 'persistent', got '{kernel_path}'")
+            raise ValueError(f"kernel_path: expected 'auto', 'simt', 'persistent' or 'tensor', got '{kernel_path}'")
         ran = ctypes.create_string_buffer(512)
         err = ctypes.create_string_buffer(1024)
         rc = fn(*args, self._PATHS[kernel_path], self._precision(precision), ran, len(ran), err,
@@ -428,6 +431,22 @@ class EmuExtension:
         return self._call(self.lib.fl_emu_backward, kernel_path, precision, self._is_double(dtype),
                           *dims, x, kernel, rk, h0, c0, lengths, int(reverse), gates, cells, dy, dh_n,
                           dc_n, dx, dh0, dc0, dk, dr, db)
+
+    def step_matmul(self, precision, large, kslice, M, N, K, a, sam, sak, b, sbk, sbn, c):
+        """The per-step recurrent products' GEMM alone (kernel path "tensor"): partial products
+        over k slices of kslice (kslice <= 0: the plan for the emulated device) into c
+        (slices x M x N). Returns the plan's description."""
+        ran = ctypes.create_string_buffer(256)
+        err = ctypes.create_string_buffer(1024)
+        rc = self.lib.fl_emu_step_gemm(self._precision(precision), int(bool(large)), kslice, M, N, K, a, sam,
+                                       sak, b, sbk, sbn, c, ran, len(ran), err, len(err))
+        if rc != 0:
+            raise RuntimeError(err.value.decode())
+        return ran.value.decode()
+
+    def tensor_auto(self, B, H):
+        """Whether kernel path "auto" (with tf32 / bf16) picks the tensor path for B rows, H units."""
+        return bool(self.lib.fl_emu_tensor_auto(B, H))
 
     def matmul(self, precision, M, N, K, a, sam, sak, b, sbk, sbn, bias, c, ldc, device, stream):
         ran = ctypes.create_string_buffer(256)
@@ -1254,3 +1273,414 @@ def test_gpu_precision_cupy_inputs_and_errors(precision):
     fwd64, _ = make_case(3, 2, 4, 5, np.float64, seed=1)
     with pytest.raises(ValueError, match="float32"):
         ops.lstm_forward(**fwd64, backend="cuda", precision=precision)
+
+
+# --------------------------------------------------------------------------- tensor-core recurrence
+# Kernel path "tensor" (set_kernel_path("tensor"), or "auto" with precision tf32 / bf16, B >= 32
+# and B H^2 >= 2^25, i.e. H = 1024 and B >= 32): every step's recurrent product -- h_{s-1} . R
+# forward, dz_s . R^T backward -- runs on the tensor cores (tc::step_gemm: 64 x 128 tiles for
+# B <= 64, else 128 x 128; k split into slices whose partial products the step kernels add in a
+# fixed order), h / dz and R rounded to tf32 / bf16 like the other products' operands. fp32
+# never takes this path.
+#
+# Tolerances against the float64 reference: the recurrence now rounds h and R (forward) and dz
+# and R (backward) at every step, on top of the four large products' rounding, so the errors
+# are larger than on the other paths and grow with T (each step's rounding error is carried by
+# the state). Measured on the emulator (TENSOR_CASES, T <= 6; printed by the test with -s):
+#   tf32: outputs <= 3.0e-4, gradients <= 6.2e-4;  bf16: outputs <= 4.4e-3, gradients <= 8.2e-3
+# (the largest from T1_B1_I1_H1, single values with no averaging; the other cases <= 2.8e-4 /
+# 5.7e-4 tf32, <= 2.3e-3 / 4.1e-3 bf16; the simt / persistent paths measure 2.9e-4 / 5.0e-4 and
+# 2.2e-3 / 4.7e-3). Bounds: outputs 4u, gradients 6u (tf32) / 8u (bf16), u = 2^-11 / 2^-9:
+# 1.8-6x headroom; a wrong or missing term gives errors of order 1e-1. Long sequences at
+# H = 1024 (the benchmark) are expected to be larger; gpu_bench reports them.
+# Floors (the recurrence really was rounded): the tensor path against the simt path in the same
+# precision differs only by the recurrent products' rounding; a tensor path that silently ran
+# its recurrent products in fp32 would differ by ~1e-7. So y, and dh0 of the backward run on the
+# same saved forward, must differ from simt's by >= u / 25 (2.0e-5 / 7.8e-5; measured on
+# B33_H20_I12: y 8.8e-5 / 6.9e-4, dh0 1.5e-4 / 1.2e-3 for tf32 / bf16).
+# Tight check: the forward against a float64 NumPy mirror that rounds x, kernel, R and (every
+# step) h exactly as the device does must agree to TENSOR_TIGHT = 2e-5 on the emulator (fp32
+# accumulation order, and the rare h element whose rounding flips between the two; measured
+# <= 1.2e-7): not rounding R or h gives 4e-5-1e-4 (tf32) / 3e-4-9e-4 (bf16) (a planted fp32
+# recurrence: 6e-5 / 3.9e-4). On a GPU at H = 1024 the hardware's accumulation differs from
+# the mirror's by ~1e-7-1e-6 and flips the rounding of more h elements: a 1e-6 perturbation of
+# h0 gives 1.3e-5 (tf32) / 4.7e-5 (bf16) against 8e-5 / 6.5e-4 for R left unrounded (NumPy at
+# B = 64, H = 1024, T = 3), hence TENSOR_TIGHT_GPU 4e-5 / 2e-4, between the two.
+TENSOR_MIN_BATCH, TENSOR_MIN_WORK = 32, 2 ** 25  # lstm_impl.cuh kTensorMinBatch, kTensorMinWork (B H^2)
+TENSOR_TOL = {"tf32": (4 * UNIT["tf32"], 6 * UNIT["tf32"]),   # (outputs, gradients): 2.0e-3, 2.9e-3
+              "bf16": (4 * UNIT["bf16"], 8 * UNIT["bf16"])}   # 7.8e-3, 1.6e-2
+TENSOR_TIGHT = 2e-5
+TENSOR_TIGHT_GPU = {"tf32": 4e-5, "bf16": 2e-4}
+# name: (spec, emulated SM count, kernel path). The SM count steers tc::plan_step: with 64 SMs
+# small products are split into several k slices (the last one shorter), with 4 they are not.
+TENSOR_CASES = {
+    "B5_H9_I17_unsorted_lengths": (CASES["B5_H9_I17_unsorted_lengths"], 4, "tensor"),
+    "B17_H33_I65_reverse_bwd_split": (dict(T=4, B=17, I=65, H=33, reverse=True,
+                                           lengths=[(3 * b) % 5 for b in range(17)]), 64, "tensor"),
+    "H65_I1_B2_fwd_bwd_split": (CASES["H65_I1_B2"], 64, "tensor"),
+    "T1_B1_I1_H1": (CASES["T1_B1_I1_H1"], 4, "tensor"),
+    "I33_H17_B7_reverse_nobias": (CASES["I33_H17_B7_reverse_nobias"], 64, "tensor"),
+    "dh_n_dc_n_None": (CASES["dh_n_dc_n_None"], 4, "tensor"),
+    "B33_H20_I12": (dict(T=5, B=33, I=12, H=20, lengths=[(7 * b) % 6 for b in range(33)]), 4, "tensor"),
+    "B70_H9_I5_reverse_128_tiles": (dict(T=3, B=70, I=5, H=9, reverse=True, dy=False,
+                                         lengths=[(b * 5) % 4 for b in range(70)]), 64, "tensor"),
+}
+
+
+def _plan_step(M, N, K, sms):
+    """tc::plan_step's choice, as its description: 64 x 128 tiles for M <= 64, else 128 x 128;
+    as many k slices (<= 16, >= 2 passes of 32 each) as keep the grid within one block per SM."""
+    large = M > 64
+    blocks = -(-M // (128 if large else 64)) * -(-N // 128)
+    passes = -(-K // 32)
+    want = sms // blocks if 0 < blocks < sms else 1
+    want = max(1, min(want, 16, -(-passes // 2)))
+    kslice = -(-passes // want) * 32
+    splits = -(-K // kslice) if K > 0 else 1
+    return f"{'128x128' if large else '64x128'} tiles x {splits} k-slices"
+
+
+def forward_rounded_reference(fwd, precision):
+    """The forward in float64 with the device's rounded operands: x, kernel, R rounded once, and
+    h_{s-1} (the float32 state) rounded at every step before the recurrent product."""
+    rnd = ROUND[precision]
+    x, kernel, rk = fwd["x"], fwd["kernel"], fwd["recurrent_kernel"]
+    T, B, _ = x.shape
+    H = rk.shape[0]
+    xr, kr, rr = (rnd(a).astype(np.float64) for a in (x, kernel, rk))
+    bias = np.zeros(4 * H) if fwd.get("bias") is None else fwd["bias"].astype(np.float64)
+    h = np.zeros((B, H)) if fwd.get("h0") is None else fwd["h0"].astype(np.float64)
+    c = np.zeros((B, H)) if fwd.get("c0") is None else fwd["c0"].astype(np.float64)
+    lengths = np.full(B, T) if fwd.get("lengths") is None else np.asarray(fwd["lengths"], np.int64)
+    reverse = bool(fwd.get("reverse", False))
+    y = np.zeros((T, B, H))
+    sig = lambda v: 0.5 * (1 + np.tanh(v / 2))  # noqa: E731
+    rows = np.arange(B)
+    for s in range(T):
+        active = s < lengths
+        t = np.where(active, (lengths - 1 - s) if reverse else s, 0)
+        hq = rnd(h.astype(np.float32)).astype(np.float64)
+        z = xr[t, rows] @ kr + bias + hq @ rr
+        i, f, g, o = sig(z[:, :H]), sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sig(z[:, 3 * H:])
+        cn = f * c + i * g
+        hn = o * np.tanh(cn)
+        c = np.where(active[:, None], cn, c)
+        h = np.where(active[:, None], hn, h)
+        y[t[active], rows[active]] = hn[active]
+    return y, h, c
+
+
+def check_tensor_against_reference(fwd, bwd, outs, grads, precision, tight=TENSOR_TIGHT):
+    """The tensor path's outputs / gradients within TENSOR_TOL of the float64 reference, the
+    forward within `tight` of the rounded-operand mirror. Returns the errors."""
+    ref_outs, ref_grads = reference64(fwd, bwd)
+    tol_out, tol_grad = TENSOR_TOL[precision]
+    errs = {}
+    for i, (name, a, b) in enumerate(zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads or ()),
+                                         tuple(ref_outs) + tuple(ref_grads))):
+        if b is None:
+            assert a is None, f"{name}: expected None"
+            continue
+        a = to_host(a)
+        assert a.shape == b.shape and a.dtype == np.float32, (name, a.shape, a.dtype)
+        assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
+        errs[name] = rel_err(a, b)
+        tol = tol_out if i < 3 else tol_grad
+        assert errs[name] <= tol, f"{name} ({precision}, tensor path): relative error {errs[name]:.3g} > {tol:.3g}"
+    for name, a, b in zip(FWD_NAMES, outs, forward_rounded_reference(fwd, precision)):
+        err = rel_err(to_host(a), b)
+        errs["tight_" + name] = err
+        assert err <= tight, f"{name} ({precision}): {err:.3g} from the mirror with rounded h and R"
+    return errs
+
+
+def _tensor_case(name):
+    spec, sms, path = TENSOR_CASES[name]
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    return spec, sms, path, fwd, bwd
+
+
+def _assert_ran_tensor(precision, kind="both"):
+    for k in (("forward", "backward") if kind == "both" else (kind,)):
+        ran = _ran(k)
+        assert ran.startswith(f"tensor-core recurrent {k} ("), ran
+        assert f"{precision} wmma" in ran and "k-slices" in ran, ran
+        assert f"recurrent product {precision} tensor cores" in ran, ran
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", list(TENSOR_CASES))
+def test_emulated_tensor_recurrence_matches_reference(emu, name, precision):
+    spec, sms, path, fwd, bwd = _tensor_case(name)
+    emu.set_device(sm_count=sms)
+    fcuda.set_kernel_path(path)
+    outs, grads, _ = run_cuda_precision(fwd, bwd, precision)
+    _assert_ran_tensor(precision)
+    assert "forced" in _ran("forward") and "forced" in _ran("backward")
+    B, H = spec["B"], spec["H"]
+    plans = (_plan_step(B, 4 * H, H, sms), _plan_step(B, H, 4 * H, sms))
+    assert plans[0] in _ran("forward") and plans[1] in _ran("backward"), (plans, _ran("forward"), _ran("backward"))
+    if name.endswith("_split"):  # the k slices really are several
+        assert "x 1 k-slices" not in plans[1] and ("fwd" not in name or "x 1 k-slices" not in plans[0]), plans
+    if name.endswith("_128_tiles"):
+        assert plans[0].startswith("128x128") and plans[1].startswith("128x128")
+    errs = check_tensor_against_reference(fwd, bwd, outs, grads, precision)
+    print(name, precision, {k: f"{v:.2e}" for k, v in errs.items()})
+    # deterministic, and independent of the thread / block order and of the guard side
+    again = run_cuda_precision(fwd, bwd, precision)
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    reversed_ = run_cuda_precision(fwd, bwd, precision)
+    first = tuple(outs) + tuple(grads)
+    assert_bitwise_equal(first, tuple(again[0]) + tuple(again[1]))
+    assert_bitwise_equal(first, tuple(reversed_[0]) + tuple(reversed_[1]))
+    # training=False: the same forward bits
+    assert_bitwise_equal(outs, run_cuda_precision(fwd, bwd, precision, training=False)[0])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_emulated_tensor_recurrence_is_rounded_error_floor(emu, precision):
+    # The tensor path against simt in the same precision: the only difference is the
+    # recurrent products' rounding, so it must show (a path that silently ran fp32 fails).
+    spec, sms, _, fwd, bwd = _tensor_case("B33_H20_I12")
+    emu.set_device(sm_count=sms)
+    floor = UNIT[precision] / 25
+    fcuda.set_kernel_path("simt")
+    simt_outs, simt_grads, saved = run_cuda_precision(fwd, bwd, precision)
+    fcuda.set_kernel_path("tensor")
+    tc_outs, tc_grads, _ = run_cuda_precision(fwd, bwd, precision)
+    diff = rel_err(tc_outs[0], simt_outs[0])
+    print(f"{precision}: y tensor vs simt {diff:.2e}")
+    assert floor <= diff <= TENSOR_TOL[precision][0], f"y: tensor vs simt {diff:.3g}"
+    # the backward alone, on the same saved forward: dh0 = dz_0 . R^T (and earlier steps')
+    tensor_grads = ops.lstm_backward(saved, **bwd)
+    _assert_ran_tensor(precision, "backward")
+    diff = rel_err(tensor_grads[1], simt_grads[1])
+    print(f"{precision}: dh0 tensor vs simt backward {diff:.2e}")
+    assert floor <= diff <= TENSOR_TOL[precision][1], f"dh0: tensor vs simt backward {diff:.3g}"
+    for name_, a, b in zip(BWD_NAMES, tensor_grads, simt_grads):
+        if a is not None:
+            assert rel_err(a, b) <= TENSOR_TOL[precision][1], f"{name_}: tensor vs simt {rel_err(a, b):.3g}"
+    del tc_grads
+
+
+def test_emulated_tensor_path_choice_and_fp32_unaffected(emu, monkeypatch):
+    # auto's rule (tf32 / bf16): B >= 32 and B H^2 >= 2^25
+    for B, H in ((32, 1024), (31, 1024), (32, 1023), (128, 512), (127, 512), (512, 256), (511, 256),
+                 (2 ** 20, 6), (2 ** 40, 2 ** 19), (1, 2 ** 20), (0, 2 ** 20)):
+        assert emu.tensor_auto(B, H) == (B >= TENSOR_MIN_BATCH and B * H * H >= TENSOR_MIN_WORK), (B, H)
+    # end to end at the smallest H = 1024 batch (forward only: slow in the emulator)
+    big, _ = make_case(1, TENSOR_MIN_BATCH, 1, 1024, np.float32, seed=30, lengths=[1, 0] * 16)
+    ops.lstm_forward(**big, backend="cuda", precision="tf32", training=False)
+    _assert_ran_tensor("tf32", "forward")
+    assert f"auto: B >= {TENSOR_MIN_BATCH}, B*H^2 >= 2^25" in _ran("forward")
+    ops.lstm_forward(**big, backend="cuda", training=False)  # fp32: never
+    assert _ran("forward").startswith("simt forward") and "tensor" not in _ran("forward")
+    fwd, bwd = make_case(3, TENSOR_MIN_BATCH, 6, 10, np.float32, seed=31, lengths=[3, 0, 1, 2] * 8)
+    small, small_bwd = make_case(3, TENSOR_MIN_BATCH - 1, 6, 10, np.float32, seed=32)
+    # auto below the rule: persistent (fits the emulated device) with the recurrence in fp32
+    for precision in PRECISIONS:
+        for f, b in ((fwd, bwd), (small, small_bwd)):
+            run_cuda_precision(f, b, precision)
+            assert _ran("forward").startswith("persistent forward") and "recurrent product fp32" in _ran("forward")
+            assert _ran("backward").startswith("persistent backward")
+    # fp32 at B >= 32: never the tensor path, and the same bits as forcing its path
+    auto = run_cuda(fwd, bwd)
+    assert _ran("forward").startswith("persistent forward") and "tensor" not in _ran("forward")
+    assert _ran("backward").startswith("persistent backward") and "tensor" not in _ran("backward")
+    fcuda.set_kernel_path("persistent")
+    forced = run_cuda(fwd, bwd)
+    assert_bitwise_equal(tuple(auto[0]) + tuple(auto[1]), tuple(forced[0]) + tuple(forced[1]))
+    check_against_reference(fwd, bwd, auto[0], auto[1], TOL[np.dtype(np.float32)])
+    # simt / persistent forced with tf32: the recurrence stays fp32 (today's behaviour)
+    for path in ("simt", "persistent"):
+        fcuda.set_kernel_path(path)
+        run_cuda_precision(fwd, bwd, "tf32")
+        assert _ran("forward").startswith(f"{path} forward") and "recurrent product fp32" in _ran("forward")
+        assert _ran("backward").startswith(f"{path} backward") and "recurrent product fp32" in _ran("backward")
+    # forced "tensor" in fp32 (float32 or float64): a clear error, forward and backward
+    fcuda.set_kernel_path("tensor")
+    with pytest.raises(RuntimeError, match=r"kernel path 'tensor'.*needs precision 'tf32' or 'bf16'"):
+        run_cuda(fwd, bwd)
+    fwd64, bwd64 = make_case(3, 2, 4, 5, np.float64, seed=33)
+    with pytest.raises(RuntimeError, match=r"kernel path 'tensor'.*needs precision"):
+        run_cuda(fwd64, bwd64)
+    fcuda.set_kernel_path("simt")
+    saved = ops.lstm_forward(**fwd, backend="cuda")[3]
+    fcuda.set_kernel_path("tensor")
+    with pytest.raises(RuntimeError, match=r"tensor-core recurrent backward .*needs precision"):
+        ops.lstm_backward(saved, **bwd)
+    # forced "tensor" at small B runs it; the environment variable names it too
+    fcuda.set_kernel_path(None)
+    monkeypatch.setenv("FASTLSTM_CUDA_KERNEL", "tensor")
+    assert fcuda.kernel_path() == "tensor" and fastlstm.cuda_info()["kernel_path"] == "tensor"
+    run_cuda_precision(small, small_bwd, "bf16")
+    _assert_ran_tensor("bf16")
+    assert "forced" in _ran("forward") and "forced" in _ran("backward")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_emulated_tensor_padding_empty_work_and_no_leaks(emu, emu_lib, precision):
+    import gc
+    fcuda.set_kernel_path("tensor")
+    gc.collect()
+    before = emu_lib.fl_emu_live_allocations()
+    T, B = 5, 6
+    lengths = [0, 1, 5, 3, 0, 2]
+    fwd, bwd = make_case(T, B, 7, 3, np.float32, seed=11, lengths=lengths, reverse=True)
+    for b, L in enumerate(lengths):
+        fwd["x"][L:, b] = np.nan  # padding: must not leak anywhere
+    outs, grads, _ = run_cuda_precision(fwd, bwd, precision)
+    _assert_ran_tensor(precision)
+    y, h_n, c_n = outs
+    dx, dh0, dc0 = grads[:3]
+    for name, a in zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads)):
+        assert np.isfinite(a).all(), f"{name}: NaN from x at a padding position"
+    for b, L in enumerate(lengths):
+        assert np.all(y[L:, b] == 0) and np.all(dx[L:, b] == 0)
+        if L == 0:  # never started: the state and its gradients carry over exactly
+            np.testing.assert_array_equal(h_n[b], fwd["h0"][b])
+            np.testing.assert_array_equal(c_n[b], fwd["c0"][b])
+            np.testing.assert_array_equal(dh0[b], bwd["dh_n"][b])
+            np.testing.assert_array_equal(dc0[b], bwd["dc_n"][b])
+        else:
+            np.testing.assert_array_equal(h_n[b], y[0, b])  # reverse: the last step is at t = 0
+    for T, B, lens in ((0, 3, None), (3, 0, None), (4, 3, [0, 0, 0])):
+        fwd, bwd = make_case(T, B, 4, 17, np.float32, seed=18, lengths=lens)
+        (y, h_n, c_n), (dx, dh0, dc0, dk, dr, db), _ = run_cuda_precision(fwd, bwd, precision)
+        assert np.all(y == 0) and np.all(dx == 0) and np.all(dk == 0) and np.all(dr == 0) and np.all(db == 0)
+        np.testing.assert_array_equal(h_n, fwd["h0"])
+        np.testing.assert_array_equal(dh0, bwd["dh_n"])
+        np.testing.assert_array_equal(dc0, bwd["dc_n"])
+    del _  # the saved forward (device buffers)
+    gc.collect()
+    assert emu_lib.fl_emu_live_allocations() == before
+
+
+# ---- the per-step GEMM alone: k-slice partial products against NumPy on the rounded operands
+
+def _run_step_gemm(ext, precision, large, kslice, M, N, K, layout, seed):
+    """ext.step_matmul on uploaded operands (layout "fwd": B k-major like R in h . R; "bwd": B
+    n-major like R read as R^T in dz . R^T). Returns (partials (S, M, N), A, B, description)."""
+    rng = np.random.default_rng(seed)
+    a, sam, sak, b, sbk, sbn, A, Bm = _gemm_operands(M, N, K, "nn" if layout == "fwd" else "nt", rng)
+    splits = 1 if K == 0 else (-(-K // kslice) if kslice > 0 else None)
+    if splits is None:  # the planner's choice: allocate for the most slices it can make
+        splits = max(1, -(-K // 64))
+    c0 = np.full((splits, M, N), np.nan, np.float32)
+    bufs = []
+    for arr in (a, b, c0):
+        buf = ext.Buffer(arr.nbytes, 0)
+        buf.upload(np.ascontiguousarray(arr))
+        bufs.append(buf)
+    ran = ext.step_matmul(precision, large, kslice, M, N, K, bufs[0].ptr, sam, sak, bufs[1].ptr, sbk, sbn,
+                          bufs[2].ptr)
+    c = np.empty_like(c0)
+    bufs[2].download(c)
+    used = int(ran.split(" x ")[1].split()[0])
+    assert np.all(np.isnan(c[used:])), "a slice past the plan's count was written"
+    return c[:used], A, Bm, ran
+
+
+def check_step_gemm(parts, A, Bm, kslice, precision):
+    """Each partial within GEMM_TOL of the float64 product of the rounded operands over its k
+    slice, and their sum (in order) within GEMM_TOL of the whole product."""
+    rnd = ROUND[precision]
+    Ar, Br = rnd(A).astype(np.float64), rnd(Bm).astype(np.float64)
+    assert np.isfinite(parts).all(), "unwritten outputs"
+    for z in range(parts.shape[0]):
+        k0, k1 = z * kslice, min(A.shape[1], (z + 1) * kslice)
+        want = Ar[:, k0:k1] @ Br[k0:k1]
+        err = rel_err(parts[z], want) if np.any(want) else float(np.abs(parts[z]).max(initial=0))
+        assert err <= GEMM_TOL, f"slice {z}: {err:.3g}"
+    total = parts[0].astype(np.float32)
+    for z in range(1, parts.shape[0]):
+        total = total + parts[z]
+    assert rel_err(total, Ar @ Br) <= GEMM_TOL
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("layout", ["fwd", "bwd"])
+def test_emulated_step_gemm_k_slices(emu, precision, layout):
+    # (large tile, kslice, M, N, K): one slice, several, a short last slice, K = 0, edge tiles
+    shapes = [(False, 64, 5, 36, 40), (False, 32, 64, 130, 100), (False, 64, 65, 20, 129),
+              (True, 96, 70, 140, 200), (True, 128, 129, 17, 64), (False, 32, 3, 8, 0)]
+    for i, (large, kslice, M, N, K) in enumerate(shapes):
+        parts, A, Bm, ran = _run_step_gemm(emu, precision, large, kslice, M, N, K, layout, seed=300 + i)
+        assert ran == f"{'128x128' if large else '64x128'} tiles x {max(1, -(-K // kslice))} k-slices", ran
+        if K == 0:
+            assert np.all(parts == 0)
+            continue
+        check_step_gemm(parts, A, Bm, kslice, precision)
+    # the planner: 64 x 128 tiles for M <= 64, slices to fill the emulated SMs
+    emu.set_device(sm_count=16)
+    parts, A, Bm, ran = _run_step_gemm(emu, precision, False, 0, 40, 72, 300, layout, seed=9)
+    assert ran == "64x128 tiles x 5 k-slices", ran  # 10 passes, 16 SMs / 1 block, >= 2 passes a slice
+    check_step_gemm(parts, A, Bm, 64, precision)
+    parts2 = _run_step_gemm(emu, precision, False, 0, 40, 72, 300, layout, seed=9)[0]
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    parts3 = _run_step_gemm(emu, precision, False, 0, 40, 72, 300, layout, seed=9)[0]
+    np.testing.assert_array_equal(parts.view(np.uint32), parts2.view(np.uint32))
+    np.testing.assert_array_equal(parts.view(np.uint32), parts3.view(np.uint32))
+
+
+# ---- on a GPU
+
+TENSOR_GPU_CASES = {
+    # name: (spec, kernel path)
+    "B64_H1024_I256_T3_auto": (dict(T=3, B=64, I=256, H=1024, lengths=[3, 2, 0, 1] * 16), "auto"),
+    "B256_H1024_I64_T2_reverse_auto": (dict(T=2, B=256, I=64, H=1024, reverse=True), "auto"),
+    "B100_H1000_I30_T4_auto": (dict(T=4, B=100, I=30, H=1000, lengths=[(b * 3) % 5 for b in range(100)]),
+                               "auto"),
+    "B33_H129_I17_T6": (dict(T=6, B=33, I=17, H=129, reverse=True, dy=False), "tensor"),
+    **{k: (spec, "tensor") for k, (spec, _, _) in TENSOR_CASES.items()},
+}
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", list(TENSOR_GPU_CASES))
+def test_gpu_tensor_recurrence_matches_reference(name, precision, kernel_path_reset):
+    spec, path = TENSOR_GPU_CASES[name]
+    fcuda.set_kernel_path(path)
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    outs, grads, _ = run_cuda_precision(fwd, bwd, precision)
+    _assert_ran_tensor(precision)
+    errs = check_tensor_against_reference(fwd, bwd, outs, grads, precision, TENSOR_TIGHT_GPU[precision])
+    print(name, precision, {k: f"{v:.2e}" for k, v in errs.items()})
+    again = run_cuda_precision(fwd, bwd, precision)
+    assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(again[0]) + tuple(again[1]))
+    assert_bitwise_equal(outs, run_cuda_precision(fwd, bwd, precision, training=False)[0])
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gpu_tensor_recurrence_is_rounded_and_fp32_unaffected(precision, kernel_path_reset):
+    fwd, bwd = make_case(4, 64, 32, 256, np.float32, seed=41, lengths=[4, 3, 0, 2] * 16, reverse=True)
+    floor = UNIT[precision] / 25
+    fcuda.set_kernel_path("simt")
+    simt_outs, simt_grads, saved = run_cuda_precision(fwd, bwd, precision)
+    fcuda.set_kernel_path("tensor")
+    tc_outs, _, _ = run_cuda_precision(fwd, bwd, precision)
+    _assert_ran_tensor(precision)
+    assert floor <= rel_err(tc_outs[0], simt_outs[0]) <= TENSOR_TOL[precision][0]
+    tensor_grads = ops.lstm_backward(saved, **bwd)
+    _assert_ran_tensor(precision, "backward")
+    assert floor <= rel_err(tensor_grads[1], simt_grads[1]) <= TENSOR_TOL[precision][1]
+    # auto below the rule (B H^2 = 2^22): not the tensor path
+    fcuda.set_kernel_path("auto")
+    run_cuda_precision(fwd, bwd, precision)
+    assert "tensor-core recurrent" not in _ran("forward") + _ran("backward")
+    # fp32 at the same B: not the tensor path, the same bits as the paths auto picks, forced
+    auto = run_cuda(fwd, bwd)
+    assert "tensor" not in _ran("forward") and "tensor" not in _ran("backward")
+    picked = (_ran("forward").split(" forward")[0], _ran("backward").split(" backward")[0])
+    fcuda.set_kernel_path(picked[0])
+    forced = run_cuda(fwd, bwd)
+    assert_bitwise_equal(auto[0], forced[0])
+    if picked[0] == picked[1]:
+        assert_bitwise_equal(auto[1], forced[1])
+    check_against_reference(fwd, bwd, auto[0], auto[1], TOL[np.dtype(np.float32)])

@@ -74,7 +74,8 @@ KernelPath path_of(const std::string& kernel) {
   if (kernel == "auto") return KernelPath::kAuto;
   if (kernel == "simt") return KernelPath::kSimt;
   if (kernel == "persistent") return KernelPath::kPersistent;
-  throw py::value_error("kernel_path: expected 'auto', 'simt' or 'persistent', got '" + kernel + "'");
+  if (kernel == "tensor") return KernelPath::kTensor;
+  throw py::value_error("kernel_path: expected 'auto', 'simt', 'persistent' or 'tensor', got '" + kernel + "'");
 }
 
 Precision precision_of(const std::string& p) {
@@ -229,10 +230,11 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("y"),
       py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("device"), py::arg("stream"),
       py::arg("kernel_path") = "auto", py::arg("precision") = "fp32",
-      "LSTM forward on device pointers (0 = none); asynchronous on `stream`. kernel_path: 'auto' (persistent when "
-      "it fits, else simt), 'simt' or 'persistent' (RuntimeError when it cannot run). precision: 'fp32', or "
-      "'tf32' / 'bf16' (float32 only, sm_80+: the input projection on tensor cores). Returns a description of "
-      "the recurrent kernel that ran.");
+      "LSTM forward on device pointers (0 = none); asynchronous on `stream`. kernel_path: 'auto' (tensor with "
+      "tf32 / bf16, B >= 32 and B*H^2 >= 2^25, else persistent when it fits, else simt), 'simt', 'persistent' "
+      "(RuntimeError when it cannot run) or 'tensor' (the recurrent products on tensor cores; tf32 / bf16 only). "
+      "precision: 'fp32', or 'tf32' / 'bf16' (float32 only, sm_80+: the input projection on tensor cores). Returns "
+      "a description of the recurrent kernel that ran.");
 
   m.def(
       "backward",

@@ -67,18 +67,23 @@ void synchronize(int device, std::uintptr_t stream);
 // Returns the memory cached by fastlstm's workspace pool on `device` to the driver.
 void empty_cache(int device);
 
-// Which recurrent kernels run. kAuto: the persistent kernels (one cooperative launch for all
-// T steps, weights resident in shared memory) when they fit the device, else the per-step
-// simt kernels; kSimt: always the per-step kernels; kPersistent: the persistent kernels or an
-// Error saying why they cannot run.
-enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2 };
+// Which recurrent kernels run. kAuto: with precision tf32 / bf16 (float32), B >= 32 and
+// B H^2 >= 2^25 (H = 1024: B >= 32) the tensor-core recurrence (kTensor), else the persistent
+// kernels (one cooperative launch for all T steps, weights resident in shared memory) when they
+// fit the device, else the per-step simt kernels; kSimt: always the per-step kernels;
+// kPersistent: the persistent kernels or an Error saying why they cannot run; kTensor: the
+// per-step recurrent products on the tensor cores (a tensor-core GEMM + an elementwise kernel
+// per step), any B, precision tf32 / bf16 only (an Error in fp32). fp32 never runs kTensor.
+enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2, kTensor = 3 };
 
 // Precision of the large matrix products (the input projection x . kernel and, in backward,
 // x^T . dz, h_prev^T . dz and dz . kernel^T). kFp32: the fp32 SIMT GEMM (the exact default).
 // kTf32 / kBf16 (float32 only, sm_80+): tensor cores (wmma) with the operands rounded to tf32
 // (cvt.rna.tf32.f32) or converted to bf16 (round to nearest even) while they are staged in shared
-// memory, float32 accumulation. The recurrent products, the gate math, the cell state and dbias
-// stay float32 in every mode.
+// memory, float32 accumulation. On kernel path kTensor (auto: large B H^2) the per-step recurrent
+// products h_{s-1} . R and dz_s . R^T run on the tensor cores too (h, dz and R rounded the same
+// way); otherwise they stay float32. The gate math, the cell state and dbias stay float32 in
+// every mode.
 enum class Precision { kFp32 = 0, kTf32 = 1, kBf16 = 2 };
 
 struct RunOptions {

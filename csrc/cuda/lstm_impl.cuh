@@ -13,6 +13,11 @@
 //      Block (blockIdx.x, blockIdx.y) owns kUnits hidden units (all 4 gates: 32 columns of R)
 //      for BB batch rows; h ping-pongs between two (B, H) buffers.
 //   3. h_n <- the last h buffer; c_n is the cell state, updated in place.
+// Kernel path "tensor" (precision tf32 / bf16, float32; "auto" picks it for B >= 32 and
+// B H^2 >= 2^25): forward step 2 is tc::step_gemm (h_{s-1} . R on the tensor cores into k-slice
+// partials) then forward_pointwise_kernel (the same gate math, finish_unit); backward per step
+// backward_gates_kernel (also writing the step's dz rows by batch row) then tc::step_gemm
+// (dz_s . R^T), the running dh read from the partials by the next step; dh_merge_kernel last.
 // Backward:
 //   per step s = T-1..0:  backward_gates_kernel (dz, dc, h_{t-1} saved for dR), then
 //                         backward_dh_kernel (dh_{t-1} = dz . R^T on a transposed copy R^T)
@@ -47,6 +52,13 @@ constexpr int kRows = 16;                // batch rows per block otherwise
 // GEMM tile: 64 x 64 outputs per block, 4 x 4 per thread, 16 k per shared-memory pass.
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
 constexpr int kColsumRows = 256;         // rows per partial column sum (dbias, pass 1), at least
+// Kernel path "auto" runs the recurrent products on the tensor cores (kernel path "tensor")
+// when the precision is tf32 / bf16, B >= kTensorMinBatch and the per-step recurrent work
+// B x H x H >= kTensorMinWork (4 B H^2 >= 2^27 FMAs: at H = 1024 B >= 32, at H = 512 B >= 128, at
+// H = 256 B >= 512); below that the persistent kernel's per-step cost is predicted lower than
+// the tensor path's ~7-11 us (two launches, R streamed from L2). bench/NOTES_GPU.md counts it.
+constexpr int64_t kTensorMinBatch = 32;
+constexpr int64_t kTensorMinWork = int64_t(1) << 25;
 
 static_assert(kThreads % kCols == 0 && (kSplit & (kSplit - 1)) == 0, "kSplit: a power of two");
 static_assert((kTileM / 4) * (kTileN / 4) == kThreads, "GEMM: 4 x 4 outputs per thread");
@@ -128,10 +140,53 @@ __device__ void rec_product(RecShared<Real, BB>& sm, int64_t K, const Real* W, i
 }
 
 // ------------------------------------------------------------------------------------------
+// The end of forward step s for (row b, unit j), the one place of the gate and cell math of
+// the per-step kernels (forward_step_kernel and, on kernel path "tensor",
+// forward_pointwise_kernel): rec(q) is the recurrent product h_{s-1} . R for gate q (R column
+// q * H + j), asked for only when the row is inside its length. z = rec(q) + P[t_b(s), b]; the
+// gates, c and h; y[t], gates[t], cells[t]. Past the row's length h and c carry over and y is
+// 0 at position s. P and gates may alias (training): each element is read, then written, by
+// the same thread.
+// ------------------------------------------------------------------------------------------
+template <typename Real, class Rec>
+__device__ __forceinline__ void finish_unit(int64_t s, int64_t T, int64_t B, int64_t H, int64_t b, int64_t j,
+                                            const int64_t* lengths, bool reverse, const Real* P, const Rec& rec,
+                                            const Real* h_prev, Real* h_next, Real* c, Real* y, Real* gates,
+                                            Real* cells) {
+  const int64_t G = 4 * H;
+  const int64_t L = seq_len(lengths, b, T);
+  if (s < L) {
+    const int64_t t = reverse ? L - 1 - s : s;
+    const int64_t row = t * B + b;
+    const Real* p = P + row * G + j;
+    const Real zi = rec(0) + p[0];
+    const Real zf = rec(1) + p[H];
+    const Real zg = rec(2) + p[2 * H];
+    const Real zo = rec(3) + p[3 * H];
+    const Real gi = fl_sigmoid(zi), gf = fl_sigmoid(zf), gg = fl_tanh(zg), go = fl_sigmoid(zo);
+    const Real cn = gf * c[b * H + j] + gi * gg;
+    const Real hn = go * fl_tanh(cn);
+    c[b * H + j] = cn;
+    h_next[b * H + j] = hn;
+    y[row * H + j] = hn;
+    if (gates) {
+      Real* g = gates + row * G + j;
+      g[0] = gi;
+      g[H] = gf;
+      g[2 * H] = gg;
+      g[3 * H] = go;
+    }
+    if (cells) cells[row * H + j] = cn;
+  } else {  // past its length: the state carries over, y is 0 at position s
+    h_next[b * H + j] = h_prev[b * H + j];
+    y[(s * B + b) * H + j] = Real(0);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // Forward step s: grid (ceil(H / kUnits), ceil(B / BB)), kThreads threads.
 // Thread tid's column c = tid % 32 is gate c / kUnits of unit j0 + c % kUnits (R column
 // gate * H + j). After the product, threads tid < BB * kUnits each finish one (row, unit).
-// P and gates may alias (training): each element is read, then written, by the same thread.
 // ------------------------------------------------------------------------------------------
 template <typename Real, int BB>
 __global__ void __launch_bounds__(kThreads)
@@ -156,33 +211,9 @@ __global__ void __launch_bounds__(kThreads)
     const int bb = tid / kUnits, u = tid % kUnits;
     const int64_t b = b0 + bb, j = j0 + u;
     if (b < B && j < H) {
-      const int64_t L = seq_len(lengths, b, T);
-      if (s < L) {
-        const int64_t t = reverse ? L - 1 - s : s;
-        const int64_t row = t * B + b;
-        const Real* p = P + row * G + j;
-        const Real zi = sm.red[0][bb][0 * kUnits + u] + p[0];
-        const Real zf = sm.red[0][bb][1 * kUnits + u] + p[H];
-        const Real zg = sm.red[0][bb][2 * kUnits + u] + p[2 * H];
-        const Real zo = sm.red[0][bb][3 * kUnits + u] + p[3 * H];
-        const Real gi = fl_sigmoid(zi), gf = fl_sigmoid(zf), gg = fl_tanh(zg), go = fl_sigmoid(zo);
-        const Real cn = gf * c[b * H + j] + gi * gg;
-        const Real hn = go * fl_tanh(cn);
-        c[b * H + j] = cn;
-        h_next[b * H + j] = hn;
-        y[row * H + j] = hn;
-        if (gates) {
-          Real* g = gates + row * G + j;
-          g[0] = gi;
-          g[H] = gf;
-          g[2 * H] = gg;
-          g[3 * H] = go;
-        }
-        if (cells) cells[row * H + j] = cn;
-      } else {  // past its length: the state carries over, y is 0 at position s
-        h_next[b * H + j] = h_prev[b * H + j];
-        y[(s * B + b) * H + j] = Real(0);
-      }
+      const Real* red = &sm.red[0][bb][u];
+      finish_unit<Real>(s, T, B, H, b, j, lengths, reverse, P, [red](int q) { return red[q * kUnits]; }, h_prev,
+                        h_next, c, y, gates, cells);
     }
   }
 }
@@ -192,12 +223,25 @@ __global__ void __launch_bounds__(kThreads)
 // Reads dh (gradient into h_s from later steps), updates dc in place (-> gradient into
 // c_{s-1}), writes dz (T, B, 4H) and h_prev (T, B, H) at row t_b(s) * B + b; for rows past
 // their length it writes zeros at row s * B + b and leaves dh / dc (they carry over).
+// Kernel path "tensor" (dh_parts non-null): the running dh of a row that was inside its length
+// at step s + 1 is the sum of the nparts partial products dh_parts[z] (B, H) of that step's
+// tensor-core dz . R^T (z = 0, 1, ... in order; dh itself then still holds dh_n, which rows
+// that start later keep); and this step's dz rows are also written to dz_step (B, 4H) by
+// batch row (zeros for rows past their length), the A operand of this step's product.
 // ------------------------------------------------------------------------------------------
+template <typename Real>
+__device__ __forceinline__ Real sum_parts(const Real* p, int64_t nparts, int64_t stride) {
+  Real v = p[0];
+  for (int64_t z = 1; z < nparts; ++z) v += p[z * stride];
+  return v;
+}
+
 template <typename Real>
 __global__ void __launch_bounds__(kThreads)
     backward_gates_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
                           const Real* gates, const Real* cells, const Real* h0, const Real* c0,
-                          const Real* dy, const Real* dh, Real* dc, Real* dz, Real* h_prev) {
+                          const Real* dy, const Real* dh, Real* dc, Real* dz, Real* h_prev,
+                          const Real* dh_parts, int64_t nparts, Real* dz_step) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= B * H) return;
   const int64_t b = idx / H, j = idx % H, G = 4 * H;
@@ -209,6 +253,13 @@ __global__ void __launch_bounds__(kThreads)
     d[2 * H] = Real(0);
     d[3 * H] = Real(0);
     h_prev[(s * B + b) * H + j] = Real(0);
+    if (dz_step) {
+      Real* e = dz_step + b * G + j;
+      e[0] = Real(0);
+      e[H] = Real(0);
+      e[2 * H] = Real(0);
+      e[3 * H] = Real(0);
+    }
     return;
   }
   const int64_t t = reverse ? L - 1 - s : s;
@@ -225,16 +276,27 @@ __global__ void __launch_bounds__(kThreads)
     cp = cells[prow * H + j];
     hp = gates[prow * G + 3 * H + j] * fl_tanh(cp);
   }
-  Real dht = dh[b * H + j];
+  Real dht = (dh_parts && s + 1 < L) ? sum_parts(dh_parts + b * H + j, nparts, B * H) : dh[b * H + j];
   if (dy) dht += dy[row * H + j];
   const Real tc = fl_tanh(cc);
   const Real dct = dc[b * H + j] + dht * go * (Real(1) - tc * tc);
   dc[b * H + j] = dct * gf;
+  const Real d_i = dct * gg * (gi * (Real(1) - gi));
+  const Real d_f = dct * cp * (gf * (Real(1) - gf));
+  const Real d_g = dct * gi * (Real(1) - gg * gg);
+  const Real d_o = dht * tc * (go * (Real(1) - go));
   Real* d = dz + row * G + j;
-  d[0] = dct * gg * (gi * (Real(1) - gi));
-  d[H] = dct * cp * (gf * (Real(1) - gf));
-  d[2 * H] = dct * gi * (Real(1) - gg * gg);
-  d[3 * H] = dht * tc * (go * (Real(1) - go));
+  d[0] = d_i;
+  d[H] = d_f;
+  d[2 * H] = d_g;
+  d[3 * H] = d_o;
+  if (dz_step) {
+    Real* e = dz_step + b * G + j;
+    e[0] = d_i;
+    e[H] = d_f;
+    e[2 * H] = d_g;
+    e[3 * H] = d_o;
+  }
   h_prev[row * H + j] = hp;
 }
 
@@ -270,6 +332,40 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t b = b0 + bb, j = j0 + col;
     if (b < B && j < H && sm.rows[bb] != nullptr) dh[b * H + j] = sm.red[0][bb][col];
   }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel path "tensor" (float32, precision tf32 / bf16): per step, the recurrent product runs
+// on the tensor cores (tc::step_gemm, k split into nparts slices) into partial products Z;
+// these kernels add the partials in order z = 0, 1, ... and do the rest of the step.
+// ------------------------------------------------------------------------------------------
+// Forward step s after Z[z] (B, 4H) = h_{s-1} . R over k slice z: one thread per (b, j),
+// 1-D grid over B * H; the gate and cell math of finish_unit.
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    forward_pointwise_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
+                             const Real* P, const Real* Z, int64_t nparts, const Real* h_prev, Real* h_next,
+                             Real* c, Real* y, Real* gates, Real* cells) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, j = idx % H;
+  const Real* z = Z + b * 4 * H + j;
+  const int64_t stride = B * 4 * H;
+  finish_unit<Real>(s, T, B, H, b, j, lengths, reverse, P,
+                    [z, H, nparts, stride](int q) { return sum_parts(z + q * H, nparts, stride); }, h_prev, h_next,
+                    c, y, gates, cells);
+}
+
+// After the last (s = 0) backward step: dh (the dh0 output) = the sum of the partials
+// dh_parts[z] (B, H) for rows with a length > 0; rows of length 0 keep dh_n. One thread per
+// (b, j), 1-D grid over B * H.
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    dh_merge_kernel(int64_t T, int64_t B, int64_t H, const int64_t* lengths, const Real* dh_parts, int64_t nparts,
+                    Real* dh) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= B * H) return;
+  if (seq_len(lengths, idx / H, T) > 0) dh[idx] = sum_parts(dh_parts + idx, nparts, B * H);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -552,11 +648,109 @@ void check_precision(Precision p, int device) {
   tc::require_tensor_cores(p, device);
 }
 
-// What the description of a call adds for its precision ("" for fp32).
-inline std::string precision_note(Precision p) {
+// What the description of a call adds for its precision ("" for fp32). recurrent_tc: the
+// recurrent products ran on the tensor cores too (kernel path "tensor").
+inline std::string precision_note(Precision p, bool recurrent_tc) {
   if (p == Precision::kFp32) return "";
-  return std::string("; GEMMs: ") + tc::precision_name(p) +
-         " tensor cores (wmma, float32 accumulation), recurrent product fp32";
+  const std::string name = tc::precision_name(p);
+  return "; GEMMs: " + name + " tensor cores (wmma, float32 accumulation), recurrent product " +
+         (recurrent_tc ? name + " tensor cores" : std::string("fp32"));
+}
+
+// Kernel path "tensor": whether this call runs its per-step recurrent products on the tensor
+// cores. Forced (KernelPath::kTensor): yes, or an Error where it cannot (precision fp32). Auto:
+// with precision tf32 / bf16 (float32 data), B >= kTensorMinBatch and B H^2 >= kTensorMinWork
+// (bench/NOTES_GPU.md, "tensor-core recurrence", counts the work per step behind it).
+// simt / persistent: never. fp32 never takes it.
+inline bool tensor_auto(int64_t B, int64_t H) {
+  return B >= kTensorMinBatch && H * H >= ceil_div(kTensorMinWork, B);  // (B H^2 could overflow)
+}
+
+template <typename Real>
+bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* what) {
+  const bool can = std::is_same<Real, float>::value && opt.precision != Precision::kFp32;
+  if (opt.path == KernelPath::kTensor) {
+    if (!can)
+      throw Error(std::string("the tensor-core recurrent ") + what +
+                  " was asked for (kernel path 'tensor') but needs precision 'tf32' or 'bf16' (float32 data); this "
+                  "call's precision is 'fp32'");
+    return true;
+  }
+  return opt.path == KernelPath::kAuto && can && tensor_auto(B, H);
+}
+
+// Why the tensor path runs (for the description).
+inline std::string tensor_why(const RunOptions& opt) {
+  if (opt.path == KernelPath::kTensor) return "forced";
+  return "auto: B >= " + std::to_string(kTensorMinBatch) + ", B*H^2 >= 2^25";
+}
+
+// Forward recurrence on kernel path "tensor" (float32; use_tensor_path said yes): per step
+// s, Z = h_{s-1} . R on the tensor cores (tc::step_gemm: the plan's tile and k slices; Z holds
+// one partial (B, 4H) per slice), then forward_pointwise_kernel (the partials added in order,
+// + P, the gates, c, h, y, gates, cells). Returns the description.
+template <typename Real>
+std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real* hbuf1, int device,
+                           cudaStream_t stream, const RunOptions& opt) {
+  if constexpr (std::is_same<Real, float>::value) {
+    const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
+    int sms = 0;
+    FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const tc::StepPlan pl = tc::plan_step(B, G, H, sms);
+    Workspace<Real> z(pl.splits * B * G, device, stream);
+    poison(z.get(), pl.splits * B * G, stream);
+    const dim3 grid = grid_of(ceil_div(B * H, kThreads));
+    auto kp = forward_pointwise_kernel<Real>;
+    for (int64_t s = 0; s < T; ++s) {
+      const Real* h_prev = (s % 2 == 0) ? hbuf0 : hbuf1;
+      Real* h_next = (s % 2 == 0) ? hbuf1 : hbuf0;
+      tc::step_gemm<Real>(opt.precision, pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(), stream);
+      FL_LAUNCH(kp, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, P,
+                static_cast<const Real*>(z.get()), pl.splits, h_prev, h_next, a.c_n, a.y, a.gates, a.cells);
+    }
+    return "tensor-core recurrent forward (" + std::to_string(T) + " steps x 2 launches, " +
+           tc::precision_name(opt.precision) + " wmma, " + pl.describe() + ", " + tensor_why(opt) + ")";
+  } else {
+    (void)a, (void)P, (void)hbuf0, (void)hbuf1, (void)device, (void)stream, (void)opt;
+    throw Error("the tensor-core recurrent forward takes float32 data");
+  }
+}
+
+// Backward recurrence on kernel path "tensor" (float32): per step s = T-1 .. 0,
+// backward_gates_kernel (its running dh from the previous step's partials, this step's dz rows
+// also into dz_step), then dh partials = dz_step . R^T on the tensor cores (R read transposed
+// through strides: no R^T copy); after step 0, dh_merge_kernel writes dh0. Returns the
+// description.
+template <typename Real>
+std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, int device, cudaStream_t stream,
+                            const RunOptions& opt) {
+  if constexpr (std::is_same<Real, float>::value) {
+    const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
+    int sms = 0;
+    FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const tc::StepPlan pl = tc::plan_step(B, H, G, sms);
+    Workspace<Real> parts(pl.splits * B * H, device, stream);
+    Workspace<Real> dz_step(B * G, device, stream);
+    poison(parts.get(), pl.splits * B * H, stream);
+    poison(dz_step.get(), B * G, stream);
+    const dim3 grid = grid_of(ceil_div(B * H, kThreads));
+    auto k1 = backward_gates_kernel<Real>;
+    for (int64_t s = T - 1; s >= 0; --s) {
+      FL_LAUNCH(k1, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
+                a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(parts.get()),
+                pl.splits, dz_step.get());
+      tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G, parts.get(),
+                          stream);
+    }
+    auto km = dh_merge_kernel<Real>;
+    FL_LAUNCH(km, grid, dim3(kThreads), stream, T, B, H, a.lengths, static_cast<const Real*>(parts.get()), pl.splits,
+              a.dh0);
+    return "tensor-core recurrent backward (" + std::to_string(T) + " steps x 2 launches + 1, " +
+           tc::precision_name(opt.precision) + " wmma, " + pl.describe() + ", " + tensor_why(opt) + ")";
+  } else {
+    (void)a, (void)dz, (void)hprev, (void)device, (void)stream, (void)opt;
+    throw Error("the tensor-core recurrent backward takes float32 data");
+  }
 }
 
 template <typename Real, int BB>
@@ -578,6 +772,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
   check_precision<Real>(opt.precision, device);
+  const bool tensor = use_tensor_path<Real>(opt, B, H, "forward");  // (throws when forced where it cannot run)
   need(a.x, TB * I, "x", device);
   need(a.kernel, I * G, "kernel", device);
   need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
@@ -612,7 +807,9 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   // P = x . kernel + bias for all T * B rows
   gemm_in<Real>(opt.precision, TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
   std::string ran = "none (no time steps or no batch rows)";
-  if (B * H > 0 && T > 0) {
+  if (B * H > 0 && T > 0 && tensor) {
+    ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
+  } else if (B * H > 0 && T > 0) {
     persistent::Plan pl;
     if (opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(false, B, H, device);
     if (pl.ok) {
@@ -639,7 +836,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0)
     FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
                              cudaMemcpyDeviceToDevice, stream));
-  return ran + precision_note(opt.precision);
+  return ran + precision_note(opt.precision, tensor && B * H > 0 && T > 0);
 }
 
 template <typename Real, int BB>
@@ -651,7 +848,8 @@ void backward_steps(const BackwardArgs<Real>& a, Real* dz, Real* hprev, const Re
   auto k2 = backward_dh_kernel<Real, BB>;
   for (int64_t s = T - 1; s >= 0; --s) {
     FL_LAUNCH(k1, g1, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
-              a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev);
+              a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(nullptr), int64_t(0),
+              static_cast<Real*>(nullptr));
     FL_LAUNCH(k2, g2, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, static_cast<const Real*>(dz), RT,
               a.dh0);
   }
@@ -663,6 +861,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
   check_precision<Real>(opt.precision, device);
+  const bool want_tensor = use_tensor_path<Real>(opt, B, H, "backward");  // (throws when forced where it cannot run)
   need(a.x, TB * I, "x", device);
   need(a.kernel, I * G, "kernel", device);
   need(a.recurrent_kernel, H * G, "recurrent_kernel", device);
@@ -690,12 +889,13 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
 
   Workspace<Real> dz(TB * G, device, stream);     // (T, B, 4H) gate gradients by time position
   Workspace<Real> hprev(TB * H, device, stream);  // (T, B, H)  h_{t-1} by time position
+  const bool tensor = T > 0 && B > 0 && want_tensor;
   persistent::Plan pl;
-  if (T > 0 && B > 0 && opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(true, B, H, device);
-  if (T > 0 && B > 0 && !pl.ok && opt.path == KernelPath::kPersistent)
+  if (T > 0 && B > 0 && !tensor && opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(true, B, H, device);
+  if (T > 0 && B > 0 && !tensor && !pl.ok && opt.path == KernelPath::kPersistent)
     throw Error("the persistent backward kernel was asked for (kernel path 'persistent') but cannot run here: " +
                 pl.why);
-  const bool use_rt = T > 0 && B > 0 && !pl.ok;
+  const bool use_rt = T > 0 && B > 0 && !tensor && !pl.ok;
   Workspace<Real> rt(use_rt ? G * H : 0, device, stream);  // R^T (4H, H), per-step kernels only
   Workspace<Real> xm(a.lengths ? TB * I : 0, device, stream);       // x, padding zeroed
   poison(dz.get(), TB * G, stream);
@@ -707,7 +907,9 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   copy_or_zero(a.dh0, a.dh_n, B * H, stream);
   copy_or_zero(a.dc0, a.dc_n, B * H, stream);
   std::string ran = "none (no time steps or no batch rows)";
-  if (pl.ok) {
+  if (tensor) {
+    ran = backward_tensor<Real>(a, dz.get(), hprev.get(), device, stream, opt);
+  } else if (pl.ok) {
     Workspace<unsigned long long> counter(1, device, stream);
     FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
     persistent::BackwardParams<Real> prm{T,       B,      H,     pl.units,   pl.ng,   a.lengths,
@@ -741,7 +943,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
   gemm_in<Real>(pr, TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
   if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
-  return ran + precision_note(pr);
+  return ran + precision_note(pr, tensor);
 }
 
 // matmul() of api.h (tests): the LSTM's GEMM in precision p on device pointers (Real = float;

@@ -119,10 +119,12 @@ int current_device() {
 }
 
 std::string kernel_variant() {
-  return "simt-v1 + persistent-v1 + tc-gemm-v1: fp32/fp64 CUDA cores (no cuBLAS/cuDNN); input projection and "
+  return "simt-v1 + persistent-v1 + tc-gemm-v1 + tc-recurrent-v1: fp32/fp64 CUDA cores (no cuBLAS/cuDNN); input projection and "
          "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread), or with precision "
          "tf32/bf16 (float32 only) by a tensor-core GEMM (wmma, 128x128 tile, operands rounded while staged, float32 "
-         "accumulation); recurrence (always fp32/fp64) by "
+         "accumulation); recurrence with precision tf32/bf16 at large batch (kernel path 'tensor') by a "
+         "tensor-core GEMM per step (64x128 or 128x128 tiles, k split into slices whose partials are added in a "
+         "fixed order) and a pointwise kernel; otherwise fp32/fp64 by "
          "persistent kernels when they fit (one cooperative launch for all T steps, each block's slice of the "
          "recurrent weights resident in shared memory, one grid barrier per step, forward and backward), else "
          "per step one fused kernel (8 units x 4 gates x 4|16 batch rows per block, k split 8 ways, fixed-tree "

@@ -6,13 +6,21 @@
 //   C (M x N, leading dimension ldc) = A . B (+ bias[n]),
 //   A(m, k) = A[m * sam + k * sak], B(k, n) = B[k * sbk + n * sbn] (transposes are strides).
 //
-// Block tile 128 x 128, 32 k per shared-memory pass, 256 threads = 8 warps (4 along m x 2
-// along n); each warp owns a 32 x 64 tile = 2 x 4 wmma accumulators of 16 x 16 (float32).
-// Staging: every thread loads 16 elements of each operand from global memory (consecutive
-// threads on the operand's unit-stride axis: coalesced), rounds them to tf32
+// Two block tiles (TileCfg), both 256 threads = 8 warps and 32 k per shared-memory pass:
+//   Large 128 x 128, warps 4 (m) x 2 (n) of 32 x 64 = 2 x 4 wmma accumulators of 16 x 16: the
+//         large products (projection, weight gradients, dx) and the per-step recurrent
+//         products with more than 64 rows;
+//   Step  64 x 128, warps 2 x 4 of 32 x 32 = 2 x 2 accumulators: the per-step recurrent
+//         products with at most 64 rows (B <= 64), twice the blocks of Large there.
+// Split-K (the per-step products only, step_gemm): gridDim.z = S slices of k, slice z covers
+// k in [z kslice, min(K, (z + 1) kslice)) and writes its own partial product to
+// C + z * split_stride; the consumer adds the S partials in the fixed order z = 0, 1, ...
+// (no atomics: deterministic).
+// Staging: every thread loads its share of each operand tile from global memory (consecutive
+// threads on the operand's unit-stride axis: coalesced), rounds it to tf32
 // (cvt.rna.tf32.f32, i.e. wmma::__float_to_tf32: round to nearest, ties away from zero, to 10
-// mantissa bits) or converts them to bf16 (__float2bfloat16_rn: round to nearest even, 7
-// mantissa bits stored), and stores them in shared memory in the layout that keeps the
+// mantissa bits) or converts it to bf16 (__float2bfloat16_rn: round to nearest even, 7
+// mantissa bits stored), and stores it in shared memory in the layout that keeps the
 // shared-memory writes consecutive too: an operand whose m (or n) axis has unit stride is kept
 // k-major and read with a col_major (A) / row_major (B) fragment. The next pass's global loads
 // are issued into registers before the current pass's MMAs (one pass of latency hidden).
@@ -20,9 +28,10 @@
 // Epilogue: each accumulator goes through a per-warp 16 x 20 float scratch in shared memory
 // (store_matrix_sync) and is written to C with bounds checks and the bias added in float32.
 //
-// Deterministic: every output element is one warp's accumulator, summed over k in a fixed
-// order (k passes in order, k-steps in order, the MMA's own fixed internal order); no split-K,
-// no atomics. Shared memory: 35,328 B (tf32) / 18,944 B (bf16) static, under the 48 KB limit.
+// Deterministic: every output element (of a slice) is one warp's accumulator, summed over k in
+// a fixed order (k passes in order, k-steps in order, the MMA's own fixed internal order); no
+// atomics. Shared memory (static, under the 48 KB limit): 128 x 128 tiles 33,792-36,864 B (tf32)
+// / 17,408-20,480 B (bf16), 64 x 128 tiles 26,112-27,648 B / 13,824-15,360 B.
 #pragma once
 
 #include <cstdint>
@@ -37,15 +46,32 @@ namespace cuda {
 namespace impl {
 namespace tc {
 
-constexpr int kThreads = 256;
-constexpr int kBM = 128, kBN = 128, kBK = 32;           // block tile, k per pass
-constexpr int kWarpM = 32, kWarpN = 64;                 // warp tile (4 x 2 warps)
-constexpr int kFragM = kWarpM / 16, kFragN = kWarpN / 16;
-constexpr int kLoads = kBM * kBK / kThreads;            // elements of each operand per thread per pass
-constexpr int kScratchLd = 20;                          // per-warp epilogue scratch: 16 x 20 floats
-static_assert(kBM == kBN, "the staging code assumes square block tiles");
-static_assert((kBM / kWarpM) * (kBN / kWarpN) * 32 == kThreads, "8 warps cover the block tile");
-static_assert((kBM * kBK) % kThreads == 0, "whole loads per thread");
+constexpr int kBK = 32;         // k per shared-memory pass
+constexpr int kScratchLd = 20;  // per-warp epilogue scratch: 16 x 20 floats
+
+// A block tile: BM x BN outputs, WARPS_M x WARPS_N warps (each (BM / WARPS_M) x (BN / WARPS_N)
+// outputs), MIN_BLOCKS for __launch_bounds__, SPLIT_K: the kernel takes k slices (gridDim.z;
+// without, the k range is [0, K) and the code is the one of before split-K existed).
+template <int BM_, int BN_, int WARPS_M, int WARPS_N, int MIN_BLOCKS, bool SPLIT_K>
+struct TileCfg {
+  static constexpr int kBM = BM_, kBN = BN_;
+  static constexpr bool kSplitK = SPLIT_K;
+  static constexpr int kWarpsM = WARPS_M, kWarpsN = WARPS_N;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kMinBlocks = MIN_BLOCKS;
+  static constexpr int kWarpM = BM_ / WARPS_M, kWarpN = BN_ / WARPS_N;
+  static constexpr int kFragM = kWarpM / 16, kFragN = kWarpN / 16;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "whole 16 x 16 accumulators per warp");
+  static_assert(kThreads % kBK == 0 && kThreads % BM_ == 0 && kThreads % BN_ == 0 && (BM_ * kBK) % kThreads == 0 &&
+                    (BN_ * kBK) % kThreads == 0,
+                "whole loads per thread (see load_operand)");
+};
+// The large products: two blocks per SM (128 registers at most).
+using Large = TileCfg<128, 128, 4, 2, 2, false>;
+// The per-step products (grids of about one block per SM: one block per SM is allowed, so
+// up to 255 registers, no spills): M > 64 rows on the large tile, else on the 64 x 128 one.
+using StepLarge = TileCfg<128, 128, 4, 2, 1, true>;
+using Step = TileCfg<64, 128, 2, 4, 1, true>;
 
 template <Precision P>
 struct Traits;
@@ -68,12 +94,12 @@ struct Traits<Precision::kBf16> {
   __device__ static __forceinline__ Elem convert(float v) { return __float2bfloat16_rn(v); }
 };
 
-// The shared-memory geometry of one operand tile: 128 rows (m of A, n of B) x 32 k.
+// The shared-memory geometry of one operand tile: ROWS rows (m of A, n of B) x 32 k.
 // KMAJOR: stored [k][row] (the row axis has unit stride in global memory), else [row][k].
-template <Precision P, bool KMAJOR>
+template <Precision P, bool KMAJOR, int ROWS>
 struct Tile {
-  static constexpr int ld = KMAJOR ? kBM + Traits<P>::kPad : kBK + Traits<P>::kPad;  // elements per stored row
-  static constexpr int elems = (KMAJOR ? kBK : kBM) * ld;
+  static constexpr int ld = KMAJOR ? ROWS + Traits<P>::kPad : kBK + Traits<P>::kPad;  // elements per stored row
+  static constexpr int elems = (KMAJOR ? kBK : ROWS) * ld;
   static constexpr int bytes = elems * static_cast<int>(sizeof(typename Traits<P>::Elem));
   static_assert(bytes % 128 == 0, "the second tile starts 128-byte aligned");
   static_assert((ld * sizeof(typename Traits<P>::Elem)) % 16 == 0, "wmma: ldm a multiple of 16 bytes");
@@ -81,20 +107,22 @@ struct Tile {
   __device__ static __forceinline__ int offset(int r, int k) { return KMAJOR ? k * ld + r : r * ld + k; }
 };
 
-// The thread's 16 elements of an operand tile (128 rows r x 32 k; X(r, k) = X[r * s_r + k * s_k],
-// zero outside R x K): element i is (rr0 + 8 i, kk0) with rr0 = tid / 32, kk0 = tid % 32, or, when
-// KMAJOR (the rows have unit stride), (rr0, kk0 + 2 i) with rr0 = tid % 128, kk0 = tid / 128:
-// consecutive threads read consecutive addresses either way, and each thread's addresses are
-// one base plus constant steps (few registers).
-template <bool KMAJOR>
-__device__ __forceinline__ void load_operand(float (&r)[kLoads], const float* X, int64_t R, int64_t K, int64_t r0,
-                                             int64_t k0, int64_t s_r, int64_t s_k) {
+// The thread's ROWS * 32 / THREADS elements of an operand tile (ROWS rows r x 32 k;
+// X(r, k) = X[r * s_r + k * s_k], zero outside R x K): element i is (rr0 + (THREADS / 32) i, kk0)
+// with rr0 = tid / 32, kk0 = tid % 32, or, when KMAJOR (the rows have unit stride),
+// (rr0, kk0 + (THREADS / ROWS) i) with rr0 = tid % ROWS, kk0 = tid / ROWS: consecutive threads
+// read consecutive addresses either way, and each thread's addresses are one base plus constant
+// steps (few registers). K is the end of the block's k range (its split-K slice).
+template <bool KMAJOR, int ROWS, int THREADS>
+__device__ __forceinline__ void load_operand(float (&r)[ROWS * kBK / THREADS], const float* X, int64_t R, int64_t K,
+                                             int64_t r0, int64_t k0, int64_t s_r, int64_t s_k) {
+  constexpr int kLoads = ROWS * kBK / THREADS;
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t row = r0 + (KMAJOR ? tid % kBM : tid / kBK);
-  const int64_t k = k0 + (KMAJOR ? tid / kBM : tid % kBK);
+  const int64_t row = r0 + (KMAJOR ? tid % ROWS : tid / kBK);
+  const int64_t k = k0 + (KMAJOR ? tid / ROWS : tid % kBK);
   const int64_t base = row * s_r + k * s_k;
   if (KMAJOR) {
-    constexpr int dk = kThreads / kBM;
+    constexpr int dk = THREADS / ROWS;
     const int64_t step = dk * s_k;
     if (row < R && k + dk * (kLoads - 1) < K) {  // all inside (the common case): no per-element checks
 #pragma unroll
@@ -105,7 +133,7 @@ __device__ __forceinline__ void load_operand(float (&r)[kLoads], const float* X,
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) r[i] = (row_ok && k + dk * i < K) ? X[base + i * step] : 0.0f;
   } else {
-    constexpr int dr = kThreads / kBK;
+    constexpr int dr = THREADS / kBK;
     const int64_t step = dr * s_r;
     if (k < K && row + dr * (kLoads - 1) < R) {
 #pragma unroll
@@ -118,34 +146,40 @@ __device__ __forceinline__ void load_operand(float (&r)[kLoads], const float* X,
   }
 }
 
-// Stores the thread's 16 elements (load_operand's mapping), rounded / converted, into the tile.
-template <Precision P, bool KMAJOR>
-__device__ __forceinline__ void store_operand(typename Traits<P>::Elem* S, const float (&r)[kLoads]) {
+// Stores the thread's elements (load_operand's mapping), rounded / converted, into the tile.
+template <Precision P, bool KMAJOR, int ROWS, int THREADS>
+__device__ __forceinline__ void store_operand(typename Traits<P>::Elem* S, const float (&r)[ROWS * kBK / THREADS]) {
+  constexpr int kLoads = ROWS * kBK / THREADS;
   const int tid = static_cast<int>(threadIdx.x);
-  using Tl = Tile<P, KMAJOR>;
-  const int rr0 = KMAJOR ? tid % kBM : tid / kBK;
-  const int kk0 = KMAJOR ? tid / kBM : tid % kBK;
+  using Tl = Tile<P, KMAJOR, ROWS>;
+  const int rr0 = KMAJOR ? tid % ROWS : tid / kBK;
+  const int kk0 = KMAJOR ? tid / ROWS : tid % kBK;
   typename Traits<P>::Elem* s = S + Tl::offset(rr0, kk0);
-  constexpr int step = KMAJOR ? (kThreads / kBM) * Tl::ld : (kThreads / kBK) * Tl::ld;
+  constexpr int step = KMAJOR ? (THREADS / ROWS) * Tl::ld : (THREADS / kBK) * Tl::ld;
 #pragma unroll
   for (int i = 0; i < kLoads; ++i) s[i * step] = Traits<P>::convert(r[i]);
 }
 
 // A_KMAJOR: A stored [k][m] (A's m axis has unit stride; read as a col_major matrix_a).
 // B_KMAJOR: B stored [k][n] (B's n axis has unit stride; read as a row_major matrix_b).
-// Grid (ceil(M / 128), ceil(N / 128)), 256 threads.
-template <Precision P, bool A_KMAJOR, bool B_KMAJOR>
-__global__ void __launch_bounds__(kThreads, 2)
-    tc_gemm_kernel(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm,
-                   int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc) {
+// Grid (ceil(M / BM), ceil(N / BN), S), Cfg::kThreads threads. Block z sums k in
+// [z kslice, min(K, (z + 1) kslice)) and writes C + z * split_stride (S = 1, kslice >= K: the
+// whole product into C).
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    tc_gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A, int64_t sam, int64_t sak,
+                   const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc,
+                   int64_t split_stride) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // tf32 / bf16 wmma need sm_80; the host refuses such devices before launching
 #else
   namespace wmma = nvcuda::wmma;
   using Tr = Traits<P>;
   using E = typename Tr::Elem;
-  using TA = Tile<P, A_KMAJOR>;
-  using TB = Tile<P, B_KMAJOR>;  // B's tile rows are n: k-major storage = [k][n]
+  constexpr int kThreads = Cfg::kThreads, kBM = Cfg::kBM, kBN = Cfg::kBN;
+  constexpr int kWarpM = Cfg::kWarpM, kWarpN = Cfg::kWarpN, kFragM = Cfg::kFragM, kFragN = Cfg::kFragN;
+  using TA = Tile<P, A_KMAJOR, kBM>;
+  using TB = Tile<P, B_KMAJOR, kBN>;  // B's tile rows are n: k-major storage = [k][n]
   using LayoutA = typename std::conditional<A_KMAJOR, wmma::col_major, wmma::row_major>::type;
   using LayoutB = typename std::conditional<B_KMAJOR, wmma::row_major, wmma::col_major>::type;
   constexpr int kStageBytes = TA::bytes + TB::bytes;
@@ -157,9 +191,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
-  const int wm = warp % (kBM / kWarpM), wn = warp / (kBM / kWarpM);
+  const int wm = warp % Cfg::kWarpsM, wn = warp / Cfg::kWarpsM;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  int64_t kb = 0, ke = K;  // this block's k range [kb, ke)
+  if (Cfg::kSplitK) {
+    kb = static_cast<int64_t>(blockIdx.z) * kslice;
+    ke = imin(K, kb + kslice);
+    C += static_cast<int64_t>(blockIdx.z) * split_stride;
+  } else {
+    (void)kslice, (void)split_stride;
+  }
 
   wmma::fragment<wmma::accumulator, 16, 16, Tr::kK, float> acc[kFragM][kFragN];
 #pragma unroll
@@ -167,17 +209,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
     for (int j = 0; j < kFragN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  float ra[kLoads], rb[kLoads];
+  float ra[kBM * kBK / kThreads], rb[kBN * kBK / kThreads];
   // A as rows m (stride sam) x k (stride sak); B as rows n (stride sbn) x k (stride sbk)
-  load_operand<A_KMAJOR>(ra, A, M, K, m0, 0, sam, sak);
-  load_operand<B_KMAJOR>(rb, Bm, N, K, n0, 0, sbn, sbk);
-  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    store_operand<P, A_KMAJOR>(As, ra);
-    store_operand<P, B_KMAJOR>(Bs, rb);
+  load_operand<A_KMAJOR, kBM, kThreads>(ra, A, M, ke, m0, kb, sam, sak);
+  load_operand<B_KMAJOR, kBN, kThreads>(rb, Bm, N, ke, n0, kb, sbn, sbk);
+  for (int64_t k0 = kb; k0 < ke; k0 += kBK) {
+    store_operand<P, A_KMAJOR, kBM, kThreads>(As, ra);
+    store_operand<P, B_KMAJOR, kBN, kThreads>(Bs, rb);
     __syncthreads();  // the pass is staged
-    if (k0 + kBK < K) {  // the next pass's loads are in flight during this pass's MMAs
-      load_operand<A_KMAJOR>(ra, A, M, K, m0, k0 + kBK, sam, sak);
-      load_operand<B_KMAJOR>(rb, Bm, N, K, n0, k0 + kBK, sbn, sbk);
+    if (k0 + kBK < ke) {  // the next pass's loads are in flight during this pass's MMAs
+      load_operand<A_KMAJOR, kBM, kThreads>(ra, A, M, ke, m0, k0 + kBK, sam, sak);
+      load_operand<B_KMAJOR, kBN, kThreads>(rb, Bm, N, ke, n0, k0 + kBK, sbn, sbk);
     }
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += Tr::kK) {
@@ -230,29 +272,35 @@ inline void require_tensor_cores(Precision p, int device) {
                 "." + std::to_string(minor));
 }
 
-template <Precision P, bool AK, bool BK>
-void launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
-            const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc) {
-  auto kernel = tc_gemm_kernel<P, AK, BK>;
-  FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+template <Precision P, bool AK, bool BK, class Cfg>
+void launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A,
+            int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
+            int64_t ldc, int64_t split_stride) {
+  auto kernel = tc_gemm_kernel<P, AK, BK, Cfg>;
+  FL_LAUNCH(kernel, grid, dim3(Cfg::kThreads), stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, bias, C, ldc,
+            split_stride);
 }
+
+// The layout only decides which loads are coalesced; every combination computes the same.
+// A k-major: A's m axis has unit stride. B k-major: B's n axis is (or may be taken as) the
+// unit-stride one.
+inline bool a_kmajor(int64_t sam, int64_t sak) { return sam == 1 && sak != 1; }
+inline bool b_kmajor(int64_t sbk, int64_t sbn) { return !(sbk == 1 && sbn != 1); }
 
 template <Precision P>
 void gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
             int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream) {
-  const dim3 grid = grid_of(ceil_div(M, kBM), ceil_div(N, kBN));
+  const dim3 grid = grid_of(ceil_div(M, Large::kBM), ceil_div(N, Large::kBN));
   if (empty_grid(grid)) return;
-  // The layout only decides which loads are coalesced; every combination computes the same.
-  const bool ak = sam == 1 && sak != 1;  // A's m axis is the unit-stride one: stage it k-major
-  const bool bk = !(sbk == 1 && sbn != 1);  // B's n axis is (or may be taken as) the unit-stride one
+  const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
   if (ak && bk)
-    launch<P, true, true>(grid, stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    launch<P, true, true, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else if (ak)
-    launch<P, true, false>(grid, stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    launch<P, true, false, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else if (bk)
-    launch<P, false, true>(grid, stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    launch<P, false, true, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else
-    launch<P, false, false>(grid, stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    launch<P, false, false, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
 }
 
 // C = A . B (+ bias) on the tensor cores in precision p (kTf32 or kBf16). A template (Real =
@@ -265,6 +313,74 @@ void gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t s
     gemm_p<Precision::kTf32>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
   else
     gemm_p<Precision::kBf16>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+}
+
+// ---- the per-step recurrent products (kernel path "tensor") --------------------------------
+// C_z (M x N, row-major, ldc = N) for z < splits, C_z = C + z M N: the partial products over
+// the k slices of StepPlan. The LSTM's step kernels add the partials in order z = 0, 1, ...
+constexpr int kMaxSplits = 16;      // k slices at most
+constexpr int kMinSlicePasses = 2;  // 32-deep passes per slice at least (when K allows)
+
+struct StepPlan {
+  bool large = false;  // Large (128 x 128) tiles, else Step (64 x 128)
+  int64_t kslice = 0;  // k per slice, a multiple of 32 (0 when K = 0)
+  int64_t splits = 1;  // ceil(K / kslice) slices (1 when K = 0)
+  std::string describe() const {
+    return std::string(large ? "128x128" : "64x128") + " tiles x " + std::to_string(splits) + " k-slices";
+  }
+};
+
+// The tile and the k slices for an M x N x K step product on a device with `sm_count` SMs:
+// Step tiles for M <= 64, else Large; then as many k slices (at most kMaxSplits, at least
+// kMinSlicePasses passes each) as keep the grid within one block per SM.
+inline StepPlan plan_step(int64_t M, int64_t N, int64_t K, int sm_count) {
+  StepPlan pl;
+  pl.large = M > Step::kBM;
+  const int64_t blocks = pl.large ? ceil_div(M, StepLarge::kBM) * ceil_div(N, StepLarge::kBN)
+                                  : ceil_div(M, Step::kBM) * ceil_div(N, Step::kBN);
+  const int64_t passes = ceil_div(K, kBK);
+  int64_t want = blocks > 0 && blocks < sm_count ? sm_count / blocks : 1;
+  want = imin(want, imin(kMaxSplits, ceil_div(passes, kMinSlicePasses)));
+  if (want < 1) want = 1;
+  pl.kslice = ceil_div(passes, want) * kBK;
+  pl.splits = K > 0 ? ceil_div(K, pl.kslice) : 1;
+  return pl;
+}
+
+template <Precision P, class Cfg>
+void step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
+                 const float* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
+  dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
+  if (empty_grid(grid)) return;
+  grid.z = static_cast<unsigned>(pl.splits);
+  const int64_t kslice = K > 0 ? pl.kslice : 0;
+  // A is row-major in both step products (h_{s-1} rows, dz rows); B is R (k-major) forward, R
+  // read as R^T (n-major) backward.
+  if (a_kmajor(sam, sak)) throw Error("step_gemm: A must have unit stride along k");
+  if (b_kmajor(sbk, sbn))
+    launch<P, false, true, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N);
+  else
+    launch<P, false, false, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N);
+}
+
+// The partial products of the plan into C (pl.splits x M x N) on the tensor cores.
+template <typename Real>
+void step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam,
+               int64_t sak, const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
+  static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
+  if (pl.splits < 1 || pl.splits > 65535 || (K > 0 && (pl.kslice < 1 || ceil_div(K, pl.kslice) != pl.splits)))
+    throw Error("step_gemm: inconsistent k slices");
+  if (p == Precision::kTf32) {
+    if (pl.large)
+      step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    else
+      step_gemm_p<Precision::kTf32, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  } else {
+    if (pl.large)
+      step_gemm_p<Precision::kBf16, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    else
+      step_gemm_p<Precision::kBf16, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  }
 }
 
 inline const char* precision_name(Precision p) {

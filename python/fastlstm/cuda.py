@@ -10,17 +10,21 @@ capsule (a CUDA torch tensor) -- are used in place (with CuPy installed: ``pip i
 "fastlstm[cuda]"``) and the results are CuPy arrays on the same device; the kernels run on
 CuPy's current stream.
 
-Recurrent kernels: "auto" (the default) runs the persistent kernels -- one cooperative launch
-for all T steps, each block's slice of the recurrent weights kept in shared memory -- when they
-fit the device, else the per-step "simt" kernels. ``set_kernel_path("simt"|"persistent"|"auto")``
-or the environment variable ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks;
-"persistent" raises RuntimeError where it cannot run); ``cuda_info()["last_forward"]`` and
-``["last_backward"]`` say which kernels the last call ran.
+Recurrent kernels: "auto" (the default) runs, with precision "tf32" / "bf16" and enough work
+per step (B >= 32 and B * H**2 >= 2**25: at H = 1024 B >= 32, at H = 512 B >= 128), the
+"tensor" path (each step's recurrent product on tensor cores); otherwise
+the persistent kernels -- one cooperative launch for all T steps, each block's slice of the
+recurrent weights kept in shared memory -- when they fit the device, else the per-step "simt"
+kernels. ``set_kernel_path("simt"|"persistent"|"tensor"|"auto")`` or the environment variable
+``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks; "persistent" raises
+RuntimeError where it cannot run, "tensor" where the precision is "fp32");
+``cuda_info()["last_forward"]`` and ``["last_backward"]`` say which kernels the last call ran.
 
 Precision (``ops.lstm_forward(..., precision=)``): "fp32" (default), or with float32 inputs
 "tf32" / "bf16": the input projection and the backward's weight-gradient and dx products on
 tensor cores (operands rounded to tf32 / bf16, float32 accumulation; compute capability 8.0+);
-the recurrence stays float32. ``cuda_info()["last_forward"]`` then names the precision.
+the recurrent products too on the "tensor" path (auto: large B * H**2), else they stay float32.
+``cuda_info()["last_forward"]`` then names the precision.
 
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.
@@ -37,7 +41,7 @@ __all__ = ["available", "info", "DeviceArray", "is_device_array", "set_kernel_pa
            "use_kernel_path", "KERNEL_PATHS"]
 
 NOT_BUILT = "fastlstm was built without CUDA"
-KERNEL_PATHS = ("auto", "simt", "persistent")
+KERNEL_PATHS = ("auto", "simt", "persistent", "tensor")
 KERNEL_ENV = "FASTLSTM_CUDA_KERNEL"
 
 _state = {"ext": None, "loaded": False, "import_error": None, "status": None,
@@ -51,8 +55,10 @@ def _check_path(path, what):
 
 
 def set_kernel_path(path):
-    """Choose the recurrent kernels of backend="cuda": "auto" (persistent when it fits, else
-    simt), "simt" (the per-step kernels) or "persistent" (RuntimeError where it cannot run).
+    """Choose the recurrent kernels of backend="cuda": "auto" (tensor with tf32 / bf16,
+    B >= 32 and B * H**2 >= 2**25, else persistent when it fits, else simt), "simt" (the per-step kernels),
+    "persistent" (RuntimeError where it cannot run) or "tensor" (the per-step recurrent products
+    on tensor cores; RuntimeError with precision "fp32").
     None goes back to the environment variable FASTLSTM_CUDA_KERNEL, else "auto"."""
     _state["kernel_path"] = None if path is None else _check_path(path, "kernel path")
 
@@ -130,7 +136,7 @@ def info():
     fastlstm._cuda is present), "cupy" (whether CuPy is installed; it is not imported).
     With the extension: "runtime_version", "driver_version" (CUDA's integers, e.g. 13000),
     "device_count", "kernel_variant", "kernel_path" (the recurrent kernels asked for: auto,
-    simt or persistent), "last_forward" / "last_backward" (which recurrent kernels the last
+    simt, persistent or tensor), "last_forward" / "last_backward" (which recurrent kernels the last
     call of this process ran and why, None before the first). When available, the current
     device: "device", "name", "capability" (major, minor), "sm_count", "total_memory"
     (bytes), "l2_cache_bytes".

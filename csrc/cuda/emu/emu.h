@@ -266,18 +266,19 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
     if (g_error.empty()) g_error = "launch with an empty grid or block";
     return;
   }
-  if (block.y != 1 || block.z != 1 || grid.z != 1) {
-    if (g_error.empty()) g_error = "the emulator runs 1-D blocks and 2-D grids only";
+  if (block.y != 1 || block.z != 1) {
+    if (g_error.empty()) g_error = "the emulator runs 1-D blocks only";
     return;
   }
   ++g_stats.launches;
   g_gridDim = grid;
   g_blockDim = block;
   g_body = &body;
-  const uint64_t nblocks = uint64_t(grid.x) * grid.y;
+  const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   for (uint64_t k = 0; k < nblocks; ++k) {
     const uint64_t b = g_reverse_order ? nblocks - 1 - k : k;
-    g_blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x), 0};
+    g_blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
+                       static_cast<unsigned>(b / (uint64_t(grid.x) * grid.y))};
     ++g_stats.blocks;
     run_block(block.x);
   }

@@ -195,4 +195,36 @@ int fl_emu_gemm(int precision, int64_t M, int64_t N, int64_t K, const float* A, 
   return rc;
 }
 
+// Whether kernel path "auto" runs the recurrent products on the tensor cores for B rows and
+// H units (with precision tf32 / bf16): 1 or 0.
+int fl_emu_tensor_auto(int64_t B, int64_t H) { return cuda::impl::tensor_auto(B, H) ? 1 : 0; }
+
+// The per-step recurrent products' GEMM (kernel path "tensor") alone: partial products
+// C_z = A . B over k slice z (kslice k each, the last one shorter), C_z = C + z * M * N
+// (ceil(K / kslice) slices, 1 when K = 0), on the Large (128 x 128) or Step (64 x 128) tile;
+// precision 1 tf32, 2 bf16. kslice <= 0: the plan tc::plan_step makes for the emulated device.
+int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_t N, int64_t K, const float* A,
+                     int64_t sam, int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, char* ran,
+                     int ranlen, char* err, int errlen) {
+  std::string what;
+  const int rc = guarded(
+      [&] {
+        const auto p = static_cast<cuda::Precision>(precision);
+        if (p != cuda::Precision::kTf32 && p != cuda::Precision::kBf16) throw cuda::Error("step gemm: tf32 or bf16");
+        cuda::impl::tc::StepPlan pl;
+        if (kslice <= 0) {
+          pl = cuda::impl::tc::plan_step(M, N, K, cuda::emu::g_device.sm_count);
+        } else {
+          pl.large = large != 0;
+          pl.kslice = kslice;
+          pl.splits = K > 0 ? (K + kslice - 1) / kslice : 1;
+        }
+        cuda::impl::tc::step_gemm<float>(p, pl, M, N, K, A, sam, sak, B, sbk, sbn, C, nullptr);
+        what = pl.describe();
+      },
+      err, errlen);
+  if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
+  return rc;
+}
+
 }  // extern "C"
