@@ -1008,13 +1008,12 @@ def _prec_case(name, dtype=np.float32):
     return make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **CASES[name])
 
 
-def check_precision_against_reference(fwd, bwd, outs, grads, precision, floor=True):
-    """Outputs and gradients within the precision's tolerance of the float64 reference, and the
-    forward within the fp32 tolerance of the reference run on the rounded x and kernel."""
+def _errors_within(fwd, bwd, outs, grads, tols, label):
+    """{name: relative error against the float64 reference} of the float32 outputs (within
+    tols[0]) and gradients (within tols[1]; grads None: forward only); every array finite."""
     ref_outs, ref_grads = reference64(fwd, bwd)
-    tol_out, tol_grad = PREC_TOL[precision]
-    errs = []
-    for i, (name, a, b) in enumerate(zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads),
+    errs = {}
+    for i, (name, a, b) in enumerate(zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads or ()),
                                          tuple(ref_outs) + tuple(ref_grads))):
         if b is None:
             assert a is None, f"{name}: expected None"
@@ -1022,10 +1021,16 @@ def check_precision_against_reference(fwd, bwd, outs, grads, precision, floor=Tr
         a = to_host(a)
         assert a.shape == b.shape and a.dtype == np.float32, (name, a.shape, a.dtype)
         assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
-        err = rel_err(a, b)
-        errs.append(err)
-        tol = tol_out if i < 3 else tol_grad
-        assert err <= tol, f"{name} ({precision}): relative error {err:.3g} > {tol:.3g}"
+        errs[name] = rel_err(a, b)
+        tol = tols[0] if i < 3 else tols[1]
+        assert errs[name] <= tol, f"{name} ({label}): relative error {errs[name]:.3g} > {tol:.3g}"
+    return errs
+
+
+def check_precision_against_reference(fwd, bwd, outs, grads, precision, floor=True):
+    """Outputs and gradients within the precision's tolerance of the float64 reference, and the
+    forward within the fp32 tolerance of the reference run on the rounded x and kernel."""
+    errs = list(_errors_within(fwd, bwd, outs, grads, PREC_TOL[precision], precision).values())
     if floor and max(errs) > 0:
         assert max(errs) >= PREC_FLOOR[precision], \
             f"{precision}: largest error {max(errs):.3g} is fp32-sized: were the operands rounded?"
@@ -1373,20 +1378,7 @@ def forward_rounded_reference(fwd, precision):
 def check_tensor_against_reference(fwd, bwd, outs, grads, precision, tight=TENSOR_TIGHT):
     """The tensor path's outputs / gradients within TENSOR_TOL of the float64 reference, the
     forward within `tight` of the rounded-operand mirror. Returns the errors."""
-    ref_outs, ref_grads = reference64(fwd, bwd)
-    tol_out, tol_grad = TENSOR_TOL[precision]
-    errs = {}
-    for i, (name, a, b) in enumerate(zip(FWD_NAMES + BWD_NAMES, tuple(outs) + tuple(grads or ()),
-                                         tuple(ref_outs) + tuple(ref_grads))):
-        if b is None:
-            assert a is None, f"{name}: expected None"
-            continue
-        a = to_host(a)
-        assert a.shape == b.shape and a.dtype == np.float32, (name, a.shape, a.dtype)
-        assert np.isfinite(a).all(), f"{name}: non-finite entries (unwritten output?)"
-        errs[name] = rel_err(a, b)
-        tol = tol_out if i < 3 else tol_grad
-        assert errs[name] <= tol, f"{name} ({precision}, tensor path): relative error {errs[name]:.3g} > {tol:.3g}"
+    errs = _errors_within(fwd, bwd, outs, grads, TENSOR_TOL[precision], f"{precision}, tensor path")
     for name, a, b in zip(FWD_NAMES, outs, forward_rounded_reference(fwd, precision)):
         err = rel_err(to_host(a), b)
         errs["tight_" + name] = err

@@ -139,6 +139,15 @@ __device__ void rec_product(RecShared<Real, BB>& sm, int64_t K, const Real* W, i
   }
 }
 
+// The four gate values of one unit at p, p + H, p + 2H, p + 3H (the (.., 4H) row layout).
+template <typename Real>
+__device__ __forceinline__ void store_gates(Real* p, int64_t H, Real i, Real f, Real g, Real o) {
+  p[0] = i;
+  p[H] = f;
+  p[2 * H] = g;
+  p[3 * H] = o;
+}
+
 // ------------------------------------------------------------------------------------------
 // The end of forward step s for (row b, unit j), the one place of the gate and cell math of
 // the per-step kernels (forward_step_kernel and, on kernel path "tensor",
@@ -169,13 +178,7 @@ __device__ __forceinline__ void finish_unit(int64_t s, int64_t T, int64_t B, int
     c[b * H + j] = cn;
     h_next[b * H + j] = hn;
     y[row * H + j] = hn;
-    if (gates) {
-      Real* g = gates + row * G + j;
-      g[0] = gi;
-      g[H] = gf;
-      g[2 * H] = gg;
-      g[3 * H] = go;
-    }
+    if (gates) store_gates(gates + row * G + j, H, gi, gf, gg, go);
     if (cells) cells[row * H + j] = cn;
   } else {  // past its length: the state carries over, y is 0 at position s
     h_next[b * H + j] = h_prev[b * H + j];
@@ -247,19 +250,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = idx / H, j = idx % H, G = 4 * H;
   const int64_t L = seq_len(lengths, b, T);
   if (s >= L) {
-    Real* d = dz + (s * B + b) * G + j;
-    d[0] = Real(0);
-    d[H] = Real(0);
-    d[2 * H] = Real(0);
-    d[3 * H] = Real(0);
-    h_prev[(s * B + b) * H + j] = Real(0);
-    if (dz_step) {
-      Real* e = dz_step + b * G + j;
-      e[0] = Real(0);
-      e[H] = Real(0);
-      e[2 * H] = Real(0);
-      e[3 * H] = Real(0);
-    }
+    const Real zero(0);
+    store_gates(dz + (s * B + b) * G + j, H, zero, zero, zero, zero);
+    h_prev[(s * B + b) * H + j] = zero;
+    if (dz_step) store_gates(dz_step + b * G + j, H, zero, zero, zero, zero);
     return;
   }
   const int64_t t = reverse ? L - 1 - s : s;
@@ -285,18 +279,8 @@ __global__ void __launch_bounds__(kThreads)
   const Real d_f = dct * cp * (gf * (Real(1) - gf));
   const Real d_g = dct * gi * (Real(1) - gg * gg);
   const Real d_o = dht * tc * (go * (Real(1) - go));
-  Real* d = dz + row * G + j;
-  d[0] = d_i;
-  d[H] = d_f;
-  d[2 * H] = d_g;
-  d[3 * H] = d_o;
-  if (dz_step) {
-    Real* e = dz_step + b * G + j;
-    e[0] = d_i;
-    e[H] = d_f;
-    e[2 * H] = d_g;
-    e[3 * H] = d_o;
-  }
+  store_gates(dz + row * G + j, H, d_i, d_f, d_g, d_o);
+  if (dz_step) store_gates(dz_step + b * G + j, H, d_i, d_f, d_g, d_o);
   h_prev[row * H + j] = hp;
 }
 
