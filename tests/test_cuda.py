@@ -1043,6 +1043,18 @@ def check_precision_against_reference(fwd, bwd, outs, grads, precision, floor=Tr
     return errs
 
 
+def _assert_repeatable_in_any_order(emu, fwd, bwd, precision, outs, grads):
+    """Deterministic, and independent of the thread / block order and of the guard side: a
+    second run, and one in reversed order with the guard page in front, give the same bits."""
+    again = run_cuda_precision(fwd, bwd, precision)
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    reversed_ = run_cuda_precision(fwd, bwd, precision)
+    first = tuple(outs) + tuple(grads)
+    assert_bitwise_equal(first, tuple(again[0]) + tuple(again[1]))
+    assert_bitwise_equal(first, tuple(reversed_[0]) + tuple(reversed_[1]))
+
+
 def run_cuda_precision(fwd, bwd, precision, training=True):
     y, h_n, c_n, saved = ops.lstm_forward(**fwd, training=training, backend="cuda", precision=precision)
     grads = ops.lstm_backward(saved, **bwd) if training else None
@@ -1065,14 +1077,7 @@ def test_emulated_precision_matches_reference(emu, name, precision, path):
         assert f"GEMMs: {precision} tensor cores" in _ran(kind), _ran(kind)
     if path == "persistent":
         return  # the GEMMs are the same code on both paths: order independence checked on simt
-    # deterministic, and independent of the thread / block order and of the guard side
-    again = run_cuda_precision(fwd, bwd, precision)
-    emu.set_reverse_order(True)
-    emu.set_guard_front(True)
-    reversed_ = run_cuda_precision(fwd, bwd, precision)
-    first = tuple(outs) + tuple(grads)
-    assert_bitwise_equal(first, tuple(again[0]) + tuple(again[1]))
-    assert_bitwise_equal(first, tuple(reversed_[0]) + tuple(reversed_[1]))
+    _assert_repeatable_in_any_order(emu, fwd, bwd, precision, outs, grads)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -1418,14 +1423,7 @@ def test_emulated_tensor_recurrence_matches_reference(emu, name, precision):
         assert plans[0].startswith("128x128") and plans[1].startswith("128x128")
     errs = check_tensor_against_reference(fwd, bwd, outs, grads, precision)
     print(name, precision, {k: f"{v:.2e}" for k, v in errs.items()})
-    # deterministic, and independent of the thread / block order and of the guard side
-    again = run_cuda_precision(fwd, bwd, precision)
-    emu.set_reverse_order(True)
-    emu.set_guard_front(True)
-    reversed_ = run_cuda_precision(fwd, bwd, precision)
-    first = tuple(outs) + tuple(grads)
-    assert_bitwise_equal(first, tuple(again[0]) + tuple(again[1]))
-    assert_bitwise_equal(first, tuple(reversed_[0]) + tuple(reversed_[1]))
+    _assert_repeatable_in_any_order(emu, fwd, bwd, precision, outs, grads)
     # training=False: the same forward bits
     assert_bitwise_equal(outs, run_cuda_precision(fwd, bwd, precision, training=False)[0])
 

@@ -669,6 +669,13 @@ inline std::string tensor_why(const RunOptions& opt) {
   return "auto: B >= " + std::to_string(kTensorMinBatch) + ", B*H^2 >= 2^25";
 }
 
+// tc::plan_step for an M x N x K step product on `device` (its SM count).
+inline tc::StepPlan step_plan_on(int device, int64_t M, int64_t N, int64_t K) {
+  int sms = 0;
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return tc::plan_step(M, N, K, sms);
+}
+
 // Forward recurrence on kernel path "tensor" (float32; use_tensor_path said yes): per step
 // s, Z = h_{s-1} . R on the tensor cores (tc::step_gemm: the plan's tile and k slices; Z holds
 // one partial (B, 4H) per slice), then forward_pointwise_kernel (the partials added in order,
@@ -678,9 +685,7 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
                            cudaStream_t stream, const RunOptions& opt) {
   if constexpr (std::is_same<Real, float>::value) {
     const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
-    int sms = 0;
-    FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const tc::StepPlan pl = tc::plan_step(B, G, H, sms);
+    const tc::StepPlan pl = step_plan_on(device, B, G, H);
     Workspace<Real> z(pl.splits * B * G, device, stream);
     poison(z.get(), pl.splits * B * G, stream);
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
@@ -710,9 +715,7 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
                             const RunOptions& opt) {
   if constexpr (std::is_same<Real, float>::value) {
     const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
-    int sms = 0;
-    FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const tc::StepPlan pl = tc::plan_step(B, H, G, sms);
+    const tc::StepPlan pl = step_plan_on(device, B, H, G);
     Workspace<Real> parts(pl.splits * B * H, device, stream);
     Workspace<Real> dz_step(B * G, device, stream);
     poison(parts.get(), pl.splits * B * H, stream);
