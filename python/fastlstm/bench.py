@@ -719,9 +719,11 @@ GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
 # fastlstm tf32 / bf16 vs the float64 reference (sanity bounds; the tests' bounds are tighter,
 # tests/test_cuda.py: outputs 2u, gradients 4-5u with u = 2^-11 / 2^-9)
 GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2)}
-# fastlstm variants timed: (name, kernel path, precision). "auto": persistent where it fits.
+# fastlstm variants timed: (name, kernel path, precision). "auto": persistent where it fits,
+# with tf32 / bf16 at large B*H^2 the tensor-core recurrence. "tf32_persistent" runs only where
+# "tf32" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
 GPU_VARIANTS = (("auto", "auto", "fp32"), ("simt", "simt", "fp32"), ("tf32", "auto", "tf32"),
-                ("bf16", "auto", "bf16"))
+                ("bf16", "auto", "bf16"), ("tf32_persistent", "persistent", "tf32"))
 GPU_PATHS = ("auto", "simt")          # (kept for callers) the fp32 kernel paths
 CUDNN_MODES = ("fp32", "tf32", "bf16")
 # which cuDNN mode each fastlstm variant is compared with
@@ -824,6 +826,9 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
     # ---- fastlstm, each variant: check against the float64 reference, then time
     ok = True
     for name, path, precision in GPU_VARIANTS:
+        if name == "tf32_persistent" and not _short_kernel(out["tf32_kernels"][0]).startswith("tensor-core"):
+            continue  # auto did not take the tensor path: nothing to compare it with
+
         def f_fwd():
             ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"], c["c0"],
                              training=False, backend="cuda", precision=precision)
@@ -834,9 +839,15 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
             ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
 
         with fcuda.use_kernel_path(path):
-            y, hn, cn, saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"], c["h0"],
-                                                c["c0"], backend="cuda", precision=precision)
-            grads = ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
+            try:
+                y, hn, cn, saved = ops.lstm_forward(c["x"], c["kernel"], c["recurrent_kernel"], c["bias"],
+                                                    c["h0"], c["c0"], backend="cuda", precision=precision)
+                grads = ops.lstm_backward(saved, c["dy"], c["dh_n"], c["dc_n"])
+            except RuntimeError as e:
+                if path != "persistent":
+                    raise
+                out[f"{name}_error"] = str(e)  # the persistent kernels do not fit: reported, not fatal
+                continue
             torch.cuda.synchronize()
             info = fcuda.info()
             got = dict(zip(("y", "h_n", "c_n", "dx", "dh0", "dc0", "dk", "dr", "db"),
@@ -893,11 +904,28 @@ def format_gpu_table(results, header):
                 lines.append(f"| {cfg} | {r['error'][:100]} | | | | | | | | | |")
                 continue
             k = _short_kernel(r["auto_kernels"][0 if mode == "fwd" else 1])
+            kt = _short_kernel(r["tf32_kernels"][0 if mode == "fwd" else 1])
+            kb = _short_kernel(r["bf16_kernels"][0 if mode == "fwd" else 1])
             a, sm, t32, b16 = (r[f"{v}_{mode}"] for v in ("auto", "simt", "tf32", "bf16"))
             c32, ctf, cbf = (r[f"cudnn_{m}_{mode}"] for m in CUDNN_MODES)
             lines.append(f"| {cfg} | {a:.3f} ({k}, n={r[f'n_auto_{mode}']}) | {sm:.3f} | {c32:.3f} | "
-                         f"{c32 / a:.2f}x / {c32 / sm:.2f}x | {t32:.3f} | {ctf:.3f} | {ctf / t32:.2f}x | "
-                         f"{b16:.3f} | {cbf:.3f} | {cbf / b16:.2f}x |")
+                         f"{c32 / a:.2f}x / {c32 / sm:.2f}x | {t32:.3f} ({kt}) | {ctf:.3f} | {ctf / t32:.2f}x | "
+                         f"{b16:.3f} ({kb}) | {cbf:.3f} | {cbf / b16:.2f}x |")
+        lines.append("")
+    crossover = [r for r in results
+                 if "error" not in r and ("tf32_persistent_fwd" in r or "tf32_persistent_error" in r)]
+    if crossover:
+        lines += ["### tf32: the tensor-core recurrence (auto) against the persistent kernels, milliseconds", "",
+                  "| T, B, I, H | tensor fwd | persistent fwd | tensor fwd+bwd | persistent fwd+bwd |",
+                  "|---|---|---|---|---|"]
+        for r in crossover:
+            cfg = ", ".join(str(v) for v in r["config"])
+            if "tf32_persistent_error" in r:
+                lines.append(f"| {cfg} | {r['tf32_fwd']:.3f} | {r['tf32_persistent_error'][:80]} | "
+                             f"{r['tf32_fwdbwd']:.3f} | |")
+            else:
+                lines.append(f"| {cfg} | {r['tf32_fwd']:.3f} | {r['tf32_persistent_fwd']:.3f} | "
+                             f"{r['tf32_fwdbwd']:.3f} | {r['tf32_persistent_fwdbwd']:.3f} |")
         lines.append("")
     lines += ["### errors against the float64 reference (torch.nn.LSTM in double; relative Frobenius norm, "
               "max over y, h_n, c_n / over the six gradients)", "",
@@ -916,7 +944,9 @@ def format_gpu_table(results, header):
               "of CUDA-event timings; n = runs measured. fastlstm fp32: 'auto' runs the persistent kernels where "
               "they fit (the kernel column says which ran), 'simt' the per-step kernels; fastlstm tf32 / bf16 "
               "(precision=, kernel path auto): the input projection and the weight-gradient and dx products on "
-              "tensor cores, the recurrence in fp32. cuDNN tf32: TF32 allowed (cudnn and matmul); cuDNN bf16: "
+              "tensor cores, the recurrence in fp32 on the persistent / simt kernels, or on the tensor cores too "
+              "where auto took the tensor-core recurrence (B >= 32 and B*H^2 >= 2^25; the kernel in "
+              "parentheses). cuDNN tf32: TF32 allowed (cudnn and matmul); cuDNN bf16: "
               "module and inputs in bfloat16. check: fastlstm fp32 within %g (outputs) / %g (gradients) of "
               "float64, tf32 within %g / %g, bf16 within %g / %g."
               % (GPU_FWD_TOL, GPU_GRAD_TOL, *GPU_PREC_TOL["tf32"], *GPU_PREC_TOL["bf16"])]

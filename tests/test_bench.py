@@ -1,0 +1,75 @@
+"""The benchmark is part of the product (README: `python -m fastlstm.bench --quick`): its CLI
+runs end to end on the CPU and writes checked results, and the GPU table renders from a
+result set like the one `bench/gpu_check.sh` produces (no timing is asserted anywhere)."""
+import json
+
+import pytest
+
+from fastlstm import bench
+
+
+def test_quick_cli_writes_checked_results(tmp_path, capsys):
+    out_json, out_md = tmp_path / "quick.json", tmp_path / "quick.md"
+    rc = bench.main(["--quick", "--no-torch", "--no-reference", "--repeats", "3",
+                     "--json", str(out_json), "--markdown", str(out_md)])
+    assert rc in (0, None)
+    printed = capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    results = report["results"]
+    assert len(results) >= 2 and {r["mode"] for r in results} == {"fwd", "fwdbwd"}
+    for r in results:
+        # checked against the float64 reference before it was timed (the README's tolerance)
+        assert r["status"] == "ok" and not r["failed"], r
+        assert 0 < r["check"]["fastlstm"]["max"] <= 1e-4, r["check"]
+        t = r["timings"]["fastlstm"]
+        assert len(t["samples_ms"]) == t["repeats"] == 3
+        assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+        assert r["gflops"] > 0
+    table = out_md.read_text()
+    assert "| config (T,B,I,H) |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| (")]
+    assert len(rows) == len(results)
+    assert "config (T,B,I,H)" in printed
+
+
+def test_quick_cli_rejects_a_bad_config(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--config", "10,0,x,4"])
+    assert "T,B,I,H" in capsys.readouterr().err
+
+
+def _gpu_result(config, tensor):
+    r = dict(config=list(config), ok=True)
+    for v in ("auto", "simt", "tf32", "bf16"):
+        r[f"{v}_fwd"], r[f"{v}_fwdbwd"] = 1.5, 4.0
+        r[f"n_{v}_fwd"], r[f"n_{v}_fwdbwd"] = 30, 20
+        r[f"{v}_err_fwd"], r[f"{v}_err_grad"] = 1e-7, 2e-7
+    for m in bench.CUDNN_MODES:
+        r[f"cudnn_{m}_fwd"], r[f"cudnn_{m}_fwdbwd"] = 3.0, 6.0
+        r[f"cudnn_{m}_err_fwd"], r[f"cudnn_{m}_err_grad"] = 1e-7, 2e-7
+    r["auto_kernels"] = ["persistent forward (fp32, 128 blocks)", "persistent backward (fp32, 128 blocks)"]
+    r["simt_kernels"] = ["simt forward (100 step launches, forced)", "simt backward (200 step launches, forced)"]
+    rec = "tensor-core recurrent {} (100 steps x 2 launches, tf32 wmma, 64x128 tiles x 4 k-slices, auto)"
+    r["tf32_kernels"] = [rec.format("forward"), rec.format("backward")] if tensor else r["auto_kernels"]
+    r["bf16_kernels"] = r["tf32_kernels"]
+    if tensor:
+        r["tf32_persistent_fwd"], r["tf32_persistent_fwdbwd"] = 2.5, 7.0
+    return r
+
+
+def test_gpu_table_renders_every_section():
+    results = [_gpu_result((100, 64, 1024, 1024), tensor=True), _gpu_result((100, 1, 256, 256), tensor=False),
+               dict(config=[1000, 32, 256, 256], error="skipped: out of time (--deadline)")]
+    table = bench.format_gpu_table(results, "header line")
+    lines = table.splitlines()
+    assert lines[0] == "header line"
+    row = next(line for line in lines if line.startswith("| 100, 64, 1024, 1024 | 1.500 (persistent"))
+    assert "1.500 (tensor-core recurrent)" in row and "2.00x" in row   # cuDNN 3.0 / fastlstm 1.5
+    assert any(line.startswith("| 100, 1, 256, 256 | 1.500 (persistent") and "1.500 (persistent)" in line
+               for line in lines)
+    assert any("skipped: out of time" in line for line in lines)
+    # the crossover table lists only the configuration where the tensor path ran
+    i = lines.index("### tf32: the tensor-core recurrence (auto) against the persistent kernels, milliseconds")
+    end = lines.index("", i + 2)
+    assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 1.500 | 2.500 | 4.000 | 7.000 |"]
+    assert sum(line.endswith("| ok |") for line in lines) == 2
