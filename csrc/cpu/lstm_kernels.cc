@@ -348,16 +348,23 @@ void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
   }
 }
 
-// Unit block `block` of recurrent_kernel (H, 4H) into packed (nblocks x H x 4 x N):
-// packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H.
+// Unit blocks [first, last) of recurrent_kernel (H, 4H) into packed (nblocks x H x 4 x N):
+// packed[block][k][gate][v] = recurrent_kernel[k, gate*H + block*N + v], zero past H. Row by
+// row, so that each row's values of these blocks are read in address order (one run per gate)
+// and the prefetchers follow; block by block every read was in another row, 4H apart
+// (NOTES 28).
 template <typename Real>
-void pack_recurrent_block(const Real* recurrent_kernel, int64_t H, int64_t block, Real* packed) {
+void pack_recurrent_blocks(const Real* recurrent_kernel, int64_t H, int64_t first, int64_t last, Real* packed) {
   using V = Vec<Real>;
   constexpr int N = V::N;
-  Real* dst = packed + block * H * 4 * N;
-  const int64_t u0 = block * N, nu = imin(N, H - u0);
   for (int64_t k = 0; k < H; ++k)
-    for (int q = 0; q < 4; ++q, dst += N) V::store(dst, load_part(recurrent_kernel + k * 4 * H + q * H + u0, nu));
+    for (int q = 0; q < 4; ++q) {
+      const Real* src = recurrent_kernel + k * 4 * H + q * H;
+      for (int64_t block = first; block < last; ++block) {
+        const int64_t u0 = block * N;
+        V::store(packed + ((block * H + k) * 4 + q) * N, load_part(src + u0, imin(N, H - u0)));
+      }
+    }
 }
 
 template <typename Real>
@@ -372,8 +379,7 @@ void forward_task(void* p, int tid, int nthreads) {
   // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them), unless
   // packed before the call.
   if (ctx.packed_rk && !ctx.prepacked)
-    for (int64_t block = mine.first; block < mine.last; ++block)
-      pack_recurrent_block(a.recurrent_kernel, H, block, ctx.packed_rk);
+    pack_recurrent_blocks(a.recurrent_kernel, H, mine.first, mine.last, ctx.packed_rk);
   // Initial state of this thread's units (padding lanes zero).
   for (int64_t b = 0; b < B; ++b)
     for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -877,8 +883,7 @@ PackedWeights pack(const Real* kernel, const Real* recurrent_kernel, int64_t I, 
   w.recurrent = aligned(nblocks * H * 4 * N);
   GemmArgs<Real> g{0, 4 * H, I, nullptr, 0, 0, kernel, 4 * H, 1, nullptr, 0, nullptr};
   pack_b_all(g, static_cast<Real*>(w.kernel_panels.get()));
-  for (int64_t block = 0; block < nblocks; ++block)
-    pack_recurrent_block(recurrent_kernel, H, block, static_cast<Real*>(w.recurrent.get()));
+  pack_recurrent_blocks(recurrent_kernel, H, 0, nblocks, static_cast<Real*>(w.recurrent.get()));
   return w;
 }
 
