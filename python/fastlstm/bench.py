@@ -903,9 +903,7 @@ def format_gpu_table(results, header):
             if "error" in r:
                 lines.append(f"| {cfg} | {r['error'][:100]} | | | | | | | | | |")
                 continue
-            k = _short_kernel(r["auto_kernels"][0 if mode == "fwd" else 1])
-            kt = _short_kernel(r["tf32_kernels"][0 if mode == "fwd" else 1])
-            kb = _short_kernel(r["bf16_kernels"][0 if mode == "fwd" else 1])
+            k, kt, kb = (_short_kernel(r[f"{v}_kernels"][0 if mode == "fwd" else 1]) for v in ("auto", "tf32", "bf16"))
             a, sm, t32, b16 = (r[f"{v}_{mode}"] for v in ("auto", "simt", "tf32", "bf16"))
             c32, ctf, cbf = (r[f"cudnn_{m}_{mode}"] for m in CUDNN_MODES)
             lines.append(f"| {cfg} | {a:.3f} ({k}, n={r[f'n_auto_{mode}']}) | {sm:.3f} | {c32:.3f} | "
