@@ -400,11 +400,11 @@ class EmuExtension:
         return int(dtype == "float64")
 
     _PATHS = {"auto": 0, "simt": 1, "persistent": 2, "tensor": 3}
-    _PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}
+    _PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2, "tf32x3": 3}
 
     def _precision(self, precision):
         if precision not in self._PRECISIONS:
-            raise ValueError(f"precision: expected 'fp32', 'tf32' or 'bf16', got '{precision}'")
+            raise ValueError(f"precision: expected one of {tuple(self._PRECISIONS)}, got '{precision}'")
         return self._PRECISIONS[precision]
 
     def _call(self, fn, kernel_path, precision, *args):
@@ -1061,16 +1061,23 @@ def run_cuda_precision(fwd, bwd, precision, training=True):
     return (y, h_n, c_n), grads, saved
 
 
-@pytest.mark.parametrize("path", ["simt", "persistent"])
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("name", PRECISION_CASES)
-def test_emulated_precision_matches_reference(emu, name, precision, path):
+def _run_prec_case_on_path(emu, name, path, precision):
+    """Case `name` (PRECISION_CASES) on kernel path simt / persistent in `precision`; checks that
+    the saved forward carries the precision. Returns (fwd, bwd, outs, grads)."""
     fcuda.set_kernel_path(path)
     if path == "persistent":
         emu.set_device(sm_count=_persistent_sms(name))
     fwd, bwd = _prec_case(name)
     outs, grads, saved = run_cuda_precision(fwd, bwd, precision)
     assert saved.precision == precision and f"precision={precision!r}" in repr(saved)
+    return fwd, bwd, outs, grads
+
+
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", PRECISION_CASES)
+def test_emulated_precision_matches_reference(emu, name, precision, path):
+    fwd, bwd, outs, grads = _run_prec_case_on_path(emu, name, path, precision)
     check_precision_against_reference(fwd, bwd, outs, grads, precision)
     for kind in ("forward", "backward"):
         assert _ran(kind).startswith(f"{path} {kind}"), _ran(kind)
@@ -1129,7 +1136,7 @@ def test_emulated_precision_argument_errors(emu):
         with pytest.raises(ValueError, match=rf"precision='{precision}' takes float32 inputs.*float64"):
             ops.lstm_forward(**fwd64, backend="cuda", precision=precision)
     for bad in ("fp16", "TF32", "", None, 32):
-        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\)"):
+        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16', 'tf32x3'\)"):
             ops.lstm_forward(**fwd64, backend="cuda", precision=bad)
     # the extension refuses too (a direct call with float64 data)
     with pytest.raises(RuntimeError, match="takes float32 data"):
@@ -1193,9 +1200,27 @@ def _run_gemm(ext, precision, M, N, K, layout, seed, bias=True, pad=3):
     return c[:, :N], A, B, bv, ran
 
 
-def check_gemm(C, A, B, bias, precision):
+def split_tf32(a):
+    """tf32x3's operand split in NumPy: (hi, lo) = (tf32(a), tf32(a - hi)), float32 arrays."""
+    a = np.ascontiguousarray(a, np.float32)
+    hi = round_tf32(a)
+    return hi, round_tf32(a - hi)  # a - hi is exact in float32
+
+
+def model_product(A, B, precision):
+    """The float64 product the tensor-core GEMM computes up to float32 accumulation: of the
+    rounded operands (tf32 / bf16), of the split ones without the lo.lo term (tf32x3), or of the
+    operands themselves (fp32)."""
+    if precision == "tf32x3":
+        (ah, al), (bh, bl) = split_tf32(A), split_tf32(B)
+        ah, al, bh, bl = (v.astype(np.float64) for v in (ah, al, bh, bl))
+        return al @ bh + ah @ bl + ah @ bh
     rnd = ROUND[precision] if precision != "fp32" else (lambda v: v)
-    want = rnd(A).astype(np.float64) @ rnd(B).astype(np.float64)
+    return rnd(A).astype(np.float64) @ rnd(B).astype(np.float64)
+
+
+def check_gemm(C, A, B, bias, precision):
+    want = model_product(A, B, precision)
     exact = A.astype(np.float64) @ B.astype(np.float64)
     if bias is not None:
         want += bias
@@ -1203,7 +1228,9 @@ def check_gemm(C, A, B, bias, precision):
     assert np.isfinite(C).all(), "unwritten outputs"
     err = rel_err(C, want)
     assert err <= GEMM_TOL, f"{precision}: {err:.3g} from the product of the rounded operands"
-    if precision != "fp32" and A.shape[1] >= 16:
+    if precision == "tf32x3":  # float32's accuracy: a dropped or unsplit term shows as ~1e-4
+        assert rel_err(C, exact) <= GEMM_TOL, f"tf32x3: {rel_err(C, exact):.3g} from the exact product"
+    elif precision != "fp32" and A.shape[1] >= 16:
         assert rel_err(C, exact) >= PREC_FLOOR[precision], "the operands were not rounded"
     return err
 
@@ -1490,7 +1517,7 @@ def test_emulated_tensor_path_choice_and_fp32_unaffected(emu, monkeypatch):
         assert _ran("backward").startswith(f"{path} backward") and "recurrent product fp32" in _ran("backward")
     # forced "tensor" in fp32 (float32 or float64): a clear error, forward and backward
     fcuda.set_kernel_path("tensor")
-    with pytest.raises(RuntimeError, match=r"kernel path 'tensor'.*needs precision 'tf32' or 'bf16'"):
+    with pytest.raises(RuntimeError, match=r"kernel path 'tensor'.*needs precision 'tf32', 'bf16' or 'tf32x3'"):
         run_cuda(fwd, bwd)
     fwd64, bwd64 = make_case(3, 2, 4, 5, np.float64, seed=33)
     with pytest.raises(RuntimeError, match=r"kernel path 'tensor'.*needs precision"):
@@ -1573,20 +1600,18 @@ def _run_step_gemm(ext, precision, large, kslice, M, N, K, layout, seed):
 
 
 def check_step_gemm(parts, A, Bm, kslice, precision):
-    """Each partial within GEMM_TOL of the float64 product of the rounded operands over its k
-    slice, and their sum (in order) within GEMM_TOL of the whole product."""
-    rnd = ROUND[precision]
-    Ar, Br = rnd(A).astype(np.float64), rnd(Bm).astype(np.float64)
+    """Each partial within GEMM_TOL of the float64 product of the rounded (tf32x3: split)
+    operands over its k slice, and their sum (in order) within GEMM_TOL of the whole product."""
     assert np.isfinite(parts).all(), "unwritten outputs"
     for z in range(parts.shape[0]):
         k0, k1 = z * kslice, min(A.shape[1], (z + 1) * kslice)
-        want = Ar[:, k0:k1] @ Br[k0:k1]
+        want = model_product(A[:, k0:k1], Bm[k0:k1], precision)
         err = rel_err(parts[z], want) if np.any(want) else float(np.abs(parts[z]).max(initial=0))
         assert err <= GEMM_TOL, f"slice {z}: {err:.3g}"
     total = parts[0].astype(np.float32)
     for z in range(1, parts.shape[0]):
         total = total + parts[z]
-    assert rel_err(total, Ar @ Br) <= GEMM_TOL
+    assert rel_err(total, model_product(A, Bm, precision)) <= GEMM_TOL
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -1674,3 +1699,154 @@ def test_gpu_tensor_recurrence_is_rounded_and_fp32_unaffected(precision, kernel_
     if picked[0] == picked[1]:
         assert_bitwise_equal(auto[1], forced[1])
     check_against_reference(fwd, bwd, auto[0], auto[1], TOL[np.dtype(np.float32)])
+
+
+# --------------------------------------------------------------------------- precision tf32x3
+# precision="tf32x3" (float32 only): the same tensor-core kernels as "tf32", but each operand v
+# is split into hi = tf32(v) and lo = tf32(v - hi) once its fragment is loaded, and each product
+# is accumulated as lo.hi + hi.lo + hi.hi (three MMAs; the lo.lo term, <= 2^-22 |a b|, is left
+# out). hi + lo keeps 22 of float32's 24 significant bits, so the products are float32-accurate
+# up to ~2^-21 relative, below float32 accumulation over the sums' lengths. The claim is
+# float32's accuracy, so the bound is float32's: TOL (2e-6) for every output and gradient
+# against the float64 reference, on every kernel path (the recurrent products too on the
+# tensor path), and GEMM_TOL (2e-6) for the GEMM against the exact product. A term dropped or
+# an operand left unsplit gives tf32-sized errors (~1e-4), 50x over; the emulator refuses
+# unrounded operands at mma_sync, so a kernel that skipped the split cannot pass as float32.
+# Measured on the emulator (printed with -s): see the tests below. On a GPU the tensor cores'
+# truncating accumulation (csrc/cuda/emu/emu_wmma.h) adds error the emulator does not have;
+# the GPU tests hold it to the same bound (not yet run on a GPU).
+X3 = "tf32x3"
+X3_PATH_CASES = ["B5_H9_I17_unsorted_lengths", "H130_B3_TB_over_64", "I33_H17_B7_reverse_nobias",
+                 "T1_B1_I1_H1", "I5_H3_len_0_1_T_reverse", "dy_None"]
+
+
+def test_numpy_split_tf32_model():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(1000).astype(np.float32) * np.float32(10.0) ** rng.integers(-3, 4, 1000)
+    hi, lo = split_tf32(a)
+    assert not np.any(round_tf32(hi) != hi) and not np.any(round_tf32(lo) != lo)  # both tf32 values
+    err = np.abs((hi.astype(np.float64) + lo) - a) / np.abs(a)
+    assert err.max() <= 2.0 ** -21 and err.max() > 2.0 ** -26  # 22 bits kept, not all 24
+    assert np.abs(round_tf32(a).astype(np.float64) - a).max() / np.abs(a).max() > 2.0 ** -16
+
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+def test_emulated_tf32x3_gemm_is_float32_accurate(emu, layout):
+    errs = []
+    for i, (M, N, K) in enumerate(GEMM_SHAPES):
+        C, A, B, bias, ran = _run_gemm(emu, X3, M, N, K, layout, seed=400 + i, bias=i % 2 == 0)
+        assert ran == f"tensor-core gemm ({X3}, wmma)"
+        errs.append(check_gemm(C, A, B, bias, X3))
+        if K >= 16:  # tf32 on the same operands is ~1e-4 off: the split is what buys the bits
+            tf32 = _run_gemm(emu, "tf32", M, N, K, layout, seed=400 + i, bias=i % 2 == 0)[0]
+            exact = A.astype(np.float64) @ B.astype(np.float64) + (0 if bias is None else bias)
+            assert rel_err(C, exact) * 50 < rel_err(tf32, exact), (rel_err(C, exact), rel_err(tf32, exact))
+    print(layout, "tf32x3 gemm vs model", [f"{e:.1e}" for e in errs])
+    first = _run_gemm(emu, X3, 130, 67, 45, layout, seed=7)[0]
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    second = _run_gemm(emu, X3, 130, 67, 45, layout, seed=7)[0]
+    np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+@pytest.mark.parametrize("layout", ["fwd", "bwd"])
+def test_emulated_tf32x3_step_gemm_k_slices(emu, layout):
+    for i, (large, kslice, M, N, K) in enumerate([(False, 64, 5, 36, 40), (True, 96, 70, 140, 200),
+                                                   (False, 32, 64, 130, 100)]):
+        parts, A, Bm, ran = _run_step_gemm(emu, X3, large, kslice, M, N, K, layout, seed=500 + i)
+        assert ran == f"{'128x128' if large else '64x128'} tiles x {-(-K // kslice)} k-slices", ran
+        check_step_gemm(parts, A, Bm, kslice, X3)
+        total = parts.astype(np.float64).sum(axis=0)
+        assert rel_err(total, A.astype(np.float64) @ Bm.astype(np.float64)) <= GEMM_TOL
+
+
+@pytest.mark.parametrize("path", ["simt", "persistent"])
+@pytest.mark.parametrize("name", X3_PATH_CASES)
+def test_emulated_tf32x3_matches_reference_to_fp32_tolerance(emu, name, path):
+    fwd, bwd, outs, grads = _run_prec_case_on_path(emu, name, path, X3)
+    tol = TOL[np.dtype(np.float32)]
+    errs = _errors_within(fwd, bwd, outs, grads, (tol, tol), X3)
+    print(name, path, {k: f"{v:.1e}" for k, v in errs.items()})
+    for kind in ("forward", "backward"):
+        assert _ran(kind).startswith(f"{path} {kind}"), _ran(kind)
+        assert f"GEMMs: {X3} tensor cores" in _ran(kind) and "recurrent product fp32" in _ran(kind), _ran(kind)
+    if path == "simt":
+        _assert_repeatable_in_any_order(emu, fwd, bwd, X3, outs, grads)
+
+
+@pytest.mark.parametrize("name", list(TENSOR_CASES))
+def test_emulated_tf32x3_tensor_recurrence_matches_reference_to_fp32_tolerance(emu, name):
+    spec, sms, path, fwd, bwd = _tensor_case(name)
+    emu.set_device(sm_count=sms)
+    fcuda.set_kernel_path(path)
+    outs, grads, _ = run_cuda_precision(fwd, bwd, X3)
+    _assert_ran_tensor(X3)
+    tol = TOL[np.dtype(np.float32)]
+    errs = _errors_within(fwd, bwd, outs, grads, (tol, tol), f"{X3}, tensor path")
+    print(name, {k: f"{v:.1e}" for k, v in errs.items()})
+    # against plain tf32 on the same path: ~1e-4 apart (the split really happened in the
+    # recurrence too: with h . R in tf32, y would be tf32-sized off)
+    tf32_outs = run_cuda_precision(fwd, bwd, "tf32")[0]
+    if spec["H"] >= 9:
+        assert rel_err(tf32_outs[0], outs[0]) >= PREC_FLOOR["tf32"], rel_err(tf32_outs[0], outs[0])
+    _assert_repeatable_in_any_order(emu, fwd, bwd, X3, outs, grads)
+    assert_bitwise_equal(outs, run_cuda_precision(fwd, bwd, X3, training=False)[0])
+
+
+def test_emulated_tf32x3_auto_rule_and_errors(emu):
+    # auto takes the tensor path for tf32x3 on the same rule as tf32 / bf16 (B >= 32, B H^2 >= 2^25)
+    big, _ = make_case(1, TENSOR_MIN_BATCH, 1, 1024, np.float32, seed=30, lengths=[1, 0] * 16)
+    y = ops.lstm_forward(**big, backend="cuda", precision=X3, training=False)[0]
+    _assert_ran_tensor(X3, "forward")
+    assert f"auto: B >= {TENSOR_MIN_BATCH}" in _ran("forward")
+    want = reference.lstm_forward(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                                         else v) for k, v in big.items()}, training=False)[0]
+    assert rel_err(y, want) <= TOL[np.dtype(np.float32)], rel_err(y, want)
+    fwd64, _ = make_case(4, 3, 5, 2, np.float64, seed=1)
+    with pytest.raises(ValueError, match=rf"precision='{X3}' takes float32 inputs.*float64"):
+        ops.lstm_forward(**fwd64, backend="cuda", precision=X3)
+    with pytest.raises(RuntimeError, match="takes float32 data"):
+        emu.forward("float64", (2, 1, 3, 4), *([0] * 7), False, *([0] * 5), 0, 0, precision=X3)
+    with pytest.raises(ValueError, match=r"precision=.tf32x3. needs backend=.cuda."):
+        ops.lstm_forward(*make_case(2, 1, 3, 4, np.float32, seed=1)[0].values(), backend="cpu",
+                         precision=X3)
+    fwd, _ = make_case(3, 2, 4, 5, np.float32, seed=2)
+    emu.set_capability(7, 5)
+    with pytest.raises(RuntimeError, match=rf"precision '{X3}' needs tensor cores of compute capability 8\.0"):
+        ops.lstm_forward(**fwd, backend="cuda", precision=X3)
+
+
+# ---- on a GPU
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_tf32x3_gemm_is_float32_accurate():
+    from fastlstm import _cuda
+    for layout in ("nn", "tn", "nt", "tt"):
+        for i, (M, N, K) in enumerate(GEMM_SHAPES + [(1000, 520, 700), (64, 4096, 3000)]):
+            C, A, B, bias, ran = _run_gemm(_cuda, X3, M, N, K, layout, seed=600 + i, bias=i % 2 == 1)
+            assert ran == f"tensor-core gemm ({X3}, wmma)"
+            err = check_gemm(C, A, B, bias, X3)
+            print(layout, (M, N, K), f"{err:.2e}")
+        first = _run_gemm(_cuda, X3, 1000, 520, 700, layout, seed=9)[0]
+        second = _run_gemm(_cuda, X3, 1000, 520, 700, layout, seed=9)[0]
+        np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("name", ["B5_H9_I17_unsorted_lengths", "H1024_B2_I64_T3", "B64_H1024_I256_T3_auto",
+                                  "B256_H1024_I64_T2_reverse_auto", "B33_H129_I17_T6"])
+def test_gpu_tf32x3_matches_reference_to_fp32_tolerance(name, kernel_path_reset):
+    if name in TENSOR_GPU_CASES:
+        spec, path = TENSOR_GPU_CASES[name]
+    else:
+        spec, path = {**CASES, **BIG_CASES}[name], "auto"
+    fcuda.set_kernel_path(path)
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    outs, grads, _ = run_cuda_precision(fwd, bwd, X3)
+    tol = TOL[np.dtype(np.float32)]
+    errs = _errors_within(fwd, bwd, outs, grads, (tol, tol), X3)
+    print(name, _ran("forward")[:40], {k: f"{v:.1e}" for k, v in errs.items()})
+    again = run_cuda_precision(fwd, bwd, X3)
+    assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(again[0]) + tuple(again[1]))

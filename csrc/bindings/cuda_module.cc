@@ -82,7 +82,8 @@ Precision precision_of(const std::string& p) {
   if (p == "fp32") return Precision::kFp32;
   if (p == "tf32") return Precision::kTf32;
   if (p == "bf16") return Precision::kBf16;
-  throw py::value_error("precision: expected 'fp32', 'tf32' or 'bf16', got '" + p + "'");
+  if (p == "tf32x3") return Precision::kTf32x3;
+  throw py::value_error("precision: expected 'fp32', 'tf32', 'bf16' or 'tf32x3', got '" + p + "'");
 }
 
 bool is_double(const std::string& dtype) {
@@ -231,9 +232,9 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("device"), py::arg("stream"),
       py::arg("kernel_path") = "auto", py::arg("precision") = "fp32",
       "LSTM forward on device pointers (0 = none); asynchronous on `stream`. kernel_path: 'auto' (tensor with "
-      "tf32 / bf16, B >= 32 and B*H^2 >= 2^25, else persistent when it fits, else simt), 'simt', 'persistent' "
-      "(RuntimeError when it cannot run) or 'tensor' (the recurrent products on tensor cores; tf32 / bf16 only). "
-      "precision: 'fp32', or 'tf32' / 'bf16' (float32 only, sm_80+: the input projection on tensor cores). Returns "
+      "tf32 / bf16 / tf32x3, B >= 32 and B*H^2 >= 2^25, else persistent when it fits, else simt), 'simt', 'persistent' "
+      "(RuntimeError when it cannot run) or 'tensor' (the recurrent products on tensor cores; tf32 / bf16 / tf32x3 only). "
+      "precision: 'fp32', or 'tf32' / 'bf16' / 'tf32x3' (float32 only, sm_80+: the input projection on tensor cores). Returns "
       "a description of the recurrent kernel that ran.");
 
   m.def(
@@ -260,7 +261,7 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("dkernel"), py::arg("drecurrent_kernel"), py::arg("dbias"), py::arg("device"), py::arg("stream"),
       py::arg("kernel_path") = "auto", py::arg("precision") = "fp32",
       "LSTM backward on device pointers (0 = none); asynchronous on `stream`. kernel_path, precision: as for "
-      "forward (tf32 / bf16: the weight-gradient and dx products on tensor cores). Returns a description of the "
+      "forward (tf32 / bf16 / tf32x3: the weight-gradient and dx products on tensor cores). Returns a description of the "
       "recurrent kernel that ran.");
 
   m.def(
@@ -278,5 +279,5 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("stream"),
       "For tests: C (M x N, leading dimension ldc) = A . B (+ bias) in float32 on device pointers, A(m, k) = "
       "a[m*sam + k*sak], B(k, n) = b[k*sbk + n*sbn], by the LSTM's GEMM in `precision` ('fp32': the SIMT GEMM; "
-      "'tf32' / 'bf16': the tensor-core GEMM). Returns a description of the kernel.");
+      "'tf32' / 'bf16' / 'tf32x3': the tensor-core GEMM). Returns a description of the kernel.");
 }

@@ -84,7 +84,11 @@ enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2, kTensor = 3 };
 // products h_{s-1} . R and dz_s . R^T run on the tensor cores too (h, dz and R rounded the same
 // way); otherwise they stay float32. The gate math, the cell state and dbias stay float32 in
 // every mode.
-enum class Precision { kFp32 = 0, kTf32 = 1, kBf16 = 2 };
+// kTf32x3 (float32 only, sm_80+): the same tensor-core kernels, but each float32 operand is split
+// into two tf32 parts, v = hi + lo (hi = tf32(v), lo = tf32(v - hi): 22 of float32's 24
+// significant bits), and each product is accumulated as lo.hi + hi.lo + hi.hi (the lo.lo term,
+// ~2^-22 of the product, is left out): three MMAs per product for about float32's accuracy.
+enum class Precision { kFp32 = 0, kTf32 = 1, kBf16 = 2, kTf32x3 = 3 };
 
 struct RunOptions {
   KernelPath path = KernelPath::kAuto;

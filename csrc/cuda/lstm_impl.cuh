@@ -13,7 +13,7 @@
 //      Block (blockIdx.x, blockIdx.y) owns kUnits hidden units (all 4 gates: 32 columns of R)
 //      for BB batch rows; h ping-pongs between two (B, H) buffers.
 //   3. h_n <- the last h buffer; c_n is the cell state, updated in place.
-// Kernel path "tensor" (precision tf32 / bf16, float32; "auto" picks it for B >= 32 and
+// Kernel path "tensor" (precision tf32 / bf16 / tf32x3, float32; "auto" picks it for B >= 32 and
 // B H^2 >= 2^25): forward step 2 is tc::step_gemm (h_{s-1} . R on the tensor cores into k-slice
 // partials) then forward_pointwise_kernel (the same gate math, finish_unit); backward per step
 // backward_gates_kernel (also writing the step's dz rows by batch row) then tc::step_gemm
@@ -53,7 +53,7 @@ constexpr int kRows = 16;                // batch rows per block otherwise
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
 constexpr int kColsumRows = 256;         // rows per partial column sum (dbias, pass 1), at least
 // Kernel path "auto" runs the recurrent products on the tensor cores (kernel path "tensor")
-// when the precision is tf32 / bf16, B >= kTensorMinBatch and the per-step recurrent work
+// when the precision is tf32 / bf16 / tf32x3, B >= kTensorMinBatch and the per-step recurrent work
 // B x H x H >= kTensorMinWork (4 B H^2 >= 2^27 FMAs: at H = 1024 B >= 32, at H = 512 B >= 128, at
 // H = 256 B >= 512); below that the persistent kernel's per-step cost is predicted lower than
 // the tensor path's ~7-11 us (two launches, R streamed from L2). bench/NOTES_GPU.md counts it.
@@ -319,7 +319,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernel path "tensor" (float32, precision tf32 / bf16): per step, the recurrent product runs
+// Kernel path "tensor" (float32, precision tf32 / bf16 / tf32x3): per step, the recurrent product runs
 // on the tensor cores (tc::step_gemm, k split into nparts slices) into partial products Z;
 // these kernels add the partials in order z = 0, 1, ... and do the rest of the step.
 // ------------------------------------------------------------------------------------------
@@ -608,7 +608,7 @@ namespace cuda {
 namespace impl {
 
 // The large products in the call's precision: the fp32 SIMT GEMM (fp32, and always for
-// double), or the tensor-core GEMM (tf32 / bf16, float only; check_precision ran first).
+// double), or the tensor-core GEMM (tf32 / bf16 / tf32x3, float only; check_precision ran first).
 template <typename Real>
 void gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
              int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
@@ -621,11 +621,12 @@ void gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_
   gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
 }
 
-// Throws when the precision cannot run: tf32 / bf16 take float32 data and compute capability 8.0+.
+// Throws when the precision cannot run: tf32 / bf16 / tf32x3 take float32 data and compute capability 8.0+.
 template <typename Real>
 void check_precision(Precision p, int device) {
   if (p == Precision::kFp32) return;
-  if (p != Precision::kTf32 && p != Precision::kBf16) throw Error("precision: unknown value");
+  if (p != Precision::kTf32 && p != Precision::kBf16 && p != Precision::kTf32x3)
+    throw Error("precision: unknown value");
   if (!std::is_same<Real, float>::value)
     throw Error(std::string("precision '") + tc::precision_name(p) +
                 "' takes float32 data (tensor cores with float32 accumulation); float64 runs in 'fp32' only");
@@ -643,7 +644,7 @@ inline std::string precision_note(Precision p, bool recurrent_tc) {
 
 // Kernel path "tensor": whether this call runs its per-step recurrent products on the tensor
 // cores. Forced (KernelPath::kTensor): yes, or an Error where it cannot (precision fp32). Auto:
-// with precision tf32 / bf16 (float32 data), B >= kTensorMinBatch and B H^2 >= kTensorMinWork
+// with precision tf32 / bf16 / tf32x3 (float32 data), B >= kTensorMinBatch and B H^2 >= kTensorMinWork
 // (bench/NOTES_GPU.md, "tensor-core recurrence", counts the work per step behind it).
 // simt / persistent: never. fp32 never takes it.
 inline bool tensor_auto(int64_t B, int64_t H) {
@@ -656,8 +657,8 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
   if (opt.path == KernelPath::kTensor) {
     if (!can)
       throw Error(std::string("the tensor-core recurrent ") + what +
-                  " was asked for (kernel path 'tensor') but needs precision 'tf32' or 'bf16' (float32 data); this "
-                  "call's precision is 'fp32'");
+                  " was asked for (kernel path 'tensor') but needs precision 'tf32', 'bf16' or 'tf32x3' (float32 "
+                  "data); this call's precision is 'fp32'");
     return true;
   }
   return opt.path == KernelPath::kAuto && can && tensor_auto(B, H);
@@ -922,7 +923,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
     x_valid = xm.get();
   }
   // dkernel (I, 4H) = x^T . dz       A(i, r) = x[r * I + i]
-  // (tf32 / bf16: on the tensor cores, the operands rounded while staged; dbias stays fp32)
+  // (tf32 / bf16 / tf32x3: on the tensor cores, the operands rounded or split; dbias stays fp32)
   const Precision pr = opt.precision;
   gemm_in<Real>(pr, I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
   // drecurrent (H, 4H) = h_prev^T . dz

@@ -119,10 +119,12 @@ int current_device() {
 }
 
 std::string kernel_variant() {
-  return "simt-v1 + persistent-v1 + tc-gemm-v1 + tc-recurrent-v1: fp32/fp64 CUDA cores (no cuBLAS/cuDNN); input projection and "
+  return "simt-v1 + persistent-v1 + tc-gemm-v1 + tc-recurrent-v1 + tc-x3-v1: fp32/fp64 CUDA cores (no "
+         "cuBLAS/cuDNN); input projection and "
          "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread), or with precision "
          "tf32/bf16 (float32 only) by a tensor-core GEMM (wmma, 128x128 tile, operands rounded while staged, float32 "
-         "accumulation); recurrence with precision tf32/bf16 at large batch (kernel path 'tensor') by a "
+         "accumulation; tf32x3: operands split into two tf32 parts in registers, three MMAs per product); "
+         "recurrence with precision tf32/bf16/tf32x3 at large batch (kernel path 'tensor') by a "
          "tensor-core GEMM per step (64x128 or 128x128 tiles, k split into slices whose partials are added in a "
          "fixed order) and a pointwise kernel; otherwise fp32/fp64 by "
          "persistent kernels when they fit (one cooperative launch for all T steps, each block's slice of the "

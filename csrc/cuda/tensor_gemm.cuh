@@ -1,4 +1,4 @@
-// fastlstm's tensor-core GEMM (precision "tf32" / "bf16"; float32 data only), included by
+// fastlstm's tensor-core GEMM (precision "tf32" / "bf16" / "tf32x3"; float32 data only), included by
 // lstm_impl.cuh after its helpers (imin, ceil_div, grid_of). The same source runs on the GPU
 // (nvcuda::wmma from <mma.h>, sm_80 and newer) and, with FASTLSTM_CUDA_EMU, on the CPU
 // emulator's wmma subset (emu/emu_wmma.h).
@@ -25,6 +25,11 @@
 // k-major and read with a col_major (A) / row_major (B) fragment. The next pass's global loads
 // are issued into registers before the current pass's MMAs (one pass of latency hidden).
 // Fragments: tf32 16 x 16 x 8 (4 k-steps per pass), bf16 16 x 16 x 16 (2 k-steps per pass).
+// tf32x3: staged unrounded (float32, the tf32 geometry), and every fragment, once loaded, split
+// into hi = tf32(v) and lo = tf32(v - hi) (split_tf32); each accumulator then takes
+// a_lo.b_hi, a_hi.b_lo, a_hi.b_hi in that order (three MMAs; a_lo.b_lo, ~2^-22 |ab|, is left
+// out). The large products use LargeX3 (the Large tile at one block per SM: the lo fragments
+// need more than 128 registers).
 // Epilogue: each accumulator goes through a per-warp 16 x 20 float scratch in shared memory
 // (store_matrix_sync) and is written to C with bounds checks and the bias added in float32.
 //
@@ -68,6 +73,9 @@ struct TileCfg {
 };
 // The large products: two blocks per SM (128 registers at most).
 using Large = TileCfg<128, 128, 4, 2, 2, false>;
+// The same tile for tf32x3 (hi and lo fragments of each operand: more registers than 128), one
+// block per SM.
+using LargeX3 = TileCfg<128, 128, 4, 2, 1, false>;
 // The per-step products (grids of about one block per SM: one block per SM is allowed, so
 // up to 255 registers, no spills): M > 64 rows on the large tile, else on the 64 x 128 one.
 using StepLarge = TileCfg<128, 128, 4, 2, 1, true>;
@@ -75,14 +83,25 @@ using Step = TileCfg<64, 128, 2, 4, 1, true>;
 
 template <Precision P>
 struct Traits;
+// kSplit: the operands are staged unrounded (float32) and each fragment is split into two tf32
+// fragments, hi + lo, after it is loaded (split_tf32); every product takes three MMAs.
 template <>
 struct Traits<Precision::kTf32> {
   using Elem = float;  // tf32 values are kept in float storage, the low 13 bits zero
   using FragType = nvcuda::wmma::precision::tf32;
   static constexpr int kK = 8;    // wmma 16 x 16 x 8
   static constexpr int kPad = 4;  // 16 bytes of padding per stored row (ldm stays a multiple of 16 bytes)
-  static const char* name() { return "tf32"; }
+  static constexpr bool kSplit = false;
   __device__ static __forceinline__ Elem convert(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+template <>
+struct Traits<Precision::kTf32x3> {
+  using Elem = float;  // float32 as loaded; split_tf32 makes the tf32 parts in registers
+  using FragType = nvcuda::wmma::precision::tf32;
+  static constexpr int kK = 8;
+  static constexpr int kPad = 4;
+  static constexpr bool kSplit = true;
+  __device__ static __forceinline__ Elem convert(float v) { return v; }
 };
 template <>
 struct Traits<Precision::kBf16> {
@@ -90,9 +109,23 @@ struct Traits<Precision::kBf16> {
   using FragType = __nv_bfloat16;
   static constexpr int kK = 16;   // wmma 16 x 16 x 16
   static constexpr int kPad = 8;  // 16 bytes
-  static const char* name() { return "bf16"; }
+  static constexpr bool kSplit = false;
   __device__ static __forceinline__ Elem convert(float v) { return __float2bfloat16_rn(v); }
 };
+
+// hi holds a fragment of float32 values; afterwards hi = tf32(v) and lo = tf32(v - hi) element
+// by element (v - hi is exact in float32). The same operation on every element, so it does not
+// depend on the fragment's (unspecified) layout.
+template <class Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+#pragma unroll
+  for (int t = 0; t < Frag::num_elements; ++t) {
+    const float v = hi.x[t];
+    const float h = nvcuda::wmma::__float_to_tf32(v);
+    hi.x[t] = h;
+    lo.x[t] = nvcuda::wmma::__float_to_tf32(v - h);
+  }
+}
 
 // The shared-memory geometry of one operand tile: ROWS rows (m of A, n of B) x 32 k.
 // KMAJOR: stored [k][row] (the row axis has unit stride in global memory), else [row][k].
@@ -223,15 +256,32 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     }
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += Tr::kK) {
-      wmma::fragment<wmma::matrix_b, 16, 16, Tr::kK, typename Tr::FragType, LayoutB> b[kFragN];
+      using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Tr::kK, typename Tr::FragType, LayoutB>;
+      using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Tr::kK, typename Tr::FragType, LayoutA>;
+      FragB b[kFragN];
+      FragB b_lo[Tr::kSplit ? kFragN : 1];
 #pragma unroll
-      for (int j = 0; j < kFragN; ++j) wmma::load_matrix_sync(b[j], Bs + TB::offset(wn * kWarpN + j * 16, kk), TB::ld);
+      for (int j = 0; j < kFragN; ++j) {
+        wmma::load_matrix_sync(b[j], Bs + TB::offset(wn * kWarpN + j * 16, kk), TB::ld);
+        if constexpr (Tr::kSplit) split_tf32(b[j], b_lo[j]);
+      }
 #pragma unroll
       for (int i = 0; i < kFragM; ++i) {
-        wmma::fragment<wmma::matrix_a, 16, 16, Tr::kK, typename Tr::FragType, LayoutA> a;
+        FragA a;
         wmma::load_matrix_sync(a, As + TA::offset(wm * kWarpM + i * 16, kk), TA::ld);
+        if constexpr (Tr::kSplit) {
+          FragA a_lo;
+          split_tf32(a, a_lo);
 #pragma unroll
-        for (int j = 0; j < kFragN; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+          for (int j = 0; j < kFragN; ++j) {  // the small terms first, into the same accumulator
+            wmma::mma_sync(acc[i][j], a_lo, b[j], acc[i][j]);
+            wmma::mma_sync(acc[i][j], a, b_lo[j], acc[i][j]);
+            wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < kFragN; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+        }
       }
     }
     __syncthreads();  // the pass is read before the next one overwrites it (and before the epilogue reuses it)
@@ -261,13 +311,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
+inline const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::kTf32: return "tf32";
+    case Precision::kBf16: return "bf16";
+    case Precision::kTf32x3: return "tf32x3";
+    default: return "fp32";
+  }
+}
+
 // Throws unless the device has tensor cores that take tf32 / bf16 (compute capability >= 8.0).
 inline void require_tensor_cores(Precision p, int device) {
   int major = 0, minor = 0;
   FL_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   FL_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   if (major < 8)
-    throw Error(std::string("precision '") + (p == Precision::kTf32 ? "tf32" : "bf16") +
+    throw Error(std::string("precision '") + precision_name(p) +
                 "' needs tensor cores of compute capability 8.0 or newer; this device is " + std::to_string(major) +
                 "." + std::to_string(minor));
 }
@@ -287,20 +346,20 @@ void launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int
 inline bool a_kmajor(int64_t sam, int64_t sak) { return sam == 1 && sak != 1; }
 inline bool b_kmajor(int64_t sbk, int64_t sbn) { return !(sbk == 1 && sbn != 1); }
 
-template <Precision P>
+template <Precision P, class Cfg>
 void gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
             int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream) {
-  const dim3 grid = grid_of(ceil_div(M, Large::kBM), ceil_div(N, Large::kBN));
+  const dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
   if (empty_grid(grid)) return;
   const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
   if (ak && bk)
-    launch<P, true, true, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
+    launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else if (ak)
-    launch<P, true, false, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
+    launch<P, true, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else if (bk)
-    launch<P, false, true, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
+    launch<P, false, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
   else
-    launch<P, false, false, Large>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
+    launch<P, false, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
 }
 
 // C = A . B (+ bias) on the tensor cores in precision p (kTf32 or kBf16). A template (Real =
@@ -310,9 +369,11 @@ void gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t s
           int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
   if (p == Precision::kTf32)
-    gemm_p<Precision::kTf32>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+    gemm_p<Precision::kTf32, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  else if (p == Precision::kTf32x3)
+    gemm_p<Precision::kTf32x3, LargeX3>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
   else
-    gemm_p<Precision::kBf16>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+    gemm_p<Precision::kBf16, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
 }
 
 // ---- the per-step recurrent products (kernel path "tensor") --------------------------------
@@ -375,19 +436,16 @@ void step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K,
       step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
     else
       step_gemm_p<Precision::kTf32, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  } else if (p == Precision::kTf32x3) {
+    if (pl.large)
+      step_gemm_p<Precision::kTf32x3, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    else
+      step_gemm_p<Precision::kTf32x3, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
   } else {
     if (pl.large)
       step_gemm_p<Precision::kBf16, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
     else
       step_gemm_p<Precision::kBf16, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-  }
-}
-
-inline const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::kTf32: return "tf32";
-    case Precision::kBf16: return "bf16";
-    default: return "fp32";
   }
 }
 

@@ -10,7 +10,7 @@ capsule (a CUDA torch tensor) -- are used in place (with CuPy installed: ``pip i
 "fastlstm[cuda]"``) and the results are CuPy arrays on the same device; the kernels run on
 CuPy's current stream.
 
-Recurrent kernels: "auto" (the default) runs, with precision "tf32" / "bf16" and enough work
+Recurrent kernels: "auto" (the default) runs, with precision "tf32" / "bf16" / "tf32x3" and enough work
 per step (B >= 32 and B * H**2 >= 2**25: at H = 1024 B >= 32, at H = 512 B >= 128), the
 "tensor" path (each step's recurrent product on tensor cores); otherwise
 the persistent kernels -- one cooperative launch for all T steps, each block's slice of the
@@ -21,9 +21,11 @@ RuntimeError where it cannot run, "tensor" where the precision is "fp32");
 ``cuda_info()["last_forward"]`` and ``["last_backward"]`` say which kernels the last call ran.
 
 Precision (``ops.lstm_forward(..., precision=)``): "fp32" (default), or with float32 inputs
-"tf32" / "bf16": the input projection and the backward's weight-gradient and dx products on
-tensor cores (operands rounded to tf32 / bf16, float32 accumulation; compute capability 8.0+);
-the recurrent products too on the "tensor" path (auto: large B * H**2), else they stay float32.
+"tf32" / "bf16" / "tf32x3": the input projection and the backward's weight-gradient and dx
+products on tensor cores (operands rounded to tf32 / bf16, or for "tf32x3" split into two tf32
+parts and multiplied three times for about float32's accuracy; float32 accumulation; compute
+capability 8.0+); the recurrent products too on the "tensor" path (auto: large B * H**2), else
+they stay float32.
 ``cuda_info()["last_forward"]`` then names the precision.
 
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
@@ -55,7 +57,7 @@ def _check_path(path, what):
 
 
 def set_kernel_path(path):
-    """Choose the recurrent kernels of backend="cuda": "auto" (tensor with tf32 / bf16,
+    """Choose the recurrent kernels of backend="cuda": "auto" (tensor with tf32 / bf16 / tf32x3,
     B >= 32 and B * H**2 >= 2**25, else persistent when it fits, else simt), "simt" (the per-step kernels),
     "persistent" (RuntimeError where it cannot run) or "tensor" (the per-step recurrent products
     on tensor cores; RuntimeError with precision "fp32").
@@ -298,7 +300,7 @@ def device_mode(values):
 
 def forward(normalize, raw, names, precision="fp32"):
     """Run the forward. raw: the arguments x ... lengths as given (dict by name); names: the
-    array arguments' names; precision: "fp32", "tf32" or "bf16" (checked by ops). Returns
+    array arguments' names; precision: one of ops.PRECISIONS (checked by ops). Returns
     ((y, h_n, c_n), fields of LSTMSaved or None)."""
     ext = require()
     if device_mode(raw.values()):

@@ -21,12 +21,16 @@ NumPy arrays; device arrays (CuPy, __cuda_array_interface__, CUDA DLPack) need C
 CuPy arrays on their device, computed on CuPy's current stream. See fastlstm.cuda.
 
 precision: "fp32" (default: every product in the inputs' dtype, exactly as before), or, on
-backend "cuda" with float32 inputs only, "tf32" / "bf16": the input projection x . kernel and
-the weight-gradient and dx products of lstm_backward run on tensor cores with their operands
-rounded to tf32 (10 mantissa bits) or bf16 (7 bits) and float32 accumulation; the recurrent
-product, the gate math and the cell state stay float32. Expect relative errors against a
-float64 reference near 1e-3 (tf32) and 1e-2 (bf16) instead of ~1e-6. The saved object keeps
-the precision, so lstm_backward uses the forward's.
+backend "cuda" with float32 inputs only, "tf32" / "bf16" / "tf32x3": the input projection
+x . kernel and the weight-gradient and dx products of lstm_backward run on tensor cores with
+float32 accumulation, their operands rounded to tf32 (10 mantissa bits) or bf16 (7 bits), or,
+for "tf32x3", each split into two tf32 parts (hi + lo, 22 significant bits) and multiplied
+with three tensor-core products (lo.hi + hi.lo + hi.hi). With large batches (see
+fastlstm.cuda: kernel path "tensor") the recurrent product h . R runs that way too; the gate
+math and the cell state stay float32. Expect relative errors against a float64 reference near
+1e-3 (tf32) and 1e-2 (bf16) instead of ~1e-6; "tf32x3" aims at float32's ~1e-6 (met on the
+CPU emulator; not yet measured on a GPU). The saved object keeps the precision, so
+lstm_backward uses the forward's.
 """
 
 import numpy as np
@@ -41,7 +45,7 @@ __all__ = ["lstm_forward", "lstm_backward", "pack_weights", "PackedWeights", "LS
 PackedWeights = _core.PackedWeights
 
 BACKENDS = ("auto", "cpu", "numpy", "cuda")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "tf32x3")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -215,8 +219,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     packed: None, or pack_weights(kernel, recurrent_kernel) made from these same values
     (not checked; with stale packed weights the result is unspecified, as short calls read
     the arrays directly); used by the "cpu" backend, ignored by the others.
-    precision: "fp32" (default), or "tf32" / "bf16" on backend "cuda" with float32 inputs
-    (tensor-core input projection and weight/input gradients; see the module docstring);
+    precision: "fp32" (default), or "tf32" / "bf16" / "tf32x3" on backend "cuda" with float32
+    inputs (tensor-core input projection and weight/input gradients; see the module docstring);
     anything else is a ValueError.
     """
     _check_precision(precision, "cuda")  # the value first: ValueError listing the allowed ones

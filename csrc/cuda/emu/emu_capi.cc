@@ -202,7 +202,7 @@ int fl_emu_tensor_auto(int64_t B, int64_t H) { return cuda::impl::tensor_auto(B,
 // The per-step recurrent products' GEMM (kernel path "tensor") alone: partial products
 // C_z = A . B over k slice z (kslice k each, the last one shorter), C_z = C + z * M * N
 // (ceil(K / kslice) slices, 1 when K = 0), on the Large (128 x 128) or Step (64 x 128) tile;
-// precision 1 tf32, 2 bf16. kslice <= 0: the plan tc::plan_step makes for the emulated device.
+// precision 1 tf32, 2 bf16, 3 tf32x3. kslice <= 0: the plan tc::plan_step makes for the emulated device.
 int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_t N, int64_t K, const float* A,
                      int64_t sam, int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, char* ran,
                      int ranlen, char* err, int errlen) {
@@ -210,7 +210,8 @@ int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_
   const int rc = guarded(
       [&] {
         const auto p = static_cast<cuda::Precision>(precision);
-        if (p != cuda::Precision::kTf32 && p != cuda::Precision::kBf16) throw cuda::Error("step gemm: tf32 or bf16");
+        if (p != cuda::Precision::kTf32 && p != cuda::Precision::kBf16 && p != cuda::Precision::kTf32x3)
+          throw cuda::Error("step gemm: tf32, bf16 or tf32x3");
         cuda::impl::tc::StepPlan pl;
         if (kslice <= 0) {
           pl = cuda::impl::tc::plan_step(M, N, K, cuda::emu::g_device.sm_count);

@@ -12,8 +12,10 @@
 //     with float32 accumulators, one rounding to float per MMA instruction (see below);
 //   * the API's contracts that the GPU enforces silently or by faulting: the pointers of
 //     load_matrix_sync / store_matrix_sync 256-bit (32-byte) aligned, ldm a multiple of 16 bytes,
-//     tf32 operands really rounded to tf32 (a kernel that forgets the rounding is an emulation
-//     error here; on the GPU the hardware would silently use the value's high bits);
+//     tf32 operands really rounded to tf32 when they reach mma_sync (a kernel that forgets the
+//     rounding is an emulation error here; on the GPU the hardware would silently use the
+//     value's high bits). A tf32 fragment may be loaded unrounded and rounded element by element
+//     afterwards (precision tf32x3 splits each operand into two tf32 parts that way);
 //   * that a warp's fragment is distributed over its 32 threads: each emulated thread computes
 //     and stores only the accumulator elements it "owns" (element e of the 16 x 16 tile, in
 //     row-major order, belongs to lane (e / 8) % 32: 8 consecutive elements per lane), and the
@@ -33,8 +35,10 @@
 //     into two instructions per k-step and round differently.
 //   * the real fragment layouts (which lane holds which element; documented as unspecified for
 //     wmma): the emulator keeps whole tiles per thread and only models ownership of the
-//     accumulator's elements. Element-wise access to fragments (fragment::x) is deliberately not
-//     provided: the kernels must not depend on a layout.
+//     accumulator's elements. Element-wise access (fragment::x, num_elements) is provided, as on
+//     the GPU, for operations that do the same to every element (which do not depend on the
+//     layout); here x is the whole tile, so num_elements differs from the GPU's per-lane count,
+//     and a kernel that picked elements by index would compute nonsense in one or the other.
 //   * warp convergence: the GPU requires every lane of the warp to execute each wmma call
 //     together (the kernels call them warp-uniformly); the emulator does not check it.
 //   * subnormal and NaN payload details of the hardware conversions (NaN is canonicalised).
@@ -113,11 +117,16 @@ struct storage;  // the memory type load_matrix_sync reads for fragment element 
 template <>
 struct storage<precision::tf32> {
   using type = float;
-  static float value(float v) {
-    if (!std::isnan(v) && fl_emu_float_bits(v) & 0x1FFFu) fail("a tf32 operand was not rounded to tf32 (low 13 bits set)");
-    return v;
-  }
+  static float value(float v) { return v; }  // checked when it reaches mma_sync (rounded_tf32)
 };
+template <class Frag>
+void check_rounded_tf32(const Frag& f) {
+  for (int t = 0; t < Frag::num_elements; ++t)
+    if (!std::isnan(f.x[t]) && (fl_emu_float_bits(f.x[t]) & 0x1FFFu)) {
+      fail("a tf32 operand was not rounded to tf32 (low 13 bits set)");
+      return;
+    }
+}
 template <>
 struct storage<__nv_bfloat16> {
   using type = __nv_bfloat16;
@@ -141,7 +150,10 @@ class fragment {
   static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
   static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
   static_assert(M == 16 && N == 16, "emulated wmma: 16 x 16 tiles only");
-  float tile[rows][cols];
+  static constexpr int num_elements = rows * cols;
+  float x[num_elements];  // row-major rows x cols
+  float& at(int r, int c) { return x[r * cols + c]; }
+  const float& at(int r, int c) const { return x[r * cols + c]; }
 };
 
 template <class T, int K, class L>
@@ -150,7 +162,7 @@ void load_matrix_sync(fragment<matrix_a, 16, 16, K, T, L>& f, const typename det
   detail::check_pointer(p, ldm, sizeof(*p), "load_matrix_sync(matrix_a)");
   for (int m = 0; m < 16; ++m)
     for (int k = 0; k < K; ++k)
-      f.tile[m][k] = detail::storage<T>::value(std::is_same<L, row_major>::value ? p[m * ldm + k] : p[k * ldm + m]);
+      f.at(m, k) = detail::storage<T>::value(std::is_same<L, row_major>::value ? p[m * ldm + k] : p[k * ldm + m]);
 }
 
 template <class T, int K, class L>
@@ -159,29 +171,33 @@ void load_matrix_sync(fragment<matrix_b, 16, 16, K, T, L>& f, const typename det
   detail::check_pointer(p, ldm, sizeof(*p), "load_matrix_sync(matrix_b)");
   for (int k = 0; k < K; ++k)
     for (int n = 0; n < 16; ++n)
-      f.tile[k][n] = detail::storage<T>::value(std::is_same<L, row_major>::value ? p[k * ldm + n] : p[n * ldm + k]);
+      f.at(k, n) = detail::storage<T>::value(std::is_same<L, row_major>::value ? p[k * ldm + n] : p[n * ldm + k]);
 }
 
 template <int K>
 void fill_fragment(fragment<accumulator, 16, 16, K, float>& f, float v) {
   for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 16; ++n) f.tile[m][n] = v;
+    for (int n = 0; n < 16; ++n) f.at(m, n) = v;
 }
 
 // d = a . b + c for the elements this lane owns (d may be c); the others become NaN.
 template <int K, class T, class LA, class LB>
 void mma_sync(fragment<accumulator, 16, 16, K, float>& d, const fragment<matrix_a, 16, 16, K, T, LA>& a,
               const fragment<matrix_b, 16, 16, K, T, LB>& b, const fragment<accumulator, 16, 16, K, float>& c) {
+  if (std::is_same<T, precision::tf32>::value) {
+    detail::check_rounded_tf32(a);
+    detail::check_rounded_tf32(b);
+  }
   const unsigned lane = detail::lane();
   for (int e = 0; e < 256; ++e) {
     const int m = e / 16, n = e % 16;
     if (detail::owner(e) != lane) {
-      d.tile[m][n] = std::numeric_limits<float>::quiet_NaN();
+      d.at(m, n) = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
     double s = 0.0;
-    for (int k = 0; k < K; ++k) s += static_cast<double>(a.tile[m][k]) * static_cast<double>(b.tile[k][n]);
-    d.tile[m][n] = static_cast<float>(static_cast<double>(c.tile[m][n]) + s);
+    for (int k = 0; k < K; ++k) s += static_cast<double>(a.at(m, k)) * static_cast<double>(b.at(k, n));
+    d.at(m, n) = static_cast<float>(static_cast<double>(c.at(m, n)) + s);
   }
 }
 
@@ -193,7 +209,7 @@ void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, K, float>& 
   for (int e = 0; e < 256; ++e) {
     if (detail::owner(e) != lane) continue;
     const int m = e / 16, n = e % 16;
-    p[layout == mem_row_major ? m * ldm + n : n * ldm + m] = f.tile[m][n];
+    p[layout == mem_row_major ? m * ldm + n : n * ldm + m] = f.at(m, n);
   }
 }
 
