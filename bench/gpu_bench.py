@@ -13,9 +13,10 @@ issue's seven) it
     allowed for cuDNN and matmuls) and bf16 (module and inputs in bfloat16), with their errors;
   * runs fastlstm in fp32 on each kernel path -- "auto" (the persistent kernels where they fit;
     the table names the kernel that ran) and "simt" (the per-step kernels) -- and with
-    precision="tf32" and "bf16" (tensor-core GEMMs, kernel path auto), checks outputs and all
-    six gradients against the float64 reference (MISMATCH above 1e-4 / 1e-3 for fp32, 5e-3 /
-    1e-2 for tf32, 2e-2 / 5e-2 for bf16), and times them;
+    precision="tf32", "bf16" and "tf32x3" (tensor-core GEMMs, kernel path auto; tf32x3 splits
+    each operand into two tf32 parts for float32's accuracy and is compared with cuDNN fp32),
+    checks outputs and all six gradients against the float64 reference (MISMATCH above 1e-4 /
+    1e-3 for fp32 and tf32x3, 5e-3 / 1e-2 for tf32, 2e-2 / 5e-2 for bf16), and times them;
   * times, with CUDA events after a warm-up, the median of up to --reps runs of the forward
     (fastlstm training=False, torch under no_grad) and of forward + backward, for each fastlstm
     variant and cuDNN in each mode; speedups compare the same precision.

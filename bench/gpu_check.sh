@@ -11,8 +11,9 @@
 #                 shared memory, spills as built for this card)
 # 4. tests:       pytest -m cuda tests/test_cuda.py tests/test_device.py (the GPU tests: each
 #                 kernel path forced, simt and persistent; precision fp32 / tf32 / bf16 and the
-#                 tensor-core GEMM alone; the model API on the GPU; poisoning on)
-# 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16 vs
+#                 tensor-core GEMM alone; tf32x3 against fp32's bounds; the model API on the GPU;
+#                 poisoning on)
+# 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16, tf32x3 vs
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
@@ -144,7 +145,7 @@ for T, B, I, H in [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512)
         print((T, B, I, H), np.dtype(dtype).name, "|", info["last_forward"], "|", info["last_backward"])
 r = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)
 for B, I, H in ((2, 8, 16), (64, 1024, 1024)):  # the second: auto takes the tensor-core recurrence
-    for precision in ("tf32", "bf16"):
+    for precision in ("tf32", "bf16", "tf32x3"):
         saved = ops.lstm_forward(r(3, B, I), r(I, 4 * H), r(H, 4 * H), backend="cuda", precision=precision)[3]
         ops.lstm_backward(saved, r(3, B, H))
         print((3, B, I, H), precision, "|", cuda.info()["last_forward"], "|", cuda.info()["last_backward"])
@@ -202,11 +203,13 @@ for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "pe
         assert cuda.info()["last_forward"].startswith(path), cuda.info()["last_forward"]
         assert cuda.info()["last_backward"].startswith(path), cuda.info()["last_backward"]
         del saved, grads
-# tf32 / bf16: the tensor-core GEMMs (the forward projection, the three backward products: every
-# operand layout), one partial tile and one with several k passes
+# tf32 / bf16 / tf32x3: the tensor-core GEMMs (the forward projection, the three backward
+# products: every operand layout), one partial tile and one with several k passes (tf32x3, whose
+# kernels differ from tf32's only in registers, the second only)
 cuda.set_kernel_path("simt")
-for precision in ("tf32", "bf16"):
-    for T, B, I, H, lengths, reverse in [(4, 3, 7, 33, [4, 0, 2], True), (3, 50, 70, 40, None, False)]:
+tc_cases = [(4, 3, 7, 33, [4, 0, 2], True), (3, 50, 70, 40, None, False)]
+for precision, cases_p in (("tf32", tc_cases), ("bf16", tc_cases), ("tf32x3", tc_cases[1:])):
+    for T, B, I, H, lengths, reverse in cases_p:
         r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
         y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
                                           lengths=lengths, reverse=reverse, backend="cuda", precision=precision)

@@ -54,6 +54,9 @@ def _gpu_result(config, tensor):
     r["bf16_kernels"] = r["tf32_kernels"]
     if tensor:
         r["tf32_persistent_fwd"], r["tf32_persistent_fwdbwd"] = 2.5, 7.0
+        r["tf32x3_fwd"], r["tf32x3_fwdbwd"] = 2.0, 5.0
+        r["tf32x3_err_fwd"], r["tf32x3_err_grad"] = 3e-7, 4e-7
+        r["tf32x3_kernels"] = [rec.replace("tf32", "tf32x3").format(k) for k in ("forward", "backward")]
     return r
 
 
@@ -73,3 +76,9 @@ def test_gpu_table_renders_every_section():
     end = lines.index("", i + 2)
     assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 1.500 | 2.500 | 4.000 | 7.000 |"]
     assert sum(line.endswith("| ok |") for line in lines) == 2
+    # tf32x3 only where it was measured (older result files have none): cuDNN fp32 3.0 / 2.0,
+    # fastlstm fp32 1.5 / 2.0
+    i = next(i for i, line in enumerate(lines) if line.startswith("### tf32x3"))
+    end = lines.index("", i + 2)
+    assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 2.000 (tensor-core recurrent) | 3.000 | 1.50x | 0.75x | "
+                                "5.000 | 6.000 | 1.20x | 0.80x | 3.0e-07 / 4.0e-07 |"]

@@ -718,16 +718,19 @@ GPU_FWD_TOL = 1e-4   # fastlstm fp32 vs the float64 reference; max over y, h_n, 
 GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
 # fastlstm tf32 / bf16 vs the float64 reference (sanity bounds; the tests' bounds are tighter,
 # tests/test_cuda.py: outputs 2u, gradients 4-5u with u = 2^-11 / 2^-9)
-GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2)}
+# tf32x3 claims float32's accuracy: fp32's bounds.
+GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2), "tf32x3": (GPU_FWD_TOL, GPU_GRAD_TOL)}
 # fastlstm variants timed: (name, kernel path, precision). "auto": persistent where it fits,
-# with tf32 / bf16 at large B*H^2 the tensor-core recurrence. "tf32_persistent" runs only where
-# "tf32" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
+# with tf32 / bf16 / tf32x3 at large B*H^2 the tensor-core recurrence. "tf32_persistent" runs
+# only where "tf32" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
+# "tf32x3" (float32-accurate products on tensor cores) is compared with cuDNN fp32.
 GPU_VARIANTS = (("auto", "auto", "fp32"), ("simt", "simt", "fp32"), ("tf32", "auto", "tf32"),
-                ("bf16", "auto", "bf16"), ("tf32_persistent", "persistent", "tf32"))
+                ("bf16", "auto", "bf16"), ("tf32_persistent", "persistent", "tf32"),
+                ("tf32x3", "auto", "tf32x3"))
 GPU_PATHS = ("auto", "simt")          # (kept for callers) the fp32 kernel paths
 CUDNN_MODES = ("fp32", "tf32", "bf16")
 # which cuDNN mode each fastlstm variant is compared with
-VARIANT_CUDNN = {"auto": "fp32", "simt": "fp32", "tf32": "tf32", "bf16": "bf16"}
+VARIANT_CUDNN = {"auto": "fp32", "simt": "fp32", "tf32": "tf32", "bf16": "bf16", "tf32x3": "fp32"}
 
 
 def _cudnn_fp32(torch, strict):
@@ -925,6 +928,21 @@ def format_gpu_table(results, header):
                 lines.append(f"| {cfg} | {r['tf32_fwd']:.3f} | {r['tf32_persistent_fwd']:.3f} | "
                              f"{r['tf32_fwdbwd']:.3f} | {r['tf32_persistent_fwdbwd']:.3f} |")
         lines.append("")
+    x3 = [r for r in results if "error" not in r and "tf32x3_fwd" in r]
+    if x3:
+        lines += ["### tf32x3 (operands split into two tf32 parts, three tensor-core products: float32 "
+                  "accuracy) against cuDNN fp32 and fastlstm fp32, milliseconds", "",
+                  "| T, B, I, H | tf32x3 fwd (kernel) | cuDNN fp32 fwd | speedup | vs fastlstm fp32 | "
+                  "tf32x3 fwd+bwd | cuDNN fp32 fwd+bwd | speedup | vs fastlstm fp32 | error fwd / grad |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in x3:
+            cfg = ", ".join(str(v) for v in r["config"])
+            kx = _short_kernel(r["tf32x3_kernels"][0])
+            f, fb, cf, cfb = r["tf32x3_fwd"], r["tf32x3_fwdbwd"], r["cudnn_fp32_fwd"], r["cudnn_fp32_fwdbwd"]
+            lines.append(f"| {cfg} | {f:.3f} ({kx}) | {cf:.3f} | {cf / f:.2f}x | {r['auto_fwd'] / f:.2f}x | "
+                         f"{fb:.3f} | {cfb:.3f} | {cfb / fb:.2f}x | {r['auto_fwdbwd'] / fb:.2f}x | "
+                         f"{r['tf32x3_err_fwd']:.1e} / {r['tf32x3_err_grad']:.1e} |")
+        lines.append("")
     lines += ["### errors against the float64 reference (torch.nn.LSTM in double; relative Frobenius norm, "
               "max over y, h_n, c_n / over the six gradients)", "",
               "| T, B, I, H | fastlstm fp32 auto | fastlstm fp32 simt | fastlstm tf32 | fastlstm bf16 | cuDNN fp32 "
@@ -945,8 +963,8 @@ def format_gpu_table(results, header):
               "tensor cores, the recurrence in fp32 on the persistent / simt kernels, or on the tensor cores too "
               "where auto took the tensor-core recurrence (B >= 32 and B*H^2 >= 2^25; the kernel in "
               "parentheses). cuDNN tf32: TF32 allowed (cudnn and matmul); cuDNN bf16: "
-              "module and inputs in bfloat16. check: fastlstm fp32 within %g (outputs) / %g (gradients) of "
-              "float64, tf32 within %g / %g, bf16 within %g / %g."
+              "module and inputs in bfloat16. check: fastlstm fp32 and tf32x3 within %g (outputs) / %g "
+              "(gradients) of float64, tf32 within %g / %g, bf16 within %g / %g."
               % (GPU_FWD_TOL, GPU_GRAD_TOL, *GPU_PREC_TOL["tf32"], *GPU_PREC_TOL["bf16"])]
     return "\n".join(lines)
 
@@ -954,7 +972,8 @@ def format_gpu_table(results, header):
 def cuda_main(argv=None):
     """python -m fastlstm.bench --device cuda: fastlstm's CUDA kernels against cuDNN."""
     ap = argparse.ArgumentParser(prog="python -m fastlstm.bench --device cuda",
-                                 description="fastlstm (backend='cuda': fp32 on each kernel path, tf32, bf16) "
+                                 description="fastlstm (backend='cuda': fp32 on each kernel path, tf32, bf16, "
+                                 "tf32x3) "
                                  "against torch.nn.LSTM / cuDNN in fp32, tf32 and bf16 on the same GPU, with "
                                  "errors against a float64 reference.")
     ap.add_argument("--device", choices=("cuda",), default="cuda")
