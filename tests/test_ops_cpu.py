@@ -543,11 +543,11 @@ def test_large_inputs_saturate(isa, make_case):
 
 
 # --------------------------------------------------------------------------- precision argument
-# precision="tf32" / "bf16" exist for backend="cuda" only (tensor cores); every other backend
+# precision="tf32" / "bf16" / "tf32x3" exist for backend="cuda" only (tensor cores); every other backend
 # computes in the inputs' dtype and accepts only "fp32" (the default).
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy", "auto"])
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "tf32x3"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_precision_other_than_fp32_needs_backend_cuda(backend, precision, dtype, make_case):
     case = make_case(3, 2, 4, 5, dtype, seed=1)
@@ -559,7 +559,7 @@ def test_precision_other_than_fp32_needs_backend_cuda(backend, precision, dtype,
 def test_precision_bad_values_list_the_allowed_ones(bad, make_case):
     case = make_case(3, 2, 4, 5, np.float32, seed=1)
     for backend in ("cpu", "numpy", "auto"):
-        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\)"):
+        with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16', 'tf32x3'\)"):
             ops.lstm_forward(**case.fwd, backend=backend, precision=bad)
 
 
