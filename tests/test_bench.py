@@ -57,6 +57,7 @@ def _gpu_result(config, tensor):
         r["tf32x3_fwd"], r["tf32x3_fwdbwd"] = 2.0, 5.0
         r["tf32x3_err_fwd"], r["tf32x3_err_grad"] = 3e-7, 4e-7
         r["tf32x3_kernels"] = [rec.replace("tf32", "tf32x3").format(k) for k in ("forward", "backward")]
+        r["tf32x3_persistent_error"] = "RuntimeError: the persistent kernels do not fit"
     return r
 
 
@@ -75,10 +76,12 @@ def test_gpu_table_renders_every_section():
     i = lines.index("### tf32: the tensor-core recurrence (auto) against the persistent kernels, milliseconds")
     end = lines.index("", i + 2)
     assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 1.500 | 2.500 | 4.000 | 7.000 |"]
+    i = lines.index("### tf32x3: the tensor-core recurrence (auto) against the persistent kernels, milliseconds")
+    assert lines[i + 4] == "| 100, 64, 1024, 1024 | 2.000 | RuntimeError: the persistent kernels do not fit | 5.000 | |"
     assert sum(line.endswith("| ok |") for line in lines) == 2
     # tf32x3 only where it was measured (older result files have none): cuDNN fp32 3.0 / 2.0,
     # fastlstm fp32 1.5 / 2.0
-    i = next(i for i, line in enumerate(lines) if line.startswith("### tf32x3"))
+    i = next(i for i, line in enumerate(lines) if line.startswith("### tf32x3 ("))
     end = lines.index("", i + 2)
     assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 2.000 (tensor-core recurrent) | 3.000 | 1.50x | 0.75x | "
                                 "5.000 | 6.000 | 1.20x | 0.80x | 3.0e-07 / 4.0e-07 |"]

@@ -721,12 +721,13 @@ GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
 # tf32x3 claims float32's accuracy: fp32's bounds.
 GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2), "tf32x3": (GPU_FWD_TOL, GPU_GRAD_TOL)}
 # fastlstm variants timed: (name, kernel path, precision). "auto": persistent where it fits,
-# with tf32 / bf16 / tf32x3 at large B*H^2 the tensor-core recurrence. "tf32_persistent" runs
-# only where "tf32" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
-# "tf32x3" (float32-accurate products on tensor cores) is compared with cuDNN fp32.
+# with tf32 / bf16 / tf32x3 at large B*H^2 the tensor-core recurrence. "tf32x3"
+# (float32-accurate products on tensor cores) is compared with cuDNN fp32. "<p>_persistent"
+# runs only where "<p>" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
 GPU_VARIANTS = (("auto", "auto", "fp32"), ("simt", "simt", "fp32"), ("tf32", "auto", "tf32"),
                 ("bf16", "auto", "bf16"), ("tf32_persistent", "persistent", "tf32"),
-                ("tf32x3", "auto", "tf32x3"))
+                ("tf32x3", "auto", "tf32x3"), ("tf32x3_persistent", "persistent", "tf32x3"))
+CROSSOVER = ("tf32", "tf32x3")  # the precisions whose tensor path is timed against persistent
 GPU_PATHS = ("auto", "simt")          # (kept for callers) the fp32 kernel paths
 CUDNN_MODES = ("fp32", "tf32", "bf16")
 # which cuDNN mode each fastlstm variant is compared with
@@ -829,7 +830,8 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
     # ---- fastlstm, each variant: check against the float64 reference, then time
     ok = True
     for name, path, precision in GPU_VARIANTS:
-        if name == "tf32_persistent" and not _short_kernel(out["tf32_kernels"][0]).startswith("tensor-core"):
+        base = name[:-len("_persistent")] if name.endswith("_persistent") else None
+        if base and not _short_kernel(out[f"{base}_kernels"][0]).startswith("tensor-core"):
             continue  # auto did not take the tensor path: nothing to compare it with
 
         def f_fwd():
@@ -913,20 +915,22 @@ def format_gpu_table(results, header):
                          f"{c32 / a:.2f}x / {c32 / sm:.2f}x | {t32:.3f} ({kt}) | {ctf:.3f} | {ctf / t32:.2f}x | "
                          f"{b16:.3f} ({kb}) | {cbf:.3f} | {cbf / b16:.2f}x |")
         lines.append("")
-    crossover = [r for r in results
-                 if "error" not in r and ("tf32_persistent_fwd" in r or "tf32_persistent_error" in r)]
-    if crossover:
-        lines += ["### tf32: the tensor-core recurrence (auto) against the persistent kernels, milliseconds", "",
+    for p in CROSSOVER:
+        crossover = [r for r in results
+                     if "error" not in r and (f"{p}_persistent_fwd" in r or f"{p}_persistent_error" in r)]
+        if not crossover:
+            continue
+        lines += [f"### {p}: the tensor-core recurrence (auto) against the persistent kernels, milliseconds", "",
                   "| T, B, I, H | tensor fwd | persistent fwd | tensor fwd+bwd | persistent fwd+bwd |",
                   "|---|---|---|---|---|"]
         for r in crossover:
             cfg = ", ".join(str(v) for v in r["config"])
-            if "tf32_persistent_error" in r:
-                lines.append(f"| {cfg} | {r['tf32_fwd']:.3f} | {r['tf32_persistent_error'][:80]} | "
-                             f"{r['tf32_fwdbwd']:.3f} | |")
+            if f"{p}_persistent_error" in r:
+                lines.append(f"| {cfg} | {r[p + '_fwd']:.3f} | {r[p + '_persistent_error'][:80]} | "
+                             f"{r[p + '_fwdbwd']:.3f} | |")
             else:
-                lines.append(f"| {cfg} | {r['tf32_fwd']:.3f} | {r['tf32_persistent_fwd']:.3f} | "
-                             f"{r['tf32_fwdbwd']:.3f} | {r['tf32_persistent_fwdbwd']:.3f} |")
+                lines.append(f"| {cfg} | {r[p + '_fwd']:.3f} | {r[p + '_persistent_fwd']:.3f} | "
+                             f"{r[p + '_fwdbwd']:.3f} | {r[p + '_persistent_fwdbwd']:.3f} |")
         lines.append("")
     x3 = [r for r in results if "error" not in r and "tf32x3_fwd" in r]
     if x3:
