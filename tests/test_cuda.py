@@ -1253,10 +1253,33 @@ def test_emulated_tensor_gemm_matches_rounded_operands(emu, precision, layout):
     np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
 
 
-def test_emulated_gemm_fp32_is_the_simt_gemm(emu):
-    C, A, B, bias, ran = _run_gemm(emu, "fp32", 70, 33, 20, "nn", seed=3)
-    assert ran == "simt gemm (fp32)"
-    check_gemm(C, A, B, bias, "fp32")
+def sequential_product_f32(A, B, bias):
+    """C[m, n] = sum over k = 0 .. K-1, in order, of A[m, k] * B[k, n] in float32 arithmetic with
+    the product and every sum rounded (no fused multiply-add: the emulator's build), + bias."""
+    acc = np.zeros((A.shape[0], B.shape[1]), np.float32)
+    for k in range(A.shape[1]):
+        acc = acc + A[:, k:k + 1] * B[k:k + 1, :]
+    return acc if bias is None else acc + bias
+
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+def test_emulated_gemm_fp32_is_the_simt_gemm(emu, layout):
+    # Both float32 SIMT GEMMs (128 x 128 blocks with 8 x 8 outputs per thread; 64 x 64 with 4 x 4,
+    # which float64 uses too) sum every output over k in order, one multiply and one add per k:
+    # bitwise the sequential float32 sum, at edges and across passes, whichever runs.
+    # The 128 x 128 kernel runs when its grid fills the device once (blocks >= SMs), else the
+    # 64 x 64 one: with 1 emulated SM always the first, with 10^6 always the second.
+    for sms, kernel in ((1, "128x128"), (10 ** 6, "64x64")):
+        emu.set_device(sm_count=sms)
+        for i, (M, N, K) in enumerate([(70, 33, 20), (1, 1, 1), (130, 260, 45), (128, 128, 16), (5, 7, 0),
+                                       (257, 3, 9), (3, 129, 100)]):
+            C, A, B, bias, ran = _run_gemm(emu, "fp32", M, N, K, layout, seed=30 + i, bias=i % 2 == 0)
+            assert ran == f"simt gemm (fp32, {kernel})"
+            check_gemm(C, A, B, bias, "fp32")
+            np.testing.assert_array_equal(C.view(np.uint32), sequential_product_f32(A, B, bias).view(np.uint32))
+    emu.set_device(sm_count=6)  # (130, 260): 2 x 3 blocks of 128 x 128 fill 6 SMs, (70, 33) does not
+    assert _run_gemm(emu, "fp32", 130, 260, 8, layout, seed=1)[4] == "simt gemm (fp32, 128x128)"
+    assert _run_gemm(emu, "fp32", 70, 33, 8, layout, seed=1)[4] == "simt gemm (fp32, 64x64)"
 
 
 # ---- on a GPU

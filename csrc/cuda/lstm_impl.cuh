@@ -559,14 +559,132 @@ inline void check_dims(const Dims& d) {
     throw Error("dims: problem too large");
 }
 
-// C = A . B (+ bias); see gemm_kernel.
+// ------------------------------------------------------------------------------------------
+// The float32 GEMM (simt-gemm-v2): the same contract and the same arithmetic per output as
+// gemm_kernel (each output summed over k = 0 .. K-1 in order, one multiply-add per k, then
+// + bias), so its results are bitwise those of gemm_kernel; only the blocking differs.
+// Grid (ceil(M / 128), ceil(N / 128)), kThreads threads as 16 x 16: thread (ty, tx) computes
+// rows {4 ty + i, 64 + 4 ty + i} and columns {4 tx + j, 64 + 4 tx + j} (i, j < 4), 8 x 8
+// outputs, from two 16-byte shared-memory reads of A and two of B per k (64 multiply-adds per
+// 4 reads, against 16 per 8 scalar reads in gemm_kernel). 8 k per pass; the next pass's
+// global loads go to registers during this pass's multiply-adds, into the other of two
+// shared-memory buffers (one barrier per pass).
+// ------------------------------------------------------------------------------------------
+constexpr int kBigM = 128, kBigN = 128, kBigK = 8;
+constexpr int kBigPad = 4;  // stored rows of 132 floats: the k-fast staging stores avoid bank conflicts
+constexpr int kBigLoads = kBigM * kBigK / kThreads;  // elements of each operand a thread stages per pass
+static_assert(kBigLoads * kThreads == kBigN * kBigK, "A and B tiles of the same size");
+
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_big_kernel(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm,
+                    int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc) {
+  __align__(16) __shared__ float As[2][kBigK][kBigM + kBigPad];
+  __align__(16) __shared__ float Bs[2][kBigK][kBigN + kBigPad];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBigM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBigN;
+  // Staging: element e = tid + kThreads r (r < kBigLoads) of a tile, consecutive threads on
+  // the operand's unit-stride axis when it has one; then element r is element 0 moved by r
+  // steps along one axis (rows: 32 per step when k is the fast axis, else k: 2 per step).
+  const bool a_k_fast = sak == 1, b_n_fast = sbn == 1;
+  const int a_m = a_k_fast ? tid / kBigK : tid % kBigM, a_k = a_k_fast ? tid % kBigK : tid / kBigM;
+  const int a_dm = a_k_fast ? kThreads / kBigK : 0, a_dk = a_k_fast ? 0 : kThreads / kBigM;
+  const int b_n = b_n_fast ? tid % kBigN : tid / kBigK, b_k = b_n_fast ? tid / kBigN : tid % kBigK;
+  const int b_dn = b_n_fast ? 0 : kThreads / kBigK, b_dk = b_n_fast ? kThreads / kBigN : 0;
+  float ra[kBigLoads], rb[kBigLoads];
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int r = 0; r < kBigLoads; ++r) {
+      const int64_t m = m0 + a_m + r * a_dm, ka = k0 + a_k + r * a_dk;
+      const int64_t n = n0 + b_n + r * b_dn, kb = k0 + b_k + r * b_dk;
+      ra[r] = (m < M && ka < K) ? A[m * sam + ka * sak] : 0.0f;
+      rb[r] = (n < N && kb < K) ? Bm[kb * sbk + n * sbn] : 0.0f;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int r = 0; r < kBigLoads; ++r) {
+      As[buf][a_k + r * a_dk][a_m + r * a_dm] = ra[r];
+      Bs[buf][b_k + r * b_dk][b_n + r * b_dn] = rb[r];
+    }
+  };
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+  if (K > 0) {
+    load(0);
+    store(0);
+  }
+  __syncthreads();
+  int buf = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kBigK) {
+    const bool more = k0 + kBigK < K;
+    if (more) load(k0 + kBigK);  // in flight during this pass
+#pragma unroll
+    for (int kk = 0; kk < kBigK; ++kk) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][4 * ty]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + 4 * ty]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][kk][4 * tx]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][kk][64 + 4 * tx]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+    }
+    if (more) store(buf ^ 1);  // the other buffer: its last readers passed the previous barrier
+    __syncthreads();
+    buf ^= 1;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t m = m0 + (i < 4 ? 4 * ty + i : 64 + 4 * ty + i - 4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + (j < 4 ? 4 * tx + j : 64 + 4 * tx + j - 4);
+      if (m < M && n < N) C[m * ldc + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
+    }
+  }
+}
+
+// Whether C = A . B (M x N) runs gemm_big_kernel: float data, and its grid fills the current
+// device at least once (ceil(M / 128) ceil(N / 128) >= the SM count). Otherwise gemm_kernel,
+// whose 64 x 64 tiles make 4x the blocks: small products (the projection at B = 1, T = 100:
+// 32 blocks of 128 x 128 against 128 of 64 x 64) would leave most SMs idle. Both kernels give
+// the same bits, so the choice never changes a result.
+template <typename Real>
+bool big_gemm(int64_t M, int64_t N) {
+  if (!std::is_same<Real, float>::value) return false;
+  int device = 0, sms = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return ceil_div(M, kBigM) * ceil_div(N, kBigN) >= sms;
+}
+
+// C = A . B (+ bias): gemm_big_kernel or gemm_kernel (big_gemm; the same results either way).
 template <typename Real>
 void gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm, int64_t sbk,
           int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
-  const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
-  if (empty_grid(grid)) return;
-  auto kernel = gemm_kernel<Real>;
-  FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+  if constexpr (std::is_same<Real, float>::value) {
+    if (!big_gemm<Real>(M, N)) {
+      const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
+      if (empty_grid(grid)) return;
+      FL_LAUNCH(gemm_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+      return;
+    }
+    const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
+    if (empty_grid(grid)) return;
+    FL_LAUNCH(gemm_big_kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+  } else {
+    const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
+    if (empty_grid(grid)) return;
+    auto kernel = gemm_kernel<Real>;
+    FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+  }
 }
 
 template <typename Real>
@@ -947,8 +1065,8 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
   maybe(bias, N, "bias", device);
   need(C, M * N, "C", device);
   gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  return p == Precision::kFp32 ? "simt gemm (fp32)"
-                               : std::string("tensor-core gemm (") + tc::precision_name(p) + ", wmma)";
+  if (p == Precision::kFp32) return big_gemm<Real>(M, N) ? "simt gemm (fp32, 128x128)" : "simt gemm (fp32, 64x64)";
+  return std::string("tensor-core gemm (") + tc::precision_name(p) + ", wmma)";
 }
 
 }  // namespace impl

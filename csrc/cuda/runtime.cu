@@ -119,9 +119,10 @@ int current_device() {
 }
 
 std::string kernel_variant() {
-  return "simt-v1 + persistent-v1 + tc-gemm-v1 + tc-recurrent-v1 + tc-x3-v1: fp32/fp64 CUDA cores (no "
+  return "simt-v1 + simt-gemm-v2 + persistent-v1 + tc-gemm-v1 + tc-recurrent-v1 + tc-x3-v1: fp32/fp64 CUDA cores (no "
          "cuBLAS/cuDNN); input projection and "
-         "weight gradients by a tiled GEMM (64x64 tile, 16-deep k, 4x4 outputs per thread), or with precision "
+         "weight gradients by a tiled GEMM (float32: 128x128 tile, 8-deep k, 8x8 outputs per thread, double "
+         "buffered; float64: 64x64 tile, 16-deep k, 4x4 outputs per thread), or with precision "
          "tf32/bf16 (float32 only) by a tensor-core GEMM (wmma, 128x128 tile, operands rounded while staged, float32 "
          "accumulation; tf32x3: operands split into two tf32 parts in registers, three MMAs per product); "
          "recurrence with precision tf32/bf16/tf32x3 at large batch (kernel path 'tensor') by a "
