@@ -19,7 +19,7 @@
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
-#                 GEMM), when compute-sanitizer exists
+#                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
@@ -217,6 +217,32 @@ for precision, cases_p in (("tf32", tc_cases), ("bf16", tc_cases), ("tf32x3", tc
         assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
         assert "tensor cores" in cuda.info()["last_backward"], cuda.info()["last_backward"]
         del saved, grads
+# fp32: the 128 x 128 SIMT GEMM (the LSTM cases above are too small for it: it runs only when
+# its grid fills the device once), alone, every operand layout, edge tiles, several k passes
+from fastlstm import _cuda
+sms = fastlstm.cuda_info()["sm_count"]
+side = 128 * int(np.ceil(np.sqrt(sms))) + 5
+for a_t in (False, True):
+    for b_t in (False, True):
+        M = N = side
+        K = 21
+        A = rng.standard_normal((M, K)).astype(np.float32)
+        B = rng.standard_normal((K, N)).astype(np.float32)
+        a = np.ascontiguousarray(A.T if a_t else A)
+        b = np.ascontiguousarray(B.T if b_t else B)
+        sam, sak = (1, M) if a_t else (K, 1)
+        sbk, sbn = (1, K) if b_t else (N, 1)
+        bufs = [_cuda.Buffer(v.nbytes, 0) for v in (a, b)] + [_cuda.Buffer(M * N * 4, 0)]
+        bufs[0].upload(a)
+        bufs[1].upload(b)
+        ran = _cuda.matmul("fp32", M, N, K, bufs[0].ptr, sam, sak, bufs[1].ptr, sbk, sbn, 0, bufs[2].ptr, N, 0, 0)
+        assert ran == "simt gemm (fp32, 128x128)", ran
+        c = np.empty((M, N), np.float32)
+        bufs[2].download(c)
+        _cuda.synchronize(0, 0)
+        err = np.linalg.norm(c - A.astype(np.float64) @ B) / np.linalg.norm(A.astype(np.float64) @ B)
+        assert err < 2e-6, err
+        del bufs
 gc.collect()
 print("sanitizer case ok")
 EOF

@@ -1304,6 +1304,23 @@ def test_gpu_precision_matches_reference(name, precision, path, kernel_path_rese
 
 @pytest.mark.cuda
 @gpu
+def test_gpu_fp32_gemm_both_kernels():
+    # fp32's SIMT GEMM: 128 x 128 tiles where the grid fills the card, else 64 x 64 (the same
+    # arithmetic per output; on the GPU both multiply-add with FMA). Against float64 products.
+    from fastlstm import _cuda
+    side = 128 * int(np.ceil(np.sqrt(fastlstm.cuda_info()["sm_count"]))) + 5
+    for layout in ("nn", "tn", "nt", "tt"):
+        for (M, N, K), kernel in (((side, side, 37), "128x128"), ((70, 33, 300), "64x64")):
+            C, A, B, bias, ran = _run_gemm(_cuda, "fp32", M, N, K, layout, seed=700, bias=layout == "nn")
+            assert ran == f"simt gemm (fp32, {kernel})"
+            check_gemm(C, A, B, bias, "fp32")
+        first = _run_gemm(_cuda, "fp32", side, side, 37, layout, seed=700, bias=layout == "nn")[0]
+        again = _run_gemm(_cuda, "fp32", side, side, 37, layout, seed=700, bias=layout == "nn")[0]
+        np.testing.assert_array_equal(first.view(np.uint32), again.view(np.uint32))  # deterministic
+
+
+@pytest.mark.cuda
+@gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_gpu_tensor_gemm_matches_rounded_operands(precision):
     from fastlstm import _cuda
