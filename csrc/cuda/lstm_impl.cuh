@@ -575,9 +575,12 @@ constexpr int kBigPad = 4;  // stored rows of 132 floats: the k-fast staging sto
 constexpr int kBigLoads = kBigM * kBigK / kThreads;  // elements of each operand a thread stages per pass
 static_assert(kBigLoads * kThreads == kBigN * kBigK, "A and B tiles of the same size");
 
+// (A template, float only, so that the header can be included by several translation units.)
+template <typename Real>
 __global__ void __launch_bounds__(kThreads, 2)
-    gemm_big_kernel(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm,
-                    int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc) {
+    gemm_big_kernel(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                    int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc) {
+  static_assert(std::is_same<Real, float>::value, "gemm_big_kernel: float32 only (16-byte float4 reads)");
   __align__(16) __shared__ float As[2][kBigK][kBigM + kBigPad];
   __align__(16) __shared__ float Bs[2][kBigK][kBigN + kBigPad];
   const int tid = static_cast<int>(threadIdx.x);
@@ -678,7 +681,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t s
     }
     const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
     if (empty_grid(grid)) return;
-    FL_LAUNCH(gemm_big_kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    FL_LAUNCH(gemm_big_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C,
+              ldc);
   } else {
     const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
     if (empty_grid(grid)) return;
