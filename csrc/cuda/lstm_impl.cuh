@@ -673,22 +673,16 @@ template <typename Real>
 void gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm, int64_t sbk,
           int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
   if constexpr (std::is_same<Real, float>::value) {
-    if (!big_gemm<Real>(M, N)) {
-      const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
-      if (empty_grid(grid)) return;
-      FL_LAUNCH(gemm_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+    if (big_gemm<Real>(M, N)) {
+      const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
+      FL_LAUNCH(gemm_big_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C,
+                ldc);
       return;
     }
-    const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
-    if (empty_grid(grid)) return;
-    FL_LAUNCH(gemm_big_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C,
-              ldc);
-  } else {
-    const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
-    if (empty_grid(grid)) return;
-    auto kernel = gemm_kernel<Real>;
-    FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
   }
+  const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
+  if (empty_grid(grid)) return;
+  FL_LAUNCH(gemm_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
 }
 
 template <typename Real>
