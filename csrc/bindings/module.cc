@@ -15,6 +15,7 @@
 
 #include "cpu/cpu.h"
 #include "cpu/threadpool.h"
+#include "cpu/workspace.h"
 
 namespace py = pybind11;
 
@@ -301,7 +302,19 @@ PYBIND11_MODULE(_core, m) {
         cpu::set_num_threads(n);
       },
       py::arg("n"));
-  m.def("set_poison", [](bool on) { g_poison = on; }, py::arg("on"),
-        "Fill every output with NaN before the kernel runs (tests use it to catch unwritten elements).");
+  m.def("set_cache_limit", &cpu::workspace::set_cache_limit, py::arg("nbytes"),
+        "The most bytes of large working buffers kept between calls (0: none).");
+  m.def("get_cache_limit", &cpu::workspace::cache_limit);
+  m.def("cached_bytes", &cpu::workspace::cached_bytes, "Bytes of working buffers cached now.");
+  m.def("clear_cache", &cpu::workspace::clear, "Free the cached working buffers.");
+  m.def(
+      "set_poison",
+      [](bool on) {
+        g_poison = on;
+        cpu::workspace::set_poison(on);
+      },
+      py::arg("on"),
+      "Fill every output, and every large working buffer, with NaN before the kernel runs (tests "
+      "use it to catch elements read before they are written).");
   m.def("get_poison", [] { return g_poison; });
 }

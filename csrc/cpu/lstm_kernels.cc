@@ -17,7 +17,6 @@
 // thread count.
 #include <cstdlib>
 #include <cstring>
-#include <sys/mman.h>
 #include <memory>
 #include <new>
 #include <string>
@@ -27,6 +26,7 @@
 #include "cpu/gemm.h"
 #include "cpu/simd.h"
 #include "cpu/threadpool.h"
+#include "cpu/workspace.h"
 
 #define FASTLSTM_STR2(x) #x
 #define FASTLSTM_STR(x) FASTLSTM_STR2(x)
@@ -37,38 +37,33 @@ namespace FASTLSTM_TARGET {
 const KernelTable& kernel_table();
 namespace {
 
-// Large working buffers (the projection, dz, h_{t-1}: tens of MB) are fresh memory every
-// call, so the kernel faults them in page by page; from this size on they are 2 MiB aligned
-// and marked for transparent huge pages (as NumPy does for its large arrays), which turns
-// ~25,000 faults of 4 KiB into ~50 (NOTES 24).
-constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeBufferBytes = size_t(4) << 20;
-
-// An uninitialised, 64-byte aligned array owned by the calling thread.
+// An uninitialised, 64-byte aligned array owned by the calling thread. Large ones (the
+// projection, dz, h_{t-1}: MBs to tens of MBs) come from the workspace cache, 2 MiB aligned
+// and marked for transparent huge pages, and go back to it (NOTES 24, 29).
 template <typename Real>
 class Buffer {
  public:
   explicit Buffer(int64_t n) {
     size_t bytes = static_cast<size_t>(n > 0 ? n : 1) * sizeof(Real);
     bytes = (bytes + 63) / 64 * 64;
-    if (bytes >= kHugeBufferBytes) {
-      bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-      ptr_ = static_cast<Real*>(std::aligned_alloc(kHugePage, bytes));
-#if defined(MADV_HUGEPAGE)
-      if (ptr_) madvise(ptr_, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
-#endif
+    if (bytes >= workspace::kLargeBytes) {
+      ptr_ = static_cast<Real*>(workspace::acquire(bytes, &capacity_));
     } else {
       ptr_ = static_cast<Real*>(std::aligned_alloc(64, bytes));
+      if (!ptr_) throw std::bad_alloc();
     }
-    if (!ptr_) throw std::bad_alloc();
   }
-  ~Buffer() { std::free(ptr_); }
+  ~Buffer() {
+    if (capacity_) workspace::release(ptr_, capacity_);
+    else std::free(ptr_);
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Real* get() const { return ptr_; }
 
  private:
   Real* ptr_;
+  size_t capacity_ = 0;  // nonzero: a workspace block
 };
 
 // Loads/stores of the first n (<= N) lanes; the missing lanes read as zero.

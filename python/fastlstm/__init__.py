@@ -15,6 +15,7 @@ bias (4H,). See fastlstm.ops for the full contract and fastlstm.reference for th
 """
 
 import operator
+import os
 
 from . import _core
 from . import cuda, ops, reference
@@ -25,7 +26,8 @@ from ._device import set_device, get_device
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
            "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
-           "cpu_info", "set_num_threads", "get_num_threads", "cuda", "cuda_available",
+           "cpu_info", "set_num_threads", "get_num_threads", "set_cpu_cache_limit",
+           "empty_cpu_cache", "cuda", "cuda_available",
            "cuda_info", "set_device", "get_device"]
 
 # Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
@@ -36,13 +38,16 @@ def cpu_info():
     """What the CPU backend can run and what it uses.
 
     Returns a dict: "compiled" (instruction sets built in), "supported" (those this
-    processor runs), "isa" (the one in use; FASTLSTM_ISA forces it), "num_threads".
+    processor runs), "isa" (the one in use; FASTLSTM_ISA forces it), "num_threads",
+    "cache_limit" and "cached_bytes" (see set_cpu_cache_limit).
     """
     return {
         "compiled": list(_core.compiled_isas()),
         "supported": list(_core.supported_isas()),
         "isa": _core.get_isa(),
         "num_threads": _core.get_num_threads(),
+        "cache_limit": _core.get_cache_limit(),
+        "cached_bytes": _core.cached_bytes(),
     }
 
 
@@ -82,3 +87,45 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"n: expected a number of threads >= 1, got {n}")
     _core.set_num_threads(n)
+
+
+def set_cpu_cache_limit(nbytes):
+    """Set how many bytes of large working buffers the CPU kernels keep between calls.
+
+    Buffers of 4 MiB and more (the input projection, the backward's gate gradients) are
+    kept for the next call instead of being returned to the system, which saves faulting
+    in and zeroing fresh memory every call (about 5% of a call at batch 16 to 64). The
+    default is 256 MiB, or FASTLSTM_CPU_CACHE_MB (MiB) when set at import; 0 turns the cache
+    off. Lowering the limit frees what is cached beyond it. The cache holds no data between
+    calls that anything reads: every buffer is written before it is read.
+    """
+    try:
+        if isinstance(nbytes, bool):
+            raise TypeError
+        nbytes = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"nbytes: expected an integer number of bytes, got {type(nbytes).__name__}") from None
+    if nbytes < 0:
+        raise ValueError(f"nbytes: expected a number of bytes >= 0, got {nbytes}")
+    _core.set_cache_limit(nbytes)
+
+
+def empty_cpu_cache():
+    """Free the working buffers the CPU kernels keep between calls (the limit stays)."""
+    _core.clear_cache()
+
+
+def _cache_limit_from_environment():
+    text = os.environ.get("FASTLSTM_CPU_CACHE_MB")
+    if text is None or text.strip() == "":
+        return
+    try:
+        mib = int(text.strip())
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise ValueError(f"FASTLSTM_CPU_CACHE_MB: expected a whole number of MiB >= 0, got {text!r}")
+    _core.set_cache_limit(mib << 20)
+
+
+_cache_limit_from_environment()

@@ -1,0 +1,43 @@
+// Large working buffers of the CPU kernels, kept between calls.
+//
+// A call's large buffers (the inference projection, the backward's dz and h_{t-1}: MBs to
+// tens of MBs) would otherwise be fresh memory every call: mmap'ed by malloc, then faulted in
+// and zeroed by the kernel page by page (3-6% of a call at B >= 16, NOTES 29). Blocks of at
+// least kLargeBytes are handed out 2 MiB aligned and marked for transparent huge pages, and
+// on release they are kept in a small cache for the next call, up to a byte limit
+// (FASTLSTM_CPU_CACHE_MB at load, or set_cache_limit; 0 turns the cache off). The memory a
+// block holds is undefined when handed out (the kernels write every element they read).
+//
+// Compiled once, without instruction-set flags; thread-safe.
+#pragma once
+
+#include <cstddef>
+
+namespace fastlstm {
+namespace cpu {
+namespace workspace {
+
+constexpr size_t kLargeBytes = size_t(4) << 20;  // smaller blocks go straight to malloc
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// At least `bytes` (rounded up to 2 MiB), 2 MiB aligned; throws std::bad_alloc. *capacity is
+// set to the block's real size, to be passed back to release().
+void* acquire(size_t bytes, size_t* capacity);
+// Returns a block from acquire(): kept for reuse if the limit allows, else freed.
+void release(void* block, size_t capacity);
+
+// The most bytes kept between calls (default 256 MiB, or FASTLSTM_CPU_CACHE_MB MiB).
+// Lowering it frees cached blocks beyond the new limit; 0 frees them all and caches nothing.
+void set_cache_limit(size_t bytes);
+size_t cache_limit();
+// Bytes held by the cache now (not counting blocks in use).
+size_t cached_bytes();
+// Frees every cached block (the limit stays).
+void clear();
+// Tests: fill every block handed out with NaN (all bits set), cached or fresh, so that a
+// kernel reading an element it did not write first fails.
+void set_poison(bool on);
+
+}  // namespace workspace
+}  // namespace cpu
+}  // namespace fastlstm

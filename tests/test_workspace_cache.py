@@ -1,0 +1,236 @@
+"""The CPU kernels' cache of large working buffers (csrc/cpu/workspace.h).
+
+Buffers of 4 MiB and more are kept between calls. What matters to a user: the results do
+not depend on it (a reused buffer holds the last call's data, and under the tests' poison
+every block handed out is NaN, so a kernel reading an element before writing it fails here),
+the limit is respected, and the knobs reject bad values with the argument's name.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _core, ops
+
+MiB = 1 << 20
+DEFAULT_LIMIT = 256 * MiB
+
+
+@pytest.fixture
+def cache_limit():
+    """Returns a setter for the cache limit; restores the limit and empties the cache after."""
+    previous = _core.get_cache_limit()
+    fastlstm.empty_cpu_cache()
+    try:
+        yield fastlstm.set_cpu_cache_limit
+    finally:
+        fastlstm.set_cpu_cache_limit(previous)
+        fastlstm.empty_cpu_cache()
+
+
+def _inputs(T, B, I, H, dtype, seed):
+    rng = np.random.default_rng(seed)
+    s = 1.0 / np.sqrt(I + H)
+    return dict(
+        x=rng.standard_normal((T, B, I)).astype(dtype),
+        kernel=(rng.standard_normal((I, 4 * H)) * s).astype(dtype),
+        recurrent_kernel=(rng.standard_normal((H, 4 * H)) * s).astype(dtype),
+        bias=(rng.standard_normal(4 * H) * s).astype(dtype),
+    )
+
+
+def _inference(args):
+    return ops.lstm_forward(**args, training=False, backend="cpu")[0]
+
+
+def _train(args, dy):
+    y, h, c, saved = ops.lstm_forward(**args, backend="cpu")
+    return (y, h, c) + tuple(g for g in ops.lstm_backward(saved, dy) if g is not None)
+
+
+# The inference projection of (64, 16, ., 256) is 64*16*1024 float32 = exactly 4 MiB: the
+# smallest buffer the cache takes.
+SMALLEST_CACHED = (64, 16, 8, 256)
+
+
+def test_default_limit_and_info():
+    info = fastlstm.cpu_info()
+    expected = DEFAULT_LIMIT
+    if os.environ.get("FASTLSTM_CPU_CACHE_MB", "").strip():
+        expected = int(os.environ["FASTLSTM_CPU_CACHE_MB"]) * MiB
+    assert info["cache_limit"] == expected == _core.get_cache_limit()
+    assert isinstance(info["cached_bytes"], int) and 0 <= info["cached_bytes"] <= info["cache_limit"]
+
+
+def test_large_buffers_are_kept_and_freed(cache_limit):
+    cache_limit(DEFAULT_LIMIT)
+    assert _core.cached_bytes() == 0
+    args = _inputs(*SMALLEST_CACHED, np.float32, seed=1)
+    first = _inference(args)
+    kept = _core.cached_bytes()
+    assert kept >= 4 * MiB and kept % (2 * MiB) == 0, kept
+    # the next call takes the block back and returns it: nothing new is kept
+    second = _inference(args)
+    assert _core.cached_bytes() == kept
+    assert np.array_equal(first, second)
+    fastlstm.empty_cpu_cache()
+    assert _core.cached_bytes() == 0
+    assert fastlstm.cpu_info()["cache_limit"] == DEFAULT_LIMIT  # emptying keeps the limit
+
+
+def test_small_buffers_are_not_cached(cache_limit):
+    cache_limit(DEFAULT_LIMIT)
+    T, B, I, H = SMALLEST_CACHED
+    _inference(_inputs(T - 1, B, I, H, np.float32, seed=2))  # projection just under 4 MiB
+    assert _core.cached_bytes() == 0
+
+
+def test_limit_is_respected(cache_limit):
+    args = _inputs(*SMALLEST_CACHED, np.float32, seed=3)
+    cache_limit(0)
+    _inference(args)
+    assert _core.cached_bytes() == 0
+    cache_limit(2 * MiB)  # below the 4 MiB block: freed, not kept
+    _inference(args)
+    assert _core.cached_bytes() == 0
+    cache_limit(64 * MiB)
+    _inference(args)
+    kept = _core.cached_bytes()
+    assert 0 < kept <= 64 * MiB
+    cache_limit(kept - 1)  # lowering the limit frees what no longer fits
+    assert _core.cached_bytes() == 0
+    assert fastlstm.cpu_info()["cache_limit"] == kept - 1
+
+
+# Calls of several shapes and dtypes in a row, so blocks released by one are handed to the
+# next (best fit: a smaller call takes part of a larger block): each must give bitwise the
+# result it gives with the cache off, and match the float64 reference.
+SEQUENCE = [
+    ("train", (300, 16, 8, 256), np.float32),   # backward chunks: dz of 4096 rows = 16 MiB
+    ("infer", (64, 16, 8, 256), np.float32),
+    ("train", (300, 16, 8, 256), np.float32),
+    ("infer", (40, 16, 8, 256), np.float64),    # 5 MiB of float64 in a float32 block
+    ("train", (70, 32, 5, 129), np.float64),
+    ("infer", (300, 16, 8, 256), np.float32),   # chunked inference projection
+]
+
+
+def _run(kind, shape, dtype, seed):
+    args = _inputs(*shape, dtype, seed)
+    if kind == "infer":
+        return args, None, (_inference(args),)
+    T, B, _, H = shape
+    dy = np.random.default_rng(seed + 100).standard_normal((T, B, H)).astype(dtype)
+    return args, dy, _train(args, dy)
+
+
+def test_results_do_not_depend_on_the_cache(cache_limit, rel_err):
+    cache_limit(0)
+    expected = [_run(kind, shape, dtype, seed)[2] for seed, (kind, shape, dtype) in enumerate(SEQUENCE)]
+    cache_limit(DEFAULT_LIMIT)
+    for seed, (kind, shape, dtype) in enumerate(SEQUENCE):
+        got = _run(kind, shape, dtype, seed)[2]
+        for k, (a, b) in enumerate(zip(got, expected[seed])):
+            assert np.isfinite(a).all(), f"call {seed} ({kind} {shape}), output {k}: not finite"
+            assert np.array_equal(a, b), (
+                f"call {seed} ({kind} {shape}), output {k} differs with the cache on "
+                f"(rel err {rel_err(a, b):.3g})")
+    assert _core.cached_bytes() > 0
+
+
+def test_cached_results_match_reference(cache_limit, rel_err):
+    # The same sequence against the float64 reference (float32 to 2e-6, as everywhere).
+    from fastlstm import reference
+    cache_limit(DEFAULT_LIMIT)
+    for seed, (kind, shape, dtype) in enumerate(SEQUENCE):
+        args, dy, got = _run(kind, shape, dtype, seed)
+        if shape[0] > 100:
+            continue  # the reference is slow at T = 300; the bitwise test covers these
+        a64 = {k: v.astype(np.float64) for k, v in args.items()}
+        ry, rh, rc, saved = reference.lstm_forward(**a64)
+        tol = 2e-6 if dtype == np.float32 else 1e-12
+        assert rel_err(got[0], ry) <= tol
+        if kind == "train":
+            rg = reference.lstm_backward(saved, dy.astype(np.float64))
+            for a, b in zip(got[3:], [g for g in rg if g is not None]):
+                assert rel_err(a, b) <= tol
+
+
+@pytest.mark.parametrize("bad", [-1, -(1 << 40)])
+def test_limit_rejects_negative(bad, cache_limit):
+    before = _core.get_cache_limit()
+    with pytest.raises(ValueError, match=r"\bnbytes\b"):
+        fastlstm.set_cpu_cache_limit(bad)
+    assert _core.get_cache_limit() == before
+
+
+@pytest.mark.parametrize("bad", [1.5, "64", True, None])
+def test_limit_rejects_non_integers(bad, cache_limit):
+    before = _core.get_cache_limit()
+    with pytest.raises(TypeError, match=r"\bnbytes\b"):
+        fastlstm.set_cpu_cache_limit(bad)
+    assert _core.get_cache_limit() == before
+
+
+def test_limit_accepts_numpy_integers(cache_limit):
+    fastlstm.set_cpu_cache_limit(np.int64(8 * MiB))
+    assert _core.get_cache_limit() == 8 * MiB
+
+
+def _run_python(code, value):
+    env = dict(os.environ)
+    env.pop("FASTLSTM_CPU_CACHE_MB", None)
+    if value is not None:
+        env["FASTLSTM_CPU_CACHE_MB"] = value
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+
+
+@pytest.mark.parametrize("value, limit", [(None, DEFAULT_LIMIT), ("0", 0), (" 64 ", 64 * MiB)])
+def test_environment_sets_limit(value, limit):
+    out = _run_python("import fastlstm; print(fastlstm.cpu_info()['cache_limit'])", value)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == limit
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+def test_environment_rejects_bad_values(value):
+    out = _run_python("import fastlstm", value)
+    assert out.returncode != 0
+    assert "ValueError" in out.stderr and "FASTLSTM_CPU_CACHE_MB" in out.stderr, out.stderr
+    assert repr(value) in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12, threads
+def test_child_after_fork_runs_with_cached_blocks(cache_limit):
+    # A forked child inherits the cached blocks (and would inherit a held lock): its calls
+    # must work and agree with the parent's.
+    cache_limit(DEFAULT_LIMIT)
+    args = _inputs(*SMALLEST_CACHED, np.float32, seed=4)
+    parent = _inference(args)
+    assert _core.cached_bytes() > 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report 1 if the result matches, then leave without cleanup
+        ok = 0
+        try:
+            ok = int(np.array_equal(_inference(args), parent))
+        finally:
+            os.write(write, bytes([ok]))
+            os._exit(0)
+    os.close(write)
+    try:
+        answer = os.read(read, 1)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"\x01"
