@@ -1,6 +1,7 @@
-"""The CPU kernels' cache of large working buffers (csrc/cpu/workspace.h).
+"""The CPU kernels' cache of large blocks (csrc/cpu/workspace.h).
 
-Buffers of 4 MiB and more are kept between calls. What matters to a user: the results do
+Working buffers of 4 MiB and more are kept between calls, and outputs as large live in such
+blocks, which return to the cache when the array is freed. What matters to a user: the results do
 not depend on it (a reused buffer holds the last call's data, and under the tests' poison
 every block handed out is NaN, so a kernel reading an element before writing it fails here),
 the limit is respected, and the knobs reject bad values with the argument's name.
@@ -19,7 +20,7 @@ import fastlstm
 from fastlstm import _core, ops
 
 MiB = 1 << 20
-DEFAULT_LIMIT = 256 * MiB
+DEFAULT_LIMIT = 512 * MiB
 
 
 @pytest.fixture
@@ -160,6 +161,61 @@ def test_cached_results_match_reference(cache_limit, rel_err):
             rg = reference.lstm_backward(saved, dy.astype(np.float64))
             for a, b in zip(got[3:], [g for g in rg if g is not None]):
                 assert rel_err(a, b) <= tol
+
+
+# y of (64, 16, ., 1024) is exactly 4 MiB of float32: it lives in a cached block.
+LARGE_OUTPUT = (64, 16, 8, 1024)
+
+
+def test_large_outputs_return_to_the_cache(cache_limit):
+    cache_limit(DEFAULT_LIMIT)
+    args = _inputs(*LARGE_OUTPUT, np.float32, seed=5)
+    y = _inference(args)
+    assert y.shape == (64, 16, 1024) and y.dtype == np.float32
+    assert y.flags.c_contiguous and y.flags.writeable and np.isfinite(y).all()
+    kept = _core.cached_bytes()  # the projection buffer, back after the call
+    del y
+    assert _core.cached_bytes() == kept + 4 * MiB
+
+
+def test_live_outputs_are_never_reused(cache_limit, rel_err):
+    # Outputs the caller still holds (or views of them) keep their blocks: later calls of the
+    # same shapes, which take blocks from the cache, must not write into them.
+    cache_limit(DEFAULT_LIMIT)
+    args = [_inputs(*LARGE_OUTPUT, np.float32, seed=s) for s in (6, 7)]
+    y0 = _inference(args[0])
+    copy0 = y0.copy()
+    view = y0[5:9]
+    del y0
+    T, B, _, H = LARGE_OUTPUT
+    dy = np.random.default_rng(8).standard_normal((T, B, H)).astype(np.float32)
+    trained = ops.lstm_forward(**args[0], backend="cpu")  # saved gates: 16 MiB, kept for later
+    for _ in range(3):
+        y1 = _inference(args[1])
+        assert not np.shares_memory(y1, view)
+        del y1
+        _train(args[1], dy)
+    assert np.array_equal(view, copy0[5:9])
+    # the saved state survived the calls in between: its backward is the fresh one's
+    late = ops.lstm_backward(trained[3], dy)
+    fresh = ops.lstm_backward(ops.lstm_forward(**args[0], backend="cpu")[3], dy)
+    for a, b in zip(late, fresh):
+        if b is None:
+            assert a is None
+            continue
+        assert np.array_equal(a, b)
+
+
+def test_cached_outputs_pickle_and_copy(cache_limit):
+    import pickle
+    cache_limit(DEFAULT_LIMIT)
+    y = _inference(_inputs(*LARGE_OUTPUT, np.float32, seed=9))
+    again = pickle.loads(pickle.dumps(y))
+    copied = y.copy()
+    assert np.array_equal(again, y) and np.array_equal(copied, y)
+    assert not np.shares_memory(again, y) and not np.shares_memory(copied, y)
+    y[0, 0, 0] = 1.5  # writable in place, and the copies are independent
+    assert y[0, 0, 0] == np.float32(1.5) != again[0, 0, 0] and copied[0, 0, 0] != 1.5
 
 
 @pytest.mark.parametrize("bad", [-1, -(1 << 40)])

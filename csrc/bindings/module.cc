@@ -58,9 +58,37 @@ const int64_t* lengths_input(const py::object& obj, int64_t B) {
   return input<int64_t>(obj, "lengths", {B});
 }
 
+// A new output array. Large ones (y, the saved gates and cells, dx: tens of MBs at B >= 64)
+// live in a workspace block that goes back to the cache when the array is freed, so the
+// next call's outputs need no fresh pages either (NOTES 30); their base is a capsule.
+struct OwnedBlock {
+  void* ptr;
+  size_t capacity;
+};
+
 template <typename Real>
 py::array_t<Real> output(const std::vector<int64_t>& shape) {
-  py::array_t<Real> arr(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  const std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  size_t bytes = sizeof(Real);
+  for (int64_t d : shape) bytes *= static_cast<size_t>(d);
+  py::array_t<Real> arr;
+  if (bytes >= cpu::workspace::kLargeBytes) {
+    auto* owned = new OwnedBlock{nullptr, 0};
+    try {
+      owned->ptr = cpu::workspace::acquire(bytes, &owned->capacity);
+    } catch (...) {
+      delete owned;
+      throw;
+    }
+    py::capsule base(owned, [](void* p) {
+      auto* o = static_cast<OwnedBlock*>(p);
+      cpu::workspace::release(o->ptr, o->capacity);
+      delete o;
+    });
+    arr = py::array_t<Real>(dims, static_cast<Real*>(owned->ptr), base);
+  } else {
+    arr = py::array_t<Real>(dims);
+  }
   if (g_poison) {
     Real* p = arr.mutable_data();
     for (py::ssize_t i = 0; i < arr.size(); ++i) p[i] = std::numeric_limits<Real>::quiet_NaN();

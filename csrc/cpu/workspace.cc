@@ -25,7 +25,7 @@ struct Cache {
   std::mutex mutex;
   std::vector<Block> blocks;  // oldest release first
   size_t bytes = 0;
-  size_t limit = size_t(256) << 20;
+  size_t limit = size_t(512) << 20;
 };
 
 std::atomic<bool> g_poison{false};

@@ -1,8 +1,10 @@
 // Large working buffers of the CPU kernels, kept between calls.
 //
 // A call's large buffers (the inference projection, the backward's dz and h_{t-1}: MBs to
-// tens of MBs) would otherwise be fresh memory every call: mmap'ed by malloc, then faulted in
-// and zeroed by the kernel page by page (3-6% of a call at B >= 16, NOTES 29). Blocks of at
+// tens of MBs) and its large outputs (y, the saved gates, dx: the bindings hand them to NumPy
+// with a capsule that releases the block) would otherwise be fresh memory every call:
+// mmap'ed by malloc, then faulted in and zeroed by the kernel page by page (3-14% of a call
+// at B >= 16, NOTES 29 and 30). Blocks of at
 // least kLargeBytes are handed out 2 MiB aligned and marked for transparent huge pages, and
 // on release they are kept in a small cache for the next call, up to a byte limit
 // (FASTLSTM_CPU_CACHE_MB at load, or set_cache_limit; 0 turns the cache off). The memory a
@@ -26,7 +28,7 @@ void* acquire(size_t bytes, size_t* capacity);
 // Returns a block from acquire(): kept for reuse if the limit allows, else freed.
 void release(void* block, size_t capacity);
 
-// The most bytes kept between calls (default 256 MiB, or FASTLSTM_CPU_CACHE_MB MiB).
+// The most bytes kept between calls (default 512 MiB, or FASTLSTM_CPU_CACHE_MB MiB).
 // Lowering it frees cached blocks beyond the new limit; 0 frees them all and caches nothing.
 void set_cache_limit(size_t bytes);
 size_t cache_limit();
