@@ -239,6 +239,11 @@ def test_limit_accepts_numpy_integers(cache_limit):
     assert _core.get_cache_limit() == 8 * MiB
 
 
+def test_limit_beyond_any_memory_means_no_limit(cache_limit):
+    fastlstm.set_cpu_cache_limit(1 << 80)
+    assert _core.get_cache_limit() == 2**63 - 1
+
+
 def _run_python(code, value):
     env = dict(os.environ)
     env.pop("FASTLSTM_CPU_CACHE_MB", None)

@@ -76,16 +76,22 @@ def get_num_threads():
     return _core.get_num_threads()
 
 
+def _whole_number(value, name, low, what):
+    """value as an int >= low; TypeError / ValueError naming the argument otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer {what}, got {type(value).__name__}") from None
+    if value < low:
+        raise ValueError(f"{name}: expected a {what} >= {low}, got {value}")
+    return value
+
+
 def set_num_threads(n):
     """Set the number of threads the CPU kernels use (an integer >= 1)."""
-    try:
-        if isinstance(n, bool):
-            raise TypeError
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n: expected an integer number of threads, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"n: expected a number of threads >= 1, got {n}")
+    n = _whole_number(n, "n", 1, "number of threads")
     _core.set_num_threads(n)
 
 
@@ -100,20 +106,16 @@ def set_cpu_cache_limit(nbytes):
     cache off. Lowering the limit frees what is cached beyond it. Results do not depend on
     it: every buffer is written before it is read.
     """
-    try:
-        if isinstance(nbytes, bool):
-            raise TypeError
-        nbytes = operator.index(nbytes)
-    except TypeError:
-        raise TypeError(f"nbytes: expected an integer number of bytes, got {type(nbytes).__name__}") from None
-    if nbytes < 0:
-        raise ValueError(f"nbytes: expected a number of bytes >= 0, got {nbytes}")
-    _core.set_cache_limit(nbytes)
+    nbytes = _whole_number(nbytes, "nbytes", 0, "number of bytes")
+    _core.set_cache_limit(min(nbytes, _NO_LIMIT))
 
 
 def empty_cpu_cache():
     """Free the blocks the CPU kernels keep between calls (the limit stays)."""
     _core.clear_cache()
+
+
+_NO_LIMIT = 2**63 - 1  # larger limits mean the same: keep everything
 
 
 def _cache_limit_from_environment():
@@ -126,7 +128,7 @@ def _cache_limit_from_environment():
         mib = -1
     if mib < 0:
         raise ValueError(f"FASTLSTM_CPU_CACHE_MB: expected a whole number of MiB >= 0, got {text!r}")
-    _core.set_cache_limit(mib << 20)
+    _core.set_cache_limit(min(mib << 20, _NO_LIMIT))
 
 
 _cache_limit_from_environment()
