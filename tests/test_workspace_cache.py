@@ -110,7 +110,7 @@ def test_limit_is_respected(cache_limit):
 
 
 # Calls of several shapes and dtypes in a row, so blocks released by one are handed to the
-# next (best fit: a smaller call takes part of a larger block): each must give bitwise the
+# next (best fit, up to a quarter larger than asked for): each must give bitwise the
 # result it gives with the cache off, and match the float64 reference.
 SEQUENCE = [
     ("train", (300, 16, 8, 256), np.float32),   # backward chunks: dz of 4096 rows = 16 MiB
@@ -216,6 +216,20 @@ def test_cached_outputs_pickle_and_copy(cache_limit):
     assert not np.shares_memory(again, y) and not np.shares_memory(copied, y)
     y[0, 0, 0] = 1.5  # writable in place, and the copies are independent
     assert y[0, 0, 0] == np.float32(1.5) != again[0, 0, 0] and copied[0, 0, 0] != 1.5
+
+
+def test_small_outputs_do_not_take_large_blocks(cache_limit):
+    # A kept output holds its whole block: a 4 MiB y must not sit in a 16 MiB block.
+    cache_limit(DEFAULT_LIMIT)
+    T, B, I, H = LARGE_OUTPUT
+    _inference(_inputs(4 * T, B, I, H, np.float32, seed=10))  # leaves 16 MiB blocks cached
+    before = _core.cached_bytes()
+    y = _inference(_inputs(T, B, I, H, np.float32, seed=11))
+    # y (4 MiB) came fresh (allocated first, it would otherwise have taken the 16 MiB block);
+    # the call's 16 MiB projection buffer took that block and gave it back
+    assert _core.cached_bytes() == before
+    del y
+    assert _core.cached_bytes() == before + 4 * MiB
 
 
 @pytest.mark.parametrize("bad", [-1, -(1 << 40)])

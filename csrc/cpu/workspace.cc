@@ -64,13 +64,16 @@ void* acquire(size_t bytes, size_t* capacity) {
   const size_t want = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   {
     // The smallest cached block that is large enough (calls with the same shapes get back
-    // the blocks they released).
+    // the blocks they released), and not more than a quarter larger: an output the caller
+    // keeps holds its whole block.
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
     size_t best = c.blocks.size();
-    for (size_t i = 0; i < c.blocks.size(); ++i)
-      if (c.blocks[i].capacity >= want && (best == c.blocks.size() || c.blocks[i].capacity < c.blocks[best].capacity))
+    for (size_t i = 0; i < c.blocks.size(); ++i) {
+      const size_t cap = c.blocks[i].capacity;
+      if (cap >= want && cap <= want + want / 4 && (best == c.blocks.size() || cap < c.blocks[best].capacity))
         best = i;
+    }
     if (best != c.blocks.size()) {
       const Block b = c.blocks[best];
       c.blocks.erase(c.blocks.begin() + static_cast<std::ptrdiff_t>(best));
