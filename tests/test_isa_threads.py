@@ -203,6 +203,15 @@ THREAD_CASES = {
     "B1_H100_nobias": dict(T=3, B=1, I=8, H=100, bias=False, h0=False),
     # chunked backward and inference (>= 2 chunks of 4096 rows): the same chunks for any count
     "T260_B32_chunked": dict(T=260, B=32, I=6, H=20, lengths=[260 - 7 * b for b in range(32)]),
+    # small H with B >= 2 tiles: the threads split the rows, not the units (NOTES 31); tiles of
+    # 6, 6, 1 rows, a partial group of unit blocks, lengths and reverse
+    "split_B13_I9_H40_len_rev": dict(T=7, B=13, I=9, H=40, lengths=[7, 0, 3, 7, 1, 6, 2, 7, 5, 4, 7, 3, 1],
+                                     reverse=True),
+    # split rows with chunked inference (x gathered: lengths and reverse) and chunked backward
+    "split_T300_B30_chunked_rev": dict(T=300, B=30, I=5, H=24, lengths=[300 - 9 * b for b in range(30)],
+                                       reverse=True),
+    # the largest H that splits the rows; float64 has 16 unit blocks of 8 (4 whole groups)
+    "split_B24_H128": dict(T=6, B=24, I=7, H=128, h0=False),
 }
 
 

@@ -131,6 +131,41 @@ inline BlockRange my_blocks(int64_t nblocks, int tid, int nthreads) {
   return {nblocks * tid / nthreads, nblocks * (tid + 1) / nthreads};
 }
 
+// Small hidden sizes split the batch instead of the units (NOTES 31): thread tid runs the rows
+// [first, last) through every step on all units, with no barrier per step (the rows are
+// independent sequences; only the shared products of all rows synchronise). The split is at
+// multiples of kTileRows, so every row sits in the same register tile as with one thread and
+// gets bitwise the same arithmetic.
+struct RowRange {
+  int64_t first, last;
+};
+inline RowRange my_rows(int64_t B, int64_t tile, int tid, int nthreads) {
+  const int64_t tiles = ceil_div(B, tile);
+  return {imin(B, tiles * tid / nthreads * tile), imin(B, tiles * (tid + 1) / nthreads * tile)};
+}
+// Whether to split the rows (measured, NOTES 31). Every thread needs one whole tile at least.
+// Each thread then reads all of recurrent_kernel (4 H^2 values) every step, from its own L2,
+// instead of its share of the units; in exchange no step waits for the other threads. The
+// forward gains from it up to H = 64 at any batch (1.2-1.75x at B = 12-32) and at H = 128 when
+// the tiles divide evenly enough (1.03-1.23x at B = 32-64; 0.90x at B = 16: 10 rows against 6);
+// from H = 192 on it loses (0.85-0.98x). The backward, whose unit split costs more per step,
+// gains up to H = 192 (1.09-1.5x) and breaks even at H = 256.
+inline int64_t max_rows_per_thread(int64_t B, int64_t tile, int nthreads) {
+  int64_t most = 0;
+  for (int t = 0; t < nthreads; ++t) {
+    const RowRange r = my_rows(B, tile, t, nthreads);
+    most = most > r.last - r.first ? most : r.last - r.first;
+  }
+  return most;
+}
+inline bool split_rows_forward(int64_t B, int64_t H, int64_t tile, int nthreads) {
+  if (nthreads < 2 || B < tile * nthreads) return false;
+  return H <= 64 || (H <= 128 && 5 * B > 8 * max_rows_per_thread(B, tile, nthreads));
+}
+inline bool split_rows_backward(int64_t B, int64_t H, int64_t tile, int nthreads) {
+  return nthreads >= 2 && B >= tile * nthreads && H <= 192;
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
@@ -156,6 +191,7 @@ struct ForwardCtx {
   Real* gemm_ws;          // nthreads x Gemm::workspace_per_thread
   Barrier barrier;
   BlockQueue* queues;     // one per thread: its unit blocks of the current step
+  bool split_rows;        // threads own rows, not units (see my_rows)
 };
 
 inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
@@ -370,14 +406,18 @@ void forward_task(void* p, int tid, int nthreads) {
   const ForwardArgs<Real>& a = *ctx.a;
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
   const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
+  // The state this thread owns: its units of all rows, or all units of its rows.
+  const RowRange own_rows = ctx.split_rows ? my_rows(B, kTileRows, tid, nthreads) : RowRange{0, B};
+  const BlockRange units = ctx.split_rows ? BlockRange{0, ctx.nblocks} : mine;
 
-  // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them), unless
+  // Pack this thread's unit blocks of recurrent_kernel (only this thread reads them, unless
+  // the rows are split: then all are read by all after the first barrier below), unless
   // packed before the call.
   if (ctx.packed_rk && !ctx.prepacked)
     pack_recurrent_blocks(a.recurrent_kernel, H, mine.first, mine.last, ctx.packed_rk);
-  // Initial state of this thread's units (padding lanes zero).
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t block = mine.first; block < mine.last; ++block) {
+  // Initial state (padding lanes zero).
+  for (int64_t b = own_rows.first; b < own_rows.last; ++b)
+    for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
       V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero());
       V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
@@ -385,6 +425,9 @@ void forward_task(void* p, int tid, int nthreads) {
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   for (int64_t s = 0; s < T; ++s) {
     if (s % ctx.chunk_steps == 0) {
+      // With split rows there is no barrier per step: wait here until every thread is done
+      // with the previous chunk's G before it is overwritten.
+      if (ctx.split_rows && s > 0) barrier_wait(&ctx.barrier);
       // Input projection G = x . kernel + bias for the steps [s, s + chunk_steps), all rows
       // (all T*B rows at once unless chunked). Every row's values are the same in any
       // chunking: the product's arithmetic depends on K alone.
@@ -421,6 +464,14 @@ void forward_task(void* p, int tid, int nthreads) {
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
       }
     };
+    if (ctx.split_rows) {  // this thread's rows through all blocks, no barrier
+      for (int64_t block = 0; block < ctx.nblocks; ++block)
+        for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
+          const int n = static_cast<int>(imin(kTileRows, own_rows.last - b0));
+          forward_rows<Real, kTileRows>(ctx, s, b0, n, block, h_prev, h_next);
+        }
+      continue;
+    }
     if (nthreads == 1 || B < kTileRows) {  // small steps: not worth the atomics
       for (int64_t block = mine.first; block < mine.last; ++block) one_block(block);
     } else {
@@ -436,8 +487,8 @@ void forward_task(void* p, int tid, int nthreads) {
   }
 
   const Real* h_last = ctx.h + (T & 1) * B * Hp;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t block = mine.first; block < mine.last; ++block) {
+  for (int64_t b = own_rows.first; b < own_rows.last; ++b)
+    for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
       store_part(a.h_n + b * H + u0, V::load(h_last + b * Hp + u0), nu);
       store_part(a.c_n + b * H + u0, V::load(ctx.c + b * Hp + u0), nu);
@@ -496,6 +547,7 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   ctx.h = state.get();
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
+  ctx.split_rows = split_rows_forward(B, H, kTileRows, nthreads);
   barrier_init(&ctx.barrier, nthreads);
   run(&forward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
@@ -527,6 +579,7 @@ struct BackwardCtx {
   Real* packed_rkt;  // ngroups x 4H x 4 x N: [group][c][q][v] = rk[(4 group + q) N + v, c]
   Real* gemm_ws;
   Barrier barrier;
+  bool split_rows;   // threads own rows, not units (see my_rows)
 };
 
 // Unit blocks are grouped by 4 for the transposed tile; groups are taken per thread, and
@@ -679,16 +732,35 @@ void backward_task(void* p, int tid, int nthreads) {
   const BackwardArgs<Real>& a = *ctx.a;
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, Hp = ctx.Hp;
   const BlockRange mine = my_blocks(ctx.nblocks, tid, nthreads);
+  // The state this thread owns: its units of all rows, or all units of its rows.
+  const RowRange own_rows = ctx.split_rows ? my_rows(B, kTileRows, tid, nthreads) : RowRange{0, B};
+  const BlockRange units = ctx.split_rows ? BlockRange{0, ctx.nblocks} : mine;
 
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t block = mine.first; block < mine.last; ++block) {
+  for (int64_t b = own_rows.first; b < own_rows.last; ++b)
+    for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
       V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + b * H + u0, nu) : V::zero());
       V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
     }
+  // With split rows: groups of 4 blocks over all units (as one thread has them), each packed
+  // by one thread, all read by all after the barrier below. (Which blocks share a group
+  // changes no result: each block has its own accumulators.)
+  const int64_t all_groups = ceil_div(ctx.nblocks, 4);
+  if (ctx.split_rows && ctx.packed_rkt) {
+    for (int64_t g = tid; g < all_groups; g += nthreads) {
+      Real* dst = ctx.packed_rkt + g * 4 * H * 4 * N;
+      for (int q = 0; q < 4; ++q)
+        for (int64_t v = 0; v < N; ++v) {
+          const int64_t block = 4 * g + q, u = block * N + v;
+          const bool real = block < ctx.nblocks && u < H;
+          const Real* row = a.recurrent_kernel + u * 4 * H;
+          for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
+        }
+    }
+  }
   // This thread's groups of the transposed copy (zero for units past H or past its blocks).
   Real* my_packed = nullptr;
-  if (ctx.packed_rkt) {
+  if (ctx.packed_rkt && !ctx.split_rows) {
     my_packed = ctx.packed_rkt + packed_offset(ctx.nblocks, tid, nthreads) * 4 * H * 4 * N;
     for (int64_t g = 0; g < groups_of(mine); ++g) {
       Real* dst = my_packed + g * 4 * H * 4 * N;
@@ -771,11 +843,30 @@ void backward_task(void* p, int tid, int nthreads) {
   };
 
   const int64_t j0 = imin(H, mine.first * N), j1 = imin(H, mine.last * N);  // my units
+  // Split rows: the transposed copy and the prologue above complete for all threads.
+  if (ctx.split_rows) barrier_wait(&ctx.barrier);
   for (int64_t s = T - 1; s >= 0; --s) {
     Real* dz_step = ctx.dz_step + (s & 1) * B * 4 * H;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t block = mine.first; block < mine.last; ++block)
+    for (int64_t b = own_rows.first; b < own_rows.last; ++b)
+      for (int64_t block = units.first; block < units.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
+    if (ctx.split_rows) {  // dh of this thread's rows from their own dz: no barrier per step
+      if (ctx.packed_rkt)
+        for (int64_t g = 0; g < all_groups; ++g) {
+          const int nb = static_cast<int>(imin(4, ctx.nblocks - 4 * g));
+          for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
+            const int n = static_cast<int>(imin(kTileRows, own_rows.last - b0));
+            backward_packed_rows<Real, kTileRows>(ctx, s, b0, n, 4 * g, nb,
+                                                  ctx.packed_rkt + g * 4 * H * 4 * N, dz_step);
+          }
+        }
+      if (s % ctx.chunk_steps == 0) {  // the chunk's dz and h_prev rows of every thread
+        barrier_wait(&ctx.barrier);
+        chunk_products(s);
+        if (s > 0) barrier_wait(&ctx.barrier);
+      }
+      continue;
+    }
     barrier_wait(&ctx.barrier);  // dz of step s complete for all units
     if (my_packed) {  // group-major: a group's copy (4H x 4N) stays in L2 for all rows
       for (int64_t g = 0; g < groups_of(mine); ++g) {
@@ -801,8 +892,8 @@ void backward_task(void* p, int tid, int nthreads) {
     }
   }
   if (T == 0) chunk_products(0);  // no steps: an empty chunk writes zero weight gradients
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t block = mine.first; block < mine.last; ++block) {
+  for (int64_t b = own_rows.first; b < own_rows.last; ++b)
+    for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
       store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
       store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
@@ -853,6 +944,7 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.gemm_ws = gemm_ws.get();
   // Rows that have not started hold zeros here: the step product reads every row.
   for (int64_t i = 0; i < 2 * B * 4 * H; ++i) ctx.dz_step[i] = Real(0);
+  ctx.split_rows = packed && split_rows_backward(B, H, kTileRows, nthreads);
   barrier_init(&ctx.barrier, nthreads);
   run(&backward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
