@@ -12,6 +12,9 @@
 //           recurrent_kernel). The weight gradients are large products over all T*B rows
 //           after the time loop.
 //
+// At small hidden sizes (split_rows_forward / split_rows_backward) the threads split the
+// batch rows instead of the units: each runs its rows on all units with no barrier per step.
+//
 // Every output element is computed by one thread, in an order that does not depend on the
 // number of threads (nor on which thread takes it), so results are bitwise identical for any
 // thread count.
