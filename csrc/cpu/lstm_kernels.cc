@@ -727,6 +727,20 @@ void backward_packed_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, i
   backward_packed_tile<Real, ROWS>(ctx, s, b0, block0, nblocks, packed, dz_step);
 }
 
+// One group of the backward's transposed copy: blocks block0 .. block0 + 3 (zero from
+// block_end on, and for units past H), dst[c][q][v] = recurrent_kernel[(block0 + q) N + v, c].
+template <typename Real>
+void pack_transposed_group(const Real* recurrent_kernel, int64_t H, int64_t block0, int64_t block_end, Real* dst) {
+  constexpr int N = Vec<Real>::N;
+  for (int q = 0; q < 4; ++q)
+    for (int64_t v = 0; v < N; ++v) {
+      const int64_t block = block0 + q, u = block * N + v;
+      const bool real = block < block_end && u < H;
+      const Real* row = recurrent_kernel + u * 4 * H;
+      for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
+    }
+}
+
 template <typename Real>
 void backward_task(void* p, int tid, int nthreads) {
   using V = Vec<Real>;
@@ -749,32 +763,15 @@ void backward_task(void* p, int tid, int nthreads) {
   // by one thread, all read by all after the barrier below. (Which blocks share a group
   // changes no result: each block has its own accumulators.)
   const int64_t all_groups = ceil_div(ctx.nblocks, 4);
-  if (ctx.split_rows && ctx.packed_rkt) {
-    for (int64_t g = tid; g < all_groups; g += nthreads) {
-      Real* dst = ctx.packed_rkt + g * 4 * H * 4 * N;
-      for (int q = 0; q < 4; ++q)
-        for (int64_t v = 0; v < N; ++v) {
-          const int64_t block = 4 * g + q, u = block * N + v;
-          const bool real = block < ctx.nblocks && u < H;
-          const Real* row = a.recurrent_kernel + u * 4 * H;
-          for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
-        }
-    }
-  }
+  if (ctx.split_rows && ctx.packed_rkt)
+    for (int64_t g = tid; g < all_groups; g += nthreads)
+      pack_transposed_group(a.recurrent_kernel, H, 4 * g, ctx.nblocks, ctx.packed_rkt + g * 4 * H * 4 * N);
   // This thread's groups of the transposed copy (zero for units past H or past its blocks).
   Real* my_packed = nullptr;
   if (ctx.packed_rkt && !ctx.split_rows) {
     my_packed = ctx.packed_rkt + packed_offset(ctx.nblocks, tid, nthreads) * 4 * H * 4 * N;
-    for (int64_t g = 0; g < groups_of(mine); ++g) {
-      Real* dst = my_packed + g * 4 * H * 4 * N;
-      for (int q = 0; q < 4; ++q)
-        for (int64_t v = 0; v < N; ++v) {
-          const int64_t block = mine.first + 4 * g + q, u = block * N + v;
-          const bool real = block < mine.last && u < H;
-          const Real* row = a.recurrent_kernel + u * 4 * H;
-          for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
-        }
-    }
+    for (int64_t g = 0; g < groups_of(mine); ++g)
+      pack_transposed_group(a.recurrent_kernel, H, mine.first + 4 * g, mine.last, my_packed + g * 4 * H * 4 * N);
   }
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
