@@ -243,6 +243,24 @@ def test_thread_count_bitwise_identical(isa, name, dtype, make_case, num_threads
     assert rel_err(results[1][0], ry) <= tol
 
 
+@pytest.mark.parametrize("T, B, H", [(20, 32, 64), (2, 12, 17), (1, 30, 128)])
+def test_packed_weights_with_split_rows(isa, T, B, H, make_case, num_threads):
+    # Prepacked weights are read by every thread when the rows are split (small H): the same
+    # bits for any thread count, and the same as without packing.
+    case = make_case(T, B, 7, H, np.float32, seed=23)
+    packed = ops.pack_weights(case.fwd["kernel"], case.fwd["recurrent_kernel"])
+    results = {}
+    for n in (1, 2, 3):
+        num_threads(n)
+        results[n] = [ops.lstm_forward(**case.fwd, training=training, packed=packed, backend="cpu")[0]
+                      for training in (False, True)]
+    plain = ops.lstm_forward(**case.fwd, training=False, backend="cpu")[0]
+    assert np.isfinite(plain).all()
+    for n in (1, 2, 3):
+        for got in results[n]:
+            assert np.array_equal(got, plain), f"{n} threads"
+
+
 def test_thread_count_change_between_forward_and_backward(isa, make_case, num_threads):
     case = make_case(5, 8, 6, 17, np.float64, seed=22, lengths=[5, 0, 1, 3, 5, 2, 4, 5])
     num_threads(1)
