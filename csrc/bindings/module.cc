@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,8 +63,12 @@ const int64_t* lengths_input(const py::object& obj, int64_t B) {
 // live in a workspace block that goes back to the cache when the array is freed, so the
 // next call's outputs need no fresh pages either (NOTES 30); their base is a capsule.
 struct OwnedBlock {
+  explicit OwnedBlock(size_t bytes) : ptr(cpu::workspace::acquire(bytes, &capacity)) {}
+  ~OwnedBlock() { cpu::workspace::release(ptr, capacity); }
+  OwnedBlock(const OwnedBlock&) = delete;
+  OwnedBlock& operator=(const OwnedBlock&) = delete;
+  size_t capacity = 0;  // declared before ptr: acquire() sets it
   void* ptr;
-  size_t capacity;
 };
 
 template <typename Real>
@@ -73,19 +78,10 @@ py::array_t<Real> output(const std::vector<int64_t>& shape) {
   for (int64_t d : shape) bytes *= static_cast<size_t>(d);
   py::array_t<Real> arr;
   if (bytes >= cpu::workspace::kLargeBytes) {
-    auto* owned = new OwnedBlock{nullptr, 0};
-    try {
-      owned->ptr = cpu::workspace::acquire(bytes, &owned->capacity);
-    } catch (...) {
-      delete owned;
-      throw;
-    }
-    py::capsule base(owned, [](void* p) {
-      auto* o = static_cast<OwnedBlock*>(p);
-      cpu::workspace::release(o->ptr, o->capacity);
-      delete o;
-    });
-    arr = py::array_t<Real>(dims, static_cast<Real*>(owned->ptr), base);
+    auto owned = std::make_unique<OwnedBlock>(bytes);
+    py::capsule base(owned.get(), [](void* p) { delete static_cast<OwnedBlock*>(p); });
+    Real* data = static_cast<Real*>(owned.release()->ptr);  // the capsule owns it now
+    arr = py::array_t<Real>(dims, data, base);
   } else {
     arr = py::array_t<Real>(dims);
   }

@@ -460,23 +460,17 @@ void forward_task(void* p, int tid, int nthreads) {
     const Real* h_prev = ctx.h + (s & 1) * B * Hp;
     Real* h_next = ctx.h + ((s + 1) & 1) * B * Hp;
     // Block-major: one block of recurrent_kernel (H x 4N) stays in L2 while every row
-    // of the batch passes over it. Own blocks first, then the other threads' leftovers.
+    // of the batch (of this thread's, with split rows) passes over it. Own blocks first, then
+    // the other threads' leftovers.
     auto one_block = [&](int64_t block) {
-      for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
-        const int rows = static_cast<int>(imin(kTileRows, B - b0));
+      for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
+        const int rows = static_cast<int>(imin(kTileRows, own_rows.last - b0));
         forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
       }
     };
-    if (ctx.split_rows) {  // this thread's rows through all blocks, no barrier
-      for (int64_t block = 0; block < ctx.nblocks; ++block)
-        for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
-          const int n = static_cast<int>(imin(kTileRows, own_rows.last - b0));
-          forward_rows<Real, kTileRows>(ctx, s, b0, n, block, h_prev, h_next);
-        }
-      continue;
-    }
-    if (nthreads == 1 || B < kTileRows) {  // small steps: not worth the atomics
-      for (int64_t block = mine.first; block < mine.last; ++block) one_block(block);
+    // Split rows: all blocks, no barrier. Small steps: not worth the atomics.
+    if (ctx.split_rows || nthreads == 1 || B < kTileRows) {
+      for (int64_t block = units.first; block < units.last; ++block) one_block(block);
     } else {
       BlockQueue& own = ctx.queues[tid];
       own.reset(mine.first, mine.last);
@@ -486,7 +480,7 @@ void forward_task(void* p, int tid, int nthreads) {
         for (int64_t block; (block = theirs.take(false)) >= 0;) one_block(block);
       }
     }
-    barrier_wait(&ctx.barrier);
+    if (!ctx.split_rows) barrier_wait(&ctx.barrier);
   }
 
   const Real* h_last = ctx.h + (T & 1) * B * Hp;
@@ -759,19 +753,19 @@ void backward_task(void* p, int tid, int nthreads) {
       V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + b * H + u0, nu) : V::zero());
       V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
     }
-  // With split rows: groups of 4 blocks over all units (as one thread has them), each packed
-  // by one thread, all read by all after the barrier below. (Which blocks share a group
+  // The transposed copy's groups this thread multiplies by: groups of 4 of its own blocks,
+  // which it packs itself; with split rows the groups over all blocks (as one thread has them),
+  // packed round robin and read by all after the barrier below. (Which blocks share a group
   // changes no result: each block has its own accumulators.)
-  const int64_t all_groups = ceil_div(ctx.nblocks, 4);
-  if (ctx.split_rows && ctx.packed_rkt)
-    for (int64_t g = tid; g < all_groups; g += nthreads)
-      pack_transposed_group(a.recurrent_kernel, H, 4 * g, ctx.nblocks, ctx.packed_rkt + g * 4 * H * 4 * N);
-  // This thread's groups of the transposed copy (zero for units past H or past its blocks).
-  Real* my_packed = nullptr;
-  if (ctx.packed_rkt && !ctx.split_rows) {
-    my_packed = ctx.packed_rkt + packed_offset(ctx.nblocks, tid, nthreads) * 4 * H * 4 * N;
-    for (int64_t g = 0; g < groups_of(mine); ++g)
-      pack_transposed_group(a.recurrent_kernel, H, mine.first + 4 * g, mine.last, my_packed + g * 4 * H * 4 * N);
+  const Real* groups = nullptr;
+  const BlockRange grouped = ctx.split_rows ? BlockRange{0, ctx.nblocks} : mine;
+  const int64_t ngroups = groups_of(grouped);
+  if (ctx.packed_rkt) {
+    Real* base = ctx.packed_rkt + (ctx.split_rows ? 0 : packed_offset(ctx.nblocks, tid, nthreads)) * 4 * H * 4 * N;
+    const int64_t g0 = ctx.split_rows ? tid : 0, dg = ctx.split_rows ? nthreads : 1;
+    for (int64_t g = g0; g < ngroups; g += dg)
+      pack_transposed_group(a.recurrent_kernel, H, grouped.first + 4 * g, grouped.last, base + g * 4 * H * 4 * N);
+    groups = base;
   }
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
@@ -850,32 +844,16 @@ void backward_task(void* p, int tid, int nthreads) {
     for (int64_t b = own_rows.first; b < own_rows.last; ++b)
       for (int64_t block = units.first; block < units.last; ++block)
         backward_cell(ctx, s, b, block, dz_step);
-    if (ctx.split_rows) {  // dh of this thread's rows from their own dz: no barrier per step
-      if (ctx.packed_rkt)
-        for (int64_t g = 0; g < all_groups; ++g) {
-          const int nb = static_cast<int>(imin(4, ctx.nblocks - 4 * g));
-          for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
-            const int n = static_cast<int>(imin(kTileRows, own_rows.last - b0));
-            backward_packed_rows<Real, kTileRows>(ctx, s, b0, n, 4 * g, nb,
-                                                  ctx.packed_rkt + g * 4 * H * 4 * N, dz_step);
-          }
-        }
-      if (s % ctx.chunk_steps == 0) {  // the chunk's dz and h_prev rows of every thread
-        barrier_wait(&ctx.barrier);
-        chunk_products(s);
-        if (s > 0) barrier_wait(&ctx.barrier);
-      }
-      continue;
-    }
-    barrier_wait(&ctx.barrier);  // dz of step s complete for all units
-    if (my_packed) {  // group-major: a group's copy (4H x 4N) stays in L2 for all rows
-      for (int64_t g = 0; g < groups_of(mine); ++g) {
-        const int64_t block0 = mine.first + 4 * g;
-        const int nb = static_cast<int>(imin(4, mine.last - block0));
-        for (int64_t b0 = 0; b0 < B; b0 += kTileRows) {
-          const int rows = static_cast<int>(imin(kTileRows, B - b0));
+    // dz of step s complete for all units (split rows: this thread's rows need only their own)
+    if (!ctx.split_rows) barrier_wait(&ctx.barrier);
+    if (groups) {  // group-major: a group's copy (4H x 4N) stays in L2 for all rows
+      for (int64_t g = 0; g < ngroups; ++g) {
+        const int64_t block0 = grouped.first + 4 * g;
+        const int nb = static_cast<int>(imin(4, grouped.last - block0));
+        for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
+          const int rows = static_cast<int>(imin(kTileRows, own_rows.last - b0));
           backward_packed_rows<Real, kTileRows>(ctx, s, b0, rows, block0, nb,
-                                                my_packed + g * 4 * H * 4 * N, dz_step);
+                                                groups + g * 4 * H * 4 * N, dz_step);
         }
       }
     } else {
@@ -887,6 +865,7 @@ void backward_task(void* p, int tid, int nthreads) {
       }
     }
     if (s % ctx.chunk_steps == 0) {  // the chunk's first step: its dz and h_prev are complete
+      if (ctx.split_rows) barrier_wait(&ctx.barrier);  // (every thread's rows of them)
       chunk_products(s);
       if (s > 0) barrier_wait(&ctx.barrier);  // read by all before the next chunk overwrites
     }
