@@ -9,11 +9,17 @@
   (the previous one is restored afterwards).
 * ``rel_err`` / ``make_case``: the comparison metric and a random-input factory,
   handed out as fixtures so the test modules do not import this file.
+* ``run_python``: runs code in a fresh interpreter that imports this same fastlstm, with
+  chosen environment variables (for what fastlstm reads at import).
 
 FASTLSTM_DEVICE defaults to "cpu" here (set before fastlstm is imported): see below.
 """
 
 import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import types
 
 import numpy as np
@@ -91,6 +97,29 @@ def make_case(T, B, I, H, dtype=np.float64, *, seed=0, bias=True, h0=True, c0=Tr
 
 
 # --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def run_python():
+    """Returns run(code, timeout=120, **variables): code run by a fresh interpreter that imports
+    this same fastlstm, with each environment variable set (or removed when None); the
+    subprocess.CompletedProcess, output as text."""
+    import fastlstm
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
+
+    def run(code, timeout=120, **variables):
+        env = dict(os.environ)
+        for name, value in variables.items():
+            env.pop(name, None)
+            if value is not None:
+                env[name] = value
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=tempfile.gettempdir())
+
+    return run
+
 
 def _core_or_none():
     try:

@@ -1,9 +1,5 @@
 """CPU path selection (cpu_info, _core.set_isa, FASTLSTM_ISA) and thread-count independence."""
 
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 
 import numpy as np
@@ -43,11 +39,11 @@ def test_cpu_info_contents():
     assert info["num_threads"] == fastlstm.get_num_threads()
 
 
-def test_default_isa_is_best_available():
+def test_default_isa_is_best_available(run_python):
     # The import-time choice (no FASTLSTM_ISA) is the best compiled-and-supported path.
     info = fastlstm.cpu_info()
     available = [n for n in KNOWN_ISAS if n in info["compiled"] and n in info["supported"]]
-    out = _run_python("import fastlstm; print(fastlstm.cpu_info()['isa'])", isa=None)
+    out = run_python("import fastlstm; print(fastlstm.cpu_info()['isa'])", FASTLSTM_ISA=None)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == available[-1]
 
@@ -91,19 +87,6 @@ def test_set_isa_unsupported():
 
 # --------------------------------------------------------------------------- FASTLSTM_ISA
 
-def _run_python(code, isa, timeout=120):
-    """Run code in a fresh interpreter that imports this same fastlstm, with FASTLSTM_ISA=isa."""
-    env = dict(os.environ)
-    env.pop("FASTLSTM_ISA", None)
-    if isa is not None:
-        env["FASTLSTM_ISA"] = isa
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          cwd=tempfile.gettempdir())
-
-
 # Imports fastlstm, prints the ISA in use and runs one small forward/backward on it.
 _USE = """
     import numpy as np
@@ -117,16 +100,16 @@ _USE = """
 """
 
 
-def test_env_scalar():
-    out = _run_python(_USE, "scalar")
+def test_env_scalar(run_python):
+    out = run_python(_USE, FASTLSTM_ISA="scalar")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "scalar"
 
 
 @pytest.mark.parametrize("name", KNOWN_ISAS)
-def test_env_each_isa(name):
+def test_env_each_isa(name, run_python):
     info = fastlstm.cpu_info()
-    out = _run_python(_USE, name)
+    out = run_python(_USE, FASTLSTM_ISA=name)
     if name in info["compiled"] and name in info["supported"]:
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == name
@@ -137,18 +120,18 @@ def test_env_each_isa(name):
         assert "ImportError" in out.stderr or "RuntimeError" in out.stderr, out.stderr
 
 
-def test_env_avx512_without_avx512():
+def test_env_avx512_without_avx512(run_python):
     info = fastlstm.cpu_info()
     if "avx512" in info["supported"] and "avx512" in info["compiled"]:
         pytest.skip("this machine runs avx512")
-    out = _run_python(_USE, "avx512")
+    out = run_python(_USE, FASTLSTM_ISA="avx512")
     assert out.returncode != 0
     assert "FASTLSTM_ISA" in out.stderr and "avx512" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("value", ["sse9", "avx3"])
-def test_env_unknown_value(value):
-    out = _run_python(_CATCH.format(use=textwrap.indent(textwrap.dedent(_USE), "    ")), value)
+def test_env_unknown_value(value, run_python):
+    out = run_python(_CATCH.format(use=textwrap.indent(textwrap.dedent(_USE), "    ")), FASTLSTM_ISA=value)
     assert out.returncode == 3, f"FASTLSTM_ISA={value!r}: rc {out.returncode}\n{out.stdout}{out.stderr}"
     kind, _, message = out.stdout.strip().splitlines()[-1].partition(": ")
     assert "FASTLSTM_ISA" in message and value in message, message

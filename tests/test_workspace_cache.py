@@ -8,10 +8,6 @@ the limit is respected, and the knobs reject bad values with the argument's name
 """
 
 import os
-import subprocess
-import sys
-import tempfile
-import textwrap
 
 import numpy as np
 import pytest
@@ -258,27 +254,16 @@ def test_limit_beyond_any_memory_means_no_limit(cache_limit):
     assert _core.get_cache_limit() == 2**63 - 1
 
 
-def _run_python(code, value):
-    env = dict(os.environ)
-    env.pop("FASTLSTM_CPU_CACHE_MB", None)
-    if value is not None:
-        env["FASTLSTM_CPU_CACHE_MB"] = value
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
-
-
 @pytest.mark.parametrize("value, limit", [(None, DEFAULT_LIMIT), ("0", 0), (" 64 ", 64 * MiB)])
-def test_environment_sets_limit(value, limit):
-    out = _run_python("import fastlstm; print(fastlstm.cpu_info()['cache_limit'])", value)
+def test_environment_sets_limit(value, limit, run_python):
+    out = run_python("import fastlstm; print(fastlstm.cpu_info()['cache_limit'])", FASTLSTM_CPU_CACHE_MB=value)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == limit
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
-def test_environment_rejects_bad_values(value):
-    out = _run_python("import fastlstm", value)
+def test_environment_rejects_bad_values(value, run_python):
+    out = run_python("import fastlstm", FASTLSTM_CPU_CACHE_MB=value)
     assert out.returncode != 0
     assert "ValueError" in out.stderr and "FASTLSTM_CPU_CACHE_MB" in out.stderr, out.stderr
     assert repr(value) in out.stderr, out.stderr
