@@ -254,6 +254,20 @@ inline int64_t time_of(int64_t s, int64_t len, bool reverse) { return reverse ? 
 constexpr int64_t kInPlaceSteps = 2;
 constexpr int64_t kSmallProjectionRows = 32;
 
+// Whether `passes` passes of register tiles over a weight matrix whose rows are 4H values
+// apart, read in place, cost less than packing it once and streaming the packed copy. Each
+// pass streams the matrix with a stride of 4H values, which the prefetchers do not follow
+// and which, from 4 KiB on, puts a column block's rows into few cache sets: the penalty per
+// pass grows steeply with H. Fitted to paired measurements (NOTES 32, 2 threads, float32):
+// in place pays up to about 1 pass at H = 1024, 2 at H = 512, 6-8 at H = 256, 20 at H = 128,
+// i.e. passes^2 * H^3 <= 2^30 with H counted in 4-byte values (a float64 row is twice as
+// long). Beyond that, one call at (1, 256, 1024, 1024) took 2.3x as long in place.
+template <typename Real>
+inline bool in_place_pays(int64_t passes, int64_t H) {
+  const double h = static_cast<double>(H) * (sizeof(Real) / 4.0);
+  return static_cast<double>(passes) * passes * h * h * h <= 1073741824.0;
+}
+
 // Rows (time steps x batch) per chunk of the inference projection and of the backward's
 // gate gradients: enough for the matrix products to run at full rate.
 constexpr int64_t kChunkRows = 4096;
@@ -522,15 +536,21 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   const bool gather = ctx.g_chunk_only && a.lengths && a.reverse;
   Buffer<Real> x_gathered(gather ? ctx.chunk_steps * B * a.dims.I : 0);
   ctx.x_gathered = gather ? x_gathered.get() : nullptr;
-  // Few steps or rows: packing would cost more than it saves (NOTES 19). With at most
-  // kInPlaceSteps steps the step reads recurrent_kernel in place, and with at most
-  // kSmallProjectionRows rows the projection reads kernel in place (whole vectors only).
-  const bool whole_vectors = H % N == 0;
-  ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows;
-  const bool in_place = whole_vectors && T <= kInPlaceSteps;
   // Weights packed before the call, when packed by this table (dims checked by dispatch).
   if (packed && std::string(packed->isa) != kernel_table().name) packed = nullptr;
-  ctx.prepacked = packed && !in_place;
+  // Few steps or rows: packing would cost more than it saves (NOTES 19, 32). With at most
+  // kInPlaceSteps steps the step reads recurrent_kernel in place, and with at most
+  // kSmallProjectionRows rows the projection reads kernel in place (whole vectors only), as
+  // long as the strided reads stay cheaper than packing (in_place_pays: one pass per tile of
+  // rows and step). A recurrent_kernel packed before the call is always the faster read
+  // (1.14-1.44x at T <= 2, NOTES 32); the prepacked projection panels are not (their 14-row
+  // tiles are mostly padding at a few rows), so the small projection stays in place.
+  const bool whole_vectors = H % N == 0;
+  ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows &&
+                         in_place_pays<Real>(ceil_div(T * B, kTileRows), H);
+  const bool in_place = !packed && whole_vectors && T <= kInPlaceSteps &&
+                        in_place_pays<Real>(T * ceil_div(B, kTileRows), H);
+  ctx.prepacked = packed != nullptr;
   ctx.kernel_panels = packed && !ctx.small_projection ? static_cast<const Real*>(packed->kernel_panels.get()) : nullptr;
   Buffer<Real> packed_rk(in_place || ctx.prepacked ? 0 : ctx.nblocks * H * 4 * N);
   Buffer<Real> state(3 * B * ctx.Hp);

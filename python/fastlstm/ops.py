@@ -217,7 +217,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     h0, c0 (B, H) or None (zeros); lengths (B,) ints in [0, T] or None (all T).
     Returns y (T, B, H), h_n (B, H), c_n (B, H) in x's dtype.
     packed: None, or pack_weights(kernel, recurrent_kernel) made from these same values
-    (not checked; with stale packed weights the result is unspecified, as short calls read
+    (not checked; with stale packed weights the result is unspecified, as short calls may read
     the arrays directly); used by the "cpu" backend, ignored by the others.
     precision: "fp32" (default), or "tf32" / "bf16" / "tf32x3" on backend "cuda" with float32
     inputs (tensor-core input projection and weight/input gradients; see the module docstring);
