@@ -195,6 +195,9 @@ THREAD_CASES = {
                                        reverse=True),
     # the largest H that splits the rows; float64 has 16 unit blocks of 8 (4 whole groups)
     "split_B24_H128": dict(T=6, B=24, I=7, H=128, h0=False),
+    # a thread's share of the packed weights above 1 MiB with several row tiles: the forward
+    # step prefetches the next unit block (NOTES 33), with stolen blocks and lengths
+    "prefetch_B14_I8_H512_len": dict(T=3, B=14, I=8, H=512, lengths=[3, 0, 1, 2, 3, 3, 1, 2, 3, 0, 3, 2, 1, 3]),
 }
 
 

@@ -208,10 +208,12 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
 // the FMA latency, not throughput, would bound the loop: then even and odd k go to separate
 // accumulators (SPLIT = 2), added at the end. The arithmetic of a row depends on ROWS, SPLIT
 // and K only, not on the layout of w.
-template <typename Real, int ROWS, int SPLIT = (ROWS <= 2 ? 2 : 1)>
+//
+// With PF, one cache line at pf + 64 k is prefetched into L2 per k (the forward's next block).
+template <typename Real, int ROWS, int SPLIT = (ROWS <= 2 ? 2 : 1), bool PF = false>
 inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
                              const Real* const (&src)[ROWS], int64_t ldw = 4 * Vec<Real>::N,
-                             int64_t gap = Vec<Real>::N) {
+                             int64_t gap = Vec<Real>::N, const char* pf = nullptr) {
   using V = Vec<Real>;
   using R = typename V::R;
   R part[SPLIT][ROWS][4];
@@ -221,6 +223,7 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
   int64_t k = 0;
   for (; k + SPLIT <= K; k += SPLIT) {
     for (int p = 0; p < SPLIT; ++p) {
+      if constexpr (PF) __builtin_prefetch(pf + (k + p) * 64, 0, 2);
       const Real* wk = w + (k + p) * ldw;
       const R w0 = V::load(wk), w1 = V::load(wk + gap), w2 = V::load(wk + 2 * gap), w3 = V::load(wk + 3 * gap);
       for (int r = 0; r < ROWS; ++r) {
@@ -272,6 +275,11 @@ inline bool in_place_pays(int64_t passes, int64_t H) {
 // gate gradients: enough for the matrix products to run at full rate.
 constexpr int64_t kChunkRows = 4096;
 
+// A thread's share of the packed recurrent_kernel above this size is taken not to stay in its
+// L2 from one step to the next (1-2 MiB of L2 per core on current x86 server cores, which also
+// holds the step's other data); the forward step then prefetches the next block (NOTES 33).
+constexpr int64_t kL2ShareBytes = int64_t(1) << 20;
+
 // First time position held in G while step s runs: 0 with one chunk; with chunks (only
 // when every row being processed at step s is at time time_of(s, T, reverse): without
 // lengths, or with lengths but not reverse) the chunk's lowest time.
@@ -297,9 +305,10 @@ inline GRows g_rows(const ForwardCtx<Real>& ctx, int64_t s) {
 }
 
 // One register tile of the forward step: ROWS batch rows x the 4 gates of one unit block.
+// pf: H lines to prefetch into L2 meanwhile (one per k), or nullptr.
 template <typename Real, int ROWS>
 void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t block,
-                  const Real* h_prev, Real* h_next) {
+                  const Real* h_prev, Real* h_next, const char* pf) {
   using V = Vec<Real>;
   using R = typename V::R;
   constexpr int N = V::N;
@@ -321,7 +330,10 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
-  if (ctx.packed_rk)
+  if (ctx.packed_rk && pf)
+    accumulate_gates<Real, ROWS, (ROWS <= 2 ? 2 : 1), true>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows,
+                                                           4 * N, N, pf);
+  else if (ctx.packed_rk)
     accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
   else  // in place: the 4 gates' N units of row k at recurrent_kernel[k, q * H + u0]
     accumulate_gates<Real, ROWS>(acc, a.recurrent_kernel + u0, H, h_rows, 4 * H, H);
@@ -358,11 +370,11 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
 
 template <typename Real, int ROWS>
 void forward_rows(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int rows, int64_t block,
-                  const Real* h_prev, Real* h_next) {
+                  const Real* h_prev, Real* h_next, const char* pf) {
   if constexpr (ROWS > 1) {
-    if (rows < ROWS) return forward_rows<Real, ROWS - 1>(ctx, s, b0, rows, block, h_prev, h_next);
+    if (rows < ROWS) return forward_rows<Real, ROWS - 1>(ctx, s, b0, rows, block, h_prev, h_next, pf);
   }
-  forward_tile<Real, ROWS>(ctx, s, b0, block, h_prev, h_next);
+  forward_tile<Real, ROWS>(ctx, s, b0, block, h_prev, h_next, pf);
 }
 
 // The input projection G (M, 4H) = x (M, I) . kernel (I, 4H) + bias for few rows M, with
@@ -440,6 +452,13 @@ void forward_task(void* p, int tid, int nthreads) {
       V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
     }
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
+  // While the row tiles pass over one block of the packed recurrent_kernel, the next block is
+  // brought into L2, tile i fetching the i-th H lines of it, where this thread's share of the
+  // packed weights does not stay in L2 from one step to the next and at least two tiles pass
+  // over each block (NOTES 33: 1.07-1.12x at B = 16, H = 512-1024; a loss at B = 1).
+  const int64_t block_bytes = H * 4 * N * static_cast<int64_t>(sizeof(Real));
+  const bool prefetch_blocks = ctx.packed_rk && own_rows.last - own_rows.first > kTileRows &&
+                               (units.last - units.first) * block_bytes > kL2ShareBytes;
   for (int64_t s = 0; s < T; ++s) {
     if (s % ctx.chunk_steps == 0) {
       // With split rows there is no barrier per step: wait here until every thread is done
@@ -476,22 +495,30 @@ void forward_task(void* p, int tid, int nthreads) {
     // Block-major: one block of recurrent_kernel (H x 4N) stays in L2 while every row
     // of the batch (of this thread's, with split rows) passes over it. Own blocks first, then
     // the other threads' leftovers.
-    auto one_block = [&](int64_t block) {
-      for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows) {
+    // `next`: the block this thread is expected to take next (-1: unknown).
+    auto one_block = [&](int64_t block, int64_t next) {
+      const char* next_base = prefetch_blocks && next >= 0
+                                  ? reinterpret_cast<const char*>(ctx.packed_rk + next * H * 4 * N) : nullptr;
+      int64_t tile = 0;
+      for (int64_t b0 = own_rows.first; b0 < own_rows.last; b0 += kTileRows, ++tile) {
         const int rows = static_cast<int>(imin(kTileRows, own_rows.last - b0));
-        forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next);
+        const char* pf = next_base && tile * H * 64 < block_bytes ? next_base + tile * H * 64 : nullptr;
+        forward_rows<Real, kTileRows>(ctx, s, b0, rows, block, h_prev, h_next, pf);
       }
     };
-    // Split rows: all blocks, no barrier. Small steps: not worth the atomics.
+    // Split rows: all blocks, no barrier. Small steps: not worth the atomics. After its last
+    // block a thread expects its first one again (the next step).
     if (ctx.split_rows || nthreads == 1 || B < kTileRows) {
-      for (int64_t block = units.first; block < units.last; ++block) one_block(block);
+      for (int64_t block = units.first; block < units.last; ++block)
+        one_block(block, block + 1 < units.last ? block + 1 : units.first);
     } else {
       BlockQueue& own = ctx.queues[tid];
       own.reset(mine.first, mine.last);
-      for (int64_t block; (block = own.take(true)) >= 0;) one_block(block);
+      for (int64_t block; (block = own.take(true)) >= 0;)
+        one_block(block, block + 1 < mine.last ? block + 1 : mine.first);
       for (int other = 1; other < nthreads; ++other) {
         BlockQueue& theirs = ctx.queues[(tid + other) % nthreads];
-        for (int64_t block; (block = theirs.take(false)) >= 0;) one_block(block);
+        for (int64_t block; (block = theirs.take(false)) >= 0;) one_block(block, -1);
       }
     }
     if (!ctx.split_rows) barrier_wait(&ctx.barrier);
