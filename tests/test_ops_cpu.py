@@ -60,6 +60,13 @@ CASES = {
                                            reverse=True),
     "small_projection_T2_B16_H16_no_bias": dict(T=2, B=16, I=9, H=16, bias=False),
     "small_projection_T32_B1_H64_len": dict(T=32, B=1, I=3, H=64, lengths=[29]),
+    # Lengths sorted longest first: whole register tiles finish (forward) or have not started
+    # (backward) for many steps, and their recurrent product is skipped.
+    "sorted_lengths_T9_B20_H24": dict(T=9, B=20, I=5, H=24, lengths=[9, 9, 8, 8, 8, 7, 7, 6, 6, 5,
+                                                                     4, 4, 3, 3, 2, 2, 1, 1, 0, 0]),
+    "sorted_lengths_T9_B20_H96_reverse": dict(T=9, B=20, I=5, H=96, reverse=True,
+                                              lengths=[9, 9, 9, 8, 8, 7, 7, 7, 6, 5, 5, 4, 3, 3, 2,
+                                                       2, 1, 1, 1, 0]),
 }
 
 

@@ -324,19 +324,23 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   const GRows g_rows_now = g_rows(ctx, s);
   // The epilogue reads each row's 4 pre-activation vectors from G, rows 4H apart: a pattern
   // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
+  bool active = false;  // with lengths, a tile whose rows have all finished skips the product
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
     if (s >= len) continue;
+    active = true;
     const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), b) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
-  if (ctx.packed_rk && pf)
-    accumulate_gates<Real, ROWS, (ROWS <= 2 ? 2 : 1), true>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows,
-                                                           4 * N, N, pf);
-  else if (ctx.packed_rk)
-    accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
-  else  // in place: the 4 gates' N units of row k at recurrent_kernel[k, q * H + u0]
-    accumulate_gates<Real, ROWS>(acc, a.recurrent_kernel + u0, H, h_rows, 4 * H, H);
+  if (active) {
+    if (ctx.packed_rk && pf)
+      accumulate_gates<Real, ROWS, (ROWS <= 2 ? 2 : 1), true>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows,
+                                                             4 * N, N, pf);
+    else if (ctx.packed_rk)
+      accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
+    else  // in place: the 4 gates' N units of row k at recurrent_kernel[k, q * H + u0]
+      accumulate_gates<Real, ROWS>(acc, a.recurrent_kernel + u0, H, h_rows, 4 * H, H);
+  }
 
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
@@ -750,6 +754,9 @@ void backward_packed_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, i
     for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
   const Real* rows[ROWS];
   for (int r = 0; r < ROWS; ++r) rows[r] = dz_step + (b0 + r) * K;
+  bool started = false;  // with lengths, a tile whose rows have none started yet skips the product
+  for (int r = 0; r < ROWS; ++r) started = started || s < seq_len(a.lengths, b0 + r, a.dims.T);
+  if (!started) return;
   accumulate_gates<Real, ROWS>(acc, packed, K, rows);
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r;
