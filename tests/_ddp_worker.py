@@ -73,3 +73,10 @@ def main(rank, world_size, workdir):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    # The results are written and the process group destroyed: leave without the interpreter's
+    # finalization, during which gloo's threads can abort the process (seen once in CI on
+    # 2026-11-27: rank 0 exited with "terminate called without an active exception"; 21 local
+    # reruns passed). How the process tears down is torch's business, not what the test checks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
