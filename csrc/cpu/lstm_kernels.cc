@@ -608,17 +608,20 @@ struct BackwardCtx {
   const BackwardArgs<Real>* a;
   int64_t nblocks, Hp;
   Real* dz;          // gate pre-activation gradients of the current chunk of chunk_steps
-                     // steps (all T unless chunked), rows as dz_row() says; zero at invalid
-                     // positions
+                     // steps (all T unless chunked), rows as dz_row() says (compacted when
+                     // padded, see compact)
   int64_t chunk_steps;  // steps per chunk of dz / h_prev (T: one chunk)
   bool by_step;      // chunked, reverse, some length < T: dz rows in step order within a chunk
-  Real* h_prev;      // h_{t-1} of each valid position, rows as dz; zero at invalid positions
+  Real* h_prev;      // h_{t-1} of each valid position, rows as dz
   Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
-  Real* x_masked;    // (T, B, I) x with positions past each length zeroed (one chunk with
-                     // lengths), or nullptr
-  Real* x_chunk;     // chunked with lengths: one chunk's x rows in dz's row order, zero past
-                     // each length, or nullptr
-  Real* dx_chunk;    // by_step: one chunk's dx rows in step order, before they are scattered
+  // With lengths shorter than T (padded): dz and h_prev hold only the valid positions of a
+  // chunk, compacted in dz_row() order, so the weight-gradient and dx products skip the
+  // padding (NOTES 36); x is gathered to match and dx scattered back. nullptr otherwise.
+  const int64_t* compact;  // per chunk (chunk_steps x B rows each, dz_row() order): the
+                           // row's index in the compacted buffers, or -1 (invalid position)
+  const int64_t* chunk_valid;  // per chunk: its number of valid positions
+  Real* x_compact;   // one chunk's x rows at the valid positions, compacted
+  Real* dx_compact;  // one chunk's dx rows, compacted, before they are scattered
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   // From kPackedBackwardBatch rows on, dh = dz . recurrent_kernel^T runs on a transposed copy
@@ -645,8 +648,9 @@ inline int64_t packed_offset(int64_t nblocks, int tid, int nthreads) {
 template <typename Real>
 inline int64_t dz_row(const BackwardCtx<Real>& ctx, int64_t s, int64_t t, int64_t b) {
   const int64_t B = ctx.a->dims.B;
-  if (ctx.by_step) return (s % ctx.chunk_steps) * B + b;
-  return (t - chunk_t0(s, ctx.chunk_steps, ctx.a->dims.T, ctx.a->reverse)) * B + b;
+  const int64_t row = ctx.by_step ? (s % ctx.chunk_steps) * B + b
+                                  : (t - chunk_t0(s, ctx.chunk_steps, ctx.a->dims.T, ctx.a->reverse)) * B + b;
+  return ctx.compact ? ctx.compact[s / ctx.chunk_steps * ctx.chunk_steps * B + row] : row;
 }
 
 // Gate gradients of one unit block of one row at step s (or, past its length, zeros).
@@ -659,14 +663,9 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
   const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
   Real* dzs = dz_step + b * 4 * H + u0;
-  if (s >= len) {  // position t = s is past the length: no gradient there
-    const int64_t row = dz_row(ctx, s, s, b);
-    Real* dz = ctx.dz + row * 4 * H + u0;
-    for (int q = 0; q < 4; ++q) {
-      store_part(dz + q * H, V::zero(), nu);
-      store_part(dzs + q * H, V::zero(), nu);
-    }
-    store_part(ctx.h_prev + row * H + u0, V::zero(), nu);
+  if (s >= len) {  // position t = s is past the length: no gradient there (and no row in the
+                   // compacted dz and h_prev)
+    for (int q = 0; q < 4; ++q) store_part(dzs + q * H, V::zero(), nu);
     return;
   }
   const int64_t t = a.reverse ? len - 1 - s : s;
@@ -823,16 +822,7 @@ void backward_task(void* p, int tid, int nthreads) {
   }
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
-  // x at positions past a sequence's length must not reach dkernel, not even as NaN * 0.
-  const Real* x_valid = a.x;
-  if (ctx.x_masked) {
-    for (int64_t r = tid; r < T * B; r += nthreads) {
-      const bool valid = r / B < seq_len(a.lengths, r % B, T);
-      for (int64_t i = 0; i < I; ++i) ctx.x_masked[r * I + i] = valid ? a.x[r * I + i] : Real(0);
-    }
-    x_valid = ctx.x_masked;  // complete for all rows at the first barrier of the loop below
-  }
-  if (ctx.by_step)  // dx at positions past each length: no step scatters there
+  if (ctx.compact)  // dx at positions past each length: no chunk scatters there
     for (int64_t r = tid; r < T * B; r += nthreads)
       if (r / B >= seq_len(a.lengths, r % B, T)) std::memset(a.dx + r * I, 0, I * sizeof(Real));
 
@@ -840,20 +830,25 @@ void backward_task(void* p, int tid, int nthreads) {
   // rows are there. Chunks are processed from the last steps down; the first one done writes
   // dkernel, drecurrent_kernel and dbias, the later ones add to them.
   auto chunk_products = [&](int64_t s0) {
-    const int64_t steps = imin(ctx.chunk_steps, T - s0), rows = steps * B;
+    const int64_t steps = imin(ctx.chunk_steps, T - s0);
     const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
     const bool add = s0 + steps < T;
-    const Real* x_rows = x_valid + t0 * B * I;
-    if (ctx.x_chunk) {  // this chunk's x rows in dz's row order, zero past each length
-      for (int64_t r = tid; r < rows; r += nthreads) {
-        const int64_t b = r % B, step = s0 + r / B, len = seq_len(a.lengths, b, T);
-        if (step < len)
-          std::memcpy(ctx.x_chunk + r * I, a.x + (time_of(step, len, a.reverse) * B + b) * I, I * sizeof(Real));
-        else
-          std::memset(ctx.x_chunk + r * I, 0, I * sizeof(Real));
-      }
+    // The chunk's rows: all of them, or (padded) its valid positions, compacted.
+    const int64_t* compact = ctx.compact ? ctx.compact + s0 * B : nullptr;
+    const int64_t rows = compact ? ctx.chunk_valid[s0 / ctx.chunk_steps] : steps * B;
+    // The time position of row r (dz_row() order) of batch entry b, and whether it is valid.
+    auto time_at = [&](int64_t r, int64_t b) {
+      return ctx.by_step ? time_of(s0 + r / B, seq_len(a.lengths, b, T), true) : t0 + r / B;
+    };
+    const Real* x_rows = a.x + t0 * B * I;
+    Real* dx_rows = a.dx + t0 * B * I;
+    if (compact) {  // x of the valid positions, in the compacted order (padding never read)
+      for (int64_t r = tid; r < steps * B; r += nthreads)
+        if (compact[r] >= 0)
+          std::memcpy(ctx.x_compact + compact[r] * I, a.x + (time_at(r, r % B) * B + r % B) * I, I * sizeof(Real));
       barrier_wait(&ctx.barrier);
-      x_rows = ctx.x_chunk;
+      x_rows = ctx.x_compact;
+      dx_rows = ctx.dx_compact;
     }
     // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
     GemmArgs<Real> dkernel{I, 4 * H, rows, x_rows, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
@@ -863,16 +858,13 @@ void backward_task(void* p, int tid, int nthreads) {
     dkernel.accumulate = drk.accumulate = add;
     gemm_part(dkernel, tid, nthreads, ws);
     gemm_part(drk, tid, nthreads, ws);
-    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H,
-                             ctx.by_step ? ctx.dx_chunk : a.dx + t0 * B * I, I, nullptr},
+    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr},
               tid, nthreads, ws);
-    if (ctx.by_step) {  // scatter the chunk's dx rows to their time positions
+    if (compact) {  // scatter the chunk's dx rows to their time positions
       barrier_wait(&ctx.barrier);
-      for (int64_t r = tid; r < rows; r += nthreads) {
-        const int64_t b = r % B, step = s0 + r / B, len = seq_len(a.lengths, b, T);
-        if (step < len)
-          std::memcpy(a.dx + (time_of(step, len, true) * B + b) * I, ctx.dx_chunk + r * I, I * sizeof(Real));
-      }
+      for (int64_t r = tid; r < steps * B; r += nthreads)
+        if (compact[r] >= 0)
+          std::memcpy(a.dx + (time_at(r, r % B) * B + r % B) * I, ctx.dx_compact + compact[r] * I, I * sizeof(Real));
     }
     if (a.dbias) {  // column sums of dz, each column summed in row order by one thread, in
                     // double (thousands of float32 terms would lose digits), 64 columns at a time
@@ -965,12 +957,24 @@ void backward(const BackwardArgs<Real>& a) {
   for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
   const bool chunked = ctx.chunk_steps < T;
   ctx.by_step = chunked && a.reverse && padded;  // (unpadded lengths: all rows share times)
-  Buffer<Real> x_masked(padded && !chunked ? T * B * a.dims.I : 0);
-  Buffer<Real> x_chunk(padded && chunked ? chunk * B * a.dims.I : 0);
-  Buffer<Real> dx_chunk(ctx.by_step ? chunk * B * a.dims.I : 0);
-  ctx.x_masked = padded && !chunked ? x_masked.get() : nullptr;
-  ctx.x_chunk = padded && chunked ? x_chunk.get() : nullptr;
-  ctx.dx_chunk = ctx.by_step ? dx_chunk.get() : nullptr;
+  // Padded: each chunk's valid positions numbered in dz_row() order (see BackwardCtx::compact).
+  const int64_t nchunks = padded ? ceil_div(T, ctx.chunk_steps) : 0;
+  Buffer<int64_t> compact(nchunks * ctx.chunk_steps * B), chunk_valid(nchunks);
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t s0 = c * ctx.chunk_steps, steps = imin(ctx.chunk_steps, T - s0);
+    const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
+    int64_t next = 0;
+    for (int64_t r = 0; r < steps * B; ++r) {
+      const int64_t pos = (ctx.by_step ? s0 : t0) + r / B;  // the step (by_step) or the time
+      compact.get()[s0 * B + r] = pos < a.lengths[r % B] ? next++ : -1;
+    }
+    chunk_valid.get()[c] = next;
+  }
+  ctx.compact = padded ? compact.get() : nullptr;
+  ctx.chunk_valid = padded ? chunk_valid.get() : nullptr;
+  Buffer<Real> x_compact(padded ? chunk * B * a.dims.I : 0), dx_compact(padded ? chunk * B * a.dims.I : 0);
+  ctx.x_compact = x_compact.get();
+  ctx.dx_compact = dx_compact.get();
   ctx.dz_step = state.get();
   ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;
