@@ -210,7 +210,7 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
 // and K only, not on the layout of w.
 //
 // With PF, one cache line at pf + 64 k is prefetched into L2 per k (the forward's next block).
-template <typename Real, int ROWS, int SPLIT = (ROWS <= 2 ? 2 : 1), bool PF = false>
+template <typename Real, int ROWS, bool PF = false, int SPLIT = (ROWS <= 2 ? 2 : 1)>
 inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
                              const Real* const (&src)[ROWS], int64_t ldw = 4 * Vec<Real>::N,
                              int64_t gap = Vec<Real>::N, const char* pf = nullptr) {
@@ -334,8 +334,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   }
   if (active) {
     if (ctx.packed_rk && pf)
-      accumulate_gates<Real, ROWS, (ROWS <= 2 ? 2 : 1), true>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows,
-                                                             4 * N, N, pf);
+      accumulate_gates<Real, ROWS, true>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows, 4 * N, N, pf);
     else if (ctx.packed_rk)
       accumulate_gates<Real, ROWS>(acc, ctx.packed_rk + block * H * 4 * N, H, h_rows);
     else  // in place: the 4 gates' N units of row k at recurrent_kernel[k, q * H + u0]
@@ -404,7 +403,7 @@ void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
         src[r] = a.x + imin(m0 + r, M - 1) * I;
         for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
       }
-      accumulate_gates<Real, kTileRows, 1>(acc, a.kernel + u0, I, src, 4 * H, H);
+      accumulate_gates<Real, kTileRows, false, 1>(acc, a.kernel + u0, I, src, 4 * H, H);
       const int rows = static_cast<int>(imin(kTileRows, M - m0));
       for (int r = 0; r < rows; ++r)
         for (int q = 0; q < 4; ++q) V::store(G + (m0 + r) * 4 * H + q * H + u0, V::add(bias[q], acc[r][q]));
