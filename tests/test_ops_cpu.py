@@ -349,8 +349,9 @@ def test_chunked_backward_matches_reference(isa, name, dtype, make_case, rel_err
 # two chunks (csrc/cpu/lstm_kernels.cc, forward): (300, 32) gives chunks of 128, 128 and 44
 # steps; (8200, 1) two chunks of 4096 and one of 8. The outputs must equal the training
 # forward (one projection) bitwise and the float64 reference within the tolerance. With
-# lengths rows end inside and between chunks; with lengths and reverse each chunk's x rows
-# are gathered in step order first.
+# lengths rows end inside and between chunks, and each chunk's projection reads and writes
+# only the valid positions (training chunks it too then); with lengths and reverse its G
+# rows are in step order.
 @pytest.mark.parametrize("T,B,lengths", [
     (300, 32, None), (8200, 1, None),
     (300, 32, [300, 0, 1, 127, 128, 129, 255, 256, 257, 299] + [300 - 7 * b for b in range(22)]),

@@ -137,6 +137,9 @@ struct Shape {
   int64_t M, N, K;
   int mode;  // 0: A,B row-major; 1: A transposed (a_rs=1); 2: B transposed (b_cs=K); 3: odd strides
   bool bias;
+  bool scatter = false;  // product row i to C row c_rows[i] (GemmArgs::c_rows), C of 2M rows,
+                         // and (except mode 1) from A row a_rows[i] (GemmArgs::a_rows), A of 2M
+                         // rows, the others NaN
 };
 
 template <typename Real>
@@ -157,8 +160,26 @@ bool check_one(const Shape& s, std::mt19937& rng) {
   for (auto& x : A) x = Real(dist(rng));
   for (auto& x : B) x = Real(dist(rng));
   for (auto& x : bias) x = Real(dist(rng));
-  const int64_t c_size = M * ldc + 1;
+  // With scatter, product rows go to rows c_rows[i] of a C of 2M rows, in reverse order and
+  // every other row (odd rows for odd i), the rest of C untouched.
+  const int64_t c_rows_n = s.scatter ? 2 * M : M;
+  std::vector<int64_t> c_rows(M > 0 ? M : 1), row_of(c_rows_n, -1);
+  for (int64_t i = 0; i < M; ++i) {
+    c_rows[i] = s.scatter ? 2 * (M - 1 - i) + (i & 1) : i;
+    row_of[c_rows[i]] = i;
+  }
+  const int64_t c_size = c_rows_n * ldc + 1;
   const Real sentinel = Real(12345.0);
+  const bool gather = s.scatter && s.mode != 1;
+  std::vector<int64_t> a_rows(M > 0 ? M : 1);
+  std::vector<Real> A_big;
+  if (gather) {
+    A_big.assign(M > 0 && K > 0 ? (2 * M - 1) * a_rs + (K - 1) * a_cs + 1 : 1, Real(NAN));
+    for (int64_t i = 0; i < M; ++i) {
+      a_rows[i] = (i & 1) ? 2 * i : 2 * (M - 1 - i) + 1;
+      for (int64_t k = 0; k < K; ++k) A_big[a_rows[i] * a_rs + k * a_cs] = A[i * a_rs + k * a_cs];
+    }
+  }
   std::vector<std::vector<Real>> outs;
   bool ok = true;
   const int thread_counts[] = {1, 2, 3, 5};
@@ -167,6 +188,11 @@ bool check_one(const Shape& s, std::mt19937& rng) {
     AlignedBuf<Real> ws(nt * Gemm<Real>::workspace_per_thread);
     GemmArgs<Real> g{M, N, K, A.data(), a_rs, a_cs, B.data(), b_rs, b_cs, C.data(), ldc,
                      s.bias ? bias.data() : nullptr};
+    g.c_rows = s.scatter ? c_rows.data() : nullptr;
+    if (gather) {
+      g.A = A_big.data();
+      g.a_rows = a_rows.data();
+    }
     run_gemm(g, nt, ws.p);
     outs.push_back(C);
   }
@@ -179,10 +205,11 @@ bool check_one(const Shape& s, std::mt19937& rng) {
   const std::vector<Real>& C = outs[0];
   const double eps = sizeof(Real) == 4 ? 1.2e-7 : 2.3e-16;
   double worst = 0;
-  for (int64_t i = 0; i < M; ++i) {
+  for (int64_t row = 0; row < c_rows_n; ++row) {
+    const int64_t i = row_of[row];
     for (int64_t j = 0; j < ldc; ++j) {
-      const Real got = C[i * ldc + j];
-      if (j >= N) {
+      const Real got = C[row * ldc + j];
+      if (j >= N || i < 0) {
         if (got != sentinel) { ok = false; std::printf("FAIL wrote padding (%ld,%ld)\n", (long)i, (long)j); }
         continue;
       }
@@ -201,7 +228,7 @@ bool check_one(const Shape& s, std::mt19937& rng) {
       if (mag > 0) worst = std::max(worst, err);
     }
   }
-  if (C[M * ldc] != sentinel) { ok = false; std::printf("FAIL wrote past C\n"); }
+  if (C[c_rows_n * ldc] != sentinel) { ok = false; std::printf("FAIL wrote past C\n"); }
   return ok;
 }
 
@@ -226,6 +253,10 @@ int check_all(const char* name) {
     // Several column blocks with A kept packed across them (rows <= Gemm::MA), and just over.
     shapes.push_back({50, 2100, 900, mode, true});
     shapes.push_back({1040, 1100, 20, mode, false});
+    // Output rows scattered (the forward's projection with lengths).
+    for (int64_t M : {int64_t(1), int64_t(13), int64_t(15), int64_t(33), int64_t(300)})
+      for (int64_t N : {int64_t(17), int64_t(64), int64_t(1100)})
+        shapes.push_back({M, N, 37, mode, (M & 1) != 0, true});
   }
   int fails = 0;
   for (const Shape& s : shapes) fails += !check_one<Real>(s, rng);

@@ -59,9 +59,10 @@ const int64_t* lengths_input(const py::object& obj, int64_t B) {
   return input<int64_t>(obj, "lengths", {B});
 }
 
-// A new output array. Large ones (y, the saved gates and cells, dx: tens of MBs at B >= 64)
-// live in a workspace block that goes back to the cache when the array is freed, so the
-// next call's outputs need no fresh pages either (NOTES 30); their base is a capsule.
+// A new output array. All but small ones (y, the saved gates and cells, dx: from 128 KiB, up to
+// tens of MBs at B >= 64) live in a workspace block that goes back to the cache when the
+// array is freed, so the next call's outputs need no fresh pages either (NOTES 30, 37); their
+// base is a capsule.
 struct OwnedBlock {
   explicit OwnedBlock(size_t bytes) : ptr(cpu::workspace::acquire(bytes, &capacity)) {}
   ~OwnedBlock() { cpu::workspace::release(ptr, capacity); }
@@ -77,7 +78,7 @@ py::array_t<Real> output(const std::vector<int64_t>& shape) {
   size_t bytes = sizeof(Real);
   for (int64_t d : shape) bytes *= static_cast<size_t>(d);
   py::array_t<Real> arr;
-  if (bytes >= cpu::workspace::kLargeBytes) {
+  if (bytes >= cpu::workspace::kCachedBytes) {
     auto owned = std::make_unique<OwnedBlock>(bytes);
     py::capsule base(owned.get(), [](void* p) { delete static_cast<OwnedBlock*>(p); });
     Real* data = static_cast<Real*>(owned.release()->ptr);  // the capsule owns it now

@@ -94,7 +94,17 @@ struct GemmArgs {
   const Real* row_add;  // (N,) added to every row of C, or nullptr
   bool accumulate = false;  // C += A . B instead of C = A . B (+ row_add)
   const Real* b_packed = nullptr;  // B already packed by pack_b_all(), or nullptr (pack here)
+  const int64_t* c_rows = nullptr;  // row m of the product goes to row c_rows[m] of C (a
+                                    // scatter), or nullptr: to row m
+  const int64_t* a_rows = nullptr;  // row m of the product is row a_rows[m] of A (a gather),
+                                    // or nullptr: row m. Not with a_rs == 1.
 };
+
+// Row m of A (at column 0).
+template <typename Real>
+inline const Real* a_row(const GemmArgs<Real>& g, int64_t m) {
+  return g.A + (g.a_rows ? g.a_rows[m] : m) * g.a_rs;
+}
 
 // K blocks of (nearly) equal length <= KC, a function of K alone.
 template <typename Real>
@@ -147,21 +157,21 @@ inline void transpose8(__m512d r[8]) {
     r[6 + j] = _mm512_shuffle_f64x2(v1, w1, 0xDD);
   }
 }
-// d[k * 14 + r] = src[r * rs + k] for r < 14, k < kc16 (a multiple of 16 / 8).
-inline void pack_rows14(const float* src, int64_t rs, int64_t kc16, float* d) {
+// d[k * 14 + r] = rows[r][k] for r < 14, k < kc16 (a multiple of 16 / 8).
+inline void pack_rows14(const float* const* rows, int64_t kc16, float* d) {
   for (int64_t k = 0; k < kc16; k += 16) {
     __m512 r[16];
-    for (int i = 0; i < 14; ++i) r[i] = _mm512_loadu_ps(src + i * rs + k);
+    for (int i = 0; i < 14; ++i) r[i] = _mm512_loadu_ps(rows[i] + k);
     r[14] = r[15] = _mm512_setzero_ps();
     transpose16(r);
     for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(d + (k + q) * 14, 0x3FFF, r[q]);
   }
 }
-inline void pack_rows14(const double* src, int64_t rs, int64_t kc8, double* d) {
+inline void pack_rows14(const double* const* rows, int64_t kc8, double* d) {
   for (int64_t k = 0; k < kc8; k += 8) {
     __m512d lo[8], hi[8];
-    for (int i = 0; i < 8; ++i) lo[i] = _mm512_loadu_pd(src + i * rs + k);
-    for (int i = 0; i < 6; ++i) hi[i] = _mm512_loadu_pd(src + (8 + i) * rs + k);
+    for (int i = 0; i < 8; ++i) lo[i] = _mm512_loadu_pd(rows[i] + k);
+    for (int i = 0; i < 6; ++i) hi[i] = _mm512_loadu_pd(rows[8 + i] + k);
     hi[6] = hi[7] = _mm512_setzero_pd();
     transpose8(lo);
     transpose8(hi);
@@ -179,7 +189,7 @@ template <typename Real>
 void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, Real* Ap) {
   constexpr int MR = Gemm<Real>::MR;
   const int64_t full = mc / MR * MR;
-  if (g.a_rs == 1) {
+  if (g.a_rs == 1 && !g.a_rows) {
     // Transposed A (column k contiguous): read each column once, in runs of mc values, and
     // scatter MR at a time into the panels.
     for (int64_t k = 0; k < kc; ++k) {
@@ -190,41 +200,42 @@ void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t
     }
   } else if (g.a_cs == 1) {
     // Row-major A: MR rows read along k, 8 values of k at a time.
-    const int64_t a_rs = g.a_rs;
     for (int64_t ip = 0; ip < full; ip += MR) {
-      const Real* src = g.A + (i0 + ip) * a_rs + k0;
+      const Real* src[MR];
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) src[r] = a_row(g, i0 + ip + r) + k0;
       Real* d = Ap + ip * kc;
       int64_t k = 0;
 #if defined(__AVX512F__)
       static_assert(MR == 14, "pack_rows14 packs 14 rows");
       k = kc / Vec<Real>::N * Vec<Real>::N;
-      pack_rows14(src, a_rs, k, d);
+      pack_rows14(src, k, d);
 #endif
       for (; k + 8 <= kc; k += 8) {
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
-          const Real* s = src + r * a_rs + k;
+          const Real* s = src[r] + k;
 #pragma GCC unroll 8
           for (int q = 0; q < 8; ++q) d[(k + q) * MR + r] = s[q];
         }
       }
       for (; k < kc; ++k)
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) d[k * MR + r] = src[r * a_rs + k];
+        for (int r = 0; r < MR; ++r) d[k * MR + r] = src[r][k];
     }
   } else {
     for (int64_t ip = 0; ip < full; ip += MR)
-      for (int64_t k = 0; k < kc; ++k)
-        for (int r = 0; r < MR; ++r) Ap[ip * kc + k * MR + r] = g.A[(i0 + ip + r) * g.a_rs + (k0 + k) * g.a_cs];
+      for (int r = 0; r < MR; ++r) {
+        const Real* s = a_row(g, i0 + ip + r) + k0 * g.a_cs;
+        for (int64_t k = 0; k < kc; ++k) Ap[ip * kc + k * MR + r] = s[k * g.a_cs];
+      }
   }
   if (full < mc) {  // last, partial panel
     const int64_t rows = mc - full;
     Real* d = Ap + full * kc;
-    for (int64_t k = 0; k < kc; ++k) {
-      const Real* s = g.A + (i0 + full) * g.a_rs + (k0 + k) * g.a_cs;
-      int64_t r = 0;
-      for (; r < rows; ++r) d[k * MR + r] = s[r * g.a_rs];
-      for (; r < MR; ++r) d[k * MR + r] = Real(0);
+    for (int64_t r = 0; r < MR; ++r) {
+      const Real* s = r < rows ? a_row(g, i0 + full + r) + k0 * g.a_cs : nullptr;
+      for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = s ? s[k * g.a_cs] : Real(0);
     }
   }
 }
@@ -292,10 +303,12 @@ void pack_b_all(const GemmArgs<Real>& g, Real* dst) {
 }
 
 // acc = Ap . Bp over kc; then C = base + acc with base = (row_add or 0) when first, else C.
-// Only the leading rows x cols of the tile are written.
+// Only the leading rows x cols of the tile are written. Row r of the tile is at C + r * ldc,
+// or at C + c_rows[r] * ldc.
 template <typename Real>
 inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __restrict Bp, Real* C, int64_t ldc,
-                       int64_t rows, int64_t cols, bool first, const Real* row_add) {
+                       int64_t rows, int64_t cols, bool first, const Real* row_add, const int64_t* c_rows) {
+  auto crow = [&](int64_t r) { return C + (c_rows ? c_rows[r] : r) * ldc; };
   using V = Vec<Real>;
   using R = typename V::R;
   constexpr int MR = Gemm<Real>::MR, NR = Gemm<Real>::NR, NV = Gemm<Real>::NV;
@@ -309,8 +322,8 @@ inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __rest
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
       if (r < rows) {
-        gemm_prefetch(C + r * ldc);
-        gemm_prefetch(C + r * ldc + NR - 1);
+        gemm_prefetch(crow(r));
+        gemm_prefetch(crow(r) + NR - 1);
       }
   for (int64_t k = 0; k < kc; ++k) {
     R b[NV];
@@ -330,7 +343,7 @@ inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __rest
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
-        Real* c = C + r * ldc + v * V::N;
+        Real* c = crow(r) + v * V::N;
         const R base = first ? (row_add ? V::load(row_add + v * V::N) : V::zero()) : V::load(c);
         V::store(c, V::add(base, acc[r][v]));
       }
@@ -341,11 +354,10 @@ inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __rest
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) V::store(&tmp[r][v * V::N], acc[r][v]);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const Real base = first ? (row_add ? row_add[c] : Real(0)) : C[r * ldc + c];
-      C[r * ldc + c] = base + tmp[r][c];
-    }
+  for (int64_t r = 0; r < rows; ++r) {
+    Real* row = crow(r);
+    for (int64_t c = 0; c < cols; ++c) row[c] = (first ? (row_add ? row_add[c] : Real(0)) : row[c]) + tmp[r][c];
+  }
 }
 
 // This thread's share of C = A . B (+ row_add). workspace: Gemm::workspace_per_thread
@@ -377,7 +389,7 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
   if (g.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
     if (g.accumulate) return;
     for (int64_t i = m0; i < m1; ++i)
-      for (int64_t j = n0; j < n1; ++j) g.C[i * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
+      for (int64_t j = n0; j < n1; ++j) g.C[(g.c_rows ? g.c_rows[i] : i) * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
     return;
   }
   Real* Ap = workspace;
@@ -397,10 +409,11 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
         pack_a(g, ic, mc, pc, kc, Ap);
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int64_t rows = imin(MR, mc - ir);
-          Real* Crow = g.C + (ic + ir) * g.ldc + jc;
+          Real* Crow = g.C + (g.c_rows ? 0 : (ic + ir) * g.ldc) + jc;
+          const int64_t* c_rows = g.c_rows ? g.c_rows + ic + ir : nullptr;
           for (int64_t jr = 0; jr < nc; jr += NR)
             gemm_micro(kc, Ap + ir * kc, Bq + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
-                       g.row_add ? g.row_add + jc + jr : nullptr);
+                       g.row_add ? g.row_add + jc + jr : nullptr, c_rows);
         }
       }
     }

@@ -40,16 +40,17 @@ namespace FASTLSTM_TARGET {
 const KernelTable& kernel_table();
 namespace {
 
-// An uninitialised, 64-byte aligned array owned by the calling thread. Large ones (the
-// projection, dz, h_{t-1}: MBs to tens of MBs) come from the workspace cache, 2 MiB aligned
-// and marked for transparent huge pages, and go back to it (NOTES 24, 29).
+// An uninitialised, 64-byte aligned array owned by the calling thread. All but small ones
+// (the projection, dz, h_{t-1}, the packed weights, ...) come from the workspace cache and go
+// back to it; from 4 MiB on 2 MiB aligned and marked for transparent huge pages (NOTES 24,
+// 29, 37).
 template <typename Real>
 class Buffer {
  public:
   explicit Buffer(int64_t n) {
     size_t bytes = static_cast<size_t>(n > 0 ? n : 1) * sizeof(Real);
     bytes = (bytes + 63) / 64 * 64;
-    if (bytes >= workspace::kLargeBytes) {
+    if (bytes >= workspace::kCachedBytes) {
       ptr_ = static_cast<Real*>(workspace::acquire(bytes, &capacity_));
     } else {
       ptr_ = static_cast<Real*>(std::aligned_alloc(64, bytes));
@@ -177,13 +178,21 @@ struct ForwardCtx {
   const ForwardArgs<Real>* a;
   int64_t nblocks, Hp;    // Hp = nblocks * N: padded width of the state buffers
   Real* G;                // pre-activations x_t . kernel + bias, rows as g_rows() says:
-                          // (T, B, 4H) = a->gates when training (in place, g_t0 = 0); in
-                          // inference without lengths, chunk_steps steps at a time
+                          // (T, B, 4H) = a->gates when training (in place); in inference,
+                          // chunk_steps steps at a time
   int64_t chunk_steps;    // steps per projection chunk (T: one chunk)
   bool g_chunk_only;      // G holds only the current chunk (inference), not all T steps
-  Real* x_gathered;       // with lengths and reverse in chunks: the chunk's x rows in step
-                          // order, row (s - s0) * B + b = x[time_of(s, len_b), b]; G rows
-                          // then follow step order too (see g_rows). nullptr otherwise.
+  bool g_by_step;         // G rows of a chunk in step order, row (s - s0) * B + b (see g_rows):
+                          // in chunks, with lengths shorter than T and reverse (the rows of
+                          // one step are then at different times)
+  // With lengths shorter than T (padded), unless the projection is small: the projection of
+  // a chunk runs over its valid positions only (x rows read through a row list, G rows
+  // written through another), so it skips the padding. Entries chunk_first[c] ..
+  // chunk_first[c + 1] - 1 are chunk c's valid positions in step order: x row proj_src[e]
+  // (t * B + b), G row proj_dst[e]. nullptr otherwise.
+  const int64_t* proj_src;
+  const int64_t* proj_dst;
+  const int64_t* chunk_first;
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
                           // (nullptr: the step reads recurrent_kernel in place, see forward())
   bool prepacked;         // packed_rk was packed before the call (PackedWeights)
@@ -300,7 +309,7 @@ struct GRows {
 template <typename Real>
 inline GRows g_rows(const ForwardCtx<Real>& ctx, int64_t s) {
   const ForwardArgs<Real>& a = *ctx.a;
-  if (ctx.x_gathered) return {true, s / ctx.chunk_steps * ctx.chunk_steps, a.dims.B};
+  if (ctx.g_by_step) return {true, s / ctx.chunk_steps * ctx.chunk_steps, a.dims.B};
   return {false, ctx.g_chunk_only ? chunk_t0(s, ctx.chunk_steps, a.dims.T, a.reverse) : 0, a.dims.B};
 }
 
@@ -474,21 +483,24 @@ void forward_task(void* p, int tid, int nthreads) {
       const int64_t t0 = chunk_t0(s, ctx.chunk_steps, T, a.reverse);
       Real* dst = ctx.g_chunk_only ? ctx.G : ctx.G + t0 * B * 4 * H;
       const Real* x_rows = a.x + t0 * B * I;
-      if (ctx.x_gathered) {  // this chunk's rows in step order (rows past a length: unused)
-        for (int64_t r = tid; r < steps * B; r += nthreads) {
-          const int64_t b = r % B, step = s + r / B, len = seq_len(a.lengths, b, T);
-          const Real* src = a.x + ((step < len ? time_of(step, len, true) : 0) * B + b) * I;
-          std::memcpy(ctx.x_gathered + r * I, src, I * sizeof(Real));
-        }
-        barrier_wait(&ctx.barrier);
-        x_rows = ctx.x_gathered;
+      int64_t rows = steps * B;
+      const int64_t *x_gather = nullptr, *g_scatter = nullptr;
+      if (ctx.proj_src) {  // the chunk's valid positions only (the padding is never read)
+        const int64_t e0 = ctx.chunk_first[s / ctx.chunk_steps];
+        rows = ctx.chunk_first[s / ctx.chunk_steps + 1] - e0;
+        x_rows = a.x;  // both row lists count from the start of x and G
+        dst = ctx.G;
+        x_gather = ctx.proj_src + e0;
+        g_scatter = ctx.proj_dst + e0;
       }
       if (ctx.small_projection) {  // one chunk (T * B is far below kChunkRows)
         small_projection(a, dst, mine);
       } else {
-        GemmArgs<Real> proj{steps * B, 4 * H, I, x_rows, I, 1, a.kernel, 4 * H, 1,
+        GemmArgs<Real> proj{rows, 4 * H, I, x_rows, I, 1, a.kernel, 4 * H, 1,
                             dst, 4 * H, a.bias};
         proj.b_packed = ctx.kernel_panels;
+        proj.a_rows = x_gather;
+        proj.c_rows = g_scatter;
         gemm_part(proj, tid, nthreads, ws);
       }
       barrier_wait(&ctx.barrier);
@@ -548,24 +560,53 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   // Inference keeps the projection of a chunk of steps only (not the whole (T, B, 4H)). When
   // all rows share one time schedule (no lengths, or lengths without reverse: a row past
   // its length just does not read its G rows) a chunk of steps is a block of time positions;
-  // with lengths and reverse the chunk's x rows are first gathered in step order (NOTES 23).
+  // with lengths shorter than T and reverse the chunk's G rows are in step order (NOTES 23).
   // A chunk has at least kChunkRows rows, so
   // the product stays efficient and repacking kernel per chunk costs little. Besides the
   // memory, this saved 20-25% of the time on long sequences (NOTES 17): the one chunk
   // buffer is reused instead of faulting in and streaming a fresh (T, B, 4H) array.
-  // Training writes the projection into the saved gates in one piece (chunking it measured
-  // no faster there).
+  // Training writes the projection into the saved gates, in one piece without padding
+  // (chunking it measured no faster there), chunk by chunk with it. With padding the
+  // projection runs over the valid positions only, its rows read from x and written to G
+  // through row lists (NOTES 37: 1.13-1.30x forward at mean length ~0.6 T).
+  const bool whole_vectors = H % N == 0;
+  ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows &&
+                         in_place_pays<Real>(ceil_div(T * B, kTileRows), H);
+  bool padded = false;
+  for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
   ctx.chunk_steps = T;
-  if (!a.gates && B > 0) {
+  if ((!a.gates || padded) && B > 0) {
     const int64_t steps = ceil_div(kChunkRows, B);
     if (2 * steps <= T) ctx.chunk_steps = steps;
   }
   if (ctx.chunk_steps < 1) ctx.chunk_steps = 1;
   ctx.g_chunk_only = !a.gates && ctx.chunk_steps < T;
+  ctx.g_by_step = ctx.g_chunk_only && padded && a.reverse;
+  const bool compact = padded && !ctx.small_projection;
+  // Padded: the valid positions of each chunk, in step order (see ForwardCtx::proj_src).
+  const int64_t nchunks = ceil_div(T, ctx.chunk_steps);
+  Buffer<int64_t> proj_src(compact ? T * B : 0), proj_dst(compact ? T * B : 0), chunk_first(nchunks + 1);
+  ctx.proj_src = ctx.proj_dst = ctx.chunk_first = nullptr;
+  if (compact) {
+    int64_t e = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      chunk_first.get()[c] = e;
+      for (int64_t s = c * ctx.chunk_steps; s < imin(T, (c + 1) * ctx.chunk_steps); ++s) {
+        const GRows rows = g_rows(ctx, s);
+        for (int64_t b = 0; b < B; ++b) {
+          if (s >= a.lengths[b]) continue;
+          const int64_t t = time_of(s, a.lengths[b], a.reverse);
+          proj_src.get()[e] = t * B + b;
+          proj_dst.get()[e++] = rows.row(s, t, b);
+        }
+      }
+    }
+    chunk_first.get()[nchunks] = e;
+    ctx.proj_src = proj_src.get();
+    ctx.proj_dst = proj_dst.get();
+    ctx.chunk_first = chunk_first.get();
+  }
   Buffer<Real> projection(a.gates ? 0 : imin(T, ctx.chunk_steps) * B * 4 * H);
-  const bool gather = ctx.g_chunk_only && a.lengths && a.reverse;
-  Buffer<Real> x_gathered(gather ? ctx.chunk_steps * B * a.dims.I : 0);
-  ctx.x_gathered = gather ? x_gathered.get() : nullptr;
   // Weights packed before the call, when packed by this table (dims checked by dispatch).
   if (packed && std::string(packed->isa) != kernel_table().name) packed = nullptr;
   // Few steps or rows: packing would cost more than it saves (NOTES 19, 32). With at most
@@ -575,9 +616,6 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   // rows and step). A recurrent_kernel packed before the call is always the faster read
   // (1.14-1.44x at T <= 2, NOTES 32); the prepacked projection panels are not (their 14-row
   // tiles are mostly padding at a few rows), so the small projection stays in place.
-  const bool whole_vectors = H % N == 0;
-  ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows &&
-                         in_place_pays<Real>(ceil_div(T * B, kTileRows), H);
   const bool in_place = !packed && whole_vectors && T <= kInPlaceSteps &&
                         in_place_pays<Real>(T * ceil_div(B, kTileRows), H);
   ctx.prepacked = packed != nullptr;

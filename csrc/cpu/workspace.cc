@@ -61,7 +61,9 @@ void trim(Cache& c, size_t keep) {
 }  // namespace
 
 void* acquire(size_t bytes, size_t* capacity) {
-  const size_t want = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  const bool large = bytes >= kLargeBytes;
+  const size_t grain = large ? kHugePage : kSmallGrain;
+  const size_t want = (bytes + grain - 1) / grain * grain;
   {
     // The smallest cached block that is large enough (calls with the same shapes get back
     // the blocks they released), and not more than a quarter larger: an output the caller
@@ -82,10 +84,10 @@ void* acquire(size_t bytes, size_t* capacity) {
       return handed_out(b.ptr, b.capacity);
     }
   }
-  void* p = std::aligned_alloc(kHugePage, want);
+  void* p = std::aligned_alloc(large ? kHugePage : 64, want);
   if (!p) throw std::bad_alloc();
 #if defined(MADV_HUGEPAGE)
-  madvise(p, want, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  if (large) madvise(p, want, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
   *capacity = want;
   return handed_out(p, want);
