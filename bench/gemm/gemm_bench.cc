@@ -139,7 +139,8 @@ struct Shape {
   bool bias;
   bool scatter = false;  // product row i to C row c_rows[i] (GemmArgs::c_rows), C of 2M rows,
                          // and (except mode 1) from A row a_rows[i] (GemmArgs::a_rows), A of 2M
-                         // rows, the others NaN
+                         // rows, the others NaN; in mode 1 A's column k is column a_cols[k]
+                         // (GemmArgs::a_cols) of 2K, the others NaN
 };
 
 template <typename Real>
@@ -180,6 +181,15 @@ bool check_one(const Shape& s, std::mt19937& rng) {
       for (int64_t k = 0; k < K; ++k) A_big[a_rows[i] * a_rs + k * a_cs] = A[i * a_rs + k * a_cs];
     }
   }
+  const bool gather_k = s.scatter && s.mode == 1;
+  std::vector<int64_t> a_cols(K > 0 ? K : 1);
+  if (gather_k) {
+    A_big.assign(M > 0 && K > 0 ? (M - 1) * a_rs + (2 * K - 1) * a_cs + 1 : 1, Real(NAN));
+    for (int64_t k = 0; k < K; ++k) {
+      a_cols[k] = (k & 1) ? 2 * k : 2 * (K - 1 - k) + 1;
+      for (int64_t i = 0; i < M; ++i) A_big[i * a_rs + a_cols[k] * a_cs] = A[i * a_rs + k * a_cs];
+    }
+  }
   std::vector<std::vector<Real>> outs;
   bool ok = true;
   const int thread_counts[] = {1, 2, 3, 5};
@@ -192,6 +202,10 @@ bool check_one(const Shape& s, std::mt19937& rng) {
     if (gather) {
       g.A = A_big.data();
       g.a_rows = a_rows.data();
+    }
+    if (gather_k) {
+      g.A = A_big.data();
+      g.a_cols = a_cols.data();
     }
     run_gemm(g, nt, ws.p);
     outs.push_back(C);

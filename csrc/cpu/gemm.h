@@ -98,12 +98,18 @@ struct GemmArgs {
                                     // scatter), or nullptr: to row m
   const int64_t* a_rows = nullptr;  // row m of the product is row a_rows[m] of A (a gather),
                                     // or nullptr: row m. Not with a_rs == 1.
+  const int64_t* a_cols = nullptr;  // column k of A (along the sum) is column a_cols[k], or
+                                    // nullptr: column k. Only with a_rs == 1, without a_rows.
 };
 
-// Row m of A (at column 0).
+// Row m of A (at column 0), and the offset of column k in a row.
 template <typename Real>
 inline const Real* a_row(const GemmArgs<Real>& g, int64_t m) {
   return g.A + (g.a_rows ? g.a_rows[m] : m) * g.a_rs;
+}
+template <typename Real>
+inline int64_t a_col(const GemmArgs<Real>& g, int64_t k) {
+  return (g.a_cols ? g.a_cols[k] : k) * g.a_cs;
 }
 
 // K blocks of (nearly) equal length <= KC, a function of K alone.
@@ -193,8 +199,8 @@ void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t
     // Transposed A (column k contiguous): read each column once, in runs of mc values, and
     // scatter MR at a time into the panels.
     for (int64_t k = 0; k < kc; ++k) {
-      const Real* s = g.A + i0 + (k0 + k) * g.a_cs;
-      if (k + 4 < kc) gemm_prefetch_range(s + 4 * g.a_cs, mc);
+      const Real* s = g.A + i0 + a_col(g, k0 + k);
+      if (k + 4 < kc) gemm_prefetch_range(g.A + i0 + a_col(g, k0 + k + 4), mc);
       Real* d = Ap + k * MR;
       for (int64_t ip = 0; ip < full; ip += MR, d += kc * MR) std::memcpy(d, s + ip, MR * sizeof(Real));
     }
@@ -226,16 +232,16 @@ void pack_a(const GemmArgs<Real>& g, int64_t i0, int64_t mc, int64_t k0, int64_t
   } else {
     for (int64_t ip = 0; ip < full; ip += MR)
       for (int r = 0; r < MR; ++r) {
-        const Real* s = a_row(g, i0 + ip + r) + k0 * g.a_cs;
-        for (int64_t k = 0; k < kc; ++k) Ap[ip * kc + k * MR + r] = s[k * g.a_cs];
+        const Real* s = a_row(g, i0 + ip + r);
+        for (int64_t k = 0; k < kc; ++k) Ap[ip * kc + k * MR + r] = s[a_col(g, k0 + k)];
       }
   }
   if (full < mc) {  // last, partial panel
     const int64_t rows = mc - full;
     Real* d = Ap + full * kc;
     for (int64_t r = 0; r < MR; ++r) {
-      const Real* s = r < rows ? a_row(g, i0 + full + r) + k0 * g.a_cs : nullptr;
-      for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = s ? s[k * g.a_cs] : Real(0);
+      const Real* s = r < rows ? a_row(g, i0 + full + r) : nullptr;
+      for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = s ? s[a_col(g, k0 + k)] : Real(0);
     }
   }
 }

@@ -653,12 +653,13 @@ struct BackwardCtx {
   Real* dz_step;     // 2 x (B, 4H): this step's dz (double-buffered)
   // With lengths shorter than T (padded): dz and h_prev hold only the valid positions of a
   // chunk, compacted in dz_row() order, so the weight-gradient and dx products skip the
-  // padding (NOTES 36); x is gathered to match and dx scattered back. nullptr otherwise.
+  // padding (NOTES 36); they read x and write dx through the list of those positions' rows
+  // (NOTES 38). nullptr otherwise.
   const int64_t* compact;  // per chunk (chunk_steps x B rows each, dz_row() order): the
                            // row's index in the compacted buffers, or -1 (invalid position)
   const int64_t* chunk_valid;  // per chunk: its number of valid positions
-  Real* x_compact;   // one chunk's x rows at the valid positions, compacted
-  Real* dx_compact;  // one chunk's dx rows, compacted, before they are scattered
+  const int64_t* x_rows;   // per chunk (at the same offsets as compact): compacted row i's
+                           // row in x and dx, t * B + b
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   // From kPackedBackwardBatch rows on, dh = dz . recurrent_kernel^T runs on a transposed copy
@@ -870,39 +871,24 @@ void backward_task(void* p, int tid, int nthreads) {
     const int64_t steps = imin(ctx.chunk_steps, T - s0);
     const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
     const bool add = s0 + steps < T;
-    // The chunk's rows: all of them, or (padded) its valid positions, compacted.
-    const int64_t* compact = ctx.compact ? ctx.compact + s0 * B : nullptr;
-    const int64_t rows = compact ? ctx.chunk_valid[s0 / ctx.chunk_steps] : steps * B;
-    // The time position of row r (dz_row() order) of batch entry b, and whether it is valid.
-    auto time_at = [&](int64_t r, int64_t b) {
-      return ctx.by_step ? time_of(s0 + r / B, seq_len(a.lengths, b, T), true) : t0 + r / B;
-    };
-    const Real* x_rows = a.x + t0 * B * I;
-    Real* dx_rows = a.dx + t0 * B * I;
-    if (compact) {  // x of the valid positions, in the compacted order (padding never read)
-      for (int64_t r = tid; r < steps * B; r += nthreads)
-        if (compact[r] >= 0)
-          std::memcpy(ctx.x_compact + compact[r] * I, a.x + (time_at(r, r % B) * B + r % B) * I, I * sizeof(Real));
-      barrier_wait(&ctx.barrier);
-      x_rows = ctx.x_compact;
-      dx_rows = ctx.dx_compact;
-    }
+    // The chunk's rows: all of them, or (padded) its valid positions, compacted; then x is
+    // read and dx written through their rows' list (the padding of x is never read).
+    const int64_t rows = ctx.compact ? ctx.chunk_valid[s0 / ctx.chunk_steps] : steps * B;
+    const int64_t* x_list = ctx.compact ? ctx.x_rows + s0 * B : nullptr;
+    const Real* x_rows = x_list ? a.x : a.x + t0 * B * I;
+    Real* dx_rows = x_list ? a.dx : a.dx + t0 * B * I;
     // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
     GemmArgs<Real> dkernel{I, 4 * H, rows, x_rows, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
                            4 * H, nullptr};
+    dkernel.a_cols = x_list;
     GemmArgs<Real> drk{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
                        nullptr};
     dkernel.accumulate = drk.accumulate = add;
     gemm_part(dkernel, tid, nthreads, ws);
     gemm_part(drk, tid, nthreads, ws);
-    gemm_part(GemmArgs<Real>{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr},
-              tid, nthreads, ws);
-    if (compact) {  // scatter the chunk's dx rows to their time positions
-      barrier_wait(&ctx.barrier);
-      for (int64_t r = tid; r < steps * B; r += nthreads)
-        if (compact[r] >= 0)
-          std::memcpy(a.dx + (time_at(r, r % B) * B + r % B) * I, ctx.dx_compact + compact[r] * I, I * sizeof(Real));
-    }
+    GemmArgs<Real> dx{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr};
+    dx.c_rows = x_list;
+    gemm_part(dx, tid, nthreads, ws);
     if (a.dbias) {  // column sums of dz, each column summed in row order by one thread, in
                     // double (thousands of float32 terms would lose digits), 64 columns at a time
       const int64_t c0 = 4 * H * tid / nthreads, c1 = 4 * H * (tid + 1) / nthreads;
@@ -996,22 +982,27 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.by_step = chunked && a.reverse && padded;  // (unpadded lengths: all rows share times)
   // Padded: each chunk's valid positions numbered in dz_row() order (see BackwardCtx::compact).
   const int64_t nchunks = padded ? ceil_div(T, ctx.chunk_steps) : 0;
-  Buffer<int64_t> compact(nchunks * ctx.chunk_steps * B), chunk_valid(nchunks);
+  Buffer<int64_t> compact(nchunks * ctx.chunk_steps * B), x_rows(nchunks * ctx.chunk_steps * B),
+      chunk_valid(nchunks);
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t s0 = c * ctx.chunk_steps, steps = imin(ctx.chunk_steps, T - s0);
     const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
     int64_t next = 0;
     for (int64_t r = 0; r < steps * B; ++r) {
+      const int64_t b = r % B, len = a.lengths[b];
       const int64_t pos = (ctx.by_step ? s0 : t0) + r / B;  // the step (by_step) or the time
-      compact.get()[s0 * B + r] = pos < a.lengths[r % B] ? next++ : -1;
+      if (pos >= len) {
+        compact.get()[s0 * B + r] = -1;
+        continue;
+      }
+      x_rows.get()[s0 * B + next] = (ctx.by_step ? time_of(pos, len, true) : pos) * B + b;
+      compact.get()[s0 * B + r] = next++;
     }
     chunk_valid.get()[c] = next;
   }
   ctx.compact = padded ? compact.get() : nullptr;
   ctx.chunk_valid = padded ? chunk_valid.get() : nullptr;
-  Buffer<Real> x_compact(padded ? chunk * B * a.dims.I : 0), dx_compact(padded ? chunk * B * a.dims.I : 0);
-  ctx.x_compact = x_compact.get();
-  ctx.dx_compact = dx_compact.get();
+  ctx.x_rows = padded ? x_rows.get() : nullptr;
   ctx.dz_step = state.get();
   ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;
