@@ -32,6 +32,45 @@ def test_quick_cli_writes_checked_results(tmp_path, capsys):
     assert "config (T,B,I,H)" in printed
 
 
+def test_lengths_rows_are_checked_with_padding_poisoned(tmp_path):
+    # --lengths: padded batches (x NaN past each length, so a contender reading the padding
+    # fails its check), FLOPs counted over the valid positions, torch (when installed) through
+    # pack_padded_sequence and checked like fastlstm.
+    out_json = tmp_path / "lengths.json"
+    rc = bench.main(["--config", "12,5,3,8", "--lengths", "--repeats", "3", "--json", str(out_json)])
+    assert rc in (0, None)
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["lengths"]
+    results = report["results"]
+    assert {r["mode"] for r in results} == {"fwd", "fwdbwd"}
+    for r in results:
+        assert r["status"] == "ok" and not r["failed"], r
+        assert 0 < r["check"]["fastlstm"]["max"] <= 1e-4, r["check"]
+        lengths = r["lengths"]
+        assert len(lengths) == 5 and all(3 <= n <= 12 for n in lengths)
+        per_forward = 8.0 * 8 * (3 + 8) * sum(lengths)
+        assert r["flops"] == pytest.approx(per_forward * (1 if r["mode"] == "fwd" else 3))
+        if "torch" in r["check"]:
+            assert r["check"]["torch"]["max"] <= 1e-4, r["check"]
+
+
+def test_a_contender_reading_the_padding_fails_its_check(tmp_path, monkeypatch):
+    # NaN in an output (here: fastlstm made to ignore the lengths, so it reads x's NaN
+    # padding) must fail the check, not pass as a NaN error.
+    forward = bench.ops.lstm_forward
+
+    def ignores_lengths(*args, **kwargs):
+        kwargs.pop("lengths", None)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(bench.ops, "lstm_forward", ignores_lengths)
+    out_json = tmp_path / "leak.json"
+    bench.main(["--config", "12,5,3,8", "--lengths", "--no-torch", "--modes", "fwd", "--repeats", "3",
+                "--json", str(out_json)])
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert row["status"] == "FAILED" and "timings" not in row
+
+
 def test_quick_cli_rejects_a_bad_config(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--config", "10,0,x,4"])

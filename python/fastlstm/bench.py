@@ -73,21 +73,33 @@ def config_flops(config, mode):
     return forward if mode == "fwd" else 3.0 * forward
 
 
-def make_inputs(config, dtype, rng):
-    """Fresh random problem: normal x and dy, weights scaled by 1/sqrt(I+H)."""
+def draw_lengths(T, B, rng):
+    """Per-sequence lengths for --lengths: uniform in [max(1, T // 4), T], in random order."""
+    return rng.integers(max(1, T // 4), T + 1, size=B).astype(np.int64)
+
+
+def make_inputs(config, dtype, rng, lengths=None):
+    """Fresh random problem: normal x and dy, weights scaled by 1/sqrt(I+H); with lengths
+    (B,), x and dy past each sequence's length are NaN (no contender may read them)."""
     T, B, I, H = config
     scale = 1.0 / math.sqrt(I + H)
 
     def normal(shape, s=1.0):
         return (rng.standard_normal(shape) * s).astype(dtype)
 
-    return {
+    inputs = {
         "x": normal((T, B, I)),
         "kernel": normal((I, 4 * H), scale),
         "recurrent_kernel": normal((H, 4 * H), scale),
         "bias": normal((4 * H,), scale),
         "dy": normal((T, B, H)),
     }
+    if lengths is not None:
+        padding = np.arange(T)[:, None] >= lengths[None, :]          # (T, B)
+        inputs["x"][padding] = np.nan
+        inputs["dy"][padding] = 0.0  # y is 0 there for every contender: its gradient is unused
+        inputs["lengths"] = lengths
+    return inputs
 
 
 # ----------------------------------------------------------------------------- contenders
@@ -98,6 +110,8 @@ def numpy_api_runner(forward, backward, inputs, mode, **options):
     """Runner for an lstm_forward / lstm_backward pair with fastlstm's signature."""
     args = (inputs["x"], inputs["kernel"], inputs["recurrent_kernel"], inputs["bias"])
     dy = inputs["dy"]
+    if inputs.get("lengths") is not None:
+        options = dict(options, lengths=inputs["lengths"])
 
     def run_fwd():
         y, _, _, _ = forward(*args, training=False, **options)
@@ -122,9 +136,11 @@ def reference_runner(inputs, mode):
 
 
 def torch_runner(torch, inputs, mode):
-    """torch.nn.LSTM with fastlstm's weights (same i,f,g,o gate order, time-major input)."""
+    """torch.nn.LSTM with fastlstm's weights (same i,f,g,o gate order, time-major input); with
+    lengths through a PackedSequence (pack_padded_sequence, enforce_sorted=False), the
+    output padded back to T steps, as a user of torch would run padded batches."""
     x = inputs["x"]
-    _, _, I = x.shape
+    T, _, I = x.shape
     H = inputs["recurrent_kernel"].shape[0]
     dtype = torch.float64 if x.dtype == np.float64 else torch.float32
     lstm = torch.nn.LSTM(I, H, dtype=dtype)
@@ -134,12 +150,24 @@ def torch_runner(torch, inputs, mode):
         lstm.bias_ih_l0.copy_(torch.from_numpy(inputs["bias"]))
         lstm.bias_hh_l0.zero_()
 
+    lengths = inputs.get("lengths")
+    if lengths is None:
+        def forward(x_t):
+            return lstm(x_t)[0]
+    else:
+        rnn = torch.nn.utils.rnn
+        lengths_t = torch.from_numpy(lengths)
+
+        def forward(x_t):
+            packed = rnn.pack_padded_sequence(x_t, lengths_t, enforce_sorted=False)
+            return rnn.pad_packed_sequence(lstm(packed)[0], total_length=T)[0]
+
     if mode == "fwd":
         x_t = torch.from_numpy(x)
 
         def run_fwd():
             with torch.no_grad():
-                y, _ = lstm(x_t)
+                y = forward(x_t)
             return {"y": y.numpy()}
 
         return run_fwd
@@ -150,7 +178,7 @@ def torch_runner(torch, inputs, mode):
     def run_fwdbwd():
         x_t.grad = None
         lstm.zero_grad(set_to_none=True)
-        y, _ = lstm(x_t)
+        y = forward(x_t)
         y.backward(dy_t)
         return {
             "y": y.detach().numpy(),
@@ -200,20 +228,24 @@ def check_length(config, mode):
     return T if config_flops(config, mode) <= CHECK_MAX_GFLOP * 1e9 else min(T, CHECK_SHORT_T)
 
 
-def check_row(config, mode, dtype, names, torch, rng):
-    """Compare each non-reference contender with the float64 reference on fresh inputs.
+def check_row(config, mode, dtype, names, torch, rng, lengths=False):
+    """Compare each non-reference contender with the float64 reference on fresh inputs
+    (with lengths: lengths drawn for the checked T).
 
     Returns {"T": steps used, contender: {output name: error, ..., "max": error}}.
     """
     T_check = check_length(config, mode)
-    inputs = make_inputs((T_check,) + tuple(config[1:]), dtype, rng)
-    inputs64 = {key: value.astype(np.float64) for key, value in inputs.items()}
+    drawn = draw_lengths(T_check, config[1], rng) if lengths else None
+    inputs = make_inputs((T_check,) + tuple(config[1:]), dtype, rng, drawn)
+    inputs64 = {key: value.astype(np.float64) if key != "lengths" else value
+                for key, value in inputs.items()}
     expected = reference_runner(inputs64, mode)()
     result = {"T": T_check}
     for name, run in make_runners(set(names) - {"reference"}, inputs, mode, torch).items():
         outputs = run()
         errors = {key: relative_error(outputs[key], expected[key]) for key in expected}
-        errors["max"] = max(errors.values())
+        # NaN (an output read from NaN padding, or not written) counts as the largest error
+        errors["max"] = max(errors.values()) if all(map(math.isfinite, errors.values())) else math.inf
         result[name] = errors
     return result
 
@@ -289,14 +321,14 @@ def summarize(seconds):
             "repeats": len(ms), "samples_ms": ms}
 
 
-def time_row(config, mode, dtype, names, torch, rng, timing):
+def time_row(config, mode, dtype, names, torch, rng, timing, lengths=None):
     """Warm up and time the contenders on fresh inputs; {name: summary}.
 
     timing: target_seconds, rounds and repeats (None: adaptive, about target_seconds
     per contender, at least MIN_REPEATS calls (MIN_REFERENCE_REPEATS for the slow
     reference), at most MAX_REPEATS).
     """
-    runners = make_runners(names, make_inputs(config, dtype, rng), mode, torch)
+    runners = make_runners(names, make_inputs(config, dtype, rng, lengths), mode, torch)
     for run in runners.values():
         warm_up(run)
     if timing["repeats"]:
@@ -311,8 +343,12 @@ def time_row(config, mode, dtype, names, torch, rng, timing):
 # ----------------------------------------------------------------------------- one row
 
 def benchmark_row(config, mode, options, torch, rng, ceiling_gflops):
-    """Check, then time, one (configuration, mode); returns the row's JSON-ready dict."""
+    """Check, then time, one (configuration, mode); returns the row's JSON-ready dict. With
+    --lengths the FLOPs count the valid positions only (sum of the lengths instead of T*B)."""
     flops = config_flops(config, mode)
+    lengths = draw_lengths(config[0], config[1], rng) if options.lengths else None
+    if lengths is not None:
+        flops *= float(lengths.sum()) / (config[0] * config[1])
     names = ["fastlstm"]
     if torch is not None:
         names.append("torch")
@@ -326,19 +362,21 @@ def benchmark_row(config, mode, options, torch, rng, ceiling_gflops):
 
     row = {"config": dict(zip("TBIH", config)), "mode": mode, "flops": flops,
            "reference_skipped": reference_skipped}
+    if lengths is not None:
+        row["lengths"] = lengths.tolist()
     try:
-        row["check"] = check_row(config, mode, options.dtype, names, torch, rng)
+        row["check"] = check_row(config, mode, options.dtype, names, torch, rng, lengths is not None)
     except Exception as exc:  # report and carry on with the other rows
         row.update(status="ERROR", error="%s: %s" % (type(exc).__name__, exc))
         return row
-    failed = [name for name in names if name != "reference" and row["check"][name]["max"] > TOLERANCE]
+    failed = [name for name in names if name != "reference" and not row["check"][name]["max"] <= TOLERANCE]
     row["failed"] = failed
     if "fastlstm" in failed:
         row["status"] = "FAILED"
         return row
     names = [name for name in names if name not in failed]
 
-    timings = time_row(config, mode, options.dtype, names, torch, rng, options.timing)
+    timings = time_row(config, mode, options.dtype, names, torch, rng, options.timing, lengths)
     row["status"] = "ok"
     row["timings"] = timings
     fast_ms = timings["fastlstm"]["median_ms"]
@@ -528,7 +566,10 @@ def footnotes(report):
     notes = [
         "times are ms per call, median (min-max) over blocks of calls timed round-robin; %s; "
         "torch/fastlstm > 1 means fastlstm is faster." % settings["dtype"],
-        "GFLOP/s counts 8*T*B*H*(I+H) per forward, 3x that for fwd+bwd; "
+        ("GFLOP/s counts 8*T*B*H*(I+H) per forward, 3x that for fwd+bwd; " if not settings.get("lengths") else
+         "per-sequence lengths %s (x NaN past them; torch through pack_padded_sequence); GFLOP/s counts "
+         "8*H*(I+H) per valid position (sum of the lengths instead of T*B) per forward, 3x that for "
+         "fwd+bwd; " % settings["lengths"]) +
         "max err = max relative error of fastlstm vs the float64 reference (y, and all gradients in fwd+bwd); "
         "rows above %g are FAILED and not timed." % TOLERANCE,
     ]
@@ -650,6 +691,9 @@ def parse_args(argv):
     parser.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    parser.add_argument("--lengths", action="store_true",
+                        help="padded batches: per-sequence lengths uniform in [T/4, T] (torch through "
+                             "pack_padded_sequence); GFLOP/s count the valid positions")
     parser.add_argument("--json", metavar="PATH", help="write everything (all samples) as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -691,7 +735,8 @@ def run(options):
         "settings": {"dtype": options.dtype, "modes": list(options.modes), "threads": options.threads,
                      "timing": options.timing,
                      "seed": options.seed, "tolerance": TOLERANCE, "no_reference": options.no_reference,
-                     "no_torch": options.no_torch, "reference_max_gflop": REFERENCE_MAX_GFLOP},
+                     "no_torch": options.no_torch, "reference_max_gflop": REFERENCE_MAX_GFLOP,
+                     "lengths": "uniform in [T/4, T], random order" if options.lengths else None},
         "ceiling": ceiling_info(options),
         "results": [],
     }
