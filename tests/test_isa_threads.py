@@ -195,6 +195,11 @@ THREAD_CASES = {
                                        reverse=True),
     # the largest H that splits the rows; float64 has 16 unit blocks of 8 (4 whole groups)
     "split_B24_H128": dict(T=6, B=24, I=7, H=128, h0=False),
+    # split rows with lengths in random order: the forward runs the rows longest first, tiles
+    # dealt to the threads (NOTES 39); a last tile of 2 rows (its own arithmetic) shows any
+    # tile whose rows differ from one thread's
+    "split_B32_H96_len_random": dict(T=9, B=32, I=6, H=96,
+                                     lengths=[(5 * b + 3) % 10 for b in range(32)]),
     # a thread's share of the packed weights above 1 MiB with several row tiles: the forward
     # step prefetches the next unit block (NOTES 33), with stolen blocks and lengths
     "prefetch_B14_I8_H512_len": dict(T=3, B=14, I=8, H=512, lengths=[3, 0, 1, 2, 3, 3, 1, 2, 3, 0, 3, 2, 1, 3]),

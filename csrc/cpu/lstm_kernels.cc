@@ -18,12 +18,14 @@
 // Every output element is computed by one thread, in an order that does not depend on the
 // number of threads (nor on which thread takes it), so results are bitwise identical for any
 // thread count.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/cpu.h"
 #include "cpu/gemm.h"
@@ -193,6 +195,11 @@ struct ForwardCtx {
   const int64_t* proj_src;
   const int64_t* proj_dst;
   const int64_t* chunk_first;
+  // Padded: the step runs the batch longest first, so that a register tile's rows finish
+  // together and the tile stops (NOTES 39): state row b (h, c) is batch entry order[b].
+  // Everything outside the state (x, G, y, the saved gates, h0, h_n, ...) keeps the
+  // caller's order. nullptr: state row b is entry b.
+  const int64_t* order;
   Real* packed_rk;        // nblocks x H x 4 x N: recurrent_kernel, one block of units at a time
                           // (nullptr: the step reads recurrent_kernel in place, see forward())
   bool prepacked;         // packed_rk was packed before the call (PackedWeights)
@@ -335,10 +342,10 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
   bool active = false;  // with lengths, a tile whose rows have all finished skips the product
   for (int r = 0; r < ROWS; ++r) {
-    const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
+    const int64_t e = ctx.order ? ctx.order[b0 + r] : b0 + r, len = seq_len(a.lengths, e, T);
     if (s >= len) continue;
     active = true;
-    const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), b) * 4 * H + u0;
+    const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), e) * 4 * H + u0;
     for (int q = 0; q < 4; ++q) __builtin_prefetch(z + q * H, 1, 3);
   }
   if (active) {
@@ -351,15 +358,16 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   }
 
   for (int r = 0; r < ROWS; ++r) {
-    const int64_t b = b0 + r, len = seq_len(a.lengths, b, T);
+    // b: the state's row; e: the batch entry it holds
+    const int64_t b = b0 + r, e = ctx.order ? ctx.order[b] : b, len = seq_len(a.lengths, e, T);
     Real* c_state = ctx.c + b * Hp + u0;
     if (s >= len) {  // finished: carry the state; positions t >= len of y are zero
       V::store(h_next + b * Hp + u0, V::load(h_prev + b * Hp + u0));
-      store_part(a.y + (s * B + b) * H + u0, V::zero(), nu);
+      store_part(a.y + (s * B + e) * H + u0, V::zero(), nu);
       continue;
     }
     const int64_t t = time_of(s, len, a.reverse);
-    const Real* z = ctx.G + g_rows_now.row(s, t, b) * 4 * H + u0;  // x_t . kernel + bias
+    const Real* z = ctx.G + g_rows_now.row(s, t, e) * 4 * H + u0;  // x_t . kernel + bias
     const R gi = vsigmoid<Real>(V::add(acc[r][0], load_part(z, nu)));
     const R gf = vsigmoid<Real>(V::add(acc[r][1], load_part(z + H, nu)));
     const R gg = vtanh<Real>(V::add(acc[r][2], load_part(z + 2 * H, nu)));
@@ -368,14 +376,14 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     const R hn = V::mul(go, vtanh<Real>(cn));
     V::store(c_state, cn);
     V::store(h_next + b * Hp + u0, hn);
-    store_part(a.y + (t * B + b) * H + u0, hn, nu);
+    store_part(a.y + (t * B + e) * H + u0, hn, nu);
     if (a.gates) {
-      Real* saved = a.gates + (t * B + b) * 4 * H + u0;
+      Real* saved = a.gates + (t * B + e) * 4 * H + u0;
       store_part(saved, gi, nu);
       store_part(saved + H, gf, nu);
       store_part(saved + 2 * H, gg, nu);
       store_part(saved + 3 * H, go, nu);
-      store_part(a.cells + (t * B + b) * H + u0, cn, nu);
+      store_part(a.cells + (t * B + e) * H + u0, cn, nu);
     }
   }
 }
@@ -460,8 +468,9 @@ void forward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero());
-      V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero());
+      const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+      V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + e * H + u0, nu) : V::zero());
+      V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + e * H + u0, nu) : V::zero());
     }
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   // While the row tiles pass over one block of the packed recurrent_kernel, the next block is
@@ -543,8 +552,9 @@ void forward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      store_part(a.h_n + b * H + u0, V::load(h_last + b * Hp + u0), nu);
-      store_part(a.c_n + b * H + u0, V::load(ctx.c + b * Hp + u0), nu);
+      const int64_t e = ctx.order ? ctx.order[b] : b;
+      store_part(a.h_n + e * H + u0, V::load(h_last + b * Hp + u0), nu);
+      store_part(a.c_n + e * H + u0, V::load(ctx.c + b * Hp + u0), nu);
     }
 }
 
@@ -633,6 +643,43 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
   ctx.split_rows = split_rows_forward(B, H, kTileRows, nthreads);
+  // Padded: the state's rows longest first (stable: equal lengths keep their order), so that
+  // the rows of a register tile finish together (NOTES 39). When the threads split the rows,
+  // the tiles of that order are dealt to the threads' ranges, each to the thread with the
+  // fewest steps so far (the longest would otherwise all go to the first): every tile keeps
+  // its rows, so each row's arithmetic, and its bits, are those of one thread; the last,
+  // partial tile stays last. (One tile: nothing to gain.)
+  const bool reorder = padded && B > kTileRows;
+  Buffer<int64_t> order(reorder ? 2 * B : 0);
+  ctx.order = nullptr;
+  if (reorder) {
+    int64_t* sorted = order.get() + B;
+    for (int64_t b = 0; b < B; ++b) sorted[b] = b;
+    std::stable_sort(sorted, sorted + B, [&](int64_t i, int64_t j) { return a.lengths[i] > a.lengths[j]; });
+    int64_t* o = order.get();
+    if (!ctx.split_rows) {
+      std::memcpy(o, sorted, B * sizeof(int64_t));
+    } else {
+      const int64_t full = B / kTileRows, rest = B - full * kTileRows;
+      std::vector<int64_t> next(nthreads), tiles_left(nthreads), steps(nthreads, 0);
+      for (int t = 0; t < nthreads; ++t) {
+        const RowRange r = my_rows(B, kTileRows, t, nthreads);
+        next[t] = r.first;
+        tiles_left[t] = (r.last - r.first) / kTileRows;
+      }
+      for (int64_t j = 0; j < full; ++j) {
+        int best = -1;
+        for (int t = 0; t < nthreads; ++t)
+          if (tiles_left[t] > 0 && (best < 0 || steps[t] < steps[best])) best = t;
+        std::memcpy(o + next[best], sorted + j * kTileRows, kTileRows * sizeof(int64_t));
+        next[best] += kTileRows;
+        --tiles_left[best];
+        steps[best] += a.lengths[sorted[j * kTileRows]];
+      }
+      std::memcpy(o + B - rest, sorted + B - rest, rest * sizeof(int64_t));
+    }
+    ctx.order = o;
+  }
   barrier_init(&ctx.barrier, nthreads);
   run(&forward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
