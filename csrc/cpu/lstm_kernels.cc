@@ -266,6 +266,42 @@ inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* 
 // The time position that row b processes at step s (s < its length).
 inline int64_t time_of(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }
 
+// With lengths shorter than T, the steps of the forward and the backward hold the batch
+// entries in their state rows longest first (a stable sort), so that the rows of a register
+// tile finish (forward) or start (backward) together and the tile is skipped for the rest
+// (NOTES 39). When the threads split the rows (split_rows_*), the tiles of that order are
+// dealt to the threads' row ranges, each to the thread with the fewest steps so far (the
+// first thread would otherwise get all the long rows); the last, partial tile stays last.
+// Every tile has the same rows as with one thread, so each row's arithmetic is the same for
+// any thread count. order: 2B values; order[b] is the entry in state row b (the second half
+// is scratch).
+inline void longest_first(const int64_t* lengths, int64_t B, bool split_rows, int nthreads, int64_t* order) {
+  int64_t* sorted = order + B;
+  for (int64_t b = 0; b < B; ++b) sorted[b] = b;
+  std::stable_sort(sorted, sorted + B, [&](int64_t i, int64_t j) { return lengths[i] > lengths[j]; });
+  if (!split_rows) {
+    std::memcpy(order, sorted, B * sizeof(int64_t));
+    return;
+  }
+  const int64_t full = B / kTileRows, rest = B - full * kTileRows;
+  std::vector<int64_t> next(nthreads), tiles_left(nthreads), steps(nthreads, 0);
+  for (int t = 0; t < nthreads; ++t) {
+    const RowRange r = my_rows(B, kTileRows, t, nthreads);
+    next[t] = r.first;
+    tiles_left[t] = (r.last - r.first) / kTileRows;
+  }
+  for (int64_t j = 0; j < full; ++j) {
+    int best = -1;
+    for (int t = 0; t < nthreads; ++t)
+      if (tiles_left[t] > 0 && (best < 0 || steps[t] < steps[best])) best = t;
+    std::memcpy(order + next[best], sorted + j * kTileRows, kTileRows * sizeof(int64_t));
+    next[best] += kTileRows;
+    --tiles_left[best];
+    steps[best] += lengths[sorted[j * kTileRows]];
+  }
+  std::memcpy(order + B - rest, sorted + B - rest, rest * sizeof(int64_t));
+}
+
 // Below these sizes the forward does not pack its weights (see forward()): at most
 // kInPlaceSteps steps read recurrent_kernel in place (its strided rows are slower to stream
 // than the packed copy, so only for a step or two), at most kSmallProjectionRows rows of input
@@ -643,43 +679,11 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   ctx.c = state.get() + 2 * B * ctx.Hp;
   ctx.gemm_ws = gemm_ws.get();
   ctx.split_rows = split_rows_forward(B, H, kTileRows, nthreads);
-  // Padded: the state's rows longest first (stable: equal lengths keep their order), so that
-  // the rows of a register tile finish together (NOTES 39). When the threads split the rows,
-  // the tiles of that order are dealt to the threads' ranges, each to the thread with the
-  // fewest steps so far (the longest would otherwise all go to the first): every tile keeps
-  // its rows, so each row's arithmetic, and its bits, are those of one thread; the last,
-  // partial tile stays last. (One tile: nothing to gain.)
+  // Padded: the state's rows longest first (one tile: nothing to gain).
   const bool reorder = padded && B > kTileRows;
   Buffer<int64_t> order(reorder ? 2 * B : 0);
-  ctx.order = nullptr;
-  if (reorder) {
-    int64_t* sorted = order.get() + B;
-    for (int64_t b = 0; b < B; ++b) sorted[b] = b;
-    std::stable_sort(sorted, sorted + B, [&](int64_t i, int64_t j) { return a.lengths[i] > a.lengths[j]; });
-    int64_t* o = order.get();
-    if (!ctx.split_rows) {
-      std::memcpy(o, sorted, B * sizeof(int64_t));
-    } else {
-      const int64_t full = B / kTileRows, rest = B - full * kTileRows;
-      std::vector<int64_t> next(nthreads), tiles_left(nthreads), steps(nthreads, 0);
-      for (int t = 0; t < nthreads; ++t) {
-        const RowRange r = my_rows(B, kTileRows, t, nthreads);
-        next[t] = r.first;
-        tiles_left[t] = (r.last - r.first) / kTileRows;
-      }
-      for (int64_t j = 0; j < full; ++j) {
-        int best = -1;
-        for (int t = 0; t < nthreads; ++t)
-          if (tiles_left[t] > 0 && (best < 0 || steps[t] < steps[best])) best = t;
-        std::memcpy(o + next[best], sorted + j * kTileRows, kTileRows * sizeof(int64_t));
-        next[best] += kTileRows;
-        --tiles_left[best];
-        steps[best] += a.lengths[sorted[j * kTileRows]];
-      }
-      std::memcpy(o + B - rest, sorted + B - rest, rest * sizeof(int64_t));
-    }
-    ctx.order = o;
-  }
+  if (reorder) longest_first(a.lengths, B, ctx.split_rows, nthreads, order.get());
+  ctx.order = reorder ? order.get() : nullptr;
   barrier_init(&ctx.barrier, nthreads);
   run(&forward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
@@ -707,6 +711,9 @@ struct BackwardCtx {
   const int64_t* chunk_valid;  // per chunk: its number of valid positions
   const int64_t* x_rows;   // per chunk (at the same offsets as compact): compacted row i's
                            // row in x and dx, t * B + b
+  // Padded: state row b (dh, dc, dz_step) holds batch entry order[b], longest first (see
+  // longest_first); dz_row() takes the entry. nullptr: entry b.
+  const int64_t* order;
   Real* dh;          // (B, Hp) gradient flowing into h from later steps
   Real* dc;          // (B, Hp) gradient flowing into c from later steps
   // From kPackedBackwardBatch rows on, dh = dz . recurrent_kernel^T runs on a transposed copy
@@ -727,7 +734,7 @@ inline int64_t packed_offset(int64_t nblocks, int tid, int nthreads) {
   return groups;
 }
 
-// The row of the chunk's dz and h_prev for row b at step s, time t (for a step past b's length,
+// The row of the chunk's dz and h_prev for batch entry b at step s, time t (for a step past b's length,
 // t = s: that invalid position's row). In time order within the chunk, or in step order when
 // the rows' times differ within a step (lengths with reverse, chunked).
 template <typename Real>
@@ -746,7 +753,8 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
-  const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, b, T);
+  const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+  const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, e, T);
   Real* dzs = dz_step + b * 4 * H + u0;
   if (s >= len) {  // position t = s is past the length: no gradient there (and no row in the
                    // compacted dz and h_prev)
@@ -755,21 +763,21 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   }
   const int64_t t = a.reverse ? len - 1 - s : s;
   const int64_t t_prev = a.reverse ? t + 1 : t - 1;
-  const Real* gates = a.gates + (t * B + b) * 4 * H + u0;
+  const Real* gates = a.gates + (t * B + e) * 4 * H + u0;
   const R gi = load_part(gates, nu), gf = load_part(gates + H, nu),
           gg = load_part(gates + 2 * H, nu), go = load_part(gates + 3 * H, nu);
-  const R c = load_part(a.cells + (t * B + b) * H + u0, nu);
+  const R c = load_part(a.cells + (t * B + e) * H + u0, nu);
   R c_prev, h_prev;
   if (s == 0) {
-    c_prev = a.c0 ? load_part(a.c0 + b * H + u0, nu) : V::zero();
-    h_prev = a.h0 ? load_part(a.h0 + b * H + u0, nu) : V::zero();
+    c_prev = a.c0 ? load_part(a.c0 + e * H + u0, nu) : V::zero();
+    h_prev = a.h0 ? load_part(a.h0 + e * H + u0, nu) : V::zero();
   } else {  // h_{t-1} = o_{t-1} * tanh(c_{t-1}), exactly as the forward computed it
-    c_prev = load_part(a.cells + (t_prev * B + b) * H + u0, nu);
-    h_prev = V::mul(load_part(a.gates + (t_prev * B + b) * 4 * H + 3 * H + u0, nu), vtanh<Real>(c_prev));
+    c_prev = load_part(a.cells + (t_prev * B + e) * H + u0, nu);
+    h_prev = V::mul(load_part(a.gates + (t_prev * B + e) * 4 * H + 3 * H + u0, nu), vtanh<Real>(c_prev));
   }
   const R one = V::set1(Real(1));
   R dh = V::load(ctx.dh + b * Hp + u0);
-  if (a.dy) dh = V::add(dh, load_part(a.dy + (t * B + b) * H + u0, nu));
+  if (a.dy) dh = V::add(dh, load_part(a.dy + (t * B + e) * H + u0, nu));
   const R tc = vtanh<Real>(c);
   const R dc = V::fmadd(V::mul(dh, go), V::fnmadd(tc, tc, one), V::load(ctx.dc + b * Hp + u0));
   V::store(ctx.dc + b * Hp + u0, V::mul(dc, gf));  // flows into c_{t-1}
@@ -777,7 +785,8 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   const R dzf = V::mul(V::mul(dc, c_prev), V::mul(gf, V::sub(one, gf)));
   const R dzg = V::mul(V::mul(dc, gi), V::fnmadd(gg, gg, one));
   const R dzo = V::mul(V::mul(dh, tc), V::mul(go, V::sub(one, go)));
-  const int64_t row = dz_row(ctx, s, t, b);
+  const int64_t row = dz_row(ctx, s, t, e);  // (by entry: the products' order of rows is the
+                                             // caller's, whatever the state's)
   Real* dz = ctx.dz + row * 4 * H + u0;
   store_part(dz, dzi, nu);
   store_part(dz + H, dzf, nu);
@@ -806,7 +815,7 @@ void backward_dot_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64
   using R = typename V::R;
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
-  if (s >= seq_len(a.lengths, b, a.dims.T)) return;  // not started yet: dh carries over
+  if (s >= seq_len(a.lengths, ctx.order ? ctx.order[b] : b, a.dims.T)) return;  // not started yet: dh carries over
   const int64_t H = a.dims.H, K = 4 * H, K_full = K / N * N;
   const Real* w = a.recurrent_kernel + j0 * K;
   const Real* d = dz_step + b * K;
@@ -839,12 +848,13 @@ void backward_packed_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, i
   const Real* rows[ROWS];
   for (int r = 0; r < ROWS; ++r) rows[r] = dz_step + (b0 + r) * K;
   bool started = false;  // with lengths, a tile whose rows have none started yet skips the product
-  for (int r = 0; r < ROWS; ++r) started = started || s < seq_len(a.lengths, b0 + r, a.dims.T);
+  for (int r = 0; r < ROWS; ++r)
+    started = started || s < seq_len(a.lengths, ctx.order ? ctx.order[b0 + r] : b0 + r, a.dims.T);
   if (!started) return;
   accumulate_gates<Real, ROWS>(acc, packed, K, rows);
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r;
-    if (s >= seq_len(a.lengths, b, a.dims.T)) continue;  // not started yet: dh carries over
+    if (s >= seq_len(a.lengths, ctx.order ? ctx.order[b] : b, a.dims.T)) continue;  // not started yet: dh carries over
     for (int q = 0; q < nblocks; ++q) V::store(ctx.dh + b * ctx.Hp + (block0 + q) * N, acc[r][q]);
   }
 }
@@ -888,8 +898,9 @@ void backward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + b * H + u0, nu) : V::zero());
-      V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + b * H + u0, nu) : V::zero());
+      const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+      V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + e * H + u0, nu) : V::zero());
+      V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + e * H + u0, nu) : V::zero());
     }
   // The transposed copy's groups this thread multiplies by: groups of 4 of its own blocks,
   // which it packs itself; with split rows the groups over all blocks (as one thread has them),
@@ -990,8 +1001,9 @@ void backward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      store_part(a.dh0 + b * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
-      store_part(a.dc0 + b * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
+      const int64_t e = ctx.order ? ctx.order[b] : b;
+      store_part(a.dh0 + e * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
+      store_part(a.dc0 + e * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
     }
 }
 
@@ -1027,6 +1039,12 @@ void backward(const BackwardArgs<Real>& a) {
   for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
   const bool chunked = ctx.chunk_steps < T;
   ctx.by_step = chunked && a.reverse && padded;  // (unpadded lengths: all rows share times)
+  ctx.split_rows = packed && split_rows_backward(B, H, kTileRows, nthreads);
+  // Padded: the state's rows longest first (one tile: nothing to gain).
+  const bool reorder = padded && B > kTileRows;
+  Buffer<int64_t> order(reorder ? 2 * B : 0);
+  if (reorder) longest_first(a.lengths, B, ctx.split_rows, nthreads, order.get());
+  ctx.order = reorder ? order.get() : nullptr;
   // Padded: each chunk's valid positions numbered in dz_row() order (see BackwardCtx::compact).
   const int64_t nchunks = padded ? ceil_div(T, ctx.chunk_steps) : 0;
   Buffer<int64_t> compact(nchunks * ctx.chunk_steps * B), x_rows(nchunks * ctx.chunk_steps * B),
@@ -1036,7 +1054,7 @@ void backward(const BackwardArgs<Real>& a) {
     const int64_t t0 = chunk_t0(s0, ctx.chunk_steps, T, a.reverse);
     int64_t next = 0;
     for (int64_t r = 0; r < steps * B; ++r) {
-      const int64_t b = r % B, len = a.lengths[b];
+      const int64_t b = r % B, len = a.lengths[b];  // (b: the batch entry)
       const int64_t pos = (ctx.by_step ? s0 : t0) + r / B;  // the step (by_step) or the time
       if (pos >= len) {
         compact.get()[s0 * B + r] = -1;
@@ -1056,7 +1074,6 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.gemm_ws = gemm_ws.get();
   // Rows that have not started hold zeros here: the step product reads every row.
   for (int64_t i = 0; i < 2 * B * 4 * H; ++i) ctx.dz_step[i] = Real(0);
-  ctx.split_rows = packed && split_rows_backward(B, H, kTileRows, nthreads);
   barrier_init(&ctx.barrier, nthreads);
   run(&backward_task<Real>, &ctx, nthreads, &ctx.barrier);
 }
