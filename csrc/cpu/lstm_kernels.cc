@@ -614,7 +614,7 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   // Training writes the projection into the saved gates, in one piece without padding
   // (chunking it measured no faster there), chunk by chunk with it. With padding the
   // projection runs over the valid positions only, its rows read from x and written to G
-  // through row lists (NOTES 37: 1.13-1.30x forward at mean length ~0.6 T).
+  // through row lists (NOTES 37: 1.17-1.30x forward at mean length ~0.6 T).
   const bool whole_vectors = H % N == 0;
   ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows &&
                          in_place_pays<Real>(ceil_div(T * B, kTileRows), H);
