@@ -217,6 +217,16 @@ inline int64_t seq_len(const int64_t* lengths, int64_t b, int64_t T) {
   return lengths ? lengths[b] : T;
 }
 
+// Whether some sequence is shorter than T (then the kernels skip the padding).
+inline bool padded_batch(const int64_t* lengths, int64_t B, int64_t T) {
+  for (int64_t b = 0; lengths && b < B; ++b)
+    if (lengths[b] < T) return true;
+  return false;
+}
+
+// The batch entry held in state row b (see longest_first; order nullptr: entry b).
+inline int64_t entry_of(const int64_t* order, int64_t b) { return order ? order[b] : b; }
+
 // acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and 4 vectors q, vector q of row k at
 // w + k * ldw + q * gap: packed K x 4 x N (ldw = 4N, gap = N), or straight from a row-major
 // matrix (ldw its row stride). The forward uses it for the 4 gates of one unit block, the
@@ -378,7 +388,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
   // the hardware prefetchers miss. Ask for them now; the product below hides the latency.
   bool active = false;  // with lengths, a tile whose rows have all finished skips the product
   for (int r = 0; r < ROWS; ++r) {
-    const int64_t e = ctx.order ? ctx.order[b0 + r] : b0 + r, len = seq_len(a.lengths, e, T);
+    const int64_t e = entry_of(ctx.order, b0 + r), len = seq_len(a.lengths, e, T);
     if (s >= len) continue;
     active = true;
     const Real* z = ctx.G + g_rows_now.row(s, time_of(s, len, a.reverse), e) * 4 * H + u0;
@@ -395,7 +405,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
 
   for (int r = 0; r < ROWS; ++r) {
     // b: the state's row; e: the batch entry it holds
-    const int64_t b = b0 + r, e = ctx.order ? ctx.order[b] : b, len = seq_len(a.lengths, e, T);
+    const int64_t b = b0 + r, e = entry_of(ctx.order, b), len = seq_len(a.lengths, e, T);
     Real* c_state = ctx.c + b * Hp + u0;
     if (s >= len) {  // finished: carry the state; positions t >= len of y are zero
       V::store(h_next + b * Hp + u0, V::load(h_prev + b * Hp + u0));
@@ -504,7 +514,7 @@ void forward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+      const int64_t e = entry_of(ctx.order, b);  // the batch entry in state row b
       V::store(ctx.h + b * Hp + u0, a.h0 ? load_part(a.h0 + e * H + u0, nu) : V::zero());
       V::store(ctx.c + b * Hp + u0, a.c0 ? load_part(a.c0 + e * H + u0, nu) : V::zero());
     }
@@ -588,7 +598,7 @@ void forward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      const int64_t e = ctx.order ? ctx.order[b] : b;
+      const int64_t e = entry_of(ctx.order, b);
       store_part(a.h_n + e * H + u0, V::load(h_last + b * Hp + u0), nu);
       store_part(a.c_n + e * H + u0, V::load(ctx.c + b * Hp + u0), nu);
     }
@@ -618,8 +628,7 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
   const bool whole_vectors = H % N == 0;
   ctx.small_projection = whole_vectors && T * B <= kSmallProjectionRows &&
                          in_place_pays<Real>(ceil_div(T * B, kTileRows), H);
-  bool padded = false;
-  for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
+  const bool padded = padded_batch(a.lengths, B, T);
   ctx.chunk_steps = T;
   if ((!a.gates || padded) && B > 0) {
     const int64_t steps = ceil_div(kChunkRows, B);
@@ -753,7 +762,7 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
   const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, Hp = ctx.Hp;
-  const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+  const int64_t e = entry_of(ctx.order, b);  // the batch entry in state row b
   const int64_t u0 = block * N, nu = imin(N, H - u0), len = seq_len(a.lengths, e, T);
   Real* dzs = dz_step + b * 4 * H + u0;
   if (s >= len) {  // position t = s is past the length: no gradient there (and no row in the
@@ -815,7 +824,7 @@ void backward_dot_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64
   using R = typename V::R;
   constexpr int N = V::N;
   const BackwardArgs<Real>& a = *ctx.a;
-  if (s >= seq_len(a.lengths, ctx.order ? ctx.order[b] : b, a.dims.T)) return;  // not started yet: dh carries over
+  if (s >= seq_len(a.lengths, entry_of(ctx.order, b), a.dims.T)) return;  // not started yet: dh carries over
   const int64_t H = a.dims.H, K = 4 * H, K_full = K / N * N;
   const Real* w = a.recurrent_kernel + j0 * K;
   const Real* d = dz_step + b * K;
@@ -849,12 +858,12 @@ void backward_packed_tile(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, i
   for (int r = 0; r < ROWS; ++r) rows[r] = dz_step + (b0 + r) * K;
   bool started = false;  // with lengths, a tile whose rows have none started yet skips the product
   for (int r = 0; r < ROWS; ++r)
-    started = started || s < seq_len(a.lengths, ctx.order ? ctx.order[b0 + r] : b0 + r, a.dims.T);
+    started = started || s < seq_len(a.lengths, entry_of(ctx.order, b0 + r), a.dims.T);
   if (!started) return;
   accumulate_gates<Real, ROWS>(acc, packed, K, rows);
   for (int r = 0; r < ROWS; ++r) {
     const int64_t b = b0 + r;
-    if (s >= seq_len(a.lengths, ctx.order ? ctx.order[b] : b, a.dims.T)) continue;  // not started yet: dh carries over
+    if (s >= seq_len(a.lengths, entry_of(ctx.order, b), a.dims.T)) continue;  // not started yet: dh carries over
     for (int q = 0; q < nblocks; ++q) V::store(ctx.dh + b * ctx.Hp + (block0 + q) * N, acc[r][q]);
   }
 }
@@ -898,7 +907,7 @@ void backward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      const int64_t e = ctx.order ? ctx.order[b] : b;  // the batch entry in state row b
+      const int64_t e = entry_of(ctx.order, b);  // the batch entry in state row b
       V::store(ctx.dh + b * Hp + u0, a.dh_n ? load_part(a.dh_n + e * H + u0, nu) : V::zero());
       V::store(ctx.dc + b * Hp + u0, a.dc_n ? load_part(a.dc_n + e * H + u0, nu) : V::zero());
     }
@@ -1001,7 +1010,7 @@ void backward_task(void* p, int tid, int nthreads) {
   for (int64_t b = own_rows.first; b < own_rows.last; ++b)
     for (int64_t block = units.first; block < units.last; ++block) {
       const int64_t u0 = block * N, nu = imin(N, H - u0);
-      const int64_t e = ctx.order ? ctx.order[b] : b;
+      const int64_t e = entry_of(ctx.order, b);
       store_part(a.dh0 + e * H + u0, V::load(ctx.dh + b * Hp + u0), nu);
       store_part(a.dc0 + e * H + u0, V::load(ctx.dc + b * Hp + u0), nu);
     }
@@ -1035,8 +1044,7 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.packed_rkt = packed ? packed_rkt.get() : nullptr;
   ctx.dz = dz.get();
   ctx.h_prev = h_prev.get();
-  bool padded = false;
-  for (int64_t b = 0; a.lengths && b < B; ++b) padded = padded || a.lengths[b] < T;
+  const bool padded = padded_batch(a.lengths, B, T);
   const bool chunked = ctx.chunk_steps < T;
   ctx.by_step = chunked && a.reverse && padded;  // (unpadded lengths: all rows share times)
   ctx.split_rows = packed && split_rows_backward(B, H, kTileRows, nthreads);

@@ -80,7 +80,7 @@ def draw_lengths(T, B, rng):
 
 def make_inputs(config, dtype, rng, lengths=None):
     """Fresh random problem: normal x and dy, weights scaled by 1/sqrt(I+H); with lengths
-    (B,), x and dy past each sequence's length are NaN (no contender may read them)."""
+    (B,), x past each sequence's length is NaN (no contender may read it) and dy there 0."""
     T, B, I, H = config
     scale = 1.0 / math.sqrt(I + H)
 
