@@ -23,12 +23,21 @@ DEFAULT_LIMIT = 512 * MiB
 
 @pytest.fixture
 def cache_limit():
-    """Returns a setter for the cache limit; restores the limit and empties the cache after."""
+    """Returns a setter for the cache limit; restores the limit and empties the cache after.
+
+    The kernels run on one thread meanwhile: their buffers include one matrix-product
+    workspace per thread, and with several threads a call that sees a descheduled thread
+    backs off to one (NOTES 5), so the bytes a call keeps could differ by one workspace
+    from one call to the next on a busy machine (seen once, session 9).
+    """
     previous = _core.get_cache_limit()
+    threads = fastlstm.get_num_threads()
+    fastlstm.set_num_threads(1)
     fastlstm.empty_cpu_cache()
     try:
         yield fastlstm.set_cpu_cache_limit
     finally:
+        fastlstm.set_num_threads(threads)
         fastlstm.set_cpu_cache_limit(previous)
         fastlstm.empty_cpu_cache()
 
@@ -298,8 +307,9 @@ def test_environment_rejects_bad_values(value, run_python):
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12, threads
 def test_child_after_fork_runs_with_cached_blocks(cache_limit):
     # A forked child inherits the cached blocks (and would inherit a held lock): its calls
-    # must work and agree with the parent's.
+    # must work and agree with the parent's. (Two threads: the child's pool starts anew.)
     cache_limit(DEFAULT_LIMIT)
+    fastlstm.set_num_threads(2)
     args = _inputs(*SMALLEST_CACHED, np.float32, seed=4)
     parent = _inference(args)
     assert _core.cached_bytes() > 0
