@@ -246,6 +246,52 @@ bool check_one(const Shape& s, std::mt19937& rng) {
   return ok;
 }
 
+// gemm_part_stacked: two products sharing B (as dkernel and drecurrent_kernel share dz: A
+// transposed, K along B's rows), with and without accumulating into C, on 1, 2, 3 and 5
+// threads, must give bitwise each part's product alone (whose values check_one checks) and
+// write nothing else.
+template <typename Real>
+bool check_stacked(int64_t M0, int64_t M1, int64_t N, int64_t K, bool accumulate, std::mt19937& rng) {
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  const int64_t M[2] = {M0, M1};
+  std::vector<Real> A[2], C0[2], B(K * N > 0 ? K * N : 1);
+  for (auto& x : B) x = Real(dist(rng));
+  const Real sentinel = Real(12345.0);
+  for (int p = 0; p < 2; ++p) {
+    A[p].resize(M[p] * K > 0 ? M[p] * K : 1);
+    for (auto& x : A[p]) x = Real(dist(rng));
+    C0[p].resize(M[p] * N + 1, sentinel);  // (one past the end stays the sentinel)
+    if (accumulate)
+      for (int64_t i = 0; i < M[p] * N; ++i) C0[p][i] = Real(dist(rng));
+  }
+  auto args = [&](int p, std::vector<Real>& C) {
+    GemmArgs<Real> g{M[p], N, K, A[p].data(), 1, M[p], B.data(), N, 1, C.data(), N, nullptr};
+    g.accumulate = accumulate;
+    return g;
+  };
+  std::vector<Real> want[2] = {C0[0], C0[1]};
+  AlignedBuf<Real> ws1(Gemm<Real>::workspace_per_thread);
+  for (int p = 0; p < 2; ++p) gemm_part(args(p, want[p]), 0, 1, ws1.p);
+  bool ok = true;
+  for (int nt : {1, 2, 3, 5}) {
+    std::vector<Real> got[2] = {C0[0], C0[1]};
+    const GemmArgs<Real> parts[2] = {args(0, got[0]), args(1, got[1])};
+    AlignedBuf<Real> ws(nt * Gemm<Real>::workspace_per_thread);
+    std::vector<std::thread> th;
+    for (int t = 1; t < nt; ++t)
+      th.emplace_back([&, t] { gemm_part_stacked(parts, 2, t, nt, ws.p + t * Gemm<Real>::workspace_per_thread); });
+    gemm_part_stacked(parts, 2, 0, nt, ws.p);
+    for (auto& x : th) x.join();
+    for (int p = 0; p < 2; ++p)
+      if (std::memcmp(got[p].data(), want[p].data(), got[p].size() * sizeof(Real)) != 0) {
+        std::printf("FAIL stacked part %d, %d threads M0=%ld M1=%ld N=%ld K=%ld accumulate=%d\n", p, nt, (long)M0,
+                    (long)M1, (long)N, (long)K, (int)accumulate);
+        ok = false;
+      }
+  }
+  return ok;
+}
+
 template <typename Real>
 int check_all(const char* name) {
   std::mt19937 rng(42);
@@ -274,7 +320,17 @@ int check_all(const char* name) {
   }
   int fails = 0;
   for (const Shape& s : shapes) fails += !check_one<Real>(s, rng);
-  std::printf("[%s %s] %zu shapes checked, %d failures\n", STR(FASTLSTM_TARGET), name, shapes.size(), fails);
+  int stacked = 0;
+  for (int64_t M0 : {int64_t(0), int64_t(1), int64_t(13), int64_t(14), int64_t(15), int64_t(130)})
+    for (int64_t M1 : {int64_t(0), int64_t(5), int64_t(28), int64_t(257)})
+      for (int64_t N : {int64_t(1), int64_t(33), int64_t(800)})
+        for (int64_t K : {int64_t(0), int64_t(3), int64_t(500)})
+          for (bool accumulate : {false, true}) {
+            fails += !check_stacked<Real>(M0, M1, N, K, accumulate, rng);
+            ++stacked;
+          }
+  std::printf("[%s %s] %zu shapes checked, %d stacked pairs, %d failures\n", STR(FASTLSTM_TARGET), name,
+              shapes.size(), stacked, fails);
   return fails;
 }
 

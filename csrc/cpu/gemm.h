@@ -27,6 +27,7 @@ namespace FASTLSTM_TARGET {
 namespace {
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline void gemm_prefetch(const void* p) {
@@ -366,16 +367,23 @@ inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __rest
   }
 }
 
-// This thread's share of C = A . B (+ row_add). workspace: Gemm::workspace_per_thread
-// elements (64-byte aligned for speed; any alignment is correct).
+// This thread's share of the products parts[0..nparts) (nparts <= 4) that share B: the same K x N matrix
+// B (pointer, strides, b_packed) and the same accumulate flag, each with its own A, C, rows
+// and row_add. They run as one product of their stacked rows (each part starting a new
+// panel), so B is packed once for all of them; every element's arithmetic is the same as in
+// a product of its part alone. workspace: Gemm::workspace_per_thread elements (64-byte
+// aligned for speed; any alignment is correct).
 template <typename Real>
-void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) {
+void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nthreads, Real* workspace) {
   using P = Gemm<Real>;
   constexpr int MR = P::MR, NR = P::NR;
-  if (g.M <= 0 || g.N <= 0 || tid < 0 || tid >= nthreads) return;
+  const GemmArgs<Real>& g0 = parts[0];
+  int64_t mp = 0;  // panels of all parts
+  for (int i = 0; i < nparts; ++i) mp += ceil_div(imax(parts[i].M, 0), MR);
+  if (mp <= 0 || g0.N <= 0 || tid < 0 || tid >= nthreads) return;
   // Thread grid tm x tn over whole panels: least work for the busiest thread, then the
   // least packing (rows + columns per thread).
-  const int64_t mp = ceil_div(g.M, MR), np = ceil_div(g.N, NR);
+  const int64_t np = ceil_div(g0.N, NR);
   int tm = 1;
   int64_t best_work = -1, best_edge = 0;
   for (int t = 1; t <= nthreads; ++t) {
@@ -389,41 +397,65 @@ void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) 
     }
   }
   const int tn = nthreads / tm, ti = tid % tm, tj = tid / tm;
-  const int64_t m0 = imin(g.M, mp * ti / tm * MR), m1 = imin(g.M, mp * (ti + 1) / tm * MR);
-  const int64_t n0 = imin(g.N, np * tj / tn * NR), n1 = imin(g.N, np * (tj + 1) / tn * NR);
-  if (m0 >= m1 || n0 >= n1) return;
-  if (g.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
-    if (g.accumulate) return;
-    for (int64_t i = m0; i < m1; ++i)
-      for (int64_t j = n0; j < n1; ++j) g.C[(g.c_rows ? g.c_rows[i] : i) * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
+  const int64_t p0 = mp * ti / tm, p1 = mp * (ti + 1) / tm;  // this thread's panels
+  const int64_t n0 = imin(g0.N, np * tj / tn * NR), n1 = imin(g0.N, np * (tj + 1) / tn * NR);
+  if (p0 >= p1 || n0 >= n1) return;
+  // Each part's rows [m0[i], m1[i]) among this thread's panels.
+  constexpr int kMaxParts = 4;
+  int64_t m0[kMaxParts], m1[kMaxParts];
+  int64_t first_panel = 0;
+  for (int i = 0; i < nparts && i < kMaxParts; ++i) {
+    const int64_t panels = ceil_div(imax(parts[i].M, 0), MR);
+    const int64_t a = imax(p0, first_panel) - first_panel, b = imin(p1, first_panel + panels) - first_panel;
+    m0[i] = imin(parts[i].M, imax(a, 0) * MR);
+    m1[i] = imin(parts[i].M, imax(b, 0) * MR);
+    first_panel += panels;
+  }
+  if (g0.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
+    if (g0.accumulate) return;
+    for (int p = 0; p < nparts && p < kMaxParts; ++p) {
+      const GemmArgs<Real>& g = parts[p];
+      for (int64_t i = m0[p]; i < m1[p]; ++i)
+        for (int64_t j = n0; j < n1; ++j)
+          g.C[(g.c_rows ? g.c_rows[i] : i) * g.ldc + j] = g.row_add ? g.row_add[j] : Real(0);
+    }
     return;
   }
   Real* Ap = workspace;
   Real* Bp = workspace + P::a_block;
-  const int64_t kstep = gemm_kstep<Real>(g.K);
+  const int64_t kstep = gemm_kstep<Real>(g0.K);
   for (int64_t jc = n0; jc < n1; jc += P::NC) {
     const int64_t nc = imin(P::NC, n1 - jc);
-    for (int64_t pc = 0; pc < g.K; pc += kstep) {
-      const int64_t kc = imin(kstep, g.K - pc);
-      const bool first = pc == 0 && !g.accumulate;
+    for (int64_t pc = 0; pc < g0.K; pc += kstep) {
+      const int64_t kc = imin(kstep, g0.K - pc);
+      const bool first = pc == 0 && !g0.accumulate;
       // The K block at pc from the column panel of jc on (jc starts a panel), packed earlier
       // or now.
-      const Real* Bq = g.b_packed ? g.b_packed + pc * np * NR + jc / NR * kc * NR : Bp;
-      if (!g.b_packed) pack_b(g, jc, nc, pc, kc, Bp);
-      for (int64_t ic = m0; ic < m1; ic += P::MC) {
-        const int64_t mc = imin(P::MC, m1 - ic);
-        pack_a(g, ic, mc, pc, kc, Ap);
-        for (int64_t ir = 0; ir < mc; ir += MR) {
-          const int64_t rows = imin(MR, mc - ir);
-          Real* Crow = g.C + (g.c_rows ? 0 : (ic + ir) * g.ldc) + jc;
-          const int64_t* c_rows = g.c_rows ? g.c_rows + ic + ir : nullptr;
-          for (int64_t jr = 0; jr < nc; jr += NR)
-            gemm_micro(kc, Ap + ir * kc, Bq + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
-                       g.row_add ? g.row_add + jc + jr : nullptr, c_rows);
+      const Real* Bq = g0.b_packed ? g0.b_packed + pc * np * NR + jc / NR * kc * NR : Bp;
+      if (!g0.b_packed) pack_b(g0, jc, nc, pc, kc, Bp);
+      for (int p = 0; p < nparts && p < kMaxParts; ++p) {
+        const GemmArgs<Real>& g = parts[p];
+        for (int64_t ic = m0[p]; ic < m1[p]; ic += P::MC) {
+          const int64_t mc = imin(P::MC, m1[p] - ic);
+          pack_a(g, ic, mc, pc, kc, Ap);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t rows = imin(MR, mc - ir);
+            Real* Crow = g.C + (g.c_rows ? 0 : (ic + ir) * g.ldc) + jc;
+            const int64_t* c_rows = g.c_rows ? g.c_rows + ic + ir : nullptr;
+            for (int64_t jr = 0; jr < nc; jr += NR)
+              gemm_micro(kc, Ap + ir * kc, Bq + jr * kc, Crow + jr, g.ldc, rows, imin(NR, nc - jr), first,
+                         g.row_add ? g.row_add + jc + jr : nullptr, c_rows);
+          }
         }
       }
     }
   }
+}
+
+// This thread's share of C = A . B (+ row_add).
+template <typename Real>
+void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) {
+  gemm_part_stacked(&g, 1, tid, nthreads, workspace);
 }
 
 }  // namespace

@@ -883,13 +883,16 @@ void backward_packed_rows(const BackwardCtx<Real>& ctx, int64_t s, int64_t b0, i
 template <typename Real>
 void pack_transposed_group(const Real* recurrent_kernel, int64_t H, int64_t block0, int64_t block_end, Real* dst) {
   constexpr int N = Vec<Real>::N;
+  const Real* rows[4 * N];  // the group's rows of recurrent_kernel, nullptr where zero
   for (int q = 0; q < 4; ++q)
-    for (int64_t v = 0; v < N; ++v) {
+    for (int v = 0; v < N; ++v) {
       const int64_t block = block0 + q, u = block * N + v;
-      const bool real = block < block_end && u < H;
-      const Real* row = recurrent_kernel + u * 4 * H;
-      for (int64_t c = 0; c < 4 * H; ++c) dst[(c * 4 + q) * N + v] = real ? row[c] : Real(0);
+      rows[q * N + v] = block < block_end && u < H ? recurrent_kernel + u * 4 * H : nullptr;
     }
+  // Written in order, read down the 4N rows: each row's cache line serves the next columns
+  // from L1 (NOTES 40; the other loop order wrote every line of dst 4N times, from L2).
+  for (int64_t c = 0; c < 4 * H; ++c, dst += 4 * N)
+    for (int i = 0; i < 4 * N; ++i) dst[i] = rows[i] ? rows[i][c] : Real(0);
 }
 
 template <typename Real>
@@ -951,8 +954,8 @@ void backward_task(void* p, int tid, int nthreads) {
     GemmArgs<Real> drk{H, 4 * H, rows, ctx.h_prev, 1, H, ctx.dz, 4 * H, 1, a.drecurrent_kernel, 4 * H,
                        nullptr};
     dkernel.accumulate = drk.accumulate = add;
-    gemm_part(dkernel, tid, nthreads, ws);
-    gemm_part(drk, tid, nthreads, ws);
+    const GemmArgs<Real> dweights[2] = {dkernel, drk};  // one product: dz packed once for both
+    gemm_part_stacked(dweights, 2, tid, nthreads, ws);
     GemmArgs<Real> dx{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr};
     dx.c_rows = x_list;
     gemm_part(dx, tid, nthreads, ws);
