@@ -279,8 +279,8 @@ bool check_stacked(int64_t M0, int64_t M1, int64_t N, int64_t K, bool accumulate
     AlignedBuf<Real> ws(nt * Gemm<Real>::workspace_per_thread);
     std::vector<std::thread> th;
     for (int t = 1; t < nt; ++t)
-      th.emplace_back([&, t] { gemm_part_stacked(parts, 2, t, nt, ws.p + t * Gemm<Real>::workspace_per_thread); });
-    gemm_part_stacked(parts, 2, 0, nt, ws.p);
+      th.emplace_back([&, t] { gemm_part_stacked(parts, t, nt, ws.p + t * Gemm<Real>::workspace_per_thread); });
+    gemm_part_stacked(parts, 0, nt, ws.p);
     for (auto& x : th) x.join();
     for (int p = 0; p < 2; ++p)
       if (std::memcmp(got[p].data(), want[p].data(), got[p].size() * sizeof(Real)) != 0) {

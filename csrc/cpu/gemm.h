@@ -367,19 +367,19 @@ inline void gemm_micro(int64_t kc, const Real* __restrict Ap, const Real* __rest
   }
 }
 
-// This thread's share of the products parts[0..nparts) (nparts <= 4) that share B: the same K x N matrix
+// This thread's share of the products parts[0..NPARTS) that share B: the same K x N matrix
 // B (pointer, strides, b_packed) and the same accumulate flag, each with its own A, C, rows
 // and row_add. They run as one product of their stacked rows (each part starting a new
 // panel), so B is packed once for all of them; every element's arithmetic is the same as in
 // a product of its part alone. workspace: Gemm::workspace_per_thread elements (64-byte
 // aligned for speed; any alignment is correct).
-template <typename Real>
-void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nthreads, Real* workspace) {
+template <typename Real, int NPARTS>
+void gemm_part_stacked(const GemmArgs<Real> (&parts)[NPARTS], int tid, int nthreads, Real* workspace) {
   using P = Gemm<Real>;
   constexpr int MR = P::MR, NR = P::NR;
   const GemmArgs<Real>& g0 = parts[0];
   int64_t mp = 0;  // panels of all parts
-  for (int i = 0; i < nparts; ++i) mp += ceil_div(imax(parts[i].M, 0), MR);
+  for (int i = 0; i < NPARTS; ++i) mp += ceil_div(imax(parts[i].M, 0), MR);
   if (mp <= 0 || g0.N <= 0 || tid < 0 || tid >= nthreads) return;
   // Thread grid tm x tn over whole panels: least work for the busiest thread, then the
   // least packing (rows + columns per thread).
@@ -401,10 +401,9 @@ void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nth
   const int64_t n0 = imin(g0.N, np * tj / tn * NR), n1 = imin(g0.N, np * (tj + 1) / tn * NR);
   if (p0 >= p1 || n0 >= n1) return;
   // Each part's rows [m0[i], m1[i]) among this thread's panels.
-  constexpr int kMaxParts = 4;
-  int64_t m0[kMaxParts], m1[kMaxParts];
+  int64_t m0[NPARTS], m1[NPARTS];
   int64_t first_panel = 0;
-  for (int i = 0; i < nparts && i < kMaxParts; ++i) {
+  for (int i = 0; i < NPARTS; ++i) {
     const int64_t panels = ceil_div(imax(parts[i].M, 0), MR);
     const int64_t a = imax(p0, first_panel) - first_panel, b = imin(p1, first_panel + panels) - first_panel;
     m0[i] = imin(parts[i].M, imax(a, 0) * MR);
@@ -413,7 +412,7 @@ void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nth
   }
   if (g0.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
     if (g0.accumulate) return;
-    for (int p = 0; p < nparts && p < kMaxParts; ++p) {
+    for (int p = 0; p < NPARTS; ++p) {
       const GemmArgs<Real>& g = parts[p];
       for (int64_t i = m0[p]; i < m1[p]; ++i)
         for (int64_t j = n0; j < n1; ++j)
@@ -433,7 +432,7 @@ void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nth
       // or now.
       const Real* Bq = g0.b_packed ? g0.b_packed + pc * np * NR + jc / NR * kc * NR : Bp;
       if (!g0.b_packed) pack_b(g0, jc, nc, pc, kc, Bp);
-      for (int p = 0; p < nparts && p < kMaxParts; ++p) {
+      for (int p = 0; p < NPARTS; ++p) {
         const GemmArgs<Real>& g = parts[p];
         for (int64_t ic = m0[p]; ic < m1[p]; ic += P::MC) {
           const int64_t mc = imin(P::MC, m1[p] - ic);
@@ -455,7 +454,8 @@ void gemm_part_stacked(const GemmArgs<Real>* parts, int nparts, int tid, int nth
 // This thread's share of C = A . B (+ row_add).
 template <typename Real>
 void gemm_part(const GemmArgs<Real>& g, int tid, int nthreads, Real* workspace) {
-  gemm_part_stacked(&g, 1, tid, nthreads, workspace);
+  const GemmArgs<Real> one[1] = {g};
+  gemm_part_stacked(one, tid, nthreads, workspace);
 }
 
 }  // namespace

@@ -955,7 +955,7 @@ void backward_task(void* p, int tid, int nthreads) {
                        nullptr};
     dkernel.accumulate = drk.accumulate = add;
     const GemmArgs<Real> dweights[2] = {dkernel, drk};  // one product: dz packed once for both
-    gemm_part_stacked(dweights, 2, tid, nthreads, ws);
+    gemm_part_stacked(dweights, tid, nthreads, ws);
     GemmArgs<Real> dx{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr};
     dx.c_rows = x_list;
     gemm_part(dx, tid, nthreads, ws);
