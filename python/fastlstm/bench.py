@@ -50,7 +50,9 @@ CHECK_MAX_GFLOP = 30.0      # above this many GFLOP per call the check runs at T
 CHECK_SHORT_T = 10
 TARGET_SECONDS = 1.0        # timed seconds per contender per row (adaptive repeats)
 QUICK_TARGET_SECONDS = 0.1
-ROUNDS = 3                  # round-robin rounds: each contender is timed in this many blocks
+ROUNDS = 8                  # round-robin rounds: each contender is timed in this many blocks
+                            # (on a shared VM the speed shifts from block to block, so more,
+                            # shorter blocks give each contender a fairer share of the shifts)
 QUICK_ROUNDS = 2
 SETTLE_SECONDS = 0.15       # pause before switching contenders, for other libraries' spinning threads
 MIN_REPEATS = 5
