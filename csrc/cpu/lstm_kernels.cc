@@ -890,7 +890,7 @@ void pack_transposed_group(const Real* recurrent_kernel, int64_t H, int64_t bloc
       rows[q * N + v] = block < block_end && u < H ? recurrent_kernel + u * 4 * H : nullptr;
     }
   // Written in order, read down the 4N rows: each row's cache line serves the next columns
-  // from L1 (NOTES 40; the other loop order wrote every line of dst 4N times, from L2).
+  // from L1 (NOTES 41; the other loop order wrote every line of dst 4N times, from L2).
   for (int64_t c = 0; c < 4 * H; ++c, dst += 4 * N)
     for (int i = 0; i < 4 * N; ++i) dst[i] = rows[i] ? rows[i][c] : Real(0);
 }
