@@ -153,7 +153,7 @@ EOF
   so=$("$PY" -c "import fastlstm._cuda as m; print(m.__file__)")
   if command -v cuobjdump >/dev/null 2>&1; then
     cuobjdump -res-usage "$so" 2>&1 | grep -E "Function|REG" | sed -e 's/^ *//' | paste - - |
-      cut -c1-400 | c++filt | head -n 60
+      cut -c1-400 | c++filt | sed -n 1,60p  # sed reads to the end: no SIGPIPE under pipefail (head gave rc 141)
   else
     echo "cuobjdump: not found"
   fi

@@ -26,10 +26,17 @@
 // are issued into registers before the current pass's MMAs (one pass of latency hidden).
 // Fragments: tf32 16 x 16 x 8 (4 k-steps per pass), bf16 16 x 16 x 16 (2 k-steps per pass).
 // tf32x3: staged unrounded (float32, the tf32 geometry), and every fragment, once loaded, split
-// into hi = tf32(v) and lo = tf32(v - hi) (split_tf32); each accumulator then takes
-// a_lo.b_hi, a_hi.b_lo, a_hi.b_hi in that order (three MMAs; a_lo.b_lo, ~2^-22 |ab|, is left
-// out). The large products use LargeX3 (the Large tile at one block per SM: the lo fragments
-// need more than 128 registers).
+// into hi = tf32(v) and lo = tf32(v - hi) (split_tf32); each k-step's product is
+// a_lo.b_hi + a_hi.b_lo + a_hi.b_hi (three MMAs in that order; a_lo.b_lo, ~2^-22 |ab|, is left
+// out) into a zeroed fragment, added to the accumulator element by element in float32
+// (round to nearest). Accumulating inside the MMAs instead loses float32's accuracy: the
+// tensor cores align and truncate the accumulator with the products (rounding toward zero,
+// biased), so the error grows with the number of k-steps: measured on an H200 (2026-11-27),
+// 4.2e-6 for a GEMM against the exact product and 4.6e-5 for an LSTM's dx (K = 4H = 4096),
+// where float32 gives ~1e-6 (bench/NOTES_GPU.md). The large products use LargeX3 (the Large
+// tile at one block per SM: the lo fragments need more than 128 registers).
+// tf32 / bf16 accumulate inside the MMAs (as cuDNN's and cuBLAS's tensor-core paths do): their
+// operands' rounding (2^-11 / 2^-8 relative) dominates the truncation's error by far.
 // Epilogue: each accumulator goes through a per-warp 16 x 20 float scratch in shared memory
 // (store_matrix_sync) and is written to C with bounds checks and the bias added in float32.
 //
@@ -273,10 +280,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
           FragA a_lo;
           split_tf32(a, a_lo);
 #pragma unroll
-          for (int j = 0; j < kFragN; ++j) {  // the small terms first, into the same accumulator
-            wmma::mma_sync(acc[i][j], a_lo, b[j], acc[i][j]);
-            wmma::mma_sync(acc[i][j], a, b_lo[j], acc[i][j]);
-            wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+          for (int j = 0; j < kFragN; ++j) {
+            // this k-step's product into a zeroed fragment (the small terms first), then added
+            // to the accumulator on the CUDA cores: the tensor cores' truncating accumulation
+            // acts on one k-step's sum, not on the running total (see the notes at the top)
+            wmma::fragment<wmma::accumulator, 16, 16, Tr::kK, float> part;
+            wmma::fill_fragment(part, 0.0f);
+            wmma::mma_sync(part, a_lo, b[j], part);
+            wmma::mma_sync(part, a, b_lo[j], part);
+            wmma::mma_sync(part, a, b[j], part);
+#pragma unroll
+            for (int t = 0; t < part.num_elements; ++t) acc[i][j].x[t] += part.x[t];
           }
         } else {
 #pragma unroll
