@@ -780,6 +780,28 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
   return opt.path == KernelPath::kAuto && can && tensor_auto(B, H);
 }
 
+// Auto takes the persistent kernels for at most this many batch rows. Measured on an H200
+// (2026-11-27, bench/NOTES_GPU.md "Measured"): persistent against the per-step (simt) kernels,
+// fp32 forward, 1.72 / 2.11 ms at B = 16 (H = 512) but 6.2 / 2.8 ms at B = 64 (H = 512), 13.0 /
+// 7.4 ms at B = 64 (H = 1024), 17.9 / 12.4 ms at B = 32 (H = 256, T = 1000); forward + backward
+// the same way round (7.7 / 9.8 ms at B = 16, 82 / 59 ms at B = 32). Every persistent block
+// stages all B rows of the state each step, so its cost grows with B on every block.
+constexpr int64_t kPersistentAutoMaxRows = 16;
+
+// The persistent plan for this call, or a plan that is not ok (with the reason) where the
+// kernel path is simt, or auto with more than kPersistentAutoMaxRows rows.
+template <typename Real>
+persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device, KernelPath path) {
+  persistent::Plan pl;
+  if (path == KernelPath::kSimt) return pl;
+  if (path == KernelPath::kAuto && B > kPersistentAutoMaxRows) {
+    pl.why = "auto: B = " + std::to_string(B) + " > " + std::to_string(kPersistentAutoMaxRows) +
+             " rows, where the per-step kernels are faster";
+    return pl;
+  }
+  return persistent::plan<Real>(backward, B, H, device);
+}
+
 // Why the tensor path runs (for the description).
 inline std::string tensor_why(const RunOptions& opt) {
   if (opt.path == KernelPath::kTensor) return "forced";
@@ -914,8 +936,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0 && T > 0 && tensor) {
     ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
   } else if (B * H > 0 && T > 0) {
-    persistent::Plan pl;
-    if (opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(false, B, H, device);
+    const persistent::Plan pl = persistent_plan<Real>(false, B, H, device, opt.path);
     if (pl.ok) {
       Workspace<unsigned long long> counter(1, device, stream);
       FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
@@ -995,7 +1016,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   Workspace<Real> hprev(TB * H, device, stream);  // (T, B, H)  h_{t-1} by time position
   const bool tensor = T > 0 && B > 0 && want_tensor;
   persistent::Plan pl;
-  if (T > 0 && B > 0 && !tensor && opt.path != KernelPath::kSimt) pl = persistent::plan<Real>(true, B, H, device);
+  if (T > 0 && B > 0 && !tensor) pl = persistent_plan<Real>(true, B, H, device, opt.path);
   if (T > 0 && B > 0 && !tensor && !pl.ok && opt.path == KernelPath::kPersistent)
     throw Error("the persistent backward kernel was asked for (kernel path 'persistent') but cannot run here: " +
                 pl.why);
