@@ -96,6 +96,59 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
   }
 }
 
+// Stages a chunk's rows into X (BC rows of NG vectors: the layout block_product reads),
+// through L2 (ld.global.cg: other blocks wrote them). Row bb < nb is read from row_src(bb)
+// (nullptr: a row of zeros), its first `len` values (len <= NG * KV; the rest are zeros); rows
+// nb .. BC-1 are zeros. With `vectors` (every row pointer KV-aligned and len % KV == 0) it
+// moves 16 bytes per load, else one value. Either way each thread issues kStageBatch loads
+// before it stores any, so their L2 latencies overlap: staging element by element with a
+// 64-bit division and, in the backward, a lengths lookup per element left every load's
+// latency exposed and made the per-step cost grow with B (bench/NOTES_GPU.md, "Measured").
+constexpr int kStageBatch = 8;
+template <typename Real, int BC, typename RowSrc>
+__device__ __forceinline__ void stage_rows(typename Vec<Real>::type* X, int NG, int nb, int len, bool vectors,
+                                           RowSrc row_src) {
+  using V = typename Vec<Real>::type;
+  constexpr int KV = Vec<Real>::n;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (vectors) {
+    const int total = BC * NG, lenv = len / KV;
+    for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
+      V v[kStageBatch];
+#pragma unroll
+      for (int q = 0; q < kStageBatch; ++q) {
+        const int e = e0 + q * kThreads + tid;
+        const int bb = e / NG, g = e - bb * NG;
+        const Real* src = (e < total && bb < nb && g < lenv) ? row_src(bb) : nullptr;
+        v[q] = src ? __ldcg(reinterpret_cast<const V*>(src) + g) : V{};
+      }
+#pragma unroll
+      for (int q = 0; q < kStageBatch; ++q) {
+        const int e = e0 + q * kThreads + tid;
+        if (e < total) X[e] = v[q];
+      }
+    }
+  } else {
+    Real* Xr = reinterpret_cast<Real*>(X);
+    const int K = NG * KV, total = BC * K;
+    for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
+      Real v[kStageBatch];
+#pragma unroll
+      for (int q = 0; q < kStageBatch; ++q) {
+        const int e = e0 + q * kThreads + tid;
+        const int bb = e / K, k = e - bb * K;
+        const Real* src = (e < total && bb < nb && k < len) ? row_src(bb) : nullptr;
+        v[q] = src ? __ldcg(src + k) : Real(0);
+      }
+#pragma unroll
+      for (int q = 0; q < kStageBatch; ++q) {
+        const int e = e0 + q * kThreads + tid;
+        if (e < total) Xr[e] = v[q];
+      }
+    }
+  }
+}
+
 // Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
 template <typename Real>
 inline size_t smem_bytes(int64_t NG, int C, int BC) {
@@ -184,11 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
         }
       }
       __syncthreads();  // W loaded (first chunk) / the previous chunk's X and red fully read
-      for (int64_t e = tid; e < BC * K; e += kThreads) {
-        const int bb = static_cast<int>(e / K);
-        const int64_t k = e % K;
-        Xr[e] = (bb < nb && k < H) ? __ldcg(h_prev + (b0 + bb) * H + k) : Real(0);
-      }
+      stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(H), H % KV == 0,
+                           [&](int bb) { return h_prev + (b0 + bb) * H; });
       __syncthreads();  // rows staged
       block_product<Real, BC>(W, X, red, C, NG);
       if (finisher) {
@@ -254,7 +304,6 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   V* X = W + NG * U;
   Real* red = reinterpret_cast<Real*>(X + BC * NG);
   Real* Wr = reinterpret_cast<Real*>(W);
-  Real* Xr = reinterpret_cast<Real*>(X);
 
   // The block's U rows of R, once: W[k][u] = R[j0 + u, k] (R^T restricted to the block's units).
   for (int64_t e = tid; e < K * U; e += kThreads) {
@@ -313,17 +362,12 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       __syncthreads();  // the previous chunk's X and red fully read
-      for (int64_t e = tid; e < BC * K; e += kThreads) {
-        const int bb = static_cast<int>(e / K);
-        const int64_t k = e % K;
-        Real v = Real(0);
-        if (bb < nb) {
-          const int64_t b = b0 + bb;
-          const int64_t L = seq_len(p.lengths, b, T);
-          if (s < L) v = __ldcg(p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G + k);
-        }
-        Xr[e] = v;
-      }
+      // dz rows of 4H values: 4H % KV == 0, and every row starts KV-aligned
+      stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(G), true, [&](int bb) -> const Real* {
+        const int64_t b = b0 + bb;
+        const int64_t L = seq_len(p.lengths, b, T);
+        return s < L ? p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G : nullptr;
+      });
       __syncthreads();  // rows staged
       block_product<Real, BC>(W, X, red, U, NG);
       if (fb < nb) {

@@ -1,0 +1,143 @@
+"""The persistent kernels against the per-step (simt) kernels and cuDNN fp32, on one GPU.
+
+    python bench/gpu_persistent_ab.py [--out DIR] [--reps 10]
+
+For each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
+kernel path forced to "persistent" and to "simt", and torch.nn.LSTM (cuDNN, strict fp32) on the
+same inputs, all on CuPy / torch device arrays (no host copies in the timed region). Medians
+(with min and max) of CUDA-event timings, runs interleaved round-robin across the contenders
+so that a slow phase of the card hits all of them. Before timing, the persistent results are
+checked against the simt ones (float32 tolerance): a wrong kernel is not timed. Prints a
+markdown table; with --out, writes gpu_persistent_ab.md and .json there. Used to set `auto`'s
+batch limit for the persistent kernels (kPersistentAutoMaxRows in csrc/cuda/lstm_impl.cuh).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+
+CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 8, 512, 512), (100, 16, 512, 512),
+           (100, 32, 512, 512), (100, 64, 512, 512), (100, 16, 1024, 1024), (100, 64, 1024, 1024),
+           (1000, 32, 256, 256)]
+
+
+def rel(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
+    T, B, I, H = cfg
+    rng = np.random.default_rng(T + B + H)
+    r = lambda *s: cp.asarray((rng.standard_normal(s) * 0.1).astype(np.float32))  # noqa: E731
+    x, k, rk, bias, h0, c0 = r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H)
+    dy, dh, dc = r(T, B, H), r(B, H), r(B, H)
+    lstm = torch.nn.LSTM(I, H).cuda()
+    tx, th, tc = torch.randn(T, B, I, device="cuda"), torch.zeros(1, B, H, device="cuda"), \
+        torch.zeros(1, B, H, device="cuda")
+    tdy = torch.randn(T, B, H, device="cuda")
+
+    def fl_fwd(path):
+        with fcuda.use_kernel_path(path):
+            return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
+
+    def fl_both(path):
+        with fcuda.use_kernel_path(path):
+            y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
+            return y, ops.lstm_backward(saved, dy, dh, dc)
+
+    def cudnn_fwd():
+        with torch.no_grad():
+            return lstm(tx, (th, tc))
+
+    def cudnn_both():
+        xg = tx.detach().requires_grad_(True)
+        y, _ = lstm(xg, (th, tc))
+        y.backward(tdy)
+        return y
+
+    row = dict(config=[T, B, I, H])
+    # correctness first: persistent against simt
+    ys = fl_both("simt")
+    yp = fl_both("persistent")
+    row["kernels"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+    errs = [rel(cp.asnumpy(yp[0]), cp.asnumpy(ys[0]))] + \
+        [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in zip(yp[1], ys[1]) if a is not None]
+    row["max_rel_persistent_vs_simt"] = max(errs)
+    if max(errs) > 1e-5:
+        print((T, B, I, H), "MISMATCH persistent vs simt", errs, flush=True)
+        return row
+    contenders = {"persistent_fwd": lambda: fl_fwd("persistent"), "simt_fwd": lambda: fl_fwd("simt"),
+                  "cudnn_fwd": cudnn_fwd, "persistent_both": lambda: fl_both("persistent"),
+                  "simt_both": lambda: fl_both("simt"), "cudnn_both": cudnn_both}
+    reps = args.reps if T * B * H <= 100 * 64 * 1024 else max(3, args.reps // 2)
+    times = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm-up
+    torch.cuda.synchronize()
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end))
+    for name, ts in times.items():
+        row[name] = [statistics.median(ts), min(ts), max(ts)]
+    print((T, B, I, H), {n: round(v[0], 3) for n, v in row.items() if isinstance(v, list) and n in times},
+          flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args(argv)
+    import cupy as cp
+    import torch
+    import fastlstm
+    from fastlstm import cuda as fcuda, ops
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = []
+    for cfg in CONFIGS:
+        try:
+            rows.append(run_config(cfg, args, cp, torch, fastlstm, fcuda, ops))
+        except Exception as e:  # report and go on: GPU time is short
+            print(cfg, "FAILED", type(e).__name__, e, flush=True)
+            rows.append(dict(config=list(cfg), max_rel_persistent_vs_simt=float("nan"), error=str(e)))
+    lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
+             "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "persistent_fwd" not in row:
+            lines.append(f"| {', '.join(map(str, row['config']))} | MISMATCH {row['max_rel_persistent_vs_simt']:.2e} |")
+            continue
+        m = lambda n: f"{row[n][0]:.3f} ({row[n][1]:.3f}-{row[n][2]:.3f})"  # noqa: E731
+        lines.append(f"| {', '.join(map(str, row['config']))} | {m('persistent_fwd')} | {m('simt_fwd')} | "
+                     f"{m('cudnn_fwd')} | {row['cudnn_fwd'][0] / row['persistent_fwd'][0]:.2f}x | "
+                     f"{m('persistent_both')} | {m('simt_both')} | {m('cudnn_both')} | "
+                     f"{row['cudnn_both'][0] / row['persistent_both'][0]:.2f}x | "
+                     f"{row['max_rel_persistent_vs_simt']:.1e} |")
+    table = "\n".join(lines)
+    head = (f"persistent vs simt vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+            f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "
+            "runs interleaved")
+    print(head + "\n\n" + table)
+    if args.out:
+        with open(os.path.join(args.out, "gpu_persistent_ab.md"), "w") as f:
+            f.write(head + "\n\n" + table + "\n")
+        with open(os.path.join(args.out, "gpu_persistent_ab.json"), "w") as f:
+            json.dump(dict(header=head, rows=rows), f, indent=1)
+    return 1 if any("persistent_fwd" not in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
