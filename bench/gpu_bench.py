@@ -11,7 +11,7 @@ issue's seven) it
   * computes a float64 reference (torch.nn.LSTM in double on the same inputs) and runs cuDNN
     (torch.nn.LSTM, forward and autograd backward of y, h_n, c_n) in strict fp32, tf32 (TF32
     allowed for cuDNN and matmuls) and bf16 (module and inputs in bfloat16), with their errors;
-  * runs fastlstm in fp32 on each kernel path -- "auto" (the persistent kernels for B <= 16 where they fit;
+  * runs fastlstm in fp32 on each kernel path -- "auto" (the persistent kernels for B <= 64 where they fit;
     the table names the kernel that ran) and "simt" (the per-step kernels) -- and with
     precision="tf32", "bf16" and "tf32x3" (tensor-core GEMMs, kernel path auto; tf32x3 splits
     each operand into two tf32 parts for float32's accuracy and is compared with cuDNN fp32),

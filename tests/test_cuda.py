@@ -556,28 +556,25 @@ def test_emulated_persistent_and_simt_agree(emu, name, dtype):
         fcuda.set_kernel_path(path)
         outs, grads, _ = run_cuda(fwd, bwd)
         results[path] = tuple(outs) + tuple(grads)
-    if CASES[name]["B"] <= AUTO_PERSISTENT_MAX_ROWS:  # auto picks it where it fits, up to 16 rows
-        assert _ran("forward").startswith("persistent forward"), _ran("forward")
-        assert_bitwise_equal(results["auto"], results["persistent"])
-    else:
-        assert _ran("forward").startswith("simt forward") and "auto: B = 17 > 16 rows" in _ran("forward")
-        assert_bitwise_equal(results["auto"], results["simt"])
+    assert CASES[name]["B"] <= AUTO_PERSISTENT_MAX_ROWS
+    assert _ran("forward").startswith("persistent forward")  # auto picks it where it fits
+    assert_bitwise_equal(results["auto"], results["persistent"])
     tol = TOL[np.dtype(dtype)]
     for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["simt"], results["persistent"]):
         if a is not None:
             assert rel_err(b, a) <= tol, f"{name_}: persistent vs simt {rel_err(b, a):.3g}"
 
 
-def test_emulated_auto_takes_persistent_up_to_16_rows(emu):
-    # auto: the persistent kernels for B <= 16 where they fit, the per-step ones above (measured
-    # faster there on an H200, bench/NOTES_GPU.md); forced, persistent runs at any B that fits
-    for B, want in ((1, "persistent"), (16, "persistent"), (17, "simt"), (40, "simt")):
+def test_emulated_auto_takes_persistent_up_to_64_rows(emu):
+    # auto: the persistent kernels for B <= 64 where they fit, the per-step ones above
+    # (bench/NOTES_GPU.md); forced, persistent runs at any B that fits
+    for B, want in ((1, "persistent"), (64, "persistent"), (65, "simt"), (90, "simt")):
         fwd, bwd = make_case(2, B, 3, 8, np.float32, seed=B)
         run_cuda(fwd, bwd)
         for kind in ("forward", "backward"):
             assert _ran(kind).startswith(f"{want} {kind}"), (B, _ran(kind))
             if want == "simt":
-                assert f"persistent not used: auto: B = {B} > 16 rows" in _ran(kind), _ran(kind)
+                assert f"persistent not used: auto: B = {B} > 64 rows" in _ran(kind), _ran(kind)
     with fcuda.use_kernel_path("persistent"):
         run_cuda(fwd, bwd)
         assert _ran("forward").startswith("persistent forward") and _ran("backward").startswith("persistent backward")
@@ -986,7 +983,7 @@ UNIT = {"tf32": 2.0 ** -11, "bf16": 2.0 ** -9}
 PREC_TOL = {"tf32": (2 * UNIT["tf32"], 4 * UNIT["tf32"]),    # (outputs, gradients): 9.8e-4, 2.0e-3
             "bf16": (2 * UNIT["bf16"], 5 * UNIT["bf16"])}    # 3.9e-3, 9.8e-3
 PREC_FLOOR = {p: UNIT[p] / 25 for p in PRECISIONS}          # 2.0e-5, 7.8e-5
-AUTO_PERSISTENT_MAX_ROWS = 16  # csrc/cuda/lstm_impl.cuh kPersistentAutoMaxRows
+AUTO_PERSISTENT_MAX_ROWS = 64  # csrc/cuda/lstm_impl.cuh kPersistentAutoMaxRows
 GEMM_TOL = 2e-6  # the GEMM against the float64 product of the rounded operands (fp32 accumulation)
 K_STEP = {"tf32": 8, "bf16": 16, "tf32x3": 8}  # products per wmma k-step (one MMA's k-block)
 
@@ -1577,17 +1574,17 @@ def test_emulated_tensor_path_choice_and_fp32_unaffected(emu, monkeypatch):
     assert _ran("forward").startswith("simt forward") and "tensor" not in _ran("forward")
     fwd, bwd = make_case(3, TENSOR_MIN_BATCH, 6, 10, np.float32, seed=31, lengths=[3, 0, 1, 2] * 8)
     small, small_bwd = make_case(3, TENSOR_MIN_BATCH - 1, 6, 10, np.float32, seed=32)
-    # auto below the rule: B > 16, so the per-step kernels, with the recurrence in fp32
+    # auto below the rule: persistent (B <= 64, fits the emulated device) with the recurrence in fp32
     for precision in PRECISIONS:
         for f, b in ((fwd, bwd), (small, small_bwd)):
             run_cuda_precision(f, b, precision)
-            assert _ran("forward").startswith("simt forward") and "recurrent product fp32" in _ran("forward")
-            assert _ran("backward").startswith("simt backward")
+            assert _ran("forward").startswith("persistent forward") and "recurrent product fp32" in _ran("forward")
+            assert _ran("backward").startswith("persistent backward")
     # fp32 at B >= 32: never the tensor path, and the same bits as forcing its path
     auto = run_cuda(fwd, bwd)
-    assert _ran("forward").startswith("simt forward") and "tensor" not in _ran("forward")
-    assert _ran("backward").startswith("simt backward") and "tensor" not in _ran("backward")
-    fcuda.set_kernel_path("simt")
+    assert _ran("forward").startswith("persistent forward") and "tensor" not in _ran("forward")
+    assert _ran("backward").startswith("persistent backward") and "tensor" not in _ran("backward")
+    fcuda.set_kernel_path("persistent")
     forced = run_cuda(fwd, bwd)
     assert_bitwise_equal(tuple(auto[0]) + tuple(auto[1]), tuple(forced[0]) + tuple(forced[1]))
     check_against_reference(fwd, bwd, auto[0], auto[1], TOL[np.dtype(np.float32)])

@@ -781,12 +781,13 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
 }
 
 // Auto takes the persistent kernels for at most this many batch rows. Measured on an H200
-// (2026-11-27, bench/NOTES_GPU.md "Measured"): persistent against the per-step (simt) kernels,
-// fp32 forward, 1.72 / 2.11 ms at B = 16 (H = 512) but 6.2 / 2.8 ms at B = 64 (H = 512), 13.0 /
-// 7.4 ms at B = 64 (H = 1024), 17.9 / 12.4 ms at B = 32 (H = 256, T = 1000); forward + backward
-// the same way round (7.7 / 9.8 ms at B = 16, 82 / 59 ms at B = 32). Every persistent block
-// stages all B rows of the state each step, so its cost grows with B on every block.
-constexpr int64_t kPersistentAutoMaxRows = 16;
+// (2026-11-27, bench/NOTES_GPU.md "Measured"), fp32, persistent against the per-step (simt)
+// kernels, after the staging change (ad9cf60): forward 1.04 / 2.22 ms at B = 16, 1.56 / 2.39 at
+// B = 32, 2.72 / 2.88 at B = 64 (H = 512), 9.5 / 12.8 at B = 32 (H = 256, T = 1000); forward +
+// backward 2.9 / 9.9, 5.1 / 10.8, 9.1 / 12.4, 32.6 / 59.4 ms. Above 64 rows (every block stages
+// all B rows each step) the per-step kernels: before that change they were 1.8x faster at B = 256
+// (H = 1024); B = 65-256 after it, and H = 1024 at B = 17-64, are not measured yet.
+constexpr int64_t kPersistentAutoMaxRows = 64;
 
 // The persistent plan for this call, or a plan that is not ok (with the reason) where the
 // kernel path is simt, or auto with more than kPersistentAutoMaxRows rows.

@@ -767,7 +767,7 @@ GPU_GRAD_TOL = 1e-3  # the same for the six gradients (sums over T*B rows)
 # tests/test_cuda.py: outputs 2u, gradients 4-5u with u = 2^-11 / 2^-9)
 # tf32x3 claims float32's accuracy: fp32's bounds.
 GPU_PREC_TOL = {"tf32": (5e-3, 1e-2), "bf16": (2e-2, 5e-2), "tf32x3": (GPU_FWD_TOL, GPU_GRAD_TOL)}
-# fastlstm variants timed: (name, kernel path, precision). "auto": persistent for B <= 16 where it fits,
+# fastlstm variants timed: (name, kernel path, precision). "auto": persistent for B <= 64 where it fits,
 # with tf32 / bf16 / tf32x3 at large B*H^2 the tensor-core recurrence. "tf32x3"
 # (float32-accurate products on tensor cores) is compared with cuDNN fp32. "<p>_persistent"
 # runs only where "<p>" took the tensor path: the other side of auto's rule (bench/NOTES_GPU.md).
@@ -1009,7 +1009,7 @@ def format_gpu_table(results, header):
                      f"{'ok' if r['ok'] else 'MISMATCH'} |")
     lines += ["", "speedup = cuDNN time / fastlstm time in the same precision (above 1: fastlstm faster). Medians "
               "of CUDA-event timings; n = runs measured. fastlstm fp32: 'auto' runs the persistent kernels for "
-              "B <= 16 where they fit, else the per-step ones (the kernel column says which ran), 'simt' the per-step kernels; fastlstm tf32 / bf16 "
+              "B <= 64 where they fit, else the per-step ones (the kernel column says which ran), 'simt' the per-step kernels; fastlstm tf32 / bf16 "
               "(precision=, kernel path auto): the input projection and the weight-gradient and dx products on "
               "tensor cores, the recurrence in fp32 on the persistent / simt kernels, or on the tensor cores too "
               "where auto took the tensor-core recurrence (B >= 32 and B*H^2 >= 2^25; the kernel in "
