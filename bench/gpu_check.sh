@@ -15,7 +15,8 @@
 #                 poisoning on)
 # 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16, tf32x3 vs
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
-#                 against a float64 reference); before the sanitizers, leaving them ~150 s
+#                 against a float64 reference); before the sanitizers, leaving them ~150 s;
+#                 then bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced)
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
@@ -24,8 +25,9 @@
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
 # most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
-# folder): gpu_check.log (everything), build.log, pytest_cuda.log, sanitizer.log,
-# gpu_bench.md, gpu_bench.json. The stage summary and the benchmark table are printed last.
+# folder): gpu_check.log (everything, the build's log included), pytest_cuda.log, sanitizer.log,
+# gpu_bench.md, gpu_bench.json, gpu_bench.log, gpu_persistent_ab.md, gpu_persistent_ab.json (8
+# files: what a lent machine sends back). The stage summary and the benchmark table come last.
 # Needs: python3 with torch (CUDA), cupy, pybind11, scikit-build-core, numpy, pytest; cmake,
 # ninja, nvcc. No network.
 set -uo pipefail
@@ -167,10 +169,14 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)
-BENCH_DEADLINE=$(($(left) - 150))
+BENCH_DEADLINE=$(($(left) - 210))
 [ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
   --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
+
+# ---- 5b. the persistent kernels against the per-step ones and cuDNN, kernel paths forced
+# (sets auto's batch limit kPersistentAutoMaxRows; bench/gpu_persistent_ab.py)
+stage persistent_ab 60 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
 
 # ---- 6. compute-sanitizer on a small case
 CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
@@ -270,7 +276,8 @@ if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
 fi
 rm -f "$CASE"
 # at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
-rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log"
+rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log" "$OUTDIR/build.log" \
+  "$OUTDIR/persistent_ab.log"
 
 log ""
 log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="
