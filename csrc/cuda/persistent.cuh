@@ -105,48 +105,38 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
 // 64-bit division and, in the backward, a lengths lookup per element left every load's
 // latency exposed and made the per-step cost grow with B (bench/NOTES_GPU.md, "Measured").
 constexpr int kStageBatch = 8;
+// The loop of stage_rows for one element type (a vector or a value): dst holds BC rows of
+// per_row elements; element i of row bb < nb comes from row_src(bb)[i] when i < valid and the
+// row pointer is not null, else it is zero.
+template <int BC, typename Elem, typename RowSrc>
+__device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int total = BC * per_row;
+  for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
+    Elem v[kStageBatch];
+#pragma unroll
+    for (int q = 0; q < kStageBatch; ++q) {
+      const int e = e0 + q * kThreads + tid;
+      const int bb = e / per_row, i = e - bb * per_row;
+      const Elem* src = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
+      v[q] = src ? __ldcg(src + i) : Elem{};
+    }
+#pragma unroll
+    for (int q = 0; q < kStageBatch; ++q) {
+      const int e = e0 + q * kThreads + tid;
+      if (e < total) dst[e] = v[q];
+    }
+  }
+}
 template <typename Real, int BC, typename RowSrc>
 __device__ __forceinline__ void stage_rows(typename Vec<Real>::type* X, int NG, int nb, int len, bool vectors,
                                            RowSrc row_src) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
-  const int tid = static_cast<int>(threadIdx.x);
-  if (vectors) {
-    const int total = BC * NG, lenv = len / KV;
-    for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
-      V v[kStageBatch];
-#pragma unroll
-      for (int q = 0; q < kStageBatch; ++q) {
-        const int e = e0 + q * kThreads + tid;
-        const int bb = e / NG, g = e - bb * NG;
-        const Real* src = (e < total && bb < nb && g < lenv) ? row_src(bb) : nullptr;
-        v[q] = src ? __ldcg(reinterpret_cast<const V*>(src) + g) : V{};
-      }
-#pragma unroll
-      for (int q = 0; q < kStageBatch; ++q) {
-        const int e = e0 + q * kThreads + tid;
-        if (e < total) X[e] = v[q];
-      }
-    }
-  } else {
-    Real* Xr = reinterpret_cast<Real*>(X);
-    const int K = NG * KV, total = BC * K;
-    for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
-      Real v[kStageBatch];
-#pragma unroll
-      for (int q = 0; q < kStageBatch; ++q) {
-        const int e = e0 + q * kThreads + tid;
-        const int bb = e / K, k = e - bb * K;
-        const Real* src = (e < total && bb < nb && k < len) ? row_src(bb) : nullptr;
-        v[q] = src ? __ldcg(src + k) : Real(0);
-      }
-#pragma unroll
-      for (int q = 0; q < kStageBatch; ++q) {
-        const int e = e0 + q * kThreads + tid;
-        if (e < total) Xr[e] = v[q];
-      }
-    }
-  }
+  if (vectors)
+    stage_elems<BC>(X, NG, nb, len / KV, [&](int bb) { return reinterpret_cast<const V*>(row_src(bb)); });
+  else
+    stage_elems<BC>(reinterpret_cast<Real*>(X), NG * KV, nb, len, row_src);
 }
 
 // Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
