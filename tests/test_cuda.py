@@ -580,6 +580,31 @@ def test_emulated_auto_takes_persistent_up_to_64_rows(emu):
         assert _ran("forward").startswith("persistent forward") and _ran("backward").startswith("persistent backward")
 
 
+@pytest.mark.parametrize("H", [600, 601])
+def test_emulated_persistent_staging_in_several_passes(emu, H):
+    # The forward stages a chunk's rows in passes of 256 threads x 8 loads (stage_rows): with
+    # B = 16 rows of H = 600 (150 vectors each: 2400 > 2048) it takes two passes of 16-byte
+    # loads; H = 601 (not a multiple of 4) takes the one-value path, five passes. Lengths with
+    # a zero and reverse; against the float64 reference and the per-step kernels.
+    emu.set_device(sm_count=160)
+    lengths = [2, 0, 1] + [2] * 13
+    fwd, bwd = make_case(2, 16, 3, H, np.float32, seed=H, lengths=lengths, reverse=True)
+    simt = None
+    for path in ("simt", "persistent"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        assert _ran("forward").startswith(f"{path} forward"), _ran("forward")
+        if path == "persistent":
+            assert "16 rows/chunk" in _ran("forward"), _ran("forward")
+        check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+        if simt is None:
+            simt = tuple(outs) + tuple(grads)
+    for a, b in zip(simt, tuple(outs) + tuple(grads)):
+        if a is not None:
+            assert rel_err(b, a) <= TOL[np.dtype(np.float32)]
+    fcuda.set_kernel_path("auto")
+
+
 def test_emulated_auto_falls_back_to_simt_and_says_why(emu):
     fwd, bwd = make_case(4, 3, 5, 40, np.float32, seed=3, lengths=[4, 1, 0], reverse=True)
     ref = run_cuda(fwd, bwd)
