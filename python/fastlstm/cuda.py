@@ -58,7 +58,7 @@ def _check_path(path, what):
 
 def set_kernel_path(path):
     """Choose the recurrent kernels of backend="cuda": "auto" (tensor with tf32 / bf16 / tf32x3,
-    B >= 32 and B * H**2 >= 2**25, else persistent when it fits, else simt), "simt" (the per-step kernels),
+    B >= 32 and B * H**2 >= 2**25, else persistent for B <= 64 when it fits, else simt), "simt" (the per-step kernels),
     "persistent" (RuntimeError where it cannot run) or "tensor" (the per-step recurrent products
     on tensor cores; RuntimeError with precision "fp32").
     None goes back to the environment variable FASTLSTM_CUDA_KERNEL, else "auto"."""
