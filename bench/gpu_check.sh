@@ -184,8 +184,8 @@ export CASE
 cat >"$CASE" <<'EOF'
 # Small forward + backward runs through the NumPy path (no CuPy, no torch): every kernel, both
 # kernel paths (simt: both batch tilings, B <= 4 and B > 4 with two row tiles; persistent:
-# one and several batch chunks, several units per block), lengths with zeros, reverse,
-# fp32/fp64.
+# one and several batch chunks, several units per block, rows staged in several passes),
+# lengths with zeros, reverse, fp32/fp64.
 import gc, os, sys
 import numpy as np
 import fastlstm
@@ -194,7 +194,8 @@ assert fastlstm.cuda_available(), fastlstm.cuda_info()
 fastlstm.cuda.set_poison(os.environ.get("FASTLSTM_POISON", "1") == "1")
 rng = np.random.default_rng(0)
 cases = [(4, 3, 7, 33, [4, 0, 2], True), (3, 6, 5, 17, [3, 1, 0, 2, 3, 3], False),
-         (2, 17, 70, 9, None, False), (3, 5, 8, 300, [3, 2, 0, 1, 3], True)]
+         (2, 17, 70, 9, None, False), (3, 5, 8, 300, [3, 2, 0, 1, 3], True),
+         (2, 16, 3, 600, [2, 0, 1] + [2] * 13, True)]  # the last: staging in several passes
 for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "persistent"),
                     (np.float64, "persistent")):
     cuda.set_kernel_path(path)
