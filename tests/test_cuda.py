@@ -1010,7 +1010,7 @@ PREC_TOL = {"tf32": (2 * UNIT["tf32"], 4 * UNIT["tf32"]),    # (outputs, gradien
 PREC_FLOOR = {p: UNIT[p] / 25 for p in PRECISIONS}          # 2.0e-5, 7.8e-5
 AUTO_PERSISTENT_MAX_ROWS = 64  # csrc/cuda/lstm_impl.cuh kPersistentAutoMaxRows
 GEMM_TOL = 2e-6  # the GEMM against the float64 product of the rounded operands (fp32 accumulation)
-K_STEP = {"tf32": 8, "bf16": 16, "tf32x3": 8}  # products per wmma k-step (one MMA's k-block)
+K_STEP = {"tf32": 8, "bf16": 16}  # products per wmma k-step (one MMA's k-block)
 
 
 def gemm_tol(K, precision):
@@ -1818,8 +1818,8 @@ def test_gpu_tensor_recurrence_is_rounded_and_fp32_unaffected(precision, kernel_
 # unrounded operands at mma_sync, so a kernel that skipped the split cannot pass as float32.
 # The tensor cores' accumulation truncates (csrc/cuda/emu/emu_wmma.h models it): inside the
 # MMAs it cost tf32x3 its float32 accuracy on an H200 (2026-11-27: GEMM 4.2e-6 from the exact
-# product at K = 300, an LSTM's dx 4.6e-5 at K = 4H = 4096), so each k-step's product is added to the accumulator in
-# float32 outside them (csrc/cuda/tensor_gemm.cuh). The emulator's model of the truncation is
+# product at K = 300, an LSTM's dx 4.6e-5 at K = 4H = 4096), so each k-step's product is added
+# to the accumulator in float32 outside them (csrc/cuda/tensor_gemm.cuh). The emulator's model of the truncation is
 # calibrated to the H200's errors; with it, the kernel that accumulated inside the MMAs fails
 # test_emulated_tf32x3_gemm_is_float32_accurate on the emulator too (checked 2026-11-27).
 X3 = "tf32x3"

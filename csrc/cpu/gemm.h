@@ -378,8 +378,8 @@ void gemm_part_stacked(const GemmArgs<Real> (&parts)[NPARTS], int tid, int nthre
   using P = Gemm<Real>;
   constexpr int MR = P::MR, NR = P::NR;
   const GemmArgs<Real>& g0 = parts[0];
-  int64_t mp = 0;  // panels of all parts
-  for (int i = 0; i < NPARTS; ++i) mp += ceil_div(imax(parts[i].M, 0), MR);
+  int64_t panels[NPARTS], mp = 0;  // panels of each part, of all parts
+  for (int i = 0; i < NPARTS; ++i) mp += panels[i] = ceil_div(imax(parts[i].M, 0), MR);
   if (mp <= 0 || g0.N <= 0 || tid < 0 || tid >= nthreads) return;
   // Thread grid tm x tn over whole panels: least work for the busiest thread, then the
   // least packing (rows + columns per thread).
@@ -404,11 +404,10 @@ void gemm_part_stacked(const GemmArgs<Real> (&parts)[NPARTS], int tid, int nthre
   int64_t m0[NPARTS], m1[NPARTS];
   int64_t first_panel = 0;
   for (int i = 0; i < NPARTS; ++i) {
-    const int64_t panels = ceil_div(imax(parts[i].M, 0), MR);
-    const int64_t a = imax(p0, first_panel) - first_panel, b = imin(p1, first_panel + panels) - first_panel;
+    const int64_t a = imax(p0, first_panel) - first_panel, b = imin(p1, first_panel + panels[i]) - first_panel;
     m0[i] = imin(parts[i].M, imax(a, 0) * MR);
     m1[i] = imin(parts[i].M, imax(b, 0) * MR);
-    first_panel += panels;
+    first_panel += panels[i];
   }
   if (g0.K <= 0) {  // empty product: C = row_add or 0 (unchanged when accumulating)
     if (g0.accumulate) return;

@@ -15,7 +15,8 @@ per step (B >= 32 and B * H**2 >= 2**25: at H = 1024 B >= 32, at H = 512 B >= 12
 "tensor" path (each step's recurrent product on tensor cores); otherwise, for B <= 64,
 the persistent kernels -- one cooperative launch for all T steps, each block's slice of the
 recurrent weights kept in shared memory -- when they fit the device, else the per-step "simt"
-kernels (also for B > 64, where every persistent block would stage all B rows each step). ``set_kernel_path("simt"|"persistent"|"tensor"|"auto")`` or the environment variable
+kernels (also for B > 64, where every persistent block would stage all B rows each step).
+``set_kernel_path("simt"|"persistent"|"tensor"|"auto")`` or the environment variable
 ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks; "persistent" raises
 RuntimeError where it cannot run, "tensor" where the precision is "fp32");
 ``cuda_info()["last_forward"]`` and ``["last_backward"]`` say which kernels the last call ran.

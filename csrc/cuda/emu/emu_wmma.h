@@ -226,6 +226,7 @@ void mma_sync(fragment<accumulator, 16, 16, K, float>& d, const fragment<matrix_
       d.at(m, n) = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
+    static_assert(K % detail::kChunk == 0, "whole truncation steps per k-step");
     float acc = c.at(m, n);
     for (int k0 = 0; k0 < K; k0 += detail::kChunk) {
       double terms[detail::kChunk + 1];
