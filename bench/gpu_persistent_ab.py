@@ -102,8 +102,10 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT"))
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=10, help="timed runs per contender (at least 1)")
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps: expected a positive number of runs, got {args.reps}")
     import cupy as cp
     import torch
     import fastlstm
