@@ -17,23 +17,26 @@
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s;
 #                 then bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced)
+#                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
+#                 by phase: FASTLSTM_CUDA_TRACE)
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
 #                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
-# script keeps within TOTAL_BUDGET seconds (default 340, under 6 minutes): each stage gets at
+# script keeps within TOTAL_BUDGET seconds (default 380, under 6.5 minutes): each stage gets at
 # most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
 # folder): gpu_check.log (everything, the build's log included), pytest_cuda.log, sanitizer.log,
-# gpu_bench.md, gpu_bench.json, gpu_bench.log, gpu_persistent_ab.md, gpu_persistent_ab.json (8
-# files: what a lent machine sends back). The stage summary and the benchmark table come last.
+# gpu_bench.md, gpu_bench.json, gpu_persistent_ab.md, gpu_persistent_ab.json,
+# gpu_phase_profile.md (8 files: what a lent machine sends back; the stages' own logs are folded
+# into gpu_check.log). The stage summary and the benchmark table come last.
 # Needs: python3 with torch (CUDA), cupy, pybind11, scikit-build-core, numpy, pytest; cmake,
 # ninja, nvcc. No network.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-TOTAL_BUDGET=${TOTAL_BUDGET:-340}
+TOTAL_BUDGET=${TOTAL_BUDGET:-380}
 T0=$(date +%s)
 OUTDIR=${OUT:-$(mktemp -d /tmp/fastlstm_gpu_check.XXXXXX)}
 mkdir -p "$OUTDIR"
@@ -169,7 +172,7 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)
-BENCH_DEADLINE=$(($(left) - 210))
+BENCH_DEADLINE=$(($(left) - 255))
 [ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
   --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
@@ -177,6 +180,9 @@ stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUT
 # ---- 5b. the persistent kernels against the per-step ones and cuDNN, kernel paths forced
 # (sets auto's batch limit kPersistentAutoMaxRows; bench/gpu_persistent_ab.py)
 stage persistent_ab 60 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
+
+# ---- 5c. where the persistent kernels' time goes per step (traced kernels; bench/gpu_phase_profile.py)
+stage phase_profile 45 "$OUTDIR/phase_profile.log" "$PY" bench/gpu_phase_profile.py --out "$OUTDIR" --reps 3
 
 # ---- 6. compute-sanitizer on a small case
 CASE=$(mktemp /tmp/fastlstm_sanitize_case.XXXXXX.py)
@@ -278,7 +284,7 @@ fi
 rm -f "$CASE"
 # at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
 rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log" "$OUTDIR/build.log" \
-  "$OUTDIR/persistent_ab.log"
+  "$OUTDIR/persistent_ab.log" "$OUTDIR/phase_profile.log" "$OUTDIR/gpu_bench.log"
 
 log ""
 log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="

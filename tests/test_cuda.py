@@ -410,7 +410,7 @@ class EmuExtension:
     def _call(self, fn, kernel_path, precision, *args):
         if kernel_path not in self._PATHS:
             raise ValueError(f"kernel_path: expected 'auto', 'simt', 'persistent' or 'tensor', got '{kernel_path}'")
-        ran = ctypes.create_string_buffer(512)
+        ran = ctypes.create_string_buffer(2048)  # room for a phase trace (FASTLSTM_CUDA_TRACE)
         err = ctypes.create_string_buffer(1024)
         rc = fn(*args, self._PATHS[kernel_path], self._precision(precision), ran, len(ran), err,
                 len(err))
@@ -603,6 +603,78 @@ def test_emulated_persistent_staging_in_several_passes(emu, H):
         if a is not None:
             assert rel_err(b, a) <= TOL[np.dtype(np.float32)]
     fcuda.set_kernel_path("auto")
+
+
+TRACE_PHASES = ("weights", "wait", "stage", "product", "finish", "barrier", "gates")
+
+
+def _trace_fields(ran):
+    """{name: (least, mean, largest)} and the header values of a ' | trace: ...' description."""
+    assert " | trace: " in ran, ran
+    fields = dict(item.split("=", 1) for item in ran.split(" | trace: ", 1)[1].split())
+    out = {k: tuple(float(v) for v in fields[k].split("/")) for k in TRACE_PHASES + ("total", "kernel_us")}
+    out.update(steps=int(fields["steps"]), blocks=int(fields["blocks"]), ghz=float(fields["ghz"]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_emulated_persistent_phase_trace(emu, monkeypatch, dtype):
+    # FASTLSTM_CUDA_TRACE=1 runs the traced persistent kernels (bench/gpu_phase_profile.py
+    # reads their description): the same bits as the untraced ones, and per-phase times that
+    # add up. In the emulator a "cycle" is a nanosecond of the host's clock.
+    emu.set_device(sm_count=5)
+    fwd, bwd = make_case(3, 6, 5, 40, dtype, seed=11, lengths=[3, 1, 0, 2, 3, 3])
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.delenv("FASTLSTM_CUDA_TRACE", raising=False)
+    plain = run_cuda(fwd, bwd)
+    assert " | trace: " not in _ran("forward") and " | trace: " not in _ran("backward")
+    monkeypatch.setenv("FASTLSTM_CUDA_TRACE", "1")
+    traced = run_cuda(fwd, bwd)
+    assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(traced[0]) + tuple(traced[1]))
+    for kind in ("forward", "backward"):
+        ran = _ran(kind)
+        assert ran.startswith(f"persistent {kind}"), ran
+        tr = _trace_fields(ran)
+        assert tr["steps"] == 3 and f"{tr['blocks']} blocks x 256 threads" in ran, ran
+        for name in TRACE_PHASES + ("total", "kernel_us"):
+            least, mean, most = tr[name]
+            assert 0 <= least <= mean * (1 + 1e-9) and mean <= most * (1 + 1e-9), (name, ran)
+        # every step stages and multiplies; the backward computes gate gradients; the forward has
+        # none (its slot stays 0)
+        assert tr["stage"][0] > 0 and tr["product"][0] > 0 and tr["weights"][0] > 0, ran
+        assert (tr["gates"][2] > 0) == (kind == "backward"), ran
+        # total = the per-step phases; thread 0's whole time (weights + T steps) is the elapsed
+        # time in ns, less what the clock reads in between miss (here cycles are ns: ghz ~ 1)
+        per_step = sum(tr[n][1] for n in TRACE_PHASES if n != "weights")
+        assert tr["total"][1] == pytest.approx(per_step, rel=0.01, abs=2), ran
+        assert tr["kernel_us"][1] * 1e3 >= tr["total"][1] * tr["steps"] * 0.99, ran
+        assert 0.5 < tr["ghz"] <= 1.0 + 1e-9, ran
+    monkeypatch.setenv("FASTLSTM_CUDA_TRACE", "0")
+    run_cuda(fwd, bwd)
+    assert " | trace: " not in _ran("forward")
+    fcuda.set_kernel_path("auto")
+
+
+def test_emulated_phase_profile_script(emu, monkeypatch, tmp_path):
+    # bench/gpu_phase_profile.py (run by bench/gpu_check.sh on a GPU) end to end on the emulator,
+    # host arrays: it reads the traces, converts them and writes its table.
+    spec = importlib.util.spec_from_file_location("_fastlstm_gpu_phase_profile", ROOT / "bench" / "gpu_phase_profile.py")
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    monkeypatch.delenv("FASTLSTM_CUDA_TRACE", raising=False)
+    monkeypatch.setattr(prof, "CONFIGS", [(2, 5, 3, 24)])
+    monkeypatch.setitem(sys.modules, "cupy", None)  # (host arrays even where CuPy is installed)
+    emu.set_device(sm_count=4)
+    assert prof.main(["--out", str(tmp_path), "--reps", "1"]) == 0
+    text = (tmp_path / "gpu_phase_profile.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 2, 5, 3, 24 |")]
+    assert len(rows) == 2 and "| forward |" in rows[0] and "| backward |" in rows[1], text
+    assert "blocks x 256 threads" in rows[0] and "trace: steps=2" in text, text
+    assert "FASTLSTM_CUDA_TRACE" not in os.environ  # the script leaves the environment as it was
+    with pytest.raises(SystemExit):
+        prof.main(["--reps", "0"])
+    with pytest.raises(SystemExit):
+        prof.main(["--config", "2,5,3"])
 
 
 def test_emulated_auto_falls_back_to_simt_and_says_why(emu):

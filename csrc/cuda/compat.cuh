@@ -68,8 +68,17 @@ inline void check(cudaError_t err, const char* call, const char* file, int line)
 // (16-byte aligned). fl_arrive_release / fl_load_acquire: the grid barrier's counter, at GPU
 // scope (red.release.gpu / ld.acquire.gpu, as cooperative_groups' grid sync does on sm_70+).
 // launch_cooperative: cudaLaunchCooperativeKernel of a kernel taking one parameter struct.
+// fl_clock / fl_timer_ns (the persistent kernels' phase trace, FASTLSTM_CUDA_TRACE): the SM's
+// cycle counter and the global nanosecond timer; in the emulator both are the host's monotonic
+// clock in nanoseconds.
 #if defined(FASTLSTM_CUDA_EMU)
 #define FL_DYNAMIC_SHARED(name) unsigned char* name = ::fastlstm::cuda::emu::dynamic_shared()
+namespace fastlstm {
+namespace cuda {
+inline long long fl_clock() { return emu::monotonic_ns(); }
+inline unsigned long long fl_timer_ns() { return static_cast<unsigned long long>(emu::monotonic_ns()); }
+}  // namespace cuda
+}  // namespace fastlstm
 namespace fastlstm {
 namespace cuda {
 inline void fl_arrive_release(unsigned long long* p) { emu::arrive_release(p); }
@@ -86,6 +95,12 @@ void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t sme
 #define FL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 namespace fastlstm {
 namespace cuda {
+__device__ __forceinline__ long long fl_clock() { return clock64(); }
+__device__ __forceinline__ unsigned long long fl_timer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 __device__ __forceinline__ void fl_arrive_release(unsigned long long* p) {
   asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(1ull) : "memory");
 }

@@ -792,7 +792,7 @@ constexpr int64_t kPersistentAutoMaxRows = 64;
 // The persistent plan for this call, or a plan that is not ok (with the reason) where the
 // kernel path is simt, or auto with more than kPersistentAutoMaxRows rows.
 template <typename Real>
-persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device, KernelPath path) {
+persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device, KernelPath path, bool trace) {
   persistent::Plan pl;
   if (path == KernelPath::kSimt) return pl;
   if (path == KernelPath::kAuto && B > kPersistentAutoMaxRows) {
@@ -800,7 +800,7 @@ persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device
              " rows, where the per-step kernels are faster";
     return pl;
   }
-  return persistent::plan<Real>(backward, B, H, device);
+  return persistent::plan<Real>(backward, B, H, device, trace);
 }
 
 // Why the tensor path runs (for the description).
@@ -937,15 +937,20 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0 && T > 0 && tensor) {
     ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
   } else if (B * H > 0 && T > 0) {
-    const persistent::Plan pl = persistent_plan<Real>(false, B, H, device, opt.path);
+    const bool trace = persistent::trace_requested();
+    const persistent::Plan pl = persistent_plan<Real>(false, B, H, device, opt.path, trace);
     if (pl.ok) {
       Workspace<unsigned long long> counter(1, device, stream);
       FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
       persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
                                           a.y,    a.gates, a.cells, counter.get()};
+      Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
+      if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
+      prm.trace = tr.get();
       persistent::launch_forward<Real>(pl, prm, stream);
       ran = persistent::describe("persistent forward", pl, sizeof(Real));
+      if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);
     } else {
       if (opt.path == KernelPath::kPersistent)
         throw Error("the persistent forward kernel was asked for (kernel path 'persistent') but cannot run here: " +
@@ -1017,7 +1022,8 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   Workspace<Real> hprev(TB * H, device, stream);  // (T, B, H)  h_{t-1} by time position
   const bool tensor = T > 0 && B > 0 && want_tensor;
   persistent::Plan pl;
-  if (T > 0 && B > 0 && !tensor) pl = persistent_plan<Real>(true, B, H, device, opt.path);
+  const bool trace = persistent::trace_requested();
+  if (T > 0 && B > 0 && !tensor) pl = persistent_plan<Real>(true, B, H, device, opt.path, trace);
   if (T > 0 && B > 0 && !tensor && !pl.ok && opt.path == KernelPath::kPersistent)
     throw Error("the persistent backward kernel was asked for (kernel path 'persistent') but cannot run here: " +
                 pl.why);
@@ -1042,8 +1048,12 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
                                          a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
                                          counter.get()};
+    Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
+    if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
+    prm.trace = tr.get();
     persistent::launch_backward<Real>(pl, prm, stream);
     ran = persistent::describe("persistent backward", pl, sizeof(Real));
+    if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);
   } else if (T > 0 && B > 0) {
     auto kt = transpose_kernel<Real>;
     FL_LAUNCH(kt, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H, G, a.recurrent_kernel, rt.get());

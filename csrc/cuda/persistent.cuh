@@ -28,8 +28,12 @@
 // with NG = ceil(K / KV); entries past K and columns past H are zeros.
 #pragma once
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/compat.cuh"
 
@@ -160,6 +164,61 @@ __device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsign
   __syncthreads();  // the rest of the block waits for thread 0's acquire
 }
 
+// Phase trace (FASTLSTM_CUDA_TRACE=1; bench/gpu_phase_profile.py): thread 0 of every block adds
+// up the SM cycles between its marks, by phase, over all steps, and at the end writes them to
+// trace[block * kTraceSlots + phase], with the elapsed global time in ns in the last slot (so
+// cycles / ns is the clock the kernel ran at). Phases are what thread 0 saw: a wait at a block
+// barrier is counted in the phase that ends with it. trace nullptr: off (one predicate per mark).
+enum TracePhase : int {
+  kTraceWeights = 0,  // loading the weight slice into shared memory (once)
+  kTraceWait,         // forward: the block barrier before staging (the previous chunk's
+                      // finishers); backward: the block barrier that ends the step
+  kTraceStage,        // staging a chunk's rows into shared memory, through its block barrier
+  kTraceProduct,      // the chunk's product and reduction tree
+  kTraceFinish,       // forward: gates and cell update; backward: dh written
+  kTraceBarrier,      // the grid barrier (with the block barrier in front of it)
+  kTraceGates,        // backward phase A: the gate gradients
+  kTraceNs,           // (slot) elapsed global time, ns
+  kTraceSlots
+};
+// PhaseClock<false> (every launch that is not traced) does nothing and holds nothing: the
+// traced kernels are separate instantiations, so tracing costs the others no registers.
+template <bool TRACE>
+struct PhaseClock {
+  __device__ __forceinline__ explicit PhaseClock(unsigned long long*) {}
+  __device__ __forceinline__ void mark(int) {}
+  __device__ __forceinline__ void write() {}
+};
+template <>
+struct PhaseClock<true> {
+  unsigned long long* out = nullptr;  // this block's slots; nullptr: not thread 0
+  long long last = 0;
+  unsigned long long t0 = 0;
+  long long acc[kTraceNs] = {};
+  __device__ __forceinline__ explicit PhaseClock(unsigned long long* trace) {
+    if (trace != nullptr && threadIdx.x == 0) {
+      out = trace + static_cast<int64_t>(blockIdx.x) * kTraceSlots;
+      t0 = fl_timer_ns();
+      last = fl_clock();
+    }
+  }
+  // The cycles since the previous mark go to `phase`.
+  __device__ __forceinline__ void mark(int phase) {
+    if (out != nullptr) {
+      const long long now = fl_clock();
+      acc[phase] += now - last;
+      last = now;
+    }
+  }
+  __device__ __forceinline__ void write() {
+    if (out != nullptr) {
+#pragma unroll
+      for (int i = 0; i < kTraceNs; ++i) out[i] = static_cast<unsigned long long>(acc[i]);
+      out[kTraceNs] = fl_timer_ns() - t0;
+    }
+  }
+};
+
 template <typename Real>
 struct ForwardParams {
   int64_t T, B, H;
@@ -176,9 +235,10 @@ struct ForwardParams {
   Real* gates;  // or nullptr
   Real* cells;  // or nullptr
   unsigned long long* barrier;  // zero on entry
+  unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
 };
 
-template <typename Real, int BC>
+template <typename Real, int BC, bool TRACE>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<Real> p) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
@@ -193,6 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   Real* Wr = reinterpret_cast<Real*>(W);
   Real* Xr = reinterpret_cast<Real*>(X);
 
+  PhaseClock<TRACE> clk(p.trace);
   // The block's slice of R, once: column c = gate * U + u is R column gate * H + j0 + u.
   for (int64_t e = tid; e < K * C; e += kThreads) {
     const int64_t k = e / C;
@@ -200,6 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
     const int64_t j = j0 + c % U;
     Wr[((k / KV) * C + c) * KV + k % KV] = (k < H && j < H) ? p.R[k * G + (c / U) * H + j] : Real(0);
   }
+  clk.mark(kTraceWeights);
 
   // This thread finishes (row b0 + fb, unit j0 + fu) of each chunk when tid < nb * U.
   const int fb = tid / U, fu = tid % U;
@@ -227,10 +289,13 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
         }
       }
       __syncthreads();  // W loaded (first chunk) / the previous chunk's X and red fully read
+      clk.mark(kTraceWait);
       stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(H), H % KV == 0,
                            [&](int bb) { return h_prev + (b0 + bb) * H; });
       __syncthreads();  // rows staged
+      clk.mark(kTraceStage);
       block_product<Real, BC>(W, X, red, C, NG);
+      clk.mark(kTraceProduct);
       if (finisher) {
         if (s < L) {
           const Real* z = red + fb * kThreads + fu;
@@ -256,9 +321,12 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
           p.y[(s * B + b) * H + j] = Real(0);
         }
       }
+      clk.mark(kTraceFinish);
     }
     if (s + 1 < T) grid_barrier(p.barrier, static_cast<unsigned long long>(s + 1) * gridDim.x);
+    clk.mark(kTraceBarrier);
   }
+  clk.write();
 }
 
 template <typename Real>
@@ -279,9 +347,10 @@ struct BackwardParams {
   Real* dz;           // (T, B, 4H) gate gradients by time position
   Real* hprev;        // (T, B, H)  h_{t-1} by time position
   unsigned long long* barrier;  // zero on entry
+  unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
 };
 
-template <typename Real, int BC>
+template <typename Real, int BC, bool TRACE>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<Real> p) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
@@ -295,6 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   Real* red = reinterpret_cast<Real*>(X + BC * NG);
   Real* Wr = reinterpret_cast<Real*>(W);
 
+  PhaseClock<TRACE> clk(p.trace);
   // The block's U rows of R, once: W[k][u] = R[j0 + u, k] (R^T restricted to the block's units).
   for (int64_t e = tid; e < K * U; e += kThreads) {
     const int u = static_cast<int>(e / K);
@@ -302,6 +372,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
     const int64_t j = j0 + u;
     Wr[((k / KV) * U + u) * KV + k % KV] = (j < H && k < G) ? p.R[j * G + k] : Real(0);
   }
+  clk.mark(kTraceWeights);
 
   unsigned long long arrivals = 0;
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -345,13 +416,16 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       d[3 * H] = dht * tc * (go * (Real(1) - go));
       p.hprev[row * H + j] = hp;
     }
+    clk.mark(kTraceGates);
     arrivals += gridDim.x;
     grid_barrier(p.barrier, arrivals);  // every block's dz of step s written
+    clk.mark(kTraceBarrier);
     // Phase B: dh[b, j] = dz_t[b, :] . R[j, :] for rows inside their length.
     const int fb = tid / U, fu = tid % U;
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       __syncthreads();  // the previous chunk's X and red fully read
+      clk.mark(kTraceWait);
       // dz rows of 4H values: 4H % KV == 0, and every row starts KV-aligned
       stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(G), true, [&](int bb) -> const Real* {
         const int64_t b = b0 + bb;
@@ -359,14 +433,19 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
         return s < L ? p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G : nullptr;
       });
       __syncthreads();  // rows staged
+      clk.mark(kTraceStage);
       block_product<Real, BC>(W, X, red, U, NG);
+      clk.mark(kTraceProduct);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
         if (j < H && s < seq_len(p.lengths, b, T)) p.dh[b * H + j] = red[fb * kThreads + fu];
       }
+      clk.mark(kTraceFinish);
     }
     __syncthreads();  // dh written before phase A of the next step reads it
+    clk.mark(kTraceWait);
   }
+  clk.write();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -396,15 +475,15 @@ auto with_bc(int bc, F&& f) {
 
 // How many blocks of the kernel fit on one SM with `smem` bytes of dynamic shared memory
 // (raises the kernel's dynamic shared memory limit to smem first).
-template <typename Real, int BC>
+template <typename Real, int BC, bool TRACE>
 int blocks_per_sm(bool backward, size_t smem) {
   int n = 0;
   if (backward) {
-    auto k = backward_kernel<Real, BC>;
+    auto k = backward_kernel<Real, BC, TRACE>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   } else {
-    auto k = forward_kernel<Real, BC>;
+    auto k = forward_kernel<Real, BC, TRACE>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   }
@@ -414,9 +493,10 @@ int blocks_per_sm(bool backward, size_t smem) {
 // Chooses U (hidden units per block, a power of two) and BC (batch rows per chunk) for the
 // persistent forward (backward = false) or backward: the fewest units per block such that one
 // block per SM covers H (at most sm_count blocks), with the largest BC that the shared memory
-// allows; failing that, several blocks per SM as the occupancy calculator allows.
+// allows; failing that, several blocks per SM as the occupancy calculator allows. With `trace`,
+// for the traced kernels (their occupancy may differ).
 template <typename Real>
-Plan plan(bool backward, int64_t B, int64_t H, int device) {
+Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false) {
   Plan pl;
   int coop = 0, sms = 0, optin = 0;
   FL_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -446,7 +526,10 @@ Plan plan(bool backward, int64_t B, int64_t H, int device) {
         if (bc > bc_max || bc * U > kThreads) continue;
         const size_t smem = smem_bytes<Real>(NG, C, bc);
         if (smem > static_cast<size_t>(optin)) continue;
-        const int per_sm = with_bc(bc, [&](auto BCc) { return blocks_per_sm<Real, decltype(BCc)::value>(backward, smem); });
+        const int per_sm = with_bc(bc, [&](auto BCc) {
+          constexpr int kBC = decltype(BCc)::value;
+          return trace ? blocks_per_sm<Real, kBC, true>(backward, smem) : blocks_per_sm<Real, kBC, false>(backward, smem);
+        });
         if (per_sm < 1 || blocks > int64_t(per_sm) * sms) continue;
         pl.ok = true;
         pl.units = U;
@@ -463,6 +546,58 @@ Plan plan(bool backward, int64_t B, int64_t H, int device) {
              ") do not fit on chip: no split over co-resident blocks on " + std::to_string(sms) + " SMs with at most " +
              std::to_string(optin) + " bytes of shared memory per block";
   return pl;
+}
+
+// Whether the phase trace is asked for: FASTLSTM_CUDA_TRACE set, and not to "" or "0" (read at
+// every call; the traced launch synchronises the stream to read the trace back).
+inline bool trace_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_TRACE");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+// The trace of a finished launch (PhaseClock) as text for the kernel description:
+// " | trace: steps=T blocks=N ghz=G weights=a/b/c wait=a/b/c ... total=a/b/c kernel_us=a/b/c",
+// a/b/c being the least, mean and largest over the blocks of the cycles per step (weights:
+// once, not per step; total: all phases but the weights), ghz the clock measured (cycles / ns,
+// mean over blocks), kernel_us thread 0's elapsed time. The least block's barrier is the
+// barrier's own latency (that block arrived last).
+inline std::string trace_summary(const unsigned long long* trace, int64_t blocks, int64_t steps, cudaStream_t stream) {
+  if (blocks <= 0) return "";
+  std::vector<unsigned long long> h(static_cast<size_t>(blocks) * kTraceSlots);
+  FL_CHECK(cudaMemcpyAsync(h.data(), trace, h.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream));
+  FL_CHECK(cudaStreamSynchronize(stream));
+  const double per = steps > 0 ? 1.0 / static_cast<double>(steps) : 0.0;
+  constexpr int kTotal = kTraceSlots;  // (an extra column: the per-step total)
+  double least[kTotal + 1], mean[kTotal + 1] = {}, most[kTotal + 1] = {}, ghz = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const unsigned long long* o = h.data() + b * kTraceSlots;
+    double cycles = 0;
+    for (int i = 0; i < kTraceNs; ++i) cycles += static_cast<double>(o[i]);
+    for (int i = 0; i <= kTotal; ++i) {
+      double v;
+      if (i == kTotal)
+        v = (cycles - static_cast<double>(o[kTraceWeights])) * per;
+      else if (i == kTraceNs)
+        v = static_cast<double>(o[i]) * 1e-3;  // ns -> us
+      else
+        v = static_cast<double>(o[i]) * (i == kTraceWeights ? 1.0 : per);
+      least[i] = b == 0 || v < least[i] ? v : least[i];
+      mean[i] += v / static_cast<double>(blocks);
+      most[i] = v > most[i] ? v : most[i];
+    }
+    ghz += (o[kTraceNs] > 0 ? cycles / static_cast<double>(o[kTraceNs]) : 0.0) / static_cast<double>(blocks);
+  }
+  const char* names[kTotal + 1] = {"weights", "wait", "stage", "product", "finish", "barrier", "gates", "kernel_us", "total"};
+  char buf[160];
+  std::snprintf(buf, sizeof buf, " | trace: steps=%lld blocks=%lld ghz=%.3f", static_cast<long long>(steps),
+                static_cast<long long>(blocks), ghz);
+  std::string out = buf;
+  for (int i : {0, 1, 2, 3, 4, 5, 6, kTotal, static_cast<int>(kTraceNs)}) {
+    std::snprintf(buf, sizeof buf, i == kTraceNs ? " %s=%.1f/%.1f/%.1f" : " %s=%.0f/%.0f/%.0f", names[i], least[i],
+                  mean[i], most[i]);
+    out += buf;
+  }
+  return out;
 }
 
 inline std::string describe(const char* what, const Plan& pl, size_t real_bytes) {
@@ -484,14 +619,23 @@ void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pi
   });
 }
 
+// (the traced kernel when prm.trace is set; plan it with trace = true)
 template <typename Real>
 void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan(pl, prm, stream, [](auto BCc) { return forward_kernel<Real, decltype(BCc)::value>; });
+  const bool trace = prm.trace != nullptr;
+  launch_plan(pl, prm, stream, [trace](auto BCc) {
+    constexpr int kBC = decltype(BCc)::value;
+    return trace ? forward_kernel<Real, kBC, true> : forward_kernel<Real, kBC, false>;
+  });
 }
 
 template <typename Real>
 void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan(pl, prm, stream, [](auto BCc) { return backward_kernel<Real, decltype(BCc)::value>; });
+  const bool trace = prm.trace != nullptr;
+  launch_plan(pl, prm, stream, [trace](auto BCc) {
+    constexpr int kBC = decltype(BCc)::value;
+    return trace ? backward_kernel<Real, kBC, true> : backward_kernel<Real, kBC, false>;
+  });
 }
 
 }  // namespace persistent

@@ -20,6 +20,9 @@ kernels (also for B > 64, where every persistent block would stage all B rows ea
 ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks; "persistent" raises
 RuntimeError where it cannot run, "tensor" where the precision is "fp32");
 ``cuda_info()["last_forward"]`` and ``["last_backward"]`` say which kernels the last call ran.
+With the environment variable ``FASTLSTM_CUDA_TRACE=1`` (read at each call; for profiling) the
+persistent kernels run in a traced variant and that description ends with their time per step,
+phase by phase (``bench/gpu_phase_profile.py``); each traced call synchronises its stream.
 
 Precision (``ops.lstm_forward(..., precision=)``): "fp32" (default), or with float32 inputs
 "tf32" / "bf16" / "tf32x3": the input projection and the backward's weight-gradient and dx

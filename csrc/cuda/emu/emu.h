@@ -54,6 +54,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -343,6 +344,10 @@ inline uint64_t next_random() {  // xorshift64*
   return x * 0x2545F4914F6CDD1Dull;
 }
 
+inline long long monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 inline unsigned char* dynamic_shared() {
   if (!g_coop) {
     if (g_error.empty()) g_error = "dynamic shared memory used outside a cooperative launch";
@@ -569,6 +574,7 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   std::memset(p, v, n);
   return cudaSuccess;
 }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memmove(dst, src, n);
   return cudaSuccess;
