@@ -16,7 +16,8 @@
 # 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16, tf32x3 vs
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s;
-#                 then bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced)
+#                 then bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced;
+#                 persistent with staging ahead on and off)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
 #                 by phase: FASTLSTM_CUDA_TRACE)
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
@@ -25,7 +26,7 @@
 #                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
-# script keeps within TOTAL_BUDGET seconds (default 380, under 6.5 minutes): each stage gets at
+# script keeps within TOTAL_BUDGET seconds (default 395, under 6.6 minutes): each stage gets at
 # most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
 # folder): gpu_check.log (everything, the build's log included), pytest_cuda.log, sanitizer.log,
 # gpu_bench.md, gpu_bench.json, gpu_persistent_ab.md, gpu_persistent_ab.json,
@@ -36,7 +37,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-TOTAL_BUDGET=${TOTAL_BUDGET:-380}
+TOTAL_BUDGET=${TOTAL_BUDGET:-395}
 T0=$(date +%s)
 OUTDIR=${OUT:-$(mktemp -d /tmp/fastlstm_gpu_check.XXXXXX)}
 mkdir -p "$OUTDIR"
@@ -172,14 +173,14 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)
-BENCH_DEADLINE=$(($(left) - 255))
+BENCH_DEADLINE=$(($(left) - 270))
 [ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
   --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
 
 # ---- 5b. the persistent kernels against the per-step ones and cuDNN, kernel paths forced
 # (sets auto's batch limit kPersistentAutoMaxRows; bench/gpu_persistent_ab.py)
-stage persistent_ab 60 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
+stage persistent_ab 75 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
 
 # ---- 5c. where the persistent kernels' time goes per step (traced kernels; bench/gpu_phase_profile.py)
 stage phase_profile 45 "$OUTDIR/phase_profile.log" "$PY" bench/gpu_phase_profile.py --out "$OUTDIR" --reps 3

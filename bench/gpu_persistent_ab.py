@@ -3,8 +3,9 @@
     python bench/gpu_persistent_ab.py [--out DIR] [--reps 10]
 
 For each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
-kernel path forced to "persistent" and to "simt", and torch.nn.LSTM (cuDNN, strict fp32) on the
-same inputs, all on CuPy / torch device arrays (no host copies in the timed region). Medians
+kernel path forced to "persistent" and to "simt", the persistent kernels also with their
+staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a step has several
+batch chunks, B > 16), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch device arrays (no host copies in the timed region). Medians
 (with min and max) of CUDA-event timings, runs interleaved round-robin across the contenders
 so that a slow phase of the card hits all of them. Before timing, the persistent results are
 checked against the simt ones (float32 tolerance): a wrong kernel is not timed. Prints a
@@ -30,6 +31,24 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+class stage_ahead:
+    """Inside the block, the persistent kernels stage ahead (True: the default) or not."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = os.environ.get("FASTLSTM_CUDA_STAGE_AHEAD")
+        if not self.on:
+            os.environ["FASTLSTM_CUDA_STAGE_AHEAD"] = "0"
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop("FASTLSTM_CUDA_STAGE_AHEAD", None)
+        else:
+            os.environ["FASTLSTM_CUDA_STAGE_AHEAD"] = self.prev
+
+
 def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     T, B, I, H = cfg
     rng = np.random.default_rng(T + B + H)
@@ -46,12 +65,12 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path):
-        with fcuda.use_kernel_path(path):
+    def fl_fwd(path, ahead=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path):
-        with fcuda.use_kernel_path(path):
+    def fl_both(path, ahead=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 
@@ -79,6 +98,9 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     contenders = {"persistent_fwd": lambda: fl_fwd("persistent"), "simt_fwd": lambda: fl_fwd("simt"),
                   "cudnn_fwd": cudnn_fwd, "persistent_both": lambda: fl_both("persistent"),
                   "simt_both": lambda: fl_both("simt"), "cudnn_both": cudnn_both}
+    if B > 16:  # several batch chunks per step: staging ahead acts
+        contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
+        contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
     reps = args.reps if T * B * H <= 100 * 64 * 1024 else max(3, args.reps // 2)
     times = {name: [] for name in contenders}
     for fn in contenders.values():
@@ -121,8 +143,9 @@ def main(argv=None):
             print(cfg, "FAILED", type(e).__name__, e, flush=True)
             rows.append(dict(config=list(cfg), max_rel_persistent_vs_simt=float("nan"), error=str(e)))
     lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
-             "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) | "
+             "staging ahead off: fwd / fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "persistent_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | MISMATCH {row['max_rel_persistent_vs_simt']:.2e} |")
@@ -132,7 +155,8 @@ def main(argv=None):
                      f"{m('cudnn_fwd')} | {row['cudnn_fwd'][0] / row['persistent_fwd'][0]:.2f}x | "
                      f"{m('persistent_both')} | {m('simt_both')} | {m('cudnn_both')} | "
                      f"{row['cudnn_both'][0] / row['persistent_both'][0]:.2f}x | "
-                     f"{row['max_rel_persistent_vs_simt']:.1e} |")
+                     f"{row['max_rel_persistent_vs_simt']:.1e} | "
+                     + (f"{m('noahead_fwd')} / {m('noahead_both')} |" if "noahead_fwd" in row else "- |"))
     table = "\n".join(lines)
     head = (f"persistent vs simt vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

@@ -605,6 +605,45 @@ def test_emulated_persistent_staging_in_several_passes(emu, H):
     fcuda.set_kernel_path("auto")
 
 
+@pytest.mark.parametrize("B,H,sms,lengths,reverse", [
+    (40, 24, 4, None, False),                           # 3 chunks of 16, 16, 8 rows
+    (33, 600, 160, [2, 0, 1] * 11, True),               # each chunk's rows staged in two passes
+    (6, 40, 4, [3, 1, 0, 2, 3, 3], False),              # shared memory for 4 rows/chunk only
+    (20, 9, 5, list(range(20)), True),                  # H % 4 != 0: the forward stages values
+])
+def test_emulated_persistent_staging_ahead(emu, monkeypatch, B, H, sms, lengths, reverse):
+    # With several chunks per step, each chunk's first pass of staging loads is issued before
+    # the previous chunk's product (stage_load / stage_store): the same bits as staging each
+    # chunk in its turn (FASTLSTM_CUDA_STAGE_AHEAD=0), against the float64 reference, and on
+    # the emulator's other block schedules (a chunk stored before the previous one's product
+    # was read, or loaded from the wrong rows, would differ).
+    T = 3 if lengths is None else max(max(lengths), 1)
+    lengths = None if lengths is None else [min(v, T) for v in lengths]
+    if H == 40:  # 3 blocks of 16 units: 14976 / 16896 B at 4 rows/chunk, 19712 / 23552 B at 8
+        emu.set_device(sm_count=sms, smem_per_block_optin=17000, smem_per_sm=34000)
+    else:
+        emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 5, H, np.float32, seed=B * H, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_STAGE_AHEAD", "0")
+    plain = run_cuda(fwd, bwd)
+    for kind in ("forward", "backward"):
+        assert "ahead" not in _ran(kind), _ran(kind)
+    monkeypatch.delenv("FASTLSTM_CUDA_STAGE_AHEAD")
+    results = []
+    for mode in (0, 2, 3):
+        emu.set_schedule(mode, seed=B + H)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        results.append(tuple(outs) + tuple(grads))
+        assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), results[-1])
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+    bc = int(_ran("forward").split(" rows/chunk")[0].rsplit(" ", 1)[1])
+    assert B > bc, _ran("forward")  # several chunks per step
+    assert ("staged one chunk ahead" in _ran("forward")) == (H % 4 == 0), _ran("forward")
+    assert "staged one chunk ahead" in _ran("backward"), _ran("backward")
+    fcuda.set_kernel_path("auto")
+
+
 TRACE_PHASES = ("weights", "wait", "stage", "product", "finish", "barrier", "gates")
 
 

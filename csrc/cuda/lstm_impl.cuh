@@ -800,7 +800,7 @@ persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device
              " rows, where the per-step kernels are faster";
     return pl;
   }
-  return persistent::plan<Real>(backward, B, H, device, trace);
+  return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested());
 }
 
 // Why the tensor path runs (for the description).

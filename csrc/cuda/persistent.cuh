@@ -112,24 +112,42 @@ constexpr int kStageBatch = 8;
 // The loop of stage_rows for one element type (a vector or a value): dst holds BC rows of
 // per_row elements; element i of row bb < nb comes from row_src(bb)[i] when i < valid and the
 // row pointer is not null, else it is zero.
+// One pass of it split in two: this thread's kStageBatch elements of the pass from element e0,
+// loaded into v (stage_load), then stored into dst (stage_store). Staging ahead (forward and
+// backward, several chunks per step) loads a chunk's first pass before the previous chunk's
+// product and stores it when the chunk's turn comes.
+constexpr int kStagePass = kThreads * kStageBatch;
 template <int BC, typename Elem, typename RowSrc>
-__device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src) {
+__device__ __forceinline__ void stage_load(Elem (&v)[kStageBatch], int e0, int per_row, int nb, int valid,
+                                           RowSrc row_src) {
   const int tid = static_cast<int>(threadIdx.x);
   const int total = BC * per_row;
-  for (int e0 = 0; e0 < total; e0 += kThreads * kStageBatch) {
+#pragma unroll
+  for (int q = 0; q < kStageBatch; ++q) {
+    const int e = e0 + q * kThreads + tid;
+    const int bb = e / per_row, i = e - bb * per_row;
+    const Elem* src = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
+    v[q] = src ? __ldcg(src + i) : Elem{};
+  }
+}
+template <int BC, typename Elem>
+__device__ __forceinline__ void stage_store(const Elem (&v)[kStageBatch], Elem* dst, int e0, int per_row) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int total = BC * per_row;
+#pragma unroll
+  for (int q = 0; q < kStageBatch; ++q) {
+    const int e = e0 + q * kThreads + tid;
+    if (e < total) dst[e] = v[q];
+  }
+}
+// The passes from element e_begin on (0: all of them).
+template <int BC, typename Elem, typename RowSrc>
+__device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src,
+                                            int e_begin = 0) {
+  for (int e0 = e_begin; e0 < BC * per_row; e0 += kStagePass) {
     Elem v[kStageBatch];
-#pragma unroll
-    for (int q = 0; q < kStageBatch; ++q) {
-      const int e = e0 + q * kThreads + tid;
-      const int bb = e / per_row, i = e - bb * per_row;
-      const Elem* src = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
-      v[q] = src ? __ldcg(src + i) : Elem{};
-    }
-#pragma unroll
-    for (int q = 0; q < kStageBatch; ++q) {
-      const int e = e0 + q * kThreads + tid;
-      if (e < total) dst[e] = v[q];
-    }
+    stage_load<BC>(v, e0, per_row, nb, valid, row_src);
+    stage_store<BC>(v, dst, e0, per_row);
   }
 }
 template <typename Real, int BC, typename RowSrc>
@@ -238,7 +256,10 @@ struct ForwardParams {
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
 };
 
-template <typename Real, int BC, bool TRACE>
+// AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
+// with several chunks per step and (forward) rows of whole vectors; its registers are only
+// spent where it runs. TRACE: the traced variant (PhaseClock).
+template <typename Real, int BC, bool TRACE, bool AHEAD>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<Real> p) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
@@ -266,9 +287,19 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   // This thread finishes (row b0 + fb, unit j0 + fu) of each chunk when tid < nb * U.
   const int fb = tid / U, fu = tid % U;
   const int64_t j = j0 + fu;
+  // Staging ahead: with several chunks per step and rows of whole vectors, each chunk's first
+  // pass of loads is in flight during the previous chunk's product (held in `ahead`).
+  const bool vec_rows = H % KV == 0;
+  constexpr bool stage_ahead = AHEAD;  // (the host launches it only where it applies: B > BC, H % KV == 0)
+  const int ngi = static_cast<int>(NG), hv = static_cast<int>(H / KV);
+  V ahead[kStageBatch];
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = (s % 2 == 0) ? p.hbuf0 : p.hbuf1;
     Real* h_next = (s % 2 == 0) ? p.hbuf1 : p.hbuf0;
+    auto h_rows = [&](int64_t c0) {
+      return [h_prev, c0, H](int bb) { return reinterpret_cast<const V*>(h_prev + (c0 + bb) * H); };
+    };
+    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), hv, h_rows(0));
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       const int64_t b = b0 + fb;
@@ -290,10 +321,17 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       }
       __syncthreads();  // W loaded (first chunk) / the previous chunk's X and red fully read
       clk.mark(kTraceWait);
-      stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(H), H % KV == 0,
-                           [&](int bb) { return h_prev + (b0 + bb) * H; });
+      if (stage_ahead) {
+        stage_store<BC>(ahead, X, 0, ngi);
+        stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), kStagePass);
+      } else {
+        stage_rows<Real, BC>(X, ngi, nb, static_cast<int>(H), vec_rows,
+                             [&](int bb) { return h_prev + (b0 + bb) * H; });
+      }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
+      if (stage_ahead && b0 + BC < B)
+        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC));
       block_product<Real, BC>(W, X, red, C, NG);
       clk.mark(kTraceProduct);
       if (finisher) {
@@ -350,7 +388,7 @@ struct BackwardParams {
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
 };
 
-template <typename Real, int BC, bool TRACE>
+template <typename Real, int BC, bool TRACE, bool AHEAD>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<Real> p) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
@@ -374,6 +412,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   }
   clk.mark(kTraceWeights);
 
+  constexpr bool stage_ahead = AHEAD;
+  const int ngi = static_cast<int>(NG);
+  V ahead[kStageBatch];
   unsigned long long arrivals = 0;
   for (int64_t s = T - 1; s >= 0; --s) {
     // Phase A: the gate gradients of this block's units, every row (backward_gates_kernel).
@@ -422,18 +463,26 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
     clk.mark(kTraceBarrier);
     // Phase B: dh[b, j] = dz_t[b, :] . R[j, :] for rows inside their length.
     const int fb = tid / U, fu = tid % U;
+    // dz rows of 4H values: 4H % KV == 0, and every row starts KV-aligned; rows past their
+    // length are zeros. With several chunks, each chunk's first pass is staged ahead.
+    auto dz_rows = [&](int64_t c0) {
+      return [&p, c0, s, T, B, G](int bb) -> const V* {
+        const int64_t b = c0 + bb;
+        const int64_t L = seq_len(p.lengths, b, T);
+        return s < L ? reinterpret_cast<const V*>(p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G) : nullptr;
+      };
+    };
+    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), ngi, dz_rows(0));
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       __syncthreads();  // the previous chunk's X and red fully read
       clk.mark(kTraceWait);
-      // dz rows of 4H values: 4H % KV == 0, and every row starts KV-aligned
-      stage_rows<Real, BC>(X, static_cast<int>(NG), nb, static_cast<int>(G), true, [&](int bb) -> const Real* {
-        const int64_t b = b0 + bb;
-        const int64_t L = seq_len(p.lengths, b, T);
-        return s < L ? p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G : nullptr;
-      });
+      if (stage_ahead) stage_store<BC>(ahead, X, 0, ngi);
+      stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0);
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
+      if (stage_ahead && b0 + BC < B)
+        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC));
       block_product<Real, BC>(W, X, red, U, NG);
       clk.mark(kTraceProduct);
       if (fb < nb) {
@@ -457,6 +506,7 @@ struct Plan {
   int units = 0, bc = 0;
   int64_t blocks = 0, ng = 0;
   size_t smem = 0;
+  bool ahead = false;  // the staging-ahead variant (several chunks per step)
 };
 
 template <class F>
@@ -473,17 +523,33 @@ auto with_bc(int bc, F&& f) {
   }
 }
 
+// f(BC, TRACE, AHEAD) with the three as compile-time constants (std::integral_constant); the
+// staging-ahead variant exists for BC > 1 only (one row per chunk means one chunk per step).
+template <class F>
+auto with_variant(int bc, bool trace, bool ahead, F&& f) {
+  return with_bc(bc, [&](auto BCc) {
+    auto go = [&](auto TRc) {
+      if constexpr (decltype(BCc)::value > 1) {
+        return ahead ? f(BCc, TRc, std::true_type{}) : f(BCc, TRc, std::false_type{});
+      } else {
+        return f(BCc, TRc, std::false_type{});
+      }
+    };
+    return trace ? go(std::true_type{}) : go(std::false_type{});
+  });
+}
+
 // How many blocks of the kernel fit on one SM with `smem` bytes of dynamic shared memory
 // (raises the kernel's dynamic shared memory limit to smem first).
-template <typename Real, int BC, bool TRACE>
+template <typename Real, int BC, bool TRACE, bool AHEAD>
 int blocks_per_sm(bool backward, size_t smem) {
   int n = 0;
   if (backward) {
-    auto k = backward_kernel<Real, BC, TRACE>;
+    auto k = backward_kernel<Real, BC, TRACE, AHEAD>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   } else {
-    auto k = forward_kernel<Real, BC, TRACE>;
+    auto k = forward_kernel<Real, BC, TRACE, AHEAD>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   }
@@ -494,9 +560,10 @@ int blocks_per_sm(bool backward, size_t smem) {
 // persistent forward (backward = false) or backward: the fewest units per block such that one
 // block per SM covers H (at most sm_count blocks), with the largest BC that the shared memory
 // allows; failing that, several blocks per SM as the occupancy calculator allows. With `trace`,
-// for the traced kernels (their occupancy may differ).
+// for the traced kernels; with `ahead`, for the staging-ahead variant wherever it applies (their
+// occupancy may differ).
 template <typename Real>
-Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false) {
+Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, bool ahead = true) {
   Plan pl;
   int coop = 0, sms = 0, optin = 0;
   FL_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -526,9 +593,9 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false) {
         if (bc > bc_max || bc * U > kThreads) continue;
         const size_t smem = smem_bytes<Real>(NG, C, bc);
         if (smem > static_cast<size_t>(optin)) continue;
-        const int per_sm = with_bc(bc, [&](auto BCc) {
-          constexpr int kBC = decltype(BCc)::value;
-          return trace ? blocks_per_sm<Real, kBC, true>(backward, smem) : blocks_per_sm<Real, kBC, false>(backward, smem);
+        const bool ahead_here = ahead && B > bc && (backward || H % KV == 0);
+        const int per_sm = with_variant(bc, trace, ahead_here, [&](auto BCc, auto TRc, auto AHc) {
+          return blocks_per_sm<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>(backward, smem);
         });
         if (per_sm < 1 || blocks > int64_t(per_sm) * sms) continue;
         pl.ok = true;
@@ -537,6 +604,7 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false) {
         pl.blocks = blocks;
         pl.ng = NG;
         pl.smem = smem;
+        pl.ahead = ahead_here && bc > 1;
         break;
       }
     }
@@ -600,18 +668,28 @@ inline std::string trace_summary(const unsigned long long* trace, int64_t blocks
   return out;
 }
 
+// Whether the kernels stage each chunk's first pass ahead (see stage_load): yes unless
+// FASTLSTM_CUDA_STAGE_AHEAD=0 (read at every call; for measuring its effect, e.g.
+// bench/gpu_persistent_ab.py).
+inline bool stage_ahead_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_STAGE_AHEAD");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 inline std::string describe(const char* what, const Plan& pl, size_t real_bytes) {
   return std::string(what) + " (fp" + std::to_string(real_bytes * 8) + ", " + std::to_string(pl.blocks) + " blocks x " +
          std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
-         std::to_string(pl.bc) + " rows/chunk, " + std::to_string(pl.smem) + " B shared)";
+         std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
+         std::to_string(pl.smem) + " B shared)";
 }
 
-// One cooperative launch of the kernel pick(BC) for the plan's rows per chunk.
+// One cooperative launch of the kernel pick(BC, TRACE, AHEAD) for the plan's rows per chunk, its
+// staging-ahead choice, and the trace when asked for.
 template <typename Params, typename Pick>
 void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pick) {
   const dim3 grid = grid_of(pl.blocks);
-  with_bc(pl.bc, [&](auto BCc) {
-    auto k = pick(BCc);
+  with_variant(pl.bc, prm.trace != nullptr, pl.ahead, [&](auto BCc, auto TRc, auto AHc) {
+    auto k = pick(BCc, TRc, AHc);
     // (again here: another thread's planning may have lowered the limit since)
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
     launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
@@ -619,22 +697,17 @@ void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pi
   });
 }
 
-// (the traced kernel when prm.trace is set; plan it with trace = true)
 template <typename Real>
 void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
-  const bool trace = prm.trace != nullptr;
-  launch_plan(pl, prm, stream, [trace](auto BCc) {
-    constexpr int kBC = decltype(BCc)::value;
-    return trace ? forward_kernel<Real, kBC, true> : forward_kernel<Real, kBC, false>;
+  launch_plan(pl, prm, stream, [](auto BCc, auto TRc, auto AHc) {
+    return forward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>;
   });
 }
 
 template <typename Real>
 void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
-  const bool trace = prm.trace != nullptr;
-  launch_plan(pl, prm, stream, [trace](auto BCc) {
-    constexpr int kBC = decltype(BCc)::value;
-    return trace ? backward_kernel<Real, kBC, true> : backward_kernel<Real, kBC, false>;
+  launch_plan(pl, prm, stream, [](auto BCc, auto TRc, auto AHc) {
+    return backward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>;
   });
 }
 
