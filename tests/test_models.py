@@ -461,3 +461,133 @@ def test_variable_length_time_axis_and_integer_input():
     m2.fit(np.ones((4, 5, 3)), np.ones((4, 5, 2)), verbose=0)
     with pytest.raises(ValueError, match="does not match"):
         m2.fit(np.ones((4, 5, 3)), np.ones((4, 4, 2)), verbose=0)
+
+
+# ---------------------------------------------------------------- Keras 3 behaviours (session 11)
+
+def _sigmoid_model(loss="binary_crossentropy", lr=0.0, metrics=("accuracy", "mae")):
+    m = Sequential([Dense(1, activation="sigmoid", input_shape=(3,))], dtype="float64")
+    m.compile(optimizer=optimizers.SGD(lr), loss=loss, metrics=list(metrics))
+    return m
+
+
+def test_metrics_are_not_weighted_by_sample_or_class_weight():
+    # Keras 3: `metrics=` are updated without sample_weight (only the loss, and Keras's
+    # weighted_metrics, use it); class_weight likewise.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3))
+    y = (rng.random((10, 1)) > 0.5).astype(np.float64)
+    sw = np.array([5, 0, 0, 1, 1, 1, 0, 0, 3, 1], np.float64)
+    m = _sigmoid_model()
+    plain = m.evaluate(x, y, verbose=0)
+    weighted = m.evaluate(x, y, sample_weight=sw, verbose=0)
+    p = m.predict(x, verbose=0)
+    np.testing.assert_allclose(plain[1:], [np.mean((p > 0.5) == (y > 0.5)), np.mean(np.abs(y - p))],
+                               rtol=1e-12)
+    np.testing.assert_allclose(weighted[1:], plain[1:], rtol=1e-12)
+    assert abs(weighted[0] - plain[0]) > 1e-3       # the loss is weighted
+    h = m.fit(x, y, sample_weight=sw, class_weight={0: 10.0, 1: 1.0}, batch_size=10, epochs=1,
+              verbose=0)
+    np.testing.assert_allclose([h.history["accuracy"][0], h.history["mae"][0]], plain[1:], rtol=1e-12)
+
+
+def test_masked_metrics_do_not_depend_on_the_batch_size():
+    # The mean over the valid steps of every sequence, however the batches fall (Keras).
+    rng = np.random.default_rng(1)
+    N, T, V = 12, 6, 5
+    x = np.zeros((N, T), np.int64)
+    lens = rng.integers(1, T + 1, N)
+    for i, n in enumerate(lens):
+        x[i, :n] = rng.integers(1, V, n)
+    y = rng.integers(0, 3, (N, T))
+    m = Sequential([layers.Embedding(V, 4, mask_zero=True, input_shape=(T,)),
+                    LSTM(3, return_sequences=True), Dense(3, activation="softmax")], dtype="float64")
+    m.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    p = m.predict(x, verbose=0)
+    valid = x != 0
+    want = np.sum((np.argmax(p, -1) == y) & valid) / valid.sum()
+    for bs in (12, 5, 4, 1):
+        assert m.evaluate(x, y, batch_size=bs, verbose=0)[1] == pytest.approx(want, rel=1e-12), bs
+
+
+def test_class_weight_does_not_reach_the_validation_split():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((20, 3))
+    y = (rng.random((20, 1)) > 0.5).astype(np.float64)
+    m = _sigmoid_model(metrics=("accuracy",))
+    sw = rng.random(20) + 0.5
+    h = m.fit(x, y, validation_split=0.5, class_weight={0: 10.0, 1: 1.0}, sample_weight=sw,
+              epochs=1, shuffle=False, verbose=0)
+    # the validation half keeps its sample weights (as Keras splits them) but no class weights
+    want = m.evaluate(x[10:], y[10:], sample_weight=sw[10:], verbose=0)
+    np.testing.assert_allclose([h.history["val_loss"][0], h.history["val_accuracy"][0]], want, rtol=1e-12)
+    # a sample weight of shape (N, 1) combines with class weights (it used to broadcast to (N, N))
+    m.fit(x, y, sample_weight=sw[:, None], class_weight={0: 2.0, 1: 1.0}, verbose=0)
+
+
+@pytest.mark.parametrize("wrapper", ["time_distributed", "bidirectional"])
+def test_a_frozen_layer_inside_a_wrapper_is_not_trained(wrapper):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 5, 3))
+    y = rng.standard_normal((8, 5, 2))
+    if wrapper == "time_distributed":
+        frozen = Dense(2, trainable=False)
+        m = Sequential([LSTM(4, return_sequences=True, input_shape=(5, 3)), layers.TimeDistributed(frozen)],
+                       dtype="float64")
+        trained = m.layers[0]
+    else:
+        frozen = LSTM(3, return_sequences=True, trainable=False)
+        m = Sequential([layers.Bidirectional(frozen, input_shape=(5, 3)),
+                        layers.TimeDistributed(Dense(2))], dtype="float64")
+        trained = m.layers[1]
+    m.compile(optimizers.SGD(0.1), "mse")
+    wrapped = m.layers[1] if wrapper == "time_distributed" else m.layers[0]
+    before = [w.copy() for w in wrapped.get_weights()]
+    other = [w.copy() for w in trained.get_weights()]
+    m.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(before, wrapped.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(other, trained.get_weights()))
+    assert len(wrapped.trainable_weights) == 0 and len(wrapped.non_trainable_weights) == len(before)
+    assert len(m.trainable_weights) == len(trained.weights)
+
+
+def test_save_keeps_the_learning_rate_of_now(tmp_path):
+    # A learning rate lowered by a callback (or by hand) after compile is what is saved.
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((8, 5, 3)), rng.standard_normal((8, 1))
+    m = Sequential([LSTM(4, input_shape=(5, 3)), Dense(1)], dtype="float64")
+    m.compile(optimizer=optimizers.Adam(0.01), loss="mse")
+    m.fit(x, y, epochs=3, verbose=0,
+          callbacks=[callbacks.ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0, min_delta=10)])
+    assert m.optimizer.learning_rate == pytest.approx(1e-4)
+    m.save(tmp_path / "m.keras")
+    assert load_model(tmp_path / "m.keras").optimizer.learning_rate == pytest.approx(1e-4)
+
+
+def test_verbose_takes_bools_and_validation_freq_counts_epochs_from_zero():
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 1))
+    m = _sigmoid_model(loss="mse", metrics=())
+    out = io.StringIO()
+    with redirect_stdout(out):
+        m.fit(x, y, verbose=False)
+        m.evaluate(x, y, verbose=False)
+        m.predict(x, verbose=False)
+    assert out.getvalue() == ""
+    with redirect_stdout(out):
+        m.fit(x, y, verbose=True)
+    assert "loss" in out.getvalue()
+    with pytest.raises(ValueError, match="verbose"):
+        m.fit(x, y, verbose="yes")
+    # Keras validates after epochs whose 1-based number divides by validation_freq, counting
+    # from epoch 0 also when training resumes at initial_epoch
+    seen = []
+
+    class Record(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, "val_loss" in logs))
+
+    m.fit(x, y, epochs=5, initial_epoch=1, validation_freq=2, validation_data=(x, y), verbose=0,
+          callbacks=[Record()])
+    assert seen == [(1, True), (2, False), (3, True), (4, False)]

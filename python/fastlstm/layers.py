@@ -250,13 +250,17 @@ class Layer:
         training; NumPy or CuPy). ``get_weights()`` gives NumPy copies."""
         return list(self._weights)
 
+    def _weight_trainable(self):
+        """Whether each of ``weights`` is trained (a list of bools, in the same order)."""
+        return [bool(self.trainable)] * len(self.weights)
+
     @property
     def trainable_weights(self):
-        return self.weights if self.trainable else []
+        return [w for w, t in zip(self.weights, self._weight_trainable()) if t]
 
     @property
     def non_trainable_weights(self):
-        return [] if self.trainable else self.weights
+        return [w for w, t in zip(self.weights, self._weight_trainable()) if not t]
 
     @property
     def weight_names(self):
@@ -1139,6 +1143,10 @@ class _Wrapper(Layer):
     @property
     def weights(self):
         return [w for layer in self._sublayers() for w in layer.weights]
+
+    def _weight_trainable(self):
+        # Keras: a wrapped layer frozen on its own stays frozen inside a trainable wrapper
+        return [bool(self.trainable) and t for layer in self._sublayers() for t in layer._weight_trainable()]
 
     def _all_weight_names(self):
         return [f"{layer.name}/{n}" for layer in self._sublayers() for n in layer._weight_names]

@@ -46,6 +46,20 @@ from . import optimizers as optimizers_module
 __all__ = ["Sequential", "load_model"]
 
 
+def _with_class_weights(sw, cw):
+    """Sample weights times class weights (either may be None); a sample weight of shape
+    (N, 1) or (N, T) meets class weights of shape (N,) or (N, T)."""
+    if cw is None:
+        return sw
+    if sw is None:
+        return cw
+    if sw.ndim > cw.ndim:
+        cw = cw.reshape(cw.shape + (1,) * (sw.ndim - cw.ndim))
+    else:
+        sw = sw.reshape(sw.shape + (1,) * (cw.ndim - sw.ndim))
+    return sw * cw
+
+
 def _int_arg(value, name, low):
     try:
         if isinstance(value, bool):
@@ -469,6 +483,16 @@ class Sequential:
                 total = p if total is None else total + p
         return total
 
+    def _metric_weights(self, y_pred):
+        """The weights of the compiled metrics: the output mask of a sequence output as 0/1
+        (a metric is the mean over the valid steps, however the batches fall), else None. As
+        in Keras 3, ``metrics=`` are not weighted by sample_weight or class_weight (the loss
+        is)."""
+        mask = self._output_mask
+        if mask is None or y_pred.ndim < 3:
+            return None
+        return _devices.array_module(y_pred).asarray(_devices.to_host(mask).astype(np.float64))
+
     def _metric_stats(self, yb, y_pred, w):
         """Each compiled metric's (total, count) for the batch, left on the device (None for
         a metric that can only update itself)."""
@@ -508,12 +532,15 @@ class Sequential:
             for layer in self.layers:
                 if not layer.trainable or not layer.weights:
                     continue
-                for var, g, rg in zip(layer.weights, layer.grads, layer.regularization_grads()):
-                    grads.append(g if rg is None else g + rg)
-                    variables.append(var)
+                for var, g, rg, t in zip(layer.weights, layer.grads, layer.regularization_grads(),
+                                         layer._weight_trainable()):
+                    if t:     # (a frozen layer inside a wrapper is not trained)
+                        grads.append(g if rg is None else g + rg)
+                        variables.append(var)
         xp = dev.xp
         finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads])) if grads else True
-        stats = self._metric_stats(yb, y_pred, w)
+        mw = self._metric_weights(y_pred)
+        stats = self._metric_stats(yb, y_pred, mw)
         host = _devices.read_scalars(
             [value, finite] + [v for st in stats if st is not None for v in st])
         value, finite = host[0], host[1]
@@ -523,7 +550,7 @@ class Sequential:
             return float("nan"), y_pred      # e.g. inf inputs: finite loss, NaN gradient
         if variables:
             self.optimizer.apply(grads, variables)
-        self._update_metrics(stats, host[2:], yb, y_pred, w)
+        self._update_metrics(stats, host[2:], yb, y_pred, mw)
         return value, y_pred
 
     def _batches(self, n, batch_size, order=None):
@@ -569,9 +596,6 @@ class Sequential:
             raise ValueError(f"validation_split: expected a float in [0, 1), got "
                              f"{validation_split!r}")
         sw = self._prepare_sample_weight(sample_weight, n)
-        cw = self._class_weights(class_weight, y)
-        if cw is not None:
-            sw = cw if sw is None else sw.reshape(sw.shape + (1,) * (cw.ndim - sw.ndim)) * cw
         validation_freq = _int_arg(validation_freq, "validation_freq", 1)
         val = None
         if validation_data is not None:
@@ -595,6 +619,8 @@ class Sequential:
             x, y = x[:split], y[:split]
             sw = None if sw is None else sw[:split]
             n = split
+        # class_weight weighs the training samples only (as in Keras: applied after the split)
+        sw = _with_class_weights(sw, self._class_weights(class_weight, y))
         steps = math.ceil(n / batch_size)
         if steps_per_epoch is not None:
             steps = min(steps, _int_arg(steps_per_epoch, "steps_per_epoch", 1))
@@ -634,7 +660,7 @@ class Sequential:
                 if self.stop_training:
                     break
             epoch_logs = dict(logs)
-            if val is not None and (epoch + 1 - initial_epoch) % validation_freq == 0 \
+            if val is not None and (epoch + 1) % validation_freq == 0 \
                     and math.isfinite(epoch_logs.get("loss", 0.0)):
                 val_logs = self._evaluate_arrays(*val, batch_size=val_bs, callbacks=cbs,
                                                  steps=validation_steps)
@@ -647,10 +673,12 @@ class Sequential:
 
     @staticmethod
     def _verbose(verbose):
-        if verbose == "auto":
+        if isinstance(verbose, str) and verbose == "auto":
             return 1
-        if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-            raise ValueError(f"verbose: expected 0, 1, 2 or 'auto', got {verbose!r}")
+        if isinstance(verbose, (bool, np.bool_)):     # Keras accepts verbose=True / False
+            return int(verbose)
+        if isinstance(verbose, str) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose: expected 0, 1, 2, 'auto' or a bool, got {verbose!r}")
         return int(verbose)
 
     # ------------------------------------------------------------------ evaluate / predict
@@ -673,11 +701,12 @@ class Sequential:
             penalty = self._regularization_penalty()
             if penalty is not None:
                 value = value + penalty
-            stats = self._metric_stats(yb, y_pred, w)
+            mw = self._metric_weights(y_pred)
+            stats = self._metric_stats(yb, y_pred, mw)
             host = _devices.read_scalars(     # one transfer per batch
                 [value] + [v for st in stats if st is not None for v in st])
             tracker.update_state(np.full(1, host[0]), sample_weight=[len(idx)])
-            self._update_metrics(stats, host[1:], yb, y_pred, w)
+            self._update_metrics(stats, host[1:], yb, y_pred, mw)
             if callbacks is not None:
                 callbacks.on_test_batch_end(step, self._logs(tracker))
         logs = self._logs(tracker)
@@ -735,10 +764,8 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._prepare_x(x)
         y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
-        sw = self._prepare_sample_weight(sample_weight, x.shape[0])
-        cw = self._class_weights(class_weight, y)
-        if cw is not None:
-            sw = cw if sw is None else sw.reshape(sw.shape + (1,) * (cw.ndim - sw.ndim)) * cw
+        sw = _with_class_weights(self._prepare_sample_weight(sample_weight, x.shape[0]),
+                                 self._class_weights(class_weight, y))
         self._reset_metrics()
         value, _ = self._train_batch(x, y, sw)
         logs = {"loss": value, **{m.name: m.result() for m in self.compiled_metrics}}

@@ -72,7 +72,7 @@ def _write_atomic(filepath, overwrite, write):
 
 
 def _index(model, kind, include_optimizer):
-    from . import __version__
+    from . import __version__, optimizers
     weights = model.get_weights()
     index = {
         "format": FORMAT,
@@ -85,7 +85,12 @@ def _index(model, kind, include_optimizer):
     if kind == "model":
         index["model_config"] = {"class_name": type(model).__name__,
                                  "config": model.get_config()}
-        index["compile_config"] = model._compile_config
+        cc = model._compile_config
+        if cc is not None and model.optimizer is not None:
+            # the optimizer as it is now (a learning rate changed by a callback or by hand since
+            # compile, as Keras saves it), not as it was compiled
+            cc = dict(cc, optimizer=optimizers.serialize(model.optimizer))
+        index["compile_config"] = cc
         index["optimizer_state"] = None
         if include_optimizer and model.optimizer is not None and model.optimizer.built:
             state = model.optimizer.get_state()
