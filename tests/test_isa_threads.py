@@ -158,7 +158,7 @@ def test_num_threads_api(num_threads):
         assert fastlstm.cpu_info()["num_threads"] == n
 
 
-@pytest.mark.parametrize("bad", [0, -1])
+@pytest.mark.parametrize("bad", [0, -1, 1025, 100000, 2**32 + 1])
 def test_num_threads_rejects_bad(bad, num_threads):
     before = fastlstm.get_num_threads()
     with pytest.raises(ValueError, match=r"\bn\b"):

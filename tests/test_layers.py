@@ -406,6 +406,19 @@ def test_layer_argument_errors():
         layers.Dense(3, activation="sigmod")
     with pytest.raises(TypeError, match="unexpected keyword"):
         layers.LSTM(3, nonsense=True)
+    # Keras arguments fastlstm does not implement: accepted at their default, refused by name
+    # otherwise
+    layers.LSTM(3, use_cudnn="auto", kernel_constraint=None, recurrent_constraint=None,
+                bias_constraint=None, activity_regularizer=None)
+    layers.LSTM(3, use_cudnn=False)
+    layers.Dense(3, kernel_constraint=None, bias_constraint=None, activity_regularizer=None)
+    layers.Embedding(5, 2, embeddings_constraint=None)
+    with pytest.raises(NotImplementedError, match="kernel_constraint"):
+        layers.LSTM(3, kernel_constraint="non_neg")
+    with pytest.raises(NotImplementedError, match="activity_regularizer"):
+        layers.Dense(3, activity_regularizer="l2")
+    with pytest.raises(ValueError, match="use_cudnn"):
+        layers.LSTM(3, use_cudnn=1)
     with pytest.raises(ValueError, match="merge_mode"):
         layers.Bidirectional(layers.LSTM(2), merge_mode="max")
     with pytest.raises(TypeError, match="Bidirectional wraps an LSTM"):

@@ -591,3 +591,18 @@ def test_verbose_takes_bools_and_validation_freq_counts_epochs_from_zero():
     m.fit(x, y, epochs=5, initial_epoch=1, validation_freq=2, validation_data=(x, y), verbose=0,
           callbacks=[Record()])
     assert seen == [(1, True), (2, False), (3, True), (4, False)]
+
+
+def test_pad_sequences_and_its_errors():
+    seqs = [[1, 2, 3], [4], []]
+    np.testing.assert_array_equal(utils.pad_sequences(seqs), [[1, 2, 3], [0, 0, 4], [0, 0, 0]])
+    np.testing.assert_array_equal(utils.pad_sequences(seqs, maxlen=2, padding="post", truncating="post"),
+                                  [[1, 2], [4, 0], [0, 0]])
+    np.testing.assert_array_equal(utils.pad_sequences(seqs, maxlen=2), [[2, 3], [0, 4], [0, 0]])
+    feats = utils.pad_sequences([np.ones((2, 3)), np.full((1, 3), 2.0)], dtype="float32", value=-1.0)
+    assert feats.shape == (2, 2, 3) and feats.dtype == np.float32
+    np.testing.assert_array_equal(feats[1], [[-1, -1, -1], [2, 2, 2]])
+    with pytest.raises(ValueError, match="sequences: expected a list of sequences, but item 0"):
+        utils.pad_sequences([1, 2, 3])     # one flat sequence (Keras: ValueError too)
+    with pytest.raises(ValueError, match="padding"):
+        utils.pad_sequences(seqs, padding="middle")

@@ -517,6 +517,15 @@ def test_cache_weights_matches_and_follows_tracked_changes(dtype, native_torch_l
         opt.step()
     check()
     assert seen[-4] is not seen[0]
+    for model in (ours, ref):    # a fused step: changes the parameters, not their versions
+        opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+        model(x)[0].sum().backward()
+        versions = [p._version for p in model.parameters()]
+        opt.step()
+        assert [p._version for p in model.parameters()] == versions
+    before = seen[-1]
+    check()
+    assert seen[-1] is not before
     ours.load_state_dict(ref.state_dict())                          # load_state_dict (copy_)
     with torch.no_grad():
         for model in (ours, ref):

@@ -89,9 +89,15 @@ def _whole_number(value, name, low, what):
     return value
 
 
+# More threads than this would only fail later, allocating per-thread buffers for every call.
+_MAX_THREADS = 1024
+
+
 def set_num_threads(n):
-    """Set the number of threads the CPU kernels use (an integer >= 1)."""
+    """Set the number of threads the CPU kernels use (an integer from 1 to 1024)."""
     n = _whole_number(n, "n", 1, "number of threads")
+    if n > _MAX_THREADS:
+        raise ValueError(f"n: expected a number of threads <= {_MAX_THREADS}, got {n}")
     _core.set_num_threads(n)
 
 

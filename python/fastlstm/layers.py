@@ -169,6 +169,12 @@ class Layer:
 
     def __init__(self, name=None, dtype=None, trainable=True, input_shape=None,
                  batch_input_shape=None, batch_size=None, input_dim=None, **kwargs):
+        # Keras arguments fastlstm does not implement: accepted at their default (None), so
+        # that Keras code passing them explicitly runs; anything else is refused by name.
+        for key in [k for k in kwargs if k == "activity_regularizer" or k.endswith("_constraint")]:
+            if kwargs.pop(key) is not None:
+                raise NotImplementedError(f"{type(self).__name__}: {key} is not supported by "
+                                          "fastlstm (only its default, None)")
         if kwargs:
             bad = ", ".join(sorted(kwargs))
             raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s): {bad}")
@@ -868,8 +874,11 @@ class LSTM(Layer):
                  bias_regularizer=None, dropout=0.0, recurrent_dropout=0.0,
                  return_sequences=False, return_state=False, go_backwards=False,
                  stateful=False, seed=None, unroll=False, zero_output_for_mask=False,
-                 **kwargs):
+                 use_cudnn="auto", **kwargs):
         super().__init__(**kwargs)
+        # Keras's cuDNN switch: fastlstm always runs its own kernels, so it has no effect
+        if not (isinstance(use_cudnn, bool) or (isinstance(use_cudnn, str) and use_cudnn == "auto")):
+            raise ValueError(f"use_cudnn: expected 'auto', True or False, got {use_cudnn!r}")
         self.units = _positive_int(units, "units")
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)

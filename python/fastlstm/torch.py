@@ -141,11 +141,31 @@ class _NoDoubleBackward(torch.autograd.Function):
                            "Use torch.nn.LSTM for higher-order gradients.")
 
 
+# Steps taken by torch.optim optimizers (any, anywhere in the process), counted by a global
+# post-step hook registered when a module first turns caching on: fused optimizers
+# (fused=True) update parameters in place without bumping their version counters.
+_optimizer_steps = [0]
+_step_hook = []
+
+
+def _count_optimizer_steps():
+    if _step_hook:
+        return
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def counted(optimizer, args, kwargs):
+        _optimizer_steps[0] += 1
+
+    _step_hook.append(register_optimizer_step_post_hook(counted))
+
+
 def _weights_signature(weights):
     """What identifies the current values of weight tensors without reading them: each
     tensor's storage address, dtype and version counter (bumped by every in-place change
-    autograd can see; not by changes made through ``.data``)."""
-    return tuple(None if t is None else (t.data_ptr(), t.dtype, t._version) for t in weights)
+    autograd can see; not by changes made through ``.data``), and the number of optimizer
+    steps taken so far (a fused optimizer's step bumps no version counter)."""
+    return (_optimizer_steps[0],) + tuple(
+        None if t is None else (t.data_ptr(), t.dtype, t._version) for t in weights)
 
 
 def _inference_weights(weights, cache, slot):
@@ -335,12 +355,16 @@ class LSTM(torch.nn.Module):
         inference loops: each such call then skips transposing and packing them. Opt-in.
 
         A cached copy is refreshed when a weight tensor is replaced or changed in place by an
-        operation autograd tracks (its version counter: optimizer steps, load_state_dict,
-        ``with torch.no_grad(): w.copy_(...)``). Changes made through ``w.data`` are not
-        tracked by version counters and are NOT seen: call cache_weights() again after them.
-        Calling it clears the cache; ``cache_weights(False)`` turns caching off. Returns self.
+        operation autograd tracks (its version counter: load_state_dict,
+        ``with torch.no_grad(): w.copy_(...)``), and after any torch.optim optimizer's step
+        (counted by a global post-step hook: fused optimizers change parameters without
+        bumping version counters). Changes made through ``w.data`` are not tracked and are
+        NOT seen: call cache_weights() again after them. Calling it clears the cache;
+        ``cache_weights(False)`` turns caching off. Returns self.
         """
         enabled = _check_bool(enabled, "enabled")
+        if enabled:
+            _count_optimizer_steps()
         self._weight_cache = {} if enabled else None
         return self
 

@@ -69,7 +69,11 @@ def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncati
         seqs = [np.asarray(s) for s in sequences]
     except TypeError:
         raise TypeError("sequences: expected a list of sequences") from None
-    lengths = [len(s) if s.ndim else 0 for s in seqs]
+    for i, s in enumerate(seqs):
+        if s.ndim == 0:     # e.g. one flat sequence [1, 2, 3] instead of a list of them
+            raise ValueError(f"sequences: expected a list of sequences, but item {i} is not a "
+                             f"sequence: {s.item()!r}")
+    lengths = [len(s) for s in seqs]
     if maxlen is None:
         maxlen = max(lengths, default=0)
     else:
