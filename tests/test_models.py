@@ -593,6 +593,16 @@ def test_verbose_takes_bools_and_validation_freq_counts_epochs_from_zero():
     assert seen == [(1, True), (2, False), (3, True), (4, False)]
 
 
+def test_fit_and_evaluate_refuse_empty_data():
+    m = _sigmoid_model(loss="mse", metrics=("mae",))
+    x, y = np.zeros((0, 3)), np.zeros((0, 1))
+    with pytest.raises(ValueError, match="at least one sample to train"):
+        m.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match="at least one sample to evaluate"):
+        m.evaluate(x, y, verbose=0)
+    assert m.predict(x, verbose=0).shape == (0, 1)      # predict: an empty answer is fine
+
+
 def test_pad_sequences_and_its_errors():
     seqs = [[1, 2, 3], [4], []]
     np.testing.assert_array_equal(utils.pad_sequences(seqs), [[1, 2, 3], [0, 0, 4], [0, 0, 0]])

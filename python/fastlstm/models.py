@@ -584,6 +584,8 @@ class Sequential:
         self._require_compiled("fit")
         x = self._prepare_x(x)
         n = x.shape[0]
+        if n == 0:     # (Keras refuses empty data too; fit would silently do nothing)
+            raise ValueError("x: expected at least one sample to train on, got an empty array")
         y = self._prepare_y(y, n, x_shape=x.shape)
         batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
         epochs = _int_arg(epochs, "epochs", 0)
@@ -719,6 +721,8 @@ class Sequential:
         """The loss (and metrics) on (x, y): a float, or [loss, metric, ...] with metrics."""
         self._require_compiled("evaluate")
         x = self._prepare_x(x)
+        if x.shape[0] == 0:   # a loss of 0.0 over no samples would read as a perfect model
+            raise ValueError("x: expected at least one sample to evaluate on, got an empty array")
         y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
         sw = self._prepare_sample_weight(sample_weight, x.shape[0])
         batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
