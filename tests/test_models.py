@@ -616,3 +616,45 @@ def test_pad_sequences_and_its_errors():
         utils.pad_sequences([1, 2, 3])     # one flat sequence (Keras: ValueError too)
     with pytest.raises(ValueError, match="padding"):
         utils.pad_sequences(seqs, padding="middle")
+
+
+@pytest.mark.parametrize("loss, units, labels, want", [
+    ("mse", 4, "onehot", "CategoricalAccuracy"),             # Keras 3: from the shapes, not the loss
+    ("binary_crossentropy", 4, "onehot", "CategoricalAccuracy"),
+    ("categorical_crossentropy", 4, "onehot", "CategoricalAccuracy"),
+    ("sparse_categorical_crossentropy", 4, "sparse", "SparseCategoricalAccuracy"),
+    ("sparse_categorical_crossentropy", 4, "sparse1", "SparseCategoricalAccuracy"),  # labels (N, 1)
+    ("binary_crossentropy", 1, "binary", "BinaryAccuracy"),
+    ("mse", 1, "binary", "BinaryAccuracy"),
+])
+def test_accuracy_by_name_is_picked_from_the_shapes(loss, units, labels, want, tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((12, 3))
+    cls = rng.integers(0, units if units > 1 else 2, 12)
+    y = {"onehot": np.eye(units)[cls % units], "sparse": cls, "sparse1": cls[:, None],
+         "binary": cls[:, None].astype(np.float64)}[labels]
+    m = Sequential([Dense(units, activation="softmax" if units > 1 else "sigmoid", input_shape=(3,))],
+                   dtype="float64")
+    m.compile(optimizers.SGD(0.0), loss, metrics=["accuracy"])
+    got = m.evaluate(x, y, verbose=0)[1]
+    assert type(m.compiled_metrics[0]).__name__ == want
+    p = m.predict(x, verbose=0)
+    if want == "BinaryAccuracy":
+        expect = np.mean((p > 0.5) == (y > 0.5))
+    else:
+        expect = np.mean(np.argmax(p, -1) == (np.argmax(y, -1) if labels == "onehot" else cls))
+    assert got == pytest.approx(expect, rel=1e-12)
+    m.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.evaluate(x, y, verbose=0)[1] == pytest.approx(expect, rel=1e-12)
+    assert type(loaded.compiled_metrics[0]).__name__ == want
+
+
+def test_accuracy_by_name_with_logits_keeps_the_zero_threshold():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((16, 3))
+    y = (rng.random((16, 1)) > 0.5).astype(np.float64)
+    m = Sequential([Dense(1, input_shape=(3,))], dtype="float64")
+    m.compile(optimizers.SGD(0.0), losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
+    got = m.evaluate(x, y, verbose=0)[1]
+    assert got == pytest.approx(np.mean((m.predict(x, verbose=0) > 0) == (y > 0.5)), rel=1e-12)

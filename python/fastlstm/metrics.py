@@ -26,6 +26,7 @@ from ._device import array_module, read_scalars
 __all__ = [
     "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
     "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get",
+    "accuracy_for_shapes",
 ]
 
 
@@ -266,11 +267,26 @@ def _accuracy_for(loss):
     return BinaryAccuracy  # binary crossentropy, and the default for other losses
 
 
+def accuracy_for_shapes(y_true_shape, y_pred_shape):
+    """The accuracy class Keras 3's compile picks for 'accuracy' from the shapes of a batch's
+    targets and predictions: binary when the prediction's last axis is 1, sparse categorical
+    when the targets have fewer axes (or a last axis of 1 against several classes), else
+    categorical."""
+    yt, yp = tuple(y_true_shape), tuple(y_pred_shape)
+    if yp and yp[-1] == 1:
+        return BinaryAccuracy
+    if len(yt) < len(yp) or (yt and yp and yt[-1] == 1 and yp[-1] > 1):
+        return SparseCategoricalAccuracy
+    return CategoricalAccuracy
+
+
 def get(identifier, loss=None):
     """Resolve a metric.
 
     A string makes a fresh metric named by that string (as Keras's compile does, so
-    'mae' reports as 'mae'): 'accuracy'/'acc' picks the accuracy matching ``loss``
+    'mae' reports as 'mae'): 'accuracy'/'acc' picks the accuracy matching ``loss`` (a model's
+    compile then replaces it by the one ``accuracy_for_shapes`` picks from its first batch,
+    as Keras 3 does)
     (sparse categorical crossentropy -> SparseCategoricalAccuracy, categorical ->
     CategoricalAccuracy, anything else -> BinaryAccuracy); other names are the Keras
     names and aliases or class names.  A Metric instance is returned as is; a dict

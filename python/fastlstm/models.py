@@ -331,13 +331,11 @@ class Sequential:
             raise TypeError("compile: metrics must be a list (one output), got a dict")
         self.compiled_metrics = []
         for m in metrics:
-            metric = metrics_module.get(m, loss=self.loss)
-            # With from_logits the decision boundary of a logit is 0, not 0.5; a metric
-            # named by string follows the loss (an explicit BinaryAccuracy is left alone).
-            if isinstance(m, str) and isinstance(metric, metrics_module.BinaryAccuracy) and \
-                    isinstance(self.loss, losses_module.BinaryCrossentropy) and \
-                    self.loss.from_logits:
-                metric.threshold = 0.0
+            metric = self._string_metric_threshold(m, metrics_module.get(m, loss=self.loss))
+            if isinstance(m, str) and m.lower() in ("accuracy", "acc"):
+                # Keras 3 picks the accuracy from the first batch's target and prediction
+                # shapes (see _resolve_accuracy); until then, the one matching the loss
+                metric._accuracy_from_shapes = m
             self.compiled_metrics.append(metric)
         names = [m.name for m in self.compiled_metrics]
         if len(set(names)) != len(names):
@@ -345,10 +343,35 @@ class Sequential:
         self._compile_config = {
             "optimizer": optimizers_module.serialize(self.optimizer),
             "loss": None if self.loss is None else losses_module.serialize(self.loss),
-            "metrics": [{"class_name": type(m).__name__, "config": m.get_config()}
+            # ('accuracy' by name stays a name, so that a loaded model picks it the same way)
+            "metrics": [getattr(m, "_accuracy_from_shapes", None)
+                        or {"class_name": type(m).__name__, "config": m.get_config()}
                         for m in self.compiled_metrics],
         }
         self.compiled = True
+
+    def _string_metric_threshold(self, identifier, metric):
+        """With from_logits the decision boundary of a logit is 0, not 0.5: a BinaryAccuracy
+        named by string follows a from_logits binary crossentropy (an explicit instance is
+        left alone)."""
+        if isinstance(identifier, str) and isinstance(metric, metrics_module.BinaryAccuracy) and \
+                isinstance(self.loss, losses_module.BinaryCrossentropy) and self.loss.from_logits:
+            metric.threshold = 0.0
+        return metric
+
+    def _resolve_accuracy(self, yb, y_pred):
+        """'accuracy' by name becomes the accuracy Keras 3 picks from the shapes of the first
+        batch (binary for one output unit, sparse categorical for integer labels, else
+        categorical: e.g. categorical for one-hot targets whatever the loss)."""
+        for i, m in enumerate(self.compiled_metrics):
+            name = getattr(m, "_accuracy_from_shapes", None)
+            if name is None:
+                continue
+            cls = metrics_module.accuracy_for_shapes(yb.shape, y_pred.shape)
+            if type(m) is not cls:
+                m = self._string_metric_threshold(name, cls(name=name))
+                self.compiled_metrics[i] = m
+            m._accuracy_from_shapes = None       # decided
 
     @property
     def metrics_names(self):
@@ -496,6 +519,7 @@ class Sequential:
     def _metric_stats(self, yb, y_pred, w):
         """Each compiled metric's (total, count) for the batch, left on the device (None for
         a metric that can only update itself)."""
+        self._resolve_accuracy(yb, y_pred)
         return [m._batch_stats(yb, y_pred, w) if hasattr(m, "_batch_stats") else None
                 for m in self.compiled_metrics]
 

@@ -218,7 +218,8 @@ def load_model(filepath, compile=True):
         if compile and cc:
             model.compile(optimizer=optimizers.deserialize(cc["optimizer"]),
                           loss=None if cc.get("loss") is None else losses.deserialize(cc["loss"]),
-                          metrics=[metrics.get(m) for m in cc.get("metrics", [])])
+                          metrics=[m if isinstance(m, str) else metrics.get(m)
+                                   for m in cc.get("metrics", [])])
             st = index.get("optimizer_state")
             if st:
                 state = {"iterations": int(st["iterations"])}
