@@ -357,6 +357,95 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         load_model(tmp_path / "missing.keras")
 
 
+def _rewrite(src, dst, replace=None, drop=(), edit_index=None, deflate=()):
+    """A copy of the model file src with entries replaced / dropped / the index edited."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for n in zin.namelist():
+            if n in drop:
+                continue
+            data = (replace or {}).get(n, zin.read(n))
+            if n == "fastlstm.json" and edit_index is not None:
+                idx = json.loads(data)
+                edit_index(idx)
+                data = json.dumps(idx)
+            zout.writestr(n, data, compress_type=zipfile.ZIP_DEFLATED if n in deflate else zipfile.ZIP_STORED)
+    return dst
+
+
+def test_load_bounds_what_a_hostile_file_can_make_it_read(tmp_path):
+    # Every entry's uncompressed size and .npy header are checked against the index before
+    # anything is read or the model is built: a small file cannot make load_model allocate
+    # gigabytes, and every damaged file gives a ValueError naming it.
+    m = small_model()
+    m.fit(*toy_data(16), epochs=1, verbose=0)
+    good = tmp_path / "good.keras"
+    m.save(good)
+    w0 = zipfile.ZipFile(good).read("weights/00000.npy")
+    # a deflated entry that inflates far past its array (a zip bomb): 1 MiB of zeros after it
+    bomb = _rewrite(good, tmp_path / "bomb.keras", replace={"weights/00000.npy": w0 + bytes(1 << 20)},
+                    deflate={"weights/00000.npy"})
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(ValueError, match=r"bomb\.keras.*weights/00000\.npy would be \d+ bytes"):
+        load_model(bomb)
+    # an index declaring a huge weight, and a .npy header declaring one
+    def huge(idx):
+        idx["weights"][0]["shape"] = [10 ** 12]
+    with pytest.raises(ValueError, match="too small for shape"):
+        load_model(_rewrite(good, tmp_path / "h1.keras", edit_index=huge))
+    hdr = io.BytesIO()      # (sized like the real slot, (3, 32) float32, so only the header lies)
+    np.lib.format.write_array_header_1_0(hdr, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
+    with pytest.raises(ValueError, match=r"header says shape \(1000000000000,\)"):
+        load_model(_rewrite(good, tmp_path / "h2.keras",
+                            replace={"optimizer/momentums/00000.npy": hdr.getvalue() + bytes(3 * 32 * 4)}))
+    # entries missing or of the wrong shape, before the architecture is built
+    with pytest.raises(ValueError, match="weights/00001.npy is missing"):
+        load_model(_rewrite(good, tmp_path / "m1.keras", drop={"weights/00001.npy"}))
+    slot = io.BytesIO()
+    np.save(slot, np.zeros(1000, np.float32))
+    with pytest.raises(ValueError, match=r"optimizer/momentums/00000\.npy.*expected"):
+        load_model(_rewrite(good, tmp_path / "s1.keras", replace={"optimizer/momentums/00000.npy": slot.getvalue()}))
+    # mistyped index fields and deeply nested JSON: ValueError, not AttributeError / KeyError /
+    # RecursionError
+    def bad_weights(idx):
+        idx["weights"] = [1, 2]
+    def no_optimizer(idx):
+        del idx["compile_config"]["optimizer"]
+    def slots_list(idx):
+        idx["optimizer_state"]["slots"] = [1]
+    for i, edit in enumerate((bad_weights, no_optimizer, slots_list)):
+        with pytest.raises(ValueError, match=f"e{i}\\.keras"):
+            load_model(_rewrite(good, tmp_path / f"e{i}.keras", edit_index=edit))
+    deep = tmp_path / "deep.keras"
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr("fastlstm.json", "[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match="fastlstm.json unreadable"):
+        load_model(deep)
+    # corrupt deflate data
+    cor = _rewrite(good, tmp_path / "c.keras", deflate={"weights/00001.npy"})
+    raw = bytearray(cor.read_bytes())
+    info = zipfile.ZipFile(cor).getinfo("weights/00001.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start:start + 8] = b"\xff" * 8
+    cor.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"c\.keras"):
+        load_model(cor)
+    with pytest.raises(ValueError, match="is a folder"):
+        load_model(tmp_path)
+    assert load_model(good).predict(toy_data(4)[0], verbose=0).shape == (4, 1)   # the good one loads
+
+
+def test_load_warns_when_the_optimizer_state_belongs_to_other_weights(tmp_path):
+    m = small_model()
+    x, y = toy_data(16)
+    m.fit(x, y, epochs=1, verbose=0)
+    m.layers[0].trainable = False           # frozen after training: the state is for 5 weights
+    m.save(tmp_path / "f.keras")
+    with pytest.warns(RuntimeWarning, match="optimizer state was not restored"):
+        loaded = load_model(tmp_path / "f.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), m.predict(x, verbose=0))
+    loaded.fit(x, y, epochs=1, verbose=0)     # trains (a fresh optimizer state)
+
+
 def test_save_and_load_weights(tmp_path):
     m = small_model()
     p = tmp_path / "w.weights"

@@ -12,7 +12,10 @@ Layout of the archive:
 
 Arrays are read with ``numpy.load(..., allow_pickle=False)`` and the architecture is
 rebuilt only from fastlstm's own layer, loss, metric and optimizer classes named in the
-JSON, so loading a file never runs code from it. A save first writes a temporary file
+JSON, so loading a file never runs code from it. Reading is bounded by the index: every
+entry's uncompressed size and every .npy header are checked against the shapes it declares
+before anything is read (and the weights before the architecture is built), so a small file
+cannot inflate into gigabytes; a damaged or hostile file raises ValueError naming it. A save first writes a temporary file
 in the same folder, flushes it to disk and then renames it over the target, so a crash
 mid-save leaves the previous file intact.
 
@@ -26,7 +29,9 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -35,6 +40,12 @@ __all__ = ["save_model", "load_model", "save_weights", "load_weights", "FORMAT"]
 FORMAT = "fastlstm.model"
 VERSION = 1
 _INDEX = "fastlstm.json"
+# Reading is bounded by what the index declares: fastlstm.json at most this many bytes, each
+# array's entry at most its data plus this much .npy header (so a small file cannot inflate
+# into gigabytes: every entry's uncompressed size is checked before it is read).
+_MAX_INDEX_BYTES = 64 << 20
+_MAX_NPY_HEADER = 1 << 16
+_ARRAY_DTYPES = ("float32", "float64")
 
 
 class _NotOurs(ValueError):
@@ -134,13 +145,40 @@ def save_weights(model, filepath, overwrite=True):
 
 # --------------------------------------------------------------------------- reading
 
+# What reading a damaged or hostile archive can raise besides ValueError (corrupt deflate
+# data, unsupported compression or encryption, a deeply nested index, a missing or mistyped
+# field): every one becomes a ValueError naming the file.
+_BROKEN = (KeyError, TypeError, AttributeError, IndexError, OSError, EOFError, RuntimeError,
+           NotImplementedError, RecursionError, MemoryError, OverflowError, zlib.error,
+           zipfile.BadZipFile, UnicodeDecodeError)
+
+
+def _broken(filepath, e):
+    return ValueError(f"{filepath}: corrupt or unsupported fastlstm model file "
+                      f"({type(e).__name__}: {e})")
+
+
+def _entry_size(zf, name, filepath, limit):
+    """The uncompressed size of entry `name`, refused above `limit` bytes."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise ValueError(f"{filepath}: corrupt model file ({name} is missing)") from None
+    if info.file_size > limit:
+        raise ValueError(f"{filepath}: corrupt model file ({name} would be {info.file_size} "
+                         f"bytes uncompressed, more than the {limit} its index allows)")
+    return info.file_size
+
+
 def _open(filepath):
     filepath = os.fspath(filepath)
     if not os.path.exists(filepath):
         raise FileNotFoundError(f"No such model file: {filepath}")
+    if os.path.isdir(filepath):
+        raise ValueError(f"{filepath} is a folder, not a fastlstm model file")
     try:
         zf = zipfile.ZipFile(filepath, "r")
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise ValueError(f"{filepath} is not a fastlstm model file (not a zip archive; it may "
                          "be corrupt or from another program)") from None
     try:
@@ -152,11 +190,12 @@ def _open(filepath):
                         "get_weights() into a fastlstm model instead.")
             raise ValueError(f"{filepath} is not a fastlstm model file (no {_INDEX} inside)."
                              + hint)
+        _entry_size(zf, _INDEX, filepath, _MAX_INDEX_BYTES)
         try:
             index = json.loads(zf.read(_INDEX).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        except (ValueError,) + _BROKEN as e:
             raise ValueError(f"{filepath}: corrupt fastlstm model file ({_INDEX} unreadable: "
-                             f"{e})") from None
+                             f"{type(e).__name__}: {e})") from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise ValueError(f"{filepath} is not a fastlstm model file (format marker missing)")
         if index.get("version") != VERSION:
@@ -168,73 +207,161 @@ def _open(filepath):
         raise
 
 
-def _read_array(zf, name, filepath, shape=None, dtype=None):
+def _array_spec(spec, name, filepath):
+    """(shape tuple, dtype name) of an index entry, checked: a list of ints >= 0 and one of
+    the float dtypes fastlstm writes."""
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    dtype = spec.get("dtype") if isinstance(spec, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                              and d >= 0 for d in shape) \
+            or dtype not in _ARRAY_DTYPES:
+        raise ValueError(f"{filepath}: corrupt model file (the index's entry for {name} is "
+                         f"{spec!r}: expected a shape of non-negative integers and a dtype of "
+                         f"{', '.join(_ARRAY_DTYPES)})")
+    return tuple(shape), dtype
+
+
+def _read_array(zf, name, filepath, shape, dtype):
+    """The array of entry `name`, which must hold exactly `shape` and `dtype`; its entry is
+    checked for size before anything is read."""
+    nbytes = _nbytes(shape, dtype)
+    size = _entry_size(zf, name, filepath, nbytes + _MAX_NPY_HEADER)
+    if size < nbytes:
+        raise ValueError(f"{filepath}: corrupt model file ({name} holds {size} bytes, too few "
+                         f"for shape {shape} {dtype})")
     try:
-        data = zf.read(name)
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except KeyError:
-        raise ValueError(f"{filepath}: corrupt model file ({name} is missing)") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{filepath}: corrupt model file ({name} unreadable: {e})") from None
-    if shape is not None and (list(arr.shape) != list(shape) or str(arr.dtype) != dtype):
+        with zf.open(name) as f:    # the .npy header first: nothing allocated for a wrong one
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            got_shape, _, got_dtype = read_header(f)
+        if tuple(got_shape) != tuple(shape) or str(got_dtype) != dtype:
+            raise ValueError(f"its header says shape {tuple(got_shape)} and dtype {got_dtype}, "
+                             f"expected {tuple(shape)} {dtype}")
+        arr = np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
+    except (ValueError,) + _BROKEN as e:
+        raise ValueError(f"{filepath}: corrupt model file ({name} unreadable: "
+                         f"{type(e).__name__}: {e})") from None
+    if arr.shape != tuple(shape) or str(arr.dtype) != dtype:
         raise ValueError(f"{filepath}: corrupt model file ({name} has shape {arr.shape} and "
-                         f"dtype {arr.dtype}, the index says {tuple(shape)} {dtype})")
+                         f"dtype {arr.dtype}, expected {tuple(shape)} {dtype})")
     return arr
 
 
-def _read_weights(zf, index, filepath):
+def _nbytes(shape, dtype):
+    return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+
+
+def _weight_specs(zf, index, filepath):
+    """[(entry name, shape, dtype)] of the stored weights, from the index, with every entry's
+    size checked against them (before the architecture is built and before any array is
+    read, so that a damaged file fails before anything large is allocated)."""
     specs = index.get("weights")
     if not isinstance(specs, list):
         raise ValueError(f"{filepath}: corrupt model file (no weight list)")
-    return [_read_array(zf, f"weights/{i:05d}.npy", filepath, s.get("shape"), s.get("dtype"))
-            for i, s in enumerate(specs)]
+    out = []
+    for i, spec in enumerate(specs):
+        name = f"weights/{i:05d}.npy"
+        shape, dtype = _array_spec(spec, name, filepath)
+        nbytes = _nbytes(shape, dtype)
+        if _entry_size(zf, name, filepath, nbytes + _MAX_NPY_HEADER) < nbytes:
+            raise ValueError(f"{filepath}: corrupt model file ({name} is too small for shape "
+                             f"{shape} {dtype})")
+        out.append((name, shape, dtype))
+    return out
+
+
+def _read_weights(zf, specs, filepath):
+    return [_read_array(zf, name, filepath, shape, dtype) for name, shape, dtype in specs]
 
 
 def load_model(filepath, compile=True):
     """Rebuild a Sequential model saved with ``model.save`` (architecture, weights, and,
     with ``compile=True``, its optimizer, loss, metrics and optimizer state)."""
-    from . import losses, metrics, models, optimizers
+    filepath = os.fspath(filepath)
     zf, index, names = _open(filepath)
     with zf:
-        if index.get("kind") != "model":
-            raise ValueError(f"{filepath} holds only weights (saved with save_weights); build "
-                             "the model and call model.load_weights() instead")
-        mc = index.get("model_config")
-        if not isinstance(mc, dict) or mc.get("class_name") != "Sequential":
-            raise ValueError(f"{filepath}: unsupported model class "
-                             f"{mc.get('class_name') if isinstance(mc, dict) else None!r}")
         try:
-            model = models.Sequential.from_config(mc.get("config"))
-        except (TypeError, KeyError) as e:
-            raise ValueError(f"{filepath}: could not rebuild the model: {e}") from None
-        weights = _read_weights(zf, index, filepath)
-        if not model.built:
-            raise ValueError(f"{filepath}: the saved model has no input shape")
-        try:
-            model.set_weights(weights)
+            return _load_model(zf, index, filepath, compile)
         except ValueError as e:
-            raise ValueError(f"{filepath}: the weights do not fit the architecture: {e}") from None
-        cc = index.get("compile_config")
-        if compile and cc:
-            model.compile(optimizer=optimizers.deserialize(cc["optimizer"]),
-                          loss=None if cc.get("loss") is None else losses.deserialize(cc["loss"]),
-                          metrics=[m if isinstance(m, str) else metrics.get(m)
-                                   for m in cc.get("metrics", [])])
-            st = index.get("optimizer_state")
-            if st:
-                state = {"iterations": int(st["iterations"])}
-                for slot, count in st["slots"].items():
-                    state[slot] = [_read_array(zf, f"optimizer/{slot}/{i:05d}.npy", filepath)
-                                   for i in range(int(count))]
-                model.optimizer.set_state(state)
+            if str(e).startswith(filepath):
+                raise
+            raise ValueError(f"{filepath}: {e}") from None
+        except _BROKEN as e:
+            raise _broken(filepath, e) from None
+
+
+def _load_model(zf, index, filepath, compile):
+    from . import losses, metrics, models, optimizers
+    if index.get("kind") != "model":
+        raise ValueError(f"{filepath} holds only weights (saved with save_weights); build "
+                         "the model and call model.load_weights() instead")
+    mc = index.get("model_config")
+    if not isinstance(mc, dict) or mc.get("class_name") != "Sequential":
+        raise ValueError(f"{filepath}: unsupported model class "
+                         f"{mc.get('class_name') if isinstance(mc, dict) else None!r}")
+    specs = _weight_specs(zf, index, filepath)
+    try:
+        model = models.Sequential.from_config(mc.get("config"))
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{filepath}: could not rebuild the model: {e}") from None
+    if not model.built:
+        raise ValueError(f"{filepath}: the saved model has no input shape")
+    if [tuple(w.shape) for w in model.weights] != [shape for _, shape, _ in specs]:
+        raise ValueError(f"{filepath}: the weights do not fit the architecture: the index lists "
+                         f"{[shape for _, shape, _ in specs]}, the model has "
+                         f"{[tuple(w.shape) for w in model.weights]}")
+    weights = _read_weights(zf, specs, filepath)
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise ValueError(f"{filepath}: the weights do not fit the architecture: {e}") from None
+    cc = index.get("compile_config")
+    if compile and cc:
+        if not isinstance(cc, dict) or not isinstance(cc.get("metrics", []), list):
+            raise ValueError(f"{filepath}: corrupt model file (compile_config is {cc!r})")
+        model.compile(optimizer=optimizers.deserialize(cc["optimizer"]),
+                      loss=None if cc.get("loss") is None else losses.deserialize(cc["loss"]),
+                      metrics=[m if isinstance(m, str) else metrics.get(m)
+                               for m in cc.get("metrics", [])])
+        st = index.get("optimizer_state")
+        if st:
+            _restore_optimizer(zf, st, model, filepath)
     return model
+
+
+def _restore_optimizer(zf, st, model, filepath):
+    """The optimizer's iterations and slots: one array per trainable weight and slot, each of
+    that weight's shape and dtype."""
+    slots = st.get("slots") if isinstance(st, dict) else None
+    iterations = st.get("iterations") if isinstance(st, dict) else None
+    if not isinstance(slots, dict) or not isinstance(iterations, int) or isinstance(iterations, bool) \
+            or iterations < 0:
+        raise ValueError(f"{filepath}: corrupt model file (optimizer_state is {st!r})")
+    variables = model.trainable_weights
+    if any(count != len(variables) for count in slots.values()):
+        # e.g. layers frozen after training and before saving: the state belongs to other
+        # variables; the model itself is whole
+        warnings.warn(f"{filepath}: the optimizer state was not restored: its slots hold "
+                      f"{sorted(set(slots.values()), key=str)} arrays each, the model has "
+                      f"{len(variables)} trainable weights", RuntimeWarning, stacklevel=3)
+        return
+    state = {"iterations": iterations}
+    for slot in slots:
+        state[slot] = [_read_array(zf, f"optimizer/{slot}/{i:05d}.npy", filepath, tuple(v.shape),
+                                   str(v.dtype)) for i, v in enumerate(variables)]
+    model.optimizer.set_state(state)
 
 
 def load_weights(model, filepath):
     """Copy the weights stored in ``filepath`` (a model or weights file) into ``model``."""
+    filepath = os.fspath(filepath)
     zf, index, names = _open(filepath)
     with zf:
-        weights = _read_weights(zf, index, filepath)
+        try:
+            weights = _read_weights(zf, _weight_specs(zf, index, filepath), filepath)
+        except _BROKEN as e:
+            raise _broken(filepath, e) from None
     if not model.built:
         raise ValueError("load_weights: build the model first (give the first layer an "
                          "input_shape or call build())")
