@@ -610,22 +610,31 @@ def test_csv_logger_writes_sorted_header_and_flushes_each_epoch(tmp_path):
 
 def test_csv_logger_append_separator_and_missing_keys(tmp_path):
     path = tmp_path / "log.csv"
+    # (Keras 3: a first epoch without val_ keys gets val_<key> columns, NA until validation runs)
     fit(FakeModel(), [cbm.CSVLogger(path, separator=";")], [{"loss": 1.0}, {"loss": 0.5, "x": 1}])
-    assert path.read_text() == "epoch;loss\n0;1.0\n1;0.5\n"
+    assert path.read_text() == "epoch;loss;val_loss\n0;1.0;NA\n1;0.5;NA\n"
     fit(FakeModel(), [cbm.CSVLogger(path, separator=";", append=True)], [{"loss": 0.25}])
-    assert path.read_text() == "epoch;loss\n0;1.0\n1;0.5\n0;0.25\n"
+    assert path.read_text() == "epoch;loss;val_loss\n0;1.0;NA\n1;0.5;NA\n0;0.25;NA\n"
     fit(FakeModel(), [cbm.CSVLogger(path)], [{"b": 1.0, "a": 2.0}, {"a": 3.0}])
-    assert path.read_text() == "epoch,a,b\n0,2.0,1.0\n1,3.0,NA\n"
-    # val_ names the model announces get a column even before validation runs.
-    model = FakeModel()
-    model.metrics_names = ["loss", "val_loss"]
-    fit(model, [cbm.CSVLogger(path)], [{"loss": 1.0}, {"loss": 0.5, "val_loss": 0.75}])
-    assert path.read_text() == "epoch,loss,val_loss\n0,1.0,NA\n1,0.5,0.75\n"
+    assert path.read_text() == "epoch,a,b,val_a,val_b\n0,2.0,1.0,NA,NA\n1,3.0,NA,NA,NA\n"
+    # validation from the second epoch on (validation_freq=2) gets its columns from the start
+    fit(FakeModel(), [cbm.CSVLogger(path)],
+        [{"loss": 1.0, "mae": 0.5}, {"loss": 0.5, "mae": 0.25, "val_loss": 0.75, "val_mae": 0.4}])
+    assert path.read_text() == "epoch,loss,mae,val_loss,val_mae\n0,1.0,0.5,NA,NA\n1,0.5,0.25,0.75,0.4\n"
     with pytest.raises(ValueError, match="separator"):
         cbm.CSVLogger(path, separator="::")
 
 
 # --------------------------------------------------------------------------- TerminateOnNaN / Lambda
+
+def test_terminate_on_nan_can_raise():
+    model = FakeModel()
+    with pytest.raises(RuntimeError, match="NaN or Inf loss encountered at batch 1"):
+        fit(model, [cbm.TerminateOnNaN(raise_error=True)], [{"loss": 1.0}] * 2, steps=3,
+            batch_logs=lambda e, b: {"loss": math.nan if (e, b) == (0, 1) else 1.0})
+    with pytest.raises(TypeError, match="raise_error"):
+        cbm.TerminateOnNaN(raise_error="yes")
+
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, np.float32(-np.inf)])
 def test_terminate_on_nan(capsys, bad):

@@ -1052,10 +1052,10 @@ class CSVLogger(Callback):
         append: append to an existing file (its header is kept; one is written only when
             the file is missing or empty) instead of overwriting it.
 
-    The header is ``epoch`` followed by the first epoch's log keys sorted by name, plus
-    any ``val_`` names from ``model.metrics_names`` (when the model has that attribute)
-    missing from the first epoch; ``epoch`` is 0-based (as Keras) and a key missing from
-    a later epoch is written ``NA``.  Lines end with ``\\n``.
+    The header is ``epoch`` followed by the first epoch's log keys sorted by name; when that
+    epoch has no ``val_`` key (validation_freq > 1, or no validation), ``val_<key>`` for each
+    of them follows, as Keras 3 does. ``epoch`` is 0-based (as Keras) and a key missing from
+    an epoch is written ``NA``.  Lines end with ``\\n``.
     """
 
     def __init__(self, filename, separator=",", append=False):
@@ -1093,9 +1093,9 @@ class CSVLogger(Callback):
             self.on_train_begin()
         if self.keys is None:
             self.keys = sorted(logs)
-            for name in getattr(self.model, "metrics_names", None) or ():
-                if isinstance(name, str) and name.startswith("val_") and name not in self.keys:
-                    self.keys.append(name)
+            if not any(k.startswith("val_") for k in self.keys):
+                # (validation may come in later epochs: its columns exist from the start)
+                self.keys += ["val_" + k for k in self.keys]
         if self.writer is None:
             self.writer = csv.writer(self.csv_file, delimiter=self.sep, lineterminator="\n")
             if self._write_header:
@@ -1115,7 +1115,15 @@ class CSVLogger(Callback):
 # --------------------------------------------------------------------------- small ones
 
 class TerminateOnNaN(Callback):
-    """Stop training as soon as a batch's ``loss`` is NaN or infinite."""
+    """Stop training as soon as a batch's ``loss`` is NaN or infinite: gracefully
+    (``model.stop_training``), or with ``raise_error=True`` by raising RuntimeError at once
+    (the other callbacks' ``on_train_end`` then does not run), as Keras 3."""
+
+    def __init__(self, raise_error=False):
+        super().__init__()
+        if not isinstance(raise_error, (bool, np.bool_)):
+            raise TypeError(f"raise_error: expected True or False, got {raise_error!r}")
+        self.raise_error = bool(raise_error)
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -1126,6 +1134,9 @@ class TerminateOnNaN(Callback):
         except TypeError:
             return
         if math.isnan(value) or math.isinf(value):
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf loss encountered at batch {batch}. Loss value: "
+                                   f"{value}. Terminating training immediately.")
             _print(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
 
