@@ -67,8 +67,21 @@ def test_a_contender_reading_the_padding_fails_its_check(tmp_path, monkeypatch):
     out_json = tmp_path / "leak.json"
     bench.main(["--config", "12,5,3,8", "--lengths", "--no-torch", "--modes", "fwd", "--repeats", "3",
                 "--json", str(out_json)])
-    (row,) = json.loads(out_json.read_text())["results"]
+    def strict(name):
+        raise ValueError(f"not strict JSON: {name}")
+    (row,) = json.loads(out_json.read_text(), parse_constant=strict)["results"]   # no NaN / Infinity
     assert row["status"] == "FAILED" and "timings" not in row
+
+
+def test_cli_checks_its_output_paths_and_limits_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda options: pytest.fail("ran before checking"))
+    for argv, message in ((["--json", str(tmp_path / "no" / "x.json")], "--json: cannot write"),
+                          (["--markdown", str(tmp_path)], "--markdown: cannot write"),
+                          (["--threads", "2000"], "at most 1024 threads"),
+                          (["--ceiling", "inf"], "--ceiling must be a positive, finite")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--quick", "--no-torch"] + argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
 
 
 def test_quick_cli_rejects_a_bad_config(capsys):

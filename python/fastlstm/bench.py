@@ -654,6 +654,38 @@ def positive_int(text):
     return value
 
 
+def thread_count(text):
+    value = positive_int(text)
+    if value > 1024:     # (fastlstm.set_num_threads' limit)
+        raise argparse.ArgumentTypeError("expected at most 1024 threads, got %r" % text)
+    return value
+
+
+def json_safe(value):
+    """value with every NaN or infinity replaced by None (null), so that the file is strict
+    JSON (RFC 8259; a failed row's errors are often NaN or inf)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+        return json_safe(value.item())      # a NumPy scalar
+    return value
+
+
+def check_output_path(parser, flag, path):
+    """Fail now, not after the run, when an output file cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error("%s: cannot write %r (%s)" % (
+            flag, path, "a folder" if os.path.isdir(path) else
+            "no such folder" if not os.path.isdir(folder) else "folder not writable"))
+
+
 def parse_ceiling(parser, text):
     """--ceiling: a positive number, or a bench/ceiling.py JSON file (returned as a dict)."""
     try:
@@ -667,8 +699,9 @@ def parse_ceiling(parser, text):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error("--ceiling: cannot read a ceiling from %r (%s)" % (text, exc))
         value = 0.0
-    if not value > 0:
-        parser.error("--ceiling must be a positive number of GFLOP/s or a bench/ceiling.py JSON file")
+    if not (value > 0 and math.isfinite(value)):
+        parser.error("--ceiling must be a positive, finite number of GFLOP/s or a bench/ceiling.py "
+                     "JSON file")
     return value
 
 
@@ -681,7 +714,7 @@ def parse_args(argv):
     parser.add_argument("--config", action="append", type=parse_config, metavar="T,B,I,H",
                         help="configuration to run (repeatable; replaces the default table)")
     parser.add_argument("--modes", type=parse_modes, default=MODES, help="fwd,fwdbwd (default: both)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="threads for fastlstm and torch (default: all available cores)")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed calls per contender (default: adaptive, ~%gs each, at least %d)"
@@ -702,6 +735,8 @@ def parse_args(argv):
                         help="cpu (this benchmark) or cuda: fastlstm's CUDA kernels against cuDNN "
                         "(python -m fastlstm.bench --device cuda --help)")
     options = parser.parse_args(argv)
+    check_output_path(parser, "--json", options.json)
+    check_output_path(parser, "--markdown", options.markdown)
     options.ceiling_path = options.ceiling
     if options.ceiling is not None:
         options.ceiling = parse_ceiling(parser, options.ceiling)
@@ -1081,8 +1116,9 @@ def cuda_main(argv=None):
         with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
             f.write(table + "\n")
         with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-            json.dump(dict(header=header, info={k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
-                           results=results), f, indent=1)
+            json.dump(json_safe(dict(header=header, info={k: (list(v) if isinstance(v, tuple) else v)
+                                                          for k, v in info.items()}, results=results)),
+                      f, indent=1, allow_nan=False)
     print()
     print(table, flush=True)
     return 1 if any("error" not in r and not r["ok"] for r in results) else 0
@@ -1104,7 +1140,7 @@ def main(argv=None):
     print(format_report(report), end="")
     if options.json:
         with open(options.json, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump(json_safe(report), f, indent=1, allow_nan=False)
     if options.markdown:
         with open(options.markdown, "w") as f:
             f.write(format_report(report, markdown=True))
