@@ -462,3 +462,64 @@ def test_config_round_trip():
         again = layers.deserialize(layers.serialize(layer))
         assert type(again) is type(layer)
         assert again.get_config() == layer.get_config()
+
+
+def test_a_sequence_with_no_valid_step_outputs_zero_from_a_nonzero_state():
+    # Keras: the last output of a fully masked sequence is zero, even when the initial (or
+    # carried) state is not; the returned state stays that state. No gradient reaches it
+    # through the zero output.
+    rng = np.random.default_rng(21)
+    lstm = layers.LSTM(3, return_state=True, dtype="float64")
+    x = rng.standard_normal((3, 4, 2))
+    mask = np.ones((3, 4), bool)
+    mask[1] = False
+    h0, c0 = rng.standard_normal((3, 3)), rng.standard_normal((3, 3))
+    lstm._ensure_built((None, 4, 2))
+    out, h, c = lstm.forward(x, training=True, mask=mask, initial_state=[h0, c0])
+    np.testing.assert_array_equal(out[1], np.zeros(3))
+    np.testing.assert_array_equal(h[1], h0[1])
+    np.testing.assert_array_equal(c[1], c0[1])
+    assert np.all(out[[0, 2]] != 0)
+    lstm.backward([np.ones_like(out), None, None])
+    dh0, _ = lstm.initial_state_grads
+    np.testing.assert_array_equal(dh0[1], np.zeros(3))
+    assert np.all(dh0[[0, 2]] != 0)
+    # the same row of return_sequences=True ends in zero too (they agree)
+    seq = layers.LSTM(3, return_sequences=True, dtype="float64")
+    seq._ensure_built((None, 4, 2))
+    seq.set_weights(lstm.get_weights())
+    np.testing.assert_array_equal(seq.forward(x, mask=mask, initial_state=[h0, c0])[1, -1], np.zeros(3))
+    # stateful: a carried state, then a call where one sequence is all padding
+    st = layers.LSTM(3, stateful=True, dtype="float64")
+    st(x)
+    carried = st.states[0].copy()
+    y = st(rng.standard_normal((3, 4, 2)), mask=mask)
+    np.testing.assert_array_equal(y[1], np.zeros(3))
+    np.testing.assert_array_equal(st.states[0][1], carried[1])
+
+
+def test_bidirectional_wraps_copies_and_checks_directions_as_keras():
+    lstm = layers.LSTM(4, return_sequences=True, name="enc")
+    bi = layers.Bidirectional(lstm)
+    assert bi.forward_layer is not lstm and bi.forward_layer.name == "forward_enc"
+    assert bi.backward_layer.name == "backward_enc" and bi.backward_layer.go_backwards
+    assert lstm.zero_output_for_mask is False            # the given layer is left alone
+    with pytest.raises(ValueError, match="different `go_backwards`"):
+        layers.Bidirectional(layers.LSTM(3, go_backwards=True))
+    with pytest.raises(ValueError, match="different `go_backwards`"):
+        layers.Bidirectional(layers.LSTM(3), backward_layer=layers.LSTM(3, name="b"))
+    with pytest.raises(ValueError, match="stateful"):
+        layers.Bidirectional(layers.LSTM(3, stateful=True),
+                             backward_layer=layers.LSTM(3, go_backwards=True, name="b"))
+    # a forward layer that runs backwards with a custom forward-in-time backward layer is valid
+    layers.Bidirectional(layers.LSTM(3, go_backwards=True), backward_layer=layers.LSTM(3, name="b"))
+
+
+def test_dropout_noise_shape_must_fit_the_input():
+    x = np.ones((4, 5, 6))
+    drop = layers.Dropout(0.5, noise_shape=(None, 1, None), seed=1)
+    y = drop.forward(x, training=True)
+    assert np.all((y == y[:, :1]))                     # one mask along the time axis
+    for bad in ((4, 5, 6, 1), (None, 2, None)):
+        with pytest.raises(ValueError, match="noise_shape"):
+            layers.Dropout(0.5, noise_shape=bad).forward(x, training=True)

@@ -97,8 +97,6 @@ UNMASKED = {
                                              merge_mode="ave"),
                              L.Bidirectional(L.LSTM(3, return_sequences=True),
                                              merge_mode="mul")],
-    "bidi_go_backwards_inner": lambda: [L.Bidirectional(L.LSTM(4, return_sequences=True,
-                                                               go_backwards=True))],
     "bidi_custom_backward": lambda: [L.Bidirectional(
         L.LSTM(4, return_sequences=True),
         backward_layer=L.LSTM(2, return_sequences=True, go_backwards=True, use_bias=False))],
@@ -189,8 +187,9 @@ MASKED = {
                                             zero_output_for_mask=True)],
     "bidi_sequences": lambda: [L.Bidirectional(L.LSTM(4, return_sequences=True)),
                                L.Bidirectional(L.LSTM(3), merge_mode="ave")],
-    "bidi_fallback_sequences": lambda: [L.Bidirectional(
-        L.LSTM(4, return_sequences=True, go_backwards=True), merge_mode="mul")],
+    "bidi_fallback_sequences": lambda: [L.Bidirectional(        # forward layer runs backwards
+        L.LSTM(4, return_sequences=True, go_backwards=True),
+        backward_layer=L.LSTM(4, return_sequences=True), merge_mode="mul")],
     "bidi_sum_final": lambda: [L.Bidirectional(L.LSTM(4), merge_mode="sum"),
                                L.Dense(2, activation="softmax")],
 }
@@ -273,7 +272,7 @@ def test_unsupported_layers_and_settings():
                                                   r"recurrent_activation 'sigmoid'; only the "
                                                   r"defaults"):
         fo.export(_model(L.LSTM(2, activation="relu", name="relu_lstm")))
-    with pytest.raises(NotImplementedError, match=r"layer 'bi' \(Bidirectional\): LSTM 'in' "
+    with pytest.raises(NotImplementedError, match=r"layer 'bi' \(Bidirectional\): LSTM 'forward_in' "
                                                   r"uses activation 'tanh' and "
                                                   r"recurrent_activation 'softsign'"):
         fo.export(_model(L.Bidirectional(L.LSTM(2, recurrent_activation="softsign",

@@ -630,6 +630,11 @@ class Dropout(Layer):
         rng = self._rng or _random.generator()
         shape = x.shape
         if self.noise_shape is not None:
+            if len(self.noise_shape) != x.ndim or any(
+                    n is not None and n not in (1, s) for s, n in zip(x.shape, self.noise_shape)):
+                raise ValueError(f"Layer {self.name!r}: noise_shape {self.noise_shape} does not "
+                                 f"broadcast to the input's shape {tuple(x.shape)} (one entry per "
+                                 "axis, each None, 1 or that axis's size)")
             shape = tuple(s if n is None else n for s, n in zip(x.shape, self.noise_shape))
         # drawn on the host (the same mask on every device), then uploaded
         keep = (rng.random(shape) >= self.rate).astype(x.dtype) * \
@@ -1061,6 +1066,12 @@ class LSTM(Layer):
             output = y
         else:
             output = h_n.copy()
+            if lengths is not None and np.any(lengths == 0):
+                # a sequence with no valid step has no last output: Keras gives zeros (its
+                # returned state stays the initial one)
+                empty = self._on_device(lengths == 0)[:, None]
+                output = xp.where(empty, self.dtype.type(0), output)
+                fill_last = empty      # (reused below: its gradient does not reach h_n)
 
         if self.stateful:
             self.states = [h_n.copy(), c_n.copy()]
@@ -1101,6 +1112,8 @@ class LSTM(Layer):
                     dy = _devices.take_along_time(dy, cache["gather"])
                 dy_tm = xp.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
+                if cache["fill_last"] is not None:     # rows of no valid step output zeros
+                    dy = xp.where(cache["fill_last"], dt.type(0), dy)
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
         if cache["fused"]:
             dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
@@ -1257,24 +1270,37 @@ class Bidirectional(_Wrapper):
             raise NotImplementedError("Bidirectional with return_state=True is not supported")
         super().__init__(**kwargs)
         self.merge_mode = merge_mode
-        if backward_layer is None:
+
+        def clone(prefix, **changes):    # Keras: fresh layers from the given one's config
             config = layer.get_config()
-            config.update(name="backward_" + layer.name, go_backwards=not layer.go_backwards)
             config.pop("batch_input_shape", None)
-            backward_layer = LSTM.from_config(config)
+            base = layer.name[len(prefix):] if layer.name.startswith(prefix) else layer.name
+            config.update(name=prefix + base, **changes)
+            return LSTM.from_config(config)
+        forward_layer = clone("forward_")
+        if backward_layer is None:
+            backward_layer = clone("backward_", go_backwards=True)
         elif not isinstance(backward_layer, LSTM):
             raise TypeError(f"backward_layer: expected an LSTM, got "
                             f"{type(backward_layer).__name__}")
-        if backward_layer.return_sequences != layer.return_sequences:
-            raise ValueError("backward_layer: return_sequences must match the forward layer's")
-        if layer.name == backward_layer.name:
+        if forward_layer.go_backwards == backward_layer.go_backwards:
+            raise ValueError(f"Forward layer and backward layer should have different "
+                             f"`go_backwards` value. Received: forward_layer.go_backwards="
+                             f"{forward_layer.go_backwards}, backward_layer.go_backwards="
+                             f"{backward_layer.go_backwards}")
+        for attr in ("stateful", "return_sequences", "return_state"):
+            if getattr(forward_layer, attr) != getattr(backward_layer, attr):
+                raise ValueError(f"backward_layer: {attr} must match the forward layer's "
+                                 f"({getattr(forward_layer, attr)}), got "
+                                 f"{getattr(backward_layer, attr)}")
+        if forward_layer.name == backward_layer.name:
             raise ValueError("backward_layer: must have a different name from the forward layer")
-        self.forward_layer = layer
+        # The given layer itself is left as it was (Keras wraps a copy of it, unbuilt).
+        self.forward_layer = forward_layer
         self.backward_layer = backward_layer
         self.return_sequences = layer.return_sequences
-        if self.return_sequences:        # Keras forces zeros at masked steps here
-            layer.zero_output_for_mask = True
-            backward_layer.zero_output_for_mask = True
+        for sub in (forward_layer, backward_layer):   # Keras: zeros at masked steps of sequences
+            sub.zero_output_for_mask = sub.return_sequences
         if self._batch_input_shape is None:
             self._batch_input_shape = layer._batch_input_shape
 
