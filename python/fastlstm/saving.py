@@ -15,9 +15,10 @@ rebuilt only from fastlstm's own layer, loss, metric and optimizer classes named
 JSON, so loading a file never runs code from it. Reading is bounded by the index: every
 entry's uncompressed size and every .npy header are checked against the shapes it declares
 before anything is read (and the weights before the architecture is built), so a small file
-cannot inflate into gigabytes; a damaged or hostile file raises ValueError naming it. A save first writes a temporary file
-in the same folder, flushes it to disk and then renames it over the target, so a crash
-mid-save leaves the previous file intact.
+cannot inflate into gigabytes; a damaged or hostile file raises ValueError naming it.
+
+A save first writes a temporary file in the same folder, flushes it to disk and then renames
+it over the target, so a crash mid-save leaves the previous file intact.
 
 Devices: the file holds host (NumPy) copies of the weights and optimizer slots, whatever
 device the model ran on. ``load_model`` builds the model on ``fastlstm.get_device()`` (a
