@@ -523,3 +523,31 @@ def test_dropout_noise_shape_must_fit_the_input():
     for bad in ((4, 5, 6, 1), (None, 2, None)):
         with pytest.raises(ValueError, match="noise_shape"):
             layers.Dropout(0.5, noise_shape=bad).forward(x, training=True)
+
+
+def test_recurrent_dropout_draws_one_mask_per_gate_as_keras():
+    # Keras 3's LSTM cell with recurrent_dropout > 0 multiplies h_{t-1} by four independent
+    # masks, one per gate. One unit, one step, h0 = c0 = 1, no input: every gate's
+    # pre-activation is 0 or 2 * rk[k] (rate 0.5), 16 equally likely outcomes.
+    B, rk = 20000, np.array([[0.3, 0.7, 1.1, 1.9]])
+    lstm = layers.LSTM(1, recurrent_dropout=0.5, seed=3, dtype="float64")
+    lstm._ensure_built((None, 1, 1))
+    lstm.set_weights([np.zeros((1, 4)), rk, np.zeros(4)])
+    ones = np.ones((B, 1))
+    y = lstm.forward(np.zeros((B, 1, 1)), training=True, initial_state=[ones, ones])[:, 0]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    outcomes = []
+    for bits in np.ndindex(2, 2, 2, 2):
+        zi, zf, zg, zo = (2 * rk[0] * np.array(bits))
+        outcomes.append(sig(zo) * np.tanh(sig(zf) * 1 + sig(zi) * np.tanh(zg)))
+    # 12 distinct values (with g's mask off, tanh(0) = 0 hides i's); a mask shared by the
+    # gates gives 2
+    assert set(np.round(np.unique(y), 9)) == set(np.round(outcomes, 9))
+    assert len(set(np.round(outcomes, 9))) == 12
+    assert abs(y.mean() - np.mean(outcomes)) < 4 * y.std() / np.sqrt(B)
+    # input dropout alongside it: four masks too (x * mask_k feeds gate k)
+    lstm = layers.LSTM(1, dropout=0.5, recurrent_dropout=0.5, seed=4, dtype="float64")
+    lstm._ensure_built((None, 1, 1))
+    lstm.set_weights([np.array([[0.5, 0.9, 1.3, 1.7]]), np.zeros((1, 4)), np.zeros(4)])
+    y = lstm.forward(np.ones((B, 1, 1)), training=True)[:, 0]
+    assert len(np.unique(np.round(y, 12))) > 2            # (one shared mask: 2 values)

@@ -799,16 +799,23 @@ class _Generic:
     """The NumPy step-by-step LSTM for non-default activations and recurrent dropout.
 
     Time-major like fastlstm.ops: x (T, B, I), y (T, B, H); same lengths/reverse rules.
-    ``rec_mask`` (B, H) multiplies h_{t-1} before the recurrent product (recurrent dropout).
+    ``rec_mask`` (4, B, H): gate k's recurrent product takes h_{t-1} * rec_mask[k] (recurrent
+    dropout); ``in_masks`` (4, B, I): gate k's input projection takes x * in_masks[k] (input
+    dropout alongside recurrent dropout). Four independent masks per sample, as Keras 3's LSTM
+    cell draws them when recurrent_dropout > 0 (its "implementation 1").
     All arrays, lengths (B,) included, are of one module (NumPy or CuPy).
     """
 
     @staticmethod
-    def forward(x, kernel, rk, bias, h0, c0, lengths, reverse, act, rec_act, rec_mask):
+    def forward(x, kernel, rk, bias, h0, c0, lengths, reverse, act, rec_act, rec_mask, in_masks=None):
         xp = _devices.array_module(x)
         T, B, _ = x.shape
         H = rk.shape[0]
-        proj = x @ kernel
+        if in_masks is None:
+            proj = x @ kernel
+        else:
+            proj = xp.concatenate([(x * in_masks[k][None]) @ kernel[:, k * H:(k + 1) * H]
+                                   for k in range(4)], axis=-1)
         if bias is not None:
             proj += bias
         h, c = h0.copy(), c0.copy()
@@ -818,8 +825,12 @@ class _Generic:
         for s in range(T):
             t = T - 1 - s if reverse else s
             valid = (lengths > t)[:, None]
-            h_in = h * rec_mask if rec_mask is not None else h
-            z = proj[t] + h_in @ rk
+            h_in = h
+            if rec_mask is None:
+                z = proj[t] + h @ rk
+            else:
+                z = proj[t] + xp.concatenate([(h * rec_mask[k]) @ rk[:, k * H:(k + 1) * H]
+                                              for k in range(4)], axis=-1)
             zi, zf, zg, zo = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
             i, f, g, o = rec_act(zi), rec_act(zf), act(zg), rec_act(zo)
             c_new = f * c + i * g
@@ -829,11 +840,11 @@ class _Generic:
             c = xp.where(valid, c_new, c)
             h = xp.where(valid, h_new, h)
             y[t] = xp.where(valid, h_new, zero)
-        return y, h, c, (x, kernel, rk, bias is not None, steps, act, rec_act, rec_mask)
+        return y, h, c, (x, kernel, rk, bias is not None, steps, act, rec_act, rec_mask, in_masks)
 
     @staticmethod
     def backward(saved, dy, dh_n, dc_n):
-        x, kernel, rk, has_bias, steps, act, rec_act, rec_mask = saved
+        x, kernel, rk, has_bias, steps, act, rec_act, rec_mask, in_masks = saved
         xp = _devices.array_module(x)
         T, B, I = x.shape
         H = rk.shape[0]
@@ -850,15 +861,28 @@ class _Generic:
             dz[:, 2 * H:3 * H] = act.backward(z[:, 2 * H:3 * H], g, dc_new * i)
             dz[:, 3 * H:] = rec_act.backward(z[:, 3 * H:], o, do)
             dz *= valid
-            dh_prev = dz @ rk.T
-            if rec_mask is not None:
-                dh_prev *= rec_mask
-            drk += h_in.T @ dz
+            if rec_mask is None:
+                dh_prev = dz @ rk.T
+                drk += h_in.T @ dz
+            else:
+                dh_prev = xp.zeros_like(dh)
+                for k in range(4):
+                    cols = slice(k * H, (k + 1) * H)
+                    dh_prev += (dz[:, cols] @ rk[:, cols].T) * rec_mask[k]
+                    drk[:, cols] += (h_in * rec_mask[k]).T @ dz[:, cols]
             dz_all[t] = dz
             dh = xp.where(valid, dh_prev, dh)
             dc = xp.where(valid, dc_new * f, dc)
-        dkernel = x.reshape(-1, I).T @ dz_all.reshape(-1, 4 * H)
-        dx = dz_all @ kernel.T
+        if in_masks is None:
+            dkernel = x.reshape(-1, I).T @ dz_all.reshape(-1, 4 * H)
+            dx = dz_all @ kernel.T
+        else:
+            dkernel = xp.empty_like(kernel)
+            dx = xp.zeros_like(x)
+            for k in range(4):
+                cols = slice(k * H, (k + 1) * H)
+                dkernel[:, cols] = (x * in_masks[k][None]).reshape(-1, I).T @ dz_all[..., cols].reshape(-1, H)
+                dx += (dz_all[..., cols] @ kernel[:, cols].T) * in_masks[k][None]
         dbias = dz_all.reshape(-1, 4 * H).sum(axis=0) if has_bias else None
         return dx, dh, dc, dkernel, drk, dbias
 
@@ -999,17 +1023,23 @@ class LSTM(Layer):
         rng = self._rng or _random.generator()
         (h0, c0), grad_to_state = self._initial(B, initial_state)
 
-        # dropout masks are drawn on the host (the same on every device) and uploaded
-        in_mask = None
+        # Dropout masks are drawn on the host (the same on every device) and uploaded; held
+        # over time. As Keras 3: one mask per sample for all gates, or, with recurrent dropout
+        # (its per-gate cell), four independent masks per sample, one per gate, for each of
+        # the input and the recurrent dropout.
+        per_gate = training and self.recurrent_dropout > 0
+        in_mask = in_masks = None
         if training and self.dropout > 0:
-            in_mask = self._on_device(
-                (rng.random((B, 1, I)) >= self.dropout).astype(self.dtype) *
-                self.dtype.type(1.0 / (1.0 - self.dropout)))
-            x = x * in_mask
+            keep = self.dtype.type(1.0 / (1.0 - self.dropout))
+            if per_gate:
+                in_masks = self._on_device((rng.random((4, B, I)) >= self.dropout).astype(self.dtype) * keep)
+            else:
+                in_mask = self._on_device((rng.random((B, 1, I)) >= self.dropout).astype(self.dtype) * keep)
+                x = x * in_mask
         rec_mask = None
-        if training and self.recurrent_dropout > 0:
+        if per_gate:
             rec_mask = self._on_device(
-                (rng.random((B, H)) >= self.recurrent_dropout).astype(self.dtype) *
+                (rng.random((4, B, H)) >= self.recurrent_dropout).astype(self.dtype) *
                 self.dtype.type(1.0 / (1.0 - self.recurrent_dropout)))
 
         # Masks (host arrays): shift each sequence so its valid run starts at step 0, then
@@ -1041,7 +1071,8 @@ class LSTM(Layer):
             lens = self._on_device(np.full(B, T, np.int64) if lengths is None else lengths)
             y_tm, h_n, c_n, saved = _Generic.forward(
                 x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lens,
-                self.go_backwards, self.activation, self.recurrent_activation, rec_mask)
+                self.go_backwards, self.activation, self.recurrent_activation, rec_mask,
+                None if in_masks is None else xp.ascontiguousarray(in_masks))
             if not training:
                 saved = None
         self.last_path = "fused" if fused else "numpy"
