@@ -246,11 +246,11 @@ def _fd_check(model, x, y, seed_layers=(), x_perturb=None):
     def value(xx):
         reseed()
         yp = model._forward(xx, training=True)
-        return loss(y, yp, model._loss_weights(None, yp)) + model._regularization()
+        return loss(y, yp, model._batch_weights(None, yp)[0]) + model._regularization()
 
     reseed()
     yp = model._forward(x, training=True)
-    _, dy = loss.value_and_gradient(y, yp, model._loss_weights(None, yp))
+    _, dy = loss.value_and_gradient(y, yp, model._batch_weights(None, yp)[0])
     # input gradient through the first layer
     dx = None
     grads = []

@@ -656,8 +656,8 @@ def positive_int(text):
 
 def thread_count(text):
     value = positive_int(text)
-    if value > 1024:     # (fastlstm.set_num_threads' limit)
-        raise argparse.ArgumentTypeError("expected at most 1024 threads, got %r" % text)
+    if value > fastlstm._MAX_THREADS:     # (fastlstm.set_num_threads' limit)
+        raise argparse.ArgumentTypeError("expected at most %d threads, got %r" % (fastlstm._MAX_THREADS, text))
     return value
 
 

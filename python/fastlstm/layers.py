@@ -1079,7 +1079,7 @@ class LSTM(Layer):
 
         # Back to batch-major, in the time order and with the fill values Keras gives.
         y = y_tm.transpose(1, 0, 2)                                           # (B, T, H)
-        fill_last = None
+        fill_last = zero_last = None
         if self.return_sequences:
             y = xp.ascontiguousarray(y)
             if scatter is not None:
@@ -1100,16 +1100,15 @@ class LSTM(Layer):
             if lengths is not None and np.any(lengths == 0):
                 # a sequence with no valid step has no last output: Keras gives zeros (its
                 # returned state stays the initial one)
-                empty = self._on_device(lengths == 0)[:, None]
-                output = xp.where(empty, self.dtype.type(0), output)
-                fill_last = empty      # (reused below: its gradient does not reach h_n)
+                zero_last = self._on_device(lengths == 0)[:, None]                  # (B, 1)
+                output = xp.where(zero_last, self.dtype.type(0), output)
 
         if self.stateful:
             self.states = [h_n.copy(), c_n.copy()]
         self._cache = None
         if training:
             self._cache = dict(fused=fused, saved=saved, in_mask=in_mask, gather=gather,
-                               scatter=scatter, fill_last=fill_last, T=T, B=B,
+                               scatter=scatter, fill_last=fill_last, zero_last=zero_last, T=T, B=B,
                                grad_to_state=grad_to_state)
         if self.return_state:
             return [output, h_n, c_n]
@@ -1143,8 +1142,8 @@ class LSTM(Layer):
                     dy = _devices.take_along_time(dy, cache["gather"])
                 dy_tm = xp.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
-                if cache["fill_last"] is not None:     # rows of no valid step output zeros
-                    dy = xp.where(cache["fill_last"], dt.type(0), dy)
+                if cache["zero_last"] is not None:     # rows of no valid step output zeros
+                    dy = xp.where(cache["zero_last"], dt.type(0), dy)
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
         if cache["fused"]:
             dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(

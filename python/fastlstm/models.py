@@ -476,14 +476,18 @@ class Sequential:
 
     # ------------------------------------------------------------------ batches
 
-    def _loss_weights(self, sw, y_pred):
-        """Sample weights (host) combined with the output mask (Keras's masked-loss rule),
-        computed on the host and uploaded to y_pred's device (None when there are none)."""
+    def _batch_weights(self, sw, y_pred):
+        """(loss weights, metric weights) on y_pred's device, each None when there are none,
+        from one host copy of the output mask. The loss: sample weights combined with the
+        mask rescaled to the batch (Keras's masked-loss rule). The metrics: the mask as 0/1
+        alone (a metric is the mean over the valid steps, however the batches fall); as in
+        Keras 3, ``metrics=`` are not weighted by sample_weight or class_weight."""
         mask = self._output_mask
         xp = _devices.array_module(y_pred)
         if mask is None or y_pred.ndim < 3:
-            return None if sw is None else xp.asarray(sw)
+            return (None if sw is None else xp.asarray(sw)), None
         m = _devices.to_host(mask).astype(np.float64)
+        metric_w = xp.asarray(m)
         valid = m.sum()
         m = m * (m.size / valid) if valid > 0 else m
         if sw is not None:
@@ -491,7 +495,7 @@ class Sequential:
             while sw.ndim < m.ndim:
                 sw = sw[..., None]
             m = m * sw
-        return xp.asarray(m)
+        return xp.asarray(m), metric_w
 
     def _regularization(self):
         """The regularizers' penalties on every layer (a float)."""
@@ -505,16 +509,6 @@ class Sequential:
             if p is not None:
                 total = p if total is None else total + p
         return total
-
-    def _metric_weights(self, y_pred):
-        """The weights of the compiled metrics: the output mask of a sequence output as 0/1
-        (a metric is the mean over the valid steps, however the batches fall), else None. As
-        in Keras 3, ``metrics=`` are not weighted by sample_weight or class_weight (the loss
-        is)."""
-        mask = self._output_mask
-        if mask is None or y_pred.ndim < 3:
-            return None
-        return _devices.array_module(y_pred).asarray(_devices.to_host(mask).astype(np.float64))
 
     def _metric_stats(self, yb, y_pred, w):
         """Each compiled metric's (total, count) for the batch, left on the device (None for
@@ -539,7 +533,7 @@ class Sequential:
         dev = self._device
         y_pred = self._run(xb, training=True)
         yb = dev.asarray(yb)
-        w = self._loss_weights(swb, y_pred)
+        w, mw = self._batch_weights(swb, y_pred)
         value, dy = self.loss._value_and_gradient(yb, y_pred, w, check=False)
         penalty = self._regularization_penalty()
         if penalty is not None:
@@ -563,7 +557,6 @@ class Sequential:
                         variables.append(var)
         xp = dev.xp
         finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads])) if grads else True
-        mw = self._metric_weights(y_pred)
         stats = self._metric_stats(yb, y_pred, mw)
         host = _devices.read_scalars(
             [value, finite] + [v for st in stats if st is not None for v in st])
@@ -722,12 +715,11 @@ class Sequential:
                 callbacks.on_test_batch_begin(step)
             y_pred = self._run(self._take(x, idx), training=False)
             yb = self._device.asarray(y[idx])
-            w = self._loss_weights(None if sw is None else sw[idx], y_pred)
+            w, mw = self._batch_weights(None if sw is None else sw[idx], y_pred)
             value = self.loss._value(yb, y_pred, w, check=False)
             penalty = self._regularization_penalty()
             if penalty is not None:
                 value = value + penalty
-            mw = self._metric_weights(y_pred)
             stats = self._metric_stats(yb, y_pred, mw)
             host = _devices.read_scalars(     # one transfer per batch
                 [value] + [v for st in stats if st is not None for v in st])
