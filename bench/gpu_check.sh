@@ -16,7 +16,9 @@
 # 5. benchmark:   python bench/gpu_bench.py (fastlstm fp32 persistent / simt, tf32, bf16, tf32x3 vs
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s;
-#                 then bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced;
+#                 then bench/gpu_gemm_ab.py (the tensor-core GEMM with / without its cp.async
+#                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32),
+#                 bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced;
 #                 persistent with staging ahead on and off)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
 #                 by phase: FASTLSTM_CUDA_TRACE)
@@ -26,18 +28,19 @@
 #                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
-# script keeps within TOTAL_BUDGET seconds (default 395, under 6.6 minutes): each stage gets at
+# script keeps within TOTAL_BUDGET seconds (default 440, under 7.4 minutes): each stage gets at
 # most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
-# folder): gpu_check.log (everything, the build's log included), pytest_cuda.log, sanitizer.log,
-# gpu_bench.md, gpu_bench.json, gpu_persistent_ab.md, gpu_persistent_ab.json,
-# gpu_phase_profile.md (8 files: what a lent machine sends back; the stages' own logs are folded
-# into gpu_check.log). The stage summary and the benchmark table come last.
+# folder): gpu_check.log (everything, the build's and the sanitizers' logs included),
+# pytest_cuda.log, gpu_bench.md, gpu_bench.json, gpu_gemm_ab.md, gpu_persistent_ab.md,
+# gpu_persistent_ab.json, gpu_phase_profile.md (8 files: what a lent machine sends back; the
+# stages' own logs are folded into gpu_check.log). The stage summary and the benchmark table
+# come last.
 # Needs: python3 with torch (CUDA), cupy, pybind11, scikit-build-core, numpy, pytest; cmake,
 # ninja, nvcc. No network.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-TOTAL_BUDGET=${TOTAL_BUDGET:-395}
+TOTAL_BUDGET=${TOTAL_BUDGET:-440}
 T0=$(date +%s)
 OUTDIR=${OUT:-$(mktemp -d /tmp/fastlstm_gpu_check.XXXXXX)}
 mkdir -p "$OUTDIR"
@@ -173,10 +176,14 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)
-BENCH_DEADLINE=$(($(left) - 270))
+BENCH_DEADLINE=$(($(left) - 320))
 [ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
   --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20
+
+# ---- 5a. the tensor-core GEMM with and without its cp.async pipeline (tc-gemm-v2, off by
+# default: FASTLSTM_CUDA_GEMM_PIPELINE=1), alone against cuBLAS and in the LSTM against cuDNN tf32
+stage gemm_ab 50 "$OUTDIR/gemm_ab.log" "$PY" bench/gpu_gemm_ab.py --out "$OUTDIR" --reps 7
 
 # ---- 5b. the persistent kernels against the per-step ones and cuDNN, kernel paths forced
 # (sets auto's batch limit kPersistentAutoMaxRows; bench/gpu_persistent_ab.py)
@@ -285,7 +292,8 @@ fi
 rm -f "$CASE"
 # at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
 rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log" "$OUTDIR/build.log" \
-  "$OUTDIR/persistent_ab.log" "$OUTDIR/phase_profile.log" "$OUTDIR/gpu_bench.log"
+  "$OUTDIR/persistent_ab.log" "$OUTDIR/phase_profile.log" "$OUTDIR/gpu_bench.log" "$OUTDIR/gemm_ab.log" \
+  "$OUTDIR/sanitizer.log"
 
 log ""
 log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="

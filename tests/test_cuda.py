@@ -379,6 +379,10 @@ class EmuExtension:
     def set_guard_front(self, on):
         self.lib.fl_emu_set_guard_front(int(bool(on)))
 
+    def set_async_eager(self, on):
+        """cp.async copies land at the copy (True) or at the copying thread's wait (False)."""
+        self.lib.fl_emu_set_async_eager(int(bool(on)))
+
     def set_device(self, sm_count=4, smem_per_block_optin=232448, smem_per_sm=233472, cooperative=True):
         """The emulated device the persistent kernels are planned for (default: 4 SMs with an
         H100's shared memory)."""
@@ -478,12 +482,15 @@ def emu_lib():
 
 @pytest.fixture
 def emu(emu_lib):
-    """fastlstm.cuda runs on the emulator for the duration of the test (poisoning on)."""
+    """fastlstm.cuda runs on the emulator for the duration of the test (poisoning on; the
+    default tensor-core GEMM unless a test asks for the pipelined one)."""
+    pipe = os.environ.pop("FASTLSTM_CUDA_GEMM_PIPELINE", None)
     ext = EmuExtension(emu_lib)
     previous = fcuda._set_extension(ext)
     ext.set_poison(True)
     ext.set_reverse_order(False)
     ext.set_guard_front(False)
+    ext.set_async_eager(False)
     ext.set_device()
     ext.set_capability()
     ext.set_schedule(0)
@@ -493,11 +500,15 @@ def emu(emu_lib):
         ext.set_poison(False)
         ext.set_reverse_order(False)
         ext.set_guard_front(False)
+        ext.set_async_eager(False)
         ext.set_device()
         ext.set_capability()
         ext.set_schedule(0)
         fcuda.set_kernel_path(None)
         fcuda._set_extension(previous)
+        os.environ.pop("FASTLSTM_CUDA_GEMM_PIPELINE", None)
+        if pipe is not None:
+            os.environ["FASTLSTM_CUDA_GEMM_PIPELINE"] = pipe
 
 
 # Emulated SM counts for the persistent kernels, cycled over the cases so that the planner
@@ -2032,6 +2043,107 @@ def test_emulated_tf32x3_auto_rule_and_errors(emu):
     emu.set_capability(7, 5)
     with pytest.raises(RuntimeError, match=rf"precision '{X3}' needs tensor cores of compute capability 8\.0"):
         ops.lstm_forward(**fwd, backend="cuda", precision=X3)
+
+
+# ---- tc-gemm-v2: the tensor-core GEMM with its operands staged by a cp.async pipeline
+# (FASTLSTM_CUDA_GEMM_PIPELINE=1; tf32 / tf32x3 only). Same tiles, fragments, k order and
+# epilogue as the default kernel, so its results must be the same bits; the emulator defers each
+# thread's copies to its wait (a stage read before its copies landed reads old data or the NaN
+# bytes of a fresh launch).
+
+PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
+PIPE_PRECISIONS = ("tf32", X3)
+# M, N, K multiples of 4 (16-byte copies along every operand layout): edge tiles, one pass,
+# passes that wrap the 3-stage ring several times, K = 0, a 4 x 4 x 4 corner
+PIPE_SHAPES = [(132, 68, 44), (128, 128, 64), (36, 260, 100), (200, 20, 300), (8, 12, 0), (4, 4, 4)]
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["copies_at_wait", "copies_at_once"])
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS)
+def test_emulated_pipelined_gemm_is_bitwise_the_default_kernel(emu, monkeypatch, precision, layout, eager):
+    # copies deferred to the wait: a stage read too early shows; landing at once: a stage
+    # refilled while other threads still read it shows
+    emu.set_async_eager(eager)
+    for i, (M, N, K) in enumerate(PIPE_SHAPES):
+        monkeypatch.delenv(PIPE, raising=False)
+        C0, A, B, bias, ran0 = _run_gemm(emu, precision, M, N, K, layout, seed=500 + i, bias=i % 2 == 0, pad=4)
+        assert ran0 == f"tensor-core gemm ({precision}, wmma)"
+        monkeypatch.setenv(PIPE, "1")
+        C1, _, _, _, ran1 = _run_gemm(emu, precision, M, N, K, layout, seed=500 + i, bias=i % 2 == 0, pad=4)
+        assert ran1 == f"tensor-core gemm ({precision}, wmma + cp.async)", (M, N, K, ran1)
+        check_gemm(C1, A, B, bias, precision)
+        np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K)))
+    # reversed thread and block order, guard page in front: the same bits
+    monkeypatch.setenv(PIPE, "1")
+    first = _run_gemm(emu, precision, 200, 20, 300, layout, seed=7, pad=4)[0]
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    second, _, _, _, ran = _run_gemm(emu, precision, 200, 20, 300, layout, seed=7, pad=4)
+    assert ran.endswith("wmma + cp.async)")
+    np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS + ("bf16",))
+def test_emulated_pipelined_gemm_falls_back_where_it_cannot_copy(emu, monkeypatch, precision):
+    # extents that are not multiples of 4 floats along a unit-stride axis, and bf16 (staged
+    # with a conversion): the default kernel runs, correctly
+    monkeypatch.setenv(PIPE, "1")
+    for i, (M, N, K, layout) in enumerate([(130, 67, 45, "nn"), (33, 260, 100, "tn"), (40, 20, 30, "nt"),
+                                           (128, 128, 64, "nn")]):
+        if precision != "bf16" and i == 3:
+            continue  # aligned: pipelined (the test above)
+        C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=600 + i)
+        assert ran == f"tensor-core gemm ({precision}, wmma)", (M, N, K, layout, ran)
+        check_gemm(C, A, B, bias, precision)
+    if precision != "bf16":
+        # a device whose blocks get 99 KB of shared memory (sm_86 / sm_89): the 128 x 128 ring
+        # (101-111 KB) does not fit, so the old kernel runs there
+        emu.set_device(smem_per_block_optin=99 * 1024, smem_per_sm=100 * 1024)
+        C, A, B, bias, ran = _run_gemm(emu, precision, 128, 128, 64, "nn", seed=610)
+        assert ran == f"tensor-core gemm ({precision}, wmma)", ran
+        check_gemm(C, A, B, bias, precision)
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["copies_at_wait", "copies_at_once"])
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS)
+@pytest.mark.parametrize("layout", ["fwd", "bwd"])
+def test_emulated_pipelined_step_gemm_k_slices(emu, monkeypatch, precision, layout, eager):
+    # the per-step products' k slices (split-K grid): each slice's pipeline starts at its own k
+    emu.set_async_eager(eager)
+    shapes = [(False, 64, 8, 36, 40), (False, 32, 64, 128, 100), (False, 96, 68, 20, 292),
+              (True, 96, 72, 140, 200), (True, 128, 132, 16, 64)]
+    for i, (large, kslice, M, N, K) in enumerate(shapes):
+        monkeypatch.delenv(PIPE, raising=False)
+        parts0, A, Bm, ran0 = _run_step_gemm(emu, precision, large, kslice, M, N, K, layout, seed=700 + i)
+        monkeypatch.setenv(PIPE, "1")
+        parts1, _, _, ran1 = _run_step_gemm(emu, precision, large, kslice, M, N, K, layout, seed=700 + i)
+        assert ran1 == ran0 + " (cp.async)", (ran0, ran1)
+        check_step_gemm(parts1, A, Bm, kslice, precision)
+        np.testing.assert_array_equal(parts1.view(np.uint32), parts0.view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS)
+def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeypatch, precision):
+    # The LSTM on kernel path "tensor" with H % 4 == 0 (the step products pipelined) and on the
+    # simt path (the large products pipelined where x, kernel and dz allow): the same bits.
+    emu.set_device(sm_count=64)
+    for spec, path in ((dict(T=4, B=20, I=12, H=16, reverse=True, lengths=[(3 * b) % 5 for b in range(20)]), "tensor"),
+                       (dict(T=3, B=70, I=8, H=12, lengths=[(b * 5) % 4 for b in range(70)]), "tensor"),
+                       (dict(T=3, B=6, I=20, H=8), "simt")):
+        fcuda.set_kernel_path(path)
+        fwd, bwd = make_case(dtype=np.float32, seed=41, **spec)
+        monkeypatch.delenv(PIPE, raising=False)
+        outs0, grads0, _ = run_cuda_precision(fwd, bwd, precision)
+        monkeypatch.setenv(PIPE, "1")
+        outs1, grads1, _ = run_cuda_precision(fwd, bwd, precision)
+        for kind in ("forward", "backward"):
+            assert "cp.async where aligned" in _ran(kind), _ran(kind)
+            if path == "tensor":
+                assert f"{precision} wmma + cp.async, " in _ran(kind), _ran(kind)
+        assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
+        if path == "tensor" and precision == "tf32":
+            check_tensor_against_reference(fwd, bwd, outs1, grads1, precision)
 
 
 # ---- on a GPU

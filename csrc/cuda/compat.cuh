@@ -53,6 +53,64 @@ inline void check(cudaError_t err, const char* call, const char* file, int line)
   } while (0)
 #endif
 
+// FL_LAUNCH_SMEM(kernel, grid, block, smem, stream, args...): FL_LAUNCH with `smem` bytes of
+// dynamic shared memory (FL_DYNAMIC_SHARED; more than 48 KB needs cudaFuncSetAttribute first).
+#if defined(FASTLSTM_CUDA_EMU)
+#define FL_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...)                                                  \
+  FL_CHECK(::fastlstm::cuda::emu::launch_smem(reinterpret_cast<const void*>(kernel), (grid), (block), (smem), \
+                                               (stream), [&] { kernel(__VA_ARGS__); }))
+#else
+#define FL_LAUNCH_SMEM(kernel, grid, block, smem, stream, ...)  \
+  do {                                                          \
+    kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__); \
+    FL_CHECK(cudaGetLastError());                               \
+  } while (0)
+#endif
+
+// Asynchronous global -> shared copies (cp.async, sm_80+; the pipelined tensor-core GEMM):
+// fl_cp_async16(dst, src, valid) copies 16 bytes (both addresses 16-byte aligned; dst in shared
+// memory), or writes 16 zero bytes and reads nothing when !valid; fl_cp_async_commit() closes
+// this thread's group of copies; fl_cp_async_wait<N>() waits until at most N of this thread's
+// committed groups are still in flight. A copy is visible to the other threads only after its
+// thread waited for it and a __syncthreads(). In the emulator the copies are deferred to the wait.
+#if defined(FASTLSTM_CUDA_EMU)
+namespace fastlstm {
+namespace cuda {
+inline void fl_cp_async16(void* dst, const void* src, bool valid) { emu::cp_async(dst, src, 16, valid); }
+inline void fl_cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void fl_cp_async_wait() {
+  emu::cp_async_wait(static_cast<size_t>(N));
+}
+}  // namespace cuda
+}  // namespace fastlstm
+#else
+namespace fastlstm {
+namespace cuda {
+__device__ __forceinline__ void fl_cp_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#else
+  (void)dst, (void)src, (void)valid;
+  __trap();
+#endif
+}
+__device__ __forceinline__ void fl_cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void fl_cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+}  // namespace cuda
+}  // namespace fastlstm
+#endif
+
 // fl_syncwarp(): orders the shared-memory accesses of a warp's threads (the tensor-core GEMM's
 // epilogue scratch). __syncwarp() on the GPU; in the emulator a block barrier, which is only
 // correct where every warp of the block calls it equally often (as the GEMM's epilogue does)

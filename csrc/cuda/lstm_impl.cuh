@@ -754,7 +754,9 @@ void check_precision(Precision p, int device) {
 inline std::string precision_note(Precision p, bool recurrent_tc) {
   if (p == Precision::kFp32) return "";
   const std::string name = tc::precision_name(p);
-  return "; GEMMs: " + name + " tensor cores (wmma, float32 accumulation), recurrent product " +
+  return "; GEMMs: " + name + " tensor cores (wmma" +
+         (p != Precision::kBf16 && tc::pipeline_requested() ? std::string(" + cp.async where aligned") : "") +
+         ", float32 accumulation), recurrent product " +
          (recurrent_tc ? name + " tensor cores" : std::string("fp32"));
 }
 
@@ -830,15 +832,17 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
     poison(z.get(), pl.splits * B * G, stream);
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
     auto kp = forward_pointwise_kernel<Real>;
+    bool piped = T > 0;
     for (int64_t s = 0; s < T; ++s) {
       const Real* h_prev = (s % 2 == 0) ? hbuf0 : hbuf1;
       Real* h_next = (s % 2 == 0) ? hbuf1 : hbuf0;
-      tc::step_gemm<Real>(opt.precision, pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(), stream);
+      piped &= tc::step_gemm<Real>(opt.precision, pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(), stream);
       FL_LAUNCH(kp, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, P,
                 static_cast<const Real*>(z.get()), pl.splits, h_prev, h_next, a.c_n, a.y, a.gates, a.cells);
     }
     return "tensor-core recurrent forward (" + std::to_string(T) + " steps x 2 launches, " +
-           tc::precision_name(opt.precision) + " wmma, " + pl.describe() + ", " + tensor_why(opt) + ")";
+           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") + pl.describe() + ", " +
+           tensor_why(opt) + ")";
   } else {
     (void)a, (void)P, (void)hbuf0, (void)hbuf1, (void)device, (void)stream, (void)opt;
     throw Error("the tensor-core recurrent forward takes float32 data");
@@ -862,18 +866,20 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
     poison(dz_step.get(), B * G, stream);
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
     auto k1 = backward_gates_kernel<Real>;
+    bool piped = T > 0;
     for (int64_t s = T - 1; s >= 0; --s) {
       FL_LAUNCH(k1, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
                 a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(parts.get()),
                 pl.splits, dz_step.get());
-      tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G, parts.get(),
+      piped &= tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G, parts.get(),
                           stream);
     }
     auto km = dh_merge_kernel<Real>;
     FL_LAUNCH(km, grid, dim3(kThreads), stream, T, B, H, a.lengths, static_cast<const Real*>(parts.get()), pl.splits,
               a.dh0);
     return "tensor-core recurrent backward (" + std::to_string(T) + " steps x 2 launches + 1, " +
-           tc::precision_name(opt.precision) + " wmma, " + pl.describe() + ", " + tensor_why(opt) + ")";
+           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") + pl.describe() + ", " +
+           tensor_why(opt) + ")";
   } else {
     (void)a, (void)dz, (void)hprev, (void)device, (void)stream, (void)opt;
     throw Error("the tensor-core recurrent backward takes float32 data");
@@ -1094,9 +1100,12 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
   need(Bm, K * N, "B", device);
   maybe(bias, N, "bias", device);
   need(C, M * N, "C", device);
-  gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  if (p == Precision::kFp32) return big_gemm<Real>(M, N) ? "simt gemm (fp32, 128x128)" : "simt gemm (fp32, 64x64)";
-  return std::string("tensor-core gemm (") + tc::precision_name(p) + ", wmma)";
+  if (p == Precision::kFp32) {
+    gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+    return big_gemm<Real>(M, N) ? "simt gemm (fp32, 128x128)" : "simt gemm (fp32, 64x64)";
+  }
+  const bool piped = tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  return std::string("tensor-core gemm (") + tc::precision_name(p) + (piped ? ", wmma + cp.async)" : ", wmma)");
 }
 
 }  // namespace impl

@@ -47,6 +47,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -200,11 +202,97 @@ __device__ __forceinline__ void store_operand(typename Traits<P>::Elem* S, const
   for (int i = 0; i < kLoads; ++i) s[i * step] = Traits<P>::convert(r[i]);
 }
 
+// One pass (kBK k) of the block's MMAs from the staged tiles As, Bs (tf32: rounded; tf32x3:
+// float32, split once loaded) into the warp's accumulators: tc_gemm_kernel's loop (which keeps
+// its own copy of it, see there), for tc_gemm_pipe_kernel.
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+__device__ __forceinline__ void mma_pass(
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Traits<P>::kK, float> (&acc)[Cfg::kFragM][Cfg::kFragN],
+    const typename Traits<P>::Elem* As, const typename Traits<P>::Elem* Bs, int wm, int wn) {
+  namespace wmma = nvcuda::wmma;
+  using Tr = Traits<P>;
+  constexpr int kWarpM = Cfg::kWarpM, kWarpN = Cfg::kWarpN, kFragM = Cfg::kFragM, kFragN = Cfg::kFragN;
+  using TA = Tile<P, A_KMAJOR, Cfg::kBM>;
+  using TB = Tile<P, B_KMAJOR, Cfg::kBN>;
+  using LayoutA = typename std::conditional<A_KMAJOR, wmma::col_major, wmma::row_major>::type;
+  using LayoutB = typename std::conditional<B_KMAJOR, wmma::row_major, wmma::col_major>::type;
+#pragma unroll
+  for (int kk = 0; kk < kBK; kk += Tr::kK) {
+    using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Tr::kK, typename Tr::FragType, LayoutB>;
+    using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Tr::kK, typename Tr::FragType, LayoutA>;
+    FragB b[kFragN];
+    FragB b_lo[Tr::kSplit ? kFragN : 1];
+#pragma unroll
+    for (int j = 0; j < kFragN; ++j) {
+      wmma::load_matrix_sync(b[j], Bs + TB::offset(wn * kWarpN + j * 16, kk), TB::ld);
+      if constexpr (Tr::kSplit) split_tf32(b[j], b_lo[j]);
+    }
+#pragma unroll
+    for (int i = 0; i < kFragM; ++i) {
+      FragA a;
+      wmma::load_matrix_sync(a, As + TA::offset(wm * kWarpM + i * 16, kk), TA::ld);
+      if constexpr (Tr::kSplit) {
+        FragA a_lo;
+        split_tf32(a, a_lo);
+#pragma unroll
+        for (int j = 0; j < kFragN; ++j) {
+          // this k-step's product into a zeroed fragment (the small terms first), then added
+          // to the accumulator on the CUDA cores: the tensor cores' truncating accumulation
+          // acts on one k-step's sum, not on the running total (see the notes at the top)
+          wmma::fragment<wmma::accumulator, 16, 16, Tr::kK, float> part;
+          wmma::fill_fragment(part, 0.0f);
+          wmma::mma_sync(part, a_lo, b[j], part);
+          wmma::mma_sync(part, a, b_lo[j], part);
+          wmma::mma_sync(part, a, b[j], part);
+#pragma unroll
+          for (int t = 0; t < part.num_elements; ++t) acc[i][j].x[t] += part.x[t];
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kFragN; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+      }
+    }
+  }
+}
+
+// Epilogue: each accumulator through the warp's 16 x kScratchLd scratch (at smem + the warp's
+// offset; the staging memory, free by now) to C, bounds-checked, bias added in float32. warp,
+// lane: the thread's; (wm, wn): the warp's place in the block tile.
+template <Precision P, class Cfg>
+__device__ __forceinline__ void store_tiles(
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Traits<P>::kK, float> (&acc)[Cfg::kFragM][Cfg::kFragN],
+    unsigned char* smem, int warp, int lane, int wm, int wn, int64_t M, int64_t N, int64_t m0, int64_t n0,
+    const float* bias, float* C, int64_t ldc) {
+  namespace wmma = nvcuda::wmma;
+  float* scratch = reinterpret_cast<float*>(smem) + warp * 16 * kScratchLd;
+#pragma unroll
+  for (int i = 0; i < Cfg::kFragM; ++i) {
+#pragma unroll
+    for (int j = 0; j < Cfg::kFragN; ++j) {
+      wmma::store_matrix_sync(scratch, acc[i][j], kScratchLd, wmma::mem_row_major);
+      fl_syncwarp();  // the whole 16 x 16 tile is in the scratch
+      const int64_t mb = m0 + wm * Cfg::kWarpM + i * 16, nb = n0 + wn * Cfg::kWarpN + j * 16;
+      for (int e = lane; e < 256; e += 32) {
+        const int r = e / 16, c = e % 16;
+        const int64_t m = mb + r, n = nb + c;
+        if (m < M && n < N) {
+          const float v = scratch[r * kScratchLd + c];
+          C[m * ldc + n] = bias ? v + bias[n] : v;
+        }
+      }
+      fl_syncwarp();  // read before the next tile overwrites the scratch
+    }
+  }
+}
+
 // A_KMAJOR: A stored [k][m] (A's m axis has unit stride; read as a col_major matrix_a).
 // B_KMAJOR: B stored [k][n] (B's n axis has unit stride; read as a row_major matrix_b).
 // Grid (ceil(M / BM), ceil(N / BN), S), Cfg::kThreads threads. Block z sums k in
 // [z kslice, min(K, (z + 1) kslice)) and writes C + z * split_stride (S = 1, kslice >= K: the
 // whole product into C).
+// (Its MMA loop and epilogue are written out here rather than calling mma_pass / store_tiles
+// as tc_gemm_pipe_kernel does: with the helpers ptxas allocated this measured kernel's
+// registers differently (spills moved by -16..+48 bytes), so it is kept as it was measured.)
 template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     tc_gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A, int64_t sam, int64_t sak,
@@ -325,6 +413,148 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
+// ---- tc-gemm-v2: the same products with the operands staged by a cp.async pipeline ----------
+// (precision tf32 / tf32x3: the tiles hold float32-sized values, so the copies need no
+// conversion; bf16 keeps tc_gemm_kernel). kPipeStages passes of 32 k are in flight in dynamic
+// shared memory (pipe_smem_bytes: 3 x 33-37 KB for the 128 x 128 tiles, 3 x 26-28 KB for
+// 64 x 128): while the MMAs read pass p, the copies of passes p+1 and p+2 are under way, with
+// no registers holding them (tc_gemm_kernel keeps one pass in registers: 32 loads, 32 stores of
+// one float each per thread and pass, and its staging registers push the 128-register variants
+// into spills). tf32 rounds its tile in place (round_operand: each thread the vectors it copied,
+// 16-byte loads and stores) between its wait and the barrier; tf32x3 splits fragments once
+// loaded, as before. Same tiles, warps, fragments, k order and epilogue as tc_gemm_kernel: the
+// results are bitwise the same. Copies are 16 bytes along the operand's
+// unit-stride axis, so the host uses this kernel only when both operands allow it
+// (pipe_operand_ok: a unit stride, the other stride and the extent along the unit-stride axis
+// multiples of 4 floats, the base 16-byte aligned); out-of-range vectors are zero-filled.
+constexpr int kPipeStages = 3;
+
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+__host__ __device__ constexpr int pipe_stage_bytes() {
+  return Tile<P, A_KMAJOR, Cfg::kBM>::bytes + Tile<P, B_KMAJOR, Cfg::kBN>::bytes;
+}
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+__host__ __device__ constexpr int pipe_smem_bytes() {
+  return kPipeStages * pipe_stage_bytes<P, A_KMAJOR, B_KMAJOR, Cfg>();
+}
+
+// This thread's 16-byte copies of one operand tile (ROWS rows r x 32 k; X(r, k) = X[r * s_r +
+// k * s_k], zero outside R x K): vector v = tid + THREADS i covers 4 consecutive elements
+// along the stored row (k when !KMAJOR, r when KMAJOR): consecutive threads copy consecutive
+// 16 bytes of global and of shared memory.
+template <Precision P, bool KMAJOR, int ROWS, int THREADS>
+__device__ __forceinline__ void copy_operand(float* S, const float* X, int64_t R, int64_t K, int64_t r0, int64_t k0,
+                                             int64_t s_r, int64_t s_k) {
+  using Tl = Tile<P, KMAJOR, ROWS>;
+  constexpr int kPerLine = (KMAJOR ? ROWS : kBK) / 4;  // vectors per stored row
+  constexpr int kVecs = ROWS * kBK / 4;
+  static_assert(kVecs % THREADS == 0, "whole copies per thread");
+  const int tid = static_cast<int>(threadIdx.x);
+#pragma unroll
+  for (int i = 0; i < kVecs / THREADS; ++i) {
+    const int v = tid + i * THREADS;
+    const int line = v / kPerLine, q = (v % kPerLine) * 4;
+    const int row = KMAJOR ? q : line, k = KMAJOR ? line : q;
+    const int64_t gr = r0 + row, gk = k0 + k;
+    const bool valid = gr < R && gk < K;
+    fl_cp_async16(S + Tl::offset(row, k), valid ? X + gr * s_r + gk * s_k : X, valid);
+  }
+}
+
+// tf32: rounds, in shared memory, the vectors this thread copied into the tile (copy_operand's
+// mapping), once its copies have landed and before the barrier that publishes the pass: each
+// element is rounded once (cvt.rna.tf32.f32, as tc_gemm_kernel does while staging), not once
+// per warp that loads it as a fragment.
+template <Precision P, bool KMAJOR, int ROWS, int THREADS>
+__device__ __forceinline__ void round_operand(float* S) {
+  using Tl = Tile<P, KMAJOR, ROWS>;
+  constexpr int kPerLine = (KMAJOR ? ROWS : kBK) / 4;
+  constexpr int kVecs = ROWS * kBK / 4;
+  const int tid = static_cast<int>(threadIdx.x);
+#pragma unroll
+  for (int i = 0; i < kVecs / THREADS; ++i) {
+    const int v = tid + i * THREADS;
+    const int line = v / kPerLine, q = (v % kPerLine) * 4;
+    float4* p = reinterpret_cast<float4*>(S + (KMAJOR ? Tl::offset(q, line) : Tl::offset(line, q)));
+    float4 x = *p;
+    x.x = nvcuda::wmma::__float_to_tf32(x.x);
+    x.y = nvcuda::wmma::__float_to_tf32(x.y);
+    x.z = nvcuda::wmma::__float_to_tf32(x.z);
+    x.w = nvcuda::wmma::__float_to_tf32(x.w);
+    *p = x;
+  }
+}
+
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    tc_gemm_pipe_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A, int64_t sam, int64_t sak,
+                        const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc,
+                        int64_t split_stride) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and tf32 wmma need sm_80; the host refuses such devices before launching
+#else
+  namespace wmma = nvcuda::wmma;
+  using Tr = Traits<P>;
+  static_assert(std::is_same<typename Tr::Elem, float>::value, "cp.async stages float32 operands (tf32 / tf32x3)");
+  constexpr int kThreads = Cfg::kThreads, kBM = Cfg::kBM, kBN = Cfg::kBN;
+  constexpr int kFragM = Cfg::kFragM, kFragN = Cfg::kFragN;
+  constexpr int kABytes = Tile<P, A_KMAJOR, kBM>::bytes;
+  constexpr int kStageBytes = pipe_stage_bytes<P, A_KMAJOR, B_KMAJOR, Cfg>();
+  static_assert((kThreads / 32) * 16 * kScratchLd * 4 <= kPipeStages * kStageBytes, "the epilogue's scratch fits");
+  FL_DYNAMIC_SHARED(smem);  // pipe_smem_bytes: kPipeStages x (A tile, B tile)
+  auto a_tile = [&](int64_t pass) { return reinterpret_cast<float*>(smem + (pass % kPipeStages) * kStageBytes); };
+  auto b_tile = [&](int64_t pass) {
+    return reinterpret_cast<float*>(smem + (pass % kPipeStages) * kStageBytes + kABytes);
+  };
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int wm = warp % Cfg::kWarpsM, wn = warp / Cfg::kWarpsM;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  int64_t kb = 0, ke = K;  // this block's k range [kb, ke)
+  if (Cfg::kSplitK) {
+    kb = static_cast<int64_t>(blockIdx.z) * kslice;
+    ke = imin(K, kb + kslice);
+    C += static_cast<int64_t>(blockIdx.z) * split_stride;
+  } else {
+    (void)kslice, (void)split_stride;
+  }
+  const int64_t passes = ke > kb ? (ke - kb + kBK - 1) / kBK : 0;
+
+  wmma::fragment<wmma::accumulator, 16, 16, Tr::kK, float> acc[kFragM][kFragN];
+#pragma unroll
+  for (int i = 0; i < kFragM; ++i)
+#pragma unroll
+    for (int j = 0; j < kFragN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  auto issue = [&](int64_t pass) {  // pass's copies (if it exists), then close the group
+    if (pass < passes) {
+      const int64_t k0 = kb + pass * kBK;
+      copy_operand<P, A_KMAJOR, kBM, kThreads>(a_tile(pass), A, M, ke, m0, k0, sam, sak);
+      copy_operand<P, B_KMAJOR, kBN, kThreads>(b_tile(pass), Bm, N, ke, n0, k0, sbn, sbk);
+    }
+    fl_cp_async_commit();  // one group per pass, empty past the end: the wait below counts groups
+  };
+#pragma unroll
+  for (int s = 0; s < kPipeStages - 1; ++s) issue(s);
+  for (int64_t p = 0; p < passes; ++p) {
+    fl_cp_async_wait<kPipeStages - 2>();  // this thread's copies of pass p have landed
+    if constexpr (P == Precision::kTf32) {
+      round_operand<P, A_KMAJOR, kBM, kThreads>(a_tile(p));
+      round_operand<P, B_KMAJOR, kBN, kThreads>(b_tile(p));
+    }
+    __syncthreads();  // everyone's have; and everyone is done reading pass p - 1, whose slot the next copies reuse
+    issue(p + kPipeStages - 1);
+    mma_pass<P, A_KMAJOR, B_KMAJOR, Cfg>(acc, a_tile(p), b_tile(p), wm, wn);
+  }
+  fl_cp_async_wait<0>();  // (only empty groups are left)
+  __syncthreads();        // every pass read before the epilogue reuses the memory
+
+  store_tiles<P, Cfg>(acc, smem, warp, lane, wm, wn, M, N, m0, n0, bias, C, ldc);
+#endif
+}
+
 inline const char* precision_name(Precision p) {
   switch (p) {
     case Precision::kTf32: return "tf32";
@@ -345,13 +575,58 @@ inline void require_tensor_cores(Precision p, int device) {
                 "." + std::to_string(minor));
 }
 
+// The current device's shared memory per block with opt-in (bytes).
+inline int smem_optin_limit() {
+  int device = 0, bytes = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  FL_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// Launches the pipelined kernel when `pipe` and its ring fits the device's shared memory (not
+// on sm_86 / sm_89, 99 KB per block, for the 128 x 128 tiles), else tc_gemm_kernel. Returns
+// whether the pipelined kernel ran.
 template <Precision P, bool AK, bool BK, class Cfg>
-void launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A,
+bool launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A,
             int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
-            int64_t ldc, int64_t split_stride) {
+            int64_t ldc, int64_t split_stride, bool pipe) {
+  if constexpr (P != Precision::kBf16) {
+    constexpr int kSmem = pipe_smem_bytes<P, AK, BK, Cfg>();
+    if (pipe && kSmem <= smem_optin_limit()) {
+      auto kernel = tc_gemm_pipe_kernel<P, AK, BK, Cfg>;
+      FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
+                     sak, Bm, sbk, sbn, bias, C, ldc, split_stride);
+      return true;
+    }
+  }
   auto kernel = tc_gemm_kernel<P, AK, BK, Cfg>;
   FL_LAUNCH(kernel, grid, dim3(Cfg::kThreads), stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, bias, C, ldc,
             split_stride);
+  return false;
+}
+
+// Whether the pipelined kernel (tc_gemm_pipe_kernel) is asked for: FASTLSTM_CUDA_GEMM_PIPELINE=1
+// (read at every call). Off by default until it is measured against tc_gemm_kernel on a GPU
+// (bench/gpu_gemm_ab.py; bench/NOTES_GPU.md, "tc-gemm-v2").
+inline bool pipeline_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_GEMM_PIPELINE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// Whether an operand can be staged by 16-byte copies: X(r, k) = X[r s_r + k s_k] over R rows
+// and K k, stored along r when KMAJOR (s_r = 1), else along k (s_k = 1); the other stride and
+// the extent along the unit-stride axis multiples of 4, the base 16-byte aligned.
+inline bool pipe_operand_ok(bool kmajor, const float* X, int64_t R, int64_t K, int64_t s_r, int64_t s_k) {
+  const int64_t unit = kmajor ? s_r : s_k, other = kmajor ? s_k : s_r, extent = kmajor ? R : K;
+  return unit == 1 && other % 4 == 0 && extent % 4 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
+}
+
+// Whether this product runs pipelined: asked for, tf32 / tf32x3, both operands fit the copies.
+inline bool use_pipe(Precision p, bool ak, bool bk, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam,
+                     int64_t sak, const float* Bm, int64_t sbk, int64_t sbn) {
+  return p != Precision::kBf16 && pipeline_requested() && pipe_operand_ok(ak, A, M, K, sam, sak) &&
+         pipe_operand_ok(bk, Bm, N, K, sbn, sbk);
 }
 
 // The layout only decides which loads are coalesced; every combination computes the same.
@@ -361,33 +636,29 @@ inline bool a_kmajor(int64_t sam, int64_t sak) { return sam == 1 && sak != 1; }
 inline bool b_kmajor(int64_t sbk, int64_t sbn) { return !(sbk == 1 && sbn != 1); }
 
 template <Precision P, class Cfg>
-void gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
+bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
             int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream) {
   const dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
-  if (empty_grid(grid)) return;
+  if (empty_grid(grid)) return false;
   const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
-  if (ak && bk)
-    launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
-  else if (ak)
-    launch<P, true, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
-  else if (bk)
-    launch<P, false, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
-  else
-    launch<P, false, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0);
+  const bool pipe = use_pipe(P, ak, bk, M, N, K, A, sam, sak, Bm, sbk, sbn);
+  if (ak && bk) return launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  if (ak) return launch<P, true, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  if (bk) return launch<P, false, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  return launch<P, false, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
 }
 
-// C = A . B (+ bias) on the tensor cores in precision p (kTf32 or kBf16). A template (Real =
-// float only) so that only the translation units that call it compile the kernels.
+// C = A . B (+ bias) on the tensor cores in precision p (kTf32, kTf32x3 or kBf16). A template
+// (Real = float only) so that only the translation units that call it compile the kernels.
+// Returns whether the pipelined kernel ran.
 template <typename Real>
-void gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+bool gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
           int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
-  if (p == Precision::kTf32)
-    gemm_p<Precision::kTf32, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  else if (p == Precision::kTf32x3)
-    gemm_p<Precision::kTf32x3, LargeX3>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  else
-    gemm_p<Precision::kBf16, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  if (p == Precision::kTf32) return gemm_p<Precision::kTf32, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  if (p == Precision::kTf32x3)
+    return gemm_p<Precision::kTf32x3, LargeX3>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  return gemm_p<Precision::kBf16, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
 }
 
 // ---- the per-step recurrent products (kernel path "tensor") --------------------------------
@@ -423,44 +694,42 @@ inline StepPlan plan_step(int64_t M, int64_t N, int64_t K, int sm_count) {
 }
 
 template <Precision P, class Cfg>
-void step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
+bool step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
                  const float* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
   dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
-  if (empty_grid(grid)) return;
+  if (empty_grid(grid)) return false;
   grid.z = static_cast<unsigned>(pl.splits);
   const int64_t kslice = K > 0 ? pl.kslice : 0;
   // A is row-major in both step products (h_{s-1} rows, dz rows); B is R (k-major) forward, R
   // read as R^T (n-major) backward.
   if (a_kmajor(sam, sak)) throw Error("step_gemm: A must have unit stride along k");
-  if (b_kmajor(sbk, sbn))
-    launch<P, false, true, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N);
-  else
-    launch<P, false, false, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N);
+  const bool bk = b_kmajor(sbk, sbn);
+  const bool pipe = use_pipe(P, false, bk, M, N, K, A, sam, sak, Bm, sbk, sbn);
+  if (bk)
+    return launch<P, false, true, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N,
+                                       pipe);
+  return launch<P, false, false, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N,
+                                      pipe);
 }
 
-// The partial products of the plan into C (pl.splits x M x N) on the tensor cores.
+// The partial products of the plan into C (pl.splits x M x N) on the tensor cores. Returns
+// whether the pipelined kernel ran.
 template <typename Real>
-void step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam,
+bool step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam,
                int64_t sak, const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
   if (pl.splits < 1 || pl.splits > 65535 || (K > 0 && (pl.kslice < 1 || ceil_div(K, pl.kslice) != pl.splits)))
     throw Error("step_gemm: inconsistent k slices");
   if (p == Precision::kTf32) {
-    if (pl.large)
-      step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-    else
-      step_gemm_p<Precision::kTf32, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-  } else if (p == Precision::kTf32x3) {
-    if (pl.large)
-      step_gemm_p<Precision::kTf32x3, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-    else
-      step_gemm_p<Precision::kTf32x3, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-  } else {
-    if (pl.large)
-      step_gemm_p<Precision::kBf16, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
-    else
-      step_gemm_p<Precision::kBf16, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    if (pl.large) return step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    return step_gemm_p<Precision::kTf32, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
   }
+  if (p == Precision::kTf32x3) {
+    if (pl.large) return step_gemm_p<Precision::kTf32x3, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    return step_gemm_p<Precision::kTf32x3, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  }
+  if (pl.large) return step_gemm_p<Precision::kBf16, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  return step_gemm_p<Precision::kBf16, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
 }
 
 }  // namespace tc

@@ -30,7 +30,10 @@ products on tensor cores (operands rounded to tf32 / bf16, or for "tf32x3" split
 parts and multiplied three times for about float32's accuracy; float32 accumulation; compute
 capability 8.0+); the recurrent products too on the "tensor" path (auto: large B * H**2), else
 they stay float32.
-``cuda_info()["last_forward"]`` then names the precision.
+``cuda_info()["last_forward"]`` then names the precision. With ``FASTLSTM_CUDA_GEMM_PIPELINE=1``
+(read at each call; experimental, off until measured on a GPU) the tf32 / tf32x3 tensor-core
+products stage their operands with a cp.async pipeline where the operands' layout allows
+(same results, bit for bit; the descriptions then say "wmma + cp.async").
 
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.

@@ -45,6 +45,17 @@
 // Tensor cores (precision tf32 / bf16): emu_wmma.h emulates the wmma subset the GEMM of
 // tensor_gemm.cuh uses, with the operands' rounding reproduced and float32 accumulation; what it
 // cannot reproduce (the hardware MMA's internal accumulation, fragment layouts) is listed there.
+// Asynchronous copies (cp.async: fl_cp_async16 / fl_cp_async_commit / fl_cp_async_wait of
+// compat.cuh, the pipelined tensor-core GEMM) are deferred as on the GPU: each thread's copies
+// are queued in commit groups and performed only when that thread waits for their group, so a
+// kernel that reads a stage before waiting for it (or before the barrier after the wait) reads
+// the stage's old contents (or the NaN bytes of a fresh launch) in one of the thread orders.
+// Copies still queued when a block ends are an error. With set_async_eager the copies land at
+// once instead (at the copy instruction): then a kernel that refills a stage before every
+// thread is done reading it (a missing barrier before the copies) overwrites data that threads
+// later in the round still read. The tests run both. Normal launches may take dynamic shared
+// memory (FL_LAUNCH_SMEM): one guarded allocation, refilled with NaN bytes for every block,
+// more than 48 KB only after cudaFuncSetAttribute, as on the GPU.
 // Not modelled: the weak memory ordering of real hardware (the fibers see every store at
 // once), so missing fences or acquire/release are not found; warps (no warp primitives are
 // emulated, and the kernels use none).
@@ -153,6 +164,22 @@ inline uint64_t g_schedule_seed = 1;
 inline bool g_coop = false;        // inside a cooperative launch
 inline uint64_t g_atomic_ops = 0;  // atomic operations so far (progress, for deadlock detection)
 inline unsigned char* g_dyn_smem = nullptr;  // the running fiber's block's dynamic shared memory
+inline size_t g_dyn_smem_bytes = 0;          // its size (normal launches with dynamic shared memory)
+inline bool g_dyn_launch = false;            // inside a normal launch with dynamic shared memory
+// cp.async of a normal launch: per thread of the running block, the copies not yet committed
+// and the committed groups not yet waited for (oldest first).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int bytes;
+  bool valid;  // false: zero-fill, nothing read
+};
+struct AsyncState {
+  std::vector<AsyncCopy> open;
+  std::vector<std::vector<AsyncCopy>> groups;
+};
+inline std::vector<AsyncState> g_async;
+inline bool g_async_eager = false;  // cp.async lands at the copy (else at the thread's wait)
 inline std::map<const void*, int>& func_max_dynamic_smem() {
   static std::map<const void*, int> m;
   return m;
@@ -232,6 +259,8 @@ inline void syncthreads() {
 
 inline void run_block(unsigned nthreads) {
   if (g_fibers.size() < nthreads) g_fibers.resize(nthreads);
+  g_async.assign(nthreads, AsyncState{});
+  if (g_dyn_launch && g_dyn_smem) std::memset(g_dyn_smem, 0xFF, g_dyn_smem_bytes);
   for (unsigned i = 0; i < nthreads; ++i) {
     Fiber& f = g_fibers[i];
     if (f.stack.size() < kStackBytes) f.stack.resize(kStackBytes);
@@ -252,7 +281,15 @@ inline void run_block(unsigned nthreads) {
     }
     unsigned done = 0;
     for (unsigned i = 0; i < nthreads; ++i) done += g_fibers[i].done ? 1u : 0u;
-    if (done == nthreads) return;
+    if (done == nthreads) {
+      for (const AsyncState& a : g_async) {
+        size_t queued = a.open.size();
+        for (const auto& g : a.groups) queued += g.size();
+        if (queued && g_error.empty())
+          g_error = "cp.async: a thread ended with " + std::to_string(queued) + " copies never waited for";
+      }
+      return;
+    }
     if (done != 0) {
       if (g_error.empty())
         g_error = "barrier divergence: " + std::to_string(done) + " of " + std::to_string(nthreads) +
@@ -290,6 +327,76 @@ template <class F>
 void launch(dim3 grid, dim3 block, cudaStream_t /*stream*/, F&& body) {
   const std::function<void()> fn(std::forward<F>(body));
   run_grid(grid, block, fn);
+}
+
+// A normal launch with dyn_smem bytes of dynamic shared memory (FL_LAUNCH_SMEM); the errors
+// CUDA gives for too much of it.
+template <class F>
+cudaError_t launch_smem(const void* func, dim3 grid, dim3 block, size_t dyn_smem, cudaStream_t /*stream*/,
+                        F&& body) {
+  if (dyn_smem > 48 * 1024) {
+    auto it = func_max_dynamic_smem().find(func);
+    if (it == func_max_dynamic_smem().end() || static_cast<size_t>(it->second) < dyn_smem) return cudaErrorInvalidValue;
+  }
+  if (dyn_smem > static_cast<size_t>(g_device.smem_per_block_optin)) return cudaErrorInvalidValue;
+  const size_t bytes = (dyn_smem + 15) / 16 * 16;
+  unsigned char* smem = bytes ? static_cast<unsigned char*>(guarded_alloc(bytes)) : nullptr;
+  if (bytes && !smem) return cudaErrorMemoryAllocation;
+  g_dyn_smem = smem;
+  g_dyn_smem_bytes = bytes;
+  g_dyn_launch = true;
+  const std::function<void()> fn(std::forward<F>(body));
+  run_grid(grid, block, fn);
+  g_dyn_launch = false;
+  g_dyn_smem = nullptr;
+  g_dyn_smem_bytes = 0;
+  guarded_free(smem);
+  return cudaSuccess;
+}
+
+// cp.async (compat.cuh's fl_cp_async16 / _commit / _wait): queued per thread, performed at the wait.
+inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
+  const auto d = reinterpret_cast<uintptr_t>(dst), sa = reinterpret_cast<uintptr_t>(src);
+  if (g_coop || !g_dyn_launch) {
+    if (g_error.empty()) g_error = "cp.async outside a normal launch with dynamic shared memory";
+    return;
+  }
+  if (d % static_cast<uintptr_t>(bytes) != 0 || (valid && sa % static_cast<uintptr_t>(bytes) != 0)) {
+    if (g_error.empty()) g_error = "cp.async: a misaligned address";
+    return;
+  }
+  const auto lo = reinterpret_cast<uintptr_t>(g_dyn_smem);
+  if (d < lo || d + static_cast<uintptr_t>(bytes) > lo + g_dyn_smem_bytes) {
+    if (g_error.empty()) g_error = "cp.async: the destination is outside the block's dynamic shared memory";
+    return;
+  }
+  if (g_async_eager) {
+    if (valid)
+      std::memcpy(dst, src, static_cast<size_t>(bytes));
+    else
+      std::memset(dst, 0, static_cast<size_t>(bytes));
+    return;
+  }
+  g_async[static_cast<size_t>(g_current)].open.push_back(AsyncCopy{dst, src, bytes, valid});
+}
+inline void cp_async_commit() {
+  if (g_async.empty()) return;
+  AsyncState& a = g_async[static_cast<size_t>(g_current)];
+  a.groups.push_back(std::move(a.open));
+  a.open.clear();
+}
+inline void cp_async_wait(size_t pending) {
+  if (g_async.empty()) return;
+  AsyncState& a = g_async[static_cast<size_t>(g_current)];
+  while (a.groups.size() > pending) {
+    for (const AsyncCopy& c : a.groups.front()) {
+      if (c.valid)
+        std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+      else
+        std::memset(c.dst, 0, static_cast<size_t>(c.bytes));
+    }
+    a.groups.erase(a.groups.begin());
+  }
 }
 
 // ---- cooperative launches: every thread of the grid a fiber, all live at once ----------------
@@ -349,8 +456,8 @@ inline long long monotonic_ns() {
       .count();
 }
 inline unsigned char* dynamic_shared() {
-  if (!g_coop) {
-    if (g_error.empty()) g_error = "dynamic shared memory used outside a cooperative launch";
+  if (!g_coop && !g_dyn_launch) {
+    if (g_error.empty()) g_error = "dynamic shared memory used outside a launch that has it";
     return nullptr;
   }
   return g_dyn_smem;

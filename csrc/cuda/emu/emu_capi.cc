@@ -117,6 +117,8 @@ int64_t fl_emu_live_allocations() { return static_cast<int64_t>(cuda::emu::alloc
 void fl_emu_set_poison(int on) { cuda::impl::g_poison = on != 0; }
 void fl_emu_set_reverse_order(int on) { cuda::emu::g_reverse_order = on != 0; }
 void fl_emu_set_guard_front(int on) { cuda::emu::g_guard_front = on != 0; }
+// cp.async copies land at the copy instruction (1) or at the copying thread's wait (0, default).
+void fl_emu_set_async_eager(int on) { cuda::emu::g_async_eager = on != 0; }
 // The emulated device of the persistent kernels' planner and cooperative launches.
 void fl_emu_set_device(int sm_count, int smem_per_block_optin, int smem_per_sm, int cooperative) {
   cuda::emu::g_device.sm_count = sm_count;
@@ -203,6 +205,7 @@ int fl_emu_tensor_auto(int64_t B, int64_t H) { return cuda::impl::tensor_auto(B,
 // C_z = A . B over k slice z (kslice k each, the last one shorter), C_z = C + z * M * N
 // (ceil(K / kslice) slices, 1 when K = 0), on the Large (128 x 128) or Step (64 x 128) tile;
 // precision 1 tf32, 2 bf16, 3 tf32x3. kslice <= 0: the plan tc::plan_step makes for the emulated device.
+// The description is the plan's, + " (cp.async)" when the pipelined kernel ran.
 int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_t N, int64_t K, const float* A,
                      int64_t sam, int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, char* ran,
                      int ranlen, char* err, int errlen) {
@@ -220,8 +223,8 @@ int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_
           pl.kslice = kslice;
           pl.splits = K > 0 ? (K + kslice - 1) / kslice : 1;
         }
-        cuda::impl::tc::step_gemm<float>(p, pl, M, N, K, A, sam, sak, B, sbk, sbn, C, nullptr);
-        what = pl.describe();
+        const bool piped = cuda::impl::tc::step_gemm<float>(p, pl, M, N, K, A, sam, sak, B, sbk, sbn, C, nullptr);
+        what = pl.describe() + (piped ? " (cp.async)" : "");
       },
       err, errlen);
   if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());

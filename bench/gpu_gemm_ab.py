@@ -1,0 +1,242 @@
+"""The tensor-core GEMM with and without its cp.async pipeline (tc-gemm-v2), against cuBLAS.
+
+    python bench/gpu_gemm_ab.py [--out DIR] [--reps 7]
+
+Part 1, the GEMM alone (`fastlstm._cuda.matmul`) at the shapes of the LSTM's large products
+for T = 100, B = 256, I = H = 1024 (projection x . kernel, dkernel = x^T . dz, dx = dz . kernel^T)
+and the projection at B = 64: fastlstm tf32 and tf32x3, each with the default kernel
+(tc_gemm_kernel: one pass staged through registers) and the pipelined one
+(FASTLSTM_CUDA_GEMM_PIPELINE=1: three passes in flight by cp.async), beside torch.matmul
+(cuBLAS) in tf32 and in strict fp32 on the same operands. Milliseconds and TFLOP/s (2MNK / t).
+Part 2, the LSTM in tf32 on kernel path auto (the tensor-core recurrence at these shapes),
+forward (training=False) and forward + backward, pipeline off / on, beside cuDNN tf32; the
+I = 16 rows put a number on the recurrence alone (the projection is ~1% of the I = 1024 one).
+Before timing, the pipelined results must equal the default kernel's bit for bit (same tiles,
+fragments, k order: only the staging differs); a mismatch is reported and that row not timed.
+Medians (min-max) of CUDA-event timings, contenders interleaved round-robin. With --out,
+writes gpu_gemm_ab.md (the tables, then the rows as JSON).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+
+PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
+# (name, M, N, K, layout): layout "nn" A (M, K) and B (K, N) row-major; "tn" A stored (K, M);
+# "nt" B stored (N, K) (the three products of fastlstm's forward / backward)
+GEMMS = [("projection B=256", 25600, 4096, 1024, "nn"), ("dkernel B=256", 1024, 4096, 25600, "tn"),
+         ("dx B=256", 25600, 1024, 4096, "nt"), ("projection B=64", 6400, 4096, 1024, "nn")]
+LSTMS = [(100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 256, 16, 1024)]
+
+
+class pipeline:
+    """Inside the block, the tensor-core GEMMs are pipelined (True) or not."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = os.environ.get(PIPE)
+        os.environ[PIPE] = "1" if self.on else "0"
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop(PIPE, None)
+        else:
+            os.environ[PIPE] = self.prev
+
+
+def timed(contenders, reps, torch):
+    for fn in contenders.values():
+        fn()  # warm-up
+    torch.cuda.synchronize()
+    times = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return {name: [statistics.median(ts), min(ts), max(ts)] for name, ts in times.items()}
+
+
+def gemm_row(spec, reps, torch, _cuda):
+    name, M, N, K, layout = spec
+    g = torch.Generator(device="cuda").manual_seed(M + N + K)
+    A = torch.randn(M, K, device="cuda", generator=g)
+    B = torch.randn(K, N, device="cuda", generator=g)
+    a = A.t().contiguous() if layout[0] == "t" else A
+    b = B.t().contiguous() if layout[1] == "t" else B
+    sam, sak = (1, M) if layout[0] == "t" else (K, 1)
+    sbk, sbn = (1, K) if layout[1] == "t" else (N, 1)
+    C = {key: torch.empty(M, N, device="cuda") for key in ("v1", "v2")}
+
+    def fl(precision, on, out):
+        with pipeline(on):
+            return _cuda.matmul(precision, M, N, K, a.data_ptr(), sam, sak, b.data_ptr(), sbk, sbn, 0,
+                                out.data_ptr(), N, torch.cuda.current_device(), 0)
+
+    row = dict(name=name, shape=[M, N, K], layout=layout)
+    for precision in ("tf32", "tf32x3"):
+        ran = [fl(precision, False, C["v1"]), fl(precision, True, C["v2"])]
+        torch.cuda.synchronize()
+        row[f"{precision}_kernels"] = ran
+        same = bool(torch.equal(C["v1"].view(torch.int32), C["v2"].view(torch.int32)))
+        row[f"{precision}_bitwise_equal"] = same
+        if not same or "cp.async" not in ran[1]:
+            print(name, precision, "NOT COMPARED:", ran, "bitwise equal" if same else "results differ", flush=True)
+    exact = A.double() @ B.double()
+    for precision in ("tf32", "tf32x3"):
+        fl(precision, True, C["v2"])
+        torch.cuda.synchronize()
+        row[f"{precision}_err"] = float((C["v2"].double() - exact).norm() / exact.norm())
+
+    def cublas(tf32):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        return torch.matmul(A, B)
+
+    contenders = {}
+    for precision in ("tf32", "tf32x3"):
+        if row[f"{precision}_bitwise_equal"] and "cp.async" in row[f"{precision}_kernels"][1]:
+            contenders[f"{precision}_v1"] = (lambda p=precision: fl(p, False, C["v1"]))
+            contenders[f"{precision}_v2"] = (lambda p=precision: fl(p, True, C["v2"]))
+    contenders["cublas_tf32"] = lambda: cublas(True)
+    contenders["cublas_fp32"] = lambda: cublas(False)
+    row.update(timed(contenders, reps, torch))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    flop = 2.0 * M * N * K
+    print(name, {k: f"{v[0]:.3f} ms {flop / v[0] / 1e9:.0f} TF/s" for k, v in row.items()
+                 if isinstance(v, list) and len(v) == 3 and isinstance(v[0], float)}, flush=True)
+    return row
+
+
+def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
+    T, B, I, H = cfg
+    rng = np.random.default_rng(T + B + I + H)
+    r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
+    x, k, rk, bias, h0, c0 = r(T, B, I), w(I, 4 * H), w(H, 4 * H), w(4 * H), r(B, H), r(B, H)
+    dy = r(T, B, H)
+
+    def fwd(on):
+        with pipeline(on):
+            return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False, precision="tf32")
+
+    def both(on):
+        with pipeline(on):
+            y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", precision="tf32")
+            return (y, hn, cn), ops.lstm_backward(saved, dy)
+
+    row = dict(config=[T, B, I, H])
+    o1, g1 = both(False)
+    row["kernels_v1"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+    o2, g2 = both(True)
+    row["kernels_v2"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+    pairs = list(zip(o1, o2)) + [(a, b) for a, b in zip(g1, g2) if a is not None]
+    row["bitwise_equal"] = all(bool(cp.array_equal(a.view(cp.int32), b.view(cp.int32))) for a, b in pairs)
+    if not row["bitwise_equal"]:
+        print(cfg, "pipelined LSTM differs from the default kernels: not timed", flush=True)
+        return row
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    lstm = torch.nn.LSTM(I, H).cuda()
+    tx = torch.randn(T, B, I, device="cuda")
+    tdy = torch.randn(T, B, H, device="cuda")
+
+    def cudnn_fwd():
+        with torch.no_grad():
+            return lstm(tx)
+
+    def cudnn_both():
+        y, _ = lstm(tx.detach().requires_grad_(True))
+        y.backward(tdy)
+        return y
+
+    contenders = {"v1_fwd": lambda: fwd(False), "v2_fwd": lambda: fwd(True), "cudnn_fwd": cudnn_fwd,
+                  "v1_both": lambda: both(False), "v2_both": lambda: both(True), "cudnn_both": cudnn_both}
+    row.update(timed(contenders, reps, torch))
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(cfg, {n: round(v[0], 3) for n, v in row.items() if n in contenders}, flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per contender (at least 1)")
+    args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps: expected a positive number of runs, got {args.reps}")
+    import cupy as cp
+    import torch
+    import fastlstm
+    from fastlstm import _cuda, ops
+
+    grows, lrows = [], []
+    for spec in GEMMS:
+        try:
+            grows.append(gemm_row(spec, args.reps, torch, _cuda))
+        except Exception as e:  # report and go on: GPU time is short
+            print(spec, "FAILED", type(e).__name__, e, flush=True)
+            grows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
+    for cfg in LSTMS:
+        try:
+            lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
+        except Exception as e:
+            print(cfg, "FAILED", type(e).__name__, e, flush=True)
+            lrows.append(dict(config=list(cfg), error=f"{type(e).__name__}: {e}"))
+
+    m = lambda v: f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"  # noqa: E731
+
+    def kinds(ran):  # which recurrent kernels ran, and whether their GEMMs were pipelined
+        return " / ".join(d.split(" (")[0] + (" + cp.async" if "wmma + cp.async" in d else "") for d in ran)
+
+    lines = ["| product | M, N, K | tf32 default | tf32 pipelined | v1/v2 | tf32x3 default | tf32x3 pipelined | "
+             "v1/v2 | cuBLAS tf32 | cuBLAS fp32 | TFLOP/s: tf32 v1 / v2 / cuBLAS | error tf32 / tf32x3 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in grows:
+        if "cublas_tf32" not in row:
+            lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
+            continue
+        flop = 2.0 * np.prod(row["shape"])
+        cell = lambda key: m(row[key]) if key in row else "not compared"  # noqa: E731
+        ratio = lambda p: (f"{row[p + '_v1'][0] / row[p + '_v2'][0]:.2f}x" if p + "_v2" in row else "-")  # noqa: E731
+        tf = lambda key: f"{flop / row[key][0] / 1e9:.0f}" if key in row else "-"  # noqa: E731
+        lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {cell('tf32_v1')} | "
+                     f"{cell('tf32_v2')} | {ratio('tf32')} | {cell('tf32x3_v1')} | {cell('tf32x3_v2')} | "
+                     f"{ratio('tf32x3')} | {m(row['cublas_tf32'])} | {m(row['cublas_fp32'])} | "
+                     f"{tf('tf32_v1')} / {tf('tf32_v2')} / {tf('cublas_tf32')} | "
+                     f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} |")
+    lines += ["", "| T, B, I, H (tf32) | fwd default | fwd pipelined | cuDNN tf32 fwd | cuDNN / pipelined | "
+              "fwd+bwd default | fwd+bwd pipelined | cuDNN tf32 fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in lrows:
+        if "v2_fwd" not in row:
+            lines.append(f"| {', '.join(map(str, row['config']))} | "
+                         f"{row.get('error', 'pipelined results differ from the default kernels')} |")
+            continue
+        lines.append(f"| {', '.join(map(str, row['config']))} | {m(row['v1_fwd'])} | {m(row['v2_fwd'])} | "
+                     f"{m(row['cudnn_fwd'])} | {row['cudnn_fwd'][0] / row['v2_fwd'][0]:.2f}x | {m(row['v1_both'])} | "
+                     f"{m(row['v2_both'])} | {m(row['cudnn_both'])} | {row['cudnn_both'][0] / row['v2_both'][0]:.2f}x | "
+                     f"{kinds(row['kernels_v2'])} |")
+    table = "\n".join(lines)
+    head = (f"tc-gemm-v2 (cp.async pipeline) against the default tensor-core GEMM and cuBLAS / cuDNN on "
+            f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}; "
+            "milliseconds, median (min-max) of CUDA-event timings, runs interleaved")
+    print(head + "\n\n" + table)
+    if args.out:
+        with open(os.path.join(args.out, "gpu_gemm_ab.md"), "w") as f:
+            f.write(head + "\n\n" + table + "\n\n```json\n" +
+                    json.dumps(dict(gemm=grows, lstm=lrows), indent=1, default=str) + "\n```\n")
+    failed = any("cublas_tf32" not in r for r in grows) or any("v2_fwd" not in r for r in lrows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
