@@ -2146,6 +2146,33 @@ def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeyp
             check_tensor_against_reference(fwd, bwd, outs1, grads1, precision)
 
 
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS)
+def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision, kernel_path_reset):
+    # on the card: the cp.async ring gives the old kernel's bits (GEMM alone, every layout, and
+    # the LSTM on the tensor path, whose step products are k-sliced)
+    from fastlstm import _cuda
+    for layout in ("nn", "tn", "nt", "tt"):
+        for i, (M, N, K) in enumerate(PIPE_SHAPES + [(1000, 520, 700), (64, 4096, 3000)]):
+            monkeypatch.delenv(PIPE, raising=False)
+            C0, A, B, bias, _ = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
+            monkeypatch.setenv(PIPE, "1")
+            C1, _, _, _, ran = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
+            assert ran == f"tensor-core gemm ({precision}, wmma + cp.async)", ran
+            check_gemm(C1, A, B, bias, precision)
+            np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K, layout)))
+    fcuda.set_kernel_path("tensor")
+    fwd, bwd = make_case(dtype=np.float32, seed=43, T=5, B=72, I=36, H=64, reverse=True,
+                         lengths=[(3 * b) % 6 for b in range(72)])
+    monkeypatch.delenv(PIPE, raising=False)
+    outs0, grads0, _ = run_cuda_precision(fwd, bwd, precision)
+    monkeypatch.setenv(PIPE, "1")
+    outs1, grads1, _ = run_cuda_precision(fwd, bwd, precision)
+    assert f"{precision} wmma + cp.async, " in _ran("forward") and f"{precision} wmma + cp.async, " in _ran("backward")
+    assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
+
+
 # ---- on a GPU
 
 @pytest.mark.cuda
