@@ -8,7 +8,11 @@ and the projection at B = 64: fastlstm tf32 and tf32x3, each with the default ke
 (tc_gemm_kernel: one pass staged through registers) and the pipelined one
 (FASTLSTM_CUDA_GEMM_PIPELINE=1: three passes in flight by cp.async), beside torch.matmul
 (cuBLAS) in tf32 and in strict fp32 on the same operands. Milliseconds and TFLOP/s (2MNK / t).
-Part 2, the LSTM in tf32 on kernel path auto (the tensor-core recurrence at these shapes),
+Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`, 100 back to
+back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
+forward (h . R) and backward (dz . R^T), tf32 / bf16 / tf32x3, pipeline off / on: microseconds
+per step, to set against the recurrence's whole time per step in part 3.
+Part 3, the LSTM in tf32 on kernel path auto (the tensor-core recurrence at these shapes),
 forward (training=False) and forward + backward, pipeline off / on, beside cuDNN tf32; the
 I = 16 rows put a number on the recurrence alone (the projection is ~1% of the I = 1024 one).
 Before timing, the pipelined results must equal the default kernel's bit for bit (same tiles,
@@ -30,6 +34,10 @@ PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
 GEMMS = [("projection B=256", 25600, 4096, 1024, "nn"), ("dkernel B=256", 1024, 4096, 25600, "tn"),
          ("dx B=256", 25600, 1024, 4096, "nt"), ("projection B=64", 6400, 4096, 1024, "nn")]
 LSTMS = [(100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 256, 16, 1024)]
+# the tensor path's per-step products alone, 100 back to back (`_cuda.step_matmul`): (B, H, kind);
+# "fwd" h . R (M = B, N = 4H, K = H), "bwd" dz . R^T (M = B, N = H, K = 4H, R read by strides)
+STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "bwd")]
+STEP_REPEAT = 100
 
 
 class pipeline:
@@ -115,6 +123,36 @@ def gemm_row(spec, reps, torch, _cuda):
     return row
 
 
+def step_row(spec, reps, torch, _cuda):
+    B, H, kind = spec
+    G = 4 * H
+    M, N, K = (B, G, H) if kind == "fwd" else (B, H, G)
+    g = torch.Generator(device="cuda").manual_seed(B + H)
+    A = torch.randn(M, K, device="cuda", generator=g)
+    R = torch.randn(H, G, device="cuda", generator=g) / H ** 0.5
+    sbk, sbn = (G, 1) if kind == "fwd" else (1, G)  # B(k, n) = R[k, n] / R[n, k]
+    C = torch.empty(16 * M * N, device="cuda")  # room for the most k slices (kMaxSplits)
+    dev = torch.cuda.current_device()
+
+    def run(precision, on, repeat):
+        with pipeline(on):
+            return _cuda.step_matmul(precision, M, N, K, A.data_ptr(), K, 1, R.data_ptr(), sbk, sbn, C.data_ptr(),
+                                     C.numel(), repeat, dev, 0)
+
+    row = dict(name=f"step {kind} B={B} H={H}", shape=[M, N, K])
+    contenders = {}
+    for precision in ("tf32", "bf16", "tf32x3"):
+        row[f"{precision}_plan"] = [run(precision, False, 1), run(precision, True, 1)]
+        contenders[f"{precision}_v1"] = (lambda p=precision: run(p, False, STEP_REPEAT))
+        if "cp.async" in row[f"{precision}_plan"][1]:
+            contenders[f"{precision}_v2"] = (lambda p=precision: run(p, True, STEP_REPEAT))
+    torch.cuda.synchronize()
+    row.update(timed(contenders, reps, torch))
+    print(row["name"], row["tf32_plan"][1], {k: f"{v[0] * 1000 / STEP_REPEAT:.1f} us/step" for k, v in row.items()
+                                            if k in contenders}, flush=True)
+    return row
+
+
 def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
     T, B, I, H = cfg
     rng = np.random.default_rng(T + B + I + H)
@@ -185,6 +223,13 @@ def main(argv=None):
         except Exception as e:  # report and go on: GPU time is short
             print(spec, "FAILED", type(e).__name__, e, flush=True)
             grows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
+    srows = []
+    for spec in STEPS:
+        try:
+            srows.append(step_row(spec, args.reps, torch, _cuda))
+        except Exception as e:
+            print(spec, "FAILED", type(e).__name__, e, flush=True)
+            srows.append(dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}", error=f"{type(e).__name__}: {e}"))
     for cfg in LSTMS:
         try:
             lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
@@ -213,6 +258,17 @@ def main(argv=None):
                      f"{ratio('tf32x3')} | {m(row['cublas_tf32'])} | {m(row['cublas_fp32'])} | "
                      f"{tf('tf32_v1')} / {tf('tf32_v2')} / {tf('cublas_tf32')} | "
                      f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} |")
+    lines += ["", f"| per-step product ({STEP_REPEAT} back to back), us per step | M, N, K | plan (pipelined) | "
+              "tf32 default | tf32 pipelined | bf16 (default only) | tf32x3 default | tf32x3 pipelined |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in srows:
+        if "tf32_v1" not in row:
+            lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
+            continue
+        us = lambda key: (f"{row[key][0] * 1000 / STEP_REPEAT:.1f} ({row[key][1] * 1000 / STEP_REPEAT:.1f}-"  # noqa: E731
+                          f"{row[key][2] * 1000 / STEP_REPEAT:.1f})" if key in row else "-")
+        lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {row['tf32_plan'][1]} | "
+                     f"{us('tf32_v1')} | {us('tf32_v2')} | {us('bf16_v1')} | {us('tf32x3_v1')} | {us('tf32x3_v2')} |")
     lines += ["", "| T, B, I, H (tf32) | fwd default | fwd pipelined | cuDNN tf32 fwd | cuDNN / pipelined | "
               "fwd+bwd default | fwd+bwd pipelined | cuDNN tf32 fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -233,8 +289,9 @@ def main(argv=None):
     if args.out:
         with open(os.path.join(args.out, "gpu_gemm_ab.md"), "w") as f:
             f.write(head + "\n\n" + table + "\n\n```json\n" +
-                    json.dumps(dict(gemm=grows, lstm=lrows), indent=1, default=str) + "\n```\n")
-    failed = any("cublas_tf32" not in r for r in grows) or any("v2_fwd" not in r for r in lrows)
+                    json.dumps(dict(gemm=grows, step=srows, lstm=lrows), indent=1, default=str) + "\n```\n")
+    failed = (any("cublas_tf32" not in r for r in grows) or any("tf32_v1" not in r for r in srows)
+              or any("v2_fwd" not in r for r in lrows))
     return 1 if failed else 0
 
 

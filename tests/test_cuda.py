@@ -2173,6 +2173,35 @@ def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision
     assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
 
 
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", PRECISIONS + (X3,))
+def test_gpu_step_matmul_binding(precision):
+    # _cuda.step_matmul (bench/gpu_gemm_ab.py times it): the plan's k-slice partials, `repeat`
+    # times into the same place; their sum is the product; C too small is refused
+    from fastlstm import _cuda
+    rng = np.random.default_rng(5)
+    M, N, K = 40, 72, 300
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    Bm = rng.standard_normal((K, N)).astype(np.float32)
+    c = np.full(16 * M * N, np.nan, np.float32)
+    bufs = [_cuda.Buffer(v.nbytes, 0) for v in (A, Bm, c)]
+    for buf, v in zip(bufs, (A, Bm, c)):
+        buf.upload(v)
+    ran = _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, c.size, 3, 0, 0)
+    bufs[2].download(c)
+    splits = int(ran.split(" x ")[1].split()[0])
+    parts = c.reshape(16, M, N)
+    assert np.isfinite(parts[:splits]).all() and np.isnan(parts[splits:]).all(), ran
+    total = parts[0].copy()
+    for z in range(1, splits):
+        total = total + parts[z]
+    err = rel_err(total, model_product(A, Bm, precision))
+    assert err <= gemm_tol(K, precision) + GEMM_TOL, (ran, err)
+    with pytest.raises(RuntimeError, match="C holds"):
+        _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, M * N - 1, 1, 0, 0)
+
+
 # ---- on a GPU
 
 @pytest.mark.cuda

@@ -280,4 +280,21 @@ PYBIND11_MODULE(_cuda, m) {
       "For tests: C (M x N, leading dimension ldc) = A . B (+ bias) in float32 on device pointers, A(m, k) = "
       "a[m*sam + k*sak], B(k, n) = b[k*sbk + n*sbn], by the LSTM's GEMM in `precision` ('fp32': the SIMT GEMM; "
       "'tf32' / 'bf16' / 'tf32x3': the tensor-core GEMM). Returns a description of the kernel.");
+
+  m.def(
+      "step_matmul",
+      [](const std::string& precision, int64_t M, int64_t N, int64_t K, std::uintptr_t a, int64_t sam, int64_t sak,
+         std::uintptr_t b, int64_t sbk, int64_t sbn, std::uintptr_t c, int64_t c_elems, int64_t repeat, int device,
+         std::uintptr_t stream) {
+        const Precision p = precision_of(precision);
+        py::gil_scoped_release release;
+        return step_matmul(p, M, N, K, cptr<float>(a), sam, sak, cptr<float>(b), sbk, sbn, mptr<float>(c), c_elems,
+                           repeat, device, stream);
+      },
+      py::arg("precision"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("sam"), py::arg("sak"),
+      py::arg("b"), py::arg("sbk"), py::arg("sbn"), py::arg("c"), py::arg("c_elems"), py::arg("repeat"),
+      py::arg("device"), py::arg("stream"),
+      "For benchmarks and tests: the tensor path's per-step recurrent product, `repeat` times back to back: the "
+      "k-slice partials of A (M x K) . B (K x N) into c (slices x M x N float32; c_elems: its size), on the tile and "
+      "k slices planned for the device. precision 'tf32' / 'bf16' / 'tf32x3'. Returns the plan's description.");
 }

@@ -103,6 +103,15 @@ std::string matmul(Precision precision, int64_t M, int64_t N, int64_t K, const f
                    const float* B, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc, int device,
                    std::uintptr_t stream);
 
+// For benchmarks and tests: the per-step recurrent product of kernel path "tensor" (precision
+// kTf32 / kBf16 / kTf32x3), `repeat` times back to back on `stream`, as the LSTM's step loop
+// launches it: the k-slice partials of A (M x K) . B (K x N) into C (the plan's slices x M x N;
+// c_elems, the elements C holds, must cover them), on the tile and k slices tc::plan_step
+// picks for the device. Returns the plan's description (+ " (cp.async)" when pipelined).
+std::string step_matmul(Precision precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam,
+                        int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, int64_t c_elems,
+                        int64_t repeat, int device, std::uintptr_t stream);
+
 // Both return a one-line description of the recurrent kernel that ran (for cuda_info()).
 template <typename Real>
 std::string forward(const ForwardArgs<Real>& a, int device, std::uintptr_t stream, const RunOptions& opt = {});

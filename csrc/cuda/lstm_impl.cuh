@@ -1108,6 +1108,26 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
   return std::string("tensor-core gemm (") + tc::precision_name(p) + (piped ? ", wmma + cp.async)" : ", wmma)");
 }
 
+// step_matmul() of api.h (benchmarks, tests; Real = float).
+template <typename Real>
+std::string step_matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
+                             const Real* Bm, int64_t sbk, int64_t sbn, Real* C, int64_t c_elems, int64_t repeat,
+                             int device, cudaStream_t stream) {
+  if (p == Precision::kFp32) throw Error("step_matmul: precision must be tf32, bf16 or tf32x3");
+  check_precision<Real>(p, device);
+  if (M < 0 || N < 0 || K < 0 || repeat < 1) throw Error("step_matmul: bad dimensions or repeat");
+  need(A, M * K, "A", device);
+  need(Bm, K * N, "B", device);
+  const tc::StepPlan pl = step_plan_on(device, M, N, K);
+  if (c_elems < pl.splits * M * N)
+    throw Error("step_matmul: C holds " + std::to_string(c_elems) + " elements, the plan (" + pl.describe() +
+                ") needs " + std::to_string(pl.splits * M * N));
+  need(C, pl.splits * M * N, "C", device);
+  bool piped = true;
+  for (int64_t r = 0; r < repeat; ++r) piped &= tc::step_gemm<Real>(p, pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+  return pl.describe() + (piped ? " (cp.async)" : "");
+}
+
 }  // namespace impl
 
 template <typename Real>
