@@ -12,9 +12,11 @@ Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`
 back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
 forward (h . R) and backward (dz . R^T), tf32 / bf16 / tf32x3, pipeline off / on: microseconds
 per step, to set against the recurrence's whole time per step in part 3.
-Part 3, the LSTM in tf32 on kernel path auto (the tensor-core recurrence at these shapes),
-forward (training=False) and forward + backward, pipeline off / on, beside cuDNN tf32; the
-I = 16 rows put a number on the recurrence alone (the projection is ~1% of the I = 1024 one).
+Part 3, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
+shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
+products then read bf16 copies of R and h / dz, pipelined; its large products stay on the old
+kernel), beside cuDNN in the same mode; the I = 16 rows put a number on the recurrence alone
+(the projection is ~1% of the I = 1024 one).
 Before timing, the pipelined results must equal the default kernel's bit for bit (same tiles,
 fragments, k order: only the staging differs); a mismatch is reported and that row not timed.
 Medians (min-max) of CUDA-event timings, contenders interleaved round-robin. With --out,
@@ -33,7 +35,10 @@ PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
 # "nt" B stored (N, K) (the three products of fastlstm's forward / backward)
 GEMMS = [("projection B=256", 25600, 4096, 1024, "nn"), ("dkernel B=256", 1024, 4096, 25600, "tn"),
          ("dx B=256", 25600, 1024, 4096, "nt"), ("projection B=64", 6400, 4096, 1024, "nn")]
-LSTMS = [(100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 256, 16, 1024)]
+# (T, B, I, H, precision): tf32 (the pipelined GEMMs) and bf16 (the step products from bf16
+# copies of R and h / dz, pipelined)
+LSTMS = [(100, 64, 1024, 1024, "tf32"), (100, 256, 1024, 1024, "tf32"), (100, 256, 16, 1024, "tf32"),
+         (100, 64, 1024, 1024, "bf16"), (100, 256, 1024, 1024, "bf16"), (100, 256, 16, 1024, "bf16")]
 # the tensor path's per-step products alone, 100 back to back (`_cuda.step_matmul`): (B, H, kind);
 # "fwd" h . R (M = B, N = 4H, K = H), "bwd" dz . R^T (M = B, N = H, K = 4H, R read by strides)
 STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "bwd")]
@@ -154,7 +159,7 @@ def step_row(spec, reps, torch, _cuda):
 
 
 def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
-    T, B, I, H = cfg
+    T, B, I, H, precision = cfg
     rng = np.random.default_rng(T + B + I + H)
     r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
     w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
@@ -163,14 +168,14 @@ def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
 
     def fwd(on):
         with pipeline(on):
-            return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False, precision="tf32")
+            return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False, precision=precision)
 
     def both(on):
         with pipeline(on):
-            y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", precision="tf32")
+            y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", precision=precision)
             return (y, hn, cn), ops.lstm_backward(saved, dy)
 
-    row = dict(config=[T, B, I, H])
+    row = dict(config=[T, B, I, H], precision=precision)
     o1, g1 = both(False)
     row["kernels_v1"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
     o2, g2 = both(True)
@@ -180,11 +185,13 @@ def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
     if not row["bitwise_equal"]:
         print(cfg, "pipelined LSTM differs from the default kernels: not timed", flush=True)
         return row
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    lstm = torch.nn.LSTM(I, H).cuda()
-    tx = torch.randn(T, B, I, device="cuda")
-    tdy = torch.randn(T, B, H, device="cuda")
+    # cuDNN in the same mode: TF32 allowed, or module and inputs in bfloat16
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    dt = torch.bfloat16 if precision == "bf16" else torch.float32
+    lstm = torch.nn.LSTM(I, H).cuda().to(dt)
+    tx = torch.randn(T, B, I, device="cuda", dtype=dt)
+    tdy = torch.randn(T, B, H, device="cuda", dtype=dt)
 
     def cudnn_fwd():
         with torch.no_grad():
@@ -235,7 +242,7 @@ def main(argv=None):
             lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
         except Exception as e:
             print(cfg, "FAILED", type(e).__name__, e, flush=True)
-            lrows.append(dict(config=list(cfg), error=f"{type(e).__name__}: {e}"))
+            lrows.append(dict(config=list(cfg[:4]), precision=cfg[4], error=f"{type(e).__name__}: {e}"))
 
     m = lambda v: f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"  # noqa: E731
 
@@ -269,15 +276,15 @@ def main(argv=None):
                           f"{row[key][2] * 1000 / STEP_REPEAT:.1f})" if key in row else "-")
         lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {row['tf32_plan'][1]} | "
                      f"{us('tf32_v1')} | {us('tf32_v2')} | {us('bf16_v1')} | {us('tf32x3_v1')} | {us('tf32x3_v2')} |")
-    lines += ["", "| T, B, I, H (tf32) | fwd default | fwd pipelined | cuDNN tf32 fwd | cuDNN / pipelined | "
-              "fwd+bwd default | fwd+bwd pipelined | cuDNN tf32 fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| T, B, I, H | precision | fwd default | fwd pipelined | cuDNN fwd (same mode) | cuDNN / pipelined | "
+              "fwd+bwd default | fwd+bwd pipelined | cuDNN fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in lrows:
         if "v2_fwd" not in row:
-            lines.append(f"| {', '.join(map(str, row['config']))} | "
+            lines.append(f"| {', '.join(map(str, row['config']))} | {row.get('precision', '')} | "
                          f"{row.get('error', 'pipelined results differ from the default kernels')} |")
             continue
-        lines.append(f"| {', '.join(map(str, row['config']))} | {m(row['v1_fwd'])} | {m(row['v2_fwd'])} | "
+        lines.append(f"| {', '.join(map(str, row['config']))} | {row['precision']} | {m(row['v1_fwd'])} | {m(row['v2_fwd'])} | "
                      f"{m(row['cudnn_fwd'])} | {row['cudnn_fwd'][0] / row['v2_fwd'][0]:.2f}x | {m(row['v1_both'])} | "
                      f"{m(row['v2_both'])} | {m(row['cudnn_both'])} | {row['cudnn_both'][0] / row['v2_both'][0]:.2f}x | "
                      f"{kinds(row['kernels_v2'])} |")

@@ -2146,6 +2146,34 @@ def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeyp
             check_tensor_against_reference(fwd, bwd, outs1, grads1, precision)
 
 
+
+@pytest.mark.parametrize("eager", [False, True], ids=["copies_at_wait", "copies_at_once"])
+def test_emulated_pipelined_bf16_tensor_path_is_bitwise_the_default(emu, monkeypatch, eager):
+    # bf16 on the tensor path with the pipeline: the step products read bf16 copies of R and of
+    # h / dz made with the rounding the default kernel applies while staging, so the same bits;
+    # H % 8 != 0 (no 16-byte rows of bf16) keeps the default kernel
+    emu.set_device(sm_count=64)
+    emu.set_async_eager(eager)
+    fcuda.set_kernel_path("tensor")
+    for spec, bf16_copies in ((dict(T=4, B=20, I=12, H=16, reverse=True, lengths=[(3 * b) % 5 for b in range(20)]),
+                               True),
+                              (dict(T=3, B=70, I=8, H=24, lengths=[(b * 5) % 4 for b in range(70)]), True),
+                              (dict(T=3, B=9, I=5, H=12), False)):
+        fwd, bwd = make_case(dtype=np.float32, seed=47, **spec)
+        monkeypatch.delenv(PIPE, raising=False)
+        outs0, grads0, _ = run_cuda_precision(fwd, bwd, "bf16")
+        assert "bf16 copies" not in _ran("forward") + _ran("backward")
+        monkeypatch.setenv(PIPE, "1")
+        outs1, grads1, _ = run_cuda_precision(fwd, bwd, "bf16")
+        if bf16_copies:
+            assert "bf16 wmma + cp.async, bf16 copies of R and h, " in _ran("forward"), _ran("forward")
+            assert "bf16 wmma + cp.async, bf16 copies of R and dz, " in _ran("backward"), _ran("backward")
+        else:
+            assert "bf16 wmma, " in _ran("forward") and "bf16 wmma, " in _ran("backward")
+        assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
+        check_tensor_against_reference(fwd, bwd, outs1, grads1, "bf16")
+
+
 @pytest.mark.cuda
 @gpu
 @pytest.mark.parametrize("precision", PIPE_PRECISIONS)
@@ -2172,6 +2200,20 @@ def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision
     assert f"{precision} wmma + cp.async, " in _ran("forward") and f"{precision} wmma + cp.async, " in _ran("backward")
     assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
 
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_pipelined_bf16_tensor_path_is_bitwise_the_default(monkeypatch, kernel_path_reset):
+    # on the card: bf16 step products from bf16 copies of R and h / dz, the same bits
+    fcuda.set_kernel_path("tensor")
+    fwd, bwd = make_case(dtype=np.float32, seed=53, T=5, B=72, I=36, H=64, reverse=True,
+                         lengths=[(3 * b) % 6 for b in range(72)])
+    monkeypatch.delenv(PIPE, raising=False)
+    outs0, grads0, _ = run_cuda_precision(fwd, bwd, "bf16")
+    monkeypatch.setenv(PIPE, "1")
+    outs1, grads1, _ = run_cuda_precision(fwd, bwd, "bf16")
+    assert "bf16 copies of R and h" in _ran("forward") and "bf16 copies of R and dz" in _ran("backward")
+    assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
 
 @pytest.mark.cuda
 @gpu

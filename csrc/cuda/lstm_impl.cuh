@@ -232,6 +232,23 @@ __global__ void __launch_bounds__(kThreads)
 // that start later keep); and this step's dz rows are also written to dz_step (B, 4H) by
 // batch row (zeros for rows past their length), the A operand of this step's product.
 // ------------------------------------------------------------------------------------------
+// The four gate values of one (row, unit) as bf16 (round to nearest even) at p, p + H, ...:
+// the bf16 copy of a step's dz rows (kernel path "tensor", precision bf16, pipelined products).
+template <typename Real>
+__device__ __forceinline__ void store_gates_bf16(__nv_bfloat16* p, int64_t H, Real a, Real b, Real c, Real d) {
+  p[0] = __float2bfloat16_rn(static_cast<float>(a));
+  p[H] = __float2bfloat16_rn(static_cast<float>(b));
+  p[2 * H] = __float2bfloat16_rn(static_cast<float>(c));
+  p[3 * H] = __float2bfloat16_rn(static_cast<float>(d));
+}
+
+// dst[i] = bf16(src[i]) (round to nearest even) for i < n; 1-D grid of kThreads threads.
+template <typename Real>
+__global__ void __launch_bounds__(kThreads) to_bf16_kernel(int64_t n, const Real* src, __nv_bfloat16* dst) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < n) dst[i] = __float2bfloat16_rn(static_cast<float>(src[i]));
+}
+
 template <typename Real>
 __device__ __forceinline__ Real sum_parts(const Real* p, int64_t nparts, int64_t stride) {
   Real v = p[0];
@@ -244,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
     backward_gates_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
                           const Real* gates, const Real* cells, const Real* h0, const Real* c0,
                           const Real* dy, const Real* dh, Real* dc, Real* dz, Real* h_prev,
-                          const Real* dh_parts, int64_t nparts, Real* dz_step) {
+                          const Real* dh_parts, int64_t nparts, Real* dz_step, __nv_bfloat16* dzb_step) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= B * H) return;
   const int64_t b = idx / H, j = idx % H, G = 4 * H;
@@ -254,6 +271,7 @@ __global__ void __launch_bounds__(kThreads)
     store_gates(dz + (s * B + b) * G + j, H, zero, zero, zero, zero);
     h_prev[(s * B + b) * H + j] = zero;
     if (dz_step) store_gates(dz_step + b * G + j, H, zero, zero, zero, zero);
+    if (dzb_step) store_gates_bf16(dzb_step + b * G + j, H, zero, zero, zero, zero);
     return;
   }
   const int64_t t = reverse ? L - 1 - s : s;
@@ -281,6 +299,7 @@ __global__ void __launch_bounds__(kThreads)
   const Real d_o = dht * tc * (go * (Real(1) - go));
   store_gates(dz + row * G + j, H, d_i, d_f, d_g, d_o);
   if (dz_step) store_gates(dz_step + b * G + j, H, d_i, d_f, d_g, d_o);
+  if (dzb_step) store_gates_bf16(dzb_step + b * G + j, H, d_i, d_f, d_g, d_o);
   h_prev[row * H + j] = hp;
 }
 
@@ -329,7 +348,7 @@ template <typename Real>
 __global__ void __launch_bounds__(kThreads)
     forward_pointwise_kernel(int64_t s, int64_t T, int64_t B, int64_t H, const int64_t* lengths, bool reverse,
                              const Real* P, const Real* Z, int64_t nparts, const Real* h_prev, Real* h_next,
-                             Real* c, Real* y, Real* gates, Real* cells) {
+                             Real* c, Real* y, Real* gates, Real* cells, __nv_bfloat16* hb_next) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= B * H) return;
   const int64_t b = idx / H, j = idx % H;
@@ -338,6 +357,8 @@ __global__ void __launch_bounds__(kThreads)
   finish_unit<Real>(s, T, B, H, b, j, lengths, reverse, P,
                     [z, H, nparts, stride](int q) { return sum_parts(z + q * H, nparts, stride); }, h_prev, h_next,
                     c, y, gates, cells);
+  // the bf16 copy of h_s, the next step's A operand (precision bf16, pipelined products)
+  if (hb_next) hb_next[b * H + j] = __float2bfloat16_rn(static_cast<float>(h_next[b * H + j]));
 }
 
 // After the last (s = 0) backward step: dh (the dh0 output) = the sum of the partials
@@ -832,17 +853,41 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
     poison(z.get(), pl.splits * B * G, stream);
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
     auto kp = forward_pointwise_kernel<Real>;
+    // bf16 with the pipeline asked for: the products read bf16 copies of R (made once here) and
+    // of h (written by each step's pointwise kernel), copied by the pipelined kernel
+    const bool bf16_ops = opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
+    Workspace<__nv_bfloat16> rb(bf16_ops ? H * G : 0, device, stream), hb(bf16_ops ? 2 * B * H : 0, device, stream);
+    poison(rb.get(), bf16_ops ? H * G : 0, stream);  // 0xFFFF: a bf16 NaN
+    poison(hb.get(), bf16_ops ? 2 * B * H : 0, stream);
+    __nv_bfloat16* hb0 = hb.get();
+    __nv_bfloat16* hb1 = hb.get() ? hb.get() + B * H : nullptr;
+    const bool bf16_path = bf16_ops && tc::pipe_operand_ok_bf16(true, rb.get(), G, H, 1, G) &&
+                           tc::pipe_operand_ok_bf16(false, hb0, B, H, H, 1) &&
+                           tc::pipe_operand_ok_bf16(false, hb1, B, H, H, 1);
+    if (bf16_path) {
+      auto kc = to_bf16_kernel<Real>;
+      FL_LAUNCH(kc, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H * G, a.recurrent_kernel, rb.get());
+      FL_LAUNCH(kc, grid, dim3(kThreads), stream, B * H, static_cast<const Real*>(hbuf0), hb0);
+    }
     bool piped = T > 0;
     for (int64_t s = 0; s < T; ++s) {
       const Real* h_prev = (s % 2 == 0) ? hbuf0 : hbuf1;
       Real* h_next = (s % 2 == 0) ? hbuf1 : hbuf0;
-      piped &= tc::step_gemm<Real>(opt.precision, pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(), stream);
+      __nv_bfloat16* hb_next = nullptr;
+      if (bf16_path) {
+        const __nv_bfloat16* hb_prev = (s % 2 == 0) ? hb0 : hb1;
+        hb_next = (s % 2 == 0) ? hb1 : hb0;
+        tc::step_gemm_bf16(pl, B, G, H, hb_prev, H, rb.get(), G, 1, z.get(), stream);
+      } else {
+        piped &= tc::step_gemm<Real>(opt.precision, pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(),
+                                     stream);
+      }
       FL_LAUNCH(kp, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, P,
-                static_cast<const Real*>(z.get()), pl.splits, h_prev, h_next, a.c_n, a.y, a.gates, a.cells);
+                static_cast<const Real*>(z.get()), pl.splits, h_prev, h_next, a.c_n, a.y, a.gates, a.cells, hb_next);
     }
     return "tensor-core recurrent forward (" + std::to_string(T) + " steps x 2 launches, " +
-           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") + pl.describe() + ", " +
-           tensor_why(opt) + ")";
+           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") +
+           (bf16_path ? "bf16 copies of R and h, " : "") + pl.describe() + ", " + tensor_why(opt) + ")";
   } else {
     (void)a, (void)P, (void)hbuf0, (void)hbuf1, (void)device, (void)stream, (void)opt;
     throw Error("the tensor-core recurrent forward takes float32 data");
@@ -861,25 +906,40 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
     const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
     const tc::StepPlan pl = step_plan_on(device, B, H, G);
     Workspace<Real> parts(pl.splits * B * H, device, stream);
-    Workspace<Real> dz_step(B * G, device, stream);
     poison(parts.get(), pl.splits * B * H, stream);
-    poison(dz_step.get(), B * G, stream);
+    // bf16 with the pipeline asked for: the products read bf16 copies of R (made once here) and
+    // of the step's dz rows (written by backward_gates_kernel instead of the float32 ones)
+    const bool bf16_ops = opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
+    Workspace<__nv_bfloat16> rb(bf16_ops ? H * G : 0, device, stream), dzb(bf16_ops ? B * G : 0, device, stream);
+    const bool bf16_path = bf16_ops && tc::pipe_operand_ok_bf16(false, rb.get(), H, G, G, 1) &&
+                           tc::pipe_operand_ok_bf16(false, dzb.get(), B, G, G, 1);
+    poison(rb.get(), bf16_ops ? H * G : 0, stream);  // 0xFFFF: a bf16 NaN
+    poison(dzb.get(), bf16_ops ? B * G : 0, stream);
+    Workspace<Real> dz_step(bf16_path ? 0 : B * G, device, stream);
+    poison(dz_step.get(), bf16_path ? 0 : B * G, stream);
+    if (bf16_path) {
+      auto kc = to_bf16_kernel<Real>;
+      FL_LAUNCH(kc, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H * G, a.recurrent_kernel, rb.get());
+    }
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
     auto k1 = backward_gates_kernel<Real>;
     bool piped = T > 0;
     for (int64_t s = T - 1; s >= 0; --s) {
       FL_LAUNCH(k1, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
                 a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(parts.get()),
-                pl.splits, dz_step.get());
-      piped &= tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G, parts.get(),
-                          stream);
+                pl.splits, dz_step.get(), bf16_path ? dzb.get() : nullptr);
+      if (bf16_path)  // dz_s . R^T: R read transposed through strides
+        tc::step_gemm_bf16(pl, B, H, G, dzb.get(), G, rb.get(), 1, G, parts.get(), stream);
+      else
+        piped &= tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G,
+                                     parts.get(), stream);
     }
     auto km = dh_merge_kernel<Real>;
     FL_LAUNCH(km, grid, dim3(kThreads), stream, T, B, H, a.lengths, static_cast<const Real*>(parts.get()), pl.splits,
               a.dh0);
     return "tensor-core recurrent backward (" + std::to_string(T) + " steps x 2 launches + 1, " +
-           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") + pl.describe() + ", " +
-           tensor_why(opt) + ")";
+           tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") +
+           (bf16_path ? "bf16 copies of R and dz, " : "") + pl.describe() + ", " + tensor_why(opt) + ")";
   } else {
     (void)a, (void)dz, (void)hprev, (void)device, (void)stream, (void)opt;
     throw Error("the tensor-core recurrent backward takes float32 data");
@@ -986,7 +1046,7 @@ void backward_steps(const BackwardArgs<Real>& a, Real* dz, Real* hprev, const Re
   for (int64_t s = T - 1; s >= 0; --s) {
     FL_LAUNCH(k1, g1, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
               a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(nullptr), int64_t(0),
-              static_cast<Real*>(nullptr));
+              static_cast<Real*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
     FL_LAUNCH(k2, g2, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, static_cast<const Real*>(dz), RT,
               a.dh0);
   }

@@ -442,18 +442,22 @@ __host__ __device__ constexpr int pipe_smem_bytes() {
 // k * s_k], zero outside R x K): vector v = tid + THREADS i covers 4 consecutive elements
 // along the stored row (k when !KMAJOR, r when KMAJOR): consecutive threads copy consecutive
 // 16 bytes of global and of shared memory.
-template <Precision P, bool KMAJOR, int ROWS, int THREADS>
-__device__ __forceinline__ void copy_operand(float* S, const float* X, int64_t R, int64_t K, int64_t r0, int64_t k0,
-                                             int64_t s_r, int64_t s_k) {
+// GE: the operand's element type in global memory, float (tf32 / tf32x3: 4 per vector) or
+// __nv_bfloat16 (bf16 operands converted beforehand: 8 per vector), stored as is.
+template <Precision P, bool KMAJOR, int ROWS, int THREADS, typename GE>
+__device__ __forceinline__ void copy_operand(typename Traits<P>::Elem* S, const GE* X, int64_t R, int64_t K,
+                                             int64_t r0, int64_t k0, int64_t s_r, int64_t s_k) {
+  static_assert(sizeof(GE) == sizeof(typename Traits<P>::Elem), "copied as stored");
   using Tl = Tile<P, KMAJOR, ROWS>;
-  constexpr int kPerLine = (KMAJOR ? ROWS : kBK) / 4;  // vectors per stored row
-  constexpr int kVecs = ROWS * kBK / 4;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(GE));  // elements per 16-byte copy
+  constexpr int kPerLine = (KMAJOR ? ROWS : kBK) / kVec;  // vectors per stored row
+  constexpr int kVecs = ROWS * kBK / kVec;
   static_assert(kVecs % THREADS == 0, "whole copies per thread");
   const int tid = static_cast<int>(threadIdx.x);
 #pragma unroll
   for (int i = 0; i < kVecs / THREADS; ++i) {
     const int v = tid + i * THREADS;
-    const int line = v / kPerLine, q = (v % kPerLine) * 4;
+    const int line = v / kPerLine, q = (v % kPerLine) * kVec;
     const int row = KMAJOR ? q : line, k = KMAJOR ? line : q;
     const int64_t gr = r0 + row, gk = k0 + k;
     const bool valid = gr < R && gk < K;
@@ -485,27 +489,27 @@ __device__ __forceinline__ void round_operand(float* S) {
   }
 }
 
-template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
+template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg, typename GE = float>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    tc_gemm_pipe_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A, int64_t sam, int64_t sak,
-                        const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc,
+    tc_gemm_pipe_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const GE* A, int64_t sam, int64_t sak,
+                        const GE* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C, int64_t ldc,
                         int64_t split_stride) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and tf32 wmma need sm_80; the host refuses such devices before launching
 #else
   namespace wmma = nvcuda::wmma;
   using Tr = Traits<P>;
-  static_assert(std::is_same<typename Tr::Elem, float>::value, "cp.async stages float32 operands (tf32 / tf32x3)");
+  using E = typename Tr::Elem;
+  static_assert(std::is_same<E, GE>::value,
+                "copied as stored: float32 operands for tf32 / tf32x3, bf16 ones (converted beforehand) for bf16");
   constexpr int kThreads = Cfg::kThreads, kBM = Cfg::kBM, kBN = Cfg::kBN;
   constexpr int kFragM = Cfg::kFragM, kFragN = Cfg::kFragN;
   constexpr int kABytes = Tile<P, A_KMAJOR, kBM>::bytes;
   constexpr int kStageBytes = pipe_stage_bytes<P, A_KMAJOR, B_KMAJOR, Cfg>();
   static_assert((kThreads / 32) * 16 * kScratchLd * 4 <= kPipeStages * kStageBytes, "the epilogue's scratch fits");
   FL_DYNAMIC_SHARED(smem);  // pipe_smem_bytes: kPipeStages x (A tile, B tile)
-  auto a_tile = [&](int64_t pass) { return reinterpret_cast<float*>(smem + (pass % kPipeStages) * kStageBytes); };
-  auto b_tile = [&](int64_t pass) {
-    return reinterpret_cast<float*>(smem + (pass % kPipeStages) * kStageBytes + kABytes);
-  };
+  auto a_tile = [&](int64_t pass) { return reinterpret_cast<E*>(smem + (pass % kPipeStages) * kStageBytes); };
+  auto b_tile = [&](int64_t pass) { return reinterpret_cast<E*>(smem + (pass % kPipeStages) * kStageBytes + kABytes); };
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
@@ -531,8 +535,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   auto issue = [&](int64_t pass) {  // pass's copies (if it exists), then close the group
     if (pass < passes) {
       const int64_t k0 = kb + pass * kBK;
-      copy_operand<P, A_KMAJOR, kBM, kThreads>(a_tile(pass), A, M, ke, m0, k0, sam, sak);
-      copy_operand<P, B_KMAJOR, kBN, kThreads>(b_tile(pass), Bm, N, ke, n0, k0, sbn, sbk);
+      copy_operand<P, A_KMAJOR, kBM, kThreads, GE>(a_tile(pass), A, M, ke, m0, k0, sam, sak);
+      copy_operand<P, B_KMAJOR, kBN, kThreads, GE>(b_tile(pass), Bm, N, ke, n0, k0, sbn, sbk);
     }
     fl_cp_async_commit();  // one group per pass, empty past the end: the wait below counts groups
   };
@@ -710,6 +714,50 @@ bool step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const floa
                                        pipe);
   return launch<P, false, false, Cfg>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, nullptr, C, N, M * N,
                                       pipe);
+}
+
+// Whether a bf16 operand (converted beforehand) can be staged by 16-byte copies: as
+// pipe_operand_ok, with 8 elements per vector.
+inline bool pipe_operand_ok_bf16(bool kmajor, const __nv_bfloat16* X, int64_t R, int64_t K, int64_t s_r,
+                                 int64_t s_k) {
+  const int64_t unit = kmajor ? s_r : s_k, other = kmajor ? s_k : s_r, extent = kmajor ? R : K;
+  return unit == 1 && other % 8 == 0 && extent % 8 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
+}
+
+// The bf16 step product from operands already converted to bf16 (kernel path "tensor" with
+// the pipeline asked for: h / dz rows written in bf16 by the step kernels, R converted once per
+// call): the same partials, bit for bit, as step_gemm in bf16 on their float32 originals
+// (which converts them while staging with the same rounding), with half the bytes read and the
+// pipelined kernel. A row-major (unit stride along k); the caller checked
+// pipe_operand_ok_bf16 for both operands.
+template <class Cfg, bool BK>
+void step_gemm_bf16_cfg(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
+                        const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
+  dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
+  if (empty_grid(grid)) return;
+  grid.z = static_cast<unsigned>(pl.splits);
+  const int64_t kslice = K > 0 ? pl.kslice : 0;
+  auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, false, BK, Cfg, __nv_bfloat16>;
+  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, false, BK, Cfg>();
+  FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
+                 int64_t(1), Bm, sbk, sbn, static_cast<const float*>(nullptr), C, N, M * N);
+}
+inline void step_gemm_bf16(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
+                           const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
+  if (pl.splits < 1 || pl.splits > 65535 || (K > 0 && (pl.kslice < 1 || ceil_div(K, pl.kslice) != pl.splits)))
+    throw Error("step_gemm: inconsistent k slices");
+  const bool bk = b_kmajor(sbk, sbn);
+  if (pl.large) {
+    if (bk)
+      step_gemm_bf16_cfg<StepLarge, true>(pl, M, N, K, A, sam, Bm, sbk, sbn, C, stream);
+    else
+      step_gemm_bf16_cfg<StepLarge, false>(pl, M, N, K, A, sam, Bm, sbk, sbn, C, stream);
+  } else if (bk) {
+    step_gemm_bf16_cfg<Step, true>(pl, M, N, K, A, sam, Bm, sbk, sbn, C, stream);
+  } else {
+    step_gemm_bf16_cfg<Step, false>(pl, M, N, K, A, sam, Bm, sbk, sbn, C, stream);
+  }
 }
 
 // The partial products of the plan into C (pl.splits x M x N) on the tensor cores. Returns
