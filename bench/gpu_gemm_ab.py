@@ -4,10 +4,12 @@
 
 Part 1, the GEMM alone (`fastlstm._cuda.matmul`) at the shapes of the LSTM's large products
 for T = 100, B = 256, I = H = 1024 (projection x . kernel, dkernel = x^T . dz, dx = dz . kernel^T)
-and the projection at B = 64: fastlstm tf32 and tf32x3, each with the default kernel
+and the projection at B = 64: fastlstm tf32, tf32x3 and bf16, each with the default kernel
 (tc_gemm_kernel: one pass staged through registers) and the pipelined one
-(FASTLSTM_CUDA_GEMM_PIPELINE=1: three passes in flight by cp.async), beside torch.matmul
-(cuBLAS) in tf32 and in strict fp32 on the same operands. Milliseconds and TFLOP/s (2MNK / t).
+(FASTLSTM_CUDA_GEMM_PIPELINE=1: three passes in flight by cp.async; bf16: from bf16 copies of
+both operands, the conversions inside the timing), beside torch.matmul (cuBLAS) in tf32, in
+strict fp32 and in bf16 (on bf16 tensors) on the same operands. Milliseconds and TFLOP/s
+(2MNK / t).
 Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`, 100 back to
 back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
 forward (h . R) and backward (dz . R^T), tf32 / bf16 / tf32x3, pipeline off / on: microseconds
@@ -41,6 +43,7 @@ LSTMS = [(100, 64, 1024, 1024, "tf32"), (100, 256, 1024, 1024, "tf32"), (100, 25
          (100, 64, 1024, 1024, "bf16"), (100, 256, 1024, 1024, "bf16"), (100, 256, 16, 1024, "bf16")]
 # the tensor path's per-step products alone, 100 back to back (`_cuda.step_matmul`): (B, H, kind);
 # "fwd" h . R (M = B, N = 4H, K = H), "bwd" dz . R^T (M = B, N = H, K = 4H, R read by strides)
+PRECS = ("tf32", "tf32x3", "bf16")  # bf16 pipelined: both operands converted to bf16 copies first (timed)
 STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "bwd")]
 STEP_REPEAT = 100
 
@@ -95,7 +98,7 @@ def gemm_row(spec, reps, torch, _cuda):
                                 out.data_ptr(), N, torch.cuda.current_device(), 0)
 
     row = dict(name=name, shape=[M, N, K], layout=layout)
-    for precision in ("tf32", "tf32x3"):
+    for precision in PRECS:
         ran = [fl(precision, False, C["v1"]), fl(precision, True, C["v2"])]
         torch.cuda.synchronize()
         row[f"{precision}_kernels"] = ran
@@ -104,7 +107,7 @@ def gemm_row(spec, reps, torch, _cuda):
         if not same or "cp.async" not in ran[1]:
             print(name, precision, "NOT COMPARED:", ran, "bitwise equal" if same else "results differ", flush=True)
     exact = A.double() @ B.double()
-    for precision in ("tf32", "tf32x3"):
+    for precision in PRECS:
         fl(precision, True, C["v2"])
         torch.cuda.synchronize()
         row[f"{precision}_err"] = float((C["v2"].double() - exact).norm() / exact.norm())
@@ -113,13 +116,15 @@ def gemm_row(spec, reps, torch, _cuda):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         return torch.matmul(A, B)
 
+    Ab, Bb = A.bfloat16(), B.bfloat16()
     contenders = {}
-    for precision in ("tf32", "tf32x3"):
+    for precision in PRECS:
         if row[f"{precision}_bitwise_equal"] and "cp.async" in row[f"{precision}_kernels"][1]:
             contenders[f"{precision}_v1"] = (lambda p=precision: fl(p, False, C["v1"]))
             contenders[f"{precision}_v2"] = (lambda p=precision: fl(p, True, C["v2"]))
     contenders["cublas_tf32"] = lambda: cublas(True)
     contenders["cublas_fp32"] = lambda: cublas(False)
+    contenders["cublas_bf16"] = lambda: torch.matmul(Ab, Bb)  # bf16 inputs, no conversion timed
     row.update(timed(contenders, reps, torch))
     torch.backends.cuda.matmul.allow_tf32 = False
     flop = 2.0 * M * N * K
@@ -250,8 +255,9 @@ def main(argv=None):
         return " / ".join(d.split(" (")[0] + (" + cp.async" if "wmma + cp.async" in d else "") for d in ran)
 
     lines = ["| product | M, N, K | tf32 default | tf32 pipelined | v1/v2 | tf32x3 default | tf32x3 pipelined | "
-             "v1/v2 | cuBLAS tf32 | cuBLAS fp32 | TFLOP/s: tf32 v1 / v2 / cuBLAS | error tf32 / tf32x3 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "v1/v2 | bf16 default | bf16 pipelined (with its conversions) | v1/v2 | cuBLAS tf32 | cuBLAS fp32 | "
+             "cuBLAS bf16 | TFLOP/s: tf32 v1 / v2 / cuBLAS, bf16 v1 / v2 / cuBLAS | error tf32 / tf32x3 / bf16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in grows:
         if "cublas_tf32" not in row:
             lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
@@ -262,9 +268,11 @@ def main(argv=None):
         tf = lambda key: f"{flop / row[key][0] / 1e9:.0f}" if key in row else "-"  # noqa: E731
         lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {cell('tf32_v1')} | "
                      f"{cell('tf32_v2')} | {ratio('tf32')} | {cell('tf32x3_v1')} | {cell('tf32x3_v2')} | "
-                     f"{ratio('tf32x3')} | {m(row['cublas_tf32'])} | {m(row['cublas_fp32'])} | "
-                     f"{tf('tf32_v1')} / {tf('tf32_v2')} / {tf('cublas_tf32')} | "
-                     f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} |")
+                     f"{ratio('tf32x3')} | {cell('bf16_v1')} | {cell('bf16_v2')} | {ratio('bf16')} | "
+                     f"{m(row['cublas_tf32'])} | {m(row['cublas_fp32'])} | {m(row['cublas_bf16'])} | "
+                     f"{tf('tf32_v1')} / {tf('tf32_v2')} / {tf('cublas_tf32')}, "
+                     f"{tf('bf16_v1')} / {tf('bf16_v2')} / {tf('cublas_bf16')} | "
+                     f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} / {row['bf16_err']:.1e} |")
     lines += ["", f"| per-step product ({STEP_REPEAT} back to back), us per step | M, N, K | plan (pipelined) | "
               "tf32 default | tf32 pipelined | bf16 (default only) | tf32x3 default | tf32x3 pipelined |",
               "|---|---|---|---|---|---|---|---|"]

@@ -2084,15 +2084,32 @@ def test_emulated_pipelined_gemm_is_bitwise_the_default_kernel(emu, monkeypatch,
     np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["copies_at_wait", "copies_at_once"])
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+def test_emulated_pipelined_bf16_gemm_from_copies_is_bitwise_the_default(emu, monkeypatch, layout, eager):
+    # bf16: both operands converted to bf16 copies (the default kernel's staging rounding),
+    # then the pipelined kernel; M, N, K multiples of 8 (16-byte rows of bf16)
+    emu.set_async_eager(eager)
+    for i, (M, N, K) in enumerate([(136, 72, 48), (128, 128, 64), (40, 264, 104), (8, 16, 296)]):
+        monkeypatch.delenv(PIPE, raising=False)
+        C0, A, B, bias, ran0 = _run_gemm(emu, "bf16", M, N, K, layout, seed=900 + i, bias=i % 2 == 0)
+        assert ran0 == "tensor-core gemm (bf16, wmma)"
+        monkeypatch.setenv(PIPE, "1")
+        C1, _, _, _, ran1 = _run_gemm(emu, "bf16", M, N, K, layout, seed=900 + i, bias=i % 2 == 0)
+        assert ran1 == "tensor-core gemm (bf16, wmma + cp.async, bf16 copies)", ran1
+        check_gemm(C1, A, B, bias, "bf16")
+        np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K)))
+
+
 @pytest.mark.parametrize("precision", PIPE_PRECISIONS + ("bf16",))
 def test_emulated_pipelined_gemm_falls_back_where_it_cannot_copy(emu, monkeypatch, precision):
-    # extents that are not multiples of 4 floats along a unit-stride axis, and bf16 (staged
-    # with a conversion): the default kernel runs, correctly
+    # extents that are not multiples of 4 floats (bf16: 8) along a unit-stride axis: the
+    # default kernel runs, correctly
     monkeypatch.setenv(PIPE, "1")
     for i, (M, N, K, layout) in enumerate([(130, 67, 45, "nn"), (33, 260, 100, "tn"), (40, 20, 30, "nt"),
-                                           (128, 128, 64, "nn")]):
+                                           (128, 128, 68, "nn")]):
         if precision != "bf16" and i == 3:
-            continue  # aligned: pipelined (the test above)
+            continue  # aligned for float32 copies: pipelined (the test above)
         C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=600 + i)
         assert ran == f"tensor-core gemm ({precision}, wmma)", (M, N, K, layout, ran)
         check_gemm(C, A, B, bias, precision)
@@ -2123,14 +2140,14 @@ def test_emulated_pipelined_step_gemm_k_slices(emu, monkeypatch, precision, layo
         np.testing.assert_array_equal(parts1.view(np.uint32), parts0.view(np.uint32))
 
 
-@pytest.mark.parametrize("precision", PIPE_PRECISIONS)
+@pytest.mark.parametrize("precision", PIPE_PRECISIONS + ("bf16",))
 def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeypatch, precision):
     # The LSTM on kernel path "tensor" with H % 4 == 0 (the step products pipelined) and on the
     # simt path (the large products pipelined where x, kernel and dz allow): the same bits.
     emu.set_device(sm_count=64)
     for spec, path in ((dict(T=4, B=20, I=12, H=16, reverse=True, lengths=[(3 * b) % 5 for b in range(20)]), "tensor"),
                        (dict(T=3, B=70, I=8, H=12, lengths=[(b * 5) % 4 for b in range(70)]), "tensor"),
-                       (dict(T=3, B=6, I=20, H=8), "simt")):
+                       (dict(T=3, B=6, I=16, H=8), "simt")):
         fcuda.set_kernel_path(path)
         fwd, bwd = make_case(dtype=np.float32, seed=41, **spec)
         monkeypatch.delenv(PIPE, raising=False)
@@ -2138,8 +2155,8 @@ def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeyp
         monkeypatch.setenv(PIPE, "1")
         outs1, grads1, _ = run_cuda_precision(fwd, bwd, precision)
         for kind in ("forward", "backward"):
-            assert "cp.async where aligned" in _ran(kind), _ran(kind)
-            if path == "tensor":
+            assert "cp.async" in _ran(kind) and "where aligned" in _ran(kind), _ran(kind)
+            if path == "tensor" and (precision != "bf16" or spec["H"] % 8 == 0):
                 assert f"{precision} wmma + cp.async, " in _ran(kind), _ran(kind)
         assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
         if path == "tensor" and precision == "tf32":

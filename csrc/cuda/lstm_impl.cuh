@@ -744,18 +744,61 @@ namespace fastlstm {
 namespace cuda {
 namespace impl {
 
+// bf16 with the pipeline asked for (tc::pipeline_requested): C = A . B (+ bias) from bf16
+// copies of both operands (to_bf16_kernel: the rounding tc_gemm_kernel applies while staging),
+// copied by the pipelined kernel on the Large tile: the same bits as tc::gemm in bf16, half the
+// bytes read, at the cost of one conversion pass over each operand. Only for dense operands
+// (A (M, K) or its transpose, B (K, N) or its transpose, as the LSTM's products are) whose
+// unit-stride extents are multiples of 8; returns false (nothing launched) otherwise.
+// (A template, Real = float only, so that only the float32 translation unit compiles it.)
+template <typename Real>
+bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                      int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+  static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
+  const bool ak = tc::a_kmajor(sam, sak), bk = tc::b_kmajor(sbk, sbn);
+  const bool a_dense = ak ? (sam == 1 && sak == M) : (sak == 1 && sam == K);
+  const bool b_dense = bk ? (sbn == 1 && sbk == N) : (sbk == 1 && sbn == K);
+  if (!a_dense || !b_dense || M <= 0 || N <= 0 || K <= 0) return false;
+  if ((ak ? M : K) % 8 != 0 || (bk ? N : K) % 8 != 0) return false;
+  int device = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  Workspace<__nv_bfloat16> ab(M * K, device, stream), bb(K * N, device, stream);
+  poison(ab.get(), M * K, stream);
+  poison(bb.get(), K * N, stream);
+  if (!tc::pipe_operand_ok_bf16(ak, ab.get(), M, K, sam, sak) || !tc::pipe_operand_ok_bf16(bk, bb.get(), N, K, sbn, sbk))
+    return false;
+  auto kc = to_bf16_kernel<Real>;
+  FL_LAUNCH(kc, grid_of(ceil_div(M * K, kThreads)), dim3(kThreads), stream, M * K, A, ab.get());
+  FL_LAUNCH(kc, grid_of(ceil_div(K * N, kThreads)), dim3(kThreads), stream, K * N, Bm, bb.get());
+  const dim3 grid = grid_of(ceil_div(M, tc::Large::kBM), ceil_div(N, tc::Large::kBN));
+  const __nv_bfloat16 *a = ab.get(), *b = bb.get();
+  if (ak && bk)
+    tc::launch_bf16in<true, true>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+  else if (ak)
+    tc::launch_bf16in<true, false>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+  else if (bk)
+    tc::launch_bf16in<false, true>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+  else
+    tc::launch_bf16in<false, false>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+  return true;
+}
+
 // The large products in the call's precision: the fp32 SIMT GEMM (fp32, and always for
 // double), or the tensor-core GEMM (tf32 / bf16 / tf32x3, float only; check_precision ran first).
+// Returns whether a pipelined kernel ran (tc-gemm-v2, FASTLSTM_CUDA_GEMM_PIPELINE=1).
 template <typename Real>
-void gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+bool gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
              int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
   if constexpr (std::is_same<Real, float>::value) {
     if (p != Precision::kFp32) {
-      tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-      return;
+      if (p == Precision::kBf16 && tc::pipeline_requested() &&
+          gemm_bf16_copies<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream))
+        return true;
+      return tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
     }
   }
   gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  return false;
 }
 
 // Throws when the precision cannot run: tf32 / bf16 / tf32x3 take float32 data and compute capability 8.0+.
@@ -776,7 +819,9 @@ inline std::string precision_note(Precision p, bool recurrent_tc) {
   if (p == Precision::kFp32) return "";
   const std::string name = tc::precision_name(p);
   return "; GEMMs: " + name + " tensor cores (wmma" +
-         (p != Precision::kBf16 && tc::pipeline_requested() ? std::string(" + cp.async where aligned") : "") +
+         (tc::pipeline_requested()
+              ? std::string(p == Precision::kBf16 ? " + cp.async from bf16 copies where aligned" : " + cp.async where aligned")
+              : "") +
          ", float32 accumulation), recurrent product " +
          (recurrent_tc ? name + " tensor cores" : std::string("fp32"));
 }
@@ -1164,8 +1209,9 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
     gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
     return big_gemm<Real>(M, N) ? "simt gemm (fp32, 128x128)" : "simt gemm (fp32, 64x64)";
   }
-  const bool piped = tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  return std::string("tensor-core gemm (") + tc::precision_name(p) + (piped ? ", wmma + cp.async)" : ", wmma)");
+  const bool piped = gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  return std::string("tensor-core gemm (") + tc::precision_name(p) +
+         (piped ? (p == Precision::kBf16 ? ", wmma + cp.async, bf16 copies)" : ", wmma + cp.async)") : ", wmma)");
 }
 
 // step_matmul() of api.h (benchmarks, tests; Real = float).

@@ -716,6 +716,20 @@ bool step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const floa
                                       pipe);
 }
 
+// The pipelined kernel on the Large tile from bf16 operands (converted beforehand; the caller
+// checked pipe_operand_ok_bf16): C = A . B (+ bias), the whole k range.
+template <bool AK, bool BK>
+void launch_bf16in(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A,
+                   int64_t sam, int64_t sak, const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, const float* bias,
+                   float* C, int64_t ldc) {
+  if (empty_grid(grid)) return;
+  auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, AK, BK, Large, __nv_bfloat16>;
+  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, AK, BK, Large>();
+  FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  FL_LAUNCH_SMEM(kernel, grid, dim3(Large::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, K, A, sam, sak, Bm,
+                 sbk, sbn, bias, C, ldc, int64_t(0));
+}
+
 // Whether a bf16 operand (converted beforehand) can be staged by 16-byte copies: as
 // pipe_operand_ok, with 8 elements per vector.
 inline bool pipe_operand_ok_bf16(bool kmajor, const __nv_bfloat16* X, int64_t R, int64_t K, int64_t s_r,

@@ -33,8 +33,9 @@ they stay float32.
 ``cuda_info()["last_forward"]`` then names the precision. With ``FASTLSTM_CUDA_GEMM_PIPELINE=1``
 (read at each call; experimental, off until measured on a GPU) the tf32 / tf32x3 tensor-core
 products stage their operands with a cp.async pipeline where the operands' layout allows
-(same results, bit for bit; the descriptions then say "wmma + cp.async"), and "bf16" on the
-"tensor" path reads its per-step products from bf16 copies of R and h / dz (likewise the same bits).
+(same results, bit for bit; the descriptions then say "wmma + cp.async"), and "bf16" runs its
+products from bf16 copies of the operands (the large ones, and on the "tensor" path the per-step
+ones from copies of R and h / dz; likewise the same bits).
 
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.
