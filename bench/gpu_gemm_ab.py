@@ -12,17 +12,19 @@ strict fp32 and in bf16 (on bf16 tensors) on the same operands. Milliseconds and
 (2MNK / t).
 Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`, 100 back to
 back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
-forward (h . R) and backward (dz . R^T), tf32 / bf16 / tf32x3, pipeline off / on: microseconds
+forward (h . R) and backward (dz . R^T), tf32 / tf32x3 pipeline off / on, bf16 the default
+kernel only (its pipelined step products need the bf16 copies the LSTM makes): microseconds
 per step, to set against the recurrence's whole time per step in part 3.
 Part 3, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
 shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
-products then read bf16 copies of R and h / dz, pipelined; its large products stay on the old
-kernel), beside cuDNN in the same mode; the I = 16 rows put a number on the recurrence alone
-(the projection is ~1% of the I = 1024 one).
+products then read bf16 copies of R and h / dz, and the large products bf16 copies of their
+operands, the conversions and workspaces timed with them), beside cuDNN in the same mode; the
+I = 16 rows put a number on the recurrence alone (the projection is ~1% of the I = 1024 one).
 Before timing, the pipelined results must equal the default kernel's bit for bit (same tiles,
 fragments, k order: only the staging differs); a mismatch is reported and that row not timed.
 Medians (min-max) of CUDA-event timings, contenders interleaved round-robin. With --out,
-writes gpu_gemm_ab.md (the tables, then the rows as JSON).
+writes gpu_gemm_ab.md (the tables, then the rows as JSON), rewritten after each row so that a
+run cut short keeps what it measured.
 """
 import argparse
 import json
@@ -216,39 +218,8 @@ def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
     return row
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.environ.get("OUT"))
-    ap.add_argument("--reps", type=int, default=7, help="timed runs per contender (at least 1)")
-    args = ap.parse_args(argv)
-    if args.reps < 1:
-        ap.error(f"--reps: expected a positive number of runs, got {args.reps}")
-    import cupy as cp
-    import torch
-    import fastlstm
-    from fastlstm import _cuda, ops
-
-    grows, lrows = [], []
-    for spec in GEMMS:
-        try:
-            grows.append(gemm_row(spec, args.reps, torch, _cuda))
-        except Exception as e:  # report and go on: GPU time is short
-            print(spec, "FAILED", type(e).__name__, e, flush=True)
-            grows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
-    srows = []
-    for spec in STEPS:
-        try:
-            srows.append(step_row(spec, args.reps, torch, _cuda))
-        except Exception as e:
-            print(spec, "FAILED", type(e).__name__, e, flush=True)
-            srows.append(dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}", error=f"{type(e).__name__}: {e}"))
-    for cfg in LSTMS:
-        try:
-            lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
-        except Exception as e:
-            print(cfg, "FAILED", type(e).__name__, e, flush=True)
-            lrows.append(dict(config=list(cfg[:4]), precision=cfg[4], error=f"{type(e).__name__}: {e}"))
-
+def emit(grows, srows, lrows, torch, out, final):
+    """The tables so far (printed when final), written to out/gpu_gemm_ab.md with the rows as JSON."""
     m = lambda v: f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"  # noqa: E731
 
     def kinds(ran):  # which recurrent kernels ran, and whether their GEMMs were pipelined
@@ -300,11 +271,51 @@ def main(argv=None):
     head = (f"tc-gemm-v2 (cp.async pipeline) against the default tensor-core GEMM and cuBLAS / cuDNN on "
             f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}; "
             "milliseconds, median (min-max) of CUDA-event timings, runs interleaved")
-    print(head + "\n\n" + table)
-    if args.out:
-        with open(os.path.join(args.out, "gpu_gemm_ab.md"), "w") as f:
+    if final:
+        print(head + "\n\n" + table)
+    if out:
+        with open(os.path.join(out, "gpu_gemm_ab.md"), "w") as f:
             f.write(head + "\n\n" + table + "\n\n```json\n" +
                     json.dumps(dict(gemm=grows, step=srows, lstm=lrows), indent=1, default=str) + "\n```\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per contender (at least 1)")
+    args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps: expected a positive number of runs, got {args.reps}")
+    import cupy as cp
+    import torch
+    import fastlstm
+    from fastlstm import _cuda, ops
+
+    grows, srows, lrows = [], [], []
+    done = lambda: emit(grows, srows, lrows, torch, args.out, final=False)  # noqa: E731
+    for spec in GEMMS:
+        try:
+            grows.append(gemm_row(spec, args.reps, torch, _cuda))
+        except Exception as e:  # report and go on: GPU time is short
+            print(spec, "FAILED", type(e).__name__, e, flush=True)
+            grows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
+        done()
+    for spec in STEPS:
+        try:
+            srows.append(step_row(spec, args.reps, torch, _cuda))
+        except Exception as e:
+            print(spec, "FAILED", type(e).__name__, e, flush=True)
+            srows.append(dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}", error=f"{type(e).__name__}: {e}"))
+        done()
+    for cfg in LSTMS:
+        try:
+            lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
+        except Exception as e:
+            print(cfg, "FAILED", type(e).__name__, e, flush=True)
+            lrows.append(dict(config=list(cfg[:4]), precision=cfg[4], error=f"{type(e).__name__}: {e}"))
+        done()
+    emit(grows, srows, lrows, torch, args.out, final=True)
+
     failed = (any("cublas_tf32" not in r for r in grows) or any("tf32_v1" not in r for r in srows)
               or any("v2_fwd" not in r for r in lrows))
     return 1 if failed else 0

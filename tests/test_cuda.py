@@ -2154,9 +2154,11 @@ def test_emulated_pipelined_lstm_tensor_path_is_bitwise_the_default(emu, monkeyp
         outs0, grads0, _ = run_cuda_precision(fwd, bwd, precision)
         monkeypatch.setenv(PIPE, "1")
         outs1, grads1, _ = run_cuda_precision(fwd, bwd, precision)
+        unit = 8 if precision == "bf16" else 4  # elements per 16-byte copy
         for kind in ("forward", "backward"):
-            assert "cp.async" in _ran(kind) and "where aligned" in _ran(kind), _ran(kind)
-            if path == "tensor" and (precision != "bf16" or spec["H"] % 8 == 0):
+            if spec["I"] % unit == 0 and spec["H"] % unit == 0:  # every large product can be copied
+                assert f"GEMMs: {precision} tensor cores (wmma + cp.async" in _ran(kind), _ran(kind)
+            if path == "tensor" and spec["H"] % unit == 0:
                 assert f"{precision} wmma + cp.async, " in _ran(kind), _ran(kind)
         assert_bitwise_equal(tuple(outs1) + tuple(grads1), tuple(outs0) + tuple(grads0))
         if path == "tensor" and precision == "tf32":
@@ -2196,15 +2198,17 @@ def test_emulated_pipelined_bf16_tensor_path_is_bitwise_the_default(emu, monkeyp
 @pytest.mark.parametrize("precision", PIPE_PRECISIONS)
 def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision, kernel_path_reset):
     # on the card: the cp.async ring gives the old kernel's bits (GEMM alone, every layout, and
-    # the LSTM on the tensor path, whose step products are k-sliced)
+    # the LSTM on the tensor path, whose step products are k-sliced). Cards with 99 KB of shared
+    # memory per block (sm_86 / 89 / 120) run most 128 x 128 rings on the old kernel.
     from fastlstm import _cuda
+    big_smem = tuple(_cuda.device_properties(0)["capability"]) in ((8, 0), (9, 0), (10, 0))
     for layout in ("nn", "tn", "nt", "tt"):
         for i, (M, N, K) in enumerate(PIPE_SHAPES + [(1000, 520, 700), (64, 4096, 3000)]):
             monkeypatch.delenv(PIPE, raising=False)
             C0, A, B, bias, _ = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
             monkeypatch.setenv(PIPE, "1")
             C1, _, _, _, ran = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
-            assert ran == f"tensor-core gemm ({precision}, wmma + cp.async)", ran
+            assert ran == f"tensor-core gemm ({precision}, wmma + cp.async)" or not big_smem, ran
             check_gemm(C1, A, B, bias, precision)
             np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K, layout)))
     fcuda.set_kernel_path("tensor")

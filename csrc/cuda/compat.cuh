@@ -123,7 +123,8 @@ __device__ __forceinline__ void fl_cp_async_wait() {
 
 // ---- what the cooperative (persistent) kernels need ---------------------------------------
 // FL_DYNAMIC_SHARED(name): the block's dynamic shared memory as `unsigned char* name`
-// (16-byte aligned). fl_arrive_release / fl_load_acquire: the grid barrier's counter, at GPU
+// (16-byte aligned; FL_DYNAMIC_SHARED_128: 128-byte aligned). fl_arrive_release /
+// fl_load_acquire: the grid barrier's counter, at GPU
 // scope (red.release.gpu / ld.acquire.gpu, as cooperative_groups' grid sync does on sm_70+).
 // launch_cooperative: cudaLaunchCooperativeKernel of a kernel taking one parameter struct.
 // fl_clock / fl_timer_ns (the persistent kernels' phase trace, FASTLSTM_CUDA_TRACE): the SM's
@@ -131,6 +132,7 @@ __device__ __forceinline__ void fl_cp_async_wait() {
 // clock in nanoseconds.
 #if defined(FASTLSTM_CUDA_EMU)
 #define FL_DYNAMIC_SHARED(name) unsigned char* name = ::fastlstm::cuda::emu::dynamic_shared()
+#define FL_DYNAMIC_SHARED_128(name) unsigned char* name = ::fastlstm::cuda::emu::dynamic_shared(128)
 namespace fastlstm {
 namespace cuda {
 inline long long fl_clock() { return emu::monotonic_ns(); }
@@ -151,6 +153,10 @@ void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t sme
 }  // namespace fastlstm
 #else
 #define FL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+// the same, 128-byte aligned (the pipelined tensor-core GEMM's wmma tiles; a distinct name so
+// that it never meets FL_DYNAMIC_SHARED's declaration with another alignment)
+#define FL_DYNAMIC_SHARED_128(name) extern __shared__ __align__(128) unsigned char fl_dynamic_shared_128[]; \
+  unsigned char* name = fl_dynamic_shared_128
 namespace fastlstm {
 namespace cuda {
 __device__ __forceinline__ long long fl_clock() { return clock64(); }

@@ -815,14 +815,11 @@ void check_precision(Precision p, int device) {
 
 // What the description of a call adds for its precision ("" for fp32). recurrent_tc: the
 // recurrent products ran on the tensor cores too (kernel path "tensor").
-inline std::string precision_note(Precision p, bool recurrent_tc) {
+inline std::string precision_note(Precision p, bool recurrent_tc, bool gemms_piped) {
   if (p == Precision::kFp32) return "";
   const std::string name = tc::precision_name(p);
-  return "; GEMMs: " + name + " tensor cores (wmma" +
-         (tc::pipeline_requested()
-              ? std::string(p == Precision::kBf16 ? " + cp.async from bf16 copies where aligned" : " + cp.async where aligned")
-              : "") +
-         ", float32 accumulation), recurrent product " +
+  const std::string pipe = gemms_piped ? (p == Precision::kBf16 ? " + cp.async from bf16 copies" : " + cp.async") : "";
+  return "; GEMMs: " + name + " tensor cores (wmma" + pipe + ", float32 accumulation), recurrent product " +
          (recurrent_tc ? name + " tensor cores" : std::string("fp32"));
 }
 
@@ -1043,7 +1040,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   copy_or_zero(h0buf, a.h0, B * H, stream);
   copy_or_zero(a.c_n, a.c0, B * H, stream);  // c_n is the running cell state
   // P = x . kernel + bias for all T * B rows
-  gemm_in<Real>(opt.precision, TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
+  const bool gemms_piped = gemm_in<Real>(opt.precision, TB, G, I, a.x, I, 1, a.kernel, G, 1, a.bias, P, G, stream);
   std::string ran = "none (no time steps or no batch rows)";
   if (B * H > 0 && T > 0 && tensor) {
     ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
@@ -1078,7 +1075,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0)
     FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
                              cudaMemcpyDeviceToDevice, stream));
-  return ran + precision_note(opt.precision, tensor && B * H > 0 && T > 0);
+  return ran + precision_note(opt.precision, tensor && B * H > 0 && T > 0, gemms_piped);
 }
 
 template <typename Real, int BB>
@@ -1184,13 +1181,13 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   // dkernel (I, 4H) = x^T . dz       A(i, r) = x[r * I + i]
   // (tf32 / bf16 / tf32x3: on the tensor cores, the operands rounded or split; dbias stays fp32)
   const Precision pr = opt.precision;
-  gemm_in<Real>(pr, I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
+  bool gemms_piped = gemm_in<Real>(pr, I, G, TB, x_valid, 1, I, dz.get(), G, 1, nullptr, a.dkernel, G, stream);
   // drecurrent (H, 4H) = h_prev^T . dz
-  gemm_in<Real>(pr, H, G, TB, hprev.get(), 1, H, dz.get(), G, 1, nullptr, a.drecurrent_kernel, G, stream);
+  gemms_piped |= gemm_in<Real>(pr, H, G, TB, hprev.get(), 1, H, dz.get(), G, 1, nullptr, a.drecurrent_kernel, G, stream);
   // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
-  gemm_in<Real>(pr, TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
+  gemms_piped |= gemm_in<Real>(pr, TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
   if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
-  return ran + precision_note(pr, tensor);
+  return ran + precision_note(pr, tensor, gemms_piped);
 }
 
 // matmul() of api.h (tests): the LSTM's GEMM in precision p on device pointers (Real = float;

@@ -46,6 +46,7 @@
 // / 17,408-20,480 B (bf16), 64 x 128 tiles 26,112-27,648 B / 13,824-15,360 B.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -428,6 +429,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // (pipe_operand_ok: a unit stride, the other stride and the extent along the unit-stride axis
 // multiples of 4 floats, the base 16-byte aligned); out-of-range vectors are zero-filled.
 constexpr int kPipeStages = 3;
+constexpr int kMaxDevices = 64;  // devices whose opt-in shared memory limit is cached
 
 template <Precision P, bool A_KMAJOR, bool B_KMAJOR, class Cfg>
 __host__ __device__ constexpr int pipe_stage_bytes() {
@@ -507,7 +509,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   constexpr int kABytes = Tile<P, A_KMAJOR, kBM>::bytes;
   constexpr int kStageBytes = pipe_stage_bytes<P, A_KMAJOR, B_KMAJOR, Cfg>();
   static_assert((kThreads / 32) * 16 * kScratchLd * 4 <= kPipeStages * kStageBytes, "the epilogue's scratch fits");
-  FL_DYNAMIC_SHARED(smem);  // pipe_smem_bytes: kPipeStages x (A tile, B tile)
+  FL_DYNAMIC_SHARED_128(smem);  // pipe_smem_bytes: kPipeStages x (A tile, B tile), 128-byte aligned (wmma: 32)
   auto a_tile = [&](int64_t pass) { return reinterpret_cast<E*>(smem + (pass % kPipeStages) * kStageBytes); };
   auto b_tile = [&](int64_t pass) { return reinterpret_cast<E*>(smem + (pass % kPipeStages) * kStageBytes + kABytes); };
 
@@ -579,26 +581,53 @@ inline void require_tensor_cores(Precision p, int device) {
                 "." + std::to_string(minor));
 }
 
-// The current device's shared memory per block with opt-in (bytes).
-inline int smem_optin_limit() {
-  int device = 0, bytes = 0;
+// The current device's shared memory per block with opt-in (bytes), and the device; queried
+// once per device (the per-step products call this every step). Not cached in the emulator,
+// whose tests change the emulated device.
+inline int smem_optin_limit(int* device_out = nullptr) {
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
   FL_CHECK(cudaGetDevice(&device));
+  if (device_out) *device_out = device;
+#if defined(FASTLSTM_CUDA_EMU)
+  constexpr bool kCache = false;
+#else
+  constexpr bool kCache = true;
+#endif
+  if (kCache && device >= 0 && device < kMaxDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int bytes = 0;
   FL_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (kCache && device >= 0 && device < kMaxDevices) cache[device].store(bytes, std::memory_order_relaxed);
   return bytes;
 }
 
-// Launches the pipelined kernel when `pipe` and its ring fits the device's shared memory (not
-// on sm_86 / sm_89, 99 KB per block, for the 128 x 128 tiles), else tc_gemm_kernel. Returns
-// whether the pipelined kernel ran.
+// cudaFuncSetAttribute(kernel, max dynamic shared memory, bytes) once per kernel and device
+// (the attribute stays set; `done` is the kernel's own flag word, one bit per device).
+template <class Kernel>
+void set_smem_attribute_once(Kernel kernel, int bytes, int device, std::atomic<uint64_t>& done) {
+  const uint64_t bit = device >= 0 && device < 64 ? uint64_t(1) << device : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
+  FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (bit) done.fetch_or(bit, std::memory_order_release);
+}
+
+// Launches the pipelined kernel when `pipe` and its ring fits the device's shared memory (the
+// 128 x 128 rings of 101-111 KB do not on sm_86 / sm_89 / sm_120, 99 KB per block, except the
+// 99 KB one of k-major A and B), else tc_gemm_kernel. Returns whether the pipelined kernel ran.
 template <Precision P, bool AK, bool BK, class Cfg>
 bool launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A,
             int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
             int64_t ldc, int64_t split_stride, bool pipe) {
   if constexpr (P != Precision::kBf16) {
     constexpr int kSmem = pipe_smem_bytes<P, AK, BK, Cfg>();
-    if (pipe && kSmem <= smem_optin_limit()) {
+    int device = 0;
+    if (pipe && kSmem <= smem_optin_limit(&device)) {
       auto kernel = tc_gemm_pipe_kernel<P, AK, BK, Cfg>;
-      FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      static std::atomic<uint64_t> attribute_set{0};
+      set_smem_attribute_once(kernel, kSmem, device, attribute_set);
       FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
                      sak, Bm, sbk, sbn, bias, C, ldc, split_stride);
       return true;
@@ -724,8 +753,11 @@ void launch_bf16in(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t
                    float* C, int64_t ldc) {
   if (empty_grid(grid)) return;
   auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, AK, BK, Large, __nv_bfloat16>;
-  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, AK, BK, Large>();
-  FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, AK, BK, Large>();  // 52-61 KB: fits every sm_80+ device
+  int device = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  static std::atomic<uint64_t> attribute_set{0};
+  set_smem_attribute_once(kernel, kSmem, device, attribute_set);
   FL_LAUNCH_SMEM(kernel, grid, dim3(Large::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, K, A, sam, sak, Bm,
                  sbk, sbn, bias, C, ldc, int64_t(0));
 }
@@ -752,14 +784,18 @@ void step_gemm_bf16_cfg(const StepPlan& pl, int64_t M, int64_t N, int64_t K, con
   grid.z = static_cast<unsigned>(pl.splits);
   const int64_t kslice = K > 0 ? pl.kslice : 0;
   auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, false, BK, Cfg, __nv_bfloat16>;
-  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, false, BK, Cfg>();
-  FL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, false, BK, Cfg>();  // 45-61 KB
+  int device = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  static std::atomic<uint64_t> attribute_set{0};
+  set_smem_attribute_once(kernel, kSmem, device, attribute_set);
   FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
                  int64_t(1), Bm, sbk, sbn, static_cast<const float*>(nullptr), C, N, M * N);
 }
 inline void step_gemm_bf16(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
                            const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
-  if (pl.splits < 1 || pl.splits > 65535 || (K > 0 && (pl.kslice < 1 || ceil_div(K, pl.kslice) != pl.splits)))
+  if (pl.splits < 1 || pl.splits > 65535 ||
+      (K > 0 && (pl.kslice < 1 || pl.kslice % kBK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
     throw Error("step_gemm: inconsistent k slices");
   const bool bk = b_kmajor(sbk, sbn);
   if (pl.large) {
@@ -780,7 +816,9 @@ template <typename Real>
 bool step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam,
                int64_t sak, const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
-  if (pl.splits < 1 || pl.splits > 65535 || (K > 0 && (pl.kslice < 1 || ceil_div(K, pl.kslice) != pl.splits)))
+  // slices of whole 32-k passes (plan_step's; the pipelined kernel's copies must not cross a slice's end)
+  if (pl.splits < 1 || pl.splits > 65535 ||
+      (K > 0 && (pl.kslice < 1 || pl.kslice % kBK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
     throw Error("step_gemm: inconsistent k slices");
   if (p == Precision::kTf32) {
     if (pl.large) return step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);

@@ -339,7 +339,7 @@ cudaError_t launch_smem(const void* func, dim3 grid, dim3 block, size_t dyn_smem
     if (it == func_max_dynamic_smem().end() || static_cast<size_t>(it->second) < dyn_smem) return cudaErrorInvalidValue;
   }
   if (dyn_smem > static_cast<size_t>(g_device.smem_per_block_optin)) return cudaErrorInvalidValue;
-  const size_t bytes = (dyn_smem + 15) / 16 * 16;
+  const size_t bytes = (dyn_smem + 127) / 128 * 128;  // the base 128-byte aligned (it ends at the guard page)
   unsigned char* smem = bytes ? static_cast<unsigned char*>(guarded_alloc(bytes)) : nullptr;
   if (bytes && !smem) return cudaErrorMemoryAllocation;
   g_dyn_smem = smem;
@@ -455,11 +455,13 @@ inline long long monotonic_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-inline unsigned char* dynamic_shared() {
+inline unsigned char* dynamic_shared(uintptr_t align = 16) {
   if (!g_coop && !g_dyn_launch) {
     if (g_error.empty()) g_error = "dynamic shared memory used outside a launch that has it";
     return nullptr;
   }
+  if (reinterpret_cast<uintptr_t>(g_dyn_smem) % align != 0 && g_error.empty())
+    g_error = "dynamic shared memory not aligned as declared";
   return g_dyn_smem;
 }
 
