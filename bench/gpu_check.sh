@@ -240,20 +240,20 @@ for precision, cases_p in (("tf32", tc_cases), ("bf16", tc_cases), ("tf32x3", tc
         del saved, grads
 # tc-gemm-v2 (opt-in: FASTLSTM_CUDA_GEMM_PIPELINE=1): the cp.async ring, in the large products
 # (simt path: x, kernel and dz rows of whole 16-byte vectors) and the k-sliced step products
-# (tensor path), tf32 and tf32x3; bf16's step products from bf16 copies of R and h / dz
+# (tensor path), tf32 and tf32x3; bf16 from bf16 copies of the operands (of R and h / dz on the
+# tensor path)
 os.environ["FASTLSTM_CUDA_GEMM_PIPELINE"] = "1"
-for precision, paths in (("tf32", ("simt", "tensor")), ("tf32x3", ("simt", "tensor")), ("bf16", ("tensor",))):
-    for path, (T, B, I, H) in (("simt", (3, 48, 72, 40)), ("tensor", (3, 40, 12, 16))):
-        if path not in paths:
-            continue  # bf16: only the tensor path's step products (from bf16 copies) are pipelined
-        cuda.set_kernel_path(path)
-        r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
-        y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
-                                          backend="cuda", precision=precision)
-        grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
-        assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
-        assert "cp.async" in cuda.info()["last_forward"], cuda.info()["last_forward"]
-        del saved, grads
+for precision, path, (T, B, I, H) in (("tf32", "simt", (3, 48, 72, 40)), ("tf32", "tensor", (3, 40, 12, 16)),
+                                      ("tf32x3", "simt", (3, 48, 72, 40)), ("tf32x3", "tensor", (3, 40, 12, 16)),
+                                      ("bf16", "simt", (3, 48, 72, 40)), ("bf16", "tensor", (3, 40, 12, 16))):
+    cuda.set_kernel_path(path)
+    r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
+    y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
+                                      backend="cuda", precision=precision)
+    grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
+    assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
+    assert "cp.async" in cuda.info()["last_forward"], cuda.info()["last_forward"]
+    del saved, grads
 os.environ.pop("FASTLSTM_CUDA_GEMM_PIPELINE")
 # fp32: the 128 x 128 SIMT GEMM (the LSTM cases above are too small for it: it runs only when
 # its grid fills the device once), alone, every operand layout, edge tiles, several k passes

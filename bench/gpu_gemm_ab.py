@@ -29,10 +29,11 @@ run cut short keeps what it measured.
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import numpy as np
+
+from gpu_timing import timed  # bench/ is the script's folder
 
 PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
 # (name, M, N, K, layout): layout "nn" A (M, K) and B (K, N) row-major; "tn" A stored (K, M);
@@ -65,22 +66,6 @@ class pipeline:
             os.environ.pop(PIPE, None)
         else:
             os.environ[PIPE] = self.prev
-
-
-def timed(contenders, reps, torch):
-    for fn in contenders.values():
-        fn()  # warm-up
-    torch.cuda.synchronize()
-    times = {name: [] for name in contenders}
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times[name].append(start.elapsed_time(end))
-    return {name: [statistics.median(ts), min(ts), max(ts)] for name, ts in times.items()}
 
 
 def gemm_row(spec, reps, torch, _cuda):

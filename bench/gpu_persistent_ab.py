@@ -15,10 +15,11 @@ batch limit for the persistent kernels (kPersistentAutoMaxRows in csrc/cuda/lstm
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import numpy as np
+
+from gpu_timing import timed  # bench/ is the script's folder
 
 CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 8, 512, 512), (100, 16, 512, 512),
            (100, 32, 512, 512), (100, 64, 512, 512), (100, 16, 1024, 1024), (100, 64, 1024, 1024),
@@ -102,21 +103,8 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
     reps = args.reps if T * B * H <= 100 * 64 * 1024 else max(3, args.reps // 2)
-    times = {name: [] for name in contenders}
-    for fn in contenders.values():
-        fn()  # warm-up
-    torch.cuda.synchronize()
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times[name].append(start.elapsed_time(end))
-    for name, ts in times.items():
-        row[name] = [statistics.median(ts), min(ts), max(ts)]
-    print((T, B, I, H), {n: round(v[0], 3) for n, v in row.items() if isinstance(v, list) and n in times},
+    row.update(timed(contenders, reps, torch))
+    print((T, B, I, H), {n: round(v[0], 3) for n, v in row.items() if isinstance(v, list) and n in contenders},
           flush=True)
     return row
 

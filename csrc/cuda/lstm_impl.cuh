@@ -765,21 +765,26 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
   Workspace<__nv_bfloat16> ab(M * K, device, stream), bb(K * N, device, stream);
   poison(ab.get(), M * K, stream);
   poison(bb.get(), K * N, stream);
-  if (!tc::pipe_operand_ok_bf16(ak, ab.get(), M, K, sam, sak) || !tc::pipe_operand_ok_bf16(bk, bb.get(), N, K, sbn, sbk))
+  if (!tc::pipe_operand_ok(ak, ab.get(), M, K, sam, sak) || !tc::pipe_operand_ok(bk, bb.get(), N, K, sbn, sbk))
     return false;
   auto kc = to_bf16_kernel<Real>;
   FL_LAUNCH(kc, grid_of(ceil_div(M * K, kThreads)), dim3(kThreads), stream, M * K, A, ab.get());
   FL_LAUNCH(kc, grid_of(ceil_div(K * N, kThreads)), dim3(kThreads), stream, K * N, Bm, bb.get());
-  const dim3 grid = grid_of(ceil_div(M, tc::Large::kBM), ceil_div(N, tc::Large::kBN));
-  const __nv_bfloat16 *a = ab.get(), *b = bb.get();
+  // the pipelined kernel on the Large tile (52-61 KB of shared memory: fits every sm_80+ device)
+  using tc::Large;
+  using BF = __nv_bfloat16;
+  constexpr Precision kB = Precision::kBf16;
+  const dim3 grid = grid_of(ceil_div(M, Large::kBM), ceil_div(N, Large::kBN));
+  const BF *a = ab.get(), *b = bb.get();
   if (ak && bk)
-    tc::launch_bf16in<true, true>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+    tc::launch_pipe<kB, true, true, Large, BF>(grid, stream, M, N, K, K, a, sam, sak, b, sbk, sbn, bias, C, ldc, 0, device);
   else if (ak)
-    tc::launch_bf16in<true, false>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+    tc::launch_pipe<kB, true, false, Large, BF>(grid, stream, M, N, K, K, a, sam, sak, b, sbk, sbn, bias, C, ldc, 0, device);
   else if (bk)
-    tc::launch_bf16in<false, true>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+    tc::launch_pipe<kB, false, true, Large, BF>(grid, stream, M, N, K, K, a, sam, sak, b, sbk, sbn, bias, C, ldc, 0, device);
   else
-    tc::launch_bf16in<false, false>(grid, stream, M, N, K, a, sam, sak, b, sbk, sbn, bias, C, ldc);
+    tc::launch_pipe<kB, false, false, Large, BF>(grid, stream, M, N, K, K, a, sam, sak, b, sbk, sbn, bias, C, ldc, 0,
+                                                 device);
   return true;
 }
 
@@ -903,9 +908,9 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
     poison(hb.get(), bf16_ops ? 2 * B * H : 0, stream);
     __nv_bfloat16* hb0 = hb.get();
     __nv_bfloat16* hb1 = hb.get() ? hb.get() + B * H : nullptr;
-    const bool bf16_path = bf16_ops && tc::pipe_operand_ok_bf16(true, rb.get(), G, H, 1, G) &&
-                           tc::pipe_operand_ok_bf16(false, hb0, B, H, H, 1) &&
-                           tc::pipe_operand_ok_bf16(false, hb1, B, H, H, 1);
+    const bool bf16_path = bf16_ops && tc::pipe_operand_ok(true, rb.get(), G, H, 1, G) &&
+                           tc::pipe_operand_ok(false, hb0, B, H, H, 1) &&
+                           tc::pipe_operand_ok(false, hb1, B, H, H, 1);
     if (bf16_path) {
       auto kc = to_bf16_kernel<Real>;
       FL_LAUNCH(kc, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H * G, a.recurrent_kernel, rb.get());
@@ -953,8 +958,8 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
     // of the step's dz rows (written by backward_gates_kernel instead of the float32 ones)
     const bool bf16_ops = opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
     Workspace<__nv_bfloat16> rb(bf16_ops ? H * G : 0, device, stream), dzb(bf16_ops ? B * G : 0, device, stream);
-    const bool bf16_path = bf16_ops && tc::pipe_operand_ok_bf16(false, rb.get(), H, G, G, 1) &&
-                           tc::pipe_operand_ok_bf16(false, dzb.get(), B, G, G, 1);
+    const bool bf16_path = bf16_ops && tc::pipe_operand_ok(false, rb.get(), H, G, G, 1) &&
+                           tc::pipe_operand_ok(false, dzb.get(), B, G, G, 1);
     poison(rb.get(), bf16_ops ? H * G : 0, stream);  // 0xFFFF: a bf16 NaN
     poison(dzb.get(), bf16_ops ? B * G : 0, stream);
     Workspace<Real> dz_step(bf16_path ? 0 : B * G, device, stream);

@@ -614,6 +614,21 @@ void set_smem_attribute_once(Kernel kernel, int bytes, int device, std::atomic<u
   if (bit) done.fetch_or(bit, std::memory_order_release);
 }
 
+// One launch of the pipelined kernel (operands of element type GE as stored: float for tf32 /
+// tf32x3, bf16 copies for bf16) on `device`, its shared-memory attribute set once per device;
+// the caller checked the operands (pipe_operand_ok) and that the ring fits the device.
+template <Precision P, bool AK, bool BK, class Cfg, typename GE>
+void launch_pipe(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const GE* A,
+                 int64_t sam, int64_t sak, const GE* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
+                 int64_t ldc, int64_t split_stride, int device) {
+  auto kernel = tc_gemm_pipe_kernel<P, AK, BK, Cfg, GE>;
+  constexpr int kSmem = pipe_smem_bytes<P, AK, BK, Cfg>();
+  static std::atomic<uint64_t> attribute_set{0};
+  set_smem_attribute_once(kernel, kSmem, device, attribute_set);
+  FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam, sak,
+                 Bm, sbk, sbn, bias, C, ldc, split_stride);
+}
+
 // Launches the pipelined kernel when `pipe` and its ring fits the device's shared memory (the
 // 128 x 128 rings of 101-111 KB do not on sm_86 / sm_89 / sm_120, 99 KB per block, except the
 // 99 KB one of k-major A and B), else tc_gemm_kernel. Returns whether the pipelined kernel ran.
@@ -622,14 +637,10 @@ bool launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int
             int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
             int64_t ldc, int64_t split_stride, bool pipe) {
   if constexpr (P != Precision::kBf16) {
-    constexpr int kSmem = pipe_smem_bytes<P, AK, BK, Cfg>();
     int device = 0;
-    if (pipe && kSmem <= smem_optin_limit(&device)) {
-      auto kernel = tc_gemm_pipe_kernel<P, AK, BK, Cfg>;
-      static std::atomic<uint64_t> attribute_set{0};
-      set_smem_attribute_once(kernel, kSmem, device, attribute_set);
-      FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
-                     sak, Bm, sbk, sbn, bias, C, ldc, split_stride);
+    if (pipe && pipe_smem_bytes<P, AK, BK, Cfg>() <= smem_optin_limit(&device)) {
+      launch_pipe<P, AK, BK, Cfg, float>(grid, stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, bias, C, ldc,
+                                         split_stride, device);
       return true;
     }
   }
@@ -649,10 +660,13 @@ inline bool pipeline_requested() {
 
 // Whether an operand can be staged by 16-byte copies: X(r, k) = X[r s_r + k s_k] over R rows
 // and K k, stored along r when KMAJOR (s_r = 1), else along k (s_k = 1); the other stride and
-// the extent along the unit-stride axis multiples of 4, the base 16-byte aligned.
-inline bool pipe_operand_ok(bool kmajor, const float* X, int64_t R, int64_t K, int64_t s_r, int64_t s_k) {
+// the extent along the unit-stride axis multiples of the elements per copy (4 floats, 8 bf16),
+// the base 16-byte aligned.
+template <typename GE>
+bool pipe_operand_ok(bool kmajor, const GE* X, int64_t R, int64_t K, int64_t s_r, int64_t s_k) {
+  constexpr int64_t kVec = 16 / static_cast<int64_t>(sizeof(GE));
   const int64_t unit = kmajor ? s_r : s_k, other = kmajor ? s_k : s_r, extent = kmajor ? R : K;
-  return unit == 1 && other % 4 == 0 && extent % 4 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
+  return unit == 1 && other % kVec == 0 && extent % kVec == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
 }
 
 // Whether this product runs pipelined: asked for, tf32 / tf32x3, both operands fit the copies.
@@ -745,58 +759,36 @@ bool step_gemm_p(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const floa
                                       pipe);
 }
 
-// The pipelined kernel on the Large tile from bf16 operands (converted beforehand; the caller
-// checked pipe_operand_ok_bf16): C = A . B (+ bias), the whole k range.
-template <bool AK, bool BK>
-void launch_bf16in(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A,
-                   int64_t sam, int64_t sak, const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, const float* bias,
-                   float* C, int64_t ldc) {
-  if (empty_grid(grid)) return;
-  auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, AK, BK, Large, __nv_bfloat16>;
-  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, AK, BK, Large>();  // 52-61 KB: fits every sm_80+ device
-  int device = 0;
-  FL_CHECK(cudaGetDevice(&device));
-  static std::atomic<uint64_t> attribute_set{0};
-  set_smem_attribute_once(kernel, kSmem, device, attribute_set);
-  FL_LAUNCH_SMEM(kernel, grid, dim3(Large::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, K, A, sam, sak, Bm,
-                 sbk, sbn, bias, C, ldc, int64_t(0));
-}
-
-// Whether a bf16 operand (converted beforehand) can be staged by 16-byte copies: as
-// pipe_operand_ok, with 8 elements per vector.
-inline bool pipe_operand_ok_bf16(bool kmajor, const __nv_bfloat16* X, int64_t R, int64_t K, int64_t s_r,
-                                 int64_t s_k) {
-  const int64_t unit = kmajor ? s_r : s_k, other = kmajor ? s_k : s_r, extent = kmajor ? R : K;
-  return unit == 1 && other % 8 == 0 && extent % 8 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0;
-}
-
 // The bf16 step product from operands already converted to bf16 (kernel path "tensor" with
 // the pipeline asked for: h / dz rows written in bf16 by the step kernels, R converted once per
 // call): the same partials, bit for bit, as step_gemm in bf16 on their float32 originals
 // (which converts them while staging with the same rounding), with half the bytes read and the
 // pipelined kernel. A row-major (unit stride along k); the caller checked
-// pipe_operand_ok_bf16 for both operands.
+// pipe_operand_ok for both operands.
+// (45-61 KB of shared memory: fits every sm_80+ device.)
 template <class Cfg, bool BK>
 void step_gemm_bf16_cfg(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
                         const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
   dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
   if (empty_grid(grid)) return;
   grid.z = static_cast<unsigned>(pl.splits);
-  const int64_t kslice = K > 0 ? pl.kslice : 0;
-  auto kernel = tc_gemm_pipe_kernel<Precision::kBf16, false, BK, Cfg, __nv_bfloat16>;
-  constexpr int kSmem = pipe_smem_bytes<Precision::kBf16, false, BK, Cfg>();  // 45-61 KB
   int device = 0;
   FL_CHECK(cudaGetDevice(&device));
-  static std::atomic<uint64_t> attribute_set{0};
-  set_smem_attribute_once(kernel, kSmem, device, attribute_set);
-  FL_LAUNCH_SMEM(kernel, grid, dim3(Cfg::kThreads), static_cast<size_t>(kSmem), stream, M, N, K, kslice, A, sam,
-                 int64_t(1), Bm, sbk, sbn, static_cast<const float*>(nullptr), C, N, M * N);
+  launch_pipe<Precision::kBf16, false, BK, Cfg, __nv_bfloat16>(grid, stream, M, N, K, K > 0 ? pl.kslice : 0, A, sam,
+                                                              int64_t(1), Bm, sbk, sbn, nullptr, C, N, M * N, device);
 }
-inline void step_gemm_bf16(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
-                           const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
+
+// Throws unless the plan's k slices are whole 32-k passes that cover K (plan_step's; the
+// pipelined kernel's copies must not cross a slice's end).
+inline void check_plan(const StepPlan& pl, int64_t K) {
   if (pl.splits < 1 || pl.splits > 65535 ||
       (K > 0 && (pl.kslice < 1 || pl.kslice % kBK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
     throw Error("step_gemm: inconsistent k slices");
+}
+
+inline void step_gemm_bf16(const StepPlan& pl, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A, int64_t sam,
+                           const __nv_bfloat16* Bm, int64_t sbk, int64_t sbn, float* C, cudaStream_t stream) {
+  check_plan(pl, K);
   const bool bk = b_kmajor(sbk, sbn);
   if (pl.large) {
     if (bk)
@@ -816,10 +808,7 @@ template <typename Real>
 bool step_gemm(Precision p, const StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam,
                int64_t sak, const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
-  // slices of whole 32-k passes (plan_step's; the pipelined kernel's copies must not cross a slice's end)
-  if (pl.splits < 1 || pl.splits > 65535 ||
-      (K > 0 && (pl.kslice < 1 || pl.kslice % kBK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
-    throw Error("step_gemm: inconsistent k slices");
+  check_plan(pl, K);
   if (p == Precision::kTf32) {
     if (pl.large) return step_gemm_p<Precision::kTf32, StepLarge>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
     return step_gemm_p<Precision::kTf32, Step>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
