@@ -18,8 +18,8 @@
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s;
 #                 then bench/gpu_gemm_ab.py (the tensor-core GEMM with / without its cp.async
 #                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32),
-#                 bench/gpu_persistent_ab.py (persistent vs simt vs cuDNN, paths forced;
-#                 persistent with staging ahead on and off)
+#                 bench/gpu_persistent_ab.py (persistent vs simt vs tiled vs cuDNN, paths
+#                 forced; persistent with staging ahead on and off)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
 #                 by phase: FASTLSTM_CUDA_TRACE)
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
@@ -185,9 +185,10 @@ stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUT
 # default: FASTLSTM_CUDA_GEMM_PIPELINE=1), alone against cuBLAS and in the LSTM against cuDNN tf32
 stage gemm_ab 75 "$OUTDIR/gemm_ab.log" "$PY" bench/gpu_gemm_ab.py --out "$OUTDIR" --reps 7
 
-# ---- 5b. the persistent kernels against the per-step ones and cuDNN, kernel paths forced
-# (sets auto's batch limit kPersistentAutoMaxRows; bench/gpu_persistent_ab.py)
-stage persistent_ab 75 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
+# ---- 5b. the persistent kernels (and, for B >= 32, kernel path "tiled") against the per-step
+# ones and cuDNN, kernel paths forced (sets auto's batch limit kPersistentAutoMaxRows, and says
+# whether auto should take "tiled"; bench/gpu_persistent_ab.py)
+stage persistent_ab 90 "$OUTDIR/persistent_ab.log" "$PY" bench/gpu_persistent_ab.py --out "$OUTDIR" --reps 8
 
 # ---- 5c. where the persistent kernels' time goes per step (traced kernels; bench/gpu_phase_profile.py)
 stage phase_profile 45 "$OUTDIR/phase_profile.log" "$PY" bench/gpu_phase_profile.py --out "$OUTDIR" --reps 3
@@ -255,6 +256,19 @@ for precision, path, (T, B, I, H) in (("tf32", "simt", (3, 48, 72, 40)), ("tf32"
     assert "cp.async" in cuda.info()["last_forward"], cuda.info()["last_forward"]
     del saved, grads
 os.environ.pop("FASTLSTM_CUDA_GEMM_PIPELINE")
+# kernel path "tiled": the split-k SIMT step products (64 x 128 tiles at B <= 64, 128 x 128
+# above; K = 4H = 600 and H = 300 split into several k slices, the last one shorter), lengths
+# with zeros, reverse
+cuda.set_kernel_path("tiled")
+for T, B, I, H, lengths, reverse in ((3, 5, 8, 300, [3, 2, 0, 1, 3], True), (2, 70, 9, 150, None, False)):
+    r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
+    y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
+                                      lengths=lengths, reverse=reverse, backend="cuda")
+    grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
+    assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
+    assert cuda.info()["last_backward"].startswith("tiled recurrent backward"), cuda.info()["last_backward"]
+    del saved, grads
+cuda.set_kernel_path("simt")
 # fp32: the 128 x 128 SIMT GEMM (the LSTM cases above are too small for it: it runs only when
 # its grid fills the device once), alone, every operand layout, edge tiles, several k passes
 from fastlstm import _cuda

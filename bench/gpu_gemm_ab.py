@@ -8,13 +8,15 @@ and the projection at B = 64: fastlstm tf32, tf32x3 and bf16, each with the defa
 (tc_gemm_kernel: one pass staged through registers) and the pipelined one
 (FASTLSTM_CUDA_GEMM_PIPELINE=1: three passes in flight by cp.async; bf16: from bf16 copies of
 both operands, the conversions inside the timing), beside torch.matmul (cuBLAS) in tf32, in
-strict fp32 and in bf16 (on bf16 tensors) on the same operands. Milliseconds and TFLOP/s
+strict fp32 and in bf16 (on bf16 tensors) on the same operands, and fastlstm's fp32 SIMT GEMM
+beside cuBLAS fp32 (its efficiency was never measured alone). Milliseconds and TFLOP/s
 (2MNK / t).
 Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`, 100 back to
 back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
 forward (h . R) and backward (dz . R^T), tf32 / tf32x3 pipeline off / on, bf16 the default
-kernel only (its pipelined step products need the bf16 copies the LSTM makes): microseconds
-per step, to set against the recurrence's whole time per step in part 3.
+kernel only (its pipelined step products need the bf16 copies the LSTM makes), and fp32 on the
+CUDA cores (kernel path "tiled"'s split-k SIMT product, precision "fp32" of step_matmul):
+microseconds per step, to set against the recurrence's whole time per step in part 3.
 Part 3, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
 shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
 products then read bf16 copies of R and h / dz, and the large products bf16 copies of their
@@ -109,6 +111,8 @@ def gemm_row(spec, reps, torch, _cuda):
         if row[f"{precision}_bitwise_equal"] and "cp.async" in row[f"{precision}_kernels"][1]:
             contenders[f"{precision}_v1"] = (lambda p=precision: fl(p, False, C["v1"]))
             contenders[f"{precision}_v2"] = (lambda p=precision: fl(p, True, C["v2"]))
+    row["fp32_kernel"] = fl("fp32", False, C["v1"])  # fastlstm's fp32 SIMT GEMM, beside cuBLAS fp32
+    contenders["fp32_simt"] = lambda: fl("fp32", False, C["v1"])
     contenders["cublas_tf32"] = lambda: cublas(True)
     contenders["cublas_fp32"] = lambda: cublas(False)
     contenders["cublas_bf16"] = lambda: torch.matmul(Ab, Bb)  # bf16 inputs, no conversion timed
@@ -128,7 +132,7 @@ def step_row(spec, reps, torch, _cuda):
     A = torch.randn(M, K, device="cuda", generator=g)
     R = torch.randn(H, G, device="cuda", generator=g) / H ** 0.5
     sbk, sbn = (G, 1) if kind == "fwd" else (1, G)  # B(k, n) = R[k, n] / R[n, k]
-    C = torch.empty(16 * M * N, device="cuda")  # room for the most k slices (kMaxSplits)
+    C = torch.empty(32 * M * N, device="cuda")  # room for the most k slices (tiled: 32, tensor: 16)
     dev = torch.cuda.current_device()
 
     def run(precision, on, repeat):
@@ -143,6 +147,8 @@ def step_row(spec, reps, torch, _cuda):
         contenders[f"{precision}_v1"] = (lambda p=precision: run(p, False, STEP_REPEAT))
         if "cp.async" in row[f"{precision}_plan"][1]:
             contenders[f"{precision}_v2"] = (lambda p=precision: run(p, True, STEP_REPEAT))
+    row["fp32_plan"] = run("fp32", False, 1)  # kernel path "tiled": fp32 on the CUDA cores
+    contenders["fp32_tiled"] = lambda: run("fp32", False, STEP_REPEAT)
     torch.cuda.synchronize()
     row.update(timed(contenders, reps, torch))
     print(row["name"], row["tf32_plan"][1], {k: f"{v[0] * 1000 / STEP_REPEAT:.1f} us/step" for k, v in row.items()
@@ -212,8 +218,9 @@ def emit(grows, srows, lrows, torch, out, final):
 
     lines = ["| product | M, N, K | tf32 default | tf32 pipelined | v1/v2 | tf32x3 default | tf32x3 pipelined | "
              "v1/v2 | bf16 default | bf16 pipelined (with its conversions) | v1/v2 | cuBLAS tf32 | cuBLAS fp32 | "
-             "cuBLAS bf16 | TFLOP/s: tf32 v1 / v2 / cuBLAS, bf16 v1 / v2 / cuBLAS | error tf32 / tf32x3 / bf16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cuBLAS bf16 | TFLOP/s: tf32 v1 / v2 / cuBLAS, bf16 v1 / v2 / cuBLAS | error tf32 / tf32x3 / bf16 | "
+             "fastlstm fp32 (SIMT; kernel) | TFLOP/s: fp32 fastlstm / cuBLAS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in grows:
         if "cublas_tf32" not in row:
             lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
@@ -228,10 +235,12 @@ def emit(grows, srows, lrows, torch, out, final):
                      f"{m(row['cublas_tf32'])} | {m(row['cublas_fp32'])} | {m(row['cublas_bf16'])} | "
                      f"{tf('tf32_v1')} / {tf('tf32_v2')} / {tf('cublas_tf32')}, "
                      f"{tf('bf16_v1')} / {tf('bf16_v2')} / {tf('cublas_bf16')} | "
-                     f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} / {row['bf16_err']:.1e} |")
+                     f"{row['tf32_err']:.1e} / {row['tf32x3_err']:.1e} / {row['bf16_err']:.1e} | "
+                     f"{cell('fp32_simt')}; {row.get('fp32_kernel', '-')} | {tf('fp32_simt')} / {tf('cublas_fp32')} |")
     lines += ["", f"| per-step product ({STEP_REPEAT} back to back), us per step | M, N, K | plan (pipelined) | "
-              "tf32 default | tf32 pipelined | bf16 (default only) | tf32x3 default | tf32x3 pipelined |",
-              "|---|---|---|---|---|---|---|---|"]
+              "tf32 default | tf32 pipelined | bf16 (default only) | tf32x3 default | tf32x3 pipelined | "
+              "fp32 tiled (simt split-k; plan) | TFLOP/s fp32 tiled |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in srows:
         if "tf32_v1" not in row:
             lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
@@ -239,7 +248,10 @@ def emit(grows, srows, lrows, torch, out, final):
         us = lambda key: (f"{row[key][0] * 1000 / STEP_REPEAT:.1f} ({row[key][1] * 1000 / STEP_REPEAT:.1f}-"  # noqa: E731
                           f"{row[key][2] * 1000 / STEP_REPEAT:.1f})" if key in row else "-")
         lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {row['tf32_plan'][1]} | "
-                     f"{us('tf32_v1')} | {us('tf32_v2')} | {us('bf16_v1')} | {us('tf32x3_v1')} | {us('tf32x3_v2')} |")
+                     f"{us('tf32_v1')} | {us('tf32_v2')} | {us('bf16_v1')} | {us('tf32x3_v1')} | {us('tf32x3_v2')} | "
+                     f"{us('fp32_tiled')}; {row.get('fp32_plan', '-')} | "
+                     + (f"{2.0 * np.prod(row['shape']) * STEP_REPEAT / row['fp32_tiled'][0] / 1e9:.1f} |"
+                        if "fp32_tiled" in row else "- |"))
     lines += ["", "| T, B, I, H | precision | fwd default | fwd pipelined | cuDNN fwd (same mode) | cuDNN / pipelined | "
               "fwd+bwd default | fwd+bwd pipelined | cuDNN fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -1,16 +1,20 @@
-"""The persistent kernels against the per-step (simt) kernels and cuDNN fp32, on one GPU.
+"""The persistent kernels and the tiled path against the per-step (simt) kernels and cuDNN fp32, on one GPU.
 
     python bench/gpu_persistent_ab.py [--out DIR] [--reps 10]
 
 For each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
 kernel path forced to "persistent" and to "simt", the persistent kernels also with their
 staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a step has several
-batch chunks, B > 16), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch device arrays (no host copies in the timed region). Medians
-(with min and max) of CUDA-event timings, runs interleaved round-robin across the contenders
-so that a slow phase of the card hits all of them. Before timing, the persistent results are
-checked against the simt ones (float32 tolerance): a wrong kernel is not timed. Prints a
-markdown table; with --out, writes gpu_persistent_ab.md and .json there. Used to set `auto`'s
-batch limit for the persistent kernels (kPersistentAutoMaxRows in csrc/cuda/lstm_impl.cuh).
+batch chunks, B > 16), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
+measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
+device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
+timings, runs interleaved round-robin across the contenders so that a slow phase of the card
+hits all of them. Before timing, the persistent and tiled results are checked against the simt
+ones (float32 tolerance): a wrong kernel is not timed. Prints a markdown table; with --out,
+writes gpu_persistent_ab.md and .json there, rewritten after each configuration so that a run
+cut short keeps what it measured. Used to set `auto`'s batch limit for the persistent kernels
+(kPersistentAutoMaxRows in csrc/cuda/lstm_impl.cuh) and whether auto should take "tiled".
 """
 import argparse
 import json
@@ -21,9 +25,11 @@ import numpy as np
 
 from gpu_timing import timed  # bench/ is the script's folder
 
-CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 8, 512, 512), (100, 16, 512, 512),
-           (100, 32, 512, 512), (100, 64, 512, 512), (100, 16, 1024, 1024), (100, 64, 1024, 1024),
-           (1000, 32, 256, 256)]
+# the H = 1024 rows first (never measured after the staging change; tiled at B = 64 / 256)
+CONFIGS = [(100, 16, 1024, 1024), (100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 1, 256, 256),
+           (100, 1, 1024, 1024), (100, 8, 512, 512), (100, 16, 512, 512), (100, 32, 512, 512),
+           (100, 64, 512, 512), (1000, 32, 256, 256)]
+TILED_MIN_ROWS = 32  # tiled is timed from this batch up
 
 
 def rel(a, b):
@@ -96,9 +102,22 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     if max(errs) > 1e-5:
         print((T, B, I, H), "MISMATCH persistent vs simt", errs, flush=True)
         return row
+    tiled = B >= TILED_MIN_ROWS
+    if tiled:
+        yt = fl_both("tiled")
+        row["kernels_tiled"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+        errs = [rel(cp.asnumpy(yt[0]), cp.asnumpy(ys[0]))] + \
+            [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in zip(yt[1], ys[1]) if a is not None]
+        row["max_rel_tiled_vs_simt"] = max(errs)
+        if max(errs) > 1e-5:
+            print((T, B, I, H), "MISMATCH tiled vs simt (tiled not timed)", errs, flush=True)
+            tiled = False
     contenders = {"persistent_fwd": lambda: fl_fwd("persistent"), "simt_fwd": lambda: fl_fwd("simt"),
                   "cudnn_fwd": cudnn_fwd, "persistent_both": lambda: fl_both("persistent"),
                   "simt_both": lambda: fl_both("simt"), "cudnn_both": cudnn_both}
+    if tiled:
+        contenders["tiled_fwd"] = lambda: fl_fwd("tiled")
+        contenders["tiled_both"] = lambda: fl_both("tiled")
     if B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -130,32 +149,46 @@ def main(argv=None):
         except Exception as e:  # report and go on: GPU time is short
             print(cfg, "FAILED", type(e).__name__, e, flush=True)
             rows.append(dict(config=list(cfg), max_rel_persistent_vs_simt=float("nan"), error=str(e)))
+        emit(rows, torch, args.out, final=False)
+    emit(rows, torch, args.out, final=True)
+    return 1 if any("persistent_fwd" not in r for r in rows) else 0
+
+
+def emit(rows, torch, out, final):
+    """The table so far (printed when final), written to out/gpu_persistent_ab.md and .json."""
     lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
              "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) | "
-             "staging ahead off: fwd / fwd+bwd |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "persistent_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | MISMATCH {row['max_rel_persistent_vs_simt']:.2e} |")
             continue
         m = lambda n: f"{row[n][0]:.3f} ({row[n][1]:.3f}-{row[n][2]:.3f})"  # noqa: E731
+        if "tiled_fwd" in row:
+            tiled = (f"{m('tiled_fwd')} / {m('tiled_both')} | {row['cudnn_fwd'][0] / row['tiled_fwd'][0]:.2f}x / "
+                     f"{row['cudnn_both'][0] / row['tiled_both'][0]:.2f}x |")
+        elif "max_rel_tiled_vs_simt" in row:
+            tiled = f"MISMATCH {row['max_rel_tiled_vs_simt']:.2e} | - |"
+        else:
+            tiled = "- | - |"
         lines.append(f"| {', '.join(map(str, row['config']))} | {m('persistent_fwd')} | {m('simt_fwd')} | "
                      f"{m('cudnn_fwd')} | {row['cudnn_fwd'][0] / row['persistent_fwd'][0]:.2f}x | "
                      f"{m('persistent_both')} | {m('simt_both')} | {m('cudnn_both')} | "
                      f"{row['cudnn_both'][0] / row['persistent_both'][0]:.2f}x | "
                      f"{row['max_rel_persistent_vs_simt']:.1e} | "
-                     + (f"{m('noahead_fwd')} / {m('noahead_both')} |" if "noahead_fwd" in row else "- |"))
+                     + (f"{m('noahead_fwd')} / {m('noahead_both')} | " if "noahead_fwd" in row else "- | ") + tiled)
     table = "\n".join(lines)
-    head = (f"persistent vs simt vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+    head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "
             "runs interleaved")
-    print(head + "\n\n" + table)
-    if args.out:
-        with open(os.path.join(args.out, "gpu_persistent_ab.md"), "w") as f:
+    if final:
+        print(head + "\n\n" + table)
+    if out:
+        with open(os.path.join(out, "gpu_persistent_ab.md"), "w") as f:
             f.write(head + "\n\n" + table + "\n")
-        with open(os.path.join(args.out, "gpu_persistent_ab.json"), "w") as f:
+        with open(os.path.join(out, "gpu_persistent_ab.json"), "w") as f:
             json.dump(dict(header=head, rows=rows), f, indent=1)
-    return 1 if any("persistent_fwd" not in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -403,7 +403,7 @@ class EmuExtension:
             raise TypeError(f"dtype: expected 'float32' or 'float64', got '{dtype}'")
         return int(dtype == "float64")
 
-    _PATHS = {"auto": 0, "simt": 1, "persistent": 2, "tensor": 3}
+    _PATHS = {"auto": 0, "simt": 1, "persistent": 2, "tensor": 3, "tiled": 4}
     _PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2, "tf32x3": 3}
 
     def _precision(self, precision):
@@ -2238,10 +2238,11 @@ def test_gpu_pipelined_bf16_tensor_path_is_bitwise_the_default(monkeypatch, kern
 
 @pytest.mark.cuda
 @gpu
-@pytest.mark.parametrize("precision", PRECISIONS + (X3,))
+@pytest.mark.parametrize("precision", PRECISIONS + (X3, "fp32"))
 def test_gpu_step_matmul_binding(precision):
     # _cuda.step_matmul (bench/gpu_gemm_ab.py times it): the plan's k-slice partials, `repeat`
-    # times into the same place; their sum is the product; C too small is refused
+    # times into the same place; their sum is the product; C too small is refused. fp32: kernel
+    # path "tiled"'s SIMT split-k product
     from fastlstm import _cuda
     rng = np.random.default_rng(5)
     M, N, K = 40, 72, 300
@@ -2263,6 +2264,207 @@ def test_gpu_step_matmul_binding(precision):
     assert err <= gemm_tol(K, precision) + GEMM_TOL, (ran, err)
     with pytest.raises(RuntimeError, match="C holds"):
         _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, M * N - 1, 1, 0, 0)
+
+
+# --------------------------------------------------------------------------- kernel path "tiled"
+# set_kernel_path("tiled") (float32 data; auto never takes it until it is measured on a GPU):
+# the tensor path's structure -- each step's recurrent product into k-slice partials, then the
+# pointwise kernels that add them in order -- with the products on the CUDA cores in fp32
+# (simt_step_kernel: gemm_big_kernel's body over one k slice, 64 x 128 tiles for M <= 64 rows,
+# else 128 x 128). Each partial is summed in k order with one multiply and one add per k, so in
+# the emulator (no FMA) it is bitwise the sequential float32 sum over its slice; the LSTM is
+# held to fp32's tolerance against the float64 reference (TOL: the summation order differs from
+# simt's, the accuracy class does not).
+
+def _plan_tiled(M, N, K, sms):
+    """tiled_plan's choice, as its description: 64 x 128 tiles for M <= 64, else 128 x 128; as
+    many k slices (<= 32, >= 128 k each, whole 8-k passes) as keep the grid within two blocks
+    per SM."""
+    large = M > 64
+    blocks = -(-M // (128 if large else 64)) * -(-N // 128)
+    want = (2 * sms) // blocks if 0 < blocks < 2 * sms else 1
+    want = max(1, min(want, 32, -(-K // 128)))
+    kslice = -(-(-(-K // want)) // 8) * 8
+    splits = -(-K // kslice) if K > 0 else 1
+    return f"{'128x128' if large else '64x128'} tiles x {splits} k-slices", kslice
+
+
+def _assert_ran_tiled(spec, sms):
+    B, H = spec["B"], spec["H"]
+    for kind, (M, N, K) in (("forward", (B, 4 * H, H)), ("backward", (B, H, 4 * H))):
+        ran = _ran(kind)
+        assert ran.startswith(f"tiled recurrent {kind} ("), ran
+        assert "fp32 simt split-k GEMM, " + _plan_tiled(M, N, K, sms)[0] + ", forced" in ran, ran
+
+
+# Emulated SM counts: 64 splits the backward's K = 4H (and H130's forward) into several slices,
+# 1 leaves one slice wherever the grid already has two blocks.
+TILED_SMS = (64, 1)
+
+
+@pytest.mark.parametrize("sms", TILED_SMS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_emulated_tiled_matches_reference(emu, name, sms):
+    spec = CASES[name]
+    emu.set_device(sm_count=sms)
+    fcuda.set_kernel_path("tiled")
+    outs, grads = run_and_check(name, spec, np.float32)
+    if spec["T"] > 0 and spec["B"] > 0 and spec["H"] > 0:
+        _assert_ran_tiled(spec, sms)
+        assert "tensor" not in _ran("forward") and "tensor" not in _ran("backward")
+    # reversed thread and block order, guard pages in front: the same bits
+    emu.set_reverse_order(True)
+    emu.set_guard_front(True)
+    outs2, grads2 = run_and_check(name, spec, np.float32)
+    assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(outs2) + tuple(grads2))
+
+
+def test_emulated_tiled_splits_and_agrees_with_simt(emu):
+    # The cases above that really run several k slices (forward and backward), and the tiled
+    # results against simt's: the same function in another summation order.
+    emu.set_device(sm_count=64)
+    name = "H130_B3_TB_over_64"
+    spec = CASES[name]
+    fwd_plan, bwd_plan = _plan_tiled(3, 520, 130, 64)[0], _plan_tiled(3, 130, 520, 64)[0]
+    assert fwd_plan == "64x128 tiles x 2 k-slices" and bwd_plan == "64x128 tiles x 5 k-slices", (fwd_plan, bwd_plan)
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    results = {}
+    for path in ("simt", "tiled"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        results[path] = tuple(outs) + tuple(grads)
+    assert fwd_plan in _ran("forward") and bwd_plan in _ran("backward"), (_ran("forward"), _ran("backward"))
+    for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["tiled"], results["simt"]):
+        if a is not None:
+            assert rel_err(a, b) <= TOL[np.dtype(np.float32)], f"{name_}: tiled vs simt {rel_err(a, b):.3g}"
+    # training=False: the same forward bits
+    fcuda.set_kernel_path("tiled")
+    assert_bitwise_equal(results["tiled"][:3], run_cuda(fwd, bwd, training=False)[0])
+
+
+def test_emulated_tiled_128_tiles_padding_and_no_leaks(emu, emu_lib):
+    # B > 64: 128 x 128 tiles (M = 70: the second row group half empty); lengths with zeros,
+    # reverse, NaN in the padding of x; then empty work; no device memory left behind
+    import gc
+    emu.set_device(sm_count=64)
+    fcuda.set_kernel_path("tiled")
+    gc.collect()
+    before = emu_lib.fl_emu_live_allocations()
+    T, B = 3, 70
+    lengths = [(b * 5) % 4 for b in range(B)]
+    fwd, bwd = make_case(T, B, 5, 9, np.float32, seed=12, lengths=lengths, reverse=True)
+    for b, L in enumerate(lengths):
+        fwd["x"][L:, b] = np.nan
+    outs, grads, _ = run_cuda(fwd, bwd)
+    _assert_ran_tiled(dict(B=B, H=9), 64)
+    assert _ran("forward").split(", ")[2].startswith("128x128"), _ran("forward")
+    check_against_reference({**fwd, "x": np.nan_to_num(fwd["x"])}, bwd, outs, grads, TOL[np.dtype(np.float32)])
+    y, h_n, c_n = outs
+    dx, dh0, dc0 = grads[:3]
+    for b, L in enumerate(lengths):
+        assert np.all(y[L:, b] == 0) and np.all(dx[L:, b] == 0)
+        if L == 0:
+            np.testing.assert_array_equal(h_n[b], fwd["h0"][b])
+            np.testing.assert_array_equal(dh0[b], bwd["dh_n"][b])
+            np.testing.assert_array_equal(dc0[b], bwd["dc_n"][b])
+    for T, B, lens in ((0, 3, None), (3, 0, None), (4, 3, [0, 0, 0])):
+        fwd, bwd = make_case(T, B, 4, 17, np.float32, seed=18, lengths=lens)
+        (y, h_n, c_n), (dx, dh0, dc0, dk, dr, db), _ = run_cuda(fwd, bwd)
+        assert np.all(y == 0) and np.all(dx == 0) and np.all(dk == 0) and np.all(dr == 0) and np.all(db == 0)
+        np.testing.assert_array_equal(h_n, fwd["h0"])
+        np.testing.assert_array_equal(dh0, bwd["dh_n"])
+    del _
+    gc.collect()
+    assert emu_lib.fl_emu_live_allocations() == before
+
+
+def test_emulated_tiled_precision_float64_and_errors(emu, monkeypatch):
+    fwd, bwd = make_case(4, 6, 7, 33, np.float32, seed=41, lengths=[4, 0, 2, 3, 1, 4])
+    emu.set_device(sm_count=64)
+    # tf32 on the tiled path: the large products on tensor cores, the recurrence in fp32
+    fcuda.set_kernel_path("tiled")
+    outs, grads, _ = run_cuda_precision(fwd, bwd, "tf32")
+    for kind in ("forward", "backward"):
+        assert _ran(kind).startswith(f"tiled recurrent {kind} ("), _ran(kind)
+        assert "GEMMs: tf32 tensor cores" in _ran(kind) and "recurrent product fp32" in _ran(kind), _ran(kind)
+    check_precision_against_reference(fwd, bwd, outs, grads, "tf32")
+    # float64: a clear error naming the path and what it needs, forward and backward
+    fwd64, bwd64 = make_case(3, 2, 4, 5, np.float64, seed=33)
+    with pytest.raises(RuntimeError, match=r"tiled recurrent forward was asked for \(kernel path 'tiled'\) but "
+                                           r"needs float32 data"):
+        run_cuda(fwd64, bwd64)
+    fcuda.set_kernel_path("simt")
+    saved = ops.lstm_forward(**fwd64, backend="cuda")[3]
+    fcuda.set_kernel_path("tiled")
+    with pytest.raises(RuntimeError, match=r"tiled recurrent backward .*needs float32 data"):
+        ops.lstm_backward(saved, **bwd64)
+    # the environment variable names it; auto never picks it (fp32 at B = 70 runs simt)
+    fcuda.set_kernel_path(None)
+    monkeypatch.setenv("FASTLSTM_CUDA_KERNEL", "tiled")
+    assert fcuda.kernel_path() == "tiled" and fastlstm.cuda_info()["kernel_path"] == "tiled"
+    monkeypatch.delenv("FASTLSTM_CUDA_KERNEL")
+    big, big_bwd = make_case(2, 70, 3, 8, np.float32, seed=42)
+    run_cuda(big, big_bwd)
+    assert _ran("forward").startswith("simt forward") and _ran("backward").startswith("simt backward")
+    with pytest.raises(ValueError, match="kernel path: expected one of"):
+        fcuda.set_kernel_path("tiles")
+
+
+@pytest.mark.parametrize("layout", ["fwd", "bwd"])
+def test_emulated_tiled_step_product_is_the_sequential_sum_per_slice(emu, layout):
+    # (large tile, kslice, M, N, K): one slice, several, a short last slice, K = 0, edge tiles,
+    # 64 and 128 rows
+    shapes = [(False, 8, 5, 36, 40), (False, 16, 64, 130, 100), (False, 24, 65, 20, 129),
+              (True, 96, 70, 140, 200), (True, 128, 129, 17, 64), (False, 32, 3, 8, 0),
+              (True, 8, 200, 3, 9)]
+    for i, (large, kslice, M, N, K) in enumerate(shapes):
+        parts, A, Bm, ran = _run_step_gemm(emu, "fp32", large, kslice, M, N, K, layout, seed=500 + i)
+        splits = max(1, -(-K // kslice))
+        assert ran == f"{'128x128' if large else '64x128'} tiles x {splits} k-slices (simt)", ran
+        for z in range(splits):
+            k0, k1 = z * kslice, min(K, (z + 1) * kslice)
+            want = sequential_product_f32(A[:, k0:k1], Bm[k0:k1], None)
+            np.testing.assert_array_equal(parts[z].view(np.uint32), want.view(np.uint32), err_msg=f"{ran} slice {z}")
+    # the planner for the emulated device, and a slice that is not a whole 8-k pass refused
+    for sms, (M, N, K) in ((16, (40, 72, 600)), (2, (300, 520, 130)), (64, (3, 130, 520))):
+        emu.set_device(sm_count=sms)
+        parts, A, Bm, ran = _run_step_gemm(emu, "fp32", False, 0, M, N, K, layout, seed=9)
+        plan, kslice = _plan_tiled(M, N, K, sms)
+        assert ran == plan + " (simt)", (ran, plan)
+        check_step_gemm(parts, A, Bm, kslice, "fp32")
+    with pytest.raises(RuntimeError, match="inconsistent k slices"):
+        _run_step_gemm(emu, "fp32", False, 12, 5, 8, 40, layout, seed=1)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("name", list(CASES) + list(BIG_CASES))
+def test_gpu_tiled_matches_reference(name, kernel_path_reset):
+    spec = {**CASES, **BIG_CASES}[name]
+    fcuda.set_kernel_path("tiled")
+    first = run_and_check(name, spec, np.float32)
+    if spec["T"] > 0 and spec["B"] > 0 and spec["H"] > 0:
+        _assert_ran_tiled(spec, fastlstm.cuda_info()["sm_count"])
+    second = run_and_check(name, spec, np.float32)
+    assert_bitwise_equal(tuple(first[0]) + tuple(first[1]), tuple(second[0]) + tuple(second[1]))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("T,B,I,H", [(3, 70, 24, 1024), (4, 33, 16, 512), (3, 257, 8, 256)])
+def test_gpu_tiled_agrees_with_simt(T, B, I, H, kernel_path_reset):
+    # 128 x 128 tiles (B > 64; B = 257: a third, almost empty, row tile), several k slices
+    fwd, bwd = make_case(T, B, I, H, np.float32, seed=T * B + H)
+    results = {}
+    for path in ("simt", "tiled"):
+        fcuda.set_kernel_path(path)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        results[path] = tuple(outs) + tuple(grads)
+    _assert_ran_tiled(dict(B=B, H=H), fastlstm.cuda_info()["sm_count"])
+    for name_, a, b in zip(FWD_NAMES + BWD_NAMES, results["tiled"], results["simt"]):
+        if a is not None:
+            assert rel_err(a, b) <= TOL[np.dtype(np.float32)], f"{name_}: tiled vs simt {rel_err(a, b):.3g}"
+    check_against_reference(fwd, bwd, results["tiled"][:3], results["tiled"][3:], TOL[np.dtype(np.float32)])
 
 
 # ---- on a GPU

@@ -75,7 +75,9 @@ KernelPath path_of(const std::string& kernel) {
   if (kernel == "simt") return KernelPath::kSimt;
   if (kernel == "persistent") return KernelPath::kPersistent;
   if (kernel == "tensor") return KernelPath::kTensor;
-  throw py::value_error("kernel_path: expected 'auto', 'simt', 'persistent' or 'tensor', got '" + kernel + "'");
+  if (kernel == "tiled") return KernelPath::kTiled;
+  throw py::value_error("kernel_path: expected 'auto', 'simt', 'persistent', 'tensor' or 'tiled', got '" + kernel +
+                        "'");
 }
 
 Precision precision_of(const std::string& p) {
@@ -296,5 +298,6 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("device"), py::arg("stream"),
       "For benchmarks and tests: the tensor path's per-step recurrent product, `repeat` times back to back: the "
       "k-slice partials of A (M x K) . B (K x N) into c (slices x M x N float32; c_elems: its size), on the tile and "
-      "k slices planned for the device. precision 'tf32' / 'bf16' / 'tf32x3'. Returns the plan's description.");
+      "k slices planned for the device. precision 'tf32' / 'bf16' / 'tf32x3' (the tensor path's product) or 'fp32' "
+      "(kernel path 'tiled''s SIMT split-k product). Returns the plan's description.");
 }

@@ -74,7 +74,11 @@ void empty_cache(int device);
 // kPersistent: the persistent kernels or an Error saying why they cannot run; kTensor: the
 // per-step recurrent products on the tensor cores (a tensor-core GEMM + an elementwise kernel
 // per step), any B, precision tf32 / bf16 only (an Error in fp32). fp32 never runs kTensor.
-enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2, kTensor = 3 };
+// kTiled (float32 data, any precision; never chosen by kAuto until measured on a GPU): the
+// per-step recurrent products as split-k GEMMs on the CUDA cores in fp32 (64 x 128 or
+// 128 x 128 tiles, 8 x 8 or 4 x 8 outputs per thread) + the tensor path's elementwise kernel per
+// step; an Error for float64.
+enum class KernelPath { kAuto = 0, kSimt = 1, kPersistent = 2, kTensor = 3, kTiled = 4 };
 
 // Precision of the large matrix products (the input projection x . kernel and, in backward,
 // x^T . dz, h_prev^T . dz and dz . kernel^T). kFp32: the fp32 SIMT GEMM (the exact default).
@@ -104,10 +108,12 @@ std::string matmul(Precision precision, int64_t M, int64_t N, int64_t K, const f
                    std::uintptr_t stream);
 
 // For benchmarks and tests: the per-step recurrent product of kernel path "tensor" (precision
-// kTf32 / kBf16 / kTf32x3), `repeat` times back to back on `stream`, as the LSTM's step loop
-// launches it: the k-slice partials of A (M x K) . B (K x N) into C (the plan's slices x M x N;
-// c_elems, the elements C holds, must cover them), on the tile and k slices tc::plan_step
-// picks for the device. Returns the plan's description (+ " (cp.async)" when pipelined).
+// kTf32 / kBf16 / kTf32x3) or, with precision kFp32, of kernel path "tiled" (the fp32 split-k
+// SIMT GEMM), `repeat` times back to back on `stream`, as the LSTM's step loop launches it: the
+// k-slice partials of A (M x K) . B (K x N) into C (the plan's slices x M x N; c_elems, the
+// elements C holds, must cover them), on the tile and k slices tc::plan_step (tiled_plan) picks
+// for the device. Returns the plan's description (+ " (cp.async)" when pipelined, + " (simt)"
+// for kFp32).
 std::string step_matmul(Precision precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam,
                         int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, int64_t c_elems,
                         int64_t repeat, int device, std::uintptr_t stream);

@@ -590,73 +590,84 @@ inline void check_dims(const Dims& d) {
 // 4 reads, against 16 per 8 scalar reads in gemm_kernel). 8 k per pass; the next pass's
 // global loads go to registers during this pass's multiply-adds, into the other of two
 // shared-memory buffers (one barrier per pass).
+// gemm_big_body is that kernel's body for MI row groups of 64 (MI = 2: the 128 x 128 tile;
+// MI = 1: 64 x 128, thread (ty, tx) rows 4 ty + i only, 4 x 8 outputs) over k in [kb, ke):
+// gemm_big_kernel runs it over [0, K); simt_step_kernel (kernel path "tiled") over one k slice
+// per blockIdx.z, each slice's partial product into its own C.
 // ------------------------------------------------------------------------------------------
 constexpr int kBigM = 128, kBigN = 128, kBigK = 8;
 constexpr int kBigPad = 4;  // stored rows of 132 floats: the k-fast staging stores avoid bank conflicts
 constexpr int kBigLoads = kBigM * kBigK / kThreads;  // elements of each operand a thread stages per pass
 static_assert(kBigLoads * kThreads == kBigN * kBigK, "A and B tiles of the same size");
 
-// (A template, float only, so that the header can be included by several translation units.)
-template <typename Real>
-__global__ void __launch_bounds__(kThreads, 2)
-    gemm_big_kernel(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-                    int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc) {
-  static_assert(std::is_same<Real, float>::value, "gemm_big_kernel: float32 only (16-byte float4 reads)");
-  __align__(16) __shared__ float As[2][kBigK][kBigM + kBigPad];
+template <int MI>
+__device__ __forceinline__ void gemm_big_body(int64_t M, int64_t N, int64_t kb, int64_t ke, const float* A,
+                                              int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn,
+                                              const float* bias, float* C, int64_t ldc) {
+  static_assert(MI == 1 || MI == 2, "gemm_big_body: 64 or 128 rows per tile");
+  constexpr int BM = 64 * MI;                       // tile rows
+  constexpr int ALoads = BM * kBigK / kThreads;     // A elements a thread stages per pass
+  __align__(16) __shared__ float As[2][kBigK][BM + kBigPad];
   __align__(16) __shared__ float Bs[2][kBigK][kBigN + kBigPad];
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % 16, ty = tid / 16;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBigM;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBigN;
-  // Staging: element e = tid + kThreads r (r < kBigLoads) of a tile, consecutive threads on
+  // Staging: element e = tid + kThreads r (r < the loads) of a tile, consecutive threads on
   // the operand's unit-stride axis when it has one; then element r is element 0 moved by r
-  // steps along one axis (rows: 32 per step when k is the fast axis, else k: 2 per step).
+  // steps along one axis (rows: 32 per step when k is the fast axis, else k: 256 / BM per step).
   const bool a_k_fast = sak == 1, b_n_fast = sbn == 1;
-  const int a_m = a_k_fast ? tid / kBigK : tid % kBigM, a_k = a_k_fast ? tid % kBigK : tid / kBigM;
-  const int a_dm = a_k_fast ? kThreads / kBigK : 0, a_dk = a_k_fast ? 0 : kThreads / kBigM;
+  const int a_m = a_k_fast ? tid / kBigK : tid % BM, a_k = a_k_fast ? tid % kBigK : tid / BM;
+  const int a_dm = a_k_fast ? kThreads / kBigK : 0, a_dk = a_k_fast ? 0 : kThreads / BM;
   const int b_n = b_n_fast ? tid % kBigN : tid / kBigK, b_k = b_n_fast ? tid / kBigN : tid % kBigK;
   const int b_dn = b_n_fast ? 0 : kThreads / kBigK, b_dk = b_n_fast ? kThreads / kBigN : 0;
-  float ra[kBigLoads], rb[kBigLoads];
+  float ra[ALoads], rb[kBigLoads];
   auto load = [&](int64_t k0) {
 #pragma unroll
     for (int r = 0; r < kBigLoads; ++r) {
-      const int64_t m = m0 + a_m + r * a_dm, ka = k0 + a_k + r * a_dk;
-      const int64_t n = n0 + b_n + r * b_dn, kb = k0 + b_k + r * b_dk;
-      ra[r] = (m < M && ka < K) ? A[m * sam + ka * sak] : 0.0f;
-      rb[r] = (n < N && kb < K) ? Bm[kb * sbk + n * sbn] : 0.0f;
+      if (r < ALoads) {
+        const int64_t m = m0 + a_m + r * a_dm, ka = k0 + a_k + r * a_dk;
+        ra[r] = (m < M && ka < ke) ? A[m * sam + ka * sak] : 0.0f;
+      }
+      const int64_t n = n0 + b_n + r * b_dn, kbb = k0 + b_k + r * b_dk;
+      rb[r] = (n < N && kbb < ke) ? Bm[kbb * sbk + n * sbn] : 0.0f;
     }
   };
   auto store = [&](int buf) {
 #pragma unroll
     for (int r = 0; r < kBigLoads; ++r) {
-      As[buf][a_k + r * a_dk][a_m + r * a_dm] = ra[r];
+      if (r < ALoads) As[buf][a_k + r * a_dk][a_m + r * a_dm] = ra[r];
       Bs[buf][b_k + r * b_dk][b_n + r * b_dn] = rb[r];
     }
   };
-  float acc[8][8];
+  float acc[4 * MI][8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 4 * MI; ++i)
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
-  if (K > 0) {
-    load(0);
+  if (ke > kb) {
+    load(kb);
     store(0);
   }
   __syncthreads();
   int buf = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += kBigK) {
-    const bool more = k0 + kBigK < K;
+  for (int64_t k0 = kb; k0 < ke; k0 += kBigK) {
+    const bool more = k0 + kBigK < ke;
     if (more) load(k0 + kBigK);  // in flight during this pass
 #pragma unroll
     for (int kk = 0; kk < kBigK; ++kk) {
+      float a[4 * MI];
       const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][4 * ty]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + 4 * ty]);
+      a[0] = a0.x, a[1] = a0.y, a[2] = a0.z, a[3] = a0.w;
+      if constexpr (MI == 2) {
+        const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + 4 * ty]);
+        a[4] = a1.x, a[5] = a1.y, a[6] = a1.z, a[7] = a1.w;
+      }
       const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][kk][4 * tx]);
       const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][kk][64 + 4 * tx]);
-      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
+      for (int i = 0; i < 4 * MI; ++i)
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
     }
@@ -665,7 +676,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     buf ^= 1;
   }
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 4 * MI; ++i) {
     const int64_t m = m0 + (i < 4 ? 4 * ty + i : 64 + 4 * ty + i - 4);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -673,6 +684,30 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (m < M && n < N) C[m * ldc + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
     }
   }
+}
+
+// (A template, float only, so that the header can be included by several translation units.)
+template <typename Real>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_big_kernel(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                    int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc) {
+  static_assert(std::is_same<Real, float>::value, "gemm_big_kernel: float32 only (16-byte float4 reads)");
+  gemm_big_body<2>(M, N, 0, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+}
+
+// Kernel path "tiled": the per-step recurrent product's partials. Grid (ceil(M / (64 MI)),
+// ceil(N / 128), S): slice z covers k in [z kslice, min(K, (z + 1) kslice)) and writes
+// C + z M N (M x N, row-major); each partial is summed in k order, like gemm_big_kernel's
+// outputs over the slice's k.
+template <typename Real, int MI>
+__global__ void __launch_bounds__(kThreads, 2)
+    simt_step_kernel(int64_t M, int64_t N, int64_t K, int64_t kslice, const Real* A, int64_t sam, int64_t sak,
+                     const Real* Bm, int64_t sbk, int64_t sbn, Real* C) {
+  static_assert(std::is_same<Real, float>::value, "simt_step_kernel: float32 only (16-byte float4 reads)");
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * kslice;
+  const int64_t ke = imin(K, kb + kslice);
+  gemm_big_body<MI>(M, N, kb, ke, A, sam, sak, Bm, sbk, sbn, nullptr, C + static_cast<int64_t>(blockIdx.z) * M * N,
+                    N);
 }
 
 // Whether C = A . B (M x N) runs gemm_big_kernel: float data, and its grid fills the current
@@ -837,8 +872,16 @@ inline bool tensor_auto(int64_t B, int64_t H) {
   return B >= kTensorMinBatch && H * H >= ceil_div(kTensorMinWork, B);  // (B H^2 could overflow)
 }
 
+// Kernel path "tiled" (forced only) takes the same route with fp32 SIMT step products: yes for
+// float32 data, else an Error.
 template <typename Real>
 bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* what) {
+  if (opt.path == KernelPath::kTiled) {
+    if (!std::is_same<Real, float>::value)
+      throw Error(std::string("the tiled recurrent ") + what +
+                  " was asked for (kernel path 'tiled') but needs float32 data; this call's data are float64");
+    return true;
+  }
   const bool can = std::is_same<Real, float>::value && opt.precision != Precision::kFp32;
   if (opt.path == KernelPath::kTensor) {
     if (!can)
@@ -879,11 +922,62 @@ inline std::string tensor_why(const RunOptions& opt) {
   return "auto: B >= " + std::to_string(kTensorMinBatch) + ", B*H^2 >= 2^25";
 }
 
-// tc::plan_step for an M x N x K step product on `device` (its SM count).
-inline tc::StepPlan step_plan_on(int device, int64_t M, int64_t N, int64_t K) {
+// Kernel path "tiled" (float32, any precision): each step's recurrent product h_{s-1} . R
+// (forward) or dz_s . R^T (backward) as a split-k GEMM on the CUDA cores (simt_step_kernel,
+// fp32 multiply-adds), then the tensor path's pointwise kernels. The plan: 64 x 128 tiles for
+// M <= 64 rows, else 128 x 128; then as many k slices (at most kTiledMaxSplits, at least
+// kTiledMinSliceK k each, whole 8-k passes) as keep the grid within two blocks per SM (the
+// kernel's occupancy: __launch_bounds__(kThreads, 2), 124 registers). bench/NOTES_GPU.md
+// ("tiled-v1") counts it.
+constexpr int64_t kTiledMaxSplits = 32;
+constexpr int64_t kTiledMinSliceK = 128;
+
+inline tc::StepPlan tiled_plan(int64_t M, int64_t N, int64_t K, int sm_count) {
+  tc::StepPlan pl;
+  pl.large = M > 64;
+  const int64_t blocks = ceil_div(M, pl.large ? kBigM : 64) * ceil_div(N, kBigN);
+  const int64_t target = 2 * static_cast<int64_t>(sm_count);
+  int64_t want = blocks > 0 && blocks < target ? target / blocks : 1;
+  want = imin(want, imin(kTiledMaxSplits, ceil_div(K, kTiledMinSliceK)));
+  if (want < 1) want = 1;
+  pl.kslice = ceil_div(ceil_div(K, want), kBigK) * kBigK;
+  pl.splits = K > 0 ? ceil_div(K, pl.kslice) : 1;
+  return pl;
+}
+
+// The partials C_z = A . B over k slice z of the plan (C_z = C + z M N, row-major M x N).
+// Throws unless the slices are whole 8-k passes that cover K.
+template <typename Real>
+void tiled_step(const tc::StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
+                const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
+  if constexpr (std::is_same<Real, float>::value) {
+    if (pl.splits < 1 || pl.splits > 65535 ||
+        (K > 0 && (pl.kslice < 1 || pl.kslice % kBigK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
+      throw Error("tiled step product: inconsistent k slices");
+    dim3 grid = grid_of(ceil_div(M, pl.large ? kBigM : 64), ceil_div(N, kBigN));
+    if (empty_grid(grid)) return;
+    grid.z = static_cast<unsigned>(pl.splits);
+    const int64_t kslice = K > 0 ? pl.kslice : 0;
+    auto kernel = pl.large ? simt_step_kernel<Real, 2> : simt_step_kernel<Real, 1>;
+    FL_LAUNCH(kernel, grid, dim3(kThreads), stream, M, N, K, kslice, A, sam, sak, Bm, sbk, sbn, C);
+  } else {
+    (void)pl, (void)M, (void)N, (void)K, (void)A, (void)sam, (void)sak, (void)Bm, (void)sbk, (void)sbn, (void)C,
+        (void)stream;
+    throw Error("the tiled step product takes float32 data");
+  }
+}
+
+// tc::plan_step (tiled: tiled_plan) for an M x N x K step product on `device` (its SM count).
+inline tc::StepPlan step_plan_on(int device, int64_t M, int64_t N, int64_t K, bool tiled = false) {
   int sms = 0;
   FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return tc::plan_step(M, N, K, sms);
+  return tiled ? tiled_plan(M, N, K, sms) : tc::plan_step(M, N, K, sms);
+}
+
+// The description of a tiled recurrence (kernel path "tiled").
+inline std::string tiled_ran(const char* what, int64_t T, const char* launches, const tc::StepPlan& pl) {
+  return std::string("tiled recurrent ") + what + " (" + std::to_string(T) + launches +
+         ", fp32 simt split-k GEMM, " + pl.describe() + ", forced)";
 }
 
 // Forward recurrence on kernel path "tensor" (float32; use_tensor_path said yes): per step
@@ -895,14 +989,15 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
                            cudaStream_t stream, const RunOptions& opt) {
   if constexpr (std::is_same<Real, float>::value) {
     const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
-    const tc::StepPlan pl = step_plan_on(device, B, G, H);
+    const bool tiled = opt.path == KernelPath::kTiled;
+    const tc::StepPlan pl = step_plan_on(device, B, G, H, tiled);
     Workspace<Real> z(pl.splits * B * G, device, stream);
     poison(z.get(), pl.splits * B * G, stream);
     const dim3 grid = grid_of(ceil_div(B * H, kThreads));
     auto kp = forward_pointwise_kernel<Real>;
     // bf16 with the pipeline asked for: the products read bf16 copies of R (made once here) and
     // of h (written by each step's pointwise kernel), copied by the pipelined kernel
-    const bool bf16_ops = opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
+    const bool bf16_ops = !tiled && opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
     Workspace<__nv_bfloat16> rb(bf16_ops ? H * G : 0, device, stream), hb(bf16_ops ? 2 * B * H : 0, device, stream);
     poison(rb.get(), bf16_ops ? H * G : 0, stream);  // 0xFFFF: a bf16 NaN
     poison(hb.get(), bf16_ops ? 2 * B * H : 0, stream);
@@ -921,7 +1016,9 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
       const Real* h_prev = (s % 2 == 0) ? hbuf0 : hbuf1;
       Real* h_next = (s % 2 == 0) ? hbuf1 : hbuf0;
       __nv_bfloat16* hb_next = nullptr;
-      if (bf16_path) {
+      if (tiled) {
+        tiled_step<Real>(pl, B, G, H, h_prev, H, 1, a.recurrent_kernel, G, 1, z.get(), stream);
+      } else if (bf16_path) {
         const __nv_bfloat16* hb_prev = (s % 2 == 0) ? hb0 : hb1;
         hb_next = (s % 2 == 0) ? hb1 : hb0;
         tc::step_gemm_bf16(pl, B, G, H, hb_prev, H, rb.get(), G, 1, z.get(), stream);
@@ -932,6 +1029,7 @@ std::string forward_tensor(const ForwardArgs<Real>& a, const Real* P, Real* hbuf
       FL_LAUNCH(kp, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, P,
                 static_cast<const Real*>(z.get()), pl.splits, h_prev, h_next, a.c_n, a.y, a.gates, a.cells, hb_next);
     }
+    if (tiled) return tiled_ran("forward", T, " steps x 2 launches", pl);
     return "tensor-core recurrent forward (" + std::to_string(T) + " steps x 2 launches, " +
            tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") +
            (bf16_path ? "bf16 copies of R and h, " : "") + pl.describe() + ", " + tensor_why(opt) + ")";
@@ -951,12 +1049,13 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
                             const RunOptions& opt) {
   if constexpr (std::is_same<Real, float>::value) {
     const int64_t T = a.dims.T, B = a.dims.B, H = a.dims.H, G = 4 * H;
-    const tc::StepPlan pl = step_plan_on(device, B, H, G);
+    const bool tiled = opt.path == KernelPath::kTiled;
+    const tc::StepPlan pl = step_plan_on(device, B, H, G, tiled);
     Workspace<Real> parts(pl.splits * B * H, device, stream);
     poison(parts.get(), pl.splits * B * H, stream);
     // bf16 with the pipeline asked for: the products read bf16 copies of R (made once here) and
     // of the step's dz rows (written by backward_gates_kernel instead of the float32 ones)
-    const bool bf16_ops = opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
+    const bool bf16_ops = !tiled && opt.precision == Precision::kBf16 && tc::pipeline_requested() && H % 8 == 0;
     Workspace<__nv_bfloat16> rb(bf16_ops ? H * G : 0, device, stream), dzb(bf16_ops ? B * G : 0, device, stream);
     const bool bf16_path = bf16_ops && tc::pipe_operand_ok(false, rb.get(), H, G, G, 1) &&
                            tc::pipe_operand_ok(false, dzb.get(), B, G, G, 1);
@@ -975,7 +1074,9 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
       FL_LAUNCH(k1, grid, dim3(kThreads), stream, s, T, B, H, a.lengths, a.reverse, a.gates, a.cells, a.h0, a.c0,
                 a.dy, static_cast<const Real*>(a.dh0), a.dc0, dz, hprev, static_cast<const Real*>(parts.get()),
                 pl.splits, dz_step.get(), bf16_path ? dzb.get() : nullptr);
-      if (bf16_path)  // dz_s . R^T: R read transposed through strides
+      if (tiled)  // dz_s . R^T: R read transposed through strides
+        tiled_step<Real>(pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G, parts.get(), stream);
+      else if (bf16_path)
         tc::step_gemm_bf16(pl, B, H, G, dzb.get(), G, rb.get(), 1, G, parts.get(), stream);
       else
         piped &= tc::step_gemm<Real>(opt.precision, pl, B, H, G, dz_step.get(), G, 1, a.recurrent_kernel, 1, G,
@@ -984,6 +1085,7 @@ std::string backward_tensor(const BackwardArgs<Real>& a, Real* dz, Real* hprev, 
     auto km = dh_merge_kernel<Real>;
     FL_LAUNCH(km, grid, dim3(kThreads), stream, T, B, H, a.lengths, static_cast<const Real*>(parts.get()), pl.splits,
               a.dh0);
+    if (tiled) return tiled_ran("backward", T, " steps x 2 launches + 1", pl);
     return "tensor-core recurrent backward (" + std::to_string(T) + " steps x 2 launches + 1, " +
            tc::precision_name(opt.precision) + (piped ? " wmma + cp.async, " : " wmma, ") +
            (bf16_path ? "bf16 copies of R and dz, " : "") + pl.describe() + ", " + tensor_why(opt) + ")";
@@ -1080,7 +1182,8 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
   if (B * H > 0)
     FL_CHECK(cudaMemcpyAsync(a.h_n, (T % 2 == 0) ? h0buf : h1buf, static_cast<size_t>(B * H) * sizeof(Real),
                              cudaMemcpyDeviceToDevice, stream));
-  return ran + precision_note(opt.precision, tensor && B * H > 0 && T > 0, gemms_piped);
+  const bool recurrent_tc = tensor && opt.path != KernelPath::kTiled && B * H > 0 && T > 0;
+  return ran + precision_note(opt.precision, recurrent_tc, gemms_piped);
 }
 
 template <typename Real, int BB>
@@ -1192,7 +1295,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   // dx (T*B, I) = dz . kernel^T      B(c, i) = kernel[i * 4H + c]
   gemms_piped |= gemm_in<Real>(pr, TB, I, G, dz.get(), G, 1, a.kernel, 1, G, nullptr, a.dx, I, stream);
   if (a.dbias) colsum<Real>(TB, G, dz.get(), a.dbias, device, stream);
-  return ran + precision_note(pr, tensor, gemms_piped);
+  return ran + precision_note(pr, tensor && opt.path != KernelPath::kTiled, gemms_piped);
 }
 
 // matmul() of api.h (tests): the LSTM's GEMM in precision p on device pointers (Real = float;
@@ -1221,16 +1324,20 @@ template <typename Real>
 std::string step_matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
                              const Real* Bm, int64_t sbk, int64_t sbn, Real* C, int64_t c_elems, int64_t repeat,
                              int device, cudaStream_t stream) {
-  if (p == Precision::kFp32) throw Error("step_matmul: precision must be tf32, bf16 or tf32x3");
   check_precision<Real>(p, device);
   if (M < 0 || N < 0 || K < 0 || repeat < 1) throw Error("step_matmul: bad dimensions or repeat");
   need(A, M * K, "A", device);
   need(Bm, K * N, "B", device);
-  const tc::StepPlan pl = step_plan_on(device, M, N, K);
+  const bool tiled = p == Precision::kFp32;  // kernel path "tiled"'s product
+  const tc::StepPlan pl = step_plan_on(device, M, N, K, tiled);
   if (c_elems < pl.splits * M * N)
     throw Error("step_matmul: C holds " + std::to_string(c_elems) + " elements, the plan (" + pl.describe() +
                 ") needs " + std::to_string(pl.splits * M * N));
   need(C, pl.splits * M * N, "C", device);
+  if (tiled) {
+    for (int64_t r = 0; r < repeat; ++r) tiled_step<Real>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
+    return pl.describe() + " (simt)";
+  }
   bool piped = true;
   for (int64_t r = 0; r < repeat; ++r) piped &= tc::step_gemm<Real>(p, pl, M, N, K, A, sam, sak, Bm, sbk, sbn, C, stream);
   return pl.describe() + (piped ? " (cp.async)" : "");

@@ -16,9 +16,13 @@ per step (B >= 32 and B * H**2 >= 2**25: at H = 1024 B >= 32, at H = 512 B >= 12
 the persistent kernels -- one cooperative launch for all T steps, each block's slice of the
 recurrent weights kept in shared memory -- when they fit the device, else the per-step "simt"
 kernels (also for B > 64, where every persistent block would stage all B rows each step).
-``set_kernel_path("simt"|"persistent"|"tensor"|"auto")`` or the environment variable
+``set_kernel_path("simt"|"persistent"|"tensor"|"tiled"|"auto")`` or the environment variable
 ``FASTLSTM_CUDA_KERNEL`` forces one (for tests and benchmarks; "persistent" raises
-RuntimeError where it cannot run, "tensor" where the precision is "fp32");
+RuntimeError where it cannot run, "tensor" where the precision is "fp32"). "tiled"
+(experimental, never chosen by "auto" until measured on a GPU; float32 data only) runs each
+step's recurrent product as a split-k GEMM on the CUDA cores in fp32 (64 x 128 or 128 x 128
+tiles) followed by an elementwise kernel: the "tensor" path's structure without tensor cores,
+meant for large batches in fp32;
 ``cuda_info()["last_forward"]`` and ``["last_backward"]`` say which kernels the last call ran.
 With the environment variable ``FASTLSTM_CUDA_TRACE=1`` (read at each call; for profiling) the
 persistent kernels run in a traced variant and that description ends with their time per step,
@@ -52,7 +56,7 @@ __all__ = ["available", "info", "DeviceArray", "is_device_array", "set_kernel_pa
            "use_kernel_path", "KERNEL_PATHS"]
 
 NOT_BUILT = "fastlstm was built without CUDA"
-KERNEL_PATHS = ("auto", "simt", "persistent", "tensor")
+KERNEL_PATHS = ("auto", "simt", "persistent", "tensor", "tiled")
 KERNEL_ENV = "FASTLSTM_CUDA_KERNEL"
 
 _state = {"ext": None, "loaded": False, "import_error": None, "status": None,
@@ -68,8 +72,9 @@ def _check_path(path, what):
 def set_kernel_path(path):
     """Choose the recurrent kernels of backend="cuda": "auto" (tensor with tf32 / bf16 / tf32x3,
     B >= 32 and B * H**2 >= 2**25, else persistent for B <= 64 when it fits, else simt), "simt" (the per-step kernels),
-    "persistent" (RuntimeError where it cannot run) or "tensor" (the per-step recurrent products
-    on tensor cores; RuntimeError with precision "fp32").
+    "persistent" (RuntimeError where it cannot run), "tensor" (the per-step recurrent products
+    on tensor cores; RuntimeError with precision "fp32") or "tiled" (the per-step recurrent
+    products as fp32 split-k GEMMs on the CUDA cores; RuntimeError for float64; experimental).
     None goes back to the environment variable FASTLSTM_CUDA_KERNEL, else "auto"."""
     _state["kernel_path"] = None if path is None else _check_path(path, "kernel path")
 
@@ -147,7 +152,7 @@ def info():
     fastlstm._cuda is present), "cupy" (whether CuPy is installed; it is not imported).
     With the extension: "runtime_version", "driver_version" (CUDA's integers, e.g. 13000),
     "device_count", "kernel_variant", "kernel_path" (the recurrent kernels asked for: auto,
-    simt, persistent or tensor), "last_forward" / "last_backward" (which recurrent kernels the last
+    simt, persistent, tensor or tiled), "last_forward" / "last_backward" (which recurrent kernels the last
     call of this process ran and why, None before the first). When available, the current
     device: "device", "name", "capability" (major, minor), "sm_count", "total_memory"
     (bytes), "l2_cache_bytes".

@@ -204,8 +204,10 @@ int fl_emu_tensor_auto(int64_t B, int64_t H) { return cuda::impl::tensor_auto(B,
 // The per-step recurrent products' GEMM (kernel path "tensor") alone: partial products
 // C_z = A . B over k slice z (kslice k each, the last one shorter), C_z = C + z * M * N
 // (ceil(K / kslice) slices, 1 when K = 0), on the Large (128 x 128) or Step (64 x 128) tile;
-// precision 1 tf32, 2 bf16, 3 tf32x3. kslice <= 0: the plan tc::plan_step makes for the emulated device.
-// The description is the plan's, + " (cp.async)" when the pipelined kernel ran.
+// precision 1 tf32, 2 bf16, 3 tf32x3; precision 0 (fp32): kernel path "tiled"'s fp32 SIMT
+// split-k product (128 x 128 or 64 x 128 tiles, kslice a multiple of 8). kslice <= 0: the plan
+// tc::plan_step (tiled_plan) makes for the emulated device. The description is the plan's,
+// + " (cp.async)" when the pipelined kernel ran, + " (simt)" for fp32.
 int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_t N, int64_t K, const float* A,
                      int64_t sam, int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, char* ran,
                      int ranlen, char* err, int errlen) {
@@ -213,15 +215,23 @@ int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_
   const int rc = guarded(
       [&] {
         const auto p = static_cast<cuda::Precision>(precision);
-        if (p != cuda::Precision::kTf32 && p != cuda::Precision::kBf16 && p != cuda::Precision::kTf32x3)
-          throw cuda::Error("step gemm: tf32, bf16 or tf32x3");
+        if (p != cuda::Precision::kFp32 && p != cuda::Precision::kTf32 && p != cuda::Precision::kBf16 &&
+            p != cuda::Precision::kTf32x3)
+          throw cuda::Error("step gemm: fp32, tf32, bf16 or tf32x3");
+        const bool tiled = p == cuda::Precision::kFp32;
         cuda::impl::tc::StepPlan pl;
         if (kslice <= 0) {
-          pl = cuda::impl::tc::plan_step(M, N, K, cuda::emu::g_device.sm_count);
+          const int sms = cuda::emu::g_device.sm_count;
+          pl = tiled ? cuda::impl::tiled_plan(M, N, K, sms) : cuda::impl::tc::plan_step(M, N, K, sms);
         } else {
           pl.large = large != 0;
           pl.kslice = kslice;
           pl.splits = K > 0 ? (K + kslice - 1) / kslice : 1;
+        }
+        if (tiled) {
+          cuda::impl::tiled_step<float>(pl, M, N, K, A, sam, sak, B, sbk, sbn, C, nullptr);
+          what = pl.describe() + " (simt)";
+          return;
         }
         const bool piped = cuda::impl::tc::step_gemm<float>(p, pl, M, N, K, A, sam, sak, B, sbk, sbn, C, nullptr);
         what = pl.describe() + (piped ? " (cp.async)" : "");
