@@ -15,8 +15,8 @@ Part 2, the tensor path's per-step recurrent products alone (`_cuda.step_matmul`
 back as the step loop launches them, k-slice plan for the card) at B = 64 / 256, H = 1024,
 forward (h . R) and backward (dz . R^T), tf32 / tf32x3 pipeline off / on, bf16 the default
 kernel only (its pipelined step products need the bf16 copies the LSTM makes), and fp32 on the
-CUDA cores (kernel path "tiled"'s split-k SIMT product, precision "fp32" of step_matmul):
-microseconds per step, to set against the recurrence's whole time per step in part 3.
+CUDA cores (kernel path "tiled"'s split-k SIMT product, precision "fp32" of step_matmul; also
+at other k per slice than its plan's, to tune tiled_plan): microseconds per step, to set against the recurrence's whole time per step in part 3.
 Part 3, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
 shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
 products then read bf16 copies of R and h / dz, and the large products bf16 copies of their
@@ -51,6 +51,7 @@ LSTMS = [(100, 64, 1024, 1024, "tf32"), (100, 256, 1024, 1024, "tf32"), (100, 25
 PRECS = ("tf32", "tf32x3", "bf16")  # bf16 pipelined: both operands converted to bf16 copies first (timed)
 STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "bwd")]
 STEP_REPEAT = 100
+TILED_KSLICES = (64, 128, 256, 512, 1024)  # the fp32 tiled product also at these k per slice (< K, <= 32 slices)
 
 
 class pipeline:
@@ -135,10 +136,10 @@ def step_row(spec, reps, torch, _cuda):
     C = torch.empty(32 * M * N, device="cuda")  # room for the most k slices (tiled: 32, tensor: 16)
     dev = torch.cuda.current_device()
 
-    def run(precision, on, repeat):
+    def run(precision, on, repeat, kslice=0):
         with pipeline(on):
             return _cuda.step_matmul(precision, M, N, K, A.data_ptr(), K, 1, R.data_ptr(), sbk, sbn, C.data_ptr(),
-                                     C.numel(), repeat, dev, 0)
+                                     C.numel(), repeat, dev, 0, kslice)
 
     row = dict(name=f"step {kind} B={B} H={H}", shape=[M, N, K])
     contenders = {}
@@ -149,6 +150,10 @@ def step_row(spec, reps, torch, _cuda):
             contenders[f"{precision}_v2"] = (lambda p=precision: run(p, True, STEP_REPEAT))
     row["fp32_plan"] = run("fp32", False, 1)  # kernel path "tiled": fp32 on the CUDA cores
     contenders["fp32_tiled"] = lambda: run("fp32", False, STEP_REPEAT)
+    # other slicings than the plan's (tiled_plan's constants: kTiledMinSliceK, two blocks per SM)
+    row["fp32_kslices"] = [ks for ks in TILED_KSLICES if K // 32 <= ks < K]
+    for ks in row["fp32_kslices"]:
+        contenders[f"fp32_k{ks}"] = (lambda ks=ks: run("fp32", False, STEP_REPEAT, ks))
     torch.cuda.synchronize()
     row.update(timed(contenders, reps, torch))
     print(row["name"], row["tf32_plan"][1], {k: f"{v[0] * 1000 / STEP_REPEAT:.1f} us/step" for k, v in row.items()
@@ -239,8 +244,8 @@ def emit(grows, srows, lrows, torch, out, final):
                      f"{cell('fp32_simt')}; {row.get('fp32_kernel', '-')} | {tf('fp32_simt')} / {tf('cublas_fp32')} |")
     lines += ["", f"| per-step product ({STEP_REPEAT} back to back), us per step | M, N, K | plan (pipelined) | "
               "tf32 default | tf32 pipelined | bf16 (default only) | tf32x3 default | tf32x3 pipelined | "
-              "fp32 tiled (simt split-k; plan) | TFLOP/s fp32 tiled |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "fp32 tiled (simt split-k; plan) | TFLOP/s fp32 tiled | fp32 tiled by k per slice: us per step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in srows:
         if "tf32_v1" not in row:
             lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
@@ -251,7 +256,9 @@ def emit(grows, srows, lrows, torch, out, final):
                      f"{us('tf32_v1')} | {us('tf32_v2')} | {us('bf16_v1')} | {us('tf32x3_v1')} | {us('tf32x3_v2')} | "
                      f"{us('fp32_tiled')}; {row.get('fp32_plan', '-')} | "
                      + (f"{2.0 * np.prod(row['shape']) * STEP_REPEAT / row['fp32_tiled'][0] / 1e9:.1f} |"
-                        if "fp32_tiled" in row else "- |"))
+                        if "fp32_tiled" in row else "- |")
+                     + " " + (", ".join(f"{ks}: {us('fp32_k' + str(ks)).split(' ')[0]}" for ks in row.get("fp32_kslices", ())
+                                        if "fp32_k" + str(ks) in row) or "-") + " |")
     lines += ["", "| T, B, I, H | precision | fwd default | fwd pipelined | cuDNN fwd (same mode) | cuDNN / pipelined | "
               "fwd+bwd default | fwd+bwd pipelined | cuDNN fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -2264,6 +2264,22 @@ def test_gpu_step_matmul_binding(precision):
     assert err <= gemm_tol(K, precision) + GEMM_TOL, (ran, err)
     with pytest.raises(RuntimeError, match="C holds"):
         _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, M * N - 1, 1, 0, 0)
+    # another slicing than the plan's (the benchmark's sweep): 64 k per slice, 5 slices
+    c[:] = np.nan
+    bufs[2].upload(c)
+    ran = _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, c.size, 1, 0, 0,
+                            kslice=64)
+    bufs[2].download(c)
+    assert " x 5 k-slices" in ran, ran
+    assert np.isfinite(parts[:5]).all() and np.isnan(parts[5:]).all(), ran
+    total = parts[0].copy()
+    for z in range(1, 5):
+        total = total + parts[z]
+    assert rel_err(total, model_product(A, Bm, precision)) <= gemm_tol(K, precision) + GEMM_TOL, ran
+    for bad, match in ((12, "inconsistent k slices"), (-1, "kslice must be")):
+        with pytest.raises(RuntimeError, match=match):
+            _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, c.size, 1, 0, 0,
+                              kslice=bad)
 
 
 # --------------------------------------------------------------------------- kernel path "tiled"

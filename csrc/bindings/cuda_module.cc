@@ -287,17 +287,18 @@ PYBIND11_MODULE(_cuda, m) {
       "step_matmul",
       [](const std::string& precision, int64_t M, int64_t N, int64_t K, std::uintptr_t a, int64_t sam, int64_t sak,
          std::uintptr_t b, int64_t sbk, int64_t sbn, std::uintptr_t c, int64_t c_elems, int64_t repeat, int device,
-         std::uintptr_t stream) {
+         std::uintptr_t stream, int64_t kslice) {
         const Precision p = precision_of(precision);
         py::gil_scoped_release release;
         return step_matmul(p, M, N, K, cptr<float>(a), sam, sak, cptr<float>(b), sbk, sbn, mptr<float>(c), c_elems,
-                           repeat, device, stream);
+                           repeat, device, stream, kslice);
       },
       py::arg("precision"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("sam"), py::arg("sak"),
       py::arg("b"), py::arg("sbk"), py::arg("sbn"), py::arg("c"), py::arg("c_elems"), py::arg("repeat"),
-      py::arg("device"), py::arg("stream"),
+      py::arg("device"), py::arg("stream"), py::arg("kslice") = 0,
       "For benchmarks and tests: the tensor path's per-step recurrent product, `repeat` times back to back: the "
       "k-slice partials of A (M x K) . B (K x N) into c (slices x M x N float32; c_elems: its size), on the tile and "
       "k slices planned for the device. precision 'tf32' / 'bf16' / 'tf32x3' (the tensor path's product) or 'fp32' "
-      "(kernel path 'tiled''s SIMT split-k product). Returns the plan's description.");
+      "(kernel path 'tiled''s SIMT split-k product). kslice > 0 replaces the plan's k per slice (a multiple of 32; "
+      "fp32: of 8). Returns the plan's description.");
 }

@@ -112,11 +112,12 @@ std::string matmul(Precision precision, int64_t M, int64_t N, int64_t K, const f
 // SIMT GEMM), `repeat` times back to back on `stream`, as the LSTM's step loop launches it: the
 // k-slice partials of A (M x K) . B (K x N) into C (the plan's slices x M x N; c_elems, the
 // elements C holds, must cover them), on the tile and k slices tc::plan_step (tiled_plan) picks
-// for the device. Returns the plan's description (+ " (cp.async)" when pipelined, + " (simt)"
-// for kFp32).
+// for the device; kslice > 0 replaces the plan's k per slice (a multiple of 32, kFp32 of 8, else
+// an Error: for benchmarks that compare slicings). Returns the plan's description (+ " (cp.async)"
+// when pipelined, + " (simt)" for kFp32).
 std::string step_matmul(Precision precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam,
                         int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, int64_t c_elems,
-                        int64_t repeat, int device, std::uintptr_t stream);
+                        int64_t repeat, int device, std::uintptr_t stream, int64_t kslice = 0);
 
 // Both return a one-line description of the recurrent kernel that ran (for cuda_info()).
 template <typename Real>

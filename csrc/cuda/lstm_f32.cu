@@ -18,10 +18,10 @@ std::string matmul(Precision precision, int64_t M, int64_t N, int64_t K, const f
 
 std::string step_matmul(Precision precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam,
                         int64_t sak, const float* B, int64_t sbk, int64_t sbn, float* C, int64_t c_elems,
-                        int64_t repeat, int device, std::uintptr_t stream) {
+                        int64_t repeat, int device, std::uintptr_t stream, int64_t kslice) {
   impl::DeviceGuard guard(device);
   return impl::step_matmul_impl<float>(precision, M, N, K, A, sam, sak, B, sbk, sbn, C, c_elems, repeat, device,
-                                       reinterpret_cast<cudaStream_t>(stream));
+                                       reinterpret_cast<cudaStream_t>(stream), kslice);
 }
 }  // namespace cuda
 }  // namespace fastlstm

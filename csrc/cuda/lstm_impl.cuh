@@ -1323,13 +1323,18 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
 template <typename Real>
 std::string step_matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
                              const Real* Bm, int64_t sbk, int64_t sbn, Real* C, int64_t c_elems, int64_t repeat,
-                             int device, cudaStream_t stream) {
+                             int device, cudaStream_t stream, int64_t kslice) {
   check_precision<Real>(p, device);
   if (M < 0 || N < 0 || K < 0 || repeat < 1) throw Error("step_matmul: bad dimensions or repeat");
   need(A, M * K, "A", device);
   need(Bm, K * N, "B", device);
   const bool tiled = p == Precision::kFp32;  // kernel path "tiled"'s product
-  const tc::StepPlan pl = step_plan_on(device, M, N, K, tiled);
+  tc::StepPlan pl = step_plan_on(device, M, N, K, tiled);
+  if (kslice < 0) throw Error("step_matmul: kslice must be >= 0 (0: the plan's)");
+  if (kslice > 0 && K > 0) {  // another slicing than the plan's (checked by the launchers)
+    pl.kslice = kslice;
+    pl.splits = ceil_div(K, kslice);
+  }
   if (c_elems < pl.splits * M * N)
     throw Error("step_matmul: C holds " + std::to_string(c_elems) + " elements, the plan (" + pl.describe() +
                 ") needs " + std::to_string(pl.splits * M * N));
