@@ -17,7 +17,8 @@
 #                 torch.nn.LSTM / cuDNN in the same precision, with speedups and the errors
 #                 against a float64 reference); before the sanitizers, leaving them ~150 s;
 #                 then bench/gpu_gemm_ab.py (the tensor-core GEMM with / without its cp.async
-#                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32),
+#                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32; the fp32
+#                 GEMM, the tiled step product and split-K on / off beside cuBLAS fp32),
 #                 bench/gpu_persistent_ab.py (persistent vs simt vs tiled vs cuDNN, paths
 #                 forced; persistent with staging ahead on and off)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
@@ -26,6 +27,10 @@
 #                 left) on small forward + backward cases (fp32 and fp64, lengths, reverse,
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
 #                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
+#
+# 7. decide:      bench/gpu_decide.py reads the A/B tables back and prints the ratios behind each
+#                 switch still waiting for a measurement (pipeline, split-K, tiled, the persistent
+#                 batch limit, staging ahead, tiled_plan's k per slice)
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 465, 7.75 minutes): each stage gets at
@@ -183,7 +188,7 @@ stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUT
 
 # ---- 5a. the tensor-core GEMM with and without its cp.async pipeline (tc-gemm-v2, off by
 # default: FASTLSTM_CUDA_GEMM_PIPELINE=1), alone against cuBLAS and in the LSTM against cuDNN tf32
-stage gemm_ab 75 "$OUTDIR/gemm_ab.log" "$PY" bench/gpu_gemm_ab.py --out "$OUTDIR" --reps 7
+stage gemm_ab 85 "$OUTDIR/gemm_ab.log" "$PY" bench/gpu_gemm_ab.py --out "$OUTDIR" --reps 7
 
 # ---- 5b. the persistent kernels (and, for B >= 32, kernel path "tiled") against the per-step
 # ones and cuDNN, kernel paths forced (sets auto's batch limit kPersistentAutoMaxRows, and says
@@ -200,7 +205,8 @@ cat >"$CASE" <<'EOF'
 # Small forward + backward runs through the NumPy path (no CuPy, no torch): every kernel, both
 # kernel paths (simt: both batch tilings, B <= 4 and B > 4 with two row tiles; persistent:
 # one and several batch chunks, several units per block, rows staged in several passes),
-# lengths with zeros, reverse, fp32/fp64.
+# lengths with zeros, reverse, fp32/fp64. In fp32 the backward's dx (K = 4H deep, small grid)
+# runs split-K (split_sum_kernel after simt_step_kernel).
 import gc, os, sys
 import numpy as np
 import fastlstm
@@ -321,10 +327,12 @@ if command -v compute-sanitizer >/dev/null 2>&1 && [ "$(left)" -gt 60 ]; then
   rm -f "$OUTDIR/initcheck.log"
 fi
 rm -f "$CASE"
+# ---- 8. what the A/B tables say about the switches waiting for a measurement (bench/gpu_decide.py)
+stage decide 15 "$OUTDIR/decide.log" "$PY" bench/gpu_decide.py "$OUTDIR"
 # at most 8 files come back from $OUT: fold the small logs into gpu_check.log (already there)
 rm -f "$OUTDIR/environment.log" "$OUTDIR/import.log" "$OUTDIR/kernels.log" "$OUTDIR/build.log" \
   "$OUTDIR/persistent_ab.log" "$OUTDIR/phase_profile.log" "$OUTDIR/gpu_bench.log" "$OUTDIR/gemm_ab.log" \
-  "$OUTDIR/sanitizer.log"
+  "$OUTDIR/sanitizer.log" "$OUTDIR/decide.log"
 
 log ""
 log "=== summary ($(($(date +%s) - T0))s, logs in $OUTDIR) ==="

@@ -17,7 +17,9 @@ forward (h . R) and backward (dz . R^T), tf32 / tf32x3 pipeline off / on, bf16 t
 kernel only (its pipelined step products need the bf16 copies the LSTM makes), and fp32 on the
 CUDA cores (kernel path "tiled"'s split-k SIMT product, precision "fp32" of step_matmul; also
 at other k per slice than its plan's, to tune tiled_plan): microseconds per step, to set against the recurrence's whole time per step in part 3.
-Part 3, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
+Part 3, fp32 split-K (split-k-v1) on and off (FASTLSTM_CUDA_GEMM_SPLITK=0) beside cuBLAS fp32, at
+the small batches' narrow / tall-K products (dx at B = 1, dkernel and dx at B = 16, H = 512).
+Part 4, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
 shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
 products then read bf16 copies of R and h / dz, and the large products bf16 copies of their
 operands, the conversions and workspaces timed with them), beside cuDNN in the same mode; the
@@ -51,6 +53,10 @@ LSTMS = [(100, 64, 1024, 1024, "tf32"), (100, 256, 1024, 1024, "tf32"), (100, 25
 PRECS = ("tf32", "tf32x3", "bf16")  # bf16 pipelined: both operands converted to bf16 copies first (timed)
 STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "bwd")]
 STEP_REPEAT = 100
+# fp32 split-K (split-k-v1) on / off (FASTLSTM_CUDA_GEMM_SPLITK=0) beside cuBLAS fp32: the small
+# batches' narrow or tall-K products, whose 128 x 128 grid is smaller than the card
+SPLITS = [("dx B=1 H=1024", 100, 1024, 4096, "nt"), ("dx B=1 H=256", 100, 256, 1024, "nt"),
+          ("dkernel B=16 H=512", 512, 2048, 1600, "tn"), ("dx B=16 H=512", 1600, 512, 2048, "nt")]
 TILED_KSLICES = (64, 128, 256, 512, 1024)  # the fp32 tiled product also at these k per slice (< K, <= 32 slices)
 
 
@@ -122,6 +128,55 @@ def gemm_row(spec, reps, torch, _cuda):
     flop = 2.0 * M * N * K
     print(name, {k: f"{v[0]:.3f} ms {flop / v[0] / 1e9:.0f} TF/s" for k, v in row.items()
                  if isinstance(v, list) and len(v) == 3 and isinstance(v[0], float)}, flush=True)
+    return row
+
+
+class split_k:
+    """Inside the block, the fp32 GEMM may split K (True: the default) or not."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = os.environ.get("FASTLSTM_CUDA_GEMM_SPLITK")
+        if self.on:
+            os.environ.pop("FASTLSTM_CUDA_GEMM_SPLITK", None)
+        else:
+            os.environ["FASTLSTM_CUDA_GEMM_SPLITK"] = "0"
+
+    def __exit__(self, *exc):
+        if self.prev is None:
+            os.environ.pop("FASTLSTM_CUDA_GEMM_SPLITK", None)
+        else:
+            os.environ["FASTLSTM_CUDA_GEMM_SPLITK"] = self.prev
+
+
+def split_row(spec, reps, torch, _cuda):
+    name, M, N, K, layout = spec
+    g = torch.Generator(device="cuda").manual_seed(M + N + K + 1)
+    A = torch.randn(M, K, device="cuda", generator=g)
+    B = torch.randn(K, N, device="cuda", generator=g)
+    a = A.t().contiguous() if layout[0] == "t" else A
+    b = B.t().contiguous() if layout[1] == "t" else B
+    sam, sak = (1, M) if layout[0] == "t" else (K, 1)
+    sbk, sbn = (1, K) if layout[1] == "t" else (N, 1)
+    C = torch.empty(M, N, device="cuda")
+
+    def fl(on):
+        with split_k(on):
+            return _cuda.matmul("fp32", M, N, K, a.data_ptr(), sam, sak, b.data_ptr(), sbk, sbn, 0, C.data_ptr(), N,
+                                torch.cuda.current_device(), 0)
+
+    row = dict(name=name, shape=[M, N, K], layout=layout)
+    exact = A.double() @ B.double()
+    for on in (True, False):
+        row[f"kernel_{'on' if on else 'off'}"] = fl(on)
+        torch.cuda.synchronize()
+        row[f"err_{'on' if on else 'off'}"] = float((C.double() - exact).norm() / exact.norm())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    row.update(timed({"on": lambda: fl(True), "off": lambda: fl(False), "cublas_fp32": lambda: torch.matmul(A, B)},
+                     reps, torch))
+    print(name, row["kernel_on"], {k: round(row[k][0], 4) for k in ("on", "off", "cublas_fp32")}, flush=True)
     return row
 
 
@@ -214,7 +269,7 @@ def lstm_row(cfg, reps, cp, torch, fastlstm, ops):
     return row
 
 
-def emit(grows, srows, lrows, torch, out, final):
+def emit(grows, srows, lrows, torch, out, final, prows=()):
     """The tables so far (printed when final), written to out/gpu_gemm_ab.md with the rows as JSON."""
     m = lambda v: f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"  # noqa: E731
 
@@ -259,6 +314,20 @@ def emit(grows, srows, lrows, torch, out, final):
                         if "fp32_tiled" in row else "- |")
                      + " " + (", ".join(f"{ks}: {us('fp32_k' + str(ks)).split(' ')[0]}" for ks in row.get("fp32_kslices", ())
                                         if "fp32_k" + str(ks) in row) or "-") + " |")
+    lines += ["", "| fp32 product (split-K), us | M, N, K | split-K on | off (FASTLSTM_CUDA_GEMM_SPLITK=0) | off / on | "
+              "cuBLAS fp32 | TFLOP/s on / off / cuBLAS | kernel on | error on / off |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in prows:
+        if "on" not in row:
+            lines.append(f"| {row['name']} | FAILED: {row.get('error', '?')} |")
+            continue
+        flop = 2.0 * np.prod(row["shape"])
+        u = lambda v: f"{v[0] * 1000:.1f} ({v[1] * 1000:.1f}-{v[2] * 1000:.1f})"  # noqa: E731
+        lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {u(row['on'])} | {u(row['off'])} | "
+                     f"{row['off'][0] / row['on'][0]:.2f}x | {u(row['cublas_fp32'])} | "
+                     f"{flop / row['on'][0] / 1e9:.1f} / {flop / row['off'][0] / 1e9:.1f} / "
+                     f"{flop / row['cublas_fp32'][0] / 1e9:.1f} | {row['kernel_on']} | "
+                     f"{row['err_on']:.1e} / {row['err_off']:.1e} |")
     lines += ["", "| T, B, I, H | precision | fwd default | fwd pipelined | cuDNN fwd (same mode) | cuDNN / pipelined | "
               "fwd+bwd default | fwd+bwd pipelined | cuDNN fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -280,7 +349,8 @@ def emit(grows, srows, lrows, torch, out, final):
     if out:
         with open(os.path.join(out, "gpu_gemm_ab.md"), "w") as f:
             f.write(head + "\n\n" + table + "\n\n```json\n" +
-                    json.dumps(dict(gemm=grows, step=srows, lstm=lrows), indent=1, default=str) + "\n```\n")
+                    json.dumps(dict(gemm=grows, step=srows, split=list(prows), lstm=lrows), indent=1, default=str) +
+                    "\n```\n")
 
 
 def main(argv=None):
@@ -295,8 +365,8 @@ def main(argv=None):
     import fastlstm
     from fastlstm import _cuda, ops
 
-    grows, srows, lrows = [], [], []
-    done = lambda: emit(grows, srows, lrows, torch, args.out, final=False)  # noqa: E731
+    grows, srows, lrows, prows = [], [], [], []
+    done = lambda: emit(grows, srows, lrows, torch, args.out, final=False, prows=prows)  # noqa: E731
     for spec in GEMMS:
         try:
             grows.append(gemm_row(spec, args.reps, torch, _cuda))
@@ -311,6 +381,13 @@ def main(argv=None):
             print(spec, "FAILED", type(e).__name__, e, flush=True)
             srows.append(dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}", error=f"{type(e).__name__}: {e}"))
         done()
+    for spec in SPLITS:
+        try:
+            prows.append(split_row(spec, args.reps, torch, _cuda))
+        except Exception as e:
+            print(spec, "FAILED", type(e).__name__, e, flush=True)
+            prows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
+        done()
     for cfg in LSTMS:
         try:
             lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
@@ -318,10 +395,10 @@ def main(argv=None):
             print(cfg, "FAILED", type(e).__name__, e, flush=True)
             lrows.append(dict(config=list(cfg[:4]), precision=cfg[4], error=f"{type(e).__name__}: {e}"))
         done()
-    emit(grows, srows, lrows, torch, args.out, final=True)
+    emit(grows, srows, lrows, torch, args.out, final=True, prows=prows)
 
     failed = (any("cublas_tf32" not in r for r in grows) or any("tf32_v1" not in r for r in srows)
-              or any("v2_fwd" not in r for r in lrows))
+              or any("v2_fwd" not in r for r in lrows) or any("on" not in r for r in prows))
     return 1 if failed else 0
 
 

@@ -137,3 +137,60 @@ def test_gpu_table_renders_every_section():
     end = lines.index("", i + 2)
     assert lines[i + 4:end] == ["| 100, 64, 1024, 1024 | 2.000 (tensor-core recurrent) | 3.000 | 1.50x | 0.75x | "
                                 "5.000 | 6.000 | 1.20x | 0.80x | 3.0e-07 / 4.0e-07 |"]
+
+
+def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
+    # bench/gpu_persistent_ab.py and bench/gpu_gemm_ab.py write their tables from result rows (no
+    # GPU here: the rows are made up, shaped as run_config / step_row / split_row / lstm_row make
+    # them), and bench/gpu_decide.py reads those files back into the ratios behind each switch.
+    import pathlib
+    import sys
+    import types
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    for name in ("gpu_persistent_ab", "gpu_gemm_ab", "gpu_decide"):
+        sys.modules.pop(name, None)
+    import gpu_decide
+    import gpu_gemm_ab
+    import gpu_persistent_ab
+    torch = types.SimpleNamespace(__version__="0", cuda=types.SimpleNamespace(get_device_name=lambda: "Card"),
+                                  backends=types.SimpleNamespace(cudnn=types.SimpleNamespace(version=lambda: 1)))
+    t = lambda v: [v, 0.9 * v, 1.1 * v]  # noqa: E731  (median, min, max)
+    prow = lambda cfg, p, s, tl=None, **kw: dict(  # noqa: E731
+        config=list(cfg), persistent_fwd=t(p), simt_fwd=t(s), cudnn_fwd=t(4.0), persistent_both=t(2 * p),
+        simt_both=t(2 * s), cudnn_both=t(8.0), max_rel_persistent_vs_simt=1e-7,
+        **({} if tl is None else dict(tiled_fwd=t(tl), tiled_both=t(2 * tl), max_rel_tiled_vs_simt=2e-7)), **kw)
+    rows = [prow((100, 16, 512, 512), 1.0, 2.0), prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
+            prow((100, 64, 1024, 1024), 10.0, 8.0, 4.0, noahead_fwd=t(11.0), noahead_both=t(22.0)),
+            dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom")]
+    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    md = (tmp_path / "gpu_persistent_ab.md").read_text().splitlines()
+    assert md[0].startswith("persistent vs simt vs tiled vs cuDNN fp32 on Card")
+    assert any(line.startswith("| 100, 64, 1024, 1024 |") and "4.000 (3.600-4.400) / 8.000" in line
+               and "| 1.00x / 1.00x |" in line for line in md)  # cuDNN 4 / tiled 4, 8 / 8
+    assert any(line.startswith("| 100, 256, 1024, 1024 | MISMATCH") for line in md)
+    split = dict(name="dx B=1 H=1024", shape=[100, 1024, 4096], layout="nt", on=t(0.05), off=t(0.2),
+                 cublas_fp32=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
+                 err_off=1e-7)
+    step = dict(name="step fwd B=64 H=1024", shape=[64, 4096, 1024], tf32_plan=["p", "p (cp.async)"], tf32_v1=t(1.0),
+                fp32_plan="64x128 tiles x 8 k-slices (simt)", fp32_tiled=t(2.0), fp32_kslices=[128, 256],
+                fp32_k128=t(2.0), fp32_k256=t(1.6))
+    lstm = dict(config=[100, 64, 1024, 1024], precision="tf32", v1_fwd=t(3.0), v2_fwd=t(2.5), v1_both=t(9.0),
+                v2_both=t(10.0), cudnn_fwd=t(2.0), cudnn_both=t(6.0), kernels_v2=["a", "b"])
+    gpu_gemm_ab.emit([], [step], [lstm], torch, str(tmp_path), final=False, prows=[split])
+    text = (tmp_path / "gpu_gemm_ab.md").read_text()
+    assert "| dx B=1 H=1024 | 100, 1024, 4096 | 50.0 (45.0-55.0) | 200.0 (180.0-220.0) | 4.00x |" in text
+    assert "| 20.0 (18.0-22.0); 64x128 tiles x 8 k-slices (simt) | 26.8 | 128: 20.0, 256: 16.0 |" in text
+    assert gpu_decide.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "- [100, 64, 1024, 1024] tf32: fwd 1.20x, fwd+bwd 0.90x" in out
+    assert "  suggests: keep it off (worst row 0.90x)" in out
+    assert "  suggests: keep it on (worst 4.00x)" in out
+    # tiled against the faster of simt (8) and persistent (10): 2x; at H = 512 against persistent 2.0
+    assert any(line.startswith("- [100, 64, 1024, 1024]: fwd 2.00x, fwd+bwd 2.00x") for line in out)
+    assert any(line.startswith("- [100, 64, 512, 512]: fwd 1.33x, fwd+bwd 1.33x") for line in out)
+    assert "  H = 512: persistent faster up to B = 16 (timed B: 16, 64)" in out
+    assert "  H = 1024: persistent faster up to B = none (timed B: 64)" in out
+    assert "- [100, 64, 1024, 1024]: fwd 1.10x, fwd+bwd 1.10x" in out  # staging ahead off / on
+    assert any(line.startswith("- step fwd B=64 H=1024: plan") and "fastest 256 k per slice 16.0 us (1.25x)" in line
+               for line in out)
+    assert gpu_decide.main([str(tmp_path / "missing")]) == 2

@@ -1468,6 +1468,77 @@ def test_emulated_gemm_fp32_is_the_simt_gemm(emu, layout):
     assert _run_gemm(emu, "fp32", 70, 33, 8, layout, seed=1)[4] == "simt gemm (fp32, 64x64)"
 
 
+def _fp32_gemm_kind(M, N, K, sms):
+    """Which fp32 GEMM runs (lstm_impl.cuh gemm()): 128 x 128 where that grid fills the device,
+    else split-K where tiled_plan makes two or more slices and at least as many blocks as the
+    64 x 64 kernel's grid, else 64 x 64."""
+    if -(-M // 128) * -(-N // 128) >= sms:
+        return "simt gemm (fp32, 128x128)"
+    plan, _ = _plan_tiled(M, N, K, sms)
+    splits = int(plan.split(" x ")[-1].split()[0])
+    blocks = -(-M // (128 if M > 64 else 64)) * -(-N // 128) * splits
+    if splits >= 2 and blocks >= -(-M // 64) * -(-N // 64):
+        return f"simt gemm (fp32, {plan})"
+    return "simt gemm (fp32, 64x64)"
+
+
+def split_k_product_f32(A, B, bias, kslice):
+    """Split-K's arithmetic: each slice's sequential float32 sum, the slices added in order, then
+    + bias."""
+    parts = [sequential_product_f32(A[:, k0:k0 + kslice], B[k0:k0 + kslice], None)
+             for k0 in range(0, A.shape[1], kslice)]
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p
+    return acc if bias is None else acc + bias
+
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+def test_emulated_gemm_fp32_split_k(emu, monkeypatch, layout):
+    # Small grids with a deep K (split-k-v1): the slices' partials on the tiled path's kernel, then
+    # summed in order (+ bias): bitwise that arithmetic; edges, short last slices, both tiles
+    emu.set_device(sm_count=16)
+    for i, (M, N, K) in enumerate([(100, 300, 1000), (5, 40, 600), (130, 17, 513), (64, 129, 129), (1, 1, 2000)]):
+        C, A, B, bias, ran = _run_gemm(emu, "fp32", M, N, K, layout, seed=60 + i, bias=i % 2 == 0)
+        kind = _fp32_gemm_kind(M, N, K, 16)
+        assert ran == kind and "k-slices" in ran, (ran, kind)
+        check_gemm(C, A, B, bias, "fp32")
+        kslice = _plan_tiled(M, N, K, 16)[1]
+        np.testing.assert_array_equal(C.view(np.uint32), split_k_product_f32(A, B, bias, kslice).view(np.uint32),
+                                      err_msg=ran)
+    # a shallow K keeps the 64 x 64 kernel, and so does a split with fewer blocks than its grid
+    # (100 x 1024 x 256: 8 tiles x 2 slices against 2 x 16 blocks); switched off
+    # (FASTLSTM_CUDA_GEMM_SPLITK=0) too
+    assert _run_gemm(emu, "fp32", 100, 300, 128, layout, seed=1)[4] == "simt gemm (fp32, 64x64)"
+    assert _plan_tiled(100, 1024, 256, 16)[0] == "128x128 tiles x 2 k-slices"
+    C, A, B, bias, ran = _run_gemm(emu, "fp32", 100, 1024, 256, layout, seed=2)
+    assert ran == "simt gemm (fp32, 64x64)" == _fp32_gemm_kind(100, 1024, 256, 16), ran
+    np.testing.assert_array_equal(C.view(np.uint32), sequential_product_f32(A, B, bias).view(np.uint32))
+    monkeypatch.setenv("FASTLSTM_CUDA_GEMM_SPLITK", "0")
+    C, A, B, bias, ran = _run_gemm(emu, "fp32", 100, 300, 1000, layout, seed=60)
+    assert ran == "simt gemm (fp32, 64x64)", ran
+    np.testing.assert_array_equal(C.view(np.uint32), sequential_product_f32(A, B, bias).view(np.uint32))
+
+
+def test_emulated_lstm_backward_takes_split_k(emu, monkeypatch):
+    # At B = 1 the backward's dx (T x I x 4H) and, with T B < SMs' worth of tiles, dkernel and
+    # drecurrent have small grids and deep K: split-K; the gradients to fp32's tolerance, and
+    # within it of the same call with split-K off
+    emu.set_device(sm_count=16)
+    fwd, bwd = make_case(3, 1, 40, 70, np.float32, seed=71, lengths=[3])
+    assert _fp32_gemm_kind(3, 40, 280, 16).endswith("k-slices)")  # dx: M = T B, N = I, K = 4H
+    fcuda.set_kernel_path("simt")
+    outs, grads, _ = run_cuda(fwd, bwd)
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+    monkeypatch.setenv("FASTLSTM_CUDA_GEMM_SPLITK", "0")
+    outs0, grads0, _ = run_cuda(fwd, bwd)
+    assert_bitwise_equal(outs, outs0)  # the forward's projection (K = I = 40) never splits
+    assert not np.array_equal(grads[0], grads0[0]), "dx: split-K did not run (or changed nothing)"
+    for name_, a, b in zip(BWD_NAMES, grads, grads0):
+        if a is not None:
+            assert rel_err(a, b) <= TOL[np.dtype(np.float32)], f"{name_}: split-K vs not {rel_err(a, b):.3g}"
+
+
 # ---- on a GPU
 
 @pytest.mark.cuda
@@ -1491,14 +1562,18 @@ def test_gpu_precision_matches_reference(name, precision, path, kernel_path_rese
 @pytest.mark.cuda
 @gpu
 def test_gpu_fp32_gemm_both_kernels():
-    # fp32's SIMT GEMM: 128 x 128 tiles where the grid fills the card, else 64 x 64 (the same
-    # arithmetic per output; on the GPU both multiply-add with FMA). Against float64 products.
+    # fp32's SIMT GEMM: 128 x 128 tiles where the grid fills the card, else split-K where K is
+    # deep, else 64 x 64 (the same arithmetic per output in the first and the last; on the GPU
+    # they multiply-add with FMA). Against float64 products.
     from fastlstm import _cuda
-    side = 128 * int(np.ceil(np.sqrt(fastlstm.cuda_info()["sm_count"]))) + 5
+    sms = fastlstm.cuda_info()["sm_count"]
+    side = 128 * int(np.ceil(np.sqrt(sms))) + 5
     for layout in ("nn", "tn", "nt", "tt"):
-        for (M, N, K), kernel in (((side, side, 37), "128x128"), ((70, 33, 300), "64x64")):
+        for (M, N, K), kernel in (((side, side, 37), "128x128"), ((70, 33, 100), "64x64"),
+                                  ((70, 33, 3000), None), ((100, 1024, 4096), None)):
             C, A, B, bias, ran = _run_gemm(_cuda, "fp32", M, N, K, layout, seed=700, bias=layout == "nn")
-            assert ran == f"simt gemm (fp32, {kernel})"
+            assert ran == (f"simt gemm (fp32, {kernel})" if kernel else _fp32_gemm_kind(M, N, K, sms)), ran
+            assert kernel or "k-slices" in ran, ran
             check_gemm(C, A, B, bias, "fp32")
         first = _run_gemm(_cuda, "fp32", side, side, 37, layout, seed=700, bias=layout == "nn")[0]
         again = _run_gemm(_cuda, "fp32", side, side, 37, layout, seed=700, bias=layout == "nn")[0]

@@ -26,6 +26,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -724,21 +726,49 @@ bool big_gemm(int64_t M, int64_t N) {
   return ceil_div(M, kBigM) * ceil_div(N, kBigN) >= sms;
 }
 
-// C = A . B (+ bias): gemm_big_kernel or gemm_kernel (big_gemm; the same results either way).
+// Split-K (split-k-v1) for float32 products whose 128 x 128 grid is smaller than the device
+// and whose K is deep (the tall-K weight gradients and the narrow dx at small batch, e.g. dx at
+// B = 1, H = 1024: 100 x 1024 x 4096 ran as 32 blocks of 64 x 64, each 4096 deep): defined below
+// (gemm_split_k, after tensor_gemm.cuh). Returns its description, "" where it does not apply.
 template <typename Real>
-void gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm, int64_t sbk,
-          int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+std::string gemm_split_k(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream);
+
+// C = A . B (+ bias): gemm_big_kernel where its grid fills the device (big_gemm); else, for
+// float32 with a deep K, split-K (gemm_split_k); else gemm_kernel. gemm_big_kernel and
+// gemm_kernel give the same bits; split-K sums each slice in k order and the slices in order,
+// so its bits differ (deterministically). Returns which ran ("simt gemm (fp32, 128x128)", ...).
+template <typename Real>
+std::string gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                 int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+  const char* dtype = std::is_same<Real, float>::value ? "fp32" : "fp64";
   if constexpr (std::is_same<Real, float>::value) {
     if (big_gemm<Real>(M, N)) {
       const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
       FL_LAUNCH(gemm_big_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C,
                 ldc);
-      return;
+      return "simt gemm (fp32, 128x128)";
     }
+    const std::string split = gemm_split_k<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+    if (!split.empty()) return split;
   }
   const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
-  if (empty_grid(grid)) return;
-  FL_LAUNCH(gemm_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+  if (!empty_grid(grid))
+    FL_LAUNCH(gemm_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc);
+  return std::string("simt gemm (") + dtype + ", 64x64)";
+}
+
+// C[m * ldc + n] = sum of parts[z][m][n] over z = 0 .. S-1 in order (+ bias[n]): split-K's
+// last step. One thread per (m, n), 1-D grid over M * N.
+template <typename Real>
+__global__ void __launch_bounds__(kThreads)
+    split_sum_kernel(int64_t M, int64_t N, int64_t S, const Real* parts, const Real* bias, Real* C, int64_t ldc) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= M * N) return;
+  const int64_t m = idx / N, n = idx % N;
+  Real v = parts[idx];
+  for (int64_t z = 1; z < S; ++z) v += parts[z * M * N + idx];
+  C[m * ldc + n] = bias ? v + bias[n] : v;
 }
 
 template <typename Real>
@@ -965,6 +995,39 @@ void tiled_step(const tc::StepPlan& pl, int64_t M, int64_t N, int64_t K, const R
         (void)stream;
     throw Error("the tiled step product takes float32 data");
   }
+}
+
+// Whether split-K may run (FASTLSTM_CUDA_GEMM_SPLITK, read at every call: "0" turns it off, for
+// A/B runs; on by default).
+inline bool split_k_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_GEMM_SPLITK");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// Split-K: where tiled_plan makes two or more k slices (the 128 x 128 or 64 x 128 tiles times the
+// slices fill two blocks per SM; at least kTiledMinSliceK k per slice) and that grid has at least
+// as many blocks as gemm_kernel's, the slices' partial products by simt_step_kernel into a
+// workspace, then split_sum_kernel adds them in order (+ bias) into C. "" (nothing run) otherwise,
+// or where split-K is switched off.
+template <typename Real>
+std::string gemm_split_k(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+  if (!std::is_same<Real, float>::value || M <= 0 || N <= 0 || !split_k_requested()) return "";
+  int device = 0, sms = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const tc::StepPlan pl = tiled_plan(M, N, K, sms);
+  // never fewer blocks than gemm_kernel's 64 x 64 grid (a shallow K over a few 128-wide tiles
+  // would trade its parallelism for the bigger tile)
+  const int64_t blocks = ceil_div(M, pl.large ? kBigM : 64) * ceil_div(N, kBigN) * pl.splits;
+  if (pl.splits < 2 || blocks < ceil_div(M, kTileM) * ceil_div(N, kTileN)) return "";
+  Workspace<Real> parts(pl.splits * M * N, device, stream);
+  poison(parts.get(), pl.splits * M * N, stream);
+  tiled_step<Real>(pl, M, N, K, A, sam, sak, Bm, sbk, sbn, parts.get(), stream);
+  auto kr = split_sum_kernel<Real>;
+  FL_LAUNCH(kr, grid_of(ceil_div(M * N, kThreads)), dim3(kThreads), stream, M, N, pl.splits,
+            static_cast<const Real*>(parts.get()), bias, C, ldc);
+  return "simt gemm (fp32, " + pl.describe() + ")";
 }
 
 // tc::plan_step (tiled: tiled_plan) for an M x N x K step product on `device` (its SM count).
@@ -1310,10 +1373,7 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
   need(Bm, K * N, "B", device);
   maybe(bias, N, "bias", device);
   need(C, M * N, "C", device);
-  if (p == Precision::kFp32) {
-    gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-    return big_gemm<Real>(M, N) ? "simt gemm (fp32, 128x128)" : "simt gemm (fp32, 64x64)";
-  }
+  if (p == Precision::kFp32) return gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
   const bool piped = gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
   return std::string("tensor-core gemm (") + tc::precision_name(p) +
          (piped ? (p == Precision::kBf16 ? ", wmma + cp.async, bf16 copies)" : ", wmma + cp.async)") : ", wmma)");

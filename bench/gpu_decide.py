@@ -1,0 +1,161 @@
+"""What the GPU check's A/B tables say about the switches still waiting for a measurement.
+
+    python bench/gpu_decide.py DIR
+
+DIR holds what `bash bench/gpu_check.sh` wrote (gpu_persistent_ab.json, gpu_gemm_ab.md). Prints,
+for each switch, the measured ratios behind it and what they suggest; it changes nothing (the
+constants live in csrc/cuda/lstm_impl.cuh and tensor_gemm.cuh, and each change needs its tests'
+expectations updated). A ratio here is "old / new" of the medians of one run: above 1 the new
+variant is faster. Missing tables or rows are reported, not guessed.
+
+- tc-gemm-v2 (FASTLSTM_CUDA_GEMM_PIPELINE, `pipeline_requested`): the LSTM rows of gpu_gemm_ab;
+- split-k-v1 (FASTLSTM_CUDA_GEMM_SPLITK, on by default): gpu_gemm_ab's split-K table;
+- kernel path "tiled" (forced only): gpu_persistent_ab's tiled columns against the faster of simt
+  and persistent, per configuration;
+- kPersistentAutoMaxRows: per H, the largest B at which the persistent kernels beat simt (and
+  tiled where timed) forward + backward;
+- staging ahead (FASTLSTM_CUDA_STAGE_AHEAD): persistent with it off / on;
+- tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's.
+"""
+import json
+import os
+import re
+import sys
+
+from gpu_gemm_ab import STEP_REPEAT  # bench/ is the script's folder
+
+
+def load_gemm_ab(folder):
+    """The JSON block at the end of gpu_gemm_ab.md, or None."""
+    path = os.path.join(folder, "gpu_gemm_ab.md")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        m = re.search(r"```json\n(.*)\n```", f.read(), re.S)
+    return json.loads(m.group(1)) if m else None
+
+
+def load_persistent_ab(folder):
+    path = os.path.join(folder, "gpu_persistent_ab.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def med(row, key):
+    v = row.get(key)
+    return v[0] if isinstance(v, list) and v and isinstance(v[0], (int, float)) else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def pipeline(gab, out):
+    out.append("## tc-gemm-v2 (FASTLSTM_CUDA_GEMM_PIPELINE): default / pipelined, LSTM on the tensor path")
+    rows = (gab or {}).get("lstm", [])
+    wins = []
+    for row in rows:
+        f, b = ratio(med(row, "v1_fwd"), med(row, "v2_fwd")), ratio(med(row, "v1_both"), med(row, "v2_both"))
+        out.append(f"- {row.get('config')} {row.get('precision')}: fwd {fmt(f)}, fwd+bwd {fmt(b)}"
+                   + ("" if f is not None else f" ({row.get('error', 'not timed: results differed')})"))
+        if f is not None and b is not None:
+            wins.append(min(f, b))
+    if not wins:
+        out.append("  no timed rows: no evidence either way")
+    else:
+        out.append(f"  suggests: {'turn it on by default' if min(wins) >= 1.0 else 'keep it off'}"
+                   f" (worst row {min(wins):.2f}x)")
+
+
+def split_k(gab, out):
+    out.append("## split-k-v1 (FASTLSTM_CUDA_GEMM_SPLITK, on by default): off / on, and cuBLAS fp32 / on")
+    rows = (gab or {}).get("split", [])
+    got = []
+    for row in rows:
+        r, c = ratio(med(row, "off"), med(row, "on")), ratio(med(row, "cublas_fp32"), med(row, "on"))
+        out.append(f"- {row.get('name')} {row.get('shape')}: {fmt(r)} (cuBLAS / fastlstm {fmt(c)}) "
+                   f"{row.get('kernel_on', row.get('error', ''))}")
+        if r is not None:
+            got.append(r)
+    if not got:
+        out.append("  no timed rows: no evidence either way")
+    else:
+        out.append(f"  suggests: {'keep it on' if min(got) >= 1.0 else 'narrow the rule (some shape is slower split)'}"
+                   f" (worst {min(got):.2f}x)")
+
+
+def tiled_and_persistent(pab, out):
+    out.append("## kernel path 'tiled' against the faster of simt and persistent (fp32)")
+    rows = (pab or {}).get("rows", [])
+    timed_rows = [r for r in rows if med(r, "simt_both") is not None]
+    for row in timed_rows:
+        if med(row, "tiled_fwd") is None:
+            continue
+        best_f = min(x for x in (med(row, "simt_fwd"), med(row, "persistent_fwd")) if x is not None)
+        best_b = min(x for x in (med(row, "simt_both"), med(row, "persistent_both")) if x is not None)
+        out.append(f"- {row['config']}: fwd {fmt(ratio(best_f, med(row, 'tiled_fwd')))}, fwd+bwd "
+                   f"{fmt(ratio(best_b, med(row, 'tiled_both')))}; cuDNN / tiled fwd "
+                   f"{fmt(ratio(med(row, 'cudnn_fwd'), med(row, 'tiled_fwd')))}, fwd+bwd "
+                   f"{fmt(ratio(med(row, 'cudnn_both'), med(row, 'tiled_both')))}")
+    for row in rows:
+        if "max_rel_tiled_vs_simt" in row and med(row, "tiled_fwd") is None:
+            out.append(f"- {row['config']}: tiled NOT timed (tiled vs simt {row['max_rel_tiled_vs_simt']:.1e})")
+    out.append("  suggests: auto should take 'tiled' for fp32 where both ratios are above 1.00x")
+    out.append("## kPersistentAutoMaxRows: persistent fwd+bwd against the faster per-step path, per H")
+    by_h = {}
+    for row in timed_rows:
+        T, B, I, H = row["config"]
+        others = [x for x in (med(row, "simt_both"), med(row, "tiled_both")) if x is not None]
+        r = ratio(min(others), med(row, "persistent_both"))
+        by_h.setdefault(H, []).append((B, r))
+        out.append(f"- {row['config']}: {fmt(r)}")
+    for H, pts in sorted(by_h.items()):
+        wins = [B for B, r in sorted(pts) if r is not None and r >= 1.0]
+        out.append(f"  H = {H}: persistent faster up to B = {max(wins) if wins else 'none'} "
+                   f"(timed B: {', '.join(str(B) for B, _ in sorted(pts))})")
+    out.append("## staging ahead (FASTLSTM_CUDA_STAGE_AHEAD): off / on")
+    for row in timed_rows:
+        if med(row, "noahead_fwd") is not None:
+            out.append(f"- {row['config']}: fwd {fmt(ratio(med(row, 'noahead_fwd'), med(row, 'persistent_fwd')))}, "
+                       f"fwd+bwd {fmt(ratio(med(row, 'noahead_both'), med(row, 'persistent_both')))}")
+
+
+def tiled_kslice(gab, out):
+    out.append("## tiled_plan's k per slice: the plan's against the fastest of the sweep (us per step)")
+    for row in (gab or {}).get("step", []):
+        plan = med(row, "fp32_tiled")
+        if plan is None:
+            continue
+        sweep = {ks: med(row, f"fp32_k{ks}") for ks in row.get("fp32_kslices", [])}
+        sweep = {ks: v for ks, v in sweep.items() if v is not None}
+        if not sweep:
+            continue
+        ks, best = min(sweep.items(), key=lambda kv: kv[1])
+        us = 1000.0 / STEP_REPEAT  # milliseconds for STEP_REPEAT steps -> us per step
+        out.append(f"- {row['name']}: plan {row.get('fp32_plan')} {plan * us:.1f} us, fastest {ks} k per slice "
+                   f"{best * us:.1f} us ({fmt(plan / best)})")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not os.path.isdir(argv[0]):
+        print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
+        return 2
+    gab, pab = load_gemm_ab(argv[0]), load_persistent_ab(argv[0])
+    out = [f"gpu_gemm_ab.md: {'found' if gab else 'MISSING'}; gpu_persistent_ab.json: {'found' if pab else 'MISSING'}"]
+    pipeline(gab, out)
+    split_k(gab, out)
+    tiled_and_persistent(pab, out)
+    tiled_kslice(gab, out)
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
