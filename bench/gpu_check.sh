@@ -28,7 +28,8 @@
 #                 several batch chunks) on both kernel paths, and tf32 / bf16 (the tensor-core
 #                 GEMM), the 128x128 fp32 GEMM alone, when compute-sanitizer exists
 #
-# 7. decide:      bench/gpu_decide.py reads the A/B tables back and prints the ratios behind each
+# 7. initcheck:   compute-sanitizer initcheck (poisoning off), if time is left
+# 8. decide:      bench/gpu_decide.py reads the A/B tables back and prints the ratios behind each
 #                 switch still waiting for a measurement (pipeline, split-K, tiled, the persistent
 #                 batch limit, staging ahead, tiled_plan's k per slice)
 #
@@ -181,7 +182,7 @@ stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)
-BENCH_DEADLINE=$(($(left) - 320))
+BENCH_DEADLINE=$(($(left) - 345))
 [ "$BENCH_DEADLINE" -lt 60 ] && BENCH_DEADLINE=60
 stage gpu_bench 300 "$OUTDIR/gpu_bench.log" "$PY" bench/gpu_bench.py --out "$OUTDIR" \
   --deadline "$BENCH_DEADLINE" --budget 0.4 --reps 20

@@ -32,15 +32,21 @@ def load_gemm_ab(folder):
         return None
     with open(path) as f:
         m = re.search(r"```json\n(.*)\n```", f.read(), re.S)
-    return json.loads(m.group(1)) if m else None
+    try:
+        return json.loads(m.group(1)) if m else None
+    except ValueError:
+        return None
 
 
 def load_persistent_ab(folder):
     path = os.path.join(folder, "gpu_persistent_ab.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:  # cut short while being written
+        return None
 
 
 def med(row, key):
@@ -94,6 +100,8 @@ def tiled_and_persistent(pab, out):
     out.append("## kernel path 'tiled' against the faster of simt and persistent (fp32)")
     rows = (pab or {}).get("rows", [])
     timed_rows = [r for r in rows if med(r, "simt_both") is not None]
+    if not rows:
+        out.append("  no rows")
     for row in timed_rows:
         if med(row, "tiled_fwd") is None:
             continue
@@ -112,13 +120,15 @@ def tiled_and_persistent(pab, out):
     for row in timed_rows:
         T, B, I, H = row["config"]
         others = [x for x in (med(row, "simt_both"), med(row, "tiled_both")) if x is not None]
-        r = ratio(min(others), med(row, "persistent_both"))
+        r = ratio(min(others), med(row, "persistent_both"))  # None where persistent was not timed
         by_h.setdefault(H, []).append((B, r))
         out.append(f"- {row['config']}: {fmt(r)}")
     for H, pts in sorted(by_h.items()):
-        wins = [B for B, r in sorted(pts) if r is not None and r >= 1.0]
-        out.append(f"  H = {H}: persistent faster up to B = {max(wins) if wins else 'none'} "
-                   f"(timed B: {', '.join(str(B) for B, _ in sorted(pts))})")
+        pts = sorted(pts, key=lambda p: p[0])
+        wins = [B for B, r in pts if r is not None and r >= 1.0]
+        upto = [B for B in wins if all(r is not None and r >= 1.0 for b, r in pts if b <= B)]
+        out.append(f"  H = {H}: persistent faster at B = {', '.join(map(str, wins)) or 'none'}; without a loss below: "
+                   f"up to B = {max(upto) if upto else 'none'} (timed B: {', '.join(str(B) for B, _ in pts)})")
     out.append("## staging ahead (FASTLSTM_CUDA_STAGE_AHEAD): off / on")
     for row in timed_rows:
         if med(row, "noahead_fwd") is not None:

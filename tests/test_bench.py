@@ -161,13 +161,17 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
         **({} if tl is None else dict(tiled_fwd=t(tl), tiled_both=t(2 * tl), max_rel_tiled_vs_simt=2e-7)), **kw)
     rows = [prow((100, 16, 512, 512), 1.0, 2.0), prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
             prow((100, 64, 1024, 1024), 10.0, 8.0, 4.0, noahead_fwd=t(11.0), noahead_both=t(22.0)),
-            dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom")]
+            dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom"),
+            dict(config=[100, 128, 1024, 1024], simt_fwd=t(9.0), cudnn_fwd=t(4.0), simt_both=t(18.0),
+                 cudnn_both=t(8.0), max_rel_persistent_vs_simt=float("nan"), tiled_fwd=t(4.5), tiled_both=t(9.0),
+                 max_rel_tiled_vs_simt=1e-7)]  # persistent not timed, tiled timed
     gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
     md = (tmp_path / "gpu_persistent_ab.md").read_text().splitlines()
     assert md[0].startswith("persistent vs simt vs tiled vs cuDNN fp32 on Card")
     assert any(line.startswith("| 100, 64, 1024, 1024 |") and "4.000 (3.600-4.400) / 8.000" in line
                and "| 1.00x / 1.00x |" in line for line in md)  # cuDNN 4 / tiled 4, 8 / 8
-    assert any(line.startswith("| 100, 256, 1024, 1024 | MISMATCH") for line in md)
+    assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
+    assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
     split = dict(name="dx B=1 H=1024", shape=[100, 1024, 4096], layout="nt", on=t(0.05), off=t(0.2),
                  cublas_fp32=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
                  err_off=1e-7)
@@ -188,8 +192,10 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     # tiled against the faster of simt (8) and persistent (10): 2x; at H = 512 against persistent 2.0
     assert any(line.startswith("- [100, 64, 1024, 1024]: fwd 2.00x, fwd+bwd 2.00x") for line in out)
     assert any(line.startswith("- [100, 64, 512, 512]: fwd 1.33x, fwd+bwd 1.33x") for line in out)
-    assert "  H = 512: persistent faster up to B = 16 (timed B: 16, 64)" in out
-    assert "  H = 1024: persistent faster up to B = none (timed B: 64)" in out
+    assert any(line.startswith("- [100, 128, 1024, 1024]: fwd 2.00x, fwd+bwd 2.00x") for line in out)
+    assert "- [100, 128, 1024, 1024]: -" in out  # persistent not timed there
+    assert "  H = 512: persistent faster at B = 16; without a loss below: up to B = 16 (timed B: 16, 64)" in out
+    assert "  H = 1024: persistent faster at B = none; without a loss below: up to B = none (timed B: 64, 128)" in out
     assert "- [100, 64, 1024, 1024]: fwd 1.10x, fwd+bwd 1.10x" in out  # staging ahead off / on
     assert any(line.startswith("- step fwd B=64 H=1024: plan") and "fastest 256 k per slice 16.0 us (1.25x)" in line
                for line in out)

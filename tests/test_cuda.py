@@ -335,6 +335,8 @@ class EmuExtension:
                                     cs, ci, cs, ci]
         lib.fl_emu_step_gemm.argtypes = [ci, ci, i64, i64, i64, i64, p, i64, i64, p, i64, i64, p,
                                          cs, ci, cs, ci]
+        lib.fl_emu_step_matmul.argtypes = [ci, i64, i64, i64, p, i64, i64, p, i64, i64, p, i64, i64, i64,
+                                           cs, ci, cs, ci]
         lib.fl_emu_tensor_auto.argtypes = [i64, i64]
         lib.fl_emu_set_device.argtypes = [ci, ci, ci, ci]
         lib.fl_emu_set_capability.argtypes = [ci, ci]
@@ -444,6 +446,17 @@ class EmuExtension:
         err = ctypes.create_string_buffer(1024)
         rc = self.lib.fl_emu_step_gemm(self._precision(precision), int(bool(large)), kslice, M, N, K, a, sam,
                                        sak, b, sbk, sbn, c, ran, len(ran), err, len(err))
+        if rc != 0:
+            raise RuntimeError(err.value.decode())
+        return ran.value.decode()
+
+    def step_matmul_api(self, precision, M, N, K, a, sam, sak, b, sbk, sbn, c, c_elems, repeat, kslice=0):
+        """step_matmul() of api.h (what _cuda.step_matmul binds): its checks and the plan for the
+        emulated device, or the kslice override. Returns the plan's description."""
+        ran = ctypes.create_string_buffer(256)
+        err = ctypes.create_string_buffer(1024)
+        rc = self.lib.fl_emu_step_matmul(self._precision(precision), M, N, K, a, sam, sak, b, sbk, sbn, c, c_elems,
+                                         repeat, kslice, ran, len(ran), err, len(err))
         if rc != 0:
             raise RuntimeError(err.value.decode())
         return ran.value.decode()
@@ -1506,6 +1519,10 @@ def test_emulated_gemm_fp32_split_k(emu, monkeypatch, layout):
         kslice = _plan_tiled(M, N, K, 16)[1]
         np.testing.assert_array_equal(C.view(np.uint32), split_k_product_f32(A, B, bias, kslice).view(np.uint32),
                                       err_msg=ran)
+    # the rule's edge: as many split blocks as the 64 x 64 grid's (64 x 128 x 256: 1 tile x 2
+    # slices against 1 x 2 blocks) splits
+    assert _fp32_gemm_kind(64, 128, 256, 16) == "simt gemm (fp32, 64x128 tiles x 2 k-slices)"
+    assert _run_gemm(emu, "fp32", 64, 128, 256, layout, seed=3)[4] == _fp32_gemm_kind(64, 128, 256, 16)
     # a shallow K keeps the 64 x 64 kernel, and so does a split with fewer blocks than its grid
     # (100 x 1024 x 256: 8 tiles x 2 slices against 2 x 16 blocks); switched off
     # (FASTLSTM_CUDA_GEMM_SPLITK=0) too
@@ -2351,7 +2368,7 @@ def test_gpu_step_matmul_binding(precision):
     for z in range(1, 5):
         total = total + parts[z]
     assert rel_err(total, model_product(A, Bm, precision)) <= gemm_tol(K, precision) + GEMM_TOL, ran
-    for bad, match in ((12, "inconsistent k slices"), (-1, "kslice must be")):
+    for bad, match in ((36, "kslice must be a multiple of"), (-1, "kslice must be >= 0")):
         with pytest.raises(RuntimeError, match=match):
             _cuda.step_matmul(precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, c.size, 1, 0, 0,
                               kslice=bad)
@@ -2369,8 +2386,8 @@ def test_gpu_step_matmul_binding(precision):
 
 def _plan_tiled(M, N, K, sms):
     """tiled_plan's choice, as its description: 64 x 128 tiles for M <= 64, else 128 x 128; as
-    many k slices (<= 32, >= 128 k each, whole 8-k passes) as keep the grid within two blocks
-    per SM."""
+    many k slices (<= 32 and <= ceil(K / 128), so more than 64 k each; whole 8-k passes) as keep
+    the grid within two blocks per SM."""
     large = M > 64
     blocks = -(-M // (128 if large else 64)) * -(-N // 128)
     want = (2 * sms) // blocks if 0 < blocks < 2 * sms else 1
@@ -2499,6 +2516,41 @@ def test_emulated_tiled_precision_float64_and_errors(emu, monkeypatch):
     assert _ran("forward").startswith("simt forward") and _ran("backward").startswith("simt backward")
     with pytest.raises(ValueError, match="kernel path: expected one of"):
         fcuda.set_kernel_path("tiles")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_emulated_step_matmul_checks_and_kslice_override(emu, precision):
+    # step_matmul() (bench/gpu_gemm_ab.py's per-step table and its k-per-slice sweep): the plan,
+    # `repeat` runs into the same place, another k per slice, and its argument errors
+    emu.set_device(sm_count=16)
+    rng = np.random.default_rng(8)
+    M, N, K = 40, 72, 300
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    Bm = rng.standard_normal((K, N)).astype(np.float32)
+    c = np.full(16 * M * N, np.nan, np.float32)
+    bufs = [emu.Buffer(v.nbytes, 0) for v in (A, Bm, c)]
+    for buf, v in zip(bufs, (A, Bm, c)):
+        buf.upload(v)
+    call = lambda c_elems=c.size, repeat=1, kslice=0: emu.step_matmul_api(  # noqa: E731
+        precision, M, N, K, bufs[0].ptr, K, 1, bufs[1].ptr, N, 1, bufs[2].ptr, c_elems, repeat, kslice)
+    plan = _plan_tiled(M, N, K, 16)[0] + " (simt)" if precision == "fp32" else _plan_step(M, N, K, 16)
+    assert call(repeat=2) == plan
+    for kslice, splits in ((64, 5), (128, 3)):
+        c[:] = np.nan
+        bufs[2].upload(c)
+        ran = call(kslice=kslice)
+        assert f" x {splits} k-slices" in ran, ran
+        bufs[2].download(c)
+        parts = c.reshape(16, M, N)
+        assert np.isnan(parts[splits:]).all(), ran
+        check_step_gemm(parts[:splits], A, Bm, kslice, precision)
+    bad = [(dict(c_elems=M * N - 1), "C holds"), (dict(kslice=36), "kslice must be a multiple of"),
+           (dict(kslice=-1), "kslice must be >= 0"), (dict(repeat=0), "bad dimensions or repeat")]
+    if precision == "fp32":  # 8 k per slice: 38 slices, more than C holds
+        bad.append((dict(kslice=8), "C holds"))
+    for kw, match in bad:
+        with pytest.raises(RuntimeError, match=match):
+            call(**kw)
 
 
 @pytest.mark.parametrize("layout", ["fwd", "bwd"])

@@ -955,8 +955,9 @@ inline std::string tensor_why(const RunOptions& opt) {
 // Kernel path "tiled" (float32, any precision): each step's recurrent product h_{s-1} . R
 // (forward) or dz_s . R^T (backward) as a split-k GEMM on the CUDA cores (simt_step_kernel,
 // fp32 multiply-adds), then the tensor path's pointwise kernels. The plan: 64 x 128 tiles for
-// M <= 64 rows, else 128 x 128; then as many k slices (at most kTiledMaxSplits, at least
-// kTiledMinSliceK k each, whole 8-k passes) as keep the grid within two blocks per SM (the
+// M <= 64 rows, else 128 x 128; then as many k slices (at most kTiledMaxSplits and at most
+// ceil(K / kTiledMinSliceK), so more than 64 k each; whole 8-k passes) as keep the grid within
+// two blocks per SM (the
 // kernel's occupancy: __launch_bounds__(kThreads, 2), 124 registers). bench/NOTES_GPU.md
 // ("tiled-v1") counts it.
 constexpr int64_t kTiledMaxSplits = 32;
@@ -981,9 +982,9 @@ template <typename Real>
 void tiled_step(const tc::StepPlan& pl, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak,
                 const Real* Bm, int64_t sbk, int64_t sbn, Real* C, cudaStream_t stream) {
   if constexpr (std::is_same<Real, float>::value) {
-    if (pl.splits < 1 || pl.splits > 65535 ||
-        (K > 0 && (pl.kslice < 1 || pl.kslice % kBigK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
+    if (pl.splits < 1 || (K > 0 && (pl.kslice < 1 || pl.kslice % kBigK != 0 || ceil_div(K, pl.kslice) != pl.splits)))
       throw Error("tiled step product: inconsistent k slices");
+    if (pl.splits > 65535) throw Error("tiled step product: more than 65535 k slices");
     dim3 grid = grid_of(ceil_div(M, pl.large ? kBigM : 64), ceil_div(N, kBigN));
     if (empty_grid(grid)) return;
     grid.z = static_cast<unsigned>(pl.splits);
@@ -1005,7 +1006,7 @@ inline bool split_k_requested() {
 }
 
 // Split-K: where tiled_plan makes two or more k slices (the 128 x 128 or 64 x 128 tiles times the
-// slices fill two blocks per SM; at least kTiledMinSliceK k per slice) and that grid has at least
+// slices fill two blocks per SM; more than 64 k per slice) and that grid has at least
 // as many blocks as gemm_kernel's, the slices' partial products by simt_step_kernel into a
 // workspace, then split_sum_kernel adds them in order (+ bias) into C. "" (nothing run) otherwise,
 // or where split-K is switched off.
@@ -1391,7 +1392,11 @@ std::string step_matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const
   const bool tiled = p == Precision::kFp32;  // kernel path "tiled"'s product
   tc::StepPlan pl = step_plan_on(device, M, N, K, tiled);
   if (kslice < 0) throw Error("step_matmul: kslice must be >= 0 (0: the plan's)");
-  if (kslice > 0 && K > 0) {  // another slicing than the plan's (checked by the launchers)
+  const int64_t pass = tiled ? kBigK : tc::kBK;  // k per pass of the kernel
+  if (kslice % pass != 0)
+    throw Error("step_matmul: kslice must be a multiple of " + std::to_string(pass) + " (k per pass), got " +
+                std::to_string(kslice));
+  if (kslice > 0 && K > 0) {  // another slicing than the plan's (checked by the launchers too)
     pl.kslice = kslice;
     pl.splits = ceil_div(K, kslice);
   }

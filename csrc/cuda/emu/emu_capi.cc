@@ -241,4 +241,20 @@ int fl_emu_step_gemm(int precision, int large, int64_t kslice, int64_t M, int64_
   return rc;
 }
 
+// step_matmul() of api.h on the emulator (its argument checks, the plan for the emulated device,
+// the kslice override): precision 0 fp32 (kernel path "tiled"), 1 tf32, 2 bf16, 3 tf32x3.
+int fl_emu_step_matmul(int precision, int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak,
+                       const float* B, int64_t sbk, int64_t sbn, float* C, int64_t c_elems, int64_t repeat,
+                       int64_t kslice, char* ran, int ranlen, char* err, int errlen) {
+  std::string what;
+  const int rc = guarded(
+      [&] {
+        what = cuda::impl::step_matmul_impl<float>(static_cast<cuda::Precision>(precision), M, N, K, A, sam, sak, B,
+                                                   sbk, sbn, C, c_elems, repeat, 0, nullptr, kslice);
+      },
+      err, errlen);
+  if (ran && ranlen > 0) std::snprintf(ran, static_cast<size_t>(ranlen), "%s", what.c_str());
+  return rc;
+}
+
 }  // extern "C"
