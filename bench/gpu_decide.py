@@ -62,6 +62,14 @@ def fmt(r):
     return "-" if r is None else f"{r:.2f}x"
 
 
+def verdict(out, ratios, good, bad):
+    """The worst of `ratios` (old / new) and what it suggests: `good` when no row is below 1."""
+    if not ratios:
+        out.append("  no timed rows: no evidence either way")
+    else:
+        out.append(f"  suggests: {good if min(ratios) >= 1.0 else bad} (worst {min(ratios):.2f}x)")
+
+
 def pipeline(gab, out):
     out.append("## tc-gemm-v2 (FASTLSTM_CUDA_GEMM_PIPELINE): default / pipelined, LSTM on the tensor path")
     rows = (gab or {}).get("lstm", [])
@@ -72,11 +80,7 @@ def pipeline(gab, out):
                    + ("" if f is not None else f" ({row.get('error', 'not timed: results differed')})"))
         if f is not None and b is not None:
             wins.append(min(f, b))
-    if not wins:
-        out.append("  no timed rows: no evidence either way")
-    else:
-        out.append(f"  suggests: {'turn it on by default' if min(wins) >= 1.0 else 'keep it off'}"
-                   f" (worst row {min(wins):.2f}x)")
+    verdict(out, wins, "turn it on by default", "keep it off")
 
 
 def split_k(gab, out):
@@ -89,11 +93,7 @@ def split_k(gab, out):
                    f"{row.get('kernel_on', row.get('error', ''))}")
         if r is not None:
             got.append(r)
-    if not got:
-        out.append("  no timed rows: no evidence either way")
-    else:
-        out.append(f"  suggests: {'keep it on' if min(got) >= 1.0 else 'narrow the rule (some shape is slower split)'}"
-                   f" (worst {min(got):.2f}x)")
+    verdict(out, got, "keep it on", "narrow the rule (some shape is slower split)")
 
 
 def tiled_and_persistent(pab, out):

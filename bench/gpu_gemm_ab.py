@@ -37,7 +37,7 @@ import sys
 
 import numpy as np
 
-from gpu_timing import timed  # bench/ is the script's folder
+from gpu_timing import env, timed  # bench/ is the script's folder
 
 PIPE = "FASTLSTM_CUDA_GEMM_PIPELINE"
 # (name, M, N, K, layout): layout "nn" A (M, K) and B (K, N) row-major; "tn" A stored (K, M);
@@ -60,32 +60,32 @@ SPLITS = [("dx B=1 H=1024", 100, 1024, 4096, "nt"), ("dx B=1 H=256", 100, 256, 1
 TILED_KSLICES = (64, 128, 256, 512, 1024)  # the fp32 tiled product also at these k per slice (< K, <= 32 slices)
 
 
-class pipeline:
+def pipeline(on):
     """Inside the block, the tensor-core GEMMs are pipelined (True) or not."""
-
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.prev = os.environ.get(PIPE)
-        os.environ[PIPE] = "1" if self.on else "0"
-
-    def __exit__(self, *exc):
-        if self.prev is None:
-            os.environ.pop(PIPE, None)
-        else:
-            os.environ[PIPE] = self.prev
+    return env(PIPE, "1" if on else "0")
 
 
-def gemm_row(spec, reps, torch, _cuda):
-    name, M, N, K, layout = spec
-    g = torch.Generator(device="cuda").manual_seed(M + N + K)
+def split_k(on):
+    """Inside the block, the fp32 GEMM may split K (True: the default) or not."""
+    return env("FASTLSTM_CUDA_GEMM_SPLITK", None if on else "0")
+
+
+def operands(M, N, K, layout, seed, torch):
+    """A (M, K), B (K, N) on the card, stored as layout says ("t": transposed), with the strides
+    fastlstm's matmul takes: (A, B, a, b, sam, sak, sbk, sbn)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     A = torch.randn(M, K, device="cuda", generator=g)
     B = torch.randn(K, N, device="cuda", generator=g)
     a = A.t().contiguous() if layout[0] == "t" else A
     b = B.t().contiguous() if layout[1] == "t" else B
     sam, sak = (1, M) if layout[0] == "t" else (K, 1)
     sbk, sbn = (1, K) if layout[1] == "t" else (N, 1)
+    return A, B, a, b, sam, sak, sbk, sbn
+
+
+def gemm_row(spec, reps, torch, _cuda):
+    name, M, N, K, layout = spec
+    A, B, a, b, sam, sak, sbk, sbn = operands(M, N, K, layout, M + N + K, torch)
     C = {key: torch.empty(M, N, device="cuda") for key in ("v1", "v2")}
 
     def fl(precision, on, out):
@@ -131,35 +131,9 @@ def gemm_row(spec, reps, torch, _cuda):
     return row
 
 
-class split_k:
-    """Inside the block, the fp32 GEMM may split K (True: the default) or not."""
-
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.prev = os.environ.get("FASTLSTM_CUDA_GEMM_SPLITK")
-        if self.on:
-            os.environ.pop("FASTLSTM_CUDA_GEMM_SPLITK", None)
-        else:
-            os.environ["FASTLSTM_CUDA_GEMM_SPLITK"] = "0"
-
-    def __exit__(self, *exc):
-        if self.prev is None:
-            os.environ.pop("FASTLSTM_CUDA_GEMM_SPLITK", None)
-        else:
-            os.environ["FASTLSTM_CUDA_GEMM_SPLITK"] = self.prev
-
-
 def split_row(spec, reps, torch, _cuda):
     name, M, N, K, layout = spec
-    g = torch.Generator(device="cuda").manual_seed(M + N + K + 1)
-    A = torch.randn(M, K, device="cuda", generator=g)
-    B = torch.randn(K, N, device="cuda", generator=g)
-    a = A.t().contiguous() if layout[0] == "t" else A
-    b = B.t().contiguous() if layout[1] == "t" else B
-    sam, sak = (1, M) if layout[0] == "t" else (K, 1)
-    sbk, sbn = (1, K) if layout[1] == "t" else (N, 1)
+    A, B, a, b, sam, sak, sbk, sbn = operands(M, N, K, layout, M + N + K + 1, torch)
     C = torch.empty(M, N, device="cuda")
 
     def fl(on):

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from gpu_timing import timed  # bench/ is the script's folder
+from gpu_timing import env, timed  # bench/ is the script's folder
 
 # the H = 1024 rows first (never measured after the staging change; tiled at B = 64 / 256)
 CONFIGS = [(100, 16, 1024, 1024), (100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 1, 256, 256),
@@ -38,22 +38,9 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-class stage_ahead:
+def stage_ahead(on):
     """Inside the block, the persistent kernels stage ahead (True: the default) or not."""
-
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.prev = os.environ.get("FASTLSTM_CUDA_STAGE_AHEAD")
-        if not self.on:
-            os.environ["FASTLSTM_CUDA_STAGE_AHEAD"] = "0"
-
-    def __exit__(self, *exc):
-        if self.prev is None:
-            os.environ.pop("FASTLSTM_CUDA_STAGE_AHEAD", None)
-        else:
-            os.environ["FASTLSTM_CUDA_STAGE_AHEAD"] = self.prev
+    return env("FASTLSTM_CUDA_STAGE_AHEAD", None if on else "0")
 
 
 def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):

@@ -1,6 +1,26 @@
 """Shared by the GPU A/B scripts (bench/gpu_gemm_ab.py, bench/gpu_persistent_ab.py): timing of
-several contenders on one card with CUDA events."""
+several contenders on one card with CUDA events, and switching an environment variable for a
+block."""
+import contextlib
+import os
 import statistics
+
+
+@contextlib.contextmanager
+def env(name, value):
+    """Inside the block, environment variable `name` is `value` (None: unset); after it, as before."""
+    prev = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if prev is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = prev
 
 
 def timed(contenders, reps, torch):

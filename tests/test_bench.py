@@ -187,7 +187,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "- [100, 64, 1024, 1024] tf32: fwd 1.20x, fwd+bwd 0.90x" in out
-    assert "  suggests: keep it off (worst row 0.90x)" in out
+    assert "  suggests: keep it off (worst 0.90x)" in out
     assert "  suggests: keep it on (worst 4.00x)" in out
     # tiled against the faster of simt (8) and persistent (10): 2x; at H = 512 against persistent 2.0
     assert any(line.startswith("- [100, 64, 1024, 1024]: fwd 2.00x, fwd+bwd 2.00x") for line in out)
