@@ -33,6 +33,11 @@
 #                 switch still waiting for a measurement (pipeline, split-K, tiled, the persistent
 #                 batch limit, staging ahead, tiled_plan's k per slice)
 #
+# A second, shorter run in the same session (after changing a default, say): STAGES="build
+# pytest_cuda persistent_ab decide" runs only those stages (names as in the summary; the others
+# are listed as skipped), PYTEST_K="tiled or split" narrows the GPU tests (pytest -k), and
+# TOTAL_BUDGET sets the whole run's limit.
+#
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 465, 7.75 minutes): each stage gets at
 # most what is left. Logs and the benchmark table go to $OUT when set (else a temporary
@@ -72,6 +77,10 @@ left() { echo $((TOTAL_BUDGET - ($(date +%s) - T0))); }
 stage() {
   local name=$1 limit=$2 logfile=$3
   shift 3
+  if [ -n "${STAGES:-}" ] && [[ " ${STAGES//,/ } " != *" $name "* ]]; then
+    SUMMARY+=("$name: SKIPPED (not in STAGES)")
+    return 0
+  fi
   local rest
   rest=$(left)
   if [ "$rest" -lt 10 ]; then
@@ -178,7 +187,7 @@ stage kernels 40 "$OUTDIR/kernels.log" kernels_info
 # ---- 4. tests
 stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
-  tests/test_cuda.py tests/test_device.py
+  ${PYTEST_K:+-k "$PYTEST_K"} tests/test_cuda.py tests/test_device.py
 
 # ---- 5. benchmark (before the sanitizers: the measurements are what a short GPU session most
 # needs; it leaves ~150 s for the sanitizer stages)

@@ -100,11 +100,10 @@ def tiled_and_persistent(pab, out):
     out.append("## kernel path 'tiled' against the faster of simt and persistent (fp32)")
     rows = (pab or {}).get("rows", [])
     timed_rows = [r for r in rows if med(r, "simt_both") is not None]
-    if not rows:
-        out.append("  no rows")
-    for row in timed_rows:
-        if med(row, "tiled_fwd") is None:
-            continue
+    tiled_rows = [r for r in timed_rows if med(r, "tiled_fwd") is not None]
+    if not tiled_rows:
+        out.append("  no timed rows: no evidence either way")
+    for row in tiled_rows:
         best_f = min(x for x in (med(row, "simt_fwd"), med(row, "persistent_fwd")) if x is not None)
         best_b = min(x for x in (med(row, "simt_both"), med(row, "persistent_both")) if x is not None)
         out.append(f"- {row['config']}: fwd {fmt(ratio(best_f, med(row, 'tiled_fwd')))}, fwd+bwd "
@@ -114,7 +113,8 @@ def tiled_and_persistent(pab, out):
     for row in rows:
         if "max_rel_tiled_vs_simt" in row and med(row, "tiled_fwd") is None:
             out.append(f"- {row['config']}: tiled NOT timed (tiled vs simt {row['max_rel_tiled_vs_simt']:.1e})")
-    out.append("  suggests: auto should take 'tiled' for fp32 where both ratios are above 1.00x")
+    if tiled_rows:
+        out.append("  suggests: auto should take 'tiled' for fp32 where both ratios are above 1.00x")
     out.append("## kPersistentAutoMaxRows: persistent fwd+bwd against the faster per-step path, per H")
     by_h = {}
     for row in timed_rows:
