@@ -84,11 +84,11 @@ def pipeline(gab, out):
 
 
 def split_k(gab, out):
-    out.append("## split-k-v1 (FASTLSTM_CUDA_GEMM_SPLITK, on by default): off / on, and cuBLAS fp32 / on")
+    out.append("## split-k-v1 (FASTLSTM_CUDA_GEMM_SPLITK, on by default): off / on, and cuBLAS (same mode) / on")
     rows = (gab or {}).get("split", [])
     got = []
     for row in rows:
-        r, c = ratio(med(row, "off"), med(row, "on")), ratio(med(row, "cublas_fp32"), med(row, "on"))
+        r, c = ratio(med(row, "off"), med(row, "on")), ratio(med(row, "cublas"), med(row, "on"))
         out.append(f"- {row.get('name')} {row.get('shape')}: {fmt(r)} (cuBLAS / fastlstm {fmt(c)}) "
                    f"{row.get('kernel_on', row.get('error', ''))}")
         if r is not None:

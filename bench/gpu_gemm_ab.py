@@ -17,8 +17,9 @@ forward (h . R) and backward (dz . R^T), tf32 / tf32x3 pipeline off / on, bf16 t
 kernel only (its pipelined step products need the bf16 copies the LSTM makes), and fp32 on the
 CUDA cores (kernel path "tiled"'s split-k SIMT product, precision "fp32" of step_matmul; also
 at other k per slice than its plan's, to tune tiled_plan): microseconds per step, to set against the recurrence's whole time per step in part 3.
-Part 3, fp32 split-K (split-k-v1) on and off (FASTLSTM_CUDA_GEMM_SPLITK=0) beside cuBLAS fp32, at
-the small batches' narrow / tall-K products (dx at B = 1, dkernel and dx at B = 16, H = 512).
+Part 3, split-K (split-k-v1) on and off (FASTLSTM_CUDA_GEMM_SPLITK=0) beside cuBLAS in the same
+mode, at the small batches' narrow / tall-K products (dx at B = 1, dkernel and dx at B = 16,
+H = 512): fp32 (the SIMT GEMM), and tf32 / bf16 (the tensor-core GEMM).
 Part 4, the LSTM in tf32 and in bf16 on kernel path auto (the tensor-core recurrence at these
 shapes), forward (training=False) and forward + backward, pipeline off / on (bf16: the step
 products then read bf16 copies of R and h / dz, and the large products bf16 copies of their
@@ -55,8 +56,11 @@ STEPS = [(64, 1024, "fwd"), (256, 1024, "fwd"), (64, 1024, "bwd"), (256, 1024, "
 STEP_REPEAT = 100
 # fp32 split-K (split-k-v1) on / off (FASTLSTM_CUDA_GEMM_SPLITK=0) beside cuBLAS fp32: the small
 # batches' narrow or tall-K products, whose 128 x 128 grid is smaller than the card
-SPLITS = [("dx B=1 H=1024", 100, 1024, 4096, "nt"), ("dx B=1 H=256", 100, 256, 1024, "nt"),
-          ("dkernel B=16 H=512", 512, 2048, 1600, "tn"), ("dx B=16 H=512", 1600, 512, 2048, "nt")]
+SPLITS = [("dx B=1 H=1024", 100, 1024, 4096, "nt", "fp32"), ("dx B=1 H=256", 100, 256, 1024, "nt", "fp32"),
+          ("dkernel B=16 H=512", 512, 2048, 1600, "tn", "fp32"), ("dx B=16 H=512", 1600, 512, 2048, "nt", "fp32"),
+          ("dx B=1 H=1024", 100, 1024, 4096, "nt", "tf32"), ("dkernel B=16 H=512", 512, 2048, 1600, "tn", "tf32"),
+          ("dx B=1 H=1024", 100, 1024, 4096, "nt", "bf16")]
+SPLIT_ERR = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2}  # a product further from float64 is not timed
 TILED_KSLICES = (64, 128, 256, 512, 1024)  # the fp32 tiled product also at these k per slice (< K, <= 32 slices)
 
 
@@ -132,29 +136,32 @@ def gemm_row(spec, reps, torch, _cuda):
 
 
 def split_row(spec, reps, torch, _cuda):
-    name, M, N, K, layout = spec
+    name, M, N, K, layout, precision = spec
     A, B, a, b, sam, sak, sbk, sbn = operands(M, N, K, layout, M + N + K + 1, torch)
     C = torch.empty(M, N, device="cuda")
 
     def fl(on):
         with split_k(on):
-            return _cuda.matmul("fp32", M, N, K, a.data_ptr(), sam, sak, b.data_ptr(), sbk, sbn, 0, C.data_ptr(), N,
-                                torch.cuda.current_device(), 0)
+            return _cuda.matmul(precision, M, N, K, a.data_ptr(), sam, sak, b.data_ptr(), sbk, sbn, 0, C.data_ptr(),
+                                N, torch.cuda.current_device(), 0)
 
-    row = dict(name=name, shape=[M, N, K], layout=layout)
+    row = dict(name=f"{name} {precision}", shape=[M, N, K], layout=layout, precision=precision)
     exact = A.double() @ B.double()
     for on in (True, False):
         row[f"kernel_{'on' if on else 'off'}"] = fl(on)
         torch.cuda.synchronize()
         row[f"err_{'on' if on else 'off'}"] = float((C.double() - exact).norm() / exact.norm())
-    if not all(row[k] <= 1e-5 for k in ("err_on", "err_off")):  # (False for NaN): a wrong product is not timed
+    if not all(row[k] <= SPLIT_ERR[precision] for k in ("err_on", "err_off")):  # (False for NaN): not timed
         row["error"] = f"error against float64: on {row['err_on']:.2e}, off {row['err_off']:.2e}"
         print(name, "NOT TIMED:", row["error"], flush=True)
         return row
-    torch.backends.cuda.matmul.allow_tf32 = False
-    row.update(timed({"on": lambda: fl(True), "off": lambda: fl(False), "cublas_fp32": lambda: torch.matmul(A, B)},
+    # cuBLAS in the same mode: strict fp32, TF32 allowed, or bf16 tensors (no conversion timed)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    Ab, Bb = (A.bfloat16(), B.bfloat16()) if precision == "bf16" else (A, B)
+    row.update(timed({"on": lambda: fl(True), "off": lambda: fl(False), "cublas": lambda: torch.matmul(Ab, Bb)},
                      reps, torch))
-    print(name, row["kernel_on"], {k: round(row[k][0], 4) for k in ("on", "off", "cublas_fp32")}, flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(row["name"], row["kernel_on"], {k: round(row[k][0], 4) for k in ("on", "off", "cublas")}, flush=True)
     return row
 
 
@@ -292,8 +299,8 @@ def emit(grows, srows, lrows, torch, out, final, prows=()):
                         if "fp32_tiled" in row else "- |")
                      + " " + (", ".join(f"{ks}: {us('fp32_k' + str(ks)).split(' ')[0]}" for ks in row.get("fp32_kslices", ())
                                         if "fp32_k" + str(ks) in row) or "-") + " |")
-    lines += ["", "| fp32 product (split-K), us | M, N, K | split-K on | off (FASTLSTM_CUDA_GEMM_SPLITK=0) | off / on | "
-              "cuBLAS fp32 | TFLOP/s on / off / cuBLAS | kernel on | error on / off |",
+    lines += ["", "| product (split-K), us | M, N, K | split-K on | off (FASTLSTM_CUDA_GEMM_SPLITK=0) | off / on | "
+              "cuBLAS (same mode) | TFLOP/s on / off / cuBLAS | kernel on | error on / off |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in prows:
         if "on" not in row:
@@ -302,9 +309,9 @@ def emit(grows, srows, lrows, torch, out, final, prows=()):
         flop = 2.0 * np.prod(row["shape"])
         u = lambda v: f"{v[0] * 1000:.1f} ({v[1] * 1000:.1f}-{v[2] * 1000:.1f})"  # noqa: E731
         lines.append(f"| {row['name']} | {', '.join(map(str, row['shape']))} | {u(row['on'])} | {u(row['off'])} | "
-                     f"{row['off'][0] / row['on'][0]:.2f}x | {u(row['cublas_fp32'])} | "
+                     f"{row['off'][0] / row['on'][0]:.2f}x | {u(row['cublas'])} | "
                      f"{flop / row['on'][0] / 1e9:.1f} / {flop / row['off'][0] / 1e9:.1f} / "
-                     f"{flop / row['cublas_fp32'][0] / 1e9:.1f} | {row['kernel_on']} | "
+                     f"{flop / row['cublas'][0] / 1e9:.1f} | {row['kernel_on']} | "
                      f"{row['err_on']:.1e} / {row['err_off']:.1e} |")
     lines += ["", "| T, B, I, H | precision | fwd default | fwd pipelined | cuDNN fwd (same mode) | cuDNN / pipelined | "
               "fwd+bwd default | fwd+bwd pipelined | cuDNN fwd+bwd | cuDNN / pipelined | kernels (pipelined) |",
@@ -364,7 +371,7 @@ def main(argv=None):
             prows.append(split_row(spec, args.reps, torch, _cuda))
         except Exception as e:
             print(spec, "FAILED", type(e).__name__, e, flush=True)
-            prows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
+            prows.append(dict(name=f"{spec[0]} {spec[5]}", error=f"{type(e).__name__}: {e}"))
         done()
     for cfg in LSTMS:
         try:

@@ -172,8 +172,8 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
                and "| 1.00x / 1.00x |" in line for line in md)  # cuDNN 4 / tiled 4, 8 / 8
     assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
     assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
-    split = dict(name="dx B=1 H=1024", shape=[100, 1024, 4096], layout="nt", on=t(0.05), off=t(0.2),
-                 cublas_fp32=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
+    split = dict(name="dx B=1 H=1024 fp32", shape=[100, 1024, 4096], layout="nt", precision="fp32", on=t(0.05),
+                 off=t(0.2), cublas=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
                  err_off=1e-7)
     step = dict(name="step fwd B=64 H=1024", shape=[64, 4096, 1024], tf32_plan=["p", "p (cp.async)"], tf32_v1=t(1.0),
                 fp32_plan="64x128 tiles x 8 k-slices (simt)", fp32_tiled=t(2.0), fp32_kslices=[128, 256],
@@ -182,7 +182,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
                 v2_both=t(10.0), cudnn_fwd=t(2.0), cudnn_both=t(6.0), kernels_v2=["a", "b"])
     gpu_gemm_ab.emit([], [step], [lstm], torch, str(tmp_path), final=False, prows=[split])
     text = (tmp_path / "gpu_gemm_ab.md").read_text()
-    assert "| dx B=1 H=1024 | 100, 1024, 4096 | 50.0 (45.0-55.0) | 200.0 (180.0-220.0) | 4.00x |" in text
+    assert "| dx B=1 H=1024 fp32 | 100, 1024, 4096 | 50.0 (45.0-55.0) | 200.0 (180.0-220.0) | 4.00x |" in text
     assert "| 20.0 (18.0-22.0); 64x128 tiles x 8 k-slices (simt) | 26.8 | 128: 20.0, 256: 16.0 |" in text
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()

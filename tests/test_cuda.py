@@ -1435,6 +1435,57 @@ def check_gemm(C, A, B, bias, precision):
 
 
 GEMM_SHAPES = [(1, 1, 1), (130, 67, 45), (128, 128, 64), (33, 260, 100), (5, 7, 0), (200, 17, 300)]
+EMU_SMS = 4  # the emulated device's SM count unless a test sets another (EmuExtension.set_device)
+
+
+def _tc_splits(M, N, K, sms):
+    """tc::plan_large_split's slice count (split-k-v1 on the tensor cores): where the 128 x 128
+    grid is smaller than the device, as many k slices (<= 16, >= 2 passes of 32 each) as keep the
+    grid within one block per SM; 1 otherwise."""
+    tiles = -(-M // 128) * -(-N // 128)
+    passes = -(-K // 32)
+    if K <= 0 or tiles <= 0 or tiles >= sms:
+        return 1
+    want = min(sms // tiles, 16, -(-passes // 2))
+    if want < 2:
+        return 1
+    kslice = -(-passes // want) * 32
+    return -(-K // kslice)
+
+
+def _tc_desc(precision, M, N, K, sms=EMU_SMS, kind="wmma"):
+    """The tensor-core GEMM's description (matmul): kind "wmma", "wmma + cp.async" or
+    "wmma + cp.async, bf16 copies", and the k slices where it splits."""
+    S = _tc_splits(M, N, K, sms)
+    return f"tensor-core gemm ({precision}, {kind}" + (f", 128x128 tiles x {S} k-slices)" if S > 1 else ")")
+
+
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("precision", PRECISIONS + ("tf32x3",))
+def test_emulated_tensor_gemm_split_k(emu, monkeypatch, precision, layout):
+    # split-k-v1 on the tensor cores: where the 128 x 128 grid is smaller than the device, the k
+    # slices' partials (each accumulated from zero) summed in order, + bias: within the GEMM's
+    # bound of the product of the rounded operands, repeatable in any order; off, the unsplit
+    # kernel (a different result, the same bound)
+    emu.set_device(sm_count=16)
+    split = None
+    for i, (M, N, K) in enumerate([(100, 300, 1000), (40, 20, 300), (129, 5, 200)]):
+        C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=40 + i, bias=i % 2 == 0)
+        assert ran == _tc_desc(precision, M, N, K, 16) and "k-slices" in ran, ran
+        check_gemm(C, A, B, bias, precision)
+        if i == 0:
+            split = C
+        emu.set_reverse_order(True)
+        emu.set_guard_front(True)
+        again = _run_gemm(emu, precision, M, N, K, layout, seed=40 + i, bias=i % 2 == 0)[0]
+        emu.set_reverse_order(False)
+        emu.set_guard_front(False)
+        np.testing.assert_array_equal(C.view(np.uint32), again.view(np.uint32))
+    monkeypatch.setenv("FASTLSTM_CUDA_GEMM_SPLITK", "0")
+    C0, A, B, bias, ran = _run_gemm(emu, precision, 100, 300, 1000, layout, seed=40, bias=True)
+    assert ran == f"tensor-core gemm ({precision}, wmma)", ran
+    check_gemm(C0, A, B, bias, precision)
+    assert not np.array_equal(split, C0), "split-K changed nothing (did it run?)"
 
 
 @pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
@@ -1442,7 +1493,7 @@ GEMM_SHAPES = [(1, 1, 1), (130, 67, 45), (128, 128, 64), (33, 260, 100), (5, 7, 
 def test_emulated_tensor_gemm_matches_rounded_operands(emu, precision, layout):
     for i, (M, N, K) in enumerate(GEMM_SHAPES):
         C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=100 + i, bias=i % 2 == 0)
-        assert ran == f"tensor-core gemm ({precision}, wmma)"
+        assert ran == _tc_desc(precision, M, N, K), ran
         check_gemm(C, A, B, bias, precision)
     # run-to-run and thread-order independent, bit for bit
     first = _run_gemm(emu, precision, 130, 67, 45, layout, seed=7)[0]
@@ -1606,7 +1657,7 @@ def test_gpu_tensor_gemm_matches_rounded_operands(precision):
     for layout in ("nn", "tn", "nt", "tt"):
         for i, (M, N, K) in enumerate(shapes):
             C, A, B, bias, ran = _run_gemm(_cuda, precision, M, N, K, layout, seed=200 + i, bias=i % 2 == 1)
-            assert ran == f"tensor-core gemm ({precision}, wmma)"
+            assert ran == _tc_desc(precision, M, N, K, fastlstm.cuda_info()["sm_count"]), ran
             check_gemm(C, A, B, bias, precision)
         first = _run_gemm(_cuda, precision, 1000, 520, 700, layout, seed=9)[0]
         second = _run_gemm(_cuda, precision, 1000, 520, 700, layout, seed=9)[0]
@@ -2056,7 +2107,7 @@ def test_emulated_tf32x3_gemm_is_float32_accurate(emu, layout):
     errs = []
     for i, (M, N, K) in enumerate(GEMM_SHAPES):
         C, A, B, bias, ran = _run_gemm(emu, X3, M, N, K, layout, seed=400 + i, bias=i % 2 == 0)
-        assert ran == f"tensor-core gemm ({X3}, wmma)"
+        assert ran == _tc_desc(X3, M, N, K), ran
         errs.append(check_gemm(C, A, B, bias, X3))
         if K >= 16:  # tf32 on the same operands is ~1e-4 off: the split is what buys the bits
             tf32 = _run_gemm(emu, "tf32", M, N, K, layout, seed=400 + i, bias=i % 2 == 0)[0]
@@ -2160,10 +2211,10 @@ def test_emulated_pipelined_gemm_is_bitwise_the_default_kernel(emu, monkeypatch,
     for i, (M, N, K) in enumerate(PIPE_SHAPES):
         monkeypatch.delenv(PIPE, raising=False)
         C0, A, B, bias, ran0 = _run_gemm(emu, precision, M, N, K, layout, seed=500 + i, bias=i % 2 == 0, pad=4)
-        assert ran0 == f"tensor-core gemm ({precision}, wmma)"
+        assert ran0 == _tc_desc(precision, M, N, K), ran0
         monkeypatch.setenv(PIPE, "1")
         C1, _, _, _, ran1 = _run_gemm(emu, precision, M, N, K, layout, seed=500 + i, bias=i % 2 == 0, pad=4)
-        assert ran1 == f"tensor-core gemm ({precision}, wmma + cp.async)", (M, N, K, ran1)
+        assert ran1 == _tc_desc(precision, M, N, K, kind="wmma + cp.async"), (M, N, K, ran1)
         check_gemm(C1, A, B, bias, precision)
         np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K)))
     # reversed thread and block order, guard page in front: the same bits
@@ -2172,7 +2223,7 @@ def test_emulated_pipelined_gemm_is_bitwise_the_default_kernel(emu, monkeypatch,
     emu.set_reverse_order(True)
     emu.set_guard_front(True)
     second, _, _, _, ran = _run_gemm(emu, precision, 200, 20, 300, layout, seed=7, pad=4)
-    assert ran.endswith("wmma + cp.async)")
+    assert ran == _tc_desc(precision, 200, 20, 300, kind="wmma + cp.async") and "k-slices" in ran, ran
     np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
 
 
@@ -2185,10 +2236,10 @@ def test_emulated_pipelined_bf16_gemm_from_copies_is_bitwise_the_default(emu, mo
     for i, (M, N, K) in enumerate([(136, 72, 48), (128, 128, 64), (40, 264, 104), (8, 16, 296)]):
         monkeypatch.delenv(PIPE, raising=False)
         C0, A, B, bias, ran0 = _run_gemm(emu, "bf16", M, N, K, layout, seed=900 + i, bias=i % 2 == 0)
-        assert ran0 == "tensor-core gemm (bf16, wmma)"
+        assert ran0 == _tc_desc("bf16", M, N, K), ran0
         monkeypatch.setenv(PIPE, "1")
         C1, _, _, _, ran1 = _run_gemm(emu, "bf16", M, N, K, layout, seed=900 + i, bias=i % 2 == 0)
-        assert ran1 == "tensor-core gemm (bf16, wmma + cp.async, bf16 copies)", ran1
+        assert ran1 == _tc_desc("bf16", M, N, K, kind="wmma + cp.async, bf16 copies"), ran1
         check_gemm(C1, A, B, bias, "bf16")
         np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K)))
 
@@ -2203,14 +2254,14 @@ def test_emulated_pipelined_gemm_falls_back_where_it_cannot_copy(emu, monkeypatc
         if precision != "bf16" and i == 3:
             continue  # aligned for float32 copies: pipelined (the test above)
         C, A, B, bias, ran = _run_gemm(emu, precision, M, N, K, layout, seed=600 + i)
-        assert ran == f"tensor-core gemm ({precision}, wmma)", (M, N, K, layout, ran)
+        assert ran == _tc_desc(precision, M, N, K), (M, N, K, layout, ran)
         check_gemm(C, A, B, bias, precision)
     if precision != "bf16":
         # a device whose blocks get 99 KB of shared memory (sm_86 / sm_89): the 128 x 128 ring
         # (101-111 KB) does not fit, so the old kernel runs there
         emu.set_device(smem_per_block_optin=99 * 1024, smem_per_sm=100 * 1024)
         C, A, B, bias, ran = _run_gemm(emu, precision, 128, 128, 64, "nn", seed=610)
-        assert ran == f"tensor-core gemm ({precision}, wmma)", ran
+        assert ran == _tc_desc(precision, 128, 128, 64), ran
         check_gemm(C, A, B, bias, precision)
 
 
@@ -2300,7 +2351,8 @@ def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision
             C0, A, B, bias, _ = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
             monkeypatch.setenv(PIPE, "1")
             C1, _, _, _, ran = _run_gemm(_cuda, precision, M, N, K, layout, seed=800 + i, bias=i % 2 == 0)
-            assert ran == f"tensor-core gemm ({precision}, wmma + cp.async)" or not big_smem, ran
+            sms = fastlstm.cuda_info()["sm_count"]
+            assert ran == _tc_desc(precision, M, N, K, sms, "wmma + cp.async") or not big_smem, ran
             check_gemm(C1, A, B, bias, precision)
             np.testing.assert_array_equal(C1.view(np.uint32), C0.view(np.uint32), err_msg=str((M, N, K, layout)))
     fcuda.set_kernel_path("tensor")
@@ -2619,7 +2671,7 @@ def test_gpu_tf32x3_gemm_is_float32_accurate():
     for layout in ("nn", "tn", "nt", "tt"):
         for i, (M, N, K) in enumerate(GEMM_SHAPES + [(1000, 520, 700), (64, 4096, 3000)]):
             C, A, B, bias, ran = _run_gemm(_cuda, X3, M, N, K, layout, seed=600 + i, bias=i % 2 == 1)
-            assert ran == f"tensor-core gemm ({X3}, wmma)"
+            assert ran == _tc_desc(X3, M, N, K, fastlstm.cuda_info()["sm_count"]), ran
             err = check_gemm(C, A, B, bias, X3)
             print(layout, (M, N, K), f"{err:.2e}")
         first = _run_gemm(_cuda, X3, 1000, 520, 700, layout, seed=9)[0]

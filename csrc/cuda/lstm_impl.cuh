@@ -726,6 +726,13 @@ bool big_gemm(int64_t M, int64_t N) {
   return ceil_div(M, kBigM) * ceil_div(N, kBigN) >= sms;
 }
 
+// Whether split-K may run in the fp32 and the tensor-core GEMMs (FASTLSTM_CUDA_GEMM_SPLITK, read
+// at every call: "0" turns it off, for A/B runs; on by default).
+inline bool split_k_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_GEMM_SPLITK");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // Split-K (split-k-v1) for float32 products whose 128 x 128 grid is smaller than the device
 // and whose K is deep (the tall-K weight gradients and the narrow dx at small batch, e.g. dx at
 // B = 1, H = 1024: 100 x 1024 x 4096 ran as 32 blocks of 64 x 64, each 4096 deep): defined below
@@ -814,11 +821,13 @@ namespace impl {
 // copied by the pipelined kernel on the Large tile: the same bits as tc::gemm in bf16, half the
 // bytes read, at the cost of one conversion pass over each operand. Only for dense operands
 // (A (M, K) or its transpose, B (K, N) or its transpose, as the LSTM's products are) whose
-// unit-stride extents are multiples of 8; returns false (nothing launched) otherwise.
+// unit-stride extents are multiples of 8; returns false (nothing launched) otherwise. Split
+// along K exactly as tc::gemm would (tc::plan_large_split), so the bits stay tc::gemm's.
 // (A template, Real = float only, so that only the float32 translation unit compiles it.)
 template <typename Real>
 bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-                      int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+                      int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream,
+                      int64_t* splits) {
   static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
   const bool ak = tc::a_kmajor(sam, sak), bk = tc::b_kmajor(sbk, sbn);
   const bool a_dense = ak ? (sam == 1 && sak == M) : (sak == 1 && sam == K);
@@ -837,10 +846,36 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
   FL_LAUNCH(kc, grid_of(ceil_div(K * N, kThreads)), dim3(kThreads), stream, K * N, Bm, bb.get());
   // the pipelined kernel on the Large tile (52-61 KB of shared memory: fits every sm_80+ device)
   using tc::Large;
+  using tc::StepLarge;
   using BF = __nv_bfloat16;
   constexpr Precision kB = Precision::kBf16;
   const dim3 grid = grid_of(ceil_div(M, Large::kBM), ceil_div(N, Large::kBN));
   const BF *a = ab.get(), *b = bb.get();
+  int sms = 0;
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const tc::StepPlan sp = tc::plan_large_split(M, N, K, sms);
+  if (splits) *splits = sp.splits;
+  if (sp.splits >= 2) {  // as tc::gemm_p: the slices' partials on the split-capable tile, then their sum
+    Workspace<float> parts(sp.splits * M * N, device, stream);
+    poison(parts.get(), sp.splits * M * N, stream);
+    dim3 g = grid;
+    g.z = static_cast<unsigned>(sp.splits);
+    float* P0 = parts.get();
+    const int64_t ks = sp.kslice, st = M * N;
+    if (ak && bk)
+      tc::launch_pipe<kB, true, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+    else if (ak)
+      tc::launch_pipe<kB, true, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+    else if (bk)
+      tc::launch_pipe<kB, false, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+    else
+      tc::launch_pipe<kB, false, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st,
+                                                       device);
+    auto kr = split_sum_kernel<float>;
+    FL_LAUNCH(kr, grid_of(ceil_div(M * N, kThreads)), dim3(kThreads), stream, M, N, sp.splits,
+              static_cast<const float*>(P0), bias, C, ldc);
+    return true;
+  }
   if (ak && bk)
     tc::launch_pipe<kB, true, true, Large, BF>(grid, stream, M, N, K, K, a, sam, sak, b, sbk, sbn, bias, C, ldc, 0, device);
   else if (ak)
@@ -855,16 +890,18 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
 
 // The large products in the call's precision: the fp32 SIMT GEMM (fp32, and always for
 // double), or the tensor-core GEMM (tf32 / bf16 / tf32x3, float only; check_precision ran first).
-// Returns whether a pipelined kernel ran (tc-gemm-v2, FASTLSTM_CUDA_GEMM_PIPELINE=1).
+// Returns whether a pipelined kernel ran (tc-gemm-v2, FASTLSTM_CUDA_GEMM_PIPELINE=1);
+// *splits (tensor cores, when given): the k slices of the tensor-core GEMM (1: unsplit).
 template <typename Real>
 bool gemm_in(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-             int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+             int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream,
+             int64_t* splits = nullptr) {
   if constexpr (std::is_same<Real, float>::value) {
     if (p != Precision::kFp32) {
       if (p == Precision::kBf16 && tc::pipeline_requested() &&
-          gemm_bf16_copies<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream))
+          gemm_bf16_copies<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, splits))
         return true;
-      return tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+      return tc::gemm<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, splits);
     }
   }
   gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
@@ -996,13 +1033,6 @@ void tiled_step(const tc::StepPlan& pl, int64_t M, int64_t N, int64_t K, const R
         (void)stream;
     throw Error("the tiled step product takes float32 data");
   }
-}
-
-// Whether split-K may run (FASTLSTM_CUDA_GEMM_SPLITK, read at every call: "0" turns it off, for
-// A/B runs; on by default).
-inline bool split_k_requested() {
-  const char* v = std::getenv("FASTLSTM_CUDA_GEMM_SPLITK");
-  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 // Split-K: where tiled_plan makes two or more k slices (the 128 x 128 or 64 x 128 tiles times the
@@ -1375,9 +1405,11 @@ std::string matmul_impl(Precision p, int64_t M, int64_t N, int64_t K, const Real
   maybe(bias, N, "bias", device);
   need(C, M * N, "C", device);
   if (p == Precision::kFp32) return gemm<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  const bool piped = gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+  int64_t splits = 1;
+  const bool piped = gemm_in<Real>(p, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, &splits);
   return std::string("tensor-core gemm (") + tc::precision_name(p) +
-         (piped ? (p == Precision::kBf16 ? ", wmma + cp.async, bf16 copies)" : ", wmma + cp.async)") : ", wmma)");
+         (piped ? (p == Precision::kBf16 ? ", wmma + cp.async, bf16 copies" : ", wmma + cp.async") : ", wmma") +
+         (splits > 1 ? ", 128x128 tiles x " + std::to_string(splits) + " k-slices)" : ")");
 }
 
 // step_matmul() of api.h (benchmarks, tests; Real = float).

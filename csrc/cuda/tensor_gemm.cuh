@@ -682,35 +682,7 @@ inline bool use_pipe(Precision p, bool ak, bool bk, int64_t M, int64_t N, int64_
 inline bool a_kmajor(int64_t sam, int64_t sak) { return sam == 1 && sak != 1; }
 inline bool b_kmajor(int64_t sbk, int64_t sbn) { return !(sbk == 1 && sbn != 1); }
 
-template <Precision P, class Cfg>
-bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
-            int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream) {
-  const dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
-  if (empty_grid(grid)) return false;
-  const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
-  const bool pipe = use_pipe(P, ak, bk, M, N, K, A, sam, sak, Bm, sbk, sbn);
-  if (ak && bk) return launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
-  if (ak) return launch<P, true, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
-  if (bk) return launch<P, false, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
-  return launch<P, false, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
-}
-
-// C = A . B (+ bias) on the tensor cores in precision p (kTf32, kTf32x3 or kBf16). A template
-// (Real = float only) so that only the translation units that call it compile the kernels.
-// Returns whether the pipelined kernel ran.
-template <typename Real>
-bool gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-          int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
-  static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
-  if (p == Precision::kTf32) return gemm_p<Precision::kTf32, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  if (p == Precision::kTf32x3)
-    return gemm_p<Precision::kTf32x3, LargeX3>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-  return gemm_p<Precision::kBf16, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
-}
-
-// ---- the per-step recurrent products (kernel path "tensor") --------------------------------
-// C_z (M x N, row-major, ldc = N) for z < splits, C_z = C + z M N: the partial products over
-// the k slices of StepPlan. The LSTM's step kernels add the partials in order z = 0, 1, ...
+// k slices: the per-step products' (StepPlan below) and the large products' split-K.
 constexpr int kMaxSplits = 16;      // k slices at most
 constexpr int kMinSlicePasses = 2;  // 32-deep passes per slice at least (when K allows)
 
@@ -723,6 +695,82 @@ struct StepPlan {
   }
 };
 
+// Split-K for the large products (split-k-v1, tensor cores): where the 128 x 128 grid is smaller
+// than the device, as many k slices (at most kMaxSplits, at least kMinSlicePasses passes
+// each) as keep the grid within one block per SM, on the split-capable 128 x 128 tile
+// (StepLarge); splits = 1 where that makes one slice or split-K is off (split_k_requested).
+inline StepPlan plan_large_split(int64_t M, int64_t N, int64_t K, int sm_count) {
+  StepPlan pl;
+  pl.large = true;
+  const int64_t tiles = ceil_div(M, StepLarge::kBM) * ceil_div(N, StepLarge::kBN);
+  const int64_t passes = ceil_div(K, kBK);
+  pl.kslice = K > 0 ? passes * kBK : 0;
+  if (K <= 0 || tiles <= 0 || tiles >= sm_count || !split_k_requested()) return pl;
+  int64_t want = imin(sm_count / tiles, imin(kMaxSplits, ceil_div(passes, kMinSlicePasses)));
+  if (want < 2) return pl;
+  pl.kslice = ceil_div(passes, want) * kBK;
+  pl.splits = ceil_div(K, pl.kslice);
+  return pl;
+}
+
+template <Precision P, class Cfg>
+bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
+            int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream, int64_t* splits) {
+  const dim3 grid = grid_of(ceil_div(M, Cfg::kBM), ceil_div(N, Cfg::kBN));
+  if (empty_grid(grid)) return false;
+  const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
+  const bool pipe = use_pipe(P, ak, bk, M, N, K, A, sam, sak, Bm, sbk, sbn);
+  int device = 0, sms = 0;
+  FL_CHECK(cudaGetDevice(&device));
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const StepPlan sp = plan_large_split(M, N, K, sms);
+  if (splits) *splits = sp.splits;
+  if (sp.splits >= 2) {  // the slices' partials into a workspace, then their sum in order (+ bias)
+    Workspace<float> parts(sp.splits * M * N, device, stream);
+    poison(parts.get(), sp.splits * M * N, stream);
+    dim3 g = grid;
+    g.z = static_cast<unsigned>(sp.splits);
+    float* P0 = parts.get();
+    const int64_t ks = sp.kslice, st = M * N;
+    bool piped;
+    if (ak && bk)
+      piped = launch<P, true, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+    else if (ak)
+      piped = launch<P, true, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+    else if (bk)
+      piped = launch<P, false, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+    else
+      piped = launch<P, false, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+    auto kr = split_sum_kernel<float>;
+    FL_LAUNCH(kr, grid_of(ceil_div(M * N, impl::kThreads)), dim3(impl::kThreads), stream, M, N, sp.splits,
+              static_cast<const float*>(P0), bias, C, ldc);
+    return piped;
+  }
+  if (ak && bk) return launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  if (ak) return launch<P, true, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  if (bk) return launch<P, false, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+  return launch<P, false, false, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
+}
+
+// C = A . B (+ bias) on the tensor cores in precision p (kTf32, kTf32x3 or kBf16). A template
+// (Real = float only) so that only the translation units that call it compile the kernels.
+// Returns whether the pipelined kernel ran; *splits (when given): the k slices (1: unsplit).
+template <typename Real>
+bool gemm(Precision p, int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
+          int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream,
+          int64_t* splits = nullptr) {
+  static_assert(std::is_same<Real, float>::value, "the tensor-core GEMM takes float32 data");
+  if (p == Precision::kTf32)
+    return gemm_p<Precision::kTf32, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, splits);
+  if (p == Precision::kTf32x3)
+    return gemm_p<Precision::kTf32x3, LargeX3>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, splits);
+  return gemm_p<Precision::kBf16, Large>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream, splits);
+}
+
+// ---- the per-step recurrent products (kernel path "tensor") --------------------------------
+// C_z (M x N, row-major, ldc = N) for z < splits, C_z = C + z M N: the partial products over
+// the k slices of StepPlan (defined above, with the large products' split-K). The LSTM's step
+// kernels add the partials in order z = 0, 1, ...
 // The tile and the k slices for an M x N x K step product on a device with `sm_count` SMs:
 // Step tiles for M <= 64, else Large; then as many k slices (at most kMaxSplits, at least
 // kMinSlicePasses passes each) as keep the grid within one block per SM.

@@ -41,9 +41,10 @@ products stage their operands with a cp.async pipeline where the operands' layou
 products from bf16 copies of the operands (the large ones, and on the "tensor" path the per-step
 ones from copies of R and h / dz; likewise the same bits).
 
-The float32 GEMMs of "fp32" split K where their grid would be small and K is deep (the small
-batches' backward products; a different summation order, deterministic); the environment
-variable ``FASTLSTM_CUDA_GEMM_SPLITK=0`` (read at each call) turns that off.
+The large products (fp32's SIMT GEMM and the tensor-core GEMM) split K where their grid would be
+small and K is deep (the small batches' backward products; a different summation order,
+deterministic on a given card); the environment variable ``FASTLSTM_CUDA_GEMM_SPLITK=0`` (read
+at each call) turns that off.
 
 Nothing here imports CuPy or touches the CUDA runtime until a function needs it, so
 ``import fastlstm`` works without CuPy, without the extension and without a GPU.
