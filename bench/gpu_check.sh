@@ -216,7 +216,8 @@ cat >"$CASE" <<'EOF'
 # kernel paths (simt: both batch tilings, B <= 4 and B > 4 with two row tiles; persistent:
 # one and several batch chunks, several units per block, rows staged in several passes),
 # lengths with zeros, reverse, fp32/fp64. In fp32 the backward's dx (K = 4H deep, small grid)
-# runs split-K (split_sum_kernel after simt_step_kernel).
+# runs split-K (split_sum_kernel after simt_step_kernel); the tf32 / bf16 / tf32x3 cases' weight
+# gradients split K on the tensor cores (the StepLarge tile, k-major A).
 import gc, os, sys
 import numpy as np
 import fastlstm

@@ -856,24 +856,17 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
   const tc::StepPlan sp = tc::plan_large_split(M, N, K, sms);
   if (splits) *splits = sp.splits;
   if (sp.splits >= 2) {  // as tc::gemm_p: the slices' partials on the split-capable tile, then their sum
-    Workspace<float> parts(sp.splits * M * N, device, stream);
-    poison(parts.get(), sp.splits * M * N, stream);
-    dim3 g = grid;
-    g.z = static_cast<unsigned>(sp.splits);
-    float* P0 = parts.get();
-    const int64_t ks = sp.kslice, st = M * N;
-    if (ak && bk)
-      tc::launch_pipe<kB, true, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
-    else if (ak)
-      tc::launch_pipe<kB, true, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
-    else if (bk)
-      tc::launch_pipe<kB, false, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
-    else
-      tc::launch_pipe<kB, false, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st,
-                                                       device);
-    auto kr = split_sum_kernel<float>;
-    FL_LAUNCH(kr, grid_of(ceil_div(M * N, kThreads)), dim3(kThreads), stream, M, N, sp.splits,
-              static_cast<const float*>(P0), bias, C, ldc);
+    tc::split_frame(sp, grid, M, N, bias, C, ldc, device, stream, [&](dim3 g, int64_t ks, float* P0, int64_t st) {
+      if (ak && bk)
+        tc::launch_pipe<kB, true, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+      else if (ak)
+        tc::launch_pipe<kB, true, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+      else if (bk)
+        tc::launch_pipe<kB, false, true, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st, device);
+      else
+        tc::launch_pipe<kB, false, false, StepLarge, BF>(g, stream, M, N, K, ks, a, sam, sak, b, sbk, sbn, nullptr, P0, N, st,
+                                                         device);
+    });
     return true;
   }
   if (ak && bk)

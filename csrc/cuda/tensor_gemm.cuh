@@ -713,6 +713,21 @@ inline StepPlan plan_large_split(int64_t M, int64_t N, int64_t K, int sm_count) 
   return pl;
 }
 
+// Split-K's frame (the large products on the tensor cores): a workspace for sp.splits partial
+// products (M x N each), launch_slices(grid with z = splits, kslice, partials, their stride M N)
+// fills it, then split_sum_kernel adds them in order (+ bias) into C.
+template <class LaunchSlices>
+void split_frame(const StepPlan& sp, dim3 grid, int64_t M, int64_t N, const float* bias, float* C, int64_t ldc,
+                 int device, cudaStream_t stream, LaunchSlices&& launch_slices) {
+  Workspace<float> parts(sp.splits * M * N, device, stream);
+  poison(parts.get(), sp.splits * M * N, stream);
+  grid.z = static_cast<unsigned>(sp.splits);
+  launch_slices(grid, sp.kslice, parts.get(), M * N);
+  auto kr = split_sum_kernel<float>;
+  FL_LAUNCH(kr, grid_of(ceil_div(M * N, impl::kThreads)), dim3(impl::kThreads), stream, M, N, sp.splits,
+            static_cast<const float*>(parts.get()), bias, C, ldc);
+}
+
 template <Precision P, class Cfg>
 bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* Bm, int64_t sbk,
             int64_t sbn, const float* bias, float* C, int64_t ldc, cudaStream_t stream, int64_t* splits) {
@@ -725,25 +740,18 @@ bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_
   FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const StepPlan sp = plan_large_split(M, N, K, sms);
   if (splits) *splits = sp.splits;
-  if (sp.splits >= 2) {  // the slices' partials into a workspace, then their sum in order (+ bias)
-    Workspace<float> parts(sp.splits * M * N, device, stream);
-    poison(parts.get(), sp.splits * M * N, stream);
-    dim3 g = grid;
-    g.z = static_cast<unsigned>(sp.splits);
-    float* P0 = parts.get();
-    const int64_t ks = sp.kslice, st = M * N;
-    bool piped;
-    if (ak && bk)
-      piped = launch<P, true, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
-    else if (ak)
-      piped = launch<P, true, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
-    else if (bk)
-      piped = launch<P, false, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
-    else
-      piped = launch<P, false, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
-    auto kr = split_sum_kernel<float>;
-    FL_LAUNCH(kr, grid_of(ceil_div(M * N, impl::kThreads)), dim3(impl::kThreads), stream, M, N, sp.splits,
-              static_cast<const float*>(P0), bias, C, ldc);
+  if (sp.splits >= 2) {
+    bool piped = false;
+    split_frame(sp, grid, M, N, bias, C, ldc, device, stream, [&](dim3 g, int64_t ks, float* P0, int64_t st) {
+      if (ak && bk)
+        piped = launch<P, true, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+      else if (ak)
+        piped = launch<P, true, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+      else if (bk)
+        piped = launch<P, false, true, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+      else
+        piped = launch<P, false, false, StepLarge>(g, stream, M, N, K, ks, A, sam, sak, Bm, sbk, sbn, nullptr, P0, N, st, pipe);
+    });
     return piped;
   }
   if (ak && bk) return launch<P, true, true, Cfg>(grid, stream, M, N, K, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, 0, pipe);
