@@ -352,34 +352,24 @@ def main(argv=None):
 
     grows, srows, lrows, prows = [], [], [], []
     done = lambda: emit(grows, srows, lrows, torch, args.out, final=False, prows=prows)  # noqa: E731
-    for spec in GEMMS:
-        try:
-            grows.append(gemm_row(spec, args.reps, torch, _cuda))
-        except Exception as e:  # report and go on: GPU time is short
-            print(spec, "FAILED", type(e).__name__, e, flush=True)
-            grows.append(dict(name=spec[0], error=f"{type(e).__name__}: {e}"))
-        done()
-    for spec in STEPS:
-        try:
-            srows.append(step_row(spec, args.reps, torch, _cuda))
-        except Exception as e:
-            print(spec, "FAILED", type(e).__name__, e, flush=True)
-            srows.append(dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}", error=f"{type(e).__name__}: {e}"))
-        done()
-    for spec in SPLITS:
-        try:
-            prows.append(split_row(spec, args.reps, torch, _cuda))
-        except Exception as e:
-            print(spec, "FAILED", type(e).__name__, e, flush=True)
-            prows.append(dict(name=f"{spec[0]} {spec[5]}", error=f"{type(e).__name__}: {e}"))
-        done()
-    for cfg in LSTMS:
-        try:
-            lrows.append(lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops))
-        except Exception as e:
-            print(cfg, "FAILED", type(e).__name__, e, flush=True)
-            lrows.append(dict(config=list(cfg[:4]), precision=cfg[4], error=f"{type(e).__name__}: {e}"))
-        done()
+    def collect(rows, specs, run, failed):
+        """rows += run(spec) for each spec; a failure is reported and recorded as failed(spec) +
+        its error, and the next one runs (GPU time is short); the tables are rewritten each time."""
+        for spec in specs:
+            try:
+                rows.append(run(spec))
+            except Exception as e:
+                print(spec, "FAILED", type(e).__name__, e, flush=True)
+                rows.append(dict(failed(spec), error=f"{type(e).__name__}: {e}"))
+            done()
+
+    collect(grows, GEMMS, lambda spec: gemm_row(spec, args.reps, torch, _cuda), lambda spec: dict(name=spec[0]))
+    collect(srows, STEPS, lambda spec: step_row(spec, args.reps, torch, _cuda),
+            lambda spec: dict(name=f"step {spec[2]} B={spec[0]} H={spec[1]}"))
+    collect(prows, SPLITS, lambda spec: split_row(spec, args.reps, torch, _cuda),
+            lambda spec: dict(name=f"{spec[0]} {spec[5]}"))
+    collect(lrows, LSTMS, lambda cfg: lstm_row(cfg, max(3, args.reps - 2), cp, torch, fastlstm, ops),
+            lambda cfg: dict(config=list(cfg[:4]), precision=cfg[4]))
     emit(grows, srows, lrows, torch, args.out, final=True, prows=prows)
 
     failed = (any("cublas_tf32" not in r for r in grows) or any("tf32_v1" not in r for r in srows)

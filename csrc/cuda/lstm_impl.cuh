@@ -712,18 +712,12 @@ __global__ void __launch_bounds__(kThreads, 2)
                     N);
 }
 
-// Whether C = A . B (M x N) runs gemm_big_kernel: float data, and its grid fills the current
-// device at least once (ceil(M / 128) ceil(N / 128) >= the SM count). Otherwise gemm_kernel,
-// whose 64 x 64 tiles make 4x the blocks: small products (the projection at B = 1, T = 100:
-// 32 blocks of 128 x 128 against 128 of 64 x 64) would leave most SMs idle. Both kernels give
-// the same bits, so the choice never changes a result.
-template <typename Real>
-bool big_gemm(int64_t M, int64_t N) {
-  if (!std::is_same<Real, float>::value) return false;
-  int device = 0, sms = 0;
-  FL_CHECK(cudaGetDevice(&device));
-  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return ceil_div(M, kBigM) * ceil_div(N, kBigN) >= sms;
+// The current device (into *device) and its SM count.
+inline int current_sms(int* device) {
+  int sms = 0;
+  FL_CHECK(cudaGetDevice(device));
+  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, *device));
+  return sms;
 }
 
 // Whether split-K may run in the fp32 and the tensor-core GEMMs (FASTLSTM_CUDA_GEMM_SPLITK, read
@@ -739,24 +733,30 @@ inline bool split_k_requested() {
 // (gemm_split_k, after tensor_gemm.cuh). Returns its description, "" where it does not apply.
 template <typename Real>
 std::string gemm_split_k(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream);
+                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, int device, int sms,
+                         cudaStream_t stream);
 
-// C = A . B (+ bias): gemm_big_kernel where its grid fills the device (big_gemm); else, for
-// float32 with a deep K, split-K (gemm_split_k); else gemm_kernel. gemm_big_kernel and
-// gemm_kernel give the same bits; split-K sums each slice in k order and the slices in order,
-// so its bits differ (deterministically). Returns which ran ("simt gemm (fp32, 128x128)", ...).
+// C = A . B (+ bias): for float32, gemm_big_kernel where its grid fills the current device at
+// least once (ceil(M / 128) ceil(N / 128) >= the SM count), else split-K where K is deep
+// (gemm_split_k); else gemm_kernel, whose 64 x 64 tiles make 4x the blocks (small products, e.g.
+// the projection at B = 1, T = 100: 32 blocks of 128 x 128 against 128 of 64 x 64, would leave
+// most SMs idle on the big tile). gemm_big_kernel and gemm_kernel give the same bits; split-K
+// sums each slice in k order and the slices in order, so its bits differ (deterministically).
+// Returns which ran ("simt gemm (fp32, 128x128)", ...).
 template <typename Real>
 std::string gemm(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
                  int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
   const char* dtype = std::is_same<Real, float>::value ? "fp32" : "fp64";
   if constexpr (std::is_same<Real, float>::value) {
-    if (big_gemm<Real>(M, N)) {
+    int device = 0;
+    const int sms = current_sms(&device);
+    if (ceil_div(M, kBigM) * ceil_div(N, kBigN) >= sms) {
       const dim3 grid = grid_of(ceil_div(M, kBigM), ceil_div(N, kBigN));
       FL_LAUNCH(gemm_big_kernel<Real>, grid, dim3(kThreads), stream, M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C,
                 ldc);
       return "simt gemm (fp32, 128x128)";
     }
-    const std::string split = gemm_split_k<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, stream);
+    const std::string split = gemm_split_k<Real>(M, N, K, A, sam, sak, Bm, sbk, sbn, bias, C, ldc, device, sms, stream);
     if (!split.empty()) return split;
   }
   const dim3 grid = grid_of(ceil_div(M, kTileM), ceil_div(N, kTileN));
@@ -835,7 +835,7 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
   if (!a_dense || !b_dense || M <= 0 || N <= 0 || K <= 0) return false;
   if ((ak ? M : K) % 8 != 0 || (bk ? N : K) % 8 != 0) return false;
   int device = 0;
-  FL_CHECK(cudaGetDevice(&device));
+  const int sms = current_sms(&device);
   Workspace<__nv_bfloat16> ab(M * K, device, stream), bb(K * N, device, stream);
   poison(ab.get(), M * K, stream);
   poison(bb.get(), K * N, stream);
@@ -851,8 +851,6 @@ bool gemm_bf16_copies(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sa
   constexpr Precision kB = Precision::kBf16;
   const dim3 grid = grid_of(ceil_div(M, Large::kBM), ceil_div(N, Large::kBN));
   const BF *a = ab.get(), *b = bb.get();
-  int sms = 0;
-  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const tc::StepPlan sp = tc::plan_large_split(M, N, K, sms);
   if (splits) *splits = sp.splits;
   if (sp.splits >= 2) {  // as tc::gemm_p: the slices' partials on the split-capable tile, then their sum
@@ -1035,11 +1033,9 @@ void tiled_step(const tc::StepPlan& pl, int64_t M, int64_t N, int64_t K, const R
 // or where split-K is switched off.
 template <typename Real>
 std::string gemm_split_k(int64_t M, int64_t N, int64_t K, const Real* A, int64_t sam, int64_t sak, const Real* Bm,
-                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, cudaStream_t stream) {
+                         int64_t sbk, int64_t sbn, const Real* bias, Real* C, int64_t ldc, int device, int sms,
+                         cudaStream_t stream) {
   if (!std::is_same<Real, float>::value || M <= 0 || N <= 0 || !split_k_requested()) return "";
-  int device = 0, sms = 0;
-  FL_CHECK(cudaGetDevice(&device));
-  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const tc::StepPlan pl = tiled_plan(M, N, K, sms);
   // never fewer blocks than gemm_kernel's 64 x 64 grid (a shallow K over a few 128-wide tiles
   // would trade its parallelism for the bigger tile)

@@ -735,10 +735,8 @@ bool gemm_p(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_
   if (empty_grid(grid)) return false;
   const bool ak = a_kmajor(sam, sak), bk = b_kmajor(sbk, sbn);
   const bool pipe = use_pipe(P, ak, bk, M, N, K, A, sam, sak, Bm, sbk, sbn);
-  int device = 0, sms = 0;
-  FL_CHECK(cudaGetDevice(&device));
-  FL_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const StepPlan sp = plan_large_split(M, N, K, sms);
+  int device = 0;
+  const StepPlan sp = plan_large_split(M, N, K, current_sms(&device));
   if (splits) *splits = sp.splits;
   if (sp.splits >= 2) {
     bool piped = false;
