@@ -20,7 +20,8 @@
 #                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32; the fp32
 #                 GEMM, the tiled step product and split-K on / off beside cuBLAS fp32),
 #                 bench/gpu_persistent_ab.py (persistent vs simt vs tiled vs cuDNN, paths
-#                 forced; persistent with staging ahead on and off)
+#                 forced; persistent with staging ahead on and off, and with the tagged
+#                 exchange instead of grid barriers for B <= 64)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
 #                 by phase: FASTLSTM_CUDA_TRACE)
 # 6. sanitizers:  compute-sanitizer memcheck, racecheck, synccheck (and initcheck if time is
@@ -31,7 +32,7 @@
 # 7. initcheck:   compute-sanitizer initcheck (poisoning off), if time is left
 # 8. decide:      bench/gpu_decide.py reads the A/B tables back and prints the ratios behind each
 #                 switch still waiting for a measurement (pipeline, split-K, tiled, the persistent
-#                 batch limit, staging ahead, tiled_plan's k per slice)
+#                 batch limit, staging ahead, the tagged exchange, tiled_plan's k per slice)
 #
 # A second, shorter run in the same session (after changing a default, say): STAGES="build
 # pytest_cuda persistent_ab decide" runs only those stages (names as in the summary; the others
@@ -242,6 +243,20 @@ for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "pe
         assert cuda.info()["last_forward"].startswith(path), cuda.info()["last_forward"]
         assert cuda.info()["last_backward"].startswith(path), cuda.info()["last_backward"]
         del saved, grads
+# the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged; the persistent fp32 kernels without grid
+# barriers): one chunk, several chunks with H odd, rows staged in several passes
+os.environ["FASTLSTM_CUDA_EXCHANGE"] = "tagged"
+cuda.set_kernel_path("persistent")
+for T, B, I, H, lengths, reverse in (cases[0], cases[2], cases[4]):
+    r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
+    y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
+                                      lengths=lengths, reverse=reverse, backend="cuda")
+    grads = ops.lstm_backward(saved, r(T, B, H), r(B, H), r(B, H))
+    assert all(np.isfinite(g).all() for g in grads) and np.isfinite(y).all()
+    assert "tagged exchange" in cuda.info()["last_forward"], cuda.info()["last_forward"]
+    assert "tagged exchange" in cuda.info()["last_backward"], cuda.info()["last_backward"]
+    del saved, grads
+del os.environ["FASTLSTM_CUDA_EXCHANGE"]
 # tf32 / bf16 / tf32x3: the tensor-core GEMMs (the forward projection, the three backward
 # products: every operand layout), one partial tile and one with several k passes (tf32x3, whose
 # kernels differ from tf32's only in registers, the second only)

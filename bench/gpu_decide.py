@@ -15,6 +15,9 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - kPersistentAutoMaxRows: per H, the largest B at which the persistent kernels beat simt (and
   tiled where timed) forward + backward;
 - staging ahead (FASTLSTM_CUDA_STAGE_AHEAD): persistent with it off / on;
+- the tagged exchange (FASTLSTM_CUDA_EXCHANGE, `exchange_tagged_requested`): persistent with grid
+  barriers / with tagged words, per configuration (B <= 64), and any row where it was not
+  bitwise the barrier kernels (a defect: keep it off);
 - tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's.
 """
 import json
@@ -136,6 +139,27 @@ def tiled_and_persistent(pab, out):
                        f"fwd+bwd {fmt(ratio(med(row, 'noahead_both'), med(row, 'persistent_both')))}")
 
 
+def tagged_exchange(pab, out):
+    out.append("## tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged): persistent barrier / tagged")
+    rows = (pab or {}).get("rows", [])
+    ratios = []
+    for row in rows:
+        if row.get("tagged_bitwise_barrier") is False:
+            out.append(f"- {row['config']}: MISMATCH, not bitwise the barrier kernels: a defect, keep it off")
+        elif med(row, "tagged_fwd") is not None:
+            rf = ratio(med(row, "persistent_fwd"), med(row, "tagged_fwd"))
+            rb = ratio(med(row, "persistent_both"), med(row, "tagged_both"))
+            ratios += [r for r in (rf, rb) if r is not None]
+            out.append(f"- {row['config']}: fwd {fmt(rf)}, fwd+bwd {fmt(rb)}; cuDNN / tagged fwd "
+                       f"{fmt(ratio(med(row, 'cudnn_fwd'), med(row, 'tagged_fwd')))}, fwd+bwd "
+                       f"{fmt(ratio(med(row, 'cudnn_both'), med(row, 'tagged_both')))}")
+    if any(row.get("tagged_bitwise_barrier") is False for row in rows):
+        out.append("  suggests: keep it off (a mismatch above)")
+    else:
+        verdict(out, ratios, "make it the default (exchange_tagged_requested in persistent.cuh)",
+                "keep the barrier default, or take tagged only for the batches where it wins")
+
+
 def tiled_kslice(gab, out):
     out.append("## tiled_plan's k per slice: the plan's against the fastest of the sweep (us per step)")
     for row in (gab or {}).get("step", []):
@@ -162,6 +186,7 @@ def main(argv=None):
     pipeline(gab, out)
     split_k(gab, out)
     tiled_and_persistent(pab, out)
+    tagged_exchange(pab, out)
     tiled_kslice(gab, out)
     print("\n".join(out))
     return 0

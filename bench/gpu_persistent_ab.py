@@ -5,7 +5,9 @@
 For each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
 kernel path forced to "persistent" and to "simt", the persistent kernels also with their
 staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a step has several
-batch chunks, B > 16), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+batch chunks, B > 16), and, for B <= 64, with the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged:
+h / dz through tagged words instead of grid barriers; checked bitwise against the barrier
+kernels before it is timed), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -25,11 +27,13 @@ import numpy as np
 
 from gpu_timing import env, timed  # bench/ is the script's folder
 
-# the H = 1024 rows first (never measured after the staging change; tiled at B = 64 / 256)
-CONFIGS = [(100, 16, 1024, 1024), (100, 64, 1024, 1024), (100, 256, 1024, 1024), (100, 1, 256, 256),
-           (100, 1, 1024, 1024), (100, 8, 512, 512), (100, 16, 512, 512), (100, 32, 512, 512),
+# the H = 1024 rows first (never measured after the staging change; tiled at B = 64 / 256), B = 1
+# early (the tagged exchange's case: latency-bound steps)
+CONFIGS = [(100, 16, 1024, 1024), (100, 1, 1024, 1024), (100, 64, 1024, 1024), (100, 256, 1024, 1024),
+           (100, 1, 256, 256), (100, 8, 512, 512), (100, 16, 512, 512), (100, 32, 512, 512),
            (100, 64, 512, 512), (1000, 32, 256, 256)]
 TILED_MIN_ROWS = 32  # tiled is timed from this batch up
+TAGGED_MAX_ROWS = 64  # the tagged exchange is timed up to this batch (auto's persistent range)
 
 
 def rel(a, b):
@@ -41,6 +45,12 @@ def rel(a, b):
 def stage_ahead(on):
     """Inside the block, the persistent kernels stage ahead (True: the default) or not."""
     return env("FASTLSTM_CUDA_STAGE_AHEAD", None if on else "0")
+
+
+def exchange(tagged):
+    """Inside the block, the persistent kernels exchange h / dz through tagged words (True) or
+    grid barriers (False)."""
+    return env("FASTLSTM_CUDA_EXCHANGE", "tagged" if tagged else "barrier")
 
 
 def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
@@ -59,12 +69,12 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path, ahead=True):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead):
+    def fl_fwd(path, ahead=True, tagged=False):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path, ahead=True):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead):
+    def fl_both(path, ahead=True, tagged=False):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 
@@ -101,6 +111,16 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
 
     persistent = agrees("persistent", "max_rel_persistent_vs_simt")
     tiled = B >= TILED_MIN_ROWS and agrees("tiled", "max_rel_tiled_vs_simt")
+    tagged = False
+    if persistent and B <= TAGGED_MAX_ROWS:  # the same arithmetic: bitwise the barrier kernels
+        yb, yt = fl_both("persistent"), fl_both("persistent", tagged=True)
+        row["kernels_tagged"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+        same = [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
+                for a, b in zip((yb[0],) + tuple(yb[1]), (yt[0],) + tuple(yt[1])) if a is not None]
+        tagged = all(same) and all("tagged exchange" in k for k in row["kernels_tagged"])
+        row["tagged_bitwise_barrier"] = tagged
+        if not tagged:
+            print((T, B, I, H), "MISMATCH tagged vs barrier (tagged not timed)", same, row["kernels_tagged"], flush=True)
     contenders = {"simt_fwd": lambda: fl_fwd("simt"), "cudnn_fwd": cudnn_fwd, "simt_both": lambda: fl_both("simt"),
                   "cudnn_both": cudnn_both}
     if persistent:
@@ -111,6 +131,9 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         contenders["tiled_both"] = lambda: fl_both("tiled")
     if not (persistent or tiled):
         return row
+    if tagged:
+        contenders["tagged_fwd"] = lambda: fl_fwd("persistent", tagged=True)
+        contenders["tagged_both"] = lambda: fl_both("persistent", tagged=True)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -151,8 +174,9 @@ def emit(rows, torch, out, final):
     """The table so far (printed when final), written to out/gpu_persistent_ab.md and .json."""
     lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
              "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) | "
-             "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd | "
+             "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "simt_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | NOT TIMED: "
@@ -169,12 +193,21 @@ def emit(rows, torch, out, final):
             tiled = f"MISMATCH {row['max_rel_tiled_vs_simt']:.2e} | - |"
         else:
             tiled = "- | - |"
+        if "tagged_fwd" in row:
+            tagged = (f" {m('tagged_fwd')} / {m('tagged_both')} | {ratio('persistent_fwd', 'tagged_fwd')} / "
+                      f"{ratio('persistent_both', 'tagged_both')} | {ratio('cudnn_fwd', 'tagged_fwd')} / "
+                      f"{ratio('cudnn_both', 'tagged_both')} |")
+        elif row.get("tagged_bitwise_barrier") is False:
+            tagged = " MISMATCH (not bitwise the barrier kernels) | - | - |"
+        else:
+            tagged = " - | - | - |"
         lines.append(f"| {', '.join(map(str, row['config']))} | {m('persistent_fwd')} | {m('simt_fwd')} | "
                      f"{m('cudnn_fwd')} | {ratio('cudnn_fwd', 'persistent_fwd')} | "
                      f"{m('persistent_both')} | {m('simt_both')} | {m('cudnn_both')} | "
                      f"{ratio('cudnn_both', 'persistent_both')} | "
                      f"{row.get('max_rel_persistent_vs_simt', float('nan')):.1e} | "
-                     + (f"{m('noahead_fwd')} / {m('noahead_both')} | " if "noahead_fwd" in row else "- | ") + tiled)
+                     + (f"{m('noahead_fwd')} / {m('noahead_both')} | " if "noahead_fwd" in row else "- | ") + tiled
+                     + tagged)
     table = "\n".join(lines)
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

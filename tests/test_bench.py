@@ -159,7 +159,9 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
         config=list(cfg), persistent_fwd=t(p), simt_fwd=t(s), cudnn_fwd=t(4.0), persistent_both=t(2 * p),
         simt_both=t(2 * s), cudnn_both=t(8.0), max_rel_persistent_vs_simt=1e-7,
         **({} if tl is None else dict(tiled_fwd=t(tl), tiled_both=t(2 * tl), max_rel_tiled_vs_simt=2e-7)), **kw)
-    rows = [prow((100, 16, 512, 512), 1.0, 2.0), prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
+    rows = [prow((100, 16, 512, 512), 1.0, 2.0, tagged_fwd=t(0.8), tagged_both=t(2.5), tagged_bitwise_barrier=True),
+            prow((100, 1, 256, 256), 0.5, 1.0, tagged_bitwise_barrier=False),
+            prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
             prow((100, 64, 1024, 1024), 10.0, 8.0, 4.0, noahead_fwd=t(11.0), noahead_both=t(22.0)),
             dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom"),
             dict(config=[100, 128, 1024, 1024], simt_fwd=t(9.0), cudnn_fwd=t(4.0), simt_both=t(18.0),
@@ -171,6 +173,12 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("| 100, 64, 1024, 1024 |") and "4.000 (3.600-4.400) / 8.000" in line
                and "| 1.00x / 1.00x |" in line for line in md)  # cuDNN 4 / tiled 4, 8 / 8
     assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
+    # tagged exchange: persistent 1.0 / 2.0 against tagged 0.8 / 2.5, cuDNN 4 / 8
+    assert any(line.startswith("| 100, 16, 512, 512 |") and line.endswith(
+        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x |") for line in md)
+    assert any(line.startswith("| 100, 1, 256, 256 |")
+               and line.endswith("| MISMATCH (not bitwise the barrier kernels) | - | - |") for line in md)
+    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - |") for line in md)
     assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
     split = dict(name="dx B=1 H=1024 fp32", shape=[100, 1024, 4096], layout="nt", precision="fp32", on=t(0.05),
                  off=t(0.2), cublas=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
@@ -197,6 +205,9 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert "  H = 512: persistent faster at B = 16; without a loss below: up to B = 16 (timed B: 16, 64)" in out
     assert "  H = 1024: persistent faster at B = none; without a loss below: up to B = none (timed B: 64, 128)" in out
     assert "- [100, 64, 1024, 1024]: fwd 1.10x, fwd+bwd 1.10x" in out  # staging ahead off / on
+    assert "- [100, 16, 512, 512]: fwd 1.25x, fwd+bwd 0.80x; cuDNN / tagged fwd 5.00x, fwd+bwd 3.20x" in out
+    assert "- [100, 1, 256, 256]: MISMATCH, not bitwise the barrier kernels: a defect, keep it off" in out
+    assert "  suggests: keep it off (a mismatch above)" in out
     assert any(line.startswith("- step fwd B=64 H=1024: plan") and "fastest 256 k per slice 16.0 us (1.25x)" in line
                for line in out)
     assert gpu_decide.main([str(tmp_path / "missing")]) == 2

@@ -668,6 +668,99 @@ def test_emulated_persistent_staging_ahead(emu, monkeypatch, B, H, sms, lengths,
     fcuda.set_kernel_path("auto")
 
 
+# The tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged, csrc/cuda/persistent.cuh stage_tagged):
+# h_s (forward) and dz_s (backward) reach the other blocks as 64-bit words value | (step << 32)
+# in two slots, polled until their tags match, instead of through a grid barrier. The
+# arithmetic is unchanged, so the results must be the barrier kernels' bits. In the emulator a
+# block that runs ahead (schedule 3: each block as far as it can) spins on words not yet
+# written; a slot overwritten before every block read it would leave a reader spinning on a
+# tag that never comes (the emulator's deadlock error); a value read before its tag matched
+# would be the NaN poison or the zeroed buffer.
+@pytest.mark.parametrize("name", [n for n in CASES if CASES[n]["T"] > 0 and CASES[n]["B"] > 0])
+def test_emulated_persistent_tagged_exchange_is_bitwise_the_barrier(emu, monkeypatch, name):
+    spec = CASES[name]
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    emu.set_device(sm_count=_persistent_sms(name))
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    outs, grads, _ = run_cuda(fwd, bwd)
+    barrier = tuple(outs) + tuple(grads)
+    for kind in ("forward", "backward"):
+        assert "tagged" not in _ran(kind), _ran(kind)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    for mode, reverse in ((0, False), (1, True), (2, False), (3, False), (3, True)):
+        emu.set_schedule(mode, seed=zlib.crc32(name.encode()) + 7)
+        emu.set_reverse_order(reverse)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert _ran(kind).startswith(f"persistent {kind}") and _ran(kind).endswith(", tagged exchange)"), _ran(kind)
+            assert "staged one chunk ahead" not in _ran(kind), _ran(kind)
+        assert_bitwise_equal(barrier, tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+
+
+@pytest.mark.parametrize("B,H,sms,lengths,reverse", [
+    (40, 24, 4, None, False),                           # 3 chunks of 16, 16, 8 rows per step
+    (16, 601, 160, [2, 0, 1] + [2] * 13, True),         # H odd: a pair's second word past H is no value;
+                                                        # 5 passes of pairs per chunk
+    (33, 600, 160, [2, 0, 1] * 11, True),               # 3 chunks, each staged in several passes
+    (1, 70, 12, None, True),                            # one row: 1 row/chunk
+])
+def test_emulated_persistent_tagged_exchange_chunks_and_passes(emu, monkeypatch, B, H, sms, lengths, reverse):
+    T = 3 if lengths is None else max(lengths)
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 5, H, np.float32, seed=B * H + 1, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    plain = run_cuda(fwd, bwd)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    for mode in (0, 2, 3):
+        emu.set_schedule(mode, seed=B + H)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
+        assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+
+
+def test_emulated_persistent_tagged_exchange_float64_env_and_no_leaks(emu, emu_lib, monkeypatch):
+    # float64 has no tagged kernels (a word holds a float32 value): the barrier kernels run, the
+    # same bits as without the switch; "barrier" and "" are the default; any other value is an
+    # error naming the variable; the exchange buffer is freed after each call.
+    emu.set_device(sm_count=5)
+    fcuda.set_kernel_path("persistent")
+    fwd, bwd = make_case(4, 3, 5, 20, np.float64, seed=5, lengths=[4, 0, 2])
+    monkeypatch.delenv("FASTLSTM_CUDA_EXCHANGE", raising=False)
+    plain = run_cuda(fwd, bwd)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    tagged = run_cuda(fwd, bwd)
+    assert "tagged" not in _ran("forward") and "tagged" not in _ran("backward")
+    assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(tagged[0]) + tuple(tagged[1]))
+    fwd32, bwd32 = make_case(4, 3, 5, 20, np.float32, seed=5, lengths=[4, 0, 2])
+    for value in ("", "barrier"):
+        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", value)
+        run_cuda(fwd32, bwd32)
+        assert "tagged" not in _ran("forward") and "tagged" not in _ran("backward")
+    for value in ("Tagged", "1", "none"):
+        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", value)
+        with pytest.raises(RuntimeError, match="FASTLSTM_CUDA_EXCHANGE must be 'barrier' or 'tagged'"):
+            run_cuda(fwd32, bwd32)
+    # the simt path never reads the switch
+    fcuda.set_kernel_path("simt")
+    run_cuda(fwd32, bwd32)
+    assert _ran("forward").startswith("simt forward")
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    emu_lib.fl_emu_live_allocations.restype = ctypes.c_int64
+    before = emu_lib.fl_emu_live_allocations()
+    y, h_n, c_n, saved = ops.lstm_forward(**fwd32, backend="cuda")
+    ops.lstm_backward(saved, **bwd32)
+    assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
+    del saved
+    import gc
+    gc.collect()
+    assert emu_lib.fl_emu_live_allocations() == before
+
+
 TRACE_PHASES = ("weights", "wait", "stage", "product", "finish", "barrier", "gates")
 
 
@@ -958,6 +1051,54 @@ def test_gpu_persistent_and_simt_agree_and_auto_picks_by_batch(T, B, I, H, kerne
         if a is not None:
             assert rel_err(b, a) <= 2 * tol, f"{name_}: persistent vs simt {rel_err(b, a):.3g}"
     check_against_reference(fwd, bwd, results["persistent"][:3], results["persistent"][3:], tol)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("name", [n for n in {**CASES, **BIG_CASES}
+                                  if {**CASES, **BIG_CASES}[n]["T"] > 0 and {**CASES, **BIG_CASES}[n]["B"] > 0])
+def test_gpu_persistent_tagged_exchange_is_bitwise_the_barrier(name, monkeypatch, kernel_path_reset):
+    # FASTLSTM_CUDA_EXCHANGE=tagged (h_s / dz_s through tagged words instead of grid barriers):
+    # the same arithmetic, so the barrier kernels' bits, run after run, and within the fp32
+    # tolerance of the float64 reference. On the card this is where the memory model is real
+    # (relaxed 64-bit stores and polls at GPU scope, no fences).
+    spec = {**CASES, **BIG_CASES}[name]
+    fwd, bwd = make_case(dtype=np.float32, seed=zlib.crc32(name.encode()), **spec)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    try:
+        outs, grads, _ = run_cuda(fwd, bwd)
+    except RuntimeError as e:
+        if "cannot run here" in str(e):
+            pytest.skip(str(e))
+        raise
+    barrier = tuple(outs) + tuple(grads)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    for _ in range(3):
+        outs, grads, _ = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert _ran(kind).startswith(f"persistent {kind}") and "tagged exchange" in _ran(kind), _ran(kind)
+        assert_bitwise_equal(barrier, tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 256), (20, 16, 32, 512), (10, 4, 16, 1024), (8, 40, 24, 200)])
+def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kernel_path_reset):
+    # More steps (each slot reused many times), several batch chunks (B = 40), H = 1024 over
+    # every SM; bitwise the barrier kernels, repeated five times (a word taken before its tag
+    # matched, or a slot overwritten early, would show as a difference in some run).
+    fwd, bwd = make_case(T, B, I, H, np.float32, seed=T + B + H, lengths=None, reverse=B % 2 == 0)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    outs, grads, _ = run_cuda(fwd, bwd)
+    barrier = tuple(outs) + tuple(grads)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    for _ in range(5):
+        outs, grads, _ = run_cuda(fwd, bwd)
+        assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
+        assert_bitwise_equal(barrier, tuple(outs) + tuple(grads))
 
 
 @pytest.mark.cuda

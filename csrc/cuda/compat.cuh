@@ -127,6 +127,14 @@ __device__ __forceinline__ void fl_cp_async_wait() {
 // fl_load_acquire: the grid barrier's counter, at GPU
 // scope (red.release.gpu / ld.acquire.gpu, as cooperative_groups' grid sync does on sm_70+).
 // launch_cooperative: cudaLaunchCooperativeKernel of a kernel taking one parameter struct.
+// Tagged words (the persistent kernels' tagged exchange, FASTLSTM_CUDA_EXCHANGE=tagged): a
+// 64-bit word holds a float32 value (low half, fl_float_bits / fl_bits_float) and the tag of
+// the step that wrote it (high half). fl_store_tagged stores one word (st.relaxed.gpu.b64: an
+// aligned 64-bit access is single-copy atomic in PTX's memory model), fl_load_tagged2 loads two
+// (ld.relaxed.gpu.v2.b64, 16-byte aligned: a vector access is one access per element, so each
+// word is still whole), so a reader that sees the tag it waits for sees the value stored with
+// it: no fence, no counter. fl_spin_pause goes between polls (nothing on the GPU; in the
+// emulator the fiber yields, and a tagged store counts as progress like an atomic).
 // fl_clock / fl_timer_ns (the persistent kernels' phase trace, FASTLSTM_CUDA_TRACE): the SM's
 // cycle counter and the global nanosecond timer; in the emulator both are the host's monotonic
 // clock in nanoseconds.
@@ -143,6 +151,13 @@ namespace fastlstm {
 namespace cuda {
 inline void fl_arrive_release(unsigned long long* p) { emu::arrive_release(p); }
 inline unsigned long long fl_load_acquire(const unsigned long long* p) { return emu::load_acquire(p); }
+inline void fl_store_tagged(unsigned long long* p, unsigned long long v) { emu::store_tagged(p, v); }
+inline void fl_load_tagged2(const unsigned long long* p, unsigned long long& a, unsigned long long& b) {
+  emu::load_tagged2(p, a, b);
+}
+inline void fl_spin_pause() { emu::spin_yield(); }
+inline unsigned fl_float_bits(float v) { return ::fl_emu_float_bits(v); }  // (emu_wmma.h)
+inline float fl_bits_float(unsigned u) { return ::fl_emu_bits_float(u); }
 template <typename Param>
 void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                         const Param& p) {
@@ -173,6 +188,16 @@ __device__ __forceinline__ unsigned long long fl_load_acquire(const unsigned lon
   asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
+__device__ __forceinline__ void fl_store_tagged(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ void fl_load_tagged2(const unsigned long long* p, unsigned long long& a,
+                                                unsigned long long& b) {
+  asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
+}
+__device__ __forceinline__ void fl_spin_pause() {}
+__device__ __forceinline__ unsigned fl_float_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ float fl_bits_float(unsigned u) { return __uint_as_float(u); }
 template <typename Param>
 void launch_cooperative(void (*kernel)(Param), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                         const Param& p) {

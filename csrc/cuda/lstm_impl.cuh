@@ -961,9 +961,12 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
 constexpr int64_t kPersistentAutoMaxRows = 64;
 
 // The persistent plan for this call, or a plan that is not ok (with the reason) where the
-// kernel path is simt, or auto with more than kPersistentAutoMaxRows rows.
+// kernel path is simt, or auto with more than kPersistentAutoMaxRows rows. The tagged exchange
+// where FASTLSTM_CUDA_EXCHANGE asks for it (float32; its tags are 32-bit step numbers from 1,
+// so T < 2^32 - 1).
 template <typename Real>
-persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device, KernelPath path, bool trace) {
+persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H, int device, KernelPath path,
+                                 bool trace) {
   persistent::Plan pl;
   if (path == KernelPath::kSimt) return pl;
   if (path == KernelPath::kAuto && B > kPersistentAutoMaxRows) {
@@ -971,7 +974,8 @@ persistent::Plan persistent_plan(bool backward, int64_t B, int64_t H, int device
              " rows, where the per-step kernels are faster";
     return pl;
   }
-  return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested());
+  const bool tagged = persistent::exchange_tagged_requested() && T < int64_t(0xFFFFFFFF);
+  return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested(), tagged);
 }
 
 // Why the tensor path runs (for the description).
@@ -1236,16 +1240,20 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
     ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
   } else if (B * H > 0 && T > 0) {
     const bool trace = persistent::trace_requested();
-    const persistent::Plan pl = persistent_plan<Real>(false, B, H, device, opt.path, trace);
+    const persistent::Plan pl = persistent_plan<Real>(false, T, B, H, device, opt.path, trace);
     if (pl.ok) {
       Workspace<unsigned long long> counter(1, device, stream);
       FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+      const int64_t xwords = persistent::exchange_words<Real>(pl, B);
+      Workspace<unsigned long long> xch(xwords, device, stream);
+      if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));
       persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
                                           a.y,    a.gates, a.cells, counter.get()};
       Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
       if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
       prm.trace = tr.get();
+      prm.xch = xch.get();
       persistent::launch_forward<Real>(pl, prm, stream);
       ran = persistent::describe("persistent forward", pl, sizeof(Real));
       if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);
@@ -1322,7 +1330,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   const bool tensor = T > 0 && B > 0 && want_tensor;
   persistent::Plan pl;
   const bool trace = persistent::trace_requested();
-  if (T > 0 && B > 0 && !tensor) pl = persistent_plan<Real>(true, B, H, device, opt.path, trace);
+  if (T > 0 && B > 0 && !tensor) pl = persistent_plan<Real>(true, T, B, H, device, opt.path, trace);
   if (T > 0 && B > 0 && !tensor && !pl.ok && opt.path == KernelPath::kPersistent)
     throw Error("the persistent backward kernel was asked for (kernel path 'persistent') but cannot run here: " +
                 pl.why);
@@ -1343,6 +1351,9 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   } else if (pl.ok) {
     Workspace<unsigned long long> counter(1, device, stream);
     FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+    const int64_t xwords = persistent::exchange_words<Real>(pl, B);
+    Workspace<unsigned long long> xch(xwords, device, stream);
+    if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));
     persistent::BackwardParams<Real> prm{T,       B,      H,     pl.units,   pl.ng,   a.lengths,
                                          a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
@@ -1350,6 +1361,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
     Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
     if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
     prm.trace = tr.get();
+    prm.xch = xch.get();
     persistent::launch_backward<Real>(pl, prm, stream);
     ran = persistent::describe("persistent backward", pl, sizeof(Real));
     if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);

@@ -161,6 +161,59 @@ __device__ __forceinline__ void stage_rows(typename Vec<Real>::type* X, int NG, 
     stage_elems<BC>(reinterpret_cast<Real*>(X), NG * KV, nb, len, row_src);
 }
 
+// The tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged, float32 only): instead of a grid barrier
+// per step, each value another block reads (forward: h_s; backward: dz_s) is also stored as one
+// 64-bit word, value | (tag << 32), into a buffer of two slots (step parity), and the reader
+// polls its words until their tags are the step's: the barrier's release fence, its atomic,
+// the counter's polling and the staging's separate round trip become one round trip per
+// element. Two slots suffice: a block writes slot s % 2 again at step s + 2 (forward) only
+// after every block has written step s + 1, which each does after it finished reading slot
+// s % 2 (its loads returned before its product). Tags start at 1 (the buffer is zeroed before
+// each launch), so no word of an earlier launch or step is taken for the current one.
+__device__ __forceinline__ unsigned long long tagged_word(float v, unsigned tag) {
+  return (static_cast<unsigned long long>(tag) << 32) | fl_float_bits(v);
+}
+__device__ __forceinline__ unsigned tag_of(unsigned long long w) { return static_cast<unsigned>(w >> 32); }
+__device__ __forceinline__ float value_of(unsigned long long w) {
+  return fl_bits_float(static_cast<unsigned>(w & 0xFFFFFFFFull));
+}
+// stage_rows for the tagged exchange: X gets BC rows of per_row floats (per_row even); row
+// bb < nb comes from row_src(bb) (words; 16-byte aligned; nullptr: a row of zeros), its first
+// `valid` values (the rest, and rows nb .. BC-1, zeros). Each thread loads kStageBatch pairs of
+// words before it checks any, then polls each pair until its valid words carry `tag`.
+template <int BC, typename RowSrc>
+__device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int valid, RowSrc row_src, unsigned tag) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int pairs = per_row / 2, total = BC * pairs;
+  float2* dst = reinterpret_cast<float2*>(X);
+  for (int e0 = 0; e0 < total; e0 += kStagePass) {
+    const unsigned long long* src[kStageBatch];
+    unsigned long long lo[kStageBatch], hi[kStageBatch];
+#pragma unroll
+    for (int q = 0; q < kStageBatch; ++q) {
+      const int e = e0 + q * kThreads + tid;
+      const int bb = e / pairs, i = 2 * (e - bb * pairs);
+      src[q] = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
+      if (src[q] != nullptr) src[q] += i;
+      lo[q] = hi[q] = 0;
+      if (src[q] != nullptr) fl_load_tagged2(src[q], lo[q], hi[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < kStageBatch; ++q) {
+      const int e = e0 + q * kThreads + tid;
+      const int bb = e / pairs, i = 2 * (e - bb * pairs);
+      const bool second = i + 1 < valid;  // the pair's second word is a value (odd `valid`: not the last)
+      if (src[q] != nullptr) {
+        while (tag_of(lo[q]) != tag || (second && tag_of(hi[q]) != tag)) {
+          fl_spin_pause();
+          fl_load_tagged2(src[q], lo[q], hi[q]);
+        }
+      }
+      if (e < total) dst[e] = make_float2(value_of(lo[q]), second ? value_of(hi[q]) : 0.0f);
+    }
+  }
+}
+
 // Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
 template <typename Real>
 inline size_t smem_bytes(int64_t NG, int C, int BC) {
@@ -254,13 +307,17 @@ struct ForwardParams {
   Real* cells;  // or nullptr
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
+  unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x ng * KV words, zero on entry
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
 // with several chunks per step and (forward) rows of whole vectors; its registers are only
-// spent where it runs. TRACE: the traced variant (PhaseClock).
-template <typename Real, int BC, bool TRACE, bool AHEAD>
+// spent where it runs. TRACE: the traced variant (PhaseClock). TAGGED: h_s reaches the other
+// blocks through the tagged exchange (stage_tagged) instead of hbuf and a grid barrier (float
+// only; never with AHEAD). The arithmetic is the same in every variant: the same bits.
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<Real> p) {
+  static_assert(!TAGGED || (std::is_same<Real, float>::value && !AHEAD), "tagged: float32, not staged ahead");
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   FL_DYNAMIC_SHARED(smem);
@@ -321,7 +378,11 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       }
       __syncthreads();  // W loaded (first chunk) / the previous chunk's X and red fully read
       clk.mark(kTraceWait);
-      if (stage_ahead) {
+      if (TAGGED && s > 0) {  // h_{s-1}: slot (s - 1) % 2, tag s
+        const unsigned long long* slot = p.xch + ((s - 1) % 2) * B * K;
+        stage_tagged<BC>(reinterpret_cast<float*>(X), static_cast<int>(K), nb, static_cast<int>(H),
+                         [slot, b0, K](int bb) { return slot + (b0 + bb) * K; }, static_cast<unsigned>(s));
+      } else if (stage_ahead) {
         stage_store<BC>(ahead, X, 0, ngi);
         stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), kStagePass);
       } else {
@@ -345,6 +406,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
           const Real hn = go * fl_tanh(cn);
           p.c[b * H + j] = cn;
           h_next[b * H + j] = hn;
+          if constexpr (TAGGED) {  // h_s for the other blocks: slot s % 2, tag s + 1
+            if (s + 1 < T)
+              fl_store_tagged(p.xch + (s % 2) * B * K + b * K + j, tagged_word(hn, static_cast<unsigned>(s + 1)));
+          }
           p.y[row * H + j] = hn;
           if (p.gates) {
             Real* g = p.gates + row * G + j;
@@ -356,12 +421,17 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
           if (p.cells) p.cells[row * H + j] = cn;
         } else {  // past its length: the state carries over, y is 0 at position s
           h_next[b * H + j] = Xr[fb * K + j];
+          if constexpr (TAGGED) {
+            if (s + 1 < T)
+              fl_store_tagged(p.xch + (s % 2) * B * K + b * K + j,
+                              tagged_word(Xr[fb * K + j], static_cast<unsigned>(s + 1)));
+          }
           p.y[(s * B + b) * H + j] = Real(0);
         }
       }
       clk.mark(kTraceFinish);
     }
-    if (s + 1 < T) grid_barrier(p.barrier, static_cast<unsigned long long>(s + 1) * gridDim.x);
+    if (!TAGGED && s + 1 < T) grid_barrier(p.barrier, static_cast<unsigned long long>(s + 1) * gridDim.x);
     clk.mark(kTraceBarrier);
   }
   clk.write();
@@ -386,10 +456,14 @@ struct BackwardParams {
   Real* hprev;        // (T, B, H)  h_{t-1} by time position
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
+  unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x 4H words, zero on entry
 };
 
-template <typename Real, int BC, bool TRACE, bool AHEAD>
+// TAGGED: phase B reads dz_s through the tagged exchange, and there is no grid barrier at all
+// (phase A reads only the block's own dh and dc).
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<Real> p) {
+  static_assert(!TAGGED || (std::is_same<Real, float>::value && !AHEAD), "tagged: float32, not staged ahead");
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   FL_DYNAMIC_SHARED(smem);
@@ -415,7 +489,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   constexpr bool stage_ahead = AHEAD;
   const int ngi = static_cast<int>(NG);
   V ahead[kStageBatch];
-  unsigned long long arrivals = 0;
+  [[maybe_unused]] unsigned long long arrivals = 0;  // (not with TAGGED)
   for (int64_t s = T - 1; s >= 0; --s) {
     // Phase A: the gate gradients of this block's units, every row (backward_gates_kernel).
     for (int64_t e = tid; e < B * U; e += kThreads) {
@@ -450,16 +524,24 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       const Real tc = fl_tanh(cc);
       const Real dct = p.dc[b * H + j] + dht * go * (Real(1) - tc * tc);
       p.dc[b * H + j] = dct * gf;
+      const Real dzs[4] = {dct * gg * (gi * (Real(1) - gi)), dct * cp * (gf * (Real(1) - gf)),
+                           dct * gi * (Real(1) - gg * gg), dht * tc * (go * (Real(1) - go))};
       Real* d = p.dz + row * G + j;
-      d[0] = dct * gg * (gi * (Real(1) - gi));
-      d[H] = dct * cp * (gf * (Real(1) - gf));
-      d[2 * H] = dct * gi * (Real(1) - gg * gg);
-      d[3 * H] = dht * tc * (go * (Real(1) - go));
+#pragma unroll
+      for (int q = 0; q < 4; ++q) d[q * H] = dzs[q];
       p.hprev[row * H + j] = hp;
+      if constexpr (TAGGED) {  // dz_s of rows inside their length for phase B: slot s % 2, tag s + 1
+        unsigned long long* xw = p.xch + (s % 2) * B * G + b * G + j;
+        const unsigned tag = static_cast<unsigned>(s + 1);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) fl_store_tagged(xw + q * H, tagged_word(dzs[q], tag));
+      }
     }
     clk.mark(kTraceGates);
-    arrivals += gridDim.x;
-    grid_barrier(p.barrier, arrivals);  // every block's dz of step s written
+    if constexpr (!TAGGED) {
+      arrivals += gridDim.x;
+      grid_barrier(p.barrier, arrivals);  // every block's dz of step s written
+    }
     clk.mark(kTraceBarrier);
     // Phase B: dh[b, j] = dz_t[b, :] . R[j, :] for rows inside their length.
     const int fb = tid / U, fu = tid % U;
@@ -477,8 +559,17 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       const int nb = static_cast<int>(imin(BC, B - b0));
       __syncthreads();  // the previous chunk's X and red fully read
       clk.mark(kTraceWait);
-      if (stage_ahead) stage_store<BC>(ahead, X, 0, ngi);
-      stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0);
+      if constexpr (TAGGED) {
+        const unsigned long long* slot = p.xch + (s % 2) * B * G;
+        stage_tagged<BC>(reinterpret_cast<float*>(X), static_cast<int>(K), nb, static_cast<int>(G),
+                         [&p, slot, b0, s, T, G](int bb) -> const unsigned long long* {
+                           return s < seq_len(p.lengths, b0 + bb, T) ? slot + (b0 + bb) * G : nullptr;
+                         },
+                         static_cast<unsigned>(s + 1));
+      } else {
+        if (stage_ahead) stage_store<BC>(ahead, X, 0, ngi);
+        stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0);
+      }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
@@ -506,7 +597,8 @@ struct Plan {
   int units = 0, bc = 0;
   int64_t blocks = 0, ng = 0;
   size_t smem = 0;
-  bool ahead = false;  // the staging-ahead variant (several chunks per step)
+  bool ahead = false;   // the staging-ahead variant (several chunks per step)
+  bool tagged = false;  // the tagged exchange instead of grid barriers (float32)
 };
 
 template <class F>
@@ -523,16 +615,21 @@ auto with_bc(int bc, F&& f) {
   }
 }
 
-// f(BC, TRACE, AHEAD) with the three as compile-time constants (std::integral_constant); the
-// staging-ahead variant exists for BC > 1 only (one row per chunk means one chunk per step).
-template <class F>
-auto with_variant(int bc, bool trace, bool ahead, F&& f) {
+// f(BC, TRACE, AHEAD, TAGGED) with the four as compile-time constants (std::integral_constant);
+// the staging-ahead variant exists for BC > 1 only (one row per chunk means one chunk per
+// step), the tagged one for float only and never staged ahead (tagged wins over ahead).
+template <typename Real, class F>
+auto with_variant(int bc, bool trace, bool ahead, bool tagged, F&& f) {
   return with_bc(bc, [&](auto BCc) {
     auto go = [&](auto TRc) {
+      if constexpr (std::is_same<Real, float>::value) {
+        if (tagged) return f(BCc, TRc, std::false_type{}, std::true_type{});
+      }
       if constexpr (decltype(BCc)::value > 1) {
-        return ahead ? f(BCc, TRc, std::true_type{}) : f(BCc, TRc, std::false_type{});
+        return ahead ? f(BCc, TRc, std::true_type{}, std::false_type{})
+                     : f(BCc, TRc, std::false_type{}, std::false_type{});
       } else {
-        return f(BCc, TRc, std::false_type{});
+        return f(BCc, TRc, std::false_type{}, std::false_type{});
       }
     };
     return trace ? go(std::true_type{}) : go(std::false_type{});
@@ -541,15 +638,15 @@ auto with_variant(int bc, bool trace, bool ahead, F&& f) {
 
 // How many blocks of the kernel fit on one SM with `smem` bytes of dynamic shared memory
 // (raises the kernel's dynamic shared memory limit to smem first).
-template <typename Real, int BC, bool TRACE, bool AHEAD>
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
 int blocks_per_sm(bool backward, size_t smem) {
   int n = 0;
   if (backward) {
-    auto k = backward_kernel<Real, BC, TRACE, AHEAD>;
+    auto k = backward_kernel<Real, BC, TRACE, AHEAD, TAGGED>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   } else {
-    auto k = forward_kernel<Real, BC, TRACE, AHEAD>;
+    auto k = forward_kernel<Real, BC, TRACE, AHEAD, TAGGED>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   }
@@ -561,9 +658,10 @@ int blocks_per_sm(bool backward, size_t smem) {
 // block per SM covers H (at most sm_count blocks), with the largest BC that the shared memory
 // allows; failing that, several blocks per SM as the occupancy calculator allows. With `trace`,
 // for the traced kernels; with `ahead`, for the staging-ahead variant wherever it applies (their
-// occupancy may differ).
+// occupancy may differ); with `tagged` (float only), for the tagged exchange (no staging ahead).
 template <typename Real>
-Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, bool ahead = true) {
+Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, bool ahead = true,
+          bool tagged = false) {
   Plan pl;
   int coop = 0, sms = 0, optin = 0;
   FL_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -578,6 +676,7 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
     return pl;
   }
   constexpr int KV = Vec<Real>::n;
+  const bool tagged_here = tagged && std::is_same<Real, float>::value;
   const int bc_max = B <= 1 ? 1 : (B <= 4 ? 4 : (B <= 8 ? 8 : 16));
   const int bcs[4] = {16, 8, 4, 1};
   const int64_t K = backward ? 4 * H : H;
@@ -593,10 +692,12 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
         if (bc > bc_max || bc * U > kThreads) continue;
         const size_t smem = smem_bytes<Real>(NG, C, bc);
         if (smem > static_cast<size_t>(optin)) continue;
-        const bool ahead_here = ahead && B > bc && (backward || H % KV == 0);
-        const int per_sm = with_variant(bc, trace, ahead_here, [&](auto BCc, auto TRc, auto AHc) {
-          return blocks_per_sm<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>(backward, smem);
-        });
+        const bool ahead_here = ahead && !tagged_here && B > bc && (backward || H % KV == 0);
+        const int per_sm =
+            with_variant<Real>(bc, trace, ahead_here, tagged_here, [&](auto BCc, auto TRc, auto AHc, auto TGc) {
+              return blocks_per_sm<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
+                                   decltype(TGc)::value>(backward, smem);
+            });
         if (per_sm < 1 || blocks > int64_t(per_sm) * sms) continue;
         pl.ok = true;
         pl.units = U;
@@ -605,6 +706,7 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
         pl.ng = NG;
         pl.smem = smem;
         pl.ahead = ahead_here && bc > 1;
+        pl.tagged = tagged_here;
         break;
       }
     }
@@ -676,20 +778,39 @@ inline bool stage_ahead_requested() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+// Whether the kernels exchange h / dz through tagged words instead of grid barriers
+// (stage_tagged; float32 only): FASTLSTM_CUDA_EXCHANGE=tagged; unset, "" or "barrier": the grid
+// barrier (the default until measured on a GPU: bench/NOTES_GPU.md, "Session 14"). Read at
+// every call; any other value is an error.
+inline bool exchange_tagged_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_EXCHANGE");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "barrier") == 0) return false;
+  if (std::strcmp(v, "tagged") == 0) return true;
+  throw Error(std::string("FASTLSTM_CUDA_EXCHANGE must be 'barrier' or 'tagged', not '") + v + "'");
+}
+
+// Exchange words for a tagged launch: two slots of B rows of ng * KV words (forward: h rows of
+// H values padded to whole vectors; backward: dz rows of 4H); 0 when not tagged.
+template <typename Real>
+int64_t exchange_words(const Plan& pl, int64_t B) {
+  return pl.tagged ? 2 * B * pl.ng * Vec<Real>::n : 0;
+}
+
 inline std::string describe(const char* what, const Plan& pl, size_t real_bytes) {
   return std::string(what) + " (fp" + std::to_string(real_bytes * 8) + ", " + std::to_string(pl.blocks) + " blocks x " +
          std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
          std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
-         std::to_string(pl.smem) + " B shared)";
+         std::to_string(pl.smem) + " B shared" + (pl.tagged ? ", tagged exchange" : "") + ")";
 }
 
-// One cooperative launch of the kernel pick(BC, TRACE, AHEAD) for the plan's rows per chunk, its
-// staging-ahead choice, and the trace when asked for.
-template <typename Params, typename Pick>
+// One cooperative launch of the kernel pick(BC, TRACE, AHEAD, TAGGED) for the plan's rows per
+// chunk, its staging-ahead and exchange choices, and the trace when asked for.
+template <typename Real, typename Params, typename Pick>
 void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pick) {
   const dim3 grid = grid_of(pl.blocks);
-  with_variant(pl.bc, prm.trace != nullptr, pl.ahead, [&](auto BCc, auto TRc, auto AHc) {
-    auto k = pick(BCc, TRc, AHc);
+  if (pl.tagged && prm.xch == nullptr) throw Error("internal: a tagged persistent launch without its exchange buffer");
+  with_variant<Real>(pl.bc, prm.trace != nullptr, pl.ahead, pl.tagged, [&](auto BCc, auto TRc, auto AHc, auto TGc) {
+    auto k = pick(BCc, TRc, AHc, TGc);
     // (again here: another thread's planning may have lowered the limit since)
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
     launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
@@ -699,15 +820,17 @@ void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pi
 
 template <typename Real>
 void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan(pl, prm, stream, [](auto BCc, auto TRc, auto AHc) {
-    return forward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>;
+  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc) {
+    return forward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
+                          decltype(TGc)::value>;
   });
 }
 
 template <typename Real>
 void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan(pl, prm, stream, [](auto BCc, auto TRc, auto AHc) {
-    return backward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value>;
+  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc) {
+    return backward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
+                           decltype(TGc)::value>;
   });
 }
 

@@ -23,7 +23,8 @@
 // every block co-resident. A scheduler resumes the runnable fibers round by round (in thread
 // order, reversed, or in a seeded random permutation per round: set_schedule); each fiber runs
 // until it reaches __syncthreads() (then it waits until every thread of ITS block has reached
-// it), spins on fl_load_acquire (then it yields and is resumed next round), or returns.
+// it), spins on fl_load_acquire or fl_spin_pause (then it yields and is resumed next round),
+// or returns.
 // Schedules (set_schedule): 0 lockstep rounds in thread order (reversed with
 // set_reverse_order), 1 lockstep reversed, 2 a seeded random permutation per round in which
 // the threads of slow blocks (half of them, drawn per launch) each run with probability 1/8
@@ -32,8 +33,9 @@
 // (block and thread order reversed with set_reverse_order): a block that does not wait at a
 // grid barrier runs through later steps before the others wrote what it reads.
 // Checks: a block barrier that some threads of the block never reach (they returned) is an
-// error; a round in which no fiber reached a barrier, returned or did an atomic operation
-// while some still spin is a deadlock (an error, the launch is abandoned); the launch fails
+// error; a round in which no fiber reached a barrier, returned, did an atomic operation or a
+// tagged store, or polled tagged words other than (or changed since) its previous poll, while
+// some still spin, is a deadlock (an error, the launch is abandoned); the launch fails
 // like CUDA's when the grid is larger than the emulated device can keep resident
 // (cudaErrorCooperativeLaunchTooLarge, from the emulated SM count and shared memory), when a
 // kernel asks for more than 48 KB of dynamic shared memory without cudaFuncSetAttribute, or
@@ -100,6 +102,10 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
   double x, y;
 };
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 enum cudaError_t {
   cudaSuccess = 0,
@@ -162,7 +168,9 @@ inline Device g_device;
 inline int g_schedule = 0;
 inline uint64_t g_schedule_seed = 1;
 inline bool g_coop = false;        // inside a cooperative launch
-inline uint64_t g_atomic_ops = 0;  // atomic operations so far (progress, for deadlock detection)
+// Progress events so far, for deadlock detection: atomic operations, tagged stores, and tagged
+// polls that saw another address or value than the same fiber's previous poll.
+inline uint64_t g_atomic_ops = 0;
 inline unsigned char* g_dyn_smem = nullptr;  // the running fiber's block's dynamic shared memory
 inline size_t g_dyn_smem_bytes = 0;          // its size (normal launches with dynamic shared memory)
 inline bool g_dyn_launch = false;            // inside a normal launch with dynamic shared memory
@@ -406,6 +414,10 @@ struct CoopFiber {
   ucontext_t ctx;
   FiberState state = FiberState::kReady;
   unsigned block = 0, thread = 0;
+  // its last tagged poll (load_tagged2): a fiber that polls the same words and sees the same
+  // values is stuck; one that moved on to other words (or saw them change) made progress
+  const void* poll_addr = nullptr;
+  unsigned long long poll_a = 0, poll_b = 0;
 };
 
 constexpr size_t kCoopStackBytes = 128 * 1024;
@@ -632,6 +644,25 @@ inline void arrive_release(unsigned long long* p) {
 inline unsigned long long load_acquire(const unsigned long long* p) {
   spin_yield();  // every poll gives the other blocks a chance to run
   return *p;
+}
+// The tagged exchange (compat.cuh): a store is progress (another block may be spinning on it);
+// the 16-byte load must be aligned as ld.v2.b64 requires.
+inline void store_tagged(unsigned long long* p, unsigned long long v) {
+  ++g_atomic_ops;
+  *p = v;
+}
+inline void load_tagged2(const unsigned long long* p, unsigned long long& a, unsigned long long& b) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0 && g_error.empty())
+    g_error = "a tagged 16-byte load (ld.v2.b64) from an address that is not 16-byte aligned";
+  a = p[0];
+  b = p[1];
+  if (g_coop) {  // a poll loop passing one word and spinning on the next is progress too
+    CoopFiber& f = coop_fibers()[static_cast<size_t>(g_current)];
+    if (f.poll_addr != p || f.poll_a != a || f.poll_b != b) ++g_atomic_ops;
+    f.poll_addr = p;
+    f.poll_a = a;
+    f.poll_b = b;
+  }
 }
 
 }  // namespace emu
