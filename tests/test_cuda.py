@@ -720,6 +720,12 @@ def test_emulated_persistent_tagged_exchange_chunks_and_passes(emu, monkeypatch,
         assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
         assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
     check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+    # the traced tagged kernels (gpu_phase_profile with the switch set): the same bits
+    monkeypatch.setenv("FASTLSTM_CUDA_TRACE", "1")
+    outs, grads, _ = run_cuda(fwd, bwd)
+    for kind in ("forward", "backward"):
+        assert "tagged exchange) | trace: " in _ran(kind), _ran(kind)
+    assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
 
 
 def test_emulated_persistent_tagged_exchange_float64_env_and_no_leaks(emu, emu_lib, monkeypatch):
