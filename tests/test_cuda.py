@@ -1093,18 +1093,23 @@ def test_gpu_persistent_tagged_exchange_is_bitwise_the_barrier(name, monkeypatch
 @pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 256), (20, 16, 32, 512), (10, 4, 16, 1024), (8, 40, 24, 200)])
 def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kernel_path_reset):
     # More steps (each slot reused many times), several batch chunks (B = 40), H = 1024 over
-    # every SM; bitwise the barrier kernels, repeated five times (a word taken before its tag
-    # matched, or a slot overwritten early, would show as a difference in some run).
-    fwd, bwd = make_case(T, B, I, H, np.float32, seed=T + B + H, lengths=None, reverse=B % 2 == 0)
+    # every SM; bitwise the barrier kernels, repeated, alternating two inputs of the same shapes
+    # (a word taken before its tag matched, a slot overwritten early, or an exchange buffer not
+    # zeroed before a launch, whose pooled memory then holds the other input's words with the
+    # same tags, would show as a difference in some run).
+    cases = [make_case(T, B, I, H, np.float32, seed=T + B + H + i, lengths=None, reverse=B % 2 == 0)
+             for i in range(2)]
     fcuda.set_kernel_path("persistent")
     monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
-    outs, grads, _ = run_cuda(fwd, bwd)
-    barrier = tuple(outs) + tuple(grads)
-    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
-    for _ in range(5):
+    barrier = []
+    for fwd, bwd in cases:
         outs, grads, _ = run_cuda(fwd, bwd)
+        barrier.append(tuple(outs) + tuple(grads))
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")
+    for i in range(6):
+        outs, grads, _ = run_cuda(*cases[i % 2])
         assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
-        assert_bitwise_equal(barrier, tuple(outs) + tuple(grads))
+        assert_bitwise_equal(barrier[i % 2], tuple(outs) + tuple(grads))
 
 
 @pytest.mark.cuda

@@ -134,7 +134,8 @@ __device__ __forceinline__ void fl_cp_async_wait() {
 // (ld.relaxed.gpu.v2.b64, 16-byte aligned: a vector access is one access per element, so each
 // word is still whole), so a reader that sees the tag it waits for sees the value stored with
 // it: no fence, no counter. fl_spin_pause goes between polls (nothing on the GPU; in the
-// emulator the fiber yields, and a tagged store counts as progress like an atomic).
+// emulator the fiber yields, and a tagged store counts as progress like an atomic);
+// fl_poll_watchdog(since) too (on the GPU: __trap after 10 s of polling).
 // fl_clock / fl_timer_ns (the persistent kernels' phase trace, FASTLSTM_CUDA_TRACE): the SM's
 // cycle counter and the global nanosecond timer; in the emulator both are the host's monotonic
 // clock in nanoseconds.
@@ -156,6 +157,7 @@ inline void fl_load_tagged2(const unsigned long long* p, unsigned long long& a, 
   emu::load_tagged2(p, a, b);
 }
 inline void fl_spin_pause() { emu::spin_yield(); }
+inline void fl_poll_watchdog(unsigned long long&) {}  // (the emulator reports a deadlock itself)
 inline unsigned fl_float_bits(float v) { return ::fl_emu_float_bits(v); }  // (emu_wmma.h)
 inline float fl_bits_float(unsigned u) { return ::fl_emu_bits_float(u); }
 template <typename Param>
@@ -196,6 +198,18 @@ __device__ __forceinline__ void fl_load_tagged2(const unsigned long long* p, uns
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
 }
 __device__ __forceinline__ void fl_spin_pause() {}
+// A poll that has waited more than 10 s of GPU time (a step takes microseconds; even under
+// compute-sanitizer, milliseconds) aborts the kernel (__trap: the call raises a CUDA error)
+// instead of hanging the process: a protocol fault must fail a test, not eat a GPU session.
+// `since` starts at 0 (the first call reads the clock).
+__device__ __forceinline__ void fl_poll_watchdog(unsigned long long& since) {
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  if (since == 0)
+    since = now;
+  else if (now - since > 10000000000ull)
+    __trap();
+}
 __device__ __forceinline__ unsigned fl_float_bits(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ float fl_bits_float(unsigned u) { return __uint_as_float(u); }
 template <typename Param>

@@ -1242,8 +1242,8 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
     const bool trace = persistent::trace_requested();
     const persistent::Plan pl = persistent_plan<Real>(false, T, B, H, device, opt.path, trace);
     if (pl.ok) {
-      Workspace<unsigned long long> counter(1, device, stream);
-      FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+      Workspace<unsigned long long> counter(pl.tagged ? 0 : 1, device, stream);  // (the grid barrier's)
+      if (!pl.tagged) FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
       const int64_t xwords = persistent::exchange_words<Real>(pl, B);
       Workspace<unsigned long long> xch(xwords, device, stream);
       if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));
@@ -1349,8 +1349,8 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   if (tensor) {
     ran = backward_tensor<Real>(a, dz.get(), hprev.get(), device, stream, opt);
   } else if (pl.ok) {
-    Workspace<unsigned long long> counter(1, device, stream);
-    FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
+    Workspace<unsigned long long> counter(pl.tagged ? 0 : 1, device, stream);  // (the grid barrier's)
+    if (!pl.tagged) FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
     const int64_t xwords = persistent::exchange_words<Real>(pl, B);
     Workspace<unsigned long long> xch(xwords, device, stream);
     if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));

@@ -204,7 +204,9 @@ __device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int 
       const int bb = e / pairs, i = 2 * (e - bb * pairs);
       const bool second = i + 1 < valid;  // the pair's second word is a value (odd `valid`: not the last)
       if (src[q] != nullptr) {
+        unsigned long long since = 0;
         while (tag_of(lo[q]) != tag || (second && tag_of(hi[q]) != tag)) {
+          fl_poll_watchdog(since);
           fl_spin_pause();
           fl_load_tagged2(src[q], lo[q], hi[q]);
         }
@@ -405,8 +407,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
           const Real cn = gf * c_prev + gi * gg;
           const Real hn = go * fl_tanh(cn);
           p.c[b * H + j] = cn;
-          h_next[b * H + j] = hn;
-          if constexpr (TAGGED) {  // h_s for the other blocks: slot s % 2, tag s + 1
+          // TAGGED: h_s for the other blocks as a tagged word (slot s % 2, tag s + 1); the h
+          // buffer only gets h_n (the last step), which the host copies out
+          if (!TAGGED || s + 1 == T) h_next[b * H + j] = hn;
+          if constexpr (TAGGED) {
             if (s + 1 < T)
               fl_store_tagged(p.xch + (s % 2) * B * K + b * K + j, tagged_word(hn, static_cast<unsigned>(s + 1)));
           }
@@ -420,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
           }
           if (p.cells) p.cells[row * H + j] = cn;
         } else {  // past its length: the state carries over, y is 0 at position s
-          h_next[b * H + j] = Xr[fb * K + j];
+          if (!TAGGED || s + 1 == T) h_next[b * H + j] = Xr[fb * K + j];
           if constexpr (TAGGED) {
             if (s + 1 < T)
               fl_store_tagged(p.xch + (s % 2) * B * K + b * K + j,

@@ -648,6 +648,8 @@ inline unsigned long long load_acquire(const unsigned long long* p) {
 // The tagged exchange (compat.cuh): a store is progress (another block may be spinning on it);
 // the 16-byte load must be aligned as ld.v2.b64 requires.
 inline void store_tagged(unsigned long long* p, unsigned long long v) {
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0 && g_error.empty())
+    g_error = "a tagged 8-byte store (st.b64) to an address that is not 8-byte aligned";
   ++g_atomic_ops;
   *p = v;
 }
@@ -700,9 +702,18 @@ inline cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+// Device memory from cudaMalloc (and the pool) is not zeroed on a GPU, and a pool hands back
+// what an earlier call left there: here it is filled with 64-bit words that look like a tagged
+// exchange word of step 1 holding a NaN (1 << 32 | 0x7FC00001; as floats NaN and a denormal in
+// turn), so code that relies on fresh memory being zero, or a tagged exchange buffer that is not
+// zeroed before its launch (a reader would take the NaN at once), fails the tests.
 inline cudaError_t cudaMalloc(void** p, size_t n) {
   *p = fastlstm::cuda::emu::guarded_alloc(n);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (*p == nullptr) return cudaErrorMemoryAllocation;
+  const unsigned long long stale = (1ull << 32) | 0x7FC00001ull;
+  for (size_t i = 0; i < n; i += sizeof stale)
+    std::memcpy(static_cast<char*>(*p) + i, &stale, n - i < sizeof stale ? n - i : sizeof stale);
+  return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* p) {
   fastlstm::cuda::emu::guarded_free(p);
