@@ -15,9 +15,9 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - kPersistentAutoMaxRows: per H, the largest B at which the persistent kernels beat simt (and
   tiled where timed) forward + backward;
 - staging ahead (FASTLSTM_CUDA_STAGE_AHEAD): persistent with it off / on;
-- the tagged exchange (FASTLSTM_CUDA_EXCHANGE, `exchange_tagged_requested`): persistent with grid
-  barriers / with tagged words, per configuration (B <= 64), and any row where it was not
-  bitwise the barrier kernels (a defect: keep it off);
+- the tagged exchange (FASTLSTM_CUDA_EXCHANGE, kTaggedAutoMaxRows): persistent with grid
+  barriers / with tagged words, per configuration (B <= 64), the largest B per H up to which it
+  never lost, and any row where it was not bitwise the barrier kernels (a defect: keep it off);
 - tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's.
 """
 import json
@@ -154,10 +154,30 @@ def tagged_exchange(pab, out):
                        f"{fmt(ratio(med(row, 'cudnn_fwd'), med(row, 'tagged_fwd')))}, fwd+bwd "
                        f"{fmt(ratio(med(row, 'cudnn_both'), med(row, 'tagged_both')))}")
     if any(row.get("tagged_bitwise_barrier") is False for row in rows):
-        out.append("  suggests: keep it off (a mismatch above)")
-    else:
-        verdict(out, ratios, "make it the default (exchange_tagged_requested in persistent.cuh)",
-                "keep the barrier default, or take tagged only for the batches where it wins")
+        out.append("  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)")
+        return
+    verdict(out, ratios, "tagged everywhere it was timed", "tagged only for the batches where it wins")
+    by_h = {}
+    for row in rows:
+        if med(row, "tagged_fwd") is not None:
+            T, B, I, H = row["config"]
+            rs = [ratio(med(row, "persistent_fwd"), med(row, "tagged_fwd")),
+                  ratio(med(row, "persistent_both"), med(row, "tagged_both"))]
+            by_h.setdefault(H, []).append((B, min(r for r in rs if r is not None) if any(rs) else None))
+    limits = []
+    for H, pts in sorted(by_h.items()):
+        pts = sorted(pts)
+        upto = 0
+        for B, r in pts:  # the largest B with no loss at any timed B up to it
+            if r is None or r < 1.0:
+                break
+            upto = B
+        limits.append(upto)
+        out.append(f"  H = {H}: tagged no slower (fwd and fwd+bwd) up to B = {upto or 'none'} "
+                   f"(timed B: {', '.join(str(B) for B, _ in pts)})")
+    if limits:
+        out.append(f"  suggests: kTaggedAutoMaxRows = {min(limits)} (csrc/cuda/lstm_impl.cuh; the smallest over H; "
+                   "tests/test_cuda.py TAGGED_AUTO_MAX_ROWS with it)")
 
 
 def tiled_kslice(gab, out):

@@ -207,7 +207,17 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert "- [100, 64, 1024, 1024]: fwd 1.10x, fwd+bwd 1.10x" in out  # staging ahead off / on
     assert "- [100, 16, 512, 512]: fwd 1.25x, fwd+bwd 0.80x; cuDNN / tagged fwd 5.00x, fwd+bwd 3.20x" in out
     assert "- [100, 1, 256, 256]: MISMATCH, not bitwise the barrier kernels: a defect, keep it off" in out
-    assert "  suggests: keep it off (a mismatch above)" in out
+    assert "  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)" in out
+    # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
+    rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]
+    rows.append(prow((100, 1, 512, 512), 0.5, 1.0, tagged_fwd=t(0.4), tagged_both=t(0.9), tagged_bitwise_barrier=True))
+    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    capsys.readouterr()
+    assert gpu_decide.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  H = 512: tagged no slower (fwd and fwd+bwd) up to B = 1 (timed B: 1, 16)" in out
+    assert "  suggests: tagged only for the batches where it wins (worst 0.80x)" in out
+    assert any(line.startswith("  suggests: kTaggedAutoMaxRows = 1 ") for line in out)
     assert any(line.startswith("- step fwd B=64 H=1024: plan") and "fastest 256 k per slice 16.0 us (1.25x)" in line
                for line in out)
     assert gpu_decide.main([str(tmp_path / "missing")]) == 2

@@ -728,6 +728,37 @@ def test_emulated_persistent_tagged_exchange_chunks_and_passes(emu, monkeypatch,
     assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
 
 
+TAGGED_AUTO_MAX_ROWS = 0  # csrc/cuda/lstm_impl.cuh kTaggedAutoMaxRows (0: auto never takes it)
+
+
+@pytest.mark.parametrize("value", [None, "auto"])
+def test_emulated_tagged_exchange_auto_rule(emu, monkeypatch, value):
+    # FASTLSTM_CUDA_EXCHANGE unset (or "auto"): the persistent kernels take the tagged exchange
+    # for B <= kTaggedAutoMaxRows in float32, the grid barrier above it and in float64; the same
+    # bits either way.
+    emu.set_device(sm_count=5)
+
+    def choose(v):
+        if v is None:
+            monkeypatch.delenv("FASTLSTM_CUDA_EXCHANGE", raising=False)
+        else:
+            monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", v)
+
+    for B in sorted({1, 2, TAGGED_AUTO_MAX_ROWS, TAGGED_AUTO_MAX_ROWS + 1} - {0}):
+        for dtype in (np.float32, np.float64):
+            fwd, bwd = make_case(3, B, 4, 20, dtype, seed=B)
+            choose(value)
+            got = run_cuda(fwd, bwd)  # auto path: persistent up to 64 rows
+            want = dtype == np.float32 and B <= TAGGED_AUTO_MAX_ROWS
+            for kind in ("forward", "backward"):
+                assert _ran(kind).startswith(f"persistent {kind}"), _ran(kind)
+                assert ("tagged exchange" in _ran(kind)) == want, (B, dtype, _ran(kind))
+            choose("barrier")
+            barrier = run_cuda(fwd, bwd)
+            assert "tagged" not in _ran("forward")
+            assert_bitwise_equal(tuple(got[0]) + tuple(got[1]), tuple(barrier[0]) + tuple(barrier[1]))
+
+
 def test_emulated_persistent_tagged_exchange_float64_env_and_no_leaks(emu, emu_lib, monkeypatch):
     # float64 has no tagged kernels (a word holds a float32 value): the barrier kernels run, the
     # same bits as without the switch; "barrier" and "" are the default; any other value is an
@@ -742,13 +773,13 @@ def test_emulated_persistent_tagged_exchange_float64_env_and_no_leaks(emu, emu_l
     assert "tagged" not in _ran("forward") and "tagged" not in _ran("backward")
     assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(tagged[0]) + tuple(tagged[1]))
     fwd32, bwd32 = make_case(4, 3, 5, 20, np.float32, seed=5, lengths=[4, 0, 2])
-    for value in ("", "barrier"):
+    for value in ("", "auto", "barrier"):  # (B = 3 > TAGGED_AUTO_MAX_ROWS: auto takes the barrier)
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", value)
         run_cuda(fwd32, bwd32)
         assert "tagged" not in _ran("forward") and "tagged" not in _ran("backward")
     for value in ("Tagged", "1", "none"):
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", value)
-        with pytest.raises(RuntimeError, match="FASTLSTM_CUDA_EXCHANGE must be 'barrier' or 'tagged'"):
+        with pytest.raises(RuntimeError, match="FASTLSTM_CUDA_EXCHANGE must be 'auto', 'barrier' or 'tagged'"):
             run_cuda(fwd32, bwd32)
     # the simt path never reads the switch
     fcuda.set_kernel_path("simt")

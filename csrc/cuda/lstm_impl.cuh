@@ -960,10 +960,17 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
 // (H = 1024); B = 65-256 after it, and H = 1024 at B = 17-64, are not measured yet.
 constexpr int64_t kPersistentAutoMaxRows = 64;
 
+// The tagged exchange (persistent.cuh, stage_tagged) instead of grid barriers, when
+// FASTLSTM_CUDA_EXCHANGE does not choose: for B <= kTaggedAutoMaxRows rows. 0 (never) until it
+// is measured on a GPU (bench/NOTES_GPU.md, "Session 14": predicted to win at small B, where a
+// step is latency-bound, and to lose from B ~ 32, where it doubles the staged bytes);
+// bench/gpu_decide.py prints the measured ratios per B.
+constexpr int64_t kTaggedAutoMaxRows = 0;
+
 // The persistent plan for this call, or a plan that is not ok (with the reason) where the
 // kernel path is simt, or auto with more than kPersistentAutoMaxRows rows. The tagged exchange
-// where FASTLSTM_CUDA_EXCHANGE asks for it (float32; its tags are 32-bit step numbers from 1,
-// so T < 2^32 - 1).
+// where FASTLSTM_CUDA_EXCHANGE asks for it, or, unset, for B <= kTaggedAutoMaxRows (float32;
+// its tags are 32-bit step numbers from 1, so T < 2^32 - 1).
 template <typename Real>
 persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H, int device, KernelPath path,
                                  bool trace) {
@@ -974,7 +981,10 @@ persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H,
              " rows, where the per-step kernels are faster";
     return pl;
   }
-  const bool tagged = persistent::exchange_tagged_requested() && T < int64_t(0xFFFFFFFF);
+  const persistent::Exchange ex = persistent::exchange_requested();
+  const bool tagged = (ex == persistent::Exchange::kTagged ||
+                       (ex == persistent::Exchange::kAuto && B <= kTaggedAutoMaxRows)) &&
+                      T < int64_t(0xFFFFFFFF);
   return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested(), tagged);
 }
 

@@ -782,15 +782,17 @@ inline bool stage_ahead_requested() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// Whether the kernels exchange h / dz through tagged words instead of grid barriers
-// (stage_tagged; float32 only): FASTLSTM_CUDA_EXCHANGE=tagged; unset, "" or "barrier": the grid
-// barrier (the default until measured on a GPU: bench/NOTES_GPU.md, "Session 14"). Read at
-// every call; any other value is an error.
-inline bool exchange_tagged_requested() {
+// How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
+// "tagged" through tagged words (stage_tagged; float32 only), "barrier" through grid barriers,
+// unset, "" or "auto": auto's rule (kTaggedAutoMaxRows in lstm_impl.cuh). Any other value is an
+// error.
+enum class Exchange { kAuto, kBarrier, kTagged };
+inline Exchange exchange_requested() {
   const char* v = std::getenv("FASTLSTM_CUDA_EXCHANGE");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "barrier") == 0) return false;
-  if (std::strcmp(v, "tagged") == 0) return true;
-  throw Error(std::string("FASTLSTM_CUDA_EXCHANGE must be 'barrier' or 'tagged', not '") + v + "'");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Exchange::kAuto;
+  if (std::strcmp(v, "barrier") == 0) return Exchange::kBarrier;
+  if (std::strcmp(v, "tagged") == 0) return Exchange::kTagged;
+  throw Error(std::string("FASTLSTM_CUDA_EXCHANGE must be 'auto', 'barrier' or 'tagged', not '") + v + "'");
 }
 
 // Exchange words for a tagged launch: two slots of B rows of ng * KV words (forward: h rows of

@@ -30,7 +30,8 @@ phase by phase (``bench/gpu_phase_profile.py``); each traced call synchronises i
 With ``FASTLSTM_CUDA_EXCHANGE=tagged`` (read at each call; experimental, off until measured on a
 GPU; float32) the persistent kernels pass h / dz between blocks as tagged 64-bit words instead
 of meeting at a grid barrier every step: the same results, bit for bit, and the description
-ends with "tagged exchange"; ``"barrier"`` (or unset) is the default, any other value an error.
+ends with "tagged exchange"; ``"barrier"`` forces the barrier, ``"auto"`` (or unset) leaves the
+choice to a batch-size rule (for now always the barrier), any other value is an error.
 
 Precision (``ops.lstm_forward(..., precision=)``): "fp32" (default), or with float32 inputs
 "tf32" / "bf16" / "tf32x3": the input projection and the backward's weight-gradient and dx
