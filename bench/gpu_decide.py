@@ -142,28 +142,25 @@ def tiled_and_persistent(pab, out):
 def tagged_exchange(pab, out):
     out.append("## tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged): persistent barrier / tagged")
     rows = (pab or {}).get("rows", [])
-    ratios = []
+    ratios, by_h, mismatch = [], {}, False
     for row in rows:
         if row.get("tagged_bitwise_barrier") is False:
+            mismatch = True
             out.append(f"- {row['config']}: MISMATCH, not bitwise the barrier kernels: a defect, keep it off")
         elif med(row, "tagged_fwd") is not None:
             rf = ratio(med(row, "persistent_fwd"), med(row, "tagged_fwd"))
             rb = ratio(med(row, "persistent_both"), med(row, "tagged_both"))
-            ratios += [r for r in (rf, rb) if r is not None]
+            rs = [r for r in (rf, rb) if r is not None]
+            ratios += rs
+            T, B, I, H = row["config"]
+            by_h.setdefault(H, []).append((B, min(rs) if rs else None))
             out.append(f"- {row['config']}: fwd {fmt(rf)}, fwd+bwd {fmt(rb)}; cuDNN / tagged fwd "
                        f"{fmt(ratio(med(row, 'cudnn_fwd'), med(row, 'tagged_fwd')))}, fwd+bwd "
                        f"{fmt(ratio(med(row, 'cudnn_both'), med(row, 'tagged_both')))}")
-    if any(row.get("tagged_bitwise_barrier") is False for row in rows):
+    if mismatch:
         out.append("  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)")
         return
     verdict(out, ratios, "tagged everywhere it was timed", "tagged only for the batches where it wins")
-    by_h = {}
-    for row in rows:
-        if med(row, "tagged_fwd") is not None:
-            T, B, I, H = row["config"]
-            rs = [ratio(med(row, "persistent_fwd"), med(row, "tagged_fwd")),
-                  ratio(med(row, "persistent_both"), med(row, "tagged_both"))]
-            by_h.setdefault(H, []).append((B, min(r for r in rs if r is not None) if any(rs) else None))
     limits = []
     for H, pts in sorted(by_h.items()):
         pts = sorted(pts)

@@ -988,6 +988,30 @@ persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H,
   return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested(), tagged);
 }
 
+// The zeroed device scratch of one persistent launch, with the launch parameters' pointers to
+// it set: the grid barrier's counter (barrier kernels), the tagged exchange's words (tagged
+// kernels), the phase trace (traced launches); each empty where the launch has no use for it.
+template <typename Real>
+struct PersistentScratch {
+  Workspace<unsigned long long> counter, xch, trace;
+  template <typename Params>
+  PersistentScratch(const persistent::Plan& pl, int64_t B, bool traced, int device, cudaStream_t stream,
+                    Params& prm)
+      : counter(pl.tagged ? 0 : 1, device, stream),
+        xch(persistent::exchange_words<Real>(pl, B), device, stream),
+        trace(traced ? pl.blocks * persistent::kTraceSlots : 0, device, stream) {
+    auto zero = [stream](const Workspace<unsigned long long>& w, int64_t n) {
+      if (n > 0) FL_CHECK(cudaMemsetAsync(w.get(), 0, sizeof(unsigned long long) * static_cast<size_t>(n), stream));
+    };
+    zero(counter, pl.tagged ? 0 : 1);
+    zero(xch, persistent::exchange_words<Real>(pl, B));
+    zero(trace, traced ? pl.blocks * persistent::kTraceSlots : 0);
+    prm.barrier = counter.get();
+    prm.xch = xch.get();
+    prm.trace = trace.get();
+  }
+};
+
 // Why the tensor path runs (for the description).
 inline std::string tensor_why(const RunOptions& opt) {
   if (opt.path == KernelPath::kTensor) return "forced";
@@ -1252,21 +1276,13 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
     const bool trace = persistent::trace_requested();
     const persistent::Plan pl = persistent_plan<Real>(false, T, B, H, device, opt.path, trace);
     if (pl.ok) {
-      Workspace<unsigned long long> counter(pl.tagged ? 0 : 1, device, stream);  // (the grid barrier's)
-      if (!pl.tagged) FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
-      const int64_t xwords = persistent::exchange_words<Real>(pl, B);
-      Workspace<unsigned long long> xch(xwords, device, stream);
-      if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));
       persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
-                                          a.y,    a.gates, a.cells, counter.get()};
-      Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
-      if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
-      prm.trace = tr.get();
-      prm.xch = xch.get();
+                                          a.y,    a.gates, a.cells, nullptr};
+      const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
       persistent::launch_forward<Real>(pl, prm, stream);
       ran = persistent::describe("persistent forward", pl, sizeof(Real));
-      if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);
+      if (trace) ran += persistent::trace_summary(scratch.trace.get(), pl.blocks, T, stream);
     } else {
       if (opt.path == KernelPath::kPersistent)
         throw Error("the persistent forward kernel was asked for (kernel path 'persistent') but cannot run here: " +
@@ -1359,22 +1375,14 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
   if (tensor) {
     ran = backward_tensor<Real>(a, dz.get(), hprev.get(), device, stream, opt);
   } else if (pl.ok) {
-    Workspace<unsigned long long> counter(pl.tagged ? 0 : 1, device, stream);  // (the grid barrier's)
-    if (!pl.tagged) FL_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned long long), stream));
-    const int64_t xwords = persistent::exchange_words<Real>(pl, B);
-    Workspace<unsigned long long> xch(xwords, device, stream);
-    if (xwords > 0) FL_CHECK(cudaMemsetAsync(xch.get(), 0, sizeof(unsigned long long) * xwords, stream));
     persistent::BackwardParams<Real> prm{T,       B,      H,     pl.units,   pl.ng,   a.lengths,
                                          a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
-                                         counter.get()};
-    Workspace<unsigned long long> tr(trace ? pl.blocks * persistent::kTraceSlots : 0, device, stream);
-    if (trace) FL_CHECK(cudaMemsetAsync(tr.get(), 0, sizeof(unsigned long long) * pl.blocks * persistent::kTraceSlots, stream));
-    prm.trace = tr.get();
-    prm.xch = xch.get();
+                                         nullptr};
+    const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
     persistent::launch_backward<Real>(pl, prm, stream);
     ran = persistent::describe("persistent backward", pl, sizeof(Real));
-    if (trace) ran += persistent::trace_summary(tr.get(), pl.blocks, T, stream);
+    if (trace) ran += persistent::trace_summary(scratch.trace.get(), pl.blocks, T, stream);
   } else if (T > 0 && B > 0) {
     auto kt = transpose_kernel<Real>;
     FL_LAUNCH(kt, grid_of(ceil_div(H * G, kThreads)), dim3(kThreads), stream, H, G, a.recurrent_kernel, rt.get());
