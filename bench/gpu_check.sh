@@ -228,7 +228,8 @@ fastlstm.cuda.set_poison(os.environ.get("FASTLSTM_POISON", "1") == "1")
 rng = np.random.default_rng(0)
 cases = [(4, 3, 7, 33, [4, 0, 2], True), (3, 6, 5, 17, [3, 1, 0, 2, 3, 3], False),
          (2, 17, 70, 9, None, False), (3, 5, 8, 300, [3, 2, 0, 1, 3], True),
-         (2, 16, 3, 600, [2, 0, 1] + [2] * 13, True)]  # the last: staging in several passes
+         (2, 16, 3, 600, [2, 0, 1] + [2] * 13, True),  # staging in several passes
+         (3, 1, 5, 40, [2], True)]  # one row: fp32 persistent with its weights in registers
 for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "persistent"),
                     (np.float64, "persistent")):
     cuda.set_kernel_path(path)
@@ -242,12 +243,14 @@ for dtype, path in ((np.float32, "simt"), (np.float64, "simt"), (np.float32, "pe
                          reverse=reverse, training=False, backend="cuda")
         assert cuda.info()["last_forward"].startswith(path), cuda.info()["last_forward"]
         assert cuda.info()["last_backward"].startswith(path), cuda.info()["last_backward"]
+        if path == "persistent" and B == 1 and dtype == np.float32:
+            assert "weights in registers" in cuda.info()["last_backward"], cuda.info()["last_backward"]
         del saved, grads
 # the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged; the persistent fp32 kernels without grid
-# barriers): one chunk, several chunks with H odd, rows staged in several passes
+# barriers): one chunk, several chunks with H odd, rows staged in several passes, one row
 os.environ["FASTLSTM_CUDA_EXCHANGE"] = "tagged"
 cuda.set_kernel_path("persistent")
-for T, B, I, H, lengths, reverse in (cases[0], cases[2], cases[4]):
+for T, B, I, H, lengths, reverse in (cases[0], cases[2], cases[4], cases[5]):
     r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
     y, h, c, saved = ops.lstm_forward(r(T, B, I), r(I, 4 * H), r(H, 4 * H), r(4 * H), r(B, H), r(B, H),
                                       lengths=lengths, reverse=reverse, backend="cuda")

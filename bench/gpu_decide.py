@@ -18,7 +18,10 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - the tagged exchange (FASTLSTM_CUDA_EXCHANGE, kTaggedAutoMaxRows): persistent with grid
   barriers / with tagged words, per configuration (B <= 64), the largest B per H up to which it
   never lost, and any row where it was not bitwise the barrier kernels (a defect: keep it off);
-- tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's.
+- tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's;
+- weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
+  gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default): persistent with
+  each off / on.
 """
 import json
 import os
@@ -177,6 +180,23 @@ def tagged_exchange(pab, out):
                    "tests/test_cuda.py TAGGED_AUTO_MAX_ROWS with it)")
 
 
+def default_switches(pab, out):
+    """The switches that are on by default with nothing to set but their default: off / on."""
+    rows = (pab or {}).get("rows", [])
+    for title, keys in (("weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS): shared / registers",
+                         (("fwd", "wshared_fwd", "persistent_fwd"), ("fwd+bwd", "wshared_both", "persistent_both"))),
+                        ("gate inputs prefetched (FASTLSTM_CUDA_INPUTS_AHEAD): off / on",
+                         (("fwd+bwd", "noprefetch_both", "persistent_both"),))):
+        out.append(f"## {title}")
+        ratios = []
+        for row in rows:
+            rs = [(what, ratio(med(row, off), med(row, on))) for what, off, on in keys if med(row, off) is not None]
+            if rs:
+                ratios += [r for _, r in rs if r is not None]
+                out.append(f"- {row['config']}: " + ", ".join(f"{what} {fmt(r)}" for what, r in rs))
+        verdict(out, ratios, "keep it on", "switch it off where it loses (the rows below 1.00x)")
+
+
 def tiled_kslice(gab, out):
     out.append("## tiled_plan's k per slice: the plan's against the fastest of the sweep (us per step)")
     for row in (gab or {}).get("step", []):
@@ -204,6 +224,7 @@ def main(argv=None):
     split_k(gab, out)
     tiled_and_persistent(pab, out)
     tagged_exchange(pab, out)
+    default_switches(pab, out)
     tiled_kslice(gab, out)
     print("\n".join(out))
     return 0

@@ -7,7 +7,9 @@ kernel path forced to "persistent" and to "simt", the persistent kernels also wi
 staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a step has several
 batch chunks, B > 16), and, for B <= 64, with the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged:
 h / dz through tagged words instead of grid barriers; checked bitwise against the barrier
-kernels before it is timed), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+kernels before it is timed), where they act with the weights in shared memory
+(FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; B = 1) and with the backward's gate inputs loaded in
+their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -47,6 +49,12 @@ def stage_ahead(on):
     return env("FASTLSTM_CUDA_STAGE_AHEAD", None if on else "0")
 
 
+def switch(name, on):
+    """Inside the block, the persistent kernels' switch FASTLSTM_CUDA_<name> on (True: the default) or
+    off ("0")."""
+    return env(f"FASTLSTM_CUDA_{name}", None if on else "0")
+
+
 def exchange(tagged):
     """Inside the block, the persistent kernels exchange h / dz through tagged words (True) or
     grid barriers (False)."""
@@ -69,12 +77,14 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path, ahead=True, tagged=False):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged):
+    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
+                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path, ahead=True, tagged=False):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged):
+    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
+                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 
@@ -134,6 +144,12 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     if tagged:
         contenders["tagged_fwd"] = lambda: fl_fwd("persistent", tagged=True)
         contenders["tagged_both"] = lambda: fl_both("persistent", tagged=True)
+    kp = row.get("kernels_persistent", ["", ""])
+    if persistent and "weights in registers" in kp[0]:  # (B = 1) the same bits either way
+        contenders["wshared_fwd"] = lambda: fl_fwd("persistent", wreg=False)
+        contenders["wshared_both"] = lambda: fl_both("persistent", wreg=False)
+    if persistent and "gate inputs prefetched" in kp[1]:  # backward only
+        contenders["noprefetch_both"] = lambda: fl_both("persistent", prefetch=False)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -175,8 +191,10 @@ def emit(rows, torch, out, final):
     lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
              "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) | "
              "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd | "
-             "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd | "
+             "weights in shared memory: fwd / fwd+bwd (shared/registers) | gate inputs not prefetched: fwd+bwd "
+             "(off/on) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "simt_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | NOT TIMED: "
@@ -207,7 +225,11 @@ def emit(rows, torch, out, final):
                      f"{ratio('cudnn_both', 'persistent_both')} | "
                      f"{row.get('max_rel_persistent_vs_simt', float('nan')):.1e} | "
                      + (f"{m('noahead_fwd')} / {m('noahead_both')} | " if "noahead_fwd" in row else "- | ") + tiled
-                     + tagged)
+                     + tagged
+                     + (f" {m('wshared_fwd')} / {m('wshared_both')} ({ratio('wshared_fwd', 'persistent_fwd')} / "
+                        f"{ratio('wshared_both', 'persistent_both')}) |" if "wshared_fwd" in row else " - |")
+                     + (f" {m('noprefetch_both')} ({ratio('noprefetch_both', 'persistent_both')}) |"
+                        if "noprefetch_both" in row else " - |"))
     table = "\n".join(lines)
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

@@ -159,8 +159,10 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
         config=list(cfg), persistent_fwd=t(p), simt_fwd=t(s), cudnn_fwd=t(4.0), persistent_both=t(2 * p),
         simt_both=t(2 * s), cudnn_both=t(8.0), max_rel_persistent_vs_simt=1e-7,
         **({} if tl is None else dict(tiled_fwd=t(tl), tiled_both=t(2 * tl), max_rel_tiled_vs_simt=2e-7)), **kw)
-    rows = [prow((100, 16, 512, 512), 1.0, 2.0, tagged_fwd=t(0.8), tagged_both=t(2.5), tagged_bitwise_barrier=True),
-            prow((100, 1, 256, 256), 0.5, 1.0, tagged_bitwise_barrier=False),
+    rows = [prow((100, 16, 512, 512), 1.0, 2.0, tagged_fwd=t(0.8), tagged_both=t(2.5), tagged_bitwise_barrier=True,
+                 noprefetch_both=t(2.2)),
+            prow((100, 1, 256, 256), 0.5, 1.0, tagged_bitwise_barrier=False, wshared_fwd=t(0.6),
+                 wshared_both=t(0.9), noprefetch_both=t(1.1)),
             prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
             prow((100, 64, 1024, 1024), 10.0, 8.0, 4.0, noahead_fwd=t(11.0), noahead_both=t(22.0)),
             dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom"),
@@ -175,10 +177,14 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
     # tagged exchange: persistent 1.0 / 2.0 against tagged 0.8 / 2.5, cuDNN 4 / 8
     assert any(line.startswith("| 100, 16, 512, 512 |") and line.endswith(
-        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x |") for line in md)
+        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x | - | 2.200 (1.980-2.420) (1.10x) |")
+        for line in md)
     assert any(line.startswith("| 100, 1, 256, 256 |")
-               and line.endswith("| MISMATCH (not bitwise the barrier kernels) | - | - |") for line in md)
-    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - |") for line in md)
+               and "| MISMATCH (not bitwise the barrier kernels) | - | - |" in line for line in md)
+    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - | - | - |") for line in md)
+    # weights in shared memory 0.6 / 0.9 against 0.5 / 1.0; gate inputs not prefetched 1.1 against 1.0
+    assert any(line.startswith("| 100, 1, 256, 256 |") and line.endswith(
+        "| 0.600 (0.540-0.660) / 0.900 (0.810-0.990) (1.20x / 0.90x) | 1.100 (0.990-1.210) (1.10x) |") for line in md)
     assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
     split = dict(name="dx B=1 H=1024 fp32", shape=[100, 1024, 4096], layout="nt", precision="fp32", on=t(0.05),
                  off=t(0.2), cublas=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
@@ -207,6 +213,12 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert "- [100, 64, 1024, 1024]: fwd 1.10x, fwd+bwd 1.10x" in out  # staging ahead off / on
     assert "- [100, 16, 512, 512]: fwd 1.25x, fwd+bwd 0.80x; cuDNN / tagged fwd 5.00x, fwd+bwd 3.20x" in out
     assert "- [100, 1, 256, 256]: MISMATCH, not bitwise the barrier kernels: a defect, keep it off" in out
+    i = out.index("## weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS): shared / registers")
+    assert out[i + 1:i + 3] == ["- [100, 1, 256, 256]: fwd 1.20x, fwd+bwd 0.90x",
+                                "  suggests: switch it off where it loses (the rows below 1.00x) (worst 0.90x)"]
+    i = out.index("## gate inputs prefetched (FASTLSTM_CUDA_INPUTS_AHEAD): off / on")
+    assert out[i + 1:i + 4] == ["- [100, 16, 512, 512]: fwd+bwd 1.10x", "- [100, 1, 256, 256]: fwd+bwd 1.10x",
+                                "  suggests: keep it on (worst 1.10x)"]
     assert "  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)" in out
     # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
     rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]

@@ -810,6 +810,96 @@ def _trace_fields(ran):
     return out
 
 
+# The persistent backward loads phase A's inputs (gates, cells, h_{t-1}'s o, dy) a step early
+# where every thread has at most one (row, unit) (B * U <= 256), keeps its running dc and its
+# row's length in registers and, with one chunk per step, its running dh
+# (csrc/cuda/persistent.cuh gate_inputs; FASTLSTM_CUDA_INPUTS_AHEAD=0 turns it off). The same
+# arithmetic: the same bits as loading them in their step. Inputs of the wrong step, a dh or dc
+# register that missed an update, or a row past its length treated as live would differ.
+@pytest.mark.parametrize("B,H,sms,lengths,reverse,exchange,opts", [
+    (5, 9, 5, [3, 6, 0, 1, 5], False, "barrier", {}),            # one chunk: dh in a register
+    (5, 9, 5, [3, 6, 0, 1, 5], True, "tagged", dict(dy=False)),  # no dy
+    (3, 40, 10, None, True, "barrier", dict(h0=False, c0=False, dh_n=False, dc_n=False)),
+    (20, 9, 5, list(range(20)), True, "barrier", {}),            # two chunks (16 + 4): dh from memory
+    (20, 9, 5, [7 - b % 8 for b in range(20)], False, "tagged", {}),
+    (40, 24, 4, None, False, "barrier", {}),                     # B * U = 320 > 256: loaded in their step
+    (1, 70, 12, None, True, "tagged", {}),                       # one row
+    (1, 8, 2, None, False, "barrier", dict(T=1)),                # one step: nothing to prefetch
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_emulated_persistent_backward_gate_inputs_prefetched(emu, monkeypatch, B, H, sms, lengths, reverse,
+                                                             exchange, opts, dtype):
+    opts = dict(opts)
+    T = opts.pop("T", 3 if lengths is None else max(lengths))
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 4, H, dtype, seed=B * H + T, lengths=lengths, reverse=reverse, **opts)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+    monkeypatch.setenv("FASTLSTM_CUDA_INPUTS_AHEAD", "0")
+    plain = run_cuda(fwd, bwd)
+    assert "prefetched" not in _ran("backward"), _ran("backward")
+    monkeypatch.delenv("FASTLSTM_CUDA_INPUTS_AHEAD")
+    for mode, rev in ((0, False), (1, True), (2, False), (3, False)):
+        emu.set_schedule(mode, seed=B + H)
+        emu.set_reverse_order(rev)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        ran = _ran("backward")
+        units = int(ran.split(" units/block")[0].rsplit(" ", 1)[1])
+        assert ran.startswith("persistent backward"), ran
+        assert ("gate inputs prefetched" in ran) == (B * units <= 256), ran
+        assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
+    fcuda.set_kernel_path("auto")
+
+
+# Weights in registers (float32, one row per chunk: B = 1): each thread keeps the weight vectors
+# it multiplies, at most 32 (csrc/cuda/persistent.cuh kRegVectors), in registers instead of
+# reading them from shared memory every step (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0 turns it off).
+# The same vectors in the same order: the same bits. A vector loaded from the wrong place, one
+# left out (the 32nd, at the limit) or a thread past the last vector multiplying garbage would
+# differ.
+@pytest.mark.parametrize("H,sms,lengths,reverse,exchange,want", [
+    (128, 2, None, False, "barrier", True),   # 32 vectors per thread both ways (the limit): forward
+                                              # 256 columns x 32 groups, backward 64 columns x 128
+    (129, 3, None, True, "tagged", False),    # 33 both ways: from shared memory
+    (70, 12, [3], True, "tagged", True),      # 3 vectors per thread, 9 blocks
+    (9, 5, [0], False, "barrier", True),      # length 0: nothing to multiply
+])
+def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, lengths, reverse, exchange, want):
+    T = 3 if lengths is None else max(lengths[0], 2)
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, 1, 5, H, np.float32, seed=H + sms, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+    monkeypatch.setenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "0")
+    plain = run_cuda(fwd, bwd)
+    for kind in ("forward", "backward"):
+        assert "1 rows/chunk" in _ran(kind) and "registers" not in _ran(kind), _ran(kind)
+    monkeypatch.delenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS")
+    for mode, rev in ((0, False), (1, True), (2, False), (3, False)):
+        emu.set_schedule(mode, seed=H)
+        emu.set_reverse_order(rev)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert ("weights in registers" in _ran(kind)) == want, _ran(kind)
+        assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
+    monkeypatch.setenv("FASTLSTM_CUDA_TRACE", "1")  # the traced kernels: the same bits
+    outs, grads, _ = run_cuda(fwd, bwd)
+    for kind in ("forward", "backward"):
+        assert ("weights in registers" in _ran(kind)) == want and " | trace: " in _ran(kind), _ran(kind)
+    assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    monkeypatch.delenv("FASTLSTM_CUDA_TRACE")
+    # float64 and B > 1 keep the weights in shared memory (auto: float64 at H = 128 on 2 SMs
+    # does not fit and runs the per-step kernels)
+    fcuda.set_kernel_path("auto")
+    for dtype, B in ((np.float64, 1), (np.float32, 2)):
+        f, b = make_case(2, B, 3, H, dtype, seed=B)
+        run_cuda(f, b)
+        assert H == 128 or _ran("forward").startswith("persistent forward"), _ran("forward")
+        assert "registers" not in _ran("forward") and "registers" not in _ran("backward"), _ran("forward")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_emulated_persistent_phase_trace(emu, monkeypatch, dtype):
     # FASTLSTM_CUDA_TRACE=1 runs the traced persistent kernels (bench/gpu_phase_profile.py
@@ -1141,6 +1231,37 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
         outs, grads, _ = run_cuda(*cases[i % 2])
         assert "tagged exchange" in _ran("forward") and "tagged exchange" in _ran("backward")
         assert_bitwise_equal(barrier[i % 2], tuple(outs) + tuple(grads))
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 1024), (50, 1, 32, 256), (20, 16, 32, 512), (10, 33, 16, 1024)])
+def test_gpu_persistent_registers_and_prefetch_are_bitwise_off(T, B, I, H, monkeypatch, kernel_path_reset):
+    # The weights in registers (B = 1) and the backward's gate inputs loaded a step early
+    # (B * U <= 256) change no arithmetic: the bits of the kernels with both switched off, with
+    # grid barriers and with the tagged exchange, repeated (the registers are loaded once per
+    # launch; the prefetched inputs are a step ahead, so a wrong step shows at once).
+    fwd, bwd = make_case(T, B, I, H, np.float32, seed=T + B + H, lengths=None, reverse=B % 2 == 1)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    monkeypatch.setenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "0")
+    monkeypatch.setenv("FASTLSTM_CUDA_INPUTS_AHEAD", "0")
+    outs, grads, _ = run_cuda(fwd, bwd)
+    off = tuple(outs) + tuple(grads)
+    assert "registers" not in _ran("forward") and "prefetched" not in _ran("backward"), _ran("backward")
+    monkeypatch.delenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS")
+    monkeypatch.delenv("FASTLSTM_CUDA_INPUTS_AHEAD")
+    for exchange in ("barrier", "tagged", "barrier", "tagged"):
+        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+        outs, grads, _ = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            units = int(_ran(kind).split(" units/block")[0].rsplit(" ", 1)[1])
+            cols, groups = (units, H) if kind == "backward" else (4 * units, -(-H // 4))
+            per_thread = -(-groups // (256 // cols))  # weight vectors per thread (kRegVectors = 32)
+            assert ("weights in registers" in _ran(kind)) == (B == 1 and per_thread <= 32), _ran(kind)
+        assert ("gate inputs prefetched" in _ran("backward")) == (B * units <= 256), _ran("backward")
+        assert_bitwise_equal(off, tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
 
 
 @pytest.mark.cuda

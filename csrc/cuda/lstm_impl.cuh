@@ -985,7 +985,8 @@ persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H,
   const bool tagged = (ex == persistent::Exchange::kTagged ||
                        (ex == persistent::Exchange::kAuto && B <= kTaggedAutoMaxRows)) &&
                       T < int64_t(0xFFFFFFFF);
-  return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested(), tagged);
+  return persistent::plan<Real>(backward, B, H, device, trace, persistent::stage_ahead_requested(), tagged,
+                                persistent::weights_in_registers_requested());
 }
 
 // The zeroed device scratch of one persistent launch, with the launch parameters' pointers to
@@ -1379,6 +1380,8 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
                                          a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
                                          nullptr};
+    prm.inputs_ahead = persistent::inputs_ahead_requested();
+    pl.inputs_ahead = prm.inputs_ahead && B * pl.units <= persistent::kThreads;
     const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
     persistent::launch_backward<Real>(pl, prm, stream);
     ran = persistent::describe("persistent backward", pl, sizeof(Real));

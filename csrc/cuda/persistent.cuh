@@ -70,6 +70,26 @@ __device__ __forceinline__ double dot_add(double acc, const double2& x, const do
   return acc;
 }
 
+// The reduction tree of block_product: acc holds this thread's partial sums (k-slice ks of
+// column c) for BC rows; afterwards red[bb * 256 + c] is the sum over the KS slices, added by a
+// fixed tree. Every thread of the block must call it; it ends with a barrier.
+template <typename Real, int BC>
+__device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, int C) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ks = tid / C, KS = kThreads / C;
+  // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
+#pragma unroll
+  for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
+  __syncthreads();  // all partial sums written
+  for (int stride = KS / 2; stride > 0; stride /= 2) {
+    if (ks < stride) {
+#pragma unroll
+      for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] += red[bb * kThreads + tid + stride * C];
+    }
+    __syncthreads();  // this level complete before the next reads it
+  }
+}
+
 // red[bb * 256 + c] = sum over k of X[bb][k] * W[k][c], for every bb < BC and c < C. Every
 // thread of the block must call it; the caller has staged W and X and synchronised. Ends with
 // a barrier (the result is visible to the whole block).
@@ -87,17 +107,40 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
 #pragma unroll
     for (int bb = 0; bb < BC; ++bb) acc[bb] = dot_add(acc[bb], X[bb * NG + g], w);
   }
-  // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
+  block_reduce<Real, BC>(acc, red, C);
+}
+
+// Weights in registers (one row per chunk, BC = 1; float32): each thread keeps the vectors it
+// multiplies, W[g][c] for g = ks, ks + KS, ... (at most kRegVectors of them), in registers for
+// the whole launch instead of reading them from shared memory every step: at B = 1 the product
+// reads one weight vector per four FMAs, so shared memory bandwidth, not the FMAs, set its time.
+// Same vectors, same order: block_product's bits.
+constexpr int kRegVectors = 32;  // 128 registers: a 128 KB slice (H = 1024 over 128 blocks)
+// (host) The most vectors a thread multiplies: ceil(NG / KS) for C columns.
+inline int64_t reg_vectors_needed(int C, int64_t NG) { return (NG + kThreads / C - 1) / (kThreads / C); }
+template <typename V>
+__device__ __forceinline__ void load_weight_registers(V (&w)[kRegVectors], const V* W, int C, int64_t NG) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int c = tid % C, ks = tid / C, KS = kThreads / C;
 #pragma unroll
-  for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
-  __syncthreads();  // all partial sums written
-  for (int stride = KS / 2; stride > 0; stride /= 2) {
-    if (ks < stride) {
-#pragma unroll
-      for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] += red[bb * kThreads + tid + stride * C];
-    }
-    __syncthreads();  // this level complete before the next reads it
+  for (int i = 0; i < kRegVectors; ++i) {
+    const int64_t g = ks + static_cast<int64_t>(i) * KS;
+    w[i] = g < NG ? W[g * C + c] : V{};
   }
+}
+template <typename Real>
+__device__ __forceinline__ void block_product_registers(const typename Vec<Real>::type (&w)[kRegVectors],
+                                                        const typename Vec<Real>::type* X, Real* red, int C,
+                                                        int64_t NG) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ks = tid / C, KS = kThreads / C;
+  Real acc[1] = {Real(0)};
+#pragma unroll
+  for (int i = 0; i < kRegVectors; ++i) {
+    const int64_t g = ks + static_cast<int64_t>(i) * KS;
+    if (g < NG) acc[0] = dot_add(acc[0], X[g], w[i]);
+  }
+  block_reduce<Real, 1>(acc, red, C);
 }
 
 // Stages a chunk's rows into X (BC rows of NG vectors: the layout block_product reads),
@@ -317,9 +360,10 @@ struct ForwardParams {
 // spent where it runs. TRACE: the traced variant (PhaseClock). TAGGED: h_s reaches the other
 // blocks through the tagged exchange (stage_tagged) instead of hbuf and a grid barrier (float
 // only; never with AHEAD). The arithmetic is the same in every variant: the same bits.
-template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED, bool WREG>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<Real> p) {
   static_assert(!TAGGED || (std::is_same<Real, float>::value && !AHEAD), "tagged: float32, not staged ahead");
+  static_assert(!WREG || (std::is_same<Real, float>::value && BC == 1), "weights in registers: float32, BC = 1");
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   FL_DYNAMIC_SHARED(smem);
@@ -341,6 +385,11 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
     const int64_t j = j0 + c % U;
     Wr[((k / KV) * C + c) * KV + k % KV] = (k < H && j < H) ? p.R[k * G + (c / U) * H + j] : Real(0);
   }
+  [[maybe_unused]] V wreg[WREG ? kRegVectors : 1];
+  if constexpr (WREG) {
+    __syncthreads();  // W loaded
+    load_weight_registers(wreg, W, C, NG);
+  }
   clk.mark(kTraceWeights);
 
   // This thread finishes (row b0 + fb, unit j0 + fu) of each chunk when tid < nb * U.
@@ -352,6 +401,9 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   constexpr bool stage_ahead = AHEAD;  // (the host launches it only where it applies: B > BC, H % KV == 0)
   const int ngi = static_cast<int>(NG), hv = static_cast<int>(H / KV);
   V ahead[kStageBatch];
+  // With one chunk per step (B <= BC) a finisher has the same row every step: its length is
+  // loaded once, not before each step's P loads.
+  const int64_t L_one = (B <= BC && fb < B && j < H) ? seq_len(p.lengths, fb, T) : 0;
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = (s % 2 == 0) ? p.hbuf0 : p.hbuf1;
     Real* h_next = (s % 2 == 0) ? p.hbuf1 : p.hbuf0;
@@ -369,7 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       Real pz[4] = {Real(0), Real(0), Real(0), Real(0)};
       Real c_prev = Real(0);
       if (finisher) {
-        L = seq_len(p.lengths, b, T);
+        L = B <= BC ? L_one : seq_len(p.lengths, b, T);
         if (s < L) {
           row = (p.reverse ? L - 1 - s : s) * B + b;
           const Real* pr = p.P + row * G + j;
@@ -395,7 +447,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC));
-      block_product<Real, BC>(W, X, red, C, NG);
+      if constexpr (WREG)
+        block_product_registers<Real>(wreg, X, red, C, NG);
+      else
+        block_product<Real, BC>(W, X, red, C, NG);
       clk.mark(kTraceProduct);
       if (finisher) {
         if (s < L) {
@@ -461,13 +516,88 @@ struct BackwardParams {
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x 4H words, zero on entry
+  bool inputs_ahead = true;  // phase A's inputs loaded a step ahead where B * U <= kThreads (gate_inputs)
 };
+
+// Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
+// the running dh and dc): none of them depends on another block or on an earlier step's results,
+// so the kernel can load them a step ahead. row < 0: past the row's length.
+template <typename Real>
+struct GateInputs {
+  int64_t row = -1;  // t * B + b
+  Real gi, gf, gg, go;  // the step's gates
+  Real cc, cp;          // c_t and c_{t-1} (c0 at s == 0)
+  Real hp;              // s == 0: h0 (h_{t-1} itself); else o_{t-1} (h_{t-1} = o_{t-1} tanh(c_{t-1}))
+  Real dy;              // dy_t (0 without dy)
+};
+template <typename Real>
+__device__ __forceinline__ GateInputs<Real> gate_inputs(const BackwardParams<Real>& p, int64_t s, int64_t b,
+                                                        int64_t j, int64_t L) {
+  GateInputs<Real> in;
+  if (s >= L) return in;
+  const int64_t B = p.B, H = p.H, G = 4 * H;
+  const int64_t t = p.reverse ? L - 1 - s : s;
+  in.row = t * B + b;
+  const Real* g = p.gates + in.row * G + j;
+  in.gi = g[0];
+  in.gf = g[H];
+  in.gg = g[2 * H];
+  in.go = g[3 * H];
+  in.cc = p.cells[in.row * H + j];
+  if (s == 0) {
+    in.cp = p.c0 ? p.c0[b * H + j] : Real(0);
+    in.hp = p.h0 ? p.h0[b * H + j] : Real(0);
+  } else {
+    const int64_t prow = (p.reverse ? t + 1 : t - 1) * B + b;
+    in.cp = p.cells[prow * H + j];
+    in.hp = p.gates[prow * G + 3 * H + j];
+  }
+  in.dy = p.dy ? p.dy[in.row * H + j] : Real(0);
+  return in;
+}
+// Phase A for one (row b, unit j) at step s from its inputs, the running dh (dh_{t}, before dy)
+// and dc: writes dz and h_{t-1} (zeros past the row's length) and, TAGGED, dz's exchange words;
+// returns the new running dc (unchanged past the row's length).
+template <typename Real, bool TAGGED>
+__device__ __forceinline__ Real gate_grads(const BackwardParams<Real>& p, const GateInputs<Real>& in, int64_t s,
+                                           int64_t b, int64_t j, Real dh, Real dc) {
+  const int64_t B = p.B, H = p.H, G = 4 * H;
+  if (in.row < 0) {
+    Real* d = p.dz + (s * B + b) * G + j;
+    d[0] = Real(0);
+    d[H] = Real(0);
+    d[2 * H] = Real(0);
+    d[3 * H] = Real(0);
+    p.hprev[(s * B + b) * H + j] = Real(0);
+    return dc;
+  }
+  const Real gi = in.gi, gf = in.gf, gg = in.gg, go = in.go, cp = in.cp;
+  const Real hp = s == 0 ? in.hp : in.hp * fl_tanh(cp);  // exactly as the forward computed h_{t-1}
+  Real dht = dh;
+  if (p.dy) dht += in.dy;
+  const Real tc = fl_tanh(in.cc);
+  const Real dct = dc + dht * go * (Real(1) - tc * tc);
+  const Real dzs[4] = {dct * gg * (gi * (Real(1) - gi)), dct * cp * (gf * (Real(1) - gf)),
+                       dct * gi * (Real(1) - gg * gg), dht * tc * (go * (Real(1) - go))};
+  Real* d = p.dz + in.row * G + j;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) d[q * H] = dzs[q];
+  p.hprev[in.row * H + j] = hp;
+  if constexpr (TAGGED) {  // dz_s of rows inside their length for phase B: slot s % 2, tag s + 1
+    unsigned long long* xw = p.xch + (s % 2) * B * G + b * G + j;
+    const unsigned tag = static_cast<unsigned>(s + 1);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) fl_store_tagged(xw + q * H, tagged_word(dzs[q], tag));
+  }
+  return dct * gf;
+}
 
 // TAGGED: phase B reads dz_s through the tagged exchange, and there is no grid barrier at all
 // (phase A reads only the block's own dh and dc).
-template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED, bool WREG>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<Real> p) {
   static_assert(!TAGGED || (std::is_same<Real, float>::value && !AHEAD), "tagged: float32, not staged ahead");
+  static_assert(!WREG || (std::is_same<Real, float>::value && BC == 1), "weights in registers: float32, BC = 1");
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   FL_DYNAMIC_SHARED(smem);
@@ -488,57 +618,54 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
     const int64_t j = j0 + u;
     Wr[((k / KV) * U + u) * KV + k % KV] = (j < H && k < G) ? p.R[j * G + k] : Real(0);
   }
+  [[maybe_unused]] V wreg[WREG ? kRegVectors : 1];
+  if constexpr (WREG) {
+    __syncthreads();  // W loaded
+    load_weight_registers(wreg, W, U, NG);
+  }
   clk.mark(kTraceWeights);
 
   constexpr bool stage_ahead = AHEAD;
   const int ngi = static_cast<int>(NG);
   V ahead[kStageBatch];
   [[maybe_unused]] unsigned long long arrivals = 0;  // (not with TAGGED)
+  // With B * U <= kThreads (and inputs_ahead) every thread has at most one (row, unit) in phase
+  // A, the same every step (thread tid: row tid / U, unit j0 + tid % U): it loads the inputs of
+  // its next step right after its phase A, so that their latency overlaps phase B instead of
+  // starting the next phase A, keeps its running dc in a register, its row's length too, and,
+  // with one chunk per step (B <= BC: phase B's thread for that row and unit is the same
+  // thread), its running dh. The arithmetic is unchanged (the same bits).
+  const bool own = p.inputs_ahead && B * U <= kThreads;
+  const bool one_chunk = B <= BC;
+  const int64_t ob = tid / U, oj = j0 + tid % U;
+  const bool owner = own && ob < B && oj < H;
+  const int64_t oL = owner ? seq_len(p.lengths, ob, T) : 0;
+  GateInputs<Real> pre;
+  Real dc_own = Real(0), dh_own = Real(0);
+  if (owner) {
+    dc_own = p.dc[ob * H + oj];
+    dh_own = p.dh[ob * H + oj];
+    if (T > 0) pre = gate_inputs(p, T - 1, ob, oj, oL);
+  }
   for (int64_t s = T - 1; s >= 0; --s) {
     // Phase A: the gate gradients of this block's units, every row (backward_gates_kernel).
-    for (int64_t e = tid; e < B * U; e += kThreads) {
-      const int64_t b = e / U, j = j0 + e % U;
-      if (j >= H) continue;
-      const int64_t L = seq_len(p.lengths, b, T);
-      if (s >= L) {
-        Real* d = p.dz + (s * B + b) * G + j;
-        d[0] = Real(0);
-        d[H] = Real(0);
-        d[2 * H] = Real(0);
-        d[3 * H] = Real(0);
-        p.hprev[(s * B + b) * H + j] = Real(0);
-        continue;
+    if (own) {
+      if (owner) {
+        const Real dh = one_chunk ? dh_own : (pre.row >= 0 ? p.dh[ob * H + oj] : Real(0));
+        dc_own = gate_grads<Real, TAGGED>(p, pre, s, ob, oj, dh, dc_own);
+        if (pre.row >= 0) p.dc[ob * H + oj] = dc_own;
+        if (s > 0) pre = gate_inputs(p, s - 1, ob, oj, oL);  // in flight through phase B
       }
-      const int64_t t = p.reverse ? L - 1 - s : s;
-      const int64_t row = t * B + b;
-      const Real* g = p.gates + row * G + j;
-      const Real gi = g[0], gf = g[H], gg = g[2 * H], go = g[3 * H];
-      const Real cc = p.cells[row * H + j];
-      Real cp, hp;
-      if (s == 0) {
-        cp = p.c0 ? p.c0[b * H + j] : Real(0);
-        hp = p.h0 ? p.h0[b * H + j] : Real(0);
-      } else {  // h_{t-1} = o_{t-1} * tanh(c_{t-1}), exactly as the forward computed it
-        const int64_t prow = (p.reverse ? t + 1 : t - 1) * B + b;
-        cp = p.cells[prow * H + j];
-        hp = p.gates[prow * G + 3 * H + j] * fl_tanh(cp);
-      }
-      Real dht = p.dh[b * H + j];
-      if (p.dy) dht += p.dy[row * H + j];
-      const Real tc = fl_tanh(cc);
-      const Real dct = p.dc[b * H + j] + dht * go * (Real(1) - tc * tc);
-      p.dc[b * H + j] = dct * gf;
-      const Real dzs[4] = {dct * gg * (gi * (Real(1) - gi)), dct * cp * (gf * (Real(1) - gf)),
-                           dct * gi * (Real(1) - gg * gg), dht * tc * (go * (Real(1) - go))};
-      Real* d = p.dz + row * G + j;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) d[q * H] = dzs[q];
-      p.hprev[row * H + j] = hp;
-      if constexpr (TAGGED) {  // dz_s of rows inside their length for phase B: slot s % 2, tag s + 1
-        unsigned long long* xw = p.xch + (s % 2) * B * G + b * G + j;
-        const unsigned tag = static_cast<unsigned>(s + 1);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) fl_store_tagged(xw + q * H, tagged_word(dzs[q], tag));
+    } else {
+      for (int64_t e = tid; e < B * U; e += kThreads) {
+        const int64_t b = e / U, j = j0 + e % U;
+        if (j >= H) continue;
+        const GateInputs<Real> in = gate_inputs(p, s, b, j, seq_len(p.lengths, b, T));
+        if (in.row < 0) {
+          gate_grads<Real, TAGGED>(p, in, s, b, j, Real(0), Real(0));
+          continue;
+        }
+        p.dc[b * H + j] = gate_grads<Real, TAGGED>(p, in, s, b, j, p.dh[b * H + j], p.dc[b * H + j]);
       }
     }
     clk.mark(kTraceGates);
@@ -578,11 +705,18 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC));
-      block_product<Real, BC>(W, X, red, U, NG);
+      if constexpr (WREG)
+        block_product_registers<Real>(wreg, X, red, U, NG);
+      else
+        block_product<Real, BC>(W, X, red, U, NG);
       clk.mark(kTraceProduct);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
-        if (j < H && s < seq_len(p.lengths, b, T)) p.dh[b * H + j] = red[fb * kThreads + fu];
+        if (own && one_chunk) {  // this thread is the owner of (b, j)
+          if (owner && s < oL) p.dh[b * H + j] = dh_own = red[fb * kThreads + fu];
+        } else if (j < H && s < seq_len(p.lengths, b, T)) {
+          p.dh[b * H + j] = red[fb * kThreads + fu];
+        }
       }
       clk.mark(kTraceFinish);
     }
@@ -603,6 +737,8 @@ struct Plan {
   size_t smem = 0;
   bool ahead = false;   // the staging-ahead variant (several chunks per step)
   bool tagged = false;  // the tagged exchange instead of grid barriers (float32)
+  bool inputs_ahead = false;  // backward: phase A's inputs loaded a step ahead (set by the caller)
+  bool wreg = false;          // the weights in registers (float, one row per chunk)
 };
 
 template <class F>
@@ -619,21 +755,28 @@ auto with_bc(int bc, F&& f) {
   }
 }
 
-// f(BC, TRACE, AHEAD, TAGGED) with the four as compile-time constants (std::integral_constant);
-// the staging-ahead variant exists for BC > 1 only (one row per chunk means one chunk per
-// step), the tagged one for float only and never staged ahead (tagged wins over ahead).
+// f(BC, TRACE, AHEAD, TAGGED, WREG) with the five as compile-time constants
+// (std::integral_constant); the staging-ahead variant exists for BC > 1 only (one row per chunk
+// means one chunk per step), the tagged one for float only and never staged ahead (tagged wins
+// over ahead), the weights in registers for float and BC = 1 only.
 template <typename Real, class F>
-auto with_variant(int bc, bool trace, bool ahead, bool tagged, F&& f) {
+auto with_variant(int bc, bool trace, bool ahead, bool tagged, bool wreg, F&& f) {
   return with_bc(bc, [&](auto BCc) {
     auto go = [&](auto TRc) {
-      if constexpr (std::is_same<Real, float>::value) {
-        if (tagged) return f(BCc, TRc, std::false_type{}, std::true_type{});
+      constexpr bool is_float = std::is_same<Real, float>::value;
+      if constexpr (is_float && decltype(BCc)::value == 1) {
+        if (wreg)
+          return tagged ? f(BCc, TRc, std::false_type{}, std::true_type{}, std::true_type{})
+                        : f(BCc, TRc, std::false_type{}, std::false_type{}, std::true_type{});
+      }
+      if constexpr (is_float) {
+        if (tagged) return f(BCc, TRc, std::false_type{}, std::true_type{}, std::false_type{});
       }
       if constexpr (decltype(BCc)::value > 1) {
-        return ahead ? f(BCc, TRc, std::true_type{}, std::false_type{})
-                     : f(BCc, TRc, std::false_type{}, std::false_type{});
+        return ahead ? f(BCc, TRc, std::true_type{}, std::false_type{}, std::false_type{})
+                     : f(BCc, TRc, std::false_type{}, std::false_type{}, std::false_type{});
       } else {
-        return f(BCc, TRc, std::false_type{}, std::false_type{});
+        return f(BCc, TRc, std::false_type{}, std::false_type{}, std::false_type{});
       }
     };
     return trace ? go(std::true_type{}) : go(std::false_type{});
@@ -642,15 +785,15 @@ auto with_variant(int bc, bool trace, bool ahead, bool tagged, F&& f) {
 
 // How many blocks of the kernel fit on one SM with `smem` bytes of dynamic shared memory
 // (raises the kernel's dynamic shared memory limit to smem first).
-template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED>
+template <typename Real, int BC, bool TRACE, bool AHEAD, bool TAGGED, bool WREG>
 int blocks_per_sm(bool backward, size_t smem) {
   int n = 0;
   if (backward) {
-    auto k = backward_kernel<Real, BC, TRACE, AHEAD, TAGGED>;
+    auto k = backward_kernel<Real, BC, TRACE, AHEAD, TAGGED, WREG>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   } else {
-    auto k = forward_kernel<Real, BC, TRACE, AHEAD, TAGGED>;
+    auto k = forward_kernel<Real, BC, TRACE, AHEAD, TAGGED, WREG>;
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     FL_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem));
   }
@@ -662,10 +805,12 @@ int blocks_per_sm(bool backward, size_t smem) {
 // block per SM covers H (at most sm_count blocks), with the largest BC that the shared memory
 // allows; failing that, several blocks per SM as the occupancy calculator allows. With `trace`,
 // for the traced kernels; with `ahead`, for the staging-ahead variant wherever it applies (their
-// occupancy may differ); with `tagged` (float only), for the tagged exchange (no staging ahead).
+// occupancy may differ); with `tagged` (float only), for the tagged exchange (no staging ahead);
+// with `wreg`, the weights in registers where they apply (float, BC = 1, at most kRegVectors
+// vectors per thread) and fit.
 template <typename Real>
 Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, bool ahead = true,
-          bool tagged = false) {
+          bool tagged = false, bool wreg = false) {
   Plan pl;
   int coop = 0, sms = 0, optin = 0;
   FL_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
@@ -697,12 +842,17 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
         const size_t smem = smem_bytes<Real>(NG, C, bc);
         if (smem > static_cast<size_t>(optin)) continue;
         const bool ahead_here = ahead && !tagged_here && B > bc && (backward || H % KV == 0);
-        const int per_sm =
-            with_variant<Real>(bc, trace, ahead_here, tagged_here, [&](auto BCc, auto TRc, auto AHc, auto TGc) {
-              return blocks_per_sm<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
-                                   decltype(TGc)::value>(backward, smem);
-            });
-        if (per_sm < 1 || blocks > int64_t(per_sm) * sms) continue;
+        bool wreg_here = wreg && std::is_same<Real, float>::value && bc == 1 && reg_vectors_needed(C, NG) <= kRegVectors;
+        auto fits = [&](bool wr) {
+          const int per_sm = with_variant<Real>(
+              bc, trace, ahead_here, tagged_here, wr, [&](auto BCc, auto TRc, auto AHc, auto TGc, auto WRc) {
+                return blocks_per_sm<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
+                                     decltype(TGc)::value, decltype(WRc)::value>(backward, smem);
+              });
+          return per_sm >= 1 && blocks <= int64_t(per_sm) * sms;
+        };
+        if (wreg_here && !fits(true)) wreg_here = false;  // (the register-hungry variant: fewer blocks per SM)
+        if (!wreg_here && !fits(false)) continue;
         pl.ok = true;
         pl.units = U;
         pl.bc = bc;
@@ -711,6 +861,7 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
         pl.smem = smem;
         pl.ahead = ahead_here && bc > 1;
         pl.tagged = tagged_here;
+        pl.wreg = wreg_here;
         break;
       }
     }
@@ -782,6 +933,22 @@ inline bool stage_ahead_requested() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+// Whether the backward kernel loads phase A's inputs a step ahead (gate_inputs; where
+// B * U <= kThreads): yes unless FASTLSTM_CUDA_INPUTS_AHEAD=0 (read at every call; for
+// measuring its effect, bench/gpu_persistent_ab.py).
+inline bool inputs_ahead_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_INPUTS_AHEAD");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// Whether the persistent kernels keep their weights in registers where they can (float32, one
+// row per chunk, block_product_registers): yes unless FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0 (read
+// at every call; for measuring its effect, bench/gpu_persistent_ab.py).
+inline bool weights_in_registers_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
 // "tagged" through tagged words (stage_tagged; float32 only), "barrier" through grid barriers,
 // unset, "" or "auto": auto's rule (kTaggedAutoMaxRows in lstm_impl.cuh). Any other value is an
@@ -806,17 +973,20 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
   return std::string(what) + " (fp" + std::to_string(real_bytes * 8) + ", " + std::to_string(pl.blocks) + " blocks x " +
          std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
          std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
-         std::to_string(pl.smem) + " B shared" + (pl.tagged ? ", tagged exchange" : "") + ")";
+         std::to_string(pl.smem) + " B shared" + (pl.wreg ? ", weights in registers" : "") +
+         (pl.inputs_ahead ? ", gate inputs prefetched" : "") +
+         (pl.tagged ? ", tagged exchange" : "") + ")";
 }
 
-// One cooperative launch of the kernel pick(BC, TRACE, AHEAD, TAGGED) for the plan's rows per
+// One cooperative launch of the kernel pick(BC, TRACE, AHEAD, TAGGED, WREG) for the plan's rows per
 // chunk, its staging-ahead and exchange choices, and the trace when asked for.
 template <typename Real, typename Params, typename Pick>
 void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pick) {
   const dim3 grid = grid_of(pl.blocks);
   if (pl.tagged && prm.xch == nullptr) throw Error("internal: a tagged persistent launch without its exchange buffer");
-  with_variant<Real>(pl.bc, prm.trace != nullptr, pl.ahead, pl.tagged, [&](auto BCc, auto TRc, auto AHc, auto TGc) {
-    auto k = pick(BCc, TRc, AHc, TGc);
+  with_variant<Real>(pl.bc, prm.trace != nullptr, pl.ahead, pl.tagged, pl.wreg,
+                     [&](auto BCc, auto TRc, auto AHc, auto TGc, auto WRc) {
+    auto k = pick(BCc, TRc, AHc, TGc, WRc);
     // (again here: another thread's planning may have lowered the limit since)
     FL_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
     launch_cooperative(k, grid, dim3(kThreads), pl.smem, stream, prm);
@@ -826,17 +996,17 @@ void launch_plan(const Plan& pl, const Params& prm, cudaStream_t stream, Pick pi
 
 template <typename Real>
 void launch_forward(const Plan& pl, const ForwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc) {
+  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc, auto WRc) {
     return forward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
-                          decltype(TGc)::value>;
+                          decltype(TGc)::value, decltype(WRc)::value>;
   });
 }
 
 template <typename Real>
 void launch_backward(const Plan& pl, const BackwardParams<Real>& prm, cudaStream_t stream) {
-  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc) {
+  launch_plan<Real>(pl, prm, stream, [](auto BCc, auto TRc, auto AHc, auto TGc, auto WRc) {
     return backward_kernel<Real, decltype(BCc)::value, decltype(TRc)::value, decltype(AHc)::value,
-                           decltype(TGc)::value>;
+                           decltype(TGc)::value, decltype(WRc)::value>;
   });
 }
 
