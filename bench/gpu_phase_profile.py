@@ -8,7 +8,8 @@ kernels (csrc/cuda/persistent.cuh, PhaseClock: thread 0 of every block adds up t
 spends in each phase of each step). Prints, per step and in microseconds (cycles over the clock
 the trace measured), the mean over blocks of: wait (a block barrier before staging: the previous
 chunk's finishers; in the backward the barrier that ends the step), stage (the rows staged into
-shared memory), product (the product and its reduction tree), finish (gates and cell update /
+shared memory), product (each thread's partial sums), reduce (their reduction tree, its block
+barriers included), finish (gates and cell update /
 dh written), barrier (the grid barrier, min / mean / max over blocks: the least is the barrier's
 own latency, the block that arrived last), gates (backward phase A). Also the median time of a
 whole call traced and untraced (host clock around the call and a device synchronisation), to
@@ -28,7 +29,7 @@ import numpy as np
 
 CONFIGS = [(100, 1, 256, 256), (100, 1, 1024, 1024), (100, 16, 512, 512), (100, 64, 512, 512),
            (100, 16, 1024, 1024), (100, 64, 1024, 1024), (1000, 32, 256, 256)]
-PHASES = ("wait", "stage", "product", "finish", "barrier", "gates")
+PHASES = ("wait", "stage", "product", "reduce", "finish", "barrier", "gates")
 
 
 def parse_trace(ran):
@@ -96,9 +97,9 @@ def run_config(cfg, reps, xp, sync, fastlstm, fcuda, ops):
 
 
 def table(rows):
-    lines = ["| T, B, I, H | pass | plan | GHz | wait | stage | product | finish | barrier min / mean / max | "
-             "gates | total / step | weights (once) | kernel | call untraced / traced |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| T, B, I, H | pass | plan | GHz | wait | stage | product | reduce | finish | "
+             "barrier min / mean / max | gates | total / step | weights (once) | kernel | call untraced / traced |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cfg = ", ".join(map(str, row["config"]))
         if "error" in row:
@@ -109,7 +110,7 @@ def table(rows):
             plan = r["plan"].split("(", 1)[1].rstrip(")") if "(" in r["plan"] else r["plan"]
             lines.append(
                 f"| {cfg} | {name} | {plan} | {r['ghz']:.2f} | {r['wait']:.2f} | {r['stage']:.2f} | "
-                f"{r['product']:.2f} | {r['finish']:.2f} | {r['barrier_min']:.2f} / {r['barrier']:.2f} / "
+                f"{r['product']:.2f} | {r['reduce']:.2f} | {r['finish']:.2f} | {r['barrier_min']:.2f} / {r['barrier']:.2f} / "
                 f"{r['barrier_max']:.2f} | {r['gates']:.2f} | {r['total']:.2f} | {r['weights_us']:.1f} | "
                 f"{r['kernel_us'] / 1e3:.3f} ms | {r['call_ms_untraced']:.3f} / {r['call_ms_traced']:.3f} ms |")
     return "\n".join(lines)

@@ -798,7 +798,7 @@ def test_emulated_persistent_tagged_exchange_float64_env_and_no_leaks(emu, emu_l
     assert emu_lib.fl_emu_live_allocations() == before
 
 
-TRACE_PHASES = ("weights", "wait", "stage", "product", "finish", "barrier", "gates")
+TRACE_PHASES = ("weights", "wait", "stage", "product", "finish", "barrier", "gates", "reduce")
 
 
 def _trace_fields(ran):
@@ -924,7 +924,7 @@ def test_emulated_persistent_phase_trace(emu, monkeypatch, dtype):
             assert 0 <= least <= mean * (1 + 1e-9) and mean <= most * (1 + 1e-9), (name, ran)
         # every step stages and multiplies; the backward computes gate gradients; the forward has
         # none (its slot stays 0)
-        assert tr["stage"][0] > 0 and tr["product"][0] > 0 and tr["weights"][0] > 0, ran
+        assert tr["stage"][0] > 0 and tr["product"][0] > 0 and tr["reduce"][0] > 0 and tr["weights"][0] > 0, ran
         assert (tr["gates"][2] > 0) == (kind == "backward"), ran
         # total = the per-step phases; thread 0's whole time (weights + T steps) is the elapsed
         # time in ns, less what the clock reads in between miss (here cycles are ns: ghz ~ 1)

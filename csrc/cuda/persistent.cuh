@@ -92,10 +92,11 @@ __device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, i
 
 // red[bb * 256 + c] = sum over k of X[bb][k] * W[k][c], for every bb < BC and c < C. Every
 // thread of the block must call it; the caller has staged W and X and synchronised. Ends with
-// a barrier (the result is visible to the whole block).
-template <typename Real, int BC>
+// a barrier (the result is visible to the whole block). `mark` is called between the
+// partial sums and their reduction (the phase trace's product / reduce boundary).
+template <typename Real, int BC, class Mark>
 __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
-                                              Real* red, int C, int64_t NG) {
+                                              Real* red, int C, int64_t NG, Mark&& mark) {
   using V = typename Vec<Real>::type;
   const int tid = static_cast<int>(threadIdx.x);
   const int c = tid % C, ks = tid / C, KS = kThreads / C;
@@ -107,6 +108,7 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
 #pragma unroll
     for (int bb = 0; bb < BC; ++bb) acc[bb] = dot_add(acc[bb], X[bb * NG + g], w);
   }
+  mark();
   block_reduce<Real, BC>(acc, red, C);
 }
 
@@ -128,10 +130,10 @@ __device__ __forceinline__ void load_weight_registers(V (&w)[kRegVectors], const
     w[i] = g < NG ? W[g * C + c] : V{};
   }
 }
-template <typename Real>
+template <typename Real, class Mark>
 __device__ __forceinline__ void block_product_registers(const typename Vec<Real>::type (&w)[kRegVectors],
                                                         const typename Vec<Real>::type* X, Real* red, int C,
-                                                        int64_t NG) {
+                                                        int64_t NG, Mark&& mark) {
   const int tid = static_cast<int>(threadIdx.x);
   const int ks = tid / C, KS = kThreads / C;
   Real acc[1] = {Real(0)};
@@ -140,6 +142,7 @@ __device__ __forceinline__ void block_product_registers(const typename Vec<Real>
     const int64_t g = ks + static_cast<int64_t>(i) * KS;
     if (g < NG) acc[0] = dot_add(acc[0], X[g], w[i]);
   }
+  mark();
   block_reduce<Real, 1>(acc, red, C);
 }
 
@@ -290,10 +293,11 @@ enum TracePhase : int {
   kTraceWait,         // forward: the block barrier before staging (the previous chunk's
                       // finishers); backward: the block barrier that ends the step
   kTraceStage,        // staging a chunk's rows into shared memory, through its block barrier
-  kTraceProduct,      // the chunk's product and reduction tree
+  kTraceProduct,      // the chunk's product: each thread's partial sums
   kTraceFinish,       // forward: gates and cell update; backward: dh written
   kTraceBarrier,      // the grid barrier (with the block barrier in front of it)
   kTraceGates,        // backward phase A: the gate gradients
+  kTraceReduce,       // the product's reduction tree (block_reduce, its block barriers included)
   kTraceNs,           // (slot) elapsed global time, ns
   kTraceSlots
 };
@@ -447,11 +451,12 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC));
+      auto mark_product = [&clk] { clk.mark(kTraceProduct); };
       if constexpr (WREG)
-        block_product_registers<Real>(wreg, X, red, C, NG);
+        block_product_registers<Real>(wreg, X, red, C, NG, mark_product);
       else
-        block_product<Real, BC>(W, X, red, C, NG);
-      clk.mark(kTraceProduct);
+        block_product<Real, BC>(W, X, red, C, NG, mark_product);
+      clk.mark(kTraceReduce);
       if (finisher) {
         if (s < L) {
           const Real* z = red + fb * kThreads + fu;
@@ -705,11 +710,12 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC));
+      auto mark_product = [&clk] { clk.mark(kTraceProduct); };
       if constexpr (WREG)
-        block_product_registers<Real>(wreg, X, red, U, NG);
+        block_product_registers<Real>(wreg, X, red, U, NG, mark_product);
       else
-        block_product<Real, BC>(W, X, red, U, NG);
-      clk.mark(kTraceProduct);
+        block_product<Real, BC>(W, X, red, U, NG, mark_product);
+      clk.mark(kTraceReduce);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
         if (own && one_chunk) {  // this thread is the owner of (b, j)
@@ -912,12 +918,13 @@ inline std::string trace_summary(const unsigned long long* trace, int64_t blocks
     }
     ghz += (o[kTraceNs] > 0 ? cycles / static_cast<double>(o[kTraceNs]) : 0.0) / static_cast<double>(blocks);
   }
-  const char* names[kTotal + 1] = {"weights", "wait", "stage", "product", "finish", "barrier", "gates", "kernel_us", "total"};
+  const char* names[kTotal + 1] = {"weights", "wait",   "stage",     "product", "finish",
+                                   "barrier", "gates", "reduce", "kernel_us", "total"};
   char buf[160];
   std::snprintf(buf, sizeof buf, " | trace: steps=%lld blocks=%lld ghz=%.3f", static_cast<long long>(steps),
                 static_cast<long long>(blocks), ghz);
   std::string out = buf;
-  for (int i : {0, 1, 2, 3, 4, 5, 6, kTotal, static_cast<int>(kTraceNs)}) {
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7, kTotal, static_cast<int>(kTraceNs)}) {
     std::snprintf(buf, sizeof buf, i == kTraceNs ? " %s=%.1f/%.1f/%.1f" : " %s=%.0f/%.0f/%.0f", names[i], least[i],
                   mean[i], most[i]);
     out += buf;
