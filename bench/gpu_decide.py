@@ -20,8 +20,8 @@ variant is faster. Missing tables or rows are reported, not guessed.
   never lost, and any row where it was not bitwise the barrier kernels (a defect: keep it off);
 - tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's;
 - weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
-  gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default): persistent with
-  each off / on.
+  gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default), staging by cp.async
+  (FASTLSTM_CUDA_STAGE_ASYNC, on by default): persistent with each off / on.
 """
 import json
 import os
@@ -186,7 +186,9 @@ def default_switches(pab, out):
     for title, keys in (("weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS): shared / registers",
                          (("fwd", "wshared_fwd", "persistent_fwd"), ("fwd+bwd", "wshared_both", "persistent_both"))),
                         ("gate inputs prefetched (FASTLSTM_CUDA_INPUTS_AHEAD): off / on",
-                         (("fwd+bwd", "noprefetch_both", "persistent_both"),))):
+                         (("fwd+bwd", "noprefetch_both", "persistent_both"),)),
+                        ("staging by cp.async (FASTLSTM_CUDA_STAGE_ASYNC): registers / cp.async",
+                         (("fwd", "syncstage_fwd", "persistent_fwd"), ("fwd+bwd", "syncstage_both", "persistent_both")))):
         out.append(f"## {title}")
         ratios = []
         for row in rows:

@@ -9,7 +9,8 @@ batch chunks, B > 16), and, for B <= 64, with the tagged exchange (FASTLSTM_CUDA
 h / dz through tagged words instead of grid barriers; checked bitwise against the barrier
 kernels before it is timed), where they act with the weights in shared memory
 (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; B = 1) and with the backward's gate inputs loaded in
-their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256) and, from B = 8, with the
+rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -77,14 +78,14 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True):
+    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True):
         with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
-                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch):
+                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True):
+    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True):
         with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
-                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch):
+                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 
@@ -150,6 +151,9 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         contenders["wshared_both"] = lambda: fl_both("persistent", wreg=False)
     if persistent and "gate inputs prefetched" in kp[1]:  # backward only
         contenders["noprefetch_both"] = lambda: fl_both("persistent", prefetch=False)
+    if persistent and B >= 8 and "cp.async" in kp[1]:  # the staging takes several passes somewhere
+        contenders["syncstage_fwd"] = lambda: fl_fwd("persistent", sasync=False)
+        contenders["syncstage_both"] = lambda: fl_both("persistent", sasync=False)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -193,8 +197,8 @@ def emit(rows, torch, out, final):
              "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd | "
              "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd | "
              "weights in shared memory: fwd / fwd+bwd (shared/registers) | gate inputs not prefetched: fwd+bwd "
-             "(off/on) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(off/on) | staged through registers: fwd / fwd+bwd (registers/cp.async) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "simt_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | NOT TIMED: "
@@ -229,7 +233,9 @@ def emit(rows, torch, out, final):
                      + (f" {m('wshared_fwd')} / {m('wshared_both')} ({ratio('wshared_fwd', 'persistent_fwd')} / "
                         f"{ratio('wshared_both', 'persistent_both')}) |" if "wshared_fwd" in row else " - |")
                      + (f" {m('noprefetch_both')} ({ratio('noprefetch_both', 'persistent_both')}) |"
-                        if "noprefetch_both" in row else " - |"))
+                        if "noprefetch_both" in row else " - |")
+                     + (f" {m('syncstage_fwd')} / {m('syncstage_both')} ({ratio('syncstage_fwd', 'persistent_fwd')} / "
+                        f"{ratio('syncstage_both', 'persistent_both')}) |" if "syncstage_fwd" in row else " - |"))
     table = "\n".join(lines)
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

@@ -900,6 +900,47 @@ def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, leng
         assert "registers" not in _ran("forward") and "registers" not in _ran("backward"), _ran("forward")
 
 
+# The barrier kernels stage rows of whole vectors by cp.async (every pass's copies issued before
+# one wait; FASTLSTM_CUDA_STAGE_ASYNC=0 turns it off): the same bits as staging through
+# registers. The emulator defers each thread's copies to its wait (a read of X before the wait
+# and the barrier after it sees stale or NaN bytes) or, eager, lands them at once (a copy issued
+# before the previous chunk's product finished reading X overwrites what it still reads).
+@pytest.mark.parametrize("B,H,sms,lengths,reverse,dtype", [
+    (16, 600, 160, [2, 0, 1] + [2] * 13, True, np.float32),  # forward 2 passes, backward 5
+    (33, 600, 160, [2, 0, 1] * 11, True, np.float32),        # 3 chunks: first pass ahead, the rest cp.async
+    (20, 9, 5, list(range(20)), True, np.float32),           # H % 4 != 0: the forward stages values
+    (6, 40, 4, [3, 1, 0, 2, 3, 3], False, np.float64),
+    (1, 70, 12, None, True, np.float32),
+])
+def test_emulated_persistent_staging_by_cp_async(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
+    T = 3 if lengths is None else max(lengths)
+    lengths = None if lengths is None else [min(v, T) for v in lengths]
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 4, H, dtype, seed=B * H + 5, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    monkeypatch.setenv("FASTLSTM_CUDA_STAGE_ASYNC", "0")
+    plain = run_cuda(fwd, bwd)
+    assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("backward")
+    monkeypatch.delenv("FASTLSTM_CUDA_STAGE_ASYNC")
+    try:
+        for mode, eager in ((0, False), (2, False), (3, False), (0, True), (2, True)):
+            emu.set_schedule(mode, seed=B + H)
+            emu.set_async_eager(eager)
+            outs, grads, _ = run_cuda(fwd, bwd)
+            assert ("staged by cp.async" in _ran("forward")) == (H % 4 == 0), _ran("forward")
+            assert "staged by cp.async" in _ran("backward"), _ran("backward")
+            assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    finally:
+        emu.set_async_eager(False)
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "tagged")  # the tagged kernels poll with loads
+    run_cuda(fwd, bwd)
+    if dtype == np.float32:
+        assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("backward")
+    fcuda.set_kernel_path("auto")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_emulated_persistent_phase_trace(emu, monkeypatch, dtype):
     # FASTLSTM_CUDA_TRACE=1 runs the traced persistent kernels (bench/gpu_phase_profile.py
@@ -1236,21 +1277,24 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
 @pytest.mark.cuda
 @gpu
 @pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 1024), (50, 1, 32, 256), (20, 16, 32, 512), (10, 33, 16, 1024)])
-def test_gpu_persistent_registers_and_prefetch_are_bitwise_off(T, B, I, H, monkeypatch, kernel_path_reset):
-    # The weights in registers (B = 1) and the backward's gate inputs loaded a step early
-    # (B * U <= 256) change no arithmetic: the bits of the kernels with both switched off, with
-    # grid barriers and with the tagged exchange, repeated (the registers are loaded once per
-    # launch; the prefetched inputs are a step ahead, so a wrong step shows at once).
+def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, kernel_path_reset):
+    # The weights in registers (B = 1), the backward's gate inputs loaded a step early
+    # (B * U <= 256) and the staging by cp.async (barrier kernels) change no arithmetic: the bits
+    # of the kernels with all three switched off, with grid barriers and with the tagged
+    # exchange, repeated (the registers are loaded once per launch; the prefetched inputs are a
+    # step ahead, so a wrong step shows at once; B = 16 / 33 stage in several passes).
     fwd, bwd = make_case(T, B, I, H, np.float32, seed=T + B + H, lengths=None, reverse=B % 2 == 1)
     fcuda.set_kernel_path("persistent")
     monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
     monkeypatch.setenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "0")
     monkeypatch.setenv("FASTLSTM_CUDA_INPUTS_AHEAD", "0")
+    monkeypatch.setenv("FASTLSTM_CUDA_STAGE_ASYNC", "0")
     outs, grads, _ = run_cuda(fwd, bwd)
     off = tuple(outs) + tuple(grads)
     assert "registers" not in _ran("forward") and "prefetched" not in _ran("backward"), _ran("backward")
-    monkeypatch.delenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS")
-    monkeypatch.delenv("FASTLSTM_CUDA_INPUTS_AHEAD")
+    assert "cp.async" not in _ran("backward"), _ran("backward")
+    for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC"):
+        monkeypatch.delenv(f"FASTLSTM_CUDA_{name}")
     for exchange in ("barrier", "tagged", "barrier", "tagged"):
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
         outs, grads, _ = run_cuda(fwd, bwd)
@@ -1260,6 +1304,7 @@ def test_gpu_persistent_registers_and_prefetch_are_bitwise_off(T, B, I, H, monke
             per_thread = -(-groups // (256 // cols))  # weight vectors per thread (kRegVectors = 32)
             assert ("weights in registers" in _ran(kind)) == (B == 1 and per_thread <= 32), _ran(kind)
         assert ("gate inputs prefetched" in _ran("backward")) == (B * units <= 256), _ran("backward")
+        assert ("staged by cp.async" in _ran("backward")) == (exchange == "barrier"), _ran("backward")
         assert_bitwise_equal(off, tuple(outs) + tuple(grads))
     check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(np.float32)])
 

@@ -1275,11 +1275,14 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
     ran = forward_tensor<Real>(a, P, h0buf, h1buf, device, stream, opt);
   } else if (B * H > 0 && T > 0) {
     const bool trace = persistent::trace_requested();
-    const persistent::Plan pl = persistent_plan<Real>(false, T, B, H, device, opt.path, trace);
+    persistent::Plan pl = persistent_plan<Real>(false, T, B, H, device, opt.path, trace);
     if (pl.ok) {
       persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
                                           a.y,    a.gates, a.cells, nullptr};
+      // (rows of whole vectors, and not the tagged kernels: those poll their words)
+      prm.stage_async = persistent::stage_async_requested() && H % persistent::Vec<Real>::n == 0 && !pl.tagged;
+      pl.stage_async = prm.stage_async;
       const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
       persistent::launch_forward<Real>(pl, prm, stream);
       ran = persistent::describe("persistent forward", pl, sizeof(Real));
@@ -1381,6 +1384,8 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
                                          nullptr};
     prm.inputs_ahead = persistent::inputs_ahead_requested();
+    prm.stage_async = persistent::stage_async_requested() && !pl.tagged;
+    pl.stage_async = prm.stage_async;
     pl.inputs_ahead = prm.inputs_ahead && B * pl.units <= persistent::kThreads;
     const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
     persistent::launch_backward<Real>(pl, prm, stream);

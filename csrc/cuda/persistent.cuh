@@ -186,23 +186,44 @@ __device__ __forceinline__ void stage_store(const Elem (&v)[kStageBatch], Elem* 
     if (e < total) dst[e] = v[q];
   }
 }
-// The passes from element e_begin on (0: all of them).
+// The passes from element e_begin on (0: all of them). With `async_any` (16-byte elements only:
+// the vectors), by cp.async instead (copies global -> shared, no registers): each thread issues
+// the copies of every pass before it waits once, so that the passes' L2 round trips overlap
+// instead of following one another (the backward's dz rows of 4H take 4 passes at B = 16,
+// H = 512, 8 at H = 1024); elements of rows nb .. BC-1, past `valid` or of null rows are
+// zero-filled, naming async_any (a 16-byte aligned global address, never read) as their source.
 template <int BC, typename Elem, typename RowSrc>
 __device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src,
-                                            int e_begin = 0) {
+                                            int e_begin = 0, const Elem* async_any = nullptr) {
+  if constexpr (sizeof(Elem) == 16) {
+    if (async_any != nullptr) {
+      const int total = BC * per_row;
+#pragma unroll 4
+      for (int e = e_begin + static_cast<int>(threadIdx.x); e < total; e += kThreads) {
+        const int bb = e / per_row, i = e - bb * per_row;
+        const Elem* src = (bb < nb && i < valid) ? row_src(bb) : nullptr;
+        fl_cp_async16(dst + e, src != nullptr ? src + i : async_any, src != nullptr);
+      }
+      fl_cp_async_commit();
+      fl_cp_async_wait<0>();
+      return;
+    }
+  }
   for (int e0 = e_begin; e0 < BC * per_row; e0 += kStagePass) {
     Elem v[kStageBatch];
     stage_load<BC>(v, e0, per_row, nb, valid, row_src);
     stage_store<BC>(v, dst, e0, per_row);
   }
 }
+// async_any: as stage_elems's (used for rows of whole vectors only).
 template <typename Real, int BC, typename RowSrc>
 __device__ __forceinline__ void stage_rows(typename Vec<Real>::type* X, int NG, int nb, int len, bool vectors,
-                                           RowSrc row_src) {
+                                           RowSrc row_src, const typename Vec<Real>::type* async_any = nullptr) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   if (vectors)
-    stage_elems<BC>(X, NG, nb, len / KV, [&](int bb) { return reinterpret_cast<const V*>(row_src(bb)); });
+    stage_elems<BC>(X, NG, nb, len / KV, [&](int bb) { return reinterpret_cast<const V*>(row_src(bb)); }, 0,
+                    async_any);
   else
     stage_elems<BC>(reinterpret_cast<Real*>(X), NG * KV, nb, len, row_src);
 }
@@ -357,6 +378,7 @@ struct ForwardParams {
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x ng * KV words, zero on entry
+  bool stage_async = false;  // stage rows of whole vectors by cp.async (stage_elems)
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
@@ -411,6 +433,8 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   for (int64_t s = 0; s < T; ++s) {
     const Real* h_prev = (s % 2 == 0) ? p.hbuf0 : p.hbuf1;
     Real* h_next = (s % 2 == 0) ? p.hbuf1 : p.hbuf0;
+    // staging by cp.async (rows of whole vectors; the h buffers are fastlstm's, 16-byte aligned)
+    const V* async_any = p.stage_async && vec_rows ? reinterpret_cast<const V*>(h_prev) : nullptr;
     auto h_rows = [&](int64_t c0) {
       return [h_prev, c0, H](int bb) { return reinterpret_cast<const V*>(h_prev + (c0 + bb) * H); };
     };
@@ -442,10 +466,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
                          [slot, b0, K](int bb) { return slot + (b0 + bb) * K; }, static_cast<unsigned>(s));
       } else if (stage_ahead) {
         stage_store<BC>(ahead, X, 0, ngi);
-        stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), kStagePass);
+        stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), kStagePass, async_any);
       } else {
         stage_rows<Real, BC>(X, ngi, nb, static_cast<int>(H), vec_rows,
-                             [&](int bb) { return h_prev + (b0 + bb) * H; });
+                             [&](int bb) { return h_prev + (b0 + bb) * H; }, async_any);
       }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
@@ -522,6 +546,7 @@ struct BackwardParams {
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x 4H words, zero on entry
   bool inputs_ahead = true;  // phase A's inputs loaded a step ahead where B * U <= kThreads (gate_inputs)
+  bool stage_async = false;  // stage the dz rows by cp.async (stage_elems)
 };
 
 // Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
@@ -704,7 +729,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
                          static_cast<unsigned>(s + 1));
       } else {
         if (stage_ahead) stage_store<BC>(ahead, X, 0, ngi);
-        stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0);
+        // (by cp.async: dz is fastlstm's workspace, 16-byte aligned)
+        stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0,
+                        p.stage_async ? reinterpret_cast<const V*>(p.dz) : nullptr);
       }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
@@ -745,6 +772,7 @@ struct Plan {
   bool tagged = false;  // the tagged exchange instead of grid barriers (float32)
   bool inputs_ahead = false;  // backward: phase A's inputs loaded a step ahead (set by the caller)
   bool wreg = false;          // the weights in registers (float, one row per chunk)
+  bool stage_async = false;   // rows staged by cp.async (set by the caller)
 };
 
 template <class F>
@@ -956,6 +984,14 @@ inline bool weights_in_registers_requested() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+// Whether the barrier kernels stage rows of whole vectors by cp.async (stage_elems): yes unless
+// FASTLSTM_CUDA_STAGE_ASYNC=0 (read at every call; for measuring its effect,
+// bench/gpu_persistent_ab.py). The tagged kernels poll their words with loads either way.
+inline bool stage_async_requested() {
+  const char* v = std::getenv("FASTLSTM_CUDA_STAGE_ASYNC");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
 // "tagged" through tagged words (stage_tagged; float32 only), "barrier" through grid barriers,
 // unset, "" or "auto": auto's rule (kTaggedAutoMaxRows in lstm_impl.cuh). Any other value is an
@@ -981,6 +1017,7 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
          std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
          std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
          std::to_string(pl.smem) + " B shared" + (pl.wreg ? ", weights in registers" : "") +
+         (pl.stage_async ? ", staged by cp.async" : "") +
          (pl.inputs_ahead ? ", gate inputs prefetched" : "") +
          (pl.tagged ? ", tagged exchange" : "") + ")";
 }

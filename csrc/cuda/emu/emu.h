@@ -52,7 +52,8 @@
 // are queued in commit groups and performed only when that thread waits for their group, so a
 // kernel that reads a stage before waiting for it (or before the barrier after the wait) reads
 // the stage's old contents (or the NaN bytes of a fresh launch) in one of the thread orders.
-// Copies still queued when a block ends are an error. With set_async_eager the copies land at
+// Copies still queued when a block ends (a cooperative launch: when it ends) are an error; in a
+// cooperative launch each fiber has its own queue. With set_async_eager the copies land at
 // once instead (at the copy instruction): then a kernel that refills a stage before every
 // thread is done reading it (a missing barrier before the copies) overwrites data that threads
 // later in the round still read. The tests run both. Normal launches may take dynamic shared
@@ -365,8 +366,8 @@ cudaError_t launch_smem(const void* func, dim3 grid, dim3 block, size_t dyn_smem
 // cp.async (compat.cuh's fl_cp_async16 / _commit / _wait): queued per thread, performed at the wait.
 inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
   const auto d = reinterpret_cast<uintptr_t>(dst), sa = reinterpret_cast<uintptr_t>(src);
-  if (g_coop || !g_dyn_launch) {
-    if (g_error.empty()) g_error = "cp.async outside a normal launch with dynamic shared memory";
+  if (!g_coop && !g_dyn_launch) {
+    if (g_error.empty()) g_error = "cp.async outside a launch with dynamic shared memory";
     return;
   }
   if (d % static_cast<uintptr_t>(bytes) != 0 || (valid && sa % static_cast<uintptr_t>(bytes) != 0)) {
@@ -536,6 +537,8 @@ inline cudaError_t run_cooperative(const void* func, dim3 grid, dim3 block, size
     makecontext(&f.ctx, coop_entry, 0);
   }
   g_coop = true;
+  g_async.assign(n, AsyncState{});  // cp.async queues, one per fiber (g_current)
+  g_dyn_smem_bytes = dyn_smem;      // (cp.async's destination check; g_dyn_smem switches with the block)
   std::vector<size_t> order(n);
   const int mode = g_schedule != 0 ? g_schedule : (g_reverse_order ? 1 : 0);
   const bool reversed = mode == 1 || (mode == 3 && g_reverse_order);
@@ -622,8 +625,21 @@ inline cudaError_t run_cooperative(const void* func, dim3 grid, dim3 block, size
       break;  // the fibers are abandoned (their stacks are reused by the next launch)
     }
   }
+  if (g_error.empty()) {
+    for (size_t i = 0; i < n; ++i) {
+      size_t queued = g_async[i].open.size();
+      for (const auto& g : g_async[i].groups) queued += g.size();
+      if (queued) {
+        g_error = "cp.async: a thread of a cooperative launch ended with " + std::to_string(queued) +
+                  " copies never waited for";
+        break;
+      }
+    }
+  }
+  g_async.clear();
   g_coop = false;
   g_dyn_smem = nullptr;
+  g_dyn_smem_bytes = 0;
   g_body = nullptr;
   for (unsigned char* p : smem) guarded_free(p);
   return cudaSuccess;
