@@ -191,6 +191,10 @@ def default_switches(pab, out):
                          (("fwd", "syncstage_fwd", "persistent_fwd"), ("fwd+bwd", "syncstage_both", "persistent_both")))):
         out.append(f"## {title}")
         ratios = []
+        bad = [row["config"] for row in rows if row.get("load_switches_bitwise") is False]
+        if bad:
+            out.append(f"  MISMATCH with the load switches off at {bad}: a defect (the same bits are the design); "
+                       "switch them off (their env defaults in persistent.cuh) until it is found")
         for row in rows:
             rs = [(what, ratio(med(row, off), med(row, on))) for what, off, on in keys if med(row, off) is not None]
             if rs:

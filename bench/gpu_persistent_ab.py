@@ -8,9 +8,10 @@ staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a st
 batch chunks, B > 16), and, for B <= 64, with the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged:
 h / dz through tagged words instead of grid barriers; checked bitwise against the barrier
 kernels before it is timed), where they act with the weights in shared memory
-(FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; B = 1) and with the backward's gate inputs loaded in
+(FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; one row per chunk) and with the backward's gate inputs loaded in
 their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256) and, from B = 8, with the
-rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0) (these three
+checked bitwise against the defaults first), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -146,12 +147,20 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         contenders["tagged_fwd"] = lambda: fl_fwd("persistent", tagged=True)
         contenders["tagged_both"] = lambda: fl_both("persistent", tagged=True)
     kp = row.get("kernels_persistent", ["", ""])
-    if persistent and "weights in registers" in kp[0]:  # (B = 1) the same bits either way
+    loads = persistent
+    if persistent:  # session 15's load-only switches, all off: bitwise the defaults, else not timed
+        yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False)
+        same = [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
+                for a, b in zip((yd[0],) + tuple(yd[1]), (yo[0],) + tuple(yo[1])) if a is not None]
+        loads = row["load_switches_bitwise"] = all(same)
+        if not loads:
+            print((T, B, I, H), "MISMATCH load switches off vs on (their columns not timed)", same, flush=True)
+    if loads and ("weights in registers" in kp[0] or "weights in registers" in kp[1]):  # one row per chunk
         contenders["wshared_fwd"] = lambda: fl_fwd("persistent", wreg=False)
         contenders["wshared_both"] = lambda: fl_both("persistent", wreg=False)
-    if persistent and "gate inputs prefetched" in kp[1]:  # backward only
+    if loads and "gate inputs prefetched" in kp[1]:  # backward only
         contenders["noprefetch_both"] = lambda: fl_both("persistent", prefetch=False)
-    if persistent and B >= 8 and "cp.async" in kp[1]:  # the staging takes several passes somewhere
+    if loads and B >= 8 and "cp.async" in kp[1]:  # the staging takes several passes somewhere
         contenders["syncstage_fwd"] = lambda: fl_fwd("persistent", sasync=False)
         contenders["syncstage_both"] = lambda: fl_both("persistent", sasync=False)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts

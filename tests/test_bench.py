@@ -225,6 +225,13 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
                                 "  suggests: keep it on (worst 1.10x)"]
     i = out.index("## staging by cp.async (FASTLSTM_CUDA_STAGE_ASYNC): registers / cp.async")
     assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.20x, fwd+bwd 1.05x", "  suggests: keep it on (worst 1.05x)"]
+    assert not any("load switches off" in line for line in out)
+    rows[0]["load_switches_bitwise"] = False  # a mismatch is reported under each switch
+    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    capsys.readouterr()
+    assert gpu_decide.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("  MISMATCH with the load switches off at [[100, 16, 512, 512]]") for line in out) == 3
     assert "  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)" in out
     # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
     rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]

@@ -112,7 +112,8 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
   block_reduce<Real, BC>(acc, red, C);
 }
 
-// Weights in registers (one row per chunk, BC = 1; float32): each thread keeps the vectors it
+// Weights in registers (one row per chunk, BC = 1: B = 1, or any B where the shared memory
+// leaves room for one row per chunk only; float32): each thread keeps the vectors it
 // multiplies, W[g][c] for g = ks, ks + KS, ... (at most kRegVectors of them), in registers for
 // the whole launch instead of reading them from shared memory every step: at B = 1 the product
 // reads one weight vector per four FMAs, so shared memory bandwidth, not the FMAs, set its time.
@@ -661,7 +662,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   [[maybe_unused]] unsigned long long arrivals = 0;  // (not with TAGGED)
   // With B * U <= kThreads (and inputs_ahead) every thread has at most one (row, unit) in phase
   // A, the same every step (thread tid: row tid / U, unit j0 + tid % U): it loads the inputs of
-  // its next step right after its phase A, so that their latency overlaps phase B instead of
+  // its next step before phase B, so that their latency overlaps phase B instead of
   // starting the next phase A, keeps its running dc in a register, its row's length too, and,
   // with one chunk per step (B <= BC: phase B's thread for that row and unit is the same
   // thread), its running dh. The arithmetic is unchanged (the same bits).
@@ -684,7 +685,6 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
         const Real dh = one_chunk ? dh_own : (pre.row >= 0 ? p.dh[ob * H + oj] : Real(0));
         dc_own = gate_grads<Real, TAGGED>(p, pre, s, ob, oj, dh, dc_own);
         if (pre.row >= 0) p.dc[ob * H + oj] = dc_own;
-        if (s > 0) pre = gate_inputs(p, s - 1, ob, oj, oL);  // in flight through phase B
       }
     } else {
       for (int64_t e = tid; e < B * U; e += kThreads) {
@@ -704,6 +704,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       grid_barrier(p.barrier, arrivals);  // every block's dz of step s written
     }
     clk.mark(kTraceBarrier);
+    // The next step's phase A inputs, in flight through phase B. Issued after the grid barrier:
+    // its release (thread 0's red.release.gpu) would also wait for these loads.
+    if (owner && s > 0) pre = gate_inputs(p, s - 1, ob, oj, oL);
     // Phase B: dh[b, j] = dz_t[b, :] . R[j, :] for rows inside their length.
     const int fb = tid / U, fu = tid % U;
     // dz rows of 4H values: 4H % KV == 0, and every row starts KV-aligned; rows past their
