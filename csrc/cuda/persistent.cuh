@@ -361,6 +361,20 @@ struct PhaseClock<true> {
   }
 };
 
+// A chunk's product, from the weights in registers (WREG) or in shared memory, with the phase
+// trace's product / reduce marks.
+template <typename Real, int BC, bool WREG, int NW, class Clock>
+__device__ __forceinline__ void chunk_product(const typename Vec<Real>::type (&wreg)[NW],
+                                              const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
+                                              Real* red, int C, int64_t NG, Clock& clk) {
+  auto mark_product = [&clk] { clk.mark(kTraceProduct); };
+  if constexpr (WREG)
+    block_product_registers<Real>(wreg, X, red, C, NG, mark_product);
+  else
+    block_product<Real, BC>(W, X, red, C, NG, mark_product);
+  clk.mark(kTraceReduce);
+}
+
 template <typename Real>
 struct ForwardParams {
   int64_t T, B, H;
@@ -476,12 +490,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC));
-      auto mark_product = [&clk] { clk.mark(kTraceProduct); };
-      if constexpr (WREG)
-        block_product_registers<Real>(wreg, X, red, C, NG, mark_product);
-      else
-        block_product<Real, BC>(W, X, red, C, NG, mark_product);
-      clk.mark(kTraceReduce);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, clk);
       if (finisher) {
         if (s < L) {
           const Real* z = red + fb * kThreads + fu;
@@ -740,12 +749,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC));
-      auto mark_product = [&clk] { clk.mark(kTraceProduct); };
-      if constexpr (WREG)
-        block_product_registers<Real>(wreg, X, red, U, NG, mark_product);
-      else
-        block_product<Real, BC>(W, X, red, U, NG, mark_product);
-      clk.mark(kTraceReduce);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, clk);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
         if (own && one_chunk) {  // this thread is the owner of (b, j)
@@ -963,37 +967,21 @@ inline std::string trace_summary(const unsigned long long* trace, int64_t blocks
   return out;
 }
 
-// Whether the kernels stage each chunk's first pass ahead (see stage_load): yes unless
-// FASTLSTM_CUDA_STAGE_AHEAD=0 (read at every call; for measuring its effect, e.g.
-// bench/gpu_persistent_ab.py).
-inline bool stage_ahead_requested() {
-  const char* v = std::getenv("FASTLSTM_CUDA_STAGE_AHEAD");
+// The persistent kernels' on-by-default switches, read at every call (for measuring each one's
+// effect, bench/gpu_persistent_ab.py): on unless the environment variable is "0".
+inline bool switch_on(const char* name) {
+  const char* v = std::getenv(name);
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
-
-// Whether the backward kernel loads phase A's inputs a step ahead (gate_inputs; where
-// B * U <= kThreads): yes unless FASTLSTM_CUDA_INPUTS_AHEAD=0 (read at every call; for
-// measuring its effect, bench/gpu_persistent_ab.py).
-inline bool inputs_ahead_requested() {
-  const char* v = std::getenv("FASTLSTM_CUDA_INPUTS_AHEAD");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
-// Whether the persistent kernels keep their weights in registers where they can (float32, one
-// row per chunk, block_product_registers): yes unless FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0 (read
-// at every call; for measuring its effect, bench/gpu_persistent_ab.py).
-inline bool weights_in_registers_requested() {
-  const char* v = std::getenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
-// Whether the barrier kernels stage rows of whole vectors by cp.async (stage_elems): yes unless
-// FASTLSTM_CUDA_STAGE_ASYNC=0 (read at every call; for measuring its effect,
-// bench/gpu_persistent_ab.py). The tagged kernels poll their words with loads either way.
-inline bool stage_async_requested() {
-  const char* v = std::getenv("FASTLSTM_CUDA_STAGE_ASYNC");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
+// Each chunk's first pass staged ahead (see stage_load).
+inline bool stage_ahead_requested() { return switch_on("FASTLSTM_CUDA_STAGE_AHEAD"); }
+// The backward's phase-A inputs loaded a step ahead (gate_inputs; where B * U <= kThreads).
+inline bool inputs_ahead_requested() { return switch_on("FASTLSTM_CUDA_INPUTS_AHEAD"); }
+// The weights in registers where they can be (float32, one row per chunk, block_product_registers).
+inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS"); }
+// The barrier kernels' rows of whole vectors staged by cp.async (stage_elems; the tagged kernels
+// poll their words with loads either way).
+inline bool stage_async_requested() { return switch_on("FASTLSTM_CUDA_STAGE_ASYNC"); }
 
 // How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
 // "tagged" through tagged words (stage_tagged; float32 only), "barrier" through grid barriers,
