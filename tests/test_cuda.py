@@ -939,6 +939,16 @@ def test_emulated_persistent_staging_by_cp_async(emu, monkeypatch, B, H, sms, le
     run_cuda(fwd, bwd)
     if dtype == np.float32:
         assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("backward")
+    # a card without cp.async (compute capability < 8.0: fl_cp_async16 traps there) stages
+    # through registers: the same bits
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    emu.set_capability(7, 5)
+    try:
+        outs, grads, _ = run_cuda(fwd, bwd)
+    finally:
+        emu.set_capability(9, 0)
+    assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("backward")
+    assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
     fcuda.set_kernel_path("auto")
 
 

@@ -1281,7 +1281,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
                                           a.y,    a.gates, a.cells, nullptr};
       // (rows of whole vectors, and not the tagged kernels: those poll their words)
-      prm.stage_async = persistent::stage_async_requested() && H % persistent::Vec<Real>::n == 0 && !pl.tagged;
+      prm.stage_async = persistent::stage_async_requested(device) && H % persistent::Vec<Real>::n == 0 && !pl.tagged;
       pl.stage_async = prm.stage_async;
       const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
       persistent::launch_forward<Real>(pl, prm, stream);
@@ -1384,7 +1384,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
                                          nullptr};
     prm.inputs_ahead = persistent::inputs_ahead_requested();
-    prm.stage_async = persistent::stage_async_requested() && !pl.tagged;
+    prm.stage_async = persistent::stage_async_requested(device) && !pl.tagged;
     pl.stage_async = prm.stage_async;
     pl.inputs_ahead = prm.inputs_ahead && B * pl.units <= persistent::kThreads;
     const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);

@@ -980,8 +980,13 @@ inline bool inputs_ahead_requested() { return switch_on("FASTLSTM_CUDA_INPUTS_AH
 // The weights in registers where they can be (float32, one row per chunk, block_product_registers).
 inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS"); }
 // The barrier kernels' rows of whole vectors staged by cp.async (stage_elems; the tagged kernels
-// poll their words with loads either way).
-inline bool stage_async_requested() { return switch_on("FASTLSTM_CUDA_STAGE_ASYNC"); }
+// poll their words with loads either way), where the device has cp.async (compute capability
+// 8.0+; below it fl_cp_async16 traps, and a build for such a card stages through registers).
+inline bool stage_async_requested(int device) {
+  int major = 0;
+  FL_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8 && switch_on("FASTLSTM_CUDA_STAGE_ASYNC");
+}
 
 // How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
 // "tagged" through tagged words (stage_tagged; float32 only), "barrier" through grid barriers,
