@@ -53,6 +53,12 @@ def stage_ahead(on):
     return env("FASTLSTM_CUDA_STAGE_AHEAD", None if on else "0")
 
 
+def bitwise_same(cp, first, second):
+    """Per array of two fl_both results (y, grads): whether they are the same bits."""
+    return [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
+            for a, b in zip((first[0],) + tuple(first[1]), (second[0],) + tuple(second[1])) if a is not None]
+
+
 def switch(name, on):
     """Inside the block, the persistent kernels' switch FASTLSTM_CUDA_<name> on (True: the default) or
     off ("0")."""
@@ -129,8 +135,7 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     if persistent and B <= TAGGED_MAX_ROWS:  # the same arithmetic: bitwise the barrier kernels
         yb, yt = fl_both("persistent"), fl_both("persistent", tagged=True)
         row["kernels_tagged"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
-        same = [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
-                for a, b in zip((yb[0],) + tuple(yb[1]), (yt[0],) + tuple(yt[1])) if a is not None]
+        same = bitwise_same(cp, yb, yt)
         tagged = all(same) and all("tagged exchange" in k for k in row["kernels_tagged"])
         row["tagged_bitwise_barrier"] = tagged
         if not tagged:
@@ -152,8 +157,7 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     loads = persistent and B <= LOAD_SWITCHES_MAX_ROWS
     if loads:  # session 15's load-only switches, all off: bitwise the defaults, else not timed
         yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False)
-        same = [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
-                for a, b in zip((yd[0],) + tuple(yd[1]), (yo[0],) + tuple(yo[1])) if a is not None]
+        same = bitwise_same(cp, yd, yo)
         loads = row["load_switches_bitwise"] = all(same)
         if not loads:
             print((T, B, I, H), "MISMATCH load switches off vs on (their columns not timed)", same, flush=True)

@@ -1280,9 +1280,7 @@ std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t st
       persistent::ForwardParams<Real> prm{T,      B,  H,       pl.units, pl.ng,   a.lengths, a.reverse,
                                           P,      a.recurrent_kernel, h0buf,    h1buf,     a.c_n,
                                           a.y,    a.gates, a.cells, nullptr};
-      // (rows of whole vectors, and not the tagged kernels: those poll their words)
-      prm.stage_async = persistent::stage_async_requested(device) && H % persistent::Vec<Real>::n == 0 && !pl.tagged;
-      pl.stage_async = prm.stage_async;
+      persistent::set_load_switches<Real>(pl, prm, false, B, H, device);
       const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
       persistent::launch_forward<Real>(pl, prm, stream);
       ran = persistent::describe("persistent forward", pl, sizeof(Real));
@@ -1383,10 +1381,7 @@ std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t 
                                          a.reverse, a.recurrent_kernel, a.gates, a.cells, a.h0,
                                          a.c0,    a.dy,   a.dh0, a.dc0,      dz.get(), hprev.get(),
                                          nullptr};
-    prm.inputs_ahead = persistent::inputs_ahead_requested();
-    prm.stage_async = persistent::stage_async_requested(device) && !pl.tagged;
-    pl.stage_async = prm.stage_async;
-    pl.inputs_ahead = prm.inputs_ahead && B * pl.units <= persistent::kThreads;
+    persistent::set_load_switches<Real>(pl, prm, true, B, H, device);
     const PersistentScratch<Real> scratch(pl, B, trace, device, stream, prm);
     persistent::launch_backward<Real>(pl, prm, stream);
     ran = persistent::describe("persistent backward", pl, sizeof(Real));

@@ -393,7 +393,7 @@ struct ForwardParams {
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x ng * KV words, zero on entry
-  bool stage_async = false;  // stage rows of whole vectors by cp.async (stage_elems)
+  bool stage_async = false;  // stage the h rows by cp.async (stage_elems); host: only where H % KV == 0
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
@@ -449,7 +449,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
     const Real* h_prev = (s % 2 == 0) ? p.hbuf0 : p.hbuf1;
     Real* h_next = (s % 2 == 0) ? p.hbuf1 : p.hbuf0;
     // staging by cp.async (rows of whole vectors; the h buffers are fastlstm's, 16-byte aligned)
-    const V* async_any = p.stage_async && vec_rows ? reinterpret_cast<const V*>(h_prev) : nullptr;
+    const V* async_any = p.stage_async ? reinterpret_cast<const V*>(h_prev) : nullptr;
     auto h_rows = [&](int64_t c0) {
       return [h_prev, c0, H](int bb) { return reinterpret_cast<const V*>(h_prev + (c0 + bb) * H); };
     };
@@ -555,8 +555,9 @@ struct BackwardParams {
   unsigned long long* barrier;  // zero on entry
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x 4H words, zero on entry
-  bool inputs_ahead = true;  // phase A's inputs loaded a step ahead where B * U <= kThreads (gate_inputs)
-  bool stage_async = false;  // stage the dz rows by cp.async (stage_elems)
+  bool inputs_ahead = false;  // phase A's inputs loaded a step ahead (gate_inputs); host: only where
+                              // B * U <= kThreads (one (row, unit) per thread)
+  bool stage_async = false;   // stage the dz rows by cp.async (stage_elems)
 };
 
 // Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
@@ -669,13 +670,13 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   const int ngi = static_cast<int>(NG);
   V ahead[kStageBatch];
   [[maybe_unused]] unsigned long long arrivals = 0;  // (not with TAGGED)
-  // With B * U <= kThreads (and inputs_ahead) every thread has at most one (row, unit) in phase
-  // A, the same every step (thread tid: row tid / U, unit j0 + tid % U): it loads the inputs of
-  // its next step before phase B, so that their latency overlaps phase B instead of
-  // starting the next phase A, keeps its running dc in a register, its row's length too, and,
-  // with one chunk per step (B <= BC: phase B's thread for that row and unit is the same
-  // thread), its running dh. The arithmetic is unchanged (the same bits).
-  const bool own = p.inputs_ahead && B * U <= kThreads;
+  // With inputs_ahead (set_load_switches sets it only where B * U <= kThreads) every thread has
+  // at most one (row, unit) in phase A, the same every step (thread tid: row tid / U, unit
+  // j0 + tid % U): it loads the inputs of its next step before phase B, so that their latency
+  // overlaps phase B instead of starting the next phase A, keeps its running dc in a register,
+  // its row's length too, and, with one chunk per step (B <= BC: phase B's thread for that row
+  // and unit is the same thread), its running dh. The arithmetic is unchanged (the same bits).
+  const bool own = p.inputs_ahead;
   const bool one_chunk = B <= BC;
   const int64_t ob = tid / U, oj = j0 + tid % U;
   const bool owner = own && ob < B && oj < H;
@@ -777,9 +778,9 @@ struct Plan {
   size_t smem = 0;
   bool ahead = false;   // the staging-ahead variant (several chunks per step)
   bool tagged = false;  // the tagged exchange instead of grid barriers (float32)
-  bool inputs_ahead = false;  // backward: phase A's inputs loaded a step ahead (set by the caller)
+  bool inputs_ahead = false;  // backward: phase A's inputs loaded a step ahead (set_load_switches)
   bool wreg = false;          // the weights in registers (float, one row per chunk)
-  bool stage_async = false;   // rows staged by cp.async (set by the caller)
+  bool stage_async = false;   // rows staged by cp.async (set_load_switches)
 };
 
 template <class F>
@@ -986,6 +987,19 @@ inline bool stage_async_requested(int device) {
   int major = 0;
   FL_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   return major >= 8 && switch_on("FASTLSTM_CUDA_STAGE_ASYNC");
+}
+
+// Decides, once per launch, the load switches that depend on the launch as well as on the
+// environment, and records them both in the plan (its description) and in the kernel's
+// parameters: staging by cp.async (barrier kernels, rows of whole vectors: the backward's dz rows
+// always, the forward's h rows where H % KV == 0) and, backward, the gate inputs a step early
+// (where each thread has at most one (row, unit) in phase A).
+template <typename Real, typename Params>
+void set_load_switches(Plan& pl, Params& prm, bool backward, int64_t B, int64_t H, int device) {
+  prm.stage_async = pl.stage_async =
+      stage_async_requested(device) && !pl.tagged && (backward || H % Vec<Real>::n == 0);
+  if constexpr (std::is_same<Params, BackwardParams<Real>>::value)
+    prm.inputs_ahead = pl.inputs_ahead = inputs_ahead_requested() && B * pl.units <= kThreads;
 }
 
 // How the kernels exchange h / dz between blocks (FASTLSTM_CUDA_EXCHANGE, read at every call):
