@@ -185,8 +185,9 @@ EOF
 }
 stage kernels 40 "$OUTDIR/kernels.log" kernels_info
 
-# ---- 4. tests
-stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
+# ---- 4. tests (-v: a line per test as it ends, so a stage cut short by its limit still says which
+# passed and failed; --durations: where the stage's time went, to size its limit)
+stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -v -rfE --durations=15 -p no:cacheprovider \
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
   ${PYTEST_K:+-k "$PYTEST_K"} tests/test_cuda.py tests/test_device.py
 

@@ -22,10 +22,13 @@ Output poisoning is on for the CUDA backend in every test here: outputs and work
 as NaN, so an element a kernel forgets to write (or reads before writing) fails the checks.
 """
 
+import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -321,6 +324,7 @@ class EmuExtension:
     def __init__(self, lib):
         self.lib = lib
         self._poison = False
+        self._sm_count, self._capability = 4, (9, 0)  # set_device's and set_capability's defaults
         lib.fl_emu_alloc.restype = ctypes.c_void_p
         lib.fl_emu_alloc.argtypes = [ctypes.c_int64]
         lib.fl_emu_free.argtypes = [ctypes.c_void_p]
@@ -356,7 +360,8 @@ class EmuExtension:
         return 0
 
     def device_properties(self, device):
-        return {"name": "fastlstm CPU emulator", "capability": (0, 0), "sm_count": 1,
+        """The emulated device as set_device / set_capability last set it."""
+        return {"name": "fastlstm CPU emulator", "capability": self._capability, "sm_count": self._sm_count,
                 "total_memory": 0, "l2_cache_bytes": 0}
 
     def kernel_variant(self):
@@ -390,10 +395,12 @@ class EmuExtension:
         H100's shared memory)."""
         self.lib.fl_emu_set_device(int(sm_count), int(smem_per_block_optin), int(smem_per_sm),
                                    int(bool(cooperative)))
+        self._sm_count = int(sm_count)
 
     def set_capability(self, major=9, minor=0):
         """The emulated device's compute capability (tf32 / bf16 need 8.0)."""
         self.lib.fl_emu_set_capability(int(major), int(minor))
+        self._capability = (int(major), int(minor))
 
     def set_schedule(self, mode, seed=1):
         """Cooperative launches: 0 thread order, 1 reversed, 2 random permutation per round."""
@@ -1010,6 +1017,286 @@ def test_emulated_phase_profile_script(emu, monkeypatch, tmp_path):
         prof.main(["--reps", "0"])
     with pytest.raises(SystemExit):
         prof.main(["--config", "2,5,3"])
+
+
+# --------------------------------------------------------------------------- the GPU A/B scripts, dry
+
+class _FakeTensor:
+    """What bench/gpu_persistent_ab.py and bench/gpu_gemm_ab.py do with torch tensors, on host
+    arrays (their data_ptr() is the emulator's device pointer): enough to run the scripts'
+    measuring code end to end here, so that an error in it shows before a GPU session."""
+
+    def __init__(self, a, alloc=None):
+        self.a = np.asarray(a)
+        self._alloc = alloc
+
+    @classmethod
+    def on_device(cls, a, alloc):
+        """A copy of host array a in memory from alloc(nbytes) (an emulator Buffer: the emulator
+        takes only its own allocations as device pointers)."""
+        a = np.asarray(a)
+        buf = alloc(max(a.nbytes, 1))
+        view = np.frombuffer((ctypes.c_byte * max(a.nbytes, 1)).from_address(buf.ptr), a.dtype, a.size)
+        view = view.reshape(a.shape)
+        view[...] = a
+        tensor = cls(view, alloc)
+        tensor._buf = buf  # keeps the memory alive
+        return tensor
+
+    def t(self):
+        return _FakeTensor(self.a.T, self._alloc)
+
+    def contiguous(self):
+        return self if self.a.flags.c_contiguous else _FakeTensor.on_device(self.a, self._alloc)
+
+    def data_ptr(self):
+        assert self.a.flags.c_contiguous, "data_ptr of a non-contiguous tensor"
+        return self.a.ctypes.data
+
+    def numel(self):
+        return self.a.size
+
+    def view(self, dtype):
+        return _FakeTensor(self.a.view(dtype))
+
+    def double(self):
+        return _FakeTensor(self.a.astype(np.float64))
+
+    def bfloat16(self):  # (no bf16 on the host: only cuBLAS's contender uses it)
+        return _FakeTensor(self.a.astype(np.float32))
+
+    def to(self, dtype):
+        return _FakeTensor(self.a.astype(dtype))
+
+    def norm(self):
+        return _FakeTensor(np.linalg.norm(self.a))
+
+    def detach(self):
+        return self
+
+    def requires_grad_(self, on):
+        return self
+
+    def backward(self, grad):
+        assert grad.a.shape == self.a.shape
+
+    def __float__(self):
+        return float(self.a)
+
+    def __matmul__(self, other):
+        return _FakeTensor(self.a @ other.a)
+
+    def __sub__(self, other):
+        return _FakeTensor(self.a - other.a)
+
+    def __truediv__(self, other):  # (a device tensor's quotient stays on the device)
+        q = self.a / (other.a if isinstance(other, _FakeTensor) else other)
+        return _FakeTensor.on_device(q, self._alloc) if self._alloc else _FakeTensor(q)
+
+
+def _fake_torch(alloc):
+    """A stand-in for torch with CUDA: "device" tensors in memory from alloc(nbytes), CUDA events
+    timed by the host clock, and an nn.LSTM that returns its input's shape (the scripts only time
+    it)."""
+    import time
+    import types
+    rng = np.random.default_rng(0)
+    ns = types.SimpleNamespace
+
+    def randn(*shape, device=None, generator=None, dtype=np.float32):
+        assert device == "cuda", device
+        return _FakeTensor.on_device((generator or rng).standard_normal(shape).astype(dtype), alloc)
+
+    def empty(*shape, device=None):
+        assert device == "cuda", device
+        return _FakeTensor.on_device(np.full(shape, np.nan, np.float32), alloc)
+
+    def zeros(*shape, device=None):
+        assert device == "cuda", device
+        return _FakeTensor.on_device(np.zeros(shape, np.float32), alloc)
+
+    class LSTM:
+        def __init__(self, I, H):
+            self.H = H
+
+        def cuda(self):
+            return self
+
+        def to(self, dtype):
+            return self
+
+        def __call__(self, x, state=None):
+            T, B = x.a.shape[:2]
+            return _FakeTensor(np.zeros((T, B, self.H), np.float32)), None
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    def generator(device):
+        assert device == "cuda", device
+        return ns(manual_seed=lambda seed: np.random.default_rng(seed))
+
+    return _fake_module(
+        "torch", __version__="fake", float32=np.float32, bfloat16=np.float32, int32=np.int32,
+        randn=randn, empty=empty, zeros=zeros, Generator=generator,
+        matmul=lambda a, b: _FakeTensor(a.a @ b.a),
+        equal=lambda a, b: bool(a.a.shape == b.a.shape and (a.a == b.a).all()),
+        no_grad=contextlib.nullcontext, nn=ns(LSTM=LSTM),
+        cuda=ns(Event=Event, synchronize=lambda: None, current_device=lambda: 0,
+                get_device_name=lambda: "emulator"),
+        backends=ns(cudnn=ns(allow_tf32=False, version=lambda: 0), cuda=ns(matmul=ns(allow_tf32=False))))
+
+
+def _fake_cupy():
+    return _fake_module("cupy", asarray=np.asarray, asnumpy=np.asarray, array_equal=np.array_equal,
+                        uint32=np.uint32, int32=np.int32, ndarray=type("_NoDeviceArray", (), {}))
+
+
+def _fake_module(name, **attrs):
+    """A module object (with a spec: importlib.util.find_spec asks for one) holding attrs."""
+    import importlib.machinery
+    import types
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    return module
+
+
+def _bench_script(name):
+    spec = importlib.util.spec_from_file_location(f"_fastlstm_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def dry_gpu_scripts(emu, monkeypatch):
+    """bench/ importable, torch and CuPy replaced by the stand-ins above, fastlstm on the emulator."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(lambda nbytes: emu.Buffer(nbytes, 0)))
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    for name in ("FASTLSTM_CUDA_EXCHANGE", "FASTLSTM_CUDA_STAGE_AHEAD", "FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS",
+                 "FASTLSTM_CUDA_INPUTS_AHEAD", "FASTLSTM_CUDA_STAGE_ASYNC", "FASTLSTM_CUDA_GEMM_SPLITK",
+                 "FASTLSTM_CUDA_TRACE"):
+        monkeypatch.delenv(name, raising=False)
+    emu.set_device(sm_count=4)
+    yield emu
+    assert not any(k in os.environ for k in ("FASTLSTM_CUDA_EXCHANGE", "FASTLSTM_CUDA_STAGE_AHEAD",
+                                             "FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "FASTLSTM_CUDA_INPUTS_AHEAD",
+                                             "FASTLSTM_CUDA_STAGE_ASYNC", "FASTLSTM_CUDA_GEMM_PIPELINE",
+                                             "FASTLSTM_CUDA_GEMM_SPLITK")), "a script left a switch set"
+
+
+def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, capsys):
+    # bench/gpu_persistent_ab.py's measuring code (run by bench/gpu_check.sh on a GPU, where it
+    # decides the pending switches) end to end on the emulator with torch and CuPy stood in for:
+    # every contender it gates on a kernel description (weights in registers, gate inputs
+    # prefetched, staged by cp.async, several chunks, tiled, tagged) must be timed, its bitwise
+    # checks must pass, and bench/gpu_decide.py must read the files back.
+    ab = _bench_script("gpu_persistent_ab")
+    monkeypatch.setattr(ab, "CONFIGS", [(2, 1, 3, 24), (2, 8, 3, 24), (2, 40, 3, 16)])
+    assert ab.main(["--out", str(tmp_path), "--reps", "1"]) == 0, capsys.readouterr().out
+    rows = json.loads((tmp_path / "gpu_persistent_ab.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == [[2, 1, 3, 24], [2, 8, 3, 24], [2, 40, 3, 16]]
+    one, eight, forty = rows
+    for row in rows:
+        assert row["max_rel_persistent_vs_simt"] <= 1e-5 and row["tagged_bitwise_barrier"], row
+        assert row["load_switches_bitwise"], row
+        for name in ("persistent", "simt", "cudnn", "tagged"):
+            for kind in ("fwd", "both"):
+                median, least, most = row[f"{name}_{kind}"]
+                assert 0 < least <= median <= most, (name, kind, row)
+    assert "wshared_fwd" in one and "wshared_both" in one, one  # one row per chunk: weights in registers
+    assert "noprefetch_both" in one and "noprefetch_both" in eight, one
+    assert "syncstage_fwd" in eight and "syncstage_both" in eight, eight  # from B = 8, staged by cp.async
+    assert "syncstage_fwd" not in one, one
+    assert "noahead_fwd" in forty and "noahead_both" in forty and "noahead_fwd" not in eight, forty
+    assert "tiled_fwd" in forty and forty["max_rel_tiled_vs_simt"] <= 1e-5, forty
+    assert "tiled_fwd" not in eight, eight
+    md = (tmp_path / "gpu_persistent_ab.md").read_text()
+    assert md.startswith("persistent vs simt vs tiled vs cuDNN fp32 on emulator") and "NOT TIMED" not in md, md
+    decide = _bench_script("gpu_decide")
+    capsys.readouterr()
+    assert decide.main([str(tmp_path)]) == 0
+    said = capsys.readouterr().out
+    assert "MISMATCH" not in said and "defect" not in said.lower(), said
+
+
+def test_emulated_gemm_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, capsys):
+    # bench/gpu_gemm_ab.py's measuring code end to end on the emulator (like the persistent A/B
+    # script above): the GEMMs with the pipeline off / on (bitwise, then timed), the step
+    # products with the fp32 k-per-slice sweep, split-K on / off, the LSTM in tf32 and bf16;
+    # then bench/gpu_decide.py reads the file back into every section.
+    emu = dry_gpu_scripts
+    ab = _bench_script("gpu_gemm_ab")
+
+    class Extension:  # fastlstm._cuda's matmul and step_matmul, on the emulator
+        matmul = staticmethod(emu.matmul)
+
+        @staticmethod
+        def step_matmul(precision, M, N, K, a, sam, sak, b, sbk, sbn, c, c_elems, repeat, device, stream, kslice=0):
+            return emu.step_matmul_api(precision, M, N, K, a, sam, sak, b, sbk, sbn, c, c_elems, repeat, kslice)
+
+    monkeypatch.setattr(fastlstm, "_cuda", Extension, raising=False)
+    monkeypatch.setattr(ab, "GEMMS", [("projection", 40, 64, 32, "nn"), ("dkernel", 32, 64, 40, "tn"),
+                                      ("dx", 40, 32, 64, "nt")])
+    monkeypatch.setattr(ab, "STEPS", [(8, 32, "fwd"), (8, 32, "bwd")])
+    monkeypatch.setattr(ab, "STEP_REPEAT", 2)
+    monkeypatch.setattr(ab, "SPLITS", [("dx", 8, 32, 512, "nt", "fp32"), ("dkernel", 32, 64, 256, "tn", "tf32"),
+                                       ("dx", 8, 32, 512, "nt", "bf16")])
+    monkeypatch.setattr(ab, "LSTMS", [(2, 8, 16, 32, "tf32"), (2, 8, 16, 32, "bf16")])
+    assert ab.main(["--out", str(tmp_path), "--reps", "1"]) == 0, capsys.readouterr().out
+    text = (tmp_path / "gpu_gemm_ab.md").read_text()
+    data = json.loads(re.search(r"```json\n(.*)\n```", text, re.S).group(1))
+    timed_ok = lambda row, key: 0 < row[key][1] <= row[key][0] <= row[key][2]  # noqa: E731
+    assert [r["name"] for r in data["gemm"]] == ["projection", "dkernel", "dx"], data["gemm"]
+    for row in data["gemm"]:  # every precision pipelined, bitwise the default, then timed
+        for p in ("tf32", "tf32x3", "bf16"):
+            assert row[f"{p}_bitwise_equal"] and "cp.async" in row[f"{p}_kernels"][1], (p, row)
+            assert timed_ok(row, f"{p}_v1") and timed_ok(row, f"{p}_v2"), (p, row)
+        assert row["tf32x3_err"] < 2e-6 and row["tf32_err"] < 5e-3 and row["bf16_err"] < 2e-2, row
+        assert all(timed_ok(row, k) for k in ("fp32_simt", "cublas_tf32", "cublas_fp32", "cublas_bf16")), row
+    fwd, bwd = data["step"]
+    for row in (fwd, bwd):
+        assert all(timed_ok(row, k) for k in ("tf32_v1", "tf32_v2", "bf16_v1", "tf32x3_v2", "fp32_tiled")), row
+    assert bwd["fp32_kslices"] == [64] and timed_ok(bwd, "fp32_k64"), bwd  # the k-per-slice sweep
+    for row in data["split"]:
+        assert "k-slices" in row["kernel_on"] and "k-slices" not in row["kernel_off"], row
+        assert all(timed_ok(row, k) for k in ("on", "off", "cublas")), row
+    for row in data["lstm"]:
+        assert row["bitwise_equal"] and "cp.async" in row["kernels_v2"][1], row
+        assert all(timed_ok(row, k) for k in ("v1_fwd", "v2_fwd", "cudnn_fwd", "v1_both", "v2_both")), row
+    decide = _bench_script("gpu_decide")
+    capsys.readouterr()
+    assert decide.main([str(tmp_path)]) == 0
+    said = capsys.readouterr().out
+    assert "gpu_gemm_ab.md: found" in said, said
+    for section in ("## tc-gemm-v2", "## split-k-v1", "## tiled_plan's k per slice"):
+        body = said.split(section, 1)[1].split("\n## ", 1)[0]
+        assert "\n- " in body and "no timed rows" not in body, (section, said)
+
+
+def test_emulated_sanitizer_case(dry_gpu_scripts, monkeypatch):
+    # The small forward + backward case that bench/gpu_check.sh runs under compute-sanitizer on a
+    # GPU (its every kernel path, precision, switch and the descriptions it asserts), run here on
+    # the emulator, so that a wrong assertion in it cannot cost the GPU session its sanitizer stage.
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    case = script.split("cat >\"$CASE\" <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    assert "sanitizer case ok" in case
+    dry_gpu_scripts.set_device(sm_count=132)  # an H100's SM count (the case's plans assume it)
+    monkeypatch.setattr(fastlstm, "_cuda", dry_gpu_scripts, raising=False)
+    monkeypatch.setenv("FASTLSTM_POISON", "1")
+    exec(compile(case, "gpu_check.sh: sanitizer case", "exec"), {"__name__": "__main__"})
 
 
 def test_emulated_auto_falls_back_to_simt_and_says_why(emu):
