@@ -122,6 +122,58 @@ def test_sample_weight_and_class_weight():
         np.testing.assert_array_equal(p, q)
 
 
+def test_class_weight_errors_name_the_argument():
+    x, y = toy_data(16)
+    m = small_model(dtype="float64")
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.5))
+    w0 = m.get_weights()
+    for cw, err in (({"neg": 1.0, "pos": 3.0}, TypeError), ({None: 2.0}, TypeError), ({0.5: 2.0}, TypeError),
+                    ({0: "1", 1: "heavy"}, TypeError), ({True: 2.0}, TypeError), ({0: None}, TypeError)):
+        with pytest.raises(err, match="class_weight"):
+            m.fit(x, y, class_weight=cw, epochs=1, verbose=0)
+    for p, q in zip(w0, m.get_weights()):  # refused before any step
+        np.testing.assert_array_equal(p, q)
+    # integral float and NumPy keys and weights are classes like ints (Keras looks them up by value)
+    a = small_model(dtype="float64")
+    a.set_weights(w0)
+    a.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.5))
+    a.fit(x, y, class_weight={0: 1.0, 1: 3.0}, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    m.fit(x, y, class_weight={np.int64(0): np.float32(1), 1.0: 3}, batch_size=16, epochs=1, shuffle=False,
+          verbose=0)
+    for p, q in zip(a.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_one_optimizer_instance_per_model():
+    # Keras: an optimizer serves the variables it was built with; a second model compiled with
+    # the same instance gets a clear error instead of the first model's moments and step count
+    x, y = toy_data(16)
+    opt = optimizers.Adam(0.01)
+    a, b = small_model(), small_model()
+    a.compile(loss="binary_crossentropy", optimizer=opt)
+    a.fit(x, y, epochs=1, verbose=0)
+    b.compile(loss="binary_crossentropy", optimizer=opt)
+    w0 = b.get_weights()
+    with pytest.raises(ValueError, match="give each model its own"):
+        b.fit(x, y, epochs=1, verbose=0)
+    for p, q in zip(w0, b.get_weights()):
+        np.testing.assert_array_equal(p, q)
+    a.fit(x, y, epochs=1, verbose=0)  # the first model goes on with it
+    b.compile(loss="binary_crossentropy", optimizer="adam")
+    b.fit(x, y, epochs=1, verbose=0)
+
+
+def test_get_layer_and_set_weights_errors():
+    m = small_model()
+    with pytest.raises(ValueError, match="get_layer: index 5 is out of range"):
+        m.get_layer(index=5)
+    with pytest.raises(TypeError, match="get_layer: index must be an integer"):
+        m.get_layer(index="0")
+    assert m.get_layer(index=-1) is m.layers[-1]
+    with pytest.raises(TypeError, match="set_weights: expected a list of arrays"):
+        m.set_weights(None)
+
+
 def test_seeded_runs_are_reproducible():
     x, y = toy_data()
 
@@ -385,8 +437,12 @@ def test_load_bounds_what_a_hostile_file_can_make_it_read(tmp_path):
     bomb = _rewrite(good, tmp_path / "bomb.keras", replace={"weights/00000.npy": w0 + bytes(1 << 20)},
                     deflate={"weights/00000.npy"})
     assert bomb.stat().st_size < 64 << 10
-    with pytest.raises(ValueError, match=r"bomb\.keras.*weights/00000\.npy would be \d+ bytes"):
+    with pytest.raises(ValueError, match=r"bomb\.keras.*weights/00000\.npy is compressed"):
         load_model(bomb)
+    # (even one that inflates to exactly its array: fastlstm writes entries stored, so an entry's
+    # size is bytes the file holds)
+    with pytest.raises(ValueError, match=r"d\.keras.*weights/00000\.npy is compressed"):
+        load_model(_rewrite(good, tmp_path / "d.keras", deflate={"weights/00000.npy"}))
     # an index declaring a huge weight, and a .npy header declaring one
     def huge(idx):
         idx["weights"][0]["shape"] = [10 ** 12]
@@ -432,6 +488,69 @@ def test_load_bounds_what_a_hostile_file_can_make_it_read(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         load_model(tmp_path)
     assert load_model(good).predict(toy_data(4)[0], verbose=0).shape == (4, 1)   # the good one loads
+
+
+def test_load_checks_the_architecture_before_allocating_it(tmp_path):
+    # The index's weight shapes are checked against the architecture built with placeholders
+    # (nothing allocated, no initializer run) before it is built for real: a 4 KB file whose
+    # JSON asks for a 20-million-feature input or 10^6 units fails at once, small.
+    import resource
+    import time
+    m = Sequential([LSTM(4, input_shape=(6, 3), return_sequences=True), LSTM(4), Dense(1)])
+    m.compile(loss="mse", optimizer="adam")
+    good = tmp_path / "good.keras"
+    m.save(good)
+
+    def units(n):
+        def edit(idx):
+            idx["model_config"]["config"]["layers"][0]["config"]["units"] = n
+        return edit
+
+    def features(n):
+        def edit(idx):
+            cfg = idx["model_config"]["config"]
+            layer0 = cfg["layers"][0]["config"]
+            for where in (cfg, layer0):
+                for key in ("batch_input_shape", "build_input_shape", "input_shape"):
+                    if isinstance(where.get(key), list):
+                        where[key][-1] = n
+        return edit
+
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i, edit in enumerate((units(1500), units(10 ** 6), features(20_000_000))):
+        bad = _rewrite(good, tmp_path / f"big{i}.keras", edit_index=edit)
+        assert bad.stat().st_size < 16 << 10
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=rf"big{i}\.keras: the weights do not fit the architecture"):
+            load_model(bad)
+        assert time.perf_counter() - start < 5.0  # (was 10-20 s and GBs: the layers were initialised)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024  # (KiB on Linux)
+    assert grown_mib < 200, grown_mib  # (the 20-million-feature kernel alone would be 320 MB)
+    # the good file still loads, its weights and seeded unit_forget_bias untouched by the dry build
+    loaded = load_model(good)
+    for a, b in zip(m.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_saved_files_get_the_mode_open_would_give(tmp_path):
+    # not mkstemp's owner-only 0600: 0666 less the umask for a new file, the old file's mode when
+    # one is replaced (a model saved by one user can be served by another)
+    m = small_model()
+    old = os.umask(0o022)
+    try:
+        m.save(tmp_path / "a.keras")
+        m.save_weights(tmp_path / "a.weights")
+        assert (tmp_path / "a.keras").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "a.weights").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        m.save(tmp_path / "b.keras")
+        assert (tmp_path / "b.keras").stat().st_mode & 0o777 == 0o600
+        os.chmod(tmp_path / "a.keras", 0o640)
+        m.save(tmp_path / "a.keras")  # replaced: keeps its mode
+        assert (tmp_path / "a.keras").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    assert load_model(tmp_path / "a.keras").predict(toy_data(2)[0], verbose=0).shape == (2, 1)
 
 
 def test_load_warns_when_the_optimizer_state_belongs_to_other_weights(tmp_path):

@@ -509,10 +509,33 @@ def test_mismatched_variables_on_second_call():
         opt.apply([np.ones(3), np.ones((4,))], [w1, np.zeros(4)])   # other shape
     with pytest.raises(ValueError, match="dtype"):
         opt.apply([np.ones(3), np.ones((2, 2))], [w1, np.zeros((2, 2), np.float32)])
+    # other arrays of the same shapes and dtypes (another model's weights): refused as in Keras,
+    # not updated with this one's slots
+    w3 = np.zeros((2, 2))
+    with pytest.raises(ValueError, match="Variable 1 is not one of the variables .* own"):
+        opt.apply([np.ones(3), np.ones((2, 2))], [w1, w3])
+    np.testing.assert_array_equal(w3, np.zeros((2, 2)))
     # Nothing was touched by the failed calls.
     np.testing.assert_array_equal(w1, before[0])
     np.testing.assert_array_equal(w2, before[1])
     assert opt.iterations == 1
+    opt.apply([np.ones(3), np.ones((2, 2))], [w1, w2])  # its own variables still work
+    assert opt.iterations == 2
+
+
+def test_optimizer_built_from_state_takes_its_first_variables():
+    # set_state builds the slots from copies (load_model, before the first step): the first
+    # apply binds the variables, later calls must pass those
+    first = Adam()
+    w = [np.zeros(3)]
+    first.apply([np.ones(3)], w)
+    second = Adam()
+    second.set_state(json_like_round_trip(first.get_state()))
+    mine, other = [np.zeros(3)], [np.zeros(3)]
+    second.apply([np.ones(3)], mine)
+    with pytest.raises(ValueError, match="not one of the variables"):
+        second.apply([np.ones(3)], other)
+    assert second.iterations == 2
 
 
 def test_other_argument_errors():

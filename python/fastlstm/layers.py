@@ -41,9 +41,11 @@ Masks are small host (NumPy) arrays on both devices: the LSTM needs each row's r
 valid steps on the host to turn it into lengths.
 """
 
+import contextlib
 import functools
 import operator
 import re
+import threading
 
 import numpy as np
 
@@ -140,6 +142,36 @@ def _check_dtype(dtype, name="dtype"):
 
 
 # --------------------------------------------------------------------------- base class
+
+
+class _UnitForgetBias(initializers.Initializer):
+    """An LSTM's bias of 4 units values: ``init`` for gates i, g, o and ones for the forget gate
+    (Keras's unit_forget_bias), drawn in that order: i, then g and o together."""
+
+    def __init__(self, init, units):
+        self.init, self.units = init, units
+
+    def __call__(self, shape, dtype=None):
+        u = self.units
+        return np.concatenate([self.init((u,), dtype=dtype), np.ones((u,), dtype=dtype),
+                               self.init((2 * u,), dtype=dtype)])
+
+
+_shapes_only = threading.local()
+
+
+@contextlib.contextmanager
+def _weights_as_shapes():
+    """Inside the block, layers that build (in this thread) hold read-only zero-stride placeholders
+    of their weights' shapes: nothing is allocated and no initializer runs. ``load_model`` builds a
+    file's architecture this way first, to check it against the stored weights before it
+    allocates anything (a few bytes of JSON can ask for any size of layer)."""
+    before = getattr(_shapes_only, "on", False)
+    _shapes_only.on = True
+    try:
+        yield
+    finally:
+        _shapes_only.on = before
 
 class Layer:
     """Base class: weights, names, building, shape checks and (de)serialisation."""
@@ -238,6 +270,12 @@ class Layer:
     # -- weights ---------------------------------------------------------------------
 
     def add_weight(self, name, shape, initializer, regularizer=None):
+        if getattr(_shapes_only, "on", False):   # (see _weights_as_shapes)
+            value = np.broadcast_to(np.zeros((), self.dtype), tuple(int(d) for d in shape))
+            self._weight_names.append(name)
+            self._weights.append(value)
+            self._regularizers.append(None)
+            return value
         init = initializers.get(initializer)
         # drawn on the host, so that both devices start from the same values
         return self._add_weight_value(name, init(tuple(shape), dtype=self.dtype), regularizer)
@@ -955,11 +993,8 @@ class LSTM(Layer):
                                                 self.recurrent_regularizer)
         if self.use_bias:
             if self.unit_forget_bias:
-                init = self.bias_initializer
-                value = np.concatenate([init((u,), dtype=self.dtype),
-                                        np.ones((u,), dtype=self.dtype),
-                                        init((2 * u,), dtype=self.dtype)])
-                self.bias = self._add_weight_value("bias", value, self.bias_regularizer)
+                self.bias = self.add_weight("bias", (4 * u,), _UnitForgetBias(self.bias_initializer, u),
+                                            self.bias_regularizer)
             else:
                 self.bias = self.add_weight("bias", (4 * u,), self.bias_initializer,
                                             self.bias_regularizer)

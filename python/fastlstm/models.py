@@ -183,6 +183,11 @@ class Sequential:
 
     def get_layer(self, name=None, index=None):
         if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise TypeError(f"get_layer: index must be an integer, got {type(index).__name__}")
+            if not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"get_layer: index {index} is out of range for a model of "
+                                 f"{len(self.layers)} layers")
             return self.layers[index]
         for layer in self.layers:
             if layer.name == name:
@@ -212,6 +217,9 @@ class Sequential:
 
     def set_weights(self, weights):
         """Copy a get_weights()-style list into the layers."""
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"set_weights: expected a list of arrays (as get_weights() returns), "
+                            f"got {type(weights).__name__}")
         weights = list(weights)
         self._require_built("set_weights")
         total = len(self.weights)
@@ -471,6 +479,14 @@ class Sequential:
             labels = np.round(y).astype(np.int64)
         w = np.ones(labels.shape, dtype=np.float64)
         for cls, weight in class_weight.items():
+            real = (int, float, np.integer, np.floating)
+            if isinstance(cls, (bool, np.bool_)) or not isinstance(cls, real) or \
+                    (isinstance(cls, (float, np.floating)) and not float(cls).is_integer()):
+                raise TypeError(f"class_weight: expected integer class indices as keys, got "
+                                f"{cls!r} ({type(cls).__name__})")
+            if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, real):
+                raise TypeError(f"class_weight: expected a number as the weight of class {cls}, "
+                                f"got {weight!r} ({type(weight).__name__})")
             w[labels == int(cls)] = float(weight)
         return w
 

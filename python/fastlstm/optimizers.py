@@ -21,8 +21,10 @@ gradients are cast to the variable's dtype and every hyperparameter is turned in
 that dtype, so a float32 variable is updated in float32 arithmetic.
 A gradient of ``None`` skips its variable for that step (it is neither decayed nor updated;
 its slots are left as they are). The optimizer builds itself on its first call; later calls
-must pass the same number of variables with the same shapes and dtypes (in the same order,
-since the slots are matched by position), else ValueError.
+must pass the same variables (the same array objects, in the same order: the slots are matched
+by position), else ValueError, as in Keras: one optimizer instance serves one set of variables
+(one model), so a second model needs a new instance. An optimizer built by ``set_state`` (before
+its first update) takes the variables of its first call as its own.
 
 ``learning_rate`` is a float or a callable schedule ``lr(iterations) -> float`` evaluated
 with the number of steps taken so far (0 on the first step). The ``learning_rate`` property
@@ -124,6 +126,7 @@ class Optimizer:
         self._iterations = 0
         self.built = False
         self._var_specs = None      # [(shape, dtype)] of the variables it was built for
+        self._variables = None      # those variables (the arrays themselves; None: not yet bound)
         self._slots = {}            # slot name -> [array per variable]
         self._index_by_id = {}      # id(variable) -> position, valid during one apply
 
@@ -162,6 +165,7 @@ class Optimizer:
         """Record the variables' shapes and dtypes; subclasses then add their slots."""
         variables = self._check_variables(variables)
         self._var_specs = [(v.shape, v.dtype) for v in variables]
+        self._variables = None      # bound by the first apply (set_state builds from copies)
         self._slots = {}
         self.built = True
 
@@ -213,6 +217,16 @@ class Optimizer:
                                  f"{type(self).__name__} was built with shape {shape} and "
                                  f"dtype {dtype} for it; an optimizer can only be used with "
                                  "the variables it was built with.")
+        if self._variables is None:
+            self._variables = list(variables)
+            return
+        for i, (v, mine) in enumerate(zip(variables, self._variables)):
+            if v is not mine:
+                raise ValueError(f"Variable {i} is not one of the variables {type(self).__name__} "
+                                 f"{self.name!r} was built with (its slots hold their state, matched "
+                                 "by position); an optimizer instance serves one set of variables: "
+                                 "give each model its own (e.g. compile(optimizer=Adam(...)) with a new "
+                                 "Adam, or optimizer='adam').")
 
     # ------------------------------------------------------------------ applying
 

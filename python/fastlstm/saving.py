@@ -12,10 +12,15 @@ Layout of the archive:
 
 Arrays are read with ``numpy.load(..., allow_pickle=False)`` and the architecture is
 rebuilt only from fastlstm's own layer, loss, metric and optimizer classes named in the
-JSON, so loading a file never runs code from it. Reading is bounded by the index: every
-entry's uncompressed size and every .npy header are checked against the shapes it declares
-before anything is read (and the weights before the architecture is built), so a small file
-cannot inflate into gigabytes; a damaged or hostile file raises ValueError naming it.
+JSON, so loading a file never runs code from it. Reading is bounded by the index and the
+file: entries must be stored uncompressed (as fastlstm writes them), every entry's size and
+every .npy header are checked against the shapes the index declares before anything is read,
+and the architecture is first built with placeholders for its weights (nothing allocated, no
+initializer run) and checked against those shapes before it is built for real, so a small
+file cannot inflate into gigabytes; a damaged or hostile file raises ValueError naming it.
+
+Files get the mode ``open()`` would give them: that of the file they replace, else 0666 less
+the umask.
 
 A save first writes a temporary file in the same folder, flushes it to disk and then renames
 it over the target, so a crash mid-save leaves the previous file intact.
@@ -69,6 +74,13 @@ def _write_atomic(filepath, overwrite, write):
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(filepath) + ".", suffix=".tmp",
                                dir=folder)
     try:
+        # mkstemp makes the file owner-only (0600); give it the mode open() would: the mode
+        # of the file it replaces, else 0666 less the umask (0644 under umask 022)
+        try:
+            mode = os.stat(filepath).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
                 write(zf)
@@ -81,6 +93,20 @@ def _write_atomic(filepath, overwrite, write):
         except OSError:
             pass
         raise
+
+
+def _umask():
+    """The process's umask (read from /proc where it can be, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _index(model, kind, include_optimizer):
@@ -160,11 +186,18 @@ def _broken(filepath, e):
 
 
 def _entry_size(zf, name, filepath, limit):
-    """The uncompressed size of entry `name`, refused above `limit` bytes."""
+    """The uncompressed size of entry `name`, refused above `limit` bytes, and refused when the
+    entry is compressed (fastlstm writes every entry stored, so an entry's size is bytes the
+    file really holds: a deflated one could inflate a thousandfold)."""
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise ValueError(f"{filepath}: corrupt model file ({name} is missing)") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size \
+            or info.compress_size > os.path.getsize(filepath):
+        raise ValueError(f"{filepath}: not a model file fastlstm wrote ({name} is compressed, or "
+                         f"its sizes do not match the file: {info.compress_size} bytes stored, "
+                         f"{info.file_size} uncompressed; fastlstm stores every entry uncompressed)")
     if info.file_size > limit:
         raise ValueError(f"{filepath}: corrupt model file ({name} would be {info.file_size} "
                          f"bytes uncompressed, more than the {limit} its index allows)")
@@ -293,7 +326,7 @@ def load_model(filepath, compile=True):
 
 
 def _load_model(zf, index, filepath, compile):
-    from . import losses, metrics, models, optimizers
+    from . import layers, losses, metrics, models, optimizers
     if index.get("kind") != "model":
         raise ValueError(f"{filepath} holds only weights (saved with save_weights); build "
                          "the model and call model.load_weights() instead")
@@ -302,16 +335,22 @@ def _load_model(zf, index, filepath, compile):
         raise ValueError(f"{filepath}: unsupported model class "
                          f"{mc.get('class_name') if isinstance(mc, dict) else None!r}")
     specs = _weight_specs(zf, index, filepath)
+    # The architecture first with placeholders for its weights (nothing allocated, no
+    # initializer run): its weight shapes must be the stored ones before it is built for real,
+    # so that a few bytes of JSON asking for huge layers cannot make it allocate.
     try:
-        model = models.Sequential.from_config(mc.get("config"))
+        with layers._weights_as_shapes():
+            dry = models.Sequential.from_config(mc.get("config"))
     except (TypeError, KeyError) as e:
         raise ValueError(f"{filepath}: could not rebuild the model: {e}") from None
-    if not model.built:
+    if not dry.built:
         raise ValueError(f"{filepath}: the saved model has no input shape")
-    if [tuple(w.shape) for w in model.weights] != [shape for _, shape, _ in specs]:
+    if [tuple(w.shape) for w in dry.weights] != [shape for _, shape, _ in specs]:
         raise ValueError(f"{filepath}: the weights do not fit the architecture: the index lists "
                          f"{[shape for _, shape, _ in specs]}, the model has "
-                         f"{[tuple(w.shape) for w in model.weights]}")
+                         f"{[tuple(w.shape) for w in dry.weights]}")
+    del dry
+    model = models.Sequential.from_config(mc.get("config"))
     weights = _read_weights(zf, specs, filepath)
     try:
         model.set_weights(weights)
