@@ -21,7 +21,8 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's;
 - weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
   gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default), staging by cp.async
-  (FASTLSTM_CUDA_STAGE_ASYNC, on by default): persistent with each off / on.
+  (FASTLSTM_CUDA_STAGE_ASYNC, on by default), staging elements walked row by row
+  (FASTLSTM_CUDA_STAGE_WALK, on by default): persistent with each off / on.
 """
 import json
 import os
@@ -188,7 +189,9 @@ def default_switches(pab, out):
                         ("gate inputs prefetched (FASTLSTM_CUDA_INPUTS_AHEAD): off / on",
                          (("fwd+bwd", "noprefetch_both", "persistent_both"),)),
                         ("staging by cp.async (FASTLSTM_CUDA_STAGE_ASYNC): registers / cp.async",
-                         (("fwd", "syncstage_fwd", "persistent_fwd"), ("fwd+bwd", "syncstage_both", "persistent_both")))):
+                         (("fwd", "syncstage_fwd", "persistent_fwd"), ("fwd+bwd", "syncstage_both", "persistent_both"))),
+                        ("staging elements walked (FASTLSTM_CUDA_STAGE_WALK): divided / walked",
+                         (("fwd", "divstage_fwd", "persistent_fwd"), ("fwd+bwd", "divstage_both", "persistent_both")))):
         out.append(f"## {title}")
         ratios = []
         bad = [row["config"] for row in rows if row.get("load_switches_bitwise") is False]

@@ -10,8 +10,9 @@ h / dz through tagged words instead of grid barriers; checked bitwise against th
 kernels before it is timed), where they act with the weights in shared memory
 (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; one row per chunk) and with the backward's gate inputs loaded in
 their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256) and, from B = 8, with the
-rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0) (these three
-checked bitwise against the defaults first), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0) and with each
+staging element's row and index divided out instead of walked (FASTLSTM_CUDA_STAGE_WALK=0) (these
+four checked bitwise against the defaults first), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -87,14 +88,14 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
-                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync):
+    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), switch("WEIGHTS_IN_REGISTERS", wreg), \
+                switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), \
-                switch("WEIGHTS_IN_REGISTERS", wreg), switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync):
+    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
+        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), switch("WEIGHTS_IN_REGISTERS", wreg), \
+                switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 
@@ -155,8 +156,8 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         contenders["tagged_both"] = lambda: fl_both("persistent", tagged=True)
     kp = row.get("kernels_persistent", ["", ""])
     loads = persistent and B <= LOAD_SWITCHES_MAX_ROWS
-    if loads:  # session 15's load-only switches, all off: bitwise the defaults, else not timed
-        yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False)
+    if loads:  # the load-only switches (sessions 15-16), all off: bitwise the defaults, else not timed
+        yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False, walk=False)
         same = bitwise_same(cp, yd, yo)
         loads = row["load_switches_bitwise"] = all(same)
         if not loads:
@@ -169,6 +170,9 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     if loads and B >= 8 and "cp.async" in kp[1]:  # the staging takes several passes somewhere
         contenders["syncstage_fwd"] = lambda: fl_fwd("persistent", sasync=False)
         contenders["syncstage_both"] = lambda: fl_both("persistent", sasync=False)
+    if loads and B >= 8:  # staging elements divided out one by one (a thread has several per step)
+        contenders["divstage_fwd"] = lambda: fl_fwd("persistent", walk=False)
+        contenders["divstage_both"] = lambda: fl_both("persistent", walk=False)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -212,8 +216,9 @@ def emit(rows, torch, out, final):
              "staging ahead off: fwd / fwd+bwd | tiled fwd / fwd+bwd | cuDNN/tiled fwd / fwd+bwd | "
              "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd | "
              "weights in shared memory: fwd / fwd+bwd (shared/registers) | gate inputs not prefetched: fwd+bwd "
-             "(off/on) | staged through registers: fwd / fwd+bwd (registers/cp.async) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(off/on) | staged through registers: fwd / fwd+bwd (registers/cp.async) | staging indexed per element: "
+             "fwd / fwd+bwd (divided/walked) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "simt_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | NOT TIMED: "
@@ -250,7 +255,9 @@ def emit(rows, torch, out, final):
                      + (f" {m('noprefetch_both')} ({ratio('noprefetch_both', 'persistent_both')}) |"
                         if "noprefetch_both" in row else " - |")
                      + (f" {m('syncstage_fwd')} / {m('syncstage_both')} ({ratio('syncstage_fwd', 'persistent_fwd')} / "
-                        f"{ratio('syncstage_both', 'persistent_both')}) |" if "syncstage_fwd" in row else " - |"))
+                        f"{ratio('syncstage_both', 'persistent_both')}) |" if "syncstage_fwd" in row else " - |")
+                     + (f" {m('divstage_fwd')} / {m('divstage_both')} ({ratio('divstage_fwd', 'persistent_fwd')} / "
+                        f"{ratio('divstage_both', 'persistent_both')}) |" if "divstage_fwd" in row else " - |"))
     table = "\n".join(lines)
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

@@ -165,7 +165,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
                  wshared_both=t(0.9), noprefetch_both=t(1.1)),
             prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
             prow((100, 64, 1024, 1024), 10.0, 8.0, 4.0, noahead_fwd=t(11.0), noahead_both=t(22.0),
-                 syncstage_fwd=t(12.0), syncstage_both=t(21.0)),
+                 syncstage_fwd=t(12.0), syncstage_both=t(21.0), divstage_fwd=t(10.5), divstage_both=t(20.0)),
             dict(config=[100, 256, 1024, 1024], max_rel_persistent_vs_simt=float("nan"), error="boom"),
             dict(config=[100, 128, 1024, 1024], simt_fwd=t(9.0), cudnn_fwd=t(4.0), simt_both=t(18.0),
                  cudnn_both=t(8.0), max_rel_persistent_vs_simt=float("nan"), tiled_fwd=t(4.5), tiled_both=t(9.0),
@@ -178,17 +178,18 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
     # tagged exchange: persistent 1.0 / 2.0 against tagged 0.8 / 2.5, cuDNN 4 / 8
     assert any(line.startswith("| 100, 16, 512, 512 |") and line.endswith(
-        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x | - | 2.200 (1.980-2.420) (1.10x) | - |")
+        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x | - | 2.200 (1.980-2.420) (1.10x) | - | - |")
         for line in md)
     assert any(line.startswith("| 100, 1, 256, 256 |")
                and "| MISMATCH (not bitwise the barrier kernels) | - | - |" in line for line in md)
-    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - | - | - | - |") for line in md)
-    # staged through registers 12 / 21 against cp.async 10 / 20
+    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - | - | - | - | - |") for line in md)
+    # staged through registers 12 / 21 against cp.async 10 / 20; indexed per element 10.5 / 20 against walked
     assert any(line.startswith("| 100, 64, 1024, 1024 |") and line.endswith(
-        "| 12.000 (10.800-13.200) / 21.000 (18.900-23.100) (1.20x / 1.05x) |") for line in md)
+        "| 12.000 (10.800-13.200) / 21.000 (18.900-23.100) (1.20x / 1.05x) | "
+        "10.500 (9.450-11.550) / 20.000 (18.000-22.000) (1.05x / 1.00x) |") for line in md)
     # weights in shared memory 0.6 / 0.9 against 0.5 / 1.0; gate inputs not prefetched 1.1 against 1.0
     assert any(line.startswith("| 100, 1, 256, 256 |") and line.endswith(
-        "| 0.600 (0.540-0.660) / 0.900 (0.810-0.990) (1.20x / 0.90x) | 1.100 (0.990-1.210) (1.10x) | - |") for line in md)
+        "| 0.600 (0.540-0.660) / 0.900 (0.810-0.990) (1.20x / 0.90x) | 1.100 (0.990-1.210) (1.10x) | - | - |") for line in md)
     assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
     split = dict(name="dx B=1 H=1024 fp32", shape=[100, 1024, 4096], layout="nt", precision="fp32", on=t(0.05),
                  off=t(0.2), cublas=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
@@ -225,13 +226,15 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
                                 "  suggests: keep it on (worst 1.10x)"]
     i = out.index("## staging by cp.async (FASTLSTM_CUDA_STAGE_ASYNC): registers / cp.async")
     assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.20x, fwd+bwd 1.05x", "  suggests: keep it on (worst 1.05x)"]
+    i = out.index("## staging elements walked (FASTLSTM_CUDA_STAGE_WALK): divided / walked")
+    assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.05x, fwd+bwd 1.00x", "  suggests: keep it on (worst 1.00x)"]
     assert not any("load switches off" in line for line in out)
     rows[0]["load_switches_bitwise"] = False  # a mismatch is reported under each switch
     gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
     capsys.readouterr()
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("  MISMATCH with the load switches off at [[100, 16, 512, 512]]") for line in out) == 3
+    assert sum(line.startswith("  MISMATCH with the load switches off at [[100, 16, 512, 512]]") for line in out) == 4
     assert "  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)" in out
     # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
     rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]

@@ -908,6 +908,48 @@ def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, leng
         assert "registers" not in _ran("forward") and "registers" not in _ran("backward"), _ran("forward")
 
 
+# Each thread walks its staging elements row by row (StageCursor: (row, index) stepped by 256
+# without a division, a row's pointer, and in the backward its length, looked up once per row it
+# enters); FASTLSTM_CUDA_STAGE_WALK=0 divides and looks up per element as before. The same
+# elements reach the same places: the same bits, on every staging path. Rows per chunk against
+# the 256 threads: fewer (rows of 12 values, 9 vectors), exactly 256 / 16 / 64, more than 256
+# (600), with staging ahead (the walk starts at the second pass), tagged pairs, float64.
+@pytest.mark.parametrize("B,H,sms,lengths,reverse,dtype", [
+    (16, 300, 16, [2, 0, 1] + [2] * 13, True, np.float32),   # forward rows of 75 vectors, backward 300
+    (33, 300, 16, [2, 0, 1] * 11, False, np.float32),        # chunks staged ahead: a backward chunk of 8 x 300
+                                                             # vectors, the walk from the second pass
+    (20, 9, 5, list(range(20)), True, np.float32),           # forward: 12 values, 9 valid; backward 9 vectors
+    (5, 64, 4, [2, 1, 0, 2, 2], False, np.float32),          # 16 and 64 per row: 256 divides evenly
+    (3, 256, 8, None, True, np.float32),                     # backward rows of exactly 256 vectors
+    (6, 40, 4, [3, 1, 0, 2, 3, 3], True, np.float64),        # 2 doubles per vector: 20 / 80 per row
+])
+def test_emulated_persistent_staging_walk(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
+    T = 3 if lengths is None else max(lengths)
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 4, H, dtype, seed=B * H + 11, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    exchanges = ("barrier", "tagged") if dtype == np.float32 else ("barrier",)
+    for exchange in exchanges:
+        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+        monkeypatch.setenv("FASTLSTM_CUDA_STAGE_WALK", "0")
+        plain = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert "staging indexed per element" in _ran(kind), _ran(kind)
+        monkeypatch.delenv("FASTLSTM_CUDA_STAGE_WALK")
+        for mode in (0, 2):
+            emu.set_schedule(mode, seed=B + H)
+            outs, grads, _ = run_cuda(fwd, bwd)
+            for kind in ("forward", "backward"):
+                assert _ran(kind).startswith(f"persistent {kind}") and "indexed per element" not in _ran(kind), _ran(kind)
+                assert ("tagged exchange" in _ran(kind)) == (exchange == "tagged"), _ran(kind)
+            assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+        emu.set_schedule(0)
+        if B == 33 and exchange == "barrier":
+            assert " 8 rows/chunk staged one chunk ahead" in _ran("backward"), _ran("backward")  # 2400 > 2048
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
+    fcuda.set_kernel_path("auto")
+
+
 # The barrier kernels stage rows of whole vectors by cp.async (every pass's copies issued before
 # one wait; FASTLSTM_CUDA_STAGE_ASYNC=0 turns it off): the same bits as staging through
 # registers. The emulator defers each thread's copies to its wait (a read of X before the wait
@@ -1220,6 +1262,7 @@ def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, c
     assert "noprefetch_both" in one and "noprefetch_both" in eight, one
     assert "syncstage_fwd" in eight and "syncstage_both" in eight, eight  # from B = 8, staged by cp.async
     assert "syncstage_fwd" not in one, one
+    assert "divstage_fwd" in eight and "divstage_both" in forty and "divstage_fwd" not in one, eight
     assert "noahead_fwd" in forty and "noahead_both" in forty and "noahead_fwd" not in eight, forty
     assert "tiled_fwd" in forty and forty["max_rel_tiled_vs_simt"] <= 1e-5, forty
     assert "tiled_fwd" not in eight, eight
@@ -1577,21 +1620,23 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
 @pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 1024), (50, 1, 32, 256), (20, 16, 32, 512), (10, 33, 16, 1024)])
 def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, kernel_path_reset):
     # The weights in registers (B = 1), the backward's gate inputs loaded a step early
-    # (B * U <= 256) and the staging by cp.async (barrier kernels) change no arithmetic: the bits
-    # of the kernels with all three switched off, with grid barriers and with the tagged
-    # exchange, repeated (the registers are loaded once per launch; the prefetched inputs are a
-    # step ahead, so a wrong step shows at once; B = 16 / 33 stage in several passes).
+    # (B * U <= 256), the staging by cp.async (barrier kernels) and the staging elements walked
+    # row by row change no arithmetic: the bits of the kernels with all four switched off, with
+    # grid barriers and with the tagged exchange, repeated (the registers are loaded once per
+    # launch; the prefetched inputs are a step ahead, so a wrong step shows at once; B = 16 / 33
+    # stage in several passes).
     fwd, bwd = make_case(T, B, I, H, np.float32, seed=T + B + H, lengths=None, reverse=B % 2 == 1)
     fcuda.set_kernel_path("persistent")
     monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
     monkeypatch.setenv("FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "0")
     monkeypatch.setenv("FASTLSTM_CUDA_INPUTS_AHEAD", "0")
     monkeypatch.setenv("FASTLSTM_CUDA_STAGE_ASYNC", "0")
+    monkeypatch.setenv("FASTLSTM_CUDA_STAGE_WALK", "0")
     outs, grads, _ = run_cuda(fwd, bwd)
     off = tuple(outs) + tuple(grads)
     assert "registers" not in _ran("forward") and "prefetched" not in _ran("backward"), _ran("backward")
-    assert "cp.async" not in _ran("backward"), _ran("backward")
-    for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC"):
+    assert "cp.async" not in _ran("backward") and "indexed per element" in _ran("backward"), _ran("backward")
+    for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC", "STAGE_WALK"):
         monkeypatch.delenv(f"FASTLSTM_CUDA_{name}")
     for exchange in ("barrier", "tagged", "barrier", "tagged"):
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)

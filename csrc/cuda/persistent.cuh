@@ -164,17 +164,64 @@ constexpr int kStageBatch = 8;
 // backward, several chunks per step) loads a chunk's first pass before the previous chunk's
 // product and stores it when the chunk's turn comes.
 constexpr int kStagePass = kThreads * kStageBatch;
+// Where a thread's staging elements come from. A chunk's rows are BC rows of per_row elements,
+// element e = bb * per_row + i, and each thread takes e = first, first + kThreads, ... (take(e)
+// in that order). Walking (the default) it steps (bb, i) by kThreads without dividing and asks
+// row_src for a row's pointer only when it enters a row; otherwise (FASTLSTM_CUDA_STAGE_WALK=0,
+// the code before, kept for the A/B) it divides and asks row_src for every element. In the
+// backward row_src reads the row's length and multiplies 64-bit indices, so per element that was
+// ~60 instructions before each copy was issued (bench/NOTES_GPU.md, session 16). Either way the
+// same elements reach the same places: the same bits. Elements i >= valid, and rows bb >= nb or
+// whose row_src is nullptr, are zeros (take returns nullptr); STRIDE scales i to row_src's units.
+template <typename Elem, typename RowSrc, int STRIDE = 1>
+struct StageCursor {
+  RowSrc& row_src;
+  const int per_row, nb, valid, dbb, di;
+  const bool walk;
+  int bb, i, row_bb = -1;
+  const Elem* row = nullptr;
+  __device__ __forceinline__ StageCursor(RowSrc& src, int first, int per_row_, int nb_, int valid_, bool walk_)
+      : row_src(src), per_row(per_row_), nb(nb_), valid(valid_), dbb(kThreads / per_row_),
+        di(kThreads - (kThreads / per_row_) * per_row_), walk(walk_), bb(first / per_row_),
+        i(first - (first / per_row_) * per_row_) {}
+  // The source of element e (the cursor's current one; nullptr: a zero); then on to e + kThreads.
+  __device__ __forceinline__ const Elem* take(int e) {
+    const Elem* src = nullptr;
+    if (bb < nb && i < valid) {
+      if (!walk || bb != row_bb) {
+        row = row_src(bb);
+        row_bb = bb;
+      }
+      if (row != nullptr) src = row + static_cast<int64_t>(i) * STRIDE;
+    }
+    if (walk) {
+      i += di;
+      bb += dbb;
+      if (i >= per_row) {
+        i -= per_row;
+        ++bb;
+      }
+    } else {
+      bb = (e + kThreads) / per_row;
+      i = e + kThreads - bb * per_row;
+    }
+    return src;
+  }
+};
 template <int BC, typename Elem, typename RowSrc>
 __device__ __forceinline__ void stage_load(Elem (&v)[kStageBatch], int e0, int per_row, int nb, int valid,
-                                           RowSrc row_src) {
+                                           RowSrc row_src, bool walk) {
   const int tid = static_cast<int>(threadIdx.x);
-  const int total = BC * per_row;
+  const int total = BC * per_row, first = e0 + tid;
+#pragma unroll
+  for (int q = 0; q < kStageBatch; ++q) v[q] = Elem{};
+  if (first >= total) return;
+  StageCursor<Elem, RowSrc> cur(row_src, first, per_row, nb, valid, walk);
 #pragma unroll
   for (int q = 0; q < kStageBatch; ++q) {
-    const int e = e0 + q * kThreads + tid;
-    const int bb = e / per_row, i = e - bb * per_row;
-    const Elem* src = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
-    v[q] = src ? __ldcg(src + i) : Elem{};
+    const int e = first + q * kThreads;
+    const Elem* src = e < total ? cur.take(e) : nullptr;
+    if (src) v[q] = __ldcg(src);
   }
 }
 template <int BC, typename Elem>
@@ -194,16 +241,19 @@ __device__ __forceinline__ void stage_store(const Elem (&v)[kStageBatch], Elem* 
 // H = 512, 8 at H = 1024); elements of rows nb .. BC-1, past `valid` or of null rows are
 // zero-filled, naming async_any (a 16-byte aligned global address, never read) as their source.
 template <int BC, typename Elem, typename RowSrc>
-__device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src,
+__device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src, bool walk,
                                             int e_begin = 0, const Elem* async_any = nullptr) {
   if constexpr (sizeof(Elem) == 16) {
     if (async_any != nullptr) {
       const int total = BC * per_row;
+      int e = e_begin + static_cast<int>(threadIdx.x);
+      if (e < total) {
+        StageCursor<Elem, RowSrc> cur(row_src, e, per_row, nb, valid, walk);
 #pragma unroll 4
-      for (int e = e_begin + static_cast<int>(threadIdx.x); e < total; e += kThreads) {
-        const int bb = e / per_row, i = e - bb * per_row;
-        const Elem* src = (bb < nb && i < valid) ? row_src(bb) : nullptr;
-        fl_cp_async16(dst + e, src != nullptr ? src + i : async_any, src != nullptr);
+        for (; e < total; e += kThreads) {
+          const Elem* src = cur.take(e);
+          fl_cp_async16(dst + e, src != nullptr ? src : async_any, src != nullptr);
+        }
       }
       fl_cp_async_commit();
       fl_cp_async_wait<0>();
@@ -212,21 +262,22 @@ __device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int 
   }
   for (int e0 = e_begin; e0 < BC * per_row; e0 += kStagePass) {
     Elem v[kStageBatch];
-    stage_load<BC>(v, e0, per_row, nb, valid, row_src);
+    stage_load<BC>(v, e0, per_row, nb, valid, row_src, walk);
     stage_store<BC>(v, dst, e0, per_row);
   }
 }
 // async_any: as stage_elems's (used for rows of whole vectors only).
 template <typename Real, int BC, typename RowSrc>
 __device__ __forceinline__ void stage_rows(typename Vec<Real>::type* X, int NG, int nb, int len, bool vectors,
-                                           RowSrc row_src, const typename Vec<Real>::type* async_any = nullptr) {
+                                           RowSrc row_src, bool walk,
+                                           const typename Vec<Real>::type* async_any = nullptr) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   if (vectors)
-    stage_elems<BC>(X, NG, nb, len / KV, [&](int bb) { return reinterpret_cast<const V*>(row_src(bb)); }, 0,
+    stage_elems<BC>(X, NG, nb, len / KV, [&](int bb) { return reinterpret_cast<const V*>(row_src(bb)); }, walk, 0,
                     async_any);
   else
-    stage_elems<BC>(reinterpret_cast<Real*>(X), NG * KV, nb, len, row_src);
+    stage_elems<BC>(reinterpret_cast<Real*>(X), NG * KV, nb, len, row_src, walk);
 }
 
 // The tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged, float32 only): instead of a grid barrier
@@ -250,27 +301,30 @@ __device__ __forceinline__ float value_of(unsigned long long w) {
 // `valid` values (the rest, and rows nb .. BC-1, zeros). Each thread loads kStageBatch pairs of
 // words before it checks any, then polls each pair until its valid words carry `tag`.
 template <int BC, typename RowSrc>
-__device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int valid, RowSrc row_src, unsigned tag) {
+__device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int valid, RowSrc row_src, unsigned tag,
+                                             bool walk) {
   const int tid = static_cast<int>(threadIdx.x);
   const int pairs = per_row / 2, total = BC * pairs;
+  if (tid >= total) return;
   float2* dst = reinterpret_cast<float2*>(X);
+  // pairs of words: pair ip of a row starts at word 2 ip and holds a value where 2 ip < valid
+  StageCursor<unsigned long long, RowSrc, 2> cur(row_src, tid, pairs, nb, (valid + 1) / 2, walk);
   for (int e0 = 0; e0 < total; e0 += kStagePass) {
     const unsigned long long* src[kStageBatch];
     unsigned long long lo[kStageBatch], hi[kStageBatch];
+    bool sec[kStageBatch];  // the pair's second word is a value (odd `valid`: not the last)
 #pragma unroll
     for (int q = 0; q < kStageBatch; ++q) {
       const int e = e0 + q * kThreads + tid;
-      const int bb = e / pairs, i = 2 * (e - bb * pairs);
-      src[q] = (e < total && bb < nb && i < valid) ? row_src(bb) : nullptr;
-      if (src[q] != nullptr) src[q] += i;
+      sec[q] = e < total && 2 * cur.i + 1 < valid;
+      src[q] = e < total ? cur.take(e) : nullptr;
       lo[q] = hi[q] = 0;
       if (src[q] != nullptr) fl_load_tagged2(src[q], lo[q], hi[q]);
     }
 #pragma unroll
     for (int q = 0; q < kStageBatch; ++q) {
       const int e = e0 + q * kThreads + tid;
-      const int bb = e / pairs, i = 2 * (e - bb * pairs);
-      const bool second = i + 1 < valid;  // the pair's second word is a value (odd `valid`: not the last)
+      const bool second = sec[q];
       if (src[q] != nullptr) {
         unsigned long long since = 0;
         while (tag_of(lo[q]) != tag || (second && tag_of(hi[q]) != tag)) {
@@ -394,6 +448,7 @@ struct ForwardParams {
   unsigned long long* trace = nullptr;  // gridDim.x * kTraceSlots: run the traced kernel (PhaseClock)
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x ng * KV words, zero on entry
   bool stage_async = false;  // stage the h rows by cp.async (stage_elems); host: only where H % KV == 0
+  bool stage_walk = true;    // StageCursor walks its elements (set_load_switches)
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
@@ -453,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
     auto h_rows = [&](int64_t c0) {
       return [h_prev, c0, H](int bb) { return reinterpret_cast<const V*>(h_prev + (c0 + bb) * H); };
     };
-    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), hv, h_rows(0));
+    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), hv, h_rows(0), p.stage_walk);
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       const int64_t b = b0 + fb;
@@ -478,18 +533,19 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       if (TAGGED && s > 0) {  // h_{s-1}: slot (s - 1) % 2, tag s
         const unsigned long long* slot = p.xch + ((s - 1) % 2) * B * K;
         stage_tagged<BC>(reinterpret_cast<float*>(X), static_cast<int>(K), nb, static_cast<int>(H),
-                         [slot, b0, K](int bb) { return slot + (b0 + bb) * K; }, static_cast<unsigned>(s));
+                         [slot, b0, K](int bb) { return slot + (b0 + bb) * K; }, static_cast<unsigned>(s),
+                         p.stage_walk);
       } else if (stage_ahead) {
         stage_store<BC>(ahead, X, 0, ngi);
-        stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), kStagePass, async_any);
+        stage_elems<BC>(X, ngi, nb, hv, h_rows(b0), p.stage_walk, kStagePass, async_any);
       } else {
         stage_rows<Real, BC>(X, ngi, nb, static_cast<int>(H), vec_rows,
-                             [&](int bb) { return h_prev + (b0 + bb) * H; }, async_any);
+                             [&](int bb) { return h_prev + (b0 + bb) * H; }, p.stage_walk, async_any);
       }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
-        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC));
+        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC), p.stage_walk);
       chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, clk);
       if (finisher) {
         if (s < L) {
@@ -558,6 +614,7 @@ struct BackwardParams {
   bool inputs_ahead = false;  // phase A's inputs loaded a step ahead (gate_inputs); host: only where
                               // B * U <= kThreads (one (row, unit) per thread)
   bool stage_async = false;   // stage the dz rows by cp.async (stage_elems)
+  bool stage_walk = true;     // StageCursor walks its elements (set_load_switches)
 };
 
 // Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
@@ -728,7 +785,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
         return s < L ? reinterpret_cast<const V*>(p.dz + ((p.reverse ? L - 1 - s : s) * B + b) * G) : nullptr;
       };
     };
-    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), ngi, dz_rows(0));
+    if (stage_ahead) stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B)), ngi, dz_rows(0), p.stage_walk);
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
       const int nb = static_cast<int>(imin(BC, B - b0));
       __syncthreads();  // the previous chunk's X and red fully read
@@ -739,17 +796,18 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
                          [&p, slot, b0, s, T, G](int bb) -> const unsigned long long* {
                            return s < seq_len(p.lengths, b0 + bb, T) ? slot + (b0 + bb) * G : nullptr;
                          },
-                         static_cast<unsigned>(s + 1));
+                         static_cast<unsigned>(s + 1), p.stage_walk);
       } else {
         if (stage_ahead) stage_store<BC>(ahead, X, 0, ngi);
         // (by cp.async: dz is fastlstm's workspace, 16-byte aligned)
-        stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), stage_ahead ? kStagePass : 0,
+        stage_elems<BC>(X, ngi, nb, ngi, dz_rows(b0), p.stage_walk, stage_ahead ? kStagePass : 0,
                         p.stage_async ? reinterpret_cast<const V*>(p.dz) : nullptr);
       }
       __syncthreads();  // rows staged
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
-        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC));
+        stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC),
+                       p.stage_walk);
       chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, clk);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
@@ -781,6 +839,7 @@ struct Plan {
   bool inputs_ahead = false;  // backward: phase A's inputs loaded a step ahead (set_load_switches)
   bool wreg = false;          // the weights in registers (float, one row per chunk)
   bool stage_async = false;   // rows staged by cp.async (set_load_switches)
+  bool stage_walk = true;     // staging elements walked, not divided out (set_load_switches)
 };
 
 template <class F>
@@ -983,6 +1042,8 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // The barrier kernels' rows of whole vectors staged by cp.async (stage_elems; the tagged kernels
 // poll their words with loads either way), where the device has cp.async (compute capability
 // 8.0+; below it fl_cp_async16 traps, and a build for such a card stages through registers).
+// Each thread's staging elements walked row by row instead of divided out one by one (StageCursor).
+inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
 inline bool stage_async_requested(int device) {
   int major = 0;
   FL_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -998,6 +1059,7 @@ template <typename Real, typename Params>
 void set_load_switches(Plan& pl, Params& prm, bool backward, int64_t B, int64_t H, int device) {
   prm.stage_async = pl.stage_async =
       stage_async_requested(device) && !pl.tagged && (backward || H % Vec<Real>::n == 0);
+  prm.stage_walk = pl.stage_walk = stage_walk_requested();
   if constexpr (std::is_same<Params, BackwardParams<Real>>::value)
     prm.inputs_ahead = pl.inputs_ahead = inputs_ahead_requested() && B * pl.units <= kThreads;
 }
@@ -1027,7 +1089,7 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
          std::to_string(kThreads) + " threads, " + std::to_string(pl.units) + " units/block, " +
          std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
          std::to_string(pl.smem) + " B shared" + (pl.wreg ? ", weights in registers" : "") +
-         (pl.stage_async ? ", staged by cp.async" : "") +
+         (pl.stage_async ? ", staged by cp.async" : "") + (pl.stage_walk ? "" : ", staging indexed per element") +
          (pl.inputs_ahead ? ", gate inputs prefetched" : "") +
          (pl.tagged ? ", tagged exchange" : "") + ")";
 }
