@@ -386,6 +386,10 @@ class EmuExtension:
     def set_guard_front(self, on):
         self.lib.fl_emu_set_guard_front(int(bool(on)))
 
+    def set_pretend_unaligned(self, on):
+        """The persistent kernels' weight loads take R as unaligned: one value per load."""
+        self.lib.fl_emu_set_pretend_unaligned(int(bool(on)))
+
     def set_async_eager(self, on):
         """cp.async copies land at the copy (True) or at the copying thread's wait (False)."""
         self.lib.fl_emu_set_async_eager(int(bool(on)))
@@ -511,6 +515,7 @@ def emu(emu_lib):
     ext.set_reverse_order(False)
     ext.set_guard_front(False)
     ext.set_async_eager(False)
+    ext.set_pretend_unaligned(False)
     ext.set_device()
     ext.set_capability()
     ext.set_schedule(0)
@@ -521,6 +526,7 @@ def emu(emu_lib):
         ext.set_reverse_order(False)
         ext.set_guard_front(False)
         ext.set_async_eager(False)
+        ext.set_pretend_unaligned(False)
         ext.set_device()
         ext.set_capability()
         ext.set_schedule(0)
@@ -910,10 +916,13 @@ def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, leng
 
 # Each thread walks its staging elements row by row (StageCursor: (row, index) stepped by 256
 # without a division, a row's pointer, and in the backward its length, looked up once per row it
-# enters); FASTLSTM_CUDA_STAGE_WALK=0 divides and looks up per element as before. The same
-# elements reach the same places: the same bits, on every staging path. Rows per chunk against
-# the 256 threads: fewer (rows of 12 values, 9 vectors), exactly 256 / 16 / 64, more than 256
-# (600), with staging ahead (the walk starts at the second pass), tagged pairs, float64.
+# enters) and the weight slices' loads likewise (a 16-byte vector of R per load where R allows);
+# FASTLSTM_CUDA_STAGE_WALK=0 divides and looks up per element as before. The same elements reach
+# the same places: the same bits, on every staging path. Rows per chunk against the 256
+# threads: fewer (rows of 12 values, 9 vectors), exactly 256 / 16 / 64, more than 256 (300),
+# with staging ahead (the walk starts at the second pass), tagged pairs, float64; weight slices
+# of whole vectors, of units not a multiple of 4, with a last block past H, and one value per
+# load (R taken as unaligned).
 @pytest.mark.parametrize("B,H,sms,lengths,reverse,dtype", [
     (16, 300, 16, [2, 0, 1] + [2] * 13, True, np.float32),   # forward rows of 75 vectors, backward 300
     (33, 300, 16, [2, 0, 1] * 11, False, np.float32),        # chunks staged ahead: a backward chunk of 8 x 300
@@ -936,9 +945,14 @@ def test_emulated_persistent_staging_walk(emu, monkeypatch, B, H, sms, lengths, 
         for kind in ("forward", "backward"):
             assert "staging indexed per element" in _ran(kind), _ran(kind)
         monkeypatch.delenv("FASTLSTM_CUDA_STAGE_WALK")
-        for mode in (0, 2):
+        # schedules 0 and 2; and the weight slices loaded one value at a time (R taken as unaligned)
+        for mode, unaligned in ((0, False), (2, False), (0, True)):
             emu.set_schedule(mode, seed=B + H)
-            outs, grads, _ = run_cuda(fwd, bwd)
+            emu.set_pretend_unaligned(unaligned)
+            try:
+                outs, grads, _ = run_cuda(fwd, bwd)
+            finally:
+                emu.set_pretend_unaligned(False)
             for kind in ("forward", "backward"):
                 assert _ran(kind).startswith(f"persistent {kind}") and "indexed per element" not in _ran(kind), _ran(kind)
                 assert ("tagged exchange" in _ran(kind)) == (exchange == "tagged"), _ran(kind)

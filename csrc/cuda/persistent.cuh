@@ -338,6 +338,93 @@ __device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int 
   }
 }
 
+// The weight slices' loads, once per launch, walked like the staging (FASTLSTM_CUDA_STAGE_WALK;
+// the kernels keep the loop before for the A/B): each thread steps its elements without a 64-bit
+// division per element, and where the slice's values are whole 16-byte vectors of R at 16-byte
+// aligned addresses it moves a vector per load (the loop before: one value per load, ~100
+// instructions of index work each, 128 per thread at H = 1024). The same values land in the
+// same places: the same bits.
+template <typename V>
+__device__ __forceinline__ bool vector_aligned(const void* p) {
+#if defined(FASTLSTM_CUDA_EMU)
+  if (emu::g_pretend_unaligned) return false;  // (tests: the emulator's allocations of R are always aligned)
+#endif
+  return (reinterpret_cast<uintptr_t>(p) & (sizeof(V) - 1)) == 0;
+}
+// Forward: Wr[((k / KV) * C + c) * KV + k % KV] = R[k, gate * H + j0 + u] for column
+// c = gate * U + u (zero for k >= H or a unit past H). Elements (k, then 4 gates of U columns,
+// or of U / KV vectors where a vector holds KV consecutive columns).
+template <typename Real>
+__device__ __forceinline__ void load_forward_slice(Real* Wr, const Real* R, int64_t H, int64_t j0, int U, int64_t NG) {
+  using V = typename Vec<Real>::type;
+  constexpr int KV = Vec<Real>::n;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int C = 4 * U;
+  const int64_t G = 4 * H;
+  const bool vec = U % KV == 0 && H % KV == 0 && j0 + U <= H && vector_aligned<V>(R);
+  const int gw = vec ? U / KV : U;  // elements per gate
+  const int per = 4 * gw;           // elements per k
+  const int total = static_cast<int>(NG) * KV * per;
+  const int dk = kThreads / per, de = kThreads - dk * per;
+  int k = tid / per, c = tid - k * per;
+#pragma unroll 4
+  for (int e = tid; e < total; e += kThreads) {
+    const int gate = (c >= gw) + (c >= 2 * gw) + (c >= 3 * gw);
+    const int u = c - gate * gw;
+    Real* w = Wr + static_cast<int64_t>(k / KV) * C * KV + k % KV;  // column 0 at this k
+    if (vec) {
+      V v{};
+      if (k < H) v = *reinterpret_cast<const V*>(R + k * G + gate * H + j0 + u * KV);
+      const Real* vr = reinterpret_cast<const Real*>(&v);
+#pragma unroll
+      for (int q = 0; q < KV; ++q) w[(gate * U + u * KV + q) * KV] = vr[q];
+    } else {
+      w[(gate * U + u) * KV] = (k < H && j0 + u < H) ? R[k * G + gate * H + j0 + u] : Real(0);
+    }
+    c += de;
+    k += dk;
+    if (c >= per) {
+      c -= per;
+      ++k;
+    }
+  }
+}
+// Backward: W[g * U + u] = the vector of R row j0 + u at k = g KV .. g KV + KV - 1 (4H = NG KV
+// values per row; zero for a unit past H). Elements (u, then g: along R's rows, coalesced).
+template <typename Real>
+__device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W, const Real* R, int64_t H,
+                                                    int64_t j0, int U, int64_t NG) {
+  using V = typename Vec<Real>::type;
+  constexpr int KV = Vec<Real>::n;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t G = 4 * H;
+  const int ng = static_cast<int>(NG), total = ng * U;
+  const bool vec = vector_aligned<V>(R);  // (G = NG KV: every row starts on a vector when R does)
+  const int du = kThreads / ng, dg = kThreads - du * ng;
+  int u = tid / ng, g = tid - u * ng;
+#pragma unroll 4
+  for (int e = tid; e < total; e += kThreads) {
+    const Real* row = R + (j0 + u) * G + static_cast<int64_t>(g) * KV;
+    V v{};
+    if (j0 + u < H) {
+      if (vec) {
+        v = *reinterpret_cast<const V*>(row);
+      } else {
+        Real* vr = reinterpret_cast<Real*>(&v);
+#pragma unroll
+        for (int q = 0; q < KV; ++q) vr[q] = row[q];
+      }
+    }
+    W[static_cast<int64_t>(g) * U + u] = v;
+    g += dg;
+    u += du;
+    if (g >= ng) {
+      g -= ng;
+      ++u;
+    }
+  }
+}
+
 // Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
 template <typename Real>
 inline size_t smem_bytes(int64_t NG, int C, int BC) {
@@ -475,11 +562,15 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
 
   PhaseClock<TRACE> clk(p.trace);
   // The block's slice of R, once: column c = gate * U + u is R column gate * H + j0 + u.
-  for (int64_t e = tid; e < K * C; e += kThreads) {
-    const int64_t k = e / C;
-    const int c = static_cast<int>(e % C);
-    const int64_t j = j0 + c % U;
-    Wr[((k / KV) * C + c) * KV + k % KV] = (k < H && j < H) ? p.R[k * G + (c / U) * H + j] : Real(0);
+  if (p.stage_walk) {
+    load_forward_slice<Real>(Wr, p.R, H, j0, U, NG);
+  } else {  // (FASTLSTM_CUDA_STAGE_WALK=0: the loop before, for the A/B)
+    for (int64_t e = tid; e < K * C; e += kThreads) {
+      const int64_t k = e / C;
+      const int c = static_cast<int>(e % C);
+      const int64_t j = j0 + c % U;
+      Wr[((k / KV) * C + c) * KV + k % KV] = (k < H && j < H) ? p.R[k * G + (c / U) * H + j] : Real(0);
+    }
   }
   [[maybe_unused]] V wreg[WREG ? kRegVectors : 1];
   if constexpr (WREG) {
@@ -710,11 +801,15 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
 
   PhaseClock<TRACE> clk(p.trace);
   // The block's U rows of R, once: W[k][u] = R[j0 + u, k] (R^T restricted to the block's units).
-  for (int64_t e = tid; e < K * U; e += kThreads) {
-    const int u = static_cast<int>(e / K);
-    const int64_t k = e % K;
-    const int64_t j = j0 + u;
-    Wr[((k / KV) * U + u) * KV + k % KV] = (j < H && k < G) ? p.R[j * G + k] : Real(0);
+  if (p.stage_walk) {
+    load_backward_slice<Real>(W, p.R, H, j0, U, NG);
+  } else {  // (FASTLSTM_CUDA_STAGE_WALK=0: the loop before, for the A/B)
+    for (int64_t e = tid; e < K * U; e += kThreads) {
+      const int u = static_cast<int>(e / K);
+      const int64_t k = e % K;
+      const int64_t j = j0 + u;
+      Wr[((k / KV) * U + u) * KV + k % KV] = (j < H && k < G) ? p.R[j * G + k] : Real(0);
+    }
   }
   [[maybe_unused]] V wreg[WREG ? kRegVectors : 1];
   if constexpr (WREG) {
@@ -1042,7 +1137,9 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // The barrier kernels' rows of whole vectors staged by cp.async (stage_elems; the tagged kernels
 // poll their words with loads either way), where the device has cp.async (compute capability
 // 8.0+; below it fl_cp_async16 traps, and a build for such a card stages through registers).
-// Each thread's staging elements walked row by row instead of divided out one by one (StageCursor).
+// Each thread's staging elements walked row by row instead of divided out one by one (StageCursor),
+// and the weight slices' loads likewise, a vector per load where R allows (load_forward_slice,
+// load_backward_slice).
 inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
 inline bool stage_async_requested(int device) {
   int major = 0;

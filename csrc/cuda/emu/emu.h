@@ -188,6 +188,9 @@ struct AsyncState {
   std::vector<std::vector<AsyncCopy>> groups;
 };
 inline std::vector<AsyncState> g_async;
+// Kernels that check a pointer's 16-byte alignment (the persistent kernels' weight loads) take
+// every pointer as unaligned (tests reach their one-value-per-load paths this way).
+inline bool g_pretend_unaligned = false;
 inline bool g_async_eager = false;  // cp.async lands at the copy (else at the thread's wait)
 inline std::map<const void*, int>& func_max_dynamic_smem() {
   static std::map<const void*, int> m;

@@ -117,6 +117,8 @@ int64_t fl_emu_live_allocations() { return static_cast<int64_t>(cuda::emu::alloc
 void fl_emu_set_poison(int on) { cuda::impl::g_poison = on != 0; }
 void fl_emu_set_reverse_order(int on) { cuda::emu::g_reverse_order = on != 0; }
 void fl_emu_set_guard_front(int on) { cuda::emu::g_guard_front = on != 0; }
+// The persistent kernels' weight loads take R as unaligned (1): their one-value-per-load paths.
+void fl_emu_set_pretend_unaligned(int on) { cuda::emu::g_pretend_unaligned = on != 0; }
 // cp.async copies land at the copy instruction (1) or at the copying thread's wait (0, default).
 void fl_emu_set_async_eager(int on) { cuda::emu::g_async_eager = on != 0; }
 // The emulated device of the persistent kernels' planner and cooperative launches.
