@@ -1772,6 +1772,27 @@ def test_gpu_cupy_noncontiguous_and_mixed_inputs_and_stream():
 
 @pytest.mark.cuda
 @gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_gpu_persistent_weights_from_an_unaligned_view(dtype, kernel_path_reset):
+    # recurrent_kernel as a C-contiguous CuPy view one element into its buffer (not 16-byte
+    # aligned): the persistent kernels' weight loads take their one-value-per-load path, with the
+    # same bits as from the aligned upload of the same values
+    cp = _cupy_or_skip()
+    fwd, bwd = make_case(3, 2, 5, 64, dtype, seed=21, lengths=[3, 1], reverse=True)
+    fcuda.set_kernel_path("persistent")
+    ref_outs, ref_grads, _ = run_cuda(fwd, bwd)
+    rk = fwd["recurrent_kernel"]
+    buf = cp.empty(rk.size + 1, dtype=rk.dtype)
+    view = buf[1:].reshape(rk.shape)
+    view[...] = cp.asarray(rk)
+    assert view.flags.c_contiguous and view.data.ptr % 16 != 0
+    outs, grads, _ = run_cuda({**fwd, "recurrent_kernel": view}, bwd)
+    assert _ran("forward").startswith("persistent forward") and _ran("backward").startswith("persistent backward")
+    assert_bitwise_equal(tuple(ref_outs) + tuple(ref_grads), tuple(outs) + tuple(grads))
+
+
+@pytest.mark.cuda
+@gpu
 def test_gpu_torch_tensors_via_cuda_array_interface_and_dlpack():
     cp = _cupy_or_skip()
     torch = pytest.importorskip("torch")
