@@ -173,6 +173,16 @@ constexpr int kStagePass = kThreads * kStageBatch;
 // ~60 instructions before each copy was issued (bench/NOTES_GPU.md, session 16). Either way the
 // same elements reach the same places: the same bits. Elements i >= valid, and rows bb >= nb or
 // whose row_src is nullptr, are zeros (take returns nullptr); STRIDE scales i to row_src's units.
+// One step of a walk over (major, minor) index pairs: minor += d_minor, major += d_major, minor
+// kept below n (d_minor < n: at most one wrap).
+__device__ __forceinline__ void walk_step(int& minor, int& major, int d_minor, int d_major, int n) {
+  minor += d_minor;
+  major += d_major;
+  if (minor >= n) {
+    minor -= n;
+    ++major;
+  }
+}
 template <typename Elem, typename RowSrc, int STRIDE = 1>
 struct StageCursor {
   RowSrc& row_src;
@@ -195,12 +205,7 @@ struct StageCursor {
       if (row != nullptr) src = row + static_cast<int64_t>(i) * STRIDE;
     }
     if (walk) {
-      i += di;
-      bb += dbb;
-      if (i >= per_row) {
-        i -= per_row;
-        ++bb;
-      }
+      walk_step(i, bb, di, dbb, per_row);
     } else {
       bb = (e + kThreads) / per_row;
       i = e + kThreads - bb * per_row;
@@ -381,12 +386,7 @@ __device__ __forceinline__ void load_forward_slice(Real* Wr, const Real* R, int6
     } else {
       w[(gate * U + u) * KV] = (k < H && j0 + u < H) ? R[k * G + gate * H + j0 + u] : Real(0);
     }
-    c += de;
-    k += dk;
-    if (c >= per) {
-      c -= per;
-      ++k;
-    }
+    walk_step(c, k, de, dk, per);
   }
 }
 // Backward: W[g * U + u] = the vector of R row j0 + u at k = g KV .. g KV + KV - 1 (4H = NG KV
@@ -416,12 +416,7 @@ __device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W,
       }
     }
     W[static_cast<int64_t>(g) * U + u] = v;
-    g += dg;
-    u += du;
-    if (g >= ng) {
-      g -= ng;
-      ++u;
-    }
+    walk_step(g, u, dg, du, ng);
   }
 }
 
