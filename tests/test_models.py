@@ -122,6 +122,20 @@ def test_sample_weight_and_class_weight():
         np.testing.assert_array_equal(p, q)
 
 
+def test_masked_inputs_without_time_steps_give_the_unmasked_results():
+    # T = 0 is accepted (the initial state comes back); with a Masking layer it raised NumPy's
+    # "argmax of an empty sequence" instead
+    x = np.zeros((2, 0, 3), np.float32)
+    for make in (lambda: LSTM(3), lambda: LSTM(3, return_sequences=True), lambda: layers.Bidirectional(LSTM(3))):
+        fastlstm.utils.set_random_seed(3)
+        plain = Sequential([layers.Input((None, 3)), make()])
+        masked = Sequential([layers.Input((None, 3)), layers.Masking(), make()])
+        masked.set_weights(plain.get_weights())
+        a, b = plain.predict(x, verbose=0), masked.predict(x, verbose=0)
+        assert a.shape == b.shape and a.shape[0] == 2
+        np.testing.assert_array_equal(a, b)
+
+
 def test_class_weight_errors_name_the_argument():
     x, y = toy_data(16)
     m = small_model(dtype="float64")

@@ -822,6 +822,8 @@ def _mask_runs(mask, T, layer_name):
         raise ValueError(f"Layer {layer_name!r}: the mask must have shape (batch, {T}), got "
                          f"{mask.shape}")
     counts = mask.sum(axis=1)
+    if T == 0:  # (no steps: every row has no run; argmax of an empty axis would raise)
+        return np.zeros(mask.shape[0], np.int64), np.zeros(mask.shape[0], np.int64)
     start = np.where(counts > 0, np.argmax(mask, axis=1), 0)
     end = np.where(counts > 0, T - np.argmax(mask[:, ::-1], axis=1), 0)
     if np.any(end - start != counts):
