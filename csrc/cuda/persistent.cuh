@@ -164,15 +164,6 @@ constexpr int kStageBatch = 8;
 // backward, several chunks per step) loads a chunk's first pass before the previous chunk's
 // product and stores it when the chunk's turn comes.
 constexpr int kStagePass = kThreads * kStageBatch;
-// Where a thread's staging elements come from. A chunk's rows are BC rows of per_row elements,
-// element e = bb * per_row + i, and each thread takes e = first, first + kThreads, ... (take(e)
-// in that order). Walking (the default) it steps (bb, i) by kThreads without dividing and asks
-// row_src for a row's pointer only when it enters a row; otherwise (FASTLSTM_CUDA_STAGE_WALK=0,
-// the code before, kept for the A/B) it divides and asks row_src for every element. In the
-// backward row_src reads the row's length and multiplies 64-bit indices, so per element that was
-// ~60 instructions before each copy was issued (bench/NOTES_GPU.md, session 16). Either way the
-// same elements reach the same places: the same bits. Elements i >= valid, and rows bb >= nb or
-// whose row_src is nullptr, are zeros (take returns nullptr); STRIDE scales i to row_src's units.
 // One step of a walk over (major, minor) index pairs: minor += d_minor, major += d_major, minor
 // kept below n (d_minor < n: at most one wrap).
 __device__ __forceinline__ void walk_step(int& minor, int& major, int d_minor, int d_major, int n) {
@@ -183,6 +174,16 @@ __device__ __forceinline__ void walk_step(int& minor, int& major, int d_minor, i
     ++major;
   }
 }
+// Where a thread's staging elements come from. A chunk's rows are BC rows of per_row elements,
+// element e = bb * per_row + i, and each thread takes e = first, first + kThreads, ... (take(e)
+// in that order). Walking (the default) it steps (bb, i) by kThreads without dividing and asks
+// row_src for a row's pointer only when it enters a row; otherwise (FASTLSTM_CUDA_STAGE_WALK=0,
+// for the A/B) it divides and asks row_src for every element, as the code before did (in the
+// same loops: the A/B measures the index work). In the backward row_src reads the row's length
+// and multiplies 64-bit indices, so per element that was ~60 instructions before each copy was
+// issued (bench/NOTES_GPU.md, session 16). Either way the
+// same elements reach the same places: the same bits. Elements i >= valid, and rows bb >= nb or
+// whose row_src is nullptr, are zeros (take returns nullptr); STRIDE scales i to row_src's units.
 template <typename Elem, typename RowSrc, int STRIDE = 1>
 struct StageCursor {
   RowSrc& row_src;
@@ -345,10 +346,10 @@ __device__ __forceinline__ void stage_tagged(float* X, int per_row, int nb, int 
 
 // The weight slices' loads, once per launch, walked like the staging (FASTLSTM_CUDA_STAGE_WALK;
 // the kernels keep the loop before for the A/B): each thread steps its elements without a 64-bit
-// division per element, and where the slice's values are whole 16-byte vectors of R at 16-byte
-// aligned addresses it moves a vector per load (the loop before: one value per load, ~100
-// instructions of index work each, 128 per thread at H = 1024). The same values land in the
-// same places: the same bits.
+// division per element and builds one 16-byte vector of W per element, stored whole, a warp's
+// stores consecutive (the loop before: one value per load and per store, ~100 instructions of
+// index work each, 128 per thread at H = 1024, the stores 8-way bank conflicts). The same values
+// land in the same places: the same bits.
 template <typename V>
 __device__ __forceinline__ bool vector_aligned(const void* p) {
 #if defined(FASTLSTM_CUDA_EMU)
@@ -356,41 +357,42 @@ __device__ __forceinline__ bool vector_aligned(const void* p) {
 #endif
   return (reinterpret_cast<uintptr_t>(p) & (sizeof(V) - 1)) == 0;
 }
-// Forward: Wr[((k / KV) * C + c) * KV + k % KV] = R[k, gate * H + j0 + u] for column
-// c = gate * U + u (zero for k >= H or a unit past H). Elements (k, then 4 gates of U columns,
-// or of U / KV vectors where a vector holds KV consecutive columns).
+// Forward: W[g * C + c] = the vector of column c's KV values at k = g KV .. g KV + KV - 1, where
+// column c = gate * U + u is R column gate * H + j0 + u (zero for k >= H or a unit past H).
+// Elements (g, then c): a warp's loads at one k are consecutive columns of R (coalesced within
+// each gate's U columns), and its 16-byte stores are consecutive vectors of W (no bank
+// conflicts; storing a row-major vector of R as KV scalars would put neighbouring threads KV
+// columns apart: 16-way conflicts in fp32).
 template <typename Real>
-__device__ __forceinline__ void load_forward_slice(Real* Wr, const Real* R, int64_t H, int64_t j0, int U, int64_t NG) {
+__device__ __forceinline__ void load_forward_slice(typename Vec<Real>::type* W, const Real* R, int64_t H,
+                                                   int64_t j0, int U, int64_t NG) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
   const int tid = static_cast<int>(threadIdx.x);
-  const int C = 4 * U;
+  const int C = 4 * U, ng = static_cast<int>(NG), total = ng * C;
   const int64_t G = 4 * H;
-  const bool vec = U % KV == 0 && H % KV == 0 && j0 + U <= H && vector_aligned<V>(R);
-  const int gw = vec ? U / KV : U;  // elements per gate
-  const int per = 4 * gw;           // elements per k
-  const int total = static_cast<int>(NG) * KV * per;
-  const int dk = kThreads / per, de = kThreads - dk * per;
-  int k = tid / per, c = tid - k * per;
+  const int dg = kThreads / C, dc = kThreads - dg * C;
+  int g = tid / C, c = tid - g * C;
 #pragma unroll 4
   for (int e = tid; e < total; e += kThreads) {
-    const int gate = (c >= gw) + (c >= 2 * gw) + (c >= 3 * gw);
-    const int u = c - gate * gw;
-    Real* w = Wr + static_cast<int64_t>(k / KV) * C * KV + k % KV;  // column 0 at this k
-    if (vec) {
-      V v{};
-      if (k < H) v = *reinterpret_cast<const V*>(R + k * G + gate * H + j0 + u * KV);
-      const Real* vr = reinterpret_cast<const Real*>(&v);
+    const int gate = (c >= U) + (c >= 2 * U) + (c >= 3 * U);
+    const int64_t j = j0 + (c - gate * U);
+    V v{};
+    if (j < H) {
+      Real* vr = reinterpret_cast<Real*>(&v);
+      const int64_t k0 = static_cast<int64_t>(g) * KV;
 #pragma unroll
-      for (int q = 0; q < KV; ++q) w[(gate * U + u * KV + q) * KV] = vr[q];
-    } else {
-      w[(gate * U + u) * KV] = (k < H && j0 + u < H) ? R[k * G + gate * H + j0 + u] : Real(0);
+      for (int q = 0; q < KV; ++q)
+        if (k0 + q < H) vr[q] = R[(k0 + q) * G + gate * H + j];
     }
-    walk_step(c, k, de, dk, per);
+    W[e] = v;  // (e == g * C + c)
+    walk_step(c, g, dc, dg, C);
   }
 }
 // Backward: W[g * U + u] = the vector of R row j0 + u at k = g KV .. g KV + KV - 1 (4H = NG KV
-// values per row; zero for a unit past H). Elements (u, then g: along R's rows, coalesced).
+// values per row; zero for a unit past H). Elements (g, then u): a warp's 16-byte stores are
+// consecutive vectors of W (no bank conflicts), its loads 32 / U consecutive vectors of each of
+// U rows of R.
 template <typename Real>
 __device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W, const Real* R, int64_t H,
                                                     int64_t j0, int U, int64_t NG) {
@@ -398,15 +400,15 @@ __device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W,
   constexpr int KV = Vec<Real>::n;
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t G = 4 * H;
-  const int ng = static_cast<int>(NG), total = ng * U;
+  const int total = static_cast<int>(NG) * U;
   const bool vec = vector_aligned<V>(R);  // (G = NG KV: every row starts on a vector when R does)
-  const int du = kThreads / ng, dg = kThreads - du * ng;
-  int u = tid / ng, g = tid - u * ng;
+  const int dg = kThreads / U, du = kThreads - dg * U;
+  int g = tid / U, u = tid - g * U;
 #pragma unroll 4
   for (int e = tid; e < total; e += kThreads) {
-    const Real* row = R + (j0 + u) * G + static_cast<int64_t>(g) * KV;
     V v{};
     if (j0 + u < H) {
+      const Real* row = R + (j0 + u) * G + static_cast<int64_t>(g) * KV;
       if (vec) {
         v = *reinterpret_cast<const V*>(row);
       } else {
@@ -415,8 +417,8 @@ __device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W,
         for (int q = 0; q < KV; ++q) vr[q] = row[q];
       }
     }
-    W[static_cast<int64_t>(g) * U + u] = v;
-    walk_step(g, u, dg, du, ng);
+    W[e] = v;  // (e == g * U + u)
+    walk_step(u, g, du, dg, U);
   }
 }
 
@@ -558,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   PhaseClock<TRACE> clk(p.trace);
   // The block's slice of R, once: column c = gate * U + u is R column gate * H + j0 + u.
   if (p.stage_walk) {
-    load_forward_slice<Real>(Wr, p.R, H, j0, U, NG);
+    load_forward_slice<Real>(W, p.R, H, j0, U, NG);
   } else {  // (FASTLSTM_CUDA_STAGE_WALK=0: the loop before, for the A/B)
     for (int64_t e = tid; e < K * C; e += kThreads) {
       const int64_t k = e / C;
@@ -1133,7 +1135,7 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // poll their words with loads either way), where the device has cp.async (compute capability
 // 8.0+; below it fl_cp_async16 traps, and a build for such a card stages through registers).
 // Each thread's staging elements walked row by row instead of divided out one by one (StageCursor),
-// and the weight slices' loads likewise, a vector per load where R allows (load_forward_slice,
+// and the weight slices' loads likewise, a 16-byte vector of W per element (load_forward_slice,
 // load_backward_slice).
 inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
 inline bool stage_async_requested(int device) {
