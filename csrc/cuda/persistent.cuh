@@ -357,55 +357,53 @@ __device__ __forceinline__ bool vector_aligned(const void* p) {
 #endif
   return (reinterpret_cast<uintptr_t>(p) & (sizeof(V) - 1)) == 0;
 }
-// Forward: W[g * C + c] = the vector of column c's KV values at k = g KV .. g KV + KV - 1, where
-// column c = gate * U + u is R column gate * H + j0 + u (zero for k >= H or a unit past H).
-// Elements (g, then c): a warp's loads at one k are consecutive columns of R (coalesced within
-// each gate's U columns), and its 16-byte stores are consecutive vectors of W (no bank
-// conflicts; storing a row-major vector of R as KV scalars would put neighbouring threads KV
-// columns apart: 16-way conflicts in fp32).
-template <typename Real>
-__device__ __forceinline__ void load_forward_slice(typename Vec<Real>::type* W, const Real* R, int64_t H,
-                                                   int64_t j0, int U, int64_t NG) {
-  using V = typename Vec<Real>::type;
-  constexpr int KV = Vec<Real>::n;
-  const int tid = static_cast<int>(threadIdx.x);
-  const int C = 4 * U, ng = static_cast<int>(NG), total = ng * C;
-  const int64_t G = 4 * H;
-  const int dg = kThreads / C, dc = kThreads - dg * C;
-  int g = tid / C, c = tid - g * C;
+// W[e] = fetch(g, m) for every element e = g * per + m of a slice of ng x per vectors, each
+// thread's elements walked (m fastest: a warp's 16-byte stores are consecutive vectors, no bank
+// conflicts).
+template <typename V, class Fetch>
+__device__ __forceinline__ void load_slice(V* W, int ng, int per, Fetch&& fetch) {
+  const int tid = static_cast<int>(threadIdx.x), total = ng * per;
+  const int dg = kThreads / per, dm = kThreads - dg * per;
+  int g = tid / per, m = tid - g * per;
 #pragma unroll 4
   for (int e = tid; e < total; e += kThreads) {
-    const int gate = (c >= U) + (c >= 2 * U) + (c >= 3 * U);
-    const int64_t j = j0 + (c - gate * U);
-    V v{};
-    if (j < H) {
-      Real* vr = reinterpret_cast<Real*>(&v);
-      const int64_t k0 = static_cast<int64_t>(g) * KV;
-#pragma unroll
-      for (int q = 0; q < KV; ++q)
-        if (k0 + q < H) vr[q] = R[(k0 + q) * G + gate * H + j];
-    }
-    W[e] = v;  // (e == g * C + c)
-    walk_step(c, g, dc, dg, C);
+    W[e] = fetch(g, m);
+    walk_step(m, g, dm, dg, per);
   }
 }
+// The block's weight slice into W (ng = NG vectors along k).
+// Forward: W[g * C + c] = the vector of column c's KV values at k = g KV .. g KV + KV - 1, where
+// column c = gate * U + u is R column gate * H + j0 + u (zero for k >= H or a unit past H). A
+// warp's loads at one k are consecutive columns of R (coalesced within each gate's U columns;
+// storing a row-major vector of R as KV scalars instead would put neighbouring threads KV
+// columns apart: 16-way conflicts in fp32).
 // Backward: W[g * U + u] = the vector of R row j0 + u at k = g KV .. g KV + KV - 1 (4H = NG KV
-// values per row; zero for a unit past H). Elements (g, then u): a warp's 16-byte stores are
-// consecutive vectors of W (no bank conflicts), its loads 32 / U consecutive vectors of each of
-// U rows of R.
+// values per row; zero for a unit past H): one 16-byte load where R is aligned, a warp reading
+// 32 / U consecutive vectors of each of U rows.
 template <typename Real>
-__device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W, const Real* R, int64_t H,
-                                                    int64_t j0, int U, int64_t NG) {
+__device__ __forceinline__ void load_weight_slice(typename Vec<Real>::type* W, const Real* R, int64_t H, int64_t j0,
+                                                  int U, int64_t NG, bool backward) {
   using V = typename Vec<Real>::type;
   constexpr int KV = Vec<Real>::n;
-  const int tid = static_cast<int>(threadIdx.x);
   const int64_t G = 4 * H;
-  const int total = static_cast<int>(NG) * U;
+  if (!backward) {
+    load_slice(W, static_cast<int>(NG), 4 * U, [&](int g, int c) {
+      const int gate = (c >= U) + (c >= 2 * U) + (c >= 3 * U);
+      const int64_t j = j0 + (c - gate * U);
+      V v{};
+      if (j < H) {
+        Real* vr = reinterpret_cast<Real*>(&v);
+        const int64_t k0 = static_cast<int64_t>(g) * KV;
+#pragma unroll
+        for (int q = 0; q < KV; ++q)
+          if (k0 + q < H) vr[q] = R[(k0 + q) * G + gate * H + j];
+      }
+      return v;
+    });
+    return;
+  }
   const bool vec = vector_aligned<V>(R);  // (G = NG KV: every row starts on a vector when R does)
-  const int dg = kThreads / U, du = kThreads - dg * U;
-  int g = tid / U, u = tid - g * U;
-#pragma unroll 4
-  for (int e = tid; e < total; e += kThreads) {
+  load_slice(W, static_cast<int>(NG), U, [&](int g, int u) {
     V v{};
     if (j0 + u < H) {
       const Real* row = R + (j0 + u) * G + static_cast<int64_t>(g) * KV;
@@ -417,9 +415,8 @@ __device__ __forceinline__ void load_backward_slice(typename Vec<Real>::type* W,
         for (int q = 0; q < KV; ++q) vr[q] = row[q];
       }
     }
-    W[e] = v;  // (e == g * U + u)
-    walk_step(u, g, du, dg, U);
-  }
+    return v;
+  });
 }
 
 // Shared memory of a kernel: the weight slice, the staged rows, the partial sums (bytes).
@@ -560,7 +557,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
   PhaseClock<TRACE> clk(p.trace);
   // The block's slice of R, once: column c = gate * U + u is R column gate * H + j0 + u.
   if (p.stage_walk) {
-    load_forward_slice<Real>(W, p.R, H, j0, U, NG);
+    load_weight_slice<Real>(W, p.R, H, j0, U, NG, false);
   } else {  // (FASTLSTM_CUDA_STAGE_WALK=0: the loop before, for the A/B)
     for (int64_t e = tid; e < K * C; e += kThreads) {
       const int64_t k = e / C;
@@ -799,7 +796,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
   PhaseClock<TRACE> clk(p.trace);
   // The block's U rows of R, once: W[k][u] = R[j0 + u, k] (R^T restricted to the block's units).
   if (p.stage_walk) {
-    load_backward_slice<Real>(W, p.R, H, j0, U, NG);
+    load_weight_slice<Real>(W, p.R, H, j0, U, NG, true);
   } else {  // (FASTLSTM_CUDA_STAGE_WALK=0: the loop before, for the A/B)
     for (int64_t e = tid; e < K * U; e += kThreads) {
       const int u = static_cast<int>(e / K);
@@ -1135,8 +1132,7 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // poll their words with loads either way), where the device has cp.async (compute capability
 // 8.0+; below it fl_cp_async16 traps, and a build for such a card stages through registers).
 // Each thread's staging elements walked row by row instead of divided out one by one (StageCursor),
-// and the weight slices' loads likewise, a 16-byte vector of W per element (load_forward_slice,
-// load_backward_slice).
+// and the weight slices' loads likewise, a 16-byte vector of W per element (load_weight_slice).
 inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
 inline bool stage_async_requested(int device) {
   int major = 0;
