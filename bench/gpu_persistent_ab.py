@@ -24,6 +24,7 @@ cut short keeps what it measured. Used to set `auto`'s batch limit for the persi
 (kPersistentAutoMaxRows in csrc/cuda/lstm_impl.cuh) and whether auto should take "tiled".
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -88,14 +89,19 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
         torch.zeros(1, B, H, device="cuda")
     tdy = torch.randn(T, B, H, device="cuda")
 
-    def fl_fwd(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
+    @contextlib.contextmanager
+    def variant(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
+        """Inside the block, fastlstm runs kernel path `path` with these switches."""
         with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), switch("WEIGHTS_IN_REGISTERS", wreg), \
                 switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk):
+            yield
+
+    def fl_fwd(path, **switches):
+        with variant(path, **switches):
             return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
 
-    def fl_both(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
-        with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), switch("WEIGHTS_IN_REGISTERS", wreg), \
-                switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk):
+    def fl_both(path, **switches):
+        with variant(path, **switches):
             y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
             return y, ops.lstm_backward(saved, dy, dh, dc)
 

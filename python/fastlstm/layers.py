@@ -270,19 +270,12 @@ class Layer:
     # -- weights ---------------------------------------------------------------------
 
     def add_weight(self, name, shape, initializer, regularizer=None):
-        if getattr(_shapes_only, "on", False):   # (see _weights_as_shapes)
-            value = np.broadcast_to(np.zeros((), self.dtype), tuple(int(d) for d in shape))
-            self._weight_names.append(name)
-            self._weights.append(value)
-            self._regularizers.append(None)
-            return value
-        init = initializers.get(initializer)
-        # drawn on the host, so that both devices start from the same values
-        return self._add_weight_value(name, init(tuple(shape), dtype=self.dtype), regularizer)
-
-    def _add_weight_value(self, name, value, regularizer=None):
-        """Add a weight holding ``value`` (a host array), on the layer's device."""
-        value = self._on_device(np.ascontiguousarray(value, dtype=self.dtype))
+        if getattr(_shapes_only, "on", False):   # a placeholder (see _weights_as_shapes)
+            value, regularizer = np.broadcast_to(np.zeros((), self.dtype), tuple(int(d) for d in shape)), None
+        else:
+            init = initializers.get(initializer)
+            # drawn on the host, so that both devices start from the same values
+            value = self._on_device(np.ascontiguousarray(init(tuple(shape), dtype=self.dtype), dtype=self.dtype))
         self._weight_names.append(name)
         self._weights.append(value)
         self._regularizers.append(regularizers.get(regularizer))
