@@ -1343,6 +1343,115 @@ def test_emulated_gemm_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, capsys)
         assert "\n- " in body and "no timed rows" not in body, (section, said)
 
 
+def _torch_as_if_cuda(torch):
+    """Real (CPU) torch dressed as torch with CUDA: device "cuda" is the CPU, CUDA events are
+    timed by the host clock, and the cuDNN switches are plain attributes (the real ones are
+    left alone). torch.nn.LSTM and autograd are the real ones, so the benchmark's float64
+    reference and its error checks are computed for real."""
+    import time
+    import types
+    ns = types.SimpleNamespace
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    def device(name):
+        assert name == "cuda", name
+        return torch.device("cpu")
+
+    def randn(*shape, device=None):
+        assert device == torch.device("cpu"), device  # (what device("cuda") gave)
+        return torch.randn(*shape)
+
+    module = _fake_module("torch (as if CUDA)", __version__=f"{torch.__version__} (CPU, as if CUDA)", device=device,
+                          randn=randn,
+                          cuda=ns(Event=Event, synchronize=lambda: None, is_available=lambda: True,
+                                  empty_cache=lambda: None),
+                          backends=ns(cudnn=ns(allow_tf32=False, version=lambda: 0, rnn=ns(fp32_precision="ieee")),
+                                      cuda=ns(matmul=ns(allow_tf32=False))))
+    module.__getattr__ = lambda name: getattr(torch, name)  # nn, autograd, no_grad, bfloat16, ...
+    return module
+
+
+def _cupy_of_cpu_tensors():
+    """CuPy for _torch_as_if_cuda's tensors (given to the benchmark only: sys.modules keeps the
+    real modules, which torch's own code imports): asarray copies a tensor into a NumPy array, which
+    fastlstm's CUDA backend runs (on the emulator) through its host-array path."""
+    import types
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    return _fake_module("cupy", __version__="fake", asarray=lambda t: t.detach().numpy().copy(),
+                        asnumpy=np.asarray, get_default_memory_pool=lambda: pool)
+
+
+def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
+    # python -m fastlstm.bench --device cuda (bench/gpu_check.sh's gpu_bench stage, the issue's
+    # table of fastlstm against cuDNN) end to end on the emulator, with real CPU torch standing in
+    # for torch with CUDA: every variant is checked against torch's float64 LSTM and timed, the
+    # crossover table (tensor-core recurrence against persistent) and the tf32x3 table are
+    # written, the JSON is strict, and a wrong result is a MISMATCH with exit status 1.
+    torch = pytest.importorskip("torch")
+    from fastlstm import bench
+    monkeypatch.setattr(bench, "_gpu_modules", lambda: (_torch_as_if_cuda(torch), _cupy_of_cpu_tensors()))
+    emu.set_device(sm_count=4)
+    # "tf32" forced onto the tensor-core recurrence (auto takes it only from B = 32, H = 1024),
+    # so that its "_persistent" contender and the crossover table run too
+    variants = tuple(("tf32", "tensor", "tf32") if v[0] == "tf32" else v for v in bench.GPU_VARIANTS)
+    monkeypatch.setattr(bench, "GPU_VARIANTS", variants)
+    argv = ["--device", "cuda", "--config", "3,2,5,8", "--config", "2,9,4,16", "--reps", "2", "--warmup", "1",
+            "--out", str(tmp_path)]
+    assert bench.main(argv) == 0, capsys.readouterr()
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert data["info"]["kernel_variant"] == "emulator" and "CPU emulator (sm_90, 4 SMs)" in data["header"], data["header"]
+    assert [r["config"] for r in data["results"]] == [[3, 2, 5, 8], [2, 9, 4, 16]]
+    for r in data["results"]:
+        assert r["ok"] and "error" not in r, r
+        assert "tf32x3_persistent_fwd" not in r, r  # (auto kept tf32x3 off the tensor path: no crossover)
+        for name, _, precision in variants:
+            if name == "tf32x3_persistent":
+                continue
+            # fp32 and tf32x3 within float32's accuracy of torch's float64 LSTM; tf32 / bf16 within
+            # their sanity bounds (the tests above hold them to tighter ones)
+            tol = (2e-6, 2e-5) if precision in ("fp32", "tf32x3") else bench.GPU_PREC_TOL[precision]
+            assert r[f"{name}_err_fwd"] <= tol[0] and r[f"{name}_err_grad"] <= tol[1], (name, r)
+            for mode in ("fwd", "fwdbwd"):
+                assert r[f"{name}_{mode}"] > 0 and r[f"n_{name}_{mode}"] == 2, (name, mode, r)
+        assert r["auto_kernels"][0].startswith("persistent forward"), r["auto_kernels"]
+        assert r["simt_kernels"][1].startswith("simt backward"), r["simt_kernels"]
+        assert r["tf32_kernels"][0].startswith("tensor-core"), r["tf32_kernels"]
+        for mode in bench.CUDNN_MODES:
+            # torch's own float32 / bfloat16 LSTM against its float64 one: the benchmark's
+            # reference is real
+            assert 0 < r[f"cudnn_{mode}_err_fwd"] < (1e-5 if mode != "bf16" else 5e-2), (mode, r)
+            assert r[f"cudnn_{mode}_fwd"] > 0 and r[f"cudnn_{mode}_fwdbwd"] > 0, (mode, r)
+    md = (tmp_path / "gpu_bench.md").read_text()
+    for heading in ("### forward (inference)", "### forward + backward",
+                    "### tf32: the tensor-core recurrence (auto) against the persistent kernels",
+                    "### tf32x3 (operands split", "### errors against the float64 reference"):
+        assert heading in md, (heading, md)
+    assert "MISMATCH" not in md and md.count("| 3, 2, 5, 8 |") == 5, md
+    # a wrong result is caught: a kernel that returns the fp64 reference's y scaled by 1.01
+    real_forward = ops.lstm_forward
+
+    def off_by_one_percent(*args, **kwargs):
+        y, h_n, c_n, saved = real_forward(*args, **kwargs)
+        return y * np.float32(1.01), h_n, c_n, saved
+
+    monkeypatch.setattr(ops, "lstm_forward", off_by_one_percent)
+    capsys.readouterr()
+    assert bench.main(argv[:4] + ["--reps", "1", "--warmup", "0", "--out", str(tmp_path / "bad")]) == 1
+    assert "| MISMATCH |" in (tmp_path / "bad" / "gpu_bench.md").read_text()
+
+
 def test_emulated_sanitizer_case(dry_gpu_scripts, monkeypatch):
     # The small forward + backward case that bench/gpu_check.sh runs under compute-sanitizer on a
     # GPU (its every kernel path, precision, switch and the descriptions it asserts), run here on

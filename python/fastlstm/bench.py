@@ -938,7 +938,7 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
             torch.cuda.synchronize()
             info = fcuda.info()
             got = dict(zip(("y", "h_n", "c_n", "dx", "dh0", "dc0", "dk", "dr", "db"),
-                           [a.get() for a in (y, hn, cn) + tuple(grads)]))
+                           [cp.asnumpy(a) for a in (y, hn, cn) + tuple(grads)]))
             del y, hn, cn, saved, grads
             e_fwd, e_grad = errors(got)
             out[f"{name}_err_fwd"], out[f"{name}_err_grad"] = e_fwd, e_grad
@@ -1055,6 +1055,13 @@ def format_gpu_table(results, header):
     return "\n".join(lines)
 
 
+def _gpu_modules():
+    """torch and CuPy (ImportError where either is missing); tests replace this function."""
+    import cupy
+    import torch
+    return torch, cupy
+
+
 def cuda_main(argv=None):
     """python -m fastlstm.bench --device cuda: fastlstm's CUDA kernels against cuDNN."""
     ap = argparse.ArgumentParser(prog="python -m fastlstm.bench --device cuda",
@@ -1075,8 +1082,7 @@ def cuda_main(argv=None):
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     try:
-        import torch
-        import cupy as cp
+        torch, cp = _gpu_modules()
     except ImportError as e:
         print(f"the GPU benchmark needs torch (CUDA) and CuPy: {e}", file=sys.stderr)
         return 2
