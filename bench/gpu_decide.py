@@ -18,6 +18,9 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - the tagged exchange (FASTLSTM_CUDA_EXCHANGE, kTaggedAutoMaxRows): persistent with grid
   barriers / with tagged words, per configuration (B <= 64), the largest B per H up to which it
   never lost, and any row where it was not bitwise the barrier kernels (a defect: keep it off);
+- kPersistentAutoMinSteps: gpu_persistent_ab's short sequences, per (B, I, H) the smallest swept T
+  from which the persistent kernels are no slower than simt, with each path's fitted fixed and
+  per-step cost;
 - tiled_plan's k per slice: gpu_gemm_ab's per-step sweep, the fastest k per slice against the plan's;
 - weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
   gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default), staging by cp.async
@@ -181,6 +184,54 @@ def tagged_exchange(pab, out):
                    "tests/test_cuda.py TAGGED_AUTO_MAX_ROWS with it)")
 
 
+def short_sequences(pab, out):
+    """kPersistentAutoMinSteps: per (B, I, H), the smallest swept T from which the persistent
+    kernels are no slower than simt (forward and forward + backward), and the fitted fixed and
+    per-step costs."""
+    out.append("## kPersistentAutoMinSteps: short sequences, simt / persistent per T (auto ignores T today)")
+    short = (pab or {}).get("short", [])
+    froms, timed_any = [], False
+    for row in short:
+        steps = [s for s in row.get("steps", []) if med(s, "persistent_fwd") is not None]
+        for s in row.get("steps", []):
+            if med(s, "persistent_fwd") is None:
+                out.append(f"- {row['config']} T = {s.get('T')}: NOT timed "
+                           f"({s.get('error') or 'persistent vs simt %.1e' % s.get('max_rel_persistent_vs_simt', float('nan'))})")
+        if "error" in row:
+            out.append(f"- {row['config']}: FAILED ({row['error']})")
+        if not steps:
+            continue
+        timed_any = True
+        cells = []
+        first = None  # the smallest T from which persistent never lost (fwd and fwd+bwd)
+        for s in sorted(steps, key=lambda s: s["T"]):
+            rf = ratio(med(s, "simt_fwd"), med(s, "persistent_fwd"))
+            rb = ratio(med(s, "simt_both"), med(s, "persistent_both"))
+            cells.append(f"T = {s['T']} fwd {fmt(rf)} / fwd+bwd {fmt(rb)}")
+            if min(rf, rb) >= 1.0:
+                first = s["T"] if first is None else first
+            else:
+                first = None
+        out.append(f"- {row['config']} (B, I, H): " + "; ".join(cells))
+        fit = row.get("fit_persistent_fwd"), row.get("fit_simt_fwd")
+        if all(isinstance(f, list) and len(f) == 2 for f in fit):
+            out.append(f"  fitted forward: persistent {fit[0][0]:.3f} ms + {fit[0][1] * 1e3:.2f} us x T, "
+                       f"simt {fit[1][0]:.3f} ms + {fit[1][1] * 1e3:.2f} us x T")
+        largest = max(s["T"] for s in steps)
+        out.append(f"  persistent no slower from T = {first}" if first is not None else
+                   f"  persistent slower at T = {largest} (the longest swept): the batch rule decides here, not T")
+        if first is not None:
+            froms.append(first)
+    if not timed_any:
+        out.append("  no timed rows: no evidence either way")
+    elif froms and max(froms) > 1:
+        out.append(f"  suggests: kPersistentAutoMinSteps = {max(froms)} (csrc/cuda/lstm_impl.cuh; the largest over the "
+                   "rows; tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a rule on T per B and H if "
+                   "the rows disagree")
+    else:
+        out.append("  suggests: keep kPersistentAutoMinSteps = 1 (persistent no slower from T = 1 where it ever is)")
+
+
 def default_switches(pab, out):
     """The switches that are on by default with nothing to set but their default: off / on."""
     rows = (pab or {}).get("rows", [])
@@ -233,6 +284,7 @@ def main(argv=None):
     split_k(gab, out)
     tiled_and_persistent(pab, out)
     tagged_exchange(pab, out)
+    short_sequences(pab, out)
     default_switches(pab, out)
     tiled_kslice(gab, out)
     print("\n".join(out))

@@ -2,7 +2,10 @@
 
     python bench/gpu_persistent_ab.py [--out DIR] [--reps 10]
 
-For each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
+First, short sequences (SHORT_CONFIGS, T in SHORT_STEPS): persistent and simt forced, forward and
+forward + backward, each path's time per call fitted as fixed + per step x T (the persistent
+kernels' fixed cost against their per-step cost, and the T from which auto's persistent choice
+pays). Then, for each configuration: fastlstm fp32 forward (training=False) and forward + backward with the
 kernel path forced to "persistent" and to "simt", the persistent kernels also with their
 staging ahead switched off (FASTLSTM_CUDA_STAGE_AHEAD=0; it only acts where a step has several
 batch chunks, B > 16), and, for B <= 64, with the tagged exchange (FASTLSTM_CUDA_EXCHANGE=tagged:
@@ -39,6 +42,13 @@ from gpu_timing import env, timed  # bench/ is the script's folder
 CONFIGS = [(100, 16, 1024, 1024), (100, 1, 1024, 1024), (100, 64, 1024, 1024), (100, 1, 256, 256),
            (100, 8, 512, 512), (100, 16, 512, 512), (100, 32, 512, 512), (100, 64, 512, 512),
            (1000, 32, 256, 256), (100, 256, 1024, 1024)]
+# Short sequences, T swept at fixed B, I, H (first: cheap, a few seconds): each path's cost per
+# call fitted as fixed + per step x T, separating the persistent kernels' fixed cost (cooperative
+# launch, weights loaded on chip) from their per-step cost (grid barrier included: NOTES_GPU
+# lever 4), and the smallest T from which they beat the per-step kernels (auto ignores T today:
+# kPersistentAutoMinSteps in csrc/cuda/lstm_impl.cuh is 1).
+SHORT_CONFIGS = [(1, 1024, 1024), (1, 256, 256), (16, 512, 512), (16, 1024, 1024)]  # (B, I, H)
+SHORT_STEPS = (1, 2, 4, 16, 64)
 LOAD_SWITCHES_MAX_ROWS = 64  # session 15's load switches are timed up to this batch (auto's persistent range)
 TILED_MIN_ROWS = 32  # tiled is timed from this batch up
 TAGGED_MAX_ROWS = 64  # the tagged exchange is timed up to this batch (auto's persistent range)
@@ -189,6 +199,93 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     return row
 
 
+def fit_line(ts, ms):
+    """(fixed, per step) milliseconds of the least-squares line ms = fixed + per_step * T."""
+    ts, ms = np.asarray(ts, np.float64), np.asarray(ms, np.float64)
+    per_step, fixed = np.polyfit(ts, ms, 1)
+    return float(fixed), float(per_step)
+
+
+def run_short(bih, args, cp, torch, fastlstm, fcuda, ops):
+    """One SHORT_CONFIGS row: persistent and simt, forward and forward + backward, at each T of
+    SHORT_STEPS (the inputs of the longest, cut to T), checked against each other first."""
+    B, I, H = bih
+    rng = np.random.default_rng(B + I + H)
+    r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
+    Tmax = max(SHORT_STEPS)
+    xs, k, rk, bias, h0, c0 = r(Tmax, B, I), w(I, 4 * H), w(H, 4 * H), w(4 * H), r(B, H), r(B, H)
+    dys, dh, dc = r(Tmax, B, H), r(B, H), r(B, H)
+    row = dict(config=[B, I, H], steps=[])
+    for T in SHORT_STEPS:
+        x, dy = xs[:T], dys[:T]
+
+        def fwd(path):
+            with fcuda.use_kernel_path(path):
+                return ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda", training=False)
+
+        def both(path):
+            with fcuda.use_kernel_path(path):
+                y, hn, cn, saved = ops.lstm_forward(x, k, rk, bias, h0, c0, backend="cuda")
+                return y, ops.lstm_backward(saved, dy, dh, dc)
+
+        step = dict(T=T)
+        try:
+            yp = both("persistent")
+        except RuntimeError as e:  # e.g. the persistent kernels do not fit
+            step["error"] = str(e)
+            row["steps"].append(step)
+            continue
+        step["kernels_persistent"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
+        ys = both("simt")
+        errs = [rel(cp.asnumpy(yp[0]), cp.asnumpy(ys[0]))] + \
+            [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in zip(yp[1], ys[1]) if a is not None]
+        step["max_rel_persistent_vs_simt"] = max(errs) if np.isfinite(errs).all() else float("nan")
+        if not step["max_rel_persistent_vs_simt"] <= 1e-5:
+            print(("short", B, I, H, T), "MISMATCH persistent vs simt (not timed)", errs, flush=True)
+            row["steps"].append(step)
+            continue
+        step.update(timed({"persistent_fwd": lambda: fwd("persistent"), "simt_fwd": lambda: fwd("simt"),
+                           "persistent_both": lambda: both("persistent"), "simt_both": lambda: both("simt")},
+                          args.reps, torch))
+        row["steps"].append(step)
+    good = [s for s in row["steps"] if "persistent_fwd" in s]
+    if len(good) >= 2:  # (fixed, per step) of each contender over the timed T
+        for name in ("persistent_fwd", "simt_fwd", "persistent_both", "simt_both"):
+            row[f"fit_{name}"] = fit_line([s["T"] for s in good], [s[name][0] for s in good])
+    print(("short", B, I, H), {s["T"]: {n: round(v[0], 3) for n, v in s.items() if isinstance(v, list) and
+                                        n.endswith(("_fwd", "_both"))} for s in good}, flush=True)
+    return row
+
+
+def short_table(short):
+    """The short sequences' table: per (B, I, H) and T, each contender's median and simt / persistent."""
+    lines = ["| B, I, H | T | persistent fwd | simt fwd | simt/persistent fwd | persistent fwd+bwd | simt fwd+bwd | "
+             "simt/persistent fwd+bwd |", "|---|---|---|---|---|---|---|---|"]
+    for row in short:
+        cfg = ", ".join(map(str, row["config"]))
+        for s in row.get("steps", []):
+            if "persistent_fwd" not in s:
+                lines.append(f"| {cfg} | {s['T']} | NOT TIMED: " + (s.get("error") or
+                             f"persistent vs simt {s.get('max_rel_persistent_vs_simt', float('nan')):.2e}") + " |")
+                continue
+            m = lambda n: f"{s[n][0]:.3f} ({s[n][1]:.3f}-{s[n][2]:.3f})"  # noqa: E731
+            lines.append(f"| {cfg} | {s['T']} | {m('persistent_fwd')} | {m('simt_fwd')} | "
+                         f"{s['simt_fwd'][0] / s['persistent_fwd'][0]:.2f}x | {m('persistent_both')} | "
+                         f"{m('simt_both')} | {s['simt_both'][0] / s['persistent_both'][0]:.2f}x |")
+        if "error" in row:
+            lines.append(f"| {cfg} | - | FAILED: {row['error']} |")
+    fits = [row for row in short if "fit_persistent_fwd" in row]
+    if fits:
+        lines += ["", "Fitted per call: fixed ms + per-step us x T (least squares over the timed T)", "",
+                  "| B, I, H | persistent fwd | simt fwd | persistent fwd+bwd | simt fwd+bwd |", "|---|---|---|---|---|"]
+        for row in fits:
+            f = lambda n: f"{row['fit_' + n][0]:.3f} ms + {row['fit_' + n][1] * 1e3:.2f} us x T"  # noqa: E731
+            lines.append(f"| {', '.join(map(str, row['config']))} | {f('persistent_fwd')} | {f('simt_fwd')} | "
+                         f"{f('persistent_both')} | {f('simt_both')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT"))
@@ -203,19 +300,28 @@ def main(argv=None):
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    rows = []
+    rows, short = [], []
+    for bih in SHORT_CONFIGS:
+        try:
+            short.append(run_short(bih, args, cp, torch, fastlstm, fcuda, ops))
+        except Exception as e:  # report and go on: GPU time is short
+            print(("short",) + tuple(bih), "FAILED", type(e).__name__, e, flush=True)
+            short.append(dict(config=list(bih), steps=[], error=f"{type(e).__name__}: {e}"))
+        emit(rows, short, torch, args.out, final=False)
     for cfg in CONFIGS:
         try:
             rows.append(run_config(cfg, args, cp, torch, fastlstm, fcuda, ops))
         except Exception as e:  # report and go on: GPU time is short
             print(cfg, "FAILED", type(e).__name__, e, flush=True)
             rows.append(dict(config=list(cfg), max_rel_persistent_vs_simt=float("nan"), error=str(e)))
-        emit(rows, torch, args.out, final=False)
-    emit(rows, torch, args.out, final=True)
-    return 1 if any("persistent_fwd" not in r for r in rows) else 0  # (not timed or failed somewhere)
+        emit(rows, short, torch, args.out, final=False)
+    emit(rows, short, torch, args.out, final=True)
+    untimed = any("persistent_fwd" not in r for r in rows) or \
+        any("persistent_fwd" not in s for row in short for s in row["steps"]) or any("error" in row for row in short)
+    return 1 if untimed else 0  # (not timed or failed somewhere)
 
 
-def emit(rows, torch, out, final):
+def emit(rows, short, torch, out, final):
     """The table so far (printed when final), written to out/gpu_persistent_ab.md and .json."""
     lines = ["| T, B, I, H | persistent fwd | simt fwd | cuDNN fwd | cuDNN/persistent | persistent fwd+bwd | "
              "simt fwd+bwd | cuDNN fwd+bwd | cuDNN/persistent | max rel (persistent vs simt) | "
@@ -268,13 +374,14 @@ def emit(rows, torch, out, final):
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "
             "runs interleaved")
+    text = head + "\n\n" + table + "\n\n### Short sequences: T swept, paths forced, fp32\n\n" + short_table(short)
     if final:
-        print(head + "\n\n" + table)
+        print(text)
     if out:
         with open(os.path.join(out, "gpu_persistent_ab.md"), "w") as f:
-            f.write(head + "\n\n" + table + "\n")
+            f.write(text + "\n")
         with open(os.path.join(out, "gpu_persistent_ab.json"), "w") as f:
-            json.dump(dict(header=head, rows=rows), f, indent=1)
+            json.dump(dict(header=head, rows=rows, short=short), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -170,8 +170,29 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
             dict(config=[100, 128, 1024, 1024], simt_fwd=t(9.0), cudnn_fwd=t(4.0), simt_both=t(18.0),
                  cudnn_both=t(8.0), max_rel_persistent_vs_simt=float("nan"), tiled_fwd=t(4.5), tiled_both=t(9.0),
                  max_rel_tiled_vs_simt=1e-7)]  # persistent not timed, tiled timed
-    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    # short sequences: at B = 1 persistent costs 0.2 + 0.01 T ms, simt 0.1 + 0.03 T (forward; twice
+    # that forward + backward): persistent is slower at T = 1, 2 and no slower from T = 5; at
+    # B = 16 it is faster from T = 1 except at T = 4; one (B, I, H) failed, one T did not match
+    pstep = lambda T, p, s: dict(T=T, persistent_fwd=t(p), simt_fwd=t(s), persistent_both=t(2 * p),  # noqa: E731
+                                 simt_both=t(2 * s), max_rel_persistent_vs_simt=1e-7)
+    short = [dict(config=[1, 1024, 1024], steps=[pstep(T, 0.2 + 0.01 * T, 0.1 + 0.03 * T) for T in (1, 2, 5, 16)]),
+             dict(config=[16, 512, 512], steps=[pstep(1, 0.1, 0.2), pstep(4, 0.3, 0.2), pstep(16, 0.3, 0.5),
+                                                 dict(T=64, max_rel_persistent_vs_simt=3e-3)]),
+             dict(config=[16, 1024, 1024], steps=[], error="RuntimeError: boom")]
+    for row in short[:2]:
+        good = [st for st in row["steps"] if "persistent_fwd" in st]
+        for name in ("persistent_fwd", "simt_fwd", "persistent_both", "simt_both"):
+            row[f"fit_{name}"] = list(gpu_persistent_ab.fit_line([st["T"] for st in good], [st[name][0] for st in good]))
+    fixed, per_step = short[0]["fit_persistent_fwd"]
+    assert fixed == pytest.approx(0.2) and per_step == pytest.approx(0.01)
+    gpu_persistent_ab.emit(rows, short, torch, str(tmp_path), final=False)
     md = (tmp_path / "gpu_persistent_ab.md").read_text().splitlines()
+    assert "| 1, 1024, 1024 | 1 | 0.210 (0.189-0.231) | 0.130 (0.117-0.143) | 0.62x | 0.420 (0.378-0.462) | " \
+        "0.260 (0.234-0.286) | 0.62x |" in md
+    assert "| 16, 512, 512 | 64 | NOT TIMED: persistent vs simt 3.00e-03 |" in md
+    assert "| 16, 1024, 1024 | - | FAILED: RuntimeError: boom |" in md
+    assert "| 1, 1024, 1024 | 0.200 ms + 10.00 us x T | 0.100 ms + 30.00 us x T | 0.400 ms + 20.00 us x T | " \
+        "0.200 ms + 60.00 us x T |" in md
     assert md[0].startswith("persistent vs simt vs tiled vs cuDNN fp32 on Card")
     assert any(line.startswith("| 100, 64, 1024, 1024 |") and "4.000 (3.600-4.400) / 8.000" in line
                and "| 1.00x / 1.00x |" in line for line in md)  # cuDNN 4 / tiled 4, 8 / 8
@@ -229,8 +250,24 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     i = out.index("## staging elements walked (FASTLSTM_CUDA_STAGE_WALK): divided / walked")
     assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.05x, fwd+bwd 1.00x", "  suggests: keep it on (worst 1.00x)"]
     assert not any("load switches off" in line for line in out)
+    i = out.index("## kPersistentAutoMinSteps: short sequences, simt / persistent per T (auto ignores T today)")
+    assert out[i + 1:i + 11] == [
+        "- [1, 1024, 1024] (B, I, H): T = 1 fwd 0.62x / fwd+bwd 0.62x; T = 2 fwd 0.73x / fwd+bwd 0.73x; "
+        "T = 5 fwd 1.00x / fwd+bwd 1.00x; T = 16 fwd 1.61x / fwd+bwd 1.61x",
+        "  fitted forward: persistent 0.200 ms + 10.00 us x T, simt 0.100 ms + 30.00 us x T",
+        "  persistent no slower from T = 5",
+        "- [16, 512, 512] T = 64: NOT timed (persistent vs simt 3.0e-03)",
+        "- [16, 512, 512] (B, I, H): T = 1 fwd 2.00x / fwd+bwd 2.00x; T = 4 fwd 0.67x / fwd+bwd 0.67x; "
+        "T = 16 fwd 1.67x / fwd+bwd 1.67x",
+        out[i + 6],  # (its fitted line)
+        "  persistent no slower from T = 16",
+        "- [16, 1024, 1024]: FAILED (RuntimeError: boom)",
+        "  suggests: kPersistentAutoMinSteps = 16 (csrc/cuda/lstm_impl.cuh; the largest over the rows; "
+        "tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a rule on T per B and H if the rows disagree",
+        "## weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS): shared / registers"], out[i:i + 12]
+    assert out[i + 6].startswith("  fitted forward: persistent ")
     rows[0]["load_switches_bitwise"] = False  # a mismatch is reported under each switch
-    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    gpu_persistent_ab.emit(rows, short, torch, str(tmp_path), final=False)
     capsys.readouterr()
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -239,7 +276,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
     rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]
     rows.append(prow((100, 1, 512, 512), 0.5, 1.0, tagged_fwd=t(0.4), tagged_both=t(0.9), tagged_bitwise_barrier=True))
-    gpu_persistent_ab.emit(rows, torch, str(tmp_path), final=False)
+    gpu_persistent_ab.emit(rows, short, torch, str(tmp_path), final=False)
     capsys.readouterr()
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()

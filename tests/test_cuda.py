@@ -1261,8 +1261,19 @@ def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, c
     # checks must pass, and bench/gpu_decide.py must read the files back.
     ab = _bench_script("gpu_persistent_ab")
     monkeypatch.setattr(ab, "CONFIGS", [(2, 1, 3, 24), (2, 8, 3, 24), (2, 40, 3, 16)])
+    monkeypatch.setattr(ab, "SHORT_CONFIGS", [(1, 3, 24), (8, 5, 16)])
+    monkeypatch.setattr(ab, "SHORT_STEPS", (1, 3))
     assert ab.main(["--out", str(tmp_path), "--reps", "1"]) == 0, capsys.readouterr().out
-    rows = json.loads((tmp_path / "gpu_persistent_ab.json").read_text())["rows"]
+    data = json.loads((tmp_path / "gpu_persistent_ab.json").read_text())
+    rows = data["rows"]
+    assert [r["config"] for r in data["short"]] == [[1, 3, 24], [8, 5, 16]]
+    for row in data["short"]:  # every T checked, then timed, and each path's line fitted
+        assert [st["T"] for st in row["steps"]] == [1, 3], row
+        for st in row["steps"]:
+            assert st["max_rel_persistent_vs_simt"] <= 1e-5 and st["kernels_persistent"][0].startswith("persistent"), st
+            assert all(0 < st[n][1] <= st[n][0] <= st[n][2] for n in ("persistent_fwd", "simt_fwd", "persistent_both",
+                                                                        "simt_both")), st
+        assert all(len(row[f"fit_{n}"]) == 2 for n in ("persistent_fwd", "simt_fwd", "persistent_both", "simt_both"))
     assert [r["config"] for r in rows] == [[2, 1, 3, 24], [2, 8, 3, 24], [2, 40, 3, 16]]
     one, eight, forty = rows
     for row in rows:
@@ -1287,6 +1298,7 @@ def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, c
     assert decide.main([str(tmp_path)]) == 0
     said = capsys.readouterr().out
     assert "MISMATCH" not in said and "defect" not in said.lower(), said
+    assert "- [8, 5, 16] (B, I, H): T = 1 fwd " in said and "NOT timed" not in said, said
 
 
 def test_emulated_gemm_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, capsys):
@@ -1463,6 +1475,25 @@ def test_emulated_sanitizer_case(dry_gpu_scripts, monkeypatch):
     monkeypatch.setattr(fastlstm, "_cuda", dry_gpu_scripts, raising=False)
     monkeypatch.setenv("FASTLSTM_POISON", "1")
     exec(compile(case, "gpu_check.sh: sanitizer case", "exec"), {"__name__": "__main__"})
+
+
+def test_emulated_auto_rule_on_steps(emu):
+    # auto takes the persistent kernels from T = kPersistentAutoMinSteps (AUTO_PERSISTENT_MIN_STEPS)
+    # and the per-step kernels below it, saying why; forced, the persistent kernels run at any T
+    T = AUTO_PERSISTENT_MIN_STEPS
+    fcuda.set_kernel_path("auto")
+    fwd, bwd = make_case(T, 2, 3, 12, np.float32, seed=T)
+    run_cuda(fwd, bwd)
+    assert _ran("forward").startswith("persistent forward") and _ran("backward").startswith("persistent backward")
+    if T > 1:  # (with 1, every call has enough steps)
+        fwd, bwd = make_case(T - 1, 2, 3, 12, np.float32, seed=T)
+        run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert _ran(kind).startswith(f"simt {kind}") and f"auto: T = {T - 1} < {T} steps" in _ran(kind), _ran(kind)
+        fcuda.set_kernel_path("persistent")
+        run_cuda(fwd, bwd)
+        assert _ran("forward").startswith("persistent forward")
+    fcuda.set_kernel_path("auto")
 
 
 def test_emulated_auto_falls_back_to_simt_and_says_why(emu):
@@ -1981,6 +2012,10 @@ PREC_TOL = {"tf32": (2 * UNIT["tf32"], 4 * UNIT["tf32"]),    # (outputs, gradien
             "bf16": (2 * UNIT["bf16"], 5 * UNIT["bf16"])}    # 3.9e-3, 9.8e-3
 PREC_FLOOR = {p: UNIT[p] / 25 for p in PRECISIONS}          # 2.0e-5, 7.8e-5
 AUTO_PERSISTENT_MAX_ROWS = 64  # csrc/cuda/lstm_impl.cuh kPersistentAutoMaxRows
+# csrc/cuda/lstm_impl.cuh kPersistentAutoMinSteps (1: auto ignores T). Raising it moves the tests
+# that expect auto's persistent choice at T = 2-7 to the per-step kernels: they force the path, or
+# use T >= this, with it.
+AUTO_PERSISTENT_MIN_STEPS = 1
 GEMM_TOL = 2e-6  # the GEMM against the float64 product of the rounded operands (fp32 accumulation)
 K_STEP = {"tf32": 8, "bf16": 16}  # products per wmma k-step (one MMA's k-block)
 

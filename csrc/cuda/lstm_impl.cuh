@@ -960,6 +960,14 @@ bool use_tensor_path(const RunOptions& opt, int64_t B, int64_t H, const char* wh
 // (H = 1024); B = 65-256 after it, and H = 1024 at B = 17-64, are not measured yet.
 constexpr int64_t kPersistentAutoMaxRows = 64;
 
+// Auto takes the persistent kernels only for sequences of at least this many steps. A call of
+// theirs pays a fixed cost (a cooperative launch, every block's weight slice loaded on chip) that
+// the per-step kernels do not, which only their cheaper steps pay back; a streaming caller's
+// T = 1 calls may be faster per step. 1 (any T) until measured: bench/gpu_persistent_ab.py times
+// both paths at T = 1 .. 64 ("Short sequences") and bench/gpu_decide.py prints the T from which
+// the persistent kernels are no slower (tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS mirrors it).
+constexpr int64_t kPersistentAutoMinSteps = 1;
+
 // The tagged exchange (persistent.cuh, stage_tagged) instead of grid barriers, when
 // FASTLSTM_CUDA_EXCHANGE does not choose: for B <= kTaggedAutoMaxRows rows. 0 (never) until it
 // is measured on a GPU (bench/NOTES_GPU.md, "Session 14": predicted to win at small B, where a
@@ -968,7 +976,8 @@ constexpr int64_t kPersistentAutoMaxRows = 64;
 constexpr int64_t kTaggedAutoMaxRows = 0;
 
 // The persistent plan for this call, or a plan that is not ok (with the reason) where the
-// kernel path is simt, or auto with more than kPersistentAutoMaxRows rows. The tagged exchange
+// kernel path is simt, or auto with more than kPersistentAutoMaxRows rows or fewer than
+// kPersistentAutoMinSteps steps. The tagged exchange
 // where FASTLSTM_CUDA_EXCHANGE asks for it, or, unset, for B <= kTaggedAutoMaxRows (float32;
 // its tags are 32-bit step numbers from 1, so T < 2^32 - 1).
 template <typename Real>
@@ -979,6 +988,11 @@ persistent::Plan persistent_plan(bool backward, int64_t T, int64_t B, int64_t H,
   if (path == KernelPath::kAuto && B > kPersistentAutoMaxRows) {
     pl.why = "auto: B = " + std::to_string(B) + " > " + std::to_string(kPersistentAutoMaxRows) +
              " rows, where the per-step kernels are faster";
+    return pl;
+  }
+  if (path == KernelPath::kAuto && T < kPersistentAutoMinSteps) {
+    pl.why = "auto: T = " + std::to_string(T) + " < " + std::to_string(kPersistentAutoMinSteps) +
+             " steps, where the per-step kernels are faster";
     return pl;
   }
   const persistent::Exchange ex = persistent::exchange_requested();
