@@ -843,9 +843,11 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
         if (pre.row >= 0) p.dc[ob * H + oj] = dc_own;
       }
     } else {
-      for (int64_t e = tid; e < B * U; e += kThreads) {
-        const int64_t b = e / U, j = j0 + e % U;
-        if (j >= H) continue;
+      // elements e = b U + u from tid in steps of kThreads: U divides kThreads (a power of two up
+      // to 64, plan), so a thread keeps its unit and steps its row by kThreads / U (no division
+      // per element; the same elements in the same order)
+      const int64_t j = j0 + tid % U;
+      for (int64_t b = j < H ? tid / U : B; b < B; b += kThreads / U) {
         const GateInputs<Real> in = gate_inputs(p, s, b, j, seq_len(p.lengths, b, T));
         if (in.row < 0) {
           gate_grads<Real, TAGGED>(p, in, s, b, j, Real(0), Real(0));
@@ -1021,6 +1023,7 @@ Plan plan(bool backward, int64_t B, int64_t H, int device, bool trace = false, b
   const int64_t K = backward ? 4 * H : H;
   const int64_t NG = ceil_div(K, KV);
   for (int pass = 0; pass < 2 && !pl.ok; ++pass) {
+    static_assert(kThreads % 64 == 0, "every U below divides kThreads (the backward's phase A walk relies on it)");
     for (int U = 1; U <= 64 && !pl.ok; U *= 2) {
       const int64_t blocks = ceil_div(H, U);
       if (pass == 0 && blocks > sms) continue;
