@@ -850,3 +850,17 @@ def test_progbar_redraws_in_a_jupyter_kernel(monkeypatch):
     assert not _progbar._is_tty(Plain())
     monkeypatch.delitem(sys.modules, "ipykernel")
     assert not _progbar._is_tty(OutStream())
+
+
+@pytest.mark.parametrize("make,flag", [
+    (lambda v: cbm.EarlyStopping(restore_best_weights=v), "restore_best_weights"),
+    (lambda v: cbm.ModelCheckpoint("m.keras", save_best_only=v), "save_best_only"),
+    (lambda v: cbm.ModelCheckpoint("m.keras", save_weights_only=v), "save_weights_only"),
+    (lambda v: cbm.CSVLogger("log.csv", append=v), "append"),
+])
+def test_boolean_flags_must_be_booleans(make, flag):
+    # a string "False" would be truthy: refused with the flag's name, not switched on
+    for bad in ("False", 1, None, [True]):
+        with pytest.raises(TypeError, match=f"`{flag}` must be True or False"):
+            make(bad)
+    assert getattr(make(np.bool_(True)), flag) is True and getattr(make(False), flag) is False

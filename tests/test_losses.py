@@ -479,3 +479,27 @@ def test_torch_cross_entropy(sparse):
         loss, t = losses.CategoricalCrossentropy(from_logits=True), _onehot(ids, 5)
     assert loss(t, x, sample_weight=w) == pytest.approx(ref.item(), rel=1e-12)
     assert rel(loss.gradient(t, x, sample_weight=w), xt.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float32, 3e38), (np.float64, 1e308)])
+def test_categorical_from_logits_finite_for_any_finite_logits(dtype, big):
+    # a logit gap above the largest float: log_softmax gives -inf for the small logit, and a
+    # zero target times it must add 0 (not NaN); the loss is 0 where the target's logit wins
+    x = np.array([[big, -big], [-big, big]], dtype)
+    t = np.array([[1.0, 0.0], [0.0, 1.0]], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cce = losses.CategoricalCrossentropy(from_logits=True)(t, x)
+        scce = losses.SparseCategoricalCrossentropy(from_logits=True)(np.array([0, 1]), x)
+    assert cce == 0.0 and scce == 0.0
+    # the target's logit loses by 2 big: the true loss 2 big is above the largest float, so
+    # it saturates, to the largest float or (averaged in the same dtype) inf, not NaN
+    with np.errstate(over="ignore"):
+        wrong = losses.CategoricalCrossentropy(from_logits=True)(t[::-1].copy(), x)
+    assert wrong >= float(np.finfo(dtype).max) / 2
+
+
+@pytest.mark.parametrize("bad", [None, "1", True, np.nan, np.inf, -0.5, [1.0]])
+def test_huber_delta_errors_name_the_argument(bad):
+    with pytest.raises(ValueError, match="`delta` must be a finite number >= 0"):
+        losses.Huber(delta=bad)

@@ -196,3 +196,10 @@ def test_get_unknown():
         metrics.get(3.5)
     with pytest.raises(ValueError):
         metrics.get("accuracy", loss="not_a_loss")
+
+
+@pytest.mark.parametrize("bad", [None, "high", True, np.nan, -np.inf, [0.5]])
+def test_binary_accuracy_threshold_errors_name_the_argument(bad):
+    with pytest.raises(ValueError, match="`threshold` must be a finite number"):
+        metrics.BinaryAccuracy(threshold=bad)
+    assert metrics.BinaryAccuracy(threshold=np.float32(0.25)).threshold == 0.25

@@ -236,6 +236,21 @@ def test_early_stopping_and_reduce_lr_with_a_model():
     assert "learning_rate" in h.history
 
 
+def test_on_train_end_gets_the_last_epochs_logs():
+    # Keras 3 passes the last epoch's logs (val_* included) to on_train_end, not the last
+    # batch's running averages; with no epoch run, empty logs
+    x, y = toy_data()
+    got = {}
+    cb = callbacks.LambdaCallback(on_epoch_end=lambda e, logs: got.update(epoch=dict(logs)),
+                                  on_train_end=lambda logs: got.update(end=dict(logs)))
+    small_model().fit(x, y, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb])
+    assert sorted(got["end"]) == ["accuracy", "loss", "val_accuracy", "val_loss"], got
+    assert got["end"] == got["epoch"]
+    got.clear()
+    small_model().fit(x, y, epochs=2, initial_epoch=2, verbose=0, callbacks=[cb])
+    assert got == {"end": {}}
+
+
 def test_verbose_output_formats(capsys):
     x, y = toy_data(40)
     m = small_model()

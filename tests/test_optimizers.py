@@ -647,3 +647,58 @@ def test_sgd_momentum_matches_torch(nesterov):
         p.grad = torch.tensor(g, dtype=torch.float64)
         topt.step()
     np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_keras_serialized_configs_load_and_unsupported_keras_features_are_refused():
+    # what keras.optimizers.serialize() writes (Keras 3.15): the EMA, loss-scale and
+    # gradient-accumulation keys at their no-op values are dropped; switched on, refused
+    common = {"name": "adam", "learning_rate": 0.02, "weight_decay": None, "clipnorm": None,
+              "global_clipnorm": None, "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
+              "ema_overwrite_frequency": None, "loss_scale_factor": None, "gradient_accumulation_steps": None}
+    cfg = {"module": "keras.optimizers", "class_name": "Adam", "registered_name": None,
+           "config": dict(common, beta_1=0.9, beta_2=0.999, epsilon=1e-07, amsgrad=False)}
+    for load in (opt_mod.deserialize, opt_mod.get):
+        opt = load(cfg)
+        assert isinstance(opt, opt_mod.Adam) and opt.learning_rate == pytest.approx(0.02)
+    sgd = {"module": "keras.optimizers", "class_name": "SGD", "registered_name": None,
+           "config": dict(common, name="SGD", momentum=0.5, nesterov=True)}
+    assert opt_mod.deserialize(sgd).momentum == 0.5
+    for key, value in (("use_ema", True), ("loss_scale_factor", 128.0), ("gradient_accumulation_steps", 4)):
+        bad = {**cfg, "config": {**cfg["config"], key: value}}
+        with pytest.raises(ValueError, match=f"`{key}` is not supported"):
+            opt_mod.deserialize(bad)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop"])
+def test_a_refused_call_leaves_the_optimizer_unbuilt(name):
+    cls = getattr(opt_mod, name)
+    kwargs = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    w1, w2 = np.zeros((2, 3)), np.zeros(3)
+    opt = cls(**kwargs)
+    with pytest.raises(ValueError, match="shape"):
+        opt.apply([np.ones((2, 3)), np.ones(3)], [w2, w1])   # gradients and variables mixed up
+    with pytest.raises(ValueError, match="No gradients"):
+        opt.apply([None, None], [w1, w2])
+    with pytest.raises(TypeError):
+        opt.apply([np.ones((2, 3), dtype=bool), np.ones(3)], [w1, w2])
+    assert not opt.built
+    assert opt.apply([np.ones((2, 3)), np.ones(3)], [w1, w2]) == 1   # the corrected call
+    assert opt.built and np.all(w1 != 0)
+    # a refused state leaves it unbuilt too: unknown slots, arrays of mixed shapes or dtypes
+    state = cls(**kwargs)
+    state.apply([np.ones(4)], [np.zeros(4)])
+    good = state.get_state()
+    slots = [k for k in good if k != "iterations"]
+    bads = [{**good, "foo": [np.zeros(4)]}]
+    if len(slots) > 1:  # slots of different lengths, shapes or dtypes (one slot alone is a valid state)
+        bads += [{**good, slots[0]: [np.zeros(4), np.zeros(4)]}, {**good, slots[-1]: [np.zeros(5)]},
+                 {**good, slots[-1]: [np.zeros(4, np.float32)]}]
+    for bad in bads:
+        fresh = cls(**kwargs)
+        with pytest.raises(ValueError):
+            fresh.set_state(bad)
+        assert not fresh.built
+        assert fresh.apply([np.ones(3)], [np.zeros(3)]) == 1   # builds for its own variables
+    restored = cls(**kwargs)
+    restored.set_state(good)
+    assert restored.built and restored.iterations == 1

@@ -36,10 +36,15 @@ through exp(-|x|), softmax subtracts the row maximum, elu/selu exponentiate only
 min(x, 0)); the one exception is ``exponential``, whose true value overflows to inf
 for x above ~88 (float32) or ~709 (float64), which it returns without a warning.
 
-Not provided (Keras has them): gelu (Keras's default is the exact erf form, and
-NumPy has no vectorized erf), and the parametrized forms (relu's negative_slope,
-max_value and threshold, elu's alpha), since an activation here is identified by
-its name alone.
+Not provided (Keras 3.15 has them; asking for one raises a ValueError listing the
+names above): gelu (Keras's default is the exact erf form, and NumPy has no vectorized
+erf), celu, glu, hard_shrink, hard_sigmoid, hard_silu / hard_swish, hard_tanh,
+leaky_relu, log_sigmoid, log_softmax, mish, relu6, soft_shrink, sparse_plus,
+sparse_sigmoid, sparsemax, squareplus, tanh_shrink, threshold; nor the parametrized
+forms (relu's negative_slope, max_value and threshold, elu's alpha), since an
+activation here is identified by its name alone. An LSTM with
+recurrent_activation="hard_sigmoid" (the default of standalone Keras 2) cannot be
+reproduced here; "sigmoid" (Keras 3's default) is the nearest, with other results.
 """
 
 import numpy as np

@@ -118,6 +118,12 @@ def _check_str(name, value):
     return value
 
 
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
 def _check_mode(mode):
     if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
         raise ValueError("Argument `mode` must be one of 'auto', 'min' or 'max'. "
@@ -676,8 +682,10 @@ class EarlyStopping(Callback):
         verbose: 0 (silent) or 1 (print when stopping / restoring).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (see the module docstring).
         baseline: when set, an epoch only resets the patience counter if it beats both
-            the best value so far and the baseline; if no epoch beats the baseline,
-            training stops after ``patience`` epochs.
+            the best value so far and the baseline; an epoch that improves on the best
+            value without beating the baseline neither resets the counter nor counts
+            towards stopping (as Keras 3: a metric that keeps improving without ever
+            reaching the baseline does not stop training).
         restore_best_weights: at the end of training (early stop or not), put back the
             weights of the best epoch (as Keras 3).
         start_from_epoch: number of initial epochs during which nothing is monitored.
@@ -696,7 +704,7 @@ class EarlyStopping(Callback):
         self.verbose = _check_verbose(verbose)
         self.mode = _check_mode(mode)
         self.baseline = _check_real("baseline", baseline, allow_none=True)
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = _check_bool("restore_best_weights", restore_best_weights)
         self.start_from_epoch = _check_int("start_from_epoch", start_from_epoch, low=0)
         self._maximize = _maximize(self.monitor, self.mode)
         self._reset()
@@ -791,8 +799,8 @@ class ModelCheckpoint(Callback):
         self.filepath = _check_path("filepath", filepath)
         self.monitor = _check_str("monitor", monitor)
         self.verbose = _check_verbose(verbose)
-        self.save_best_only = bool(save_best_only)
-        self.save_weights_only = bool(save_weights_only)
+        self.save_best_only = _check_bool("save_best_only", save_best_only)
+        self.save_weights_only = _check_bool("save_weights_only", save_weights_only)
         self.mode = _check_mode(mode)
         if isinstance(save_freq, str):
             if save_freq != "epoch":
@@ -1065,7 +1073,7 @@ class CSVLogger(Callback):
             raise ValueError("Argument `separator` must be a one-character string. "
                              f"Received: separator={separator!r}")
         self.sep = separator
-        self.append = bool(append)
+        self.append = _check_bool("append", append)
         self.keys = None
         self.writer = None
         self.csv_file = None

@@ -143,7 +143,8 @@ def _stable_sigmoid(x):
 def _log_softmax(x):
     xp = array_module(x)
     m = xp.max(x, axis=-1, keepdims=True)
-    z = x - m
+    with np.errstate(over="ignore"):  # a logit gap above the largest float gives -inf (callers clamp it)
+        z = x - m
     return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
 
 
@@ -254,10 +255,10 @@ class Huber(Loss):
 
     def __init__(self, delta=1.0, name=None):
         super().__init__(name)
-        delta = float(delta)
-        if not math.isfinite(delta) or delta < 0:
-            raise ValueError(f"Huber delta must be finite and >= 0, got {delta}")
-        self.delta = delta
+        if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"Argument `delta` must be a finite number >= 0. Received: delta={delta!r}")
+        self.delta = float(delta)
 
     def _forward(self, yt, yp):
         xp = array_module(yp)
@@ -322,7 +323,8 @@ def _categorical_forward(t, x, from_logits):
     renormalised probabilities; also returns what the backward pass needs."""
     xp = array_module(x)
     if from_logits:
-        logq = _log_softmax(x)
+        # a logit gap above the largest float gives -inf; clamp it so that t == 0 adds 0, not NaN
+        logq = xp.maximum(_log_softmax(x), xp.finfo(x.dtype).min)
         return -xp.sum(t * logq, axis=-1), logq
     s = xp.sum(x, axis=-1, keepdims=True)
     q = x / s

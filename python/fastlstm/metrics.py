@@ -18,6 +18,8 @@ contribution comes back in one transfer; the models collect it with ``_batch_sta
 read it together with the loss, then ``_accumulate``.
 """
 
+import math
+
 import numpy as np
 
 from . import losses as _losses
@@ -169,6 +171,9 @@ class BinaryAccuracy(MeanMetricWrapper):
     default_name = "binary_accuracy"
 
     def __init__(self, threshold=0.5, name=None):
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(threshold):
+            raise ValueError(f"Argument `threshold` must be a finite number. Received: threshold={threshold!r}")
         self.threshold = float(threshold)
         super().__init__(name)
 

@@ -670,6 +670,7 @@ class Sequential:
         rng = _random.generator()
         cbs.on_train_begin()
         logs = {}
+        training_logs = {}
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
             loss_tracker.reset_state()
@@ -701,9 +702,10 @@ class Sequential:
                                                  steps=validation_steps)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
             cbs.on_epoch_end(epoch, epoch_logs)
+            training_logs = epoch_logs
             if self.stop_training:
                 break
-        cbs.on_train_end(logs)
+        cbs.on_train_end(training_logs)   # the last epoch's logs, val_* included (Keras 3)
         return self.history
 
     @staticmethod

@@ -45,6 +45,7 @@ the slots from the state if the optimizer has not been built yet (they move to t
 device on the first update).
 """
 
+import copy
 import math
 import numbers
 
@@ -55,6 +56,9 @@ from ._device import array_module, copy_into, is_array, to_host, to_numpy_copy
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# keys of a Keras 3 optimizer config with no fastlstm counterpart, and their no-op values
+_KERAS_ONLY = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
+               "loss_scale_factor": None, "gradient_accumulation_steps": None}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -205,7 +209,7 @@ class Optimizer:
             seen.add(id(v))
         return variables
 
-    def _check_known(self, variables):
+    def _check_known(self, variables, bind=True):
         specs = self._var_specs
         if len(variables) != len(specs):
             raise ValueError(f"{type(self).__name__} was built for {len(specs)} variables but "
@@ -218,7 +222,8 @@ class Optimizer:
                                  f"dtype {dtype} for it; an optimizer can only be used with "
                                  "the variables it was built with.")
         if self._variables is None:
-            self._variables = list(variables)
+            if bind:
+                self._variables = list(variables)
             return
         for i, (v, mine) in enumerate(zip(variables, self._variables)):
             if v is not mine:
@@ -250,11 +255,11 @@ class Optimizer:
         if not grads:
             return self._iterations     # nothing to do (Keras: a no-op)
         variables = self._check_variables(variables)
-        if not self.built:
-            self.build(variables)
-        self._check_known(variables)
+        if self.built:
+            self._check_known(variables, bind=False)
 
-        # Everything is checked before anything is modified.
+        # Everything is checked before anything is modified (the optimizer is built and
+        # bound to the variables only once the call is known to be valid).
         positions = [i for i, g in enumerate(grads) if g is not None]
         if not positions:
             raise ValueError("No gradients provided for any variable.")
@@ -271,6 +276,9 @@ class Optimizer:
                                  f"shape {v.shape}")
             gs.append(g.astype(v.dtype, copy=False))
         lr = self._current_learning_rate()
+        if not self.built:
+            self.build(variables)
+        self._check_known(variables)
         self._move_slots(variables)
 
         gs = self._clip_gradients(gs)
@@ -362,21 +370,13 @@ class Optimizer:
             for a in first:
                 if a.dtype not in _FLOATS:
                     raise ValueError(f"state arrays must be float32 or float64; got {a.dtype}")
+            # built first as a throw-away copy, so that a refused state leaves self unbuilt
+            probe = copy.copy(self)
+            probe.build([np.zeros(a.shape, dtype=a.dtype) for a in first])
+            self._check_state_slots(slots, probe._slots)
             self.build([np.zeros(a.shape, dtype=a.dtype) for a in first])
         if self.built:
-            if set(slots) != set(self._slots):
-                raise ValueError(f"State has slots {sorted(slots)} but {type(self).__name__} "
-                                 f"{self.name!r} has slots {sorted(self._slots)}")
-            for k, arrays in slots.items():
-                mine = self._slots[k]
-                if len(arrays) != len(mine):
-                    raise ValueError(f"state[{k!r}] has {len(arrays)} arrays; expected "
-                                     f"{len(mine)}")
-                for j, (a, m) in enumerate(zip(arrays, mine)):
-                    a = to_numpy_copy(a)
-                    if a.shape != m.shape or a.dtype != m.dtype:
-                        raise ValueError(f"state[{k!r}][{j}] has shape {a.shape} and dtype "
-                                         f"{a.dtype}; expected {m.shape} and {m.dtype}")
+            self._check_state_slots(slots, self._slots)
             for k, arrays in slots.items():
                 for a, m in zip(arrays, self._slots[k]):
                     copy_into(m, to_numpy_copy(a))
@@ -384,6 +384,21 @@ class Optimizer:
             raise ValueError("set_state: state has slots but the optimizer could not be "
                              "built from it")
         self._iterations = int(it_arr)
+
+    def _check_state_slots(self, slots, mine):
+        """Raise unless the state's slots match ``mine`` (names, counts, shapes, dtypes)."""
+        if set(slots) != set(mine):
+            raise ValueError(f"State has slots {sorted(slots)} but {type(self).__name__} "
+                             f"{self.name!r} has slots {sorted(mine)}")
+        for k, arrays in slots.items():
+            if len(arrays) != len(mine[k]):
+                raise ValueError(f"state[{k!r}] has {len(arrays)} arrays; expected "
+                                 f"{len(mine[k])}")
+            for j, (a, m) in enumerate(zip(arrays, mine[k])):
+                a = np.asarray(a) if isinstance(a, np.ndarray) else to_numpy_copy(a)
+                if a.shape != m.shape or a.dtype != m.dtype:
+                    raise ValueError(f"state[{k!r}][{j}] has shape {a.shape} and dtype "
+                                     f"{a.dtype}; expected {m.shape} and {m.dtype}")
 
     # ------------------------------------------------------------------ config
 
@@ -407,6 +422,12 @@ class Optimizer:
         if "config" in config and isinstance(config["config"], dict) and not (
                 set(config) - {"config", "module", "registered_name"}):
             config = dict(config["config"])     # Keras serialize() form
+            for key, default in _KERAS_ONLY.items():   # Keras features fastlstm lacks
+                if key in config:
+                    value = config.pop(key)
+                    if value != default:
+                        raise ValueError(f"Argument `{key}` is not supported by fastlstm "
+                                         f"optimizers. Received: {key}={value!r}")
         if class_name is not None:
             target = _lookup(class_name)
             if cls is not Optimizer and target is not cls:
