@@ -325,7 +325,12 @@ class Sequential:
                 weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
                 jit_compile="auto", auto_scale_loss=True):
         """Configure training. ``run_eagerly``, ``steps_per_execution``, ``jit_compile``
-        and ``auto_scale_loss`` are accepted for Keras code and have no effect."""
+        and ``auto_scale_loss`` are accepted for Keras code and have no effect.
+
+        A binary accuracy named by string (``"accuracy"`` / ``"binary_accuracy"``) with a
+        ``BinaryCrossentropy(from_logits=True)`` loss thresholds the logits at 0 (where the
+        probability is 0.5); Keras keeps 0.5, which on logits is a different boundary. An
+        explicit ``metrics.BinaryAccuracy(threshold=...)`` is used as given."""
         if loss_weights is not None or weighted_metrics is not None:
             raise NotImplementedError("compile: loss_weights and weighted_metrics are for "
                                       "multi-output models, which fastlstm does not have")
