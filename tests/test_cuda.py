@@ -1150,11 +1150,27 @@ class _FakeTensor:
         return _FakeTensor.on_device(q, self._alloc) if self._alloc else _FakeTensor(q)
 
 
+class _HostClockEvent:
+    """torch.cuda.Event for the stand-ins below: timed by the host clock."""
+
+    def __init__(self, enable_timing):
+        assert enable_timing
+
+    def record(self):
+        import time
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+
 def _fake_torch(alloc):
     """A stand-in for torch with CUDA: "device" tensors in memory from alloc(nbytes), CUDA events
     timed by the host clock, and an nn.LSTM that returns its input's shape (the scripts only time
     it)."""
-    import time
     import types
     rng = np.random.default_rng(0)
     ns = types.SimpleNamespace
@@ -1185,19 +1201,6 @@ def _fake_torch(alloc):
             T, B = x.a.shape[:2]
             return _FakeTensor(np.zeros((T, B, self.H), np.float32)), None
 
-    class Event:
-        def __init__(self, enable_timing):
-            assert enable_timing
-
-        def record(self):
-            self.t = time.perf_counter()
-
-        def synchronize(self):
-            pass
-
-        def elapsed_time(self, end):
-            return (end.t - self.t) * 1e3
-
     def generator(device):
         assert device == "cuda", device
         return ns(manual_seed=lambda seed: np.random.default_rng(seed))
@@ -1208,7 +1211,7 @@ def _fake_torch(alloc):
         matmul=lambda a, b: _FakeTensor(a.a @ b.a),
         equal=lambda a, b: bool(a.a.shape == b.a.shape and (a.a == b.a).all()),
         no_grad=contextlib.nullcontext, nn=ns(LSTM=LSTM),
-        cuda=ns(Event=Event, synchronize=lambda: None, current_device=lambda: 0,
+        cuda=ns(Event=_HostClockEvent, synchronize=lambda: None, current_device=lambda: 0,
                 get_device_name=lambda: "emulator"),
         backends=ns(cudnn=ns(allow_tf32=False, version=lambda: 0), cuda=ns(matmul=ns(allow_tf32=False))))
 
@@ -1360,22 +1363,8 @@ def _torch_as_if_cuda(torch):
     timed by the host clock, and the cuDNN switches are plain attributes (the real ones are
     left alone). torch.nn.LSTM and autograd are the real ones, so the benchmark's float64
     reference and its error checks are computed for real."""
-    import time
     import types
     ns = types.SimpleNamespace
-
-    class Event:
-        def __init__(self, enable_timing):
-            assert enable_timing
-
-        def record(self):
-            self.t = time.perf_counter()
-
-        def synchronize(self):
-            pass
-
-        def elapsed_time(self, end):
-            return (end.t - self.t) * 1e3
 
     def device(name):
         assert name == "cuda", name
@@ -1387,7 +1376,7 @@ def _torch_as_if_cuda(torch):
 
     module = _fake_module("torch (as if CUDA)", __version__=f"{torch.__version__} (CPU, as if CUDA)", device=device,
                           randn=randn,
-                          cuda=ns(Event=Event, synchronize=lambda: None, is_available=lambda: True,
+                          cuda=ns(Event=_HostClockEvent, synchronize=lambda: None, is_available=lambda: True,
                                   empty_cache=lambda: None),
                           backends=ns(cudnn=ns(allow_tf32=False, version=lambda: 0, rnn=ns(fp32_precision="ieee")),
                                       cuda=ns(matmul=ns(allow_tf32=False))))
