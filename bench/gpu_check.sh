@@ -19,7 +19,8 @@
 #                 then bench/gpu_gemm_ab.py (the tensor-core GEMM with / without its cp.async
 #                 pipeline, alone against cuBLAS and in the LSTM against cuDNN tf32; the fp32
 #                 GEMM, the tiled step product and split-K on / off beside cuBLAS fp32),
-#                 bench/gpu_persistent_ab.py (persistent vs simt vs tiled vs cuDNN, paths
+#                 bench/gpu_persistent_ab.py (first short sequences, T = 1 .. 64, persistent
+#                 vs simt; then persistent vs simt vs tiled vs cuDNN, paths
 #                 forced; persistent with staging ahead on and off, and with the tagged
 #                 exchange instead of grid barriers for B <= 64)
 #                 and bench/gpu_phase_profile.py (the persistent kernels' time per step, phase
@@ -32,7 +33,8 @@
 # 7. initcheck:   compute-sanitizer initcheck (poisoning off), if time is left
 # 8. decide:      bench/gpu_decide.py reads the A/B tables back and prints the ratios behind each
 #                 switch still waiting for a measurement (pipeline, split-K, tiled, the persistent
-#                 batch limit, staging ahead, the tagged exchange, tiled_plan's k per slice)
+#                 batch limit and shortest T, staging ahead, the tagged exchange, tiled_plan's k
+#                 per slice, the load switches)
 #
 # A second, shorter run in the same session (after changing a default, say): STAGES="build
 # pytest_cuda persistent_ab decide" runs only those stages (names as in the summary; the others
