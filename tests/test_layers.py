@@ -551,3 +551,53 @@ def test_recurrent_dropout_draws_one_mask_per_gate_as_keras():
     lstm.set_weights([np.array([[0.5, 0.9, 1.3, 1.7]]), np.zeros((1, 4)), np.zeros(4)])
     y = lstm.forward(np.ones((B, 1, 1)), training=True)[:, 0]
     assert len(np.unique(np.round(y, 12))) > 2            # (one shared mask: 2 values)
+
+
+def test_reset_states_checks_the_given_states():
+    lstm = layers.LSTM(4, stateful=True)
+    lstm.build((2, 5, 3))
+    with pytest.raises(ValueError, match=r"state h must have shape \(batch, units\) = \(2, 4\)"):
+        lstm.reset_states([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match=r"state c must have shape"):
+        lstm.reset_states([np.zeros((2, 4)), np.zeros((1, 4))])
+    with pytest.raises(ValueError, match=r"expects \[h, c\], got 3 arrays"):
+        lstm.reset_states([np.zeros((2, 4))] * 3)
+    assert lstm.states is None                    # a refused call leaves the layer as it was
+    lstm.reset_states([np.ones((2, 4)), np.zeros((2, 4))])
+    assert lstm(np.zeros((2, 5, 3), np.float32)).shape == (2, 4)
+
+
+def test_dropout_noise_shape_is_checked_when_made():
+    with pytest.raises(TypeError, match="noise_shape"):
+        layers.Dropout(0.5, noise_shape=5)
+    with pytest.raises(TypeError, match="noise_shape"):
+        layers.Dropout(0.5, noise_shape="ab")
+    with pytest.raises(ValueError, match="noise_shape"):
+        layers.Dropout(0.5, noise_shape=(None, 0, 3))
+    assert layers.Dropout(0.5, noise_shape=[None, 1, 3]).noise_shape == (None, 1, 3)
+
+
+def test_set_weights_refuses_complex_arrays():
+    dense = layers.Dense(2)
+    dense.build((None, 3))
+    with pytest.raises(TypeError, match="real numeric"):
+        dense.set_weights([np.full((3, 2), 1 + 5j), np.zeros(2)])
+
+
+def test_lstm_refuses_inputs_without_features():
+    with pytest.raises(ValueError, match=r"'zf' \(LSTM\) needs a known feature axis of size >= 1"):
+        layers.LSTM(4, name="zf")(np.zeros((2, 3, 0), np.float32))
+
+
+def test_bidirectional_reset_states_resets_both_directions():
+    # as Keras 3's Bidirectional.reset_states: a stateful pair forgets its carried states
+    bi = layers.Bidirectional(layers.LSTM(3, stateful=True))
+    x = np.random.default_rng(7).standard_normal((2, 4, 5)).astype(np.float32)
+    first = bi(x)
+    assert not np.allclose(bi(x), first)                 # the carried states changed the result
+    assert all(layer.states is not None for layer in (bi.forward_layer, bi.backward_layer))
+    bi.reset_states()
+    assert all(layer.states is None for layer in (bi.forward_layer, bi.backward_layer))
+    np.testing.assert_array_equal(bi(x), first)
+    bi.reset_state()                                     # (Keras's other spelling)
+    np.testing.assert_array_equal(bi(x), first)

@@ -895,3 +895,13 @@ def test_accuracy_by_name_with_logits_keeps_the_zero_threshold():
     m.compile(optimizers.SGD(0.0), losses.BinaryCrossentropy(from_logits=True), metrics=["accuracy"])
     got = m.evaluate(x, y, verbose=0)[1]
     assert got == pytest.approx(np.mean((m.predict(x, verbose=0) > 0) == (y > 0.5)), rel=1e-12)
+
+
+def test_pop_of_the_last_layer_leaves_an_unbuilt_model():
+    m = models.Sequential([layers.Input((5, 3)), layers.LSTM(2)])
+    m.pop()
+    assert not m.built and m.output_shape is None
+    with pytest.raises(ValueError, match="no layers"):
+        m.predict(np.zeros((2, 5, 3)), verbose=0)
+    m.add(layers.LSTM(3))                          # the Input's shape still builds it
+    assert m.built and m.output_shape == (None, 3)

@@ -322,8 +322,8 @@ class Layer:
             if value.shape != target.shape:
                 raise ValueError(f"Layer {self.name!r} weight {wname!r}: expected shape "
                                  f"{target.shape}, got {value.shape}")
-            if not np.issubdtype(value.dtype, np.number):
-                raise TypeError(f"Layer {self.name!r} weight {wname!r}: expected a numeric "
+            if not np.issubdtype(value.dtype, np.number) or value.dtype.kind == "c":
+                raise TypeError(f"Layer {self.name!r} weight {wname!r}: expected a real numeric "
                                 f"array, got dtype {value.dtype}")
             arrays.append(value)
         for target, value in zip(mine, arrays):
@@ -641,6 +641,27 @@ class Flatten(Layer):
 
 # --------------------------------------------------------------------------- Dropout / Masking
 
+def _noise_shape(value):
+    """Dropout's noise_shape as a tuple of positive ints / None; errors name the argument."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"noise_shape: expected a tuple of dimensions (ints or None), got {value!r}")
+    out = []
+    for d in value:
+        if d is None:
+            out.append(None)
+            continue
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            d = operator.index(d)
+        except TypeError:
+            raise TypeError(f"noise_shape: dimensions must be integers or None, got {value!r}") from None
+        if d < 1:
+            raise ValueError(f"noise_shape: dimensions must be >= 1, got {value!r}")
+        out.append(d)
+    return tuple(out)
+
+
 class Dropout(Layer):
     """While training, zeroes each element with probability ``rate`` and scales the rest
     by 1/(1 - rate); the identity at inference."""
@@ -650,7 +671,7 @@ class Dropout(Layer):
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.rate = _rate(rate, "rate")
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.noise_shape = None if noise_shape is None else _noise_shape(noise_shape)
         self.seed = None if seed is None else _random.check_seed(seed)
         self._rng = None if seed is None else _random.generator(self.seed)
 
@@ -977,9 +998,9 @@ class LSTM(Layer):
         return self.activation.name == "tanh" and self.recurrent_activation.name == "sigmoid"
 
     def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(f"Layer {self.name!r} (LSTM) needs a known feature axis, got "
-                             f"input shape {_fmt_shape(input_shape)}")
+        if input_shape[-1] is None or input_shape[-1] < 1:
+            raise ValueError(f"Layer {self.name!r} (LSTM) needs a known feature axis of size "
+                             f">= 1, got input shape {_fmt_shape(input_shape)}")
         u = self.units
         self.kernel = self.add_weight("kernel", (input_shape[-1], 4 * u),
                                       self.kernel_initializer, self.kernel_regularizer)
@@ -1017,9 +1038,23 @@ class LSTM(Layer):
         if states is None:
             self.states = None
             return
-        h, c = states
-        self.states = [self._xp.array(self._on_device(h, self.dtype)),
-                       self._xp.array(self._on_device(c, self.dtype))]
+        if isinstance(states, (str, bytes)) or not hasattr(states, "__len__") or len(states) != 2:
+            n = len(states) if hasattr(states, "__len__") else type(states).__name__
+            raise ValueError(f"Layer {self.name!r}: reset_states(states) expects [h, c], got {n}"
+                             f"{' arrays' if isinstance(n, int) else ''}")
+        batch = None if self.input_shape is None else self.input_shape[0]
+        out = []
+        for nm, s in zip(("h", "c"), states):
+            s = self._xp.array(self._on_device(s, self.dtype))
+            if s.ndim != 2 or s.shape[1] != self.units or (batch is not None and s.shape[0] != batch):
+                want = f"({'batch' if batch is None else batch}, {self.units})"
+                raise ValueError(f"Layer {self.name!r}: reset_states: state {nm} must have shape "
+                                 f"(batch, units) = {want}, got {tuple(s.shape)}")
+            out.append(s)
+        if out[0].shape != out[1].shape:
+            raise ValueError(f"Layer {self.name!r}: reset_states: h and c must have the same shape, "
+                             f"got {tuple(out[0].shape)} and {tuple(out[1].shape)}")
+        self.states = out
 
     reset_state = reset_states
 
@@ -1366,6 +1401,14 @@ class Bidirectional(_Wrapper):
 
     def _sublayers(self):
         return [self.forward_layer, self.backward_layer]
+
+    def reset_states(self):
+        """Forget the carried states of both directions (stateful layers; as Keras 3's)."""
+        for layer in self._sublayers():
+            if getattr(layer, "stateful", False):
+                layer.reset_states()
+
+    reset_state = reset_states
 
     def _rank_hint(self):
         return "(batch, timesteps, features)"

@@ -143,7 +143,10 @@ class Sequential:
         if not self.layers:
             raise IndexError("pop: the model has no layers")
         layer = self.layers.pop()
-        if self._build_input_shape is not None and self.layers:
+        if not self.layers:            # nothing left to run: unbuilt until a layer is added
+            self.built = False
+            self.output_shape = None
+        elif self._build_input_shape is not None:
             self.build(self._build_input_shape)
         return layer
 
