@@ -12,7 +12,8 @@
 * ``run_python``: runs code in a fresh interpreter that imports this same fastlstm, with
   chosen environment variables (for what fastlstm reads at import).
 
-FASTLSTM_DEVICE defaults to "cpu" here (set before fastlstm is imported): see below.
+FASTLSTM_DEVICE defaults to "cpu" here (set before fastlstm is imported), and KERAS_BACKEND to
+"torch" where torch is installed: see below.
 """
 
 import os
@@ -28,6 +29,13 @@ import pytest
 # The model API runs on the GPU by default where one is usable ("auto"). The tests written
 # for NumPy arrays pin it to the CPU; tests/test_device.py chooses its devices itself.
 os.environ.setdefault("FASTLSTM_DEVICE", "cpu")
+# The Keras comparisons (tests/test_keras_compat.py, test_convert.py) are written for Keras 3
+# on its torch backend: where torch is installed and no backend was chosen, that one (Keras's
+# own default, tensorflow, is not installed by any extra, and keras fails to import without it).
+if "KERAS_BACKEND" not in os.environ:
+    import importlib.util
+    if importlib.util.find_spec("torch") is not None:
+        os.environ["KERAS_BACKEND"] = "torch"
 
 
 # --------------------------------------------------------------------------- helpers

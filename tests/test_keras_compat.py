@@ -1,5 +1,6 @@
-"""Against Keras itself (optional: runs only where keras and torch are installed; the
-`test` extra installs neither, so CI skips this file).
+"""Against Keras itself (optional: runs only where keras and torch are installed, on Keras's
+torch backend, which tests/conftest.py selects where KERAS_BACKEND is unset; the `test` extra
+installs neither, CI's .ci/run installs both).
 
 The same weights go into a Keras 3 model (torch backend) and a fastlstm model; outputs,
 the loss and the weights after one SGD step must agree to float32 rounding (1e-5

@@ -595,7 +595,7 @@ def footnotes(report):
     if any("check" in row and row["check"]["T"] != row["config"]["T"] for row in rows):
         notes.append("*: checked at T=%d (the float64 reference is slow at full T)." % CHECK_SHORT_T)
     if report["environment"]["torch"] is None:
-        notes.append("torch '-': PyTorch is not installed (pip install torch)." if not settings["no_torch"]
+        notes.append("torch '-': PyTorch is not installed (pip install \"torch==2.13.0\", the CPU build)." if not settings["no_torch"]
                      else "torch '-': --no-torch.")
     busy = report["environment"]["busy_cores_at_start"]
     if busy is not None and busy > BUSY_WARNING_CORES:
