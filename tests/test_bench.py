@@ -78,7 +78,10 @@ def test_cli_checks_its_output_paths_and_limits_before_running(tmp_path, capsys,
     for argv, message in ((["--json", str(tmp_path / "no" / "x.json")], "--json: cannot write"),
                           (["--markdown", str(tmp_path)], "--markdown: cannot write"),
                           (["--threads", "2000"], "at most 1024 threads"),
-                          (["--ceiling", "inf"], "--ceiling must be a positive, finite")):
+                          (["--ceiling", "inf"], "--ceiling must be a positive, finite"),
+                          (["--seed", "-1"], "--seed: expected an integer >= 0"),
+                          (["--json", ""], "--json: expected a file path"),
+                          (["--markdown", ""], "--markdown: expected a file path")):
         with pytest.raises(SystemExit) as e:
             bench.main(["--quick", "--no-torch"] + argv)
         assert e.value.code == 2 and message in capsys.readouterr().err, argv

@@ -614,3 +614,15 @@ def test_load_keras_weights_from_keras_itself():
                         L.LSTM(4, use_bias=False), L.Dense(2, activation="softmax")])
     convert.load_keras_weights(model, [np.asarray(w) for w in km.get_weights()])
     assert rel(model.predict(x, verbose=0), want) <= TOL
+
+
+def test_onnx_weights_share_the_kernels_dtype():
+    # ONNX's LSTM takes W, R and B of one type: a float64 recurrent_kernel is cast to the
+    # kernel's float32, as the bias is (the docstring: "in the kernels' dtype").
+    rng = np.random.default_rng(3)
+    k, rk, b = rand(rng, 3, 8), rand(rng, 2, 8, dtype=np.float64), rand(rng, 8, dtype=np.float64)
+    W, R, B = convert.fastlstm_to_onnx([(k, rk, b)])
+    assert W.dtype == R.dtype == B.dtype == np.float32
+    (k2, rk2, b2), = convert.onnx_to_fastlstm(W, R, B)
+    np.testing.assert_array_equal(rk2, rk.astype(np.float32))
+    np.testing.assert_array_equal(b2, b.astype(np.float32))

@@ -261,3 +261,13 @@ def test_thread_count_change_between_forward_and_backward(isa, make_case, num_th
     g2 = ops.lstm_backward(saved, **case.bwd)
     for a, b in zip(g1, g2):
         assert np.array_equal(a, b)
+
+
+def test_docstrings_name_only_existing_top_level_functions():
+    # pack_weights's docstring once pointed at fastlstm.get_isa(), which does not exist.
+    import re
+    for module in (fastlstm, ops):
+        for name in dir(module):
+            doc = getattr(getattr(module, name), "__doc__", None) or ""
+            for ref in re.findall(r"\bfastlstm\.([A-Za-z_]\w*)\(", doc):
+                assert hasattr(fastlstm, ref), f"{module.__name__}.{name}: fastlstm.{ref}()"

@@ -855,6 +855,32 @@ def test_pad_sequences_and_its_errors():
         utils.pad_sequences(seqs, padding="middle")
 
 
+@pytest.mark.parametrize("seqs, dtype, message", [
+    ([[2**40, 1]], "int32", "outside the range of dtype int32"),      # Keras: OverflowError
+    ([[-2**33]], "int32", "outside the range of dtype int32"),
+    ([[3_000_000_000]], "int32", "outside the range of dtype int32"),
+    ([[300]], "uint8", "outside the range of dtype uint8"),
+    ([np.array([1, 2**40])], "int32", "outside the range"),
+    ([[float("nan"), 1.0]], "int32", "NaN or infinite"),            # Keras: ValueError
+    ([[1.0], [float("inf")]], "int64", "sequence 1 holds NaN or infinite"),
+])
+def test_pad_sequences_refuses_values_the_dtype_cannot_hold(seqs, dtype, message):
+    # The assignment into the padded array would wrap them silently (2**40 -> 0, NaN -> -2**31).
+    with pytest.raises(ValueError, match=message):
+        utils.pad_sequences(seqs, dtype=dtype)
+
+
+def test_pad_sequences_checks_only_what_it_keeps_and_still_casts_in_range_values():
+    # Truncated-away values are not checked (as Keras converts only the kept part).
+    np.testing.assert_array_equal(utils.pad_sequences([[2**40, 1, 2]], maxlen=2), [[1, 2]])
+    out = utils.pad_sequences([[2**31 - 1, -2**31], [1.9, -1.9]])     # floats truncate, as Keras
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, [[2**31 - 1, -2**31], [1, -1]])
+    np.testing.assert_array_equal(utils.pad_sequences([[2**40]], dtype="int64"), [[2**40]])
+    f = utils.pad_sequences([[float("nan"), 1e300]], dtype="float64")
+    assert np.isnan(f[0, 0]) and f[0, 1] == 1e300
+
+
 @pytest.mark.parametrize("loss, units, labels, want", [
     ("mse", 4, "onehot", "CategoricalAccuracy"),             # Keras 3: from the shapes, not the loss
     ("binary_crossentropy", 4, "onehot", "CategoricalAccuracy"),

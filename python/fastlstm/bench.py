@@ -654,6 +654,14 @@ def positive_int(text):
     return value
 
 
+def seed_value(text):
+    """--seed: a whole number >= 0 (what numpy.random.default_rng accepts)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected an integer >= 0, got %r" % text)
+    return value
+
+
 def thread_count(text):
     value = positive_int(text)
     if value > fastlstm._MAX_THREADS:     # (fastlstm.set_num_threads' limit)
@@ -679,6 +687,8 @@ def check_output_path(parser, flag, path):
     """Fail now, not after the run, when an output file cannot be written."""
     if path is None:
         return
+    if not path:
+        parser.error("%s: expected a file path, got an empty one" % flag)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         parser.error("%s: cannot write %r (%s)" % (
@@ -725,7 +735,7 @@ def parse_args(argv):
                         "(default: measured in-process)")
     parser.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
+    parser.add_argument("--seed", type=seed_value, default=0, help="random seed for the inputs")
     parser.add_argument("--lengths", action="store_true",
                         help="padded batches: per-sequence lengths uniform in [T/4, T] (torch through "
                              "pack_padded_sequence); GFLOP/s count the valid positions")

@@ -209,7 +209,7 @@ def fastlstm_to_onnx(directions):
         shape = k.shape
         H = rk.shape[0]
         Ws.append(_blocks(k.T, _TO_ONNX, axis=0))
-        Rs.append(_blocks(rk.T, _TO_ONNX, axis=0))
+        Rs.append(_blocks(rk.T, _TO_ONNX, axis=0).astype(k.dtype, copy=False))
         wb = np.zeros(4 * H, k.dtype) if b is None else _blocks(b, _TO_ONNX, axis=0)
         Bs.append(np.concatenate([wb.astype(k.dtype), np.zeros(4 * H, k.dtype)]))
     return (np.ascontiguousarray(np.stack(Ws)), np.ascontiguousarray(np.stack(Rs)),

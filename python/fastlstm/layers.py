@@ -1512,6 +1512,8 @@ def deserialize(config):
 
 
 def get(identifier):
+    """A layer: ``identifier`` itself if it is one, else ``deserialize(identifier)`` (a
+    ``{"class_name", "config"}`` dict, as ``serialize`` writes)."""
     if isinstance(identifier, Layer):
         return identifier
     return deserialize(identifier)

@@ -187,7 +187,7 @@ def pack_weights(kernel, recurrent_kernel):
     streams, for lstm_forward(..., packed=...): calls with unchanged weights then skip packing
     them (worth it for short sequences and small batches; bench/NOTES.md, entry 21). The
     result is a copy: after changing the weights, pack them again. It is tied to the
-    instruction set in use (fastlstm.get_isa()); under another one the forward ignores it.
+    instruction set in use (fastlstm.cpu_info()["isa"]); under another one the forward ignores it.
     """
     recurrent_kernel = _recurrent_kernel(recurrent_kernel)
     H = recurrent_kernel.shape[0]

@@ -56,6 +56,24 @@ def to_categorical(x, num_classes=None):
     return out
 
 
+def _check_fits(s, dtype, i):
+    """Refuse values that an integer ``dtype`` cannot hold (NaN, infinities, out of range),
+    which the assignment would silently wrap (Keras raises for them too)."""
+    if dtype.kind not in "iu" or s.dtype.kind not in "iuf" or not s.size:
+        return
+    if s.dtype.kind == "f" and not np.all(np.isfinite(s)):
+        raise ValueError(f"sequences: sequence {i} holds NaN or infinite values, which dtype "
+                         f"{dtype} cannot hold")
+    info = np.iinfo(dtype)
+    low, high = s.min(), s.max()
+    if s.dtype.kind == "f":
+        low, high = np.trunc(low), np.trunc(high)       # the cast truncates toward zero
+    if low < info.min or high > info.max:
+        bad = (low if low < info.min else high).item()
+        raise ValueError(f"sequences: sequence {i} holds {bad!r}, outside the range of dtype "
+                         f"{dtype} [{info.min}, {info.max}]; pass a wider dtype")
+
+
 def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre",
                   value=0.0):
     """A list of sequences (lists or arrays, possibly of feature vectors) -> one array of
@@ -96,6 +114,7 @@ def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncati
         if s.shape[1:] != sample_shape:
             raise ValueError(f"sequences: sequence {i} has items of shape {s.shape[1:]}, "
                              f"expected {sample_shape}")
+        _check_fits(s, out.dtype, i)
         if padding == "post":
             out[i, :len(s)] = s
         else:
