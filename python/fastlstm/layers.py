@@ -645,21 +645,7 @@ def _noise_shape(value):
     """Dropout's noise_shape as a tuple of positive ints / None; errors name the argument."""
     if not isinstance(value, (tuple, list)):
         raise TypeError(f"noise_shape: expected a tuple of dimensions (ints or None), got {value!r}")
-    out = []
-    for d in value:
-        if d is None:
-            out.append(None)
-            continue
-        try:
-            if isinstance(d, bool):
-                raise TypeError
-            d = operator.index(d)
-        except TypeError:
-            raise TypeError(f"noise_shape: dimensions must be integers or None, got {value!r}") from None
-        if d < 1:
-            raise ValueError(f"noise_shape: dimensions must be >= 1, got {value!r}")
-        out.append(d)
-    return tuple(out)
+    return _shape_tuple(value, "noise_shape")
 
 
 class Dropout(Layer):
