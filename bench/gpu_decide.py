@@ -190,7 +190,7 @@ def short_sequences(pab, out):
     per-step costs."""
     out.append("## kPersistentAutoMinSteps: short sequences, simt / persistent per T (auto ignores T today)")
     short = (pab or {}).get("short", [])
-    froms, timed_any = [], False
+    froms, never, timed_any, longest = [], [], False, 0
     for row in short:
         steps = [s for s in row.get("steps", []) if med(s, "persistent_fwd") is not None]
         for s in row.get("steps", []):
@@ -218,18 +218,27 @@ def short_sequences(pab, out):
             out.append(f"  fitted forward: persistent {fit[0][0]:.3f} ms + {fit[0][1] * 1e3:.2f} us x T, "
                        f"simt {fit[1][0]:.3f} ms + {fit[1][1] * 1e3:.2f} us x T")
         largest = max(s["T"] for s in steps)
-        out.append(f"  persistent no slower from T = {first}" if first is not None else
-                   f"  persistent slower at T = {largest} (the longest swept): the batch rule decides here, not T")
+        longest = max(longest, largest)
         if first is not None:
+            out.append(f"  persistent no slower from T = {first}")
             froms.append(first)
+        else:
+            out.append(f"  persistent slower at T = {largest} (the longest swept): auto's persistent choice loses "
+                       "here even for longer sequences")
+            never.append(row["config"])
     if not timed_any:
         out.append("  no timed rows: no evidence either way")
-    elif froms and max(froms) > 1:
+        return
+    if never:
+        out.append(f"  suggests: for (B, I, H) = {never} persistent was slower than simt at the longest swept T "
+                   f"({longest}): revisit kPersistentAutoMaxRows for those B and H (the long-sequence rows of the "
+                   "table above) before any rule on T")
+    if froms and max(froms) > 1:
         out.append(f"  suggests: kPersistentAutoMinSteps = {max(froms)} (csrc/cuda/lstm_impl.cuh; the largest over the "
-                   "rows; tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a rule on T per B and H if "
-                   "the rows disagree")
-    else:
-        out.append("  suggests: keep kPersistentAutoMinSteps = 1 (persistent no slower from T = 1 where it ever is)")
+                   "rows where persistent catches up; tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a "
+                   "rule on T per B and H if the rows disagree")
+    elif froms and not never:
+        out.append("  suggests: keep kPersistentAutoMinSteps = 1 (persistent no slower from T = 1 in every row)")
 
 
 def default_switches(pab, out):

@@ -265,10 +265,26 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
         out[i + 6],  # (its fitted line)
         "  persistent no slower from T = 16",
         "- [16, 1024, 1024]: FAILED (RuntimeError: boom)",
-        "  suggests: kPersistentAutoMinSteps = 16 (csrc/cuda/lstm_impl.cuh; the largest over the rows; "
-        "tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a rule on T per B and H if the rows disagree",
+        "  suggests: kPersistentAutoMinSteps = 16 (csrc/cuda/lstm_impl.cuh; the largest over the rows where "
+        "persistent catches up; tests/test_cuda.py AUTO_PERSISTENT_MIN_STEPS with it), or a rule on T per B and H "
+        "if the rows disagree",
         "## weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS): shared / registers"], out[i:i + 12]
     assert out[i + 6].startswith("  fitted forward: persistent ")
+    # a row where persistent is still slower at the longest T: the advice is the batch rule, not
+    # "keep 1"; where it catches up from T = 1 everywhere, keep 1
+    for rows_short, want in (
+            ([dict(config=[64, 512, 512], steps=[pstep(T, 0.5 + 0.05 * T, 0.2 + 0.02 * T) for T in (1, 16)])],
+             "  suggests: for (B, I, H) = [[64, 512, 512]] persistent was slower than simt at the longest swept T "
+             "(16): revisit kPersistentAutoMaxRows for those B and H (the long-sequence rows of the table above) "
+             "before any rule on T"),
+            ([dict(config=[1, 256, 256], steps=[pstep(T, 0.1, 0.2) for T in (1, 4)])],
+             "  suggests: keep kPersistentAutoMinSteps = 1 (persistent no slower from T = 1 in every row)")):
+        gpu_persistent_ab.emit(rows, rows_short, torch, str(tmp_path), final=False)
+        capsys.readouterr()
+        assert gpu_decide.main([str(tmp_path)]) == 0
+        said = capsys.readouterr().out.splitlines()
+        assert want in said and sum("kPersistentAutoMinSteps =" in line for line in said) == ("keep" in want), said
+    gpu_persistent_ab.emit(rows, short, torch, str(tmp_path), final=False)
     rows[0]["load_switches_bitwise"] = False  # a mismatch is reported under each switch
     gpu_persistent_ab.emit(rows, short, torch, str(tmp_path), final=False)
     capsys.readouterr()

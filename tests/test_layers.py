@@ -601,3 +601,5 @@ def test_bidirectional_reset_states_resets_both_directions():
     np.testing.assert_array_equal(bi(x), first)
     bi.reset_state()                                     # (Keras's other spelling)
     np.testing.assert_array_equal(bi(x), first)
+    with pytest.raises(AttributeError, match="not stateful"):   # as Keras 3 and LSTM.reset_states
+        layers.Bidirectional(layers.LSTM(3)).reset_states()

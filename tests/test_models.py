@@ -863,6 +863,10 @@ def test_pad_sequences_and_its_errors():
     ([np.array([1, 2**40])], "int32", "outside the range"),
     ([[float("nan"), 1.0]], "int32", "NaN or infinite"),            # Keras: ValueError
     ([[1.0], [float("inf")]], "int64", "sequence 1 holds NaN or infinite"),
+    # floats at the first value past the range (a float bound would round up to it and pass)
+    ([np.array([2.0**31], np.float32)], "int32", "outside the range of dtype int32"),
+    ([[2.0**63]], "int64", "outside the range of dtype int64"),
+    ([[-2.0**31 - 1]], "int32", "outside the range of dtype int32"),
 ])
 def test_pad_sequences_refuses_values_the_dtype_cannot_hold(seqs, dtype, message):
     # The assignment into the padded array would wrap them silently (2**40 -> 0, NaN -> -2**31).

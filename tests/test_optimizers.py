@@ -660,6 +660,9 @@ def test_keras_serialized_configs_load_and_unsupported_keras_features_are_refuse
     for load in (opt_mod.deserialize, opt_mod.get):
         opt = load(cfg)
         assert isinstance(opt, opt_mod.Adam) and opt.learning_rate == pytest.approx(0.02)
+    # without EMA Keras stores its (unused) EMA settings whatever they are
+    no_ema = {**cfg, "config": {**cfg["config"], "ema_momentum": 0.9, "ema_overwrite_frequency": 5}}
+    assert opt_mod.deserialize(no_ema).learning_rate == pytest.approx(0.02)
     sgd = {"module": "keras.optimizers", "class_name": "SGD", "registered_name": None,
            "config": dict(common, name="SGD", momentum=0.5, nesterov=True)}
     assert opt_mod.deserialize(sgd).momentum == 0.5

@@ -1389,10 +1389,12 @@ class Bidirectional(_Wrapper):
         return [self.forward_layer, self.backward_layer]
 
     def reset_states(self):
-        """Forget the carried states of both directions (stateful layers; as Keras 3's)."""
+        """Forget the carried states of both directions; AttributeError unless the wrapped
+        layers are stateful (as Keras 3's and LSTM.reset_states)."""
+        if not self.forward_layer.stateful:
+            raise AttributeError(f"Layer {self.name!r} is not stateful")
         for layer in self._sublayers():
-            if getattr(layer, "stateful", False):
-                layer.reset_states()
+            layer.reset_states()
 
     reset_state = reset_states
 

@@ -422,6 +422,9 @@ class Optimizer:
         if "config" in config and isinstance(config["config"], dict) and not (
                 set(config) - {"config", "module", "registered_name"}):
             config = dict(config["config"])     # Keras serialize() form
+            if not config.get("use_ema", False):  # (Keras stores the EMA settings, unused, without EMA)
+                config.pop("ema_momentum", None)
+                config.pop("ema_overwrite_frequency", None)
             for key, default in _KERAS_ONLY.items():   # Keras features fastlstm lacks
                 if key in config:
                     value = config.pop(key)

@@ -65,11 +65,11 @@ def _check_fits(s, dtype, i):
         raise ValueError(f"sequences: sequence {i} holds NaN or infinite values, which dtype "
                          f"{dtype} cannot hold")
     info = np.iinfo(dtype)
-    low, high = s.min(), s.max()
-    if s.dtype.kind == "f":
-        low, high = np.trunc(low), np.trunc(high)       # the cast truncates toward zero
+    # compared as Python ints: a float compared with info.max would round the bound up
+    # (float32(2**31 - 1) is 2**31), letting 2**31 through to wrap
+    low, high = int(np.trunc(s.min())), int(np.trunc(s.max()))   # (the cast truncates toward zero)
     if low < info.min or high > info.max:
-        bad = (low if low < info.min else high).item()
+        bad = low if low < info.min else high
         raise ValueError(f"sequences: sequence {i} holds {bad!r}, outside the range of dtype "
                          f"{dtype} [{info.min}, {info.max}]; pass a wider dtype")
 
