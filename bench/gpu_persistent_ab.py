@@ -65,10 +65,35 @@ def stage_ahead(on):
     return env("FASTLSTM_CUDA_STAGE_AHEAD", None if on else "0")
 
 
+def pairs(first, second):
+    """The arrays of two fl_both results (y, grads), paired (a gradient that is None skipped)."""
+    return [(a, b) for a, b in zip((first[0],) + tuple(first[1]), (second[0],) + tuple(second[1]))
+            if a is not None]
+
+
 def bitwise_same(cp, first, second):
     """Per array of two fl_both results (y, grads): whether they are the same bits."""
     return [bool((cp.asarray(a).view(cp.uint32) == cp.asarray(b).view(cp.uint32)).all())
-            for a, b in zip((first[0],) + tuple(first[1]), (second[0],) + tuple(second[1])) if a is not None]
+            for a, b in pairs(first, second)]
+
+
+def max_rel(cp, got, want):
+    """(the largest, or NaN where any is not finite; every one) relative error of fl_both
+    result `got` against `want`, array by array."""
+    errs = [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in pairs(got, want)]
+    return (max(errs) if np.isfinite(errs).all() else float("nan")), errs
+
+
+def lstm_inputs(cp, seed, T, B, I, H):
+    """x, kernel, recurrent_kernel, bias, h0, c0, dy, dh_n, dc_n as float32 CuPy arrays: data
+    N(0, 1), weights as torch.nn.LSTM initialises them, U(-1/sqrt(H), 1/sqrt(H)). (With N(0, 0.01)
+    weights the recurrence at H = 1024 amplifies rounding (run 20261127T1205Z: persistent and
+    simt 2e-5 to 6e-4 apart, and so were fastlstm's CPU float32 and float64 on the same inputs,
+    2.7e-5 / 6.8e-5), which hides a wrong kernel among legitimate differences.)"""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
+    return r(T, B, I), w(I, 4 * H), w(H, 4 * H), w(4 * H), r(B, H), r(B, H), r(T, B, H), r(B, H), r(B, H)
 
 
 def switch(name, on):
@@ -85,15 +110,7 @@ def exchange(tagged):
 
 def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     T, B, I, H = cfg
-    rng = np.random.default_rng(T + B + H)
-    r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
-    # weights as torch.nn.LSTM initialises them, U(-1/sqrt(H), 1/sqrt(H)): with N(0, 0.01)
-    # weights the recurrence at H = 1024 amplifies rounding (run 20261127T1205Z: persistent and
-    # simt 2e-5 to 6e-4 apart, and so were fastlstm's CPU float32 and float64 on the same
-    # inputs, 2.7e-5 / 6.8e-5), which hides a wrong kernel among legitimate differences
-    w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
-    x, k, rk, bias, h0, c0 = r(T, B, I), w(I, 4 * H), w(H, 4 * H), w(4 * H), r(B, H), r(B, H)
-    dy, dh, dc = r(T, B, H), r(B, H), r(B, H)
+    x, k, rk, bias, h0, c0, dy, dh, dc = lstm_inputs(cp, T + B + H, T, B, I, H)
     lstm = torch.nn.LSTM(I, H).cuda()
     tx, th, tc = torch.randn(T, B, I, device="cuda"), torch.zeros(1, B, H, device="cuda"), \
         torch.zeros(1, B, H, device="cuda")
@@ -138,9 +155,7 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
             row[key], row[f"error_{path}"] = float("nan"), str(e)
             return False
         row[f"kernels_{path}"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
-        errs = [rel(cp.asnumpy(yv[0]), cp.asnumpy(ys[0]))] + \
-            [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in zip(yv[1], ys[1]) if a is not None]
-        row[key] = max(errs) if np.isfinite(errs).all() else float("nan")
+        row[key], errs = max_rel(cp, yv, ys)
         ok = bool(row[key] <= 1e-5)  # (False for NaN)
         if not ok:
             print((T, B, I, H), f"MISMATCH {path} vs simt ({path} not timed)", errs, flush=True)
@@ -210,12 +225,7 @@ def run_short(bih, args, cp, torch, fastlstm, fcuda, ops):
     """One SHORT_CONFIGS row: persistent and simt, forward and forward + backward, at each T of
     SHORT_STEPS (the inputs of the longest, cut to T), checked against each other first."""
     B, I, H = bih
-    rng = np.random.default_rng(B + I + H)
-    r = lambda *s: cp.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
-    w = lambda *s: cp.asarray(rng.uniform(-1, 1, s).astype(np.float32) / np.float32(np.sqrt(H)))  # noqa: E731
-    Tmax = max(SHORT_STEPS)
-    xs, k, rk, bias, h0, c0 = r(Tmax, B, I), w(I, 4 * H), w(H, 4 * H), w(4 * H), r(B, H), r(B, H)
-    dys, dh, dc = r(Tmax, B, H), r(B, H), r(B, H)
+    xs, k, rk, bias, h0, c0, dys, dh, dc = lstm_inputs(cp, B + I + H, max(SHORT_STEPS), B, I, H)
     row = dict(config=[B, I, H], steps=[])
     for T in SHORT_STEPS:
         x, dy = xs[:T], dys[:T]
@@ -238,9 +248,7 @@ def run_short(bih, args, cp, torch, fastlstm, fcuda, ops):
             continue
         step["kernels_persistent"] = [fastlstm.cuda_info()["last_forward"], fastlstm.cuda_info()["last_backward"]]
         ys = both("simt")
-        errs = [rel(cp.asnumpy(yp[0]), cp.asnumpy(ys[0]))] + \
-            [rel(cp.asnumpy(a), cp.asnumpy(b)) for a, b in zip(yp[1], ys[1]) if a is not None]
-        step["max_rel_persistent_vs_simt"] = max(errs) if np.isfinite(errs).all() else float("nan")
+        step["max_rel_persistent_vs_simt"], errs = max_rel(cp, yp, ys)
         if not step["max_rel_persistent_vs_simt"] <= 1e-5:
             print(("short", B, I, H, T), "MISMATCH persistent vs simt (not timed)", errs, flush=True)
             row["steps"].append(step)

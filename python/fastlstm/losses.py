@@ -140,6 +140,16 @@ def _stable_sigmoid(x):
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
+def _check_finite(name, value, low=None):
+    """``value`` as a float; ValueError naming the argument unless it is a finite real number
+    (>= ``low`` when given)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or (low is not None and value < low):
+        bound = "" if low is None else f" >= {low:g}"
+        raise ValueError(f"Argument `{name}` must be a finite number{bound}. Received: {name}={value!r}")
+    return float(value)
+
+
 def _log_softmax(x):
     xp = array_module(x)
     m = xp.max(x, axis=-1, keepdims=True)
@@ -255,10 +265,7 @@ class Huber(Loss):
 
     def __init__(self, delta=1.0, name=None):
         super().__init__(name)
-        if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(delta) or delta < 0:
-            raise ValueError(f"Argument `delta` must be a finite number >= 0. Received: delta={delta!r}")
-        self.delta = float(delta)
+        self.delta = _check_finite("delta", delta, low=0)
 
     def _forward(self, yt, yp):
         xp = array_module(yp)

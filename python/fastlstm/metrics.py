@@ -18,8 +18,6 @@ contribution comes back in one transfer; the models collect it with ``_batch_sta
 read it together with the loss, then ``_accumulate``.
 """
 
-import math
-
 import numpy as np
 
 from . import losses as _losses
@@ -171,10 +169,7 @@ class BinaryAccuracy(MeanMetricWrapper):
     default_name = "binary_accuracy"
 
     def __init__(self, threshold=0.5, name=None):
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(threshold):
-            raise ValueError(f"Argument `threshold` must be a finite number. Received: threshold={threshold!r}")
-        self.threshold = float(threshold)
+        self.threshold = _losses._check_finite("threshold", threshold)
         super().__init__(name)
 
     def _values(self, y_true, y_pred):

@@ -57,8 +57,8 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # keys of a Keras 3 optimizer config with no fastlstm counterpart, and their no-op values
-_KERAS_ONLY = {"use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
-               "loss_scale_factor": None, "gradient_accumulation_steps": None}
+# (ema_momentum and ema_overwrite_frequency act only with use_ema: dropped whatever they are)
+_KERAS_ONLY = {"use_ema": False, "loss_scale_factor": None, "gradient_accumulation_steps": None}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -375,8 +375,9 @@ class Optimizer:
             probe.build([np.zeros(a.shape, dtype=a.dtype) for a in first])
             self._check_state_slots(slots, probe._slots)
             self.build([np.zeros(a.shape, dtype=a.dtype) for a in first])
-        if self.built:
+        elif self.built:
             self._check_state_slots(slots, self._slots)
+        if self.built:
             for k, arrays in slots.items():
                 for a, m in zip(arrays, self._slots[k]):
                     copy_into(m, to_numpy_copy(a))
@@ -395,7 +396,7 @@ class Optimizer:
                 raise ValueError(f"state[{k!r}] has {len(arrays)} arrays; expected "
                                  f"{len(mine[k])}")
             for j, (a, m) in enumerate(zip(arrays, mine[k])):
-                a = np.asarray(a) if isinstance(a, np.ndarray) else to_numpy_copy(a)
+                a = a if isinstance(a, np.ndarray) else to_numpy_copy(a)
                 if a.shape != m.shape or a.dtype != m.dtype:
                     raise ValueError(f"state[{k!r}][{j}] has shape {a.shape} and dtype "
                                      f"{a.dtype}; expected {m.shape} and {m.dtype}")
@@ -422,9 +423,8 @@ class Optimizer:
         if "config" in config and isinstance(config["config"], dict) and not (
                 set(config) - {"config", "module", "registered_name"}):
             config = dict(config["config"])     # Keras serialize() form
-            if not config.get("use_ema", False):  # (Keras stores the EMA settings, unused, without EMA)
-                config.pop("ema_momentum", None)
-                config.pop("ema_overwrite_frequency", None)
+            config.pop("ema_momentum", None)
+            config.pop("ema_overwrite_frequency", None)
             for key, default in _KERAS_ONLY.items():   # Keras features fastlstm lacks
                 if key in config:
                     value = config.pop(key)
