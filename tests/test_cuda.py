@@ -1399,9 +1399,13 @@ def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
     # table of fastlstm against cuDNN) end to end on the emulator, with real CPU torch standing in
     # for torch with CUDA: every variant is checked against torch's float64 LSTM and timed, the
     # crossover table (tensor-core recurrence against persistent) and the tf32x3 table are
-    # written, the JSON is strict, and a wrong result is a MISMATCH with exit status 1.
+    # written, fastlstm.torch.LSTM (on the emulated CUDA kernels) is checked and timed, the JSON
+    # is strict, and a wrong result is a MISMATCH with exit status 1.
     torch = pytest.importorskip("torch")
+    import fastlstm.torch as ftorch
     from fastlstm import bench
+    route = _emulated_cuda_route()
+    monkeypatch.setattr(ftorch, "_route", lambda device: route)
     monkeypatch.setattr(bench, "_gpu_modules", lambda: (_torch_as_if_cuda(torch), _cupy_of_cpu_tensors()))
     emu.set_device(sm_count=4)
     # "tf32" forced onto the tensor-core recurrence (auto takes it only from B = 32, H = 1024),
@@ -1429,6 +1433,10 @@ def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
         assert r["auto_kernels"][0].startswith("persistent forward"), r["auto_kernels"]
         assert r["simt_kernels"][1].startswith("simt backward"), r["simt_kernels"]
         assert r["tf32_kernels"][0].startswith("tensor-core"), r["tf32_kernels"]
+        assert r["torch_module_err_fwd"] <= 2e-6 and r["torch_module_err_grad"] <= 2e-5, r
+        assert r["torch_module_kernels"][0].startswith("persistent forward"), r["torch_module_kernels"]
+        for mode in ("fwd", "fwdbwd"):
+            assert r[f"torch_module_{mode}"] > 0 and r[f"n_torch_module_{mode}"] == 2, r
         for mode in bench.CUDNN_MODES:
             # torch's own float32 / bfloat16 LSTM against its float64 one: the benchmark's
             # reference is real
@@ -1437,9 +1445,10 @@ def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
     md = (tmp_path / "gpu_bench.md").read_text()
     for heading in ("### forward (inference)", "### forward + backward",
                     "### tf32: the tensor-core recurrence (auto) against the persistent kernels",
-                    "### tf32x3 (operands split", "### errors against the float64 reference"):
+                    "### tf32x3 (operands split", "### fastlstm.torch.LSTM (fp32",
+                    "### errors against the float64 reference"):
         assert heading in md, (heading, md)
-    assert "MISMATCH" not in md and md.count("| 3, 2, 5, 8 |") == 5, md
+    assert "MISMATCH" not in md and md.count("| 3, 2, 5, 8 |") == 6, md
     # a wrong result is caught: a kernel that returns the fp64 reference's y scaled by 1.01
     real_forward = ops.lstm_forward
 
@@ -1636,6 +1645,112 @@ def test_emulated_kernel_errors_become_runtime_errors(emu):
     # A direct call with a null required pointer: the C++ checks raise, nothing runs.
     with pytest.raises(RuntimeError, match=r"\bx\b.*required"):
         emu.forward("float32", (2, 1, 3, 4), 0, 0, 0, 0, 0, 0, 0, False, 0, 0, 0, 0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- fastlstm.torch on the CUDA kernels
+
+# (num_layers, bidirectional, batch_first, input: "padded" / "packed" (unsorted lengths), hx given)
+TORCH_MODULE_CONFIGS = [(1, False, False, "padded", False), (2, True, True, "packed", True)]
+# Tolerances of fastlstm.torch.LSTM against torch.nn.LSTM in float64 (relative error of every
+# output and gradient): float64 1e-10 and float32 1e-5, as tests/test_torch_lstm.py (two layers:
+# the second layer's products see the first's rounding); tf32 5e-3 (tensor-core products with
+# operands rounded to 10 bits, ~1e-3 after a few steps; a wrong term gives ~1e-1).
+TORCH_MODULE_TOL = {("float64", "fp32"): 1e-10, ("float32", "fp32"): 1e-5, ("float32", "tf32"): 5e-3}
+
+
+def _emulated_cuda_route():
+    """fastlstm.torch's CPU route with the kernels' backend "cuda": on the emulator, CPU tensors
+    stand in for CUDA tensors (NumPy views in, the CUDA backend's host-array path)."""
+    import fastlstm.torch as ftorch
+
+    class EmulatedCudaRoute(ftorch._HostRoute):
+        backend = "cuda"
+        packs = False
+
+    return EmulatedCudaRoute()
+
+
+def _torch_module_errors(torch, device, dtype, precision, config, seed=0):
+    """fastlstm.torch.LSTM on `device` against torch.nn.LSTM in float64 on the CPU with the same
+    weights, inputs and output weights of the loss: ({name: relative error} of the outputs and
+    of the gradients of the input, h_0, c_0 and every parameter, fastlstm's output tensors)."""
+    import fastlstm.torch as ftorch
+    from torch.nn.utils.rnn import pack_padded_sequence
+    num_layers, bidirectional, batch_first, mode, use_hx = config
+    T, B, I, H = 5, 4, 6, 12
+    D = 2 if bidirectional else 1
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    ours = ftorch.LSTM(I, H, dtype=dtype, precision=precision, **kwargs)
+    ours.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()})
+    ours.to(device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64)
+    h0 = torch.randn(D * num_layers, B, H, generator=g, dtype=torch.float64) * 0.5
+    c0 = torch.randn(D * num_layers, B, H, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4, 1])
+    results = {}
+    for name, model, to in (("ours", ours, lambda t: t.to(dtype).to(device)), ("ref", ref, lambda t: t)):
+        leaves = [to(t).requires_grad_() for t in (x, h0, c0)]
+        inp = leaves[0]
+        if mode == "packed":
+            inp = pack_padded_sequence(inp, lengths, batch_first=batch_first, enforce_sorted=False)
+        out, (h_n, c_n) = model(inp, (leaves[1], leaves[2]) if use_hx else None)
+        outs = (out.data if mode == "packed" else out, h_n, c_n)
+        gw = torch.Generator().manual_seed(seed + 2)
+        loss = sum((o * torch.randn(o.shape, generator=gw, dtype=torch.float64).to(o.dtype).to(o.device)).sum()
+                   for o in outs)
+        wrt = leaves[:1] + (leaves[1:] if use_hx else []) + list(model.parameters())
+        results[name] = (outs, torch.autograd.grad(loss, wrt))
+    names = ["y", "h_n", "c_n", "dx"] + (["dh0", "dc0"] if use_hx else []) + \
+        ["d" + n for n, _ in ref.named_parameters()]
+    ours_all = results["ours"][0] + results["ours"][1]
+    ref_all = results["ref"][0] + results["ref"][1]
+    errors = {}
+    for n, a, b in zip(names, ours_all, ref_all):
+        assert a.device == torch.device(device) and a.dtype == dtype and a.shape == b.shape, (n, a.device, a.dtype)
+        errors[n] = rel_err(a.detach().cpu().double().numpy(), b.detach().numpy())
+    return errors, results["ours"][0]
+
+
+@pytest.mark.parametrize("config", TORCH_MODULE_CONFIGS, ids=["1layer", "2layers_bidir_packed_hx"])
+@pytest.mark.parametrize("dtype_name, precision", [("float32", "fp32"), ("float64", "fp32"), ("float32", "tf32")])
+def test_emulated_torch_module_on_the_cuda_kernels(emu, monkeypatch, config, dtype_name, precision):
+    # fastlstm.torch.LSTM with its kernels' backend "cuda" (here the emulator through its
+    # host-array path: CPU tensors stand in for CUDA tensors, so torch.nn.LSTM's CPU float64
+    # results are the reference): forward, autograd's backward through the CUDA backend's saved
+    # state, the weight layout and gradient mapping, precision passed through, inference calls
+    # with the weight cache (which packs nothing off the CPU). The real CUDA route (DLPack views,
+    # torch's stream and allocator) runs in test_gpu_torch_module_* on a GPU.
+    torch = pytest.importorskip("torch")
+    import fastlstm.torch as ftorch
+    route = _emulated_cuda_route()
+    monkeypatch.setattr(ftorch, "_route", lambda device: route)
+    monkeypatch.setattr(ops, "pack_weights", None)  # (must not be called off the CPU)
+    monkeypatch.setitem(fcuda._state, "last_forward", None)
+    monkeypatch.setitem(fcuda._state, "last_backward", None)
+    dtype = getattr(torch, dtype_name)
+    errors, outs = _torch_module_errors(torch, "cpu", dtype, precision, config)
+    tol = TORCH_MODULE_TOL[dtype_name, precision]
+    assert max(errors.values()) <= tol, errors
+    assert str(_ran("forward")).startswith(("simt forward", "persistent forward")), _ran("forward")
+    assert str(_ran("backward")).startswith(("simt backward", "persistent backward")), _ran("backward")
+    if precision == "tf32":
+        assert "tensor cores" in _ran("backward") and max(errors.values()) > 1e-6, (_ran("backward"), errors)
+    # inference (no gradient), cached and not: the training forward's outputs, bitwise
+    num_layers, bidirectional, batch_first, mode, use_hx = config
+    if mode == "padded":
+        model = ftorch.LSTM(6, 12, dtype=dtype, precision=precision, **dict(
+            num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first))
+        x = torch.randn(5, 4, 6, dtype=dtype)
+        trained = model(x)[0].detach().numpy()
+        with torch.no_grad():
+            plain = model(x)[0].numpy()
+            model.cache_weights()
+            cached = [model(x)[0].numpy() for _ in range(2)]
+        for a in [plain] + cached:
+            np.testing.assert_array_equal(a, trained)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -1947,6 +2062,73 @@ def test_gpu_torch_tensors_via_cuda_array_interface_and_dlpack():
 
     y2 = ops.lstm_forward(**{**tfwd, "x": DLPackOnly(tfwd["x"])}, backend="cuda")[0]
     assert_bitwise_equal((y,), (y2,))
+
+
+def _torch_cuda_or_skip():
+    _cupy_or_skip()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    return torch
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("config", TORCH_MODULE_CONFIGS, ids=["1layer", "2layers_bidir_packed_hx"])
+@pytest.mark.parametrize("dtype_name, precision", [("float32", "fp32"), ("float64", "fp32"), ("float32", "tf32")])
+def test_gpu_torch_module_matches_torch_float64(config, dtype_name, precision):
+    # fastlstm.torch.LSTM moved to the GPU runs fastlstm's CUDA kernels on the tensors (DLPack
+    # views, torch's current stream, torch's allocator): outputs and every gradient against
+    # torch.nn.LSTM in float64 on the CPU, the results CUDA tensors on the module's device
+    torch = _torch_cuda_or_skip()
+    device = torch.device("cuda", torch.cuda.current_device())
+    errors, _ = _torch_module_errors(torch, device, getattr(torch, dtype_name), precision, config)
+    assert max(errors.values()) <= TORCH_MODULE_TOL[dtype_name, precision], errors
+    assert _ran("forward").startswith(("simt forward", "persistent forward")), _ran("forward")
+    if precision == "tf32":
+        assert "tensor cores" in _ran("backward"), _ran("backward")
+
+
+@pytest.mark.cuda
+@gpu
+def test_gpu_torch_module_stream_allocator_and_cache():
+    # on a side stream (torch.cuda.stream): the same bits as on the default stream, nothing left
+    # in CuPy's memory pool (what the kernels allocate comes from torch's caching allocator),
+    # inference with the weight cache bitwise the training forward's output, and refreshed after
+    # an optimizer step
+    cp = _cupy_or_skip()
+    torch = _torch_cuda_or_skip()
+    import fastlstm.torch as ftorch
+    torch.manual_seed(3)
+    model = ftorch.LSTM(7, 33, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(6, 5, 7, device="cuda", requires_grad=True)
+    pool = cp.get_default_memory_pool()
+    before = pool.used_bytes()
+    out, (h_n, c_n) = model(x)
+    (out.square().sum() + h_n.sum()).backward()
+    reference_bits = (out.detach().clone(), x.grad.clone())
+    assert pool.used_bytes() == before, (before, pool.used_bytes())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        x2 = x.detach().clone().requires_grad_()
+        out2, (h2, _) = model(x2)
+        (out2.square().sum() + h2.sum()).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out2, reference_bits[0]) and torch.equal(x2.grad, reference_bits[1])
+    with torch.no_grad():
+        model.cache_weights()
+        cached = model(x)[0]
+        assert torch.equal(cached, reference_bits[0])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt.step()
+        changed = model(x)[0]
+        model.cache_weights(False)
+        fresh = model(x)[0]
+    assert not torch.equal(changed, reference_bits[0]) and torch.equal(changed, fresh)
+    with pytest.raises(RuntimeError, match="input is on cpu, but the module's parameters are on cuda"):
+        model(x.detach().cpu())
 
 
 @pytest.mark.cuda

@@ -693,10 +693,25 @@ def _err_cases():
         (ftorch.LSTM(3, 4).to(torch.float16), (torch.randn(5, 2, 3).half(),), TypeError,
          "supports float32 and float64 weights"),
         (ftorch.LSTM(3, 4, device="meta"), (x,), RuntimeError,
-         "runs on the CPU only.*parameter weight_ih_l0 is on meta"),
+         "runs on the CPU or a CUDA device, but parameter weight_ih_l0 is on meta"),
         (ftorch.LSTM(3, 4), (x.to("meta"),), RuntimeError,
-         "runs on the CPU only.*input is on meta"),
+         "input is on meta, but the module's parameters are on cpu"),
+        (ftorch.LSTM(3, 4), (x, (z(1, 2, 4).to("meta"), z(1, 2, 4))), RuntimeError,
+         r"hx\[0\] \(h_0\) is on meta, but the module's parameters are on cpu"),
+        (ftorch.LSTM(3, 4), (PackedSequence(torch.randn(4, 3).to("meta"), torch.tensor([2, 2])),),
+         RuntimeError, r"input \(PackedSequence.data\) is on meta"),
+        (_split_devices(), (x,), RuntimeError,
+         "parameter weight_hh_l0 is on meta, but weight_ih_l0 is on cpu; all parameters must "
+         "be on one device"),
+        (ftorch.LSTM(3, 4, precision="bf16"), (x,), ValueError,
+         "precision='bf16' needs backend=\"cuda\""),
     ]
+
+
+def _split_devices():
+    m = ftorch.LSTM(3, 4)
+    m.weight_hh_l0 = nn.Parameter(m.weight_hh_l0.detach().to("meta"))
+    return m
 
 
 @pytest.mark.parametrize("index", range(len(_err_cases())))

@@ -959,6 +959,7 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
                                                                     args.budget)
             out[f"{name}_fwdbwd"], out[f"n_{name}_fwdbwd"] = _gpu_time_ms(torch, f_fwdbwd, args.warmup,
                                                                           args.reps, args.budget)
+    ok = _gpu_torch_module(out, lstm, (x, h0, c0, dy, dh_n, dc_n), errors, torch, fcuda, args) and ok
     out["ok"] = bool(ok)
 
     # ---- cuDNN timings, each mode (tf32: TF32 allowed for cuDNN and matmuls; bf16: module and
@@ -982,6 +983,41 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
         out[f"cudnn_{mode}_fwdbwd"], _ = _gpu_time_ms(torch, t_fwdbwd, args.warmup, args.reps, args.budget)
     _cudnn_fp32(torch, strict=True)
     return out
+
+
+def _gpu_torch_module(out, lstm, tensors, errors, torch, fcuda, args):
+    """fastlstm.torch.LSTM (fp32, kernel path auto) with lstm's weights, what a PyTorch user swaps in
+    for torch.nn.LSTM: checked against the float64 reference (`errors`), then timed like cuDNN
+    (forward under no_grad; forward + backward of y to the input, states and parameters). Fills
+    out["torch_module_*"]; returns whether it is within fp32's tolerance."""
+    import fastlstm.torch as ftorch
+    x, h0, c0, dy, dh_n, dc_n = tensors
+    module = ftorch.LSTM(lstm.input_size, lstm.hidden_size).to(x.device)
+    module.load_state_dict(lstm.state_dict())
+    params = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0]
+    xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (x, h0, c0))
+    y, (hn, cn) = module(xg, (h0g, c0g))
+    g = torch.autograd.grad([y, hn, cn], [xg, h0g, c0g] + params, [dy, dh_n, dc_n])
+    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    got = dict(y=cpu(y), h_n=cpu(hn[0]), c_n=cpu(cn[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]), dc0=cpu(g[2][0]),
+               dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
+    del y, hn, cn, g
+    out["torch_module_err_fwd"], out["torch_module_err_grad"] = errors(got)
+    out["torch_module_kernels"] = [fcuda.info()["last_forward"], fcuda.info()["last_backward"]]
+
+    def m_fwd():
+        with torch.no_grad():
+            module(x, (h0, c0))
+
+    def m_fwdbwd():
+        y_, _ = module(xg, (h0g, c0g))
+        torch.autograd.grad([y_], [xg, h0g, c0g] + params, [dy])
+
+    out["torch_module_fwd"], out["n_torch_module_fwd"] = _gpu_time_ms(torch, m_fwd, args.warmup, args.reps,
+                                                                      args.budget)
+    out["torch_module_fwdbwd"], out["n_torch_module_fwdbwd"] = _gpu_time_ms(torch, m_fwdbwd, args.warmup,
+                                                                            args.reps, args.budget)
+    return out["torch_module_err_fwd"] <= GPU_FWD_TOL and out["torch_module_err_grad"] <= GPU_GRAD_TOL
 
 
 def _short_kernel(description):
@@ -1039,6 +1075,23 @@ def format_gpu_table(results, header):
                          f"{fb:.3f} | {cfb:.3f} | {cfb / fb:.2f}x | {r['auto_fwdbwd'] / fb:.2f}x | "
                          f"{r['tf32x3_err_fwd']:.1e} / {r['tf32x3_err_grad']:.1e} |")
         lines.append("")
+    mod = [r for r in results if "error" not in r and "torch_module_fwd" in r]
+    if mod:
+        lines += ["### fastlstm.torch.LSTM (fp32, kernel path auto: the drop-in for torch.nn.LSTM on CUDA "
+                  "tensors) against torch.nn.LSTM (cuDNN fp32), milliseconds", "",
+                  "| T, B, I, H | module fwd | cuDNN fp32 fwd | speedup | module / fastlstm.ops fwd | "
+                  "module fwd+bwd | cuDNN fp32 fwd+bwd | speedup | module / fastlstm.ops fwd+bwd | "
+                  "error fwd / grad |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in mod:
+            cfg = ", ".join(str(v) for v in r["config"])
+            f, fb, cf, cfb = r["torch_module_fwd"], r["torch_module_fwdbwd"], r["cudnn_fp32_fwd"], r["cudnn_fp32_fwdbwd"]
+            lines.append(f"| {cfg} | {f:.3f} | {cf:.3f} | {cf / f:.2f}x | {f / r['auto_fwd']:.2f} | "
+                         f"{fb:.3f} | {cfb:.3f} | {cfb / fb:.2f}x | {fb / r['auto_fwdbwd']:.2f} | "
+                         f"{r['torch_module_err_fwd']:.1e} / {r['torch_module_err_grad']:.1e} |")
+        lines += ["", "module / fastlstm.ops: the module's time over fastlstm fp32 auto's through fastlstm.ops "
+                  "(its weight transposes, DLPack views and autograd; the backward here has no dh_n / dc_n "
+                  "terms, as cuDNN's)", ""]
     lines += ["### errors against the float64 reference (torch.nn.LSTM in double; relative Frobenius norm, "
               "max over y, h_n, c_n / over the six gradients)", "",
               "| T, B, I, H | fastlstm fp32 auto | fastlstm fp32 simt | fastlstm tf32 | fastlstm bf16 | cuDNN fp32 "
@@ -1059,7 +1112,8 @@ def format_gpu_table(results, header):
               "tensor cores, the recurrence in fp32 on the persistent / simt kernels, or on the tensor cores too "
               "where auto took the tensor-core recurrence (B >= 32 and B*H^2 >= 2^25; the kernel in "
               "parentheses). cuDNN tf32: TF32 allowed (cudnn and matmul); cuDNN bf16: "
-              "module and inputs in bfloat16. check: fastlstm fp32 and tf32x3 within %g (outputs) / %g "
+              "module and inputs in bfloat16. check: fastlstm fp32 (fastlstm.torch.LSTM too) and tf32x3 within "
+              "%g (outputs) / %g "
               "(gradients) of float64, tf32 within %g / %g, bf16 within %g / %g."
               % (GPU_FWD_TOL, GPU_GRAD_TOL, *GPU_PREC_TOL["tf32"], *GPU_PREC_TOL["bf16"])]
     return "\n".join(lines)

@@ -4,22 +4,33 @@
     lstm = fastlstm.torch.LSTM(input_size, hidden_size, num_layers=2, bidirectional=True)
     lstm.load_state_dict(torch_lstm.state_dict())        # and back: same names and shapes
     output, (h_n, c_n) = lstm(x, (h_0, c_0))              # x (T, B, I), a PackedSequence, ...
+    lstm.cuda()                                           # fastlstm's CUDA kernels on CUDA tensors
 
 The module has torch.nn.LSTM's constructor, parameters (names, shapes, registration order,
 initialisation U(-1/sqrt(H), 1/sqrt(H))), forward signature and results: time-major or
 batch_first input, unbatched 2-D input, PackedSequence in and out, optional (h_0, c_0),
 bidirectional and multi-layer with dropout between layers in training mode. Each layer and
-direction runs fastlstm's fused CPU kernels (fastlstm.ops.lstm_forward / lstm_backward)
-inside a torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight.
+direction runs fastlstm's fused kernels (fastlstm.ops.lstm_forward / lstm_backward) inside a
+torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight.
 
-Not supported: proj_size > 0 (NotImplementedError at construction), tensors on a device
-other than the CPU (RuntimeError at forward: this module does not use fastlstm's CUDA
-backend yet), dtypes other than float32 and float64, double backward (create_graph=True through the LSTM),
-torch.func transforms (vmap, jacrev) and TorchScript.
+Devices: on the CPU, fastlstm's CPU kernels on NumPy views of the tensors. On a CUDA device
+(module and inputs on the same one), fastlstm's CUDA kernels (backend "cuda"), which take the
+tensors as CuPy arrays without copying them (DLPack): they run on torch's current stream of
+that device, and what they allocate comes from torch's caching allocator, so the results are
+ordinary torch tensors, ordered with the surrounding torch work like any torch operation.
+That needs CuPy (pip install "fastlstm[cuda]") and fastlstm built with CUDA
+(fastlstm.cuda_available()); otherwise the forward raises a RuntimeError saying which is
+missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3" on CUDA with
+float32 weights) is fastlstm.ops' precision option: tensor-core products, see fastlstm.ops.
+
+Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
+CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
+through the LSTM), torch.func transforms (vmap, jacrev) and TorchScript.
 
 Needs PyTorch: pip install "fastlstm[torch]". Nothing else in fastlstm imports torch.
 """
 
+import contextlib
 import math
 import numbers
 import operator
@@ -59,13 +70,112 @@ def _transposed(a):
     return _core.transpose(np.ascontiguousarray(a))
 
 
-def _weights_to_numpy(weight_ih, weight_hh, bias_ih, bias_hh):
+class _HostRoute:
+    """CPU tensors: NumPy views in, fastlstm's CPU kernels, tensors sharing the results out."""
+
+    backend = "auto"
+    packs = True        # inference calls can reuse packed weights (ops.pack_weights)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def array(self, t):
+        """The kernels' view of tensor t (None stays None)."""
+        return None if t is None else _numpy(t)
+
+    def transposed(self, t):
+        """A C-contiguous array holding t's transpose (a weight in fastlstm's layout)."""
+        return _transposed(t)
+
+    def bias(self, bias_ih, bias_hh):
+        return (bias_ih.detach() + bias_hh.detach()).numpy()
+
+    def tensor(self, a, transpose=False, copy=False):
+        """A tensor of a kernel result (its transpose; a copy of it)."""
+        if transpose:
+            return torch.from_numpy(_transposed(a))
+        return torch.from_numpy(a.copy() if copy else a)
+
+
+_HOST = _HostRoute()
+
+
+class _CudaRoute:
+    """CUDA tensors: CuPy views in (DLPack, no copy), fastlstm's CUDA kernels on torch's current
+    stream of the device, with CuPy's allocations taken from torch's caching allocator (so no
+    memory sits in CuPy's own pool), tensors sharing the results out (DLPack)."""
+
+    backend = "cuda"
+    packs = False
+
+    def __init__(self, device):
+        try:
+            import cupy
+        except ImportError as e:
+            raise RuntimeError(
+                f"fastlstm.torch.LSTM on {device} runs fastlstm's CUDA kernels, which take device "
+                f"arrays through CuPy, and CuPy is not installed: pip install \"fastlstm[cuda]\" "
+                f"({e}); or move the module and its inputs to the CPU") from None
+        from . import cuda as fcuda
+        if not fcuda.available():
+            raise RuntimeError(f"fastlstm.torch.LSTM on {device} needs fastlstm's CUDA backend, "
+                               f"which cannot run here: {fcuda.info().get('reason')}")
+        self.cp = cupy
+        self.device = device
+
+    def _allocate(self, nbytes):
+        # a byte tensor from torch's caching allocator, on torch's current stream (the one the
+        # kernels run on), kept alive by the CuPy memory that refers to it
+        owner = torch.empty((max(int(nbytes), 1),), dtype=torch.uint8, device=self.device)
+        memory = self.cp.cuda.UnownedMemory(owner.data_ptr(), int(nbytes), owner, self.device.index)
+        return self.cp.cuda.MemoryPointer(memory, 0)
+
+    def _stream(self):
+        """torch's current stream of the device, as a CuPy stream (the CUDA stream protocol
+        where CuPy and torch have it, CuPy >= 14; else CuPy's ExternalStream, deprecated there)."""
+        stream = torch.cuda.current_stream(self.device)
+        from_external = getattr(self.cp.cuda.Stream, "from_external", None)
+        if from_external is not None and hasattr(stream, "__cuda_stream__"):
+            try:
+                return from_external(stream)
+            except (TypeError, ValueError):  # a protocol version this CuPy does not take
+                pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self.cp.cuda.ExternalStream(stream.cuda_stream, self.device.index)
+
+    @contextlib.contextmanager
+    def scope(self):
+        cp = self.cp
+        with cp.cuda.Device(self.device.index), self._stream(), cp.cuda.using_allocator(self._allocate):
+            yield
+
+    def array(self, t):
+        return None if t is None else self.cp.from_dlpack(t.detach().contiguous())
+
+    def transposed(self, t):
+        return self.array(t.detach().t())   # (.contiguous() in array: torch's transpose copy)
+
+    def bias(self, bias_ih, bias_hh):
+        return self.array(bias_ih.detach() + bias_hh.detach())
+
+    def tensor(self, a, transpose=False, copy=False):
+        t = torch.from_dlpack(a)
+        if transpose:
+            return t.t().contiguous()
+        return t.clone() if copy else t
+
+
+def _route(device):
+    """The kernels' route for tensors on `device` (checked by LSTM._weight_device_dtype)."""
+    return _HOST if device.type == "cpu" else _CudaRoute(device)
+
+
+def _weights_to_kernels(route, weight_ih, weight_hh, bias_ih, bias_hh):
     """torch layout -> fastlstm layout: kernel = W_ih^T, recurrent = W_hh^T, bias = b_ih + b_hh."""
-    kernel = _transposed(weight_ih)
-    recurrent_kernel = _transposed(weight_hh)
-    bias = None
-    if bias_ih is not None:
-        bias = (bias_ih.detach() + bias_hh.detach()).numpy()
+    kernel = route.transposed(weight_ih)
+    recurrent_kernel = route.transposed(weight_hh)
+    bias = None if bias_ih is None else route.bias(bias_ih, bias_hh)
     return kernel, recurrent_kernel, bias
 
 
@@ -74,57 +184,62 @@ class _LSTMDirection(torch.autograd.Function):
 
     x (T, B, I) time-major; h0, c0 (B, H) or None (zeros); weights in torch's layout;
     bias_ih, bias_hh both None or both (4H,); lengths an int64 ndarray (B,) or None;
-    reverse runs each sequence from its last valid step down.
+    reverse runs each sequence from its last valid step down; route: _HOST or a _CudaRoute;
+    precision: fastlstm.ops' precision option.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse):
-        kernel, recurrent_kernel, bias = _weights_to_numpy(weight_ih, weight_hh, bias_ih, bias_hh)
-        y, h_n, c_n, saved = ops.lstm_forward(
-            _numpy(x), kernel, recurrent_kernel, bias,
-            None if h0 is None else _numpy(h0), None if c0 is None else _numpy(c0),
-            lengths=lengths, reverse=reverse, training=True)
-        # The kernels' saved state holds NumPy views of x, h0 and c0. Saving the tensors too
+    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, route,
+                precision):
+        with route.scope():
+            kernel, recurrent_kernel, bias = _weights_to_kernels(route, weight_ih, weight_hh,
+                                                                 bias_ih, bias_hh)
+            y, h_n, c_n, saved = ops.lstm_forward(
+                route.array(x), kernel, recurrent_kernel, bias, route.array(h0), route.array(c0),
+                lengths=lengths, reverse=reverse, training=True, backend=route.backend,
+                precision=precision)
+            outs = route.tensor(y), route.tensor(h_n), route.tensor(c_n)
+        # The kernels' saved state holds views of x, h0 and c0. Saving the tensors too
         # lets autograd's version counters catch an in-place change before backward.
         ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
         ctx.lstm_saved = saved
+        ctx.route = route
         ctx.has_h0 = h0 is not None
         ctx.has_c0 = c0 is not None
         ctx.set_materialize_grads(False)
-        return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
+        return outs
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
         inputs = ctx.saved_tensors  # raises if an input was modified in place since forward
-        grads = ops.lstm_backward(
-            ctx.lstm_saved,
-            None if dy is None else _numpy(dy),
-            None if dh_n is None else _numpy(dh_n),
-            None if dc_n is None else _numpy(dc_n))
-        dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = grads
+        route = ctx.route
         need = ctx.needs_input_grad
         # With create_graph=True, tie each gradient to a node that refuses to be
         # differentiated, so double backward fails loudly instead of yielding zeros.
         anchor = None
         if torch.is_grad_enabled():
             anchor = next((t for t in inputs if t is not None and t.requires_grad), None)
+        with route.scope():
+            grads = ops.lstm_backward(ctx.lstm_saved, route.array(dy), route.array(dh_n),
+                                      route.array(dc_n))
+            dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = grads
 
-        def wrap(arr, needed, transpose=False):
-            if not needed or arr is None:
-                return None
-            t = torch.from_numpy(_transposed(arr) if transpose else arr)
-            return t if anchor is None else _NoDoubleBackward.apply(anchor, t)
+            def wrap(arr, needed, transpose=False, copy=False):
+                if not needed or arr is None:
+                    return None
+                t = route.tensor(arr, transpose=transpose, copy=copy)
+                return t if anchor is None else _NoDoubleBackward.apply(anchor, t)
 
-        return (wrap(dx, need[0]),
-                wrap(dh0, need[1] and ctx.has_h0),
-                wrap(dc0, need[2] and ctx.has_c0),
-                wrap(dkernel, need[3], transpose=True),
-                wrap(drecurrent_kernel, need[4], transpose=True),
-                wrap(dbias, need[5]),
-                # bias_ih and bias_hh both get dbias; separate tensors, since autograd may
-                # adopt a returned gradient as a parameter's .grad and then add into it.
-                wrap(None if dbias is None else dbias.copy(), need[6]),
-                None, None)
+            return (wrap(dx, need[0]),
+                    wrap(dh0, need[1] and ctx.has_h0),
+                    wrap(dc0, need[2] and ctx.has_c0),
+                    wrap(dkernel, need[3], transpose=True),
+                    wrap(drecurrent_kernel, need[4], transpose=True),
+                    wrap(dbias, need[5]),
+                    # bias_ih and bias_hh both get dbias; separate tensors, since autograd may
+                    # adopt a returned gradient as a parameter's .grad and then add into it.
+                    wrap(dbias, need[6], copy=True),
+                    None, None, None, None)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -168,12 +283,12 @@ def _weights_signature(weights):
         None if t is None else (t.data_ptr(), t.dtype, t._version) for t in weights)
 
 
-def _inference_weights(weights, cache, slot):
+def _inference_weights(route, weights, cache, slot):
     """(kernel, recurrent_kernel, bias, packed) for an inference call: from cache[slot] when the
-    same tensors have an unchanged signature, else converted and packed now (and stored when
-    cache is a dict; packed is None without a cache)."""
+    same tensors have an unchanged signature, else converted (and packed, on the CPU) now, and
+    stored when cache is a dict; packed is None without a cache or off the CPU."""
     if cache is None:
-        return _weights_to_numpy(*weights) + (None,)
+        return _weights_to_kernels(route, *weights) + (None,)
     weights = tuple(weights)
     signature = _weights_signature(weights)
     entry = cache.get(slot)
@@ -181,25 +296,28 @@ def _inference_weights(weights, cache, slot):
     # their id or memory reused by new tensors while the entry exists.
     if (entry is None or len(entry[0]) != len(weights)
             or any(a is not b for a, b in zip(entry[0], weights)) or entry[1] != signature):
-        kernel, recurrent_kernel, bias = _weights_to_numpy(*weights)  # new arrays, not views
-        entry = (weights, signature, kernel, recurrent_kernel, bias,
-                 ops.pack_weights(kernel, recurrent_kernel))
+        # new arrays, not views (the bias a sum, the others transposed copies)
+        kernel, recurrent_kernel, bias = _weights_to_kernels(route, *weights)
+        packed = ops.pack_weights(kernel, recurrent_kernel) if route.packs else None
+        entry = (weights, signature, kernel, recurrent_kernel, bias, packed)
         cache[slot] = entry
     return entry[2:]
 
 
-def _run_direction(x, h0, c0, weights, lengths, reverse, cache=None, slot=None):
+def _run_direction(x, h0, c0, weights, lengths, reverse, route=_HOST, precision="fp32",
+                   cache=None, slot=None):
     """Run one layer/direction, through autograd only when a gradient is needed. Inference
     calls take their weights from `cache` (a dict, see LSTM.cache_weights) when given."""
     tensors = (x, h0, c0) + tuple(weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse)
-    kernel, recurrent_kernel, bias, packed = _inference_weights(weights, cache, slot)
-    y, h_n, c_n, _ = ops.lstm_forward(
-        _numpy(x), kernel, recurrent_kernel, bias,
-        None if h0 is None else _numpy(h0), None if c0 is None else _numpy(c0),
-        lengths=lengths, reverse=reverse, training=False, packed=packed)
-    return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
+        return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse, route, precision)
+    with route.scope():
+        kernel, recurrent_kernel, bias, packed = _inference_weights(route, weights, cache, slot)
+        y, h_n, c_n, _ = ops.lstm_forward(
+            route.array(x), kernel, recurrent_kernel, bias, route.array(h0), route.array(c0),
+            lengths=lengths, reverse=reverse, training=False, backend=route.backend,
+            packed=packed, precision=precision)
+        return route.tensor(y), route.tensor(h_n), route.tensor(c_n)
 
 
 # --------------------------------------------------------------------------- packed sequences
@@ -262,11 +380,13 @@ def _check_bool(value, name):
 
 
 class LSTM(torch.nn.Module):
-    r"""Multi-layer LSTM on fastlstm's fused CPU kernels, with torch.nn.LSTM's interface.
+    r"""Multi-layer LSTM on fastlstm's fused kernels (CPU or CUDA), with torch.nn.LSTM's interface.
 
     Args (as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0 (only 0 is
-    supported), device=None, dtype=None.
+    supported), device=None, dtype=None. Keyword-only: precision="fp32" (fastlstm.ops'
+    precision option: "tf32", "bf16" or "tf32x3" run the products on tensor cores, on CUDA
+    with float32 weights only; the forward raises a ValueError elsewhere).
 
     Parameters ``weight_ih_l{k}{suffix}`` (4H, I or D*H), ``weight_hh_l{k}{suffix}`` (4H, H),
     ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}`` (4H,), suffix '' or '_reverse', gates
@@ -275,11 +395,13 @@ class LSTM(torch.nn.Module):
     forward(input, hx=None) -> output, (h_n, c_n), exactly as torch.nn.LSTM: input (T, B, I),
     (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence (then output is one,
     and h_n, c_n are in the original batch order); hx = (h_0, c_0), each (D*num_layers, B, H)
-    or (D*num_layers, H) for unbatched input. CPU float32/float64 only.
+    or (D*num_layers, H) for unbatched input. float32 or float64, on the CPU or a CUDA device
+    (the module and its inputs on the same device; see the module docstring).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 precision="fp32"):
         super().__init__()
         input_size = _check_int(input_size, "input_size", 1)
         hidden_size = _check_int(hidden_size, "hidden_size", 1)
@@ -303,6 +425,8 @@ class LSTM(torch.nn.Module):
         if dtype is not None and dtype not in _DTYPES:
             raise TypeError(f"fastlstm.torch.LSTM supports dtype torch.float32 or torch.float64, "
                             f"got {dtype}")
+        if not isinstance(precision, str) or precision not in ops.PRECISIONS:
+            raise ValueError(f"precision: expected one of {ops.PRECISIONS}, got {precision!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                           "non-zero dropout expects num_layers greater than 1, but got "
@@ -318,6 +442,7 @@ class LSTM(torch.nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = _check_bool(bidirectional, "bidirectional")
         self.proj_size = 0
+        self.precision = precision
         self._weight_cache = None   # a dict while cache_weights() is on
 
         factory = {"device": device, "dtype": dtype}
@@ -394,31 +519,37 @@ class LSTM(torch.nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
+        if self.precision != "fp32":
+            s += f", precision={self.precision!r}"
         return s
 
     # ----------------------------------------------------------------------- checks
 
-    def _check_tensor(self, t, name, dtype):
+    def _check_tensor(self, t, name, dtype, device):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
+        if t.device != device:
             raise RuntimeError(
-                f"fastlstm.torch.LSTM runs on the CPU only (it does not use the CUDA backend yet), "
-                f"but {name} is on {t.device}; move the module and its inputs to the CPU")
+                f"{name} is on {t.device}, but the module's parameters are on {device}; move "
+                f"the input and the module to the same device (the CPU or a CUDA device)")
         if t.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
         if t.dtype != dtype:
             raise ValueError(f"{name} dtype ({t.dtype}) does not match the weight dtype ({dtype}). "
                              f"Convert the tensor: .to({dtype}), or the model: model.to({t.dtype})")
 
-    def _weight_dtype(self):
+    def _weight_device_dtype(self):
         params = list(self.parameters())
+        device = params[0].device
         for name, p in self.named_parameters():
-            if p.device.type != "cpu":
+            if p.device != device:
                 raise RuntimeError(
-                    f"fastlstm.torch.LSTM runs on the CPU only (fastlstm has no CUDA backend "
-                    f"yet), but parameter {name} is on {p.device}; move the module to the CPU "
-                    f"with .cpu()")
+                    f"parameter {name} is on {p.device}, but {self._names[0][0]} is on {device}; "
+                    f"all parameters must be on one device")
+        if device.type not in ("cpu", "cuda"):
+            raise RuntimeError(
+                f"fastlstm.torch.LSTM runs on the CPU or a CUDA device, but parameter "
+                f"{self._names[0][0]} is on {device}; move the module with .cpu() or .cuda()")
         dtype = params[0].dtype
         if dtype not in _DTYPES:
             raise TypeError(f"fastlstm.torch.LSTM supports float32 and float64 weights, got "
@@ -427,17 +558,17 @@ class LSTM(torch.nn.Module):
             if p.dtype != dtype:
                 raise TypeError(f"parameter {name} has dtype {p.dtype}, but the other weights "
                                 f"have {dtype}; all parameters must share one dtype")
-        return dtype
+        return device, dtype
 
-    def _check_hx(self, hx, batched, B, dtype):
+    def _check_hx(self, hx, batched, B, dtype, device):
         D = 2 if self.bidirectional else 1
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx: expected a tuple (h_0, c_0) of two tensors, got "
                             + (f"a sequence of length {len(hx)}" if isinstance(hx, (tuple, list))
                                else type(hx).__name__))
         h0, c0 = hx
-        self._check_tensor(h0, "hx[0] (h_0)", dtype)
-        self._check_tensor(c0, "hx[1] (c_0)", dtype)
+        self._check_tensor(h0, "hx[0] (h_0)", dtype, device)
+        self._check_tensor(c0, "hx[1] (c_0)", dtype, device)
         want_dim = 3 if batched else 2
         if h0.dim() != want_dim or c0.dim() != want_dim:
             kind = "batched 3-D" if batched else "unbatched 2-D"
@@ -454,11 +585,11 @@ class LSTM(torch.nn.Module):
 
     def forward(self, input, hx=None):
         """output, (h_n, c_n) = lstm(input, hx=None); see the class docstring."""
-        dtype = self._weight_dtype()
+        device, dtype = self._weight_device_dtype()
         packed = isinstance(input, PackedSequence)
         if packed:
             data = input.data
-            self._check_tensor(data, "input (PackedSequence.data)", dtype)
+            self._check_tensor(data, "input (PackedSequence.data)", dtype, device)
             if data.dim() != 2:
                 raise ValueError(f"PackedSequence.data: expected 2-D (rows, input_size), got "
                                  f"{data.dim()}-D")
@@ -467,10 +598,11 @@ class LSTM(torch.nn.Module):
                                    f"{self.input_size}, got {data.shape[-1]}")
             T, B, t_idx, b_idx, lengths = _packed_layout(input.batch_sizes, input.sorted_indices,
                                                          data.shape[0])
+            t_idx, b_idx = t_idx.to(device), b_idx.to(device)
             x = data.new_zeros((T, B, self.input_size)).index_put((t_idx, b_idx), data)
             batched = True
         else:
-            self._check_tensor(input, "input", dtype)
+            self._check_tensor(input, "input", dtype, device)
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
             if input.shape[-1] != self.input_size:
@@ -491,10 +623,12 @@ class LSTM(torch.nn.Module):
         if hx is None:
             h0_all = c0_all = None
         else:
-            h0_all, c0_all = self._check_hx(hx, batched, B, dtype)
+            h0_all, c0_all = self._check_hx(hx, batched, B, dtype, device)
             if not batched:
                 h0_all, c0_all = h0_all.unsqueeze(1), c0_all.unsqueeze(1)
 
+        route = _route(device)
+        precision = getattr(self, "precision", "fp32")  # (modules pickled before it existed)
         D = 2 if self.bidirectional else 1
         h_list, c_list = [], []
         layer_input = x
@@ -509,7 +643,7 @@ class LSTM(torch.nn.Module):
                     layer_input,
                     None if h0_all is None else h0_all[k],
                     None if c0_all is None else c0_all[k],
-                    weights, lengths, direction == 1,
+                    weights, lengths, direction == 1, route, precision,
                     cache=getattr(self, "_weight_cache", None), slot=k)
                 outputs.append(y)
                 h_list.append(h_n)
