@@ -1753,6 +1753,78 @@ def test_emulated_torch_module_on_the_cuda_kernels(emu, monkeypatch, config, dty
             np.testing.assert_array_equal(a, trained)
 
 
+def test_emulated_torch_module_cuda_route_glue(emu, monkeypatch):
+    # fastlstm.torch's _CudaRoute itself (not a stand-in) on the emulator: CuPy replaced by a
+    # recording stand-in whose from_dlpack is NumPy's (so CPU tensors come in as NumPy views and
+    # the CUDA backend takes its host-array path), torch.cuda.current_stream by a fake stream.
+    # Checks the route's own code: every scope enters the device, torch's stream (through the
+    # stream protocol, or ExternalStream where that is refused) and the allocator; results and
+    # gradients as torch.nn.LSTM's float64 ones; the allocator hands out torch memory that the
+    # CuPy memory keeps alive. What CuPy and torch do with real device memory is for the GPU tests.
+    torch = pytest.importorskip("torch")
+    import types
+    import fastlstm.torch as ftorch
+    entered = []
+
+    class Ctx:
+        def __init__(self, *what):
+            self.what = what
+
+        def __enter__(self):
+            entered.append(self.what)
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeStream:
+        cuda_stream = 1234
+
+        def __cuda_stream__(self):
+            return (0, self.cuda_stream)
+
+    refuse_protocol = []
+
+    def from_external(obj):
+        if refuse_protocol:
+            raise TypeError("protocol version")
+        return Ctx("stream", obj.__cuda_stream__()[1])
+
+    def external_stream(ptr, device_id):
+        import warnings
+        warnings.warn("ExternalStream is deprecated", DeprecationWarning)
+        return Ctx("external stream", ptr, device_id)
+
+    ns = types.SimpleNamespace
+    fake_cp = _fake_module(
+        "cupy", from_dlpack=np.from_dlpack,
+        cuda=ns(Device=lambda index: Ctx("device", index), Stream=ns(from_external=from_external),
+                ExternalStream=external_stream, using_allocator=lambda f: Ctx("allocator", f.__func__.__name__),
+                UnownedMemory=lambda ptr, size, owner, device_id: ns(ptr=ptr, size=size, owner=owner,
+                                                                     device_id=device_id),
+                MemoryPointer=lambda mem, offset: ns(mem=mem, offset=offset)))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cp)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: FakeStream())
+    monkeypatch.setattr(ftorch, "_route", lambda device: ftorch._CudaRoute(device))
+    for refuse in (False, True):
+        refuse_protocol[:] = [True] if refuse else []
+        entered.clear()
+        errors, outs = _torch_module_errors(torch, "cpu", torch.float32, "fp32", TORCH_MODULE_CONFIGS[1])
+        assert max(errors.values()) <= TORCH_MODULE_TOL["float32", "fp32"], errors
+        assert str(_ran("forward")).startswith(("simt forward", "persistent forward")), _ran("forward")
+        stream = ("external stream", 1234, None) if refuse else ("stream", 1234)
+        # 2 layers x 2 directions, forward and backward: 8 scopes, each device, stream, allocator
+        assert entered == [("device", None), stream, ("allocator", "_allocate")] * 8, entered
+    route = ftorch._CudaRoute(torch.device("cpu"))
+    pointer = route._allocate(10)
+    assert pointer.offset == 0 and pointer.mem.size == 10 and pointer.mem.ptr == pointer.mem.owner.data_ptr()
+    assert pointer.mem.owner.dtype == torch.uint8 and pointer.mem.owner.numel() == 10
+    assert route._allocate(0).mem.owner.numel() == 1
+    # no CuPy: a clear error naming the extra
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(RuntimeError, match=r'CuPy is not installed: pip install "fastlstm\[cuda\]"'):
+        ftorch._CudaRoute(torch.device("cpu"))
+
+
 # --------------------------------------------------------------------------- GPU
 
 def _skip_reason():
