@@ -420,9 +420,9 @@ def _host(a):
 
 def _fake_forward(normalize, raw, names, precision="fp32"):
     """fastlstm.cuda.forward for the fake device: ops' checks with the fake module, then the
-    CPU kernels on the arrays' data; the outputs are fake arrays. (The model API always runs
-    precision "fp32".)"""
-    assert precision == "fp32", precision
+    CPU kernels on the arrays' data; the outputs are fake arrays. The precision asked for is
+    recorded in PRECISIONS_SEEN (the CPU kernels compute in fp32 whatever it is)."""
+    PRECISIONS_SEEN.append(("forward", precision))
     for k, v in raw.items():
         if k == "lengths":
             assert v is None or isinstance(v, np.ndarray), "lengths must be on the host"
@@ -443,7 +443,11 @@ def _fake_forward(normalize, raw, names, precision="fp32"):
     return outs, fields
 
 
+PRECISIONS_SEEN = []
+
+
 def _fake_backward(saved, normalize, raw):
+    PRECISIONS_SEEN.append(("backward", saved.precision))
     for k, v in raw.items():
         assert v is None or isinstance(v, FakeArray), \
             f"{k}: expected a device array, got {type(v)}"
@@ -701,6 +705,30 @@ def test_fake_device_matches_cpu(name, fake_gpu):
     _compare(cpu, dev, _tolerance(cpu["model"]))
 
 
+def test_fake_device_passes_the_lstm_precision(fake_gpu):
+    # LSTM(precision="tf32") on the "cuda" device asks fastlstm.cuda for tf32 in every forward
+    # and backward (the CPU model computes fp32: LSTM docstring); plain LSTMs ask for fp32
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+
+    def build():
+        m = models.Sequential([layers.LSTM(4, precision="tf32", return_sequences=True, input_shape=(5, 3)),
+                               layers.LSTM(2)])
+        m.compile(loss="mse", optimizer=optimizers.SGD(0.1))
+        return m
+    cpu = _run("cpu", build, x, y, {})
+    PRECISIONS_SEEN.clear()
+    dev = _run("cuda", build, x, y, {})
+    # fit: 2 epochs x 1 batch x 2 layers of forward and backward; evaluate, predict: forwards
+    assert PRECISIONS_SEEN[:4] == [("forward", "tf32"), ("forward", "fp32"),
+                                   ("backward", "fp32"), ("backward", "tf32")], PRECISIONS_SEEN
+    assert sorted(set(PRECISIONS_SEEN)) == [("backward", "fp32"), ("backward", "tf32"),
+                                            ("forward", "fp32"), ("forward", "tf32")]
+    assert PRECISIONS_SEEN.count(("forward", "tf32")) == PRECISIONS_SEEN.count(("forward", "fp32")) == 4
+    _compare(cpu, dev, _tolerance(cpu["model"]))
+
+
 def test_fake_device_train_on_batch_call_and_standalone_layers(fake_gpu):
     build, x, y, _ = _scenario_lstm_dense()
     fastlstm.set_device("cpu")
@@ -873,6 +901,33 @@ def test_gpu_save_load_and_cupy_inputs(restore_device, tmp_path):
     again.fit(x, y, epochs=1, batch_size=8, verbose=0)     # slots restored onto the GPU
     assert all(isinstance(a, cp.ndarray) for arrays in again.optimizer._slots.values()
                for a in arrays)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gpu_lstm_precision_on_tensor_cores(precision, restore_device):
+    # LSTM(precision=...) on the GPU: the tensor-core products ran (cuda_info's description),
+    # and the model's predictions and one SGD step's weights are within the precision's error of
+    # the same model on the CPU (which computes fp32): tf32 rounds operands to 10 bits (~5e-4
+    # relative per product), bf16 to 7 bits (~4e-3); over a few steps and two layers, 1e-2 / 5e-2
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 6, 8)).astype(np.float32)
+    y = rng.standard_normal((16, 4)).astype(np.float32)
+
+    def build():
+        m = models.Sequential([layers.LSTM(32, precision=precision, return_sequences=True, input_shape=(6, 8)),
+                               layers.LSTM(4, precision=precision)])
+        m.compile(loss="mse", optimizer=optimizers.SGD(0.05))
+        return m
+    cpu = _run("cpu", build, x, y, {})
+    dev = _run("cuda", build, x, y, {})
+    assert f"{precision} tensor cores" in fcuda.info()["last_forward"], fcuda.info()["last_forward"]
+    tol = {"tf32": 1e-2, "bf16": 5e-2}[precision]
+    err = np.linalg.norm(dev["predict"] - cpu["predict"]) / np.linalg.norm(cpu["predict"])
+    assert 0 < err <= tol, err  # (0: the tensor cores did round)
+    for a, b in zip(cpu["weights"], dev["weights"]):
+        assert np.linalg.norm(b - a) <= tol * np.linalg.norm(a)
 
 
 def test_gpu_tests_skip_here_with_a_reason():

@@ -603,3 +603,39 @@ def test_bidirectional_reset_states_resets_both_directions():
     np.testing.assert_array_equal(bi(x), first)
     with pytest.raises(AttributeError, match="not stateful"):   # as Keras 3 and LSTM.reset_states
         layers.Bidirectional(layers.LSTM(3)).reset_states()
+
+
+# --------------------------------------------------------------------------- precision
+
+def test_lstm_precision_argument_checks_config_and_cpu_fallback():
+    # fastlstm's own LSTM argument precision: checked at construction, kept by get_config only
+    # when not "fp32" (so Keras-format configs stay Keras's), by Bidirectional's copies and by
+    # saved models; on the CPU (no tensor cores) the layer computes as with "fp32", bitwise.
+    with pytest.raises(ValueError, match=r"precision: expected one of .*got 'fp16'"):
+        layers.LSTM(3, precision="fp16")
+    with pytest.raises(ValueError, match=r"precision='bf16' needs the fused kernels.*'relu'"):
+        layers.LSTM(3, activation="relu", precision="bf16")
+    with pytest.raises(ValueError, match=r"precision='tf32' needs the fused kernels, and recurrent_dropout"):
+        layers.LSTM(3, recurrent_dropout=0.2, precision="tf32")
+    assert "precision" not in layers.LSTM(3).get_config()
+    lstm = layers.LSTM(3, precision="tf32x3", return_sequences=True)
+    assert lstm.get_config()["precision"] == "tf32x3"
+    assert layers.LSTM.from_config(lstm.get_config()).precision == "tf32x3"
+    bi = layers.Bidirectional(layers.LSTM(3, precision="bf16"))
+    assert bi.forward_layer.precision == bi.backward_layer.precision == "bf16"
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    predictions = []
+    for precision in ("fp32", "tf32"):
+        m = models.Sequential([layers.LSTM(7, precision=precision, return_sequences=True, input_shape=(6, 5)),
+                               layers.Bidirectional(layers.LSTM(2, precision=precision))])
+        m.compile(loss="mse", optimizer="sgd")
+        if predictions:
+            m.set_weights(weights)
+        weights = m.get_weights()
+        predictions.append(m.predict(x, verbose=0))
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+    with pytest.raises(ValueError, match=r"Layer 'deep' \(LSTM\): precision='tf32' takes a float32 layer.*float64"):
+        models.Sequential([layers.LSTM(2, precision="tf32", name="deep", input_shape=(6, 5))],
+                          dtype="float64").predict(x, verbose=0)

@@ -932,6 +932,15 @@ class LSTM(Layer):
 
     Weights: kernel (input_dim, 4 * units), recurrent_kernel (units, 4 * units),
     bias (4 * units,), gate blocks i, f, c, o.
+
+    precision (fastlstm's own, not Keras's): "fp32" (default: every product in the model's
+    dtype), or "tf32" / "bf16" / "tf32x3" for a float32 layer: on the "cuda" device the LSTM's
+    matrix products run on tensor cores, as ``fastlstm.ops``' option of that name (errors near
+    1e-3 for tf32 and 1e-2 for bf16 against float64; tf32x3 float32's accuracy). On the CPU,
+    which has no tensor cores, the layer computes in float32 as with "fp32" (so a model trained
+    on the GPU loads and predicts on the CPU, more exactly). It needs the fused kernels (the
+    default activations and no recurrent_dropout: a ValueError at construction otherwise) and
+    a float32 layer (a ValueError when built in float64).
     """
 
     input_rank = 3
@@ -943,7 +952,7 @@ class LSTM(Layer):
                  bias_regularizer=None, dropout=0.0, recurrent_dropout=0.0,
                  return_sequences=False, return_state=False, go_backwards=False,
                  stateful=False, seed=None, unroll=False, zero_output_for_mask=False,
-                 use_cudnn="auto", **kwargs):
+                 use_cudnn="auto", precision="fp32", **kwargs):
         super().__init__(**kwargs)
         # Keras's cuDNN switch: fastlstm always runs its own kernels, so it has no effect
         if not (isinstance(use_cudnn, bool) or (isinstance(use_cudnn, str) and use_cudnn == "auto")):
@@ -974,6 +983,18 @@ class LSTM(Layer):
         self._rng = None if seed is None else _random.generator(self.seed)
         self.states = None           # [h, c] carried between calls when stateful
         self.last_path = None        # "fused" or "numpy": which implementation ran last
+        if not isinstance(precision, str) or precision not in ops.PRECISIONS:
+            raise ValueError(f"precision: expected one of {ops.PRECISIONS}, got {precision!r}")
+        if precision != "fp32" and not self.uses_fused_kernels:
+            raise ValueError(f"precision={precision!r} needs the fused kernels (activation='tanh', "
+                             f"recurrent_activation='sigmoid'); layer {self.name!r} has "
+                             f"{self.activation.name!r} / {self.recurrent_activation.name!r}, which "
+                             f"compute in the layer's dtype only: use precision='fp32'")
+        if precision != "fp32" and self.recurrent_dropout > 0:
+            raise ValueError(f"precision={precision!r} needs the fused kernels, and "
+                             f"recurrent_dropout > 0 (layer {self.name!r}) trains on the NumPy path, "
+                             f"which computes in the layer's dtype only: use precision='fp32'")
+        self.precision = precision
 
     def _rank_hint(self):
         return "(batch, timesteps, features)"
@@ -987,6 +1008,10 @@ class LSTM(Layer):
         if input_shape[-1] is None or input_shape[-1] < 1:
             raise ValueError(f"Layer {self.name!r} (LSTM) needs a known feature axis of size "
                              f">= 1, got input shape {_fmt_shape(input_shape)}")
+        if self.precision != "fp32" and self.dtype != np.float32:
+            raise ValueError(f"Layer {self.name!r} (LSTM): precision={self.precision!r} takes a "
+                             f"float32 layer (tensor cores with float32 accumulation), but the "
+                             f"layer is {self.dtype.name}; use precision='fp32' for it")
         u = self.units
         self.kernel = self.add_weight("kernel", (input_shape[-1], 4 * u),
                                       self.kernel_initializer, self.kernel_regularizer)
@@ -1117,7 +1142,8 @@ class LSTM(Layer):
             y_tm, h_n, c_n, saved = ops.lstm_forward(
                 x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
                 reverse=self.go_backwards, training=bool(training),
-                backend=self._device.lstm_backend)
+                backend=self._device.lstm_backend,
+                precision="fp32" if self._device.is_host else self.precision)
         else:
             lens = self._on_device(np.full(B, T, np.int64) if lengths is None else lengths)
             y_tm, h_n, c_n, saved = _Generic.forward(
@@ -1232,6 +1258,8 @@ class LSTM(Layer):
             return_sequences=self.return_sequences, return_state=self.return_state,
             go_backwards=self.go_backwards, stateful=self.stateful, seed=self.seed,
             zero_output_for_mask=self.zero_output_for_mask)
+        if self.precision != "fp32":  # (fastlstm's own argument: Keras configs stay Keras's)
+            config["precision"] = self.precision
         return config
 
 
