@@ -25,7 +25,10 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
   gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default), staging by cp.async
   (FASTLSTM_CUDA_STAGE_ASYNC, on by default), staging elements walked row by row
-  (FASTLSTM_CUDA_STAGE_WALK, on by default): persistent with each off / on.
+  (FASTLSTM_CUDA_STAGE_WALK, on by default): persistent with each off / on;
+- fastlstm.torch.LSTM on CUDA tensors (session 18): gpu_bench.json's module time over fastlstm.ops'
+  for the same call, per configuration (its overhead: DLPack views, weight transposes, allocations
+  through torch's allocator, autograd), and the module against cuDNN fp32.
 """
 import json
 import os
@@ -282,6 +285,40 @@ def tiled_kslice(gab, out):
                    f"{best * us:.1f} us ({fmt(plan / best)})")
 
 
+def load_gpu_bench(folder):
+    path = os.path.join(folder, "gpu_bench.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:  # cut short while being written
+        return None
+
+
+def torch_module(bench, out):
+    out.append("## fastlstm.torch.LSTM on CUDA tensors: module / fastlstm.ops (its overhead), cuDNN fp32 / module")
+    rows = [r for r in (bench or {}).get("results", []) if "torch_module_fwd" in r and "auto_fwd" in r]
+    if bench is None:
+        out.append("  gpu_bench.json missing")
+    worst = []
+    for r in rows:
+        over = [ratio(r[f"torch_module_{m}"], r[f"auto_{m}"]) for m in ("fwd", "fwdbwd")]
+        speed = [ratio(r[f"cudnn_fp32_{m}"], r[f"torch_module_{m}"]) for m in ("fwd", "fwdbwd")]
+        worst += [v for v in over if v is not None]
+        out.append(f"- {r['config']} (T, B, I, H): overhead fwd {fmt(over[0])} fwd+bwd {fmt(over[1])}; "
+                   f"cuDNN / module fwd {fmt(speed[0])} fwd+bwd {fmt(speed[1])}; error "
+                   f"{r['torch_module_err_fwd']:.1e} / {r['torch_module_err_grad']:.1e}")
+    if not worst:
+        out.append("  no timed rows: no evidence either way")
+    elif max(worst) > 1.3:
+        out.append(f"  suggests: the module costs up to {max(worst):.2f}x fastlstm.ops' time: look at the "
+                   "allocator hook first (fastlstm/torch.py _CudaRoute._allocate), then the per-call weight "
+                   "transposes (NOTES_GPU, session 18)")
+    else:
+        out.append(f"  suggests: nothing to do (overhead at most {max(worst):.2f}x)")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not os.path.isdir(argv[0]):
@@ -296,6 +333,7 @@ def main(argv=None):
     short_sequences(pab, out)
     default_switches(pab, out)
     tiled_kslice(gab, out)
+    torch_module(load_gpu_bench(argv[0]), out)
     print("\n".join(out))
     return 0
 

@@ -1449,6 +1449,13 @@ def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
                     "### errors against the float64 reference"):
         assert heading in md, (heading, md)
     assert "MISMATCH" not in md and md.count("| 3, 2, 5, 8 |") == 6, md
+    # bench/gpu_decide.py reads the module's rows back (its overhead over fastlstm.ops)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    capsys.readouterr()
+    assert _bench_script("gpu_decide").main([str(tmp_path)]) == 0
+    said = capsys.readouterr().out.split("## fastlstm.torch.LSTM on CUDA tensors", 1)[1]
+    assert "- [3, 2, 5, 8] (T, B, I, H): overhead fwd " in said and "no timed rows" not in said, said
+    assert "suggests: " in said, said
     # a wrong result is caught: a kernel that returns the fp64 reference's y scaled by 1.01
     real_forward = ops.lstm_forward
 
