@@ -1802,8 +1802,25 @@ def test_emulated_torch_module_cuda_route_glue(emu, monkeypatch):
         return Ctx("external stream", ptr, device_id)
 
     ns = types.SimpleNamespace
+
+    class Capsule:
+        def __init__(self, capsule):
+            self.capsule = capsule
+
+        def __dlpack__(self, **kwargs):
+            return self.capsule
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    def from_dlpack(capsule):
+        # the route hands CuPy raw capsules (taken with stream=-1), so that CuPy negotiates no
+        # stream (with an object, CuPy passes its default stream, which torch may refuse)
+        assert type(capsule).__name__ == "PyCapsule", type(capsule)
+        return np.from_dlpack(Capsule(capsule))
+
     fake_cp = _fake_module(
-        "cupy", from_dlpack=np.from_dlpack,
+        "cupy", from_dlpack=from_dlpack,
         cuda=ns(Device=lambda index: Ctx("device", index), Stream=ns(from_external=from_external),
                 ExternalStream=external_stream, using_allocator=lambda f: Ctx("allocator", f.__func__.__name__),
                 UnownedMemory=lambda ptr, size, owner, device_id: ns(ptr=ptr, size=size, owner=owner,
@@ -1826,6 +1843,22 @@ def test_emulated_torch_module_cuda_route_glue(emu, monkeypatch):
     assert pointer.offset == 0 and pointer.mem.size == 10 and pointer.mem.ptr == pointer.mem.owner.data_ptr()
     assert pointer.mem.owner.dtype == torch.uint8 and pointer.mem.owner.numel() == 10
     assert route._allocate(0).mem.owner.numel() == 1
+    # a result in memory from _allocate comes back as a view of that byte tensor (memory of
+    # torch's caching allocator, where record_stream works), anything else through DLPack
+    owner = route._allocate(6 * 4).mem.owner
+    result = ns(data=ns(ptr=owner.data_ptr()), flags=ns(c_contiguous=True), nbytes=24,
+                dtype=np.dtype(np.float32), shape=(2, 3))
+    t = route.tensor(result)
+    assert t.dtype == torch.float32 and t.shape == (2, 3) and t.data_ptr() == owner.data_ptr()
+    assert t.untyped_storage().data_ptr() == owner.untyped_storage().data_ptr()
+    assert route.tensor(result, transpose=True).shape == (3, 2)
+    assert route.tensor(result, copy=True).data_ptr() != owner.data_ptr()
+    plain = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(route.tensor(plain).numpy(), plain)
+    del owner, t, result, pointer
+    import gc
+    gc.collect()
+    assert len(route._owners) == 0  # (weak: the route keeps no allocation alive)
     # no CuPy: a clear error naming the extra
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(RuntimeError, match=r'CuPy is not installed: pip install "fastlstm\[cuda\]"'):
@@ -2170,13 +2203,21 @@ def test_gpu_torch_module_matches_torch_float64(config, dtype_name, precision):
 
 @pytest.mark.cuda
 @gpu
-def test_gpu_torch_module_stream_allocator_and_cache():
-    # on a side stream (torch.cuda.stream): the same bits as on the default stream, nothing left
-    # in CuPy's memory pool (what the kernels allocate comes from torch's caching allocator),
-    # inference with the weight cache bitwise the training forward's output, and refreshed after
-    # an optimizer step
+def test_gpu_torch_module_stream_allocator_and_cache(monkeypatch):
+    # on a side stream (torch.cuda.stream): every kernel launched on that stream (the stream the
+    # extension is given), the same bits as on the default stream, nothing left in CuPy's memory
+    # pool (what the kernels allocate comes from torch's caching allocator), results that are
+    # torch allocator memory (record_stream works), inference with the weight cache bitwise the
+    # training forward's output, and refreshed after an optimizer step
     cp = _cupy_or_skip()
     torch = _torch_cuda_or_skip()
+    ext = fcuda.require()
+    streams = []
+    for name in ("forward", "backward"):
+        def spy(*args, _real=getattr(ext, name), **kwargs):
+            streams.append(args[-1])  # (the stream is the last positional argument of both)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(ext, name, spy)
     import fastlstm.torch as ftorch
     torch.manual_seed(3)
     model = ftorch.LSTM(7, 33, num_layers=2, bidirectional=True).cuda()
@@ -2189,12 +2230,16 @@ def test_gpu_torch_module_stream_allocator_and_cache():
     assert pool.used_bytes() == before, (before, pool.used_bytes())
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
+    assert set(streams) == {torch.cuda.current_stream().cuda_stream} and len(streams) == 8, streams
+    streams.clear()
     with torch.cuda.stream(side):
         x2 = x.detach().clone().requires_grad_()
         out2, (h2, _) = model(x2)
         (out2.square().sum() + h2.sum()).backward()
     torch.cuda.current_stream().wait_stream(side)
+    out2.record_stream(torch.cuda.current_stream())  # (a no-op on memory torch did not allocate)
     torch.cuda.synchronize()
+    assert set(streams) == {side.cuda_stream} and len(streams) == 8, (streams, side.cuda_stream)
     assert torch.equal(out2, reference_bits[0]) and torch.equal(x2.grad, reference_bits[1])
     with torch.no_grad():
         model.cache_weights()

@@ -695,16 +695,17 @@ def _err_cases():
         (ftorch.LSTM(3, 4, device="meta"), (x,), RuntimeError,
          "runs on the CPU or a CUDA device, but parameter weight_ih_l0 is on meta"),
         (ftorch.LSTM(3, 4), (x.to("meta"),), RuntimeError,
-         "input is on meta, but the module's parameters are on cpu"),
+         "Input and parameter tensors are not at the same device, found input tensor at meta and "
+         "parameter tensor at cpu"),
         (ftorch.LSTM(3, 4), (x, (z(1, 2, 4).to("meta"), z(1, 2, 4))), RuntimeError,
-         r"hx\[0\] \(h_0\) is on meta, but the module's parameters are on cpu"),
+         r"found hx\[0\] \(h_0\) tensor at meta and parameter tensor at cpu"),
         (ftorch.LSTM(3, 4), (PackedSequence(torch.randn(4, 3).to("meta"), torch.tensor([2, 2])),),
-         RuntimeError, r"input \(PackedSequence.data\) is on meta"),
+         RuntimeError, r"found input \(PackedSequence.data\) tensor at meta"),
         (_split_devices(), (x,), RuntimeError,
          "parameter weight_hh_l0 is on meta, but weight_ih_l0 is on cpu; all parameters must "
          "be on one device"),
-        (ftorch.LSTM(3, 4, precision="bf16"), (x,), ValueError,
-         "precision='bf16' needs backend=\"cuda\""),
+        (ftorch.LSTM(3, 4, precision="bf16", dtype=torch.float64), (x.double(),), ValueError,
+         r"precision='bf16' takes float32 weights .*got torch.float64"),
     ]
 
 
@@ -783,3 +784,35 @@ def test_ddp_two_processes_match_full_batch_training(tmp_path, rel_err):
     for step in range(steps):
         mean_loss = (ranks[0]["losses"][step] + ranks[1]["losses"][step]) / 2
         assert abs(mean_loss - losses[step]) <= 1e-6 * abs(losses[step])
+
+
+def test_module_pickled_before_precision_existed_has_repr_and_runs():
+    # a module saved (torch.save / pickle) before the precision argument existed has no
+    # "precision" in its __dict__: repr, forward and deepcopy still work, as fp32
+    import copy
+    import pickle
+    m = ftorch.LSTM(3, 4)
+    del m.__dict__["precision"]
+    old = pickle.loads(pickle.dumps(m))
+    assert repr(old) == "LSTM(3, 4)" and old.precision == "fp32"
+    assert copy.deepcopy(old)(torch.randn(2, 1, 3))[0].shape == (2, 1, 4)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "tf32x3"])
+def test_precision_on_the_cpu_computes_as_fp32(precision, native_torch_lstm):
+    # no tensor cores on the CPU: a module with a tensor-core precision (trained so on the GPU,
+    # then moved with .cpu()) gives the fp32 module's outputs and gradients, bitwise
+    results = []
+    for p in ("fp32", precision):
+        torch.manual_seed(4)
+        m = ftorch.LSTM(3, 5, num_layers=2, bidirectional=True, precision=p)
+        x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(5), requires_grad=True)
+        out, (h, c) = m(x)
+        (out.sum() + h.square().sum()).backward()
+        with torch.no_grad():
+            m.cache_weights()
+            inference = m(x)[0]
+        results.append([out, h, c, x.grad, inference] + [q.grad for q in m.parameters()])
+    assert "precision" in repr(m) and precision in repr(m)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -16,12 +16,16 @@ torch.autograd.Function, so gradients reach the input, h_0, c_0 and every weight
 Devices: on the CPU, fastlstm's CPU kernels on NumPy views of the tensors. On a CUDA device
 (module and inputs on the same one), fastlstm's CUDA kernels (backend "cuda"), which take the
 tensors as CuPy arrays without copying them (DLPack): they run on torch's current stream of
-that device, and what they allocate comes from torch's caching allocator, so the results are
-ordinary torch tensors, ordered with the surrounding torch work like any torch operation.
+that device, as a torch operation would, and the arrays they return are allocated from torch's
+caching allocator and handed out as tensors of that memory (so record_stream works on them).
+fastlstm's CUDA backend keeps its own workspace pool besides (fastlstm.cuda.empty_cache()
+returns it; torch.cuda.memory_allocated does not count it). cache_weights() on CUDA: use the
+module from one stream at a time (a refresh frees the old copies on the stream that made them).
 That needs CuPy (pip install "fastlstm[cuda]") and fastlstm built with CUDA
 (fastlstm.cuda_available()); otherwise the forward raises a RuntimeError saying which is
-missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3" on CUDA with
-float32 weights) is fastlstm.ops' precision option: tensor-core products, see fastlstm.ops.
+missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3" with float32
+weights) is fastlstm.ops' precision option: tensor-core products on CUDA (see fastlstm.ops); on
+the CPU, which has no tensor cores, the module computes as with "fp32".
 
 Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
 CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
@@ -35,6 +39,7 @@ import math
 import numbers
 import operator
 import warnings
+import weakref
 
 try:
     # An absolute import (Python 3): this is PyTorch itself, not this module.
@@ -122,11 +127,14 @@ class _CudaRoute:
                                f"which cannot run here: {fcuda.info().get('reason')}")
         self.cp = cupy
         self.device = device
+        # address -> the byte tensor _allocate took there, while it lives (see tensor())
+        self._owners = weakref.WeakValueDictionary()
 
     def _allocate(self, nbytes):
         # a byte tensor from torch's caching allocator, on torch's current stream (the one the
         # kernels run on), kept alive by the CuPy memory that refers to it
         owner = torch.empty((max(int(nbytes), 1),), dtype=torch.uint8, device=self.device)
+        self._owners[owner.data_ptr()] = owner
         memory = self.cp.cuda.UnownedMemory(owner.data_ptr(), int(nbytes), owner, self.device.index)
         return self.cp.cuda.MemoryPointer(memory, 0)
 
@@ -151,7 +159,13 @@ class _CudaRoute:
             yield
 
     def array(self, t):
-        return None if t is None else self.cp.from_dlpack(t.detach().contiguous())
+        # The capsule is taken with stream=-1 (no synchronisation: the kernels run on torch's
+        # current stream, as a torch operation would) and given to CuPy as a raw capsule, so no
+        # stream is negotiated: cupy.from_dlpack(tensor) would pass CuPy's default stream, which
+        # is 2 under CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1, and torch refuses that one.
+        if t is None:
+            return None
+        return self.cp.from_dlpack(t.detach().contiguous().__dlpack__(stream=-1))
 
     def transposed(self, t):
         return self.array(t.detach().t())   # (.contiguous() in array: torch's transpose copy)
@@ -160,7 +174,17 @@ class _CudaRoute:
         return self.array(bias_ih.detach() + bias_hh.detach())
 
     def tensor(self, a, transpose=False, copy=False):
-        t = torch.from_dlpack(a)
+        # A result that fills memory from _allocate comes back as a view of that byte tensor:
+        # memory of torch's caching allocator, so Tensor.record_stream works on it (on a DLPack
+        # import it does nothing: the allocator skips memory it did not hand out, and a result
+        # used on another stream could then be reused while that stream still reads it).
+        ptr = getattr(getattr(a, "data", None), "ptr", None)
+        owner = None if ptr is None else self._owners.get(int(ptr))
+        if owner is not None and a.flags.c_contiguous and a.nbytes <= owner.numel():
+            dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[a.dtype]
+            t = owner[:a.nbytes].view(dtype).view(tuple(a.shape))
+        else:
+            t = torch.from_dlpack(a)
         if transpose:
             return t.t().contiguous()
         return t.clone() if copy else t
@@ -191,6 +215,8 @@ class _LSTMDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, route,
                 precision):
+        if route.backend != "cuda":
+            precision = "fp32"  # no tensor cores off the GPU (the class docstring)
         with route.scope():
             kernel, recurrent_kernel, bias = _weights_to_kernels(route, weight_ih, weight_hh,
                                                                  bias_ih, bias_hh)
@@ -311,6 +337,8 @@ def _run_direction(x, h0, c0, weights, lengths, reverse, route=_HOST, precision=
     tensors = (x, h0, c0) + tuple(weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse, route, precision)
+    if route.backend != "cuda":
+        precision = "fp32"  # no tensor cores off the GPU (the class docstring)
     with route.scope():
         kernel, recurrent_kernel, bias, packed = _inference_weights(route, weights, cache, slot)
         y, h_n, c_n, _ = ops.lstm_forward(
@@ -386,7 +414,9 @@ class LSTM(torch.nn.Module):
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0 (only 0 is
     supported), device=None, dtype=None. Keyword-only: precision="fp32" (fastlstm.ops'
     precision option: "tf32", "bf16" or "tf32x3" run the products on tensor cores, on CUDA
-    with float32 weights only; the forward raises a ValueError elsewhere).
+    with float32 weights only; on the CPU, which has none, the module computes as with "fp32",
+    so a model trained that way on the GPU runs there after .cpu(); float64 weights with it
+    raise a ValueError at the forward).
 
     Parameters ``weight_ih_l{k}{suffix}`` (4H, I or D*H), ``weight_hh_l{k}{suffix}`` (4H, H),
     ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}`` (4H,), suffix '' or '_reverse', gates
@@ -398,6 +428,8 @@ class LSTM(torch.nn.Module):
     or (D*num_layers, H) for unbatched input. float32 or float64, on the CPU or a CUDA device
     (the module and its inputs on the same device; see the module docstring).
     """
+
+    precision = "fp32"  # (the class's: modules pickled before the argument existed)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
@@ -530,8 +562,9 @@ class LSTM(torch.nn.Module):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.device != device:
             raise RuntimeError(
-                f"{name} is on {t.device}, but the module's parameters are on {device}; move "
-                f"the input and the module to the same device (the CPU or a CUDA device)")
+                f"Input and parameter tensors are not at the same device, found {name} tensor at "
+                f"{t.device} and parameter tensor at {device}; move the input and the module to "
+                f"the same device (the CPU or a CUDA device)")
         if t.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
         if t.dtype != dtype:
@@ -586,6 +619,9 @@ class LSTM(torch.nn.Module):
     def forward(self, input, hx=None):
         """output, (h_n, c_n) = lstm(input, hx=None); see the class docstring."""
         device, dtype = self._weight_device_dtype()
+        if self.precision != "fp32" and dtype != torch.float32:
+            raise ValueError(f"precision={self.precision!r} takes float32 weights (tensor cores with "
+                             f"float32 accumulation), got {dtype}; use precision='fp32' with them")
         packed = isinstance(input, PackedSequence)
         if packed:
             data = input.data
@@ -628,7 +664,7 @@ class LSTM(torch.nn.Module):
                 h0_all, c0_all = h0_all.unsqueeze(1), c0_all.unsqueeze(1)
 
         route = _route(device)
-        precision = getattr(self, "precision", "fp32")  # (modules pickled before it existed)
+        precision = self.precision
         D = 2 if self.bidirectional else 1
         h_list, c_list = [], []
         layer_input = x
