@@ -51,8 +51,9 @@ def load_gemm_ab(folder):
         return None
 
 
-def load_persistent_ab(folder):
-    path = os.path.join(folder, "gpu_persistent_ab.json")
+def load_json(folder, name):
+    """DIR/name read as JSON, or None (missing, or cut short while being written)."""
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
     try:
@@ -285,17 +286,6 @@ def tiled_kslice(gab, out):
                    f"{best * us:.1f} us ({fmt(plan / best)})")
 
 
-def load_gpu_bench(folder):
-    path = os.path.join(folder, "gpu_bench.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError:  # cut short while being written
-        return None
-
-
 def torch_module(bench, out):
     out.append("## fastlstm.torch.LSTM on CUDA tensors: module / fastlstm.ops (its overhead), cuDNN fp32 / module")
     rows = [r for r in (bench or {}).get("results", []) if "torch_module_fwd" in r and "auto_fwd" in r]
@@ -324,7 +314,7 @@ def main(argv=None):
     if len(argv) != 1 or not os.path.isdir(argv[0]):
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
-    gab, pab = load_gemm_ab(argv[0]), load_persistent_ab(argv[0])
+    gab, pab = load_gemm_ab(argv[0]), load_json(argv[0], "gpu_persistent_ab.json")
     out = [f"gpu_gemm_ab.md: {'found' if gab else 'MISSING'}; gpu_persistent_ab.json: {'found' if pab else 'MISSING'}"]
     pipeline(gab, out)
     split_k(gab, out)
@@ -333,7 +323,7 @@ def main(argv=None):
     short_sequences(pab, out)
     default_switches(pab, out)
     tiled_kslice(gab, out)
-    torch_module(load_gpu_bench(argv[0]), out)
+    torch_module(load_json(argv[0], "gpu_bench.json"), out)
     print("\n".join(out))
     return 0
 

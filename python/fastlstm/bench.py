@@ -884,7 +884,6 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
         x=x, h0=h0[0].contiguous(), c0=c0[0].contiguous(), dy=dy, dh_n=dh_n[0].contiguous(),
         dc_n=dc_n[0].contiguous(), **weights).items()}
     torch.cuda.synchronize()
-    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
     out = dict(config=list(cfg))
 
     # ---- the float64 reference (torch.nn.LSTM in double on the same inputs) and cuDNN in each
@@ -896,16 +895,7 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
     ref = {}
     for mode in ("fp64",) + CUDNN_MODES:
         _cudnn_fp32(torch, strict=mode != "tf32")
-        model = models[mode]
-        xg, h0g, c0g = (cast[mode](t).detach().clone().requires_grad_(True) for t in (x, h0, c0))
-        y_t, (hn_t, cn_t) = model(xg, (h0g, c0g))
-        mparams = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
-        g = torch.autograd.grad([y_t, hn_t, cn_t], [xg, h0g, c0g] + mparams,
-                                [cast[mode](dy), cast[mode](dh_n), cast[mode](dc_n)])
-        # dbias: the two bias gradients are equal (b_ih + b_hh enter the same sum)
-        ref[mode] = dict(y=cpu(y_t), h_n=cpu(hn_t[0]), c_n=cpu(cn_t[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]),
-                         dc0=cpu(g[2][0]), dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
-        del y_t, hn_t, cn_t, g
+        ref[mode] = _lstm_module_results(torch, models[mode], *(cast[mode](t) for t in (x, h0, c0, dy, dh_n, dc_n)))
     _cudnn_fp32(torch, strict=True)
     del models["fp64"]
     r64 = ref.pop("fp64")
@@ -966,23 +956,43 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
     # inputs in bfloat16)
     for mode in CUDNN_MODES:
         _cudnn_fp32(torch, strict=mode != "tf32")
-        model = models[mode]
-        xm, h0m, c0m, dym = (cast[mode](t) for t in (x, h0, c0, dy))
-        xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (xm, h0m, c0m))
-        mparams = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
-
-        def t_fwd():
-            with torch.no_grad():
-                model(xm, (h0m, c0m))
-
-        def t_fwdbwd():
-            y_, _ = model(xg, (h0g, c0g))
-            torch.autograd.grad([y_], [xg, h0g, c0g] + mparams, [dym])
-
-        out[f"cudnn_{mode}_fwd"], _ = _gpu_time_ms(torch, t_fwd, args.warmup, args.reps, args.budget)
-        out[f"cudnn_{mode}_fwdbwd"], _ = _gpu_time_ms(torch, t_fwdbwd, args.warmup, args.reps, args.budget)
+        fwd, fwdbwd = _time_lstm_module(torch, models[mode], *(cast[mode](t) for t in (x, h0, c0, dy)), args)
+        out[f"cudnn_{mode}_fwd"], out[f"cudnn_{mode}_fwdbwd"] = fwd[0], fwdbwd[0]
     _cudnn_fp32(torch, strict=True)
     return out
+
+
+def _lstm_module_results(torch, model, x, h0, c0, dy, dh_n, dc_n):
+    """A one-layer LSTM module's (torch.nn.LSTM's or fastlstm.torch.LSTM's) outputs and the
+    gradients of <y, dy> + <h_n, dh_n> + <c_n, dc_n>, as float64 NumPy arrays in fastlstm's
+    layouts (dk, dr: (I or H, 4H); db: the one bias's, both being equal as b_ih + b_hh enter the
+    same sum)."""
+    xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (x, h0, c0))
+    y, (hn, cn) = model(xg, (h0g, c0g))
+    params = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
+    g = torch.autograd.grad([y, hn, cn], [xg, h0g, c0g] + params, [dy, dh_n, dc_n])
+    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    return dict(y=cpu(y), h_n=cpu(hn[0]), c_n=cpu(cn[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]), dc0=cpu(g[2][0]),
+                dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
+
+
+def _time_lstm_module(torch, model, x, h0, c0, dy, args):
+    """(median ms, runs) of a one-layer LSTM module's (torch.nn.LSTM's or fastlstm.torch.LSTM's)
+    forward under no_grad, and of its forward + backward of y to the input, the states and the
+    four parameters."""
+    xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (x, h0, c0))
+    params = [model.weight_ih_l0, model.weight_hh_l0, model.bias_ih_l0, model.bias_hh_l0]
+
+    def fwd():
+        with torch.no_grad():
+            model(x, (h0, c0))
+
+    def fwdbwd():
+        y_, _ = model(xg, (h0g, c0g))
+        torch.autograd.grad([y_], [xg, h0g, c0g] + params, [dy])
+
+    return (_gpu_time_ms(torch, fwd, args.warmup, args.reps, args.budget),
+            _gpu_time_ms(torch, fwdbwd, args.warmup, args.reps, args.budget))
 
 
 def _gpu_torch_module(out, lstm, tensors, errors, torch, fcuda, args):
@@ -994,29 +1004,11 @@ def _gpu_torch_module(out, lstm, tensors, errors, torch, fcuda, args):
     x, h0, c0, dy, dh_n, dc_n = tensors
     module = ftorch.LSTM(lstm.input_size, lstm.hidden_size).to(x.device)
     module.load_state_dict(lstm.state_dict())
-    params = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0]
-    xg, h0g, c0g = (t.detach().clone().requires_grad_(True) for t in (x, h0, c0))
-    y, (hn, cn) = module(xg, (h0g, c0g))
-    g = torch.autograd.grad([y, hn, cn], [xg, h0g, c0g] + params, [dy, dh_n, dc_n])
-    cpu = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
-    got = dict(y=cpu(y), h_n=cpu(hn[0]), c_n=cpu(cn[0]), dx=cpu(g[0]), dh0=cpu(g[1][0]), dc0=cpu(g[2][0]),
-               dk=cpu(g[3]).T, dr=cpu(g[4]).T, db=cpu(g[5]))
-    del y, hn, cn, g
-    out["torch_module_err_fwd"], out["torch_module_err_grad"] = errors(got)
+    out["torch_module_err_fwd"], out["torch_module_err_grad"] = errors(
+        _lstm_module_results(torch, module, x, h0, c0, dy, dh_n, dc_n))
     out["torch_module_kernels"] = [fcuda.info()["last_forward"], fcuda.info()["last_backward"]]
-
-    def m_fwd():
-        with torch.no_grad():
-            module(x, (h0, c0))
-
-    def m_fwdbwd():
-        y_, _ = module(xg, (h0g, c0g))
-        torch.autograd.grad([y_], [xg, h0g, c0g] + params, [dy])
-
-    out["torch_module_fwd"], out["n_torch_module_fwd"] = _gpu_time_ms(torch, m_fwd, args.warmup, args.reps,
-                                                                      args.budget)
-    out["torch_module_fwdbwd"], out["n_torch_module_fwdbwd"] = _gpu_time_ms(torch, m_fwdbwd, args.warmup,
-                                                                            args.reps, args.budget)
+    (out["torch_module_fwd"], out["n_torch_module_fwd"]), (out["torch_module_fwdbwd"], out["n_torch_module_fwdbwd"]) = \
+        _time_lstm_module(torch, module, x, h0, c0, dy, args)
     return out["torch_module_err_fwd"] <= GPU_FWD_TOL and out["torch_module_err_grad"] <= GPU_GRAD_TOL
 
 
