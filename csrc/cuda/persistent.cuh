@@ -429,13 +429,14 @@ inline size_t smem_bytes(int64_t NG, int C, int BC) {
 // The grid-wide barrier: returns when every block of the launch has arrived `target / gridDim.x`
 // times (the counter starts at 0 and only grows). The block's writes before the call are
 // visible to every block after it (bar.sync, then one release by thread 0; acquire polling,
-// then bar.sync), as in cooperative_groups' grid.sync().
+// then bar.sync), as in cooperative_groups' grid.sync(). The poll has the tagged exchange's
+// watchdog (__trap after 10 s): a protocol fault fails the call instead of hanging the process.
 __device__ __forceinline__ void grid_barrier(unsigned long long* counter, unsigned long long target) {
   __syncthreads();  // the whole block's writes happen before thread 0's release
   if (threadIdx.x == 0) {
     fl_arrive_release(counter);
-    while (fl_load_acquire(counter) < target) {
-    }
+    unsigned long long since = 0;
+    while (fl_load_acquire(counter) < target) fl_poll_watchdog(since);
   }
   __syncthreads();  // the rest of the block waits for thread 0's acquire
 }
