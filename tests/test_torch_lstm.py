@@ -816,3 +816,38 @@ def test_precision_on_the_cpu_computes_as_fp32(precision, native_torch_lstm):
     assert "precision" in repr(m) and precision in repr(m)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_torch_compile_runs_it_with_graph_breaks(rel_err):
+    # torch.compile (dynamo; the "eager" backend keeps the test fast, inductor behaves alike: the
+    # same outputs were seen) cannot trace into fastlstm's kernels and breaks the graph there
+    # with a warning: outputs and input gradients still match torch.nn.LSTM's
+    import warnings
+
+    class Net(torch.nn.Module):
+        def __init__(self, lstm):
+            super().__init__()
+            self.lstm = lstm
+            self.head = nn.Linear(2 * H_, 3)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            return self.head(y[:, -1])
+
+    torch.manual_seed(0)
+    ref = Net(nn.LSTM(I_, H_, num_layers=2, bidirectional=True, batch_first=True))
+    ours = Net(ftorch.LSTM(I_, H_, num_layers=2, bidirectional=True, batch_first=True))
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(B_, T_, I_, requires_grad=True)
+    results = []
+    try:
+        for model in (torch.compile(ours, backend="eager"), ref):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # dynamo's "does not know how to trace" (pybind)
+                out = model(x)
+            (g,) = torch.autograd.grad(out.square().sum(), [x])
+            results.append((out.detach().numpy(), g.numpy()))
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(*results):
+        assert rel_err(a, b) <= TOL[torch.float32]

@@ -29,7 +29,8 @@ the CPU, which has no tensor cores, the module computes as with "fp32".
 
 Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
 CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
-through the LSTM), torch.func transforms (vmap, jacrev) and TorchScript.
+through the LSTM), torch.func transforms (vmap, jacrev) and TorchScript. torch.compile runs it
+with graph breaks at the LSTM (dynamo cannot trace into fastlstm's kernels, and warns).
 
 Needs PyTorch: pip install "fastlstm[torch]". Nothing else in fastlstm imports torch.
 """
