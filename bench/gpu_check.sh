@@ -190,13 +190,20 @@ stage kernels 40 "$OUTDIR/kernels.log" kernels_info
 # ---- 4. tests (-v: a line per test as it ends, so a stage cut short by its limit still says which
 # passed and failed; --durations: where the stage's time went, to size its limit). With
 # pytest-xdist (the device image has it) in 4 processes: ~290 GPU tests since session 18, and
-# each process compiles its own CuPy kernels on a cold cache (PYTEST_WORKERS=0: one process).
+# each process compiles its own CuPy kernels on a cold cache (PYTEST_WORKERS=0: one process;
+# PYTEST_WORKERS=auto: pytest-xdist's choice).
 # pytest-benchmark (also in the image) warns when xdist is active, and this project's
 # filterwarnings = error turned that into an INTERNALERROR (seen here with both installed): its
 # plugin is left out then.
+# Only in the GPU's Default compute mode (in Exclusive-Process mode the workers after the first
+# could not create a context).
 WORKERS=${PYTEST_WORKERS:-4}
 XDIST=()
-if [ "$WORKERS" -gt 0 ] && "$PY" -c "import xdist" >/dev/null 2>&1; then XDIST=(-n "$WORKERS" -p no:benchmark); fi
+MODE=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -n 1)
+if [ "$WORKERS" != 0 ] && [ "$MODE" = "Default" ] && "$PY" -c "import xdist" >/dev/null 2>&1; then
+  XDIST=(-n "$WORKERS" -p no:benchmark)
+fi
+log "pytest_cuda: ${XDIST[*]:-one process} (compute mode: ${MODE:-unknown})"
 stage pytest_cuda 110 "$OUTDIR/pytest_cuda.log" "$PY" -m pytest -m cuda -v -rfE --durations=15 -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
   -W "ignore::DeprecationWarning" -W "ignore::UserWarning" -W "ignore::FutureWarning" \
   ${PYTEST_K:+-k "$PYTEST_K"} tests/test_cuda.py tests/test_device.py

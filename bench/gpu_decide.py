@@ -76,6 +76,11 @@ def fmt(r):
     return "-" if r is None else f"{r:.2f}x"
 
 
+def fmt_err(v):
+    """An error read back from JSON: null where it was NaN or infinite (json_safe)."""
+    return "non-finite" if v is None else f"{v:.1e}"
+
+
 def verdict(out, ratios, good, bad):
     """The worst of `ratios` (old / new) and what it suggests: `good` when no row is below 1."""
     if not ratios:
@@ -291,6 +296,9 @@ def torch_module(bench, out):
     rows = [r for r in (bench or {}).get("results", []) if "torch_module_fwd" in r and "auto_fwd" in r]
     if bench is None:
         out.append("  gpu_bench.json missing")
+    for r in (bench or {}).get("results", []):
+        if "torch_module_error" in r:
+            out.append(f"- {r['config']} (T, B, I, H): FAILED: {r['torch_module_error']}")
     worst = []
     for r in rows:
         over = [ratio(r[f"torch_module_{m}"], r[f"auto_{m}"]) for m in ("fwd", "fwdbwd")]
@@ -298,7 +306,7 @@ def torch_module(bench, out):
         worst += [v for v in over if v is not None]
         out.append(f"- {r['config']} (T, B, I, H): overhead fwd {fmt(over[0])} fwd+bwd {fmt(over[1])}; "
                    f"cuDNN / module fwd {fmt(speed[0])} fwd+bwd {fmt(speed[1])}; error "
-                   f"{r['torch_module_err_fwd']:.1e} / {r['torch_module_err_grad']:.1e}")
+                   f"{fmt_err(r.get('torch_module_err_fwd'))} / {fmt_err(r.get('torch_module_err_grad'))}")
     if not worst:
         out.append("  no timed rows: no evidence either way")
     elif max(worst) > 1.3:

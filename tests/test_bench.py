@@ -305,3 +305,25 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("- step fwd B=64 H=1024: plan") and "fastest 256 k per slice 16.0 us (1.25x)" in line
                for line in out)
     assert gpu_decide.main([str(tmp_path / "missing")]) == 2
+
+
+def test_gpu_decide_torch_module_rows_with_nonfinite_errors_or_a_failure(tmp_path, capsys, monkeypatch):
+    # gpu_bench.json as json_safe writes it: a module whose outputs were NaN has null errors,
+    # and a module that raised leaves torch_module_error (the row's other measurements kept):
+    # gpu_decide reports both instead of stopping on a TypeError (its whole output lost)
+    import json
+    import pathlib
+    import sys
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    sys.modules.pop("gpu_decide", None)
+    import gpu_decide
+    timed = dict(auto_fwd=0.45, auto_fwdbwd=1.0, cudnn_fp32_fwd=0.2, cudnn_fp32_fwdbwd=0.4)
+    rows = [dict(config=[100, 1, 256, 256], ok=False, torch_module_fwd=0.6, torch_module_fwdbwd=1.2,
+                 torch_module_err_fwd=None, torch_module_err_grad=None, **timed),
+            dict(config=[100, 16, 512, 512], ok=False, torch_module_error="RuntimeError: refused", **timed)]
+    (tmp_path / "gpu_bench.json").write_text(json.dumps(dict(header="h", info={}, results=rows)))
+    assert gpu_decide.main([str(tmp_path)]) == 0
+    said = capsys.readouterr().out.split("## fastlstm.torch.LSTM on CUDA tensors", 1)[1].splitlines()
+    assert any(line.startswith("- [100, 1, 256, 256] (T, B, I, H): overhead fwd 1.33x") and
+               line.endswith("error non-finite / non-finite") for line in said), said
+    assert "- [100, 16, 512, 512] (T, B, I, H): FAILED: RuntimeError: refused" in said, said

@@ -1469,6 +1469,28 @@ def test_emulated_gpu_bench(emu, monkeypatch, tmp_path, capsys):
     assert "| MISMATCH |" in (tmp_path / "bad" / "gpu_bench.md").read_text()
 
 
+def test_emulated_gpu_bench_keeps_a_row_whose_torch_module_fails(emu, monkeypatch, tmp_path, capsys):
+    # fastlstm.torch.LSTM on CUDA tensors had never run on a GPU: when it raises, the benchmark
+    # row keeps fastlstm.ops' and cuDNN's measurements, records the module's error and fails
+    # the run (exit status 1), instead of losing the whole configuration to one exception
+    torch = pytest.importorskip("torch")
+    import fastlstm.torch as ftorch
+    from fastlstm import bench
+
+    def refuse(device):
+        raise RuntimeError("planted: the CUDA route refused")
+    monkeypatch.setattr(ftorch, "_route", refuse)
+    monkeypatch.setattr(bench, "_gpu_modules", lambda: (_torch_as_if_cuda(torch), _cupy_of_cpu_tensors()))
+    emu.set_device(sm_count=4)
+    argv = ["--device", "cuda", "--config", "3,2,5,8", "--reps", "1", "--warmup", "0", "--out", str(tmp_path)]
+    assert bench.main(argv) == 1
+    (r,) = json.loads((tmp_path / "gpu_bench.json").read_text())["results"]
+    assert "error" not in r and not r["ok"], r
+    assert r["torch_module_error"] == "RuntimeError: planted: the CUDA route refused", r
+    assert r["auto_fwd"] > 0 and r["cudnn_fp32_fwd"] > 0 and r["cudnn_bf16_fwdbwd"] > 0, r
+    assert "| 3, 2, 5, 8 | FAILED: RuntimeError: planted" in (tmp_path / "gpu_bench.md").read_text()
+
+
 def test_emulated_sanitizer_case(dry_gpu_scripts, monkeypatch):
     # The small forward + backward case that bench/gpu_check.sh runs under compute-sanitizer on a
     # GPU (its every kernel path, precision, switch and the descriptions it asserts), run here on

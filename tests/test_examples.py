@@ -34,3 +34,26 @@ def test_torch_drop_in_trains_like_torch():
     assert result["start_gap"] < 1e-5, result
     ours, theirs = result["fastlstm.torch.LSTM"]["accuracy"], result["torch.nn.LSTM"]["accuracy"]
     assert ours > 0.6 and abs(ours - theirs) < 0.05, result
+
+
+def test_torch_drop_in_first_gradients_match_torch():
+    # The accuracy check above cannot see a wrong gradient that still trains (no gradient for
+    # the biases, or one off by a constant factor, which Adam normalizes away): the two nets'
+    # gradients on the example's first batch, from the same weights, agree to float32 rounding
+    import pytest
+    torch = pytest.importorskip("torch")
+    import fastlstm.torch as ftorch
+    ex = load("torch_drop_in")
+    x_train, y_train, _, _ = ex.load_data(0)
+    torch.manual_seed(0)
+    nets = [ex.make_net(torch, torch.nn.LSTM, 16), ex.make_net(torch, ftorch.LSTM, 16)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x, y = torch.from_numpy(x_train[:32]), torch.from_numpy(y_train[:32])
+    grads = []
+    for net in nets:
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for k, g in grads[0].items():
+        assert grads[1][k] is not None, k
+        assert torch.allclose(grads[1][k], g, rtol=1e-4, atol=1e-6 * g.abs().max().item()), k

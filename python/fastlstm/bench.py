@@ -949,7 +949,13 @@ def _gpu_config(cfg, args, torch, cp, fcuda):
                                                                     args.budget)
             out[f"{name}_fwdbwd"], out[f"n_{name}_fwdbwd"] = _gpu_time_ms(torch, f_fwdbwd, args.warmup,
                                                                           args.reps, args.budget)
-    ok = _gpu_torch_module(out, lstm, (x, h0, c0, dy, dh_n, dc_n), errors, torch, fcuda, args) and ok
+    try:
+        ok = _gpu_torch_module(out, lstm, (x, h0, c0, dy, dh_n, dc_n), errors, torch, fcuda, args) and ok
+    except Exception as e:  # noqa: BLE001 - the module failing must not cost the row its other measurements
+        import traceback
+        traceback.print_exc()
+        out["torch_module_error"] = f"{type(e).__name__}: {e}"
+        ok = False
     out["ok"] = bool(ok)
 
     # ---- cuDNN timings, each mode (tf32: TF32 allowed for cuDNN and matmuls; bf16: module and
@@ -1068,7 +1074,8 @@ def format_gpu_table(results, header):
                          f"{r['tf32x3_err_fwd']:.1e} / {r['tf32x3_err_grad']:.1e} |")
         lines.append("")
     mod = [r for r in results if "error" not in r and "torch_module_fwd" in r]
-    if mod:
+    mod_failed = [r for r in results if "error" not in r and "torch_module_error" in r]
+    if mod or mod_failed:
         lines += ["### fastlstm.torch.LSTM (fp32, kernel path auto: the drop-in for torch.nn.LSTM on CUDA "
                   "tensors) against torch.nn.LSTM (cuDNN fp32), milliseconds", "",
                   "| T, B, I, H | module fwd | cuDNN fp32 fwd | speedup | module / fastlstm.ops fwd | "
@@ -1081,6 +1088,8 @@ def format_gpu_table(results, header):
             lines.append(f"| {cfg} | {f:.3f} | {cf:.3f} | {cf / f:.2f}x | {f / r['auto_fwd']:.2f} | "
                          f"{fb:.3f} | {cfb:.3f} | {cfb / fb:.2f}x | {fb / r['auto_fwdbwd']:.2f} | "
                          f"{r['torch_module_err_fwd']:.1e} / {r['torch_module_err_grad']:.1e} |")
+        for r in mod_failed:
+            lines.append(f"| {', '.join(str(v) for v in r['config'])} | FAILED: {r['torch_module_error']} |")
         lines += ["", "module / fastlstm.ops: the module's time over fastlstm fp32 auto's through fastlstm.ops "
                   "(its weight transposes, DLPack views and autograd; the backward here has no dh_n / dc_n "
                   "terms, as cuDNN's)", ""]
