@@ -10,8 +10,8 @@ dict), gives both the same initial weights, trains both on the same batches in t
 order and prints their held-out accuracy, training time and how far their first outputs
 are apart (float32 rounding: ~1e-7). Everything else in the loop is plain PyTorch.
 
-``--device cuda`` (or ``auto``, the default: CUDA when torch sees a GPU and fastlstm's CUDA
-backend can run) puts the models and batches on the GPU; fastlstm.torch.LSTM then runs
+``--device cuda`` (or ``auto``, the default: CUDA when torch sees a GPU, fastlstm's CUDA
+backend can run and CuPy is installed) puts the models and batches on the GPU; fastlstm.torch.LSTM then runs
 fastlstm's CUDA kernels on the tensors (needs CuPy: pip install ".[torch,cuda]").
 
     pip install ".[torch,test]"
@@ -59,9 +59,14 @@ def make_net(torch, lstm_class, units):
 
 
 def pick_device(torch, name):
+    """auto: CUDA when torch sees a GPU, fastlstm's CUDA backend can run and CuPy (through which
+    fastlstm.torch hands it the tensors) is installed; else the CPU."""
+    import importlib.util
     import fastlstm
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() and fastlstm.cuda_available() else "cpu"
+        usable = (torch.cuda.is_available() and fastlstm.cuda_available()
+                  and importlib.util.find_spec("cupy") is not None)
+        name = "cuda" if usable else "cpu"
     return torch.device(name)
 
 
