@@ -11,8 +11,9 @@ order and prints their held-out accuracy, training time and how far their first 
 are apart (float32 rounding: ~1e-7). Everything else in the loop is plain PyTorch.
 
 ``--device cuda`` (or ``auto``, the default: CUDA when torch sees a GPU, fastlstm's CUDA
-backend can run and CuPy is installed) puts the models and batches on the GPU; fastlstm.torch.LSTM then runs
-fastlstm's CUDA kernels on the tensors (needs CuPy: pip install ".[torch,cuda]").
+backend can run and CuPy is installed) puts the models and batches on the GPU;
+fastlstm.torch.LSTM then runs fastlstm's CUDA kernels on the tensors (needs CuPy:
+pip install ".[torch,cuda]").
 
     pip install ".[torch,test]"
     python examples/torch_drop_in.py                 # CPU here: a few seconds
