@@ -216,8 +216,6 @@ class _LSTMDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, route,
                 precision):
-        if route.backend != "cuda":
-            precision = "fp32"  # no tensor cores off the GPU (the class docstring)
         with route.scope():
             kernel, recurrent_kernel, bias = _weights_to_kernels(route, weight_ih, weight_hh,
                                                                  bias_ih, bias_hh)
@@ -338,8 +336,6 @@ def _run_direction(x, h0, c0, weights, lengths, reverse, route=_HOST, precision=
     tensors = (x, h0, c0) + tuple(weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse, route, precision)
-    if route.backend != "cuda":
-        precision = "fp32"  # no tensor cores off the GPU (the class docstring)
     with route.scope():
         kernel, recurrent_kernel, bias, packed = _inference_weights(route, weights, cache, slot)
         y, h_n, c_n, _ = ops.lstm_forward(
@@ -665,7 +661,8 @@ class LSTM(torch.nn.Module):
                 h0_all, c0_all = h0_all.unsqueeze(1), c0_all.unsqueeze(1)
 
         route = _route(device)
-        precision = self.precision
+        # no tensor cores off the GPU: fp32 there (the class docstring)
+        precision = self.precision if route.backend == "cuda" else "fp32"
         D = 2 if self.bidirectional else 1
         h_list, c_list = [], []
         layer_input = x
