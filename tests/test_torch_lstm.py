@@ -162,6 +162,9 @@ def test_dtype_and_device_arguments():
     (dict(input_size=3, hidden_size=4, proj_size=2), NotImplementedError, "proj_size > 0"),
     (dict(input_size=3, hidden_size=4, bidirectional="yes"), TypeError, "bidirectional"),
     (dict(input_size=3, hidden_size=4, batch_first=None), TypeError, "batch_first"),
+    (dict(input_size=3, hidden_size=4, precision="fp16"), ValueError,
+     r"precision: expected one of \('fp32', 'tf32', 'bf16', 'tf32x3'\), got 'fp16'"),
+    (dict(input_size=3, hidden_size=4, precision=None), ValueError, "precision: expected one of"),
 ])
 def test_constructor_validation(kwargs, exc, match):
     with pytest.raises(exc, match=match):
