@@ -358,3 +358,42 @@ def test_shape_and_dtype_errors():
     with pytest.raises(ValueError, match="dtype"):
         I.Zeros()((2, 2), dtype="not_a_dtype")
     assert I.HeNormal()((np.int64(3), 4), dtype=np.float64).shape == (3, 4)
+
+
+# --------------------------------------------------------------------------- Keras 3.15's axes
+
+def test_fans_along_given_axes():
+    # Both axes lists given: the products of the sizes along them (negative axes from the end);
+    # one list alone leaves Keras's default rule, as Keras does.
+    assert I.compute_fans((3, 5, 7), [0, 1], [-1]) == (15, 7)
+    assert I.compute_fans((3, 5, 7), [2], [0, 1]) == (7, 15)
+    assert I.compute_fans((3, 5, 7), (0,), (1, 2)) == (3, 35)
+    assert I.compute_fans((3, 5, 7), [0, 1], None) == I.compute_fans((3, 5, 7)) == (15, 21)
+    with pytest.raises(ValueError, match=r"input_axes.*axis 3.*\(3, 5, 7\)"):
+        I.compute_fans((3, 5, 7), [3], [0])
+    with pytest.raises(TypeError, match="output_axes"):
+        I.compute_fans((3, 5), [0], "1")
+    with pytest.raises(TypeError, match="input_axes"):
+        I.GlorotUniform(input_axes=[0.5])
+
+
+def test_variance_scaling_draws_with_the_fans_of_its_axes():
+    # uniform: limit sqrt(3 scale / fan); fan_out along axes (0, 1) of (40, 50, 3) is 2000, against
+    # 150 by the default rule, so the values' range tells which fan was used.
+    init = I.VarianceScaling(scale=2.0, mode="fan_out", distribution="uniform", seed=3,
+                             input_axes=[2], output_axes=[0, 1])
+    w = init((40, 50, 3))
+    limit = np.sqrt(3 * 2.0 / 2000)
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+    assert I.VarianceScaling(scale=2.0, mode="fan_out", distribution="uniform", seed=3)(
+        (40, 50, 3)).max() > 2 * limit
+    config = init.get_config()
+    assert config["input_axes"] == [2] and config["output_axes"] == [0, 1]
+    back = I.get(json.loads(json.dumps(I.serialize(init))))
+    np.testing.assert_array_equal(back((40, 50, 3)), w)
+    preset = I.HeUniform(seed=1, input_axes=[0], output_axes=[1])
+    assert preset.get_config() == {"seed": 1, "input_axes": [0], "output_axes": [1]}
+    # Keras 3.15 writes the axes as None when unset: read, and left out again
+    assert I.get({"class_name": "GlorotUniform",
+                  "config": {"seed": None, "input_axes": None, "output_axes": None}}
+                 ).get_config() == {"seed": None}

@@ -102,3 +102,54 @@ def test_embedding_mask_zero_sparse_softmax_adam():
     for a, b in zip(om.get_weights(), km.get_weights()):
         assert rel(a, b) <= 1e-4     # three Adam steps: rounding differences grow a little
     assert os.environ.get("KERAS_BACKEND", "torch") == "torch"
+
+
+def _keras_layers():
+    return [keras.layers.LSTM(4, return_sequences=True, go_backwards=True, dropout=0.25),
+            keras.layers.Dense(3, activation="tanh"), keras.layers.Dropout(0.1),
+            keras.layers.Embedding(10, 3, mask_zero=True), keras.layers.Flatten(),
+            keras.layers.InputLayer(shape=(3, 4)), keras.layers.Masking(-1.0),
+            keras.layers.Activation("relu"), keras.layers.Bidirectional(keras.layers.LSTM(3)),
+            keras.layers.TimeDistributed(keras.layers.Dense(3))]
+
+
+@pytest.mark.parametrize("kl", _keras_layers(), ids=lambda kl: type(kl).__name__)
+def test_layers_read_keras_get_config(kl):
+    """A Keras 3.15 layer's get_config (dtype policies, initializer configs with input_axes,
+    quantization_config, ...) gives the same fastlstm layer."""
+    cfg = kl.get_config()
+    ours = getattr(fl, type(kl).__name__).from_config(cfg)
+    mine = ours.get_config()
+    for key, value in cfg.items():
+        if key in ("units", "rate", "activation", "return_sequences", "go_backwards", "dropout",
+                   "input_dim", "output_dim", "mask_zero", "mask_value", "merge_mode", "name"):
+            assert mine[key] == value, key
+    if "dtype" in mine and not isinstance(kl, keras.layers.InputLayer):
+        assert mine["dtype"] == "float32"
+
+
+def test_sequential_from_keras_config_and_weights_predicts_as_keras():
+    km = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(6, return_sequences=True),
+                           keras.layers.LSTM(4), keras.layers.Dense(2, activation="softmax")])
+    m = fm.Sequential.from_config(km.get_config())
+    assert [type(layer).__name__ for layer in m.layers] == ["LSTM", "LSTM", "Dense"]
+    m.set_weights([np.asarray(w) for w in km.get_weights()])
+    x = np.random.default_rng(0).standard_normal((7, 5, 3)).astype(np.float32)
+    assert rel(m.predict(x, verbose=0), km.predict(x, verbose=0)) < TOL
+
+
+@pytest.mark.parametrize("shape,axes", [((3, 5, 7), ([0, 1], [-1])), ((3, 5, 7), ([2], [0, 1])),
+                                        ((4, 6), (None, None)), ((2, 3, 4, 5), (None, [0]))])
+def test_fans_and_variance_scaling_axes_match_keras(shape, axes):
+    from fastlstm import initializers as fi
+    from keras.src.initializers.random_initializers import compute_fans
+    assert fi.compute_fans(shape, *axes) == compute_fans(shape, *axes)
+    ki = keras.initializers.VarianceScaling(2.0, "fan_avg", "uniform", input_axes=axes[0],
+                                            output_axes=axes[1])
+    ours = fi.get({"class_name": "VarianceScaling", "config": ki.get_config()})
+    w_keras, w_ours = np.asarray(ki(shape)), ours(shape)
+    # same distribution bounds: the limit sqrt(3 scale / fan_avg) from the same fans
+    fan_in, fan_out = compute_fans(shape, *axes)
+    limit = np.sqrt(3 * 2.0 / ((fan_in + fan_out) / 2))
+    for w in (w_keras, w_ours):
+        assert np.abs(w).max() <= limit * (1 + 1e-6) and np.abs(w).max() > 0.5 * limit

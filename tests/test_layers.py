@@ -639,3 +639,35 @@ def test_lstm_precision_argument_checks_config_and_cpu_fallback():
     with pytest.raises(ValueError, match=r"Layer 'deep' \(LSTM\): precision='tf32' takes a float32 layer.*float64"):
         models.Sequential([layers.LSTM(2, precision="tf32", name="deep", input_shape=(6, 5))],
                           dtype="float64").predict(x, verbose=0)
+
+
+def test_keras_dtype_policies_and_arguments_written_by_keras_get_config():
+    # Keras 3 writes a layer's dtype as a serialized DTypePolicy; read as its dtype name
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float64"},
+              "registered_name": None}
+    assert layers.Dense(2, dtype=policy).dtype == np.float64
+    assert layers.LSTM(2, dtype={"class_name": "FloatDTypePolicy",
+                                 "config": {"name": "float32"}}).dtype == np.float32
+    assert layers.InputLayer(shape=(3, 2), dtype=policy).get_config()["dtype"] == "float64"
+    with pytest.raises(ValueError, match="dtype: mixed-precision policy 'mixed_float16'"):
+        layers.Dense(2, dtype={"class_name": "DTypePolicy", "config": {"name": "mixed_float16"}})
+    # any other dict: an error naming the argument (NumPy read it as a record layout and said
+    # "entry not a 2- or 3- tuple")
+    for bad in ({"name": "float32"}, {"class_name": "DTypePolicy", "config": "float32"}):
+        with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64'"):
+            layers.Dense(2, dtype=bad)
+    with pytest.raises(ValueError, match="dtype: expected 'float32' or 'float64'"):
+        layers.Dense(2, dtype=[("a", "f4")])  # a record dtype
+    with pytest.raises(ValueError, match="dtype: expected 'float32' or 'float64', got float16"):
+        layers.Dense(2, dtype={"class_name": "DTypePolicy", "config": {"name": "float16"}})
+    # arguments Keras's get_config writes, accepted at their defaults and refused by name otherwise
+    layers.Dense(2, quantization_config=None)
+    with pytest.raises(NotImplementedError, match="quantization_config"):
+        layers.Dense(2, quantization_config={"mode": "int8"})
+    assert layers.Flatten(data_format="channels_last")(np.ones((2, 3, 4))).shape == (2, 12)
+    with pytest.raises(NotImplementedError, match="data_format='channels_first'"):
+        layers.Flatten(data_format="channels_first")
+    layers.InputLayer(shape=(3, 2), optional=False, ragged=False, sparse=False)
+    for key in ("optional", "ragged", "sparse"):
+        with pytest.raises(NotImplementedError, match=f"{key}=True"):
+            layers.InputLayer(shape=(3, 2), **{key: True})

@@ -19,8 +19,9 @@ dict; ``serialize`` produces that dict.
 Fans, as Keras computes them: a 2-D shape ``(a, b)`` has fan_in = a, fan_out = b; a
 1-D shape ``(n,)`` has both equal to n; a scalar shape has both 1; a shape with more
 axes is a convolution-style kernel ``(..., in, out)`` whose fans are ``in`` and
-``out`` times the product of the leading (receptive field) axes.  A fan of 0 is
-treated as 1.
+``out`` times the product of the leading (receptive field) axes.  VarianceScaling and its
+presets also take Keras 3.15's ``input_axes`` / ``output_axes``: given both, the fans are the
+products of the sizes along those axes.  A fan of 0 is treated as 1.
 
 Randomness: every draw goes through ``fastlstm._random.generator``.  An initializer
 with an integer ``seed`` uses a fresh generator seeded with it on every call, so it
@@ -120,9 +121,41 @@ def _check_seed(seed):
     return _random.check_seed(seed, "seed")
 
 
-def compute_fans(shape):
-    """(fan_in, fan_out) of a weight shape, with Keras's rules (see the module doc)."""
+def _check_axes(axes, name):
+    """None, or a tuple of ints from a list/tuple of ints (Keras's input_axes / output_axes)."""
+    if axes is None:
+        return None
+    if isinstance(axes, (str, bytes)) or not hasattr(axes, "__iter__"):
+        raise TypeError(f"Argument `{name}` must be None or a list of integers. Received: "
+                        f"{name}={axes!r}")
+    out = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"Argument `{name}` must be None or a list of integers. Received: "
+                            f"{name}={axes!r}")
+        out.append(int(a))
+    return tuple(out)
+
+
+def compute_fans(shape, input_axes=None, output_axes=None):
+    """(fan_in, fan_out) of a weight shape, with Keras's rules (see the module doc). When both
+    ``input_axes`` and ``output_axes`` are given (Keras 3.15's VarianceScaling arguments), the
+    fans are instead the products of the shape's sizes along those axes (negative axes count
+    from the end)."""
     shape = _check_shape(shape)
+    input_axes = _check_axes(input_axes, "input_axes")
+    output_axes = _check_axes(output_axes, "output_axes")
+    if input_axes is not None and output_axes is not None:
+        fans = []
+        for name, axes in (("input_axes", input_axes), ("output_axes", output_axes)):
+            n = 1
+            for a in axes:
+                if not -len(shape) <= a < len(shape):
+                    raise ValueError(f"Argument `{name}` has axis {a}, out of range for a weight "
+                                     f"of shape {shape}")
+                n *= shape[a]
+            fans.append(n)
+        return fans[0], fans[1]
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -295,7 +328,8 @@ class VarianceScaling(RandomInitializer):
     * "uniform": uniform in [-limit, limit], limit = sqrt(3 * scale / n).
     """
 
-    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
+    def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
+                 input_axes=None, output_axes=None):
         scale = _check_number(scale, "scale")
         if scale <= 0:
             raise ValueError(f"Argument `scale` must be a positive float. Received: "
@@ -315,10 +349,12 @@ class VarianceScaling(RandomInitializer):
         self.scale = scale
         self.mode = mode.lower()
         self.distribution = dist
+        self.input_axes = _check_axes(input_axes, "input_axes")
+        self.output_axes = _check_axes(output_axes, "output_axes")
         super().__init__(seed)
 
     def _variance(self, shape):
-        fan_in, fan_out = compute_fans(shape)
+        fan_in, fan_out = compute_fans(shape, self.input_axes, self.output_axes)
         if self.mode == "fan_in":
             n = fan_in
         elif self.mode == "fan_out":
@@ -341,20 +377,26 @@ class VarianceScaling(RandomInitializer):
             out = limit * (2.0 * rng.random(shape) - 1.0)
         return out.astype(dt)
 
+    def _axes_config(self):
+        # Only where set, so that configs without them read as before (and as older Keras's).
+        return {k: list(v) for k, v in (("input_axes", self.input_axes),
+                                        ("output_axes", self.output_axes)) if v is not None}
+
     def get_config(self):
         return {"scale": self.scale, "mode": self.mode, "distribution": self.distribution,
-                **super().get_config()}
+                **super().get_config(), **self._axes_config()}
 
 
 class _VarianceScalingPreset(VarianceScaling):
     _preset = None   # (scale, mode, distribution)
 
-    def __init__(self, seed=None):
+    def __init__(self, seed=None, input_axes=None, output_axes=None):
         scale, mode, distribution = self._preset
-        super().__init__(scale=scale, mode=mode, distribution=distribution, seed=seed)
+        super().__init__(scale=scale, mode=mode, distribution=distribution, seed=seed,
+                         input_axes=input_axes, output_axes=output_axes)
 
     def get_config(self):
-        return {"seed": self.seed}
+        return {"seed": self.seed, **self._axes_config()}
 
 
 class GlorotUniform(_VarianceScalingPreset):

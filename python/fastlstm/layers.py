@@ -129,12 +129,41 @@ def _fmt_shape(shape):
         (",)" if len(shape) == 1 else ")")
 
 
+_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy")
+
+
+def _policy_name(dtype, name):
+    """The dtype name inside a Keras 3 dtype policy: its serialized dict
+    ``{"class_name": "DTypePolicy", "config": {"name": "float32"}}`` (what Keras's get_config
+    writes for ``dtype``) or a ``keras.DTypePolicy`` object; None for anything else. A mixed
+    policy (different compute and variable dtypes) is refused by name."""
+    if isinstance(dtype, dict):
+        inner = dtype.get("config")
+        if dtype.get("class_name") not in _POLICY_CLASSES or not isinstance(inner, dict) \
+                or not isinstance(inner.get("name"), str):
+            raise TypeError(f"{name}: expected 'float32' or 'float64' (or a Keras dtype policy "
+                            f"{{'class_name': 'DTypePolicy', 'config': {{'name': ...}}}}), "
+                            f"got {dtype!r}")
+        policy = inner["name"]
+    elif type(dtype).__name__ in _POLICY_CLASSES and isinstance(getattr(dtype, "name", None), str):
+        policy = dtype.name
+    else:
+        return None
+    if policy.startswith("mixed_"):
+        raise ValueError(f"{name}: mixed-precision policy {policy!r} is not supported by "
+                         "fastlstm; expected 'float32' or 'float64'")
+    return policy
+
+
 def _check_dtype(dtype, name="dtype"):
     if dtype is None:
         return None
+    policy = _policy_name(dtype, name)
+    if policy is not None:
+        dtype = policy
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: np.dtype reads other dicts as record layouts
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}") from None
     if dt not in _FLOATS:
         raise ValueError(f"{name}: expected 'float32' or 'float64', got {dt}")
@@ -203,7 +232,8 @@ class Layer:
                  batch_input_shape=None, batch_size=None, input_dim=None, **kwargs):
         # Keras arguments fastlstm does not implement: accepted at their default (None), so
         # that Keras code passing them explicitly runs; anything else is refused by name.
-        for key in [k for k in kwargs if k == "activity_regularizer" or k.endswith("_constraint")]:
+        for key in [k for k in kwargs if k in ("activity_regularizer", "quantization_config")
+                    or k.endswith("_constraint")]:
             if kwargs.pop(key) is not None:
                 raise NotImplementedError(f"{type(self).__name__}: {key} is not supported by "
                                           "fastlstm (only its default, None)")
@@ -476,6 +506,11 @@ class InputLayer(Layer):
         if shape is None and batch_shape is None:
             raise ValueError("Input: give `shape` (without the batch axis), e.g. "
                              "Input(shape=(timesteps, features))")
+        # Keras's flags for other tensor kinds (written by its get_config): only their default.
+        for key in ("optional", "ragged", "sparse"):
+            if kwargs.pop(key, False) not in (False, None):
+                raise NotImplementedError(f"Input: {key}=True is not supported by fastlstm "
+                                          "(only dense inputs that are always given)")
         if batch_shape is not None:
             kwargs["batch_input_shape"] = batch_shape
         else:
@@ -485,9 +520,10 @@ class InputLayer(Layer):
         # model's compute dtype is set by the model.
         self.input_dtype = None
         if dtype is not None:
+            dtype = _policy_name(dtype, "dtype") or dtype
             try:
                 dt = np.dtype(dtype)
-            except TypeError:
+            except (TypeError, ValueError):
                 raise TypeError(f"dtype: expected a NumPy dtype, got {dtype!r}") from None
             if dt.kind in "iu":
                 self.input_dtype, dtype = dt, None
@@ -618,6 +654,13 @@ class Activation(Layer):
 
 class Flatten(Layer):
     """Flattens every axis but the batch axis."""
+
+    def __init__(self, data_format=None, **kwargs):
+        # Keras's argument (written by its get_config): only the channels-last order is built.
+        if data_format not in (None, "channels_last"):
+            raise NotImplementedError(f"Flatten: data_format={data_format!r} is not supported by "
+                                      "fastlstm (only 'channels_last', the default)")
+        super().__init__(**kwargs)
 
     def _check_rank(self, shape):
         if len(shape) < 2:
