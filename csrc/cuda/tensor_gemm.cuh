@@ -52,6 +52,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "cuda/api.h"
 #include "cuda/compat.cuh"
@@ -101,6 +102,10 @@ struct Traits<Precision::kTf32> {
   using FragType = nvcuda::wmma::precision::tf32;
   static constexpr int kK = 8;    // wmma 16 x 16 x 8
   static constexpr int kPad = 4;  // 16 bytes of padding per stored row (ldm stays a multiple of 16 bytes)
+  // k-major tiles: 32 bytes, so that the rows k and k + 1 start 8 banks apart: a fragment load
+  // reads rows t = lane % 4 at columns g = lane / 4 (8 apart), banks 8 t + g, all 32 distinct
+  // (with 16 bytes: 4 t + g, two lanes per bank, every load two wavefronts)
+  static constexpr int kPadK = 8;
   static constexpr bool kSplit = false;
   __device__ static __forceinline__ Elem convert(float v) { return nvcuda::wmma::__float_to_tf32(v); }
 };
@@ -110,6 +115,7 @@ struct Traits<Precision::kTf32x3> {
   using FragType = nvcuda::wmma::precision::tf32;
   static constexpr int kK = 8;
   static constexpr int kPad = 4;
+  static constexpr int kPadK = 8;  // as tf32
   static constexpr bool kSplit = true;
   __device__ static __forceinline__ Elem convert(float v) { return v; }
 };
@@ -119,6 +125,7 @@ struct Traits<Precision::kBf16> {
   using FragType = __nv_bfloat16;
   static constexpr int kK = 16;   // wmma 16 x 16 x 16
   static constexpr int kPad = 8;  // 16 bytes
+  static constexpr int kPadK = 8;  // (the k-major fragments are loaded by ldmatrix.trans, rows 4 banks apart: no conflicts)
   static constexpr bool kSplit = false;
   __device__ static __forceinline__ Elem convert(float v) { return __float2bfloat16_rn(v); }
 };
@@ -141,13 +148,13 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 // KMAJOR: stored [k][row] (the row axis has unit stride in global memory), else [row][k].
 template <Precision P, bool KMAJOR, int ROWS>
 struct Tile {
-  static constexpr int ld = KMAJOR ? ROWS + Traits<P>::kPad : kBK + Traits<P>::kPad;  // elements per stored row
+  static constexpr int ld = KMAJOR ? ROWS + Traits<P>::kPadK : kBK + Traits<P>::kPad;  // elements per stored row
   static constexpr int elems = (KMAJOR ? kBK : ROWS) * ld;
   static constexpr int bytes = elems * static_cast<int>(sizeof(typename Traits<P>::Elem));
   static_assert(bytes % 128 == 0, "the second tile starts 128-byte aligned");
   static_assert((ld * sizeof(typename Traits<P>::Elem)) % 16 == 0, "wmma: ldm a multiple of 16 bytes");
   // fragment pointers: rows r .. r+15, k values k .. k+K-1 (32-byte aligned: r, k multiples of 16 / kK)
-  __device__ static __forceinline__ int offset(int r, int k) { return KMAJOR ? k * ld + r : r * ld + k; }
+  __host__ __device__ static constexpr int offset(int r, int k) { return KMAJOR ? k * ld + r : r * ld + k; }
 };
 
 // The thread's ROWS * 32 / THREADS elements of an operand tile (ROWS rows r x 32 k;
@@ -203,6 +210,62 @@ __device__ __forceinline__ void store_operand(typename Traits<P>::Elem* S, const
   for (int i = 0; i < kLoads; ++i) s[i * step] = Traits<P>::convert(r[i]);
 }
 
+// f(std::integral_constant<int, I>{}) for I = 0 .. N-1 in order (compile-time indices: the
+// fragment offsets become immediates of the shared-memory loads).
+template <class F, int... I>
+__device__ __forceinline__ void static_for_impl(F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
+
+// wmma::load_matrix_sync from shared memory through the .shared form of the same wmma.load (same
+// fragment, same bits): nvcc emits load_matrix_sync's wmma.load without a state space, which
+// ptxas lowers to generic 64-bit loads (LD.E, plus 64-bit address arithmetic for each); the
+// .shared form takes a 32-bit shared address and becomes LDS. LDM: the leading dimension
+// (elements, a compile-time constant here).
+template <int LDM, int OFF, class Use, int M, int N, int K, class T, class Layout, class E>
+__device__ __forceinline__ void load_frag_shared(nvcuda::wmma::fragment<Use, M, N, K, T, Layout>& f, const E* S) {
+// (FASTLSTM_CUDA_WMMA_GENERIC_LOADS defined at build time, e.g. CMAKE_ARGS="-DCMAKE_CUDA_FLAGS=
+// -DFASTLSTM_CUDA_WMMA_GENERIC_LOADS": load_matrix_sync as before, for an A/B or should the
+// inline PTX misbehave on a card.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(FASTLSTM_CUDA_EMU) && \
+    !defined(FASTLSTM_CUDA_WMMA_GENERIC_LOADS)
+  namespace wmma = nvcuda::wmma;
+  constexpr bool kA = std::is_same<Use, wmma::matrix_a>::value;
+  constexpr bool kRow = std::is_same<Layout, wmma::row_major>::value;
+  constexpr bool kTf32 = std::is_same<T, wmma::precision::tf32>::value;
+  static_assert(M == 16 && N == 16 && K == (kTf32 ? 8 : 16) && (kTf32 || std::is_same<T, __nv_bfloat16>::value),
+                "the fragments of this file only");
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(S));  // + OFF bytes (an immediate)
+  unsigned r0, r1, r2, r3;
+#define FL_WMMA_LD(AB, LAYOUT, SHAPE, TYPE)                                                                 \
+  asm volatile("wmma.load." AB ".sync.aligned." LAYOUT "." SHAPE ".shared." TYPE " {%0, %1, %2, %3}, [%4+%6], %5;"        \
+      : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)                                                                 \
+      : "r"(addr), "n"(LDM), "n"(OFF)                                                                                  \
+      : "memory")
+  if constexpr (kTf32) {
+    if constexpr (kA && kRow) FL_WMMA_LD("a", "row", "m16n16k8", "tf32");
+    else if constexpr (kA) FL_WMMA_LD("a", "col", "m16n16k8", "tf32");
+    else if constexpr (kRow) FL_WMMA_LD("b", "row", "m16n16k8", "tf32");
+    else FL_WMMA_LD("b", "col", "m16n16k8", "tf32");
+  } else {
+    if constexpr (kA && kRow) FL_WMMA_LD("a", "row", "m16n16k16", "bf16");
+    else if constexpr (kA) FL_WMMA_LD("a", "col", "m16n16k16", "bf16");
+    else if constexpr (kRow) FL_WMMA_LD("b", "row", "m16n16k16", "bf16");
+    else FL_WMMA_LD("b", "col", "m16n16k16", "bf16");
+  }
+#undef FL_WMMA_LD
+  static_assert(sizeof(f.x) == 4 * sizeof(unsigned), "four 32-bit registers per fragment");
+  const unsigned r[4] = {r0, r1, r2, r3};
+  memcpy(&f.x[0], r, sizeof r);
+#else
+  nvcuda::wmma::load_matrix_sync(f, S + OFF / static_cast<int>(sizeof(E)), LDM);
+#endif
+}
+
 // One pass (kBK k) of the block's MMAs from the staged tiles As, Bs (tf32: rounded; tf32x3:
 // float32, split once loaded) into the warp's accumulators: tc_gemm_kernel's loop (which keeps
 // its own copy of it, see there), for tc_gemm_pipe_kernel.
@@ -217,21 +280,25 @@ __device__ __forceinline__ void mma_pass(
   using TB = Tile<P, B_KMAJOR, Cfg::kBN>;
   using LayoutA = typename std::conditional<A_KMAJOR, wmma::col_major, wmma::row_major>::type;
   using LayoutB = typename std::conditional<B_KMAJOR, wmma::row_major, wmma::col_major>::type;
-#pragma unroll
-  for (int kk = 0; kk < kBK; kk += Tr::kK) {
+  // the warp's fragments at compile-time offsets from these (immediates of the loads)
+  const auto* a_warp = As + TA::offset(wm * kWarpM, 0);
+  const auto* b_warp = Bs + TB::offset(wn * kWarpN, 0);
+  static_for<kBK / Tr::kK>([&](auto ks) {
+    constexpr int kk = decltype(ks)::value * Tr::kK;
     using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Tr::kK, typename Tr::FragType, LayoutB>;
     using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Tr::kK, typename Tr::FragType, LayoutA>;
     FragB b[kFragN];
     FragB b_lo[Tr::kSplit ? kFragN : 1];
-#pragma unroll
-    for (int j = 0; j < kFragN; ++j) {
-      wmma::load_matrix_sync(b[j], Bs + TB::offset(wn * kWarpN + j * 16, kk), TB::ld);
+    (void)b_lo;  // (tf32x3 only)
+    static_for<kFragN>([&](auto jc) {
+      constexpr int j = decltype(jc)::value;
+      load_frag_shared<TB::ld, TB::offset(j * 16, kk) * int(sizeof(typename Tr::Elem))>(b[j], b_warp);
       if constexpr (Tr::kSplit) split_tf32(b[j], b_lo[j]);
-    }
-#pragma unroll
-    for (int i = 0; i < kFragM; ++i) {
+    });
+    static_for<kFragM>([&](auto ic) {
+      constexpr int i = decltype(ic)::value;
       FragA a;
-      wmma::load_matrix_sync(a, As + TA::offset(wm * kWarpM + i * 16, kk), TA::ld);
+      load_frag_shared<TA::ld, TA::offset(i * 16, kk) * int(sizeof(typename Tr::Elem))>(a, a_warp);
       if constexpr (Tr::kSplit) {
         FragA a_lo;
         split_tf32(a, a_lo);
@@ -252,8 +319,8 @@ __device__ __forceinline__ void mma_pass(
 #pragma unroll
         for (int j = 0; j < kFragN; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
       }
-    }
-  }
+    });
+  });
 }
 
 // Epilogue: each accumulator through the warp's 16 x kScratchLd scratch (at smem + the warp's
@@ -350,21 +417,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       load_operand<A_KMAJOR, kBM, kThreads>(ra, A, M, ke, m0, k0 + kBK, sam, sak);
       load_operand<B_KMAJOR, kBN, kThreads>(rb, Bm, N, ke, n0, k0 + kBK, sbn, sbk);
     }
-#pragma unroll
-    for (int kk = 0; kk < kBK; kk += Tr::kK) {
+    // the warp's fragments at compile-time offsets from these (immediates of the loads)
+    const auto* a_warp = As + TA::offset(wm * kWarpM, 0);
+    const auto* b_warp = Bs + TB::offset(wn * kWarpN, 0);
+    static_for<kBK / Tr::kK>([&](auto ks) {
+      constexpr int kk = decltype(ks)::value * Tr::kK;
       using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Tr::kK, typename Tr::FragType, LayoutB>;
       using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Tr::kK, typename Tr::FragType, LayoutA>;
       FragB b[kFragN];
       FragB b_lo[Tr::kSplit ? kFragN : 1];
-#pragma unroll
-      for (int j = 0; j < kFragN; ++j) {
-        wmma::load_matrix_sync(b[j], Bs + TB::offset(wn * kWarpN + j * 16, kk), TB::ld);
+      (void)b_lo;  // (tf32x3 only)
+      static_for<kFragN>([&](auto jc) {
+        constexpr int j = decltype(jc)::value;
+        load_frag_shared<TB::ld, TB::offset(j * 16, kk) * int(sizeof(typename Tr::Elem))>(b[j], b_warp);
         if constexpr (Tr::kSplit) split_tf32(b[j], b_lo[j]);
-      }
-#pragma unroll
-      for (int i = 0; i < kFragM; ++i) {
+      });
+      static_for<kFragM>([&](auto ic) {
+        constexpr int i = decltype(ic)::value;
         FragA a;
-        wmma::load_matrix_sync(a, As + TA::offset(wm * kWarpM + i * 16, kk), TA::ld);
+        load_frag_shared<TA::ld, TA::offset(i * 16, kk) * int(sizeof(typename Tr::Elem))>(a, a_warp);
         if constexpr (Tr::kSplit) {
           FragA a_lo;
           split_tf32(a, a_lo);
@@ -385,8 +456,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
           for (int j = 0; j < kFragN; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
         }
-      }
-    }
+      });
+    });
     __syncthreads();  // the pass is read before the next one overwrites it (and before the epilogue reuses it)
   }
 
