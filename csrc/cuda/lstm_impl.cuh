@@ -63,6 +63,7 @@ constexpr int64_t kTensorMinBatch = 32;
 constexpr int64_t kTensorMinWork = int64_t(1) << 25;
 
 static_assert(kThreads % kCols == 0 && (kSplit & (kSplit - 1)) == 0, "kSplit: a power of two");
+static_assert(kChunk == 64 && kThreads == 256 && kCols == 32, "rec_product's staging: one k of every fourth row per thread");
 static_assert((kTileM / 4) * (kTileN / 4) == kThreads, "GEMM: 4 x 4 outputs per thread");
 
 __host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -95,35 +96,48 @@ __device__ inline Real fl_sigmoid(Real z) {
 // stride = 4, 2, 1). The result is sm.red[0][bb][c]. Every thread of the block must call
 // it (it has barriers).
 // ------------------------------------------------------------------------------------------
+// a's rows are padded to BB + 4 values where BB is a multiple of 8 (so BB = 16: 20), which with
+// rec_product's staging order (a warp stores 4 rows x 8 consecutive k) puts a warp's 32 stores
+// in 32 different banks; the rows stay 16-byte aligned for the float4 reads of the products.
+template <int BB>
+constexpr int rec_pitch() {
+  return BB % 8 == 0 ? BB + 4 : BB;
+}
 template <typename Real, int BB>
 struct RecShared {
   const Real* rows[BB];
-  Real a[kChunk][BB];             // staged rows, transposed: a[kk][bb] = rows[bb][k0 + kk]
-  Real red[kSplit][BB][kCols];    // partial sums, then (slice 0) the totals
+  alignas(16) Real a[kChunk][rec_pitch<BB>()];  // staged rows, transposed: a[kk][bb] = rows[bb][k0 + kk] (bb < BB)
+  Real red[kSplit][BB][kCols];      // partial sums, then (slice 0) the totals
 };
 
 template <typename Real, int BB>
 __device__ void rec_product(RecShared<Real, BB>& sm, int64_t K, const Real* W, int64_t ldw, int64_t wcol) {
   // K >= 1 always (H >= 1), so the barrier at the top of the first pass orders the callers'
   // writes of sm.rows before every read.
+  static_assert(BB % 4 == 0, "rec_product: rows in groups of 4");
   const int tid = static_cast<int>(threadIdx.x);
   const int c = tid % kCols, ks = tid / kCols;
+  const int sk = 8 * ks + tid % 8, sb = (tid / 8) % 4;  // staging: k sk of rows sb + 4 i
   Real acc[BB];
 #pragma unroll
   for (int bb = 0; bb < BB; ++bb) acc[bb] = Real(0);
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int kn = static_cast<int>(imin(kChunk, K - k0));
     __syncthreads();  // sm.rows written (first pass) / the previous chunk fully read
-    for (int e = tid; e < kChunk * BB; e += kThreads) {
-      const int bb = e / kChunk, kk = e % kChunk;
+    // thread tid stages k = sk (fixed) of rows sb, sb + 4, ...: a warp reads 8 consecutive k
+    // (32 bytes) of 4 rows per load and stores them to 32 different banks
+#pragma unroll
+    for (int bb = sb; bb < BB; bb += 4) {
       const Real* row = sm.rows[bb];
-      sm.a[kk][bb] = (row != nullptr && kk < kn) ? row[k0 + kk] : Real(0);
+      sm.a[sk][bb] = (row != nullptr && sk < kn) ? row[k0 + sk] : Real(0);
     }
     __syncthreads();  // chunk staged
     if (wcol >= 0) {
-      const Real* w = W + k0 * ldw + wcol;
-      for (int kk = ks; kk < kn; kk += kSplit) {
-        const Real wv = w[static_cast<int64_t>(kk) * ldw];
+      const Real* w = W + (k0 + ks) * ldw + wcol;  // W[(k0 + kk) ldw + wcol], advanced with kk
+      const int64_t wstep = kSplit * ldw;
+#pragma unroll(sizeof(Real) == 4 ? 4 : 1)  // float: 4 w loads ahead; double: its registers as before
+      for (int kk = ks; kk < kn; kk += kSplit, w += wstep) {
+        const Real wv = *w;
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) acc[bb] += sm.a[kk][bb] * wv;
       }
@@ -397,21 +411,56 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = Real(0);
-  // Consecutive threads load consecutive addresses when a tile's unit stride allows it.
+  // Consecutive threads load consecutive addresses when a tile's unit stride allows it. Each
+  // thread stages elements e = tid + 256 q (q < 4) of each tile: k-fast, (row, k) = (tid / 16 +
+  // 16 q, tid % 16); else (tid % 64, tid / 64 + 4 q). So element q sits at a fixed step from the
+  // thread's first in global and shared memory, its row (column) is inside the matrix or not for
+  // the whole k range (bit q of a_in / b_in, computed once), and only a pass that ends past K
+  // checks k: no 64-bit multiply or compare per element (the SASS audit of session 19 counted
+  // ~31-36 instructions per staged element before, the loop ~37% FFMA). The same values reach
+  // the same places: the same bits.
+  static_assert(kTileM == 64 && kTileN == 64 && kTileK == 16 && kThreads == 256, "gemm_kernel's staging steps");
+  constexpr int kLoads = kTileM * kTileK / kThreads;  // 4 per tile
   const bool a_k_fast = sak == 1, b_n_fast = sbn == 1;
+  const int a_m = a_k_fast ? tid / kTileK : tid % kTileM, a_k = a_k_fast ? tid % kTileK : tid / kTileM;
+  const int a_dm = a_k_fast ? kThreads / kTileK : 0, a_dk = a_k_fast ? 0 : kThreads / kTileM;
+  const int b_n = b_n_fast ? tid % kTileN : tid / kTileK, b_k = b_n_fast ? tid / kTileN : tid % kTileK;
+  const int b_dn = b_n_fast ? 0 : kThreads / kTileK, b_dk = b_n_fast ? kThreads / kTileN : 0;
+  unsigned a_in = 0, b_in = 0;
+#pragma unroll
+  for (int q = 0; q < kLoads; ++q) {
+    if (m0 + a_m + q * a_dm < M) a_in |= 1u << q;
+    if (n0 + b_n + q * b_dn < N) b_in |= 1u << q;
+  }
+  const Real* pa = A + (m0 + a_m) * sam + a_k * sak;  // element 0 at the current pass
+  const Real* pb = Bm + b_k * sbk + (n0 + b_n) * sbn;
+  const int64_t a_step = a_dm * sam + a_dk * sak, b_step = b_dn * sbn + b_dk * sbk;
+  Real* const sa = &As[a_k][a_m];
+  Real* const sb = &Bs[b_k][b_n];
+  const int sa_step = a_dk * (kTileM + 1) + a_dm, sb_step = b_dk * (kTileN + 1) + b_dn;
   for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
-    for (int e = tid; e < kTileM * kTileK; e += kThreads) {
-      const int mm = a_k_fast ? e / kTileK : e % kTileM;
-      const int kk = a_k_fast ? e % kTileK : e / kTileM;
-      const int64_t m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < M && k < K) ? A[m * sam + k * sak] : Real(0);
+    unsigned a_ok = a_in, b_ok = b_in;
+    if (K - k0 < kTileK) {  // a partial last pass: k too
+      const int kl = static_cast<int>(K - k0);
+#pragma unroll
+      for (int q = 0; q < kLoads; ++q) {
+        if (a_k + q * a_dk >= kl) a_ok &= ~(1u << q);
+        if (b_k + q * b_dk >= kl) b_ok &= ~(1u << q);
+      }
     }
-    for (int e = tid; e < kTileK * kTileN; e += kThreads) {
-      const int nn = b_n_fast ? e % kTileN : e / kTileK;
-      const int kk = b_n_fast ? e / kTileN : e % kTileK;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      Bs[kk][nn] = (n < N && k < K) ? Bm[k * sbk + n * sbn] : Real(0);
+    Real ra[kLoads], rb[kLoads];
+#pragma unroll
+    for (int q = 0; q < kLoads; ++q) {
+      ra[q] = (a_ok >> q) & 1u ? pa[q * a_step] : Real(0);
+      rb[q] = (b_ok >> q) & 1u ? pb[q * b_step] : Real(0);
     }
+#pragma unroll
+    for (int q = 0; q < kLoads; ++q) {
+      sa[q * sa_step] = ra[q];
+      sb[q * sb_step] = rb[q];
+    }
+    pa += kTileK * sak;
+    pb += kTileK * sbk;
     __syncthreads();  // tiles staged
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
@@ -623,23 +672,50 @@ __device__ __forceinline__ void gemm_big_body(int64_t M, int64_t N, int64_t kb, 
   const int a_dm = a_k_fast ? kThreads / kBigK : 0, a_dk = a_k_fast ? 0 : kThreads / BM;
   const int b_n = b_n_fast ? tid % kBigN : tid / kBigK, b_k = b_n_fast ? tid / kBigN : tid % kBigK;
   const int b_dn = b_n_fast ? 0 : kThreads / kBigK, b_dk = b_n_fast ? kThreads / kBigN : 0;
+  // Per thread, fixed for the whole k range: element r of the thread's A share at the current
+  // pass is pa + r * a_step (pa advances by kBigK * sak per pass), inside the matrix where bit r
+  // of `inside` is set (its row < M; bit 8 + r: B element r's column < N); only a pass that ends
+  // past ke (the last one, when the range is not whole passes) also checks k. So the loop's
+  // staging does no 64-bit multiplies and no 64-bit compares per element.
+  const float* pa = A + (m0 + a_m) * sam + (kb + a_k) * sak;
+  const float* pb = Bm + (kb + b_k) * sbk + (n0 + b_n) * sbn;
+  const int64_t a_step = a_dm * sam + a_dk * sak, b_step = b_dn * sbn + b_dk * sbk;
+  unsigned inside = 0;
+#pragma unroll
+  for (int r = 0; r < kBigLoads; ++r) {
+    if (r < ALoads && m0 + a_m + r * a_dm < M) inside |= 1u << r;
+    if (n0 + b_n + r * b_dn < N) inside |= 1u << (8 + r);
+  }
+  // shared-memory places of element r: sa + r * sa_step (buffer 0; buffer 1 one buffer further)
+  float* const sa = &As[0][a_k][a_m];
+  float* const sb = &Bs[0][b_k][b_n];
+  const int sa_step = a_dk * (BM + kBigPad) + a_dm, sb_step = b_dk * (kBigN + kBigPad) + b_dn;
   float ra[ALoads], rb[kBigLoads];
-  auto load = [&](int64_t k0) {
+  auto load = [&](int64_t k0) {  // k0: kb, kb + kBigK, ... in turn
+    unsigned ok = inside;
+    if (ke - k0 < kBigK) {  // a partial last pass: k too
+      const int kl = static_cast<int>(ke - k0);
+#pragma unroll
+      for (int r = 0; r < kBigLoads; ++r) {
+        if (a_k + r * a_dk >= kl) ok &= ~(1u << r);
+        if (b_k + r * b_dk >= kl) ok &= ~(1u << (8 + r));
+      }
+    }
 #pragma unroll
     for (int r = 0; r < kBigLoads; ++r) {
-      if (r < ALoads) {
-        const int64_t m = m0 + a_m + r * a_dm, ka = k0 + a_k + r * a_dk;
-        ra[r] = (m < M && ka < ke) ? A[m * sam + ka * sak] : 0.0f;
-      }
-      const int64_t n = n0 + b_n + r * b_dn, kbb = k0 + b_k + r * b_dk;
-      rb[r] = (n < N && kbb < ke) ? Bm[kbb * sbk + n * sbn] : 0.0f;
+      if (r < ALoads) ra[r] = (ok >> r) & 1u ? pa[r * a_step] : 0.0f;
+      rb[r] = (ok >> (8 + r)) & 1u ? pb[r * b_step] : 0.0f;
     }
+    pa += kBigK * sak;
+    pb += kBigK * sbk;
   };
   auto store = [&](int buf) {
+    float* const da = sa + buf * (kBigK * (BM + kBigPad));
+    float* const db = sb + buf * (kBigK * (kBigN + kBigPad));
 #pragma unroll
     for (int r = 0; r < kBigLoads; ++r) {
-      if (r < ALoads) As[buf][a_k + r * a_dk][a_m + r * a_dm] = ra[r];
-      Bs[buf][b_k + r * b_dk][b_n + r * b_dn] = rb[r];
+      if (r < ALoads) da[r * sa_step] = ra[r];
+      db[r * sb_step] = rb[r];
     }
   };
   float acc[4 * MI][8];
