@@ -2007,13 +2007,58 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
         assert_bitwise_equal(barrier[i % 2], tuple(outs) + tuple(grads))
 
 
+# The product blocked two columns x BC / 2 rows per thread (block_product_blocked: chunks of
+# BC >= 8 rows, blocks of C >= 16 columns; FASTLSTM_CUDA_BLOCKED_PRODUCT=0 turns it off) sums the
+# same k groups in the same order into the same partial sums as block_product: the same bits.
+# Forward C = 4U, backward C = U: H = 64 on 4 SMs gives U = 16 (C = 64 / 16, 16 rows per chunk);
+# H = 40 on 2 SMs U = 32 (C = 128 / 32, 8 rows per chunk, the last block's units past H), and
+# H = 40 on 4 SMs U = 16 (three blocks, the last one's units past H); 9 rows (a chunk with 7 zero
+# rows), 33 rows (three chunks, staged ahead), lengths, reverse, tagged, float64.
+@pytest.mark.parametrize("B,H,sms,lengths,reverse,dtype", [
+    (16, 64, 4, None, False, np.float32),
+    (9, 40, 2, [3, 1, 0, 2, 3, 3, 2, 1, 3], True, np.float32),
+    (33, 64, 4, [2, 0, 1] * 11, False, np.float32),
+    (16, 40, 4, None, True, np.float32),
+    (12, 64, 4, [3, 2, 1, 0] * 3, True, np.float64),
+])
+def test_emulated_persistent_blocked_product(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
+    T = 3 if lengths is None else max(lengths)
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, 5, H, dtype, seed=B * H + 7, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    exchanges = ("barrier", "tagged") if dtype == np.float32 else ("barrier",)
+    for exchange in exchanges:
+        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+        monkeypatch.setenv("FASTLSTM_CUDA_BLOCKED_PRODUCT", "0")
+        plain = run_cuda(fwd, bwd)
+        for kind in ("forward", "backward"):
+            assert "product 2 columns" not in _ran(kind), _ran(kind)
+        monkeypatch.delenv("FASTLSTM_CUDA_BLOCKED_PRODUCT")
+        emu.set_schedule(2, seed=B + H)
+        try:
+            outs, grads, _ = run_cuda(fwd, bwd)
+        finally:
+            emu.set_schedule(0)
+        for kind in ("forward", "backward"):
+            desc = _ran(kind)
+            units = int(desc.split(" units/block")[0].rsplit(" ", 1)[1])
+            rows = int(desc.split(" rows/chunk")[0].rsplit(" ", 1)[1])
+            cols = units if kind == "backward" else 4 * units
+            blocked = rows >= 8 and cols >= 16 and "weights in registers" not in desc
+            assert (f"product 2 columns x {rows // 2} rows per thread" in desc) == blocked, desc
+        assert "product 2 columns" in _ran("forward"), _ran("forward")  # every case takes it forward
+        assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
+
+
 @pytest.mark.cuda
 @gpu
 @pytest.mark.parametrize("T,B,I,H", [(50, 1, 64, 1024), (50, 1, 32, 256), (20, 16, 32, 512), (10, 33, 16, 1024)])
 def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, kernel_path_reset):
     # The weights in registers (B = 1), the backward's gate inputs loaded a step early
-    # (B * U <= 256), the staging by cp.async (barrier kernels) and the staging elements walked
-    # row by row change no arithmetic: the bits of the kernels with all four switched off, with
+    # (B * U <= 256), the staging by cp.async (barrier kernels), the staging elements walked
+    # row by row and the blocked product (B = 16 / 33) change no arithmetic: the bits of the
+    # kernels with all five switched off, with
     # grid barriers and with the tagged exchange, repeated (the registers are loaded once per
     # launch; the prefetched inputs are a step ahead, so a wrong step shows at once; B = 16 / 33
     # stage in several passes).
@@ -2024,11 +2069,13 @@ def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, ke
     monkeypatch.setenv("FASTLSTM_CUDA_INPUTS_AHEAD", "0")
     monkeypatch.setenv("FASTLSTM_CUDA_STAGE_ASYNC", "0")
     monkeypatch.setenv("FASTLSTM_CUDA_STAGE_WALK", "0")
+    monkeypatch.setenv("FASTLSTM_CUDA_BLOCKED_PRODUCT", "0")
     outs, grads, _ = run_cuda(fwd, bwd)
     off = tuple(outs) + tuple(grads)
     assert "registers" not in _ran("forward") and "prefetched" not in _ran("backward"), _ran("backward")
     assert "cp.async" not in _ran("backward") and "indexed per element" in _ran("backward"), _ran("backward")
-    for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC", "STAGE_WALK"):
+    assert "product 2 columns" not in _ran("forward"), _ran("forward")
+    for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC", "STAGE_WALK", "BLOCKED_PRODUCT"):
         monkeypatch.delenv(f"FASTLSTM_CUDA_{name}")
     for exchange in ("barrier", "tagged", "barrier", "tagged"):
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
@@ -2039,6 +2086,7 @@ def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, ke
             cols, groups = (units, H) if kind == "backward" else (4 * units, -(-H // 4))
             per_thread = -(-groups // (256 // cols))  # weight vectors per thread (kRegVectors = 32)
             assert ("weights in registers" in _ran(kind)) == (rows == 1 and per_thread <= 32), _ran(kind)
+            assert ("product 2 columns" in _ran(kind)) == (rows >= 8 and cols >= 16), _ran(kind)
         assert ("gate inputs prefetched" in _ran("backward")) == (B * units <= 256), _ran("backward")
         assert ("staged by cp.async" in _ran("backward")) == (exchange == "barrier"), _ran("backward")
         assert_bitwise_equal(off, tuple(outs) + tuple(grads))

@@ -70,17 +70,13 @@ __device__ __forceinline__ double dot_add(double acc, const double2& x, const do
   return acc;
 }
 
-// The reduction tree of block_product: acc holds this thread's partial sums (k-slice ks of
-// column c) for BC rows; afterwards red[bb * 256 + c] is the sum over the KS slices, added by a
-// fixed tree. Every thread of the block must call it; it ends with a barrier.
+// The reduction tree of block_product: once every partial sum is in red[bb][ks][c] (and a
+// barrier has made them visible), red[bb * 256 + c] becomes the sum over the KS slices, added by
+// a fixed tree. Every thread of the block must call it; it ends with a barrier.
 template <typename Real, int BC>
-__device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, int C) {
+__device__ __forceinline__ void block_reduce_tree(Real* red, int C) {
   const int tid = static_cast<int>(threadIdx.x);
   const int ks = tid / C, KS = kThreads / C;
-  // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
-#pragma unroll
-  for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
-  __syncthreads();  // all partial sums written
   for (int stride = KS / 2; stride > 0; stride /= 2) {
     if (ks < stride) {
 #pragma unroll
@@ -88,6 +84,17 @@ __device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, i
     }
     __syncthreads();  // this level complete before the next reads it
   }
+}
+// acc holds this thread's partial sums (k-slice ks of column c) for BC rows: into red, then the
+// tree.
+template <typename Real, int BC>
+__device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, int C) {
+  const int tid = static_cast<int>(threadIdx.x);
+  // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
+#pragma unroll
+  for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
+  __syncthreads();  // all partial sums written
+  block_reduce_tree<Real, BC>(red, C);
 }
 
 // red[bb * 256 + c] = sum over k of X[bb][k] * W[k][c], for every bb < BC and c < C. Every
@@ -110,6 +117,53 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
   }
   mark();
   block_reduce<Real, BC>(acc, red, C);
+}
+
+// block_product with the outputs blocked two columns x BC / 2 rows per thread, for BC >= 8 and
+// C >= 16 (the forward from H = 512 at 128 blocks; C = 4U is a power of two). block_product
+// gives each thread one column and all BC rows: per vector group 1 weight load and BC row loads
+// (each a broadcast that fetches 16-32 bytes) for 4 BC multiply-adds, 17 loads per 64 FFMA at
+// BC = 16. Here thread (cg, ks, rg) = (tid % CG, tid / CG % KS, tid / 128), CG = C / 2, takes
+// columns cg and cg + CG of k-slice ks (the same slices as block_product) and rows
+// rg BC/2 .. rg BC/2 + BC/2 - 1: 2 + BC / 2 loads per 4 BC multiply-adds (10 per 64 at BC = 16).
+// A warp holds one rg, so its row loads read one row at <= 4 consecutive groups (one wavefront)
+// and its weight loads 32 distinct vectors (4 wavefronts, CG >= 8 lanes spread over every bank):
+// 16 wavefronts per warp and group at BC = 16 where block_product needs 20 (C = 16: 4 + 16).
+// Each (row, column, slice) partial sums the same groups in the same order with the same
+// dot_add, and lands in the same red[bb][ks][c] before the same tree: block_product's bits.
+template <typename Real, int BC, class Mark>
+__device__ __forceinline__ void block_product_blocked(const typename Vec<Real>::type* W,
+                                                      const typename Vec<Real>::type* X, Real* red, int C,
+                                                      int64_t NG, Mark&& mark) {
+  static_assert(BC % 2 == 0, "two row groups");
+  using V = typename Vec<Real>::type;
+  constexpr int RB = BC / 2;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int CG = C / 2, KS = kThreads / C;
+  const int cg = tid % CG, ks = (tid / CG) % KS, r0 = (tid / (kThreads / 2)) * RB;
+  const int ng = static_cast<int>(NG);
+  Real acc0[RB], acc1[RB];
+#pragma unroll
+  for (int i = 0; i < RB; ++i) acc0[i] = acc1[i] = Real(0);
+  const V* x = X + r0 * ng;
+  for (int g = ks; g < ng; g += KS) {
+    const V w0 = W[g * C + cg], w1 = W[g * C + cg + CG];
+#pragma unroll
+    for (int i = 0; i < RB; ++i) {
+      const V xv = x[i * ng + g];
+      acc0[i] = dot_add(acc0[i], xv, w0);
+      acc1[i] = dot_add(acc1[i], xv, w1);
+    }
+  }
+  mark();
+  Real* out = red + r0 * kThreads + ks * C + cg;  // red[r0 + i][ks][cg (+ CG)]
+#pragma unroll
+  for (int i = 0; i < RB; ++i) {
+    out[i * kThreads] = acc0[i];
+    out[i * kThreads + CG] = acc1[i];
+  }
+  __syncthreads();  // all partial sums written
+  block_reduce_tree<Real, BC>(red, C);
 }
 
 // Weights in registers (one row per chunk, BC = 1: B = 1, or any B where the shared memory
@@ -138,10 +192,19 @@ __device__ __forceinline__ void block_product_registers(const typename Vec<Real>
   const int tid = static_cast<int>(threadIdx.x);
   const int ks = tid / C, KS = kThreads / C;
   Real acc[1] = {Real(0)};
+  if (static_cast<int64_t>(ks) + static_cast<int64_t>(kRegVectors - 1) * KS < NG) {
+    // Every vector in range (H = 1024 at B = 1: 32 of 32): no branch per vector, so the
+    // compiler issues the shared-memory loads ahead of the FMAs instead of one load, its
+    // latency and four dependent FMAs per vector in turn. Same vectors, same order: same bits.
+    const typename Vec<Real>::type* x = X + ks;
 #pragma unroll
-  for (int i = 0; i < kRegVectors; ++i) {
-    const int64_t g = ks + static_cast<int64_t>(i) * KS;
-    if (g < NG) acc[0] = dot_add(acc[0], X[g], w[i]);
+    for (int i = 0; i < kRegVectors; ++i) acc[0] = dot_add(acc[0], x[i * KS], w[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRegVectors; ++i) {
+      const int64_t g = ks + static_cast<int64_t>(i) * KS;
+      if (g < NG) acc[0] = dot_add(acc[0], X[g], w[i]);
+    }
   }
   mark();
   block_reduce<Real, 1>(acc, red, C);
@@ -250,6 +313,38 @@ template <int BC, typename Elem, typename RowSrc>
 __device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int valid, RowSrc row_src, bool walk,
                                             int e_begin = 0, const Elem* async_any = nullptr) {
   if constexpr (sizeof(Elem) == 16) {
+    if (async_any != nullptr && walk && per_row >= kThreads) {
+      // Rows of at least 256 elements (the backward's dz rows from H = 256, the forward's h rows
+      // from H = 1024): row by row, each thread copying i = i0 + tid, i0 + tid + 256, ... of
+      // every row (i0: where e_begin falls in the row), with a group's row pointers asked for
+      // first (in the backward each asks for the row's length: independent loads in flight),
+      // so that a copy costs a few instructions instead of StageCursor's ~45 per element with a
+      // row change every 1-2 elements (bench/NOTES_GPU.md, session 19). Every element from
+      // e_begin on is copied once, to the same place: the same bits.
+      // (in groups of up to 4 rows: 4 lookups in flight at a time, in few registers)
+      constexpr int kGroup = BC < 4 ? BC : 4;
+      const int tid = static_cast<int>(threadIdx.x);
+#pragma unroll 1
+      for (int b0 = 0; b0 < BC; b0 += kGroup) {
+        const Elem* rows[kGroup];
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) rows[g] = b0 + g < nb ? row_src(b0 + g) : nullptr;
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) {
+          const int bb = b0 + g;
+          const int i0 = e_begin > bb * per_row ? e_begin - bb * per_row : 0;
+          const Elem* src = rows[g];
+          Elem* d = dst + bb * per_row;
+          for (int i = i0 + tid; i < per_row; i += kThreads) {
+            const bool ok = src != nullptr && i < valid;
+            fl_cp_async16(d + i, ok ? src + i : async_any, ok);
+          }
+        }
+      }
+      fl_cp_async_commit();
+      fl_cp_async_wait<0>();
+      return;
+    }
     if (async_any != nullptr) {
       const int total = BC * per_row;
       int e = e_begin + static_cast<int>(threadIdx.x);
@@ -502,12 +597,19 @@ struct PhaseClock<true> {
 template <typename Real, int BC, bool WREG, int NW, class Clock>
 __device__ __forceinline__ void chunk_product(const typename Vec<Real>::type (&wreg)[NW],
                                               const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
-                                              Real* red, int C, int64_t NG, Clock& clk) {
+                                              Real* red, int C, int64_t NG, bool blocked, Clock& clk) {
   auto mark_product = [&clk] { clk.mark(kTraceProduct); };
-  if constexpr (WREG)
+  if constexpr (WREG) {
     block_product_registers<Real>(wreg, X, red, C, NG, mark_product);
-  else
+  } else if constexpr (BC >= 8) {
+    if (blocked && C >= 16)
+      block_product_blocked<Real, BC>(W, X, red, C, NG, mark_product);
+    else
+      block_product<Real, BC>(W, X, red, C, NG, mark_product);
+  } else {
+    (void)blocked;
     block_product<Real, BC>(W, X, red, C, NG, mark_product);
+  }
   clk.mark(kTraceReduce);
 }
 
@@ -531,6 +633,7 @@ struct ForwardParams {
   unsigned long long* xch = nullptr;    // TAGGED: 2 slots x B rows x ng * KV words, zero on entry
   bool stage_async = false;  // stage the h rows by cp.async (stage_elems); host: only where H % KV == 0
   bool stage_walk = true;    // StageCursor walks its elements (set_load_switches)
+  bool blocked_product = false;  // block_product_blocked where it applies (set_load_switches)
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
@@ -632,7 +735,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC), p.stage_walk);
-      chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, clk);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, p.blocked_product, clk);
       if (finisher) {
         if (s < L) {
           const Real* z = red + fb * kThreads + fu;
@@ -701,6 +804,7 @@ struct BackwardParams {
                               // B * U <= kThreads (one (row, unit) per thread)
   bool stage_async = false;   // stage the dz rows by cp.async (stage_elems)
   bool stage_walk = true;     // StageCursor walks its elements (set_load_switches)
+  bool blocked_product = false;  // block_product_blocked where it applies (set_load_switches)
 };
 
 // Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
@@ -900,7 +1004,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC),
                        p.stage_walk);
-      chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, clk);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, p.blocked_product, clk);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
         if (own && one_chunk) {  // this thread is the owner of (b, j)
@@ -932,6 +1036,7 @@ struct Plan {
   bool wreg = false;          // the weights in registers (float, one row per chunk)
   bool stage_async = false;   // rows staged by cp.async (set_load_switches)
   bool stage_walk = true;     // staging elements walked, not divided out (set_load_switches)
+  bool blocked_product = false;  // the product blocked 2 columns x BC/2 rows per thread (set_load_switches)
 };
 
 template <class F>
@@ -1138,6 +1243,9 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // Each thread's staging elements walked row by row instead of divided out one by one (StageCursor),
 // and the weight slices' loads likewise, a 16-byte vector of W per element (load_weight_slice).
 inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
+// The product blocked two columns x BC / 2 rows per thread (block_product_blocked) where a chunk
+// has BC >= 8 rows and the block C >= 16 columns; else (or "0") block_product. Same bits.
+inline bool blocked_product_requested() { return switch_on("FASTLSTM_CUDA_BLOCKED_PRODUCT"); }
 inline bool stage_async_requested(int device) {
   int major = 0;
   FL_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -1154,6 +1262,9 @@ void set_load_switches(Plan& pl, Params& prm, bool backward, int64_t B, int64_t 
   prm.stage_async = pl.stage_async =
       stage_async_requested(device) && !pl.tagged && (backward || H % Vec<Real>::n == 0);
   prm.stage_walk = pl.stage_walk = stage_walk_requested();
+  const int64_t columns = backward ? pl.units : 4 * pl.units;  // C: the product's columns per block
+  prm.blocked_product = pl.blocked_product =
+      blocked_product_requested() && !pl.wreg && pl.bc >= 8 && columns >= 16;
   if constexpr (std::is_same<Params, BackwardParams<Real>>::value)
     prm.inputs_ahead = pl.inputs_ahead = inputs_ahead_requested() && B * pl.units <= kThreads;
 }
@@ -1184,7 +1295,8 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
          std::to_string(pl.bc) + " rows/chunk" + (pl.ahead ? " staged one chunk ahead" : "") + ", " +
          std::to_string(pl.smem) + " B shared" + (pl.wreg ? ", weights in registers" : "") +
          (pl.stage_async ? ", staged by cp.async" : "") + (pl.stage_walk ? "" : ", staging indexed per element") +
-         (pl.inputs_ahead ? ", gate inputs prefetched" : "") +
+         (pl.inputs_ahead ? ", gate inputs prefetched" : "") + (pl.blocked_product ? ", product 2 columns x " +
+         std::to_string(pl.bc / 2) + " rows per thread" : "") +
          (pl.tagged ? ", tagged exchange" : "") + ")";
 }
 
