@@ -39,7 +39,9 @@
 # A second, shorter run in the same session (after changing a default, say): STAGES="build
 # pytest_cuda persistent_ab decide" runs only those stages (names as in the summary; the others
 # are listed as skipped), PYTEST_K="tiled or split" narrows the GPU tests (pytest -k), and
-# TOTAL_BUDGET sets the whole run's limit.
+# TOTAL_BUDGET sets the whole run's limit. GPU_CHECK_CMAKE_ARGS adds CMake arguments to the build,
+# e.g. GPU_CHECK_CMAKE_ARGS="-DCMAKE_CUDA_FLAGS=-DFASTLSTM_CUDA_WMMA_GENERIC_LOADS" (the wmma
+# fragments loaded by load_matrix_sync, as before session 19).
 #
 # Every stage runs under `timeout`, a failed stage does not stop the others, and the whole
 # script keeps within TOTAL_BUDGET seconds (default 465, 7.75 minutes): each stage gets at
@@ -140,7 +142,7 @@ stage environment 30 "$OUTDIR/environment.log" env_info
 
 # ---- 2. build
 build() {
-  FASTLSTM_CUDA=ON CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" \
+  FASTLSTM_CUDA=ON CUDAARCHS=90 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90 ${GPU_CHECK_CMAKE_ARGS:-}" \
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$PY" -m pip install --no-build-isolation --no-deps -v . 2>&1 |
     grep -v -E '^\s*(Copying|copying|adding|Added|creating)' | tail -n 80
