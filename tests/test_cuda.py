@@ -914,6 +914,17 @@ def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, leng
         assert "registers" not in _ran("forward") and "registers" not in _ran("backward"), _ran("forward")
 
 
+def _persistent_switch_case(emu, B, I, H, sms, lengths, reverse, dtype, seed):
+    """A case for the tests of a persistent-kernel switch: the emulated device with `sms` SMs,
+    kernel path persistent, T = 3 or the longest length; returns (fwd, bwd, the exchanges to run:
+    barrier, and tagged in float32)."""
+    T = 3 if lengths is None else max(lengths)
+    emu.set_device(sm_count=sms)
+    fwd, bwd = make_case(T, B, I, H, dtype, seed=seed, lengths=lengths, reverse=reverse)
+    fcuda.set_kernel_path("persistent")
+    return fwd, bwd, (("barrier", "tagged") if dtype == np.float32 else ("barrier",))
+
+
 # Each thread walks its staging elements row by row (StageCursor: (row, index) stepped by 256
 # without a division, a row's pointer, and in the backward its length, looked up once per row it
 # enters) and the weight slices' loads likewise (a 16-byte vector of R per load where R allows);
@@ -933,11 +944,7 @@ def test_emulated_persistent_weights_in_registers(emu, monkeypatch, H, sms, leng
     (6, 40, 4, [3, 1, 0, 2, 3, 3], True, np.float64),        # 2 doubles per vector: 20 / 80 per row
 ])
 def test_emulated_persistent_staging_walk(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
-    T = 3 if lengths is None else max(lengths)
-    emu.set_device(sm_count=sms)
-    fwd, bwd = make_case(T, B, 4, H, dtype, seed=B * H + 11, lengths=lengths, reverse=reverse)
-    fcuda.set_kernel_path("persistent")
-    exchanges = ("barrier", "tagged") if dtype == np.float32 else ("barrier",)
+    fwd, bwd, exchanges = _persistent_switch_case(emu, B, 4, H, sms, lengths, reverse, dtype, seed=B * H + 11)
     for exchange in exchanges:
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
         monkeypatch.setenv("FASTLSTM_CUDA_STAGE_WALK", "0")
@@ -1012,6 +1019,45 @@ def test_emulated_persistent_staging_by_cp_async(emu, monkeypatch, B, H, sms, le
         emu.set_capability(9, 0)
     assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("backward")
     assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    fcuda.set_kernel_path("auto")
+
+
+# The cp.async staging row by row (stage_elems, rows of >= 256 vectors) in the forward, which
+# no other emulated case reaches (forward rows are H / KV vectors: H >= 1024 in float32, >= 512 in
+# float64), and in float64 (double2 vectors): float64 H = 600 (300 vectors per forward row, 1200
+# per backward row) at 20 rows: chunks of 16 and 4 rows (12 rows past nb), the first pass staged
+# ahead, so e_begin = 2048 falls inside row 6 (6 x 300 = 1800); float32 H = 1024 at 3 rows (256
+# vectors per row, a chunk of 4: one row past nb). Bitwise the staging through registers.
+@pytest.mark.parametrize("B,H,sms,lengths,reverse,dtype", [
+    (20, 600, 160, [2, 0, 1, 2] * 5, True, np.float64),
+    (3, 1024, 160, [2, 0, 1], False, np.float32),
+])
+def test_emulated_persistent_row_by_row_cp_async_forward(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
+    fwd, bwd, _ = _persistent_switch_case(emu, B, 3, H, sms, lengths, reverse, dtype, seed=B * H + 13)
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", "barrier")
+    monkeypatch.setenv("FASTLSTM_CUDA_STAGE_ASYNC", "0")
+    plain = run_cuda(fwd, bwd)
+    assert "cp.async" not in _ran("forward") and "cp.async" not in _ran("backward"), _ran("forward")
+    monkeypatch.delenv("FASTLSTM_CUDA_STAGE_ASYNC")
+    kv = 4 if dtype == np.float32 else 2
+    try:
+        for mode, eager in ((0, False), (2, True)):
+            emu.set_schedule(mode, seed=B + H)
+            emu.set_async_eager(eager)
+            outs, grads, _ = run_cuda(fwd, bwd)
+            desc = _ran("forward")
+            # the row-by-row branch's condition: cp.async, walk (default) and rows of >= 256 vectors
+            assert "staged by cp.async" in desc and "indexed per element" not in desc, desc
+            assert -(-H // kv) >= 256, desc
+            rows = int(desc.split(" rows/chunk")[0].rsplit(" ", 1)[1])
+            assert B % rows != 0, desc  # the last chunk has rows past nb
+            if B > rows:
+                assert "staged one chunk ahead" in desc, desc
+            assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
+    finally:
+        emu.set_async_eager(False)
+        emu.set_schedule(0)
+    check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
     fcuda.set_kernel_path("auto")
 
 
@@ -2008,8 +2054,11 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
 
 
 # The product blocked two columns x BC / 2 rows per thread (block_product_blocked: chunks of
-# BC >= 8 rows, blocks of C >= 16 columns; FASTLSTM_CUDA_BLOCKED_PRODUCT=0 turns it off) sums the
-# same k groups in the same order into the same partial sums as block_product: the same bits.
+# BC >= 8 rows, blocks of C >= 16 columns) sums the same k groups in the same order into the same
+# partial sums as block_product, and with C >= 16 the partial sums are added in registers
+# (block_reduce_registers), in the shared-memory tree's order; FASTLSTM_CUDA_BLOCKED_PRODUCT=0
+# turns both off. The same bits. B = 3 (4 rows per chunk) and B = 1 (one row, weights in
+# registers) take the sums added per thread without the blocked product.
 # Forward C = 4U, backward C = U: H = 64 on 4 SMs gives U = 16 (C = 64 / 16, 16 rows per chunk);
 # H = 40 on 2 SMs U = 32 (C = 128 / 32, 8 rows per chunk, the last block's units past H), and
 # H = 40 on 4 SMs U = 16 (three blocks, the last one's units past H); 9 rows (a chunk with 7 zero
@@ -2020,19 +2069,19 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
     (33, 64, 4, [2, 0, 1] * 11, False, np.float32),
     (16, 40, 4, None, True, np.float32),
     (12, 64, 4, [3, 2, 1, 0] * 3, True, np.float64),
+    (3, 64, 4, [3, 1, 2], False, np.float32),
+    (1, 64, 4, None, True, np.float32),
+    (16, 64, 8, [3, 1, 0, 2] * 4, False, np.float32),   # U = 8: forward C = 32 at 16 rows per chunk
+    (8, 64, 16, [2, 3, 0, 1, 3, 3, 1, 2], True, np.float32),  # U = 4: forward C = 16 at 8 rows per chunk
 ])
 def test_emulated_persistent_blocked_product(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
-    T = 3 if lengths is None else max(lengths)
-    emu.set_device(sm_count=sms)
-    fwd, bwd = make_case(T, B, 5, H, dtype, seed=B * H + 7, lengths=lengths, reverse=reverse)
-    fcuda.set_kernel_path("persistent")
-    exchanges = ("barrier", "tagged") if dtype == np.float32 else ("barrier",)
+    fwd, bwd, exchanges = _persistent_switch_case(emu, B, 5, H, sms, lengths, reverse, dtype, seed=B * H + 7)
     for exchange in exchanges:
         monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
         monkeypatch.setenv("FASTLSTM_CUDA_BLOCKED_PRODUCT", "0")
         plain = run_cuda(fwd, bwd)
         for kind in ("forward", "backward"):
-            assert "product 2 columns" not in _ran(kind), _ran(kind)
+            assert "product 2 columns" not in _ran(kind) and "sums added per thread" not in _ran(kind), _ran(kind)
         monkeypatch.delenv("FASTLSTM_CUDA_BLOCKED_PRODUCT")
         emu.set_schedule(2, seed=B + H)
         try:
@@ -2046,7 +2095,9 @@ def test_emulated_persistent_blocked_product(emu, monkeypatch, B, H, sms, length
             cols = units if kind == "backward" else 4 * units
             blocked = rows >= 8 and cols >= 16 and "weights in registers" not in desc
             assert (f"product 2 columns x {rows // 2} rows per thread" in desc) == blocked, desc
-        assert "product 2 columns" in _ran("forward"), _ran("forward")  # every case takes it forward
+            assert ("sums added per thread" in desc) == (cols >= 16), desc
+        assert "sums added per thread" in _ran("forward"), _ran("forward")  # every case's forward: C >= 16
+        assert ("product 2 columns" in _ran("forward")) == (B > 4), _ran("forward")
         assert_bitwise_equal(tuple(plain[0]) + tuple(plain[1]), tuple(outs) + tuple(grads))
     check_against_reference(fwd, bwd, outs, grads, TOL[np.dtype(dtype)])
 
@@ -2074,7 +2125,7 @@ def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, ke
     off = tuple(outs) + tuple(grads)
     assert "registers" not in _ran("forward") and "prefetched" not in _ran("backward"), _ran("backward")
     assert "cp.async" not in _ran("backward") and "indexed per element" in _ran("backward"), _ran("backward")
-    assert "product 2 columns" not in _ran("forward"), _ran("forward")
+    assert "product 2 columns" not in _ran("forward") and "sums added per thread" not in _ran("forward"), _ran("forward")
     for name in ("WEIGHTS_IN_REGISTERS", "INPUTS_AHEAD", "STAGE_ASYNC", "STAGE_WALK", "BLOCKED_PRODUCT"):
         monkeypatch.delenv(f"FASTLSTM_CUDA_{name}")
     for exchange in ("barrier", "tagged", "barrier", "tagged"):
@@ -2087,6 +2138,7 @@ def test_gpu_persistent_load_changes_are_bitwise_off(T, B, I, H, monkeypatch, ke
             per_thread = -(-groups // (256 // cols))  # weight vectors per thread (kRegVectors = 32)
             assert ("weights in registers" in _ran(kind)) == (rows == 1 and per_thread <= 32), _ran(kind)
             assert ("product 2 columns" in _ran(kind)) == (rows >= 8 and cols >= 16), _ran(kind)
+            assert ("sums added per thread" in _ran(kind)) == (cols >= 16), _ran(kind)
         assert ("gate inputs prefetched" in _ran("backward")) == (B * units <= 256), _ran("backward")
         assert ("staged by cp.async" in _ran("backward")) == (exchange == "barrier"), _ran("backward")
         assert_bitwise_equal(off, tuple(outs) + tuple(grads))
@@ -3579,7 +3631,7 @@ def test_emulated_pipelined_bf16_tensor_path_is_bitwise_the_default(emu, monkeyp
 def test_gpu_pipelined_gemm_is_bitwise_the_default_kernel(monkeypatch, precision, kernel_path_reset):
     # on the card: the cp.async ring gives the old kernel's bits (GEMM alone, every layout, and
     # the LSTM on the tensor path, whose step products are k-sliced). Cards with 99 KB of shared
-    # memory per block (sm_86 / 89 / 120) run most 128 x 128 rings on the old kernel.
+    # memory per block (sm_86 / 89 / 120) run every 128 x 128 tf32 ring on the old kernel.
     from fastlstm import _cuda
     big_smem = tuple(_cuda.device_properties(0)["capability"]) in ((8, 0), (9, 0), (10, 0))
     for layout in ("nn", "tn", "nt", "tt"):

@@ -40,6 +40,20 @@ inline void check(cudaError_t err, const char* call, const char* file, int line)
 
 #define FL_CHECK(call) ::fastlstm::cuda::check((call), #call, __FILE__, __LINE__)
 
+// FL_EMU_IN_RANGE(i, n): on the emulator, traps unless 0 <= i < n (for stores through pointers
+// into fixed-size shared arrays, which its -fsanitize=bounds cannot see); on the GPU nothing.
+#if defined(FASTLSTM_CUDA_EMU)
+#define FL_EMU_IN_RANGE(i, n)                                                  \
+  do {                                                                         \
+    if (!(static_cast<long long>(i) >= 0 && static_cast<long long>(i) < (n))) \
+      __builtin_trap();                                                        \
+  } while (0)
+#else
+#define FL_EMU_IN_RANGE(i, n) \
+  do {                        \
+  } while (0)
+#endif
+
 // FL_LAUNCH(kernel, grid, block, stream, args...): launch and check the launch. `kernel` is a
 // plain name (a function pointer variable for templates: the macro cannot take commas).
 #if defined(FASTLSTM_CUDA_EMU)

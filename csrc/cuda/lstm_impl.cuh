@@ -456,6 +456,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int q = 0; q < kLoads; ++q) {
+      FL_EMU_IN_RANGE(&sa[q * sa_step] - &As[0][0], kTileK * (kTileM + 1));
+      FL_EMU_IN_RANGE(&sb[q * sb_step] - &Bs[0][0], kTileK * (kTileN + 1));
       sa[q * sa_step] = ra[q];
       sb[q * sb_step] = rb[q];
     }
@@ -714,7 +716,11 @@ __device__ __forceinline__ void gemm_big_body(int64_t M, int64_t N, int64_t kb, 
     float* const db = sb + buf * (kBigK * (kBigN + kBigPad));
 #pragma unroll
     for (int r = 0; r < kBigLoads; ++r) {
-      if (r < ALoads) da[r * sa_step] = ra[r];
+      if (r < ALoads) {
+        FL_EMU_IN_RANGE(&da[r * sa_step] - &As[0][0][0], 2 * kBigK * (BM + kBigPad));
+        da[r * sa_step] = ra[r];
+      }
+      FL_EMU_IN_RANGE(&db[r * sb_step] - &Bs[0][0][0], 2 * kBigK * (kBigN + kBigPad));
       db[r * sb_step] = rb[r];
     }
   };
@@ -753,13 +759,22 @@ __device__ __forceinline__ void gemm_big_body(int64_t M, int64_t N, int64_t kb, 
     __syncthreads();
     buf ^= 1;
   }
+  // The thread's 8 bias values, read once: the compiler, which must assume that C may alias
+  // bias, reloaded bias[n] for every output (64 loads for 8 values). No caller aliases them.
+  // The same sums (without a bias nothing is added, so a -0.0 stays -0.0 as before).
+  float bn[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int64_t n = n0 + (j < 4 ? 4 * tx + j : 64 + 4 * tx + j - 4);
+    bn[j] = (bias != nullptr && n < N) ? bias[n] : 0.0f;
+  }
 #pragma unroll
   for (int i = 0; i < 4 * MI; ++i) {
     const int64_t m = m0 + (i < 4 ? 4 * ty + i : 64 + 4 * ty + i - 4);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int64_t n = n0 + (j < 4 ? 4 * tx + j : 64 + 4 * tx + j - 4);
-      if (m < M && n < N) C[m * ldc + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
+      if (m < M && n < N) C[m * ldc + n] = bias ? acc[i][j] + bn[j] : acc[i][j];
     }
   }
 }

@@ -73,10 +73,52 @@ __device__ __forceinline__ double dot_add(double acc, const double2& x, const do
 // The reduction tree of block_product: once every partial sum is in red[bb][ks][c] (and a
 // barrier has made them visible), red[bb * 256 + c] becomes the sum over the KS slices, added by
 // a fixed tree. Every thread of the block must call it; it ends with a barrier.
+// With C >= 16 columns (KS <= 16 slices: BC C >= 256 outputs at BC = 16) the tree runs in
+// registers instead: output o = (bb, c) (o = tid, tid + 256, ...) loads its KS partial sums and
+// adds them level by level exactly as the shared-memory tree does (slot k += slot k + stride,
+// strides KS/2 .. 1), then writes the sum to red[bb * 256 + c]: one barrier instead of one per
+// level (4 at KS = 16), and no intermediate stores. The same additions in the same order: the
+// same bits. (With fewer columns, e.g. the backward's C = U <= 8, there are fewer outputs than
+// threads and their partials would share banks: the shared-memory tree stays.)
+template <typename Real, int BC, int KS>
+__device__ __forceinline__ void block_reduce_registers(Real* red) {
+  constexpr int C = kThreads / KS;
+  for (int o = static_cast<int>(threadIdx.x); o < BC * C; o += kThreads) {
+    const int bb = o / C, c = o % C;
+    Real* p = red + bb * kThreads + c;  // slot k: p[k C]
+    Real v[KS];
+#pragma unroll
+    for (int k = 0; k < KS; ++k) v[k] = p[k * C];
+#pragma unroll
+    for (int stride = KS / 2; stride > 0; stride /= 2)
+#pragma unroll
+      for (int k = 0; k < stride; ++k) v[k] += v[k + stride];
+    p[0] = v[0];  // (only this thread reads output o's slots)
+  }
+  __syncthreads();  // the sums visible to the block
+}
 template <typename Real, int BC>
-__device__ __forceinline__ void block_reduce_tree(Real* red, int C) {
+__device__ __forceinline__ void block_reduce_tree(Real* red, int C, bool regs) {
   const int tid = static_cast<int>(threadIdx.x);
   const int ks = tid / C, KS = kThreads / C;
+  if (regs && C >= 16 && KS * C == kThreads) {  // (C = 4U or U: a power of two, plan)
+    switch (KS) {
+      case 16:
+        block_reduce_registers<Real, BC, 16>(red);
+        return;
+      case 8:
+        block_reduce_registers<Real, BC, 8>(red);
+        return;
+      case 4:
+        block_reduce_registers<Real, BC, 4>(red);
+        return;
+      case 2:
+        block_reduce_registers<Real, BC, 2>(red);
+        return;
+      default:
+        return;  // KS = 1: the partial sums are the sums
+    }
+  }
   for (int stride = KS / 2; stride > 0; stride /= 2) {
     if (ks < stride) {
 #pragma unroll
@@ -88,13 +130,13 @@ __device__ __forceinline__ void block_reduce_tree(Real* red, int C) {
 // acc holds this thread's partial sums (k-slice ks of column c) for BC rows: into red, then the
 // tree.
 template <typename Real, int BC>
-__device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, int C) {
+__device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, int C, bool regs) {
   const int tid = static_cast<int>(threadIdx.x);
   // red[bb][ks][c]: consecutive threads write consecutive words (ks * C + c == tid)
 #pragma unroll
   for (int bb = 0; bb < BC; ++bb) red[bb * kThreads + tid] = acc[bb];
   __syncthreads();  // all partial sums written
-  block_reduce_tree<Real, BC>(red, C);
+  block_reduce_tree<Real, BC>(red, C, regs);
 }
 
 // red[bb * 256 + c] = sum over k of X[bb][k] * W[k][c], for every bb < BC and c < C. Every
@@ -103,7 +145,7 @@ __device__ __forceinline__ void block_reduce(const Real (&acc)[BC], Real* red, i
 // partial sums and their reduction (the phase trace's product / reduce boundary).
 template <typename Real, int BC, class Mark>
 __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
-                                              Real* red, int C, int64_t NG, Mark&& mark) {
+                                              Real* red, int C, int64_t NG, bool regs, Mark&& mark) {
   using V = typename Vec<Real>::type;
   const int tid = static_cast<int>(threadIdx.x);
   const int c = tid % C, ks = tid / C, KS = kThreads / C;
@@ -116,7 +158,7 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
     for (int bb = 0; bb < BC; ++bb) acc[bb] = dot_add(acc[bb], X[bb * NG + g], w);
   }
   mark();
-  block_reduce<Real, BC>(acc, red, C);
+  block_reduce<Real, BC>(acc, red, C, regs);
 }
 
 // block_product with the outputs blocked two columns x BC / 2 rows per thread, for BC >= 8 and
@@ -134,7 +176,7 @@ __device__ __forceinline__ void block_product(const typename Vec<Real>::type* W,
 template <typename Real, int BC, class Mark>
 __device__ __forceinline__ void block_product_blocked(const typename Vec<Real>::type* W,
                                                       const typename Vec<Real>::type* X, Real* red, int C,
-                                                      int64_t NG, Mark&& mark) {
+                                                      int64_t NG, bool regs, Mark&& mark) {
   static_assert(BC % 2 == 0, "two row groups");
   using V = typename Vec<Real>::type;
   constexpr int RB = BC / 2;
@@ -163,7 +205,7 @@ __device__ __forceinline__ void block_product_blocked(const typename Vec<Real>::
     out[i * kThreads + CG] = acc1[i];
   }
   __syncthreads();  // all partial sums written
-  block_reduce_tree<Real, BC>(red, C);
+  block_reduce_tree<Real, BC>(red, C, regs);
 }
 
 // Weights in registers (one row per chunk, BC = 1: B = 1, or any B where the shared memory
@@ -188,7 +230,7 @@ __device__ __forceinline__ void load_weight_registers(V (&w)[kRegVectors], const
 template <typename Real, class Mark>
 __device__ __forceinline__ void block_product_registers(const typename Vec<Real>::type (&w)[kRegVectors],
                                                         const typename Vec<Real>::type* X, Real* red, int C,
-                                                        int64_t NG, Mark&& mark) {
+                                                        int64_t NG, bool regs, Mark&& mark) {
   const int tid = static_cast<int>(threadIdx.x);
   const int ks = tid / C, KS = kThreads / C;
   Real acc[1] = {Real(0)};
@@ -207,7 +249,7 @@ __device__ __forceinline__ void block_product_registers(const typename Vec<Real>
     }
   }
   mark();
-  block_reduce<Real, 1>(acc, red, C);
+  block_reduce<Real, 1>(acc, red, C, regs);
 }
 
 // Stages a chunk's rows into X (BC rows of NG vectors: the layout block_product reads),
@@ -328,7 +370,8 @@ __device__ __forceinline__ void stage_elems(Elem* dst, int per_row, int nb, int 
       for (int b0 = 0; b0 < BC; b0 += kGroup) {
         const Elem* rows[kGroup];
 #pragma unroll
-        for (int g = 0; g < kGroup; ++g) rows[g] = b0 + g < nb ? row_src(b0 + g) : nullptr;
+        for (int g = 0; g < kGroup; ++g)  // (rows wholly before e_begin: staged ahead, not looked up)
+          rows[g] = b0 + g < nb && (b0 + g + 1) * per_row > e_begin ? row_src(b0 + g) : nullptr;
 #pragma unroll
         for (int g = 0; g < kGroup; ++g) {
           const int bb = b0 + g;
@@ -597,18 +640,19 @@ struct PhaseClock<true> {
 template <typename Real, int BC, bool WREG, int NW, class Clock>
 __device__ __forceinline__ void chunk_product(const typename Vec<Real>::type (&wreg)[NW],
                                               const typename Vec<Real>::type* W, const typename Vec<Real>::type* X,
-                                              Real* red, int C, int64_t NG, bool blocked, Clock& clk) {
+                                              Real* red, int C, int64_t NG, bool blocked, bool regs,
+                                              Clock& clk) {
   auto mark_product = [&clk] { clk.mark(kTraceProduct); };
   if constexpr (WREG) {
-    block_product_registers<Real>(wreg, X, red, C, NG, mark_product);
+    block_product_registers<Real>(wreg, X, red, C, NG, regs, mark_product);
   } else if constexpr (BC >= 8) {
     if (blocked && C >= 16)
-      block_product_blocked<Real, BC>(W, X, red, C, NG, mark_product);
+      block_product_blocked<Real, BC>(W, X, red, C, NG, regs, mark_product);
     else
-      block_product<Real, BC>(W, X, red, C, NG, mark_product);
+      block_product<Real, BC>(W, X, red, C, NG, regs, mark_product);
   } else {
     (void)blocked;
-    block_product<Real, BC>(W, X, red, C, NG, mark_product);
+    block_product<Real, BC>(W, X, red, C, NG, regs, mark_product);
   }
   clk.mark(kTraceReduce);
 }
@@ -634,6 +678,7 @@ struct ForwardParams {
   bool stage_async = false;  // stage the h rows by cp.async (stage_elems); host: only where H % KV == 0
   bool stage_walk = true;    // StageCursor walks its elements (set_load_switches)
   bool blocked_product = false;  // block_product_blocked where it applies (set_load_switches)
+  bool sums_in_registers = false;  // block_reduce_tree's tree in registers where it applies (same)
 };
 
 // AHEAD: the variant that stages each chunk's first pass ahead (see stage_load), for launches
@@ -735,7 +780,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
       clk.mark(kTraceStage);
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), hv, h_rows(b0 + BC), p.stage_walk);
-      chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, p.blocked_product, clk);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, C, NG, p.blocked_product, p.sums_in_registers, clk);
       if (finisher) {
         if (s < L) {
           const Real* z = red + fb * kThreads + fu;
@@ -805,6 +850,7 @@ struct BackwardParams {
   bool stage_async = false;   // stage the dz rows by cp.async (stage_elems)
   bool stage_walk = true;     // StageCursor walks its elements (set_load_switches)
   bool blocked_product = false;  // block_product_blocked where it applies (set_load_switches)
+  bool sums_in_registers = false;  // block_reduce_tree's tree in registers where it applies (same)
 };
 
 // Phase A's inputs for one (row b, unit j) at step s (what backward_gates_kernel reads besides
@@ -1004,7 +1050,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardPar
       if (stage_ahead && b0 + BC < B)
         stage_load<BC>(ahead, 0, ngi, static_cast<int>(imin(BC, B - b0 - BC)), ngi, dz_rows(b0 + BC),
                        p.stage_walk);
-      chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, p.blocked_product, clk);
+      chunk_product<Real, BC, WREG>(wreg, W, X, red, U, NG, p.blocked_product, p.sums_in_registers, clk);
       if (fb < nb) {
         const int64_t b = b0 + fb, j = j0 + fu;
         if (own && one_chunk) {  // this thread is the owner of (b, j)
@@ -1037,6 +1083,7 @@ struct Plan {
   bool stage_async = false;   // rows staged by cp.async (set_load_switches)
   bool stage_walk = true;     // staging elements walked, not divided out (set_load_switches)
   bool blocked_product = false;  // the product blocked 2 columns x BC/2 rows per thread (set_load_switches)
+  bool sums_in_registers = false;  // the partial sums added in registers (C >= 16; set_load_switches)
 };
 
 template <class F>
@@ -1243,8 +1290,10 @@ inline bool weights_in_registers_requested() { return switch_on("FASTLSTM_CUDA_W
 // Each thread's staging elements walked row by row instead of divided out one by one (StageCursor),
 // and the weight slices' loads likewise, a 16-byte vector of W per element (load_weight_slice).
 inline bool stage_walk_requested() { return switch_on("FASTLSTM_CUDA_STAGE_WALK"); }
-// The product blocked two columns x BC / 2 rows per thread (block_product_blocked) where a chunk
-// has BC >= 8 rows and the block C >= 16 columns; else (or "0") block_product. Same bits.
+// Session 19's product: blocked two columns x BC / 2 rows per thread (block_product_blocked) where
+// a chunk has BC >= 8 rows and the block C >= 16 columns, and its partial sums added in registers
+// (block_reduce_registers) wherever C >= 16; "0": block_product and the shared-memory tree, as
+// before. Same bits.
 inline bool blocked_product_requested() { return switch_on("FASTLSTM_CUDA_BLOCKED_PRODUCT"); }
 inline bool stage_async_requested(int device) {
   int major = 0;
@@ -1263,8 +1312,9 @@ void set_load_switches(Plan& pl, Params& prm, bool backward, int64_t B, int64_t 
       stage_async_requested(device) && !pl.tagged && (backward || H % Vec<Real>::n == 0);
   prm.stage_walk = pl.stage_walk = stage_walk_requested();
   const int64_t columns = backward ? pl.units : 4 * pl.units;  // C: the product's columns per block
-  prm.blocked_product = pl.blocked_product =
-      blocked_product_requested() && !pl.wreg && pl.bc >= 8 && columns >= 16;
+  const bool v2 = blocked_product_requested();
+  prm.blocked_product = pl.blocked_product = v2 && !pl.wreg && pl.bc >= 8 && columns >= 16;
+  prm.sums_in_registers = pl.sums_in_registers = v2 && columns >= 16;
   if constexpr (std::is_same<Params, BackwardParams<Real>>::value)
     prm.inputs_ahead = pl.inputs_ahead = inputs_ahead_requested() && B * pl.units <= kThreads;
 }
@@ -1296,7 +1346,7 @@ inline std::string describe(const char* what, const Plan& pl, size_t real_bytes)
          std::to_string(pl.smem) + " B shared" + (pl.wreg ? ", weights in registers" : "") +
          (pl.stage_async ? ", staged by cp.async" : "") + (pl.stage_walk ? "" : ", staging indexed per element") +
          (pl.inputs_ahead ? ", gate inputs prefetched" : "") + (pl.blocked_product ? ", product 2 columns x " +
-         std::to_string(pl.bc / 2) + " rows per thread" : "") +
+         std::to_string(pl.bc / 2) + " rows per thread" : "") + (pl.sums_in_registers ? ", sums added per thread" : "") +
          (pl.tagged ? ", tagged exchange" : "") + ")";
 }
 

@@ -211,7 +211,8 @@ __device__ __forceinline__ void store_operand(typename Traits<P>::Elem* S, const
 }
 
 // f(std::integral_constant<int, I>{}) for I = 0 .. N-1 in order (compile-time indices: the
-// fragment offsets become immediates of the shared-memory loads).
+// fragment offsets are constants of the PTX loads; ptxas still forms a lane address per tf32
+// fragment element).
 template <class F, int... I>
 __device__ __forceinline__ void static_for_impl(F& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
@@ -280,7 +281,7 @@ __device__ __forceinline__ void mma_pass(
   using TB = Tile<P, B_KMAJOR, Cfg::kBN>;
   using LayoutA = typename std::conditional<A_KMAJOR, wmma::col_major, wmma::row_major>::type;
   using LayoutB = typename std::conditional<B_KMAJOR, wmma::row_major, wmma::col_major>::type;
-  // the warp's fragments at compile-time offsets from these (immediates of the loads)
+  // the warp's fragments at compile-time offsets from these
   const auto* a_warp = As + TA::offset(wm * kWarpM, 0);
   const auto* b_warp = Bs + TB::offset(wn * kWarpN, 0);
   static_for<kBK / Tr::kK>([&](auto ks) {
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       load_operand<A_KMAJOR, kBM, kThreads>(ra, A, M, ke, m0, k0 + kBK, sam, sak);
       load_operand<B_KMAJOR, kBN, kThreads>(rb, Bm, N, ke, n0, k0 + kBK, sbn, sbk);
     }
-    // the warp's fragments at compile-time offsets from these (immediates of the loads)
+    // the warp's fragments at compile-time offsets from these
     const auto* a_warp = As + TA::offset(wm * kWarpM, 0);
     const auto* b_warp = Bs + TB::offset(wn * kWarpN, 0);
     static_for<kBK / Tr::kK>([&](auto ks) {
@@ -701,8 +702,9 @@ void launch_pipe(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K
 }
 
 // Launches the pipelined kernel when `pipe` and its ring fits the device's shared memory (the
-// 128 x 128 rings of 101-111 KB do not on sm_86 / sm_89 / sm_120, 99 KB per block, except the
-// 99 KB one of k-major A and B), else tc_gemm_kernel. Returns whether the pipelined kernel ran.
+// 128 x 128 tf32 rings of 101-111 KB do not on sm_86 / sm_89 / sm_120, 99 KB per block: since
+// session 19's padding of k-major tiles to 136 floats, neither does the k-major A and B one,
+// 102 KB), else tc_gemm_kernel. Returns whether the pipelined kernel ran.
 template <Precision P, bool AK, bool BK, class Cfg>
 bool launch(dim3 grid, cudaStream_t stream, int64_t M, int64_t N, int64_t K, int64_t kslice, const float* A,
             int64_t sam, int64_t sak, const float* Bm, int64_t sbk, int64_t sbn, const float* bias, float* C,
