@@ -925,6 +925,18 @@ def _persistent_switch_case(emu, B, I, H, sms, lengths, reverse, dtype, seed):
     return fwd, bwd, (("barrier", "tagged") if dtype == np.float32 else ("barrier",))
 
 
+def _run_switched_off(monkeypatch, switch, exchange, fwd, bwd, described):
+    """run_cuda(fwd, bwd) with FASTLSTM_CUDA_<switch>=0 and the given exchange (left set); both
+    kernels' descriptions must satisfy `described`. Returns the results."""
+    monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
+    monkeypatch.setenv(f"FASTLSTM_CUDA_{switch}", "0")
+    plain = run_cuda(fwd, bwd)
+    for kind in ("forward", "backward"):
+        assert described(_ran(kind)), _ran(kind)
+    monkeypatch.delenv(f"FASTLSTM_CUDA_{switch}")
+    return plain
+
+
 # Each thread walks its staging elements row by row (StageCursor: (row, index) stepped by 256
 # without a division, a row's pointer, and in the backward its length, looked up once per row it
 # enters) and the weight slices' loads likewise (a 16-byte vector of R per load where R allows);
@@ -946,12 +958,8 @@ def _persistent_switch_case(emu, B, I, H, sms, lengths, reverse, dtype, seed):
 def test_emulated_persistent_staging_walk(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
     fwd, bwd, exchanges = _persistent_switch_case(emu, B, 4, H, sms, lengths, reverse, dtype, seed=B * H + 11)
     for exchange in exchanges:
-        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
-        monkeypatch.setenv("FASTLSTM_CUDA_STAGE_WALK", "0")
-        plain = run_cuda(fwd, bwd)
-        for kind in ("forward", "backward"):
-            assert "staging indexed per element" in _ran(kind), _ran(kind)
-        monkeypatch.delenv("FASTLSTM_CUDA_STAGE_WALK")
+        plain = _run_switched_off(monkeypatch, "STAGE_WALK", exchange, fwd, bwd,
+                                  lambda d: "staging indexed per element" in d)
         # schedules 0 and 2; and the weight slices loaded one value at a time (R taken as unaligned)
         for mode, unaligned in ((0, False), (2, False), (0, True)):
             emu.set_schedule(mode, seed=B + H)
@@ -2077,12 +2085,8 @@ def test_gpu_persistent_tagged_exchange_long_runs(T, B, I, H, monkeypatch, kerne
 def test_emulated_persistent_blocked_product(emu, monkeypatch, B, H, sms, lengths, reverse, dtype):
     fwd, bwd, exchanges = _persistent_switch_case(emu, B, 5, H, sms, lengths, reverse, dtype, seed=B * H + 7)
     for exchange in exchanges:
-        monkeypatch.setenv("FASTLSTM_CUDA_EXCHANGE", exchange)
-        monkeypatch.setenv("FASTLSTM_CUDA_BLOCKED_PRODUCT", "0")
-        plain = run_cuda(fwd, bwd)
-        for kind in ("forward", "backward"):
-            assert "product 2 columns" not in _ran(kind) and "sums added per thread" not in _ran(kind), _ran(kind)
-        monkeypatch.delenv("FASTLSTM_CUDA_BLOCKED_PRODUCT")
+        plain = _run_switched_off(monkeypatch, "BLOCKED_PRODUCT", exchange, fwd, bwd,
+                                  lambda d: "product 2 columns" not in d and "sums added per thread" not in d)
         emu.set_schedule(2, seed=B + H)
         try:
             outs, grads, _ = run_cuda(fwd, bwd)
