@@ -25,7 +25,9 @@ variant is faster. Missing tables or rows are reported, not guessed.
 - weights in registers (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS, on by default; B = 1) and the backward's
   gate inputs loaded a step early (FASTLSTM_CUDA_INPUTS_AHEAD, on by default), staging by cp.async
   (FASTLSTM_CUDA_STAGE_ASYNC, on by default), staging elements walked row by row
-  (FASTLSTM_CUDA_STAGE_WALK, on by default): persistent with each off / on;
+  (FASTLSTM_CUDA_STAGE_WALK, on by default) and session 19's blocked product with its partial
+  sums added in registers (FASTLSTM_CUDA_BLOCKED_PRODUCT, on by default): persistent with each
+  off / on;
 - fastlstm.torch.LSTM on CUDA tensors (session 18): gpu_bench.json's module time over fastlstm.ops'
   for the same call, per configuration (its overhead: DLPack views, weight transposes, allocations
   through torch's allocator, autograd), and the module against cuDNN fp32.
@@ -260,7 +262,10 @@ def default_switches(pab, out):
                         ("staging by cp.async (FASTLSTM_CUDA_STAGE_ASYNC): registers / cp.async",
                          (("fwd", "syncstage_fwd", "persistent_fwd"), ("fwd+bwd", "syncstage_both", "persistent_both"))),
                         ("staging elements walked (FASTLSTM_CUDA_STAGE_WALK): divided / walked",
-                         (("fwd", "divstage_fwd", "persistent_fwd"), ("fwd+bwd", "divstage_both", "persistent_both")))):
+                         (("fwd", "divstage_fwd", "persistent_fwd"), ("fwd+bwd", "divstage_both", "persistent_both"))),
+                        ("blocked product and sums in registers (FASTLSTM_CUDA_BLOCKED_PRODUCT): off / on",
+                         (("fwd", "unblocked_fwd", "persistent_fwd"),
+                          ("fwd+bwd", "unblocked_both", "persistent_both")))):
         out.append(f"## {title}")
         ratios = []
         bad = [row["config"] for row in rows if row.get("load_switches_bitwise") is False]

@@ -14,8 +14,10 @@ kernels before it is timed), where they act with the weights in shared memory
 (FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS=0; one row per chunk) and with the backward's gate inputs loaded in
 their step (FASTLSTM_CUDA_INPUTS_AHEAD=0; B * units per block <= 256) and, from B = 8, with the
 rows staged through registers instead of by cp.async (FASTLSTM_CUDA_STAGE_ASYNC=0) and with each
-staging element's row and index divided out instead of walked (FASTLSTM_CUDA_STAGE_WALK=0) (these
-four checked bitwise against the defaults first), for B >= 32 also kernel path "tiled" (each step's recurrent product as
+staging element's row and index divided out instead of walked (FASTLSTM_CUDA_STAGE_WALK=0), and,
+where the kernels run it, without session 19's product (FASTLSTM_CUDA_BLOCKED_PRODUCT=0: one column
+per thread and the partial sums added in shared memory) (these five checked bitwise against the
+defaults first), for B >= 32 also kernel path "tiled" (each step's recurrent product as
 an fp32 split-k GEMM on the CUDA cores, then a pointwise kernel; never chosen by auto until
 measured), and torch.nn.LSTM (cuDNN, strict fp32) on the same inputs, all on CuPy / torch
 device arrays (no host copies in the timed region). Medians (with min and max) of CUDA-event
@@ -117,10 +119,11 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     tdy = torch.randn(T, B, H, device="cuda")
 
     @contextlib.contextmanager
-    def variant(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True):
+    def variant(path, ahead=True, tagged=False, wreg=True, prefetch=True, sasync=True, walk=True, blocked=True):
         """Inside the block, fastlstm runs kernel path `path` with these switches."""
         with fcuda.use_kernel_path(path), stage_ahead(ahead), exchange(tagged), switch("WEIGHTS_IN_REGISTERS", wreg), \
-                switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk):
+                switch("INPUTS_AHEAD", prefetch), switch("STAGE_ASYNC", sasync), switch("STAGE_WALK", walk), \
+                switch("BLOCKED_PRODUCT", blocked):
             yield
 
     def fl_fwd(path, **switches):
@@ -188,7 +191,8 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     kp = row.get("kernels_persistent", ["", ""])
     loads = persistent and B <= LOAD_SWITCHES_MAX_ROWS
     if loads:  # the load-only switches (sessions 15-16), all off: bitwise the defaults, else not timed
-        yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False, walk=False)
+        yd, yo = fl_both("persistent"), fl_both("persistent", wreg=False, prefetch=False, sasync=False, walk=False,
+                                                blocked=False)
         same = bitwise_same(cp, yd, yo)
         loads = row["load_switches_bitwise"] = all(same)
         if not loads:
@@ -204,6 +208,9 @@ def run_config(cfg, args, cp, torch, fastlstm, fcuda, ops):
     if loads and B >= 8:  # staging elements divided out one by one (a thread has several per step)
         contenders["divstage_fwd"] = lambda: fl_fwd("persistent", walk=False)
         contenders["divstage_both"] = lambda: fl_both("persistent", walk=False)
+    if loads and any(w in k for w in ("product 2 columns", "sums added per thread") for k in kp):  # session 19
+        contenders["unblocked_fwd"] = lambda: fl_fwd("persistent", blocked=False)
+        contenders["unblocked_both"] = lambda: fl_both("persistent", blocked=False)
     if persistent and B > 16:  # several batch chunks per step: staging ahead acts
         contenders["noahead_fwd"] = lambda: fl_fwd("persistent", ahead=False)
         contenders["noahead_both"] = lambda: fl_both("persistent", ahead=False)
@@ -337,8 +344,8 @@ def emit(rows, short, torch, out, final):
              "tagged exchange fwd / fwd+bwd | barrier/tagged fwd / fwd+bwd | cuDNN/tagged fwd / fwd+bwd | "
              "weights in shared memory: fwd / fwd+bwd (shared/registers) | gate inputs not prefetched: fwd+bwd "
              "(off/on) | staged through registers: fwd / fwd+bwd (registers/cp.async) | staging indexed per element: "
-             "fwd / fwd+bwd (divided/walked) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fwd / fwd+bwd (divided/walked) | one column per thread, sums in shared memory: fwd / fwd+bwd (off/on) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "simt_fwd" not in row:
             lines.append(f"| {', '.join(map(str, row['config']))} | NOT TIMED: "
@@ -377,7 +384,9 @@ def emit(rows, short, torch, out, final):
                      + (f" {m('syncstage_fwd')} / {m('syncstage_both')} ({ratio('syncstage_fwd', 'persistent_fwd')} / "
                         f"{ratio('syncstage_both', 'persistent_both')}) |" if "syncstage_fwd" in row else " - |")
                      + (f" {m('divstage_fwd')} / {m('divstage_both')} ({ratio('divstage_fwd', 'persistent_fwd')} / "
-                        f"{ratio('divstage_both', 'persistent_both')}) |" if "divstage_fwd" in row else " - |"))
+                        f"{ratio('divstage_both', 'persistent_both')}) |" if "divstage_fwd" in row else " - |")
+                     + (f" {m('unblocked_fwd')} / {m('unblocked_both')} ({ratio('unblocked_fwd', 'persistent_fwd')} / "
+                        f"{ratio('unblocked_both', 'persistent_both')}) |" if "unblocked_fwd" in row else " - |"))
     table = "\n".join(lines)
     head = (f"persistent vs simt vs tiled vs cuDNN fp32 on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"cuDNN {torch.backends.cudnn.version()}; milliseconds, median (min-max) of CUDA-event timings, "

@@ -163,7 +163,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
         simt_both=t(2 * s), cudnn_both=t(8.0), max_rel_persistent_vs_simt=1e-7,
         **({} if tl is None else dict(tiled_fwd=t(tl), tiled_both=t(2 * tl), max_rel_tiled_vs_simt=2e-7)), **kw)
     rows = [prow((100, 16, 512, 512), 1.0, 2.0, tagged_fwd=t(0.8), tagged_both=t(2.5), tagged_bitwise_barrier=True,
-                 noprefetch_both=t(2.2)),
+                 noprefetch_both=t(2.2), unblocked_fwd=t(1.1), unblocked_both=t(1.9)),
             prow((100, 1, 256, 256), 0.5, 1.0, tagged_bitwise_barrier=False, wshared_fwd=t(0.6),
                  wshared_both=t(0.9), noprefetch_both=t(1.1)),
             prow((100, 64, 512, 512), 2.0, 3.0, 1.5),
@@ -202,18 +202,21 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("| 100, 256, 1024, 1024 | NOT TIMED: boom") for line in md)
     # tagged exchange: persistent 1.0 / 2.0 against tagged 0.8 / 2.5, cuDNN 4 / 8
     assert any(line.startswith("| 100, 16, 512, 512 |") and line.endswith(
-        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x | - | 2.200 (1.980-2.420) (1.10x) | - | - |")
+        "| 0.800 (0.720-0.880) / 2.500 (2.250-2.750) | 1.25x / 0.80x | 5.00x / 3.20x | - | 2.200 (1.980-2.420) (1.10x) | - | - | "
+        "1.100 (0.990-1.210) / 1.900 (1.710-2.090) (1.10x / 0.95x) |")
         for line in md)
     assert any(line.startswith("| 100, 1, 256, 256 |")
                and "| MISMATCH (not bitwise the barrier kernels) | - | - |" in line for line in md)
-    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - | - | - | - | - |") for line in md)
+    assert any(line.startswith("| 100, 64, 512, 512 |") and line.endswith("| - | - | - | - | - | - | - | - |")
+               for line in md)
     # staged through registers 12 / 21 against cp.async 10 / 20; indexed per element 10.5 / 20 against walked
     assert any(line.startswith("| 100, 64, 1024, 1024 |") and line.endswith(
         "| 12.000 (10.800-13.200) / 21.000 (18.900-23.100) (1.20x / 1.05x) | "
-        "10.500 (9.450-11.550) / 20.000 (18.000-22.000) (1.05x / 1.00x) |") for line in md)
+        "10.500 (9.450-11.550) / 20.000 (18.000-22.000) (1.05x / 1.00x) | - |") for line in md)
     # weights in shared memory 0.6 / 0.9 against 0.5 / 1.0; gate inputs not prefetched 1.1 against 1.0
     assert any(line.startswith("| 100, 1, 256, 256 |") and line.endswith(
-        "| 0.600 (0.540-0.660) / 0.900 (0.810-0.990) (1.20x / 0.90x) | 1.100 (0.990-1.210) (1.10x) | - | - |") for line in md)
+        "| 0.600 (0.540-0.660) / 0.900 (0.810-0.990) (1.20x / 0.90x) | 1.100 (0.990-1.210) (1.10x) | - | - | - |")
+        for line in md)
     assert any(line.startswith("| 100, 128, 1024, 1024 | - | 9.000") and "| 0.89x / 0.89x |" in line for line in md)
     split = dict(name="dx B=1 H=1024 fp32", shape=[100, 1024, 4096], layout="nt", precision="fp32", on=t(0.05),
                  off=t(0.2), cublas=t(0.04), kernel_on="simt gemm (fp32, 128x128 tiles x 32 k-slices)", err_on=1e-7,
@@ -252,6 +255,9 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.20x, fwd+bwd 1.05x", "  suggests: keep it on (worst 1.05x)"]
     i = out.index("## staging elements walked (FASTLSTM_CUDA_STAGE_WALK): divided / walked")
     assert out[i + 1:i + 3] == ["- [100, 64, 1024, 1024]: fwd 1.05x, fwd+bwd 1.00x", "  suggests: keep it on (worst 1.00x)"]
+    i = out.index("## blocked product and sums in registers (FASTLSTM_CUDA_BLOCKED_PRODUCT): off / on")
+    assert out[i + 1:i + 3] == ["- [100, 16, 512, 512]: fwd 1.10x, fwd+bwd 0.95x",
+                                "  suggests: switch it off where it loses (the rows below 1.00x) (worst 0.95x)"]
     assert not any("load switches off" in line for line in out)
     i = out.index("## kPersistentAutoMinSteps: short sequences, simt / persistent per T (auto ignores T today)")
     assert out[i + 1:i + 11] == [
@@ -290,7 +296,7 @@ def test_gpu_ab_tables_and_decisions(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert gpu_decide.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("  MISMATCH with the load switches off at [[100, 16, 512, 512]]") for line in out) == 4
+    assert sum(line.startswith("  MISMATCH with the load switches off at [[100, 16, 512, 512]]") for line in out) == 5
     assert "  suggests: keep kTaggedAutoMaxRows = 0 (a mismatch above)" in out
     # without the mismatching row: tagged won fwd but lost fwd+bwd at B = 16 (H = 512)
     rows = [r for r in rows if r.get("tagged_bitwise_barrier") is not False]

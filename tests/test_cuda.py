@@ -1300,14 +1300,15 @@ def dry_gpu_scripts(emu, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
     for name in ("FASTLSTM_CUDA_EXCHANGE", "FASTLSTM_CUDA_STAGE_AHEAD", "FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS",
                  "FASTLSTM_CUDA_INPUTS_AHEAD", "FASTLSTM_CUDA_STAGE_ASYNC", "FASTLSTM_CUDA_GEMM_SPLITK",
-                 "FASTLSTM_CUDA_TRACE"):
+                 "FASTLSTM_CUDA_TRACE", "FASTLSTM_CUDA_STAGE_WALK", "FASTLSTM_CUDA_BLOCKED_PRODUCT"):
         monkeypatch.delenv(name, raising=False)
     emu.set_device(sm_count=4)
     yield emu
     assert not any(k in os.environ for k in ("FASTLSTM_CUDA_EXCHANGE", "FASTLSTM_CUDA_STAGE_AHEAD",
                                              "FASTLSTM_CUDA_WEIGHTS_IN_REGISTERS", "FASTLSTM_CUDA_INPUTS_AHEAD",
                                              "FASTLSTM_CUDA_STAGE_ASYNC", "FASTLSTM_CUDA_GEMM_PIPELINE",
-                                             "FASTLSTM_CUDA_GEMM_SPLITK")), "a script left a switch set"
+                                             "FASTLSTM_CUDA_GEMM_SPLITK", "FASTLSTM_CUDA_STAGE_WALK",
+                                             "FASTLSTM_CUDA_BLOCKED_PRODUCT")), "a script left a switch set"
 
 
 def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, capsys):
@@ -1348,6 +1349,8 @@ def test_emulated_persistent_ab_script(dry_gpu_scripts, monkeypatch, tmp_path, c
     assert "noahead_fwd" in forty and "noahead_both" in forty and "noahead_fwd" not in eight, forty
     assert "tiled_fwd" in forty and forty["max_rel_tiled_vs_simt"] <= 1e-5, forty
     assert "tiled_fwd" not in eight, eight
+    # forward C = 32 (H = 24: 8 units per block) / 16: sums in registers everywhere, the blocked product from B = 8
+    assert all("unblocked_fwd" in r and "unblocked_both" in r for r in rows), rows
     md = (tmp_path / "gpu_persistent_ab.md").read_text()
     assert md.startswith("persistent vs simt vs tiled vs cuDNN fp32 on emulator") and "NOT TIMED" not in md, md
     decide = _bench_script("gpu_decide")
