@@ -1944,6 +1944,68 @@ def test_emulated_torch_module_cuda_route_glue(emu, monkeypatch):
         ftorch._CudaRoute(torch.device("cpu"))
 
 
+def test_torch_module_cached_weights_follow_streams(monkeypatch):
+    # cache_weights() on CUDA from several streams (_CudaRoute.adopt, through the module's
+    # cache, on stand-ins: CPU tensors, fake streams): the first call makes the copies on its
+    # stream; a call on another stream makes that stream wait for the first and marks the
+    # copies' memory as used there (record_stream), once per stream; a refresh starts over.
+    torch = pytest.importorskip("torch")
+    import fastlstm.torch as ftorch
+    waits, records = [], []
+
+    class FakeStream:
+        def __init__(self, sid):
+            self.sid = sid
+
+        def __eq__(self, other):
+            return isinstance(other, FakeStream) and other.sid == self.sid
+
+        __hash__ = None
+
+        def wait_stream(self, other):
+            waits.append((self.sid, other.sid))
+
+    current = [FakeStream(1)]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: current[0])
+    monkeypatch.setattr(ftorch._CudaRoute, "_record_stream",
+                        staticmethod(lambda t, stream: records.append((t.data_ptr(), stream.sid))))
+    route = ftorch._CudaRoute.__new__(ftorch._CudaRoute)   # (no CuPy: array() stubbed below)
+    route.device = torch.device("cpu")
+    monkeypatch.setattr(ftorch._CudaRoute, "array", lambda self, t: None if t is None else t.numpy())
+    H = 3
+    weights = [torch.randn(4 * H, 2), torch.randn(4 * H, H), torch.randn(4 * H), torch.randn(4 * H)]
+    cache = {}
+
+    def use(sid):
+        current[0] = FakeStream(sid)
+        return ftorch._inference_weights(route, weights, cache, 0)
+
+    kernel, recurrent, bias, packed = use(1)
+    np.testing.assert_array_equal(kernel, weights[0].numpy().T)
+    np.testing.assert_array_equal(bias, (weights[2] + weights[3]).numpy())
+    owners = cache[0][6]
+    assert len(owners) == 3 and owners[0].data_ptr() == kernel.__array_interface__["data"][0]
+    assert use(1)[0] is kernel and waits == [] and records == []          # the making stream
+    use(2)
+    assert waits == [(2, 1)] and records == [(t.data_ptr(), 2) for t in owners]
+    use(2), use(1)
+    assert len(waits) == 1 and len(records) == 3                          # once per stream
+    use(3)
+    assert waits[-1] == (3, 1) and records[-3:] == [(t.data_ptr(), 3) for t in owners]
+    with torch.no_grad():
+        weights[1].add_(1.0)                                              # a tracked change
+    waits.clear(), records.clear()
+    new_kernel = use(3)[0]
+    assert new_kernel is not kernel and cache[0][7]["made"] == FakeStream(3)
+    assert waits == [] and records == []                                  # made on stream 3
+    use(1)
+    assert waits == [(1, 3)] and [r[1] for r in records] == [1, 1, 1]
+    # the host route keeps nothing and waits for nothing
+    cpu_cache = {}
+    ftorch._inference_weights(ftorch._HOST, weights, cpu_cache, 0)
+    assert cpu_cache[0][6] == () and cpu_cache[0][7] == {}
+
+
 # --------------------------------------------------------------------------- GPU
 
 def _skip_reason():

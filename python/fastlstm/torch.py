@@ -19,8 +19,9 @@ tensors as CuPy arrays without copying them (DLPack): they run on torch's curren
 that device, as a torch operation would, and the arrays they return are allocated from torch's
 caching allocator and handed out as tensors of that memory (so record_stream works on them).
 fastlstm's CUDA backend keeps its own workspace pool besides (fastlstm.cuda.empty_cache()
-returns it; torch.cuda.memory_allocated does not count it). cache_weights() on CUDA: use the
-module from one stream at a time (a refresh frees the old copies on the stream that made them).
+returns it; torch.cuda.memory_allocated does not count it). cache_weights() on CUDA works from several
+streams: a stream that first uses the cached copies waits for the one that made them, and their
+memory is marked as used there (record_stream), so a refresh cannot free it under a running call.
 That needs CuPy (pip install "fastlstm[cuda]") and fastlstm built with CUDA
 (fastlstm.cuda_available()); otherwise the forward raises a RuntimeError saying which is
 missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3" with float32
@@ -89,12 +90,16 @@ class _HostRoute:
         """The kernels' view of tensor t (None stays None)."""
         return None if t is None else _numpy(t)
 
-    def transposed(self, t):
-        """A C-contiguous array holding t's transpose (a weight in fastlstm's layout)."""
+    def transposed(self, t, keep=None):
+        """A C-contiguous array holding t's transpose (a weight in fastlstm's layout). keep:
+        a list for the tensors behind the arrays (the CUDA route's; nothing here)."""
         return _transposed(t)
 
-    def bias(self, bias_ih, bias_hh):
+    def bias(self, bias_ih, bias_hh, keep=None):
         return (bias_ih.detach() + bias_hh.detach()).numpy()
+
+    def adopt(self, owners, state):
+        """Called on every use of cached weights (see _CudaRoute.adopt); nothing on the CPU."""
 
     def tensor(self, a, transpose=False, copy=False):
         """A tensor of a kernel result (its transpose; a copy of it)."""
@@ -168,11 +173,41 @@ class _CudaRoute:
             return None
         return self.cp.from_dlpack(t.detach().contiguous().__dlpack__(stream=-1))
 
-    def transposed(self, t):
-        return self.array(t.detach().t())   # (.contiguous() in array: torch's transpose copy)
+    def transposed(self, t, keep=None):
+        # torch's transpose copy, seen by CuPy without a copy; keep (a list) gets the tensor
+        # whose memory the array is (for adopt)
+        t = t.detach().t().contiguous()
+        if keep is not None:
+            keep.append(t)
+        return self.array(t)
 
-    def bias(self, bias_ih, bias_hh):
-        return self.array(bias_ih.detach() + bias_hh.detach())
+    def bias(self, bias_ih, bias_hh, keep=None):
+        b = bias_ih.detach() + bias_hh.detach()
+        if keep is not None:
+            keep.append(b)
+        return self.array(b)
+
+    def adopt(self, owners, state):
+        """Cached weights (cache_weights()) used on torch's current stream. `state` (a dict
+        kept with them) remembers the stream that made them and the streams that used them
+        since. On a stream new to them: that stream waits for the one that made them (its
+        copies must be finished before the kernels read them), and their memory is marked as
+        used there (Tensor.record_stream), so that when a refresh or cache_weights() frees it,
+        torch's caching allocator does not hand it out again before that stream is done with
+        it. Calls from one stream cost nothing extra."""
+        stream = torch.cuda.current_stream(self.device)
+        made = state.setdefault("made", stream)
+        seen = state.setdefault("seen", [])
+        if stream == made or any(stream == s for s in seen):
+            return
+        stream.wait_stream(made)
+        for t in owners:
+            self._record_stream(t, stream)
+        seen.append(stream)
+
+    @staticmethod
+    def _record_stream(t, stream):
+        t.record_stream(stream)
 
     def tensor(self, a, transpose=False, copy=False):
         # A result that fills memory from _allocate comes back as a view of that byte tensor:
@@ -196,11 +231,12 @@ def _route(device):
     return _HOST if device.type == "cpu" else _CudaRoute(device)
 
 
-def _weights_to_kernels(route, weight_ih, weight_hh, bias_ih, bias_hh):
-    """torch layout -> fastlstm layout: kernel = W_ih^T, recurrent = W_hh^T, bias = b_ih + b_hh."""
-    kernel = route.transposed(weight_ih)
-    recurrent_kernel = route.transposed(weight_hh)
-    bias = None if bias_ih is None else route.bias(bias_ih, bias_hh)
+def _weights_to_kernels(route, weight_ih, weight_hh, bias_ih, bias_hh, keep=None):
+    """torch layout -> fastlstm layout: kernel = W_ih^T, recurrent = W_hh^T, bias = b_ih + b_hh.
+    keep: a list that gets the tensors whose memory the arrays are, where the route has them."""
+    kernel = route.transposed(weight_ih, keep)
+    recurrent_kernel = route.transposed(weight_hh, keep)
+    bias = None if bias_ih is None else route.bias(bias_ih, bias_hh, keep)
     return kernel, recurrent_kernel, bias
 
 
@@ -322,11 +358,13 @@ def _inference_weights(route, weights, cache, slot):
     if (entry is None or len(entry[0]) != len(weights)
             or any(a is not b for a, b in zip(entry[0], weights)) or entry[1] != signature):
         # new arrays, not views (the bias a sum, the others transposed copies)
-        kernel, recurrent_kernel, bias = _weights_to_kernels(route, *weights)
+        owners = []
+        kernel, recurrent_kernel, bias = _weights_to_kernels(route, *weights, keep=owners)
         packed = ops.pack_weights(kernel, recurrent_kernel) if route.packs else None
-        entry = (weights, signature, kernel, recurrent_kernel, bias, packed)
+        entry = (weights, signature, kernel, recurrent_kernel, bias, packed, tuple(owners), {})
         cache[slot] = entry
-    return entry[2:]
+    route.adopt(entry[6], entry[7])   # (CUDA: the streams that use them; see _CudaRoute.adopt)
+    return entry[2:6]
 
 
 def _run_direction(x, h0, c0, weights, lengths, reverse, route=_HOST, precision="fp32",
@@ -515,6 +553,11 @@ class LSTM(torch.nn.Module):
         bumping version counters). Changes made through ``w.data`` are not tracked and are
         NOT seen: call cache_weights() again after them. Calling it clears the cache;
         ``cache_weights(False)`` turns caching off. Returns self.
+
+        On CUDA the module may be called from several streams: a stream that first uses the
+        cached copies waits for the stream that made them, and their memory is marked as used
+        by it (``Tensor.record_stream``), so freeing them (a refresh, or this method) cannot
+        hand the memory to another allocation while that stream's call still reads it.
         """
         enabled = _check_bool(enabled, "enabled")
         if enabled:
