@@ -2439,9 +2439,20 @@ def test_gpu_torch_module_stream_allocator_and_cache(monkeypatch):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         opt.step()
         changed = model(x)[0]
+        # the cached copies (refreshed on the default stream) used on the side stream, then
+        # refreshed there after a second step (freeing the copies the side stream read):
+        # the same bits as the calls without the cache
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            changed_side = model(x)[0]
+            opt.step()
+            stepped_side = model(x)[0]
+        torch.cuda.current_stream().wait_stream(side)
         model.cache_weights(False)
         fresh = model(x)[0]
-    assert not torch.equal(changed, reference_bits[0]) and torch.equal(changed, fresh)
+    torch.cuda.synchronize()
+    assert not torch.equal(changed, reference_bits[0]) and torch.equal(changed, changed_side)
+    assert not torch.equal(stepped_side, changed) and torch.equal(stepped_side, fresh)
     with pytest.raises(RuntimeError, match="input is on cpu, but the module's parameters are on cuda"):
         model(x.detach().cpu())
 
