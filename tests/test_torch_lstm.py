@@ -463,6 +463,51 @@ def test_dtypes_of_outputs_and_gradients():
         assert torch.equal(m.bias_ih_l0.grad, m.bias_hh_l0.grad)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_autocast_runs_in_the_weights_dtype(packed, rel_err):
+    """Under torch.autocast (AMP) torch.nn.LSTM takes the bfloat16/float16 activations of
+    autocast regions; the module casts them (and hx) to its weights' dtype and computes there,
+    with gradients reaching the layers before it."""
+    torch.manual_seed(3)
+    lin = nn.Linear(I_, I_)
+    m = ftorch.LSTM(I_, H_, num_layers=2, bidirectional=True)
+    x = torch.randn(T_, B_, I_)
+    hx = (torch.randn(4, B_, H_), torch.randn(4, B_, H_))
+    lengths = torch.tensor([6, 2, 6, 1])
+
+    def run(cast):
+        lin.zero_grad()
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = lin(x)
+            h = tuple(t.bfloat16() for t in hx)
+        assert y.dtype == torch.bfloat16
+        if cast:         # the reference: the same activations cast by hand, outside autocast
+            y, h = y.float(), tuple(t.float() for t in h)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not cast):
+            inp = pack_padded_sequence(y, lengths, enforce_sorted=False) if packed else y
+            out, (h_n, c_n) = m(inp, h)
+        out = out.data if packed else out
+        assert out.dtype == h_n.dtype == c_n.dtype == torch.float32
+        (out.pow(2).sum() + h_n.sum() + c_n.sum()).backward()
+        return [out, h_n, c_n, lin.weight.grad] + [p.grad for p in m.parameters()]
+
+    got, want = run(cast=False), run(cast=True)
+    for a, b in zip(got, want):
+        assert rel_err(_np(a.float()), _np(b.float())) <= 1e-5
+
+
+def test_dtype_errors_suggest_only_dtypes_the_module_takes():
+    m = ftorch.LSTM(I_, H_)
+    with pytest.raises(ValueError, match=r"input dtype \(torch.bfloat16\) does not match the "
+                                         r"weight dtype \(torch.float32\). Convert the tensor: "
+                                         r"\.to\(torch.float32\) \(fastlstm.torch.LSTM computes "
+                                         r"in float32 or float64 only\)$"):
+        m(torch.randn(T_, B_, I_).bfloat16())
+    with pytest.raises(ValueError, match=r"or the model: model.to\(torch.float64\)$"):
+        m(torch.randn(T_, B_, I_, dtype=torch.float64))
+
+
 def test_no_grad_and_inference_mode(rel_err):
     m = ftorch.LSTM(I_, H_, num_layers=2, bidirectional=True, dtype=torch.float64)
     x = torch.randn(T_, B_, I_, dtype=torch.float64)

@@ -28,6 +28,10 @@ missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3
 weights) is fastlstm.ops' precision option: tensor-core products on CUDA (see fastlstm.ops); on
 the CPU, which has no tensor cores, the module computes as with "fp32".
 
+Under torch.autocast (AMP) the module computes in its weights' dtype: floating inputs and
+(h_0, c_0) of another dtype (the float16/bfloat16 activations of autocast regions) are cast to
+it, and the outputs are in it (torch.nn.LSTM's are in the autocast dtype).
+
 Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
 CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
 through the LSTM), torch.func transforms (vmap, jacrev) and TorchScript. torch.compile runs it
@@ -420,6 +424,39 @@ def _packed_layout(batch_sizes, sorted_indices, n_rows):
     return T, B, torch.from_numpy(t_idx), torch.from_numpy(b_idx), lengths
 
 
+# --------------------------------------------------------------------------- autocast
+
+def _autocast_enabled(device):
+    """Whether torch.autocast (AMP) is on for `device`'s type."""
+    try:
+        return bool(torch.is_autocast_enabled(device.type))
+    except (TypeError, RuntimeError):      # a device type this torch's autocast does not know
+        return False
+
+
+def _to_weight_dtype(t, dtype):
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+        return t.to(dtype)
+    return t
+
+
+def _autocast_inputs(input, hx, dtype):
+    """(input, hx) with floating tensors cast to the weights' dtype, for a forward under
+    torch.autocast: there torch.nn.LSTM takes the float16/bfloat16 activations of autocast
+    regions, and fastlstm's kernels compute in float32/float64 only (as
+    torch.amp.custom_fwd(cast_inputs=...) does; the casts are differentiable)."""
+    if isinstance(input, PackedSequence):
+        data = _to_weight_dtype(input.data, dtype)
+        if data is not input.data:
+            input = PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                                   input.unsorted_indices)
+    else:
+        input = _to_weight_dtype(input, dtype)
+    if isinstance(hx, (tuple, list)) and len(hx) == 2:
+        hx = tuple(_to_weight_dtype(t, dtype) for t in hx)
+    return input, hx
+
+
 # --------------------------------------------------------------------------- the module
 
 def _check_int(value, name, minimum):
@@ -608,8 +645,11 @@ class LSTM(torch.nn.Module):
         if t.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
         if t.dtype != dtype:
+            # (the model converts only to the dtypes its kernels take)
+            model_fix = f", or the model: model.to({t.dtype})" if t.dtype in _DTYPES else \
+                " (fastlstm.torch.LSTM computes in float32 or float64 only)"
             raise ValueError(f"{name} dtype ({t.dtype}) does not match the weight dtype ({dtype}). "
-                             f"Convert the tensor: .to({dtype}), or the model: model.to({t.dtype})")
+                             f"Convert the tensor: .to({dtype}){model_fix}")
 
     def _weight_device_dtype(self):
         params = list(self.parameters())
@@ -662,6 +702,8 @@ class LSTM(torch.nn.Module):
         if self.precision != "fp32" and dtype != torch.float32:
             raise ValueError(f"precision={self.precision!r} takes float32 weights (tensor cores with "
                              f"float32 accumulation), got {dtype}; use precision='fp32' with them")
+        if _autocast_enabled(device):
+            input, hx = _autocast_inputs(input, hx, dtype)
         packed = isinstance(input, PackedSequence)
         if packed:
             data = input.data
