@@ -177,6 +177,63 @@ def test_one_optimizer_instance_per_model():
     b.fit(x, y, epochs=1, verbose=0)
 
 
+def test_steps_per_epoch_goes_on_through_the_data_as_keras():
+    # Keras's epoch iterator: with steps_per_epoch an epoch takes the next batches of the pass
+    # over the data; a pass that runs out ends the epoch early and the next epoch starts anew.
+    # (It used to restart at the first batch every epoch: with shuffle=False the samples past
+    # steps_per_epoch * batch_size were never trained on.)
+    x, y = toy_data(12)                       # 3 batches of 4
+    a, b = small_model(), small_model()
+    b.set_weights(a.get_weights())
+    for m in (a, b):
+        m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.1))
+    steps = []
+    count = callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: steps.append(0),
+                                     on_train_batch_end=lambda i, logs: steps.__setitem__(-1, i + 1))
+    a.fit(x, y, batch_size=4, epochs=3, steps_per_epoch=2, shuffle=False, verbose=0,
+          callbacks=[count])
+    assert steps == [2, 1, 2]
+    b.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)     # batches 0, 1, 2
+    b.train_on_batch(x[:4], y[:4])                                     # then 0, 1 again
+    b.train_on_batch(x[4:8], y[4:8])
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_layer_frozen_after_training_trains_on_with_the_same_optimizer():
+    # Keras 3: an optimizer updates any subset of the variables it was built with, so fit goes
+    # on after layer.trainable = False (with or without compiling again with model.optimizer);
+    # the frozen weights and their slots stay as they are
+    x, y = toy_data(16)
+    a, b = small_model(), small_model()
+    b.set_weights(a.get_weights())
+    for m in (a, b):
+        m.compile(loss="binary_crossentropy", optimizer=optimizers.Adam(0.01))
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    a.layers[0].trainable = False
+    frozen = a.get_weights()[:3]
+    slots = [s.copy() for s in a.optimizer.get_state()["momentums"][:3]]
+    a.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for p, q in zip(frozen, a.get_weights()[:3]):
+        np.testing.assert_array_equal(p, q)
+    for p, q in zip(slots, a.optimizer.get_state()["momentums"][:3]):
+        np.testing.assert_array_equal(p, q)
+    assert a.optimizer.iterations == 4
+    # the Dense layer got the Adam steps it would get with the LSTM's gradients dropped
+    opt = b.optimizer
+    for xb, yb in ((x[:8], y[:8]), (x[8:], y[8:])):
+        y_pred = b._forward(xb, training=True)
+        _, dy = b.loss.value_and_gradient(yb[:, None], y_pred)
+        b._backward(dy)
+        grads = [None] * 3 + [g for g in b.layers[1].grads]
+        opt.apply(grads, b.weights)
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    a.compile(loss="binary_crossentropy", optimizer=a.optimizer)     # compiled again: the same
+    a.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert a.optimizer.iterations == 6
+
+
 def test_get_layer_and_set_weights_errors():
     m = small_model()
     with pytest.raises(ValueError, match="get_layer: index 5 is out of range"):
@@ -451,6 +508,23 @@ def _rewrite(src, dst, replace=None, drop=(), edit_index=None, deflate=()):
                 data = json.dumps(idx)
             zout.writestr(n, data, compress_type=zipfile.ZIP_DEFLATED if n in deflate else zipfile.ZIP_STORED)
     return dst
+
+
+def test_load_a_zip_directory_asking_for_a_newer_zip_version_is_a_value_error(tmp_path):
+    # a damaged byte in the central directory (the version needed to extract) made zipfile
+    # raise NotImplementedError out of load_model / load_weights instead of the promised
+    # ValueError naming the file
+    m = small_model()
+    p = tmp_path / "m.keras"
+    m.save(p)
+    data = bytearray(p.read_bytes())
+    i = data.find(b"PK\x01\x02")
+    data[i + 6] = 0xFF                       # version needed to extract: 25.5
+    p.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.keras"):
+        load_model(p)
+    with pytest.raises(ValueError, match="m.keras"):
+        small_model().load_weights(p)
 
 
 def test_load_bounds_what_a_hostile_file_can_make_it_read(tmp_path):

@@ -590,9 +590,25 @@ class Sequential:
         if not finite:
             return float("nan"), y_pred      # e.g. inf inputs: finite loss, NaN gradient
         if variables:
+            grads, variables = self._as_optimizer_variables(grads, variables)
             self.optimizer.apply(grads, variables)
         self._update_metrics(stats, host[2:], yb, y_pred, mw)
         return value, y_pred
+
+    def _as_optimizer_variables(self, grads, variables):
+        """The gradients for the variables the optimizer was built with, None for those no
+        longer trained (a layer frozen after training): as in Keras, an optimizer updates any
+        subset of its variables, so freezing a layer needs no new optimizer. A variable the
+        optimizer does not know is left to its own error."""
+        bound = getattr(self.optimizer, "_variables", None)
+        if bound is None or (len(bound) == len(variables)
+                             and all(a is b for a, b in zip(bound, variables))):
+            return grads, variables
+        by_id = {id(v): g for v, g in zip(variables, grads)}
+        known = {id(v) for v in bound}
+        if not all(id(v) in known for v in variables):
+            return grads, variables
+        return [by_id.get(id(v)) for v in bound], list(bound)
 
     def _batches(self, n, batch_size, order=None):
         idx = np.arange(n) if order is None else order
@@ -664,7 +680,8 @@ class Sequential:
             n = split
         # class_weight weighs the training samples only (as in Keras: applied after the split)
         sw = _with_class_weights(sw, self._class_weights(class_weight, y))
-        steps = math.ceil(n / batch_size)
+        n_batches = math.ceil(n / batch_size)
+        steps = n_batches
         if steps_per_epoch is not None:
             steps = min(steps, _int_arg(steps_per_epoch, "steps_per_epoch", 1))
         val_bs = batch_size if validation_batch_size is None else \
@@ -679,14 +696,23 @@ class Sequential:
         cbs.on_train_begin()
         logs = {}
         training_logs = {}
+        # With steps_per_epoch, an epoch takes the next `steps` batches of a pass over the
+        # data and the next epoch goes on from there, as Keras's epoch iterator does (a pass
+        # whose batches run out ends the epoch early; the next epoch starts a new pass, newly
+        # shuffled): every sample is seen, not only the first steps * batch_size.
+        pending = None      # (batches of the current pass, the next one's position)
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
             loss_tracker.reset_state()
             cbs.on_epoch_begin(epoch)
-            order = rng.permutation(n) if shuffle else None
-            for step, idx in enumerate(self._batches(n, batch_size, order)):
-                if step >= steps:
-                    break
+            if pending is None:
+                order = rng.permutation(n) if shuffle else None
+                batches, start = list(self._batches(n, batch_size, order)), 0
+            else:
+                batches, start = pending
+            pos = start
+            for step, idx in enumerate(batches[start:start + steps]):
+                pos = start + step + 1
                 cbs.on_train_batch_begin(step)
                 swb = None if sw is None else sw[idx]
                 value, _ = self._train_batch(self._take(x, idx), y[idx], swb)
@@ -703,6 +729,8 @@ class Sequential:
                     self.stop_training = True
                 if self.stop_training:
                     break
+            pending = (batches, pos) if steps_per_epoch is not None and pos < n_batches \
+                else None
             epoch_logs = dict(logs)
             if val is not None and (epoch + 1) % validation_freq == 0 \
                     and math.isfinite(epoch_logs.get("loss", 0.0)):

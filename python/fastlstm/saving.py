@@ -219,7 +219,8 @@ def _open(filepath):
         raise ValueError(f"{filepath} is a folder, not a fastlstm model file")
     try:
         zf = zipfile.ZipFile(filepath, "r")
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        # (NotImplementedError: a damaged central directory asking for a newer zip version)
         raise ValueError(f"{filepath} is not a fastlstm model file (not a zip archive; it may "
                          "be corrupt or from another program)") from None
     try:
