@@ -4,6 +4,7 @@ import io
 import json
 import os
 import zipfile
+import warnings
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -656,16 +657,49 @@ def test_saved_files_get_the_mode_open_would_give(tmp_path):
     assert load_model(tmp_path / "a.keras").predict(toy_data(2)[0], verbose=0).shape == (2, 1)
 
 
-def test_load_warns_when_the_optimizer_state_belongs_to_other_weights(tmp_path):
-    m = small_model()
+def test_load_restores_the_optimizer_state_of_layers_frozen_after_training(tmp_path):
+    # the optimizer keeps the state of every weight it was built with (as Keras's); the file
+    # says which weights those are, so a model saved after freezing a layer loads with its
+    # whole state and trains on as the original does, bit for bit
     x, y = toy_data(16)
-    m.fit(x, y, epochs=1, verbose=0)
-    m.layers[0].trainable = False           # frozen after training: the state is for 5 weights
-    m.save(tmp_path / "f.keras")
+    for train_frozen in (False, True):
+        m = small_model()
+        m.fit(x, y, epochs=1, verbose=0)
+        m.layers[0].trainable = False        # frozen after training: the state is for 5 weights
+        if train_frozen:
+            m.fit(x, y, epochs=1, verbose=0)
+        p = tmp_path / f"f{train_frozen}.keras"
+        m.save(p)
+        with zipfile.ZipFile(p) as z:
+            assert json.loads(z.read("fastlstm.json"))["optimizer_state"]["variables"] == [0, 1, 2, 3, 4]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loaded = load_model(p)
+        for name, arrays in m.optimizer.get_state().items():
+            if name == "iterations":
+                assert loaded.optimizer.iterations == arrays
+                continue
+            for a, b in zip(arrays, loaded.optimizer.get_state()[name]):
+                np.testing.assert_array_equal(a, b)
+        m.fit(x, y, epochs=1, verbose=0, shuffle=False)
+        loaded.fit(x, y, epochs=1, verbose=0, shuffle=False)
+        for a, b in zip(m.get_weights(), loaded.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(m.optimizer.get_state()["momentums"], loaded.optimizer.get_state()["momentums"]):
+            np.testing.assert_array_equal(a, b)
+    # a file without that list (written before it existed) whose slots do not match the
+    # trainable weights: the model loads, the state is left out with a warning
+    old = _rewrite(p, tmp_path / "old.keras", edit_index=lambda idx: idx["optimizer_state"].pop("variables"))
     with pytest.warns(RuntimeWarning, match="optimizer state was not restored"):
-        loaded = load_model(tmp_path / "f.keras")
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), m.predict(x, verbose=0))
+        loaded = load_model(old)
+    for a, b in zip(loaded.get_weights(), load_model(p).get_weights()):
+        np.testing.assert_array_equal(a, b)
     loaded.fit(x, y, epochs=1, verbose=0)     # trains (a fresh optimizer state)
+    for bad in ([0, 0, 1, 2, 3], [0, 1, 2, 3, 9], "all", [0, 1, 2, 3, True]):
+        def edit(idx, bad=bad):
+            idx["optimizer_state"]["variables"] = bad
+        with pytest.raises(ValueError, match="corrupt model file .optimizer_state's variables"):
+            load_model(_rewrite(p, tmp_path / "bad.keras", edit_index=edit))
 
 
 def test_save_and_load_weights(tmp_path):

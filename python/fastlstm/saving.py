@@ -142,6 +142,16 @@ def _index(model, kind, include_optimizer):
             index["optimizer_state"] = {
                 "iterations": state.pop("iterations"),
                 "slots": {name: len(arrays) for name, arrays in state.items()}}
+            # the weights the slots belong to, by position in get_weights(), where they are not
+            # the trainable weights (layers frozen after training: the optimizer still holds
+            # the state of their weights, as Keras's does)
+            bound = getattr(model.optimizer, "_variables", None)
+            trainable = model.trainable_weights
+            if bound is not None and not (len(bound) == len(trainable)
+                                          and all(a is b for a, b in zip(bound, trainable))):
+                position = {id(w): i for i, w in enumerate(model.weights)}
+                if all(id(v) in position for v in bound):
+                    index["optimizer_state"]["variables"] = [position[id(v)] for v in bound]
     return index, weights
 
 
@@ -387,6 +397,16 @@ def _restore_optimizer(zf, st, model, filepath):
             or iterations < 0:
         raise ValueError(f"{filepath}: corrupt model file (optimizer_state is {st!r})")
     variables = model.trainable_weights
+    positions = st.get("variables")
+    if positions is not None:
+        n = len(model.weights)
+        if not isinstance(positions, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in positions) \
+                or len(set(positions)) != len(positions):
+            raise ValueError(f"{filepath}: corrupt model file (optimizer_state's variables is "
+                             f"{positions!r}: expected distinct positions among the model's {n} "
+                             "weights)")
+        variables = [model.weights[i] for i in positions]
     if any(count != len(variables) for count in slots.values()):
         # e.g. layers frozen after training and before saving: the state belongs to other
         # variables; the model itself is whole
@@ -399,6 +419,10 @@ def _restore_optimizer(zf, st, model, filepath):
         state[slot] = [_read_array(zf, f"optimizer/{slot}/{i:05d}.npy", filepath, tuple(v.shape),
                                    str(v.dtype)) for i, v in enumerate(variables)]
     model.optimizer.set_state(state)
+    if positions is not None:
+        # bound to those weights, so that fit goes on with the same optimizer (the frozen
+        # ones get no gradient; Sequential._as_optimizer_variables)
+        model.optimizer._check_known(variables, bind=True)
 
 
 def load_weights(model, filepath):
