@@ -328,3 +328,21 @@ def test_custom_callables_and_wrong_types_are_refused():
             activations.get(bad)
     with pytest.raises(ValueError):
         activations.serialize(np.tanh)
+
+
+def test_the_modules_own_functions_stand_for_their_activations():
+    """Keras code passes activation=keras.activations.relu; with the import changed it passes
+    fastlstm.activations.relu, a plain function of this module, which must be accepted."""
+    from fastlstm import layers
+    for fn, name in ((activations.relu, "relu"), (activations.tanh, "tanh"),
+                     (activations.sigmoid, "sigmoid"), (activations.softmax, "softmax"),
+                     (activations.linear, "linear"), (activations.swish, "silu"),
+                     (activations.elu, "elu"), (activations.selu, "selu"),
+                     (activations.softplus, "softplus"), (activations.softsign, "softsign"),
+                     (activations.exponential, "exponential")):
+        assert activations.get(fn) is activations.get(name)
+        assert activations.serialize(fn) == name
+    dense = layers.Dense(3, activation=activations.relu)
+    assert dense.get_config()["activation"] == "relu"
+    lstm = layers.LSTM(2, activation=activations.tanh, recurrent_activation=activations.sigmoid)
+    assert lstm.uses_fused_kernels

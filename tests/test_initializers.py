@@ -397,3 +397,17 @@ def test_variance_scaling_draws_with_the_fans_of_its_axes():
     assert I.get({"class_name": "GlorotUniform",
                   "config": {"seed": None, "input_axes": None, "output_axes": None}}
                  ).get_config() == {"seed": None}
+
+
+def test_keras_lowercase_aliases():
+    """keras.initializers.he_normal(seed=1) etc. are the classes under snake_case names."""
+    from fastlstm import initializers as fi
+    for name, cls in fi._NAMES.items():
+        if hasattr(fi, name):
+            assert getattr(fi, name) is cls, name
+    for name in ("zeros", "ones", "constant", "identity", "random_normal", "random_uniform",
+                 "truncated_normal", "variance_scaling", "orthogonal", "glorot_uniform",
+                 "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform"):
+        assert getattr(fi, name) is fi._NAMES[name], name
+    a = fi.he_normal(seed=1)((3, 4))
+    assert np.array_equal(a, fi.HeNormal(seed=1)((3, 4)))

@@ -671,3 +671,51 @@ def test_keras_dtype_policies_and_arguments_written_by_keras_get_config():
     for key in ("optional", "ragged", "sparse"):
         with pytest.raises(NotImplementedError, match=f"{key}=True"):
             layers.InputLayer(shape=(3, 2), **{key: True})
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])   # fused kernels and the NumPy path
+def test_mask_of_another_batch_size_is_refused_by_name(activation):
+    """A mask whose batch axis does not match the input's was silently ignored when all True,
+    and otherwise failed with an error about `lengths` (an argument the caller never gave) or
+    a raw NumPy broadcasting error."""
+    x = np.ones((2, 4, 3), np.float32)
+    lstm = layers.LSTM(5, activation=activation, return_sequences=True)
+    lstm(x)
+    for mask in (np.ones((3, 4), bool), np.ones((1, 4), bool),
+                 np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], bool)):
+        with pytest.raises(ValueError, match=r"mask must have shape \(batch, timesteps\) = \(2, 4\)"):
+            lstm(x, mask=mask)
+    bi = layers.Bidirectional(layers.LSTM(2, activation=activation))
+    with pytest.raises(ValueError, match=r"mask must have shape"):
+        bi(x, mask=np.ones((3, 4), bool))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_backward_checks_the_gradient_shapes(activation, return_sequences):
+    """On the NumPy path a dy of batch 1 was broadcast over the batch (silently wrong
+    gradients); on the fused path wrong shapes gave raw NumPy errors or named the time-major
+    internals."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    lstm = layers.LSTM(5, activation=activation, return_sequences=return_sequences,
+                       dtype="float64")
+    lstm(x, training=True)
+    good = (2, 3, 5) if return_sequences else (2, 5)
+    bad = [(1, 3, 5), (3, 5), (5,)] if return_sequences else [(1, 5), (5,), (2, 3, 5)]
+    for shape in bad:
+        with pytest.raises(ValueError, match="gradient of the output must have shape"):
+            lstm.backward(np.ones(shape))
+    assert lstm.backward(np.ones(good)).shape == x.shape
+    stated = layers.LSTM(5, activation=activation, return_state=True, dtype="float64")
+    stated(x, training=True)
+    with pytest.raises(ValueError, match="returned state c must have shape"):
+        stated.backward([np.ones((2, 5)), np.ones((2, 5)), np.ones((1, 5))])
+    assert stated.backward([None, np.ones((2, 5)), None]).shape == x.shape
+
+
+def test_flatten_an_empty_batch():
+    flat = layers.Flatten()
+    y = flat(np.ones((0, 3, 4), np.float32))
+    assert y.shape == (0, 12)
+    assert flat.backward(np.ones((0, 12), np.float32)).shape == (0, 3, 4)
+    assert flat(np.ones((2, 3, 4), np.float32)).shape == (2, 12)

@@ -280,3 +280,17 @@ def test_core_set_isa_and_threads_reject_bad():
         _core.set_num_threads(0)
     with pytest.raises(ValueError, match="sse9"):
         _core.set_isa("sse9")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_lengths_list_for_an_empty_batch(backend):
+    """lengths=[] (NumPy reads it as float64) for a batch of 0, as a list comprehension over an
+    empty batch gives: fastlstm.reference accepts it, so the checked API must too."""
+    x = np.zeros((3, 0, I))
+    kw = _valid()
+    y, h_n, c_n, saved = ops.lstm_forward(x, kw["kernel"], kw["recurrent_kernel"], lengths=[],
+                                          backend=backend)
+    assert y.shape == (3, 0, H) and h_n.shape == (0, H)
+    assert ops.lstm_backward(saved, np.zeros_like(y))[0].shape == x.shape
+    with pytest.raises(TypeError, match="lengths"):   # a float array for a real batch still fails
+        ops.lstm_forward(np.zeros((3, 1, I)), kw["kernel"], kw["recurrent_kernel"], lengths=[1.0])

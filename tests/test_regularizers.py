@@ -171,3 +171,16 @@ def test_config_round_trip(reg):
     assert back(w) == reg(w)
     assert R.serialize(None) is None
     assert math.isfinite(reg(w))
+
+
+def test_keras_lowercase_aliases():
+    """Keras code writes kernel_regularizer=regularizers.l2(0.01); with the import changed it
+    must run (the aliases are the classes, as in Keras 3)."""
+    from fastlstm import layers
+    assert R.l2(0.5) == R.L2(0.5)
+    assert R.l1(0.5) == R.L1(0.5)
+    assert R.l1_l2(l1=0.1, l2=0.2) == R.L1L2(0.1, 0.2)
+    assert R.l1_l2().get_config() == {"l1": 0.0, "l2": 0.0}
+    dense = layers.Dense(2, kernel_regularizer=R.l2(0.01))
+    assert dense.get_config()["kernel_regularizer"] == {"class_name": "L2",
+                                                        "config": {"l2": 0.01}}

@@ -13,9 +13,11 @@ Two interfaces:
       dx = act.backward(x, y, dy)     # the vector-Jacobian product dy . df/dx
       act.name                        # "tanh"; serialize(act) gives the same string
 
-  ``get`` accepts a name, an ``Activation`` (returned as is) or None (linear).
-  Plain Python callables are refused: a function the library did not define cannot
-  be differentiated by the layers' backward passes, nor saved by name.
+  ``get`` accepts a name, an ``Activation`` (returned as is), one of this module's
+  functions (``activation=fastlstm.activations.relu``, as Keras code passes
+  ``keras.activations.relu``) or None (linear). Other Python callables are refused:
+  a function the library did not define cannot be differentiated by the layers'
+  backward passes, nor saved by name.
 
   ``backward(x, y, dy)`` takes the input x, the output y = f(x) (None: computed from
   x) and the upstream gradient dy, all of one shape, and returns dL/dx.  Element-wise
@@ -363,13 +365,24 @@ swish = silu
 
 # --------------------------------------------------------------------------- registry
 
+# This module's own functions (``activation=fastlstm.activations.relu``, as Keras code passes
+# ``keras.activations.relu``) stand for their Activation objects.
+_FUNCTIONS = {linear: "linear", sigmoid: "sigmoid", tanh: "tanh", relu: "relu",
+              softmax: "softmax", elu: "elu", selu: "selu", softplus: "softplus",
+              softsign: "softsign", exponential: "exponential", silu: "silu"}
+
+
 def get(identifier):
-    """An Activation for a name ('tanh', 'sigmoid', ...), an Activation (returned as
-    is) or None (linear).  Anything else raises ValueError."""
+    """An Activation for a name ('tanh', 'sigmoid', ...), one of this module's functions
+    (``fastlstm.activations.relu``), an Activation (returned as is) or None (linear).
+    Anything else raises ValueError."""
     if identifier is None:
         return _OBJECTS["linear"]
     if isinstance(identifier, Activation):
         return identifier
+    own = next((name for fn, name in _FUNCTIONS.items() if fn is identifier), None)
+    if own is not None:
+        return _OBJECTS[own]
     if isinstance(identifier, str):
         name = _ALIASES.get(identifier, identifier)
         obj = _OBJECTS.get(name)

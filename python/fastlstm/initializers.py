@@ -493,6 +493,14 @@ _NAMES = {
 }
 
 
+# Keras's lowercase aliases of the classes (``kernel_initializer=initializers.he_normal(seed=1)``).
+zeros, ones, constant, identity = Zeros, Ones, Constant, Identity
+random_normal, random_uniform, truncated_normal = RandomNormal, RandomUniform, TruncatedNormal
+variance_scaling, orthogonal = VarianceScaling, Orthogonal
+glorot_uniform, glorot_normal, he_normal, he_uniform = GlorotUniform, GlorotNormal, HeNormal, HeUniform
+lecun_normal, lecun_uniform = LecunNormal, LecunUniform
+
+
 def _lookup(name):
     cls = _NAMES.get(name) or _CLASSES.get(name)
     if cls is None:

@@ -674,7 +674,8 @@ class Flatten(Layer):
 
     def forward(self, x, training=False, mask=None):
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        # (the size of the rest explicitly: -1 cannot be inferred for an empty batch)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
 
     def backward(self, dy):
         if self._cache is None:
@@ -854,16 +855,16 @@ class Embedding(Layer):
 
 # --------------------------------------------------------------------------- LSTM
 
-def _mask_runs(mask, T, layer_name):
+def _mask_runs(mask, B, T, layer_name):
     """(start, length) of each row's one contiguous run of True steps.
 
     Rows without any True step get (0, 0). Any other pattern raises ValueError. The mask
     and the results are host (NumPy) arrays.
     """
     mask = _devices.to_host(mask).astype(bool, copy=False)
-    if mask.ndim != 2 or mask.shape[1] != T:
-        raise ValueError(f"Layer {layer_name!r}: the mask must have shape (batch, {T}), got "
-                         f"{mask.shape}")
+    if mask.shape != (B, T):
+        raise ValueError(f"Layer {layer_name!r}: the mask must have shape (batch, timesteps) = "
+                         f"({B}, {T}), got {mask.shape}")
     counts = mask.sum(axis=1)
     if T == 0:  # (no steps: every row has no run; argmax of an empty axis would raise)
         return np.zeros(mask.shape[0], np.int64), np.zeros(mask.shape[0], np.int64)
@@ -1166,7 +1167,7 @@ class LSTM(Layer):
         gather = scatter = None         # (B, T) time indices on the device
         if mask is not None:
             mask = _devices.to_host(mask).astype(bool, copy=False)
-            start, lengths = _mask_runs(mask, T, self.name)
+            start, lengths = _mask_runs(mask, B, T, self.name)
             if np.any(start):
                 steps = np.arange(T)[None, :]
                 # x[b, (t + start) % T] moves to t; scatter undoes it: y[b, t] moves to
@@ -1246,11 +1247,24 @@ class LSTM(Layer):
         H = self.units
         dt = self.dtype
         xp = self._xp
-        dh_n = None if dh_extra is None else xp.array(self._on_device(dh_extra, dt))
-        dc_n = None if dc_extra is None else xp.ascontiguousarray(self._on_device(dc_extra, dt))
+
+        def checked(value, what, shape, axes):
+            value = self._on_device(value, dt)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"Layer {self.name!r}: backward: the gradient of {what} must "
+                                 f"have shape {axes} = {_fmt_shape(shape)}, got "
+                                 f"{_fmt_shape(tuple(value.shape))}")
+            return value
+        dh_n = None if dh_extra is None else xp.array(
+            checked(dh_extra, "the returned state h", (B, H), "(batch, units)"))
+        dc_n = None if dc_extra is None else xp.ascontiguousarray(
+            checked(dc_extra, "the returned state c", (B, H), "(batch, units)"))
         dy_tm = None
         if dy is not None:
-            dy = self._on_device(dy, dt)
+            if self.return_sequences:
+                dy = checked(dy, "the output", (B, T, H), "(batch, timesteps, units)")
+            else:
+                dy = checked(dy, "the output", (B, H), "(batch, units)")
             if self.return_sequences:
                 if cache["fill_last"] is not None:
                     extra = xp.sum(dy * cache["fill_last"], axis=1)

@@ -111,6 +111,8 @@ def _check_lengths(lengths, T, B):
     if lengths is None:
         return None
     arr = np.asarray(lengths)
+    if B == 0 and arr.shape == (0,) and arr.dtype.kind == "f":
+        return np.zeros(0, np.int64)   # an empty list ([] reads as float64) for an empty batch
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
         raise TypeError(f"lengths: expected an integer array of shape (B,) = ({B},), "
                         f"got dtype {arr.dtype}")

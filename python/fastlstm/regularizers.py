@@ -37,7 +37,8 @@ import numpy as np
 from ._configurable import Configurable, resolve
 from ._device import array_module, read_scalars
 
-__all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
+__all__ = ["Regularizer", "L1", "L2", "L1L2", "l1", "l2", "l1_l2", "get", "serialize",
+           "deserialize"]
 
 
 def _check_factor(value, name, default):
@@ -164,6 +165,13 @@ class L2(Regularizer):
 
     def get_config(self):
         return {"l2": self.l2}
+
+
+# Keras's lowercase aliases of the classes (``kernel_regularizer=regularizers.l2(0.01)``);
+# as in Keras 3, ``l1_l2()`` is ``L1L2()`` with both factors 0 unless given.
+l1 = L1
+l2 = L2
+l1_l2 = L1L2
 
 
 # --------------------------------------------------------------------------- registry
