@@ -1043,3 +1043,24 @@ def test_pop_of_the_last_layer_leaves_an_unbuilt_model():
         m.predict(np.zeros((2, 5, 3)), verbose=0)
     m.add(layers.LSTM(3))                          # the Input's shape still builds it
     assert m.built and m.output_shape == (None, 3)
+
+
+def test_config_errors_name_the_layer_and_the_argument():
+    # a refused value in a model's config (e.g. a Keras model's) says which layer and which
+    # argument: a config can hold several layers of one class
+    config = {"name": "m", "layers": [
+        {"class_name": "LSTM", "config": {"name": "lstm_a", "units": 3, "return_sequences": True}},
+        {"class_name": "LSTM", "config": {"name": "lstm_b", "units": 3,
+                                          "recurrent_activation": "hard_sigmoid"}}]}
+    with pytest.raises(ValueError, match=r"^Sequential config, layer 1 \(LSTM 'lstm_b'\): "
+                                         r"recurrent_activation: Unknown activation 'hard_sigmoid'"):
+        Sequential.from_config(config)
+    config["layers"][1]["config"] = {"name": "lstm_b", "units": 3, "kernel_initializer": "nope"}
+    with pytest.raises(ValueError, match=r"layer 1 \(LSTM 'lstm_b'\): kernel_initializer: Unknown initializer 'nope'"):
+        Sequential.from_config(config)
+    with pytest.raises(ValueError, match=r"^kernel_regularizer: Unknown regularizer 'l3'"):
+        layers.Dense(2, kernel_regularizer="l3")
+    with pytest.raises(ValueError, match=r"^embeddings_initializer: "):
+        layers.Embedding(4, 2, embeddings_initializer="nope")
+    with pytest.raises(ValueError, match=r"^activation: "):
+        layers.Activation("nope")

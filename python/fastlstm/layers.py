@@ -93,6 +93,15 @@ def _rate(value, name):
     return v
 
 
+def _resolved(getter, value, name):
+    """getter(value) (activations.get, initializers.get, regularizers.get), its errors saying
+    which argument the value was given for."""
+    try:
+        return getter(value)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
 def _bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
@@ -564,12 +573,14 @@ class Dense(Layer):
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.units = _positive_int(units, "units")
-        self.activation = activations.get(activation)
+        self.activation = _resolved(activations.get, activation, "activation")
         self.use_bias = _bool(use_bias, "use_bias")
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_initializer = _resolved(initializers.get, kernel_initializer,
+                                            "kernel_initializer")
+        self.bias_initializer = _resolved(initializers.get, bias_initializer, "bias_initializer")
+        self.kernel_regularizer = _resolved(regularizers.get, kernel_regularizer,
+                                            "kernel_regularizer")
+        self.bias_regularizer = _resolved(regularizers.get, bias_regularizer, "bias_regularizer")
 
     def _check_rank(self, shape):
         if len(shape) < 2:
@@ -633,7 +644,7 @@ class Activation(Layer):
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        self.activation = activations.get(activation)
+        self.activation = _resolved(activations.get, activation, "activation")
 
     def forward(self, x, training=False, mask=None):
         y = self.activation(x)
@@ -784,8 +795,10 @@ class Embedding(Layer):
         super().__init__(**kwargs)
         self.input_dim = _positive_int(input_dim, "input_dim")
         self.output_dim = _positive_int(output_dim, "output_dim")
-        self.embeddings_initializer = initializers.get(embeddings_initializer)
-        self.embeddings_regularizer = regularizers.get(embeddings_regularizer)
+        self.embeddings_initializer = _resolved(initializers.get, embeddings_initializer,
+                                                "embeddings_initializer")
+        self.embeddings_regularizer = _resolved(regularizers.get, embeddings_regularizer,
+                                                "embeddings_regularizer")
         self.mask_zero = _bool(mask_zero, "mask_zero")
 
     def _check_rank(self, shape):
@@ -1002,19 +1015,24 @@ class LSTM(Layer):
         if not (isinstance(use_cudnn, bool) or (isinstance(use_cudnn, str) and use_cudnn == "auto")):
             raise ValueError(f"use_cudnn: expected 'auto', True or False, got {use_cudnn!r}")
         self.units = _positive_int(units, "units")
-        self.activation = activations.get(activation)
-        self.recurrent_activation = activations.get(recurrent_activation)
+        self.activation = _resolved(activations.get, activation, "activation")
+        self.recurrent_activation = _resolved(activations.get, recurrent_activation,
+                                              "recurrent_activation")
         if self.activation.name == "softmax" or self.recurrent_activation.name == "softmax":
             raise ValueError("activation/recurrent_activation: 'softmax' is not an elementwise "
                              "function and cannot be used inside an LSTM cell")
         self.use_bias = _bool(use_bias, "use_bias")
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.recurrent_initializer = initializers.get(recurrent_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_initializer = _resolved(initializers.get, kernel_initializer,
+                                            "kernel_initializer")
+        self.recurrent_initializer = _resolved(initializers.get, recurrent_initializer,
+                                               "recurrent_initializer")
+        self.bias_initializer = _resolved(initializers.get, bias_initializer, "bias_initializer")
         self.unit_forget_bias = _bool(unit_forget_bias, "unit_forget_bias")
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_regularizer = _resolved(regularizers.get, kernel_regularizer,
+                                            "kernel_regularizer")
+        self.recurrent_regularizer = _resolved(regularizers.get, recurrent_regularizer,
+                                               "recurrent_regularizer")
+        self.bias_regularizer = _resolved(regularizers.get, bias_regularizer, "bias_regularizer")
         self.dropout = _rate(dropout, "dropout")
         self.recurrent_dropout = _rate(recurrent_dropout, "recurrent_dropout")
         self.return_sequences = _bool(return_sequences, "return_sequences")

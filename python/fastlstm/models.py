@@ -930,8 +930,19 @@ class Sequential:
             raise ValueError("Sequential config: expected a dict with a 'layers' list")
         model = cls(name=config.get("name"), dtype=config.get("dtype"),
                     trainable=config.get("trainable", True))
-        for lc in config["layers"]:
-            model.add(layers_module.deserialize(lc))
+        for i, lc in enumerate(config["layers"]):
+            try:
+                layer = layers_module.deserialize(lc)
+            except (ValueError, TypeError, NotImplementedError) as e:
+                # which layer of the config (Keras's messages name none: a model's config
+                # can hold several layers of one class)
+                what = lc.get("class_name") if isinstance(lc, dict) else None
+                name = (lc.get("config") or {}).get("name") if isinstance(lc, dict) and \
+                    isinstance(lc.get("config"), dict) else None
+                raise type(e)(f"Sequential config, layer {i}"
+                              + (f" ({what}" + (f" {name!r}" if name else "") + ")" if what else "")
+                              + f": {e}") from None
+            model.add(layer)
         shape = config.get("build_input_shape")
         if shape is not None and not model.built:
             model.build(tuple(shape))
