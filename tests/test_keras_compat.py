@@ -30,9 +30,12 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def build_pair(padding, go_backwards, return_sequences, bidirectional, T=7, I=3, H=5):
-    kl = keras.layers.LSTM(H, return_sequences=return_sequences, go_backwards=go_backwards)
-    ours = fl.LSTM(H, return_sequences=return_sequences, go_backwards=go_backwards)
+def build_pair(padding, go_backwards, return_sequences, bidirectional, T=7, I=3, H=5,
+               zero_output_for_mask=False):
+    kw = dict(return_sequences=return_sequences, go_backwards=go_backwards,
+              zero_output_for_mask=zero_output_for_mask)
+    kl = keras.layers.LSTM(H, **kw)
+    ours = fl.LSTM(H, **kw)
     if bidirectional:
         kl, ours = keras.layers.Bidirectional(kl), fl.Bidirectional(ours)
     inp = keras.Input((T, I))
@@ -56,16 +59,33 @@ CASES = [(p, gb, rs, bi) for p in (None, "post", "pre") for gb in (False, True)
 @pytest.mark.parametrize("padding,go_backwards,return_sequences,bidirectional", CASES)
 def test_outputs_loss_and_one_sgd_step_match_keras(padding, go_backwards, return_sequences,
                                                    bidirectional):
+    _outputs_loss_and_one_sgd_step(padding, go_backwards, return_sequences, bidirectional)
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_zero_output_for_mask_matches_keras(padding, go_backwards, return_sequences):
+    # zeros at masked steps; without return_sequences Keras's output is the last processed
+    # step's, so zeros for a row masked there (post padding; pre padding with go_backwards),
+    # and one row of no valid step at all
+    _outputs_loss_and_one_sgd_step(padding, go_backwards, return_sequences, False,
+                                   zero_output_for_mask=True, lengths=[7, 4, 0, 2])
+
+
+def _outputs_loss_and_one_sgd_step(padding, go_backwards, return_sequences, bidirectional,
+                                   zero_output_for_mask=False, lengths=(7, 4, 1, 2)):
     rng = np.random.default_rng(0)
     B, T, I = 4, 7, 3
     x = rng.standard_normal((B, T, I)).astype(np.float32)
-    for b, L in enumerate([7, 4, 1, 2]):
+    for b, L in enumerate(lengths):
         if padding == "post":
             x[b, L:] = 0
         elif padding == "pre":
             x[b, :T - L] = 0
     y = rng.standard_normal((B, T, 1) if return_sequences else (B, 1)).astype(np.float32)
-    km, om = build_pair(padding, go_backwards, return_sequences, bidirectional)
+    km, om = build_pair(padding, go_backwards, return_sequences, bidirectional,
+                        zero_output_for_mask=zero_output_for_mask)
     w = [rng.standard_normal(a.shape).astype(np.float32) * 0.5 for a in km.get_weights()]
     km.set_weights(w)
     om.set_weights(w)

@@ -185,6 +185,10 @@ MASKED = {
     "go_backwards_final": lambda: [L.LSTM(5, go_backwards=True)],
     "zero_output_for_mask": lambda: [L.LSTM(5, return_sequences=True,
                                             zero_output_for_mask=True)],
+    # (the last processed step's output: zeros for rows masked there, as Keras)
+    "zero_output_for_mask_final": lambda: [L.LSTM(5, zero_output_for_mask=True)],
+    "zero_output_for_mask_backwards_final": lambda: [L.LSTM(5, zero_output_for_mask=True,
+                                                            go_backwards=True)],
     "bidi_sequences": lambda: [L.Bidirectional(L.LSTM(4, return_sequences=True)),
                                L.Bidirectional(L.LSTM(3), merge_mode="ave")],
     "bidi_fallback_sequences": lambda: [L.Bidirectional(        # forward layer runs backwards

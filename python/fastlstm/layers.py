@@ -1236,10 +1236,19 @@ class LSTM(Layer):
             output = y
         else:
             output = h_n.copy()
-            if lengths is not None and np.any(lengths == 0):
+            zero = None
+            if mask is not None and self.zero_output_for_mask and T > 0:
+                # Keras (its rnn loop): the output of a masked step is zeros, and the
+                # layer's output is that of the last step it processed (the last one; the
+                # first with go_backwards), so a row masked there outputs zeros (its returned
+                # state is still the last valid one)
+                zero = ~(mask[:, 0] if self.go_backwards else mask[:, -1])
+            elif lengths is not None:
                 # a sequence with no valid step has no last output: Keras gives zeros (its
                 # returned state stays the initial one)
-                zero_last = self._on_device(lengths == 0)[:, None]                  # (B, 1)
+                zero = lengths == 0
+            if zero is not None and zero.any():
+                zero_last = self._on_device(zero)[:, None]                          # (B, 1)
                 output = xp.where(zero_last, self.dtype.type(0), output)
 
         if self.stateful:
@@ -1294,7 +1303,7 @@ class LSTM(Layer):
                     dy = _devices.take_along_time(dy, cache["gather"])
                 dy_tm = xp.ascontiguousarray(dy.transpose(1, 0, 2))
             else:
-                if cache["zero_last"] is not None:     # rows of no valid step output zeros
+                if cache["zero_last"] is not None:     # rows whose output is zeros
                     dy = xp.where(cache["zero_last"], dt.type(0), dy)
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
         if cache["fused"]:

@@ -279,7 +279,14 @@ class _Exporter:
         Y, Y_h = self._lstm_node(x_tm, [lstm], direction, None if info is None else info.lens,
                                  want_y=lstm.return_sequences)
         if not lstm.return_sequences:
-            return g.squeeze(Y_h, [0])
+            h = g.squeeze(Y_h, [0])
+            if info is not None and lstm.zero_output_for_mask:
+                # the output of the last step processed (the first with go_backwards): zeros
+                # where the mask has that step masked (LSTM.forward, as Keras)
+                last = g.op("Gather", [info.mask_f, g.i64(0 if lstm.go_backwards else -1)], axis=1)
+                masked = g.unsqueeze(g.op("Equal", [last, g.f32(0.0)]), [1])         # (B, 1)
+                h = g.op("Where", [masked, g.f32(0.0), h])
+            return h
         y = g.transpose(g.squeeze(Y, [1]), (1, 0, 2))                           # (B, T, H)
         if info is not None:
             y = info.gather_time(g, y, info.unshift)
