@@ -409,5 +409,8 @@ def test_keras_lowercase_aliases():
                  "truncated_normal", "variance_scaling", "orthogonal", "glorot_uniform",
                  "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform"):
         assert getattr(fi, name) is fi._NAMES[name], name
+    ns = {}
+    exec("from fastlstm.initializers import *", ns)       # exported, as regularizers' l1/l2
+    assert ns["he_normal"] is fi.HeNormal and ns["zeros"] is fi.Zeros
     a = fi.he_normal(seed=1)((3, 4))
     assert np.array_equal(a, fi.HeNormal(seed=1)((3, 4)))

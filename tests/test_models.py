@@ -201,6 +201,29 @@ def test_steps_per_epoch_goes_on_through_the_data_as_keras():
         np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [None, 2])
+def test_shuffle_draws_a_new_order_for_every_pass(steps_per_epoch, monkeypatch):
+    # shuffle=True: each pass over the data (each epoch; with steps_per_epoch, each time a
+    # pass runs out) is a new permutation of all the samples; shuffle=False keeps the order
+    x, y = toy_data(12)
+    x[:, 0, 0] = np.arange(12)                # each sample says which it is
+    for shuffle in (True, False):
+        m = small_model()
+        seen = []
+        real = m._train_batch
+        monkeypatch.setattr(m, "_train_batch",
+                            lambda xb, yb, sw: (seen.extend(int(v) for v in xb[:, 0, 0]),
+                                                real(xb, yb, sw))[1])
+        m.fit(x, y, batch_size=4, epochs=6 if steps_per_epoch else 3, shuffle=shuffle,
+              steps_per_epoch=steps_per_epoch, verbose=0)
+        passes = [seen[i:i + 12] for i in range(0, len(seen), 12)]
+        assert len(passes) == 3 and all(sorted(p) == list(range(12)) for p in passes)
+        if shuffle:
+            assert len({tuple(p) for p in passes}) == 3 and passes[0] != list(range(12))
+        else:
+            assert all(p == list(range(12)) for p in passes)
+
+
 def test_a_layer_frozen_after_training_trains_on_with_the_same_optimizer():
     # Keras 3: an optimizer updates any subset of the variables it was built with, so fit goes
     # on after layer.trainable = False (with or without compiling again with model.optimizer);
@@ -700,6 +723,42 @@ def test_load_restores_the_optimizer_state_of_layers_frozen_after_training(tmp_p
             idx["optimizer_state"]["variables"] = bad
         with pytest.raises(ValueError, match="corrupt model file .optimizer_state's variables"):
             load_model(_rewrite(p, tmp_path / "bad.keras", edit_index=edit))
+
+
+def test_load_restores_a_slotless_optimizer_of_layers_frozen_after_training(tmp_path):
+    # SGD without momentum has no slots: its state (iterations only) builds nothing in
+    # set_state, and binding it to the recorded weights failed ("corrupt or unsupported
+    # fastlstm model file (TypeError ...)"): the model could not be loaded at all
+    x, y = toy_data(16)
+    m = small_model()
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.1))
+    m.fit(x, y, epochs=1, verbose=0)
+    m.layers[0].trainable = False
+    p = tmp_path / "sgd.keras"
+    m.save(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_model(p)
+    assert loaded.optimizer.iterations == m.optimizer.iterations
+    for model in (m, loaded):
+        model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+        model.layers[0].trainable = True        # unfrozen: the optimizer knows those weights
+        model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(m.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_slotless_optimizer_keeps_its_iterations_through_load_and_save(tmp_path):
+    # SGD without momentum: loaded, its state (iterations only) builds nothing until a step;
+    # saved again before any step, the iterations were dropped (saved only when built)
+    x, y = toy_data(16)
+    m = small_model()
+    m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.1))
+    m.fit(x, y, epochs=1, verbose=0)
+    assert m.optimizer.iterations == 1
+    m.save(tmp_path / "a.keras")
+    load_model(tmp_path / "a.keras").save(tmp_path / "b.keras")
+    assert load_model(tmp_path / "b.keras").optimizer.iterations == 1
 
 
 def test_save_and_load_weights(tmp_path):

@@ -497,6 +497,16 @@ def test_autocast_runs_in_the_weights_dtype(packed, rel_err):
         assert rel_err(_np(a.float()), _np(b.float())) <= 1e-5
 
 
+def test_autocast_casts_only_half_precision():
+    # a float64 input to a float32 module is refused under autocast as outside it (torch
+    # refuses it too): only the float16/bfloat16 activations of autocast regions are cast
+    m = ftorch.LSTM(I_, H_)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match=r"input dtype \(torch.float64\) does not match"):
+            m(torch.randn(T_, B_, I_, dtype=torch.float64))
+        assert m(torch.randn(T_, B_, I_).half())[0].dtype == torch.float32
+
+
 def test_dtype_errors_suggest_only_dtypes_the_module_takes():
     m = ftorch.LSTM(I_, H_)
     with pytest.raises(ValueError, match=r"input dtype \(torch.bfloat16\) does not match the "

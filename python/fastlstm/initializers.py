@@ -55,6 +55,10 @@ __all__ = [
     "RandomUniform", "TruncatedNormal", "VarianceScaling", "GlorotUniform",
     "GlorotNormal", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform",
     "Orthogonal", "compute_fans", "get", "serialize", "deserialize",
+    # Keras's lowercase aliases of the classes (defined below)
+    "zeros", "ones", "constant", "identity", "random_normal", "random_uniform",
+    "truncated_normal", "variance_scaling", "orthogonal", "glorot_uniform", "glorot_normal",
+    "he_normal", "he_uniform", "lecun_normal", "lecun_uniform",
 ]
 
 # Standard deviation of a unit normal truncated to [-2, 2] (Keras's constant).

@@ -597,9 +597,10 @@ class Sequential:
 
     def _as_optimizer_variables(self, grads, variables):
         """The gradients for the variables the optimizer was built with, None for those no
-        longer trained (a layer frozen after training): as in Keras, an optimizer updates any
-        subset of its variables, so freezing a layer needs no new optimizer. A variable the
-        optimizer does not know is left to its own error."""
+        longer trained (a layer frozen after training): as in Keras, where an optimizer updates
+        any subset of its variables, freezing a layer needs no new optimizer (fastlstm's
+        Optimizer.apply itself takes all of them, None for those without a gradient). A
+        variable the optimizer does not know is left to its own error."""
         bound = getattr(self.optimizer, "_variables", None)
         if bound is None or (len(bound) == len(variables)
                              and all(a is b for a, b in zip(bound, variables))):

@@ -8,7 +8,10 @@ Layout of the archive:
     fastlstm.json                 format marker, version, the model's config (architecture),
                                   its compile config and the list of stored arrays
     weights/00000.npy ...         the weights, in model.get_weights() order
-    optimizer/<slot>/00000.npy    the optimizer's state slots (when include_optimizer)
+    optimizer/<slot>/00000.npy    the optimizer's state slots (when include_optimizer), one per
+                                  trainable weight, or per weight listed by the index's
+                                  optimizer_state "variables" (positions in get_weights())
+                                  when a layer was frozen after training
 
 Arrays are read with ``numpy.load(..., allow_pickle=False)`` and the architecture is
 rebuilt only from fastlstm's own layer, loss, metric and optimizer classes named in the
@@ -137,7 +140,10 @@ def _index(model, kind, include_optimizer):
             cc = dict(cc, optimizer=optimizers.serialize(model.optimizer))
         index["compile_config"] = cc
         index["optimizer_state"] = None
-        if include_optimizer and model.optimizer is not None and model.optimizer.built:
+        # (an optimizer restored from a state without slots, SGD without momentum, is not
+        # built until it applies a step, but has its iterations)
+        if include_optimizer and model.optimizer is not None and (
+                model.optimizer.built or model.optimizer.iterations > 0):
             state = model.optimizer.get_state()
             index["optimizer_state"] = {
                 "iterations": state.pop("iterations"),
@@ -389,8 +395,9 @@ def _load_model(zf, index, filepath, compile):
 
 
 def _restore_optimizer(zf, st, model, filepath):
-    """The optimizer's iterations and slots: one array per trainable weight and slot, each of
-    that weight's shape and dtype."""
+    """The optimizer's iterations and slots: one array per slot and weight, each of that
+    weight's shape and dtype; the weights are the trainable ones, or those at the positions
+    (in model.weights) the state's "variables" lists (layers frozen after training)."""
     slots = st.get("slots") if isinstance(st, dict) else None
     iterations = st.get("iterations") if isinstance(st, dict) else None
     if not isinstance(slots, dict) or not isinstance(iterations, int) or isinstance(iterations, bool) \
@@ -421,7 +428,11 @@ def _restore_optimizer(zf, st, model, filepath):
     model.optimizer.set_state(state)
     if positions is not None:
         # bound to those weights, so that fit goes on with the same optimizer (the frozen
-        # ones get no gradient; Sequential._as_optimizer_variables)
+        # ones get no gradient; Sequential._as_optimizer_variables). A state without slots
+        # (SGD without momentum) builds nothing in set_state: built here for those weights
+        # (no slots to create), as the saved optimizer was.
+        if not model.optimizer.built:
+            model.optimizer.build(variables)
         model.optimizer._check_known(variables, bind=True)
 
 

@@ -28,9 +28,9 @@ missing. The keyword-only ``precision`` ("fp32" default; "tf32", "bf16", "tf32x3
 weights) is fastlstm.ops' precision option: tensor-core products on CUDA (see fastlstm.ops); on
 the CPU, which has no tensor cores, the module computes as with "fp32".
 
-Under torch.autocast (AMP) the module computes in its weights' dtype: floating inputs and
-(h_0, c_0) of another dtype (the float16/bfloat16 activations of autocast regions) are cast to
-it, and the outputs are in it (torch.nn.LSTM's are in the autocast dtype).
+Under torch.autocast (AMP) the module computes in its weights' dtype: float16/bfloat16 inputs
+and (h_0, c_0) (the activations of autocast regions) are cast to it, and the outputs are in it
+(torch.nn.LSTM's are in the autocast dtype).
 
 Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
 CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
@@ -435,7 +435,9 @@ def _autocast_enabled(device):
 
 
 def _to_weight_dtype(t, dtype):
-    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+    # only the half-precision activations of autocast regions: a float64 tensor given to a
+    # float32 module is refused (by _check_tensor) as outside autocast, as torch refuses it
+    if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
         return t.to(dtype)
     return t
 
