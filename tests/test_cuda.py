@@ -2000,6 +2000,13 @@ def test_torch_module_cached_weights_follow_streams(monkeypatch):
     assert waits == [] and records == []                                  # made on stream 3
     use(1)
     assert waits == [(1, 3)] and [r[1] for r in records] == [1, 1, 1]
+    # copies, never views of the parameters (a transpose with a dimension of 1 is already
+    # contiguous: contiguous() alone would give the parameter's own memory)
+    thin = [torch.randn(4, 1), torch.randn(4, 1), None, None]
+    owned = []
+    route.transposed(thin[0], owned), route.transposed(thin[1], owned)
+    assert all(o.data_ptr() != w.data_ptr() for o, w in zip(owned, thin[:2]))
+    np.testing.assert_array_equal(owned[0].numpy(), thin[0].numpy().T)
     # the host route keeps nothing and waits for nothing
     cpu_cache = {}
     ftorch._inference_weights(ftorch._HOST, weights, cpu_cache, 0)

@@ -180,7 +180,11 @@ class _CudaRoute:
     def transposed(self, t, keep=None):
         # torch's transpose copy, seen by CuPy without a copy; keep (a list) gets the tensor
         # whose memory the array is (for adopt)
-        t = t.detach().t().contiguous()
+        t = t.detach()
+        tt = t.t().contiguous()
+        if tt.data_ptr() == t.data_ptr():   # (a dimension of 1: already contiguous, a view)
+            tt = tt.clone()
+        t = tt
         if keep is not None:
             keep.append(t)
         return self.array(t)
