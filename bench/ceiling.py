@@ -77,7 +77,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per size (best is kept)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     options = parser.parse_args(argv)
-    sizes = [int(s) for s in options.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in options.sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes: expected comma-separated positive integers, got %r" % options.sizes)
+    if options.repeats < 1:  # (no timed run: a best time of inf, a ceiling of 0 GFLOP/s)
+        parser.error("--repeats: expected a positive integer, got %d" % options.repeats)
+    if options.json and not os.path.isdir(os.path.dirname(os.path.abspath(options.json))):
+        parser.error("--json: cannot write %r (no such folder)" % options.json)
     dtypes = ["float32"] + (["float64"] if options.float64 else [])
 
     info = {

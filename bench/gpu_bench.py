@@ -24,7 +24,8 @@ issue's seven) it
 Both libraries get device arrays (CuPy views of the torch tensors): no host copies are timed.
 The table (speedup = cuDNN time / fastlstm time) is printed last and written to
 DIR/gpu_bench.md and DIR/gpu_bench.json (DIR: --out, else $OUT, else nothing is written).
-Exit status 1 when a configuration MISMATCHes, 2 when torch / CuPy / a GPU is missing.
+Exit status 1 when a configuration MISMATCHes or raises (one skipped at --deadline does not
+count), 2 when torch / CuPy / a GPU is missing.
 """
 
 import sys

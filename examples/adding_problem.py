@@ -26,6 +26,7 @@ test set for always answering 1.0 (1/6 = 0.167 in expectation).
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -70,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="fit's verbosity (2: one line per epoch)")
     args = p.parse_args(argv)
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:
         args.timesteps, args.epochs = 20, min(args.epochs, 2)
         args.train_size, args.test_size, args.units = 256, 128, 16

@@ -41,6 +41,7 @@ import argparse
 import importlib
 import inspect
 import math
+import os
 import time
 
 import numpy as np
@@ -137,6 +138,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="fit's verbosity (2: one line per epoch)")
     args = p.parse_args(argv)
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:
         args.epochs, args.units, args.seq_len, args.length = min(args.epochs, 1), 16, 32, 40
         args.max_chars = min(args.max_chars or 6000, 6000)

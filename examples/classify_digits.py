@@ -20,6 +20,7 @@ most frequent class. Seeds 1-4 (which also change the split): 96.0-98.2%.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -67,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="fit's verbosity (2: one line per epoch)")
     args = p.parse_args(argv)
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:
         args.epochs, args.units = min(args.epochs, 2), 16
     return args

@@ -25,6 +25,7 @@ against 32.9 (MAE 25.1) for the last-value forecast. Seeds 1-4: RMSE 18.0-19.9.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -82,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
                    help="fit's verbosity (default 0: only the summary is printed)")
     args = p.parse_args(argv)
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:
         args.epochs, args.units, args.patience = min(args.epochs, 5), 8, 5
     return args

@@ -40,6 +40,7 @@ The task is easy for an LSTM by design; the point is that it needs the word orde
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -164,6 +165,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="fit's verbosity (2: one line per epoch)")
     args = p.parse_args(argv)
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:
         args.epochs, args.train_size, args.test_size = min(args.epochs, 2), 200, 100
     return args

@@ -87,6 +87,109 @@ def test_cli_checks_its_output_paths_and_limits_before_running(tmp_path, capsys,
         assert e.value.code == 2 and message in capsys.readouterr().err, argv
 
 
+def test_a_row_that_raises_while_timing_is_an_error_row_not_a_lost_run(tmp_path, monkeypatch):
+    # The check runs at T = min(T, 10) for big rows, the timing at full T: a MemoryError (or a
+    # kernel error) there used to end the whole benchmark with a traceback and no JSON for the
+    # rows already done; it is the row's ERROR, like an error in the check, and exit status 1.
+    time_row = bench.time_row
+
+    def fails_for_the_second_config(config, *args, **kwargs):
+        if config[0] == 3:
+            raise MemoryError("planted: Unable to allocate 750. MiB")
+        return time_row(config, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_row", fails_for_the_second_config)
+    out_json = tmp_path / "err.json"
+    rc = bench.main(["--config", "2,1,2,2", "--config", "3,1,2,2", "--modes", "fwd", "--no-torch",
+                     "--no-reference", "--ceiling", "10", "--repeats", "1", "--json", str(out_json)])
+    assert rc == 1
+    ok, failed = json.loads(out_json.read_text())["results"]
+    assert ok["status"] == "ok" and ok["timings"]["fastlstm"]["repeats"] == 1, ok
+    assert failed["status"] == "ERROR" and "MemoryError" in failed["error"], failed
+
+
+def test_a_result_of_the_wrong_shape_fails_the_check(tmp_path, monkeypatch):
+    # y without its time axis at T = 1 broadcasts against the reference's (1, B, H) with an
+    # error of 0: it passed the check and was timed as fine
+    forward = bench.ops.lstm_forward
+
+    def drops_the_time_axis(*args, **kwargs):
+        y, h_n, c_n, saved = forward(*args, **kwargs)
+        return y[0], h_n, c_n, saved
+
+    monkeypatch.setattr(bench.ops, "lstm_forward", drops_the_time_axis)
+    out_json = tmp_path / "shape.json"
+    rc = bench.main(["--config", "1,3,4,5", "--modes", "fwd", "--no-torch", "--no-reference",
+                     "--ceiling", "10", "--repeats", "1", "--json", str(out_json)])
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert rc == 1 and row["status"] == "FAILED" and "timings" not in row, row
+
+
+def test_a_ceiling_file_must_hold_a_finite_ceiling(tmp_path, capsys, monkeypatch):
+    # (json.load reads Infinity; the table then showed "% ceiling" 0.000 of "inf GFLOP/s")
+    monkeypatch.setattr(bench, "run", lambda options: pytest.fail("ran before checking"))
+    for value in ("Infinity", '"1e400"', "-1", "NaN"):
+        path = tmp_path / "ceiling.json"
+        path.write_text('{"ceiling_gflops": %s}' % value)
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--quick", "--no-torch", "--ceiling", str(path)])
+        assert e.value.code == 2 and "--ceiling" in capsys.readouterr().err, value
+
+
+def test_gpu_cli_rejects_bad_numbers_before_running(capsys, monkeypatch):
+    # --reps 0 ran every configuration into StatisticsError (median of no runs) and exited 0;
+    # --deadline -1 skipped them all
+    monkeypatch.setattr(bench, "_gpu_modules", lambda: pytest.fail("ran before checking"))
+    for argv, option in ((["--reps", "0"], "--reps"), (["--reps", "-3"], "--reps"),
+                         (["--warmup", "-1"], "--warmup"), (["--budget", "nan"], "--budget"),
+                         (["--budget", "-1"], "--budget"), (["--deadline", "-1"], "--deadline"),
+                         (["--deadline", "inf"], "--deadline")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", "cuda"] + argv)
+        assert e.value.code == 2 and f"argument {option}" in capsys.readouterr().err, argv
+
+
+def _fake_gpu(monkeypatch, rows):
+    """cuda_main on stand-ins for torch, CuPy and the CUDA backend, each configuration's result
+    (or exception) taken from rows in order."""
+    import types
+    ns = types.SimpleNamespace
+    torch = ns(__version__="fake", cuda=ns(is_available=lambda: True, empty_cache=lambda: None),
+               backends=ns(cudnn=ns(version=lambda: 0)))
+    cupy = ns(__version__="fake", get_default_memory_pool=lambda: ns(free_all_blocks=lambda: None))
+    monkeypatch.setattr(bench, "_gpu_modules", lambda: (torch, cupy))
+    monkeypatch.setattr(bench.fastlstm, "cuda_info", lambda: dict(
+        available=True, reason="", name="fake GPU", capability=(9, 0), sm_count=1, kernel_variant="fake"))
+    pending = list(rows)
+
+    def gpu_config(cfg, *args):
+        r = pending.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return dict(r, config=list(cfg))
+
+    monkeypatch.setattr(bench, "_gpu_config", gpu_config)
+    monkeypatch.setattr(bench, "format_gpu_table", lambda results, header: header)
+
+
+def test_gpu_cli_exit_status_counts_a_configuration_that_raised(capsys, monkeypatch):
+    # a configuration that raised (out of memory, a kernel error) was a row with "error" and
+    # exit status 0, as if every configuration had run and matched
+    argv = ["--device", "cuda", "--config", "3,2,5,8", "--config", "2,9,4,16", "--out", ""]
+    _fake_gpu(monkeypatch, [dict(ok=True), RuntimeError("planted: out of memory")])
+    assert bench.main(argv) == 1
+    _fake_gpu(monkeypatch, [dict(ok=True), dict(ok=True)])
+    assert bench.main(argv) == 0
+    _fake_gpu(monkeypatch, [dict(ok=True), dict(ok=False)])
+    assert bench.main(argv) == 1
+    # one skipped at --deadline is not a failure
+    _fake_gpu(monkeypatch, [dict(ok=True)])
+    clock = iter([0.0, 0.0, 0.5, 100.0] + [200.0] * 20)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.main(argv + ["--deadline", "10"]) == 0
+    assert "skipped (deadline)" in capsys.readouterr().out
+
+
 def test_quick_cli_rejects_a_bad_config(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--config", "10,0,x,4"])
@@ -333,3 +436,20 @@ def test_gpu_decide_torch_module_rows_with_nonfinite_errors_or_a_failure(tmp_pat
     assert any(line.startswith("- [100, 1, 256, 256] (T, B, I, H): overhead fwd 1.33x") and
                line.endswith("error non-finite / non-finite") for line in said), said
     assert "- [100, 16, 512, 512] (T, B, I, H): FAILED: RuntimeError: refused" in said, said
+
+
+def test_ceiling_script_rejects_values_that_measure_nothing(capsys, monkeypatch):
+    # bench/ceiling.py --repeats 0 (or --sizes 0) printed and wrote a ceiling of 0.0 GFLOP/s
+    # (no timed run: best time inf), and --json into a missing folder failed after measuring
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ceiling.py"
+    spec = importlib.util.spec_from_file_location("bench_ceiling", path)
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    monkeypatch.setattr(ceiling, "matmul_gflops", lambda *a: pytest.fail("measured before checking"))
+    for argv, option in ((["--repeats", "0"], "--repeats"), (["--sizes", "0"], "--sizes"),
+                         (["--sizes", "64,x"], "--sizes"), (["--json", "/nonexistent/dir/c.json"], "--json")):
+        with pytest.raises(SystemExit) as e:
+            ceiling.main(argv)
+        assert e.value.code == 2 and option in capsys.readouterr().err, argv

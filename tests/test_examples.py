@@ -57,3 +57,16 @@ def test_torch_drop_in_first_gradients_match_torch():
     for k, g in grads[0].items():
         assert grads[1][k] is not None, k
         assert torch.allclose(grads[1][k], g, rtol=1e-4, atol=1e-6 * g.abs().max().item()), k
+
+
+def test_plot_path_is_checked_before_training(tmp_path, capsys):
+    # --plot into a missing folder ended the script with FileNotFoundError after the whole
+    # training run (85 s for char_text_generation's default); it is a usage error up front
+    import pytest
+    for name in ("adding_problem", "char_text_generation", "classify_digits", "forecast_sunspots",
+                 "sentiment"):
+        example = load(name)
+        with pytest.raises(SystemExit) as e:
+            example.parse_args(["--quick", "--plot", str(tmp_path / "missing" / "curves.png")])
+        assert e.value.code == 2 and "--plot: cannot write" in capsys.readouterr().err, name
+        assert example.parse_args(["--quick", "--plot", str(tmp_path / "curves.png")]).plot

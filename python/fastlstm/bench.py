@@ -216,9 +216,12 @@ def load_torch(num_threads):
 # ----------------------------------------------------------------------------- correctness
 
 def relative_error(actual, expected):
-    """||actual - expected|| / ||expected||, computed in float64."""
+    """||actual - expected|| / ||expected||, computed in float64; infinite when the shapes
+    differ (a result of the wrong shape is wrong, even where it would broadcast)."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return math.inf
     norm = np.linalg.norm(expected)
     diff = np.linalg.norm(actual - expected)
     return float(diff / norm) if norm > 0 else float(diff)
@@ -378,7 +381,11 @@ def benchmark_row(config, mode, options, torch, rng, ceiling_gflops):
         return row
     names = [name for name in names if name not in failed]
 
-    timings = time_row(config, mode, options.dtype, names, torch, rng, options.timing, lengths)
+    try:
+        timings = time_row(config, mode, options.dtype, names, torch, rng, options.timing, lengths)
+    except Exception as exc:  # (MemoryError at full T after a check at T = 10, say): as above
+        row.update(status="ERROR", error="%s while timing: %s" % (type(exc).__name__, exc))
+        return row
     row["status"] = "ok"
     row["timings"] = timings
     fast_ms = timings["fastlstm"]["median_ms"]
@@ -662,6 +669,17 @@ def seed_value(text):
     return value
 
 
+def nonnegative_seconds(text):
+    """A finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError("expected a finite number of seconds >= 0, got %r" % text)
+    return value
+
+
 def thread_count(text):
     value = positive_int(text)
     if value > fastlstm._MAX_THREADS:     # (fastlstm.set_num_threads' limit)
@@ -704,7 +722,8 @@ def parse_ceiling(parser, text):
         try:
             with open(text) as f:
                 data = json.load(f)
-            if float(data["ceiling_gflops"]) > 0:
+            gflops = float(data["ceiling_gflops"])
+            if gflops > 0 and math.isfinite(gflops):
                 return data
         except (OSError, ValueError, KeyError, TypeError) as exc:
             parser.error("--ceiling: cannot read a ceiling from %r (%s)" % (text, exc))
@@ -1120,6 +1139,9 @@ def format_gpu_table(results, header):
     return "\n".join(lines)
 
 
+DEADLINE_SKIP = "skipped: out of time (--deadline)"
+
+
 def _gpu_modules():
     """torch and CuPy (ImportError where either is missing); tests replace this function."""
     import cupy
@@ -1135,11 +1157,11 @@ def cuda_main(argv=None):
                                  "against torch.nn.LSTM / cuDNN in fp32, tf32 and bf16 on the same GPU, with "
                                  "errors against a float64 reference.")
     ap.add_argument("--device", choices=("cuda",), default="cuda")
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=1.0,
+    ap.add_argument("--reps", type=positive_int, default=30, help="timed runs (at most) per measurement")
+    ap.add_argument("--warmup", type=seed_value, default=3, help="untimed runs before each measurement")
+    ap.add_argument("--budget", type=nonnegative_seconds, default=1.0,
                     help="seconds of timed runs per (configuration, contender, mode) before stopping early")
-    ap.add_argument("--deadline", type=float, default=0.0,
+    ap.add_argument("--deadline", type=nonnegative_seconds, default=0.0,
                     help="skip the remaining configurations after this many seconds (0: none)")
     ap.add_argument("--config", action="append", type=parse_config, metavar="T,B,I,H",
                     help="configuration (repeatable; default: the GPU speed issue's seven)")
@@ -1166,7 +1188,7 @@ def cuda_main(argv=None):
     results = []
     for cfg in args.config or GPU_CONFIGS:
         if args.deadline and time.perf_counter() - t_start > args.deadline:
-            results.append(dict(config=list(cfg), error="skipped: out of time (--deadline)"))
+            results.append(dict(config=list(cfg), error=DEADLINE_SKIP))
             print(f"{cfg}: skipped (deadline)", flush=True)
             continue
         t0 = time.perf_counter()
@@ -1192,7 +1214,9 @@ def cuda_main(argv=None):
                       f, indent=1, allow_nan=False)
     print()
     print(table, flush=True)
-    return 1 if any("error" not in r and not r["ok"] for r in results) else 0
+    # a configuration that raised is a failure too; one skipped at --deadline is not
+    return 1 if any(not r["ok"] if "error" not in r else r["error"] != DEADLINE_SKIP
+                    for r in results) else 0
 
 
 def main(argv=None):
