@@ -15,7 +15,8 @@ quartiles; > 1: the switch made it faster). Never commit the switch.
 """
 import numpy as np, fastlstm, time, os, sys
 cfgs=[(100,1,256,256),(100,16,256,256),(100,64,512,512),(50,128,1024,1024),(100,64,256,256)]
-fastlstm.set_num_threads(int(sys.argv[1]))
+if len(sys.argv) > 1:                     # (else fastlstm's default: every core)
+    fastlstm.set_num_threads(int(sys.argv[1]))
 for T,B,I,H in cfgs:
     rng=np.random.default_rng(0); s=1/np.sqrt(I+H)
     x=rng.standard_normal((T,B,I),dtype=np.float32); k=(rng.standard_normal((I,4*H))*s).astype(np.float32)

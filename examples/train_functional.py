@@ -5,8 +5,10 @@ sequence (sequences have random lengths, right-padded). Only numpy and fastlstm 
 fastlstm.ops runs the fused forward and backward, the rest (a linear read-out, the loss, the
 update) is a few lines of numpy.
 
-    python examples/train_functional.py
+    python examples/train_functional.py [--steps N] [--seed S]
 """
+
+import argparse
 
 import numpy as np
 
@@ -55,4 +57,10 @@ def main(steps=300, T=20, B=64, H=32, learning_rate=0.3, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="gradient steps (default 300)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.steps < 0:
+        parser.error(f"--steps: expected a number >= 0, got {args.steps}")
+    main(steps=args.steps, seed=args.seed)

@@ -70,3 +70,15 @@ def test_plot_path_is_checked_before_training(tmp_path, capsys):
             example.parse_args(["--quick", "--plot", str(tmp_path / "missing" / "curves.png")])
         assert e.value.code == 2 and "--plot: cannot write" in capsys.readouterr().err, name
         assert example.parse_args(["--quick", "--plot", str(tmp_path / "curves.png")]).plot
+
+
+def test_train_functional_help_does_not_train():
+    # (--help used to run the whole training: the script took no arguments)
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(EXAMPLES / "train_functional.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--steps" in out.stdout and "loss" not in out.stdout, out
+    out = subprocess.run([sys.executable, str(EXAMPLES / "train_functional.py"), "--steps", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "step    0  loss" in out.stdout, out
