@@ -173,3 +173,38 @@ def test_fans_and_variance_scaling_axes_match_keras(shape, axes):
     limit = np.sqrt(3 * 2.0 / ((fan_in + fan_out) / 2))
     for w in (w_keras, w_ours):
         assert np.abs(w).max() <= limit * (1 + 1e-6) and np.abs(w).max() > 0.5 * limit
+
+
+def test_fit_from_a_keras_pydataset_and_a_generator_as_keras():
+    # a keras.utils.PyDataset (len + indexing of batches) and a Python generator as fit's x:
+    # the same weights as Keras trained from the same data (SGD, no shuffling)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 7, 3)).astype(np.float32)
+    y = rng.standard_normal((10, 1)).astype(np.float32)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+
+    for source in ("pydataset", "generator"):
+        km, om = build_pair(None, False, False, False)
+        w = [rng.standard_normal(a.shape).astype(np.float32) * 0.5 for a in km.get_weights()]
+        km.set_weights(w)
+        om.set_weights(w)
+        km.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        om.compile(optimizer=fo.SGD(0.1), loss="mse")
+        for m in (km, om):
+            if source == "pydataset":
+                hist = m.fit(Batches(), epochs=2, shuffle=False, verbose=0).history
+            else:
+                gen = ((x[i:i + 4], y[i:i + 4]) for i in [0, 4, 8, 0, 4, 8])
+                hist = m.fit(gen, epochs=2, steps_per_epoch=3, shuffle=False, verbose=0).history
+            assert len(hist["loss"]) == 2
+        for a, b in zip(om.get_weights(), km.get_weights()):
+            assert rel(a, b) <= TOL, source

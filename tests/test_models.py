@@ -1123,3 +1123,152 @@ def test_config_errors_name_the_layer_and_the_argument():
         layers.Embedding(4, 2, embeddings_initializer="nope")
     with pytest.raises(ValueError, match=r"^activation: "):
         layers.Activation("nope")
+
+
+# --------------------------------------------------------------------------- data sources
+
+def _source_pair(seed=0):
+    x, y = toy_data(10)
+    a, b = small_model(), small_model()
+    b.set_weights(a.get_weights())
+    for m in (a, b):
+        m.compile(loss="binary_crossentropy", optimizer=optimizers.SGD(0.1), metrics=["accuracy"])
+    return x, y, a, b
+
+
+class _Indexed:
+    """len() + indexing of batches, like keras.utils.PyDataset; records what it gives."""
+
+    def __init__(self, x, y, batch_size, sw=None):
+        self.x, self.y, self.sw, self.bs = x, y, sw, batch_size
+        self.given, self.epochs_ended = [], 0
+
+    def __len__(self):
+        return -(-len(self.x) // self.bs)
+
+    def __getitem__(self, i):
+        self.given.append(i)
+        s = slice(i * self.bs, (i + 1) * self.bs)
+        return (self.x[s], self.y[s]) if self.sw is None else (self.x[s], self.y[s], self.sw[s])
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
+
+
+class _Iterable:
+    """Read once per pass, like a torch DataLoader (no indexing)."""
+
+    def __init__(self, x, y, batch_size):
+        self.x, self.y, self.bs, self.passes = x, y, batch_size, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return ((self.x[i:i + self.bs], self.y[i:i + self.bs]) for i in range(0, len(self.x), self.bs))
+
+
+def _same_weights(a, b):
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_fit_from_a_generator_a_dataset_or_an_iterable_as_from_arrays():
+    # the same batches in the same order: the same History and weights, bit for bit
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    hb = b.fit(((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)), epochs=1, verbose=0)
+    assert ha.history == hb.history
+    _same_weights(a, b)
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, validation_data=(x[:6], y[:6]))
+    ds = _Indexed(x, y, 4)
+    hb = b.fit(ds, epochs=3, shuffle=False, verbose=0, validation_data=_Indexed(x[:6], y[:6], 4))
+    assert ha.history == hb.history and ds.given == [0, 1, 2] * 3 and ds.epochs_ended == 3
+    _same_weights(a, b)
+    x, y, a, b = _source_pair()
+    a.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    it = _Iterable(x, y, 4)
+    b.fit(it, epochs=2, verbose=0)
+    assert it.passes == 2
+    _same_weights(a, b)
+    # steps_per_epoch: each epoch takes the generator's next batches (it is one stream): the
+    # weights of training on all of them in one go
+    x, y, a, b = _source_pair()
+    starts = [0, 4, 0, 4, 0, 4]
+    a.fit(np.concatenate([x[i:i + 4] for i in starts]), np.concatenate([y[i:i + 4] for i in starts]),
+          batch_size=4, shuffle=False, verbose=0)
+    hb = b.fit(((x[i:i + 4], y[i:i + 4]) for i in starts), epochs=2, steps_per_epoch=3, verbose=0)
+    assert len(hb.history["loss"]) == 2
+    _same_weights(a, b)
+
+
+def test_fit_from_a_dataset_shuffles_its_batch_order_and_weighs_its_batches():
+    x, y, a, b = _source_pair()
+    ds = _Indexed(x, y, 4)
+    a.fit(ds, epochs=4, verbose=0)                # shuffle=True: a new batch order per epoch
+    passes = [ds.given[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(p) == [0, 1, 2] for p in passes) and len({tuple(p) for p in passes}) > 1
+    # sample weights from the batches, class weights from fit: as with arrays
+    x, y, a, b = _source_pair()
+    sw = np.linspace(0.5, 2.0, 10)
+    ha = a.fit(x, y, sample_weight=sw, class_weight={0: 0.3, 1: 2.0}, batch_size=4, shuffle=False, verbose=0)
+    hb = b.fit(_Indexed(x, y, 4, sw), class_weight={0: 0.3, 1: 2.0}, shuffle=False, verbose=0)
+    assert ha.history == hb.history
+    _same_weights(a, b)
+
+
+def test_a_generator_that_runs_out_stops_training_with_a_warning():
+    x, y, a, _ = _source_pair()
+    with pytest.warns(UserWarning, match="the data ran out at epoch 2"):
+        h = a.fit(((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)), epochs=3, verbose=0)
+    assert len(h.history["loss"]) == 1
+    with pytest.warns(UserWarning, match="ran out after 1 of the 2 steps of epoch 2"):
+        h = a.fit(((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)), epochs=3, steps_per_epoch=2,
+                  verbose=0)
+    assert len(h.history["loss"]) == 2
+
+
+def test_evaluate_and_predict_from_data_sources_as_from_arrays():
+    x, y, a, _ = _source_pair()
+    want = a.evaluate(x, y, batch_size=4, verbose=0)
+    assert a.evaluate(((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)), verbose=0) == want
+    assert a.evaluate(_Indexed(x, y, 4), verbose=0) == want
+    assert a.evaluate(_Iterable(x, y, 4), verbose=0) == want
+    assert a.evaluate(_Indexed(x, y, 4), steps=2, verbose=0) == a.evaluate(x[:8], y[:8], batch_size=4, verbose=0)
+    pred = a.predict(x, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(a.predict((x[i:i + 4] for i in range(0, 10, 4)), verbose=0), pred)
+    np.testing.assert_array_equal(a.predict(_Indexed(x, y, 4), verbose=0), pred)  # (y unused)
+    np.testing.assert_array_equal(a.predict(_Iterable(x, y, 4), steps=2, verbose=0), pred[:8])
+    endless = ((x[:4], y[:4]) for _ in iter(int, 1))
+    assert a.evaluate(endless, steps=3, verbose=0) == a.evaluate(np.concatenate([x[:4]] * 3),
+                                                                 np.concatenate([y[:4]] * 3), batch_size=4, verbose=0)
+
+
+def test_what_counts_as_a_data_source():
+    import array
+    kind = models._source_kind
+    assert [kind(v) for v in (np.ones(3), [[1.0]], (1.0,), array.array("f", [1.0]),
+                              memoryview(b"ab"), None, 3.0)] == [None] * 7
+    assert kind(iter([])) == kind(v for v in ()) == "iterator"
+    assert kind(_Indexed(np.ones((2, 6, 3)), np.ones(2), 1)) == "indexed"
+    assert kind(_Iterable(np.ones((2, 6, 3)), np.ones(2), 1)) == "iterable"
+
+
+def test_data_source_argument_errors():
+    x, y, a, _ = _source_pair()
+    gen = lambda: ((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4))  # noqa: E731
+    with pytest.raises(ValueError, match="^y: must not be given when x is a generator or dataset"):
+        a.fit(gen(), y, verbose=0)
+    with pytest.raises(ValueError, match="^sample_weight: must not be given"):
+        a.evaluate(gen(), sample_weight=np.ones(10), verbose=0)
+    with pytest.raises(ValueError, match="^validation_split: only for array data"):
+        a.fit(gen(), validation_split=0.2, verbose=0)
+    with pytest.raises(ValueError, match="the dataset has no batches"):
+        a.fit(_Indexed(x[:0], y[:0], 4), verbose=0)
+    with pytest.raises(ValueError, match="gave no batch to evaluate on"):
+        a.evaluate(iter([]), verbose=0)
+    with pytest.raises(ValueError, match="must be x, .x, y. or .x, y, sample_weight.; got a tuple of 4"):
+        a.fit(iter([(x, y, None, None)]), verbose=0)
+    with pytest.raises(ValueError, match=r"x \(batch 1 of the pass\): the model expects inputs"):
+        a.fit(iter([(x[:4], y[:4]), (x[:4, :, :2], y[:4])]), verbose=0)
+    with pytest.raises(ValueError, match=r"x \(batch 0 of the pass\) y: targets are required"):
+        a.fit(iter([x[:4]]), verbose=0)

@@ -27,6 +27,21 @@ take NumPy (or CuPy) arrays and upload one batch at a time; per training or test
 small transfer brings back the loss, the metrics' sums and whether the gradients are
 finite, so History and logs hold Python floats. ``predict`` and ``predict_on_batch`` return
 NumPy arrays, ``get_weights`` NumPy copies; ``model(x)`` returns an array of the device.
+
+Data that does not fit in one array: ``fit``, ``evaluate`` and ``predict`` also take, as
+``x``, batches from a Python generator or iterator, from an object with ``len()`` and
+indexing that gives batches (like ``keras.utils.PyDataset``), or from any other iterable of
+batches (like a ``torch.utils.data.DataLoader``), as Keras does. Each batch is ``(x, y)``,
+``(x, y, sample_weight)`` or (for ``predict``) ``x`` alone; then ``y``, ``sample_weight``
+and ``validation_split`` must not be given, and ``batch_size`` is not used. An indexed
+dataset gives ``len()`` batches per epoch, in a new random order per epoch when
+``shuffle=True`` (its ``on_epoch_end()`` is called after each epoch); an iterable is read
+once per epoch; a generator or iterator is one stream for the whole of ``fit``. With
+``steps_per_epoch`` an epoch takes the next that many batches and the next epoch goes on from
+there (as with arrays); a generator that runs out stops training with a warning, so give it
+``steps_per_epoch * epochs`` batches, or make it endless. ``validation_data`` may be such a
+source too (``validation_steps`` limits it; an endless generator needs it), and so may
+``evaluate``'s ``x`` (``steps`` likewise) and ``predict``'s.
 """
 
 import math
@@ -74,6 +89,42 @@ def _int_arg(value, name, low):
 
 def _fmt(shape):
     return layers_module._fmt_shape(tuple(shape))
+
+
+def _source_kind(x):
+    """How x gives batches: "iterator" (a generator or other iterator: one stream),
+    "indexed" (len() and x[i] give batches, like keras.utils.PyDataset), "iterable" (read
+    once per pass, like a torch DataLoader), or None (array data: arrays, array-likes,
+    nested lists)."""
+    if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes, numbers.Number)) \
+            or _devices.is_array(x) or any(hasattr(x, a) for a in (
+                "__array__", "__array_interface__", "__cuda_array_interface__", "__dlpack__")):
+        return None
+    try:
+        memoryview(x)       # the buffer protocol (array.array, ...): array data too
+        return None
+    except TypeError:
+        pass
+    if hasattr(x, "__next__"):
+        return "iterator"
+    if hasattr(x, "__getitem__") and hasattr(x, "__len__"):
+        return "indexed"
+    if hasattr(x, "__iter__"):
+        return "iterable"
+    return None
+
+
+def _unpack_batch(batch):
+    """(x, y, sample_weight) of one batch from a data source: (x, y), (x, y, sample_weight),
+    (x,) or x alone (Keras's unpacking; a list counts as a tuple)."""
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    if not isinstance(batch, tuple):
+        return batch, None, None
+    if not 1 <= len(batch) <= 3:
+        raise ValueError(f"a batch from the data source must be x, (x, y) or (x, y, "
+                         f"sample_weight); got a tuple of {len(batch)}")
+    return batch + (None,) * (3 - len(batch))
 
 
 class Sequential:
@@ -622,6 +673,43 @@ class Sequential:
             return x[self._device.asarray(idx)]
         return x[idx]
 
+    def _source_pass(self, data, kind, rng, shuffle, what, need_y, class_weight=None):
+        """One pass over a data source (_source_kind): an iterator of prepared batches
+        (x, y, sample_weight, rows), as the array path makes them (y and sample_weight None
+        where not needed). A generator's pass is the rest of its stream."""
+        if kind == "iterator":
+            raw = data
+        elif kind == "iterable":
+            raw = iter(data)
+        else:       # indexed: len() batches, in a new random order per pass with shuffle
+            order = rng.permutation(len(data)) if shuffle else range(len(data))
+            raw = (data[int(i)] for i in order)
+        return self._prepared_batches(raw, what, need_y, class_weight)
+
+    def _prepared_batches(self, raw, what, need_y, class_weight):
+        for i, batch in enumerate(raw):
+            bx, by, bsw = _unpack_batch(batch)
+            label = f"{what} (batch {i} of the pass)"
+            xb = self._prepare_x(bx, label)
+            if not need_y:
+                yield xb, None, None, xb.shape[0]
+                continue
+            yb = self._prepare_y(by, xb.shape[0], f"{label} y", x_shape=xb.shape)
+            swb = self._prepare_sample_weight(bsw, xb.shape[0], f"{label} sample_weight")
+            yield xb, yb, _with_class_weights(swb, self._class_weights(class_weight, yb)), \
+                xb.shape[0]
+
+    @staticmethod
+    def _check_source_args(kind, what, **given):
+        """A data source brings its own targets and weights (as Keras refuses them too)."""
+        if kind == "indexed" and len(given.pop("_data")) == 0:
+            raise ValueError(f"{what}: the dataset has no batches (len() is 0)")
+        given.pop("_data", None)
+        for name, value in given.items():
+            if value is not None:
+                raise ValueError(f"{name}: must not be given when {what} is a generator or "
+                                 f"dataset: its batches carry (x, y) or (x, y, sample_weight)")
+
     def _logs(self, loss_tracker, prefix=""):
         logs = {prefix + "loss": loss_tracker.result()}
         for m in self.compiled_metrics:
@@ -638,14 +726,23 @@ class Sequential:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None,
             validation_steps=None, validation_batch_size=None, validation_freq=1):
-        """Train for ``epochs`` epochs; returns the History (``history.history``)."""
+        """Train for ``epochs`` epochs; returns the History (``history.history``). x: arrays
+        (with y), or a generator / dataset of batches (see the module's docstring)."""
         self._require_compiled("fit")
-        x = self._prepare_x(x)
-        n = x.shape[0]
-        if n == 0:     # (Keras refuses empty data too; fit would silently do nothing)
-            raise ValueError("x: expected at least one sample to train on, got an empty array")
-        y = self._prepare_y(y, n, x_shape=x.shape)
-        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        kind = _source_kind(x)
+        rng = _random.generator()
+        if kind is None:
+            x = self._prepare_x(x)
+            n = x.shape[0]
+            if n == 0:     # (Keras refuses empty data too; fit would silently do nothing)
+                raise ValueError("x: expected at least one sample to train on, got an empty array")
+            y = self._prepare_y(y, n, x_shape=x.shape)
+            batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        else:
+            self._check_source_args(kind, "x", _data=x, y=y, sample_weight=sample_weight)
+            if validation_split:
+                raise ValueError("validation_split: only for array data; give a generator or "
+                                 "dataset its validation data as validation_data")
         epochs = _int_arg(epochs, "epochs", 0)
         initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0)
         verbose = self._verbose(verbose)
@@ -655,13 +752,17 @@ class Sequential:
                 or not 0.0 <= float(validation_split) < 1.0:
             raise ValueError(f"validation_split: expected a float in [0, 1), got "
                              f"{validation_split!r}")
-        sw = self._prepare_sample_weight(sample_weight, n)
         validation_freq = _int_arg(validation_freq, "validation_freq", 1)
         val = None
-        if validation_data is not None:
+        val_kind = _source_kind(validation_data)
+        if val_kind is not None:
+            self._check_source_args(val_kind, "validation_data", _data=validation_data)
+            val = validation_data
+        elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("validation_data: expected a tuple (x_val, y_val) or "
-                                 "(x_val, y_val, sample_weight_val)")
+                                 "(x_val, y_val, sample_weight_val), or a generator or dataset "
+                                 "of such batches")
             xv = self._prepare_x(validation_data[0], "validation_data x")
             yv = self._prepare_y(validation_data[1], xv.shape[0], "validation_data y",
                                  x_shape=xv.shape)
@@ -669,31 +770,47 @@ class Sequential:
                                               "validation_data sample_weight") \
                 if len(validation_data) == 3 else None
             val = (xv, yv, swv)
-        elif validation_split > 0:
-            split = int(n * (1.0 - float(validation_split)))   # Keras: the last samples
-            if split == 0 or split == n:
-                raise ValueError(f"validation_split={validation_split} leaves "
-                                 f"{'no training' if split == 0 else 'no validation'} samples "
-                                 f"out of {n}")
-            val = (x[split:], y[split:], None if sw is None else sw[split:])
-            x, y = x[:split], y[:split]
-            sw = None if sw is None else sw[:split]
-            n = split
-        # class_weight weighs the training samples only (as in Keras: applied after the split)
-        sw = _with_class_weights(sw, self._class_weights(class_weight, y))
-        n_batches = math.ceil(n / batch_size)
-        steps = n_batches
-        if steps_per_epoch is not None:
-            steps = min(steps, _int_arg(steps_per_epoch, "steps_per_epoch", 1))
+        if kind is None:
+            sw = self._prepare_sample_weight(sample_weight, n)
+            if val is None and validation_split > 0:
+                split = int(n * (1.0 - float(validation_split)))   # Keras: the last samples
+                if split == 0 or split == n:
+                    raise ValueError(f"validation_split={validation_split} leaves "
+                                     f"{'no training' if split == 0 else 'no validation'} "
+                                     f"samples out of {n}")
+                val = (x[split:], y[split:], None if sw is None else sw[split:])
+                x, y = x[:split], y[:split]
+                sw = None if sw is None else sw[:split]
+                n = split
+            # class_weight weighs the training samples only (as in Keras: applied after the
+            # split)
+            sw = _with_class_weights(sw, self._class_weights(class_weight, y))
+            n_batches = math.ceil(n / batch_size)
+
+            def new_pass():     # a new random order per pass (drawn when the pass begins)
+                order = rng.permutation(n) if shuffle else None
+                return ((self._take(x, idx), y[idx], None if sw is None else sw[idx], len(idx))
+                        for idx in self._batches(n, batch_size, order))
+        else:
+            n_batches = len(x) if kind == "indexed" else None
+
+            def new_pass():
+                return self._source_pass(x, kind, rng, shuffle, "x", True, class_weight)
+        per_epoch = None if steps_per_epoch is None else \
+            _int_arg(steps_per_epoch, "steps_per_epoch", 1)
+        # batches per epoch: the pass's, at most steps_per_epoch (None: until the data ends)
+        steps = per_epoch if n_batches is None else \
+            (n_batches if per_epoch is None else min(n_batches, per_epoch))
         val_bs = batch_size if validation_batch_size is None else \
             _int_arg(validation_batch_size, "validation_batch_size", 1)
+        if validation_steps is not None:
+            validation_steps = _int_arg(validation_steps, "validation_steps", 1)
 
         cbs = callbacks_module.CallbackList(callbacks, add_history=True,
                                             add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=epochs, steps=steps)
         self.stop_training = False
         loss_tracker = metrics_module.Mean(name="loss")
-        rng = _random.generator()
         cbs.on_train_begin()
         logs = {}
         training_logs = {}
@@ -701,28 +818,28 @@ class Sequential:
         # data and the next epoch goes on from there, as Keras's epoch iterator does (a pass
         # whose batches run out ends the epoch early; the next epoch starts a new pass, newly
         # shuffled): every sample is seen, not only the first steps * batch_size.
-        pending = None      # (batches of the current pass, the next one's position)
+        pending = None      # (the current pass's batches, how many it has given)
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
             loss_tracker.reset_state()
             cbs.on_epoch_begin(epoch)
-            if pending is None:
-                order = rng.permutation(n) if shuffle else None
-                batches, start = list(self._batches(n, batch_size, order)), 0
-            else:
-                batches, start = pending
-            pos = start
-            for step, idx in enumerate(batches[start:start + steps]):
-                pos = start + step + 1
+            batches, taken = (new_pass(), 0) if pending is None else pending
+            step, ended = 0, False
+            while steps is None or step < steps:
+                try:
+                    xb, yb, swb, rows = next(batches)
+                except StopIteration:
+                    ended = True
+                    break
                 cbs.on_train_batch_begin(step)
-                swb = None if sw is None else sw[idx]
-                value, _ = self._train_batch(self._take(x, idx), y[idx], swb)
-                loss_tracker.update_state(np.full(1, value), sample_weight=[len(idx)])
+                value, _ = self._train_batch(xb, yb, swb)
+                loss_tracker.update_state(np.full(1, value), sample_weight=[rows])
                 logs = self._logs(loss_tracker)
                 cbs.on_train_batch_end(step, logs)
+                step, taken = step + 1, taken + 1
                 if not math.isfinite(value):
                     warnings.warn(f"fit: the loss (or its gradient) became {value} at epoch {epoch + 1}, batch "
-                                  f"{step + 1}; training stopped and that batch's update was "
+                                  f"{step}; training stopped and that batch's update was "
                                   "not applied. Check the data for NaN/inf, or try a lower "
                                   "learning rate or gradient clipping (e.g. "
                                   "Adam(clipnorm=1.0)).",
@@ -730,14 +847,31 @@ class Sequential:
                     self.stop_training = True
                 if self.stop_training:
                     break
-            pending = (batches, pos) if steps_per_epoch is not None and pos < n_batches \
-                else None
+            ended = ended or (n_batches is not None and taken >= n_batches)
+            pending = (batches, taken) if per_epoch is not None and not ended else None
+            if step == 0:
+                # (only a generator can have nothing left: a pass of arrays or of a dataset
+                # has at least one batch)
+                warnings.warn(f"fit: the data ran out at epoch {epoch + 1}; training stopped. A "
+                              "generator gives its batches once for the whole of fit: make it "
+                              "yield steps_per_epoch * epochs batches (with steps_per_epoch), or "
+                              "pass a dataset or an iterable that can be read again",
+                              UserWarning, stacklevel=2)
+                break
+            if kind == "iterator" and ended and per_epoch is not None and step < per_epoch:
+                warnings.warn(f"fit: the generator ran out after {step} of the "
+                              f"{per_epoch} steps of epoch {epoch + 1}; training stopped after "
+                              "this epoch (make it yield steps_per_epoch * epochs batches)",
+                              UserWarning, stacklevel=2)
+                self.stop_training = True
             epoch_logs = dict(logs)
             if val is not None and (epoch + 1) % validation_freq == 0 \
                     and math.isfinite(epoch_logs.get("loss", 0.0)):
-                val_logs = self._evaluate_arrays(*val, batch_size=val_bs, callbacks=cbs,
-                                                 steps=validation_steps)
+                val_logs = self._evaluate_batches(self._data_batches(val, val_kind, val_bs),
+                                                  callbacks=cbs, steps=validation_steps)
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
+            if kind == "indexed" and hasattr(x, "on_epoch_end"):
+                x.on_epoch_end()            # (keras.utils.PyDataset's hook, as Keras calls it)
             cbs.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
             if self.stop_training:
@@ -757,20 +891,33 @@ class Sequential:
 
     # ------------------------------------------------------------------ evaluate / predict
 
+    def _data_batches(self, data, kind, batch_size):
+        """Prepared batches (x, y, sample_weight, rows) of evaluation data: (x, y, sw) arrays
+        in order, or one pass of a data source (kind: _source_kind's), unshuffled."""
+        if kind is not None:
+            return self._source_pass(data, kind, None, False, "validation_data", True)
+        x, y, sw = data
+        return ((self._take(x, idx), y[idx], None if sw is None else sw[idx], len(idx))
+                for idx in self._batches(x.shape[0], batch_size))
+
     def _evaluate_arrays(self, x, y, sw, batch_size, callbacks=None, steps=None):
+        return self._evaluate_batches(self._data_batches((x, y, sw), None, batch_size),
+                                      callbacks, steps)
+
+    def _evaluate_batches(self, batches, callbacks=None, steps=None):
+        """The loss and metrics over the batches (at most `steps` of them); None when there
+        was no batch (a data source that gave none)."""
         self._reset_metrics()
         tracker = metrics_module.Mean(name="loss")
-        n = x.shape[0]
         if callbacks is not None:
             callbacks.on_test_begin()
-        for step, idx in enumerate(self._batches(n, batch_size)):
-            if steps is not None and step >= steps:
-                break
+        step = 0
+        for xb, yb, swb, rows in batches:
             if callbacks is not None:
                 callbacks.on_test_batch_begin(step)
-            y_pred = self._run(self._take(x, idx), training=False)
-            yb = self._device.asarray(y[idx])
-            w, mw = self._batch_weights(None if sw is None else sw[idx], y_pred)
+            y_pred = self._run(xb, training=False)
+            yb = self._device.asarray(yb)
+            w, mw = self._batch_weights(swb, y_pred)
             value = self.loss._value(yb, y_pred, w, check=False)
             penalty = self._regularization_penalty()
             if penalty is not None:
@@ -778,57 +925,81 @@ class Sequential:
             stats = self._metric_stats(yb, y_pred, mw)
             host = _devices.read_scalars(     # one transfer per batch
                 [value] + [v for st in stats if st is not None for v in st])
-            tracker.update_state(np.full(1, host[0]), sample_weight=[len(idx)])
+            tracker.update_state(np.full(1, host[0]), sample_weight=[rows])
             self._update_metrics(stats, host[1:], yb, y_pred, mw)
             if callbacks is not None:
                 callbacks.on_test_batch_end(step, self._logs(tracker))
-        logs = self._logs(tracker)
+            step += 1
+            if steps is not None and step >= steps:
+                break
+        logs = self._logs(tracker) if step else None
         if callbacks is not None:
             callbacks.on_test_end(logs)
         return logs
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
-        """The loss (and metrics) on (x, y): a float, or [loss, metric, ...] with metrics."""
+        """The loss (and metrics) on (x, y): a float, or [loss, metric, ...] with metrics.
+        x: arrays (with y), or a generator / dataset of batches (see the module's docstring)."""
         self._require_compiled("evaluate")
-        x = self._prepare_x(x)
-        if x.shape[0] == 0:   # a loss of 0.0 over no samples would read as a perfect model
-            raise ValueError("x: expected at least one sample to evaluate on, got an empty array")
-        y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
-        sw = self._prepare_sample_weight(sample_weight, x.shape[0])
-        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        kind = _source_kind(x)
         verbose = self._verbose(verbose)
-        n_steps = math.ceil(x.shape[0] / batch_size)
         if steps is not None:
             steps = _int_arg(steps, "steps", 1)
-            n_steps = min(n_steps, steps)
+        if kind is None:
+            x = self._prepare_x(x)
+            if x.shape[0] == 0:   # a loss of 0.0 over no samples would read as a perfect model
+                raise ValueError("x: expected at least one sample to evaluate on, got an empty array")
+            y = self._prepare_y(y, x.shape[0], x_shape=x.shape)
+            sw = self._prepare_sample_weight(sample_weight, x.shape[0])
+            batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+            n_steps = math.ceil(x.shape[0] / batch_size)
+            batches = self._data_batches((x, y, sw), None, batch_size)
+        else:
+            self._check_source_args(kind, "x", _data=x, y=y, sample_weight=sample_weight)
+            n_steps = len(x) if kind == "indexed" else None
+            batches = self._source_pass(x, kind, None, False, "x", True)
+        if steps is not None:
+            n_steps = steps if n_steps is None else min(n_steps, steps)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
-        logs = self._evaluate_arrays(x, y, sw, batch_size, cbs, steps)
+        logs = self._evaluate_batches(batches, cbs, steps)
+        if logs is None:
+            raise ValueError("x: the data source gave no batch to evaluate on")
         if return_dict:
             return logs
         values = [logs["loss"]] + [logs[m.name] for m in self.compiled_metrics]
         return values[0] if len(values) == 1 else values
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """The model's outputs for x, computed in batches (inference mode)."""
-        x = self._prepare_x(x)
-        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+        """The model's outputs for x, computed in batches (inference mode). x: an array, or
+        a generator / dataset of batches (x alone, or (x, y[, sample_weight]) with y unused;
+        see the module's docstring)."""
+        kind = _source_kind(x)
         verbose = self._verbose(verbose)
-        n = x.shape[0]
-        n_steps = math.ceil(n / batch_size)
         if steps is not None:
-            n_steps = min(n_steps, _int_arg(steps, "steps", 1))
+            steps = _int_arg(steps, "steps", 1)
+        if kind is None:
+            x = self._prepare_x(x)
+            batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
+            n_steps = math.ceil(x.shape[0] / batch_size)
+            batches = (self._take(x, idx) for idx in self._batches(x.shape[0], batch_size))
+        else:
+            self._check_source_args(kind, "x", _data=x)
+            n_steps = len(x) if kind == "indexed" else None
+            batches = (b[0] for b in self._source_pass(x, kind, None, False, "x", False))
+        if steps is not None:
+            n_steps = steps if n_steps is None else min(n_steps, steps)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_predict_begin()
         outs = []
-        for step, idx in enumerate(self._batches(n, batch_size)):
-            if step >= n_steps:
-                break
+        for step, xb in enumerate(batches):
             cbs.on_predict_batch_begin(step)
-            outs.append(_devices.to_host(self._run(self._take(x, idx), training=False)))
+            outs.append(_devices.to_host(self._run(xb, training=False)))
             cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+            if n_steps is not None and step + 1 >= n_steps:
+                break
         cbs.on_predict_end()
         if not outs:
             return np.zeros((0,) + tuple(d or 0 for d in self.output_shape[1:]), self.dtype)
