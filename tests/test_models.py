@@ -1272,3 +1272,16 @@ def test_data_source_argument_errors():
         a.fit(iter([(x[:4], y[:4]), (x[:4, :, :2], y[:4])]), verbose=0)
     with pytest.raises(ValueError, match=r"x \(batch 0 of the pass\) y: targets are required"):
         a.fit(iter([x[:4]]), verbose=0)
+
+
+def test_fit_from_a_torch_dataloader():
+    # a torch DataLoader (an iterable of [x, y] tensor batches, read once per epoch)
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4)
+    hb = b.fit(loader, epochs=2, verbose=0)
+    assert ha.history == hb.history
+    _same_weights(a, b)
+    np.testing.assert_array_equal(b.predict(loader, verbose=0), b.predict(x, verbose=0))
