@@ -1285,3 +1285,68 @@ def test_fit_from_a_torch_dataloader():
     assert ha.history == hb.history
     _same_weights(a, b)
     np.testing.assert_array_equal(b.predict(loader, verbose=0), b.predict(x, verbose=0))
+
+
+def test_steps_per_epoch_goes_on_through_a_dataset_or_an_iterable_as_through_arrays():
+    # the next epoch takes the next batches of the pass (not the first ones again); the
+    # dataset's on_epoch_begin / on_epoch_end are called every epoch all the same
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, epochs=3, steps_per_epoch=2, shuffle=False, verbose=0)
+    ds = _Indexed(x, y, 4)
+    ds.epochs_begun = 0
+    ds.on_epoch_begin = lambda: setattr(ds, "epochs_begun", ds.epochs_begun + 1)
+    hb = b.fit(ds, epochs=3, steps_per_epoch=2, shuffle=False, verbose=0)
+    assert ds.given == [0, 1, 2, 0, 1] and ds.epochs_begun == ds.epochs_ended == 3
+    assert ha.history == hb.history
+    _same_weights(a, b)
+    x, y, a, b = _source_pair()
+    a.fit(x, y, batch_size=4, epochs=3, steps_per_epoch=2, shuffle=False, verbose=0)
+    it = _Iterable(x, y, 4)
+    b.fit(it, epochs=3, steps_per_epoch=2, verbose=0)
+    assert it.passes == 2
+    _same_weights(a, b)
+
+
+def test_validation_from_a_source_is_in_order_limited_by_validation_steps_and_after_on_epoch_end():
+    # as arrays with validation_steps: the first validation_steps batches, unshuffled even
+    # with shuffle=True; the training dataset's on_epoch_end comes before the validation
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+               validation_data=(x, y), validation_steps=2)
+    events = []
+    train, val = _Indexed(x, y, 4), _Indexed(x, y, 4)
+    train.on_epoch_end = lambda: events.append(("train on_epoch_end", len(val.given)))
+    hb = b.fit(train, epochs=2, shuffle=False, verbose=0, validation_data=val,
+               validation_steps=2)
+    assert ha.history == hb.history and val.given == [0, 1, 0, 1]
+    assert events == [("train on_epoch_end", 0), ("train on_epoch_end", 2)]
+    val = _Indexed(x, y, 4)
+    b.fit(_Indexed(x, y, 4), epochs=3, shuffle=True, verbose=0, validation_data=val)
+    assert val.given == [0, 1, 2] * 3
+
+
+def test_sources_that_give_no_data_are_errors():
+    x, y, a, _ = _source_pair()
+    gen = lambda n: ((x[i:i + 4], y[i:i + 4]) for i in range(0, 4 * n, 4))  # noqa: E731
+    with pytest.raises(ValueError, match="^x: the data source gave no batch to train on"):
+        a.fit(gen(0), verbose=0)
+    with pytest.raises(ValueError, match=r"batch 1 of the pass\): a batch of 0 samples"):
+        a.fit(iter([(x[:4], y[:4]), (x[:0], y[:0])]), verbose=0)
+    with pytest.raises(ValueError, match="a batch of 0 samples"):
+        a.evaluate(iter([(x[:0], y[:0])]), verbose=0)
+    # a finite validation generator without validation_steps is read once: the next
+    # validation has nothing (an error naming the remedy, not an AttributeError)
+    with pytest.raises(ValueError, match="^validation_data: the data source gave no batch at epoch 2"):
+        a.fit(x, y, epochs=2, verbose=0, validation_data=gen(2))
+    with pytest.raises(ValueError, match="^validation_data: expected at least one sample"):
+        a.fit(x, y, verbose=0, validation_data=(x[:0], y[:0]))
+
+
+def test_sequences_of_samples_are_still_array_data():
+    import collections
+    x, y, a, b = _source_pair()
+    assert models._source_kind(collections.deque(x)) is None
+    assert models._source_kind(range(3)) is None
+    ha = a.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    hb = b.fit(collections.deque(x), y, batch_size=4, shuffle=False, verbose=0)
+    assert ha.history == hb.history

@@ -35,15 +35,18 @@ batches (like a ``torch.utils.data.DataLoader``), as Keras does. Each batch is `
 ``(x, y, sample_weight)`` or (for ``predict``) ``x`` alone; then ``y``, ``sample_weight``
 and ``validation_split`` must not be given, and ``batch_size`` is not used. An indexed
 dataset gives ``len()`` batches per epoch, in a new random order per epoch when
-``shuffle=True`` (its ``on_epoch_end()`` is called after each epoch); an iterable is read
+``shuffle=True`` (its ``on_epoch_begin()`` and ``on_epoch_end()``, where it has them, are
+called around each epoch of ``fit``); an iterable is read
 once per epoch; a generator or iterator is one stream for the whole of ``fit``. With
 ``steps_per_epoch`` an epoch takes the next that many batches and the next epoch goes on from
-there (as with arrays); a generator that runs out stops training with a warning, so give it
+there (as with arrays); a batch of 0 samples, or no batch at all, is an error; a generator
+that runs out later stops training with a warning, so give it
 ``steps_per_epoch * epochs`` batches, or make it endless. ``validation_data`` may be such a
 source too (``validation_steps`` limits it; an endless generator needs it), and so may
 ``evaluate``'s ``x`` (``steps`` likewise) and ``predict``'s.
 """
 
+import collections.abc
 import math
 import numbers
 import operator
@@ -96,7 +99,10 @@ def _source_kind(x):
     "indexed" (len() and x[i] give batches, like keras.utils.PyDataset), "iterable" (read
     once per pass, like a torch DataLoader), or None (array data: arrays, array-likes,
     nested lists)."""
-    if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes, numbers.Number)) \
+    # (collections.abc.Sequence: deque, range, ... of samples, which np.asarray reads as
+    # array data, as fit did before data sources; a PyDataset or a torch Dataset is not one)
+    if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes, numbers.Number,
+                                   collections.abc.Sequence)) \
             or _devices.is_array(x) or any(hasattr(x, a) for a in (
                 "__array__", "__array_interface__", "__cuda_array_interface__", "__dlpack__")):
         return None
@@ -691,6 +697,9 @@ class Sequential:
             bx, by, bsw = _unpack_batch(batch)
             label = f"{what} (batch {i} of the pass)"
             xb = self._prepare_x(bx, label)
+            if need_y and xb.shape[0] == 0:     # (an optimizer step on nothing would still
+                # move Adam's moments; a pass of empty batches would read as a loss of 0.0)
+                raise ValueError(f"{label}: a batch of 0 samples")
             if not need_y:
                 yield xb, None, None, xb.shape[0]
                 continue
@@ -764,6 +773,9 @@ class Sequential:
                                  "(x_val, y_val, sample_weight_val), or a generator or dataset "
                                  "of such batches")
             xv = self._prepare_x(validation_data[0], "validation_data x")
+            if xv.shape[0] == 0:   # (val_loss 0.0 over no samples would read as a perfect model)
+                raise ValueError("validation_data: expected at least one sample to validate "
+                                 "on, got an empty array")
             yv = self._prepare_y(validation_data[1], xv.shape[0], "validation_data y",
                                  x_shape=xv.shape)
             swv = self._prepare_sample_weight(validation_data[2], xv.shape[0],
@@ -819,10 +831,13 @@ class Sequential:
         # whose batches run out ends the epoch early; the next epoch starts a new pass, newly
         # shuffled): every sample is seen, not only the first steps * batch_size.
         pending = None      # (the current pass's batches, how many it has given)
+        trained_any = False
         for epoch in range(initial_epoch, epochs):
             self._reset_metrics()
             loss_tracker.reset_state()
             cbs.on_epoch_begin(epoch)
+            if kind == "indexed" and hasattr(x, "on_epoch_begin"):
+                x.on_epoch_begin()          # (keras.utils.PyDataset's hooks, as Keras calls them)
             batches, taken = (new_pass(), 0) if pending is None else pending
             step, ended = 0, False
             while steps is None or step < steps:
@@ -836,7 +851,7 @@ class Sequential:
                 loss_tracker.update_state(np.full(1, value), sample_weight=[rows])
                 logs = self._logs(loss_tracker)
                 cbs.on_train_batch_end(step, logs)
-                step, taken = step + 1, taken + 1
+                step, taken, trained_any = step + 1, taken + 1, True
                 if not math.isfinite(value):
                     warnings.warn(f"fit: the loss (or its gradient) became {value} at epoch {epoch + 1}, batch "
                                   f"{step}; training stopped and that batch's update was "
@@ -849,6 +864,10 @@ class Sequential:
                     break
             ended = ended or (n_batches is not None and taken >= n_batches)
             pending = (batches, taken) if per_epoch is not None and not ended else None
+            if kind == "indexed" and hasattr(x, "on_epoch_end"):
+                x.on_epoch_end()            # (before the validation, as in Keras)
+            if not trained_any:     # (as Keras and evaluate refuse an empty data source)
+                raise ValueError("x: the data source gave no batch to train on")
             if step == 0:
                 # (only a generator can have nothing left: a pass of arrays or of a dataset
                 # has at least one batch)
@@ -869,9 +888,13 @@ class Sequential:
                     and math.isfinite(epoch_logs.get("loss", 0.0)):
                 val_logs = self._evaluate_batches(self._data_batches(val, val_kind, val_bs),
                                                   callbacks=cbs, steps=validation_steps)
+                if val_logs is None:
+                    raise ValueError(
+                        f"validation_data: the data source gave no batch at epoch {epoch + 1}. "
+                        "A generator gives its batches once for the whole of fit: give "
+                        "validation_steps and make it yield validation_steps batches per "
+                        "validation (or endlessly), or pass a dataset or an iterable")
                 epoch_logs.update({"val_" + k: v for k, v in val_logs.items()})
-            if kind == "indexed" and hasattr(x, "on_epoch_end"):
-                x.on_epoch_end()            # (keras.utils.PyDataset's hook, as Keras calls it)
             cbs.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
             if self.stop_training:
