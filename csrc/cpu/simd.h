@@ -169,12 +169,14 @@ struct ExpConst;
 template <>
 struct ExpConst<float> {
   static constexpr float lo = -87.0f, hi = 88.0f;
+  static constexpr float hi_inf = 89.0f;  // (vexp<float, true>: overflows to +inf from here)
   static constexpr int terms = 7;
   static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
 };
 template <>
 struct ExpConst<double> {
   static constexpr double lo = -708.0, hi = 709.0;
+  static constexpr double hi_inf = 710.0;
   static constexpr int terms = 13;
   static constexpr double ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
 };
@@ -182,39 +184,74 @@ struct ExpConst<double> {
 // 1/k! for the Taylor series of exp.
 constexpr double inverse_factorial(int k) { return k <= 1 ? 1.0 : inverse_factorial(k - 1) / k; }
 
-template <typename Real>
-inline typename Vec<Real>::R vexp(typename Vec<Real>::R x) {
+// x clamped, then split as x = n ln2 + r (|r| <= ln2/2): returns n, sets r. OVERFLOW: the
+// upper clamp is hi_inf, where 2^n is +inf (n = 128 / 1024), so exp overflows to +inf.
+template <typename Real, bool OVERFLOW = false>
+inline typename Vec<Real>::R vexp_reduce(typename Vec<Real>::R x, typename Vec<Real>::R& r) {
   using V = Vec<Real>;
   using C = ExpConst<Real>;
   using R = typename V::R;
   x = V::max(V::set1(C::lo), x);
-  x = V::min(V::set1(C::hi), x);
+  x = V::min(V::set1(OVERFLOW ? C::hi_inf : C::hi), x);
   // n = x / ln2 rounded to the nearest integer (ties to even): adding 1.5 * 2^(mantissa bits)
   // leaves no fraction bits (exact for |x / ln2| << 2^22); subtracting it gives n exactly.
   const R magic = V::set1(std::is_same<Real, float>::value ? Real(12582912.0) : Real(6755399441055744.0));
   const R n = V::sub(V::fmadd(x, V::set1(Real(1.4426950408889634)), magic), magic);
-  R r = V::fnmadd(n, V::set1(C::ln2_hi), x);
+  r = V::fnmadd(n, V::set1(C::ln2_hi), x);
   r = V::fnmadd(n, V::set1(C::ln2_lo), r);
+  return n;
+}
+
+template <typename Real, bool OVERFLOW = false>
+inline typename Vec<Real>::R vexp(typename Vec<Real>::R x) {
+  using V = Vec<Real>;
+  using C = ExpConst<Real>;
+  using R = typename V::R;
+  R r;
+  const R n = vexp_reduce<Real, OVERFLOW>(x, r);
   // Horner on the coefficients 1/k!, highest first: one FMA per term.
   R p = V::set1(Real(inverse_factorial(C::terms)));
   for (int k = C::terms - 1; k >= 0; --k) p = V::fmadd(p, r, V::set1(Real(inverse_factorial(k))));
   return V::scale2n(p, n);
 }
 
+// exp(x) - 1 without cancellation near 0: 2^n (1 + q) - 1 = 2^n q + (2^n - 1), with
+// q = exp(r) - 1 = r (1 + r/2! + ... ) by the same Taylor terms as vexp, and 2^n - 1 exact;
+// for |x| <= ln2/2 (n = 0) it is q itself, accurate to a few ulp relative however small x is.
+template <typename Real>
+inline typename Vec<Real>::R vexpm1(typename Vec<Real>::R x) {
+  using V = Vec<Real>;
+  using C = ExpConst<Real>;
+  using R = typename V::R;
+  R r;
+  const R n = vexp_reduce<Real>(x, r);
+  R p = V::set1(Real(inverse_factorial(C::terms)));
+  for (int k = C::terms - 1; k >= 1; --k) p = V::fmadd(p, r, V::set1(Real(inverse_factorial(k))));
+  const R q = V::mul(p, r);
+  const R s = V::scale2n(V::set1(Real(1)), n);
+  return V::fmadd(s, q, V::sub(s, V::set1(Real(1))));
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)); below -89 (float) / -710 (double) exp(-x) is +inf and the
+// result exactly 0, as the true value rounds (it was a tiny positive number from the clamped
+// exp, whose s (1 - s) then gave O(1) gradients times huge weights; session 20's audit).
 template <typename Real>
 inline typename Vec<Real>::R vsigmoid(typename Vec<Real>::R x) {
   using V = Vec<Real>;
   typename V::R one = V::set1(Real(1));
-  return V::div(one, V::add(one, vexp<Real>(V::sub(V::zero(), x))));
+  return V::div(one, V::add(one, vexp<Real, true>(V::sub(V::zero(), x))));
 }
 
-// tanh(x) = (1 - e) / (1 + e) with e = exp(-2x); absolute error about 1 ulp of 1.
+// tanh(x) = m / (m + 2) with m = expm1(2x): a few ulp relative everywhere. (It was
+// (1 - e) / (1 + e) with e = exp(-2x), whose 1 - e cancels near 0: an absolute error of about
+// 1 ulp of 1, so tanh(1e-8) came out 0 in float32 and small cell states lost their digits;
+// session 20's numerics audit.) Large |x|: m is clamped (vexp_reduce), so the result is
+// +-1, not inf / inf. tanh(-0) gives +0.
 template <typename Real>
 inline typename Vec<Real>::R vtanh(typename Vec<Real>::R x) {
   using V = Vec<Real>;
-  typename V::R one = V::set1(Real(1));
-  typename V::R e = vexp<Real>(V::mul(x, V::set1(Real(-2))));
-  return V::div(V::sub(one, e), V::add(one, e));
+  const typename V::R m = vexpm1<Real>(V::add(x, x));
+  return V::div(m, V::add(m, V::set1(Real(2))));
 }
 
 }  // namespace FASTLSTM_TARGET
