@@ -35,7 +35,9 @@ and (h_0, c_0) (the activations of autocast regions) are cast to it, and the out
 Not supported: proj_size > 0 (NotImplementedError at construction), devices other than the
 CPU and CUDA, dtypes other than float32 and float64, double backward (create_graph=True
 through the LSTM), torch.func transforms (vmap, jacrev) and TorchScript. torch.compile runs it
-with graph breaks at the LSTM (dynamo cannot trace into fastlstm's kernels, and warns).
+with a graph break at the LSTM: its forward is marked torch.compiler.disable (dynamo cannot
+trace into fastlstm's kernels), so dynamo runs it as it is, without tracing into its Python
+code or warning about fastlstm's builtins, and compiles the code around it.
 
 Needs PyTorch: pip install "fastlstm[torch]". Nothing else in fastlstm imports torch.
 """
@@ -465,6 +467,16 @@ def _autocast_inputs(input, hx, dtype):
 
 # --------------------------------------------------------------------------- the module
 
+def _not_traced(fn):
+    """fn marked for torch.compile (dynamo) to call as it is instead of tracing into it: dynamo
+    cannot trace fastlstm's kernels, and tracing the Python around them only costs compile time
+    (several seconds per call site with inductor), splits the graph into fragments and warns
+    about each pybind builtin it meets (torch.compiler.disable, torch >= 2.1; older: as is)."""
+    compiler = getattr(torch, "compiler", None)
+    disable = getattr(compiler, "disable", None)
+    return fn if disable is None else disable(fn)
+
+
 def _check_int(value, name, minimum):
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} should be of type int, got: bool")
@@ -702,6 +714,7 @@ class LSTM(torch.nn.Module):
 
     # ----------------------------------------------------------------------- forward
 
+    @_not_traced
     def forward(self, input, hx=None):
         """output, (h_n, c_n) = lstm(input, hx=None); see the class docstring."""
         device, dtype = self._weight_device_dtype()
