@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 if keras.backend.backend() != "torch":
     pytest.skip("these comparisons are written for Keras's torch backend "
                 "(KERAS_BACKEND=torch)", allow_module_level=True)
@@ -208,3 +208,146 @@ def test_fit_from_a_keras_pydataset_and_a_generator_as_keras():
             assert len(hist["loss"]) == 2
         for a, b in zip(om.get_weights(), km.get_weights()):
             assert rel(a, b) <= TOL, source
+
+
+# ---------------------------------------------------------------- ported-program gaps (audit F)
+
+def test_label_smoothing_losses_match_keras():
+    from fastlstm import losses as fls
+    rng = np.random.default_rng(0)
+    yt = (rng.random((8, 1)) > 0.5).astype("float32")
+    yc = np.eye(4, dtype="float32")[rng.integers(0, 4, 8)]
+    pb, lb = rng.random((8, 1)).astype("float32"), rng.standard_normal((8, 1)).astype("float32")
+    pc = rng.random((8, 4)).astype("float32")
+    pc /= pc.sum(1, keepdims=True)
+    lc = rng.standard_normal((8, 4)).astype("float32")
+    for from_logits in (False, True):
+        for name, t, p in (("BinaryCrossentropy", yt, lb if from_logits else pb),
+                           ("CategoricalCrossentropy", yc, lc if from_logits else pc)):
+            k = getattr(keras.losses, name)(from_logits=from_logits, label_smoothing=0.2)
+            f = getattr(fls, name)(from_logits=from_logits, label_smoothing=0.2)
+            assert rel(f(t, p), float(k(t, p))) < 1e-6
+            tt = torch.tensor(p, requires_grad=True)
+            k(torch.tensor(t), tt).backward()
+            np.testing.assert_allclose(f.gradient(t, p), tt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_precision_recall_metrics_match_keras():
+    from fastlstm import metrics as fmet
+    rng = np.random.default_rng(1)
+    cases = [((50,), (50, 1), None), ((50, 1), (50, 1), rng.random(50)),
+             ((6, 7), (6, 7, 1), (rng.random((6, 7)) > 0.3).astype("float32")),
+             ((20, 3), (20, 3), None)]
+    for shape_t, shape_p, sw in cases:
+        yt = (rng.random(shape_t) > 0.5).astype("float32")
+        yp = rng.random(shape_p).astype("float32")
+        for cls in ("Precision", "Recall"):
+            for kw in ({}, {"thresholds": 0.3}, {"class_id": 1} if shape_p == (20, 3) else {}):
+                k, f = getattr(keras.metrics, cls)(**kw), getattr(fmet, cls)(**kw)
+                for _ in range(2):
+                    k.update_state(yt, yp, sample_weight=sw)
+                    f.update_state(yt, yp, sample_weight=sw)
+                assert abs(f.result() - float(k.result())) < 1e-6, (cls, shape_t, kw)
+
+
+def test_fit_with_precision_recall_strings_and_objects_matches_keras():
+    from fastlstm import metrics as fmet
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 5, 2)).astype("float32")
+    y = (x[:, :, 0].sum(1) > 0).astype("float32")
+    km = keras.Sequential([keras.Input((5, 2)), keras.layers.LSTM(4),
+                           keras.layers.Dense(1, activation="sigmoid")])
+    fmodel = fm.Sequential([fl.Input((5, 2)), fl.LSTM(4), fl.Dense(1, activation="sigmoid")])
+    fmodel.set_weights(km.get_weights())
+    km.compile("sgd", "binary_crossentropy",
+               metrics=["precision", keras.metrics.Recall(thresholds=0.4, name="rec")])
+    fmodel.compile("sgd", "binary_crossentropy",
+                   metrics=["precision", fmet.Recall(thresholds=0.4, name="rec")])
+    hk = km.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    hf = fmodel.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    for key in ("loss", "precision", "rec", "val_precision", "val_rec"):
+        np.testing.assert_allclose(hf.history[key], hk.history[key], atol=1e-6, err_msg=key)
+
+
+def test_keras_schedules_match_and_keras_schedule_object_is_accepted():
+    from fastlstm.optimizers.schedules import (CosineDecay, ExponentialDecay,  # the import form
+                                               InverseTimeDecay, PiecewiseConstantDecay)
+    ks = keras.optimizers.schedules
+    pairs = [(ExponentialDecay(0.1, 3, 0.5), ks.ExponentialDecay(0.1, 3, 0.5)),
+             (ExponentialDecay(0.1, 3, 0.5, staircase=True),
+              ks.ExponentialDecay(0.1, 3, 0.5, staircase=True)),
+             (InverseTimeDecay(0.1, 2, 0.5), ks.InverseTimeDecay(0.1, 2, 0.5)),
+             (PiecewiseConstantDecay([2, 5], [0.1, 0.05, 0.01]),
+              ks.PiecewiseConstantDecay([2, 5], [0.1, 0.05, 0.01])),
+             (CosineDecay(0.1, 6, alpha=0.1), ks.CosineDecay(0.1, 6, alpha=0.1)),
+             (CosineDecay(0.0, 6, warmup_target=0.1, warmup_steps=3),
+              ks.CosineDecay(0.0, 6, warmup_target=0.1, warmup_steps=3))]
+    for f, k in pairs:
+        for step in range(12):
+            assert abs(f(step) - float(k(step))) < 1e-7 * max(1.0, float(k(step))) + 1e-9, \
+                (type(f).__name__, step)
+    # a Keras schedule (it returns 0-d torch tensors) works in a fastlstm optimizer
+    opt = fo.SGD(learning_rate=ks.ExponentialDecay(0.1, 3, 0.5))
+    assert abs(opt.learning_rate - 0.1) < 1e-7
+
+
+def test_fit_with_exponential_decay_matches_keras_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((30, 4, 2)).astype("float32")
+    y = x[:, :, 1].mean(1, keepdims=True)
+    km = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3), keras.layers.Dense(1)])
+    fmodel = fm.Sequential([fl.Input((4, 2)), fl.LSTM(3), fl.Dense(1)])
+    fmodel.set_weights(km.get_weights())
+    km.compile(keras.optimizers.RMSprop(keras.optimizers.schedules.ExponentialDecay(0.05, 2, 0.7)),
+               "mse")
+    fmodel.compile(fo.RMSprop(fo.schedules.ExponentialDecay(0.05, 2, 0.7)), "mse")
+    hk = km.fit(x, y, batch_size=10, epochs=3, shuffle=False, verbose=0)
+    hf = fmodel.fit(x, y, batch_size=10, epochs=3, shuffle=False, verbose=0)
+    np.testing.assert_allclose(hf.history["loss"], hk.history["loss"], rtol=1e-5)
+    path = str(tmp_path / "m.keras")
+    fmodel.save(path)
+    loaded = fm.load_model(path)
+    assert isinstance(loaded.optimizer._learning_rate, fo.schedules.ExponentialDecay)
+    hk = km.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    hf = loaded.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(hf.history["loss"], hk.history["loss"], rtol=1e-5)
+    # a Keras optimizer config holding a schedule reads as is
+    o = fo.get(keras.optimizers.serialize(km.optimizer))
+    assert isinstance(o._learning_rate, fo.schedules.ExponentialDecay)
+
+
+def test_ported_imports_pydataset_top_level_names():
+    import fastlstm
+    from fastlstm.utils import PyDataset, Sequence
+    assert Sequence is PyDataset
+    assert fastlstm.Sequential is fm.Sequential and fastlstm.Input is fl.Input
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 3, 2)).astype("float32")
+    y = x[:, :, 0].sum(1, keepdims=True)
+
+    def make(base):
+        class DS(base):
+            def __init__(self, **kw):
+                super().__init__(**kw)
+                self.ends = 0
+
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                return x[5 * i:5 * i + 5], y[5 * i:5 * i + 5]
+
+            def on_epoch_end(self):
+                self.ends += 1
+        return DS(workers=1, use_multiprocessing=False)
+
+    km = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(3), keras.layers.Dense(1)])
+    fmodel = fastlstm.Sequential([fastlstm.Input((3, 2)), fl.LSTM(3), fl.Dense(1)])
+    fmodel.set_weights(km.get_weights())
+    km.compile("adam", "mse")
+    fmodel.compile("adam", "mse")
+    kd, fd = make(keras.utils.PyDataset), make(PyDataset)
+    hk = km.fit(kd, epochs=2, shuffle=False, verbose=0)
+    hf = fmodel.fit(fd, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(hf.history["loss"], hk.history["loss"], rtol=1e-5)
+    assert fd.ends == 2 and fd.num_batches == 4 and fd.workers == 1

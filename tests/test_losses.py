@@ -503,3 +503,29 @@ def test_categorical_from_logits_finite_for_any_finite_logits(dtype, big):
 def test_huber_delta_errors_name_the_argument(bad):
     with pytest.raises(ValueError, match="`delta` must be a finite number >= 0"):
         losses.Huber(delta=bad)
+
+
+def test_label_smoothing_smooths_targets_and_round_trips():
+    rng = np.random.default_rng(0)
+    t = (rng.random((6, 2)) > 0.5).astype(np.float64)
+    p = rng.random((6, 2))
+    ls = losses.BinaryCrossentropy(label_smoothing=0.2)
+    ref = losses.BinaryCrossentropy()
+    smoothed = t * 0.8 + 0.1
+    assert math.isclose(ls(t, p), ref(smoothed, p), rel_tol=1e-12)
+    np.testing.assert_allclose(ls.gradient(t, p), ref.gradient(smoothed, p), rtol=1e-12)
+    c = np.eye(3)[[0, 2, 1, 1]]
+    q = rng.random((4, 3))
+    cls = losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.3)
+    cref = losses.CategoricalCrossentropy(from_logits=True)
+    assert math.isclose(cls(c, q), cref(c * 0.7 + 0.1, q), rel_tol=1e-12)
+    np.testing.assert_allclose(cls.gradient(c, q), cref.gradient(c * 0.7 + 0.1, q), rtol=1e-12)
+    for loss in (ls, cls):
+        again = losses.get(losses.serialize(loss))
+        assert again == loss and again.label_smoothing == loss.label_smoothing
+    assert "label_smoothing" not in losses.BinaryCrossentropy().get_config()
+    for bad in (-0.1, 1.5, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            losses.BinaryCrossentropy(label_smoothing=bad)
+    with pytest.raises(TypeError):      # as in Keras: sparse labels are not smoothed
+        losses.SparseCategoricalCrossentropy(label_smoothing=0.1)

@@ -203,3 +203,28 @@ def test_binary_accuracy_threshold_errors_name_the_argument(bad):
     with pytest.raises(ValueError, match="`threshold` must be a finite number"):
         metrics.BinaryAccuracy(threshold=bad)
     assert metrics.BinaryAccuracy(threshold=np.float32(0.25)).threshold == 0.25
+
+
+def test_precision_recall_counts_names_and_configs():
+    y_true = np.array([1, 0, 1, 1, 0, 0], np.float32)
+    y_pred = np.array([0.9, 0.6, 0.4, 0.7, 0.2, 0.5], np.float32)   # 0.5 is not > 0.5
+    p, r = metrics.get("precision"), metrics.get("recall")
+    assert (type(p), p.name, type(r), r.name) == (metrics.Precision, "precision",
+                                                  metrics.Recall, "recall")
+    p.update_state(y_true, y_pred)
+    r.update_state(y_true, y_pred)
+    assert p.result() == pytest.approx(2 / 3) and r.result() == pytest.approx(2 / 3)
+    w = np.array([1, 0, 1, 1, 1, 1], np.float32)     # drops the false positive
+    p.reset_state()
+    p.update_state(y_true, y_pred, sample_weight=w)
+    assert p.result() == pytest.approx(1.0)
+    assert metrics.Precision().result() == 0.0     # nothing counted yet
+    m = metrics.get({"class_name": "Recall",
+                     "config": metrics.Recall(thresholds=0.3, name="r3").get_config()})
+    assert (type(m), m.name, m.thresholds) == (metrics.Recall, "r3", 0.3)
+    with pytest.raises(NotImplementedError, match="top_k"):
+        metrics.Precision(top_k=2)
+    with pytest.raises(NotImplementedError, match="one threshold"):
+        metrics.Recall(thresholds=[0.3, 0.6])
+    with pytest.raises(ValueError):
+        metrics.Precision(thresholds=1.5)

@@ -705,3 +705,36 @@ def test_a_refused_call_leaves_the_optimizer_unbuilt(name):
     restored = cls(**kwargs)
     restored.set_state(good)
     assert restored.built and restored.iterations == 1
+
+
+def test_schedules_module_and_config_round_trip():
+    from fastlstm.optimizers.schedules import ExponentialDecay, PiecewiseConstantDecay
+    s = ExponentialDecay(0.1, decay_steps=4, decay_rate=0.5, staircase=True)
+    assert [s(i) for i in (0, 3, 4, 9)] == [0.1, 0.1, 0.05, 0.025]
+    pw = PiecewiseConstantDecay([2, 4], [1.0, 0.5, 0.1])
+    assert [pw(i) for i in (0, 2, 3, 4, 5)] == [1.0, 1.0, 0.5, 0.5, 0.1]
+    opt = opt_mod.Adam(learning_rate=s)
+    config = json.loads(json.dumps(opt.get_config()))
+    again = opt_mod.get(config)
+    assert isinstance(again._learning_rate, ExponentialDecay)
+    assert again._learning_rate.get_config() == s.get_config()
+    with pytest.raises(ValueError, match="boundaries"):
+        PiecewiseConstantDecay([1, 2], [0.1])
+    with pytest.raises(ValueError, match="decay_steps"):
+        ExponentialDecay(0.1, 0, 0.5)
+
+
+def test_schedule_returning_a_0d_array_like():
+    class Scalar:           # a 0-d tensor stand-in (float() works, not a numbers.Real)
+        shape = ()
+
+        def __init__(self, v):
+            self.v = v
+
+        def __float__(self):
+            return self.v
+    opt = opt_mod.SGD(learning_rate=lambda it: Scalar(0.25))
+    assert opt.learning_rate == 0.25
+    opt = opt_mod.SGD(learning_rate=lambda it: "0.1")
+    with pytest.raises(ValueError, match="schedule"):
+        opt.learning_rate

@@ -22,13 +22,15 @@ from . import cuda, ops, reference
 from . import activations, initializers, regularizers, losses, metrics, optimizers
 from . import layers, callbacks, models, saving, utils
 from ._device import set_device, get_device
+from .models import Sequential          # keras.Sequential, keras.Input
+from .layers import Input
 
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
            "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
            "cpu_info", "set_num_threads", "get_num_threads", "set_cpu_cache_limit",
            "empty_cpu_cache", "cuda", "cuda_available",
-           "cuda_info", "set_device", "get_device"]
+           "cuda_info", "set_device", "get_device", "Sequential", "Input"]
 
 # Choose the CPU kernels now, so a bad FASTLSTM_ISA fails at import with its reason.
 _core.get_isa()

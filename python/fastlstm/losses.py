@@ -150,6 +150,13 @@ def _check_finite(name, value, low=None):
     return float(value)
 
 
+def _check_label_smoothing(value):
+    value = _check_finite("label_smoothing", value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing: expected a float in [0, 1], got {value!r}")
+    return value
+
+
 def _log_softmax(x):
     xp = array_module(x)
     m = xp.max(x, axis=-1, keepdims=True)
@@ -298,9 +305,17 @@ class BinaryCrossentropy(Loss):
 
     default_name = "binary_crossentropy"
 
-    def __init__(self, from_logits=False, name=None):
+    def __init__(self, from_logits=False, label_smoothing=0.0, name=None):
         super().__init__(name)
         self.from_logits = bool(from_logits)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+
+    def _prepare_true(self, y_true, y_pred, dtype, check=True):
+        t = super()._prepare_true(y_true, y_pred, dtype, check)
+        if self.label_smoothing:    # as Keras: towards 0.5
+            ls = dtype.type(self.label_smoothing)
+            t = t * (1 - ls) + dtype.type(0.5) * ls
+        return t
 
     def _forward(self, t, x):
         xp = array_module(x)
@@ -322,7 +337,10 @@ class BinaryCrossentropy(Loss):
         return scale * array_module(x).where(inside, g, g.dtype.type(0))
 
     def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits}
+        config = {"name": self.name, "from_logits": self.from_logits}
+        if self.label_smoothing:
+            config["label_smoothing"] = self.label_smoothing
+        return config
 
 
 def _categorical_forward(t, x, from_logits):
@@ -363,9 +381,17 @@ class CategoricalCrossentropy(Loss):
 
     default_name = "categorical_crossentropy"
 
-    def __init__(self, from_logits=False, name=None):
+    def __init__(self, from_logits=False, label_smoothing=0.0, name=None):
         super().__init__(name)
         self.from_logits = bool(from_logits)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+
+    def _prepare_true(self, y_true, y_pred, dtype, check=True):
+        t = super()._prepare_true(y_true, y_pred, dtype, check)
+        if self.label_smoothing:    # as Keras: towards 1 / classes
+            ls = dtype.type(self.label_smoothing)
+            t = t * (1 - ls) + ls / dtype.type(y_pred.shape[-1])
+        return t
 
     def _forward(self, t, x):
         return _categorical_forward(t, x, self.from_logits)
@@ -374,7 +400,10 @@ class CategoricalCrossentropy(Loss):
         return _categorical_backward(t, x, ctx, dper, self.from_logits)
 
     def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits}
+        config = {"name": self.name, "from_logits": self.from_logits}
+        if self.label_smoothing:
+            config["label_smoothing"] = self.label_smoothing
+        return config
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -382,6 +411,9 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     y_pred.shape[:-1] (or with a trailing axis of 1), each id in [0, classes)."""
 
     default_name = "sparse_categorical_crossentropy"
+
+    def __init__(self, from_logits=False, name=None):    # (no label_smoothing, as in Keras)
+        super().__init__(from_logits=from_logits, name=name)
 
     def _prepare_true(self, y_true, y_pred, dtype, check=True):
         xp = array_module(y_pred)

@@ -25,7 +25,8 @@ from ._device import array_module, read_scalars
 
 __all__ = [
     "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
-    "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get",
+    "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall",
+    "get",
     "accuracy_for_shapes",
 ]
 
@@ -236,11 +237,105 @@ class MeanSquaredError(MeanMetricWrapper):
         return array_module(d).mean(d * d, axis=-1)
 
 
+class _ConfusionMetric(Metric):
+    """Weighted true/false positive/negative counts at one threshold, as Keras's
+    ``Precision`` / ``Recall``: a prediction is positive when ``y_pred > threshold``, a
+    label when it is nonzero; every element counts (targets and predictions are flattened),
+    weighted by ``sample_weight`` broadcast to ``y_pred`` (masks included)."""
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None):
+        if top_k is not None:
+            raise NotImplementedError(f"{type(self).__name__}: top_k is not supported by "
+                                      f"fastlstm")
+        if thresholds is None:
+            thresholds = 0.5
+        elif isinstance(thresholds, (list, tuple)):
+            if len(thresholds) != 1:
+                raise NotImplementedError(f"{type(self).__name__}: only one threshold is "
+                                          f"supported by fastlstm, got {list(thresholds)}")
+            thresholds = thresholds[0]
+        self.thresholds = _losses._check_finite("thresholds", thresholds)
+        if not 0.0 <= self.thresholds <= 1.0:
+            raise ValueError(f"Threshold values must be in [0, 1]. Received: {thresholds}")
+        if class_id is not None and (isinstance(class_id, bool) or
+                                     not isinstance(class_id, (int, np.integer))):
+            raise ValueError(f"class_id: expected an int or None, got {class_id!r}")
+        self.class_id = None if class_id is None else int(class_id)
+        super().__init__(name)
+
+    def reset_state(self):
+        self.true_positives = 0.0
+        self.false_positives = 0.0
+        self.false_negatives = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        xp = array_module(y_pred)
+        y_true = _numeric(y_true, "y_true", xp).astype(np.float64)
+        y_pred = _numeric(y_pred, "y_pred", xp).astype(np.float64)
+        y_pred, y_true = _same_rank(y_pred, y_true)
+        if sample_weight is not None:
+            w = _numeric(sample_weight, "sample_weight", xp).astype(np.float64)
+            # Keras expands the weights by an axis, then squeezes a trailing 1 back to y_true's
+            # rank: only weights of rank y_true.ndim - 1 keep the new axis
+            if w.ndim + 1 == y_true.ndim:
+                w = w[..., None]
+        if self.class_id is not None:
+            if y_pred.ndim < 2:
+                raise ValueError("When class_id is provided, y_pred must be a 2D array with "
+                                 f"shape (num_samples, num_classes), found shape: {y_pred.shape}")
+            y_true = y_true[..., self.class_id, None]
+            y_pred = y_pred[..., self.class_id, None]
+        if y_true.shape != y_pred.shape:
+            try:
+                y_true = xp.broadcast_to(y_true, y_pred.shape)
+            except ValueError:
+                raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
+                                 f"{y_true.shape}, y_pred has shape {y_pred.shape}") from None
+        pred = y_pred > self.thresholds
+        label = y_true != 0
+        if sample_weight is None:
+            w = xp.ones(y_pred.shape, np.float64)
+        else:
+            try:
+                w = xp.broadcast_to(w, y_pred.shape)
+            except ValueError:
+                raise ValueError(f"sample_weight of shape {tuple(w.shape)} does not broadcast "
+                                 f"to y_pred's shape {y_pred.shape}") from None
+        tp, fp, fn = read_scalars([xp.sum(w * (label & pred)), xp.sum(w * (~label & pred)),
+                                   xp.sum(w * (label & ~pred))])
+        self.true_positives += tp
+        self.false_positives += fp
+        self.false_negatives += fn
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.thresholds, "class_id": self.class_id}
+
+
+class Precision(_ConfusionMetric):
+    """true_positives / (true_positives + false_positives) (0.0 when there are none)."""
+
+    default_name = "precision"
+
+    def result(self):
+        d = self.true_positives + self.false_positives
+        return 0.0 if d == 0 else self.true_positives / d
+
+
+class Recall(_ConfusionMetric):
+    """true_positives / (true_positives + false_negatives) (0.0 when there are none)."""
+
+    default_name = "recall"
+
+    def result(self):
+        d = self.true_positives + self.false_negatives
+        return 0.0 if d == 0 else self.true_positives / d
+
+
 # --------------------------------------------------------------------------- registry
 
 _CLASSES = {cls.__name__: cls for cls in (
     Mean, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,
-    MeanAbsoluteError, MeanSquaredError)}
+    MeanAbsoluteError, MeanSquaredError, Precision, Recall)}
 
 _NAMES = {
     "binary_accuracy": BinaryAccuracy,
@@ -251,6 +346,8 @@ _NAMES = {
     "mean_squared_error": MeanSquaredError,
     "mse": MeanSquaredError,
     "mean": Mean,
+    "precision": Precision,
+    "recall": Recall,
 }
 
 _ACCURACY = ("accuracy", "acc")

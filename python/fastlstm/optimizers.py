@@ -37,7 +37,8 @@ whose L2 norm exceeds it to that norm; ``global_clipnorm`` rescales all gradient
 ``clipnorm / max(global_norm, clipnorm)``, global_norm being the L2 norm of all of them.
 
 Saving: ``get_config()`` returns a JSON-able dict (``"class_name"`` plus the constructor
-arguments; a callable schedule is stored as its current value, the callable itself is not
+arguments; a ``fastlstm.optimizers.schedules`` schedule is stored as its config and rebuilt,
+any other callable schedule is stored as its current value, the callable itself is not
 serialised) and ``get(config)`` / ``Cls.from_config(config)`` rebuild the optimizer.
 ``get_state()`` returns ``{"iterations": int, slot_name: [array per variable], ...}`` (NumPy
 copies, also for slots on the device) and ``set_state(state)`` restores it exactly, building
@@ -48,12 +49,18 @@ device on the first update).
 import copy
 import math
 import numbers
+import sys
 
 import numpy as np
 
 from ._device import array_module, copy_into, is_array, to_host, to_numpy_copy
+from . import _schedules as schedules
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
+# `from fastlstm.optimizers.schedules import ExponentialDecay`, as from keras.optimizers.schedules
+sys.modules.setdefault(__name__ + ".schedules", schedules)
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize",
+           "schedules"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # keys of a Keras 3 optimizer config with no fastlstm counterpart, and their no-op values
@@ -156,6 +163,9 @@ class Optimizer:
             value = lr(self._iterations)
             if isinstance(value, np.ndarray) and value.shape == ():
                 value = value.item()
+            elif not _is_real(value) and hasattr(value, "__float__") and \
+                    not isinstance(value, (bool, np.bool_)) and tuple(getattr(value, "shape", ())) == ():
+                value = float(value)    # a 0-d tensor, e.g. from a Keras schedule
             try:
                 return _check_real("learning_rate", value, low=0.0)
             except ValueError as e:
@@ -408,7 +418,9 @@ class Optimizer:
         return {
             "class_name": type(self).__name__,
             "name": self.name,
-            "learning_rate": float(self._current_learning_rate()),
+            "learning_rate": schedules.serialize(self._learning_rate)
+            if isinstance(self._learning_rate, schedules.LearningRateSchedule)
+            else float(self._current_learning_rate()),
             "weight_decay": self.weight_decay,
             "clipnorm": self.clipnorm,
             "clipvalue": self.clipvalue,
@@ -431,6 +443,8 @@ class Optimizer:
                     if value != default:
                         raise ValueError(f"Argument `{key}` is not supported by fastlstm "
                                          f"optimizers. Received: {key}={value!r}")
+        if isinstance(config.get("learning_rate"), dict):   # a schedule (ours or Keras's)
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"])
         if class_name is not None:
             target = _lookup(class_name)
             if cls is not Optimizer and target is not cls:

@@ -13,7 +13,70 @@ import numpy as np
 from . import _random
 from ._progbar import Progbar
 
-__all__ = ["set_random_seed", "to_categorical", "pad_sequences", "Progbar"]
+__all__ = ["set_random_seed", "to_categorical", "pad_sequences", "Progbar", "PyDataset",
+           "Sequence"]
+
+
+class PyDataset:
+    """Base class for batch datasets, as ``keras.utils.PyDataset``: subclass it, call
+    ``super().__init__(**kwargs)``, define ``__len__`` (the number of batches) and
+    ``__getitem__(index)`` (batch ``index``: ``(x, y)`` or ``(x, y, sample_weight)``), and
+    optionally ``on_epoch_begin`` / ``on_epoch_end``; ``fit``, ``evaluate`` and ``predict``
+    take it as ``x``. ``workers``, ``use_multiprocessing`` and ``max_queue_size`` are
+    accepted for Keras code and have no effect: batches are read in the calling thread, in
+    order (shuffled per epoch by ``fit(shuffle=True)``)."""
+
+    def __init__(self, workers=1, use_multiprocessing=False, max_queue_size=10):
+        self._workers = workers
+        self._use_multiprocessing = use_multiprocessing
+        self._max_queue_size = max_queue_size
+
+    @property
+    def workers(self):
+        return getattr(self, "_workers", 1)
+
+    @workers.setter
+    def workers(self, value):
+        self._workers = value
+
+    @property
+    def use_multiprocessing(self):
+        return getattr(self, "_use_multiprocessing", False)
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value):
+        self._use_multiprocessing = value
+
+    @property
+    def max_queue_size(self):
+        return getattr(self, "_max_queue_size", 10)
+
+    @max_queue_size.setter
+    def max_queue_size(self, value):
+        self._max_queue_size = value
+
+    def __getitem__(self, index):
+        raise NotImplementedError
+
+    def __len__(self):
+        raise NotImplementedError
+
+    @property
+    def num_batches(self):
+        """``len(self)`` (Keras's name; None where ``__len__`` is not defined)."""
+        try:
+            return len(self)
+        except NotImplementedError:
+            return None
+
+    def on_epoch_begin(self):
+        """Called at the start of every epoch of ``fit``."""
+
+    def on_epoch_end(self):
+        """Called at the end of every epoch of ``fit``."""
+
+
+Sequence = PyDataset    # Keras 3's alias (keras.utils.Sequence)
 
 
 def set_random_seed(seed):
