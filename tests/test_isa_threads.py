@@ -271,3 +271,37 @@ def test_docstrings_name_only_existing_top_level_functions():
             doc = getattr(getattr(module, name), "__doc__", None) or ""
             for ref in re.findall(r"\bfastlstm\.([A-Za-z_]\w*)\(", doc):
                 assert hasattr(fastlstm, ref), f"{module.__name__}.{name}: fastlstm.{ref}()"
+
+
+_THREADS = """
+import os, sys
+if len(sys.argv) > 1:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # one core, as taskset -c would
+import fastlstm
+print(fastlstm.get_num_threads())
+"""
+
+
+def test_default_thread_count_from_the_environment(run_python):
+    # FASTLSTM_NUM_THREADS, else OMP_NUM_THREADS (as PyTorch and OpenMP code take it), else the
+    # cores this process may run on (its CPU affinity), read at import
+    import os
+
+    def threads(affinity=False, **env):
+        code = _THREADS if not affinity else _THREADS.replace("len(sys.argv) > 1", "True")
+        out = run_python(code, **{"FASTLSTM_NUM_THREADS": None, "OMP_NUM_THREADS": None, **env})
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.strip().splitlines()[-1])
+
+    cores = len(os.sched_getaffinity(0))
+    assert threads() == cores
+    assert threads(OMP_NUM_THREADS="3") == 3
+    assert threads(OMP_NUM_THREADS="3,2") == 3                  # nested levels: the first
+    assert threads(OMP_NUM_THREADS="lots") == cores              # not a count: ignored
+    assert threads(FASTLSTM_NUM_THREADS="5", OMP_NUM_THREADS="3") == 5
+    assert threads(FASTLSTM_NUM_THREADS=" ") == cores
+    assert threads(affinity=True) == 1
+    for bad in ("0", "-2", "two", "1025"):
+        out = run_python(_THREADS, FASTLSTM_NUM_THREADS=bad)
+        assert out.returncode != 0 and "FASTLSTM_NUM_THREADS" in out.stderr and repr(bad) in out.stderr, \
+            (bad, out.stderr[-300:])

@@ -74,7 +74,10 @@ def cuda_info():
 
 
 def get_num_threads():
-    """Number of threads the CPU kernels use (default: all cores)."""
+    """Number of threads the CPU kernels use. The default, set at import: FASTLSTM_NUM_THREADS
+    when set, else OMP_NUM_THREADS (the count PyTorch and OpenMP code take from the
+    environment), else the number of cores this process may run on (its CPU affinity: taskset,
+    a container's cpuset), else all cores. torch.set_num_threads does not change it."""
     return _core.get_num_threads()
 
 
@@ -140,3 +143,33 @@ def _cache_limit_from_environment():
 
 
 _cache_limit_from_environment()
+
+
+def _threads_from_environment():
+    """The default thread count (see get_num_threads); None: keep the extension's (all cores)."""
+    text = os.environ.get("FASTLSTM_NUM_THREADS")
+    if text is not None and text.strip() != "":
+        try:
+            n = int(text.strip())
+        except ValueError:
+            n = 0
+        if not 1 <= n <= _MAX_THREADS:
+            raise ValueError(f"FASTLSTM_NUM_THREADS: expected a whole number of threads from 1 to "
+                             f"{_MAX_THREADS}, got {text!r}")
+        return n
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()   # ("4,2": nested levels)
+    if omp.isdigit() and 1 <= int(omp) <= _MAX_THREADS:
+        return int(omp)
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), _MAX_THREADS))
+    except (AttributeError, OSError):    # (no sched_getaffinity: macOS, Windows)
+        return None
+
+
+def _set_default_threads():
+    n = _threads_from_environment()
+    if n is not None and n != _core.get_num_threads():
+        _core.set_num_threads(n)
+
+
+_set_default_threads()
