@@ -169,7 +169,7 @@ struct ExpConst;
 template <>
 struct ExpConst<float> {
   static constexpr float lo = -87.0f, hi = 88.0f;
-  static constexpr float hi_inf = 89.0f;  // (vexp<float, true>: overflows to +inf from here)
+  static constexpr float hi_inf = 89.0f;  // (vexp<float, true>: n = 128 here, see vexp_reduce)
   static constexpr int terms = 7;
   static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
 };
@@ -185,7 +185,10 @@ struct ExpConst<double> {
 constexpr double inverse_factorial(int k) { return k <= 1 ? 1.0 : inverse_factorial(k - 1) / k; }
 
 // x clamped, then split as x = n ln2 + r (|r| <= ln2/2): returns n, sets r. OVERFLOW: the
-// upper clamp is hi_inf, where 2^n is +inf (n = 128 / 1024), so exp overflows to +inf.
+// upper clamp is hi_inf (n = 128 / 1024 there), so exp overflows to +inf: on the scalar and
+// AVX2 paths from n = 128 / 1024 on, i.e. x >= 127.5 ln2 = 88.38 (1023.5 ln2 = 709.44), where
+// pow2n is +inf; on AVX-512 from ln(FLT_MAX) = 88.72 (709.78), since scalef keeps p 2^n
+// finite while p < 1.
 template <typename Real, bool OVERFLOW = false>
 inline typename Vec<Real>::R vexp_reduce(typename Vec<Real>::R x, typename Vec<Real>::R& r) {
   using V = Vec<Real>;
@@ -216,7 +219,8 @@ inline typename Vec<Real>::R vexp(typename Vec<Real>::R x) {
 }
 
 // exp(x) - 1 without cancellation near 0: 2^n (1 + q) - 1 = 2^n q + (2^n - 1), with
-// q = exp(r) - 1 = r (1 + r/2! + ... ) by the same Taylor terms as vexp, and 2^n - 1 exact;
+// q = exp(r) - 1 = r (1 + r/2! + ... ) by the same Taylor terms as vexp, and 2^n - 1 exact
+// for |n| < 25 (54 for double; beyond, 2^n dominates and its rounding is harmless);
 // for |x| <= ln2/2 (n = 0) it is q itself, accurate to a few ulp relative however small x is.
 template <typename Real>
 inline typename Vec<Real>::R vexpm1(typename Vec<Real>::R x) {
@@ -232,9 +236,11 @@ inline typename Vec<Real>::R vexpm1(typename Vec<Real>::R x) {
   return V::fmadd(s, q, V::sub(s, V::set1(Real(1))));
 }
 
-// sigmoid(x) = 1 / (1 + exp(-x)); below -89 (float) / -710 (double) exp(-x) is +inf and the
-// result exactly 0, as the true value rounds (it was a tiny positive number from the clamped
-// exp, whose s (1 - s) then gave O(1) gradients times huge weights; session 20's audit).
+// sigmoid(x) = 1 / (1 + exp(-x)); from about -88.4 / -709.4 down (AVX-512: -88.72 / -709.78;
+// see vexp_reduce) exp(-x) is +inf and the result exactly 0. The true values dropped there
+// are subnormals (at most 4.1e-39 / 7.4e-309; the true sigmoid rounds to 0 only below -103.97 /
+// -745.13). Before, it was a constant tiny positive number from the clamped exp, whose
+// s (1 - s) then gave O(1) gradients times huge weights (session 20's audit).
 template <typename Real>
 inline typename Vec<Real>::R vsigmoid(typename Vec<Real>::R x) {
   using V = Vec<Real>;
