@@ -250,8 +250,10 @@ def test_precision_recall_metrics_match_keras():
                 assert abs(f.result() - float(k.result())) < 1e-6, (cls, shape_t, kw)
 
 
-def test_fit_with_precision_recall_strings_and_objects_matches_keras():
-    from fastlstm import metrics as fmet
+def _fit_classifier_like_keras(keras_metrics, our_metrics):
+    """A small LSTM classifier in Keras and in fastlstm with the same weights, each compiled
+    with its metrics and fit for 2 epochs on the same data: (fastlstm History, Keras History,
+    x, y)."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((40, 5, 2)).astype("float32")
     y = (x[:, :, 0].sum(1) > 0).astype("float32")
@@ -259,14 +261,149 @@ def test_fit_with_precision_recall_strings_and_objects_matches_keras():
                            keras.layers.Dense(1, activation="sigmoid")])
     fmodel = fm.Sequential([fl.Input((5, 2)), fl.LSTM(4), fl.Dense(1, activation="sigmoid")])
     fmodel.set_weights(km.get_weights())
-    km.compile("sgd", "binary_crossentropy",
-               metrics=["precision", keras.metrics.Recall(thresholds=0.4, name="rec")])
-    fmodel.compile("sgd", "binary_crossentropy",
-                   metrics=["precision", fmet.Recall(thresholds=0.4, name="rec")])
+    km.compile("sgd", "binary_crossentropy", metrics=keras_metrics)
+    fmodel.compile("sgd", "binary_crossentropy", metrics=our_metrics)
     hk = km.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
     hf = fmodel.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    return hf, hk, x, y
+
+
+def test_fit_with_precision_recall_strings_and_objects_matches_keras():
+    from fastlstm import metrics as fmet
+    hf, hk, _, _ = _fit_classifier_like_keras(
+        ["precision", keras.metrics.Recall(thresholds=0.4, name="rec")],
+        ["precision", fmet.Recall(thresholds=0.4, name="rec")])
     for key in ("loss", "precision", "rec", "val_precision", "val_rec"):
         np.testing.assert_allclose(hf.history[key], hk.history[key], atol=1e-6, err_msg=key)
+
+
+AUC_KWARGS = [{}, {"curve": "PR"}, {"curve": "PRGAIN"}, {"num_thresholds": 7},
+              {"thresholds": [0.3, 0.1, 0.7]}, {"thresholds": [0.25, 0.5, 0.75]},
+              {"curve": "PR", "num_thresholds": 3}, {"label_weights": [1.0, 2.0, 0.5]}]
+
+
+@pytest.mark.parametrize("summation_method", ["interpolation", "minoring", "majoring"])
+@pytest.mark.parametrize("kw", AUC_KWARGS, ids=str)
+def test_auc_metric_matches_keras(kw, summation_method):
+    # several batches, with and without sample weights, probabilities (some tied on the
+    # thresholds, some outside [0, 1]) and logits; the four count arrays and the result
+    from fastlstm import metrics as fmet
+    rng = np.random.default_rng(1)
+    cases = [((50,), (50, 1), None), ((50, 1), (50, 1), rng.random(50)),
+             ((6, 7), (6, 7, 1), (rng.random((6, 7)) > 0.3).astype("float32")),
+             ((20, 3), (20, 3), None), ((20, 3), (20, 3), rng.random((20, 3)))]
+    for shape_t, shape_p, sw in cases:
+        if "label_weights" in kw and shape_p[-1] != 3:
+            continue
+        for from_logits in (False, True):
+            k = keras.metrics.AUC(summation_method=summation_method, from_logits=from_logits,
+                                  **kw)
+            f = fmet.AUC(summation_method=summation_method, from_logits=from_logits, **kw)
+            for step in range(3):
+                yt = (rng.random(shape_t) > 0.5).astype("float32")
+                if from_logits:
+                    yp = (rng.standard_normal(shape_p) * 2).astype("float32")
+                elif step == 1:
+                    yp = (np.round(rng.random(shape_p) * 6) / 6).astype("float32")  # ties
+                else:
+                    yp = (rng.random(shape_p) * 1.2 - 0.1).astype("float32")
+                k.update_state(yt, yp, sample_weight=sw)
+                f.update_state(yt, yp, sample_weight=sw)
+                assert abs(f.result() - float(k.result())) < 1e-6, (shape_p, from_logits, step)
+            for name in ("true_positives", "false_positives", "true_negatives",
+                         "false_negatives"):
+                np.testing.assert_allclose(getattr(f, name), np.asarray(getattr(k, name)),
+                                           rtol=1e-5, atol=1e-4, err_msg=name)
+            assert f.get_config() == {key: value for key, value in k.get_config().items()
+                                      if key not in ("name", "dtype", "label_weights")} | \
+                {"name": "auc", "label_weights": kw.get("label_weights")}
+
+
+@pytest.mark.parametrize("kw", [{}, {"curve": "PR"}, {"label_weights": [1.0, 0.0, 2.0]},
+                                {"num_labels": 3, "summation_method": "majoring"}], ids=str)
+def test_auc_multi_label_matches_keras(kw):
+    from fastlstm import metrics as fmet
+    rng = np.random.default_rng(2)
+    k, f = keras.metrics.AUC(multi_label=True, **kw), fmet.AUC(multi_label=True, **kw)
+    for _ in range(3):
+        yt = (rng.random((20, 3)) > 0.5).astype("float32")
+        yp = rng.random((20, 3)).astype("float32")
+        sw = rng.random(20)
+        k.update_state(yt, yp, sample_weight=sw)
+        f.update_state(yt, yp, sample_weight=sw)
+    assert abs(f.result() - float(k.result())) < 1e-6
+
+
+def test_a_keras_auc_config_reads_as_is():
+    from fastlstm import metrics as fmet
+    k = keras.metrics.AUC(curve="PR", thresholds=[0.2, 0.6], label_weights=[1.0, 2.0],
+                          name="ka")
+    f = fmet.get({"class_name": "AUC", "config": k.get_config()})
+    assert (f.name, f.curve, f.thresholds) == ("ka", "PR", pytest.approx(list(k.thresholds)))
+    assert list(f.label_weights) == [1.0, 2.0]
+
+
+def test_fit_and_evaluate_with_auc_match_keras():
+    from fastlstm import metrics as fmet
+    hf, hk, x, y = _fit_classifier_like_keras(
+        ["auc", keras.metrics.AUC(curve="PR", name="pr", summation_method="minoring")],
+        ["auc", fmet.AUC(curve="PR", name="pr", summation_method="minoring")])
+    assert set(hf.history) == set(hk.history) == {"loss", "auc", "pr", "val_loss", "val_auc",
+                                                  "val_pr"}
+    for key in ("loss", "auc", "pr", "val_auc", "val_pr"):
+        np.testing.assert_allclose(hf.history[key], hk.history[key], atol=1e-6, err_msg=key)
+    # from_logits, named "AUC", in evaluate
+    km = keras.Sequential([keras.Input((5, 2)), keras.layers.LSTM(4), keras.layers.Dense(1)])
+    fmodel = fm.Sequential([fl.Input((5, 2)), fl.LSTM(4), fl.Dense(1)])
+    fmodel.set_weights(km.get_weights())
+    km.compile("sgd", keras.losses.BinaryCrossentropy(from_logits=True),
+               metrics=["AUC", keras.metrics.AUC(from_logits=True, name="logit_auc")])
+    fmodel.compile("sgd", "binary_crossentropy",
+                   metrics=["AUC", fmet.AUC(from_logits=True, name="logit_auc")])
+    rk = km.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    rf = fmodel.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    for key in ("AUC", "logit_auc"):
+        assert abs(rf[key] - rk[key]) < 1e-6, key
+
+
+def test_auc_on_a_masked_return_sequences_model_matches_keras():
+    # Keras 3 applies a model's output mask to its mean metrics only (reduction_metrics): its
+    # AUC, Precision and Recall count the masked steps too, and so do fastlstm's
+    from fastlstm import metrics as fmet
+    rng = np.random.default_rng(3)
+    B, T = 24, 6
+    x = rng.standard_normal((B, T, 2)).astype("float32")
+    for b, L in enumerate(rng.integers(1, T + 1, B)):
+        x[b, L:] = 0
+    y = (rng.random((B, T, 1)) > 0.5).astype("float32")
+    km = keras.Sequential([keras.Input((T, 2)), keras.layers.Masking(0.0),
+                           keras.layers.LSTM(4, return_sequences=True),
+                           keras.layers.TimeDistributed(
+                               keras.layers.Dense(1, activation="sigmoid"))])
+    fmodel = fm.Sequential([fl.Masking(0.0, input_shape=(T, 2)),
+                            fl.LSTM(4, return_sequences=True),
+                            fl.TimeDistributed(fl.Dense(1, activation="sigmoid"))])
+    fmodel.set_weights(km.get_weights())
+    km.compile("sgd", "binary_crossentropy",
+               metrics=["auc", keras.metrics.AUC(curve="PR", name="pr"), "precision", "recall",
+                        "accuracy"])
+    fmodel.compile("sgd", "binary_crossentropy",
+                   metrics=["auc", fmet.AUC(curve="PR", name="pr"), "precision", "recall",
+                            "accuracy"])
+    hk = km.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    hf = fmodel.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_split=0.25)
+    for key in ("loss", "auc", "pr", "val_auc", "val_pr", "precision", "recall", "accuracy",
+                "val_precision", "val_recall", "val_accuracy"):
+        np.testing.assert_allclose(hf.history[key], hk.history[key], atol=1e-6, err_msg=key)
+    # evaluate: the AUC of every step, masked or not (with the mask it would differ)
+    p = fmodel.predict(x, verbose=0)
+    every, masked = fmet.AUC(), fmet.AUC()
+    every.update_state(y, p)
+    masked.update_state(y, p, sample_weight=(x != 0).any(-1).astype("float32"))
+    rf = fmodel.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    rk = km.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert abs(rf["auc"] - rk["auc"]) < 1e-6 and abs(rf["auc"] - every.result()) < 1e-9
+    assert abs(masked.result() - rk["auc"]) > 1e-3
 
 
 def test_keras_schedules_match_and_keras_schedule_object_is_accepted():

@@ -228,3 +228,161 @@ def test_precision_recall_counts_names_and_configs():
         metrics.Recall(thresholds=[0.3, 0.6])
     with pytest.raises(ValueError):
         metrics.Precision(thresholds=1.5)
+
+
+# --------------------------------------------------------------------------- AUC
+
+def _auc(y_true, y_pred, sample_weight=None, **kw):
+    m = metrics.AUC(**kw)
+    m.update_state(np.asarray(y_true, np.float32), np.asarray(y_pred, np.float32),
+                   sample_weight=sample_weight)
+    return m.result()
+
+
+@pytest.mark.parametrize("summation_method", ["interpolation", "minoring", "majoring"])
+def test_auc_perfect_reversed_and_constant_classifiers(summation_method):
+    y = [0, 0, 1, 1]
+    kw = dict(summation_method=summation_method)
+    assert _auc(y, [0.1, 0.2, 0.8, 0.9], **kw) == pytest.approx(1.0)   # perfect
+    assert _auc(y, [0.9, 0.8, 0.2, 0.1], **kw) == pytest.approx(0.0)   # reversed
+    # PR: precision 1 wherever something is predicted positive; on the last step (recall 0.5
+    # to 0) minoring takes the 0 precision of the last threshold (no positives), as Keras does
+    pr = {"interpolation": 1.0, "minoring": 0.5, "majoring": 1.0}[summation_method]
+    assert _auc(y, [0.1, 0.2, 0.8, 0.9], curve="PR", **kw) == pytest.approx(pr)
+    # one prediction for all: ROC from (0, 0) to (1, 1) in one step
+    expected = {"interpolation": 0.5, "minoring": 0.0, "majoring": 1.0}[summation_method]
+    assert _auc(y, [0.5] * 4, **kw) == pytest.approx(expected)
+
+
+def test_auc_hand_computed_three_thresholds():
+    # thresholds -1e-7, 0.5, 1+1e-7: tp = [2, 1, 0], fp = [2, 0, 0], fn = [0, 1, 2],
+    # tn = [0, 2, 2]; recall [1, .5, 0], fp rate [1, 0, 0]: (1 + .5) / 2 * 1 = 0.75
+    m = metrics.AUC(num_thresholds=3)
+    m.update_state([0, 0, 1, 1], [0, 0.5, 0.3, 0.9])
+    np.testing.assert_array_equal(m.true_positives, [2, 1, 0])
+    np.testing.assert_array_equal(m.false_positives, [2, 0, 0])
+    np.testing.assert_array_equal(m.false_negatives, [0, 1, 2])
+    np.testing.assert_array_equal(m.true_negatives, [0, 2, 2])
+    assert m.result() == pytest.approx(0.75)
+    # minoring / majoring: heights min / max of the recalls: 0.5, 1
+    assert _auc([0, 0, 1, 1], [0, 0.5, 0.3, 0.9], num_thresholds=3,
+                summation_method="minoring") == pytest.approx(0.5)
+    assert _auc([0, 0, 1, 1], [0, 0.5, 0.3, 0.9], num_thresholds=3,
+                summation_method="majoring") == pytest.approx(1.0)
+    # zero weights drop the two middle elements: a perfect ranking
+    m.reset_state()
+    assert m.result() == 0.0
+    m.update_state([0, 0, 1, 1], [0, 0.5, 0.3, 0.9], sample_weight=[1, 0, 0, 1])
+    assert m.result() == pytest.approx(1.0)
+    # PR, minoring: precision at the three thresholds [0.5, 1, 0] against recall [1, .5, 0]:
+    # 0.5 * min(.5, 1) + 0.5 * min(1, 0) = 0.25
+    assert _auc([0, 0, 1, 1], [0, 0.5, 0.3, 0.9], num_thresholds=3, curve="PR",
+                summation_method="minoring") == pytest.approx(0.25)
+
+
+def test_auc_batches_add_up_and_explicit_thresholds_and_logits():
+    rng = np.random.default_rng(0)
+    yt = (rng.random(60) > 0.5).astype(np.float32)
+    yp = rng.random(60).astype(np.float32)
+    whole = _auc(yt, yp)
+    m = metrics.AUC()
+    for i in range(0, 60, 25):
+        m.update_state(yt[i:i + 25], yp[i:i + 25])
+    assert m.result() == pytest.approx(whole, abs=1e-12)
+    # explicit thresholds (sorted; the end points added), not evenly spaced
+    m = metrics.AUC(thresholds=[0.7, 0.2])
+    assert m.thresholds == pytest.approx([-1e-7, 0.2, 0.7, 1 + 1e-7])
+    assert m.num_thresholds == 4
+    m.update_state([0, 1, 0, 1], [0.1, 0.3, 0.5, 0.9])
+    np.testing.assert_array_equal(m.true_positives, [2, 2, 1, 0])
+    np.testing.assert_array_equal(m.false_positives, [2, 1, 0, 0])
+    # from_logits: the sigmoid of the logits, which keeps the ranking
+    logits = rng.standard_normal(60).astype(np.float32) * 3
+    assert _auc(yt, logits, from_logits=True) == pytest.approx(
+        _auc(yt, 1 / (1 + np.exp(-logits.astype(np.float64)))), abs=1e-6)
+
+
+def test_auc_names_configs_and_errors():
+    for name in ("AUC", "auc"):
+        m = metrics.get(name)
+        assert type(m) is metrics.AUC and m.name == name
+    assert metrics.AUC().name == "auc"
+    m = metrics.AUC(curve="pr", summation_method="Majoring", thresholds=[0.4, 0.1],
+                    from_logits=True, name="pr", label_weights=[1, 2])
+    cfg = m.get_config()
+    assert cfg == {"name": "pr", "num_thresholds": 4, "curve": "PR",
+                   "summation_method": "majoring", "multi_label": False, "num_labels": None,
+                   "label_weights": [1.0, 2.0], "from_logits": True,
+                   "thresholds": pytest.approx([0.1, 0.4])}
+    import json
+    json.dumps(cfg, allow_nan=False)                       # plain JSON
+    again = metrics.get({"class_name": "AUC", "config": cfg})
+    assert again.get_config() == cfg and again.thresholds == m.thresholds
+    assert "thresholds" not in metrics.AUC(num_thresholds=50).get_config()
+    # a Keras config (with its dtype) reads as is
+    k = metrics.AUC.from_config({"name": "auc_1", "dtype": "float32", "num_thresholds": 10,
+                                 "curve": "ROC", "summation_method": "minoring",
+                                 "multi_label": False, "num_labels": None,
+                                 "label_weights": None, "from_logits": False})
+    assert (k.num_thresholds, k.summation_method) == (10, "minoring")
+    with pytest.raises(ValueError, match="curve"):
+        metrics.AUC(curve="F1")
+    with pytest.raises(ValueError, match="summation"):
+        metrics.AUC(summation_method="trapezoid")
+    with pytest.raises(ValueError, match="num_thresholds"):
+        metrics.AUC(num_thresholds=1)
+    with pytest.raises(ValueError, match="num_labels"):
+        metrics.AUC(num_labels=3)
+    with pytest.raises(ValueError, match="thresholds"):
+        metrics.AUC(thresholds=[0.5, np.nan])
+    with pytest.raises(ValueError, match="shapes do not match"):
+        metrics.AUC().update_state(np.zeros((4, 2)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="rank 2"):
+        metrics.AUC(multi_label=True).update_state(np.zeros(4), np.zeros(4))
+
+
+def test_auc_multi_label_averages_the_labels():
+    rng = np.random.default_rng(1)
+    yt = (rng.random((30, 3)) > 0.5).astype(np.float32)
+    yp = rng.random((30, 3)).astype(np.float32)
+    per_label = [_auc(yt[:, j], yp[:, j]) for j in range(3)]
+    m = metrics.AUC(multi_label=True)
+    assert m.result() == 0.0 and m.true_positives is None     # built by the first batch
+    m.update_state(yt, yp)
+    assert m.true_positives.shape == (200, 3)
+    assert m.result() == pytest.approx(np.mean(per_label), abs=1e-12)
+    m = metrics.AUC(multi_label=True, label_weights=[1, 0, 3])
+    m.update_state(yt, yp)
+    assert m.result() == pytest.approx((per_label[0] + 3 * per_label[2]) / 4, abs=1e-12)
+    with pytest.raises(ValueError, match="labels"):
+        m.update_state(yt[:, :2], yp[:, :2])
+
+
+def test_auc_in_fit_evaluate_and_saved_with_the_model(tmp_path):
+    import json
+    import zipfile
+    from fastlstm import layers, models
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((24, 4, 2)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.float32)
+    m = models.Sequential([layers.Input((4, 2)), layers.LSTM(3),
+                           layers.Dense(1, activation="sigmoid")])
+    m.compile("sgd", "binary_crossentropy",
+              metrics=["auc", metrics.AUC(curve="PR", thresholds=[0.3, 0.6], name="pr")])
+    hist = m.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_split=0.25).history
+    assert set(hist) == {"loss", "auc", "pr", "val_loss", "val_auc", "val_pr"}
+    res = m.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
+    expect = _auc(y, m.predict(x, verbose=0))
+    assert res["auc"] == pytest.approx(expect, abs=1e-9)
+    path = str(tmp_path / "m.keras")
+    m.save(path)
+    with zipfile.ZipFile(path) as zf:
+        index = json.loads(zf.read("fastlstm.json"))
+    assert index["compile_config"]["metrics"][1]["config"]["thresholds"] == \
+        pytest.approx([0.3, 0.6])
+    loaded = models.load_model(path)
+    pr = loaded.compiled_metrics[1]
+    assert type(pr) is metrics.AUC and pr.curve == "PR" and pr.thresholds == \
+        m.compiled_metrics[1].thresholds
+    assert loaded.evaluate(x, y, batch_size=5, verbose=0, return_dict=True) == \
+        pytest.approx(res, abs=1e-9)

@@ -21,12 +21,12 @@ read it together with the loss, then ``_accumulate``.
 import numpy as np
 
 from . import losses as _losses
-from ._device import array_module, read_scalars
+from ._device import array_module, read_scalars, to_host
 
 __all__ = [
     "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
     "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall",
-    "get",
+    "AUC", "get",
     "accuracy_for_shapes",
 ]
 
@@ -241,7 +241,10 @@ class _ConfusionMetric(Metric):
     """Weighted true/false positive/negative counts at one threshold, as Keras's
     ``Precision`` / ``Recall``: a prediction is positive when ``y_pred > threshold``, a
     label when it is nonzero; every element counts (targets and predictions are flattened),
-    weighted by ``sample_weight`` broadcast to ``y_pred`` (masks included)."""
+    weighted by ``sample_weight`` broadcast to ``y_pred``. In a model, as in Keras 3, they
+    are not given the output mask (only the mean metrics are): masked steps count too."""
+
+    _masked = False
 
     def __init__(self, thresholds=None, top_k=None, class_id=None, name=None):
         if top_k is not None:
@@ -331,11 +334,287 @@ class Recall(_ConfusionMetric):
         return 0.0 if d == 0 else self.true_positives / d
 
 
+class AUC(Metric):
+    """Area under the ROC or precision-recall curve, approximated at fixed thresholds exactly
+    as Keras 3's ``AUC`` does (same buckets, same Riemann sums).
+
+    ``num_thresholds`` thresholds: ``-1e-7``, ``i / (num_thresholds - 1)`` for
+    ``i = 1 .. num_thresholds - 2``, and ``1 + 1e-7``; or the sorted ``thresholds`` given, with
+    the same two end points added. An element counts as predicted positive at a threshold
+    when its prediction is above it (``sigmoid(y_pred)`` with ``from_logits``), and as a
+    positive label when its target is nonzero. The weighted true/false positive/negative
+    counts at every threshold are summed over the batches (``true_positives``,
+    ``false_positives``, ``true_negatives``, ``false_negatives``: float64 arrays of
+    ``num_thresholds``, or ``(num_thresholds, num_labels)`` with ``multi_label``);
+    ``result()`` integrates the curve through those points:
+
+    - ``curve="ROC"``: recall against the false positive rate; ``"PR"``: precision against
+      recall; ``"PRGAIN"``: precision gain against recall gain.
+    - ``summation_method="interpolation"``: trapezoids (for PR, Davis & Goadrich's
+      interpolation of the counts, as Keras); ``"minoring"`` / ``"majoring"``: rectangles of
+      the smaller / larger of the two heights.
+
+    As in Keras, predictions are read as float32 and, with evenly spaced thresholds (the
+    default), clipped to [0, 1] before they are bucketed; other explicit thresholds compare
+    the unclipped predictions. ``sample_weight`` weighs every element (in a model the output
+    mask is not applied: as in Keras 3, whose compiled AUC counts masked steps too);
+    ``label_weights`` weighs the last axis's positions (without ``multi_label``), or the
+    per-label AUCs in their average (with ``multi_label``, which takes 2-D predictions
+    ``(samples, labels)`` and averages the labels' AUCs). ``dtype`` is accepted for Keras code
+    and ignored. A NaN prediction counts as below every threshold.
+
+    On a device the batch's counts are computed there and come back in one transfer.
+    """
+
+    default_name = "auc"
+    # Keras 3 gives a model's output mask to the mean metrics only: AUC (as Precision and
+    # Recall) counts masked steps too
+    _masked = False
+    _CURVES = {"roc": "ROC", "pr": "PR", "prgain": "PRGAIN"}
+    _SUMMATIONS = ("interpolation", "minoring", "majoring")
+    _EPSILON = 1e-7                    # Keras's backend.epsilon(): the end points' margin
+
+    def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
+                 name=None, dtype=None, thresholds=None, multi_label=False, num_labels=None,
+                 label_weights=None, from_logits=False):
+        curve_key = str(getattr(curve, "value", curve))
+        if curve_key not in ("roc", "ROC", "pr", "PR", "prgain", "PRGAIN"):
+            raise ValueError(f'Invalid AUC curve value: "{curve}". '
+                             f'Expected values are ["PR", "ROC", "PRGAIN"]')
+        self.curve = self._CURVES[curve_key.lower()]
+        sum_key = str(getattr(summation_method, "value", summation_method))
+        if sum_key not in self._SUMMATIONS + tuple(m.capitalize() for m in self._SUMMATIONS):
+            raise ValueError(f'Invalid AUC summation method value: "{summation_method}". '
+                             f'Expected values are ["interpolation", "majoring", "minoring"]')
+        self.summation_method = sum_key.lower()
+        self._init_from_thresholds = thresholds is not None
+        if thresholds is not None:
+            if np.ndim(thresholds) != 1:
+                raise ValueError(f"thresholds: expected a list of numbers, got {thresholds!r}")
+            inner = sorted(_losses._check_finite("thresholds", t) for t in list(thresholds))
+            self.num_thresholds = len(inner) + 2
+            ends = np.array([0.0] + inner + [1.0])
+            even = np.arange(len(ends), dtype=np.float32) / (len(ends) - 1)
+            # (Keras's test: within 1e-7 of evenly spaced, and at least one inner threshold)
+            self._evenly = len(ends) >= 3 and bool(np.allclose(ends, even, atol=self._EPSILON))
+        else:
+            if isinstance(num_thresholds, bool) or \
+                    not isinstance(num_thresholds, (int, np.integer)):
+                raise ValueError(f"Argument `num_thresholds` must be an integer > 1. "
+                                 f"Received: num_thresholds={num_thresholds!r}")
+            if num_thresholds <= 1:
+                raise ValueError(f"Argument `num_thresholds` must be an integer > 1. "
+                                 f"Received: num_thresholds={num_thresholds}")
+            self.num_thresholds = int(num_thresholds)
+            inner = [(i + 1) * 1.0 / (self.num_thresholds - 1)
+                     for i in range(self.num_thresholds - 2)]
+            self._evenly = True
+        self._thresholds = np.array([0.0 - self._EPSILON] + inner + [1.0 + self._EPSILON])
+        self.multi_label = bool(multi_label)
+        if num_labels is not None:
+            if not self.multi_label:
+                raise ValueError("`num_labels` is needed only when `multi_label` is True.")
+            if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) \
+                    or num_labels < 1:
+                raise ValueError(f"num_labels: expected a positive int, got {num_labels!r}")
+            num_labels = int(num_labels)
+        self.num_labels = num_labels
+        self._num_labels = num_labels          # the labels' count once known
+        if label_weights is not None:
+            lw = np.array(label_weights, dtype=np.float64)
+            if lw.ndim != 1 or not np.all(np.isfinite(lw)):
+                raise ValueError(f"label_weights: expected a list of finite numbers, got "
+                                 f"{label_weights!r}")
+            label_weights = lw
+        self.label_weights = label_weights
+        self.from_logits = bool(from_logits)
+        super().__init__(name)
+
+    @property
+    def thresholds(self):
+        """Every threshold, the two end points included (as Keras's ``AUC.thresholds``)."""
+        return [float(t) for t in self._thresholds]
+
+    def reset_state(self):
+        if self.multi_label and self._num_labels is None:
+            shape = None                         # built by the first batch
+        elif self.multi_label:
+            shape = (self.num_thresholds, self._num_labels)
+        else:
+            shape = (self.num_thresholds,)
+        for attr in ("true_positives", "false_positives", "true_negatives", "false_negatives"):
+            setattr(self, attr, None if shape is None else np.zeros(shape))
+
+    def _weights(self, xp, y_true, y_pred, sample_weight):
+        """The weight of every element of y_pred (None: all 1), as Keras reconciles them."""
+        w = None
+        if sample_weight is not None:
+            w_shape = tuple(sample_weight.shape) if hasattr(sample_weight, "shape") \
+                else np.shape(sample_weight)
+            w = _numeric(sample_weight, "sample_weight", xp).astype(np.float64)
+            # Keras adds an axis, then squeezes a trailing 1 back to y_true's rank: only weights
+            # of rank y_true.ndim - 1 keep the new axis
+            if w.ndim + 1 == y_true.ndim:
+                w = w[..., None]
+            try:
+                w = xp.broadcast_to(w, y_pred.shape)
+            except ValueError:
+                raise ValueError(f"sample_weight of shape {w_shape} does not broadcast to "
+                                 f"y_pred's shape {y_pred.shape}") from None
+        if self.label_weights is not None and not self.multi_label:
+            try:
+                lw = xp.broadcast_to(xp.asarray(self.label_weights), y_pred.shape)
+            except ValueError:
+                raise ValueError(f"label_weights of length {len(self.label_weights)} does not "
+                                 f"broadcast to y_pred's shape {y_pred.shape}") from None
+            w = lw if w is None else w * lw
+        return w
+
+    def _counts(self, xp, y_pred):
+        """How many thresholds each prediction is above (positive at thresholds 0..k-1)."""
+        n = self.num_thresholds
+        if self._evenly:
+            # Keras's bucketing for evenly spaced thresholds: ceil(p (n - 1)) - 1 on the
+            # prediction clipped to [0, 1], at least 0 (so 0 is above the first threshold,
+            # -1e-7, and 1 is not above the last, 1 + 1e-7), in float32
+            p = xp.clip(y_pred, np.float32(0.0), np.float32(1.0))
+            k = xp.maximum(xp.ceil(p * np.float32(n - 1)), np.float32(1.0))
+        else:
+            t = xp.asarray(self._thresholds.astype(np.float32))
+            k = xp.searchsorted(t, y_pred, side="left").astype(np.float32)  # thresholds < p
+        return xp.where(xp.isnan(y_pred), np.float32(0.0), k).astype(np.int64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        xp = array_module(y_pred)
+        y_true = _numeric(y_true, "y_true", xp)
+        y_pred = _numeric(y_pred, "y_pred", xp).astype(np.float32)   # as Keras's variables
+        if self.multi_label:
+            if y_pred.ndim != 2:
+                raise ValueError(f"`y_pred` must have rank 2 when `multi_label=True`. Found "
+                                 f"rank {y_pred.ndim}. Full shape received for `y_pred`: "
+                                 f"{y_pred.shape}")
+            if self._num_labels is None:
+                self._num_labels = int(y_pred.shape[1])
+                self.reset_state()
+            elif y_pred.shape[1] != self._num_labels:
+                raise ValueError(f"AUC(multi_label=True) counts {self._num_labels} labels, "
+                                 f"got y_pred of shape {y_pred.shape}")
+        if self.from_logits:
+            with np.errstate(over="ignore"):
+                y_pred = np.float32(1.0) / (np.float32(1.0) + xp.exp(-y_pred))
+        y_pred, y_true = _same_rank(y_pred, y_true)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
+                             f"{y_true.shape}, y_pred has shape {y_pred.shape}")
+        w = self._weights(xp, y_true, y_pred, sample_weight)
+        label = (y_true != 0).astype(np.float64)
+        pos = label if w is None else label * w
+        neg = (1.0 - label) if w is None else (1.0 - label) * w
+        k = self._counts(xp, y_pred)
+        n = self.num_thresholds
+        if self.multi_label:
+            labels = y_pred.shape[1]
+            idx = (k * labels + xp.arange(labels)[None, :]).ravel()
+            size = (n + 1) * labels
+        else:
+            idx, size = k.ravel(), n + 1
+        # per count of thresholds passed: the weights of positives and negatives
+        hist = xp.stack([xp.bincount(idx, weights=pos.ravel(), minlength=size),
+                         xp.bincount(idx, weights=neg.ravel(), minlength=size)])
+        hist = to_host(hist).astype(np.float64)          # one transfer
+        if self.multi_label:
+            hist = hist.reshape(2, n + 1, labels)
+        # above threshold i: the elements that passed more than i thresholds
+        above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]
+        tp, fp = above[0, 1:], above[1, 1:]
+        self.true_positives = self.true_positives + tp
+        self.false_positives = self.false_positives + fp
+        self.false_negatives = self.false_negatives + (above[0, 0] - tp)
+        self.true_negatives = self.true_negatives + (above[1, 0] - fp)
+
+    @staticmethod
+    def _div(a, b):
+        """a / b, 0 where b is 0 (Keras's divide_no_nan)."""
+        a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+        out = np.zeros(a.shape)
+        np.divide(a, b, out=out, where=b != 0)
+        return out
+
+    def _interpolated_pr(self, tp, fp, fn):
+        """Davis & Goadrich's PR interpolation (Keras's closed form): TP and TP + FP linear
+        between neighbouring thresholds, precision integrated over recall in each interval."""
+        p = tp + fp
+        dtp = tp[:-1] - tp[1:]
+        dp = p[:-1] - p[1:]
+        slope = self._div(dtp, np.maximum(dp, 0))
+        intercept = tp[1:] - slope * p[1:]
+        both = (p[:-1] > 0) & (p[1:] > 0)
+        ratio = np.where(both, self._div(p[:-1], np.maximum(p[1:], 0)), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_ratio = np.log(np.where(ratio > 0, ratio, 1.0))
+        return self._div(slope * (dtp + intercept * log_ratio),
+                         np.maximum(tp[1:] + fn[1:], 0))
+
+    def _riemann(self, tp, fp, tn, fn):
+        recall = self._div(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = self._div(fp, fp + tn), recall
+        elif self.curve == "PR":
+            x, y = recall, self._div(tp, tp + fp)
+        else:                                                      # PRGAIN
+            scale = self._div(tp + fn, tn + fp)
+            recall_gain = np.where(tp == 0, 0.0, 1.0 - scale * self._div(fn, tp))
+            precision_gain = np.where(tp == 0, 1.0, 1.0 - scale * self._div(fp, tp))
+            x, y = np.maximum(recall_gain, 0.0), precision_gain
+        if self.summation_method == "interpolation":
+            heights = (y[:-1] + y[1:]) / 2.0
+        elif self.summation_method == "minoring":
+            heights = np.minimum(y[:-1], y[1:])
+        else:
+            heights = np.maximum(y[:-1], y[1:])
+        return (x[:-1] - x[1:]) * heights
+
+    def result(self):
+        if self.true_positives is None:                 # multi_label, nothing seen yet
+            return 0.0
+        tp, fp = self.true_positives, self.false_positives
+        tn, fn = self.true_negatives, self.false_negatives
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            terms = self._interpolated_pr(tp, fp, fn)
+        else:
+            terms = self._riemann(tp, fp, tn, fn)
+        if not self.multi_label:
+            return float(np.sum(terms))
+        by_label = np.sum(terms, axis=0)
+        if self.label_weights is None:
+            return float(np.mean(by_label))
+        lw = self.label_weights
+        if lw.shape != by_label.shape:
+            raise ValueError(f"label_weights of length {len(lw)} for {len(by_label)} labels")
+        total = float(np.sum(lw))
+        return 0.0 if total == 0 else float(np.sum(by_label * lw) / total)
+
+    def get_config(self):
+        config = {"name": self.name, "num_thresholds": self.num_thresholds,
+                  "curve": self.curve, "summation_method": self.summation_method,
+                  "multi_label": self.multi_label, "num_labels": self.num_labels,
+                  "label_weights": None if self.label_weights is None
+                  else [float(v) for v in self.label_weights],
+                  "from_logits": self.from_logits}
+        if self._init_from_thresholds:
+            config["thresholds"] = self.thresholds[1:-1]
+        return config
+
+    def __repr__(self):
+        return (f"AUC(name={self.name!r}, curve={self.curve!r}, "
+                f"num_thresholds={self.num_thresholds})")
+
+
 # --------------------------------------------------------------------------- registry
 
 _CLASSES = {cls.__name__: cls for cls in (
     Mean, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,
-    MeanAbsoluteError, MeanSquaredError, Precision, Recall)}
+    MeanAbsoluteError, MeanSquaredError, Precision, Recall, AUC)}
 
 _NAMES = {
     "binary_accuracy": BinaryAccuracy,
@@ -348,6 +627,7 @@ _NAMES = {
     "mean": Mean,
     "precision": Precision,
     "recall": Recall,
+    "auc": AUC,
 }
 
 _ACCURACY = ("accuracy", "acc")

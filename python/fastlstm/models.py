@@ -599,11 +599,12 @@ class Sequential:
                 for m in self.compiled_metrics]
 
     def _update_metrics(self, stats, host, yb, y_pred, w):
-        """Add the batch's metric sums read back in ``host`` (pairs, in order)."""
+        """Add the batch's metric sums read back in ``host`` (pairs, in order). A metric with
+        ``_masked = False`` (Precision, Recall, AUC, as in Keras 3) is not given the output mask."""
         it = iter(host)
         for m, st in zip(self.compiled_metrics, stats):
             if st is None:
-                m.update_state(yb, y_pred, w)
+                m.update_state(yb, y_pred, w if getattr(m, "_masked", True) else None)
             else:
                 m._accumulate(next(it), next(it))
 
