@@ -130,7 +130,8 @@ def _keras_layers():
             keras.layers.Embedding(10, 3, mask_zero=True), keras.layers.Flatten(),
             keras.layers.InputLayer(shape=(3, 4)), keras.layers.Masking(-1.0),
             keras.layers.Activation("relu"), keras.layers.Bidirectional(keras.layers.LSTM(3)),
-            keras.layers.TimeDistributed(keras.layers.Dense(3))]
+            keras.layers.TimeDistributed(keras.layers.Dense(3)), keras.layers.RepeatVector(4),
+            keras.layers.GlobalAveragePooling1D(keepdims=True), keras.layers.GlobalMaxPooling1D()]
 
 
 @pytest.mark.parametrize("kl", _keras_layers(), ids=lambda kl: type(kl).__name__)
@@ -142,8 +143,11 @@ def test_layers_read_keras_get_config(kl):
     mine = ours.get_config()
     for key, value in cfg.items():
         if key in ("units", "rate", "activation", "return_sequences", "go_backwards", "dropout",
-                   "input_dim", "output_dim", "mask_zero", "mask_value", "merge_mode", "name"):
+                   "input_dim", "output_dim", "mask_zero", "mask_value", "merge_mode", "name",
+                   "n", "keepdims"):
             assert mine[key] == value, key
+    if "keepdims" in cfg:           # the pooling layers write data_format as Keras does
+        assert mine["data_format"] == cfg["data_format"] == "channels_last"
     if "dtype" in mine and not isinstance(kl, keras.layers.InputLayer):
         assert mine["dtype"] == "float32"
 
@@ -488,3 +492,89 @@ def test_ported_imports_pydataset_top_level_names():
     hf = fmodel.fit(fd, epochs=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(hf.history["loss"], hk.history["loss"], rtol=1e-5)
     assert fd.ends == 2 and fd.num_batches == 4 and fd.workers == 1
+
+
+# --------------------------------------------------------------------------- RepeatVector / pooling
+
+def _same_as_keras_from_its_config(km, x, y, loss, names):
+    """fastlstm's Sequential.from_config(km.get_config()) with km's weights: predictions,
+    the loss of one train_on_batch (SGD) and the weights after it, against Keras's
+    (the relative errors, for the report)."""
+    rng = np.random.default_rng(2)
+    km.set_weights([rng.standard_normal(a.shape).astype(np.float32) * 0.5
+                    for a in km.get_weights()])
+    om = fm.Sequential.from_config(km.get_config())
+    assert [type(layer).__name__ for layer in om.layers] == names
+    om.set_weights([np.asarray(w) for w in km.get_weights()])
+    errors = {"predict": rel(om.predict(x, verbose=0), km.predict(x, verbose=0))}
+    km.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    om.compile(optimizer=fo.SGD(0.1), loss=loss)
+    k_loss = float(km.train_on_batch(x, y))
+    errors["loss"] = abs(float(om.train_on_batch(x, y)) - k_loss) / abs(k_loss)
+    errors["weights"] = max(rel(a, b) for a, b in zip(om.get_weights(), km.get_weights()))
+    assert all(e <= TOL for e in errors.values()), errors
+    return errors
+
+
+def test_lstm_autoencoder_with_repeat_vector_matches_keras():
+    T, I = 6, 3
+    x = np.random.default_rng(3).standard_normal((5, T, I)).astype(np.float32)
+    km = keras.Sequential([keras.Input((T, I)), keras.layers.LSTM(5),
+                           keras.layers.RepeatVector(T),
+                           keras.layers.LSTM(4, return_sequences=True),
+                           keras.layers.TimeDistributed(keras.layers.Dense(I))])
+    print(_same_as_keras_from_its_config(km, x, x, "mse", ["LSTM", "RepeatVector", "LSTM",
+                                                           "TimeDistributed"]))
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_masked_embedding_lstm_global_average_pooling_classifier_matches_keras(padding):
+    rng = np.random.default_rng(4)
+    T = 7
+    ids = rng.integers(1, 12, (5, T))
+    for b, n in enumerate([7, 4, 1, 2, 5]):
+        if padding == "post":
+            ids[b, n:] = 0
+        else:
+            ids[b, :T - n] = 0
+    km = keras.Sequential([keras.Input((T,)), keras.layers.Embedding(12, 4, mask_zero=True),
+                           keras.layers.LSTM(5, return_sequences=True),
+                           keras.layers.GlobalAveragePooling1D(),
+                           keras.layers.Dense(3, activation="softmax")])
+    print(_same_as_keras_from_its_config(km, ids, rng.integers(0, 3, 5),
+                                         "sparse_categorical_crossentropy",
+                                         ["Embedding", "LSTM", "GlobalAveragePooling1D",
+                                          "Dense"]))
+
+
+@pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")
+def test_global_max_pooling_ignores_the_mask_as_keras():
+    # Keras 3.15: GlobalMaxPooling1D does not support masking (it warns, takes the maximum over
+    # every step, padded ones included, and drops the mask); pre padding, where the LSTM's
+    # padded outputs are zeros, makes that visible
+    rng = np.random.default_rng(5)
+    T = 6
+    ids = rng.integers(1, 10, (4, T))
+    for b, n in enumerate([6, 3, 1, 4]):
+        ids[b, :T - n] = 0
+    km = keras.Sequential([keras.Input((T,)), keras.layers.Embedding(10, 4, mask_zero=True),
+                           keras.layers.LSTM(5, return_sequences=True),
+                           keras.layers.GlobalMaxPooling1D(),
+                           keras.layers.Dense(1)])
+    print(_same_as_keras_from_its_config(km, ids, rng.standard_normal((4, 1)).astype(np.float32),
+                                         "mse", ["Embedding", "LSTM", "GlobalMaxPooling1D",
+                                                 "Dense"]))
+
+
+def test_keepdims_pooling_and_masking_layer_match_keras():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    x[1, 4:] = 0
+    x[2, 1:] = 0
+    km = keras.Sequential([keras.Input((6, 3)), keras.layers.Masking(0.0),
+                           keras.layers.LSTM(5, return_sequences=True),
+                           keras.layers.GlobalAveragePooling1D(keepdims=True),
+                           keras.layers.Flatten(), keras.layers.Dense(2)])
+    print(_same_as_keras_from_its_config(km, x, rng.standard_normal((4, 2)).astype(np.float32),
+                                         "mse", ["Masking", "LSTM", "GlobalAveragePooling1D",
+                                                 "Flatten", "Dense"]))

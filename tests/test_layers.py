@@ -8,6 +8,8 @@ failing for any wrong term (those give errors of order 1e-1). Forward comparison
 two float64 paths use 1e-12 (the same arithmetic, possibly summed in another order).
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -719,3 +721,194 @@ def test_flatten_an_empty_batch():
     assert y.shape == (0, 12)
     assert flat.backward(np.ones((0, 12), np.float32)).shape == (0, 3, 4)
     assert flat(np.ones((2, 3, 4), np.float32)).shape == (2, 12)
+
+
+# --------------------------------------------------------------------------- RepeatVector / pooling
+
+def test_repeat_vector_and_global_pooling_forward_match_numpy():
+    rng = np.random.default_rng(20)
+    x2 = rng.standard_normal((3, 4)).astype(np.float32)
+    rv = layers.RepeatVector(5)
+    y = rv(x2)
+    assert y.shape == (3, 5, 4) and y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_array_equal(y, np.stack([x2] * 5, axis=1))
+    assert rv.compute_output_shape((None, 4)) == (None, 5, 4)
+    assert rv.compute_mask(x2, np.ones(3, bool)) is None
+
+    x = rng.standard_normal((3, 6, 4))
+    mask = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], bool)
+    for keepdims in (False, True):
+        avg = layers.GlobalAveragePooling1D(keepdims=keepdims, dtype="float64")
+        mx = layers.GlobalMaxPooling1D(keepdims=keepdims, dtype="float64")
+        shape = (3, 1, 4) if keepdims else (3, 4)
+        assert avg.compute_output_shape((None, 6, 4)) == ((None, 1, 4) if keepdims else (None, 4))
+        np.testing.assert_allclose(avg(x), x.mean(axis=1, keepdims=keepdims), rtol=1e-12)
+        np.testing.assert_array_equal(mx(x), x.max(axis=1, keepdims=keepdims))
+        # the mean of the unmasked steps; the maximum ignores the mask (as Keras 3's)
+        want = np.stack([x[b, mask[b]].mean(axis=0) for b in range(3)]).reshape(shape)
+        np.testing.assert_allclose(avg(x, mask=mask), want, rtol=1e-12)
+        np.testing.assert_array_equal(mx(x, mask=mask), x.max(axis=1, keepdims=keepdims))
+        for layer in (avg, mx):
+            assert layer.compute_mask(x, mask) is None       # the time axis is gone
+    # masked steps do not reach the mean even when they hold inf / NaN (Keras: where, not *)
+    bad = x.copy()
+    bad[0, 4], bad[1, 0] = np.inf, np.nan
+    np.testing.assert_allclose(layers.GlobalAveragePooling1D(dtype="float64")(bad, mask=mask),
+                               avg(x, mask=mask)[:, 0], rtol=1e-12)
+    # a row with no unmasked step: 0 / 0 = NaN, as Keras (no warning)
+    none_in_row_2 = np.r_[mask[:2], [[0] * 6]].astype(bool)
+    out = layers.GlobalAveragePooling1D(dtype="float64")(x, mask=none_in_row_2)
+    assert np.isnan(out[2]).all() and np.isfinite(out[:2]).all()
+
+
+def test_global_pooling_in_a_model_passes_no_mask_and_needs_no_mask():
+    m = models.Sequential([layers.Embedding(9, 3, mask_zero=True, input_shape=(5,)),
+                           layers.LSTM(4, return_sequences=True),
+                           layers.GlobalAveragePooling1D(), layers.Dense(2)])
+    assert m.output_shape == (None, 2)
+    m.predict(np.array([[1, 2, 0, 0, 0], [3, 4, 5, 6, 7]]), verbose=0)
+    assert m._output_mask is None
+    # Keras's default names (the digit stays with the capital after it)
+    assert re.fullmatch(r"global_average_pooling1d(_\d+)?", layers.GlobalAveragePooling1D().name)
+    assert re.fullmatch(r"global_max_pooling1d(_\d+)?", layers.GlobalMaxPooling1D().name)
+    assert re.fullmatch(r"repeat_vector(_\d+)?", layers.RepeatVector(2).name)
+    assert layers.GlobalMaxPool1D is layers.GlobalMaxPooling1D
+    assert layers.GlobalAvgPool1D is layers.GlobalAveragePooling1D
+
+
+def test_fd_lstm_autoencoder_repeat_vector_float64():
+    rng = np.random.default_rng(21)
+    m = models.Sequential([layers.LSTM(4, input_shape=(5, 3)), layers.RepeatVector(5),
+                           layers.LSTM(3, return_sequences=True),
+                           layers.TimeDistributed(layers.Dense(3))], dtype="float64")
+    m.compile(loss="mse", optimizer="sgd")
+    _small_weights(m, rng)
+    x = rng.standard_normal((3, 5, 3))
+    _fd_check(m, x, x.copy())
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_fd_global_average_and_max_pooling_float64(keepdims):
+    rng = np.random.default_rng(22)
+    for pool in (layers.GlobalAveragePooling1D, layers.GlobalMaxPooling1D):
+        m = models.Sequential([layers.LSTM(4, return_sequences=True, input_shape=(6, 3)),
+                               pool(keepdims=keepdims), layers.Flatten(),
+                               layers.Dense(2, activation="tanh")], dtype="float64")
+        m.compile(loss="mse", optimizer="sgd")
+        _small_weights(m, rng)
+        _fd_check(m, rng.standard_normal((3, 6, 3)), rng.standard_normal((3, 2)))
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_fd_masked_global_average_pooling_float64(padding):
+    rng = np.random.default_rng(23)
+    m = models.Sequential([layers.Masking(0.0, input_shape=(6, 2)),
+                           layers.LSTM(3, return_sequences=True),
+                           layers.GlobalAveragePooling1D(),
+                           layers.Dense(1, activation="sigmoid")], dtype="float64")
+    m.compile(loss="binary_crossentropy", optimizer="sgd")
+    m.set_weights([rng.standard_normal(w.shape) for w in m.get_weights()])
+    x = rng.standard_normal((3, 6, 2))
+    if padding == "post":
+        x[0, 4:], x[1, 1:] = 0, 0
+    else:
+        x[0, :2], x[2, :5] = 0, 0
+    unmasked = np.any(x != 0, axis=-1, keepdims=True) & np.ones(x.shape, bool)
+    _fd_check(m, x, rng.integers(0, 2, (3, 1)).astype(float), x_perturb=unmasked)
+    # Embedding(mask_zero) in front: the embedding rows of padded steps get no gradient
+    e = models.Sequential([layers.Embedding(7, 3, mask_zero=True, input_shape=(5,)),
+                           layers.LSTM(3, return_sequences=True),
+                           layers.GlobalAveragePooling1D(), layers.Dense(2, activation="softmax")],
+                          dtype="float64")
+    e.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    _small_weights(e, rng)
+    _fd_check(e, np.array([[1, 2, 3, 0, 0], [4, 5, 6, 1, 2], [0, 0, 0, 2, 5]]), np.array([0, 1, 1]))
+
+
+def test_global_max_pooling_shares_the_gradient_between_tied_steps():
+    x = np.array([[[1.0, 2.0], [3.0, 2.0], [3.0, 0.0]]])
+    mx = layers.GlobalMaxPooling1D(dtype="float64")
+    np.testing.assert_array_equal(mx(x), [[3.0, 2.0]])
+    dx = mx.backward(np.array([[1.0, 4.0]]))
+    np.testing.assert_array_equal(dx, [[[0.0, 2.0], [0.5, 2.0], [0.5, 0.0]]])
+    avg = layers.GlobalAveragePooling1D(dtype="float64")
+    avg(x, mask=np.array([[True, True, False]]))
+    np.testing.assert_array_equal(avg.backward(np.array([[1.0, 4.0]])),
+                                  [[[0.5, 2.0], [0.5, 2.0], [0.0, 0.0]]])
+    avg(x)
+    np.testing.assert_allclose(avg.backward(np.array([[3.0, 6.0]])), [[[1.0, 2.0]] * 3])
+    rv = layers.RepeatVector(3, dtype="float64")
+    rv(x[:, 0])
+    np.testing.assert_array_equal(rv.backward(np.arange(6.0).reshape(1, 3, 2)), [[6.0, 9.0]])
+
+
+def test_repeat_vector_and_pooling_argument_and_input_errors():
+    with pytest.raises(ValueError, match="n: expected a positive integer, got 0"):
+        layers.RepeatVector(0)
+    for bad in (2.0, True, "3"):
+        with pytest.raises(TypeError, match="n: expected a positive integer"):
+            layers.RepeatVector(bad)
+    for pool in (layers.GlobalAveragePooling1D, layers.GlobalMaxPooling1D):
+        with pytest.raises(TypeError, match="keepdims: expected True or False"):
+            pool(keepdims="yes")
+        with pytest.raises(NotImplementedError, match="data_format='channels_first'"):
+            pool(data_format="channels_first")
+        with pytest.raises(ValueError, match="data_format: expected 'channels_last'"):
+            pool(data_format="nwc")
+        pool(data_format="channels_last")
+        with pytest.raises(ValueError, match=r"rank 3 \(batch, steps, features\)"):
+            pool()(np.ones((2, 3), np.float32))
+        with pytest.raises(RuntimeError, match="backward"):
+            pool().backward(np.ones((2, 3)))
+        layer = pool()
+        layer(np.ones((2, 5, 3), np.float32))
+        with pytest.raises(ValueError, match=r"gradient of the output must have shape "
+                                             r"\(batch, features\) = \(2, 3\)"):
+            layer.backward(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"rank 2 \(batch, features\)"):
+        layers.RepeatVector(2)(np.ones((2, 3, 4), np.float32))
+    rv = layers.RepeatVector(2)
+    rv(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(batch, n, features\) = \(4, 2, 3\)"):
+        rv.backward(np.ones((4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"mask must have shape \(batch, steps\) = \(2, 5\)"):
+        layers.GlobalAveragePooling1D()(np.ones((2, 5, 3), np.float32), mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="no steps to take the maximum over"):
+        layers.GlobalMaxPooling1D()(np.ones((2, 0, 3), np.float32))
+    assert layers.GlobalAveragePooling1D()(np.ones((0, 4, 3), np.float32)).shape == (0, 3)
+    assert layers.GlobalMaxPooling1D()(np.ones((0, 4, 3), np.float32)).shape == (0, 3)
+
+
+def test_repeat_vector_and_pooling_configs():
+    for layer in (layers.RepeatVector(4), layers.GlobalAveragePooling1D(keepdims=True),
+                  layers.GlobalMaxPooling1D()):
+        again = layers.deserialize(layers.serialize(layer))
+        assert type(again) is type(layer)
+        assert again.get_config() == layer.get_config()
+    assert layers.RepeatVector(4).get_config()["n"] == 4
+    cfg = layers.GlobalMaxPooling1D().get_config()
+    assert (cfg["data_format"], cfg["keepdims"]) == ("channels_last", False)
+    # Keras's own config, its dtype policy included
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float64"},
+              "registered_name": None}
+    gap = layers.deserialize({"class_name": "GlobalAveragePooling1D", "config": {
+        "name": "gap", "trainable": True, "dtype": policy, "data_format": "channels_last",
+        "keepdims": False}})
+    assert gap.dtype == np.float64 and gap.name == "gap"
+    assert type(layers.deserialize({"class_name": "GlobalMaxPool1D", "config": {}})) is \
+        layers.GlobalMaxPooling1D
+
+
+def test_a_model_with_repeat_vector_and_pooling_trains_saves_and_loads(tmp_path):
+    m = models.Sequential([layers.Input((6, 3)), layers.LSTM(4), layers.RepeatVector(6),
+                           layers.LSTM(3, return_sequences=True),
+                           layers.GlobalMaxPooling1D(keepdims=True),
+                           layers.GlobalAveragePooling1D(), layers.Dense(2)])
+    m.compile(loss="mse", optimizer="adam")
+    x = np.random.default_rng(24).standard_normal((5, 6, 3)).astype(np.float32)
+    m.fit(x, np.zeros((5, 2), np.float32), epochs=2, verbose=0)
+    m.save(tmp_path / "m.keras")
+    again = models.load_model(tmp_path / "m.keras")
+    assert [type(layer).__name__ for layer in again.layers] == [
+        "LSTM", "RepeatVector", "LSTM", "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Dense"]
+    np.testing.assert_array_equal(again.predict(x, verbose=0), m.predict(x, verbose=0))

@@ -106,6 +106,10 @@ UNMASKED = {
                                        L.TimeDistributed(L.Activation("tanh"))],
     "dense_on_sequences": lambda: [L.Dense(4, activation="relu"), L.LSTM(5), L.Dropout(0.5),
                                    L.Dense(3, use_bias=False), L.Activation("sigmoid")],
+    "global_pooling": lambda: [L.LSTM(5, return_sequences=True),
+                               L.GlobalAveragePooling1D(keepdims=True),
+                               L.LSTM(4, return_sequences=True), L.GlobalMaxPooling1D(),
+                               L.Dense(2)],
 }
 
 
@@ -196,6 +200,9 @@ MASKED = {
         backward_layer=L.LSTM(4, return_sequences=True), merge_mode="mul")],
     "bidi_sum_final": lambda: [L.Bidirectional(L.LSTM(4), merge_mode="sum"),
                                L.Dense(2, activation="softmax")],
+    # (GlobalMaxPooling1D ignores the mask, as Keras's: every step, padded ones included)
+    "global_max_pooling": lambda: [L.LSTM(5, return_sequences=True),
+                                   L.GlobalMaxPooling1D(keepdims=True)],
 }
 
 
@@ -249,6 +256,52 @@ def test_embedding_without_mask_sequences(tmp_path, rel_err):
     export_and_compare(model, [ids], tmp_path, rel_err)
 
 
+# --------------------------------------------------------------------------- RepeatVector / pooling
+
+@pytest.mark.parametrize("opset", [13, 17, 18])      # ReduceMean/Max take axes as inputs from 18
+def test_lstm_autoencoder_with_repeat_vector(opset, tmp_path, rel_err):
+    T = 6
+    model = randomize(Sequential([L.Input(shape=(None, I)), L.LSTM(5), L.RepeatVector(T),
+                                  L.LSTM(4, return_sequences=True),
+                                  L.TimeDistributed(L.Dense(I))]), seed=10)
+    proto = export_and_compare(model, floats(10, (5, 9, I), (1, 2, I)), tmp_path, rel_err,
+                               opset=opset)
+    out = proto.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in out] == ["batch", T, I]   # the fixed n
+    assert "Expand" in {n.op_type for n in proto.graph.node}
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_masked_global_average_pooling(padding, opset, tmp_path, rel_err):
+    V, T = 20, 8
+    model = Sequential([L.Embedding(V, 5, mask_zero=True), L.LSTM(6, return_sequences=True),
+                        L.GlobalAveragePooling1D(), L.Dense(3, activation="softmax")])
+    model.build((None, T))
+    randomize(model, seed=11)
+    rng = np.random.default_rng(11)
+    ids = rng.integers(1, V, (6, T))
+    for b, n in enumerate([8, 3, 1, 6, 2, 7]):
+        if padding == "post":
+            ids[b, n:] = 0
+        else:
+            ids[b, :T - n] = 0
+    export_and_compare(model, [ids, rng.integers(1, V, (2, 11))], tmp_path, rel_err, opset=opset)
+    # a row with no unmasked step: NaN in both (0 / 0, as Keras); the other rows match
+    masked = Sequential([L.Input(shape=(None, I)), L.Masking(), L.LSTM(4, return_sequences=True),
+                         L.GlobalAveragePooling1D(keepdims=True)])
+    randomize(masked, seed=12)
+    x = (right_padded if padding == "post" else left_padded)(floats(12, (4, 5, I))[0], [5, 0, 2, 3])
+    path = tmp_path / "masked.onnx"
+    fo.export(masked, path, opset=opset)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["output"], {"input": x})[0]
+    want = masked.predict(x, verbose=0)
+    assert np.isnan(got[1]).all() and np.isnan(want[1]).all()
+    keep = [0, 2, 3]
+    assert rel_err(got[keep], want[keep]) <= TOL
+
+
 # --------------------------------------------------------------------------- errors
 
 class _Scale(L.Layer):
@@ -288,6 +341,10 @@ def test_unsupported_layers_and_settings():
                                                   r"TimeDistributed\(LSTM\) has no ONNX export"):
         fo.export(Sequential([L.Input(shape=(None, 2, I)),
                               L.TimeDistributed(L.LSTM(2), name="td")]))
+    with pytest.raises(NotImplementedError, match=r"layer 'tdp' \(TimeDistributed\): "
+                                                  r"TimeDistributed\(GlobalMaxPooling1D\) has no"):
+        fo.export(Sequential([L.Input(shape=(None, 2, I)),
+                              L.TimeDistributed(L.GlobalMaxPooling1D(), name="tdp")]))
     with pytest.raises(NotImplementedError, match=r"layer 'emb' \(Embedding\): an Embedding "
                                                   r"is exported only as the model's first"):
         fo.export(Sequential([L.Input(shape=(5,)), L.Dense(4), L.Embedding(3, 2, name="emb")]))

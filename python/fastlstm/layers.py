@@ -54,8 +54,9 @@ from . import _random, activations, initializers, ops, regularizers
 
 __all__ = [
     "Layer", "InputLayer", "Input", "LSTM", "Dense", "Embedding", "Dropout", "Masking",
-    "Bidirectional", "TimeDistributed", "Flatten", "Activation", "get", "serialize",
-    "deserialize",
+    "Bidirectional", "TimeDistributed", "Flatten", "Activation", "RepeatVector",
+    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "GlobalAvgPool1D", "GlobalMaxPool1D", "get",
+    "serialize", "deserialize",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -63,7 +64,9 @@ _name_counters = {}
 
 
 def _snake(name):
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    # (a digit stays with the capital after it, as Keras names GlobalAveragePooling1D
+    # "global_average_pooling1d")
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[0-9])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def _unique_name(prefix):
@@ -692,6 +695,170 @@ class Flatten(Layer):
         if self._cache is None:
             self._no_cache()
         return dy.reshape(self._cache)
+
+
+# --------------------------------------------------------------------------- RepeatVector / pooling
+
+def _grad_like(layer, dy, shape, axes):
+    """dy on the layer's device and dtype, checked against the output's shape (an error
+    naming the layer and the axes, rather than a broadcast into wrong gradients)."""
+    dy = layer._on_device(dy, layer.dtype)
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"Layer {layer.name!r}: backward: the gradient of the output must "
+                         f"have shape {axes} = {_fmt_shape(tuple(shape))}, got "
+                         f"{_fmt_shape(tuple(dy.shape))}")
+    return dy
+
+
+class RepeatVector(Layer):
+    """(batch, features) -> (batch, n, features): the input repeated ``n`` times along a new
+    time axis, as in an LSTM autoencoder (LSTM -> RepeatVector(T) ->
+    LSTM(return_sequences=True) -> TimeDistributed(Dense)). Its output carries no mask
+    (Keras's RepeatVector does not support masking)."""
+
+    input_rank = 2
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = _positive_int(n, "n")
+
+    def _rank_hint(self):
+        return "(batch, features)"
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n, input_shape[1])
+
+    def forward(self, x, training=False, mask=None):
+        self._cache = tuple(x.shape)
+        B, F = x.shape
+        return self._xp.ascontiguousarray(self._xp.broadcast_to(x[:, None, :], (B, self.n, F)))
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        B, F = self._cache
+        dy = _grad_like(self, dy, (B, self.n, F), "(batch, n, features)")
+        return dy.sum(axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["n"] = self.n
+        return config
+
+
+class _GlobalPooling1D(Layer):
+    """Shared arguments, shapes and config of the two global pooling layers: (batch, steps,
+    features) -> (batch, features), or (batch, 1, features) with ``keepdims=True``."""
+
+    input_rank = 3
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        name = type(self).__name__
+        if data_format == "channels_first":
+            raise NotImplementedError(f"{name}: data_format='channels_first' is not supported "
+                                      "by fastlstm (only 'channels_last', the default)")
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{name}: data_format: expected 'channels_last' (or None), got "
+                             f"{data_format!r}")
+        super().__init__(**kwargs)
+        self.keepdims = _bool(keepdims, "keepdims")
+
+    def _rank_hint(self):
+        return "(batch, steps, features)"
+
+    def compute_output_shape(self, input_shape):
+        B, _, F = input_shape
+        return (B, 1, F) if self.keepdims else (B, F)
+
+    def compute_mask(self, inputs, mask=None):
+        return None                      # the time axis is gone: no mask goes further
+
+    def _out_grad(self, dy, B, F):
+        """dy checked against the output's shape, as (batch, features)."""
+        if self.keepdims:
+            return _grad_like(self, dy, (B, 1, F), "(batch, 1, features)").reshape(B, F)
+        return _grad_like(self, dy, (B, F), "(batch, features)")
+
+    def _shaped(self, y):
+        return y[:, None, :] if self.keepdims else y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(data_format="channels_last", keepdims=self.keepdims)
+        return config
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    """The mean over the time axis. With a mask (Embedding(mask_zero=True) or Masking, through
+    layers that pass it on, e.g. LSTM(return_sequences=True)) the mean of the unmasked steps
+    only, as Keras: a row with no unmasked step gives NaN (0 / 0, as Keras does). The output
+    carries no mask."""
+
+    supports_masking = True
+
+    def forward(self, x, training=False, mask=None):
+        xp = self._xp
+        B, T, F = x.shape
+        dt = x.dtype
+        if mask is None:
+            with np.errstate(invalid="ignore"):           # T == 0: NaN, as Keras's mean
+                y = x.sum(axis=1) / dt.type(T)
+            self._cache = (B, T, F, None, None)
+            return self._shaped(y)
+        mask = _devices.to_host(mask).astype(bool, copy=False)
+        if mask.shape != (B, T):
+            raise ValueError(f"Layer {self.name!r}: the mask must have shape (batch, steps) = "
+                             f"({B}, {T}), got {mask.shape}")
+        keep = self._on_device(mask)[:, :, None]
+        count = self._on_device(mask.sum(axis=1, keepdims=True), dt)          # (B, 1)
+        with np.errstate(invalid="ignore"):               # all steps masked: 0 / 0 = NaN
+            y = xp.where(keep, x, dt.type(0)).sum(axis=1) / count
+        self._cache = (B, T, F, keep, count)
+        return self._shaped(y)
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        B, T, F, keep, count = self._cache
+        dy = self._out_grad(dy, B, F)
+        xp = self._xp
+        dt = dy.dtype
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if keep is None:
+                return xp.ascontiguousarray(xp.broadcast_to((dy / dt.type(T))[:, None, :],
+                                                            (B, T, F)))
+            # (rows with no unmasked step: every step masked, so no inf/NaN reaches dx)
+            return xp.where(keep, (dy / count)[:, None, :], dt.type(0))
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    """The maximum over the time axis. As Keras 3's, it does not support masking: an incoming
+    mask is ignored (the maximum runs over every step, padded ones included) and goes no
+    further. The gradient is shared equally between the steps that reach the maximum (as
+    Keras's backends do)."""
+
+    def forward(self, x, training=False, mask=None):
+        if x.shape[1] == 0:
+            raise ValueError(f"Layer {self.name!r} (GlobalMaxPooling1D): the input has no steps "
+                             f"to take the maximum over (shape {_fmt_shape(tuple(x.shape))})")
+        y = x.max(axis=1)
+        self._cache = (x, y)
+        return self._shaped(y)
+
+    def backward(self, dy):
+        if self._cache is None:
+            self._no_cache()
+        x, y = self._cache
+        B, _, F = x.shape
+        dy = self._out_grad(dy, B, F)
+        xp = self._xp
+        hit = x == y[:, None, :]
+        ties = xp.maximum(hit.sum(axis=1), 1).astype(dy.dtype)         # (B, F)
+        return xp.where(hit, (dy / ties)[:, None, :], dy.dtype.type(0))
+
+
+GlobalAvgPool1D = GlobalAveragePooling1D      # Keras's aliases
+GlobalMaxPool1D = GlobalMaxPooling1D
 
 
 # --------------------------------------------------------------------------- Dropout / Masking
@@ -1584,7 +1751,8 @@ class Bidirectional(_Wrapper):
 
 _CLASSES = {cls.__name__: cls for cls in (
     InputLayer, Dense, Activation, Flatten, Dropout, Masking, Embedding, LSTM,
-    TimeDistributed, Bidirectional)}
+    TimeDistributed, Bidirectional, RepeatVector, GlobalAveragePooling1D, GlobalMaxPooling1D)}
+_CLASSES.update(GlobalAvgPool1D=GlobalAveragePooling1D, GlobalMaxPool1D=GlobalMaxPooling1D)
 
 
 def serialize(layer):

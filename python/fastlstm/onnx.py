@@ -18,6 +18,11 @@ float32 and copy the weights with set_weights).
 Layers:
 
 * ``Input``; ``Dropout`` (the identity at inference); ``Flatten``; ``Activation``;
+* ``RepeatVector`` (Unsqueeze + Expand: its time axis is the fixed ``n``);
+* ``GlobalAveragePooling1D`` (ReduceMean; with a mask, the sum of the unmasked steps
+  (Where + ReduceSum) over their count, NaN for a row with none, as the layer) and
+  ``GlobalMaxPooling1D`` (ReduceMax over every step: it ignores masks, as Keras's), with
+  ``keepdims`` either way;
 * ``Dense`` (MatMul + Add + activation), also inside ``TimeDistributed`` (as are
   Activation, Dropout and Flatten);
 * ``Embedding`` (Gather; ``mask_zero=True`` makes the mask ``ids != 0`` in the graph);
@@ -142,6 +147,13 @@ class _Graph:
     def reverse_time(self, x):
         return self.op("Slice", [x, self.i64([-1]), self.i64([np.iinfo(np.int64).min]),
                                  self.i64([1]), self.i64([-1])], base="reverse_time")
+
+    def reduce(self, op_type, x, axes, keepdims=0):
+        """ReduceSum/ReduceMean/ReduceMax over ``axes``: ReduceSum takes the axes as an input
+        from opset 13 on, the others from opset 18 on (an attribute before)."""
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, [x, self.i64(axes)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
 
     def take(self, x, index, axis):
         """x[..., index, ...] along axis (the axis removed)."""
@@ -335,6 +347,22 @@ class _Exporter:
 
     # -- layers -------------------------------------------------------------------------
 
+    def global_pooling(self, layer, x, mask):
+        """GlobalAveragePooling1D (the mean of the unmasked steps when a mask arrives, as the
+        layer computes it) or GlobalMaxPooling1D (every step: it ignores masks, as Keras's)."""
+        g = self.g
+        if isinstance(layer, L.GlobalMaxPooling1D):
+            y = g.reduce("ReduceMax", x, [1])
+        elif mask is None:
+            y = g.reduce("ReduceMean", x, [1])
+        else:
+            keep = g.unsqueeze(mask, [2])                                       # (B, T, 1)
+            total = g.reduce("ReduceSum", g.op("Where", [keep, x, g.f32(0.0)]), [1])
+            count = g.reduce("ReduceSum", g.cast(mask, g.onnx.TensorProto.FLOAT), [1],
+                             keepdims=1)                                        # (B, 1)
+            y = g.op("Div", [total, count], base="masked_mean")  # 0 / 0 = NaN, as the layer
+        return g.unsqueeze(y, [1]) if layer.keepdims else y
+
     def elementwise_layer(self, layer, x, outer=None):
         """Dense/Activation/Dropout/Flatten (also inside TimeDistributed); None if not one."""
         g = self.g
@@ -415,6 +443,13 @@ class _Exporter:
                                         g.f32(0.0)])                           # (B, T, 1)
                 y = g.op("Mul", [x, g.cast(keep, onnx.TensorProto.FLOAT)])
                 new_mask = g.squeeze(keep, [2])
+            elif isinstance(layer, L.RepeatVector):            # (B, F) -> (B, n, F)
+                y = g.op("Expand", [g.unsqueeze(x, [1]), g.i64([1, layer.n, 1])],
+                         base="repeat_vector")
+                new_mask, has_time = None, False
+            elif isinstance(layer, (L.GlobalAveragePooling1D, L.GlobalMaxPooling1D)):
+                y = self.global_pooling(layer, x, mask)
+                new_mask, has_time = None, False
             elif isinstance(layer, L.Bidirectional):
                 y = self.bidirectional(layer, x, mask)
                 new_mask = mask if layer.return_sequences else None
@@ -427,7 +462,9 @@ class _Exporter:
             else:
                 self._unsupported(layer, "this layer class has no ONNX export (supported: "
                                   "Input, Embedding, Masking, LSTM, Bidirectional, Dense, "
-                                  "TimeDistributed, Dropout, Activation, Flatten)")
+                                  "TimeDistributed, Dropout, Activation, Flatten, "
+                                  "RepeatVector, GlobalAveragePooling1D, "
+                                  "GlobalMaxPooling1D)")
             x, mask = y, new_mask
             shape = tuple(layer.compute_output_shape(shape))
         g.nodes.append(onnx.helper.make_node("Identity", [x], ["output"],
