@@ -298,6 +298,7 @@ def test_default_thread_count_from_the_environment(run_python):
     assert threads(OMP_NUM_THREADS="3") == 3
     assert threads(OMP_NUM_THREADS="3,2") == 3                  # nested levels: the first
     assert threads(OMP_NUM_THREADS="lots") == cores              # not a count: ignored
+    assert threads(OMP_NUM_THREADS="\u00b2") == cores            # isdigit() but not int()
     assert threads(FASTLSTM_NUM_THREADS="5", OMP_NUM_THREADS="3") == 5
     assert threads(FASTLSTM_NUM_THREADS=" ") == cores
     assert threads(affinity=True) == 1

@@ -386,3 +386,43 @@ def test_auc_in_fit_evaluate_and_saved_with_the_model(tmp_path):
         m.compiled_metrics[1].thresholds
     assert loaded.evaluate(x, y, batch_size=5, verbose=0, return_dict=True) == \
         pytest.approx(res, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- review additions
+
+def test_precision_recall_count_every_nonzero_label_as_positive():
+    # as Keras (y_true cast to bool): 2, -1 and 0.5 are positive labels, not only 1
+    y_true = np.array([2.0, -1.0, 0.5, 0.0])
+    y_pred = np.array([0.9, 0.1, 0.9, 0.9])
+    p, r = metrics.Precision(), metrics.Recall()
+    p.update_state(y_true, y_pred)
+    r.update_state(y_true, y_pred)
+    assert p.result() == pytest.approx(2 / 3) and r.result() == pytest.approx(2 / 3)
+
+
+def test_precision_recall_take_keras_dtype_and_check_class_id():
+    cfg = {"name": "p", "dtype": "float32", "thresholds": None, "top_k": None, "class_id": 1}
+    assert metrics.get({"class_name": "Precision", "config": cfg}).class_id == 1
+    assert metrics.Recall(dtype="float32").thresholds == 0.5
+    m = metrics.Precision(class_id=3)
+    with pytest.raises(ValueError, match="class_id"):
+        m.update_state(np.eye(3)[[0, 1]], np.full((2, 3), 0.6))
+
+
+def test_auc_nan_predictions_and_predictions_equal_to_a_threshold():
+    # a NaN prediction is below every threshold (a negative prediction everywhere)
+    m = metrics.AUC(num_thresholds=3)
+    m.update_state([1.0, 0.0], [np.nan, 0.2])
+    assert m.true_positives.tolist() == [0.0, 0.0, 0.0]
+    assert m.false_negatives.tolist() == [1.0, 1.0, 1.0]
+    # explicit thresholds: positive only strictly above (0.4 is not above 0.4)
+    m = metrics.AUC(thresholds=[0.4])
+    m.update_state([1.0, 0.0], [0.4, 0.41])
+    assert m.true_positives.tolist() == [1.0, 0.0, 0.0]
+    assert m.false_positives.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_auc_config_with_huge_num_thresholds_is_refused():
+    with pytest.raises(ValueError, match="num_thresholds"):
+        metrics.get({"class_name": "AUC", "config": {"num_thresholds": 10 ** 9}})
+    assert metrics.AUC.from_config({"num_thresholds": 7}).num_thresholds == 7

@@ -376,3 +376,13 @@ def test_export_returns_the_proto_and_writes_the_file(tmp_path):
     again = fo.export(model, str(path))
     assert onnx.load(str(path)).SerializeToString() == again.SerializeToString()
     assert proto.SerializeToString() == again.SerializeToString()
+
+
+@pytest.mark.parametrize("opset", [13, 18])      # ReduceMean/ReduceMax: axes an input from 18
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_unmasked_global_pooling_at_every_reduce_form(opset, keepdims, tmp_path, rel_err):
+    for pooling in (L.GlobalAveragePooling1D, L.GlobalMaxPooling1D):
+        model = randomize(Sequential([L.Input(shape=(None, I)), L.LSTM(4, return_sequences=True),
+                                     pooling(keepdims=keepdims)]), seed=13)
+        export_and_compare(model, floats(13, (3, 5, I), (1, 2, I)), tmp_path, rel_err,
+                           opset=opset)

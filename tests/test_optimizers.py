@@ -738,3 +738,20 @@ def test_schedule_returning_a_0d_array_like():
     opt = opt_mod.SGD(learning_rate=lambda it: "0.1")
     with pytest.raises(ValueError, match="schedule"):
         opt.learning_rate
+
+
+def test_schedules_staircase_warmup_config_and_out_of_range_values():
+    from fastlstm.optimizers.schedules import CosineDecay, ExponentialDecay, InverseTimeDecay
+    s = InverseTimeDecay(1.0, decay_steps=4, decay_rate=1.0, staircase=True)
+    assert [s(i) for i in (0, 3, 4, 8)] == [1.0, 1.0, 0.5, 1.0 / 3.0]
+    c = CosineDecay(0.0, 10, alpha=0.1, warmup_target=0.2, warmup_steps=4)
+    again = opt_mod.get(json.loads(json.dumps(opt_mod.SGD(learning_rate=c).get_config())))
+    assert [again._learning_rate(i) for i in range(20)] == [c(i) for i in range(20)]
+    # past float64's range, or a zero denominator: inf (as Keras), which the optimizer refuses
+    # with a ValueError naming the schedule, not OverflowError / ZeroDivisionError
+    assert ExponentialDecay(1.0, 1, 2.0)(2000) == float("inf")
+    assert InverseTimeDecay(1.0, 1, -1.0)(1) == float("inf")
+    opt = opt_mod.SGD(learning_rate=InverseTimeDecay(1.0, 1, -1.0))
+    opt.apply([np.ones(2)], [np.zeros(2)])
+    with pytest.raises(ValueError, match="schedule"):
+        opt.learning_rate

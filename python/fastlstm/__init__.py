@@ -158,7 +158,8 @@ def _threads_from_environment():
                              f"{_MAX_THREADS}, got {text!r}")
         return n
     omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()   # ("4,2": nested levels)
-    if omp.isdigit() and 1 <= int(omp) <= _MAX_THREADS:
+    # (ASCII digits only: str.isdigit() also accepts "²", which int() refuses)
+    if omp.isascii() and omp.isdigit() and 1 <= int(omp) <= _MAX_THREADS:
         return int(omp)
     try:
         return max(1, min(len(os.sched_getaffinity(0)), _MAX_THREADS))

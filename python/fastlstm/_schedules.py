@@ -63,7 +63,11 @@ class ExponentialDecay(_StepDecay):
     with ``staircase=True``)."""
 
     def __call__(self, step):
-        return self.initial_learning_rate * self.decay_rate ** self._ratio(step)
+        # (NumPy's pow, as Keras's: inf past float64's range, NaN for a negative rate and a
+        # fractional exponent, where Python's ** raises OverflowError or returns a complex)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return float(self.initial_learning_rate
+                         * np.power(np.float64(self.decay_rate), np.float64(self._ratio(step))))
 
 
 class InverseTimeDecay(_StepDecay):
@@ -71,7 +75,10 @@ class InverseTimeDecay(_StepDecay):
     ``staircase=True``)."""
 
     def __call__(self, step):
-        return self.initial_learning_rate / (1.0 + self.decay_rate * self._ratio(step))
+        # (inf or NaN where the denominator reaches 0, as Keras, not ZeroDivisionError)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(self.initial_learning_rate)
+                         / (1.0 + self.decay_rate * np.float64(self._ratio(step))))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):

@@ -246,7 +246,8 @@ class _ConfusionMetric(Metric):
 
     _masked = False
 
-    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None):
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        # (dtype: accepted for Keras code and configs, and ignored, as AUC does)
         if top_k is not None:
             raise NotImplementedError(f"{type(self).__name__}: top_k is not supported by "
                                       f"fastlstm")
@@ -286,6 +287,10 @@ class _ConfusionMetric(Metric):
             if y_pred.ndim < 2:
                 raise ValueError("When class_id is provided, y_pred must be a 2D array with "
                                  f"shape (num_samples, num_classes), found shape: {y_pred.shape}")
+            classes = y_pred.shape[-1]
+            if not -classes <= self.class_id < classes:
+                raise ValueError(f"class_id={self.class_id} is out of range for y_pred of shape "
+                                 f"{y_pred.shape} ({classes} classes)")
             y_true = y_true[..., self.class_id, None]
             y_pred = y_pred[..., self.class_id, None]
         if y_true.shape != y_pred.shape:
@@ -406,8 +411,8 @@ class AUC(Metric):
                 raise ValueError(f"Argument `num_thresholds` must be an integer > 1. "
                                  f"Received: num_thresholds={num_thresholds}")
             self.num_thresholds = int(num_thresholds)
-            inner = [(i + 1) * 1.0 / (self.num_thresholds - 1)
-                     for i in range(self.num_thresholds - 2)]
+            inner = (np.arange(1, self.num_thresholds - 1) * 1.0
+                     / (self.num_thresholds - 1)).tolist()
             self._evenly = True
         self._thresholds = np.array([0.0 - self._EPSILON] + inner + [1.0 + self._EPSILON])
         self.multi_label = bool(multi_label)
@@ -604,6 +609,20 @@ class AUC(Metric):
         if self._init_from_thresholds:
             config["thresholds"] = self.thresholds[1:-1]
         return config
+
+    # A config (a model file) asks for at most this many thresholds: four float64 arrays of
+    # num_thresholds are allocated at once, so a few bytes of JSON must not ask for gigabytes
+    _MAX_CONFIG_THRESHOLDS = 1 << 20
+
+    @classmethod
+    def from_config(cls, config):
+        n = config.get("num_thresholds") if isinstance(config, dict) else None
+        if config.get("thresholds") is None and isinstance(n, (int, np.integer)) and \
+                not isinstance(n, bool) and n > cls._MAX_CONFIG_THRESHOLDS:
+            raise ValueError(f"AUC config: num_thresholds={n} is more than "
+                             f"{cls._MAX_CONFIG_THRESHOLDS} (build AUC(num_thresholds=...) "
+                             "directly for more)")
+        return cls(**config)
 
     def __repr__(self):
         return (f"AUC(name={self.name!r}, curve={self.curve!r}, "

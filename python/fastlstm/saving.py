@@ -28,8 +28,9 @@ the umask.
 A save first writes a temporary file in the same folder, flushes it to disk and then renames
 it over the target, so a crash mid-save leaves the previous file intact.
 
-Not stored: a stateful LSTM's carried states (as Keras), a learning-rate schedule (saved as
-its current value, see fastlstm.optimizers), and the random generators of layers given a
+Not stored: a stateful LSTM's carried states (as Keras), a learning-rate schedule other than
+``fastlstm.optimizers.schedules`` ones (a plain callable is saved as its current value, see
+fastlstm.optimizers), and the random generators of layers given a
 ``seed`` (Dropout, LSTM dropout): a loaded model's seeded layers draw again from their seed,
 so one more epoch of training with seeded dropout differs from the original model's. Unseeded
 dropout draws from the package-wide generator (``fastlstm.utils.set_random_seed``), which
