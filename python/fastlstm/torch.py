@@ -605,8 +605,9 @@ class LSTM(torch.nn.Module):
         operation autograd tracks (its version counter: load_state_dict,
         ``with torch.no_grad(): w.copy_(...)``), and after any torch.optim optimizer's step
         (counted by a global post-step hook: fused optimizers change parameters without
-        bumping version counters). Changes made through ``w.data`` are not tracked and are
-        NOT seen: call cache_weights() again after them. Calling it clears the cache;
+        bumping version counters). In-place changes made through ``w.data`` are not tracked
+        and are NOT seen (a new tensor assigned to ``w.data`` is: its storage address is part
+        of what is compared): call cache_weights() again after them. Calling it clears the cache;
         ``cache_weights(False)`` turns caching off. Returns self.
 
         On CUDA the module may be called from several streams: a stream that first uses the
