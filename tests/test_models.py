@@ -1216,6 +1216,16 @@ def test_fit_from_a_dataset_shuffles_its_batch_order_and_weighs_its_batches():
     _same_weights(a, b)
 
 
+def test_a_data_source_with_array_validation_data():
+    # the arrays are batched by batch_size (default 32) although x's batches are the source's
+    # (an unset batch_size used to reach the validation batching: a TypeError)
+    x, y, a, b = _source_pair()
+    ha = a.fit(x, y, batch_size=4, shuffle=False, verbose=0, validation_data=(x[:6], y[:6]))
+    hb = b.fit(((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)), verbose=0,
+               validation_data=(x[:6], y[:6]))
+    assert ha.history == hb.history
+
+
 def test_a_generator_that_runs_out_stops_training_with_a_warning():
     x, y, a, _ = _source_pair()
     with pytest.warns(UserWarning, match="the data ran out at epoch 2"):

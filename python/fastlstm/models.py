@@ -710,11 +710,10 @@ class Sequential:
                 xb.shape[0]
 
     @staticmethod
-    def _check_source_args(kind, what, **given):
+    def _check_source_args(kind, data, what, **given):
         """A data source brings its own targets and weights (as Keras refuses them too)."""
-        if kind == "indexed" and len(given.pop("_data")) == 0:
+        if kind == "indexed" and len(data) == 0:
             raise ValueError(f"{what}: the dataset has no batches (len() is 0)")
-        given.pop("_data", None)
         for name, value in given.items():
             if value is not None:
                 raise ValueError(f"{name}: must not be given when {what} is a generator or "
@@ -747,12 +746,13 @@ class Sequential:
             if n == 0:     # (Keras refuses empty data too; fit would silently do nothing)
                 raise ValueError("x: expected at least one sample to train on, got an empty array")
             y = self._prepare_y(y, n, x_shape=x.shape)
-            batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
         else:
-            self._check_source_args(kind, "x", _data=x, y=y, sample_weight=sample_weight)
+            self._check_source_args(kind, x, "x", y=y, sample_weight=sample_weight)
             if validation_split:
                 raise ValueError("validation_split: only for array data; give a generator or "
                                  "dataset its validation data as validation_data")
+        # (with a data source, only array validation data is batched by it)
+        batch_size = 32 if batch_size is None else _int_arg(batch_size, "batch_size", 1)
         epochs = _int_arg(epochs, "epochs", 0)
         initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0)
         verbose = self._verbose(verbose)
@@ -766,7 +766,7 @@ class Sequential:
         val = None
         val_kind = _source_kind(validation_data)
         if val_kind is not None:
-            self._check_source_args(val_kind, "validation_data", _data=validation_data)
+            self._check_source_args(val_kind, validation_data, "validation_data")
             val = validation_data
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -801,9 +801,8 @@ class Sequential:
             n_batches = math.ceil(n / batch_size)
 
             def new_pass():     # a new random order per pass (drawn when the pass begins)
-                order = rng.permutation(n) if shuffle else None
-                return ((self._take(x, idx), y[idx], None if sw is None else sw[idx], len(idx))
-                        for idx in self._batches(n, batch_size, order))
+                return self._array_batches(x, y, sw, batch_size,
+                                           rng.permutation(n) if shuffle else None)
         else:
             n_batches = len(x) if kind == "indexed" else None
 
@@ -920,9 +919,12 @@ class Sequential:
         in order, or one pass of a data source (kind: _source_kind's), unshuffled."""
         if kind is not None:
             return self._source_pass(data, kind, None, False, "validation_data", True)
-        x, y, sw = data
+        return self._array_batches(*data, batch_size)
+
+    def _array_batches(self, x, y, sw, batch_size, order=None):
+        """Batches (x, y, sample_weight, rows) of arrays, in `order` (None: as stored)."""
         return ((self._take(x, idx), y[idx], None if sw is None else sw[idx], len(idx))
-                for idx in self._batches(x.shape[0], batch_size))
+                for idx in self._batches(x.shape[0], batch_size, order))
 
     def _evaluate_arrays(self, x, y, sw, batch_size, callbacks=None, steps=None):
         return self._evaluate_batches(self._data_batches((x, y, sw), None, batch_size),
@@ -980,7 +982,7 @@ class Sequential:
             n_steps = math.ceil(x.shape[0] / batch_size)
             batches = self._data_batches((x, y, sw), None, batch_size)
         else:
-            self._check_source_args(kind, "x", _data=x, y=y, sample_weight=sample_weight)
+            self._check_source_args(kind, x, "x", y=y, sample_weight=sample_weight)
             n_steps = len(x) if kind == "indexed" else None
             batches = self._source_pass(x, kind, None, False, "x", True)
         if steps is not None:
@@ -1009,7 +1011,7 @@ class Sequential:
             n_steps = math.ceil(x.shape[0] / batch_size)
             batches = (self._take(x, idx) for idx in self._batches(x.shape[0], batch_size))
         else:
-            self._check_source_args(kind, "x", _data=x)
+            self._check_source_args(kind, x, "x")
             n_steps = len(x) if kind == "indexed" else None
             batches = (b[0] for b in self._source_pass(x, kind, None, False, "x", False))
         if steps is not None:

@@ -26,34 +26,15 @@ class PyDataset:
     accepted for Keras code and have no effect: batches are read in the calling thread, in
     order (shuffled per epoch by ``fit(shuffle=True)``)."""
 
+    # (class defaults too, for subclasses that do not call super().__init__)
+    workers = 1
+    use_multiprocessing = False
+    max_queue_size = 10
+
     def __init__(self, workers=1, use_multiprocessing=False, max_queue_size=10):
-        self._workers = workers
-        self._use_multiprocessing = use_multiprocessing
-        self._max_queue_size = max_queue_size
-
-    @property
-    def workers(self):
-        return getattr(self, "_workers", 1)
-
-    @workers.setter
-    def workers(self, value):
-        self._workers = value
-
-    @property
-    def use_multiprocessing(self):
-        return getattr(self, "_use_multiprocessing", False)
-
-    @use_multiprocessing.setter
-    def use_multiprocessing(self, value):
-        self._use_multiprocessing = value
-
-    @property
-    def max_queue_size(self):
-        return getattr(self, "_max_queue_size", 10)
-
-    @max_queue_size.setter
-    def max_queue_size(self, value):
-        self._max_queue_size = value
+        self.workers = workers
+        self.use_multiprocessing = use_multiprocessing
+        self.max_queue_size = max_queue_size
 
     def __getitem__(self, index):
         raise NotImplementedError
