@@ -184,15 +184,21 @@ def isa(request):
 def num_threads():
     """Returns a setter for fastlstm's thread count; restores the old count afterwards."""
     import fastlstm
+    from fastlstm import _core
     previous = fastlstm.get_num_threads()
 
     def set_(n):
         fastlstm.set_num_threads(n)
         assert fastlstm.get_num_threads() == n
+        assert _core.threads_for_next_run() == n
 
+    # n threads asked for, n threads run: no back-off to one thread after calls that found the
+    # threads short of cores (a busy machine, or more threads than cores)
+    _core.set_backoff(False)
     try:
         yield set_
     finally:
+        _core.set_backoff(True)
         fastlstm.set_num_threads(previous)
 
 

@@ -207,7 +207,7 @@ template <typename Real>
 py::array_t<Real> transpose_impl(const py::array& a) {
   const int64_t rows = a.shape(0), cols = a.shape(1);
   const Real* src = static_cast<const Real*>(a.data());
-  py::array_t<Real> out(std::vector<py::ssize_t>{cols, rows});
+  py::array_t<Real> out = output<Real>({cols, rows});  // (from the block cache when large)
   Real* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -327,6 +327,20 @@ PYBIND11_MODULE(_core, m) {
         cpu::set_num_threads(n);
       },
       py::arg("n"));
+  m.def("pool_info", &cpu::pool_info,
+        "'<choice>\\n<what the last kernel call ran on>\\n<OpenMP runtime found>' (see set_pool).");
+  m.def("set_backoff", &cpu::set_backoff, py::arg("enabled"),
+        "Tests and benchmarks: whether calls back off to one thread after contended calls "
+        "(default True); either way a back-off in progress ends.");
+  m.def(
+      "set_pool",
+      [](const std::string& name) {
+        if (!cpu::set_pool(name))
+          throw py::value_error("name: expected \"auto\" or \"own\", got \"" + name + "\"");
+      },
+      py::arg("name"),
+      "Where the kernels' threads run: \"auto\" (an OpenMP runtime already in the process, "
+      "else the own pool) or \"own\".");
   m.def("set_cache_limit", &cpu::workspace::set_cache_limit, py::arg("nbytes"),
         "The most bytes of large working buffers kept between calls (0: none).");
   m.def("get_cache_limit", &cpu::workspace::cache_limit);

@@ -1,12 +1,17 @@
 #include "cpu/threadpool.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -112,6 +117,118 @@ class Pool {
   bool stopping_ = false;
 };
 
+// ---------------------------------------------------------------------------------------
+// An OpenMP runtime already in the process (libgomp: PyTorch's, scikit-learn's; or LLVM's
+// libomp / Intel's libiomp5, which export the same GOMP_ entry points). After each parallel
+// region its worker threads keep spinning for some milliseconds (libgomp: ~300,000 pause
+// iterations, 4-8 ms measured on the development VM) and hold their cores; fastlstm's own
+// workers then share those cores with them and every per-step barrier waits for a
+// descheduled thread (bench/NOTES.md 43, 48). Run on that runtime's team instead: its
+// spinning workers take fastlstm's work at once. Found at run time (dl_iterate_phdr), never
+// linked: without one loaded, or with FASTLSTM_POOL=own, the own pool runs.
+// ---------------------------------------------------------------------------------------
+struct OmpRuntime {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  int (*team_size)() = nullptr;                                            // omp_get_num_threads
+  std::string name;                                                        // the library's path
+};
+
+enum class PoolChoice { kAuto, kOwn };
+
+PoolChoice pool_choice_from_env() {
+  const char* v = std::getenv("FASTLSTM_POOL");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PoolChoice::kAuto;
+  if (std::strcmp(v, "own") == 0) return PoolChoice::kOwn;
+  return PoolChoice::kAuto;  // (checked and reported by the Python package at import)
+}
+
+PoolChoice g_pool_choice = pool_choice_from_env();
+OmpRuntime g_omp;                 // found runtime (parallel == nullptr: none yet)
+unsigned long long g_omp_scan_adds = ~0ull;  // dl_iterate_phdr's load count at the last scan
+bool g_omp_broken = false;        // a team came back smaller than asked, or after fork(): not used again
+const char* g_last_pool = "none"; // what the last run() ran on: "own", "openmp", "one thread"
+
+bool is_omp_library(const char* path) {
+  const char* base = std::strrchr(path, '/');
+  base = base ? base + 1 : path;
+  return std::strncmp(base, "libgomp", 7) == 0 || std::strncmp(base, "libiomp5", 8) == 0 ||
+         std::strncmp(base, "libomp.so", 9) == 0;
+}
+
+// Whether objects were loaded or unloaded since the last scan (dlpi_adds/subs, read from the
+// first object only: cheap enough to check on every run).
+int count_loads(struct dl_phdr_info* info, size_t, void* data) {
+  *static_cast<unsigned long long*>(data) = info->dlpi_adds + (info->dlpi_subs << 32);
+  return 1;
+}
+
+int find_omp(struct dl_phdr_info* info, size_t, void* data) {
+  auto* paths = static_cast<std::vector<std::string>*>(data);
+  if (info->dlpi_name && *info->dlpi_name && is_omp_library(info->dlpi_name))
+    paths->emplace_back(info->dlpi_name);
+  return 0;
+}
+
+// The loaded OpenMP runtime, when there is one (called under run_mutex()).
+const OmpRuntime* omp_runtime() {
+  unsigned long long adds = 0;
+  dl_iterate_phdr(count_loads, &adds);
+  if (adds != g_omp_scan_adds) {
+    g_omp_scan_adds = adds;
+    std::vector<std::string> paths;
+    dl_iterate_phdr(find_omp, &paths);
+    OmpRuntime found;
+    // libgomp first (PyTorch's on Linux), then the others in load order
+    std::stable_sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) {
+      auto gomp = [](const std::string& p) { return p.find("libgomp") != std::string::npos; };
+      return gomp(a) && !gomp(b);
+    });
+    for (const auto& path : paths) {
+      void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // (kept open: it stays loaded)
+      if (!h) continue;
+      found.parallel = reinterpret_cast<decltype(found.parallel)>(dlsym(h, "GOMP_parallel"));
+      found.thread_num = reinterpret_cast<decltype(found.thread_num)>(dlsym(h, "omp_get_thread_num"));
+      found.team_size = reinterpret_cast<decltype(found.team_size)>(dlsym(h, "omp_get_num_threads"));
+      if (found.parallel && found.thread_num && found.team_size) {
+        found.name = path;
+        break;
+      }
+      found = OmpRuntime();
+      dlclose(h);
+    }
+    g_omp = found;
+  }
+  return g_omp.parallel ? &g_omp : nullptr;
+}
+
+struct OmpJob {
+  TaskFn fn;
+  void* ctx;
+  int nthreads;
+  const OmpRuntime* rt;
+  std::atomic<int> short_team{0};
+};
+
+// Every thread of the team checks its size before fn runs: a smaller team (a thread limit,
+// a nested region) leaves fn unrun on all of them, so no barrier in fn waits for a thread
+// that does not exist; run() then uses the own pool.
+void omp_trampoline(void* data) {
+  auto* job = static_cast<OmpJob*>(data);
+  if (job->rt->team_size() != job->nthreads) {
+    job->short_team.store(1, std::memory_order_relaxed);
+    return;
+  }
+  job->fn(job->ctx, job->rt->thread_num(), job->nthreads);
+}
+
+// Runs fn on the OpenMP runtime's team; false (fn not run) when the team was short.
+bool run_on_omp(const OmpRuntime* rt, TaskFn fn, void* ctx, int nthreads) {
+  OmpJob job{fn, ctx, nthreads, rt};
+  rt->parallel(omp_trampoline, &job, static_cast<unsigned>(nthreads), 0);
+  return job.short_team.load(std::memory_order_relaxed) == 0;
+}
+
 int default_threads() {
   unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
@@ -130,12 +247,14 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::milliseconds kBackoffMin{50};
 constexpr int kBackoffFactor = 4;
 Clock::time_point g_backoff_until{};
+bool g_backoff_enabled = true;  // (tests turn it off: set_backoff)
 Pool* g_pool = nullptr;  // created on first use; recreated when the size changes
 
 // After fork() only the forking thread exists in the child: forget the parent's pool
 // (its threads are gone) and build a fresh one on first use.
 void after_fork_in_child() {
   g_pool = nullptr;
+  g_omp_broken = true;  // an OpenMP runtime's threads are gone too, and it may not know
   new (&run_mutex()) std::mutex();
 }
 struct ForkHandler {
@@ -160,28 +279,57 @@ void set_num_threads(int n) {
 
 int threads_for_run() {
   std::lock_guard<std::mutex> lock(run_mutex());
-  return Clock::now() < g_backoff_until ? 1 : g_num_threads;
+  return g_backoff_enabled && Clock::now() < g_backoff_until ? 1 : g_num_threads;
 }
 
 void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
   std::lock_guard<std::mutex> lock(run_mutex());
   if (nthreads <= 1) {
     fn(ctx, 0, 1);
+    g_last_pool = "one thread";
     return;
   }
-  // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
-  if (!g_pool || g_pool->size() < nthreads) {
-    delete g_pool;
-    g_pool = new Pool(std::max(nthreads, g_num_threads));
-  }
   const auto start = Clock::now();
-  g_pool->run(fn, ctx, nthreads);
+  const OmpRuntime* omp = g_pool_choice == PoolChoice::kOwn || g_omp_broken ? nullptr : omp_runtime();
+  if (omp && run_on_omp(omp, fn, ctx, nthreads)) {
+    g_last_pool = "openmp";
+  } else {
+    if (omp) g_omp_broken = true;  // (a short team: not tried again)
+    // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
+    if (!g_pool || g_pool->size() < nthreads) {
+      delete g_pool;
+      g_pool = new Pool(std::max(nthreads, g_num_threads));
+    }
+    g_pool->run(fn, ctx, nthreads);
+    g_last_pool = "own";
+  }
   const auto end = Clock::now();
   const auto elapsed = end - start;
   // Waiting (summed over the threads) for more than half the run: the threads are not all
   // getting a core. Uneven work alone costs far less.
   if (barrier && std::chrono::nanoseconds(__atomic_load_n(&barrier->wait_ns, __ATOMIC_RELAXED)) > elapsed / 2)
     g_backoff_until = end + std::max<Clock::duration>(kBackoffMin, kBackoffFactor * elapsed);
+}
+
+std::string pool_info() {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  const char* choice = g_pool_choice == PoolChoice::kOwn ? "own" : "auto";
+  const OmpRuntime* omp = omp_runtime();
+  return std::string(choice) + "\n" + g_last_pool + "\n" + (omp ? omp->name : std::string());
+}
+
+void set_backoff(bool enabled) {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  g_backoff_enabled = enabled;
+  g_backoff_until = Clock::time_point{};  // (and forget a back-off in progress)
+}
+
+bool set_pool(const std::string& choice) {
+  std::lock_guard<std::mutex> lock(run_mutex());
+  if (choice == "auto") g_pool_choice = PoolChoice::kAuto;
+  else if (choice == "own") g_pool_choice = PoolChoice::kOwn;
+  else return false;
+  return true;
 }
 
 void barrier_init(Barrier* b, int count) {

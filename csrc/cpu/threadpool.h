@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace fastlstm {
 namespace cpu {
@@ -42,6 +43,20 @@ struct Barrier {
 // per step, and then the threads spend more time waiting than working.
 void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier = nullptr);
 void barrier_init(Barrier* b, int count);
+
+// Where multi-threaded runs execute: on the team of an OpenMP runtime already loaded in the
+// process (libgomp, libomp, libiomp5; PyTorch brings one), else on the own pool ("auto", the
+// default; FASTLSTM_POOL=own at start-up or set_pool("own") keeps to the own pool).
+// pool_info(): "<choice>\n<what the last run ran on: own, openmp, one thread; none before
+// the first>\n<path of the OpenMP runtime found, or empty>". set_pool: false for an unknown
+// name.
+std::string pool_info();
+bool set_pool(const std::string& choice);
+
+// Tests and benchmarks: turn the back-off to one thread after contended runs (threads_for_run)
+// off or on, so that a test asking for n threads gets n on a busy machine; either way a
+// back-off in progress ends.
+void set_backoff(bool enabled);
 void barrier_wait(Barrier* b);
 
 }  // namespace cpu

@@ -28,7 +28,7 @@ from .layers import Input
 __version__ = "0.1.0"
 __all__ = ["ops", "reference", "activations", "initializers", "regularizers", "losses",
            "metrics", "optimizers", "layers", "callbacks", "models", "saving", "utils",
-           "cpu_info", "set_num_threads", "get_num_threads", "set_cpu_cache_limit",
+           "cpu_info", "set_num_threads", "get_num_threads", "set_cpu_pool", "set_cpu_cache_limit",
            "empty_cpu_cache", "cuda", "cuda_available",
            "cuda_info", "set_device", "get_device", "Sequential", "Input"]
 
@@ -41,8 +41,12 @@ def cpu_info():
 
     Returns a dict: "compiled" (instruction sets built in), "supported" (those this
     processor runs), "isa" (the one in use; FASTLSTM_ISA forces it), "num_threads",
-    "cache_limit" and "cached_bytes" (see set_cpu_cache_limit).
+    "cache_limit" and "cached_bytes" (see set_cpu_cache_limit), and where the threads run
+    (see set_cpu_pool): "pool_choice" ("auto" or "own"), "openmp_runtime" (the path of the
+    OpenMP runtime found in the process, or None) and "pool" (what the last kernel call ran
+    on: "openmp", "own", "one thread", or "none" before the first call).
     """
+    choice, last, runtime = _core.pool_info().split("\n")
     return {
         "compiled": list(_core.compiled_isas()),
         "supported": list(_core.supported_isas()),
@@ -50,6 +54,9 @@ def cpu_info():
         "num_threads": _core.get_num_threads(),
         "cache_limit": _core.get_cache_limit(),
         "cached_bytes": _core.cached_bytes(),
+        "pool_choice": choice,
+        "pool": last,
+        "openmp_runtime": runtime or None,
     }
 
 
@@ -104,6 +111,39 @@ def set_num_threads(n):
     if n > _MAX_THREADS:
         raise ValueError(f"n: expected a number of threads <= {_MAX_THREADS}, got {n}")
     _core.set_num_threads(n)
+
+
+_POOLS = ("auto", "own")
+
+
+def set_cpu_pool(name):
+    """Choose where the CPU kernels run their threads: "auto" (the default) or "own".
+
+    "auto": on the worker threads of an OpenMP runtime that is already loaded in the process
+    (libgomp, which PyTorch and scikit-learn bring; LLVM's libomp; Intel's libiomp5), else on
+    fastlstm's own pool. After each parallel operation an OpenMP runtime's workers keep
+    spinning for some milliseconds (libgomp's default), holding their cores: with the own
+    pool, fastlstm's threads would share those cores with them, and a kernel call right after
+    a PyTorch operation ran at about one thread's speed (bench/NOTES.md 48). On the runtime's
+    team, the spinning workers take fastlstm's work at once. The runtime is looked for, never
+    linked; results are the same bit for bit on either pool. "own": always fastlstm's pool.
+    The default comes from FASTLSTM_POOL ("auto" or "own") when set at import.
+    """
+    if not isinstance(name, str) or name not in _POOLS:
+        raise ValueError(f"name: expected one of {_POOLS}, got {name!r}")
+    _core.set_pool(name)
+
+
+def _pool_from_environment():
+    text = os.environ.get("FASTLSTM_POOL")
+    if text is None or text.strip() == "":
+        return
+    if text.strip() not in _POOLS:
+        raise ValueError(f"FASTLSTM_POOL: expected one of {_POOLS}, got {text!r}")
+    _core.set_pool(text.strip())
+
+
+_pool_from_environment()
 
 
 def set_cpu_cache_limit(nbytes):

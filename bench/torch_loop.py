@@ -1,0 +1,201 @@
+"""fastlstm.torch.LSTM inside a plain PyTorch loop, against torch.nn.LSTM (bench/NOTES.md 48).
+
+`python -m fastlstm.bench` times each library alone and lets the machine settle between them.
+A user who swaps torch.nn.LSTM for fastlstm.torch.LSTM runs it between PyTorch's own
+operations instead: a read-out layer, a loss, an optimizer step. PyTorch's OpenMP worker
+threads keep spinning for some milliseconds after each of those, so fastlstm's kernels start
+while they hold the cores. This script times that loop: per step, an LSTM (batch_first) and a
+Linear read-out of the last hidden state, cross-entropy, backward and an Adam step
+("train"), or the forward of the two under torch.no_grad() ("infer"), with
+
+    torch       torch.nn.LSTM
+    fl-own      fastlstm.torch.LSTM on fastlstm's own thread pool (FASTLSTM_POOL=own)
+    fl-auto     fastlstm.torch.LSTM with the default pool: the OpenMP runtime PyTorch loaded
+
+all three from the same initial weights, in one process, in blocks of steps that rotate
+their order every round (no pause between blocks: the loop is what is measured). Reports
+the median step time with min and max over all steps but each block's first two, and
+torch/contender, the ratio of medians (above 1: faster than torch.nn.LSTM).
+
+    python bench/torch_loop.py                       # the default configurations
+    python bench/torch_loop.py --config 100,16,256,256 --rounds 5 --steps 20
+    python bench/torch_loop.py --json out.json --markdown out.md
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+DEFAULT_CONFIGS = [(30, 32, 64, 64), (30, 32, 64, 128), (100, 1, 256, 256),
+                   (100, 16, 256, 256), (50, 64, 128, 128), (100, 64, 512, 512)]
+CONTENDERS = ("torch", "fl-own", "fl-auto")
+SKIP = 2   # steps at the start of each block left out (the previous contender's wake)
+
+
+def parse_config(text):
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,I,H (four positive integers), got {text!r}")
+    return values
+
+
+def positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build(torch, lstm_class, state, I, H):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = lstm_class(I, H, batch_first=True)
+            self.head = torch.nn.Linear(H, 10)
+
+        def forward(self, x):
+            _, (h_n, _) = self.lstm(x)
+            return self.head(h_n[-1])
+
+    net = Net()
+    net.load_state_dict(state)
+    return net
+
+
+def measure(config, mode, rounds, steps, seed):
+    import torch
+    import fastlstm
+    import fastlstm.torch as ft
+    from fastlstm import _core
+
+    T, B, I, H = config
+    torch.manual_seed(seed)
+    base = torch.nn.Module()
+    base.lstm = torch.nn.LSTM(I, H, batch_first=True)
+    base.head = torch.nn.Linear(H, 10)
+    state = base.state_dict()
+    nets = {"torch": build(torch, torch.nn.LSTM, state, I, H)}
+    nets["fl-own"] = build(torch, ft.LSTM, state, I, H)
+    nets["fl-auto"] = build(torch, ft.LSTM, state, I, H)
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((B, T, I), generator=generator)
+    y = torch.randint(0, 10, (B,), generator=generator)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(name):
+        net = nets[name]
+        if mode == "infer":
+            with torch.no_grad():
+                net(x)
+            return
+        optimizer = optimizers[name]
+        optimizer.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+
+    def select(name):
+        if name != "torch":
+            fastlstm.set_cpu_pool("own" if name == "fl-own" else "auto")
+        # each block starts as a process of its own would: without a back-off to one thread
+        # that the previous contender's calls started (fastlstm's back-off is process-wide)
+        _core.set_backoff(True)
+
+    times = {name: [] for name in CONTENDERS}
+    for name in CONTENDERS:            # warm-up: first-use costs of each shape
+        select(name)
+        for _ in range(2):
+            step(name)
+    for r in range(rounds):
+        order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
+        for name in order:
+            select(name)
+            block = []
+            for _ in range(steps + SKIP):
+                t0 = time.perf_counter()
+                step(name)
+                block.append(time.perf_counter() - t0)
+            times[name].extend(block[SKIP:])
+    fastlstm.set_cpu_pool("auto")
+    pools = fastlstm.cpu_info()
+    return times, pools
+
+
+def summarize(times):
+    out = {}
+    torch_median = float(np.median(times["torch"]))
+    for name, values in times.items():
+        values = np.asarray(values)
+        median = float(np.median(values))
+        out[name] = {"median_ms": median * 1e3, "min_ms": float(values.min()) * 1e3,
+                     "max_ms": float(values.max()) * 1e3, "torch_over": torch_median / median}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=parse_config, action="append",
+                        help="T,B,I,H (repeatable; default: a set of six)")
+    parser.add_argument("--modes", choices=("train", "infer", "both"), default="both")
+    parser.add_argument("--rounds", type=positive, default=6)
+    parser.add_argument("--steps", type=positive, default=15, help="timed steps per block")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write every step time here")
+    parser.add_argument("--markdown", help="write the table here")
+    args = parser.parse_args(argv)
+
+    import torch
+    import fastlstm
+    configs = args.config or DEFAULT_CONFIGS
+    modes = ("train", "infer") if args.modes == "both" else (args.modes,)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows, raw = [], []
+    header = ("| T, B, I, H | mode | torch.nn.LSTM ms | fastlstm own pool ms | torch/own "
+              "| fastlstm default (OpenMP) ms | torch/default |")
+    lines = [header, "|" + "---|" * 7]
+    print(header)
+    print(lines[1])
+    for config in configs:
+        for mode in modes:
+            times, info = measure(config, mode, args.rounds, args.steps, args.seed)
+            s = summarize(times)
+
+            def cell(name):
+                v = s[name]
+                return f"{v['median_ms']:.3f} ({v['min_ms']:.3f}-{v['max_ms']:.3f})"
+
+            line = (f"| {', '.join(map(str, config))} | {mode} | {cell('torch')} | {cell('fl-own')} "
+                    f"| {s['fl-own']['torch_over']:.2f} | {cell('fl-auto')} "
+                    f"| {s['fl-auto']['torch_over']:.2f} |")
+            print(line, flush=True)
+            lines.append(line)
+            rows.append({"config": config, "mode": mode, "summary": s})
+            raw.append({"config": config, "mode": mode,
+                        "times_s": {k: [float(t) for t in v] for k, v in times.items()},
+                        "pool": info.get("pool"), "openmp_runtime": info.get("openmp_runtime")})
+    meta = {"started": started, "machine": platform.node(), "processor": platform.processor(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "fastlstm_threads": fastlstm.get_num_threads(), "isa": fastlstm.cpu_info()["isa"],
+            "rounds": args.rounds, "steps": args.steps, "skip": SKIP}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows, "raw": raw}, f)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"fastlstm.torch in a PyTorch loop ({started}; torch {meta['torch']}, "
+                    f"{meta['torch_threads']} torch threads, {meta['fastlstm_threads']} fastlstm "
+                    f"threads, {meta['isa']}; {args.rounds} rounds x {args.steps} steps; median "
+                    "(min-max) per step)\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
