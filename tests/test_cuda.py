@@ -4072,3 +4072,15 @@ def test_gpu_tf32x3_matches_reference_to_fp32_tolerance(name, kernel_path_reset)
     print(name, _ran("forward")[:40], {k: f"{v:.1e}" for k, v in errs.items()})
     again = run_cuda_precision(fwd, bwd, X3)
     assert_bitwise_equal(tuple(outs) + tuple(grads), tuple(again[0]) + tuple(again[1]))
+
+
+def test_emulated_backward_without_dx(emu):
+    # need_dx=False on the CUDA backend: dx is computed there (the kernels have no switch) and
+    # dropped; the other gradients are the same bits as with it.
+    fwd, bwd = make_case(5, 3, 4, 17, np.float32, seed=4, lengths=[5, 0, 2], reverse=True)
+    _, _, _, saved = ops.lstm_forward(**fwd, backend="cuda")
+    full = ops.lstm_backward(saved, **bwd)
+    part = ops.lstm_backward(saved, **bwd, need_dx=False)
+    assert full[0] is not None and part[0] is None and len(part) == 6
+    for a, b in zip(part[1:], full[1:]):
+        np.testing.assert_array_equal(to_host(a), to_host(b))

@@ -1360,3 +1360,65 @@ def test_sequences_of_samples_are_still_array_data():
     ha = a.fit(x, y, batch_size=4, shuffle=False, verbose=0)
     hb = b.fit(collections.deque(x), y, batch_size=4, shuffle=False, verbose=0)
     assert ha.history == hb.history
+
+
+@pytest.mark.parametrize("stack, wanted", [
+    # (the layers, whether each LSTM's backward computes dx)
+    ("lstm,lstm,dense", [False, True]),
+    ("masking,lstm,dense", [False]),
+    ("embedding,lstm,dense", [True]),
+    ("frozen_embedding,lstm,dense", [False]),
+    ("bidirectional,dense", [False, False]),
+])
+def test_backward_skips_the_input_gradient_nothing_uses(stack, wanted, monkeypatch):
+    # A layer's input gradient is computed only when a layer before it trains: the first
+    # LSTM over data skips its dx product. Weights after a step are the same bits as with dx.
+    calls = []
+    real = layers.ops.lstm_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("need_dx", True))
+        return real(*args, **kwargs)
+
+    def build():
+        utils.set_random_seed(3)
+        names = stack.split(",")
+        made = []
+        for i, name in enumerate(names):
+            if name == "lstm":       # (sequences out when another LSTM follows)
+                made.append(LSTM(6, return_sequences=names[i + 1] == "lstm"))
+            elif name == "dense":
+                made.append(Dense(1))
+            elif name == "masking":
+                made.append(layers.Masking(0.0))
+            elif name in ("embedding", "frozen_embedding"):
+                made.append(layers.Embedding(9, 3, trainable=name == "embedding"))
+            elif name == "bidirectional":
+                made.append(layers.Bidirectional(LSTM(5)))
+        m = Sequential([layers.Input((4,) if "embedding" in stack else (4, 3))] + made)
+        m.compile(loss="mse", optimizer=optimizers.SGD(0.1))
+        return m
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(1, 9, (8, 4)) if "embedding" in stack
+         else rng.standard_normal((8, 4, 3)).astype(np.float32))
+    y = rng.standard_normal((8, 1)).astype(np.float32)
+    monkeypatch.setattr(layers.ops, "lstm_backward", spy)
+    m = build()
+    m.train_on_batch(x, y)
+    assert calls == wanted[::-1]
+    # the same step with every input gradient computed
+    calls.clear()
+    monkeypatch.setattr(layers.ops, "lstm_backward",
+                        lambda *a, **k: real(*a, **dict(k, need_dx=True)))
+    m2 = build()
+    m2.train_on_batch(x, y)
+    for a, b in zip(m.get_weights(), m2.get_weights()):
+        assert np.array_equal(a, b)
+    # after the step every layer's own backward gives its input gradient again
+    assert all(l._input_grad_wanted for l in m.layers)
+    first = next(l for l in m.layers if isinstance(l, (LSTM, layers.Bidirectional)))
+    xin = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    out = first.forward(xin, training=True)
+    dx = first.backward(np.ones_like(out))
+    assert dx is not None and dx.shape == xin.shape

@@ -587,3 +587,48 @@ def test_precision_fp32_is_the_default(backend, make_case):
                     (y2, h2, c2) + tuple(ops.lstm_backward(saved2, **case.bwd))):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- need_dx=False
+
+# dx's product skipped (an LSTM over data): dx None, every other gradient bitwise as with dx,
+# over the backward's paths: one row (dot products), unit split and row split (small H),
+# lengths with reverse (compacted chunks), chunked products.
+NO_DX_CASES = {
+    "B1": dict(T=6, B=1, I=5, H=33),
+    "B16_H64_len_rev": dict(T=5, B=16, I=33, H=64, lengths=[5, 0, 1, 3] * 4, reverse=True),
+    "B13_H40_split_rows_len": dict(T=7, B=13, I=9, H=40, lengths=[7, 0, 3, 7, 1, 6, 2, 7, 5, 4, 7, 3, 1]),
+    "T300_B32_chunked_len_rev": dict(T=300, B=32, I=4, H=6, reverse=True,
+                                     lengths=[(37 * b) % 301 for b in range(32)]),
+    "B8_H100_nobias": dict(T=4, B=8, I=7, H=100, bias=False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", sorted(NO_DX_CASES))
+def test_backward_without_dx(isa, name, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **NO_DX_CASES[name])
+    for backend in ("cpu", "numpy"):
+        _, saved = run_ops(case, backend)
+        full = ops.lstm_backward(saved, **case.bwd)
+        part = ops.lstm_backward(saved, **case.bwd, need_dx=False)
+        assert full[0] is not None and part[0] is None
+        for k, (a, b) in enumerate(zip(part[1:], full[1:]), start=1):
+            if b is None:
+                assert a is None
+                continue
+            assert np.isfinite(a).all(), (backend, BWD_NAMES[k])
+            assert np.array_equal(a, b), (backend, BWD_NAMES[k], rel_err(a, b))
+    # and still the right gradients
+    _, ref_grads = run_reference64(case)
+    for k in range(1, 6):
+        if ref_grads[k] is not None:
+            assert rel_err(part[k], ref_grads[k]) <= TOL[case.dtype], BWD_NAMES[k]
+
+
+@pytest.mark.parametrize("bad", [0, 1, "no", None])
+def test_need_dx_must_be_a_bool(bad, make_case):
+    case = make_case(T=2, B=2, I=3, H=4)
+    _, saved = run_ops(case)
+    with pytest.raises(TypeError, match="need_dx: expected a bool"):
+        ops.lstm_backward(saved, **case.bwd, need_dx=bad)

@@ -924,3 +924,35 @@ def test_torch_compile_runs_it_with_graph_breaks(rel_err):
     assert "transpose" not in code and "contiguous" not in code, code
     for a, b in zip(*results):
         assert rel_err(a, b) <= TOL[torch.float32]
+
+
+def test_backward_skips_dx_of_an_input_without_grad(monkeypatch):
+    # The first layer's input is data (no requires_grad): its dx product is skipped
+    # (ops.lstm_backward(need_dx=False)); the second layer's input is the first's output and
+    # gets one. The gradients still match torch.nn.LSTM.
+    calls = []
+    real = ftorch.ops.lstm_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("need_dx", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ftorch.ops, "lstm_backward", spy)
+    ref, ours = _pair(torch.float64, input_size=5, hidden_size=7, num_layers=2, batch_first=True)
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    for requires_grad in (False, True):
+        calls.clear()
+        xs = [x.clone().requires_grad_(requires_grad) for _ in range(2)]
+        outs = [m(xi)[0] for m, xi in zip((ref, ours), xs)]
+        w = torch.randn_like(outs[0])
+        for m, out in zip((ref, ours), outs):
+            m.zero_grad()
+            (out * w).sum().backward()
+        assert sorted(calls) == ([False, True] if not requires_grad else [True, True])
+        for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
+            err = (p.grad - q.grad).norm() / p.grad.norm()
+            assert err <= TOL[torch.float64], name
+        if requires_grad:
+            assert (xs[0].grad - xs[1].grad).norm() / xs[0].grad.norm() <= TOL[torch.float64]
+        else:
+            assert xs[1].grad is None

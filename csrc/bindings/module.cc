@@ -161,7 +161,7 @@ template <typename Real>
 py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
                         bool has_bias, py::object h0, py::object c0, py::object lengths, bool reverse,
                         py::object gates, py::object cells, py::object dy, py::object dh_n,
-                        py::object dc_n) {
+                        py::object dc_n, bool need_dx) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
   BackwardArgs<Real> a;
   a.dims = d;
@@ -177,7 +177,12 @@ py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::obje
   a.dy = input<Real>(dy, "dy", {T, B, H}, true);
   a.dh_n = input<Real>(dh_n, "dh_n", {B, H}, true);
   a.dc_n = input<Real>(dc_n, "dc_n", {B, H}, true);
-  auto dx = output<Real>({T, B, I});
+  py::object dx = py::none();
+  if (need_dx) {
+    auto arr = output<Real>({T, B, I});
+    a.dx = arr.mutable_data();
+    dx = arr;
+  }
   auto dh0 = output<Real>({B, H});
   auto dc0 = output<Real>({B, H});
   auto dkernel = output<Real>({I, 4 * H});
@@ -188,7 +193,6 @@ py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::obje
     a.dbias = db.mutable_data();
     dbias = db;
   }
-  a.dx = dx.mutable_data();
   a.dh0 = dh0.mutable_data();
   a.dc0 = dc0.mutable_data();
   a.dkernel = dkernel.mutable_data();
@@ -289,17 +293,18 @@ PYBIND11_MODULE(_core, m) {
       "backward",
       [](py::object x, py::object kernel, py::object recurrent_kernel, bool has_bias, py::object h0,
          py::object c0, py::object lengths, bool reverse, py::object gates, py::object cells,
-         py::object dy, py::object dh_n, py::object dc_n) {
+         py::object dy, py::object dh_n, py::object dc_n, bool need_dx) {
         const Dims d = dims_of(x, recurrent_kernel);
         return is_double(x) ? backward_impl<double>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
-                                                    reverse, gates, cells, dy, dh_n, dc_n)
+                                                    reverse, gates, cells, dy, dh_n, dc_n, need_dx)
                             : backward_impl<float>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
-                                                   reverse, gates, cells, dy, dh_n, dc_n);
+                                                   reverse, gates, cells, dy, dh_n, dc_n, need_dx);
       },
       py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("has_bias"), py::arg("h0"),
       py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("gates"), py::arg("cells"),
-      py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-      "LSTM backward. Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None unless has_bias.");
+      py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("need_dx") = true,
+      "LSTM backward. Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None unless "
+      "has_bias, dx None unless need_dx (then its product is skipped).");
 
   m.def(
       "transpose",

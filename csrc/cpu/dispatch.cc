@@ -41,8 +41,8 @@ const char* validate(const BackwardArgs<Real>& a) {
   if (!dims_ok(a.dims)) return "dims: need T >= 0, B >= 0, I >= 1, H >= 1";
   if (!a.x || !a.kernel || !a.recurrent_kernel) return "x, kernel and recurrent_kernel are required";
   if (!a.gates || !a.cells) return "gates and cells saved by the forward are required";
-  if (!a.dx || !a.dh0 || !a.dc0 || !a.dkernel || !a.drecurrent_kernel)
-    return "dx, dh0, dc0, dkernel and drecurrent_kernel outputs are required";
+  if (!a.dh0 || !a.dc0 || !a.dkernel || !a.drecurrent_kernel)
+    return "dh0, dc0, dkernel and drecurrent_kernel outputs are required";
   return lengths_ok(a.lengths, a.dims);
 }
 

@@ -930,7 +930,7 @@ void backward_task(void* p, int tid, int nthreads) {
   }
 
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
-  if (ctx.compact)  // dx at positions past each length: no chunk scatters there
+  if (ctx.compact && a.dx)  // dx at positions past each length: no chunk scatters there
     for (int64_t r = tid; r < T * B; r += nthreads)
       if (r / B >= seq_len(a.lengths, r % B, T)) std::memset(a.dx + r * I, 0, I * sizeof(Real));
 
@@ -946,7 +946,7 @@ void backward_task(void* p, int tid, int nthreads) {
     const int64_t rows = ctx.compact ? ctx.chunk_valid[s0 / ctx.chunk_steps] : steps * B;
     const int64_t* x_list = ctx.compact ? ctx.x_rows + s0 * B : nullptr;
     const Real* x_rows = x_list ? a.x : a.x + t0 * B * I;
-    Real* dx_rows = x_list ? a.dx : a.dx + t0 * B * I;
+    Real* dx_rows = x_list || !a.dx ? a.dx : a.dx + t0 * B * I;
     // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
     GemmArgs<Real> dkernel{I, 4 * H, rows, x_rows, 1, I, ctx.dz, 4 * H, 1, a.dkernel,
                            4 * H, nullptr};
@@ -956,9 +956,11 @@ void backward_task(void* p, int tid, int nthreads) {
     dkernel.accumulate = drk.accumulate = add;
     const GemmArgs<Real> dweights[2] = {dkernel, drk};  // one product: dz packed once for both
     gemm_part_stacked(dweights, tid, nthreads, ws);
-    GemmArgs<Real> dx{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr};
-    dx.c_rows = x_list;
-    gemm_part(dx, tid, nthreads, ws);
+    if (a.dx) {  // (not wanted: the first layer's input is data)
+      GemmArgs<Real> dx{rows, I, 4 * H, ctx.dz, 4 * H, 1, a.kernel, 1, 4 * H, dx_rows, I, nullptr};
+      dx.c_rows = x_list;
+      gemm_part(dx, tid, nthreads, ws);
+    }
     if (a.dbias) {  // column sums of dz, each column summed in row order by one thread, in
                     // double (thousands of float32 terms would lose digits), 64 columns at a time
       const int64_t c0 = 4 * H * tid / nthreads, c1 = 4 * H * (tid + 1) / nthreads;

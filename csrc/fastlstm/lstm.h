@@ -76,7 +76,7 @@ struct BackwardArgs {
   const Real* dh_n = nullptr;              // (B, H)
   const Real* dc_n = nullptr;              // (B, H)
   // Outgoing gradients, each written in full.
-  Real* dx = nullptr;                      // (T, B, I)
+  Real* dx = nullptr;                      // (T, B, I) or nullptr (not computed)
   Real* dh0 = nullptr;                     // (B, H)
   Real* dc0 = nullptr;                     // (B, H)
   Real* dkernel = nullptr;                 // (I, 4H)

@@ -220,6 +220,10 @@ class Layer:
     #: Rank of the input including the batch axis (None: any rank >= 2).
     input_rank = None
 
+    # Set to False by the model around backward() when nothing before the layer takes its
+    # input gradient; backward() may then skip computing it and return None.
+    _input_grad_wanted = True
+
     def __init_subclass__(cls, **kwargs):
         # A subclass's build() only creates weights; wrapping it marks the layer built
         # whichever way it is called (directly, by __call__ or by a model).
@@ -1473,23 +1477,26 @@ class LSTM(Layer):
                 if cache["zero_last"] is not None:     # rows whose output is zeros
                     dy = xp.where(cache["zero_last"], dt.type(0), dy)
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
+        need_dx = self._input_grad_wanted
         if cache["fused"]:
             dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
                 cache["saved"], dy_tm,
                 None if dh_n is None else xp.ascontiguousarray(dh_n, dtype=dt),
-                dc_n)
+                dc_n, need_dx=need_dx)
         else:
             zeros = xp.zeros((B, H), dt)
             dx_tm, dh0, dc0, dk, drk, db = _Generic.backward(
                 cache["saved"], xp.zeros((T, B, H), dt) if dy_tm is None else dy_tm,
                 zeros if dh_n is None else dh_n, zeros if dc_n is None else dc_n)
+        self.grads = [dk, drk] + ([db] if self.use_bias else [])
+        self.initial_state_grads = [dh0, dc0] if cache["grad_to_state"] else None
+        if not need_dx:
+            return None
         dx = dx_tm.transpose(1, 0, 2)
         if cache["scatter"] is not None:
             dx = _devices.take_along_time(dx, cache["scatter"])
         if cache["in_mask"] is not None:
             dx = dx * cache["in_mask"]
-        self.grads = [dk, drk] + ([db] if self.use_bias else [])
-        self.initial_state_grads = [dh0, dc0] if cache["grad_to_state"] else None
         return xp.ascontiguousarray(dx)
 
     def get_config(self):
@@ -1728,10 +1735,17 @@ class Bidirectional(_Wrapper):
         if self.return_sequences:
             dyb = dyb[:, ::-1]
         xp = self._xp
-        dxf = self.forward_layer.backward(xp.ascontiguousarray(dyf))
-        dxb = self.backward_layer.backward(xp.ascontiguousarray(dyb))
+        want = self._input_grad_wanted
+        try:
+            for layer in self._sublayers():
+                layer._input_grad_wanted = want
+            dxf = self.forward_layer.backward(xp.ascontiguousarray(dyf))
+            dxb = self.backward_layer.backward(xp.ascontiguousarray(dyb))
+        finally:
+            for layer in self._sublayers():
+                layer._input_grad_wanted = True
         self.grads = list(self.forward_layer.grads) + list(self.backward_layer.grads)
-        return dxf + dxb
+        return dxf + dxb if want else None
 
     def get_config(self):
         config = super().get_config()

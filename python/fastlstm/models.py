@@ -369,10 +369,22 @@ class Sequential:
         return x
 
     def _backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-            if dy is None:
-                break
+        # A layer's input gradient is wanted only when a layer before it has weights to train:
+        # else it would flow to the model's input (data) alone. Layers that can skip computing
+        # it (LSTM: its dx product, as many FLOPs as its input projection) read the flag.
+        wanted, seen = [], False
+        for layer in self.layers:
+            wanted.append(seen)
+            seen = seen or bool(layer.trainable_weights)
+        try:
+            for layer, want in zip(reversed(self.layers), reversed(wanted)):
+                layer._input_grad_wanted = want
+                dy = layer.backward(dy)
+                if dy is None:
+                    break
+        finally:
+            for layer in self.layers:
+                layer._input_grad_wanted = True
 
     def __call__(self, x, training=False):
         """The outputs for x, an array of the model's device (``predict`` gives NumPy)."""

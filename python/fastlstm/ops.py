@@ -3,7 +3,8 @@
     y, h_n, c_n, saved = lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None,
                                       lengths=None, reverse=False, training=True, backend="auto",
                                       packed=None, precision="fp32")
-    dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None)
+    dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None,
+                                                                    need_dx=True)
     packed = pack_weights(kernel, recurrent_kernel)   # reuse across forwards (CPU backend)
 
 Shapes (time-major): x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,);
@@ -270,13 +271,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     return y, h_n, c_n, saved
 
 
-def lstm_backward(saved, dy, dh_n=None, dc_n=None):
+def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
     """Gradients of every input of the forward that produced `saved`.
 
     dy (T, B, H) or None; dh_n, dc_n (B, H) or None (zero). Returns
     (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None when the forward had
     no bias. dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
     The products run in the forward's precision (saved.precision).
+    need_dx=False: dx is returned as None, and on the CPU backend its matrix product
+    (dz . kernel^T, as many FLOPs as the forward's input projection) is skipped: for an LSTM
+    whose input is data, not another layer's output. The other gradients are unchanged.
     """
     if saved is None:
         raise ValueError("saved: got None; the forward ran with training=False, which stores "
@@ -284,14 +288,16 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None):
     if not isinstance(saved, LSTMSaved):
         raise TypeError("saved: expected the saved object returned by "
                         f"fastlstm.ops.lstm_forward(..., training=True), got {type(saved).__name__}")
+    need_dx = _check_flag(need_dx, "need_dx")
     T, B, I, H = saved.dims
     dtype = saved.dtype
-    if saved.backend == "cuda":
-        return _cuda.backward(saved, lambda xp, r: dict(
+    if saved.backend == "cuda":   # (computed there, dropped here)
+        grads = _cuda.backward(saved, lambda xp, r: dict(
             dy=_optional(r["dy"], "dy", (T, B, H), dtype, "(T, B, H)", xp),
             dh_n=_optional(r["dh_n"], "dh_n", (B, H), dtype, "(B, H)", xp),
             dc_n=_optional(r["dc_n"], "dc_n", (B, H), dtype, "(B, H)", xp)),
             dict(dy=dy, dh_n=dh_n, dc_n=dc_n))
+        return grads if need_dx else (None,) + tuple(grads[1:])
     dy = _optional(dy, "dy", (T, B, H), dtype, "(T, B, H)")
     dh_n = _optional(dh_n, "dh_n", (B, H), dtype, "(B, H)")
     dc_n = _optional(dc_n, "dc_n", (B, H), dtype, "(B, H)")
@@ -299,5 +305,6 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None):
         gates, cells = saved.payload
         return _core.backward(saved.x, saved.kernel, saved.recurrent_kernel, saved.has_bias,
                               saved.h0, saved.c0, saved.lengths, saved.reverse, gates, cells,
-                              dy, dh_n, dc_n)
-    return reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
+                              dy, dh_n, dc_n, need_dx)
+    grads = reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
+    return grads if need_dx else (None,) + tuple(grads[1:])

@@ -291,8 +291,9 @@ class _LSTMDirection(torch.autograd.Function):
         if torch.is_grad_enabled():
             anchor = next((t for t in inputs if t is not None and t.requires_grad), None)
         with route.scope():
+            # (dx only when x needs a gradient: not for the first layer over data)
             grads = ops.lstm_backward(ctx.lstm_saved, route.array(dy), route.array(dh_n),
-                                      route.array(dc_n))
+                                      route.array(dc_n), need_dx=bool(need[0]))
             dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = grads
 
             def wrap(arr, needed, transpose=False, copy=False):
