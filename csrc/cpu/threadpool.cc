@@ -1,8 +1,11 @@
 #include "cpu/threadpool.h"
 
+#include <pthread.h>
+#if defined(__linux__)
+#define FASTLSTM_FIND_OPENMP 1  // dl_iterate_phdr (glibc, musl); elsewhere the own pool only
 #include <dlfcn.h>
 #include <link.h>
-#include <pthread.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -145,9 +148,11 @@ PoolChoice pool_choice_from_env() {
 
 PoolChoice g_pool_choice = pool_choice_from_env();
 OmpRuntime g_omp;                 // found runtime (parallel == nullptr: none yet)
-unsigned long long g_omp_scan_adds = ~0ull;  // dl_iterate_phdr's load count at the last scan
 bool g_omp_broken = false;        // a team came back smaller than asked, or after fork(): not used again
 const char* g_last_pool = "none"; // what the last run() ran on: "own", "openmp", "one thread"
+
+#if defined(FASTLSTM_FIND_OPENMP)
+unsigned long long g_omp_scan_adds = ~0ull;  // dl_iterate_phdr's load count at the last scan
 
 bool is_omp_library(const char* path) {
   const char* base = std::strrchr(path, '/');
@@ -201,6 +206,9 @@ const OmpRuntime* omp_runtime() {
   }
   return g_omp.parallel ? &g_omp : nullptr;
 }
+#else
+const OmpRuntime* omp_runtime() { return nullptr; }
+#endif
 
 struct OmpJob {
   TaskFn fn;
