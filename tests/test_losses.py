@@ -529,3 +529,310 @@ def test_label_smoothing_smooths_targets_and_round_trips():
             losses.BinaryCrossentropy(label_smoothing=bad)
     with pytest.raises(TypeError):      # as in Keras: sparse labels are not smoothed
         losses.SparseCategoricalCrossentropy(label_smoothing=0.1)
+
+
+# --------------------------------------------------------------------------- ignore_class
+# Keras 3's SparseCategoricalCrossentropy(ignore_class=...): entries whose label is the
+# ignored class have a loss of 0 and no gradient and are left out of the mean (the weighted
+# sum over the others divided by their number). Tolerances: hand-computed values are exact
+# up to float64 rounding of a few logs (1e-12); the float64 finite differences use h = 1e-6
+# on smooth functions (truncation ~h^2, cancellation ~1e-16 / h: 1e-7 relative); torch's own
+# float64 cross entropy agrees to rounding (1e-12); Keras reduces in float32 whatever the
+# inputs' dtype (about 1e-7 relative seen), so 1e-5 relative there.
+
+IGNORED = [-1, 255, 2]          # below, above and inside [0, classes) for 4 or more classes
+
+
+def _ignore_case(rng, shape, ignore, from_logits):
+    x = rng.normal(size=shape) * 3 if from_logits else rng.uniform(0.05, 1.0, shape)
+    ids = rng.integers(0, shape[-1], shape[:-1])
+    ids[rng.random(shape[:-1]) < 0.35] = ignore
+    ids.flat[0] = 0 if ignore != 0 else 1                # at least one entry counts
+    return x, ids
+
+
+def test_ignore_class_hand_computed_logits():
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    x = np.array([[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]])
+    ids = np.array([0, 1, -1])
+    # log 2 and log 4 over the 2 entries that count (not over 3)
+    value, g = loss.value_and_gradient(ids, x)
+    assert value == pytest.approx(1.5 * math.log(2.0), rel=1e-12)
+    np.testing.assert_allclose(g, [[-0.25, 0.25], [0.375, -0.375], [0.0, 0.0]], atol=1e-15)
+    assert g[2].tolist() == [0.0, 0.0]
+    # weights multiply the losses; the divisor stays the number of entries that count
+    value, g = loss.value_and_gradient(ids, x, sample_weight=np.array([2.0, 1.0, 7.0]))
+    assert value == pytest.approx((2 * math.log(2.0) + math.log(4.0)) / 2, rel=1e-12)
+    np.testing.assert_allclose(g, [[-0.5, 0.5], [0.375, -0.375], [0.0, 0.0]], atol=1e-15)
+    # without ignore_class the same labels are out of range
+    with pytest.raises(ValueError, match="class id -1"):
+        losses.SparseCategoricalCrossentropy(from_logits=True)(ids, x)
+
+
+def test_ignore_class_hand_computed_probabilities_with_a_zero_row():
+    # the ignored row is all zeros (0 / 0 when rescaled): no warning, no NaN
+    loss = losses.SparseCategoricalCrossentropy(ignore_class=255)
+    p = np.array([[0.25, 0.75], [0.5, 0.5], [0.0, 0.0]])
+    ids = np.array([[1], [0], [255]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, g = loss.value_and_gradient(ids, p)
+    assert value == pytest.approx((-math.log(0.75) + math.log(2.0)) / 2, rel=1e-12)
+    np.testing.assert_allclose(g, [[0.5, -1 / 6], [-0.5, 0.5], [0.0, 0.0]], atol=1e-15)
+
+
+def test_ignore_class_every_entry_ignored_gives_zero():
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    x = np.random.default_rng(0).normal(size=(3, 4, 5))
+    value, g = loss.value_and_gradient(np.full((3, 4), -1), x, sample_weight=np.ones(3))
+    assert value == 0.0 and not np.any(g)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("ignore", IGNORED)
+def test_ignore_class_equals_the_plain_loss_on_the_entries_that_count(from_logits, ignore):
+    # 3-D (batch, time, classes) with per-step weights: the value and the gradient are the
+    # plain loss's on the entries that count alone; the ignored entries get no gradient
+    rng = np.random.default_rng(abs(ignore) + 3 * from_logits)
+    x, ids = _ignore_case(rng, (4, 5, 6), ignore, from_logits)
+    w = rng.uniform(0.2, 2.0, (4, 5))
+    keep = ids != ignore
+    ours = losses.SparseCategoricalCrossentropy(from_logits=from_logits, ignore_class=ignore)
+    plain = losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    value, g = ours.value_and_gradient(ids, x, sample_weight=w)
+    want, gwant = plain.value_and_gradient(ids[keep], x[keep], sample_weight=w[keep])
+    assert value == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(g[keep], gwant, rtol=1e-12, atol=1e-15)
+    assert not np.any(g[~keep])
+    # per-sequence weights (batch,) weigh every step of a sequence
+    value = ours(ids, x, sample_weight=w[:, 0])
+    want = plain(ids[keep], x[keep], sample_weight=np.broadcast_to(w[:, :1], keep.shape)[keep])
+    assert value == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_ignore_class_gradient_finite_differences(from_logits):
+    rng = np.random.default_rng(41)
+    x, ids = _ignore_case(rng, (3, 4, 5), -1, from_logits)
+    w = rng.uniform(0.2, 2.0, (3, 4))
+    loss = losses.SparseCategoricalCrossentropy(from_logits=from_logits, ignore_class=-1)
+    g = loss.gradient(ids, x, sample_weight=w)
+    fd = fd_grad(lambda v: loss(ids, v, sample_weight=w), x)
+    assert rel(g, fd) < 1e-7
+    assert not np.any(g[ids == -1]) and not np.any(fd[ids == -1])
+
+
+def test_ignore_class_non_finite_predictions_of_ignored_entries_do_not_matter():
+    rng = np.random.default_rng(5)
+    for from_logits in (True, False):
+        x, ids = _ignore_case(rng, (6, 3), -1, from_logits)
+        ids[1] = ids[4] = -1
+        loss = losses.SparseCategoricalCrossentropy(from_logits=from_logits, ignore_class=-1)
+        want, gwant = loss.value_and_gradient(ids, x)
+        bad = x.copy()
+        bad[1] = [np.nan, np.inf, -np.inf]
+        bad[4] = 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            value, g = loss.value_and_gradient(ids, bad)
+        assert value == want
+        np.testing.assert_array_equal(g, gwant)
+
+
+def test_ignore_class_float32_and_label_checks():
+    rng = np.random.default_rng(6)
+    x, ids = _ignore_case(rng, (5, 4), 255, True)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    v32, g32 = loss.value_and_gradient(ids, x.astype(np.float32))
+    v64, g64 = loss.value_and_gradient(ids, x)
+    assert g32.dtype == np.float32
+    assert v32 == pytest.approx(v64, rel=1e-6)            # float32 arithmetic
+    np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-7)
+    # ids may be floats; labels other than the ignored one are still checked
+    assert loss(ids.astype(np.float64), x) == pytest.approx(v64, rel=1e-12)
+    for bad in (-1, 4):
+        wrong = ids.copy()
+        wrong[2] = bad
+        for fn in (loss, loss.gradient):
+            with pytest.raises(ValueError, match=f"class id {bad} .*ignore_class=255"):
+                fn(wrong, x)
+    with pytest.raises(ValueError, match="integer"):
+        loss(np.array([0.0, 1.5, 255.0, 2.0, 1.0]), x)
+
+
+@pytest.mark.parametrize("bad", [1.5, "255", True, [1], np.float64(2.0)])
+def test_ignore_class_errors_name_the_argument(bad):
+    with pytest.raises(ValueError, match="`ignore_class` must be an integer or None"):
+        losses.SparseCategoricalCrossentropy(ignore_class=bad)
+    # (Keras's argument order: a name given second by position is refused, not ignored)
+    with pytest.raises(ValueError, match="ignore_class"):
+        losses.SparseCategoricalCrossentropy(True, "my_loss")
+
+
+def test_ignore_class_config_round_trip_and_old_configs():
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=np.int64(-1),
+                                                name="scce")
+    cfg = loss.get_config()
+    assert cfg == {"name": "scce", "from_logits": True, "ignore_class": -1}
+    assert type(cfg["ignore_class"]) is int                     # JSON-serialisable
+    for restored in (losses.get(losses.serialize(loss)),
+                     losses.SparseCategoricalCrossentropy.from_config(cfg)):
+        assert restored == loss and restored.ignore_class == -1
+    assert losses.SparseCategoricalCrossentropy(ignore_class=-1) != \
+        losses.SparseCategoricalCrossentropy()
+    # without ignore_class the config is what it was, and configs without the key load
+    assert "ignore_class" not in losses.SparseCategoricalCrossentropy().get_config()
+    old = {"class_name": "SparseCategoricalCrossentropy",
+           "config": {"name": "sparse_categorical_crossentropy", "from_logits": False}}
+    assert losses.get(old).ignore_class is None
+    assert losses.get("sparse_categorical_crossentropy").ignore_class is None
+    # Keras's config spells it out as None
+    assert losses.SparseCategoricalCrossentropy.from_config(
+        {"name": "s", "from_logits": True, "ignore_class": None}).ignore_class is None
+
+
+def _ignore_model(rng, ignore, N=10, T=5, C=4):
+    from fastlstm import layers, models
+    x = rng.standard_normal((N, T, 3))
+    y = rng.integers(0, C, (N, T))
+    y[rng.random((N, T)) < 0.3] = ignore
+    m = models.Sequential([layers.Input((T, 3)), layers.LSTM(4, return_sequences=True),
+                           layers.Dense(C)], dtype="float64")
+    m.compile("sgd", losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore))
+    p = m.predict(x, verbose=0)
+    keep = y != ignore
+    want = losses.SparseCategoricalCrossentropy(from_logits=True)(y[keep], p[keep])
+    return m, x, y, want
+
+
+def test_ignore_class_in_a_sequence_model_and_saved_with_it(tmp_path):
+    from fastlstm import models
+    m, x, y, want = _ignore_model(np.random.default_rng(8), 2)
+    assert m.evaluate(x, y, batch_size=10, verbose=0) == pytest.approx(want, rel=1e-12)
+    m.fit(x, y, batch_size=5, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    m.save(path)
+    loaded = models.load_model(path)
+    assert loaded.loss == m.loss and loaded.loss.ignore_class == 2
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(m.evaluate(x, y, verbose=0),
+                                                             rel=1e-12)
+
+
+def test_mask_argument_leaves_out_entries_as_keras_output_masks_do():
+    # _value / _value_and_gradient(mask=...): a model's output mask combined with the loss's
+    # own ignored entries (Keras: the mean over the entries that both keep)
+    rng = np.random.default_rng(9)
+    x, ids = _ignore_case(rng, (4, 6, 5), -1, True)
+    mask = rng.random((4, 6)) < 0.7
+    mask[0, 0] = True
+    w = rng.uniform(0.2, 2.0, (4, 6))
+    keep = mask & (ids != -1)
+    ours = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    plain = losses.SparseCategoricalCrossentropy(from_logits=True)
+    value, g = ours._value_and_gradient(ids, x, w, mask=mask)
+    want, gwant = plain.value_and_gradient(ids[keep], x[keep], sample_weight=w[keep])
+    assert float(value) == pytest.approx(want, rel=1e-12)
+    assert float(ours._value(ids, x, w, mask=mask.astype(np.float64))) == \
+        pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(g[keep], gwant, rtol=1e-12, atol=1e-15)
+    assert not np.any(g[~keep])
+    # any loss: the same as the mask folded into the weights (what the models did so far)
+    mse = losses.MeanSquaredError()
+    t = rng.normal(size=x.shape)
+    folded = w * mask * mask.size / mask.sum()
+    assert float(mse._value(t, x, w, mask=mask)) == pytest.approx(mse(t, x, folded), rel=1e-12)
+    with pytest.raises(ValueError, match="mask"):
+        ours._value(ids, x, mask=np.ones((4, 5)))
+
+
+def test_ignore_class_torch_cross_entropy_ignore_index():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(10)
+    for ignore in IGNORED:
+        x, ids = _ignore_case(rng, (9, 6), ignore, True)
+        x = x * 5
+        w = rng.uniform(0.2, 2.0, 9)
+        xt = torch.tensor(x, requires_grad=True)
+        per = F.cross_entropy(xt, torch.tensor(ids), ignore_index=ignore, reduction="none")
+        ref = (per * torch.tensor(w)).sum() / int((ids != ignore).sum())
+        ref.backward()
+        loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore)
+        assert loss(ids, x, sample_weight=w) == pytest.approx(ref.item(), rel=1e-12)
+        assert rel(loss.gradient(ids, x, sample_weight=w), xt.grad.numpy()) < 1e-12
+
+
+def _keras_scce(keras, torch, ids, x, w, from_logits, ignore, mask=None):
+    """Keras's value and its gradient (torch autograd through Keras) for float64 x."""
+    from keras.src import backend
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits,
+                                                      ignore_class=ignore)
+    xt = torch.tensor(x, requires_grad=True)
+    pred = xt * 1.0
+    if mask is not None:
+        backend.set_keras_mask(pred, torch.tensor(mask))
+    value = loss(torch.tensor(ids), pred, sample_weight=None if w is None else torch.tensor(w))
+    value.backward()
+    return value.item(), xt.grad.numpy()
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("shape", [(12, 5), (4, 6, 5)], ids=["2d", "3d"])
+def test_ignore_class_matches_keras(from_logits, shape):
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    if keras.backend.backend() != "torch":
+        pytest.skip("the gradient is taken with torch autograd through Keras")
+    rng = np.random.default_rng(11 + len(shape) + 2 * from_logits)
+    for ignore in IGNORED + [None]:
+        for weighted in (False, True):
+            x, ids = _ignore_case(rng, shape, -1 if ignore is None else ignore, from_logits)
+            if ignore is None:
+                ids[ids == -1] = 1
+            # (Keras needs weights of the per-sample loss shape once it masks)
+            w = rng.uniform(0.2, 2.0, shape[:-1]) if weighted else None
+            want, gwant = _keras_scce(keras, torch, ids, x, w, from_logits, ignore)
+            loss = losses.SparseCategoricalCrossentropy(from_logits=from_logits,
+                                                        ignore_class=ignore)
+            value, g = loss.value_and_gradient(ids, x, sample_weight=w)
+            assert value == pytest.approx(want, rel=1e-5), (ignore, weighted)
+            assert rel(g, gwant) < 1e-5, (ignore, weighted)
+            if ignore is not None:
+                assert not np.any(g[ids == ignore])
+    # a model's output mask (Keras: the loss's mask and the output mask together)
+    x, ids = _ignore_case(rng, (4, 6, 5), -1, from_logits)
+    mask = rng.random((4, 6)) < 0.7
+    w = rng.uniform(0.2, 2.0, (4, 6))
+    want, gwant = _keras_scce(keras, torch, ids, x, w, from_logits, -1, mask)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=from_logits, ignore_class=-1)
+    value, g = loss._value_and_gradient(ids, x, w, mask=mask)
+    assert float(value) == pytest.approx(want, rel=1e-5)
+    assert rel(g, gwant) < 1e-5
+
+
+@pytest.mark.parametrize("ignore", [-1, 255])
+def test_ignore_class_outside_the_classes_in_a_model(ignore):
+    m, x, y, want = _ignore_model(np.random.default_rng(13), ignore)
+    assert m.evaluate(x, y, batch_size=10, verbose=0) == pytest.approx(want, rel=1e-12)
+    m.fit(x, y, batch_size=5, epochs=1, verbose=0)
+
+
+def test_ignore_class_with_an_output_mask_in_a_model_follows_keras():
+    # Keras: the weighted sum over the steps both unmasked and not ignored, divided by
+    # their number
+    from fastlstm import layers, models
+    rng = np.random.default_rng(12)
+    N, T, V, C = 8, 6, 5, 4
+    x = np.zeros((N, T), np.int64)
+    for i, n in enumerate(rng.integers(1, T + 1, N)):
+        x[i, :n] = rng.integers(1, V, n)
+    y = rng.integers(0, C - 1, (N, T))
+    y[rng.random((N, T)) < 0.3] = C - 1          # (in range: see the test above)
+    m = models.Sequential([layers.Embedding(V, 4, mask_zero=True, input_shape=(T,)),
+                           layers.LSTM(3, return_sequences=True),
+                           layers.Dense(C, activation="softmax")], dtype="float64")
+    m.compile("sgd", losses.SparseCategoricalCrossentropy(ignore_class=C - 1))
+    p = m.predict(x, verbose=0)
+    keep = (x != 0) & (y != C - 1)
+    want = losses.SparseCategoricalCrossentropy()(y[keep], p[keep])
+    assert m.evaluate(x, y, batch_size=N, verbose=0) == pytest.approx(want, rel=1e-9)

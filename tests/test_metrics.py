@@ -170,6 +170,8 @@ def test_accuracy_resolution_behaves():
     ("categorical_accuracy", metrics.CategoricalAccuracy),
     ("sparse_categorical_accuracy", metrics.SparseCategoricalAccuracy),
     ("mean", metrics.Mean),
+    ("top_k_categorical_accuracy", metrics.TopKCategoricalAccuracy),
+    ("sparse_top_k_categorical_accuracy", metrics.SparseTopKCategoricalAccuracy),
 ])
 def test_get_by_name(name, cls):
     m = metrics.get(name)

@@ -13,7 +13,9 @@ and binary crossentropy, the crossentropy over the class axis for the categorica
 losses -- so it has the shape ``y_pred.shape[:-1]``.  It is multiplied by
 ``sample_weight`` (broadcast to that shape; a weight of shape ``(batch,)`` weighs
 every step of a sample), summed, and divided by the number of per-sample losses.
-Without weights this is the plain mean.
+Without weights this is the plain mean. Entries a loss leaves out
+(``SparseCategoricalCrossentropy(ignore_class=...)``) have a loss of 0 and no gradient and
+are not counted in that number, as Keras leaves masked entries out.
 
 Probabilities (``from_logits=False``) are clipped to ``[1e-7, 1 - 1e-7]`` as Keras
 does, and the categorical losses first rescale each probability vector to sum to 1
@@ -124,6 +126,38 @@ def _reduce(per_sample, w):
     return xp.sum(values, dtype=np.float64) / n
 
 
+def _loss_mask(valid, mask, loss_shape, xp):
+    """The per-sample losses that count, a boolean array of loss_shape (None: all of them):
+    the loss's own ``valid`` entries (e.g. not ``ignore_class``) and the nonzero entries of a
+    ``mask`` given by the caller (a model's output mask), as Keras combines them."""
+    if mask is not None:
+        given_shape = tuple(mask.shape) if hasattr(mask, "shape") else np.shape(mask)
+        m = xp.asarray(mask)
+        if m.ndim == len(loss_shape) + 1 and m.shape[-1] == 1:
+            m = m.reshape(m.shape[:-1])
+        try:
+            if np.broadcast_shapes(m.shape, loss_shape) != tuple(loss_shape):
+                raise ValueError
+            m = xp.broadcast_to(m != 0, loss_shape)
+        except ValueError:
+            raise ValueError(f"mask of shape {given_shape} does not broadcast to the "
+                             f"per-sample loss shape {tuple(loss_shape)}") from None
+        valid = m if valid is None else valid & m
+    return valid
+
+
+def _apply_mask(w, valid, dtype, xp):
+    """Keras's apply_mask for "sum_over_batch_size": the entries that count get weight
+    size / count (times their sample weight), the others 0, so that the reduction divides
+    the weighted sum by the number of entries that count (0 when none does)."""
+    if valid is None:
+        return w
+    count = xp.sum(valid, dtype=np.float64)
+    scale = xp.where(count > 0, valid.size / xp.maximum(count, 1.0), 0.0).astype(dtype)
+    m = valid.astype(dtype) * scale
+    return m if w is None else w * m
+
+
 def _dper_sample(loss_shape, w, dtype, xp):
     """d value / d per_sample, shaped loss_shape + (1,) to broadcast over the last axis."""
     n = max(int(np.prod(loss_shape, dtype=np.int64)), 1)
@@ -182,21 +216,40 @@ class Loss:
     def _prepare_true(self, y_true, y_pred, dtype, check=True):
         return _match_true(y_true, y_pred, dtype)
 
+    # subclasses may override instead: (y_true as above, a boolean array of the per-sample
+    # loss shape marking the entries that count, or None when all do); the others must get
+    # a per-sample loss of 0 and no gradient, and are left out of the mean
+    def _prepare(self, y_true, y_pred, dtype, check=True):
+        return self._prepare_true(y_true, y_pred, dtype, check), None
+
     def _inputs(self, y_true, y_pred, check=True):
         y_pred = _as_pred(y_pred)
         work, grad_dtype = _work_dtype(y_pred)
         yp = y_pred.astype(work, copy=False)
-        yt = self._prepare_true(y_true, y_pred, work, check)
-        return yt, yp, work, grad_dtype
+        yt, valid = self._prepare(y_true, y_pred, work, check)
+        return yt, yp, work, grad_dtype, valid
+
+    def _sample_weights(self, sample_weight, mask, valid, loss_shape, work, xp):
+        """The weights of the per-sample losses: sample_weight, and the entries that do not
+        count (``valid``, ``mask``) left out of the mean as Keras leaves masked ones out."""
+        w = _weights(sample_weight, loss_shape, work, xp)
+        return _apply_mask(w, _loss_mask(valid, mask, loss_shape, xp), work, xp)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         return read_scalars([self._value(y_true, y_pred, sample_weight)])[0]
 
-    def _value(self, y_true, y_pred, sample_weight=None, check=True):
-        """The loss as a float64 scalar of y_pred's module (stays on the device)."""
-        yt, yp, work, _ = self._inputs(y_true, y_pred, check)
+    def _value(self, y_true, y_pred, sample_weight=None, check=True, mask=None):
+        """The loss as a float64 scalar of y_pred's module (stays on the device).
+
+        ``mask`` (for the models; None: no mask): an array of the per-sample loss shape whose
+        zero entries are left out, as Keras leaves out the steps a model's output mask
+        hides: the weighted sum over the others divided by their number (rather than the
+        mask folded into ``sample_weight`` by the caller, which cannot be combined with the
+        entries the loss itself leaves out, e.g. ``ignore_class``)."""
+        yt, yp, work, _, valid = self._inputs(y_true, y_pred, check)
         per_sample, _ = self._forward(yt, yp)
-        w = _weights(sample_weight, per_sample.shape, work, array_module(yp))
+        w = self._sample_weights(sample_weight, mask, valid, per_sample.shape, work,
+                                 array_module(yp))
         return _reduce(per_sample, w)
 
     def gradient(self, y_true, y_pred, sample_weight=None):
@@ -208,12 +261,13 @@ class Loss:
         value, g = self._value_and_gradient(y_true, y_pred, sample_weight)
         return read_scalars([value])[0], g
 
-    def _value_and_gradient(self, y_true, y_pred, sample_weight=None, check=True):
-        """value_and_gradient with the value left on the device (a float64 scalar)."""
-        yt, yp, work, grad_dtype = self._inputs(y_true, y_pred, check)
+    def _value_and_gradient(self, y_true, y_pred, sample_weight=None, check=True, mask=None):
+        """value_and_gradient with the value left on the device (a float64 scalar); ``mask``
+        as for ``_value``."""
+        yt, yp, work, grad_dtype, valid = self._inputs(y_true, y_pred, check)
         xp = array_module(yp)
         per_sample, ctx = self._forward(yt, yp)
-        w = _weights(sample_weight, per_sample.shape, work, xp)
+        w = self._sample_weights(sample_weight, mask, valid, per_sample.shape, work, xp)
         value = _reduce(per_sample, w)
         g = self._backward(yt, yp, ctx, _dper_sample(per_sample.shape, w, work, xp))
         return value, xp.ascontiguousarray(g, dtype=grad_dtype).reshape(yp.shape)
@@ -408,14 +462,30 @@ class CategoricalCrossentropy(Loss):
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     """CategoricalCrossentropy with integer class ids as y_true: shape
-    y_pred.shape[:-1] (or with a trailing axis of 1), each id in [0, classes)."""
+    y_pred.shape[:-1] (or with a trailing axis of 1), each id in [0, classes).
+
+    ``ignore_class`` (an int, or None), as Keras 3's: the entries whose id equals it (it may
+    lie outside [0, classes), e.g. -1 or 255 for a "void" label) have a loss of 0 and no
+    gradient, whatever their predictions, and are left out of the mean: the weighted sum of
+    the other losses is divided by their number (0 when every entry is ignored), not by the
+    number of all entries.
+    """
 
     default_name = "sparse_categorical_crossentropy"
 
-    def __init__(self, from_logits=False, name=None):    # (no label_smoothing, as in Keras)
+    # (no label_smoothing, as in Keras)
+    def __init__(self, from_logits=False, ignore_class=None, name=None):
         super().__init__(from_logits=from_logits, name=name)
+        if ignore_class is not None and (isinstance(ignore_class, (bool, np.bool_)) or
+                                         not isinstance(ignore_class, (int, np.integer))):
+            raise ValueError(f"Argument `ignore_class` must be an integer or None. "
+                             f"Received: ignore_class={ignore_class!r}")
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
 
     def _prepare_true(self, y_true, y_pred, dtype, check=True):
+        return self._prepare(y_true, y_pred, dtype, check)[0]
+
+    def _prepare(self, y_true, y_pred, dtype, check=True):
         xp = array_module(y_pred)
         ids = xp.asarray(y_true)
         lead, classes = y_pred.shape[:-1], y_pred.shape[-1]
@@ -430,22 +500,44 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.number) \
                 or np.issubdtype(ids.dtype, np.complexfloating):
             raise ValueError(f"sparse y_true must hold integer class ids, got dtype {ids.dtype}")
+        valid = None if self.ignore_class is None else ids != self.ignore_class
         if check and ids.size:
             # one read of the checks' outcome (ids may be on the device)
             integral = xp.all(xp.isfinite(ids) & (ids == xp.rint(ids))) \
                 if not np.issubdtype(ids.dtype, np.integer) else True
-            in_range = xp.all((ids >= 0) & (ids < classes))
-            integral, in_range = read_scalars([integral, in_range])
+            bad_ids = (ids < 0) | (ids >= classes)
+            if valid is not None:
+                bad_ids = bad_ids & valid
+            integral, in_range = read_scalars([integral, ~xp.any(bad_ids)])
             if not integral:
                 raise ValueError("sparse y_true must hold integer class ids, got "
                                  "non-integral values")
             if not in_range:
-                host = to_host(ids)
-                bad = host[(host < 0) | (host >= classes)].ravel()[0]
+                bad = to_host(ids)[to_host(bad_ids)].ravel()[0].item()
+                ignored = "" if self.ignore_class is None else \
+                    f", and not ignore_class={self.ignore_class}"
                 raise ValueError(
-                    f"sparse y_true holds class id {bad!r} outside [0, {classes}) "
+                    f"sparse y_true holds class id {bad!r} outside [0, {classes}){ignored} "
                     f"(y_pred has {classes} classes, shape {y_pred.shape})")
-        return one_hot(ids.astype(np.intp, copy=False), classes, dtype)
+        if valid is None:
+            return one_hot(ids.astype(np.intp, copy=False), classes, dtype), None
+        # an ignored entry has an all-zero target row (a loss of 0, no gradient)
+        safe = xp.where(valid, ids, 0).astype(np.intp, copy=False)
+        return one_hot(safe, classes, dtype) * valid[..., None].astype(dtype), valid
+
+    def _inputs(self, y_true, y_pred, check=True):
+        yt, yp, work, grad_dtype, valid = super()._inputs(y_true, y_pred, check)
+        if valid is not None:
+            # as Keras (which zeroes them): the predictions of ignored entries do not matter,
+            # so that a NaN, inf or all-zero row there gives no NaN
+            yp = array_module(yp).where(valid[..., None], yp, yp.dtype.type(1))
+        return yt, yp, work, grad_dtype, valid
+
+    def get_config(self):
+        config = super().get_config()
+        if self.ignore_class is not None:     # (configs without the key: None)
+            config["ignore_class"] = self.ignore_class
+        return config
 
 
 # --------------------------------------------------------------------------- registry

@@ -25,8 +25,8 @@ from ._device import array_module, read_scalars, to_host
 
 __all__ = [
     "Metric", "Mean", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
-    "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall",
-    "AUC", "get",
+    "SparseCategoricalAccuracy", "TopKCategoricalAccuracy", "SparseTopKCategoricalAccuracy",
+    "MeanAbsoluteError", "MeanSquaredError", "Precision", "Recall", "AUC", "get",
     "accuracy_for_shapes",
 ]
 
@@ -60,6 +60,21 @@ def _check_same_shape(y_true, y_pred):
         raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
                          f"{y_true.shape}, y_pred has shape {y_pred.shape}")
     return y_true, y_pred
+
+
+def _sparse_ids(y_true, y_pred):
+    """Sparse targets of shape y_pred.shape[:-1] (or with a trailing axis of 1), reshaped to
+    y_pred.shape[:-1]; ValueError naming both shapes otherwise."""
+    if y_pred.ndim == 0:
+        raise ValueError("y_pred must have a class axis, got a scalar")
+    lead = y_pred.shape[:-1]
+    if y_true.shape == lead + (1,):
+        y_true = y_true.reshape(lead)
+    if y_true.shape != lead:
+        raise ValueError(f"sparse y_true must have shape y_pred.shape[:-1] = {lead}: "
+                         f"y_true has shape {y_true.shape}, y_pred has shape "
+                         f"{y_pred.shape}")
+    return y_true
 
 
 class Metric:
@@ -202,16 +217,116 @@ class SparseCategoricalAccuracy(MeanMetricWrapper):
     default_name = "sparse_categorical_accuracy"
 
     def _values(self, y_true, y_pred):
+        y_true = _sparse_ids(y_true, y_pred)
+        return (y_true == array_module(y_pred).argmax(y_pred, axis=-1)).astype(np.float64)
+
+
+def _in_top_k(ids, y_pred, k):
+    """Whether class ``ids`` (integers of shape y_pred.shape[:-1]) is among the ``k`` largest
+    scores of y_pred's last axis, as Keras's ``ops.in_top_k`` (torch backend) decides it: when
+    fewer than k scores are above the target's (a tie with the k-th largest is in), a NaN score
+    counting as above every number. A NaN target score, or an id outside [0, classes), is not
+    in; with k >= classes every other target is."""
+    xp = array_module(y_pred)
+    classes = y_pred.shape[-1]
+    if classes == 0:
+        raise ValueError(f"y_pred must have at least one class, got shape {y_pred.shape}")
+    valid = (ids >= 0) & (ids < classes)
+    safe = xp.where(valid, ids, 0)[..., None]
+    target = xp.take_along_axis(y_pred, safe, axis=-1)
+    above = y_pred > target
+    if np.issubdtype(y_pred.dtype, np.floating):
+        above = above | xp.isnan(y_pred)
+        valid = valid & ~xp.isnan(target[..., 0])
+    return valid & (xp.sum(above, axis=-1) < k)
+
+
+def _check_k(k):
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"Argument `k` must be a positive integer. Received: k={k!r}")
+    return int(k)
+
+
+class TopKCategoricalAccuracy(MeanMetricWrapper):
+    """Fraction of samples whose target class (argmax of the one-hot y_true) is among the
+    ``k`` largest scores of y_pred, as Keras's ``TopKCategoricalAccuracy``.
+
+    Ties follow Keras's ``ops.in_top_k``: a target is in when fewer than ``k`` scores are
+    strictly above its score, so a target tied with the k-th largest score counts (and all
+    tied classes may count); a NaN score counts as above every number, and a target whose
+    own score is NaN is never in. With ``k`` at least the number of classes every target is
+    in (as Keras's TensorFlow, JAX and NumPy backends give; its torch backend raises).
+    y_true and y_pred have the same shape, (batch, classes) or (batch, time, classes);
+    ``dtype`` is accepted for Keras code and configs, and ignored.
+    """
+
+    default_name = "top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None):
+        self.k = _check_k(k)
+        super().__init__(name)
+
+    def _values(self, y_true, y_pred):
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true and y_pred shapes do not match: y_true has shape "
+                             f"{y_true.shape}, y_pred has shape {y_pred.shape}")
         if y_pred.ndim == 0:
             raise ValueError("y_pred must have a class axis, got a scalar")
-        lead = y_pred.shape[:-1]
-        if y_true.shape == lead + (1,):
-            y_true = y_true.reshape(lead)
-        if y_true.shape != lead:
-            raise ValueError(f"sparse y_true must have shape y_pred.shape[:-1] = {lead}: "
-                             f"y_true has shape {y_true.shape}, y_pred has shape "
-                             f"{y_pred.shape}")
-        return (y_true == array_module(y_pred).argmax(y_pred, axis=-1)).astype(np.float64)
+        ids = array_module(y_pred).argmax(y_true, axis=-1)
+        return _in_top_k(ids, y_pred, self.k).astype(np.float64)
+
+    def get_config(self):
+        return {"name": self.name, "k": self.k}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(k={self.k}, name={self.name!r})"
+
+
+class SparseTopKCategoricalAccuracy(MeanMetricWrapper):
+    """Fraction of samples whose integer class id in y_true is among the ``k`` largest
+    scores of y_pred, as Keras's ``SparseTopKCategoricalAccuracy`` (ties, NaN and ``k`` at
+    least the number of classes as :class:`TopKCategoricalAccuracy`).
+
+    y_true has shape y_pred.shape[:-1] (or with a trailing axis of 1); its ids are truncated
+    to integers as Keras casts them, and an id outside [0, classes) (or not finite) is never
+    in the top k. With ``from_sorted_ids=True`` y_pred instead holds class ids sorted from
+    the highest score down, (batch, N): a sample counts when its id is among the first ``k``
+    of them (all N when N < k). ``dtype`` is accepted for Keras code and configs, and
+    ignored.
+    """
+
+    default_name = "sparse_top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None, from_sorted_ids=False):
+        self.k = _check_k(k)
+        self.from_sorted_ids = bool(from_sorted_ids)
+        super().__init__(name)
+
+    def _values(self, y_true, y_pred):
+        y_true = _sparse_ids(y_true, y_pred)
+        xp = array_module(y_pred)
+        if self.from_sorted_ids:
+            # as Keras: the targets in y_pred's dtype, compared with the first k ids
+            t = y_true.astype(y_pred.dtype, copy=False)[..., None]
+            return xp.any(y_pred[..., :self.k] == t, axis=-1).astype(np.float64)
+        if np.issubdtype(y_true.dtype, np.floating):
+            # truncated towards 0 as Keras's cast; NaN and ids out of range become -1 (never
+            # in the top k) before the cast, which could not hold them
+            ok = (y_true > -1) & (y_true < y_pred.shape[-1])
+            ids = xp.where(ok, xp.trunc(xp.where(ok, y_true, 0)), -1)
+        else:
+            ids = y_true
+        return _in_top_k(ids.astype(np.int64), y_pred, self.k).astype(np.float64)
+
+    def get_config(self):
+        config = {"name": self.name, "k": self.k}
+        if self.from_sorted_ids:
+            config["from_sorted_ids"] = True
+        return config
+
+    def __repr__(self):
+        extra = ", from_sorted_ids=True" if self.from_sorted_ids else ""
+        return f"{type(self).__name__}(k={self.k}, name={self.name!r}{extra})"
 
 
 class MeanAbsoluteError(MeanMetricWrapper):
@@ -633,12 +748,15 @@ class AUC(Metric):
 
 _CLASSES = {cls.__name__: cls for cls in (
     Mean, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,
+    TopKCategoricalAccuracy, SparseTopKCategoricalAccuracy,
     MeanAbsoluteError, MeanSquaredError, Precision, Recall, AUC)}
 
 _NAMES = {
     "binary_accuracy": BinaryAccuracy,
     "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
     "mean_absolute_error": MeanAbsoluteError,
     "mae": MeanAbsoluteError,
     "mean_squared_error": MeanSquaredError,

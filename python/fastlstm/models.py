@@ -508,10 +508,12 @@ class Sequential:
             if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
                 raise ValueError(f"{what}: {lname} expects integer class labels, got "
                                  "non-integral values")
-            if y.size and (y.min() < 0 or y.max() >= out[-1]):
+            ignore = getattr(loss, "ignore_class", None)
+            labels = y if ignore is None else y[y != ignore]
+            if labels.size and (labels.min() < 0 or labels.max() >= out[-1]):
                 raise ValueError(f"{what}: class labels must be in [0, {out[-1]}) for the "
-                                 f"model's {out[-1]} outputs, got min {y.min()} and max "
-                                 f"{y.max()}")
+                                 f"model's {out[-1]} outputs, got min {labels.min()} and max "
+                                 f"{labels.max()}")
             return y
         ok = (fits(y.shape[1:], out) or (len(y.shape) == len(out) + 2 and y.shape[-1] == 1
                                          and fits(y.shape[1:-1], out))
@@ -570,25 +572,19 @@ class Sequential:
     # ------------------------------------------------------------------ batches
 
     def _batch_weights(self, sw, y_pred):
-        """(loss weights, metric weights) on y_pred's device, each None when there are none,
-        from one host copy of the output mask. The loss: sample weights combined with the
-        mask rescaled to the batch (Keras's masked-loss rule). The metrics: the mask as 0/1
-        alone (a metric is the mean over the valid steps, however the batches fall); as in
-        Keras 3, ``metrics=`` are not weighted by sample_weight or class_weight."""
+        """(loss sample weights, loss mask, metric weights) on y_pred's device, each None when
+        there are none. The loss gets the output mask apart (``mask=``) and leaves the masked
+        steps out of its mean itself (Keras's masked-loss rule), combined with the entries it
+        leaves out on its own (``ignore_class``) as Keras combines them. The metrics: the mask
+        as 0/1 alone (a metric is the mean over the valid steps, however the batches fall); as
+        in Keras 3, ``metrics=`` are not weighted by sample_weight or class_weight."""
         mask = self._output_mask
         xp = _devices.array_module(y_pred)
+        sw = None if sw is None else xp.asarray(sw)
         if mask is None or y_pred.ndim < 3:
-            return (None if sw is None else xp.asarray(sw)), None
-        m = _devices.to_host(mask).astype(np.float64)
-        metric_w = xp.asarray(m)
-        valid = m.sum()
-        m = m * (m.size / valid) if valid > 0 else m
-        if sw is not None:
-            sw = np.asarray(sw, dtype=np.float64)
-            while sw.ndim < m.ndim:
-                sw = sw[..., None]
-            m = m * sw
-        return xp.asarray(m), metric_w
+            return sw, None, None
+        m = xp.asarray(_devices.to_host(mask).astype(np.float64))
+        return sw, m, m
 
     def _regularization(self):
         """The regularizers' penalties on every layer (a float)."""
@@ -627,8 +623,8 @@ class Sequential:
         dev = self._device
         y_pred = self._run(xb, training=True)
         yb = dev.asarray(yb)
-        w, mw = self._batch_weights(swb, y_pred)
-        value, dy = self.loss._value_and_gradient(yb, y_pred, w, check=False)
+        w, lm, mw = self._batch_weights(swb, y_pred)
+        value, dy = self.loss._value_and_gradient(yb, y_pred, w, check=False, mask=lm)
         penalty = self._regularization_penalty()
         if penalty is not None:
             value = value + penalty
@@ -955,8 +951,8 @@ class Sequential:
                 callbacks.on_test_batch_begin(step)
             y_pred = self._run(xb, training=False)
             yb = self._device.asarray(yb)
-            w, mw = self._batch_weights(swb, y_pred)
-            value = self.loss._value(yb, y_pred, w, check=False)
+            w, lm, mw = self._batch_weights(swb, y_pred)
+            value = self.loss._value(yb, y_pred, w, check=False, mask=lm)
             penalty = self._regularization_penalty()
             if penalty is not None:
                 value = value + penalty
