@@ -29,30 +29,12 @@ import time
 
 import numpy as np
 
+from fastlstm.bench import parse_config, positive_int as positive   # (the same checks)
+
 DEFAULT_CONFIGS = [(30, 32, 64, 64), (30, 32, 64, 128), (100, 1, 256, 256),
                    (100, 16, 256, 256), (50, 64, 128, 128), (100, 64, 512, 512)]
 CONTENDERS = ("torch", "fl-own", "fl-auto")
 SKIP = 2   # steps at the start of each block left out (the previous contender's wake)
-
-
-def parse_config(text):
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected T,B,I,H (four positive integers), got {text!r}")
-    return values
-
-
-def positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build(torch, lstm_class, state, I, H):
