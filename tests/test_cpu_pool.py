@@ -228,3 +228,120 @@ def test_set_cpu_pool_round_trip():
             assert fastlstm.cpu_info()["pool_choice"] == name
     finally:
         fastlstm.set_cpu_pool(before)
+
+
+def test_short_team_of_several_threads_falls_back(run_python):
+    # OMP_THREAD_LIMIT=2 with 3 threads asked for: the team has a worker thread, which must not
+    # enter the kernel either (a check on thread 0 only would leave it waiting at a barrier for
+    # a third thread, and GOMP_parallel would never return).
+    code = _LOAD_OPENMP + _CASES + """
+fwd, bwd = case(dtype=np.float64, **SHAPES[0])
+fastlstm.set_num_threads(1)
+one = run(fwd, bwd)
+fastlstm.set_num_threads(3)
+three = run(fwd, bwd)
+assert all(np.array_equal(a, b) for a, b in zip(one, three))
+print(json.dumps(fastlstm.cpu_info()["pool"]))
+"""
+    out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_THREAD_LIMIT="2")
+    _skip_without_openmp(out)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == "own"
+
+
+def test_runtime_loaded_after_the_first_call(run_python):
+    # The first call finds no runtime and runs on the own pool; one loaded later is found
+    # (dl_iterate_phdr's load count changed) and used from the next call on.
+    code = _CASES + """
+fastlstm.set_num_threads(2)
+fwd, bwd = case(dtype=np.float32, **SHAPES[1])
+before = run(fwd, bwd)
+first = [fastlstm.cpu_info()["pool"], fastlstm.cpu_info()["openmp_runtime"]]
+if first[1] is not None:
+    print("NO_OPENMP")   # (a runtime was there from the start: nothing to test)
+    raise SystemExit(0)
+""" + _LOAD_OPENMP + """
+after = run(fwd, bwd)
+assert all(np.array_equal(a, b) for a, b in zip(before, after))
+print(json.dumps([first[0], fastlstm.cpu_info()["pool"]]))
+"""
+    out = run_python(code, timeout=120, FASTLSTM_POOL=None)
+    _skip_without_openmp(out)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["own", "openmp"]
+
+
+def test_torchs_runtime_is_chosen_among_several(run_python):
+    # scikit-learn's wheel brings its own libgomp (libgomp-<hash>.so, another soname): imported
+    # before torch, it is loaded first. The kernels must run on the runtime torch's code calls
+    # (whose workers spin after torch ops), not on a second team competing with it.
+    code = """
+import sys
+try:
+    import sklearn.cluster, torch
+except ImportError:
+    print("NO_OPENMP"); sys.exit(0)
+import json, numpy as np, fastlstm
+from fastlstm import _core, ops
+torch.ones(100000).sum()
+fastlstm.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4, 8, 5)).astype(np.float32)
+k = rng.standard_normal((5, 64)).astype(np.float32) * 0.3
+r = rng.standard_normal((16, 64)).astype(np.float32) * 0.3
+ops.lstm_forward(x, k, r, training=False, backend="cpu")
+maps = {l.split()[-1] for l in open("/proc/self/maps") if "libgomp" in l}
+print(json.dumps([fastlstm.cpu_info()["openmp_runtime"], fastlstm.cpu_info()["pool"], len(maps)]))
+"""
+    out = run_python(code, timeout=120, FASTLSTM_POOL=None)
+    _skip_without_openmp(out)
+    runtime, pool, nmapped = json.loads(out.stdout.strip().splitlines()[-1])
+    if nmapped < 2:
+        pytest.skip("scikit-learn and torch share one libgomp here")
+    assert pool == "openmp" and "torch" in runtime, runtime
+
+
+def test_unpickled_arrays_are_accepted():
+    # multiprocessing (spawn) and DataLoader workers hand over unpickled arrays, whose dtype is
+    # an equal but distinct object: "expected dtype float32 or float64, got float32" before.
+    import pickle
+
+    import numpy as np
+    from fastlstm import ops
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32) for s in ((3, 2, 4), (4, 32), (8, 32))]
+    want = ops.lstm_forward(*args, training=False, backend="cpu")[0]
+    got = ops.lstm_forward(*[pickle.loads(pickle.dumps(a)) for a in args], training=False,
+                           backend="cpu")[0]
+    assert np.array_equal(got, want)
+
+
+def test_nested_call_falls_back_for_that_call_only(run_python):
+    # A call from inside a parallel region of the same runtime (here: a ctypes callback run by
+    # GOMP_parallel on two threads). Nesting off (the default): each nested call gets a team of
+    # one and runs on the own pool, with the right bits; calls at the top level keep the runtime.
+    code = """
+import ctypes, ctypes.util, json, sys
+name = ctypes.util.find_library("gomp")
+if name is None:
+    print("NO_OPENMP"); sys.exit(0)
+gomp = ctypes.CDLL(name)
+""" + _CASES + """
+fastlstm.set_num_threads(2)
+fwd, bwd = case(dtype=np.float64, **SHAPES[0])
+top = run(fwd, bwd)
+assert fastlstm.cpu_info()["pool"] == "openmp"
+nested = []
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def body(_):
+    out = run(fwd, bwd)
+    nested.append([all(np.array_equal(a, b) for a, b in zip(out, top)), fastlstm.cpu_info()["pool"]])
+
+gomp.GOMP_parallel(body, None, 2, 0)
+again = run(fwd, bwd)
+assert all(np.array_equal(a, b) for a, b in zip(again, top))
+print(json.dumps([sorted(nested), fastlstm.cpu_info()["pool"]]))
+"""
+    out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_MAX_ACTIVE_LEVELS=None,
+                     OMP_NESTED=None)
+    _skip_without_openmp(out)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[[True, "own"], [True, "own"]], "openmp"]

@@ -42,7 +42,8 @@ const Real* input(const py::object& obj, const char* name, const std::vector<int
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + ": expected a numpy array");
   py::array arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<Real>()))
+  // (equivalent, not the same object: an unpickled array's dtype is a fresh float32 object)
+  if (!py::array_t<Real>::check_(arr))
     throw py::type_error(std::string(name) + ": expected dtype " +
                          std::string(py::str(py::dtype::of<Real>())) + ", got " +
                          std::string(py::str(arr.dtype())));
@@ -238,8 +239,8 @@ cpu::PackedWeights pack_impl(const py::object& kernel, const py::object& recurre
 // float32 or float64, taken from x (or the array named `name`).
 bool is_double(const py::object& x, const char* name = "x") {
   py::array xa = py::reinterpret_borrow<py::array>(x);
-  if (xa.dtype().is(py::dtype::of<float>())) return false;
-  if (xa.dtype().is(py::dtype::of<double>())) return true;
+  if (py::array_t<float>::check_(xa)) return false;
+  if (py::array_t<double>::check_(xa)) return true;
   throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
 }
 

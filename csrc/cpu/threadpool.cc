@@ -134,7 +134,9 @@ struct OmpRuntime {
   void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
   int (*thread_num)() = nullptr;                                           // omp_get_thread_num
   int (*team_size)() = nullptr;                                            // omp_get_num_threads
-  std::string name;                                                        // the library's path
+  int (*in_parallel)() = nullptr;  // omp_in_parallel (optional: nullptr reads as "no")
+  void* handle = nullptr;          // our dlopen reference (kept: its threads may run our work)
+  std::string name;                // the library's path
 };
 
 enum class PoolChoice { kAuto, kOwn };
@@ -175,32 +177,63 @@ int find_omp(struct dl_phdr_info* info, size_t, void* data) {
   return 0;
 }
 
+// The entry points as seen from handle h: the object's own symbols, then its dependencies'.
+bool omp_symbols(void* h, OmpRuntime* rt) {
+  rt->parallel = reinterpret_cast<decltype(rt->parallel)>(dlsym(h, "GOMP_parallel"));
+  rt->thread_num = reinterpret_cast<decltype(rt->thread_num)>(dlsym(h, "omp_get_thread_num"));
+  rt->team_size = reinterpret_cast<decltype(rt->team_size)>(dlsym(h, "omp_get_num_threads"));
+  rt->in_parallel = reinterpret_cast<decltype(rt->in_parallel)>(dlsym(h, "omp_in_parallel"));
+  return rt->parallel && rt->thread_num && rt->team_size;
+}
+
 // The loaded OpenMP runtime, when there is one (called under run_mutex()).
 const OmpRuntime* omp_runtime() {
   unsigned long long adds = 0;
   dl_iterate_phdr(count_loads, &adds);
   if (adds != g_omp_scan_adds) {
     g_omp_scan_adds = adds;
-    std::vector<std::string> paths;
-    dl_iterate_phdr(find_omp, &paths);
     OmpRuntime found;
-    // libgomp first (PyTorch's on Linux), then the others in load order
-    std::stable_sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) {
-      auto gomp = [](const std::string& p) { return p.find("libgomp") != std::string::npos; };
-      return gomp(a) && !gomp(b);
-    });
-    for (const auto& path : paths) {
-      void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // (kept open: it stays loaded)
-      if (!h) continue;
-      found.parallel = reinterpret_cast<decltype(found.parallel)>(dlsym(h, "GOMP_parallel"));
-      found.thread_num = reinterpret_cast<decltype(found.thread_num)>(dlsym(h, "omp_get_thread_num"));
-      found.team_size = reinterpret_cast<decltype(found.team_size)>(dlsym(h, "omp_get_num_threads"));
-      if (found.parallel && found.thread_num && found.team_size) {
-        found.name = path;
-        break;
+    // PyTorch loaded: the runtime its own code calls (libtorch_cpu's dependency scope), whose
+    // workers are the ones spinning after torch ops. By load order alone, a process that
+    // imported scikit-learn (its vendored libgomp-<hash>.so, another soname) before torch
+    // would get scikit-learn's runtime: a second team of spinning threads competing with
+    // torch's, the very contention this route is for.
+    if (void* h = dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD)) {
+      Dl_info where;
+      if (omp_symbols(h, &found) && dladdr(reinterpret_cast<void*>(found.parallel), &where) &&
+          where.dli_fname) {
+        found.name = where.dli_fname;
+        found.handle = h;
+      } else {
+        found = OmpRuntime();
+        dlclose(h);
       }
-      found = OmpRuntime();
-      dlclose(h);
+    }
+    if (!found.parallel) {
+      std::vector<std::string> paths;
+      dl_iterate_phdr(find_omp, &paths);
+      // libgomp first (PyTorch's on Linux), then the others in load order
+      std::stable_sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) {
+        auto gomp = [](const std::string& p) { return p.find("libgomp") != std::string::npos; };
+        return gomp(a) && !gomp(b);
+      });
+      for (const auto& path : paths) {
+        void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+        if (!h) continue;
+        if (omp_symbols(h, &found)) {
+          found.name = path;
+          found.handle = h;
+          break;
+        }
+        found = OmpRuntime();
+        dlclose(h);
+      }
+    }
+    // One reference per runtime, kept for good (a runtime that ran our work keeps its threads,
+    // parked in its code): a rescan that finds the same one drops the extra reference.
+    if (found.handle && g_omp.handle && found.parallel == g_omp.parallel) {
+      dlclose(found.handle);
+      found.handle = g_omp.handle;
     }
     g_omp = found;
   }
@@ -302,7 +335,10 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
   if (omp && run_on_omp(omp, fn, ctx, nthreads)) {
     g_last_pool = "openmp";
   } else {
-    if (omp) g_omp_broken = true;  // (a short team: not tried again)
+    // A short team at the top level (OMP_THREAD_LIMIT, OMP_DYNAMIC): not tried again. Inside
+    // an active parallel region (a nested team is one thread unless nesting is on) only
+    // this call falls back: the top-level calls keep the runtime.
+    if (omp && !(omp->in_parallel && omp->in_parallel())) g_omp_broken = true;
     // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
     if (!g_pool || g_pool->size() < nthreads) {
       delete g_pool;

@@ -126,7 +126,11 @@ def set_cpu_pool(name):
     pool, fastlstm's threads would share those cores with them, and a kernel call right after
     a PyTorch operation ran at about one thread's speed (bench/NOTES.md 48). On the runtime's
     team, the spinning workers take fastlstm's work at once. The runtime is looked for, never
-    linked; results are the same bit for bit on either pool. "own": always fastlstm's pool.
+    linked; with several loaded (scikit-learn's wheel brings its own libgomp), the one PyTorch's
+    code calls, else the first libgomp loaded. A team smaller than asked for runs nothing and
+    the own pool runs the call: inside a parallel region for that call only, at the top level
+    (OMP_THREAD_LIMIT, OMP_DYNAMIC) for the rest of the process. Results are the same bit for
+    bit on either pool. "own": always fastlstm's pool.
     The default comes from FASTLSTM_POOL ("auto" or "own") when set at import.
     """
     if not isinstance(name, str) or name not in _POOLS:
