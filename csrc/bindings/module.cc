@@ -227,6 +227,42 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   return out;
 }
 
+// a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
+// dtype Real with any strides that are whole elements (views, transposes), bias C-contiguous.
+template <typename Real>
+py::array_t<Real> matmul_impl(const py::array& a, const py::array& b, const py::object& bias) {
+  auto strides = [](const py::array& x, const char* name, int64_t* rs, int64_t* cs) {
+    if (!py::array_t<Real>::check_(x))
+      throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<Real>())) +
+                           ", got " + std::string(py::str(x.dtype())));
+    const int64_t item = static_cast<int64_t>(sizeof(Real));
+    if (x.strides(0) % item || x.strides(1) % item)
+      throw py::value_error(std::string(name) + ": expected strides of whole elements");
+    *rs = x.strides(0) / item;
+    *cs = x.strides(1) / item;
+  };
+  cpu::MatmulArgs<Real> m;
+  m.M = a.shape(0);
+  m.K = a.shape(1);
+  m.N = b.shape(1);
+  if (b.shape(0) != m.K)
+    throw py::value_error("b: expected " + std::to_string(m.K) + " rows (a's columns), got " +
+                          std::to_string(b.shape(0)));
+  strides(a, "a", &m.a_rs, &m.a_cs);
+  strides(b, "b", &m.b_rs, &m.b_cs);
+  m.A = static_cast<const Real*>(a.data());
+  m.B = static_cast<const Real*>(b.data());
+  m.row_add = input<Real>(bias, "bias", {m.N}, true);
+  py::array_t<Real> out = output<Real>({m.M, m.N});
+  m.C = out.mutable_data();
+  m.ldc = m.N;
+  {
+    py::gil_scoped_release release;
+    cpu::matmul(m);
+  }
+  return out;
+}
+
 // pack_weights for one dtype (every array checked like forward's).
 template <typename Real>
 cpu::PackedWeights pack_impl(const py::object& kernel, const py::object& recurrent_kernel, int64_t I, int64_t H) {
@@ -318,6 +354,20 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("a"), "A new C-contiguous array holding a.T (a: 2-D, C-contiguous, float32 or float64).");
 
+  m.def(
+      "matmul",
+      [](py::object a, py::object b, py::object bias) {
+        for (const auto& [obj, name] : {std::pair<py::object, const char*>{a, "a"}, {b, "b"}})
+          if (!py::isinstance<py::array>(obj) || py::reinterpret_borrow<py::array>(obj).ndim() != 2)
+            throw py::value_error(std::string(name) + ": expected a 2-D array");
+        py::array aa = py::reinterpret_borrow<py::array>(a), ba = py::reinterpret_borrow<py::array>(b);
+        return is_double(a, "a") ? py::object(matmul_impl<double>(aa, ba, bias))
+                                 : py::object(matmul_impl<float>(aa, ba, bias));
+      },
+      py::arg("a"), py::arg("b"), py::arg("bias") = py::none(),
+      "a . b (+ bias on every row): a (M, K), b (K, N), 2-D float32 or float64 arrays of one dtype "
+      "with any strides of whole elements; bias (N,) C-contiguous. A new C-contiguous (M, N) array, "
+      "computed by the kernels' matrix product on their threads (the same bits for any thread count).");
   m.def("compiled_isas", &cpu::compiled_isas, "Instruction sets compiled into this build.");
   m.def("supported_isas", &cpu::supported_isas, "Compiled instruction sets this processor can run.");
   m.def("get_isa", [] { return std::string(cpu::active().name); }, "The instruction set in use.");

@@ -27,6 +27,24 @@ struct PackedWeights {
   std::shared_ptr<void> recurrent;
 };
 
+// C (M, N; row stride ldc) = A (M, K) . B (K, N) (+ row_add (N,) on every row), A and B read
+// through element strides: A(m, k) = A[m a_rs + k a_cs], B(k, n) = B[k b_rs + n b_cs]. The
+// kernels' own matrix product (gemm.h) on their thread pool, for the model's Dense layers:
+// NumPy's BLAS would wake its own threads, which then spin beside the LSTM kernels' (NOTES
+// 50). Each element is summed in an order that depends on K alone: the same bits for any
+// thread count.
+template <typename Real>
+struct MatmulArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const Real* A = nullptr;
+  int64_t a_rs = 0, a_cs = 0;
+  const Real* B = nullptr;
+  int64_t b_rs = 0, b_cs = 0;
+  const Real* row_add = nullptr;
+  Real* C = nullptr;
+  int64_t ldc = 0;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward_f32)(const ForwardArgs<float>&, const PackedWeights*);
@@ -35,6 +53,8 @@ struct KernelTable {
   void (*backward_f64)(const BackwardArgs<double>&);
   PackedWeights (*pack_f32)(const float* kernel, const float* recurrent_kernel, int64_t I, int64_t H);
   PackedWeights (*pack_f64)(const double* kernel, const double* recurrent_kernel, int64_t I, int64_t H);
+  void (*matmul_f32)(const MatmulArgs<float>&);
+  void (*matmul_f64)(const MatmulArgs<double>&);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -63,6 +83,8 @@ PackedWeights pack(const float* kernel, const float* recurrent_kernel, int64_t I
 PackedWeights pack(const double* kernel, const double* recurrent_kernel, int64_t I, int64_t H);
 void backward(const BackwardArgs<float>& a);
 void backward(const BackwardArgs<double>& a);
+void matmul(const MatmulArgs<float>& a);
+void matmul(const MatmulArgs<double>& a);
 
 }  // namespace cpu
 }  // namespace fastlstm

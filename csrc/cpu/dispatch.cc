@@ -195,6 +195,8 @@ PackedWeights pack(const float* k, const float* r, int64_t I, int64_t H) { check
 PackedWeights pack(const double* k, const double* r, int64_t I, int64_t H) { check_pack_dims(I, H); return active().pack_f64(k, r, I, H); }
 void backward(const BackwardArgs<float>& a) { check(a); active().backward_f32(a); }
 void backward(const BackwardArgs<double>& a) { check(a); active().backward_f64(a); }
+void matmul(const MatmulArgs<float>& a) { active().matmul_f32(a); }
+void matmul(const MatmulArgs<double>& a) { active().matmul_f64(a); }
 
 }  // namespace cpu
 }  // namespace fastlstm

@@ -1118,9 +1118,42 @@ PackedWeights pack(const Real* kernel, const Real* recurrent_kernel, int64_t I, 
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------
+// Matrix product for the model's Dense layers (cpu.h, MatmulArgs)
+// ---------------------------------------------------------------------------------------
+
+// Below this many FLOPs a product runs on one thread: waking the others would cost more.
+constexpr double kParallelMatmulFlops = 1 << 20;
+
+template <typename Real>
+struct MatmulCtx {
+  GemmArgs<Real> g;
+  Real* ws;
+};
+
+template <typename Real>
+void matmul_task(void* p, int tid, int nthreads) {
+  auto& c = *static_cast<MatmulCtx<Real>*>(p);
+  gemm_part(c.g, tid, nthreads, c.ws + tid * Gemm<Real>::workspace_per_thread);
+}
+
+template <typename Real>
+void matmul(const MatmulArgs<Real>& m) {
+  if (m.M <= 0 || m.N <= 0) return;
+  const double flops = 2.0 * double(m.M) * double(m.N) * double(m.K);
+  const int nthreads = flops < kParallelMatmulFlops ? 1 : threads_for_run();
+  MatmulCtx<Real> ctx{GemmArgs<Real>{m.M, m.N, m.K, m.A, m.a_rs, m.a_cs, m.B, m.b_rs, m.b_cs, m.C, m.ldc,
+                                     m.row_add},
+                      nullptr};
+  Buffer<Real> ws(nthreads * Gemm<Real>::workspace_per_thread);
+  ctx.ws = ws.get();
+  run(&matmul_task<Real>, &ctx, nthreads, nullptr);
+}
+
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
-                                 &backward<float>, &backward<double>, &pack<float>, &pack<double>};
+                                 &backward<float>, &backward<double>, &pack<float>, &pack<double>,
+                                 &matmul<float>, &matmul<double>};
   return table;
 }
 

@@ -51,6 +51,9 @@ def backward(
 ) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Returns (dx | None, dh0, dc0, dkernel, drecurrent_kernel, dbias | None)."""
 
+def matmul(a: np.ndarray, b: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """a (M, K) . b (K, N) (+ bias (N,)): 2-D, one float dtype, any strides of whole elements."""
+
 def transpose(a: np.ndarray) -> np.ndarray:
     """A new C-contiguous copy of a.T; a 2-D, C-contiguous, float32 or float64."""
 

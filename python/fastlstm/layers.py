@@ -49,6 +49,7 @@ import threading
 
 import numpy as np
 
+from . import _core
 from . import _device as _devices
 from . import _random, activations, initializers, ops, regularizers
 
@@ -570,6 +571,27 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 
 # --------------------------------------------------------------------------- Dense
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _matmul(a, b, bias=None):
+    """a @ b (+ bias) over a's last axis, b 2-D. NumPy arrays of one float dtype go to the
+    kernels' own matrix product on their threads: NumPy's BLAS would wake its worker threads,
+    which keep spinning after the product and take the cores from the LSTM kernels that run
+    next (1.7x slower training steps measured, bench/NOTES.md 50). Others (CuPy) use their
+    module's product."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 1 and b.ndim == 2
+            and a.dtype in _FLOAT_DTYPES and b.dtype == a.dtype
+            and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype))):
+        out = _core.matmul(a.reshape(-1, a.shape[-1]), b,
+                           None if bias is None else np.ascontiguousarray(bias))
+        return out.reshape(a.shape[:-1] + (b.shape[1],))
+    z = a @ b
+    if bias is not None:
+        z += bias
+    return z
+
+
 class Dense(Layer):
     """``activation(x @ kernel + bias)`` on the last axis; kernel (in, units), bias (units,)."""
 
@@ -609,9 +631,7 @@ class Dense(Layer):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def forward(self, x, training=False, mask=None):
-        z = x @ self.kernel
-        if self.use_bias:
-            z += self.bias
+        z = _matmul(x, self.kernel, self.bias if self.use_bias else None)
         y = self.activation(z)
         self._cache = (x, z, y)
         return y
@@ -623,11 +643,13 @@ class Dense(Layer):
         dz = self.activation.backward(z, y, self._on_device(dy, self.dtype))
         x2 = x.reshape(-1, x.shape[-1])
         dz2 = dz.reshape(-1, self.units)
-        grads = [x2.T @ dz2]
+        grads = [_matmul(x2.T, dz2)]
         if self.use_bias:
             grads.append(dz2.sum(axis=0))
         self.grads = grads
-        return dz @ self.kernel.T
+        if not self._input_grad_wanted:
+            return None
+        return _matmul(dz, self.kernel.T)
 
     def get_config(self):
         config = super().get_config()
