@@ -11,6 +11,7 @@ Linear read-out of the last hidden state, cross-entropy, backward and an Adam st
     torch       torch.nn.LSTM
     fl-own      fastlstm.torch.LSTM on fastlstm's own thread pool (FASTLSTM_POOL=own)
     fl-auto     fastlstm.torch.LSTM with the default pool: the OpenMP runtime PyTorch loaded
+    fl-cached   (inference only) fl-auto with lstm.cache_weights(): converted, packed weights kept
 
 all three from the same initial weights, in one process, in blocks of steps that rotate
 their order every round (no pause between blocks: the loop is what is measured). Reports
@@ -33,7 +34,6 @@ from fastlstm.bench import parse_config, positive_int as positive   # (the same 
 
 DEFAULT_CONFIGS = [(30, 32, 64, 64), (30, 32, 64, 128), (100, 1, 256, 256),
                    (100, 16, 256, 256), (50, 64, 128, 128), (100, 64, 512, 512)]
-CONTENDERS = ("torch", "fl-own", "fl-auto")
 SKIP = 2   # steps at the start of each block left out (the previous contender's wake)
 
 
@@ -68,6 +68,9 @@ def measure(config, mode, rounds, steps, seed):
     nets = {"torch": build(torch, torch.nn.LSTM, state, I, H)}
     nets["fl-own"] = build(torch, ft.LSTM, state, I, H)
     nets["fl-auto"] = build(torch, ft.LSTM, state, I, H)
+    if mode == "infer":   # inference with the converted, packed weights kept (cache_weights)
+        nets["fl-cached"] = build(torch, ft.LSTM, state, I, H)
+        nets["fl-cached"].lstm.cache_weights()
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((B, T, I), generator=generator)
@@ -87,18 +90,20 @@ def measure(config, mode, rounds, steps, seed):
 
     def select(name):
         if name != "torch":
-            fastlstm.set_cpu_pool("own" if name == "fl-own" else "auto")
+            fastlstm.set_cpu_pool("own" if name == "fl-own" else "auto")   # (fl-cached: auto)
         # each block starts as a process of its own would: without a back-off to one thread
         # that the previous contender's calls started (fastlstm's back-off is process-wide)
         _core.set_backoff(True)
 
-    times = {name: [] for name in CONTENDERS}
-    for name in CONTENDERS:            # warm-up: first-use costs of each shape
+    contenders = tuple(nets)
+    times = {name: [] for name in contenders}
+    for name in contenders:            # warm-up: first-use costs of each shape
         select(name)
         for _ in range(2):
             step(name)
     for r in range(rounds):
-        order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
+        k = r % len(contenders)
+        order = contenders[k:] + contenders[:k]
         for name in order:
             select(name)
             block = []
@@ -142,8 +147,9 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows, raw = [], []
     header = ("| T, B, I, H | mode | torch.nn.LSTM ms | fastlstm own pool ms | torch/own "
-              "| fastlstm default (OpenMP) ms | torch/default |")
-    lines = [header, "|" + "---|" * 7]
+              "| fastlstm default (OpenMP) ms | torch/default | default + cache_weights() ms "
+              "| torch/cached |")
+    lines = [header, "|" + "---|" * 9]
     print(header)
     print(lines[1])
     for config in configs:
@@ -155,9 +161,11 @@ def main(argv=None):
                 v = s[name]
                 return f"{v['median_ms']:.3f} ({v['min_ms']:.3f}-{v['max_ms']:.3f})"
 
+            cached = (f" {cell('fl-cached')} | {s['fl-cached']['torch_over']:.2f} |"
+                      if "fl-cached" in s else " - | - |")
             line = (f"| {', '.join(map(str, config))} | {mode} | {cell('torch')} | {cell('fl-own')} "
                     f"| {s['fl-own']['torch_over']:.2f} | {cell('fl-auto')} "
-                    f"| {s['fl-auto']['torch_over']:.2f} |")
+                    f"| {s['fl-auto']['torch_over']:.2f} |" + cached)
             print(line, flush=True)
             lines.append(line)
             rows.append({"config": config, "mode": mode, "summary": s})

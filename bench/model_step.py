@@ -1,0 +1,86 @@
+"""Training steps of a fastlstm Sequential model with its Dense layers on NumPy's BLAS or on
+fastlstm's own matrix product (bench/NOTES.md 50).
+
+NumPy's BLAS (OpenBLAS in a pip install) runs a large enough product on its own worker
+threads, which keep spinning for a while after it; the LSTM kernels that run next then share
+the cores with them. The model's Dense layers therefore use the kernels' product
+(fastlstm._core.matmul, on fastlstm's threads). This script times `Sequential.fit` steps of
+`LSTM(H)` + `Dense(units)` both ways in one process, in alternating blocks: "blas" puts
+NumPy's `@` back into the Dense layers (a monkeypatch of fastlstm.layers._matmul), "own" is
+the library as shipped. Reports the median step time with min and max, and blas/own.
+
+    python bench/model_step.py
+    python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from fastlstm.bench import parse_config, positive_int as positive   # (the same checks)
+
+DEFAULT = [((100, 16, 256, 256), 10), ((100, 64, 256, 256), 256), ((50, 64, 128, 128), 128),
+           ((30, 32, 64, 64), 10)]
+
+
+def numpy_matmul(a, b, bias=None):
+    z = a @ b
+    if bias is not None:
+        z += bias
+    return z
+
+
+def measure(config, units, rounds, steps):
+    import fastlstm
+    from fastlstm import layers, losses, models
+    T, B, I, H = config
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
+    y = rng.integers(0, units, (B * steps,))
+    fastlstm.utils.set_random_seed(0)
+    model = models.Sequential([layers.Input((T, I)), layers.LSTM(H), layers.Dense(units)])
+    model.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy(from_logits=True))
+    own = layers._matmul
+    times = {"blas": [], "own": []}
+    try:
+        for r in range(rounds + 1):
+            for name in (("blas", "own") if r % 2 == 0 else ("own", "blas")):
+                layers._matmul = numpy_matmul if name == "blas" else own
+                t0 = time.perf_counter()
+                model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+                if r > 0:                       # (round 0: warm-up)
+                    times[name].append((time.perf_counter() - t0) / steps)
+    finally:
+        layers._matmul = own
+    return times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=parse_config, help="T,B,I,H (with --units)")
+    parser.add_argument("--units", type=positive, default=10, help="the Dense layer's units")
+    parser.add_argument("--rounds", type=positive, default=6)
+    parser.add_argument("--steps", type=positive, default=8, help="batches per timed fit")
+    parser.add_argument("--json", help="write every time here")
+    args = parser.parse_args(argv)
+    cases = [(args.config, args.units)] if args.config else DEFAULT
+    out = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+    print("| T, B, I, H | Dense units | NumPy BLAS ms | own product ms | blas/own |")
+    print("|---|---|---|---|---|")
+    for config, units in cases:
+        times = measure(config, units, args.rounds, args.steps)
+        med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+        cell = {k: f"{med[k]:.2f} ({min(v) * 1e3:.2f}-{max(v) * 1e3:.2f})" for k, v in times.items()}
+        print(f"| {', '.join(map(str, config))} | {units} | {cell['blas']} | {cell['own']} "
+              f"| {med['blas'] / med['own']:.2f} |", flush=True)
+        out["rows"].append({"config": config, "units": units,
+                            "times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()
