@@ -133,7 +133,9 @@ def set_cpu_pool(name):
     bit on either pool. "own": always fastlstm's pool.
     The default comes from FASTLSTM_POOL ("auto" or "own") when set at import.
     """
-    if not isinstance(name, str) or name not in _POOLS:
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, one of {_POOLS}, got {type(name).__name__}")
+    if name not in _POOLS:
         raise ValueError(f"name: expected one of {_POOLS}, got {name!r}")
     _core.set_pool(name)
 
