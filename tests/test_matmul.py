@@ -120,3 +120,23 @@ def test_dense_uses_the_kernels_product(monkeypatch, rel_err):
     dz = dy.astype(np.float64) * (1 - np.tanh(z) ** 2)
     assert rel_err(dense.grads[0], x.reshape(-1, 6).astype(np.float64).T @ dz.reshape(-1, 7)) <= 2e-6
     assert rel_err(dx, dz @ k.T) <= 2e-6
+
+
+def test_dense_empty_batch_and_field_strides():
+    # A batch of 0 rows: the weight gradient's product x.T . dz over no rows is zeros (as
+    # NumPy's product gave; a.reshape(-1, 0) was refused). A field of a packed structured
+    # array (row strides of no whole number of floats) is copied, not refused.
+    dense = layers.Dense(3, bias_initializer="random_normal")
+    dense.build((None, 4))
+    y = dense.forward(np.zeros((0, 4), np.float32), training=True)
+    assert y.shape == (0, 3)
+    dx = dense.backward(np.zeros((0, 3), np.float32))
+    assert dx.shape == (0, 4)
+    assert np.array_equal(dense.grads[0], np.zeros((4, 3), np.float32))
+    assert np.array_equal(dense.grads[1], np.zeros(3, np.float32))
+    rec = np.zeros(5, dtype=[("a", "f4", (4,)), ("b", "u1")])
+    rec["a"] = np.arange(20).reshape(5, 4)
+    x = rec["a"]
+    assert x.strides[0] % x.itemsize
+    k, b = dense.get_weights()
+    np.testing.assert_allclose(dense.forward(x), np.ascontiguousarray(x) @ k + b, rtol=1e-6)

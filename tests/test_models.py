@@ -1422,3 +1422,66 @@ def test_backward_skips_the_input_gradient_nothing_uses(stack, wanted, monkeypat
     out = first.forward(xin, training=True)
     dx = first.backward(np.ones_like(out))
     assert dx is not None and dx.shape == xin.shape
+
+
+@pytest.mark.parametrize("stack", ["lstm_seq_dense", "dense_first", "td_dense"])
+def test_train_on_batch_with_no_steps(stack):
+    # Sequences of 0 steps: Dense's weight gradient over no rows is zeros (NumPy's product
+    # gave them; the kernels' product was reached through a.reshape(-1, 0), refused)
+    utils.set_random_seed(0)
+    if stack == "lstm_seq_dense":
+        made, y = [LSTM(4, return_sequences=True), Dense(2)], np.zeros((2, 0, 2), np.float32)
+    elif stack == "dense_first":
+        made, y = [Dense(4), LSTM(2)], np.zeros((2, 2), np.float32)
+    else:
+        made, y = [Dense(4), layers.TimeDistributed(Dense(2))], np.zeros((2, 0, 2), np.float32)
+    m = Sequential([layers.Input((None, 3))] + made)
+    m.compile(loss="mse", optimizer="sgd")
+    before = m.get_weights()
+    assert np.isfinite(m.train_on_batch(np.zeros((2, 0, 3), np.float32), y))
+    assert all(np.isfinite(w).all() for w in m.get_weights())
+    assert len(before) == len(m.get_weights())
+
+
+@pytest.mark.parametrize("B, T, X", [(2, 5, 3), (4, 4, 4)])
+def test_output_mask_of_lower_rank_than_the_loss(B, T, X):
+    # Outputs (batch, time, X, classes) with a (batch, time) output mask
+    # (TimeDistributed(RepeatVector)): the loss is the mean over the entries of the unmasked
+    # steps, as when the model folded the mask into the weights; the mask is not broadcast
+    # against (time, X) (an error for batch != time, the wrong axes for batch == time)
+    utils.set_random_seed(0)
+    m = Sequential([layers.Input((T,), dtype="int32"), layers.Embedding(5, 4, mask_zero=True),
+                    LSTM(4, return_sequences=True), layers.TimeDistributed(layers.RepeatVector(X)),
+                    Dense(3)])
+    m.compile(loss="mse", optimizer="sgd")
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 5, (B, T))
+    x[:, -2:] = 0
+    x[0, 1:] = 0
+    y = rng.standard_normal((B, T, X, 3))
+    sw = rng.uniform(0.5, 2.0, B)
+    per = ((m.predict(x, verbose=0).astype(np.float64) - y) ** 2).mean(axis=-1)
+    keep = np.broadcast_to((x != 0)[..., None], per.shape)
+    assert m.evaluate(x, y, verbose=0) == pytest.approx(per[keep].mean(), rel=1e-6)
+    weighted = (per * sw[:, None, None])[keep].sum() / keep.sum()
+    assert m.evaluate(x, y, sample_weight=sw, verbose=0) == pytest.approx(weighted, rel=1e-6)
+
+
+@pytest.mark.parametrize("first", ["dense", "time_distributed"])
+def test_a_first_dense_layer_skips_its_input_gradient(first, monkeypatch):
+    # Dense (alone or inside TimeDistributed) as the first layer: its backward computes the
+    # weight gradient but not dx (nothing before it trains); the layer after it still gets one.
+    utils.set_random_seed(0)
+    front = Dense(5) if first == "dense" else layers.TimeDistributed(Dense(5))
+    m = Sequential([layers.Input((4, 3)), front, LSTM(3), Dense(1)])
+    m.compile(loss="mse", optimizer="sgd")
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((6, 4, 3)).astype(np.float32), rng.standard_normal((6, 1))
+    shapes = []
+    real = layers._matmul
+    monkeypatch.setattr(layers, "_matmul", lambda a, b, bias=None: (shapes.append(b.shape),
+                                                                     real(a, b, bias))[1])
+    m.train_on_batch(x, y)
+    # forward: first (3 -> 5), last (3 -> 1); backward: last dW and dx, first dW only
+    assert shapes == [(3, 5), (3, 1), (6, 1), (1, 3), (24, 5)]
+    assert all(l._input_grad_wanted for l in m.layers)

@@ -574,6 +574,12 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _whole_strides(a):
+    """a, or a C-contiguous copy when a stride is not a whole number of elements (a field of
+    a packed structured array): _core.matmul reads through element strides."""
+    return a if all(st % a.itemsize == 0 for st in a.strides) else np.ascontiguousarray(a)
+
+
 def _matmul(a, b, bias=None):
     """a @ b (+ bias) over a's last axis, b 2-D. NumPy arrays of one float dtype go to the
     kernels' own matrix product on their threads: NumPy's BLAS would wake its worker threads,
@@ -583,7 +589,10 @@ def _matmul(a, b, bias=None):
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 1 and b.ndim == 2
             and a.dtype in _FLOAT_DTYPES and b.dtype == a.dtype
             and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype))):
-        out = _core.matmul(a.reshape(-1, a.shape[-1]), b,
+        # (rows counted, not -1: reshape(-1, 0) of an empty array is ambiguous, e.g. the
+        # weight gradient's x.T of a batch of 0 rows)
+        rows = functools.reduce(operator.mul, a.shape[:-1], 1)
+        out = _core.matmul(_whole_strides(a.reshape(rows, a.shape[-1])), _whole_strides(b),
                            None if bias is None else np.ascontiguousarray(bias))
         return out.reshape(a.shape[:-1] + (b.shape[1],))
     z = a @ b
@@ -1618,7 +1627,11 @@ class TimeDistributed(_Wrapper):
         if self._cache is None:
             self._no_cache()
         B, T, xshape = self._cache
-        dx = self.layer.backward(dy.reshape((B * T,) + dy.shape[2:]))
+        self.layer._input_grad_wanted = self._input_grad_wanted   # (see Layer)
+        try:
+            dx = self.layer.backward(dy.reshape((B * T,) + dy.shape[2:]))
+        finally:
+            self.layer._input_grad_wanted = True
         self.grads = list(self.layer.grads)
         return None if dx is None else dx.reshape(xshape)
 

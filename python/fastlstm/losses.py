@@ -135,6 +135,8 @@ def _loss_mask(valid, mask, loss_shape, xp):
         m = xp.asarray(mask)
         if m.ndim == len(loss_shape) + 1 and m.shape[-1] == 1:
             m = m.reshape(m.shape[:-1])
+        while m.ndim < len(loss_shape):
+            m = m[..., None]      # (batch, time) for (batch, time, ...), as sample_weight
         try:
             if np.broadcast_shapes(m.shape, loss_shape) != tuple(loss_shape):
                 raise ValueError
