@@ -453,3 +453,57 @@ def test_ceiling_script_rejects_values_that_measure_nothing(capsys, monkeypatch)
         with pytest.raises(SystemExit) as e:
             ceiling.main(argv)
         assert e.value.code == 2 and option in capsys.readouterr().err, argv
+
+
+def _bench_script(name):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_step_script_runs_both_ways(tmp_path, capsys):
+    # bench/model_step.py (NOTES 50) at a tiny size: one row, both contenders timed, and the
+    # Dense layers' product put back as shipped afterwards
+    from fastlstm import layers
+    shipped = layers._matmul
+    script = _bench_script("model_step")
+    out = tmp_path / "m.json"
+    script.main(["--config", "3,2,4,5", "--units", "3", "--rounds", "2", "--steps", "2",
+                 "--json", str(out)])
+    assert layers._matmul is shipped
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["config"] == [3, 2, 4, 5]
+    for name in ("blas", "own"):
+        times = rows[0]["times_ms"][name]
+        assert len(times) == 2 and all(t > 0 for t in times)
+    assert "| 3, 2, 4, 5 | 3 |" in capsys.readouterr().out
+
+
+def test_torch_loop_and_after_torch_op_scripts_run(tmp_path, capsys):
+    # bench/torch_loop.py and bench/after_torch_op.py (NOTES 48) at a tiny size: every
+    # contender timed, the default pool restored afterwards
+    pytest.importorskip("torch")
+    import fastlstm
+    loop = _bench_script("torch_loop")
+    out = tmp_path / "loop.json"
+    loop.main(["--config", "3,2,4,5", "--rounds", "2", "--steps", "1", "--json", str(out),
+               "--markdown", str(tmp_path / "loop.md")])
+    raw = json.loads(out.read_text())["raw"]
+    assert [r["mode"] for r in raw] == ["train", "infer"]
+    assert set(raw[0]["times_s"]) == {"torch", "fl-own", "fl-auto"}
+    assert set(raw[1]["times_s"]) == {"torch", "fl-own", "fl-auto", "fl-cached"}
+    assert all(len(v) == 2 and min(v) > 0 for r in raw for v in r["times_s"].values())
+    assert "| 3, 2, 4, 5 | infer |" in (tmp_path / "loop.md").read_text()
+    after = _bench_script("after_torch_op")
+    out2 = tmp_path / "after.json"
+    after.main(["--config", "3,2,4,5", "--rounds", "1", "--calls", "2", "--json", str(out2)])
+    rows = json.loads(out2.read_text())["rows"]
+    assert {(r["pool"], r["after_torch_op"]) for r in rows} == {
+        ("own", True), ("own", False), ("auto", True), ("auto", False)}
+    assert all(len(r["times_ms"]) == 2 for r in rows)
+    assert fastlstm.cpu_info()["pool_choice"] == "auto"
+    capsys.readouterr()
