@@ -561,9 +561,12 @@ def header_lines(env):
     info = env["cpu_info"]
     return [
         "machine: %s, %d cores available, %s" % (env["cpu"], env["cores"], env["platform"]),
-        "fastlstm %s: isa=%s (compiled %s, supported %s), threads=%s"
+        "fastlstm %s: isa=%s (compiled %s, supported %s), threads=%s, pool=%s (OpenMP runtime "
+        "in the process: %s)"
         % (env["fastlstm"], info.get("isa"), ",".join(info.get("compiled", [])),
-           ",".join(info.get("supported", [])), info.get("num_threads")),
+           ",".join(info.get("supported", [])), info.get("num_threads"),
+           info.get("pool_choice", "?"),
+           os.path.basename(info["openmp_runtime"]) if info.get("openmp_runtime") else "none"),
         "numpy %s, torch %s, python %s, date %s"
         % (env["numpy"], env["torch"] or "not used", env["python"], env["date"]),
     ]
