@@ -156,22 +156,25 @@ print(json.dumps([info["pool"], info["openmp_runtime"]]))
     assert pool == ("own" if runtime is None else "openmp"), (pool, runtime)
 
 
-def test_short_team_falls_back_to_the_own_pool(run_python):
-    # OMP_THREAD_LIMIT=1: the runtime's team has one thread where two were asked for. No thread
-    # may enter the kernel then (its barriers count two): the own pool runs it instead, with
-    # the same results, and the runtime is not tried again.
-    code = _LOAD_OPENMP + _CASES + """
+@pytest.mark.parametrize("limit, threads", [("1", 2), ("2", 3)])
+def test_short_team_falls_back_to_the_own_pool(limit, threads, run_python):
+    # OMP_THREAD_LIMIT below the threads asked for: the runtime's team is short. No thread may
+    # enter the kernel then (its barriers count them all; with a limit of 2 the team's worker
+    # must not enter either, or it would wait at a barrier for a third thread and
+    # GOMP_parallel would never return): the own pool runs the call instead, with the same
+    # results, and the runtime is not tried again.
+    code = _LOAD_OPENMP + _CASES + f"""
 fwd, bwd = case(dtype=np.float64, **SHAPES[0])
 fastlstm.set_num_threads(1)
 one = run(fwd, bwd)
-fastlstm.set_num_threads(2)
-two = run(fwd, bwd)
+fastlstm.set_num_threads({threads})
+many = run(fwd, bwd)
 first = fastlstm.cpu_info()["pool"]
 run(fwd, bwd)
-assert all(np.array_equal(a, b) for a, b in zip(one, two))
+assert all(np.array_equal(a, b) for a, b in zip(one, many))
 print(json.dumps([first, fastlstm.cpu_info()["pool"]]))
 """
-    out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_THREAD_LIMIT="1")
+    out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_THREAD_LIMIT=limit)
     _skip_without_openmp(out)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["own", "own"]
 
@@ -229,24 +232,6 @@ def test_set_cpu_pool_round_trip():
             assert fastlstm.cpu_info()["pool_choice"] == name
     finally:
         fastlstm.set_cpu_pool(before)
-
-
-def test_short_team_of_several_threads_falls_back(run_python):
-    # OMP_THREAD_LIMIT=2 with 3 threads asked for: the team has a worker thread, which must not
-    # enter the kernel either (a check on thread 0 only would leave it waiting at a barrier for
-    # a third thread, and GOMP_parallel would never return).
-    code = _LOAD_OPENMP + _CASES + """
-fwd, bwd = case(dtype=np.float64, **SHAPES[0])
-fastlstm.set_num_threads(1)
-one = run(fwd, bwd)
-fastlstm.set_num_threads(3)
-three = run(fwd, bwd)
-assert all(np.array_equal(a, b) for a, b in zip(one, three))
-print(json.dumps(fastlstm.cpu_info()["pool"]))
-"""
-    out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_THREAD_LIMIT="2")
-    _skip_without_openmp(out)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == "own"
 
 
 def test_runtime_loaded_after_the_first_call(run_python):
