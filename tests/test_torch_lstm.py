@@ -956,3 +956,27 @@ def test_backward_skips_dx_of_an_input_without_grad(monkeypatch):
             assert (xs[0].grad - xs[1].grad).norm() / xs[0].grad.norm() <= TOL[torch.float64]
         else:
             assert xs[1].grad is None
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_parametrized_weights(which):
+    # torch.nn.utils.parametrize moves a weight into a submodule (parametrizations.<name>.original):
+    # the module still runs on the parametrized values and trains the originals, as torch.nn.LSTM
+    from torch.nn.utils import parametrize
+
+    class Half(nn.Module):
+        def forward(self, w):
+            return w * 0.5
+
+    ref, ours = _pair(torch.float64, input_size=3, hidden_size=4)
+    names = ["weight_hh_l0"] if which == "one" else [n for n, _ in ref.named_parameters()]
+    for m in (ref, ours):
+        for name in names:
+            parametrize.register_parametrization(m, name, Half())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    outs = [m(x)[0] for m in (ref, ours)]
+    assert (outs[0] - outs[1]).norm() / outs[0].norm() <= TOL[torch.float64]
+    for out in outs:
+        out.sum().backward()
+    g = [m.parametrizations.weight_hh_l0.original.grad for m in (ref, ours)]
+    assert (g[0] - g[1]).norm() / g[0].norm() <= TOL[torch.float64]
