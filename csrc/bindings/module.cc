@@ -383,8 +383,13 @@ PYBIND11_MODULE(_core, m) {
         cpu::set_num_threads(n);
       },
       py::arg("n"));
-  m.def("pool_info", &cpu::pool_info,
-        "'<choice>\\n<what the last kernel call ran on>\\n<OpenMP runtime found>' (see set_pool).");
+  m.def(
+      "pool_info",
+      [] {
+        const cpu::PoolInfo info = cpu::pool_info();
+        return py::make_tuple(info.choice, info.last, info.runtime);
+      },
+      "(choice, what the last kernel call ran on, the OpenMP runtime found or '') (see set_pool).");
   m.def("set_backoff", &cpu::set_backoff, py::arg("enabled"),
         "Tests and benchmarks: whether calls back off to one thread after contended calls "
         "(default True); either way a back-off in progress ends.");

@@ -1142,11 +1142,10 @@ void matmul(const MatmulArgs<Real>& m) {
   if (m.M <= 0 || m.N <= 0) return;
   const double flops = 2.0 * double(m.M) * double(m.N) * double(m.K);
   const int nthreads = flops < kParallelMatmulFlops ? 1 : threads_for_run();
+  Buffer<Real> ws(nthreads * Gemm<Real>::workspace_per_thread);
   MatmulCtx<Real> ctx{GemmArgs<Real>{m.M, m.N, m.K, m.A, m.a_rs, m.a_cs, m.B, m.b_rs, m.b_cs, m.C, m.ldc,
                                      m.row_add},
-                      nullptr};
-  Buffer<Real> ws(nthreads * Gemm<Real>::workspace_per_thread);
-  ctx.ws = ws.get();
+                      ws.get()};
   run(&matmul_task<Real>, &ctx, nthreads, nullptr);
 }
 

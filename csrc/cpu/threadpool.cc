@@ -11,7 +11,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -141,14 +140,7 @@ struct OmpRuntime {
 
 enum class PoolChoice { kAuto, kOwn };
 
-PoolChoice pool_choice_from_env() {
-  const char* v = std::getenv("FASTLSTM_POOL");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PoolChoice::kAuto;
-  if (std::strcmp(v, "own") == 0) return PoolChoice::kOwn;
-  return PoolChoice::kAuto;  // (checked and reported by the Python package at import)
-}
-
-PoolChoice g_pool_choice = pool_choice_from_env();
+PoolChoice g_pool_choice = PoolChoice::kAuto;  // (FASTLSTM_POOL: set by the package at import)
 OmpRuntime g_omp;                 // found runtime (parallel == nullptr: none yet)
 bool g_omp_broken = false;        // a team came back smaller than asked, or after fork(): not used again
 const char* g_last_pool = "none"; // what the last run() ran on: "own", "openmp", "one thread"
@@ -355,11 +347,10 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
     g_backoff_until = end + std::max<Clock::duration>(kBackoffMin, kBackoffFactor * elapsed);
 }
 
-std::string pool_info() {
+PoolInfo pool_info() {
   std::lock_guard<std::mutex> lock(run_mutex());
-  const char* choice = g_pool_choice == PoolChoice::kOwn ? "own" : "auto";
   const OmpRuntime* omp = omp_runtime();
-  return std::string(choice) + "\n" + g_last_pool + "\n" + (omp ? omp->name : std::string());
+  return {g_pool_choice == PoolChoice::kOwn ? "own" : "auto", g_last_pool, omp ? omp->name : std::string()};
 }
 
 void set_backoff(bool enabled) {

@@ -46,11 +46,13 @@ void barrier_init(Barrier* b, int count);
 
 // Where multi-threaded runs execute: on the team of an OpenMP runtime already loaded in the
 // process (libgomp, libomp, libiomp5; PyTorch brings one), else on the own pool ("auto", the
-// default; FASTLSTM_POOL=own at start-up or set_pool("own") keeps to the own pool).
-// pool_info(): "<choice>\n<what the last run ran on: own, openmp, one thread; none before
-// the first>\n<path of the OpenMP runtime found, or empty>". set_pool: false for an unknown
-// name.
-std::string pool_info();
+// default), or always on the own pool ("own"; set_pool, false for an unknown name).
+struct PoolInfo {
+  std::string choice;    // "auto" or "own"
+  std::string last;      // what the last run ran on: own, openmp, one thread; none before the first
+  std::string runtime;   // the path of the OpenMP runtime found, or empty
+};
+PoolInfo pool_info();
 bool set_pool(const std::string& choice);
 
 // Tests and benchmarks: turn the back-off to one thread after contended runs (threads_for_run)

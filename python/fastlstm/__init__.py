@@ -46,7 +46,7 @@ def cpu_info():
     OpenMP runtime found in the process, or None) and "pool" (what the last kernel call ran
     on: "openmp", "own", "one thread", or "none" before the first call).
     """
-    choice, last, runtime = _core.pool_info().split("\n")
+    choice, last, runtime = _core.pool_info()
     return {
         "compiled": list(_core.compiled_isas()),
         "supported": list(_core.supported_isas()),

@@ -221,8 +221,8 @@ class Layer:
     #: Rank of the input including the batch axis (None: any rank >= 2).
     input_rank = None
 
-    # Set to False by the model around backward() when nothing before the layer takes its
-    # input gradient; backward() may then skip computing it and return None.
+    # Set to False around backward() (by _backward_wanting) when nothing before the layer
+    # takes its input gradient; backward() may then skip computing it and return None.
     _input_grad_wanted = True
 
     def __init_subclass__(cls, **kwargs):
@@ -570,6 +570,16 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 
 
 # --------------------------------------------------------------------------- Dense
+
+def _backward_wanting(layer, dy, wanted):
+    """layer.backward(dy), the layer told whether its input gradient is wanted (see Layer);
+    the flag is back to True afterwards, for a direct call of backward()."""
+    layer._input_grad_wanted = wanted
+    try:
+        return layer.backward(dy)
+    finally:
+        layer._input_grad_wanted = True
+
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -1627,11 +1637,8 @@ class TimeDistributed(_Wrapper):
         if self._cache is None:
             self._no_cache()
         B, T, xshape = self._cache
-        self.layer._input_grad_wanted = self._input_grad_wanted   # (see Layer)
-        try:
-            dx = self.layer.backward(dy.reshape((B * T,) + dy.shape[2:]))
-        finally:
-            self.layer._input_grad_wanted = True
+        dx = _backward_wanting(self.layer, dy.reshape((B * T,) + dy.shape[2:]),
+                               self._input_grad_wanted)
         self.grads = list(self.layer.grads)
         return None if dx is None else dx.reshape(xshape)
 
@@ -1771,14 +1778,8 @@ class Bidirectional(_Wrapper):
             dyb = dyb[:, ::-1]
         xp = self._xp
         want = self._input_grad_wanted
-        try:
-            for layer in self._sublayers():
-                layer._input_grad_wanted = want
-            dxf = self.forward_layer.backward(xp.ascontiguousarray(dyf))
-            dxb = self.backward_layer.backward(xp.ascontiguousarray(dyb))
-        finally:
-            for layer in self._sublayers():
-                layer._input_grad_wanted = True
+        dxf = _backward_wanting(self.forward_layer, xp.ascontiguousarray(dyf), want)
+        dxb = _backward_wanting(self.backward_layer, xp.ascontiguousarray(dyb), want)
         self.grads = list(self.forward_layer.grads) + list(self.backward_layer.grads)
         return dxf + dxb if want else None
 

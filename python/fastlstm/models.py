@@ -376,15 +376,10 @@ class Sequential:
         for layer in self.layers:
             wanted.append(seen)
             seen = seen or bool(layer.trainable_weights)
-        try:
-            for layer, want in zip(reversed(self.layers), reversed(wanted)):
-                layer._input_grad_wanted = want
-                dy = layer.backward(dy)
-                if dy is None:
-                    break
-        finally:
-            for layer in self.layers:
-                layer._input_grad_wanted = True
+        for layer, want in zip(reversed(self.layers), reversed(wanted)):
+            dy = layers_module._backward_wanting(layer, dy, want)
+            if dy is None:
+                break
 
     def __call__(self, x, training=False):
         """The outputs for x, an array of the model's device (``predict`` gives NumPy)."""

@@ -291,13 +291,21 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
     need_dx = _check_flag(need_dx, "need_dx")
     T, B, I, H = saved.dims
     dtype = saved.dtype
-    if saved.backend == "cuda":   # (computed there, dropped here)
+    if saved.backend == "cuda":   # (dx computed there, dropped below)
         grads = _cuda.backward(saved, lambda xp, r: dict(
             dy=_optional(r["dy"], "dy", (T, B, H), dtype, "(T, B, H)", xp),
             dh_n=_optional(r["dh_n"], "dh_n", (B, H), dtype, "(B, H)", xp),
             dc_n=_optional(r["dc_n"], "dc_n", (B, H), dtype, "(B, H)", xp)),
             dict(dy=dy, dh_n=dh_n, dc_n=dc_n))
-        return grads if need_dx else (None,) + tuple(grads[1:])
+    else:
+        grads = _backward_host(saved, dy, dh_n, dc_n, need_dx)
+    return grads if need_dx else (None,) + tuple(grads[1:])
+
+
+def _backward_host(saved, dy, dh_n, dc_n, need_dx):
+    """lstm_backward on the "cpu" (dx skipped unless need_dx) or "numpy" backend."""
+    T, B, I, H = saved.dims
+    dtype = saved.dtype
     dy = _optional(dy, "dy", (T, B, H), dtype, "(T, B, H)")
     dh_n = _optional(dh_n, "dh_n", (B, H), dtype, "(B, H)")
     dc_n = _optional(dc_n, "dc_n", (B, H), dtype, "(B, H)")
@@ -306,5 +314,4 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
         return _core.backward(saved.x, saved.kernel, saved.recurrent_kernel, saved.has_bias,
                               saved.h0, saved.c0, saved.lengths, saved.reverse, gates, cells,
                               dy, dh_n, dc_n, need_dx)
-    grads = reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
-    return grads if need_dx else (None,) + tuple(grads[1:])
+    return reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
