@@ -638,14 +638,20 @@ def test_cache_weights_survives_copy_and_pickle(monkeypatch):
             assert torch.equal(m(x)[0], y)
 
 
-@pytest.mark.parametrize("shape", [(1024, 256), (33, 7), (1, 40), (40, 1), (0, 5), (31, 0)])
+@pytest.mark.parametrize("shape", [(1024, 256), (33, 7), (1, 40), (40, 1), (0, 5), (31, 0),
+                                   (16, 16), (8, 8), (4, 4), (17, 33), (65, 129), (300, 257),
+                                   (256, 1024)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_core_transpose(shape, dtype):
-    # The tiled transpose that moves weights between torch's and fastlstm's layouts.
+def test_core_transpose(shape, dtype, isa, num_threads):
+    # The vector transpose that moves weights between torch's and fastlstm's layouts, on every
+    # instruction set: shapes of whole tiles (16 x 16 floats on AVX-512, 8 x 8 on AVX2, ...),
+    # partial tiles at either edge, and some (300 x 257 and up) large enough for two threads.
+    # Outputs are poisoned (conftest), so an element left unwritten fails the comparison.
     from fastlstm import _core
+    num_threads(2)
     a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     t = _core.transpose(a)
-    assert t.dtype == dtype and t.flags.c_contiguous
+    assert t.dtype == dtype and t.flags.c_contiguous and t.shape == shape[::-1]
     np.testing.assert_array_equal(t, a.T)
 
 

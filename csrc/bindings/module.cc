@@ -205,9 +205,9 @@ py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::obje
   return py::make_tuple(dx, dh0, dc0, dkernel, drecurrent_kernel, dbias);
 }
 
-// dst (cols, rows) = src (rows, cols)^T, in 32 x 32 tiles (a row-by-row copy strides through
-// memory and runs ~3x slower). Used by fastlstm.torch to move weights between torch's layout
-// and fastlstm's.
+// A new C-contiguous (cols, rows) array holding src (rows, cols)^T, by the kernels' vector
+// transpose (cpu::transpose). Used by fastlstm.torch to move weights between torch's layout and
+// fastlstm's.
 template <typename Real>
 py::array_t<Real> transpose_impl(const py::array& a) {
   const int64_t rows = a.shape(0), cols = a.shape(1);
@@ -216,13 +216,7 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   Real* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
-    constexpr int64_t kTile = 32;
-    for (int64_t i0 = 0; i0 < rows; i0 += kTile)
-      for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-        const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
-        for (int64_t j = j0; j < j1; ++j)
-          for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
-      }
+    cpu::transpose(src, rows, cols, cols, dst);
   }
   return out;
 }

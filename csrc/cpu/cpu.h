@@ -55,6 +55,8 @@ struct KernelTable {
   PackedWeights (*pack_f64)(const double* kernel, const double* recurrent_kernel, int64_t I, int64_t H);
   void (*matmul_f32)(const MatmulArgs<float>&);
   void (*matmul_f64)(const MatmulArgs<double>&);
+  void (*transpose_f32)(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst);
+  void (*transpose_f64)(const double* src, int64_t rows, int64_t cols, int64_t lds, double* dst);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -85,6 +87,10 @@ void backward(const BackwardArgs<float>& a);
 void backward(const BackwardArgs<double>& a);
 void matmul(const MatmulArgs<float>& a);
 void matmul(const MatmulArgs<double>& a);
+// dst (cols, rows; C-contiguous) = src (rows, cols; row stride lds >= cols)^T, on the kernels'
+// threads when large (fastlstm.torch converts weights between torch's layout and fastlstm's).
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst);
+void transpose(const double* src, int64_t rows, int64_t cols, int64_t lds, double* dst);
 
 }  // namespace cpu
 }  // namespace fastlstm

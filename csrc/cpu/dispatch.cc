@@ -197,6 +197,8 @@ void backward(const BackwardArgs<float>& a) { check(a); active().backward_f32(a)
 void backward(const BackwardArgs<double>& a) { check(a); active().backward_f64(a); }
 void matmul(const MatmulArgs<float>& a) { active().matmul_f32(a); }
 void matmul(const MatmulArgs<double>& a) { active().matmul_f64(a); }
+void transpose(const float* s, int64_t rows, int64_t cols, int64_t lds, float* d) { active().transpose_f32(s, rows, cols, lds, d); }
+void transpose(const double* s, int64_t rows, int64_t cols, int64_t lds, double* d) { active().transpose_f64(s, rows, cols, lds, d); }
 
 }  // namespace cpu
 }  // namespace fastlstm

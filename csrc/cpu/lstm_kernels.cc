@@ -1149,10 +1149,76 @@ void matmul(const MatmulArgs<Real>& m) {
   run(&matmul_task<Real>, &ctx, nthreads, nullptr);
 }
 
+// ---------------------------------------------------------------------------------------
+// Transpose (cpu.h), for fastlstm.torch's weight conversions
+// ---------------------------------------------------------------------------------------
+
+// dst (cols x rows, C-contiguous) = src (rows x cols, row stride lds)^T. Each N x N tile is
+// loaded as N vectors (N source rows), transposed in registers and stored as N vectors, so every
+// line of either matrix is read or written whole and in few instructions. (The 32 x 32 scalar
+// tiles this replaced read source rows whose stride was a power of two, 4 KiB at 4H = 1024
+// floats: all in one L1 set, evicted before the next column used them; NOTES 51.) Strips of S
+// source rows, S elements = 64 bytes (one tile high on AVX-512, two on AVX2), so that each
+// destination line is written whole by one strip. Threads take bands of destination rows.
+template <typename Real>
+struct TransposeCtx {
+  const Real* src;
+  int64_t rows, cols, lds;
+  Real* dst;
+};
+
+template <typename Real>
+void transpose_band(const TransposeCtx<Real>& c, int64_t j_begin, int64_t j_end) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  constexpr int64_t S = 64 / sizeof(Real) > N ? 64 / sizeof(Real) : N;
+  const int64_t rows = c.rows, lds = c.lds;
+  for (int64_t i0 = 0; i0 < rows; i0 += S) {
+    const int64_t i1 = imin(rows, i0 + S);
+    int64_t j = j_begin;
+    if (N > 1) {
+      for (; j + N <= j_end; j += N) {
+        int64_t i = i0;
+        for (; i + N <= i1; i += N) {
+          typename V::R r[N];
+          for (int k = 0; k < N; ++k) r[k] = V::load(c.src + (i + k) * lds + j);
+          V::transpose(r);
+          for (int k = 0; k < N; ++k) V::store(c.dst + (j + k) * rows + i, r[k]);
+        }
+        for (; i < i1; ++i)  // the last rows (fewer than N)
+          for (int k = 0; k < N; ++k) c.dst[(j + k) * rows + i] = c.src[i * lds + j + k];
+      }
+    }
+    for (; j < j_end; ++j)  // the last columns (fewer than N); all of them on the scalar target
+      for (int64_t i = i0; i < i1; ++i) c.dst[j * rows + i] = c.src[i * lds + j];
+  }
+}
+
+template <typename Real>
+void transpose_task(void* p, int tid, int nthreads) {
+  const auto& c = *static_cast<const TransposeCtx<Real>*>(p);
+  constexpr int N = Vec<Real>::N;
+  const int64_t band = ceil_div(ceil_div(c.cols, N), nthreads) * N;
+  transpose_band(c, imin(c.cols, tid * band), imin(c.cols, (tid + 1) * band));
+}
+
+// Below this many bytes a transpose runs on one thread.
+constexpr int64_t kParallelTransposeBytes = int64_t(256) << 10;
+
+template <typename Real>
+void transpose(const Real* src, int64_t rows, int64_t cols, int64_t lds, Real* dst) {
+  if (rows <= 0 || cols <= 0) return;
+  const int64_t bytes = rows * cols * static_cast<int64_t>(sizeof(Real));
+  const int nthreads = bytes < kParallelTransposeBytes ? 1 : threads_for_run();
+  TransposeCtx<Real> ctx{src, rows, cols, lds, dst};
+  run(&transpose_task<Real>, &ctx, nthreads, nullptr);
+}
+
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
                                  &backward<float>, &backward<double>, &pack<float>, &pack<double>,
-                                 &matmul<float>, &matmul<double>};
+                                 &matmul<float>, &matmul<double>, &transpose<float>,
+                                 &transpose<double>};
   return table;
 }
 

@@ -49,6 +49,32 @@ struct Vec<float> {
   static float hsum(R a) { return _mm512_reduce_add_ps(a); }
   // p * 2^n for integer-valued n (one instruction here).
   static R scale2n(R p, R n) { return _mm512_scalef_ps(p, n); }
+  // r[0..15], 16 rows of a 16 x 16 tile := the tile's columns (an in-register transpose:
+  // 32-bit then 64-bit interleaves within 128-bit lanes, then two rounds of lane shuffles).
+  static void transpose(R* r) {
+    R t[16], u[16];
+    for (int k = 0; k < 8; ++k) {
+      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; ++k) {
+      const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+      const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
+      u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+      u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+      u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+      u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // Lane L of u[4k + c] now holds column 4L + c of rows 4k .. 4k + 3.
+    for (int c = 0; c < 4; ++c) {
+      const R v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+      const R w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+      r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+      r[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+      r[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+      r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+  }
 };
 template <>
 struct Vec<double> {
@@ -69,6 +95,23 @@ struct Vec<double> {
   static double hsum(R a) { return _mm512_reduce_add_pd(a); }
   // 2^n for integer-valued n in [-1022, 1023].
   static R scale2n(R p, R n) { return _mm512_scalef_pd(p, n); }
+  // r[0..7], 8 rows of an 8 x 8 tile := the tile's columns.
+  static void transpose(R* r) {
+    R t[8];
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm512_unpacklo_pd(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k], r[2 * k + 1]);
+    }
+    // Lane L of t[2k + c] now holds column 2L + c of rows 2k, 2k + 1.
+    for (int c = 0; c < 2; ++c) {
+      const R v0 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88), v1 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xDD);
+      const R w0 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88), w1 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xDD);
+      r[c] = _mm512_shuffle_f64x2(v0, w0, 0x88);
+      r[2 + c] = _mm512_shuffle_f64x2(v1, w1, 0x88);
+      r[4 + c] = _mm512_shuffle_f64x2(v0, w0, 0xDD);
+      r[6 + c] = _mm512_shuffle_f64x2(v1, w1, 0xDD);
+    }
+  }
 };
 #elif defined(__AVX2__)
 template <>
@@ -98,6 +141,27 @@ struct Vec<float> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23));
   }
   static R scale2n(R p, R n) { return mul(p, pow2n(n)); }
+  // r[0..7], 8 rows of an 8 x 8 tile := the tile's columns.
+  static void transpose(R* r) {
+    R t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+      const __m256d a = _mm256_castps_pd(t[4 * k]), b = _mm256_castps_pd(t[4 * k + 1]);
+      const __m256d c = _mm256_castps_pd(t[4 * k + 2]), d = _mm256_castps_pd(t[4 * k + 3]);
+      u[4 * k] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+      u[4 * k + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+      u[4 * k + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+      u[4 * k + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+    }
+    // Lane L of u[4k + c] now holds column 4L + c of rows 4k .. 4k + 3.
+    for (int c = 0; c < 4; ++c) {
+      r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+      r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+  }
 };
 template <>
 struct Vec<double> {
@@ -124,6 +188,15 @@ struct Vec<double> {
     return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(biased), 52));
   }
   static R scale2n(R p, R n) { return mul(p, pow2n(n)); }
+  // r[0..3], 4 rows of a 4 x 4 tile := the tile's columns.
+  static void transpose(R* r) {
+    const R t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const R t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
 };
 #else
 // Portable path: one element per "vector", written so the compiler may still vectorise.
@@ -152,6 +225,7 @@ struct ScalarVec {
     return r;
   }
   static R scale2n(R p, R n) { return mul(p, pow2n(n)); }
+  static void transpose(R*) {}  // a 1 x 1 tile
 };
 template <>
 struct Vec<float> : ScalarVec<float, uint32_t, 23, 127> {};
