@@ -138,6 +138,11 @@ def parse_args(argv=None):
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="fit's verbosity (2: one line per epoch)")
     args = p.parse_args(argv)
+    # counts must be at least 1 (--epochs 0 ended in a KeyError once the data had loaded)
+    for name in ("epochs", "seq_len", "embed_dim", "units", "batch_size", "length"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected a number >= 1, "
+                    f"got {getattr(args, name)}")
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         p.error(f"--plot: cannot write {args.plot!r}: no such folder")  # now, not after training
     if args.quick:

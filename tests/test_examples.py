@@ -82,3 +82,19 @@ def test_train_functional_help_does_not_train():
     out = subprocess.run([sys.executable, str(EXAMPLES / "train_functional.py"), "--steps", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "step    0  loss" in out.stdout, out
+
+
+def test_counts_below_one_are_usage_errors(capsys):
+    # --epochs 0 trained nothing and then ended in a KeyError (an empty history) once the data
+    # had loaded; counts below 1 are now refused by the argument parser, naming the option
+    import pytest
+    for name in ("adding_problem", "char_text_generation", "classify_digits", "forecast_sunspots",
+                 "sentiment"):
+        example = load(name)
+        for argv, message in ((["--epochs", "0"], "--epochs: expected a number >= 1, got 0"),
+                              (["--batch-size", "-3"], "--batch-size: expected a number >= 1, got -3"),
+                              (["--units", "0"], "--units: expected a number >= 1, got 0")):
+            with pytest.raises(SystemExit) as e:
+                example.parse_args(["--quick"] + argv)
+            assert e.value.code == 2 and message in capsys.readouterr().err, (name, argv)
+        assert example.parse_args(["--quick", "--epochs", "1"]).epochs == 1
