@@ -8,7 +8,9 @@ a few ulps per step (float32's epsilon is 1.2e-7) that grow slowly with the sequ
 """
 
 import importlib
+import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -540,7 +542,8 @@ def test_export_to_torch_errors():
                                          r"\(1, 2, True\)"):
         convert.torch_state_dict_from_sequential(
             model(L.LSTM(2, return_sequences=True), L.LSTM(3, name="l3")))
-    with pytest.raises(ValueError, match=r"input size 2 is not 2 \* 2; in one nn.LSTM"):
+    # (a summed Bidirectional was refused only when another recurrent layer followed it)
+    with pytest.raises(ValueError, match=r"merge_mode='sum' has no PyTorch equivalent"):
         convert.torch_state_dict_from_sequential(
             model(L.Bidirectional(L.LSTM(2, return_sequences=True), merge_mode="sum"),
                   L.Bidirectional(L.LSTM(2))))
@@ -626,3 +629,33 @@ def test_onnx_weights_share_the_kernels_dtype():
     (k2, rk2, b2), = convert.onnx_to_fastlstm(W, R, B)
     np.testing.assert_array_equal(rk2, rk.astype(np.float32))
     np.testing.assert_array_equal(b2, b.astype(np.float32))
+
+
+@pytest.mark.parametrize("layer, message", [
+    (L.LSTM(2, activation="relu"), "activation='relu' (PyTorch uses tanh)"),
+    (L.LSTM(2, recurrent_activation="softsign"),
+     "recurrent_activation='softsign' (PyTorch uses sigmoid)"),
+    (L.LSTM(2, go_backwards=True), "go_backwards=True"),
+    (L.Bidirectional(L.LSTM(2), merge_mode="sum"), "merge_mode='sum' (PyTorch concatenates)"),
+])
+def test_weights_of_a_computation_unlike_torch_load_with_a_warning(layer, message):
+    # The weights map, but no nn.LSTM computes what this layer does: loading used to succeed
+    # silently, leaving two models that disagree (exporting such a model is refused)
+    model = Sequential([L.Input(shape=(None, 3)), layer])
+    twin = Sequential([L.Input(shape=(None, 3)),
+                       L.Bidirectional(L.LSTM(2)) if isinstance(layer, L.Bidirectional)
+                       else L.LSTM(2)])
+    state = _state_for(twin)
+    with pytest.warns(UserWarning, match="load_torch_state_dict: .*" + re.escape(message)):
+        convert.load_torch_state_dict(model, state, linear_prefix=None)
+    np.testing.assert_array_equal(model.get_weights()[0], twin.get_weights()[0])   # loaded
+    if isinstance(layer, L.Bidirectional):
+        with pytest.raises(ValueError, match="merge_mode='sum' has no PyTorch equivalent"):
+            _state_for(model)
+
+
+def test_weights_of_a_torch_computation_load_without_a_warning():
+    model = _small_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert.load_torch_state_dict(model, _state_for(model))

@@ -55,12 +55,17 @@ for these pairings (``x`` batch-major; with ``batch_first=False`` transpose firs
 * ``nn.LSTM(dropout=p)`` (between layers, training only) == ``Dropout(p)`` layers between
   the recurrent layers, or nothing at inference.
 
-PyTorch's ``proj_size`` has no fastlstm equivalent (NotImplementedError).
+PyTorch's ``proj_size`` has no fastlstm equivalent (NotImplementedError).  Loading into
+(or exporting from) a model whose LSTMs use other activations than tanh and sigmoid,
+``go_backwards=True`` outside Bidirectional, or a Bidirectional ``merge_mode`` other than
+"concat" works but warns (UserWarning): no ``nn.LSTM`` computes what such a model does;
+exporting such a model (``torch_state_dict_from_sequential``) is refused (ValueError).
 """
 
 import collections
 import collections.abc
 import re
+import warnings
 
 import numpy as np
 
@@ -314,6 +319,29 @@ def _model_groups(model):
     return rec, dense, emb
 
 
+def _warn_unlike_torch(rec, what):
+    """Warn when a recurrent layer computes something no nn.LSTM does (its weights still map):
+    activations other than tanh and sigmoid, a unidirectional go_backwards, or a
+    Bidirectional merge other than "concat". (Loading only: export refuses such layers.)"""
+    odd = []
+    for layer, subs in rec:
+        if getattr(layer, "merge_mode", "concat") != "concat":
+            odd.append(f"{layer.name!r}: merge_mode={layer.merge_mode!r} (PyTorch concatenates)")
+        for sub in subs:
+            for attr, torch_name in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+                name = getattr(getattr(sub, attr), "name", None)
+                if name != torch_name:
+                    odd.append(f"{sub.name!r}: {attr}={name or getattr(sub, attr)!r} (PyTorch "
+                               f"uses {torch_name})")
+        if len(subs) == 1 and subs[0].go_backwards:
+            odd.append(f"{layer.name!r}: go_backwards=True (nn.LSTM's reverse direction exists "
+                       "only with bidirectional=True)")
+    if odd:
+        warnings.warn(f"{what}: the weights map, but these layers compute something no "
+                      f"torch.nn.LSTM does, so the two models will not agree: {'; '.join(odd)}",
+                      UserWarning, stacklevel=3)
+
+
 def _assign_simple(groups, value, name, kind):
     """Pair Dense/Embedding layers with their prefixes (one prefix per layer).
 
@@ -479,6 +507,7 @@ def load_torch_state_dict(model, state_dict, lstm_prefix="lstm.", linear_prefix=
                          f"{model.name!r}:\n  " + "\n  ".join(problems))
     for layer, index, value in values:
         _device.copy_into(layer.weights[index], value)  # also into a GPU model's arrays
+    _warn_unlike_torch(_model_groups(model)[0], "load_torch_state_dict")
     return LoadResult(missing, unexpected)
 
 
@@ -525,6 +554,10 @@ def torch_state_dict_from_sequential(model, lstm_prefix="lstm.", linear_prefix="
         check(layer, subs[0], False)
         if D == 2:
             check(layer, subs[1], True)
+            if layer.merge_mode != "concat":
+                raise ValueError(f"layer {layer.name!r}: merge_mode={layer.merge_mode!r} has no "
+                                 "PyTorch equivalent (a bidirectional nn.LSTM concatenates "
+                                 "its two directions)")
             if subs[1].units != subs[0].units or subs[1].use_bias != subs[0].use_bias:
                 raise ValueError(f"layer {layer.name!r}: the backward layer's units/use_bias "
                                  "differ from the forward layer's; PyTorch's two directions "
