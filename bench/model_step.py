@@ -1,5 +1,6 @@
 """Training steps of a fastlstm Sequential model with its Dense layers on NumPy's BLAS or on
-fastlstm's own matrix product (bench/NOTES.md 50).
+fastlstm's own matrix product (bench/NOTES.md 50), or with Adam as NumPy expressions or as the
+kernels' fused update (NOTES 53).
 
 NumPy's BLAS (OpenBLAS in a pip install) runs a large enough product on its own worker
 threads, which keep spinning for a while after it; the LSTM kernels that run next then share
@@ -8,9 +9,12 @@ the cores with them. The model's Dense layers therefore use the kernels' product
 `LSTM(H)` + `Dense(units)` both ways in one process, in alternating blocks: "blas" puts
 NumPy's `@` back into the Dense layers (a monkeypatch of fastlstm.layers._matmul), "own" is
 the library as shipped. Reports the median step time with min and max, and blas/own.
+With `--compare adam`, "numpy" runs Adam's update as NumPy expressions (a monkeypatch of
+fastlstm.optimizers._fusable) and "fused" as shipped (one pass in the kernels, the same bits).
 
     python bench/model_step.py
     python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
+    python bench/model_step.py --compare adam --config 100,1,256,256
 """
 
 import argparse
@@ -32,9 +36,14 @@ def numpy_matmul(a, b, bias=None):
     return z
 
 
-def measure(config, units, rounds, steps):
+# What each comparison sets for its two variants (the second is the library as shipped).
+COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
+               "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms")}
+
+
+def measure(config, units, rounds, steps, compare="matmul"):
     import fastlstm
-    from fastlstm import layers, losses, models
+    from fastlstm import layers, losses, models, optimizers
     T, B, I, H = config
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
@@ -42,18 +51,20 @@ def measure(config, units, rounds, steps):
     fastlstm.utils.set_random_seed(0)
     model = models.Sequential([layers.Input((T, I)), layers.LSTM(H), layers.Dense(units)])
     model.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy(from_logits=True))
-    own = layers._matmul
-    times = {"blas": [], "own": []}
+    own, fusable = layers._matmul, optimizers._fusable
+    old, new = COMPARISONS[compare][:2]
+    times = {old: [], new: []}
     try:
         for r in range(rounds + 1):
-            for name in (("blas", "own") if r % 2 == 0 else ("own", "blas")):
+            for name in ((old, new) if r % 2 == 0 else (new, old)):
                 layers._matmul = numpy_matmul if name == "blas" else own
+                optimizers._fusable = (lambda *a: False) if name == "numpy" else fusable
                 t0 = time.perf_counter()
                 model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
                 if r > 0:                       # (round 0: warm-up)
                     times[name].append((time.perf_counter() - t0) / steps)
     finally:
-        layers._matmul = own
+        layers._matmul, optimizers._fusable = own, fusable
     return times
 
 
@@ -64,17 +75,22 @@ def main(argv=None):
     parser.add_argument("--rounds", type=positive, default=6)
     parser.add_argument("--steps", type=positive, default=8, help="batches per timed fit")
     parser.add_argument("--json", help="write every time here")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="matmul",
+                        help="matmul: NumPy's BLAS against the kernels' product in the Dense "
+                             "layer; adam: Adam as NumPy expressions against the fused update")
     args = parser.parse_args(argv)
     cases = [(args.config, args.units)] if args.config else DEFAULT
-    out = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
-    print("| T, B, I, H | Dense units | NumPy BLAS ms | own product ms | blas/own |")
+    old, new, old_title, new_title = COMPARISONS[args.compare]
+    out = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "compare": args.compare,
+           "rows": []}
+    print(f"| T, B, I, H | Dense units | {old_title} | {new_title} | {old}/{new} |")
     print("|---|---|---|---|---|")
     for config, units in cases:
-        times = measure(config, units, args.rounds, args.steps)
+        times = measure(config, units, args.rounds, args.steps, args.compare)
         med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
         cell = {k: f"{med[k]:.2f} ({min(v) * 1e3:.2f}-{max(v) * 1e3:.2f})" for k, v in times.items()}
-        print(f"| {', '.join(map(str, config))} | {units} | {cell['blas']} | {cell['own']} "
-              f"| {med['blas'] / med['own']:.2f} |", flush=True)
+        print(f"| {', '.join(map(str, config))} | {units} | {cell[old]} | {cell[new]} "
+              f"| {med[old] / med[new]:.2f} |", flush=True)
         out["rows"].append({"config": config, "units": units,
                             "times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}})
     if args.json:

@@ -465,22 +465,26 @@ def _bench_script(name):
     return module
 
 
-def test_model_step_script_runs_both_ways(tmp_path, capsys):
-    # bench/model_step.py (NOTES 50) at a tiny size: one row, both contenders timed, and the
-    # Dense layers' product put back as shipped afterwards
-    from fastlstm import layers
-    shipped = layers._matmul
+@pytest.mark.parametrize("compare, names", [("matmul", ("blas", "own")),
+                                             ("adam", ("numpy", "fused"))])
+def test_model_step_script_runs_both_ways(compare, names, tmp_path, capsys):
+    # bench/model_step.py (NOTES 50, 53) at a tiny size: one row, both contenders timed, and
+    # the Dense layers' product and Adam's fused update put back as shipped afterwards
+    from fastlstm import layers, optimizers
+    shipped = layers._matmul, optimizers._fusable
     script = _bench_script("model_step")
     out = tmp_path / "m.json"
     script.main(["--config", "3,2,4,5", "--units", "3", "--rounds", "2", "--steps", "2",
-                 "--json", str(out)])
-    assert layers._matmul is shipped
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1 and rows[0]["config"] == [3, 2, 4, 5]
-    for name in ("blas", "own"):
+                 "--compare", compare, "--json", str(out)])
+    assert (layers._matmul, optimizers._fusable) == shipped
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["compare"] == compare and len(rows) == 1 and rows[0]["config"] == [3, 2, 4, 5]
+    for name in names:
         times = rows[0]["times_ms"][name]
         assert len(times) == 2 and all(t > 0 for t in times)
-    assert "| 3, 2, 4, 5 | 3 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"| {names[0]}/{names[1]} |" in printed and "| 3, 2, 4, 5 | 3 |" in printed
 
 
 def test_torch_loop_and_after_torch_op_scripts_run(tmp_path, capsys):

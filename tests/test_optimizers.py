@@ -755,3 +755,89 @@ def test_schedules_staircase_warmup_config_and_out_of_range_values():
     opt.apply([np.ones(2)], [np.zeros(2)])
     with pytest.raises(ValueError, match="schedule"):
         opt.learning_rate
+
+
+# --------------------------------------------------------------------------- fused Adam step
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (33, 5), (300, 257)])   # a tail only, tails, 2 threads
+def test_fused_adam_gives_the_numpy_expressions_bits(dtype, shape, isa, num_threads, monkeypatch):
+    # Adam on C-contiguous NumPy arrays runs as one pass in the kernels (_core.adam_update) on
+    # every instruction set: no product fused into an FMA, so the weights and both slots are
+    # the same bits as the NumPy expressions it replaces (run here by turning the fusion off)
+    num_threads(2)
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) * 10.0 ** -k for k in range(4)]
+    calls = []
+    real = opt_mod._core.adam_update
+    monkeypatch.setattr(opt_mod._core, "adam_update", lambda *a: calls.append(1) or real(*a))
+
+    fusable = opt_mod._fusable
+
+    def train(fused):
+        monkeypatch.setattr(opt_mod, "_fusable", fusable if fused else lambda *a: False)
+        opt = Adam(learning_rate=0.01)
+        w = w0.copy()
+        for g in grads:
+            opt.apply([g], [w])
+        return w, opt._slots["momentums"][0], opt._slots["velocities"][0]
+
+    numpy_path = train(False)
+    assert not calls
+    fused_path = train(True)
+    assert len(calls) == len(grads)
+    for a, b in zip(fused_path, numpy_path):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_adam_against_float64_reference():
+    # float32 weights on the fused path against the float64 reference formulas: rounding of a
+    # few float32 operations per step (a few ulps of 1.2e-7), nothing more
+    rng = np.random.default_rng(8)
+    w0 = rng.standard_normal(5000)
+    grads = [rng.standard_normal(5000) for _ in range(5)]
+    got = run(Adam(learning_rate=0.02), w0=w0, grads=grads, dtype=np.float32)
+    want = ref_adam(0.02, w0=w0, grads=grads)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    assert np.linalg.norm(got - w0) > 0.05 * np.linalg.norm(w0)      # the weights did move
+
+
+@pytest.mark.parametrize("case", ["strided", "amsgrad"])
+def test_adam_falls_back_to_numpy_where_the_kernel_cannot_take_the_arrays(case, monkeypatch):
+    calls = []
+    real = opt_mod._core.adam_update
+    monkeypatch.setattr(opt_mod._core, "adam_update", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((6, 8))
+    w = base[:, ::2].copy(order="F") if case == "strided" else base.copy()
+    g = rng.standard_normal(w.shape)
+    opt = Adam(learning_rate=0.1, amsgrad=case == "amsgrad")
+    before = w.copy()
+    opt.apply([g], [w])
+    assert not calls
+    want = ref_adam(0.1, amsgrad=case == "amsgrad", w0=before, grads=[g])
+    np.testing.assert_allclose(w, want, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_update_kernel_errors():
+    from fastlstm import _core
+    w = np.zeros(4, np.float32)
+    ok = dict(gradient=np.ones(4, np.float32), m=np.zeros(4, np.float32), v=np.zeros(4, np.float32))
+    scalars = (0.1, 0.001, 0.01, 1e-7)
+    with pytest.raises(TypeError, match="gradient: expected dtype float32, got float64"):
+        _core.adam_update(w, np.ones(4), ok["m"], ok["v"], *scalars)
+    with pytest.raises(ValueError, match=r"m: expected shape \(4,\), got \(5,\)"):
+        _core.adam_update(w, ok["gradient"], np.zeros(5, np.float32), ok["v"], *scalars)
+    with pytest.raises(ValueError, match="v: expected a C-contiguous array"):
+        _core.adam_update(w, ok["gradient"], ok["m"], np.zeros(8, np.float32)[::2], *scalars)
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="variable: expected a writeable array"):
+        _core.adam_update(frozen, ok["gradient"], ok["m"], ok["v"], *scalars)
+    with pytest.raises(ValueError, match="m and v: expected arrays that do not overlap"):
+        _core.adam_update(w, ok["gradient"], ok["m"], ok["m"], *scalars)
+    with pytest.raises(TypeError, match="variable: expected a numpy array"):
+        _core.adam_update([0.0], ok["gradient"], ok["m"], ok["v"], *scalars)
+    np.testing.assert_array_equal(w, 0)                                   # nothing written

@@ -221,6 +221,35 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   return out;
 }
 
+// One Adam step in place (cpu::adam): w, m, v updated; g, m, v of w's dtype and shape, all
+// C-contiguous, w, m and v writeable, no two of the four overlapping.
+template <typename Real>
+void adam_impl(const py::array& w, const py::object& g, const py::object& m, const py::object& v,
+               double c1, double c2, double alpha, double epsilon) {
+  const std::vector<int64_t> shape(w.shape(), w.shape() + w.ndim());
+  cpu::AdamArgs<Real> a;
+  a.w = const_cast<Real*>(input<Real>(w, "variable", shape));
+  a.g = input<Real>(g, "gradient", shape);
+  a.m = const_cast<Real*>(input<Real>(m, "m", shape));
+  a.v = const_cast<Real*>(input<Real>(v, "v", shape));
+  for (const auto& [obj, name] : {std::pair<py::object, const char*>{w, "variable"}, {m, "m"}, {v, "v"}})
+    if (!py::reinterpret_borrow<py::array>(obj).writeable())
+      throw py::value_error(std::string(name) + ": expected a writeable array");
+  a.n = static_cast<int64_t>(w.size());
+  const Real* starts[4] = {a.w, a.g, a.m, a.v};
+  const char* names[4] = {"variable", "gradient", "m", "v"};
+  for (int i = 0; i < 4; ++i)
+    for (int j = i + 1; j < 4; ++j)
+      if (a.n > 0 && starts[i] < starts[j] + a.n && starts[j] < starts[i] + a.n)
+        throw py::value_error(std::string(names[i]) + " and " + names[j] + ": expected arrays that do not overlap");
+  a.c1 = static_cast<Real>(c1);
+  a.c2 = static_cast<Real>(c2);
+  a.alpha = static_cast<Real>(alpha);
+  a.epsilon = static_cast<Real>(epsilon);
+  py::gil_scoped_release release;
+  cpu::adam(a);
+}
+
 // a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
 // dtype Real with any strides that are whole elements (views, transposes), bias C-contiguous.
 template <typename Real>
@@ -347,6 +376,23 @@ PYBIND11_MODULE(_core, m) {
         return is_double(a, "a") ? py::object(transpose_impl<double>(arr)) : py::object(transpose_impl<float>(arr));
       },
       py::arg("a"), "A new C-contiguous array holding a.T (a: 2-D, C-contiguous, float32 or float64).");
+
+  m.def(
+      "adam_update",
+      [](py::object w, py::object g, py::object m, py::object v, double c1, double c2, double alpha,
+         double epsilon) {
+        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
+        py::array wa = py::reinterpret_borrow<py::array>(w);
+        if (is_double(w, "variable"))
+          adam_impl<double>(wa, g, m, v, c1, c2, alpha, epsilon);
+        else
+          adam_impl<float>(wa, g, m, v, c1, c2, alpha, epsilon);
+      },
+      py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("v"), py::arg("c1"), py::arg("c2"),
+      py::arg("alpha"), py::arg("epsilon"),
+      "One Adam step in place, each element: m += (g - m) * c1; v += (g * g - v) * c2; "
+      "variable -= (m * alpha) / (sqrt(v) + epsilon). The four arrays: one shape, one dtype (float32 "
+      "or float64), C-contiguous, not overlapping; the scalars are rounded to that dtype.");
 
   m.def(
       "matmul",

@@ -45,6 +45,20 @@ struct MatmulArgs {
   int64_t ldc = 0;
 };
 
+// One Adam step in place over n elements (fastlstm.optimizers.Adam, Keras's form), each element:
+//   m += (g - m) * c1;   v += (g * g - v) * c2;   w -= (m * alpha) / (sqrt(v) + epsilon)
+// with c1 = 1 - beta_1, c2 = 1 - beta_2 and alpha the step's bias-corrected learning rate. The
+// four arrays are contiguous and do not overlap.
+template <typename Real>
+struct AdamArgs {
+  Real* w = nullptr;
+  const Real* g = nullptr;
+  Real* m = nullptr;
+  Real* v = nullptr;
+  int64_t n = 0;
+  Real c1 = 0, c2 = 0, alpha = 0, epsilon = 0;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward_f32)(const ForwardArgs<float>&, const PackedWeights*);
@@ -57,6 +71,8 @@ struct KernelTable {
   void (*matmul_f64)(const MatmulArgs<double>&);
   void (*transpose_f32)(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst);
   void (*transpose_f64)(const double* src, int64_t rows, int64_t cols, int64_t lds, double* dst);
+  void (*adam_f32)(const AdamArgs<float>&);
+  void (*adam_f64)(const AdamArgs<double>&);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -91,6 +107,9 @@ void matmul(const MatmulArgs<double>& a);
 // threads when large (fastlstm.torch converts weights between torch's layout and fastlstm's).
 void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst);
 void transpose(const double* src, int64_t rows, int64_t cols, int64_t lds, double* dst);
+// An Adam step (AdamArgs), on the kernels' threads when large.
+void adam(const AdamArgs<float>& a);
+void adam(const AdamArgs<double>& a);
 
 }  // namespace cpu
 }  // namespace fastlstm

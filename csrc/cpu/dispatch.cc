@@ -199,6 +199,8 @@ void matmul(const MatmulArgs<float>& a) { active().matmul_f32(a); }
 void matmul(const MatmulArgs<double>& a) { active().matmul_f64(a); }
 void transpose(const float* s, int64_t rows, int64_t cols, int64_t lds, float* d) { active().transpose_f32(s, rows, cols, lds, d); }
 void transpose(const double* s, int64_t rows, int64_t cols, int64_t lds, double* d) { active().transpose_f64(s, rows, cols, lds, d); }
+void adam(const AdamArgs<float>& a) { active().adam_f32(a); }
+void adam(const AdamArgs<double>& a) { active().adam_f64(a); }
 
 }  // namespace cpu
 }  // namespace fastlstm

@@ -120,57 +120,14 @@ inline int64_t gemm_kstep(int64_t K) {
 }
 
 #if defined(__AVX512F__)
-// 16 x 16 (float) / 8 x 8 (double) register transposes for packing row-major A.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  __m512 u[16];
-  for (int i = 0; i < 4; ++i) {
-    const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
-    const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
-    u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-  }
-  // u[4i + j], 128-bit lane L = rows 4i..4i+3 of column 4L + j.
-  for (int j = 0; j < 4; ++j) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
-    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[4 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-    r[8 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-  }
-}
-inline void transpose8(__m512d r[8]) {
-  __m512d t[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
-  }
-  // t[2i + j], 128-bit lane L = rows 2i, 2i+1 of column 2L + j.
-  for (int j = 0; j < 2; ++j) {
-    const __m512d v0 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0x44), v1 = _mm512_shuffle_f64x2(t[j], t[2 + j], 0xEE);
-    const __m512d w0 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0x44);
-    const __m512d w1 = _mm512_shuffle_f64x2(t[4 + j], t[6 + j], 0xEE);
-    r[j] = _mm512_shuffle_f64x2(v0, w0, 0x88);
-    r[2 + j] = _mm512_shuffle_f64x2(v0, w0, 0xDD);
-    r[4 + j] = _mm512_shuffle_f64x2(v1, w1, 0x88);
-    r[6 + j] = _mm512_shuffle_f64x2(v1, w1, 0xDD);
-  }
-}
+// (Vec<Real>::transpose, simd.h: the 16 x 16 / 8 x 8 register transposes)
 // d[k * 14 + r] = rows[r][k] for r < 14, k < kc16 (a multiple of 16 / 8).
 inline void pack_rows14(const float* const* rows, int64_t kc16, float* d) {
   for (int64_t k = 0; k < kc16; k += 16) {
     __m512 r[16];
     for (int i = 0; i < 14; ++i) r[i] = _mm512_loadu_ps(rows[i] + k);
     r[14] = r[15] = _mm512_setzero_ps();
-    transpose16(r);
+    Vec<float>::transpose(r);
     for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(d + (k + q) * 14, 0x3FFF, r[q]);
   }
 }
@@ -180,8 +137,8 @@ inline void pack_rows14(const double* const* rows, int64_t kc8, double* d) {
     for (int i = 0; i < 8; ++i) lo[i] = _mm512_loadu_pd(rows[i] + k);
     for (int i = 0; i < 6; ++i) hi[i] = _mm512_loadu_pd(rows[8 + i] + k);
     hi[6] = hi[7] = _mm512_setzero_pd();
-    transpose8(lo);
-    transpose8(hi);
+    Vec<double>::transpose(lo);
+    Vec<double>::transpose(hi);
     for (int q = 0; q < 8; ++q) {
       _mm512_storeu_pd(d + (k + q) * 14, lo[q]);
       _mm512_mask_storeu_pd(d + (k + q) * 14 + 8, 0x3F, hi[q]);

@@ -1226,11 +1226,63 @@ void transpose(const Real* src, int64_t rows, int64_t cols, int64_t lds, Real* d
   run(&transpose_task<Real>, &ctx, nthreads, nullptr);
 }
 
+// ---------------------------------------------------------------------------------------
+// Adam (cpu.h, AdamArgs), for fastlstm.optimizers.Adam on NumPy arrays
+// ---------------------------------------------------------------------------------------
+
+// One pass over the four arrays instead of NumPy's dozen over temporaries (NOTES 53); threads
+// take contiguous ranges of whole cache lines, and every element's arithmetic is the same
+// whatever the thread count or its position in a vector. No product is fused with a sum
+// (unfused(): the compiler would contract them into FMAs), so the results are the same bits
+// as the NumPy expressions in optimizers.Adam, on every instruction set.
+template <typename Real>
+void adam_range(const AdamArgs<Real>& a, int64_t begin, int64_t end) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  const auto c1 = V::set1(a.c1), c2 = V::set1(a.c2), alpha = V::set1(a.alpha), eps = V::set1(a.epsilon);
+  int64_t i = begin;
+  for (; i + N <= end; i += N) {
+    const auto g = V::load(a.g + i);
+    auto m = V::load(a.m + i), v = V::load(a.v + i);
+    m = V::add(m, unfused(V::mul(V::sub(g, m), c1)));
+    v = V::add(v, unfused(V::mul(V::sub(unfused(V::mul(g, g)), v), c2)));
+    V::store(a.m + i, m);
+    V::store(a.v + i, v);
+    V::store(a.w + i, V::sub(V::load(a.w + i), V::div(V::mul(m, alpha), V::add(V::sqrt(v), eps))));
+  }
+  for (; i < end; ++i) {  // the last elements (fewer than N), as one-element vectors
+    const Real g = a.g[i];
+    const Real m = a.m[i] + unfused((g - a.m[i]) * a.c1);
+    const Real v = a.v[i] + unfused((unfused(g * g) - a.v[i]) * a.c2);
+    a.m[i] = m;
+    a.v[i] = v;
+    a.w[i] -= (m * a.alpha) / (std::sqrt(v) + a.epsilon);
+  }
+}
+
+template <typename Real>
+void adam_task(void* p, int tid, int nthreads) {
+  const auto& a = *static_cast<const AdamArgs<Real>*>(p);
+  constexpr int64_t line = 64 / sizeof(Real);
+  const int64_t share = ceil_div(ceil_div(a.n, line), nthreads) * line;
+  adam_range(a, imin(a.n, tid * share), imin(a.n, (tid + 1) * share));
+}
+
+// Below this many elements an update runs on one thread.
+constexpr int64_t kParallelAdamElements = int64_t(1) << 16;
+
+template <typename Real>
+void adam(const AdamArgs<Real>& a) {
+  if (a.n <= 0) return;
+  const int nthreads = a.n < kParallelAdamElements ? 1 : threads_for_run();
+  run(&adam_task<Real>, const_cast<AdamArgs<Real>*>(&a), nthreads, nullptr);
+}
+
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
                                  &backward<float>, &backward<double>, &pack<float>, &pack<double>,
                                  &matmul<float>, &matmul<double>, &transpose<float>,
-                                 &transpose<double>};
+                                 &transpose<double>, &adam<float>, &adam<double>};
   return table;
 }
 

@@ -46,6 +46,7 @@ struct Vec<float> {
   // data as the second operand so NaN propagates.
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R sqrt(R a) { return _mm512_sqrt_ps(a); }
   static float hsum(R a) { return _mm512_reduce_add_ps(a); }
   // p * 2^n for integer-valued n (one instruction here).
   static R scale2n(R p, R n) { return _mm512_scalef_ps(p, n); }
@@ -92,6 +93,7 @@ struct Vec<double> {
   static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R sqrt(R a) { return _mm512_sqrt_pd(a); }
   static double hsum(R a) { return _mm512_reduce_add_pd(a); }
   // 2^n for integer-valued n in [-1022, 1023].
   static R scale2n(R p, R n) { return _mm512_scalef_pd(p, n); }
@@ -130,6 +132,7 @@ struct Vec<float> {
   static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R sqrt(R a) { return _mm256_sqrt_ps(a); }
   static float hsum(R a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -179,6 +182,7 @@ struct Vec<double> {
   static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
   static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R sqrt(R a) { return _mm256_sqrt_pd(a); }
   static double hsum(R a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -216,6 +220,7 @@ struct ScalarVec {
   static R fnmadd(R a, R b, R c) { return c - a * b; }
   static R max(R a, R b) { return a > b ? a : b; }  // NaN in b (the data) propagates
   static R min(R a, R b) { return a < b ? a : b; }
+  static R sqrt(R a) { return std::sqrt(a); }
   static Real hsum(R a) { return a; }
   static R pow2n(R n) {
     if (n != n) return n;  // NaN
@@ -232,6 +237,22 @@ struct Vec<float> : ScalarVec<float, uint32_t, 23, 127> {};
 template <>
 struct Vec<double> : ScalarVec<double, uint64_t, 52, 1023> {};
 #endif
+
+// a, opaque to the optimiser: a product passed through it is rounded on its own, never fused
+// with the add or subtract that follows into an FMA (GCC contracts a * b + c by default, for
+// intrinsics too). For code that must give the same bits as NumPy's unfused arithmetic.
+template <typename T>
+inline T unfused(T a) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(a));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(a));
+#else
+  volatile T keep = a;
+  a = keep;
+#endif
+  return a;
+}
 
 // exp(x) to about 1 ulp: x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series
 // (7 terms past 1 for float, 13 for double: truncation below 1e-8 / 1e-16 relative), then

@@ -53,6 +53,7 @@ import sys
 
 import numpy as np
 
+from . import _core
 from ._device import array_module, copy_into, is_array, to_host, to_numpy_copy
 from . import _schedules as schedules
 
@@ -503,6 +504,22 @@ class SGD(Optimizer):
 
 # --------------------------------------------------------------------------- Adam / AdamW
 
+def _fusable(variable, *others):
+    """Whether the kernels' fused update can take these arrays: NumPy arrays (not CuPy, not
+    subclasses) of one float dtype and shape, C-contiguous, the variable and slots writeable,
+    no two sharing memory."""
+    if type(variable) is not np.ndarray or variable.dtype not in (np.float32, np.float64):
+        return False
+    arrays = (variable,) + others
+    if not all(type(a) is np.ndarray and a.dtype == variable.dtype and a.shape == variable.shape
+               and a.flags.c_contiguous for a in arrays):
+        return False
+    if not all(a.flags.writeable for a in (variable,) + others[1:]):
+        return False
+    return not any(np.may_share_memory(a, b) for i, a in enumerate(arrays)
+                   for b in arrays[i + 1:])
+
+
 class Adam(Optimizer):
     """Adam, as keras.optimizers.Adam (epsilon outside the square root, "epsilon hat")."""
 
@@ -533,6 +550,11 @@ class Adam(Optimizer):
         v = self.get_slot("velocities", variable)
         xp = array_module(variable)
         alpha = lr * np.sqrt(t(1) - beta_2_power) / (t(1) - beta_1_power)   # host scalars
+        if not self.amsgrad and _fusable(variable, gradient, m, v):
+            # the same element-wise arithmetic in one pass on the kernels' threads (NOTES 53)
+            _core.adam_update(variable, gradient, m, v, 1 - self.beta_1, 1 - self.beta_2,
+                              float(alpha), self.epsilon)
+            return
         m += (gradient - m) * t(1 - self.beta_1)
         v += (xp.square(gradient) - v) * t(1 - self.beta_2)
         if self.amsgrad:
