@@ -172,11 +172,17 @@ many = run(fwd, bwd)
 first = fastlstm.cpu_info()["pool"]
 run(fwd, bwd)
 assert all(np.array_equal(a, b) for a, b in zip(one, many))
-print(json.dumps([first, fastlstm.cpu_info()["pool"]]))
+seen = [first, fastlstm.cpu_info()["pool"], fastlstm.cpu_info()["pool_fallback"]]
+fastlstm.set_cpu_pool("auto")                     # tries the runtime again: short again
+seen.append(fastlstm.cpu_info()["pool_fallback"])
+assert all(np.array_equal(a, b) for a, b in zip(one, run(fwd, bwd)))
+seen += [fastlstm.cpu_info()["pool"], fastlstm.cpu_info()["pool_fallback"]]
+print(json.dumps(seen))
 """
     out = run_python(code, timeout=120, FASTLSTM_POOL=None, OMP_THREAD_LIMIT=limit)
     _skip_without_openmp(out)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["own", "own"]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        "own", "own", "short team", None, "own", "short team"]
 
 
 def test_forked_child_runs_on_the_own_pool(run_python):
@@ -196,7 +202,11 @@ if pid == 0:
     try:
         child = run(fwd, bwd)
         same = all(np.array_equal(a, b) for a, b in zip(child, parent))
-        os.write(w, json.dumps([same, fastlstm.cpu_info()["pool"]]).encode())
+        fastlstm.set_cpu_pool("auto")              # (does not bring the runtime back)
+        again = run(fwd, bwd)
+        same = same and all(np.array_equal(a, b) for a, b in zip(again, parent))
+        info = fastlstm.cpu_info()
+        os.write(w, json.dumps([same, info["pool"], info["pool_fallback"]]).encode())
     finally:
         os._exit(0)
 os.close(w)
@@ -205,7 +215,7 @@ print(os.read(r, 1000).decode())
 """
     out = run_python(code, timeout=120, FASTLSTM_POOL=None)
     _skip_without_openmp(out)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, "own"]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, "own", "forked"]
 
 
 @pytest.mark.parametrize("bad", ["OWN", "openmp", "1", "auto,own"])

@@ -427,9 +427,10 @@ PYBIND11_MODULE(_core, m) {
       "pool_info",
       [] {
         const cpu::PoolInfo info = cpu::pool_info();
-        return py::make_tuple(info.choice, info.last, info.runtime);
+        return py::make_tuple(info.choice, info.last, info.runtime, info.fallback);
       },
-      "(choice, what the last kernel call ran on, the OpenMP runtime found or '') (see set_pool).");
+      "(choice, what the last kernel call ran on, the OpenMP runtime found or '', why 'auto' runs "
+      "on the own pool: 'short team', 'forked' or '') (see set_pool).");
   m.def("set_backoff", &cpu::set_backoff, py::arg("enabled"),
         "Tests and benchmarks: whether calls back off to one thread after contended calls "
         "(default True); either way a back-off in progress ends.");

@@ -142,7 +142,9 @@ enum class PoolChoice { kAuto, kOwn };
 
 PoolChoice g_pool_choice = PoolChoice::kAuto;  // (FASTLSTM_POOL: set by the package at import)
 OmpRuntime g_omp;                 // found runtime (parallel == nullptr: none yet)
-bool g_omp_broken = false;        // a team came back smaller than asked, or after fork(): not used again
+bool g_omp_short_team = false;    // a top-level team came back smaller than asked: not used
+                                  // again until set_pool("auto")
+bool g_omp_forked = false;        // this process is a fork() child: never used again
 const char* g_last_pool = "none"; // what the last run() ran on: "own", "openmp", "one thread"
 
 #if defined(FASTLSTM_FIND_OPENMP)
@@ -287,7 +289,7 @@ Pool* g_pool = nullptr;  // created on first use; recreated when the size change
 // (its threads are gone) and build a fresh one on first use.
 void after_fork_in_child() {
   g_pool = nullptr;
-  g_omp_broken = true;  // an OpenMP runtime's threads are gone too, and it may not know
+  g_omp_forked = true;  // an OpenMP runtime's threads are gone too, and it may not know
   new (&run_mutex()) std::mutex();
 }
 struct ForkHandler {
@@ -323,14 +325,15 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
     return;
   }
   const auto start = Clock::now();
-  const OmpRuntime* omp = g_pool_choice == PoolChoice::kOwn || g_omp_broken ? nullptr : omp_runtime();
+  const OmpRuntime* omp =
+      g_pool_choice == PoolChoice::kOwn || g_omp_short_team || g_omp_forked ? nullptr : omp_runtime();
   if (omp && run_on_omp(omp, fn, ctx, nthreads)) {
     g_last_pool = "openmp";
   } else {
-    // A short team at the top level (OMP_THREAD_LIMIT, OMP_DYNAMIC): not tried again. Inside
-    // an active parallel region (a nested team is one thread unless nesting is on) only
-    // this call falls back: the top-level calls keep the runtime.
-    if (omp && !(omp->in_parallel && omp->in_parallel())) g_omp_broken = true;
+    // A short team at the top level (OMP_THREAD_LIMIT, OMP_DYNAMIC): not tried again (until
+    // set_pool("auto")). Inside an active parallel region (a nested team is one thread unless
+    // nesting is on) only this call falls back: the top-level calls keep the runtime.
+    if (omp && !(omp->in_parallel && omp->in_parallel())) g_omp_short_team = true;
     // The pool must hold exactly the nthreads the caller planned for (its barriers count them).
     if (!g_pool || g_pool->size() < nthreads) {
       delete g_pool;
@@ -350,7 +353,8 @@ void run(TaskFn fn, void* ctx, int nthreads, const Barrier* barrier) {
 PoolInfo pool_info() {
   std::lock_guard<std::mutex> lock(run_mutex());
   const OmpRuntime* omp = omp_runtime();
-  return {g_pool_choice == PoolChoice::kOwn ? "own" : "auto", g_last_pool, omp ? omp->name : std::string()};
+  return {g_pool_choice == PoolChoice::kOwn ? "own" : "auto", g_last_pool, omp ? omp->name : std::string(),
+          g_omp_forked ? "forked" : g_omp_short_team ? "short team" : ""};
 }
 
 void set_backoff(bool enabled) {
@@ -361,8 +365,12 @@ void set_backoff(bool enabled) {
 
 bool set_pool(const std::string& choice) {
   std::lock_guard<std::mutex> lock(run_mutex());
-  if (choice == "auto") g_pool_choice = PoolChoice::kAuto;
-  else if (choice == "own") g_pool_choice = PoolChoice::kOwn;
+  if (choice == "auto") {
+    g_pool_choice = PoolChoice::kAuto;
+    g_omp_short_team = false;  // (try the runtime's team again; a fork() child never does)
+  } else if (choice == "own") {
+    g_pool_choice = PoolChoice::kOwn;
+  }
   else return false;
   return true;
 }

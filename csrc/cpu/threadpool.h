@@ -46,11 +46,15 @@ void barrier_init(Barrier* b, int count);
 
 // Where multi-threaded runs execute: on the team of an OpenMP runtime already loaded in the
 // process (libgomp, libomp, libiomp5; PyTorch brings one), else on the own pool ("auto", the
-// default), or always on the own pool ("own"; set_pool, false for an unknown name).
+// default), or always on the own pool ("own"; set_pool, false for an unknown name). Setting
+// "auto" again also forgets a short team, so that the runtime is tried again.
 struct PoolInfo {
   std::string choice;    // "auto" or "own"
   std::string last;      // what the last run ran on: own, openmp, one thread; none before the first
   std::string runtime;   // the path of the OpenMP runtime found, or empty
+  std::string fallback;  // why "auto" runs on the own pool although a runtime was found:
+                         // "short team" (its top-level team was smaller than asked for; tried
+                         // again after set_pool("auto")), "forked" (a fork() child), or empty
 };
 PoolInfo pool_info();
 bool set_pool(const std::string& choice);

@@ -43,10 +43,13 @@ def cpu_info():
     processor runs), "isa" (the one in use; FASTLSTM_ISA forces it), "num_threads",
     "cache_limit" and "cached_bytes" (see set_cpu_cache_limit), and where the threads run
     (see set_cpu_pool): "pool_choice" ("auto" or "own"), "openmp_runtime" (the path of the
-    OpenMP runtime found in the process, or None) and "pool" (what the last kernel call ran
-    on: "openmp", "own", "one thread", or "none" before the first call).
+    OpenMP runtime found in the process, or None), "pool" (what the last kernel call ran
+    on: "openmp", "own", "one thread", or "none" before the first call) and "pool_fallback"
+    (why "auto" no longer uses the runtime found: "short team", its team came back smaller
+    than asked for, OMP_THREAD_LIMIT or OMP_DYNAMIC, until set_cpu_pool("auto") tries again;
+    "forked", this process is a fork() child; or None).
     """
-    choice, last, runtime = _core.pool_info()
+    choice, last, runtime, fallback = _core.pool_info()
     return {
         "compiled": list(_core.compiled_isas()),
         "supported": list(_core.supported_isas()),
@@ -57,6 +60,7 @@ def cpu_info():
         "pool_choice": choice,
         "pool": last,
         "openmp_runtime": runtime or None,
+        "pool_fallback": fallback or None,
     }
 
 
@@ -129,8 +133,10 @@ def set_cpu_pool(name):
     linked; with several loaded (scikit-learn's wheel brings its own libgomp), the one PyTorch's
     code calls, else the first libgomp loaded. A team smaller than asked for runs nothing and
     the own pool runs the call: inside a parallel region for that call only, at the top level
-    (OMP_THREAD_LIMIT, OMP_DYNAMIC) for the rest of the process. Results are the same bit for
-    bit on either pool. "own": always fastlstm's pool.
+    (OMP_THREAD_LIMIT, OMP_DYNAMIC) for the calls after it too, until set_cpu_pool("auto") is
+    called again (cpu_info()["pool_fallback"] says "short team" meanwhile). A fork()ed child
+    never uses the parent's runtime. Results are the same bit for bit on either pool. "own":
+    always fastlstm's pool.
     The default comes from FASTLSTM_POOL ("auto" or "own") when set at import.
     """
     if not isinstance(name, str):
