@@ -9,8 +9,9 @@ the cores with them. The model's Dense layers therefore use the kernels' product
 `LSTM(H)` + `Dense(units)` both ways in one process, in alternating blocks: "blas" puts
 NumPy's `@` back into the Dense layers (a monkeypatch of fastlstm.layers._matmul), "own" is
 the library as shipped. Reports the median step time with min and max, and blas/own.
-With `--compare adam`, "numpy" runs Adam's update as NumPy expressions (a monkeypatch of
-fastlstm.optimizers._fusable) and "fused" as shipped (one pass in the kernels, the same bits).
+With `--compare adam` (or `rmsprop`: the model then trains with RMSprop), "numpy" runs the
+optimizer's update as NumPy expressions (a monkeypatch of fastlstm.optimizers._fusable) and
+"fused" as shipped (one pass in the kernels, the same bits).
 
     python bench/model_step.py
     python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
@@ -38,7 +39,8 @@ def numpy_matmul(a, b, bias=None):
 
 # What each comparison sets for its two variants (the second is the library as shipped).
 COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
-               "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms")}
+               "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms"),
+               "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms")}
 
 
 def measure(config, units, rounds, steps, compare="matmul"):
@@ -50,7 +52,8 @@ def measure(config, units, rounds, steps, compare="matmul"):
     y = rng.integers(0, units, (B * steps,))
     fastlstm.utils.set_random_seed(0)
     model = models.Sequential([layers.Input((T, I)), layers.LSTM(H), layers.Dense(units)])
-    model.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer="rmsprop" if compare == "rmsprop" else "adam",
+                  loss=losses.SparseCategoricalCrossentropy(from_logits=True))
     own, fusable = layers._matmul, optimizers._fusable
     old, new = COMPARISONS[compare][:2]
     times = {old: [], new: []}
@@ -77,7 +80,8 @@ def main(argv=None):
     parser.add_argument("--json", help="write every time here")
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default="matmul",
                         help="matmul: NumPy's BLAS against the kernels' product in the Dense "
-                             "layer; adam: Adam as NumPy expressions against the fused update")
+                             "layer; adam, rmsprop: that optimizer's update as NumPy "
+                             "expressions against the fused one")
     args = parser.parse_args(argv)
     cases = [(args.config, args.units)] if args.config else DEFAULT
     old, new, old_title, new_title = COMPARISONS[args.compare]

@@ -759,29 +759,38 @@ def test_schedules_staircase_warmup_config_and_out_of_range_values():
 
 # --------------------------------------------------------------------------- fused Adam step
 
+FUSED = {"adam": ("adam_update", lambda: Adam(learning_rate=0.01), ("momentums", "velocities")),
+         "rmsprop": ("rmsprop_update", lambda: RMSprop(learning_rate=0.01), ("velocities",)),
+         "rmsprop_momentum": ("rmsprop_update", lambda: RMSprop(learning_rate=0.01, momentum=0.9),
+                              ("velocities", "momentums"))}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(7,), (33, 5), (300, 257)])   # a tail only, tails, 2 threads
-def test_fused_adam_gives_the_numpy_expressions_bits(dtype, shape, isa, num_threads, monkeypatch):
-    # Adam on C-contiguous NumPy arrays runs as one pass in the kernels (_core.adam_update) on
-    # every instruction set: no product fused into an FMA, so the weights and both slots are
-    # the same bits as the NumPy expressions it replaces (run here by turning the fusion off)
+def test_fused_update_gives_the_numpy_expressions_bits(name, dtype, shape, isa, num_threads,
+                                                       monkeypatch):
+    # Adam and RMSprop on C-contiguous NumPy arrays run as one pass in the kernels
+    # (_core.adam_update / rmsprop_update) on every instruction set: no product fused into an
+    # FMA, so the weights and the slots are the same bits as the NumPy expressions they
+    # replace (run here by turning the fusion off)
     num_threads(2)
+    kernel, make, slots = FUSED[name]
     rng = np.random.default_rng(7)
     w0 = rng.standard_normal(shape).astype(dtype)
     grads = [rng.standard_normal(shape).astype(dtype) * 10.0 ** -k for k in range(4)]
     calls = []
-    real = opt_mod._core.adam_update
-    monkeypatch.setattr(opt_mod._core, "adam_update", lambda *a: calls.append(1) or real(*a))
-
+    real = getattr(opt_mod._core, kernel)
+    monkeypatch.setattr(opt_mod._core, kernel, lambda *a: calls.append(1) or real(*a))
     fusable = opt_mod._fusable
 
     def train(fused):
         monkeypatch.setattr(opt_mod, "_fusable", fusable if fused else lambda *a: False)
-        opt = Adam(learning_rate=0.01)
+        opt = make()
         w = w0.copy()
         for g in grads:
             opt.apply([g], [w])
-        return w, opt._slots["momentums"][0], opt._slots["velocities"][0]
+        return [w] + [opt._slots[slot][0] for slot in slots]
 
     numpy_path = train(False)
     assert not calls
@@ -806,6 +815,7 @@ def test_fused_adam_against_float64_reference():
 
 @pytest.mark.parametrize("case", ["strided", "amsgrad"])
 def test_adam_falls_back_to_numpy_where_the_kernel_cannot_take_the_arrays(case, monkeypatch):
+    # (and RMSprop(centered=True) keeps the NumPy expressions: test_rmsprop_golden covers it)
     calls = []
     real = opt_mod._core.adam_update
     monkeypatch.setattr(opt_mod._core, "adam_update", lambda *a: calls.append(1) or real(*a))
@@ -821,7 +831,7 @@ def test_adam_falls_back_to_numpy_where_the_kernel_cannot_take_the_arrays(case, 
     np.testing.assert_allclose(w, want, rtol=1e-12, atol=1e-15)
 
 
-def test_adam_update_kernel_errors():
+def test_update_kernel_errors():
     from fastlstm import _core
     w = np.zeros(4, np.float32)
     ok = dict(gradient=np.ones(4, np.float32), m=np.zeros(4, np.float32), v=np.zeros(4, np.float32))
@@ -840,4 +850,11 @@ def test_adam_update_kernel_errors():
         _core.adam_update(w, ok["gradient"], ok["m"], ok["m"], *scalars)
     with pytest.raises(TypeError, match="variable: expected a numpy array"):
         _core.adam_update([0.0], ok["gradient"], ok["m"], ok["v"], *scalars)
+    rms = (0.9, 0.1, 0.01, 1e-7, 0.5)
+    with pytest.raises(ValueError, match="v and mom: expected arrays that do not overlap"):
+        _core.rmsprop_update(w, ok["gradient"], ok["v"], ok["v"], *rms)
+    with pytest.raises(ValueError, match=r"mom: expected shape \(4,\), got \(3,\)"):
+        _core.rmsprop_update(w, ok["gradient"], ok["v"], np.zeros(3, np.float32), *rms)
     np.testing.assert_array_equal(w, 0)                                   # nothing written
+    _core.rmsprop_update(w, ok["gradient"], ok["v"], None, *rms)        # mom None: no momentum
+    np.testing.assert_allclose(w, -0.01 / np.sqrt(0.1 + 1e-7), rtol=1e-6)

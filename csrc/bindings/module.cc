@@ -221,33 +221,72 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   return out;
 }
 
-// One Adam step in place (cpu::adam): w, m, v updated; g, m, v of w's dtype and shape, all
-// C-contiguous, w, m and v writeable, no two of the four overlapping.
+// The arrays of an element-wise optimizer step (cpu::adam, cpu::rmsprop), checked: each of
+// dtype Real and the variable's shape, C-contiguous, writeable when the step updates it, no
+// two overlapping; an optional one may be None (nullptr). Returns their data.
+struct UpdateArray {
+  py::object obj;
+  const char* name;
+  bool written;
+  bool optional;
+};
+template <typename Real>
+std::vector<Real*> update_arrays(const py::array& w, const std::vector<UpdateArray>& arrays) {
+  const std::vector<int64_t> shape(w.shape(), w.shape() + w.ndim());
+  const int64_t n = static_cast<int64_t>(w.size());
+  std::vector<Real*> data;
+  for (const auto& a : arrays) {
+    data.push_back(const_cast<Real*>(input<Real>(a.obj, a.name, shape, a.optional)));
+    if (data.back() && a.written && !py::reinterpret_borrow<py::array>(a.obj).writeable())
+      throw py::value_error(std::string(a.name) + ": expected a writeable array");
+  }
+  for (size_t i = 0; i < data.size(); ++i)
+    for (size_t j = i + 1; j < data.size(); ++j)
+      if (n > 0 && data[i] && data[j] && data[i] < data[j] + n && data[j] < data[i] + n)
+        throw py::value_error(std::string(arrays[i].name) + " and " + arrays[j].name +
+                              ": expected arrays that do not overlap");
+  return data;
+}
+
+// One Adam step in place (cpu::adam): variable, m and v updated.
 template <typename Real>
 void adam_impl(const py::array& w, const py::object& g, const py::object& m, const py::object& v,
                double c1, double c2, double alpha, double epsilon) {
-  const std::vector<int64_t> shape(w.shape(), w.shape() + w.ndim());
+  const auto d = update_arrays<Real>(
+      w, {{w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, false}, {v, "v", true, false}});
   cpu::AdamArgs<Real> a;
-  a.w = const_cast<Real*>(input<Real>(w, "variable", shape));
-  a.g = input<Real>(g, "gradient", shape);
-  a.m = const_cast<Real*>(input<Real>(m, "m", shape));
-  a.v = const_cast<Real*>(input<Real>(v, "v", shape));
-  for (const auto& [obj, name] : {std::pair<py::object, const char*>{w, "variable"}, {m, "m"}, {v, "v"}})
-    if (!py::reinterpret_borrow<py::array>(obj).writeable())
-      throw py::value_error(std::string(name) + ": expected a writeable array");
+  a.w = d[0];
+  a.g = d[1];
+  a.m = d[2];
+  a.v = d[3];
   a.n = static_cast<int64_t>(w.size());
-  const Real* starts[4] = {a.w, a.g, a.m, a.v};
-  const char* names[4] = {"variable", "gradient", "m", "v"};
-  for (int i = 0; i < 4; ++i)
-    for (int j = i + 1; j < 4; ++j)
-      if (a.n > 0 && starts[i] < starts[j] + a.n && starts[j] < starts[i] + a.n)
-        throw py::value_error(std::string(names[i]) + " and " + names[j] + ": expected arrays that do not overlap");
   a.c1 = static_cast<Real>(c1);
   a.c2 = static_cast<Real>(c2);
   a.alpha = static_cast<Real>(alpha);
   a.epsilon = static_cast<Real>(epsilon);
   py::gil_scoped_release release;
   cpu::adam(a);
+}
+
+// One RMSprop step in place (cpu::rmsprop): variable, v and mom (when given) updated.
+template <typename Real>
+void rmsprop_impl(const py::array& w, const py::object& g, const py::object& v, const py::object& mom,
+                  double rho, double c, double lr, double epsilon, double momentum) {
+  const auto d = update_arrays<Real>(
+      w, {{w, "variable", true, false}, {g, "gradient", false, false}, {v, "v", true, false}, {mom, "mom", true, true}});
+  cpu::RmspropArgs<Real> a;
+  a.w = d[0];
+  a.g = d[1];
+  a.v = d[2];
+  a.mom = d[3];
+  a.n = static_cast<int64_t>(w.size());
+  a.rho = static_cast<Real>(rho);
+  a.c = static_cast<Real>(c);
+  a.lr = static_cast<Real>(lr);
+  a.epsilon = static_cast<Real>(epsilon);
+  a.momentum = static_cast<Real>(momentum);
+  py::gil_scoped_release release;
+  cpu::rmsprop(a);
 }
 
 // a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
@@ -393,6 +432,23 @@ PYBIND11_MODULE(_core, m) {
       "One Adam step in place, each element: m += (g - m) * c1; v += (g * g - v) * c2; "
       "variable -= (m * alpha) / (sqrt(v) + epsilon). The four arrays: one shape, one dtype (float32 "
       "or float64), C-contiguous, not overlapping; the scalars are rounded to that dtype.");
+
+  m.def(
+      "rmsprop_update",
+      [](py::object w, py::object g, py::object v, py::object mom, double rho, double c, double lr,
+         double epsilon, double momentum) {
+        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
+        py::array wa = py::reinterpret_borrow<py::array>(w);
+        if (is_double(w, "variable"))
+          rmsprop_impl<double>(wa, g, v, mom, rho, c, lr, epsilon, momentum);
+        else
+          rmsprop_impl<float>(wa, g, v, mom, rho, c, lr, epsilon, momentum);
+      },
+      py::arg("variable"), py::arg("gradient"), py::arg("v"), py::arg("mom"), py::arg("rho"), py::arg("c"),
+      py::arg("lr"), py::arg("epsilon"), py::arg("momentum"),
+      "One RMSprop step in place (not centered), each element: v = v * rho + c * (g * g); "
+      "step = (lr * g) / sqrt(v + epsilon); variable -= step, or with mom (None: no momentum) "
+      "mom = mom * momentum + step, variable -= mom. Arrays as for adam_update.");
 
   m.def(
       "matmul",

@@ -59,6 +59,20 @@ struct AdamArgs {
   Real c1 = 0, c2 = 0, alpha = 0, epsilon = 0;
 };
 
+// One RMSprop step in place over n elements (fastlstm.optimizers.RMSprop, not centered), each:
+//   v = v * rho + c * (g * g);   step = (lr * g) / sqrt(v + epsilon);
+//   w -= step, or with mom: mom = mom * momentum + step; w -= mom
+// with c = 1 - rho. The arrays are contiguous and do not overlap; mom may be null.
+template <typename Real>
+struct RmspropArgs {
+  Real* w = nullptr;
+  const Real* g = nullptr;
+  Real* v = nullptr;
+  Real* mom = nullptr;
+  int64_t n = 0;
+  Real rho = 0, c = 0, lr = 0, epsilon = 0, momentum = 0;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward_f32)(const ForwardArgs<float>&, const PackedWeights*);
@@ -73,6 +87,8 @@ struct KernelTable {
   void (*transpose_f64)(const double* src, int64_t rows, int64_t cols, int64_t lds, double* dst);
   void (*adam_f32)(const AdamArgs<float>&);
   void (*adam_f64)(const AdamArgs<double>&);
+  void (*rmsprop_f32)(const RmspropArgs<float>&);
+  void (*rmsprop_f64)(const RmspropArgs<double>&);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -110,6 +126,9 @@ void transpose(const double* src, int64_t rows, int64_t cols, int64_t lds, doubl
 // An Adam step (AdamArgs), on the kernels' threads when large.
 void adam(const AdamArgs<float>& a);
 void adam(const AdamArgs<double>& a);
+// An RMSprop step (RmspropArgs), likewise.
+void rmsprop(const RmspropArgs<float>& a);
+void rmsprop(const RmspropArgs<double>& a);
 
 }  // namespace cpu
 }  // namespace fastlstm

@@ -201,6 +201,8 @@ void transpose(const float* s, int64_t rows, int64_t cols, int64_t lds, float* d
 void transpose(const double* s, int64_t rows, int64_t cols, int64_t lds, double* d) { active().transpose_f64(s, rows, cols, lds, d); }
 void adam(const AdamArgs<float>& a) { active().adam_f32(a); }
 void adam(const AdamArgs<double>& a) { active().adam_f64(a); }
+void rmsprop(const RmspropArgs<float>& a) { active().rmsprop_f32(a); }
+void rmsprop(const RmspropArgs<double>& a) { active().rmsprop_f64(a); }
 
 }  // namespace cpu
 }  // namespace fastlstm

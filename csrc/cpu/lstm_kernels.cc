@@ -1260,29 +1260,65 @@ void adam_range(const AdamArgs<Real>& a, int64_t begin, int64_t end) {
   }
 }
 
+// RMSprop (RmspropArgs), in the same way (one pass, no fused products: NumPy's bits).
 template <typename Real>
-void adam_task(void* p, int tid, int nthreads) {
-  const auto& a = *static_cast<const AdamArgs<Real>*>(p);
-  constexpr int64_t line = 64 / sizeof(Real);
+void rmsprop_range(const RmspropArgs<Real>& a, int64_t begin, int64_t end) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  const auto rho = V::set1(a.rho), c = V::set1(a.c), lr = V::set1(a.lr), eps = V::set1(a.epsilon);
+  const auto momentum = V::set1(a.momentum);
+  int64_t i = begin;
+  for (; i + N <= end; i += N) {
+    const auto g = V::load(a.g + i);
+    const auto v = V::add(unfused(V::mul(V::load(a.v + i), rho)), unfused(V::mul(c, unfused(V::mul(g, g)))));
+    V::store(a.v + i, v);
+    auto step = V::div(V::mul(lr, g), V::sqrt(V::add(v, eps)));
+    if (a.mom) {
+      step = V::add(unfused(V::mul(V::load(a.mom + i), momentum)), step);
+      V::store(a.mom + i, step);
+    }
+    V::store(a.w + i, V::sub(V::load(a.w + i), step));
+  }
+  for (; i < end; ++i) {  // the last elements (fewer than N)
+    const Real g = a.g[i];
+    const Real v = unfused(a.v[i] * a.rho) + unfused(a.c * unfused(g * g));
+    a.v[i] = v;
+    Real step = (a.lr * g) / std::sqrt(v + a.epsilon);
+    if (a.mom) a.mom[i] = step = unfused(a.mom[i] * a.momentum) + step;
+    a.w[i] -= step;
+  }
+}
+
+// Threads take contiguous ranges of whole cache lines of an element-wise update of n elements.
+template <typename Args, void (*range)(const Args&, int64_t, int64_t)>
+void elementwise_task(void* p, int tid, int nthreads) {
+  const auto& a = *static_cast<const Args*>(p);
+  constexpr int64_t line = 64 / sizeof(*a.w);
   const int64_t share = ceil_div(ceil_div(a.n, line), nthreads) * line;
-  adam_range(a, imin(a.n, tid * share), imin(a.n, (tid + 1) * share));
+  range(a, imin(a.n, tid * share), imin(a.n, (tid + 1) * share));
 }
 
 // Below this many elements an update runs on one thread.
-constexpr int64_t kParallelAdamElements = int64_t(1) << 16;
+constexpr int64_t kParallelUpdateElements = int64_t(1) << 16;
+
+template <typename Args, void (*range)(const Args&, int64_t, int64_t)>
+void elementwise(const Args& a) {
+  if (a.n <= 0) return;
+  const int nthreads = a.n < kParallelUpdateElements ? 1 : threads_for_run();
+  run(&elementwise_task<Args, range>, const_cast<Args*>(&a), nthreads, nullptr);
+}
 
 template <typename Real>
-void adam(const AdamArgs<Real>& a) {
-  if (a.n <= 0) return;
-  const int nthreads = a.n < kParallelAdamElements ? 1 : threads_for_run();
-  run(&adam_task<Real>, const_cast<AdamArgs<Real>*>(&a), nthreads, nullptr);
-}
+void adam(const AdamArgs<Real>& a) { elementwise<AdamArgs<Real>, &adam_range<Real>>(a); }
+template <typename Real>
+void rmsprop(const RmspropArgs<Real>& a) { elementwise<RmspropArgs<Real>, &rmsprop_range<Real>>(a); }
 
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
                                  &backward<float>, &backward<double>, &pack<float>, &pack<double>,
                                  &matmul<float>, &matmul<double>, &transpose<float>,
-                                 &transpose<double>, &adam<float>, &adam<double>};
+                                 &transpose<double>, &adam<float>, &adam<double>,
+                                 &rmsprop<float>, &rmsprop<double>};
   return table;
 }
 

@@ -63,6 +63,13 @@ def adam_update(variable: np.ndarray, gradient: np.ndarray, m: np.ndarray, v: np
     variable -= (m alpha) / (sqrt(v) + epsilon). One shape and float dtype, C-contiguous,
     not overlapping; the same bits as those NumPy expressions."""
 
+def rmsprop_update(variable: np.ndarray, gradient: np.ndarray, v: np.ndarray,
+                   mom: Optional[np.ndarray], rho: float, c: float, lr: float, epsilon: float,
+                   momentum: float) -> None:
+    """One RMSprop step in place (not centered): v = v rho + c g g;
+    step = lr g / sqrt(v + epsilon); variable -= step, or mom = mom momentum + step and
+    variable -= mom. Arrays as for adam_update."""
+
 def compiled_isas() -> List[str]: ...
 def supported_isas() -> List[str]: ...
 def get_isa() -> str: ...

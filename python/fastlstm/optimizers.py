@@ -622,6 +622,13 @@ class RMSprop(Optimizer):
         lr = t(learning_rate)
         rho = t(self.rho)
         velocity = self.get_slot("velocities", variable)
+        mom = self.get_slot("momentums", variable) if self.momentum > 0 else None
+        if not self.centered and _fusable(variable, gradient, velocity,
+                                          *([] if mom is None else [mom])):
+            # the same element-wise arithmetic in one pass on the kernels' threads (NOTES 53)
+            _core.rmsprop_update(variable, gradient, velocity, mom, self.rho, 1 - self.rho,
+                                 float(lr), self.epsilon, self.momentum)
+            return
         velocity *= rho
         velocity += t(1 - self.rho) * xp.square(gradient)
         if self.centered:
