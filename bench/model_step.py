@@ -11,7 +11,9 @@ NumPy's `@` back into the Dense layers (a monkeypatch of fastlstm.layers._matmul
 the library as shipped. Reports the median step time with min and max, and blas/own.
 With `--compare adam` (or `rmsprop`: the model then trains with RMSprop), "numpy" runs the
 optimizer's update as NumPy expressions (a monkeypatch of fastlstm.optimizers._fusable) and
-"fused" as shipped (one pass in the kernels, the same bits).
+"fused" as shipped (one pass in the kernels, the same bits). With `--compare embedding` the
+model reads token ids through an Embedding(5000, I) first; "add.at" computes its weight
+gradient with numpy.add.at, "kernel" as shipped (_core.index_add_rows, the same bits).
 
     python bench/model_step.py
     python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
@@ -40,21 +42,28 @@ def numpy_matmul(a, b, bias=None):
 # What each comparison sets for its two variants (the second is the library as shipped).
 COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
                "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms"),
-               "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms")}
+               "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms"),
+               "embedding": ("add.at", "kernel", "numpy.add.at ms", "index_add_rows ms")}
+VOCABULARY = 5000   # (--compare embedding: token ids in [1, 5000), an Embedding of I features)
 
 
 def measure(config, units, rounds, steps, compare="matmul"):
     import fastlstm
-    from fastlstm import layers, losses, models, optimizers
+    from fastlstm import _device, layers, losses, models, optimizers
     T, B, I, H = config
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
     y = rng.integers(0, units, (B * steps,))
     fastlstm.utils.set_random_seed(0)
-    model = models.Sequential([layers.Input((T, I)), layers.LSTM(H), layers.Dense(units)])
+    if compare == "embedding":
+        x = rng.integers(1, VOCABULARY, (B * steps, T))
+        head = [layers.Input((T,), dtype="int64"), layers.Embedding(VOCABULARY, I)]
+    else:
+        x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
+        head = [layers.Input((T, I))]
+    model = models.Sequential(head + [layers.LSTM(H), layers.Dense(units)])
     model.compile(optimizer="rmsprop" if compare == "rmsprop" else "adam",
                   loss=losses.SparseCategoricalCrossentropy(from_logits=True))
-    own, fusable = layers._matmul, optimizers._fusable
+    own, fusable, index_add = layers._matmul, optimizers._fusable, _device.index_add_rows
     old, new = COMPARISONS[compare][:2]
     times = {old: [], new: []}
     try:
@@ -62,12 +71,13 @@ def measure(config, units, rounds, steps, compare="matmul"):
             for name in ((old, new) if r % 2 == 0 else (new, old)):
                 layers._matmul = numpy_matmul if name == "blas" else own
                 optimizers._fusable = (lambda *a: False) if name == "numpy" else fusable
+                _device.index_add_rows = np.add.at if name == "add.at" else index_add
                 t0 = time.perf_counter()
                 model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
                 if r > 0:                       # (round 0: warm-up)
                     times[name].append((time.perf_counter() - t0) / steps)
     finally:
-        layers._matmul, optimizers._fusable = own, fusable
+        layers._matmul, optimizers._fusable, _device.index_add_rows = own, fusable, index_add
     return times
 
 
@@ -81,7 +91,8 @@ def main(argv=None):
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default="matmul",
                         help="matmul: NumPy's BLAS against the kernels' product in the Dense "
                              "layer; adam, rmsprop: that optimizer's update as NumPy "
-                             "expressions against the fused one")
+                             "expressions against the fused one; embedding: an Embedding's "
+                             "gradient by numpy.add.at against the kernels' loop")
     args = parser.parse_args(argv)
     cases = [(args.config, args.units)] if args.config else DEFAULT
     old, new, old_title, new_title = COMPARISONS[args.compare]

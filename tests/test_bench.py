@@ -467,17 +467,18 @@ def _bench_script(name):
 
 @pytest.mark.parametrize("compare, names", [("matmul", ("blas", "own")),
                                              ("adam", ("numpy", "fused")),
-                                             ("rmsprop", ("numpy", "fused"))])
+                                             ("rmsprop", ("numpy", "fused")),
+                                             ("embedding", ("add.at", "kernel"))])
 def test_model_step_script_runs_both_ways(compare, names, tmp_path, capsys):
     # bench/model_step.py (NOTES 50, 53) at a tiny size: one row, both contenders timed, and
     # the Dense layers' product and Adam's fused update put back as shipped afterwards
-    from fastlstm import layers, optimizers
-    shipped = layers._matmul, optimizers._fusable
+    from fastlstm import _device, layers, optimizers
+    shipped = layers._matmul, optimizers._fusable, _device.index_add_rows
     script = _bench_script("model_step")
     out = tmp_path / "m.json"
     script.main(["--config", "3,2,4,5", "--units", "3", "--rounds", "2", "--steps", "2",
                  "--compare", compare, "--json", str(out)])
-    assert (layers._matmul, optimizers._fusable) == shipped
+    assert (layers._matmul, optimizers._fusable, _device.index_add_rows) == shipped
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert result["compare"] == compare and len(rows) == 1 and rows[0]["config"] == [3, 2, 4, 5]

@@ -936,3 +936,54 @@ def test_gpu_tests_skip_here_with_a_reason():
         pytest.skip("CUDA is usable here: the GPU tests run")
     assert gpu.kwargs["reason"].startswith("the CUDA device is not usable here: ")
     assert gpu.args == (True,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D", [1, 7, 16, 33])                  # tails and whole vectors
+def test_index_add_rows_on_numpy_is_add_at_bit_for_bit(dtype, D, isa, monkeypatch):
+    # NumPy arrays take the kernels' one-pass loop (_core.index_add_rows), every ISA: the same
+    # sums in numpy.add.at's order, so the same bits, with repeated and negative indices
+    from fastlstm import _core
+    calls = []
+    real = _core.index_add_rows
+    monkeypatch.setattr(_core, "index_add_rows", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(D)
+    start = rng.standard_normal((9, D)).astype(dtype)
+    index = rng.integers(-9, 9, size=200).astype(np.int32)       # (converted to int64)
+    values = (rng.standard_normal((200, D)) * 10.0 ** rng.integers(-6, 6, (200, 1))).astype(dtype)
+    expected = start.copy()
+    np.add.at(expected, index, values)
+    got = start.copy()
+    _device.index_add_rows(got, index, values)
+    assert calls == [1]
+    np.testing.assert_array_equal(got, expected)
+    # a layout the kernel does not take (a strided view) still gets numpy.add.at
+    wide = np.zeros((9, 2 * D), dtype)
+    got_view = wide[:, ::2]
+    got_view[...] = start
+    _device.index_add_rows(got_view, index, values)
+    assert calls == [1]
+    np.testing.assert_array_equal(got_view, expected)
+
+
+def test_index_add_rows_kernel_errors():
+    from fastlstm import _core
+    target = np.zeros((4, 3), np.float32)
+    values = np.ones((2, 3), np.float32)
+    with pytest.raises(IndexError, match="index 4 is out of bounds for axis 0 with size 4"):
+        _core.index_add_rows(target, np.array([0, 4]), values)
+    with pytest.raises(IndexError, match="index -5 is out of bounds"):
+        _core.index_add_rows(target, np.array([-5, 0]), values)
+    np.testing.assert_array_equal(target, 0)                 # checked before any row changed
+    with pytest.raises(TypeError, match="values: expected dtype float32, got float64"):
+        _core.index_add_rows(target, np.array([0, 1]), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"values: expected shape \(2, 3\), got \(2, 2\)"):
+        _core.index_add_rows(target, np.array([0, 1]), np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="target and values: expected arrays that do not overlap"):
+        _core.index_add_rows(target, np.array([0, 1]), target[:2])
+    frozen = np.zeros((4, 3), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="target: expected a writeable array"):
+        _core.index_add_rows(frozen, np.array([0, 1]), values)
+    with pytest.raises(TypeError, match="index: expected dtype int64"):
+        _core.index_add_rows(target, np.array([0.0, 1.0]), values)

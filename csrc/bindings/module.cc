@@ -289,6 +289,34 @@ void rmsprop_impl(const py::array& w, const py::object& g, const py::object& v, 
   cpu::rmsprop(a);
 }
 
+// target[index[i]] += values[i] for every i (cpu::index_add_rows): target (V, D) C-contiguous
+// and writeable, index (n,) int64 in [-V, V) (negative ones count from the end, as in NumPy),
+// values (n, D) C-contiguous, of target's dtype. Every index is checked before any row changes.
+template <typename Real>
+void index_add_rows_impl(const py::array& target, const py::object& index, const py::object& values) {
+  if (target.ndim() != 2) throw py::value_error("target: expected a 2-D array");
+  const int64_t rows = target.shape(0), D = target.shape(1);
+  Real* t = const_cast<Real*>(input<Real>(target, "target", {rows, D}));
+  if (!target.writeable()) throw py::value_error("target: expected a writeable array");
+  if (!py::isinstance<py::array>(index) || py::reinterpret_borrow<py::array>(index).ndim() != 1)
+    throw py::value_error("index: expected a 1-D array");
+  const int64_t n = py::reinterpret_borrow<py::array>(index).shape(0);
+  const int64_t* idx = input<int64_t>(index, "index", {n});
+  const Real* v = input<Real>(values, "values", {n, D});
+  std::vector<int64_t> wrapped(idx, idx + n);
+  for (int64_t& r : wrapped) {
+    if (r < -rows || r >= rows)
+      throw py::index_error("index " + std::to_string(r) + " is out of bounds for axis 0 with size " +
+                            std::to_string(rows));
+    if (r < 0) r += rows;
+  }
+  const Real* tv = t;
+  if (n > 0 && rows > 0 && D > 0 && v < tv + rows * D && tv < v + n * D)
+    throw py::value_error("target and values: expected arrays that do not overlap");
+  py::gil_scoped_release release;
+  cpu::index_add_rows(t, D, wrapped.data(), n, v);
+}
+
 // a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
 // dtype Real with any strides that are whole elements (views, transposes), bias C-contiguous.
 template <typename Real>
@@ -449,6 +477,20 @@ PYBIND11_MODULE(_core, m) {
       "One RMSprop step in place (not centered), each element: v = v * rho + c * (g * g); "
       "step = (lr * g) / sqrt(v + epsilon); variable -= step, or with mom (None: no momentum) "
       "mom = mom * momentum + step, variable -= mom. Arrays as for adam_update.");
+
+  m.def(
+      "index_add_rows",
+      [](py::object target, py::object index, py::object values) {
+        if (!py::isinstance<py::array>(target)) throw py::type_error("target: expected a numpy array");
+        py::array ta = py::reinterpret_borrow<py::array>(target);
+        if (is_double(target, "target"))
+          index_add_rows_impl<double>(ta, index, values);
+        else
+          index_add_rows_impl<float>(ta, index, values);
+      },
+      py::arg("target"), py::arg("index"), py::arg("values"),
+      "target[index[i]] += values[i] for every i, in order (numpy.add.at's sums, bit for bit): "
+      "target (V, D) float32/float64 C-contiguous, index (n,) int64 in [-V, V), values (n, D).");
 
   m.def(
       "matmul",

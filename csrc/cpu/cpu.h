@@ -89,6 +89,8 @@ struct KernelTable {
   void (*adam_f64)(const AdamArgs<double>&);
   void (*rmsprop_f32)(const RmspropArgs<float>&);
   void (*rmsprop_f64)(const RmspropArgs<double>&);
+  void (*index_add_rows_f32)(float* target, int64_t D, const int64_t* rows, int64_t n, const float* values);
+  void (*index_add_rows_f64)(double* target, int64_t D, const int64_t* rows, int64_t n, const double* values);
 };
 
 namespace scalar { const KernelTable& kernel_table(); }
@@ -129,6 +131,10 @@ void adam(const AdamArgs<double>& a);
 // An RMSprop step (RmspropArgs), likewise.
 void rmsprop(const RmspropArgs<float>& a);
 void rmsprop(const RmspropArgs<double>& a);
+// target[rows[i], :] += values[i, :] for i = 0 .. n-1 in this order (rows valid, already
+// wrapped): numpy.add.at's sums, bit for bit (the Embedding layer's weight gradient).
+void index_add_rows(float* target, int64_t D, const int64_t* rows, int64_t n, const float* values);
+void index_add_rows(double* target, int64_t D, const int64_t* rows, int64_t n, const double* values);
 
 }  // namespace cpu
 }  // namespace fastlstm

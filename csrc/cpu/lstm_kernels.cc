@@ -1313,12 +1313,28 @@ void adam(const AdamArgs<Real>& a) { elementwise<AdamArgs<Real>, &adam_range<Rea
 template <typename Real>
 void rmsprop(const RmspropArgs<Real>& a) { elementwise<RmspropArgs<Real>, &rmsprop_range<Real>>(a); }
 
+// target[rows[i]] += values[i] for i in order (cpu.h): each element's sum in numpy.add.at's
+// order, so the same bits; one thread (the Embedding gradient: B * T rows of D values).
+template <typename Real>
+void index_add_rows(Real* target, int64_t D, const int64_t* rows, int64_t n, const Real* values) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  for (int64_t i = 0; i < n; ++i) {
+    Real* t = target + rows[i] * D;
+    const Real* v = values + i * D;
+    int64_t d = 0;
+    for (; d + N <= D; d += N) V::store(t + d, V::add(V::load(t + d), V::load(v + d)));
+    for (; d < D; ++d) t[d] += v[d];
+  }
+}
+
 const KernelTable& kernel_table() {
   static const KernelTable table{FASTLSTM_STR(FASTLSTM_TARGET), &forward<float>, &forward<double>,
                                  &backward<float>, &backward<double>, &pack<float>, &pack<double>,
                                  &matmul<float>, &matmul<double>, &transpose<float>,
                                  &transpose<double>, &adam<float>, &adam<double>,
-                                 &rmsprop<float>, &rmsprop<double>};
+                                 &rmsprop<float>, &rmsprop<double>, &index_add_rows<float>,
+                                 &index_add_rows<double>};
   return table;
 }
 

@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from . import _core
 from . import cuda as _cuda
 
 __all__ = ["set_device", "get_device", "DEVICES", "ENV_VAR", "Device"]
@@ -267,13 +268,22 @@ def index_add_rows(target, index, values):
     """``target[index[n]] += values[n]`` for every n, repeated indices accumulating
     (numpy.add.at). target (V, D), index (N,) integers in [0, V), values (N, D).
 
-    NumPy: ``numpy.add.at``. Other modules: the rows are sorted by index and summed within
+    NumPy: the kernels' ``_core.index_add_rows`` (``numpy.add.at``'s sums in its order) for
+    C-contiguous float arrays, else ``numpy.add.at``. Other modules: the rows are sorted by index and summed within
     each run of equal indices by a log-step segmented scan, so the sums do not depend on
     timing (CuPy's scatter_add uses atomics, whose order varies, and not for float64).
     """
     xp = array_module(target)
     if xp is np:
-        np.add.at(target, index, values)
+        if (type(target) is np.ndarray and target.dtype in (np.float32, np.float64)
+                and target.ndim == 2 and target.flags.c_contiguous and target.flags.writeable
+                and values.dtype == target.dtype and not np.may_share_memory(target, values)):
+            # the same sums in the same order in one pass (numpy.add.at's per-element loop
+            # cost 0.7 ms of a 20 ms tagger training step; NOTES 55)
+            _core.index_add_rows(target, np.ascontiguousarray(index, dtype=np.int64),
+                                 np.ascontiguousarray(values))
+        else:
+            np.add.at(target, index, values)
         return
     n = index.shape[0]
     if n == 0:
