@@ -1432,11 +1432,13 @@ class LSTM(Layer):
         y = y_tm.transpose(1, 0, 2)                                           # (B, T, H)
         fill_last = zero_last = None
         if self.return_sequences:
-            y = xp.ascontiguousarray(y)
             if scatter is not None:
-                y = _devices.take_along_time(y, scatter)
-            if self.go_backwards:
-                y = xp.ascontiguousarray(y[:, ::-1])
+                y = _devices.take_along_time(xp.ascontiguousarray(y), scatter)
+                if self.go_backwards:
+                    y = xp.ascontiguousarray(y[:, ::-1])
+            else:   # (reversed in time, if at all, by the one copy to batch-major)
+                y = xp.ascontiguousarray(y_tm[::-1].transpose(1, 0, 2) if self.go_backwards
+                                         else y)
             if mask is not None:
                 m = mask[:, ::-1] if self.go_backwards else mask
                 # steps after the last valid one repeat the final output (Keras)
@@ -1776,10 +1778,10 @@ class Bidirectional(_Wrapper):
             dyf, dyb = dy * yb, dy * yf
         if self.return_sequences:
             dyb = dyb[:, ::-1]
-        xp = self._xp
         want = self._input_grad_wanted
-        dxf = _backward_wanting(self.forward_layer, xp.ascontiguousarray(dyf), want)
-        dxb = _backward_wanting(self.backward_layer, xp.ascontiguousarray(dyb), want)
+        # (views: each LSTM's backward makes its one time-major copy from them)
+        dxf = _backward_wanting(self.forward_layer, dyf, want)
+        dxb = _backward_wanting(self.backward_layer, dyb, want)
         self.grads = list(self.forward_layer.grads) + list(self.backward_layer.grads)
         return dxf + dxb if want else None
 
