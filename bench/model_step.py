@@ -9,7 +9,7 @@ the cores with them. The model's Dense layers therefore use the kernels' product
 `LSTM(H)` + `Dense(units)` both ways in one process, in alternating blocks: "blas" puts
 NumPy's `@` back into the Dense layers (a monkeypatch of fastlstm.layers._matmul), "own" is
 the library as shipped. Reports the median step time with min and max, and blas/own.
-With `--compare adam` (or `rmsprop`: the model then trains with RMSprop), "numpy" runs the
+With `--compare adam` (or `rmsprop`, `sgd`: the model then trains with that), "numpy" runs the
 optimizer's update as NumPy expressions (a monkeypatch of fastlstm.optimizers._fusable) and
 "fused" as shipped (one pass in the kernels, the same bits). With `--compare embedding` the
 model reads token ids through an Embedding(5000, I) first; "add.at" computes its weight
@@ -43,6 +43,7 @@ def numpy_matmul(a, b, bias=None):
 COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
                "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms"),
                "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms"),
+               "sgd": ("numpy", "fused", "NumPy SGD ms", "fused SGD ms"),
                "embedding": ("add.at", "kernel", "numpy.add.at ms", "index_add_rows ms")}
 VOCABULARY = 5000   # (--compare embedding: token ids in [1, 5000), an Embedding of I features)
 
@@ -61,7 +62,7 @@ def measure(config, units, rounds, steps, compare="matmul"):
         x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
         head = [layers.Input((T, I))]
     model = models.Sequential(head + [layers.LSTM(H), layers.Dense(units)])
-    model.compile(optimizer="rmsprop" if compare == "rmsprop" else "adam",
+    model.compile(optimizer=compare if compare in ("rmsprop", "sgd") else "adam",
                   loss=losses.SparseCategoricalCrossentropy(from_logits=True))
     own, fusable, index_add = layers._matmul, optimizers._fusable, _device.index_add_rows
     old, new = COMPARISONS[compare][:2]
@@ -90,7 +91,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write every time here")
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default="matmul",
                         help="matmul: NumPy's BLAS against the kernels' product in the Dense "
-                             "layer; adam, rmsprop: that optimizer's update as NumPy "
+                             "layer; adam, rmsprop, sgd: that optimizer's update as NumPy "
                              "expressions against the fused one; embedding: an Embedding's "
                              "gradient by numpy.add.at against the kernels' loop")
     args = parser.parse_args(argv)

@@ -468,6 +468,7 @@ def _bench_script(name):
 @pytest.mark.parametrize("compare, names", [("matmul", ("blas", "own")),
                                              ("adam", ("numpy", "fused")),
                                              ("rmsprop", ("numpy", "fused")),
+                                             ("sgd", ("numpy", "fused")),
                                              ("embedding", ("add.at", "kernel"))])
 def test_model_step_script_runs_both_ways(compare, names, tmp_path, capsys):
     # bench/model_step.py (NOTES 50, 53) at a tiny size: one row, both contenders timed, and

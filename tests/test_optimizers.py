@@ -762,7 +762,11 @@ def test_schedules_staircase_warmup_config_and_out_of_range_values():
 FUSED = {"adam": ("adam_update", lambda: Adam(learning_rate=0.01), ("momentums", "velocities")),
          "rmsprop": ("rmsprop_update", lambda: RMSprop(learning_rate=0.01), ("velocities",)),
          "rmsprop_momentum": ("rmsprop_update", lambda: RMSprop(learning_rate=0.01, momentum=0.9),
-                              ("velocities", "momentums"))}
+                              ("velocities", "momentums")),
+         "sgd": ("sgd_update", lambda: SGD(learning_rate=0.1), ()),
+         "sgd_momentum": ("sgd_update", lambda: SGD(learning_rate=0.1, momentum=0.9), ("momentums",)),
+         "sgd_nesterov": ("sgd_update", lambda: SGD(learning_rate=0.1, momentum=0.9, nesterov=True),
+                          ("momentums",))}
 
 
 @pytest.mark.parametrize("name", sorted(FUSED))
@@ -770,8 +774,8 @@ FUSED = {"adam": ("adam_update", lambda: Adam(learning_rate=0.01), ("momentums",
 @pytest.mark.parametrize("shape", [(7,), (33, 5), (300, 257)])   # a tail only, tails, 2 threads
 def test_fused_update_gives_the_numpy_expressions_bits(name, dtype, shape, isa, num_threads,
                                                        monkeypatch):
-    # Adam and RMSprop on C-contiguous NumPy arrays run as one pass in the kernels
-    # (_core.adam_update / rmsprop_update) on every instruction set: no product fused into an
+    # Adam, RMSprop and SGD on C-contiguous NumPy arrays run as one pass in the kernels
+    # (_core.adam_update / rmsprop_update / sgd_update) on every instruction set: no product fused into an
     # FMA, so the weights and the slots are the same bits as the NumPy expressions they
     # replace (run here by turning the fusion off)
     num_threads(2)

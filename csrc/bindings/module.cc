@@ -317,6 +317,23 @@ void index_add_rows_impl(const py::array& target, const py::object& index, const
   cpu::index_add_rows(t, D, wrapped.data(), n, v);
 }
 
+// One SGD step in place (cpu::sgd): variable and m (when given) updated.
+template <typename Real>
+void sgd_impl(const py::array& w, const py::object& g, const py::object& m, double lr, double momentum,
+              bool nesterov) {
+  const auto d = update_arrays<Real>(w, {{w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, true}});
+  cpu::SgdArgs<Real> a;
+  a.w = d[0];
+  a.g = d[1];
+  a.m = d[2];
+  a.n = static_cast<int64_t>(w.size());
+  a.lr = static_cast<Real>(lr);
+  a.momentum = static_cast<Real>(momentum);
+  a.nesterov = nesterov;
+  py::gil_scoped_release release;
+  cpu::sgd(a);
+}
+
 // a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
 // dtype Real with any strides that are whole elements (views, transposes), bias C-contiguous.
 template <typename Real>
@@ -477,6 +494,22 @@ PYBIND11_MODULE(_core, m) {
       "One RMSprop step in place (not centered), each element: v = v * rho + c * (g * g); "
       "step = (lr * g) / sqrt(v + epsilon); variable -= step, or with mom (None: no momentum) "
       "mom = mom * momentum + step, variable -= mom. Arrays as for adam_update.");
+
+  m.def(
+      "sgd_update",
+      [](py::object w, py::object g, py::object m, double lr, double momentum, bool nesterov) {
+        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
+        py::array wa = py::reinterpret_borrow<py::array>(w);
+        if (is_double(w, "variable"))
+          sgd_impl<double>(wa, g, m, lr, momentum, nesterov);
+        else
+          sgd_impl<float>(wa, g, m, lr, momentum, nesterov);
+      },
+      py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("lr"), py::arg("momentum"),
+      py::arg("nesterov"),
+      "One SGD step in place, each element: with m None, variable -= g * lr; else "
+      "m = m * momentum - g * lr, then variable += m (nesterov: += m * momentum - g * lr). "
+      "Arrays as for adam_update.");
 
   m.def(
       "index_add_rows",

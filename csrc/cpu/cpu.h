@@ -73,6 +73,19 @@ struct RmspropArgs {
   Real rho = 0, c = 0, lr = 0, epsilon = 0, momentum = 0;
 };
 
+// One SGD step in place over n elements (fastlstm.optimizers.SGD), each element:
+//   without m: w -= g * lr;   with m: m = m * momentum - g * lr, then w += m, or with
+//   nesterov w += m * momentum - g * lr (the updated m). Contiguous, not overlapping.
+template <typename Real>
+struct SgdArgs {
+  Real* w = nullptr;
+  const Real* g = nullptr;
+  Real* m = nullptr;
+  int64_t n = 0;
+  Real lr = 0, momentum = 0;
+  bool nesterov = false;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward_f32)(const ForwardArgs<float>&, const PackedWeights*);
@@ -89,6 +102,8 @@ struct KernelTable {
   void (*adam_f64)(const AdamArgs<double>&);
   void (*rmsprop_f32)(const RmspropArgs<float>&);
   void (*rmsprop_f64)(const RmspropArgs<double>&);
+  void (*sgd_f32)(const SgdArgs<float>&);
+  void (*sgd_f64)(const SgdArgs<double>&);
   void (*index_add_rows_f32)(float* target, int64_t D, const int64_t* rows, int64_t n, const float* values);
   void (*index_add_rows_f64)(double* target, int64_t D, const int64_t* rows, int64_t n, const double* values);
 };
@@ -131,6 +146,8 @@ void adam(const AdamArgs<double>& a);
 // An RMSprop step (RmspropArgs), likewise.
 void rmsprop(const RmspropArgs<float>& a);
 void rmsprop(const RmspropArgs<double>& a);
+void sgd(const SgdArgs<float>& a);
+void sgd(const SgdArgs<double>& a);
 // target[rows[i], :] += values[i, :] for i = 0 .. n-1 in this order (rows valid, already
 // wrapped): numpy.add.at's sums, bit for bit (the Embedding layer's weight gradient).
 void index_add_rows(float* target, int64_t D, const int64_t* rows, int64_t n, const float* values);

@@ -203,6 +203,8 @@ void adam(const AdamArgs<float>& a) { active().adam_f32(a); }
 void adam(const AdamArgs<double>& a) { active().adam_f64(a); }
 void rmsprop(const RmspropArgs<float>& a) { active().rmsprop_f32(a); }
 void rmsprop(const RmspropArgs<double>& a) { active().rmsprop_f64(a); }
+void sgd(const SgdArgs<float>& a) { active().sgd_f32(a); }
+void sgd(const SgdArgs<double>& a) { active().sgd_f64(a); }
 void index_add_rows(float* t, int64_t D, const int64_t* r, int64_t n, const float* v) { active().index_add_rows_f32(t, D, r, n, v); }
 void index_add_rows(double* t, int64_t D, const int64_t* r, int64_t n, const double* v) { active().index_add_rows_f64(t, D, r, n, v); }
 

@@ -1289,6 +1289,35 @@ void rmsprop_range(const RmspropArgs<Real>& a, int64_t begin, int64_t end) {
   }
 }
 
+// SGD (SgdArgs), in the same way.
+template <typename Real>
+void sgd_range(const SgdArgs<Real>& a, int64_t begin, int64_t end) {
+  using V = Vec<Real>;
+  constexpr int N = V::N;
+  const auto lr = V::set1(a.lr), momentum = V::set1(a.momentum);
+  int64_t i = begin;
+  for (; i + N <= end; i += N) {
+    const auto step = unfused(V::mul(V::load(a.g + i), lr));
+    const auto w = V::load(a.w + i);
+    if (!a.m) {
+      V::store(a.w + i, V::sub(w, step));
+      continue;
+    }
+    const auto m = V::sub(unfused(V::mul(V::load(a.m + i), momentum)), step);
+    V::store(a.m + i, m);
+    V::store(a.w + i, V::add(w, a.nesterov ? V::sub(unfused(V::mul(m, momentum)), step) : m));
+  }
+  for (; i < end; ++i) {  // the last elements (fewer than N)
+    const Real step = unfused(a.g[i] * a.lr);
+    if (!a.m) {
+      a.w[i] -= step;
+      continue;
+    }
+    const Real m = a.m[i] = unfused(a.m[i] * a.momentum) - step;
+    a.w[i] += a.nesterov ? unfused(m * a.momentum) - step : m;
+  }
+}
+
 // Threads take contiguous ranges of whole cache lines of an element-wise update of n elements.
 template <typename Args, void (*range)(const Args&, int64_t, int64_t)>
 void elementwise_task(void* p, int tid, int nthreads) {
@@ -1312,6 +1341,8 @@ template <typename Real>
 void adam(const AdamArgs<Real>& a) { elementwise<AdamArgs<Real>, &adam_range<Real>>(a); }
 template <typename Real>
 void rmsprop(const RmspropArgs<Real>& a) { elementwise<RmspropArgs<Real>, &rmsprop_range<Real>>(a); }
+template <typename Real>
+void sgd(const SgdArgs<Real>& a) { elementwise<SgdArgs<Real>, &sgd_range<Real>>(a); }
 
 // target[rows[i]] += values[i] for i in order (cpu.h): each element's sum in numpy.add.at's
 // order, so the same bits; one thread (the Embedding gradient: B * T rows of D values).
@@ -1333,7 +1364,8 @@ const KernelTable& kernel_table() {
                                  &backward<float>, &backward<double>, &pack<float>, &pack<double>,
                                  &matmul<float>, &matmul<double>, &transpose<float>,
                                  &transpose<double>, &adam<float>, &adam<double>,
-                                 &rmsprop<float>, &rmsprop<double>, &index_add_rows<float>,
+                                 &rmsprop<float>, &rmsprop<double>, &sgd<float>, &sgd<double>,
+                                 &index_add_rows<float>,
                                  &index_add_rows<double>};
   return table;
 }

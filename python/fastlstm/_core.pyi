@@ -70,6 +70,11 @@ def rmsprop_update(variable: np.ndarray, gradient: np.ndarray, v: np.ndarray,
     step = lr g / sqrt(v + epsilon); variable -= step, or mom = mom momentum + step and
     variable -= mom. Arrays as for adam_update."""
 
+def sgd_update(variable: np.ndarray, gradient: np.ndarray, m: Optional[np.ndarray], lr: float,
+               momentum: float, nesterov: bool) -> None:
+    """One SGD step in place: m None: variable -= g lr; else m = m momentum - g lr and
+    variable += m (nesterov: += m momentum - g lr). Arrays as for adam_update."""
+
 def compiled_isas() -> List[str]: ...
 def supported_isas() -> List[str]: ...
 def get_isa() -> str: ...

@@ -484,6 +484,11 @@ class SGD(Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         t = variable.dtype.type
         lr = t(learning_rate)
+        m = self.get_slot("momentums", variable) if self.momentum != 0 else None
+        if _fusable(variable, gradient, *([] if m is None else [m])):
+            # the same element-wise arithmetic in one pass on the kernels' threads (NOTES 53)
+            _core.sgd_update(variable, gradient, m, float(lr), self.momentum, self.nesterov)
+            return
         if self.momentum != 0:
             mu = t(self.momentum)
             m = self.get_slot("momentums", variable)
