@@ -12,6 +12,8 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu.h"
@@ -248,46 +250,22 @@ std::vector<Real*> update_arrays(const py::array& w, const std::vector<UpdateArr
   return data;
 }
 
-// One Adam step in place (cpu::adam): variable, m and v updated.
-template <typename Real>
-void adam_impl(const py::array& w, const py::object& g, const py::object& m, const py::object& v,
-               double c1, double c2, double alpha, double epsilon) {
-  const auto d = update_arrays<Real>(
-      w, {{w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, false}, {v, "v", true, false}});
-  cpu::AdamArgs<Real> a;
-  a.w = d[0];
-  a.g = d[1];
-  a.m = d[2];
-  a.v = d[3];
+// Runs an element-wise optimizer step: the arrays checked (update_arrays), `fill` sets the
+// Args from their data and the scalars, then `kernel` runs without the GIL. `arrays` names the
+// variable first; dtype Real is the variable's.
+template <typename Real, template <typename> class Args, typename Fill>
+void run_update(const py::array& w, const std::vector<UpdateArray>& arrays, Fill fill,
+                void (*kernel)(const Args<Real>&)) {
+  const std::vector<Real*> d = update_arrays<Real>(w, arrays);
+  Args<Real> a;
   a.n = static_cast<int64_t>(w.size());
-  a.c1 = static_cast<Real>(c1);
-  a.c2 = static_cast<Real>(c2);
-  a.alpha = static_cast<Real>(alpha);
-  a.epsilon = static_cast<Real>(epsilon);
+  fill(a, d);
   py::gil_scoped_release release;
-  cpu::adam(a);
+  kernel(a);
 }
 
-// One RMSprop step in place (cpu::rmsprop): variable, v and mom (when given) updated.
-template <typename Real>
-void rmsprop_impl(const py::array& w, const py::object& g, const py::object& v, const py::object& mom,
-                  double rho, double c, double lr, double epsilon, double momentum) {
-  const auto d = update_arrays<Real>(
-      w, {{w, "variable", true, false}, {g, "gradient", false, false}, {v, "v", true, false}, {mom, "mom", true, true}});
-  cpu::RmspropArgs<Real> a;
-  a.w = d[0];
-  a.g = d[1];
-  a.v = d[2];
-  a.mom = d[3];
-  a.n = static_cast<int64_t>(w.size());
-  a.rho = static_cast<Real>(rho);
-  a.c = static_cast<Real>(c);
-  a.lr = static_cast<Real>(lr);
-  a.epsilon = static_cast<Real>(epsilon);
-  a.momentum = static_cast<Real>(momentum);
-  py::gil_scoped_release release;
-  cpu::rmsprop(a);
-}
+// The variable as an array, and whether it is float64 (TypeError for another type).
+py::array update_variable(const py::object& w, bool* is_f64);
 
 // target[index[i]] += values[i] for every i (cpu::index_add_rows): target (V, D) C-contiguous
 // and writeable, index (n,) int64 in [-V, V) (negative ones count from the end, as in NumPy),
@@ -387,6 +365,12 @@ bool is_double(const py::object& x, const char* name = "x") {
   throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
 }
 
+py::array update_variable(const py::object& w, bool* is_f64) {
+  if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
+  *is_f64 = is_double(w, "variable");
+  return py::reinterpret_borrow<py::array>(w);
+}
+
 }  // namespace
 }  // namespace fastlstm
 
@@ -465,12 +449,17 @@ PYBIND11_MODULE(_core, m) {
       "adam_update",
       [](py::object w, py::object g, py::object m, py::object v, double c1, double c2, double alpha,
          double epsilon) {
-        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
-        py::array wa = py::reinterpret_borrow<py::array>(w);
-        if (is_double(w, "variable"))
-          adam_impl<double>(wa, g, m, v, c1, c2, alpha, epsilon);
-        else
-          adam_impl<float>(wa, g, m, v, c1, c2, alpha, epsilon);
+        const std::vector<UpdateArray> arrays{
+            {w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, false}, {v, "v", true, false}};
+        auto fill = [&](auto& a, const auto& d) {
+          using Real = std::remove_pointer_t<std::decay_t<decltype(d[0])>>;
+          std::tie(a.w, a.g, a.m, a.v) = std::make_tuple(d[0], d[1], d[2], d[3]);
+          std::tie(a.c1, a.c2, a.alpha, a.epsilon) = std::make_tuple(Real(c1), Real(c2), Real(alpha), Real(epsilon));
+        };
+        bool f64;
+        const py::array wa = update_variable(w, &f64);
+        if (f64) run_update<double, cpu::AdamArgs>(wa, arrays, fill, &cpu::adam);
+        else run_update<float, cpu::AdamArgs>(wa, arrays, fill, &cpu::adam);
       },
       py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("v"), py::arg("c1"), py::arg("c2"),
       py::arg("alpha"), py::arg("epsilon"),
@@ -482,12 +471,18 @@ PYBIND11_MODULE(_core, m) {
       "rmsprop_update",
       [](py::object w, py::object g, py::object v, py::object mom, double rho, double c, double lr,
          double epsilon, double momentum) {
-        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
-        py::array wa = py::reinterpret_borrow<py::array>(w);
-        if (is_double(w, "variable"))
-          rmsprop_impl<double>(wa, g, v, mom, rho, c, lr, epsilon, momentum);
-        else
-          rmsprop_impl<float>(wa, g, v, mom, rho, c, lr, epsilon, momentum);
+        const std::vector<UpdateArray> arrays{
+            {w, "variable", true, false}, {g, "gradient", false, false}, {v, "v", true, false}, {mom, "mom", true, true}};
+        auto fill = [&](auto& a, const auto& d) {
+          using Real = std::remove_pointer_t<std::decay_t<decltype(d[0])>>;
+          std::tie(a.w, a.g, a.v, a.mom) = std::make_tuple(d[0], d[1], d[2], d[3]);
+          std::tie(a.rho, a.c, a.lr, a.epsilon, a.momentum) =
+              std::make_tuple(Real(rho), Real(c), Real(lr), Real(epsilon), Real(momentum));
+        };
+        bool f64;
+        const py::array wa = update_variable(w, &f64);
+        if (f64) run_update<double, cpu::RmspropArgs>(wa, arrays, fill, &cpu::rmsprop);
+        else run_update<float, cpu::RmspropArgs>(wa, arrays, fill, &cpu::rmsprop);
       },
       py::arg("variable"), py::arg("gradient"), py::arg("v"), py::arg("mom"), py::arg("rho"), py::arg("c"),
       py::arg("lr"), py::arg("epsilon"), py::arg("momentum"),
@@ -498,12 +493,16 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "sgd_update",
       [](py::object w, py::object g, py::object m, double lr, double momentum, bool nesterov) {
-        if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
-        py::array wa = py::reinterpret_borrow<py::array>(w);
-        if (is_double(w, "variable"))
-          sgd_impl<double>(wa, g, m, lr, momentum, nesterov);
-        else
-          sgd_impl<float>(wa, g, m, lr, momentum, nesterov);
+        const std::vector<UpdateArray> arrays{{w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, true}};
+        auto fill = [&](auto& a, const auto& d) {
+          using Real = std::remove_pointer_t<std::decay_t<decltype(d[0])>>;
+          std::tie(a.w, a.g, a.m) = std::make_tuple(d[0], d[1], d[2]);
+          std::tie(a.lr, a.momentum, a.nesterov) = std::make_tuple(Real(lr), Real(momentum), nesterov);
+        };
+        bool f64;
+        const py::array wa = update_variable(w, &f64);
+        if (f64) run_update<double, cpu::SgdArgs>(wa, arrays, fill, &cpu::sgd);
+        else run_update<float, cpu::SgdArgs>(wa, arrays, fill, &cpu::sgd);
       },
       py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("lr"), py::arg("momentum"),
       py::arg("nesterov"),

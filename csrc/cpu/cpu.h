@@ -45,43 +45,41 @@ struct MatmulArgs {
   int64_t ldc = 0;
 };
 
-// One Adam step in place over n elements (fastlstm.optimizers.Adam, Keras's form), each element:
-//   m += (g - m) * c1;   v += (g * g - v) * c2;   w -= (m * alpha) / (sqrt(v) + epsilon)
-// with c1 = 1 - beta_1, c2 = 1 - beta_2 and alpha the step's bias-corrected learning rate. The
-// four arrays are contiguous and do not overlap.
+// An element-wise optimizer step in place over n elements: the variable w and its gradient g,
+// then each optimizer's slots and scalars (rounded to Real). All arrays contiguous, none
+// overlapping another.
 template <typename Real>
-struct AdamArgs {
+struct UpdateArgs {
   Real* w = nullptr;
   const Real* g = nullptr;
-  Real* m = nullptr;
-  Real* v = nullptr;
   int64_t n = 0;
+};
+
+// Adam (fastlstm.optimizers.Adam, Keras's form), each element:
+//   m += (g - m) * c1;   v += (g * g - v) * c2;   w -= (m * alpha) / (sqrt(v) + epsilon)
+// with c1 = 1 - beta_1, c2 = 1 - beta_2 and alpha the step's bias-corrected learning rate.
+template <typename Real>
+struct AdamArgs : UpdateArgs<Real> {
+  Real *m = nullptr, *v = nullptr;
   Real c1 = 0, c2 = 0, alpha = 0, epsilon = 0;
 };
 
-// One RMSprop step in place over n elements (fastlstm.optimizers.RMSprop, not centered), each:
+// RMSprop (fastlstm.optimizers.RMSprop, not centered), each element:
 //   v = v * rho + c * (g * g);   step = (lr * g) / sqrt(v + epsilon);
 //   w -= step, or with mom: mom = mom * momentum + step; w -= mom
-// with c = 1 - rho. The arrays are contiguous and do not overlap; mom may be null.
+// with c = 1 - rho; mom may be null.
 template <typename Real>
-struct RmspropArgs {
-  Real* w = nullptr;
-  const Real* g = nullptr;
-  Real* v = nullptr;
-  Real* mom = nullptr;
-  int64_t n = 0;
+struct RmspropArgs : UpdateArgs<Real> {
+  Real *v = nullptr, *mom = nullptr;
   Real rho = 0, c = 0, lr = 0, epsilon = 0, momentum = 0;
 };
 
-// One SGD step in place over n elements (fastlstm.optimizers.SGD), each element:
+// SGD (fastlstm.optimizers.SGD), each element:
 //   without m: w -= g * lr;   with m: m = m * momentum - g * lr, then w += m, or with
-//   nesterov w += m * momentum - g * lr (the updated m). Contiguous, not overlapping.
+//   nesterov w += m * momentum - g * lr (the updated m).
 template <typename Real>
-struct SgdArgs {
-  Real* w = nullptr;
-  const Real* g = nullptr;
+struct SgdArgs : UpdateArgs<Real> {
   Real* m = nullptr;
-  int64_t n = 0;
   Real lr = 0, momentum = 0;
   bool nesterov = false;
 };

@@ -27,6 +27,58 @@ namespace FASTLSTM_TARGET {
 template <typename Real>
 struct Vec;
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+// The first two stages of the in-register float transposes (Vec<float>::transpose), shared by
+// AVX-512 (16 x 16) and AVX2 (8 x 8): 32-bit, then 64-bit interleaves within 128-bit lanes.
+#if defined(__AVX512F__)
+using F32Rows = __m512;
+inline __m512 lo32(__m512 a, __m512 b) { return _mm512_unpacklo_ps(a, b); }
+inline __m512 hi32(__m512 a, __m512 b) { return _mm512_unpackhi_ps(a, b); }
+inline __m512 lo64(__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); }
+inline __m512 hi64(__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); }
+#else
+using F32Rows = __m256;
+inline __m256 lo32(__m256 a, __m256 b) { return _mm256_unpacklo_ps(a, b); }
+inline __m256 hi32(__m256 a, __m256 b) { return _mm256_unpackhi_ps(a, b); }
+inline __m256 lo64(__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); }
+inline __m256 hi64(__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); }
+#endif
+// r[0..n) rows -> u[0..n): lane L of u[4k + c] holds column 4L + c of rows 4k .. 4k + 3.
+template <int n>
+inline void interleave_rows(const F32Rows* r, F32Rows* u) {
+  F32Rows t[n];
+  for (int k = 0; k < n / 2; ++k) {
+    t[2 * k] = lo32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = hi32(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < n / 4; ++k) {
+    u[4 * k] = lo64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = hi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = lo64(t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = hi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+}
+#if defined(__AVX512F__)
+// The last stage of the AVX-512 transposes: lane L of x[q s + c] holds rows 4q.. (floats) or
+// 2q.. (doubles) of output row L s + c, which is gathered from the four x[q s + c].
+template <int imm>
+inline __m512 lanes(__m512 a, __m512 b) { return _mm512_shuffle_f32x4(a, b, imm); }
+template <int imm>
+inline __m512d lanes(__m512d a, __m512d b) { return _mm512_shuffle_f64x2(a, b, imm); }
+template <typename R, int s>
+inline void gather_lanes(const R* x, R* r) {
+  for (int c = 0; c < s; ++c) {
+    const R v0 = lanes<0x88>(x[c], x[s + c]), v1 = lanes<0xDD>(x[c], x[s + c]);
+    const R w0 = lanes<0x88>(x[2 * s + c], x[3 * s + c]), w1 = lanes<0xDD>(x[2 * s + c], x[3 * s + c]);
+    r[c] = lanes<0x88>(v0, w0);
+    r[s + c] = lanes<0x88>(v1, w1);
+    r[2 * s + c] = lanes<0xDD>(v0, w0);
+    r[3 * s + c] = lanes<0xDD>(v1, w1);
+  }
+}
+#endif
+#endif
+
 #if defined(__AVX512F__)
 template <>
 struct Vec<float> {
@@ -53,28 +105,9 @@ struct Vec<float> {
   // r[0..15], 16 rows of a 16 x 16 tile := the tile's columns (an in-register transpose:
   // 32-bit then 64-bit interleaves within 128-bit lanes, then two rounds of lane shuffles).
   static void transpose(R* r) {
-    R t[16], u[16];
-    for (int k = 0; k < 8; ++k) {
-      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    for (int k = 0; k < 4; ++k) {
-      const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
-      const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
-      u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-      u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-      u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-      u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    // Lane L of u[4k + c] now holds column 4L + c of rows 4k .. 4k + 3.
-    for (int c = 0; c < 4; ++c) {
-      const R v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-      const R w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-      r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-      r[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-      r[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-      r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-    }
+    R u[16];
+    interleave_rows<16>(r, u);  // lane L of u[4k + c]: column 4L + c of rows 4k .. 4k + 3
+    gather_lanes<R, 4>(u, r);
   }
 };
 template <>
@@ -104,15 +137,7 @@ struct Vec<double> {
       t[2 * k] = _mm512_unpacklo_pd(r[2 * k], r[2 * k + 1]);
       t[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k], r[2 * k + 1]);
     }
-    // Lane L of t[2k + c] now holds column 2L + c of rows 2k, 2k + 1.
-    for (int c = 0; c < 2; ++c) {
-      const R v0 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88), v1 = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xDD);
-      const R w0 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88), w1 = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xDD);
-      r[c] = _mm512_shuffle_f64x2(v0, w0, 0x88);
-      r[2 + c] = _mm512_shuffle_f64x2(v1, w1, 0x88);
-      r[4 + c] = _mm512_shuffle_f64x2(v0, w0, 0xDD);
-      r[6 + c] = _mm512_shuffle_f64x2(v1, w1, 0xDD);
-    }
+    gather_lanes<R, 2>(t, r);  // lane L of t[2k + c]: column 2L + c of rows 2k, 2k + 1
   }
 };
 #elif defined(__AVX2__)
@@ -146,20 +171,8 @@ struct Vec<float> {
   static R scale2n(R p, R n) { return mul(p, pow2n(n)); }
   // r[0..7], 8 rows of an 8 x 8 tile := the tile's columns.
   static void transpose(R* r) {
-    R t[8], u[8];
-    for (int k = 0; k < 4; ++k) {
-      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    for (int k = 0; k < 2; ++k) {
-      const __m256d a = _mm256_castps_pd(t[4 * k]), b = _mm256_castps_pd(t[4 * k + 1]);
-      const __m256d c = _mm256_castps_pd(t[4 * k + 2]), d = _mm256_castps_pd(t[4 * k + 3]);
-      u[4 * k] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
-      u[4 * k + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
-      u[4 * k + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
-      u[4 * k + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
-    }
-    // Lane L of u[4k + c] now holds column 4L + c of rows 4k .. 4k + 3.
+    R u[8];
+    interleave_rows<8>(r, u);  // lane L of u[4k + c]: column 4L + c of rows 4k .. 4k + 3
     for (int c = 0; c < 4; ++c) {
       r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
       r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
