@@ -269,9 +269,10 @@ def index_add_rows(target, index, values):
     (numpy.add.at). target (V, D), index (N,) integers in [0, V), values (N, D).
 
     NumPy: the kernels' ``_core.index_add_rows`` (``numpy.add.at``'s sums in its order) for
-    C-contiguous float arrays, else ``numpy.add.at``. Other modules: the rows are sorted by index and summed within
-    each run of equal indices by a log-step segmented scan, so the sums do not depend on
-    timing (CuPy's scatter_add uses atomics, whose order varies, and not for float64).
+    C-contiguous float arrays, else ``numpy.add.at``. Other modules: the rows are sorted by
+    index and summed within each run of equal indices by a log-step segmented scan, so the
+    sums do not depend on timing (CuPy's scatter_add uses atomics, whose order varies, and
+    not for float64).
     """
     xp = array_module(target)
     if xp is np:

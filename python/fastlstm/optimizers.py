@@ -460,6 +460,24 @@ class Optimizer:
                 f"learning_rate={self._learning_rate!r}, iterations={self._iterations})")
 
 
+# --------------------------------------------------------------------------- fused updates
+
+def _fusable(variable, *others):
+    """Whether the kernels' fused update can take these arrays: NumPy arrays (not CuPy, not
+    subclasses) of one float dtype and shape, C-contiguous, the variable and slots writeable,
+    no two sharing memory."""
+    if type(variable) is not np.ndarray or variable.dtype not in (np.float32, np.float64):
+        return False
+    arrays = (variable,) + others
+    if not all(type(a) is np.ndarray and a.dtype == variable.dtype and a.shape == variable.shape
+               and a.flags.c_contiguous for a in arrays):
+        return False
+    if not all(a.flags.writeable for a in (variable,) + others[1:]):
+        return False
+    return not any(np.may_share_memory(a, b) for i, a in enumerate(arrays)
+                   for b in arrays[i + 1:])
+
+
 # --------------------------------------------------------------------------- SGD
 
 class SGD(Optimizer):
@@ -508,22 +526,6 @@ class SGD(Optimizer):
 
 
 # --------------------------------------------------------------------------- Adam / AdamW
-
-def _fusable(variable, *others):
-    """Whether the kernels' fused update can take these arrays: NumPy arrays (not CuPy, not
-    subclasses) of one float dtype and shape, C-contiguous, the variable and slots writeable,
-    no two sharing memory."""
-    if type(variable) is not np.ndarray or variable.dtype not in (np.float32, np.float64):
-        return False
-    arrays = (variable,) + others
-    if not all(type(a) is np.ndarray and a.dtype == variable.dtype and a.shape == variable.shape
-               and a.flags.c_contiguous for a in arrays):
-        return False
-    if not all(a.flags.writeable for a in (variable,) + others[1:]):
-        return False
-    return not any(np.may_share_memory(a, b) for i, a in enumerate(arrays)
-                   for b in arrays[i + 1:])
-
 
 class Adam(Optimizer):
     """Adam, as keras.optimizers.Adam (epsilon outside the square root, "epsilon hat")."""
