@@ -223,7 +223,7 @@ py::array_t<Real> transpose_impl(const py::array& a) {
   return out;
 }
 
-// The arrays of an element-wise optimizer step (cpu::adam, cpu::rmsprop), checked: each of
+// The arrays of an element-wise optimizer step (cpu::adam, rmsprop, sgd), checked: each of
 // dtype Real and the variable's shape, C-contiguous, writeable when the step updates it, no
 // two overlapping; an optional one may be None (nullptr). Returns their data.
 struct UpdateArray {
@@ -249,23 +249,6 @@ std::vector<Real*> update_arrays(const py::array& w, const std::vector<UpdateArr
                               ": expected arrays that do not overlap");
   return data;
 }
-
-// Runs an element-wise optimizer step: the arrays checked (update_arrays), `fill` sets the
-// Args from their data and the scalars, then `kernel` runs without the GIL. `arrays` names the
-// variable first; dtype Real is the variable's.
-template <typename Real, template <typename> class Args, typename Fill>
-void run_update(const py::array& w, const std::vector<UpdateArray>& arrays, Fill fill,
-                void (*kernel)(const Args<Real>&)) {
-  const std::vector<Real*> d = update_arrays<Real>(w, arrays);
-  Args<Real> a;
-  a.n = static_cast<int64_t>(w.size());
-  fill(a, d);
-  py::gil_scoped_release release;
-  kernel(a);
-}
-
-// The variable as an array, and whether it is float64 (TypeError for another type).
-py::array update_variable(const py::object& w, bool* is_f64);
 
 // target[index[i]] += values[i] for every i (cpu::index_add_rows): target (V, D) C-contiguous
 // and writeable, index (n,) int64 in [-V, V) (negative ones count from the end, as in NumPy),
@@ -293,23 +276,6 @@ void index_add_rows_impl(const py::array& target, const py::object& index, const
     throw py::value_error("target and values: expected arrays that do not overlap");
   py::gil_scoped_release release;
   cpu::index_add_rows(t, D, wrapped.data(), n, v);
-}
-
-// One SGD step in place (cpu::sgd): variable and m (when given) updated.
-template <typename Real>
-void sgd_impl(const py::array& w, const py::object& g, const py::object& m, double lr, double momentum,
-              bool nesterov) {
-  const auto d = update_arrays<Real>(w, {{w, "variable", true, false}, {g, "gradient", false, false}, {m, "m", true, true}});
-  cpu::SgdArgs<Real> a;
-  a.w = d[0];
-  a.g = d[1];
-  a.m = d[2];
-  a.n = static_cast<int64_t>(w.size());
-  a.lr = static_cast<Real>(lr);
-  a.momentum = static_cast<Real>(momentum);
-  a.nesterov = nesterov;
-  py::gil_scoped_release release;
-  cpu::sgd(a);
 }
 
 // a (M, K) . b (K, N) (+ bias (N,)) with the kernels' matrix product: a and b 2-D arrays of
@@ -365,10 +331,24 @@ bool is_double(const py::object& x, const char* name = "x") {
   throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " + std::string(py::str(xa.dtype())));
 }
 
-py::array update_variable(const py::object& w, bool* is_f64) {
+// Runs an element-wise optimizer step on the variable's dtype (TypeError for another): the
+// arrays checked (update_arrays; the variable first), `fill` sets an Args<Real> from their data
+// and the scalars, then `kernel` (cpu::adam, ...) runs on it without the GIL.
+template <template <typename> class Args, typename Fill, typename Kernel>
+void run_update(const py::object& w, const std::vector<UpdateArray>& arrays, Fill fill, Kernel kernel) {
   if (!py::isinstance<py::array>(w)) throw py::type_error("variable: expected a numpy array");
-  *is_f64 = is_double(w, "variable");
-  return py::reinterpret_borrow<py::array>(w);
+  const py::array wa = py::reinterpret_borrow<py::array>(w);
+  auto typed = [&](auto zero) {
+    using Real = decltype(zero);
+    const std::vector<Real*> d = update_arrays<Real>(wa, arrays);
+    Args<Real> a;
+    a.n = static_cast<int64_t>(wa.size());
+    fill(a, d);
+    py::gil_scoped_release release;
+    kernel(a);
+  };
+  if (is_double(w, "variable")) typed(0.0);
+  else typed(0.0f);
 }
 
 }  // namespace
@@ -456,10 +436,7 @@ PYBIND11_MODULE(_core, m) {
           std::tie(a.w, a.g, a.m, a.v) = std::make_tuple(d[0], d[1], d[2], d[3]);
           std::tie(a.c1, a.c2, a.alpha, a.epsilon) = std::make_tuple(Real(c1), Real(c2), Real(alpha), Real(epsilon));
         };
-        bool f64;
-        const py::array wa = update_variable(w, &f64);
-        if (f64) run_update<double, cpu::AdamArgs>(wa, arrays, fill, &cpu::adam);
-        else run_update<float, cpu::AdamArgs>(wa, arrays, fill, &cpu::adam);
+        run_update<cpu::AdamArgs>(w, arrays, fill, [](const auto& a) { cpu::adam(a); });
       },
       py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("v"), py::arg("c1"), py::arg("c2"),
       py::arg("alpha"), py::arg("epsilon"),
@@ -479,10 +456,7 @@ PYBIND11_MODULE(_core, m) {
           std::tie(a.rho, a.c, a.lr, a.epsilon, a.momentum) =
               std::make_tuple(Real(rho), Real(c), Real(lr), Real(epsilon), Real(momentum));
         };
-        bool f64;
-        const py::array wa = update_variable(w, &f64);
-        if (f64) run_update<double, cpu::RmspropArgs>(wa, arrays, fill, &cpu::rmsprop);
-        else run_update<float, cpu::RmspropArgs>(wa, arrays, fill, &cpu::rmsprop);
+        run_update<cpu::RmspropArgs>(w, arrays, fill, [](const auto& a) { cpu::rmsprop(a); });
       },
       py::arg("variable"), py::arg("gradient"), py::arg("v"), py::arg("mom"), py::arg("rho"), py::arg("c"),
       py::arg("lr"), py::arg("epsilon"), py::arg("momentum"),
@@ -499,10 +473,7 @@ PYBIND11_MODULE(_core, m) {
           std::tie(a.w, a.g, a.m) = std::make_tuple(d[0], d[1], d[2]);
           std::tie(a.lr, a.momentum, a.nesterov) = std::make_tuple(Real(lr), Real(momentum), nesterov);
         };
-        bool f64;
-        const py::array wa = update_variable(w, &f64);
-        if (f64) run_update<double, cpu::SgdArgs>(wa, arrays, fill, &cpu::sgd);
-        else run_update<float, cpu::SgdArgs>(wa, arrays, fill, &cpu::sgd);
+        run_update<cpu::SgdArgs>(w, arrays, fill, [](const auto& a) { cpu::sgd(a); });
       },
       py::arg("variable"), py::arg("gradient"), py::arg("m"), py::arg("lr"), py::arg("momentum"),
       py::arg("nesterov"),

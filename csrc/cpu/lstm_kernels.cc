@@ -1232,31 +1232,23 @@ void transpose(const Real* src, int64_t rows, int64_t cols, int64_t lds, Real* d
 
 // One pass over the four arrays instead of NumPy's dozen over temporaries (NOTES 53); threads
 // take contiguous ranges of whole cache lines, and every element's arithmetic is the same
-// whatever the thread count or its position in a vector. No product is fused with a sum
-// (unfused(): the compiler would contract them into FMAs), so the results are the same bits
-// as the NumPy expressions in optimizers.Adam, on every instruction set.
+// whatever the thread count or its position in a vector (the last, partial vector of a range
+// goes through load_part / store_part). No product is fused with a sum (unfused(): the compiler
+// would contract them into FMAs), so the results are the same bits as the NumPy expressions in
+// optimizers.Adam, on every instruction set.
 template <typename Real>
 void adam_range(const AdamArgs<Real>& a, int64_t begin, int64_t end) {
   using V = Vec<Real>;
-  constexpr int N = V::N;
   const auto c1 = V::set1(a.c1), c2 = V::set1(a.c2), alpha = V::set1(a.alpha), eps = V::set1(a.epsilon);
-  int64_t i = begin;
-  for (; i + N <= end; i += N) {
-    const auto g = V::load(a.g + i);
-    auto m = V::load(a.m + i), v = V::load(a.v + i);
+  for (int64_t i = begin; i < end; i += V::N) {
+    const int64_t k = imin(V::N, end - i);
+    const auto g = load_part(a.g + i, k);
+    auto m = load_part(a.m + i, k), v = load_part(a.v + i, k);
     m = V::add(m, unfused(V::mul(V::sub(g, m), c1)));
     v = V::add(v, unfused(V::mul(V::sub(unfused(V::mul(g, g)), v), c2)));
-    V::store(a.m + i, m);
-    V::store(a.v + i, v);
-    V::store(a.w + i, V::sub(V::load(a.w + i), V::div(V::mul(m, alpha), V::add(V::sqrt(v), eps))));
-  }
-  for (; i < end; ++i) {  // the last elements (fewer than N), as one-element vectors
-    const Real g = a.g[i];
-    const Real m = a.m[i] + unfused((g - a.m[i]) * a.c1);
-    const Real v = a.v[i] + unfused((unfused(g * g) - a.v[i]) * a.c2);
-    a.m[i] = m;
-    a.v[i] = v;
-    a.w[i] -= (m * a.alpha) / (std::sqrt(v) + a.epsilon);
+    store_part(a.m + i, m, k);
+    store_part(a.v + i, v, k);
+    store_part(a.w + i, V::sub(load_part(a.w + i, k), V::div(V::mul(m, alpha), V::add(V::sqrt(v), eps))), k);
   }
 }
 
@@ -1264,28 +1256,19 @@ void adam_range(const AdamArgs<Real>& a, int64_t begin, int64_t end) {
 template <typename Real>
 void rmsprop_range(const RmspropArgs<Real>& a, int64_t begin, int64_t end) {
   using V = Vec<Real>;
-  constexpr int N = V::N;
   const auto rho = V::set1(a.rho), c = V::set1(a.c), lr = V::set1(a.lr), eps = V::set1(a.epsilon);
   const auto momentum = V::set1(a.momentum);
-  int64_t i = begin;
-  for (; i + N <= end; i += N) {
-    const auto g = V::load(a.g + i);
-    const auto v = V::add(unfused(V::mul(V::load(a.v + i), rho)), unfused(V::mul(c, unfused(V::mul(g, g)))));
-    V::store(a.v + i, v);
+  for (int64_t i = begin; i < end; i += V::N) {
+    const int64_t k = imin(V::N, end - i);
+    const auto g = load_part(a.g + i, k);
+    const auto v = V::add(unfused(V::mul(load_part(a.v + i, k), rho)), unfused(V::mul(c, unfused(V::mul(g, g)))));
+    store_part(a.v + i, v, k);
     auto step = V::div(V::mul(lr, g), V::sqrt(V::add(v, eps)));
     if (a.mom) {
-      step = V::add(unfused(V::mul(V::load(a.mom + i), momentum)), step);
-      V::store(a.mom + i, step);
+      step = V::add(unfused(V::mul(load_part(a.mom + i, k), momentum)), step);
+      store_part(a.mom + i, step, k);
     }
-    V::store(a.w + i, V::sub(V::load(a.w + i), step));
-  }
-  for (; i < end; ++i) {  // the last elements (fewer than N)
-    const Real g = a.g[i];
-    const Real v = unfused(a.v[i] * a.rho) + unfused(a.c * unfused(g * g));
-    a.v[i] = v;
-    Real step = (a.lr * g) / std::sqrt(v + a.epsilon);
-    if (a.mom) a.mom[i] = step = unfused(a.mom[i] * a.momentum) + step;
-    a.w[i] -= step;
+    store_part(a.w + i, V::sub(load_part(a.w + i, k), step), k);
   }
 }
 
@@ -1293,28 +1276,18 @@ void rmsprop_range(const RmspropArgs<Real>& a, int64_t begin, int64_t end) {
 template <typename Real>
 void sgd_range(const SgdArgs<Real>& a, int64_t begin, int64_t end) {
   using V = Vec<Real>;
-  constexpr int N = V::N;
   const auto lr = V::set1(a.lr), momentum = V::set1(a.momentum);
-  int64_t i = begin;
-  for (; i + N <= end; i += N) {
-    const auto step = unfused(V::mul(V::load(a.g + i), lr));
-    const auto w = V::load(a.w + i);
+  for (int64_t i = begin; i < end; i += V::N) {
+    const int64_t k = imin(V::N, end - i);
+    const auto step = unfused(V::mul(load_part(a.g + i, k), lr));
+    const auto w = load_part(a.w + i, k);
     if (!a.m) {
-      V::store(a.w + i, V::sub(w, step));
+      store_part(a.w + i, V::sub(w, step), k);
       continue;
     }
-    const auto m = V::sub(unfused(V::mul(V::load(a.m + i), momentum)), step);
-    V::store(a.m + i, m);
-    V::store(a.w + i, V::add(w, a.nesterov ? V::sub(unfused(V::mul(m, momentum)), step) : m));
-  }
-  for (; i < end; ++i) {  // the last elements (fewer than N)
-    const Real step = unfused(a.g[i] * a.lr);
-    if (!a.m) {
-      a.w[i] -= step;
-      continue;
-    }
-    const Real m = a.m[i] = unfused(a.m[i] * a.momentum) - step;
-    a.w[i] += a.nesterov ? unfused(m * a.momentum) - step : m;
+    const auto m = V::sub(unfused(V::mul(load_part(a.m + i, k), momentum)), step);
+    store_part(a.m + i, m, k);
+    store_part(a.w + i, V::add(w, a.nesterov ? V::sub(unfused(V::mul(m, momentum)), step) : m), k);
   }
 }
 
@@ -1353,9 +1326,10 @@ void index_add_rows(Real* target, int64_t D, const int64_t* rows, int64_t n, con
   for (int64_t i = 0; i < n; ++i) {
     Real* t = target + rows[i] * D;
     const Real* v = values + i * D;
-    int64_t d = 0;
-    for (; d + N <= D; d += N) V::store(t + d, V::add(V::load(t + d), V::load(v + d)));
-    for (; d < D; ++d) t[d] += v[d];
+    for (int64_t d = 0; d < D; d += N) {
+      const int64_t k = imin(N, D - d);
+      store_part(t + d, V::add(load_part(t + d, k), load_part(v + d, k)), k);
+    }
   }
 }
 

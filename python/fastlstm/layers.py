@@ -581,9 +581,6 @@ def _backward_wanting(layer, dy, wanted):
         layer._input_grad_wanted = True
 
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _whole_strides(a):
     """a, or a C-contiguous copy when a stride is not a whole number of elements (a field of
     a packed structured array): _core.matmul reads through element strides."""
@@ -597,7 +594,7 @@ def _matmul(a, b, bias=None):
     next (1.7x slower training steps measured, bench/NOTES.md 50). Others (CuPy) use their
     module's product."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 1 and b.ndim == 2
-            and a.dtype in _FLOAT_DTYPES and b.dtype == a.dtype
+            and a.dtype in _FLOATS and b.dtype == a.dtype
             and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype))):
         # (rows counted, not -1: reshape(-1, 0) of an empty array is ambiguous, e.g. the
         # weight gradient's x.T of a batch of 0 rows)

@@ -466,7 +466,7 @@ def _fusable(variable, *others):
     """Whether the kernels' fused update can take these arrays: NumPy arrays (not CuPy, not
     subclasses) of one float dtype and shape, C-contiguous, the variable and slots writeable,
     no two sharing memory."""
-    if type(variable) is not np.ndarray or variable.dtype not in (np.float32, np.float64):
+    if type(variable) is not np.ndarray or variable.dtype not in _FLOATS:
         return False
     arrays = (variable,) + others
     if not all(type(a) is np.ndarray and a.dtype == variable.dtype and a.shape == variable.shape
