@@ -13,11 +13,16 @@ With `--compare adam` (or `rmsprop`, `sgd`: the model then trains with that), "n
 optimizer's update as NumPy expressions (a monkeypatch of fastlstm.optimizers._fusable) and
 "fused" as shipped (one pass in the kernels, the same bits). With `--compare embedding` the
 model reads token ids through an Embedding(5000, I) first; "add.at" computes its weight
-gradient with numpy.add.at, "kernel" as shipped (_core.index_add_rows, the same bits).
+gradient with numpy.add.at, "kernel" as shipped (_core.index_add_rows, the same bits). With
+`--compare layout` the model is two stacked LSTMs (the first with return_sequences) before the
+Dense layer; "copies" runs the LSTM kernels time-major, with the copies between the layouts
+that the layer made before the kernels read and wrote batch-major arrays (NOTES 58), "in
+place" as shipped (the same bits).
 
     python bench/model_step.py
     python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
     python bench/model_step.py --compare adam --config 100,1,256,256
+    python bench/model_step.py --compare layout
 """
 
 import argparse
@@ -44,13 +49,37 @@ COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
                "adam": ("numpy", "fused", "NumPy Adam ms", "fused Adam ms"),
                "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms"),
                "sgd": ("numpy", "fused", "NumPy SGD ms", "fused SGD ms"),
-               "embedding": ("add.at", "kernel", "numpy.add.at ms", "index_add_rows ms")}
+               "embedding": ("add.at", "kernel", "numpy.add.at ms", "index_add_rows ms"),
+               "layout": ("copies", "in place", "time-major + copies ms", "batch-major ms")}
 VOCABULARY = 5000   # (--compare embedding: token ids in [1, 5000), an Embedding of I features)
+
+
+class _TimeMajor:
+    """ops.lstm_forward / lstm_backward with batch_first=True run as before NOTES 58: the
+    kernels time-major, x and dy copied to that layout, y and dx returned as batch-major views
+    of their time-major arrays (which the LSTM layer then copies where it needs them whole)."""
+
+    def __init__(self, ops):
+        self.forward, self.backward = ops.lstm_forward, ops.lstm_backward
+
+    def lstm_forward(self, x, *args, batch_first=False, **kwargs):
+        if not batch_first:
+            return self.forward(x, *args, **kwargs)
+        y, h_n, c_n, saved = self.forward(np.ascontiguousarray(x.transpose(1, 0, 2)), *args,
+                                          **kwargs)
+        return y.transpose(1, 0, 2), h_n, c_n, (None if saved is None else ("tm", saved))
+
+    def lstm_backward(self, saved, dy, *args, **kwargs):
+        if not (isinstance(saved, tuple) and saved[0] == "tm"):
+            return self.backward(saved, dy, *args, **kwargs)
+        dy = None if dy is None else np.ascontiguousarray(dy.transpose(1, 0, 2))
+        grads = self.backward(saved[1], dy, *args, **kwargs)
+        return (None if grads[0] is None else grads[0].transpose(1, 0, 2),) + tuple(grads[1:])
 
 
 def measure(config, units, rounds, steps, compare="matmul"):
     import fastlstm
-    from fastlstm import _device, layers, losses, models, optimizers
+    from fastlstm import _device, layers, losses, models, ops, optimizers
     T, B, I, H = config
     rng = np.random.default_rng(0)
     y = rng.integers(0, units, (B * steps,))
@@ -61,10 +90,12 @@ def measure(config, units, rounds, steps, compare="matmul"):
     else:
         x = rng.standard_normal((B * steps, T, I)).astype(np.float32)
         head = [layers.Input((T, I))]
-    model = models.Sequential(head + [layers.LSTM(H), layers.Dense(units)])
+    middle = [layers.LSTM(H, return_sequences=True)] if compare == "layout" else []
+    model = models.Sequential(head + middle + [layers.LSTM(H), layers.Dense(units)])
     model.compile(optimizer=compare if compare in ("rmsprop", "sgd") else "adam",
                   loss=losses.SparseCategoricalCrossentropy(from_logits=True))
     own, fusable, index_add = layers._matmul, optimizers._fusable, _device.index_add_rows
+    shipped, time_major = (ops.lstm_forward, ops.lstm_backward), _TimeMajor(ops)
     old, new = COMPARISONS[compare][:2]
     times = {old: [], new: []}
     try:
@@ -73,12 +104,16 @@ def measure(config, units, rounds, steps, compare="matmul"):
                 layers._matmul = numpy_matmul if name == "blas" else own
                 optimizers._fusable = (lambda *a: False) if name == "numpy" else fusable
                 _device.index_add_rows = np.add.at if name == "add.at" else index_add
+                ops.lstm_forward, ops.lstm_backward = (
+                    (time_major.lstm_forward, time_major.lstm_backward) if name == "copies"
+                    else shipped)
                 t0 = time.perf_counter()
                 model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
                 if r > 0:                       # (round 0: warm-up)
                     times[name].append((time.perf_counter() - t0) / steps)
     finally:
         layers._matmul, optimizers._fusable, _device.index_add_rows = own, fusable, index_add
+        ops.lstm_forward, ops.lstm_backward = shipped
     return times
 
 
@@ -93,7 +128,8 @@ def main(argv=None):
                         help="matmul: NumPy's BLAS against the kernels' product in the Dense "
                              "layer; adam, rmsprop, sgd: that optimizer's update as NumPy "
                              "expressions against the fused one; embedding: an Embedding's "
-                             "gradient by numpy.add.at against the kernels' loop")
+                             "gradient by numpy.add.at against the kernels' loop; layout: "
+                             "time-major kernels and layout copies against batch-major ones")
     args = parser.parse_args(argv)
     cases = [(args.config, args.units)] if args.config else DEFAULT
     old, new, old_title, new_title = COMPARISONS[args.compare]

@@ -632,3 +632,160 @@ def test_need_dx_must_be_a_bool(bad, make_case):
     _, saved = run_ops(case)
     with pytest.raises(TypeError, match="need_dx: expected a bool"):
         ops.lstm_backward(saved, **case.bwd, need_dx=bad)
+
+
+# --------------------------------------------------------------------------- batch_first
+# fastlstm.ops with batch_first=True: x (B, T, I), y (B, T, H), dy (B, T, H), dx (B, T, I).
+#
+# The CPU kernels read and write the batch-major arrays in place (lstm.h, batch_major) and do
+# the same arithmetic as for time-major arrays, so every result must equal the time-major
+# call's bit for bit, on every CPU path of this machine, whatever the thread count. Time-major
+# results are checked against the float64 reference in test_ops_cpu.py; here one case per
+# path is checked against it too. Output poisoning is on (conftest), so an element the kernel
+# never writes is NaN and fails the bitwise comparison.
+
+# The kernels' paths that read x or write y, dy or dx differently: the packed projection,
+# in chunks (inference, T*B >= 2 x 4096 rows) or whole; over the valid positions only
+# (lengths), in step order (lengths with reverse); the small projection (T*B <= 32 rows, H a
+# multiple of 16); the backward's chunks of dz with x gathered and dx scattered; B = 1.
+PATH_CASES = dict(CASES)
+PATH_CASES.update({
+    "chunked_T300_B32": dict(T=300, B=32, I=5, H=7),
+    "chunked_T300_B32_reverse_lengths": dict(T=300, B=32, I=4, H=6, reverse=True,
+                                             lengths=[(37 * b) % 301 for b in range(32)]),
+    "chunked_T300_B32_lengths": dict(T=300, B=32, I=5, H=7,
+                                     lengths=[300 - 9 * b for b in range(32)]),
+    "chunked_T8200_B1_reverse_length": dict(T=8200, B=1, I=3, H=4, reverse=True, lengths=[4100]),
+    "T20_B3_I40_H64": dict(T=20, B=3, I=40, H=64),
+})
+
+
+def batch_major(a):
+    return None if a is None else np.ascontiguousarray(a.transpose(1, 0, 2))
+
+
+def both_layouts(case, training, need_dx=True):
+    """(time-major results, batch-major results transposed back to time-major)."""
+    fwd_tm = dict(case.fwd)
+    fwd_bm = dict(case.fwd, x=batch_major(case.fwd["x"]))
+    results = []
+    for fwd, first in ((fwd_tm, False), (fwd_bm, True)):
+        y, h_n, c_n, saved = ops.lstm_forward(**fwd, training=training, backend="cpu",
+                                              batch_first=first)
+        if first:
+            assert y.flags.c_contiguous
+            y = batch_major(y)
+        out = [y, h_n, c_n]
+        if training:
+            bwd = dict(case.bwd, dy=batch_major(case.bwd["dy"]) if first else case.bwd["dy"])
+            grads = list(ops.lstm_backward(saved, **bwd, need_dx=need_dx))
+            if first and grads[0] is not None:
+                assert grads[0].flags.c_contiguous
+                grads[0] = batch_major(grads[0])
+            out += grads
+        results.append(out)
+    return results
+
+
+def assert_same_bits(tm, bm):
+    assert len(tm) == len(bm)
+    for i, (a, b) in enumerate(zip(tm, bm)):
+        if a is None:
+            assert b is None, f"result {i}: expected None"
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, f"result {i}"
+        np.testing.assert_array_equal(a, b, err_msg=f"result {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", sorted(PATH_CASES))
+def test_batch_first_same_bits_as_time_major(isa, name, dtype, make_case):
+    case = make_case(dtype=dtype, seed=zlib.crc32(name.encode()), **PATH_CASES[name])
+    tm, bm = both_layouts(case, training=True)
+    assert np.isfinite(tm[0]).all()
+    assert_same_bits(tm, bm)
+
+
+@pytest.mark.parametrize("name", ["chunked_T300_B32", "chunked_T300_B32_reverse_lengths",
+                                  "chunked_T8200_B1_reverse_length", "small_projection_T2_B16_H16_no_bias",
+                                  "I5_H3_len_0_1_T_reverse"])
+def test_batch_first_inference_same_bits(isa, name, make_case):
+    case = make_case(dtype=np.float32, seed=5, **PATH_CASES[name])
+    tm, bm = both_layouts(case, training=False)
+    assert_same_bits(tm, bm)
+
+
+@pytest.mark.parametrize("name", ["chunked_T300_B32_lengths", "blocking_T30_B11_I300_H130", "B40_no_bias"])
+def test_batch_first_without_dx(isa, name, make_case):
+    case = make_case(dtype=np.float32, seed=6, **PATH_CASES[name])
+    tm, bm = both_layouts(case, training=True, need_dx=False)
+    assert tm[3] is None and bm[3] is None
+    assert_same_bits(tm, bm)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_first_any_thread_count(threads, num_threads, make_case):
+    num_threads(threads)
+    case = make_case(dtype=np.float32, seed=8, **PATH_CASES["chunked_T300_B32_reverse_lengths"])
+    tm, bm = both_layouts(case, training=True)
+    assert_same_bits(tm, bm)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["I33_H17_B7_reverse_nobias", "chunked_T300_B32_reverse_lengths"])
+def test_batch_first_matches_reference(isa, name, dtype, make_case, rel_err):
+    case = make_case(dtype=dtype, seed=11, **PATH_CASES[name])
+    y, h_n, c_n, saved = ops.lstm_forward(**dict(case.fwd, x=batch_major(case.fwd["x"])),
+                                          backend="cpu", batch_first=True)
+    grads = ops.lstm_backward(saved, **dict(case.bwd, dy=batch_major(case.bwd["dy"])))
+    c64 = case.as_float64()
+    ry, rh, rc, rsaved = reference.lstm_forward(**c64.fwd)
+    rgrads = reference.lstm_backward(rsaved, **c64.bwd)
+    got = (y, h_n, c_n) + tuple(grads)
+    want = (batch_major(ry), rh, rc, batch_major(rgrads[0])) + tuple(rgrads[1:])
+    for i, (a, b) in enumerate(zip(got, want)):
+        if b is None:   # (dbias without a bias)
+            assert a is None, f"result {i}"
+            continue
+        assert a.shape == b.shape, f"result {i}"
+        assert rel_err(a, b) <= TOL[case.dtype], f"result {i}"
+
+
+def test_numpy_backend_batch_first(make_case):
+    case = make_case(dtype=np.float64, seed=12, **PATH_CASES["I5_H3_len_0_1_T_reverse"])
+    y, h_n, c_n, saved = ops.lstm_forward(**case.fwd, backend="numpy")
+    grads = ops.lstm_backward(saved, **case.bwd)
+    yb, hb, cb, savedb = ops.lstm_forward(**dict(case.fwd, x=batch_major(case.fwd["x"])),
+                                          backend="numpy", batch_first=True)
+    gradsb = ops.lstm_backward(savedb, **dict(case.bwd, dy=batch_major(case.bwd["dy"])))
+    assert yb.shape == (case.B, case.T, case.H) and gradsb[0].shape == (case.B, case.T, case.I)
+    assert_same_bits([y, h_n, c_n] + list(grads),
+                     [batch_major(yb), hb, cb, batch_major(gradsb[0])] + list(gradsb[1:]))
+    assert "batch_first=True" in repr(savedb)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_batch_first_x_shape_error_names_the_layout(make_case):
+    case = make_case(3, 2, 4, 5, np.float32)
+    with pytest.raises(ValueError, match=r"x: expected a 3-D array \(B, T, I\)"):
+        ops.lstm_forward(**dict(case.fwd, x=case.fwd["x"][0]), batch_first=True)
+    with pytest.raises(ValueError, match=r"h0: expected shape \(B, H\) = \(3, 5\)"):
+        # x (T=3, B=2, I) read batch-major is 3 sequences of 2 steps: h0 (2, 5) no longer fits
+        ops.lstm_forward(**case.fwd, batch_first=True)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_batch_first_dy_must_be_batch_major(backend, make_case):
+    case = make_case(3, 2, 4, 5, np.float32)
+    fwd = dict(case.fwd, x=batch_major(case.fwd["x"]))
+    _, _, _, saved = ops.lstm_forward(**fwd, backend=backend, batch_first=True)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(B, T, H\) = \(2, 3, 5\), got \(3, 2, 5\)"):
+        ops.lstm_backward(saved, case.bwd["dy"])
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None])
+def test_batch_first_must_be_a_bool(bad, make_case):
+    case = make_case(3, 2, 4, 5, np.float32)
+    with pytest.raises(TypeError, match="batch_first"):
+        ops.lstm_forward(**case.fwd, batch_first=bad)

@@ -96,17 +96,18 @@ py::array_t<Real> output(const std::vector<int64_t>& shape) {
   return arr;
 }
 
-Dims dims_of(const py::object& x, const py::object& recurrent_kernel) {
+// The sizes from x ((T, B, I), or (B, T, I) when batch_major) and recurrent_kernel (H, 4H).
+Dims dims_of(const py::object& x, const py::object& recurrent_kernel, bool batch_major) {
   if (!py::isinstance<py::array>(x) || py::reinterpret_borrow<py::array>(x).ndim() != 3)
-    throw py::value_error("x: expected a 3-D array (T, B, I)");
+    throw py::value_error(batch_major ? "x: expected a 3-D array (B, T, I)" : "x: expected a 3-D array (T, B, I)");
   if (!py::isinstance<py::array>(recurrent_kernel) ||
       py::reinterpret_borrow<py::array>(recurrent_kernel).ndim() != 2)
     throw py::value_error("recurrent_kernel: expected a 2-D array (H, 4H)");
   py::array xa = py::reinterpret_borrow<py::array>(x);
   py::array ra = py::reinterpret_borrow<py::array>(recurrent_kernel);
   Dims d;
-  d.T = xa.shape(0);
-  d.B = xa.shape(1);
+  d.T = xa.shape(batch_major ? 1 : 0);
+  d.B = xa.shape(batch_major ? 0 : 1);
   d.I = xa.shape(2);
   d.H = ra.shape(0);
   if (d.I < 1) throw py::value_error("x: the feature size I must be at least 1");
@@ -125,11 +126,14 @@ const cpu::PackedWeights* packed_input(const py::object& obj) {
 template <typename Real>
 py::tuple forward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
                        py::object bias, py::object h0, py::object c0, py::object lengths, bool reverse,
-                       bool training, py::object packed) {
+                       bool training, py::object packed, bool batch_major) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  // x and y: (T, B, .), or (B, T, .) batch-major
+  auto io = [&](int64_t n) { return batch_major ? std::vector<int64_t>{B, T, n} : std::vector<int64_t>{T, B, n}; };
   ForwardArgs<Real> a;
   a.dims = d;
-  a.x = input<Real>(x, "x", {T, B, I});
+  a.batch_major = batch_major;
+  a.x = input<Real>(x, "x", io(I));
   a.kernel = input<Real>(kernel, "kernel", {I, 4 * H});
   a.recurrent_kernel = input<Real>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
   a.bias = input<Real>(bias, "bias", {4 * H}, true);
@@ -137,7 +141,7 @@ py::tuple forward_impl(const Dims& d, py::object x, py::object kernel, py::objec
   a.c0 = input<Real>(c0, "c0", {B, H}, true);
   a.lengths = lengths_input(lengths, B);
   a.reverse = reverse;
-  auto y = output<Real>({T, B, H});
+  auto y = output<Real>(io(H));
   auto h_n = output<Real>({B, H});
   auto c_n = output<Real>({B, H});
   py::object gates = py::none(), cells = py::none();
@@ -164,11 +168,14 @@ template <typename Real>
 py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::object recurrent_kernel,
                         bool has_bias, py::object h0, py::object c0, py::object lengths, bool reverse,
                         py::object gates, py::object cells, py::object dy, py::object dh_n,
-                        py::object dc_n, bool need_dx) {
+                        py::object dc_n, bool need_dx, bool batch_major) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H;
+  // x, dy and dx: (T, B, .), or (B, T, .) batch-major
+  auto io = [&](int64_t n) { return batch_major ? std::vector<int64_t>{B, T, n} : std::vector<int64_t>{T, B, n}; };
   BackwardArgs<Real> a;
   a.dims = d;
-  a.x = input<Real>(x, "x", {T, B, I});
+  a.batch_major = batch_major;
+  a.x = input<Real>(x, "x", io(I));
   a.kernel = input<Real>(kernel, "kernel", {I, 4 * H});
   a.recurrent_kernel = input<Real>(recurrent_kernel, "recurrent_kernel", {H, 4 * H});
   a.h0 = input<Real>(h0, "h0", {B, H}, true);
@@ -177,12 +184,12 @@ py::tuple backward_impl(const Dims& d, py::object x, py::object kernel, py::obje
   a.reverse = reverse;
   a.gates = input<Real>(gates, "gates", {T, B, 4 * H});
   a.cells = input<Real>(cells, "cells", {T, B, H});
-  a.dy = input<Real>(dy, "dy", {T, B, H}, true);
+  a.dy = input<Real>(dy, "dy", io(H), true);
   a.dh_n = input<Real>(dh_n, "dh_n", {B, H}, true);
   a.dc_n = input<Real>(dc_n, "dc_n", {B, H}, true);
   py::object dx = py::none();
   if (need_dx) {
-    auto arr = output<Real>({T, B, I});
+    auto arr = output<Real>(io(I));
     a.dx = arr.mutable_data();
     dx = arr;
   }
@@ -361,15 +368,19 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "forward",
       [](py::object x, py::object kernel, py::object recurrent_kernel, py::object bias, py::object h0,
-         py::object c0, py::object lengths, bool reverse, bool training, py::object packed) {
-        const Dims d = dims_of(x, recurrent_kernel);
-        return is_double(x) ? forward_impl<double>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training, packed)
-                            : forward_impl<float>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training, packed);
+         py::object c0, py::object lengths, bool reverse, bool training, py::object packed, bool batch_major) {
+        const Dims d = dims_of(x, recurrent_kernel, batch_major);
+        return is_double(x) ? forward_impl<double>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse,
+                                                   training, packed, batch_major)
+                            : forward_impl<float>(d, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse,
+                                                  training, packed, batch_major);
       },
       py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("bias"), py::arg("h0"),
       py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("packed") = py::none(),
+      py::arg("batch_major") = false,
       "LSTM forward. Returns (y, h_n, c_n, gates, cells); gates and cells are None unless training.\n"
-      "packed: None, or pack_weights(kernel, recurrent_kernel) of these same, unchanged weights.");
+      "packed: None, or pack_weights(kernel, recurrent_kernel) of these same, unchanged weights.\n"
+      "batch_major: x (B, T, I) and y (B, T, H) instead of (T, B, .); gates and cells stay (T, B, .).");
 
   py::class_<cpu::PackedWeights>(m, "PackedWeights",
                                  "kernel and recurrent_kernel packed for the forward (see pack_weights)")
@@ -401,18 +412,19 @@ PYBIND11_MODULE(_core, m) {
       "backward",
       [](py::object x, py::object kernel, py::object recurrent_kernel, bool has_bias, py::object h0,
          py::object c0, py::object lengths, bool reverse, py::object gates, py::object cells,
-         py::object dy, py::object dh_n, py::object dc_n, bool need_dx) {
-        const Dims d = dims_of(x, recurrent_kernel);
+         py::object dy, py::object dh_n, py::object dc_n, bool need_dx, bool batch_major) {
+        const Dims d = dims_of(x, recurrent_kernel, batch_major);
         return is_double(x) ? backward_impl<double>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
-                                                    reverse, gates, cells, dy, dh_n, dc_n, need_dx)
+                                                    reverse, gates, cells, dy, dh_n, dc_n, need_dx, batch_major)
                             : backward_impl<float>(d, x, kernel, recurrent_kernel, has_bias, h0, c0, lengths,
-                                                   reverse, gates, cells, dy, dh_n, dc_n, need_dx);
+                                                   reverse, gates, cells, dy, dh_n, dc_n, need_dx, batch_major);
       },
       py::arg("x"), py::arg("kernel"), py::arg("recurrent_kernel"), py::arg("has_bias"), py::arg("h0"),
       py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("gates"), py::arg("cells"),
-      py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("need_dx") = true,
+      py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("need_dx") = true, py::arg("batch_major") = false,
       "LSTM backward. Returns (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None unless "
-      "has_bias, dx None unless need_dx (then its product is skipped).");
+      "has_bias, dx None unless need_dx (then its product is skipped).\n"
+      "batch_major: x, dy and dx (B, T, .) (as the forward's x and y); gates and cells (T, B, .).");
 
   m.def(
       "transpose",

@@ -191,10 +191,13 @@ struct ForwardCtx {
   // a chunk runs over its valid positions only (x rows read through a row list, G rows
   // written through another), so it skips the padding. Entries chunk_first[c] ..
   // chunk_first[c + 1] - 1 are chunk c's valid positions in step order: x row proj_src[e]
-  // (t * B + b), G row proj_dst[e]. nullptr otherwise.
+  // (io_row), G row proj_dst[e]. nullptr otherwise.
   const int64_t* proj_src;
   const int64_t* proj_dst;
   const int64_t* chunk_first;
+  // Batch-major x without proj_src: x_rows[t * B + b] = b * T + t, the projection's gather of
+  // time-major rows. nullptr otherwise.
+  const int64_t* x_rows;
   // Padded: the step runs the batch longest first, so that a register tile's rows finish
   // together and the tile stops (NOTES 39): state row b (h, c) is batch entry order[b].
   // Everything outside the state (x, G, y, the saved gates, h0, h_n, ...) keeps the
@@ -226,6 +229,22 @@ inline bool padded_batch(const int64_t* lengths, int64_t B, int64_t T) {
 
 // The batch entry held in state row b (see longest_first; order nullptr: entry b).
 inline int64_t entry_of(const int64_t* order, int64_t b) { return order ? order[b] : b; }
+
+// The row of x and y (dy, dx) that holds time t of batch entry b (lstm.h, batch_major).
+template <typename Args>
+inline int64_t io_row(const Args& a, int64_t t, int64_t b) {
+  return a.batch_major ? b * a.dims.T + t : t * a.dims.B + b;
+}
+
+// Fills list (T * B) with the batch-major row of every time-major position, list[t * B + b]
+// = b * T + t: the row list of a product that reads x or writes dx in time-major order.
+template <typename Args>
+const int64_t* batch_major_rows(const Args& a, int64_t* list) {
+  const int64_t T = a.dims.T, B = a.dims.B;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < B; ++b) list[t * B + b] = b * T + t;
+  return list;
+}
 
 // acc[r][q] += src[r][0:K] . w[0:K][q] for ROWS rows and 4 vectors q, vector q of row k at
 // w + k * ldw + q * gap: packed K x 4 x N (ldw = 4N, gap = N), or straight from a row-major
@@ -409,7 +428,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     Real* c_state = ctx.c + b * Hp + u0;
     if (s >= len) {  // finished: carry the state; positions t >= len of y are zero
       V::store(h_next + b * Hp + u0, V::load(h_prev + b * Hp + u0));
-      store_part(a.y + (s * B + e) * H + u0, V::zero(), nu);
+      store_part(a.y + io_row(a, s, e) * H + u0, V::zero(), nu);
       continue;
     }
     const int64_t t = time_of(s, len, a.reverse);
@@ -422,7 +441,7 @@ void forward_tile(const ForwardCtx<Real>& ctx, int64_t s, int64_t b0, int64_t bl
     const R hn = V::mul(go, vtanh<Real>(cn));
     V::store(c_state, cn);
     V::store(h_next + b * Hp + u0, hn);
-    store_part(a.y + (t * B + e) * H + u0, hn, nu);
+    store_part(a.y + io_row(a, t, e) * H + u0, hn, nu);
     if (a.gates) {
       Real* saved = a.gates + (t * B + e) * 4 * H + u0;
       store_part(saved, gi, nu);
@@ -454,7 +473,7 @@ void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
   using V = Vec<Real>;
   using R = typename V::R;
   constexpr int N = V::N;
-  const int64_t M = a.dims.T * a.dims.B, I = a.dims.I, H = a.dims.H;
+  const int64_t B = a.dims.B, M = a.dims.T * B, I = a.dims.I, H = a.dims.H;
   for (int64_t block = mine.first; block < mine.last; ++block) {
     const int64_t u0 = block * N;
     R bias[4];
@@ -463,7 +482,8 @@ void small_projection(const ForwardArgs<Real>& a, Real* G, BlockRange mine) {
       R acc[kTileRows][4];
       const Real* src[kTileRows];
       for (int r = 0; r < kTileRows; ++r) {
-        src[r] = a.x + imin(m0 + r, M - 1) * I;
+        const int64_t m = imin(m0 + r, M - 1);  // row m of G: time m / B, entry m % B
+        src[r] = a.x + io_row(a, m / B, m % B) * I;
         for (int q = 0; q < 4; ++q) acc[r][q] = V::zero();
       }
       accumulate_gates<Real, kTileRows, false, 1>(acc, a.kernel + u0, I, src, 4 * H, H);
@@ -540,6 +560,10 @@ void forward_task(void* p, int tid, int nthreads) {
       const Real* x_rows = a.x + t0 * B * I;
       int64_t rows = steps * B;
       const int64_t *x_gather = nullptr, *g_scatter = nullptr;
+      if (ctx.x_rows) {  // batch-major x: the chunk's rows gathered in time-major order
+        x_rows = a.x;
+        x_gather = ctx.x_rows + t0 * B;
+      }
       if (ctx.proj_src) {  // the chunk's valid positions only (the padding is never read)
         const int64_t e0 = ctx.chunk_first[s / ctx.chunk_steps];
         rows = ctx.chunk_first[s / ctx.chunk_steps + 1] - e0;
@@ -651,7 +675,7 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
         for (int64_t b = 0; b < B; ++b) {
           if (s >= a.lengths[b]) continue;
           const int64_t t = time_of(s, a.lengths[b], a.reverse);
-          proj_src.get()[e] = t * B + b;
+          proj_src.get()[e] = io_row(a, t, b);
           proj_dst.get()[e++] = rows.row(s, t, b);
         }
       }
@@ -661,6 +685,9 @@ void forward(const ForwardArgs<Real>& a, const PackedWeights* packed) {
     ctx.proj_dst = proj_dst.get();
     ctx.chunk_first = chunk_first.get();
   }
+  const bool gather_x = a.batch_major && !compact && !ctx.small_projection;
+  Buffer<int64_t> x_rows(gather_x ? T * B : 0);
+  ctx.x_rows = gather_x ? batch_major_rows(a, x_rows.get()) : nullptr;
   Buffer<Real> projection(a.gates ? 0 : imin(T, ctx.chunk_steps) * B * 4 * H);
   // Weights packed before the call, when packed by this table (dims checked by dispatch).
   if (packed && std::string(packed->isa) != kernel_table().name) packed = nullptr;
@@ -719,7 +746,9 @@ struct BackwardCtx {
                            // row's index in the compacted buffers, or -1 (invalid position)
   const int64_t* chunk_valid;  // per chunk: its number of valid positions
   const int64_t* x_rows;   // per chunk (at the same offsets as compact): compacted row i's
-                           // row in x and dx, t * B + b
+                           // row in x and dx (io_row)
+  const int64_t* x_time_rows;  // unpadded, batch-major x: io_row of time-major row t * B + b
+                               // (the products' row lists), else nullptr
   // Padded: state row b (dh, dc, dz_step) holds batch entry order[b], longest first (see
   // longest_first); dz_row() takes the entry. nullptr: entry b.
   const int64_t* order;
@@ -786,7 +815,7 @@ void backward_cell(const BackwardCtx<Real>& ctx, int64_t s, int64_t b, int64_t b
   }
   const R one = V::set1(Real(1));
   R dh = V::load(ctx.dh + b * Hp + u0);
-  if (a.dy) dh = V::add(dh, load_part(a.dy + (t * B + e) * H + u0, nu));
+  if (a.dy) dh = V::add(dh, load_part(a.dy + io_row(a, t, e) * H + u0, nu));
   const R tc = vtanh<Real>(c);
   const R dc = V::fmadd(V::mul(dh, go), V::fnmadd(tc, tc, one), V::load(ctx.dc + b * Hp + u0));
   V::store(ctx.dc + b * Hp + u0, V::mul(dc, gf));  // flows into c_{t-1}
@@ -944,7 +973,8 @@ void backward_task(void* p, int tid, int nthreads) {
   Real* ws = ctx.gemm_ws + tid * Gemm<Real>::workspace_per_thread;
   if (ctx.compact && a.dx)  // dx at positions past each length: no chunk scatters there
     for (int64_t r = tid; r < T * B; r += nthreads)
-      if (r / B >= seq_len(a.lengths, r % B, T)) std::memset(a.dx + r * I, 0, I * sizeof(Real));
+      if (r / B >= seq_len(a.lengths, r % B, T))
+        std::memset(a.dx + io_row(a, r / B, r % B) * I, 0, I * sizeof(Real));
 
   // The weight gradients and dx of the time positions of one chunk of steps, once all its dz
   // rows are there. Chunks are processed from the last steps down; the first one done writes
@@ -956,7 +986,8 @@ void backward_task(void* p, int tid, int nthreads) {
     // The chunk's rows: all of them, or (padded) its valid positions, compacted; then x is
     // read and dx written through their rows' list (the padding of x is never read).
     const int64_t rows = ctx.compact ? ctx.chunk_valid[s0 / ctx.chunk_steps] : steps * B;
-    const int64_t* x_list = ctx.compact ? ctx.x_rows + s0 * B : nullptr;
+    const int64_t* x_list = ctx.compact ? ctx.x_rows + s0 * B
+                            : ctx.x_time_rows ? ctx.x_time_rows + t0 * B : nullptr;
     const Real* x_rows = x_list ? a.x : a.x + t0 * B * I;
     Real* dx_rows = x_list || !a.dx ? a.dx : a.dx + t0 * B * I;
     // dkernel (I, 4H) += x^T . dz;  drecurrent_kernel (H, 4H) += h_prev^T . dz;  dx = dz . kernel^T
@@ -1085,7 +1116,7 @@ void backward(const BackwardArgs<Real>& a) {
         compact.get()[s0 * B + r] = -1;
         continue;
       }
-      x_rows.get()[s0 * B + next] = (ctx.by_step ? time_of(pos, len, true) : pos) * B + b;
+      x_rows.get()[s0 * B + next] = io_row(a, ctx.by_step ? time_of(pos, len, true) : pos, b);
       compact.get()[s0 * B + r] = next++;
     }
     chunk_valid.get()[c] = next;
@@ -1093,6 +1124,8 @@ void backward(const BackwardArgs<Real>& a) {
   ctx.compact = padded ? compact.get() : nullptr;
   ctx.chunk_valid = padded ? chunk_valid.get() : nullptr;
   ctx.x_rows = padded ? x_rows.get() : nullptr;
+  Buffer<int64_t> x_time_rows(a.batch_major && !padded ? T * B : 0);
+  ctx.x_time_rows = a.batch_major && !padded ? batch_major_rows(a, x_time_rows.get()) : nullptr;
   ctx.dz_step = state.get();
   ctx.dh = state.get() + 2 * B * 4 * H;
   ctx.dc = ctx.dh + B * ctx.Hp;

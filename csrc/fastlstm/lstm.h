@@ -13,6 +13,11 @@
 //   y                (T, B, H)   output hidden states
 //   h_n, c_n         (B, H)      final states
 //
+// batch_major: x and y (and the backward's dy and dx) are (B, T, I) and (B, T, H) instead:
+// element (t, b) at row b * T + t rather than t * B + b. Everything else, the saved gates
+// and cells included, keeps the layouts above. The CPU backend implements it; the CUDA
+// backend rejects it (fastlstm.ops transposes for that backend instead).
+//
 // Gate order along the 4H axis: blocks of H columns [i | f | g | o] (Keras's layout;
 // PyTorch's weight_ih / weight_hh are the transposes of kernel / recurrent_kernel).
 //
@@ -51,6 +56,7 @@ struct ForwardArgs {
   const Real* c0 = nullptr;                // (B, H) or nullptr
   const int64_t* lengths = nullptr;        // (B,) or nullptr
   bool reverse = false;
+  bool batch_major = false;                // x and y (B, T, .) (see above)
   Real* y = nullptr;                       // (T, B, H)       written in full
   Real* h_n = nullptr;                     // (B, H)          written in full
   Real* c_n = nullptr;                     // (B, H)          written in full
@@ -69,6 +75,7 @@ struct BackwardArgs {
   const Real* c0 = nullptr;                // (B, H) or nullptr
   const int64_t* lengths = nullptr;        // (B,) or nullptr
   bool reverse = false;
+  bool batch_major = false;                // x, dy and dx (B, T, .) (see above)
   const Real* gates = nullptr;             // (T, B, 4H) from the forward
   const Real* cells = nullptr;             // (T, B, H)  from the forward
   // Incoming gradients; nullptr means zero.

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 def forward(
-    x: np.ndarray,                      # (T, B, I)
+    x: np.ndarray,                      # (T, B, I), or (B, T, I) with batch_major
     kernel: np.ndarray,                 # (I, 4H)
     recurrent_kernel: np.ndarray,       # (H, 4H)
     bias: Optional[np.ndarray],         # (4H,)
@@ -20,8 +20,10 @@ def forward(
     reverse: bool,
     training: bool,
     packed: Optional["PackedWeights"] = None,  # pack_weights(kernel, recurrent_kernel), unchanged since
+    batch_major: bool = False,          # x and y (B, T, .); gates and cells stay (T, B, .)
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-    """Returns (y (T,B,H), h_n (B,H), c_n (B,H), gates (T,B,4H) | None, cells (T,B,H) | None)."""
+    """Returns (y (T,B,H) | (B,T,H), h_n (B,H), c_n (B,H), gates (T,B,4H) | None,
+    cells (T,B,H) | None)."""
 
 class PackedWeights:
     """kernel and recurrent_kernel packed for forward(); made by pack_weights()."""
@@ -34,7 +36,7 @@ def pack_weights(kernel: np.ndarray, recurrent_kernel: np.ndarray) -> PackedWeig
     """kernel (I, 4H), recurrent_kernel (H, 4H), both float32 or both float64."""
 
 def backward(
-    x: np.ndarray,
+    x: np.ndarray,                      # as given to forward()
     kernel: np.ndarray,
     recurrent_kernel: np.ndarray,
     has_bias: bool,
@@ -44,10 +46,11 @@ def backward(
     reverse: bool,
     gates: np.ndarray,                  # (T, B, 4H) from forward(training=True)
     cells: np.ndarray,                  # (T, B, H)  from forward(training=True)
-    dy: Optional[np.ndarray],           # (T, B, H)
+    dy: Optional[np.ndarray],           # (T, B, H), or (B, T, H) with batch_major
     dh_n: Optional[np.ndarray],         # (B, H)
     dc_n: Optional[np.ndarray],         # (B, H)
     need_dx: bool = True,               # False: dx's product skipped, dx None
+    batch_major: bool = False,          # x, dy and dx (B, T, .), as forward()'s x and y
 ) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Returns (dx | None, dh0, dc0, dkernel, drecurrent_kernel, dbias | None)."""
 

@@ -1407,35 +1407,32 @@ class LSTM(Layer):
         else:
             lengths = None
 
-        x_tm = xp.ascontiguousarray(x.transpose(1, 0, 2))                    # (T, B, I)
         fused = self.uses_fused_kernels and rec_mask is None
-        if fused:
-            y_tm, h_n, c_n, saved = ops.lstm_forward(
-                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
+        if fused:   # (the kernels read x and write y batch-major: no layout copies)
+            y, h_n, c_n, saved = ops.lstm_forward(
+                x, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
                 reverse=self.go_backwards, training=bool(training),
                 backend=self._device.lstm_backend,
-                precision="fp32" if self._device.is_host else self.precision)
+                precision="fp32" if self._device.is_host else self.precision, batch_first=True)
         else:
             lens = self._on_device(np.full(B, T, np.int64) if lengths is None else lengths)
             y_tm, h_n, c_n, saved = _Generic.forward(
-                x_tm, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lens,
+                xp.ascontiguousarray(x.transpose(1, 0, 2)), self.kernel,      # x (T, B, I)
+                self.recurrent_kernel, self.bias, h0, c0, lens,
                 self.go_backwards, self.activation, self.recurrent_activation, rec_mask,
                 None if in_masks is None else xp.ascontiguousarray(in_masks))
+            y = y_tm.transpose(1, 0, 2)
             if not training:
                 saved = None
         self.last_path = "fused" if fused else "numpy"
 
-        # Back to batch-major, in the time order and with the fill values Keras gives.
-        y = y_tm.transpose(1, 0, 2)                                           # (B, T, H)
+        # y (B, T, H): in the time order and with the fill values Keras gives.
         fill_last = zero_last = None
         if self.return_sequences:
             if scatter is not None:
                 y = _devices.take_along_time(xp.ascontiguousarray(y), scatter)
-                if self.go_backwards:
-                    y = xp.ascontiguousarray(y[:, ::-1])
-            else:   # (reversed in time, if at all, by the one copy to batch-major)
-                y = xp.ascontiguousarray(y_tm[::-1].transpose(1, 0, 2) if self.go_backwards
-                                         else y)
+            # (reversed in time, if at all, by the one copy)
+            y = xp.ascontiguousarray(y[:, ::-1] if self.go_backwards else y)
             if mask is not None:
                 m = mask[:, ::-1] if self.go_backwards else mask
                 # steps after the last valid one repeat the final output (Keras)
@@ -1497,7 +1494,7 @@ class LSTM(Layer):
             checked(dh_extra, "the returned state h", (B, H), "(batch, units)"))
         dc_n = None if dc_extra is None else xp.ascontiguousarray(
             checked(dc_extra, "the returned state c", (B, H), "(batch, units)"))
-        dy_tm = None
+        dy_seq = None
         if dy is not None:
             if self.return_sequences:
                 dy = checked(dy, "the output", (B, T, H), "(batch, timesteps, units)")
@@ -1512,27 +1509,28 @@ class LSTM(Layer):
                     dy = dy[:, ::-1]
                 if cache["gather"] is not None:
                     dy = _devices.take_along_time(dy, cache["gather"])
-                dy_tm = xp.ascontiguousarray(dy.transpose(1, 0, 2))
+                # (B, T, H) for the kernels, (T, B, H) for the NumPy path
+                dy_seq = xp.ascontiguousarray(dy if cache["fused"] else dy.transpose(1, 0, 2))
             else:
                 if cache["zero_last"] is not None:     # rows whose output is zeros
                     dy = xp.where(cache["zero_last"], dt.type(0), dy)
                 dh_n = dy.copy() if dh_n is None else dh_n + dy
         need_dx = self._input_grad_wanted
-        if cache["fused"]:
-            dx_tm, dh0, dc0, dk, drk, db = ops.lstm_backward(
-                cache["saved"], dy_tm,
+        if cache["fused"]:   # dx (B, T, I)
+            dx, dh0, dc0, dk, drk, db = ops.lstm_backward(
+                cache["saved"], dy_seq,
                 None if dh_n is None else xp.ascontiguousarray(dh_n, dtype=dt),
                 dc_n, need_dx=need_dx)
         else:
             zeros = xp.zeros((B, H), dt)
             dx_tm, dh0, dc0, dk, drk, db = _Generic.backward(
-                cache["saved"], xp.zeros((T, B, H), dt) if dy_tm is None else dy_tm,
+                cache["saved"], xp.zeros((T, B, H), dt) if dy_seq is None else dy_seq,
                 zeros if dh_n is None else dh_n, zeros if dc_n is None else dc_n)
+            dx = dx_tm.transpose(1, 0, 2)
         self.grads = [dk, drk] + ([db] if self.use_bias else [])
         self.initial_state_grads = [dh0, dc0] if cache["grad_to_state"] else None
         if not need_dx:
             return None
-        dx = dx_tm.transpose(1, 0, 2)
         if cache["scatter"] is not None:
             dx = _devices.take_along_time(dx, cache["scatter"])
         if cache["in_mask"] is not None:

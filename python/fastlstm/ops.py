@@ -2,7 +2,7 @@
 
     y, h_n, c_n, saved = lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None,
                                       lengths=None, reverse=False, training=True, backend="auto",
-                                      packed=None, precision="fp32")
+                                      packed=None, precision="fp32", batch_first=False)
     dx, dh0, dc0, dkernel, drecurrent_kernel, dbias = lstm_backward(saved, dy, dh_n=None, dc_n=None,
                                                                     need_dx=True)
     packed = pack_weights(kernel, recurrent_kernel)   # reuse across forwards (CPU backend)
@@ -14,6 +14,11 @@ h0, c0, h_n, c_n (B, H); y (T, B, H); lengths (B,) integers in [0, T]. Gate bloc
 lengths follow PyTorch's packed sequences: sequence b uses steps 0..lengths[b]-1, y is 0
 past its length, h_n/c_n are its state after its last valid step. reverse=True runs each
 sequence from its last valid step down to 0, with y[t] kept at position t.
+
+batch_first=True: x is (B, T, I) and y (B, T, H) (PyTorch's batch_first, Keras's layout), and
+lstm_backward takes dy (B, T, H) and returns dx (B, T, I). The CPU backend reads and writes
+these layouts in place; the "numpy" and "cuda" backends transpose a copy. The results are the
+same, bit for bit, as for the time-major arrays.
 
 Backends: "cpu" (the fused C++ kernels), "numpy" (fastlstm.reference), "auto" (= "cpu"),
 "cuda" (fastlstm's CUDA kernels; RuntimeError with the reason when fastlstm.cuda_available()
@@ -60,7 +65,7 @@ class LSTMSaved:
     """
 
     __slots__ = ("backend", "dtype", "dims", "x", "kernel", "recurrent_kernel", "has_bias",
-                 "h0", "c0", "lengths", "reverse", "payload", "precision")
+                 "h0", "c0", "lengths", "reverse", "payload", "precision", "batch_first")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -69,6 +74,7 @@ class LSTMSaved:
     def __repr__(self):
         T, B, I, H = self.dims
         extra = "" if self.precision == "fp32" else f", precision={self.precision!r}"
+        extra += ", batch_first=True" if self.batch_first else ""
         return (f"LSTMSaved(backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
                 f"dtype={self.dtype}, reverse={self.reverse}{extra})")
 
@@ -160,13 +166,16 @@ def _recurrent_kernel(value, dtype=None, xp=np):
     return arr
 
 
-def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training):
-    """The checked forward arguments (arrays of module xp, lengths as int64 NumPy)."""
+def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training,
+                       batch_first=False):
+    """The checked forward arguments (arrays of module xp, lengths as int64 NumPy); x stays in
+    its layout, (B, T, I) when batch_first."""
     x = _as_float_array(x, "x", xp=xp)
+    layout = "(B, T, I)" if batch_first else "(T, B, I)"
     if x.ndim != 3:
-        raise ValueError(f"x: expected a 3-D array (T, B, I), got shape {_shape_str(x.shape)}")
+        raise ValueError(f"x: expected a 3-D array {layout}, got shape {_shape_str(x.shape)}")
     dtype = x.dtype
-    T, B, I = x.shape
+    B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
     if I < 1:
         raise ValueError("x: the feature axis I must have size >= 1, got shape "
                          f"{_shape_str(x.shape)}")
@@ -214,12 +223,14 @@ def _check_packed(packed, I, H, dtype):
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengths=None,
-                 reverse=False, training=True, backend="auto", packed=None, precision="fp32"):
+                 reverse=False, training=True, backend="auto", packed=None, precision="fp32",
+                 batch_first=False):
     """Run an LSTM over x. Returns (y, h_n, c_n, saved); saved is None when training=False.
 
     x (T, B, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,) or None;
     h0, c0 (B, H) or None (zeros); lengths (B,) ints in [0, T] or None (all T).
     Returns y (T, B, H), h_n (B, H), c_n (B, H) in x's dtype.
+    batch_first: x (B, T, I) and y (B, T, H) instead (and lstm_backward's dy and dx).
     packed: None, or pack_weights(kernel, recurrent_kernel) made from these same values
     (not checked; with stale packed weights the result is unspecified, as short calls may read
     the arrays directly); used by the "cpu" backend, ignored by the others.
@@ -231,44 +242,60 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     backend_given = backend
     backend = _resolve_backend(backend)
     _check_precision(precision, backend_given)
-    if backend == "cuda":
+    batch_first = _check_flag(batch_first, "batch_first")
+    if backend == "cuda":   # (time-major kernels: a batch-major x is transposed into a copy)
         raw = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias, h0=h0,
                    c0=c0, lengths=lengths)
 
         def normalize(xp, r):
-            args = _normalize_forward(xp, **r, reverse=reverse, training=training)
+            args = _normalize_forward(xp, **r, reverse=reverse, training=training,
+                                      batch_first=batch_first)
             _check_precision_dtype(precision, args["x"].dtype)
+            if batch_first:
+                args["x"] = _swap_time_batch(args["x"])
             return args
 
         (y, h_n, c_n), fields = _cuda.forward(
             normalize, raw, names=("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"),
             precision=precision)
+        if batch_first:
+            y = _swap_time_batch(y)
         if fields is None:
             return y, h_n, c_n, None
-        return y, h_n, c_n, LSTMSaved(backend="cuda", **fields)
+        return y, h_n, c_n, LSTMSaved(backend="cuda", batch_first=batch_first, **fields)
     args = _normalize_forward(np, x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse,
-                              training)
+                              training, batch_first)
     x, kernel, recurrent_kernel, bias, h0, c0, lengths, reverse, training = (
         args[k] for k in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0", "lengths",
                           "reverse", "training"))
     dtype = x.dtype
-    T, B, I = x.shape
+    B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
     H = recurrent_kernel.shape[0]
 
     packed = _check_packed(packed, I, H, dtype)
     if backend == "cpu":
         y, h_n, c_n, gates, cells = _core.forward(x, kernel, recurrent_kernel, bias, h0, c0,
-                                                  lengths, reverse, training, packed)
+                                                  lengths, reverse, training, packed,
+                                                  batch_major=batch_first)
         payload = (gates, cells)
-    else:
-        y, h_n, c_n, payload = reference.lstm_forward(x, kernel, recurrent_kernel, bias, h0, c0,
-                                                      lengths, reverse, training)
+    else:   # the reference is time-major (its saved payload keeps its own copy of x)
+        y, h_n, c_n, payload = reference.lstm_forward(
+            _swap_time_batch(x) if batch_first else x, kernel, recurrent_kernel, bias, h0, c0,
+            lengths, reverse, training)
+        if batch_first:
+            y = _swap_time_batch(y)
     if not training:
         return y, h_n, c_n, None
     saved = LSTMSaved(backend=backend, dtype=dtype, dims=(T, B, I, H), x=x, kernel=kernel,
                       recurrent_kernel=recurrent_kernel, has_bias=bias is not None, h0=h0, c0=c0,
-                      lengths=lengths, reverse=reverse, payload=payload, precision="fp32")
+                      lengths=lengths, reverse=reverse, payload=payload, precision="fp32",
+                      batch_first=batch_first)
     return y, h_n, c_n, saved
+
+
+def _swap_time_batch(a):
+    """A C-contiguous copy of a 3-D array (NumPy or CuPy) with its first two axes swapped."""
+    return a.transpose(1, 0, 2).copy()
 
 
 def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
@@ -276,7 +303,7 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
 
     dy (T, B, H) or None; dh_n, dc_n (B, H) or None (zero). Returns
     (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None when the forward had
-    no bias. dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
+    no bias. After a forward with batch_first=True, dy is (B, T, H) and dx (B, T, I). dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
     The products run in the forward's precision (saved.precision).
     need_dx=False: dx is returned as None, and on the CPU backend its matrix product
     (dz . kernel^T, as many FLOPs as the forward's input projection) is skipped: for an LSTM
@@ -292,26 +319,44 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
     T, B, I, H = saved.dims
     dtype = saved.dtype
     if saved.backend == "cuda":   # (dx computed there, dropped below)
-        grads = _cuda.backward(saved, lambda xp, r: dict(
-            dy=_optional(r["dy"], "dy", (T, B, H), dtype, "(T, B, H)", xp),
-            dh_n=_optional(r["dh_n"], "dh_n", (B, H), dtype, "(B, H)", xp),
-            dc_n=_optional(r["dc_n"], "dc_n", (B, H), dtype, "(B, H)", xp)),
-            dict(dy=dy, dh_n=dh_n, dc_n=dc_n))
+        def normalize(xp, r):
+            g = dict(dy=_checked_dy(r["dy"], saved, xp),
+                     dh_n=_optional(r["dh_n"], "dh_n", (B, H), dtype, "(B, H)", xp),
+                     dc_n=_optional(r["dc_n"], "dc_n", (B, H), dtype, "(B, H)", xp))
+            if saved.batch_first and g["dy"] is not None:
+                g["dy"] = _swap_time_batch(g["dy"])
+            return g
+
+        grads = _cuda.backward(saved, normalize, dict(dy=dy, dh_n=dh_n, dc_n=dc_n))
+        if saved.batch_first and grads[0] is not None:
+            grads = (_swap_time_batch(grads[0]),) + tuple(grads[1:])
     else:
         grads = _backward_host(saved, dy, dh_n, dc_n, need_dx)
     return grads if need_dx else (None,) + tuple(grads[1:])
+
+
+def _checked_dy(dy, saved, xp=np):
+    """dy checked: None, or of shape (T, B, H), (B, T, H) after a batch_first forward."""
+    T, B, I, H = saved.dims
+    if saved.batch_first:
+        return _optional(dy, "dy", (B, T, H), saved.dtype, "(B, T, H)", xp)
+    return _optional(dy, "dy", (T, B, H), saved.dtype, "(T, B, H)", xp)
 
 
 def _backward_host(saved, dy, dh_n, dc_n, need_dx):
     """lstm_backward on the "cpu" (dx skipped unless need_dx) or "numpy" backend."""
     T, B, I, H = saved.dims
     dtype = saved.dtype
-    dy = _optional(dy, "dy", (T, B, H), dtype, "(T, B, H)")
+    dy = _checked_dy(dy, saved)
     dh_n = _optional(dh_n, "dh_n", (B, H), dtype, "(B, H)")
     dc_n = _optional(dc_n, "dc_n", (B, H), dtype, "(B, H)")
     if saved.backend == "cpu":
         gates, cells = saved.payload
         return _core.backward(saved.x, saved.kernel, saved.recurrent_kernel, saved.has_bias,
                               saved.h0, saved.c0, saved.lengths, saved.reverse, gates, cells,
-                              dy, dh_n, dc_n, need_dx)
-    return reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
+                              dy, dh_n, dc_n, need_dx, batch_major=saved.batch_first)
+    if not saved.batch_first:
+        return reference.lstm_backward(saved.payload, dy, dh_n, dc_n)
+    grads = reference.lstm_backward(saved.payload, None if dy is None else _swap_time_batch(dy),
+                                    dh_n, dc_n)
+    return (_swap_time_batch(grads[0]),) + tuple(grads[1:])

@@ -253,22 +253,22 @@ def _weights_to_kernels(route, weight_ih, weight_hh, bias_ih, bias_hh, keep=None
 class _LSTMDirection(torch.autograd.Function):
     """One layer, one direction: (x, h0, c0, weights) -> (y, h_n, c_n) on fastlstm's kernels.
 
-    x (T, B, I) time-major; h0, c0 (B, H) or None (zeros); weights in torch's layout;
-    bias_ih, bias_hh both None or both (4H,); lengths an int64 ndarray (B,) or None;
-    reverse runs each sequence from its last valid step down; route: _HOST or a _CudaRoute;
-    precision: fastlstm.ops' precision option.
+    x (T, B, I) time-major, or (B, T, I) with batch_first (and y likewise); h0, c0 (B, H) or
+    None (zeros); weights in torch's layout; bias_ih, bias_hh both None or both (4H,); lengths
+    an int64 ndarray (B,) or None; reverse runs each sequence from its last valid step down;
+    route: _HOST or a _CudaRoute; precision: fastlstm.ops' precision option.
     """
 
     @staticmethod
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, route,
-                precision):
+                precision, batch_first):
         with route.scope():
             kernel, recurrent_kernel, bias = _weights_to_kernels(route, weight_ih, weight_hh,
                                                                  bias_ih, bias_hh)
             y, h_n, c_n, saved = ops.lstm_forward(
                 route.array(x), kernel, recurrent_kernel, bias, route.array(h0), route.array(c0),
                 lengths=lengths, reverse=reverse, training=True, backend=route.backend,
-                precision=precision)
+                precision=precision, batch_first=batch_first)
             outs = route.tensor(y), route.tensor(h_n), route.tensor(c_n)
         # The kernels' saved state holds views of x, h0 and c0. Saving the tensors too
         # lets autograd's version counters catch an in-place change before backward.
@@ -311,7 +311,7 @@ class _LSTMDirection(torch.autograd.Function):
                     # bias_ih and bias_hh both get dbias; separate tensors, since autograd may
                     # adopt a returned gradient as a parameter's .grad and then add into it.
                     wrap(dbias, need[6], copy=True),
-                    None, None, None, None)
+                    None, None, None, None, None)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -379,18 +379,20 @@ def _inference_weights(route, weights, cache, slot):
 
 
 def _run_direction(x, h0, c0, weights, lengths, reverse, route=_HOST, precision="fp32",
-                   cache=None, slot=None):
+                   cache=None, slot=None, batch_first=False):
     """Run one layer/direction, through autograd only when a gradient is needed. Inference
-    calls take their weights from `cache` (a dict, see LSTM.cache_weights) when given."""
+    calls take their weights from `cache` (a dict, see LSTM.cache_weights) when given.
+    batch_first: x (B, T, I) and y (B, T, H), read and written so by the kernels."""
     tensors = (x, h0, c0) + tuple(weights)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse, route, precision)
+        return _LSTMDirection.apply(x, h0, c0, *weights, lengths, reverse, route, precision,
+                                    batch_first)
     with route.scope():
         kernel, recurrent_kernel, bias, packed = _inference_weights(route, weights, cache, slot)
         y, h_n, c_n, _ = ops.lstm_forward(
             route.array(x), kernel, recurrent_kernel, bias, route.array(h0), route.array(c0),
             lengths=lengths, reverse=reverse, training=False, backend=route.backend,
-            packed=packed, precision=precision)
+            packed=packed, precision=precision, batch_first=batch_first)
         return route.tensor(y), route.tensor(h_n), route.tensor(c_n)
 
 
@@ -752,15 +754,14 @@ class LSTM(torch.nn.Module):
                 raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
                                    f"{self.input_size}, got {input.shape[-1]}")
             batched = input.dim() == 3
-            if not batched:
-                x = input.unsqueeze(1)
-            elif self.batch_first:
-                x = input.transpose(0, 1)
+            # (batch_first: the kernels read x and write y batch-major, no layout copies)
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                B, T = x.shape[:2]
             else:
-                x = input
-            if x.shape[0] == 0:
+                T, B = x.shape[:2]
+            if T == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-            T, B = x.shape[0], x.shape[1]
             lengths = None
 
         if hx is None:
@@ -774,6 +775,7 @@ class LSTM(torch.nn.Module):
         # no tensor cores off the GPU: fp32 there (the class docstring)
         precision = self.precision if route.backend == "cuda" else "fp32"
         D = 2 if self.bidirectional else 1
+        batch_major = self.batch_first and batched and not packed
         h_list, c_list = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -788,7 +790,8 @@ class LSTM(torch.nn.Module):
                     None if h0_all is None else h0_all[k],
                     None if c0_all is None else c0_all[k],
                     weights, lengths, direction == 1, route, precision,
-                    cache=getattr(self, "_weight_cache", None), slot=k)
+                    cache=getattr(self, "_weight_cache", None), slot=k,
+                    batch_first=batch_major)
                 outputs.append(y)
                 h_list.append(h_n)
                 c_list.append(c_n)
@@ -805,6 +808,4 @@ class LSTM(torch.nn.Module):
                                     input.sorted_indices, input.unsorted_indices)
         elif not batched:
             output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
-        elif self.batch_first:
-            output = output.transpose(0, 1)
         return output, (h_n, c_n)
