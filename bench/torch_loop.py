@@ -21,6 +21,10 @@ torch/contender, the ratio of medians (above 1: faster than torch.nn.LSTM).
     python bench/torch_loop.py                       # the default configurations
     python bench/torch_loop.py --config 100,16,256,256 --rounds 5 --steps 20
     python bench/torch_loop.py --json out.json --markdown out.md
+    python bench/torch_loop.py --layout     # fl-auto against itself fed time-major (NOTES 58)
+
+With --layout the contenders are torch, "fl-tm" (fastlstm.torch.LSTM(batch_first=False) fed
+x.transpose(0, 1), the path batch_first input took before NOTES 58) and fl-auto.
 """
 
 import argparse
@@ -37,15 +41,15 @@ DEFAULT_CONFIGS = [(30, 32, 64, 64), (30, 32, 64, 128), (100, 1, 256, 256),
 SKIP = 2   # steps at the start of each block left out (the previous contender's wake)
 
 
-def build(torch, lstm_class, state, I, H):
+def build(torch, lstm_class, state, I, H, batch_first=True):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm = lstm_class(I, H, batch_first=True)
+            self.lstm = lstm_class(I, H, batch_first=batch_first)
             self.head = torch.nn.Linear(H, 10)
 
-        def forward(self, x):
-            _, (h_n, _) = self.lstm(x)
+        def forward(self, x):   # x (B, T, I)
+            _, (h_n, _) = self.lstm(x if batch_first else x.transpose(0, 1))
             return self.head(h_n[-1])
 
     net = Net()
@@ -53,7 +57,7 @@ def build(torch, lstm_class, state, I, H):
     return net
 
 
-def measure(config, mode, rounds, steps, seed):
+def measure(config, mode, rounds, steps, seed, layout=False):
     import torch
     import fastlstm
     import fastlstm.torch as ft
@@ -66,9 +70,12 @@ def measure(config, mode, rounds, steps, seed):
     base.head = torch.nn.Linear(H, 10)
     state = base.state_dict()
     nets = {"torch": build(torch, torch.nn.LSTM, state, I, H)}
-    nets["fl-own"] = build(torch, ft.LSTM, state, I, H)
+    if layout:
+        nets["fl-tm"] = build(torch, ft.LSTM, state, I, H, batch_first=False)
+    else:
+        nets["fl-own"] = build(torch, ft.LSTM, state, I, H)
     nets["fl-auto"] = build(torch, ft.LSTM, state, I, H)
-    if mode == "infer":   # inference with the converted, packed weights kept (cache_weights)
+    if mode == "infer" and not layout:   # inference with the converted, packed weights kept (cache_weights)
         nets["fl-cached"] = build(torch, ft.LSTM, state, I, H)
         nets["fl-cached"].lstm.cache_weights()
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=1e-3) for name, net in nets.items()}
@@ -138,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every step time here")
     parser.add_argument("--markdown", help="write the table here")
+    parser.add_argument("--layout", action="store_true",
+                        help="fl-auto against fl-tm (time-major input) instead of the pools")
     args = parser.parse_args(argv)
 
     import torch
@@ -149,18 +158,32 @@ def main(argv=None):
     header = ("| T, B, I, H | mode | torch.nn.LSTM ms | fastlstm own pool ms | torch/own "
               "| fastlstm default (OpenMP) ms | torch/default | default + cache_weights() ms "
               "| torch/cached |")
-    lines = [header, "|" + "---|" * 9]
+    if args.layout:
+        header = ("| T, B, I, H | mode | torch.nn.LSTM ms | fastlstm fed time-major ms | torch/tm "
+                  "| fastlstm batch_first ms | torch/batch_first | tm/batch_first |")
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     print(header)
     print(lines[1])
     for config in configs:
         for mode in modes:
-            times, info = measure(config, mode, args.rounds, args.steps, args.seed)
+            times, info = measure(config, mode, args.rounds, args.steps, args.seed, args.layout)
             s = summarize(times)
 
             def cell(name):
                 v = s[name]
                 return f"{v['median_ms']:.3f} ({v['min_ms']:.3f}-{v['max_ms']:.3f})"
 
+            if args.layout:
+                line = (f"| {', '.join(map(str, config))} | {mode} | {cell('torch')} "
+                        f"| {cell('fl-tm')} | {s['fl-tm']['torch_over']:.2f} | {cell('fl-auto')} "
+                        f"| {s['fl-auto']['torch_over']:.2f} "
+                        f"| {s['fl-tm']['median_ms'] / s['fl-auto']['median_ms']:.2f} |")
+                print(line, flush=True)
+                lines.append(line)
+                rows.append({"config": config, "mode": mode, "summary": s})
+                raw.append({"config": config, "mode": mode,
+                            "times_s": {k: [float(t) for t in v] for k, v in times.items()}})
+                continue
             cached = (f" {cell('fl-cached')} | {s['fl-cached']['torch_over']:.2f} |"
                       if "fl-cached" in s else " - | - |")
             line = (f"| {', '.join(map(str, config))} | {mode} | {cell('torch')} | {cell('fl-own')} "

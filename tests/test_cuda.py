@@ -2286,6 +2286,27 @@ def test_gpu_matches_cpu_backend_closely():
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("device_arrays", [False, True], ids=["numpy", "cupy"])
+def test_gpu_batch_first_same_bits_as_time_major(device_arrays):
+    # ops transposes copies for the CUDA kernels (time-major only): the same bits both ways
+    fwd, bwd = make_case(6, 5, 11, 33, np.float32, seed=8, lengths=[6, 0, 3, 1, 6], reverse=True)
+    xp = _cupy_or_skip() if device_arrays else np
+    move = lambda a: xp.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
+    swap = lambda a: xp.ascontiguousarray(a.transpose(1, 0, 2))  # noqa: E731
+    dfwd = {k: (v if k == "lengths" else move(v)) for k, v in fwd.items()}
+    dbwd = {k: move(v) for k, v in bwd.items()}
+    y, h_n, c_n, saved = ops.lstm_forward(**dfwd, backend="cuda")
+    grads = ops.lstm_backward(saved, **dbwd)
+    yb, hb, cb, savedb = ops.lstm_forward(**dict(dfwd, x=swap(dfwd["x"])), backend="cuda",
+                                          batch_first=True)
+    gradsb = ops.lstm_backward(savedb, **dict(dbwd, dy=swap(dbwd["dy"])))
+    assert yb.shape == (5, 6, 33) and gradsb[0].shape == (5, 6, 11)
+    assert_bitwise_equal((y, h_n, c_n) + tuple(grads),
+                         (swap(yb), hb, cb, swap(gradsb[0])) + tuple(gradsb[1:]))
+
+
 def _cupy_or_skip():
     return pytest.importorskip("cupy", reason="CuPy is not installed")
 
