@@ -619,6 +619,25 @@ def test_cache_weights_off_and_training_unaffected(monkeypatch, rel_err):
         ours.cache_weights("yes")
 
 
+def test_cache_weights_with_inference_tensors(monkeypatch, rel_err):
+    # A module built and loaded under inference_mode has inference tensors as weights: no
+    # version counter to see changes by, so calls convert them each time (no cache, no error),
+    # and a change made in place there is seen by the next call.
+    seen = _packed_calls(monkeypatch)
+    x = torch.randn(T_, B_, I_, dtype=torch.float64)
+    with torch.inference_mode():
+        ref = torch.nn.LSTM(I_, H_, dtype=torch.float64)
+        ours = ftorch.LSTM(I_, H_, dtype=torch.float64).cache_weights()
+        ours.load_state_dict(ref.state_dict())
+        assert ours.weight_ih_l0.is_inference()
+        for _ in range(2):
+            assert rel_err(_np(ours(x)[0]), _np(ref(x)[0])) <= TOL[torch.float64]
+        for model in (ours, ref):
+            model.weight_hh_l0.mul_(0.5)
+        assert rel_err(_np(ours(x)[0]), _np(ref(x)[0])) <= TOL[torch.float64]
+    assert seen == [None, None, None] and ours._weight_cache == {}
+
+
 def test_cache_weights_survives_copy_and_pickle(monkeypatch):
     import copy
     import io

@@ -350,7 +350,11 @@ def _weights_signature(weights):
     """What identifies the current values of weight tensors without reading them: each
     tensor's storage address, dtype and version counter (bumped by every in-place change
     autograd can see; not by changes made through ``.data``), and the number of optimizer
-    steps taken so far (a fused optimizer's step bumps no version counter)."""
+    steps taken so far (a fused optimizer's step bumps no version counter). None when a
+    weight is an inference tensor (made under torch.inference_mode()): those have no version
+    counter, and inside inference_mode they can change in place unseen."""
+    if any(t is not None and t.is_inference() for t in weights):
+        return None
     return (_optimizer_steps[0],) + tuple(
         None if t is None else (t.data_ptr(), t.dtype, t._version) for t in weights)
 
@@ -359,10 +363,10 @@ def _inference_weights(route, weights, cache, slot):
     """(kernel, recurrent_kernel, bias, packed) for an inference call: from cache[slot] when the
     same tensors have an unchanged signature, else converted (and packed, on the CPU) now, and
     stored when cache is a dict; packed is None without a cache or off the CPU."""
-    if cache is None:
-        return _weights_to_kernels(route, *weights) + (None,)
     weights = tuple(weights)
-    signature = _weights_signature(weights)
+    signature = None if cache is None else _weights_signature(weights)
+    if signature is None:   # (no cache, or weights whose changes cannot be seen: convert now)
+        return _weights_to_kernels(route, *weights) + (None,)
     entry = cache.get(slot)
     # The entry holds the tensors themselves: compared by identity, they cannot be freed and
     # their id or memory reused by new tensors while the entry exists.
@@ -611,7 +615,9 @@ class LSTM(torch.nn.Module):
         bumping version counters). In-place changes made through ``w.data`` are not tracked
         and are NOT seen (a new tensor assigned to ``w.data`` is: its storage address is part
         of what is compared): call cache_weights() again after them. Calling it clears the cache;
-        ``cache_weights(False)`` turns caching off. Returns self.
+        ``cache_weights(False)`` turns caching off. Returns self. Weights that are inference
+        tensors (the module built or loaded under ``torch.inference_mode()``) have no version
+        counter: calls with them convert the weights every time, as without caching.
 
         On CUDA the module may be called from several streams: a stream that first uses the
         cached copies waits for the stream that made them, and their memory is marked as used
