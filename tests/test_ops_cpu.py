@@ -298,7 +298,7 @@ def test_packed_weights_errors(make_case):
         ops.pack_weights(f["kernel"], f["recurrent_kernel"][:, :-1])
     with pytest.raises(ValueError, match=r"kernel: expected shape \(I, 4H\) = \(I, 32\)"):
         ops.pack_weights(f["kernel"][:, :-1], f["recurrent_kernel"])
-    with pytest.raises(TypeError, match="kernel: dtype float64 does not match"):
+    with pytest.raises(TypeError, match="kernel: dtype float64 does not match recurrent_kernel.s dtype float32"):
         ops.pack_weights(f["kernel"].astype(np.float64), f["recurrent_kernel"])
     with pytest.raises(TypeError, match="recurrent_kernel: expected a float32 or float64 array"):
         ops.pack_weights(f["kernel"], f["recurrent_kernel"].astype(np.int32))

@@ -83,14 +83,14 @@ def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def _as_float_array(value, name, dtype=None, xp=np):
+def _as_float_array(value, name, dtype=None, xp=np, dtype_of="x"):
     """value as an array (of module xp: numpy, or cupy on "cuda") of a supported float dtype
-    (and of `dtype` when given)."""
+    (and of `dtype` when given: that of the argument named dtype_of)."""
     arr = xp.asarray(value)
     if arr.dtype not in _FLOATS:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name}: dtype {arr.dtype} does not match x's dtype {dtype}; "
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match {dtype_of}'s dtype {dtype}; "
                         f"all arrays must share one dtype")
     return arr
 
@@ -203,7 +203,7 @@ def pack_weights(kernel, recurrent_kernel):
     """
     recurrent_kernel = _recurrent_kernel(recurrent_kernel)
     H = recurrent_kernel.shape[0]
-    kernel = _as_float_array(kernel, "kernel", recurrent_kernel.dtype)
+    kernel = _as_float_array(kernel, "kernel", recurrent_kernel.dtype, dtype_of="recurrent_kernel")
     if kernel.ndim != 2 or kernel.shape[0] < 1 or kernel.shape[1] != 4 * H:
         raise ValueError(f"kernel: expected shape (I, 4H) = (I, {4 * H}) with I >= 1, got "
                          f"{_shape_str(kernel.shape)}")
