@@ -1338,6 +1338,7 @@ void forward_steps(const ForwardArgs<Real>& a, const Real* P, Real* hbuf0, Real*
 template <typename Real>
 std::string forward_impl(const ForwardArgs<Real>& a, int device, cudaStream_t stream, const RunOptions& opt) {
   check_dims(a.dims);
+  if (a.batch_major) throw Error("batch_major: the CUDA kernels take time-major x, y, dy and dx only (lstm.h)");
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
   check_precision<Real>(opt.precision, device);
@@ -1429,6 +1430,7 @@ void backward_steps(const BackwardArgs<Real>& a, Real* dz, Real* hprev, const Re
 template <typename Real>
 std::string backward_impl(const BackwardArgs<Real>& a, int device, cudaStream_t stream, const RunOptions& opt) {
   check_dims(a.dims);
+  if (a.batch_major) throw Error("batch_major: the CUDA kernels take time-major x, y, dy and dx only (lstm.h)");
   const int64_t T = a.dims.T, B = a.dims.B, I = a.dims.I, H = a.dims.H, G = 4 * H;
   const int64_t TB = T * B;
   check_precision<Real>(opt.precision, device);
