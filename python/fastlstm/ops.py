@@ -175,7 +175,7 @@ def _normalize_forward(xp, x, kernel, recurrent_kernel, bias, h0, c0, lengths, r
     if x.ndim != 3:
         raise ValueError(f"x: expected a 3-D array {layout}, got shape {_shape_str(x.shape)}")
     dtype = x.dtype
-    B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
+    T, B, I = _sizes(x, batch_first)
     if I < 1:
         raise ValueError("x: the feature axis I must have size >= 1, got shape "
                          f"{_shape_str(x.shape)}")
@@ -269,7 +269,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
         args[k] for k in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0", "lengths",
                           "reverse", "training"))
     dtype = x.dtype
-    B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
+    T, B, I = _sizes(x, batch_first)
     H = recurrent_kernel.shape[0]
 
     packed = _check_packed(packed, I, H, dtype)
@@ -293,6 +293,11 @@ def lstm_forward(x, kernel, recurrent_kernel, bias=None, h0=None, c0=None, lengt
     return y, h_n, c_n, saved
 
 
+def _sizes(x, batch_first):
+    """(T, B, I) of a 3-D x, (B, T, I) when batch_first."""
+    return (x.shape[1], x.shape[0], x.shape[2]) if batch_first else tuple(x.shape)
+
+
 def _swap_time_batch(a):
     """A C-contiguous copy of a 3-D array (NumPy or CuPy) with its first two axes swapped."""
     return a.transpose(1, 0, 2).copy()
@@ -303,7 +308,8 @@ def lstm_backward(saved, dy, dh_n=None, dc_n=None, *, need_dx=True):
 
     dy (T, B, H) or None; dh_n, dc_n (B, H) or None (zero). Returns
     (dx, dh0, dc0, dkernel, drecurrent_kernel, dbias); dbias is None when the forward had
-    no bias. After a forward with batch_first=True, dy is (B, T, H) and dx (B, T, I). dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
+    no bias. After a forward with batch_first=True, dy is (B, T, H) and dx (B, T, I).
+    dh0/dc0 are returned even when h0/c0 were None (the gradient at zeros).
     The products run in the forward's precision (saved.precision).
     need_dx=False: dx is returned as None, and on the CPU backend its matrix product
     (dz . kernel^T, as many FLOPs as the forward's input projection) is skipped: for an LSTM
