@@ -17,7 +17,9 @@ gradient with numpy.add.at, "kernel" as shipped (_core.index_add_rows, the same 
 `--compare layout` the model is two stacked LSTMs (the first with return_sequences) before the
 Dense layer; "copies" runs the LSTM kernels time-major, with the copies between the layouts
 that the layer made before the kernels read and wrote batch-major arrays (NOTES 58), "in
-place" as shipped (the same bits).
+place" as shipped (the same bits). With `--compare predict` it times `predict` (batches of B)
+instead of `fit`: "per call" packs the LSTM weights in every batch's forward, "once" packs them
+once per predict as shipped (NOTES 59; the same bits).
 
     python bench/model_step.py
     python bench/model_step.py --config 100,64,256,256 --units 256 --rounds 6
@@ -50,7 +52,8 @@ COMPARISONS = {"matmul": ("blas", "own", "NumPy BLAS ms", "own product ms"),
                "rmsprop": ("numpy", "fused", "NumPy RMSprop ms", "fused RMSprop ms"),
                "sgd": ("numpy", "fused", "NumPy SGD ms", "fused SGD ms"),
                "embedding": ("add.at", "kernel", "numpy.add.at ms", "index_add_rows ms"),
-               "layout": ("copies", "in place", "time-major + copies ms", "batch-major ms")}
+               "layout": ("copies", "in place", "time-major + copies ms", "batch-major ms"),
+               "predict": ("per call", "once", "packed per batch ms", "packed once ms")}
 VOCABULARY = 5000   # (--compare embedding: token ids in [1, 5000), an Embedding of I features)
 
 
@@ -96,6 +99,7 @@ def measure(config, units, rounds, steps, compare="matmul"):
                   loss=losses.SparseCategoricalCrossentropy(from_logits=True))
     own, fusable, index_add = layers._matmul, optimizers._fusable, _device.index_add_rows
     shipped, time_major = (ops.lstm_forward, ops.lstm_backward), _TimeMajor(ops)
+    packing = layers._inference_packing
     old, new = COMPARISONS[compare][:2]
     times = {old: [], new: []}
     try:
@@ -107,13 +111,19 @@ def measure(config, units, rounds, steps, compare="matmul"):
                 ops.lstm_forward, ops.lstm_backward = (
                     (time_major.lstm_forward, time_major.lstm_backward) if name == "copies"
                     else shipped)
+                layers._inference_packing = ((lambda ls, enabled=True: packing(ls, False))
+                                             if name == "per call" else packing)
                 t0 = time.perf_counter()
-                model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+                if compare == "predict":
+                    model.predict(x, batch_size=B, verbose=0)
+                else:
+                    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
                 if r > 0:                       # (round 0: warm-up)
                     times[name].append((time.perf_counter() - t0) / steps)
     finally:
         layers._matmul, optimizers._fusable, _device.index_add_rows = own, fusable, index_add
         ops.lstm_forward, ops.lstm_backward = shipped
+        layers._inference_packing = packing
     return times
 
 
@@ -129,7 +139,8 @@ def main(argv=None):
                              "layer; adam, rmsprop, sgd: that optimizer's update as NumPy "
                              "expressions against the fused one; embedding: an Embedding's "
                              "gradient by numpy.add.at against the kernels' loop; layout: "
-                             "time-major kernels and layout copies against batch-major ones")
+                             "time-major kernels and layout copies against batch-major ones; "
+                             "predict: predict's LSTM weights packed per batch against once")
     args = parser.parse_args(argv)
     cases = [(args.config, args.units)] if args.config else DEFAULT
     old, new, old_title, new_title = COMPARISONS[args.compare]

@@ -1485,3 +1485,86 @@ def test_a_first_dense_layer_skips_its_input_gradient(first, monkeypatch):
     # forward: first (3 -> 5), last (3 -> 1); backward: last dW and dx, first dW only
     assert shapes == [(3, 5), (3, 1), (6, 1), (1, 3), (24, 5)]
     assert all(l._input_grad_wanted for l in m.layers)
+
+
+# --------------------------------------------------------------------------- predict's packing
+
+def _packing_model():
+    utils.set_random_seed(3)
+    m = Sequential([layers.Input((7, 5)), LSTM(16, return_sequences=True),
+                    layers.Bidirectional(LSTM(9, return_sequences=True)),
+                    layers.TimeDistributed(Dense(4))])
+    return m
+
+
+def _spy_packing(monkeypatch):
+    """Record the weights ops.pack_weights packs and the `packed` of each lstm_forward."""
+    from fastlstm import ops
+    packs, forwards = [], []
+    real_pack, real_forward = ops.pack_weights, ops.lstm_forward
+
+    def pack(kernel, recurrent_kernel):
+        packs.append(recurrent_kernel.shape)
+        return real_pack(kernel, recurrent_kernel)
+
+    def forward(*args, **kwargs):
+        forwards.append(kwargs.get("packed"))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "pack_weights", pack)
+    monkeypatch.setattr(ops, "lstm_forward", forward)
+    return packs, forwards
+
+
+def _lstms(model):
+    return list(layers._lstm_layers(model.layers))
+
+
+def test_predict_packs_the_lstm_weights_once(monkeypatch):
+    # predict over several batches packs each LSTM's weights once (wrapped ones too), every
+    # batch's forward takes them, and the outputs are the same bits as unpacked calls
+    m = _packing_model()
+    x = np.random.default_rng(4).standard_normal((10, 7, 5)).astype(np.float32)
+    expected = np.concatenate([m(x[i:i + 4]) for i in range(0, 10, 4)])
+    packs, forwards = _spy_packing(monkeypatch)
+    out = m.predict(x, batch_size=4, verbose=0)
+    assert sorted(packs) == [(9, 36), (9, 36), (16, 64)]
+    assert len(forwards) == 9 and all(p is not None for p in forwards)
+    np.testing.assert_array_equal(out, expected)
+    assert all(layer._inference_packed is None for layer in _lstms(m))
+    # a change of the weights between calls is seen by the next one
+    lstm = _lstms(m)[0]
+    lstm.recurrent_kernel[...] *= 0.5
+    np.testing.assert_array_equal(m.predict(x, batch_size=4, verbose=0),
+                                  np.concatenate([m(x[i:i + 4]) for i in range(0, 10, 4)]))
+    assert not np.array_equal(m.predict(x, batch_size=4, verbose=0), expected)
+
+
+def test_predict_does_not_pack_with_callbacks_or_one_batch(monkeypatch):
+    # a user callback may change the weights between batches; one batch gains nothing
+    m = _packing_model()
+    x = np.random.default_rng(5).standard_normal((6, 7, 5)).astype(np.float32)
+    packs, forwards = _spy_packing(monkeypatch)
+    out = m.predict(x, batch_size=2, verbose=0, callbacks=[callbacks.Callback()])
+    m.predict(x, batch_size=8, verbose=0)
+    assert packs == [] and forwards and all(p is None for p in forwards)
+    np.testing.assert_array_equal(out, np.concatenate([m(x[i:i + 2]) for i in range(0, 6, 2)]))
+
+
+def test_predict_packing_ends_with_an_error():
+    # the packed weights are dropped however predict ends
+    m = _packing_model()
+    x = np.random.default_rng(6).standard_normal((4, 7, 5)).astype(np.float32)
+
+    seen = []
+
+    def batches():
+        yield x
+        seen.append([layer._inference_packed is not None for layer in _lstms(m)])
+        yield x
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        m.predict(batches(), verbose=0)
+    assert seen == [[True, True, True]]
+    assert all(layer._inference_packed is None for layer in _lstms(m))

@@ -1270,6 +1270,10 @@ class LSTM(Layer):
     def _rank_hint(self):
         return "(batch, timesteps, features)"
 
+    # Weights packed once for a run of inference forwards (ops.pack_weights), set only by
+    # _inference_packing (predict); None: each forward packs them itself.
+    _inference_packed = None
+
     @property
     def uses_fused_kernels(self):
         """True when the default activations let the layer run on the fused kernels."""
@@ -1413,7 +1417,8 @@ class LSTM(Layer):
                 x, self.kernel, self.recurrent_kernel, self.bias, h0, c0, lengths,
                 reverse=self.go_backwards, training=bool(training),
                 backend=self._device.lstm_backend,
-                precision="fp32" if self._device.is_host else self.precision, batch_first=True)
+                precision="fp32" if self._device.is_host else self.precision, batch_first=True,
+                packed=None if training else self._inference_packed)
         else:
             lens = self._on_device(np.full(B, T, np.int64) if lengths is None else lengths)
             y_tm, h_n, c_n, saved = _Generic.forward(
@@ -1592,6 +1597,34 @@ class _Wrapper(Layer):
         super()._bind_device(device)
         for layer in self._sublayers():
             layer._bind_device(device)
+
+
+def _lstm_layers(layers):
+    """The LSTM layers among `layers`, those inside wrappers (Bidirectional, TimeDistributed)
+    included."""
+    for layer in layers:
+        if isinstance(layer, LSTM):
+            yield layer
+        elif isinstance(layer, _Wrapper):
+            yield from _lstm_layers(layer._sublayers())
+
+
+@contextlib.contextmanager
+def _inference_packing(layers, enabled=True):
+    """Within it, every built LSTM among `layers` that runs on the CPU kernels takes its
+    inference forwards from weights packed once on entry, instead of packing them in each call
+    (bench/NOTES.md 59). The caller promises that the weights do not change meanwhile
+    (predict without user callbacks)."""
+    chosen = [layer for layer in _lstm_layers(layers)
+              if layer.built and layer.uses_fused_kernels and layer._device is not None
+              and layer._device.is_host] if enabled else []
+    try:
+        for layer in chosen:
+            layer._inference_packed = ops.pack_weights(layer.kernel, layer.recurrent_kernel)
+        yield
+    finally:
+        for layer in chosen:
+            layer._inference_packed = None
 
 
 class TimeDistributed(_Wrapper):

@@ -1023,12 +1023,16 @@ class Sequential:
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_predict_begin()
         outs = []
-        for step, xb in enumerate(batches):
-            cbs.on_predict_batch_begin(step)
-            outs.append(_devices.to_host(self._run(xb, training=False)))
-            cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
-            if n_steps is not None and step + 1 >= n_steps:
-                break
+        # The LSTM weights packed once for all batches, unless a callback might change them
+        # or there is one batch only (a call's own packing runs on all threads)
+        once = not callbacks and (n_steps is None or n_steps > 1)
+        with layers_module._inference_packing(self.layers, once):
+            for step, xb in enumerate(batches):
+                cbs.on_predict_batch_begin(step)
+                outs.append(_devices.to_host(self._run(xb, training=False)))
+                cbs.on_predict_batch_end(step, {"outputs": outs[-1]})
+                if n_steps is not None and step + 1 >= n_steps:
+                    break
         cbs.on_predict_end()
         if not outs:
             return np.zeros((0,) + tuple(d or 0 for d in self.output_shape[1:]), self.dtype)
