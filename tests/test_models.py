@@ -1540,15 +1540,60 @@ def test_predict_packs_the_lstm_weights_once(monkeypatch):
     assert not np.array_equal(m.predict(x, batch_size=4, verbose=0), expected)
 
 
-def test_predict_does_not_pack_with_callbacks_or_one_batch(monkeypatch):
-    # a user callback may change the weights between batches; one batch gains nothing
-    m = _packing_model()
+class _ChangesWeightsMidPass(callbacks.Callback):
+    """Halves the first LSTM's recurrent_kernel after each predict and test batch."""
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.model.layers[0].recurrent_kernel[...] *= 0.5
+
+    on_test_batch_end = on_predict_batch_end
+
+
+def test_predict_packing_and_callbacks(monkeypatch):
+    # A callback that acts between batches may change the weights there: then each batch packs
+    # its own (and sees the change); callbacks without per-batch hooks, and fastlstm's own,
+    # leave the packing on. One batch gains nothing: no packing.
     x = np.random.default_rng(5).standard_normal((6, 7, 5)).astype(np.float32)
     packs, forwards = _spy_packing(monkeypatch)
-    out = m.predict(x, batch_size=2, verbose=0, callbacks=[callbacks.Callback()])
+    m = _packing_model()
+    out = m.predict(x, batch_size=2, verbose=0, callbacks=[_ChangesWeightsMidPass()])
+    assert packs == [] and len(forwards) == 9 and all(p is None for p in forwards)
+    fresh = _packing_model()
+    expected = []
+    for i in range(0, 6, 2):
+        expected.append(fresh(x[i:i + 2]))
+        fresh.layers[0].recurrent_kernel[...] *= 0.5
+    np.testing.assert_array_equal(out, np.concatenate(expected))
+    hook = callbacks.LambdaCallback(on_predict_batch_begin=lambda batch, logs: None)
     m.predict(x, batch_size=8, verbose=0)
-    assert packs == [] and forwards and all(p is None for p in forwards)
-    np.testing.assert_array_equal(out, np.concatenate([m(x[i:i + 2]) for i in range(0, 6, 2)]))
+    m.predict(x, batch_size=2, verbose=0, callbacks=[hook])
+    assert packs == []
+    m.predict(x, batch_size=2, verbose=0,
+              callbacks=[callbacks.Callback(), callbacks.EarlyStopping(), callbacks.History()])
+    assert len(packs) == 3
+
+
+def test_evaluate_and_validation_pack_once(monkeypatch):
+    # evaluate and fit's validation pass pack the LSTM weights once too (same loss and
+    # metrics bits), not with a callback acting at the test batches
+    x = np.random.default_rng(7).standard_normal((12, 7, 5)).astype(np.float32)
+    y = np.random.default_rng(8).standard_normal((12, 7, 4)).astype(np.float32)
+    m = _packing_model()
+    m.compile(loss="mse", optimizer=optimizers.SGD(0.01), metrics=["mae"])
+    unpacked = m.evaluate(x, y, batch_size=4, verbose=0, return_dict=True,
+                          callbacks=[callbacks.LambdaCallback(on_test_batch_end=lambda b, l: None)])
+    packs, forwards = _spy_packing(monkeypatch)
+    assert m.evaluate(x, y, batch_size=4, verbose=0, return_dict=True) == unpacked
+    assert len(packs) == 3 and len(forwards) == 9 and all(p is not None for p in forwards)
+    del packs[:]
+    m.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y),
+          callbacks=[callbacks.EarlyStopping(patience=5)])
+    assert len(packs) == 6                    # each epoch's validation pass: 3 LSTMs once
+    del packs[:]
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0, validation_data=(x, y),
+          callbacks=[_ChangesWeightsMidPass()])
+    assert packs == []
+    assert all(layer._inference_packed is None for layer in _lstms(m))
 
 
 def test_predict_packing_ends_with_an_error():

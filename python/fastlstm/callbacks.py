@@ -271,6 +271,20 @@ class Callback:
 
 # --------------------------------------------------------------------------- CallbackList
 
+def _batch_hooks_used(callbacks, hooks):
+    """Whether a callback among `callbacks` (Callback objects, e.g. a CallbackList's) does
+    anything in one of the per-batch `hooks`, where it could change the model's weights
+    between batches. fastlstm's own History and ProgbarLogger never do."""
+    for cb in callbacks:
+        if isinstance(cb, (History, ProgbarLogger)):
+            continue
+        for name in hooks:
+            fn = getattr(cb, name, None)
+            if getattr(fn, "__func__", fn) is not getattr(Callback, name):
+                return True
+    return False
+
+
 def _flatten_callbacks(callbacks):
     if callbacks is None:
         return []

@@ -94,6 +94,9 @@ def _fmt(shape):
     return layers_module._fmt_shape(tuple(shape))
 
 
+_TEST_BATCH_HOOKS = ("on_test_batch_begin", "on_test_batch_end")
+
+
 def _source_kind(x):
     """How x gives batches: "iterator" (a generator or other iterator: one stream),
     "indexed" (len() and x[i] give batches, like keras.utils.PyDataset), "iterable" (read
@@ -825,6 +828,8 @@ class Sequential:
                                             add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=epochs, steps=steps)
         self.stop_training = False
+        # (no callback at the validation's batches: its LSTM weights packed once; see predict)
+        test_batch_hooks = callbacks_module._batch_hooks_used(cbs.callbacks, _TEST_BATCH_HOOKS)
         loss_tracker = metrics_module.Mean(name="loss")
         cbs.on_train_begin()
         logs = {}
@@ -890,7 +895,8 @@ class Sequential:
             if val is not None and (epoch + 1) % validation_freq == 0 \
                     and math.isfinite(epoch_logs.get("loss", 0.0)):
                 val_logs = self._evaluate_batches(self._data_batches(val, val_kind, val_bs),
-                                                  callbacks=cbs, steps=validation_steps)
+                                                  callbacks=cbs, steps=validation_steps,
+                                                  pack_once=not test_batch_hooks)
                 if val_logs is None:
                     raise ValueError(
                         f"validation_data: the data source gave no batch at epoch {epoch + 1}. "
@@ -933,13 +939,23 @@ class Sequential:
         return self._evaluate_batches(self._data_batches((x, y, sw), None, batch_size),
                                       callbacks, steps)
 
-    def _evaluate_batches(self, batches, callbacks=None, steps=None):
+    def _evaluate_batches(self, batches, callbacks=None, steps=None, pack_once=False):
         """The loss and metrics over the batches (at most `steps` of them); None when there
-        was no batch (a data source that gave none)."""
+        was no batch (a data source that gave none). pack_once: the LSTM weights packed once
+        for all batches (no user callback that might change them; see predict)."""
         self._reset_metrics()
         tracker = metrics_module.Mean(name="loss")
         if callbacks is not None:
             callbacks.on_test_begin()
+        with layers_module._inference_packing(self.layers, pack_once):
+            step = self._evaluate_loop(batches, callbacks, steps, tracker)
+        logs = self._logs(tracker) if step else None
+        if callbacks is not None:
+            callbacks.on_test_end(logs)
+        return logs
+
+    def _evaluate_loop(self, batches, callbacks, steps, tracker):
+        """_evaluate_batches' pass over the batches; returns how many it took."""
         step = 0
         for xb, yb, swb, rows in batches:
             if callbacks is not None:
@@ -961,10 +977,7 @@ class Sequential:
             step += 1
             if steps is not None and step >= steps:
                 break
-        logs = self._logs(tracker) if step else None
-        if callbacks is not None:
-            callbacks.on_test_end(logs)
-        return logs
+        return step
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
@@ -992,7 +1005,9 @@ class Sequential:
             n_steps = steps if n_steps is None else min(n_steps, steps)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
-        logs = self._evaluate_batches(batches, cbs, steps)
+        pack_once = (n_steps is None or n_steps > 1) and \
+            not callbacks_module._batch_hooks_used(cbs.callbacks, _TEST_BATCH_HOOKS)
+        logs = self._evaluate_batches(batches, cbs, steps, pack_once=pack_once)
         if logs is None:
             raise ValueError("x: the data source gave no batch to evaluate on")
         if return_dict:
@@ -1023,9 +1038,11 @@ class Sequential:
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_predict_begin()
         outs = []
-        # The LSTM weights packed once for all batches, unless a callback might change them
-        # or there is one batch only (a call's own packing runs on all threads)
-        once = not callbacks and (n_steps is None or n_steps > 1)
+        # The LSTM weights packed once for all batches, unless a callback acts between batches
+        # (it might change them) or there is one batch only (a call's own packing runs on all
+        # threads)
+        once = (n_steps is None or n_steps > 1) and not callbacks_module._batch_hooks_used(
+            cbs.callbacks, ("on_predict_batch_begin", "on_predict_batch_end"))
         with layers_module._inference_packing(self.layers, once):
             for step, xb in enumerate(batches):
                 cbs.on_predict_batch_begin(step)
