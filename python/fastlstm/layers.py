@@ -1271,7 +1271,7 @@ class LSTM(Layer):
         return "(batch, timesteps, features)"
 
     # Weights packed once for a run of inference forwards (ops.pack_weights), set only by
-    # _inference_packing (predict); None: each forward packs them itself.
+    # _inference_packing (predict, evaluate); None: each forward packs them itself.
     _inference_packed = None
 
     @property
@@ -1614,7 +1614,7 @@ def _inference_packing(layers, enabled=True):
     """Within it, every built LSTM among `layers` that runs on the CPU kernels takes its
     inference forwards from weights packed once on entry, instead of packing them in each call
     (bench/NOTES.md 59). The caller promises that the weights do not change meanwhile
-    (predict without user callbacks)."""
+    (predict, evaluate, validation: when no callback acts between batches)."""
     chosen = [layer for layer in _lstm_layers(layers)
               if layer.built and layer.uses_fused_kernels and layer._device is not None
               and layer._device.is_host] if enabled else []

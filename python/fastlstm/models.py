@@ -942,7 +942,7 @@ class Sequential:
     def _evaluate_batches(self, batches, callbacks=None, steps=None, pack_once=False):
         """The loss and metrics over the batches (at most `steps` of them); None when there
         was no batch (a data source that gave none). pack_once: the LSTM weights packed once
-        for all batches (no user callback that might change them; see predict)."""
+        for all batches (no callback acting between batches, where it might change them)."""
         self._reset_metrics()
         tracker = metrics_module.Mean(name="loss")
         if callbacks is not None:
