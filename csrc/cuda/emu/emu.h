@@ -4,10 +4,10 @@
 // with FASTLSTM_CUDA_EMU defined). tests/test_cuda.py compiles emu_capi.cc with the host C++
 // compiler and drives it through ctypes.
 //
-// Model: blocks run one after another; the threads of a block are fibers (ucontext) on one OS
-// thread, each run until it reaches __syncthreads() or returns, round by round. __shared__
-// variables become function-local statics (one block at a time, so that is the block's
-// shared memory). Checks:
+// Model: blocks run one after another; the threads of a block are fibers (own stacks, switched
+// by fiber_swap) on one OS thread, each run until it reaches __syncthreads() or returns, round
+// by round. __shared__ variables become function-local statics (one block at a time, so that is
+// the block's shared memory). Checks:
 //   * a barrier that not every thread of the block reaches (some returned) is an error;
 //   * the thread order within each round, and the block order, can be reversed
 //     (set_reverse_order): a missing barrier makes a thread read shared memory before or
@@ -239,23 +239,101 @@ inline void guarded_free(void* p) {
 }
 
 // ---- fibers ----------------------------------------------------------------------------------
+// Switching between fibers. glibc's swapcontext saves and restores the signal mask, one
+// rt_sigprocmask system call per switch; the emulator switches at every barrier and spin of
+// every emulated thread, and on a machine whose system calls are slow (kernel mitigations)
+// that call was half of tests/test_cuda.py's time (2026-11-28, an AMD EPYC VM: 50% system
+// time). On x86-64 the switch is a few instructions instead: it saves the callee-saved
+// registers, MXCSR and the x87 control word on the old fiber's stack and loads the new one's.
+// Elsewhere (or with FASTLSTM_EMU_UCONTEXT) it stays swapcontext. Fibers never return: their
+// entry switches back to the scheduler at the end (fiber_swap), and is never resumed.
+#if defined(__x86_64__) && !defined(FASTLSTM_EMU_UCONTEXT)
+struct FiberContext {
+  void* sp = nullptr;  // the saved stack pointer (the registers sit above it)
+};
+extern "C" void fl_emu_fiber_switch(void** save_sp, void* load_sp);
+// Pushes rbp rbx r12-r15, then MXCSR and the x87 control word in one 8-byte slot; stores rsp
+// in *save_sp; loads load_sp and pops the same in reverse; returns into the other fiber.
+asm(".text\n"
+    ".p2align 4\n"
+    ".type fl_emu_fiber_switch, @function\n"
+    "fl_emu_fiber_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size fl_emu_fiber_switch, .-fl_emu_fiber_switch\n");
+
+// A fiber that starts entry() on [stack, stack + bytes) at its first switch: the stack holds
+// what fl_emu_fiber_switch pops (zero registers, this thread's MXCSR and control word) and,
+// as its return address, entry, entered with rsp = 8 mod 16 as after a call.
+inline void fiber_make(FiberContext& c, void* stack, size_t bytes, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** p = reinterpret_cast<void**>(top);
+  *--p = nullptr;                         // entry's own return address: it never returns
+  *--p = reinterpret_cast<void*>(entry);  // where the switch's ret goes
+  for (int i = 0; i < 6; ++i) *--p = nullptr;
+  uint32_t csr = 0;
+  uint16_t cw = 0;
+  asm volatile("stmxcsr %0" : "=m"(csr));
+  asm volatile("fnstcw %0" : "=m"(cw));
+  --p;
+  std::memset(p, 0, sizeof(void*));
+  std::memcpy(p, &csr, 4);
+  std::memcpy(reinterpret_cast<char*>(p) + 4, &cw, 2);
+  c.sp = p;
+}
+inline void fiber_swap(FiberContext& from, FiberContext& to) { fl_emu_fiber_switch(&from.sp, to.sp); }
+#else
+struct FiberContext {
+  ucontext_t uc;
+};
+inline void fiber_make(FiberContext& c, void* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;  // the entry never returns (it switches back to the scheduler)
+  makecontext(&c.uc, entry, 0);
+}
+inline void fiber_swap(FiberContext& from, FiberContext& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 constexpr size_t kStackBytes = 256 * 1024;
 
 struct Fiber {
-  ucontext_t ctx;
+  FiberContext ctx;
   std::vector<char> stack;
   bool done = false;
 };
 
-inline ucontext_t g_scheduler;
+inline FiberContext g_scheduler;
 inline std::vector<Fiber> g_fibers;
 inline int g_current = 0;
 inline const std::function<void()>* g_body = nullptr;
 
 inline void fiber_entry() {
   (*g_body)();
-  g_fibers[static_cast<size_t>(g_current)].done = true;
-  // returning resumes uc_link (the scheduler)
+  Fiber& f = g_fibers[static_cast<size_t>(g_current)];
+  f.done = true;
+  fiber_swap(f.ctx, g_scheduler);  // never resumed
+  std::abort();
 }
 
 inline void coop_barrier();
@@ -266,7 +344,7 @@ inline void syncthreads() {
     coop_barrier();
     return;
   }
-  swapcontext(&g_fibers[static_cast<size_t>(g_current)].ctx, &g_scheduler);
+  fiber_swap(g_fibers[static_cast<size_t>(g_current)].ctx, g_scheduler);
 }
 
 inline void run_block(unsigned nthreads) {
@@ -277,11 +355,7 @@ inline void run_block(unsigned nthreads) {
     Fiber& f = g_fibers[i];
     if (f.stack.size() < kStackBytes) f.stack.resize(kStackBytes);
     f.done = false;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.data();
-    f.ctx.uc_stack.ss_size = f.stack.size();
-    f.ctx.uc_link = &g_scheduler;
-    makecontext(&f.ctx, fiber_entry, 0);
+    fiber_make(f.ctx, f.stack.data(), f.stack.size(), fiber_entry);
   }
   for (;;) {
     for (unsigned k = 0; k < nthreads; ++k) {
@@ -289,7 +363,7 @@ inline void run_block(unsigned nthreads) {
       if (g_fibers[i].done) continue;
       g_current = static_cast<int>(i);
       g_threadIdx = uint3{i, 0, 0};
-      swapcontext(&g_scheduler, &g_fibers[i].ctx);
+      fiber_swap(g_scheduler, g_fibers[i].ctx);
     }
     unsigned done = 0;
     for (unsigned i = 0; i < nthreads; ++i) done += g_fibers[i].done ? 1u : 0u;
@@ -415,7 +489,7 @@ inline void cp_async_wait(size_t pending) {
 enum class FiberState { kReady, kBarrier, kDone };
 
 struct CoopFiber {
-  ucontext_t ctx;
+  FiberContext ctx;
   FiberState state = FiberState::kReady;
   unsigned block = 0, thread = 0;
   // its last tagged poll (load_tagged2): a fiber that polls the same words and sees the same
@@ -439,14 +513,17 @@ inline std::vector<CoopFiber>& coop_fibers() {
 
 inline void coop_entry() {
   (*g_body)();
-  coop_fibers()[static_cast<size_t>(g_current)].state = FiberState::kDone;
+  CoopFiber& f = coop_fibers()[static_cast<size_t>(g_current)];
+  f.state = FiberState::kDone;
+  fiber_swap(f.ctx, g_scheduler);  // never resumed
+  std::abort();
 }
 
 // The running fiber (cooperative launch) waits at its block's barrier.
 inline void coop_barrier() {
   CoopFiber& f = coop_fibers()[static_cast<size_t>(g_current)];
   f.state = FiberState::kBarrier;
-  swapcontext(&f.ctx, &g_scheduler);
+  fiber_swap(f.ctx, g_scheduler);
 }
 
 // The running fiber gives way (it spins on a flag another block sets); it is resumed next round.
@@ -455,7 +532,7 @@ inline void spin_yield() {
     if (g_error.empty()) g_error = "a spin-wait outside a cooperative launch (it could never end on a GPU)";
     return;
   }
-  swapcontext(&coop_fibers()[static_cast<size_t>(g_current)].ctx, &g_scheduler);
+  fiber_swap(coop_fibers()[static_cast<size_t>(g_current)].ctx, g_scheduler);
 }
 
 inline uint64_t next_random() {  // xorshift64*
@@ -533,11 +610,7 @@ inline cudaError_t run_cooperative(const void* func, dim3 grid, dim3 block, size
     CoopFiber& f = fibers[i];
     f.block = static_cast<unsigned>(i / nt);
     f.thread = static_cast<unsigned>(i % nt);
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = stacks[i];
-    f.ctx.uc_stack.ss_size = kCoopStackBytes;
-    f.ctx.uc_link = &g_scheduler;
-    makecontext(&f.ctx, coop_entry, 0);
+    fiber_make(f.ctx, stacks[i], kCoopStackBytes, coop_entry);
   }
   g_coop = true;
   g_async.assign(n, AsyncState{});  // cp.async queues, one per fiber (g_current)
@@ -553,7 +626,7 @@ inline cudaError_t run_cooperative(const void* func, dim3 grid, dim3 block, size
     g_threadIdx = uint3{f.thread, 0, 0};
     g_blockIdx = uint3{f.block, 0, 0};
     g_dyn_smem = smem[f.block];
-    swapcontext(&g_scheduler, &f.ctx);
+    fiber_swap(g_scheduler, f.ctx);
     return f.state != FiberState::kReady;
   };
   // Releases block b's barrier when every live thread of it waits there; true when released.
