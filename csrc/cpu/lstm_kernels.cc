@@ -98,9 +98,20 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
 #elif defined(__AVX2__)
-constexpr int kTileRows = 2;   // 8 accumulators + 4 weights + 1 broadcast <= 16 registers
+// 12 accumulators + 1 broadcast + weights: 3 of the 4 weight vectors are read by the FMAs from
+// L1 (16 registers). 1.6-1.8x the GFLOP/s of 2 rows (with either accumulator split) and of 4
+// rows (which spill) on a Zen 3 (bench/tile/tile_avx2.cc, NOTES 60).
+constexpr int kTileRows = 3;
 #else
 constexpr int kTileRows = 4;
+#endif
+// Tiles of fewer rows than this split their accumulators between even and odd k (see
+// accumulate_gates). AVX2 splits only one row: two rows' two sets (16 accumulators) would
+// spill, 0.8-0.9x the single set (NOTES 60).
+#if defined(__AVX512F__) || !defined(__AVX2__)
+constexpr int kSplitBelowRows = 3;
+#else
+constexpr int kSplitBelowRows = 2;
 #endif
 // From this batch size on the backward step uses a transposed copy (see BackwardCtx).
 constexpr int64_t kPackedBackwardBatch = 2;
@@ -255,7 +266,7 @@ const int64_t* batch_major_rows(const Args& a, int64_t* list) {
 // and K only, not on the layout of w.
 //
 // With PF, one cache line at pf + 64 k is prefetched into L2 per k (the forward's next block).
-template <typename Real, int ROWS, bool PF = false, int SPLIT = (ROWS <= 2 ? 2 : 1)>
+template <typename Real, int ROWS, bool PF = false, int SPLIT = (ROWS < kSplitBelowRows ? 2 : 1)>
 inline void accumulate_gates(typename Vec<Real>::R (&acc)[ROWS][4], const Real* w, int64_t K,
                              const Real* const (&src)[ROWS], int64_t ldw = 4 * Vec<Real>::N,
                              int64_t gap = Vec<Real>::N, const char* pf = nullptr) {
