@@ -94,24 +94,21 @@ inline void store_part(Real* p, typename Vec<Real>::R v, int64_t n) {
 }
 
 // Register tiles: rows of the batch per tile in the recurrent products. The forward tile
-// keeps kTileRows x 4 accumulators (the 4 gates of one unit block).
+// keeps kTileRows x 4 accumulators (the 4 gates of one unit block). Tiles of fewer rows than
+// kSplitBelowRows split their accumulators between even and odd k (see accumulate_gates).
 #if defined(__AVX512F__)
 constexpr int kTileRows = 6;   // 24 accumulators + 4 weights + 1 broadcast <= 32 registers
+constexpr int kSplitBelowRows = 3;
 #elif defined(__AVX2__)
 // 12 accumulators + 1 broadcast + weights: 3 of the 4 weight vectors are read by the FMAs from
 // L1 (16 registers). 1.6-1.8x the GFLOP/s of 2 rows (with either accumulator split) and of 4
-// rows (which spill) on a Zen 3 (bench/tile/tile_avx2.cc, NOTES 60).
+// rows (which spill) on a Zen 3 (bench/tile/tile_avx2.cc, NOTES 60). Only one row splits:
+// two rows' two sets (16 accumulators) would spill, 0.8-0.9x the single set.
 constexpr int kTileRows = 3;
+constexpr int kSplitBelowRows = 2;
 #else
 constexpr int kTileRows = 4;
-#endif
-// Tiles of fewer rows than this split their accumulators between even and odd k (see
-// accumulate_gates). AVX2 splits only one row: two rows' two sets (16 accumulators) would
-// spill, 0.8-0.9x the single set (NOTES 60).
-#if defined(__AVX512F__) || !defined(__AVX2__)
 constexpr int kSplitBelowRows = 3;
-#else
-constexpr int kSplitBelowRows = 2;
 #endif
 // From this batch size on the backward step uses a transposed copy (see BackwardCtx).
 constexpr int64_t kPackedBackwardBatch = 2;

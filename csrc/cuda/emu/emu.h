@@ -245,16 +245,16 @@ inline void guarded_free(void* p) {
 // that call was half of tests/test_cuda.py's time (2026-11-28, an AMD EPYC VM: 50% system
 // time). On x86-64 the switch is a few instructions instead: it saves the callee-saved
 // registers, MXCSR and the x87 control word on the old fiber's stack and loads the new one's.
-// Elsewhere (or with FASTLSTM_EMU_UCONTEXT) it stays swapcontext. Fibers never return: their
+// Elsewhere (not x86-64 ELF, or with FASTLSTM_EMU_UCONTEXT) it stays swapcontext. Fibers never return: their
 // entry switches back to the scheduler at the end (fiber_swap), and is never resumed.
-#if defined(__x86_64__) && !defined(FASTLSTM_EMU_UCONTEXT)
+#if defined(__x86_64__) && defined(__ELF__) && !defined(FASTLSTM_EMU_UCONTEXT)
 struct FiberContext {
   void* sp = nullptr;  // the saved stack pointer (the registers sit above it)
 };
 extern "C" void fl_emu_fiber_switch(void** save_sp, void* load_sp);
 // Pushes rbp rbx r12-r15, then MXCSR and the x87 control word in one 8-byte slot; stores rsp
 // in *save_sp; loads load_sp and pops the same in reverse; returns into the other fiber.
-asm(".text\n"
+asm(".pushsection .text\n"
     ".p2align 4\n"
     ".type fl_emu_fiber_switch, @function\n"
     "fl_emu_fiber_switch:\n"
@@ -279,7 +279,8 @@ asm(".text\n"
     "  popq %rbx\n"
     "  popq %rbp\n"
     "  ret\n"
-    ".size fl_emu_fiber_switch, .-fl_emu_fiber_switch\n");
+    ".size fl_emu_fiber_switch, .-fl_emu_fiber_switch\n"
+    ".popsection\n");
 
 // A fiber that starts entry() on [stack, stack + bytes) at its first switch: the stack holds
 // what fl_emu_fiber_switch pops (zero registers, this thread's MXCSR and control word) and,
